@@ -1,0 +1,87 @@
+#include "mcx/context/block_source.h"
+
+#include <malloc.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace mcx {
+
+BlockSource::~BlockSource() = default;
+
+// BlockSource::Reallocate
+//
+// The portable fallback: a fresh block and a copy. Correct for every source,
+// and the reason subclasses need only two methods.
+Block BlockSource::Reallocate(Block block, size_t keep, size_t new_min_size,
+                              size_t alignment) {
+  Block fresh = Acquire(new_min_size, alignment);
+  if (fresh.ptr == nullptr) return fresh;
+  std::memcpy(fresh.ptr, block.ptr, keep < fresh.size ? keep : fresh.size);
+  Release(block);
+  return fresh;
+}
+
+namespace {
+
+// glibc tells how many bytes a chunk really holds; a context can then carve
+// the rounding slack into chunks rather than waste it.
+size_t UsableSize(void* p, size_t requested) {
+#if defined(__GLIBC__)
+  size_t usable = malloc_usable_size(p);
+  return usable > requested ? usable : requested;
+#else
+  (void)p;
+  return requested;
+#endif
+}
+
+}  // namespace
+
+// SystemBlockSource::Acquire
+//
+// malloc() already aligns to alignof(max_align_t); only stricter alignments
+// pay for aligned_alloc(), whose size must be a multiple of the alignment.
+Block SystemBlockSource::Acquire(size_t min_size, size_t alignment) {
+  if (min_size == 0) min_size = 1;
+  void* p;
+  if (alignment <= kMinBlockAlignment) {
+    p = std::malloc(min_size);
+  } else {
+    if (min_size > SIZE_MAX - alignment) return Block{};
+    size_t rounded = (min_size + alignment - 1) & ~(alignment - 1);
+    p = std::aligned_alloc(alignment, rounded);
+    min_size = rounded;
+  }
+  if (p == nullptr) return Block{};
+  return Block{p, UsableSize(p, min_size)};
+}
+
+void SystemBlockSource::Release(Block block) { std::free(block.ptr); }
+
+// SystemBlockSource::Reallocate
+//
+// realloc() grows in place when the neighbouring memory is free, or remaps
+// pages for large blocks; that is the "in place where the source allows" of
+// a dedicated chunk's realloc. Over-aligned blocks fall back to a copy since
+// realloc() only promises malloc's alignment.
+Block SystemBlockSource::Reallocate(Block block, size_t keep,
+                                    size_t new_min_size, size_t alignment) {
+  if (alignment > kMinBlockAlignment) {
+    return BlockSource::Reallocate(block, keep, new_min_size, alignment);
+  }
+  if (new_min_size == 0) new_min_size = 1;
+  void* p = std::realloc(block.ptr, new_min_size);
+  if (p == nullptr) return Block{};
+  return Block{p, UsableSize(p, new_min_size)};
+}
+
+BlockSource* DefaultBlockSource() {
+  // Leaked on purpose: contexts may outlive static destruction order.
+  static SystemBlockSource* const source = new SystemBlockSource();
+  return source;
+}
+
+}  // namespace mcx

@@ -1,0 +1,78 @@
+// File: mcx/context/block_source.h
+//
+// A `BlockSource` is where contexts get their memory from: large, aligned
+// blocks that a context carves into chunks. Contexts never call the system
+// allocator directly; every byte they hold came from a block source, so a
+// source is the one place to count, cap, cache or fail memory.
+//
+// Contract:
+//   - `Acquire(min_size, alignment)` returns a block of at least `min_size`
+//     bytes aligned to `alignment` (a power of two, at least
+//     `kMinBlockAlignment`), and says how many bytes it actually holds in
+//     `Block::size`; the caller may use all of them. On failure it returns an
+//     empty block (`ptr == nullptr`) and changes nothing.
+//   - `Release(block)` takes back a block exactly as `Acquire` returned it.
+//   - `Reallocate(block, keep, new_min_size, alignment)` resizes a block,
+//     preserving its first `keep` bytes; it may move the block. On failure it
+//     returns an empty block and the old block is untouched.
+//   - Every method is thread-safe: one source serves contexts that live on
+//     different threads. Contexts themselves are single-owner.
+//
+// Example:
+//
+//   mcx::SystemBlockSource source;
+//   mcx::Block b = source.Acquire(8192, mcx::kMinBlockAlignment);
+//   if (b.ptr != nullptr) source.Release(b);
+//
+// Contexts take their source from `ContextOptions::block_source`, else from
+// their parent, else `DefaultBlockSource()`.
+
+#ifndef MCX_CONTEXT_BLOCK_SOURCE_H_
+#define MCX_CONTEXT_BLOCK_SOURCE_H_
+
+#include <cstddef>
+
+namespace mcx {
+
+// Every block is at least this aligned: chunks inside a block are aligned to
+// `alignof(std::max_align_t)`, so the block must be too.
+inline constexpr size_t kMinBlockAlignment = alignof(std::max_align_t);
+
+// A block handed out by a `BlockSource`.
+struct Block {
+  void* ptr = nullptr;  // first byte; nullptr means "no block"
+  size_t size = 0;      // bytes usable from `ptr`
+};
+
+class BlockSource {
+ public:
+  virtual ~BlockSource();
+
+  virtual Block Acquire(size_t min_size, size_t alignment) = 0;
+  virtual void Release(Block block) = 0;
+
+  // The default acquires a new block, copies `keep` bytes and releases the old
+  // one. Sources that can grow in place (realloc, mremap) override it.
+  virtual Block Reallocate(Block block, size_t keep, size_t new_min_size,
+                           size_t alignment);
+};
+
+// The system allocator: `malloc`/`aligned_alloc`/`realloc`/`free`. Reports the
+// usable size glibc actually gave (`malloc_usable_size`), so a context can use
+// the slack instead of wasting it. Stateless and thread-safe.
+class SystemBlockSource final : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override;
+  void Release(Block block) override;
+  Block Reallocate(Block block, size_t keep, size_t new_min_size,
+                   size_t alignment) override;
+};
+
+// The source that root contexts use when none is given. It lives for the
+// whole process (never destroyed, so contexts may be torn down from static
+// destructors).
+BlockSource* DefaultBlockSource();
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_BLOCK_SOURCE_H_

@@ -1,0 +1,146 @@
+// Context-free chunk operations: dispatch on the chunk header's kind id.
+
+#include "mcx/context/chunk.h"
+
+#include <atomic>
+#include <cinttypes>
+#include <cstring>
+
+#include "mcx/context/chunk_header.h"
+#include "mcx/context/context.h"
+#include "mcx/context/internal/failure.h"
+#include "mcx/context/kind.h"
+
+namespace mcx {
+namespace {
+
+// Kinds register on first use (when their first context is created, which
+// is before any of their chunks exists). Atomic so that contexts created on
+// different threads may register concurrently.
+std::atomic<const ChunkKindMethods*> chunk_kinds[kNumChunkKinds];
+
+Context* RedirectContext(const void* p) {
+  return GetChunkContext(internal::AlignedRedirectTarget(p));
+}
+void RedirectFree(void* p) { Free(internal::AlignedRedirectTarget(p)); }
+size_t RedirectChunkSize(const void* p) {
+  const char* target = static_cast<const char*>(internal::AlignedRedirectTarget(p));
+  return GetChunkSize(target) - static_cast<size_t>(static_cast<const char*>(p) - target);
+}
+
+// The aligned redirect is not a kind of context but a view of another
+// chunk; it is built in rather than registered.
+const ChunkKindMethods kRedirectMethods = {"aligned", &RedirectContext, &RedirectFree,
+                                           &RedirectChunkSize};
+
+// Looks up the methods for `p`, reporting misuse on a bad header.
+const ChunkKindMethods* MethodsFor(const void* p, const char* operation) {
+  uint64_t h = ReadChunkHeader(p);
+  const ChunkKindMethods* m = nullptr;
+  if (ChunkHeaderMagicOk(h)) m = LookupChunkKind(ChunkHeaderKind(h));
+  if (m == nullptr) internal::ReportBadChunk(p, operation);
+  return m;
+}
+
+}  // namespace
+
+bool RegisterChunkKind(unsigned id, const ChunkKindMethods* methods) {
+  if (id >= kNumChunkKinds || IsReservedChunkKind(id) || id == kChunkKindAlignedRedirect) {
+    return false;
+  }
+  chunk_kinds[id].store(methods, std::memory_order_release);
+  return true;
+}
+
+const ChunkKindMethods* LookupChunkKind(unsigned id) {
+  if (id == kChunkKindAlignedRedirect) return &kRedirectMethods;
+  if (id >= kNumChunkKinds) return nullptr;
+  return chunk_kinds[id].load(std::memory_order_acquire);
+}
+
+void Free(void* p) {
+  if (p == nullptr) return;
+  const ChunkKindMethods* m = MethodsFor(p, "free");
+  if (m != nullptr) m->free(p);
+}
+
+void* Realloc(void* p, size_t new_size) {
+  if (p == nullptr) {
+    internal::ReportMisuse("mcx::Realloc(nullptr, %zu): no context to allocate in", new_size);
+    return nullptr;
+  }
+  const ChunkKindMethods* m = MethodsFor(p, "realloc");
+  if (m == nullptr) return nullptr;
+  return m->chunk_context(p)->Realloc(p, new_size);
+}
+
+void* TryRealloc(void* p, size_t new_size) noexcept {
+  if (p == nullptr) {
+    internal::ReportMisuse("mcx::TryRealloc(nullptr, %zu): no context to allocate in", new_size);
+    return nullptr;
+  }
+  const ChunkKindMethods* m = MethodsFor(p, "realloc");
+  if (m == nullptr) return nullptr;
+  return m->chunk_context(p)->TryRealloc(p, new_size);
+}
+
+Context* GetChunkContext(const void* p) {
+  if (p == nullptr) return nullptr;
+  const ChunkKindMethods* m = MethodsFor(p, "find the context of");
+  return m != nullptr ? m->chunk_context(p) : nullptr;
+}
+
+size_t GetChunkSize(const void* p) {
+  if (p == nullptr) return 0;
+  const ChunkKindMethods* m = MethodsFor(p, "size");
+  return m != nullptr ? m->chunk_size(p) : 0;
+}
+
+namespace internal {
+
+void* AllocAlignedRedirect(Context* ctx, size_t size, size_t alignment) {
+  // size <= kMaxAllocSize and alignment <= kMaxAlignment: no overflow.
+  char* raw = static_cast<char*>(ctx->kind()->alloc(ctx, size + alignment, kDefaultAlignment));
+  if (raw == nullptr) return nullptr;
+  uintptr_t aligned = (reinterpret_cast<uintptr_t>(raw) + sizeof(uint64_t) + alignment - 1) &
+                      ~(uintptr_t{alignment} - 1);
+  char* p = reinterpret_cast<char*>(aligned);
+  uint8_t log2 = static_cast<uint8_t>(__builtin_ctzll(alignment));
+  WriteChunkHeader(p, MakeChunkHeader(kChunkKindAlignedRedirect, false, log2,
+                                      static_cast<uint64_t>(p - raw)));
+  return p;
+}
+
+bool IsAlignedRedirect(const void* p) {
+  uint64_t h = ReadChunkHeader(p);
+  return ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindAlignedRedirect;
+}
+
+void* AlignedRedirectTarget(const void* p) {
+  uint64_t h = ReadChunkHeader(p);
+  return const_cast<char*>(static_cast<const char*>(p) - ChunkHeaderOffset(h));
+}
+
+void* ReallocAlignedRedirect(Context* ctx, void* p, size_t new_size) {
+  uint64_t h = ReadChunkHeader(p);
+  size_t alignment = size_t{1} << ChunkHeaderValue(h);
+  size_t old_size = RedirectChunkSize(p);
+  void* q = ctx->TryAllocAligned(new_size, alignment);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, old_size < new_size ? old_size : new_size);
+  Free(p);
+  return q;
+}
+
+void ReportBadChunk(const void* p, const char* operation) {
+  uint64_t h = ReadChunkHeader(p);
+  unsigned id = ChunkHeaderKind(h);
+  const char* why = !ChunkHeaderMagicOk(h) ? "its header has no mcx magic"
+                    : IsReservedChunkKind(id) ? "its header holds a reserved kind id"
+                                              : "its header names no registered kind";
+  ReportMisuse("cannot %s %p: not a chunk allocated by mcx, or already freed (%s: 0x%016" PRIx64 ")",
+               operation, p, why, h);
+}
+
+}  // namespace internal
+}  // namespace mcx

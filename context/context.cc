@@ -1,0 +1,643 @@
+// The generic context tree: lifecycle, teardown order, cleanups, limits and
+// block accounting. Everything kind-specific goes through `KindMethods`.
+
+#include "mcx/context/context.h"
+
+#include <atomic>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#include "absl/strings/str_format.h"
+#include "mcx/context/internal/cleanup.h"
+#include "mcx/context/internal/failure.h"
+
+namespace mcx {
+
+using internal::CleanupRecord;
+
+namespace {
+
+// Bumped whenever the set of limited ancestors of some context may change
+// (SetParent, SetLimit). Contexts compare it with the epoch of their cached
+// nearest-limited link; a mismatch only costs a walk up to the next valid
+// cache. Relaxed is enough: each thread reads the links of its own tree.
+std::atomic<uint64_t> limit_epoch{1};
+
+void BumpLimitEpoch() { limit_epoch.fetch_add(1, std::memory_order_relaxed); }
+
+constexpr size_t RoundUp(size_t n, size_t alignment) {
+  return (n + alignment - 1) & ~(alignment - 1);
+}
+
+bool IsPowerOfTwo(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+}  // namespace
+
+// --- Lifecycle ---------------------------------------------------------------
+
+Context* Context::Create(Context* parent, const char* name,
+                         const KindSpec& kind, const ContextOptions& options) {
+  return CreateImpl(parent, name, kind, options, kThrow);
+}
+
+Context* Context::TryCreate(Context* parent, const char* name,
+                            const KindSpec& kind,
+                            const ContextOptions& options) noexcept {
+  return CreateImpl(parent, name, kind, options, kNoThrow);
+}
+
+// Context::CreateImpl
+//
+// The context header, the kind state and a copy of the name share the first
+// block, so creating a child costs one block acquisition (PostgreSQL and nginx
+// do the same). The block is charged to the parent's limits before it is
+// acquired, so a limit refuses the child without touching the source.
+Context* Context::CreateImpl(Context* parent, const char* name,
+                             const KindSpec& kind,
+                             const ContextOptions& options, unsigned flags) {
+  auto fail = [&](Failure failure, size_t size) -> Context* {
+    if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
+    if (flags & kNoThrow) return nullptr;
+    if (failure == Failure::kBadArgument) throw std::invalid_argument(FailureName(failure));
+    throw std::bad_alloc();
+  };
+  const KindMethods* methods = kind.methods();
+  if (name == nullptr || methods == nullptr) return fail(Failure::kBadArgument, 0);
+  if (parent != nullptr && parent->state_ == State::kTearingDown) {
+    internal::ReportMisuse("creating a child of context '%s' while it is being torn down",
+                           parent->name_);
+    return fail(Failure::kBadArgument, 0);
+  }
+  const size_t name_len = std::strlen(name);
+  const size_t state_offset = RoundUp(sizeof(Context), methods->state_alignment);
+  const size_t name_offset = state_offset + methods->state_size;
+  if (name_len > kMaxAllocSize - name_offset) return fail(Failure::kBadSize, name_len);
+  const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
+  const size_t want = methods->first_block_size(kind.options(), header_bytes);
+  const size_t alignment = methods->first_block_alignment(kind.options(), want);
+  if (want == 0 || want < header_bytes) return fail(Failure::kBadSize, want);
+  if (options.limit != kNoLimit && want > options.limit) return fail(Failure::kLimit, want);
+
+  BlockSource* source = options.block_source;
+  if (source == nullptr) source = parent ? parent->source_ : DefaultBlockSource();
+  if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
+  Block block = source->Acquire(want, alignment);
+  if (block.ptr == nullptr) {
+    if (parent != nullptr) parent->UnchargeLimits(want);
+    return fail(Failure::kOutOfMemory, want);
+  }
+  // Use the source's slack only where every limit has room for it.
+  size_t size = want;
+  if (block.size > want) {
+    size_t slack = block.size - want;
+    bool fits = options.limit == kNoLimit || block.size <= options.limit;
+    if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = block.size;
+  }
+
+  Context* ctx = new (block.ptr) Context();
+  ctx->methods_ = methods;
+  ctx->source_ = source;
+  ctx->mem_allocated_ = size;
+  ctx->num_blocks_ = 1;
+  ctx->first_block_size_ = size;
+  ctx->header_bytes_ = header_bytes;
+  ctx->limit_ = options.limit;
+  ctx->subtree_bytes_ = size;
+  ctx->failure_handler_ = options.failure_handler;
+  ctx->failure_handler_arg_ = options.failure_handler_arg;
+  char* name_copy = reinterpret_cast<char*>(ctx) + name_offset;
+  std::memcpy(name_copy, name, name_len + 1);
+  ctx->name_ = name_copy;
+  // Link first: the kind's init may acquire blocks, which charge ancestors.
+  // A new context has no descendants, so no cached limit link can be stale:
+  // no epoch bump.
+  ctx->LinkUnder(parent);
+  char* base = reinterpret_cast<char*>(ctx);
+  if (!methods->init(ctx, kind.options(), base + header_bytes, base + size)) {
+    Failure why = ctx->last_failure_;
+    ctx->ReleaseSelf();
+    return fail(why == Failure::kNone ? Failure::kBadArgument : why, want);
+  }
+  return ctx;
+}
+
+void Context::Destroy() { TearDown(/*destroy_self=*/true, ResetOptions()); }
+
+void Context::Reset(const ResetOptions& options) {
+  TearDown(/*destroy_self=*/false, options);
+}
+
+void Context::DestroyChildren() {
+  while (first_child_ != nullptr) first_child_->Destroy();
+}
+
+// Context::TearDown
+//
+// One iterative walk does reset and destroy for a whole subtree. Visiting a
+// context the first time marks it and runs its kBeforeChildren cleanups; we
+// then descend to its newest child while it has children; a context without
+// children runs its kAfterChildren cleanups and is released, and the walk
+// climbs to its parent. So each context is torn down completely before its
+// older sibling, and before its parent's kAfterChildren cleanups.
+//
+// Note: do not use recursion here. A chain of a million nested contexts must
+// tear down in constant stack space.
+//
+// The walk re-reads `first_child_` after every cleanup, so cleanups may
+// destroy or create children of a context that is not yet torn down.
+void Context::TearDown(bool destroy_self, const ResetOptions& options) {
+  if (state_ == State::kTearingDown) {
+    internal::ReportMisuse("context '%s' at %p is reset or destroyed while it is being torn down",
+                           name_, static_cast<void*>(this));
+    return;
+  }
+  Context* node = this;
+  for (;;) {
+    if (node->state_ != State::kTearingDown) {
+      node->state_ = State::kTearingDown;
+      node->RunCleanups(CleanupPhase::kBeforeChildren);
+    }
+    if (node->first_child_ != nullptr) {
+      node = node->first_child_;
+      continue;
+    }
+    node->RunCleanups(CleanupPhase::kAfterChildren);
+    if (node->first_child_ != nullptr) continue;  // a cleanup made a child
+    if (node == this) break;
+    Context* parent = node->parent_;
+    node->ReleaseSelf();
+    node = parent;
+  }
+  if (destroy_self) {
+    ReleaseSelf();
+    return;
+  }
+  methods_->reset(this, options);
+  cleanups_[0] = cleanups_[1] = nullptr;
+  spare_cleanups_ = nullptr;  // their memory was just reset
+  state_ = State::kLive;
+}
+
+// Context::ReleaseSelf
+//
+// The header lives in the first block, so everything needed after the
+// kind's release is read before the first block goes back.
+void Context::ReleaseSelf() {
+  methods_->release_all(this);
+  BlockSource* source = source_;
+  Block first{this, first_block_size_};
+  UnchargeLimits(first.size);
+  Unlink();
+  this->~Context();
+  source->Release(first);
+}
+
+void Context::LinkUnder(Context* parent) {
+  parent_ = parent;
+  prev_sibling_ = nullptr;
+  next_sibling_ = nullptr;
+  if (parent == nullptr) return;
+  next_sibling_ = parent->first_child_;
+  if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
+  parent->first_child_ = this;
+}
+
+void Context::Unlink() {
+  if (parent_ == nullptr) return;
+  if (prev_sibling_ != nullptr) {
+    prev_sibling_->next_sibling_ = next_sibling_;
+  } else {
+    parent_->first_child_ = next_sibling_;
+  }
+  if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = prev_sibling_;
+  parent_ = prev_sibling_ = next_sibling_ = nullptr;
+}
+
+bool Context::IsAncestorOf(const Context* other) const {
+  for (const Context* c = other ? other->parent_ : nullptr; c != nullptr; c = c->parent_) {
+    if (c == this) return true;
+  }
+  return false;
+}
+
+// Context::SetParent
+//
+// PostgreSQL does not look for multi-level loops; we do, because a loop
+// makes every later teardown run forever. Limits are kept exact: the moved
+// subtree's bytes leave the old limited ancestors and join the new ones,
+// except where the two chains share a context (a move inside one limited
+// subtree changes nothing for it).
+absl::Status Context::SetParent(Context* new_parent) {
+  if (new_parent == parent_) return absl::OkStatus();
+  if (new_parent == this || IsAncestorOf(new_parent)) {
+    last_failure_ = Failure::kCycle;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "mcx: cannot move context '%s' under '%s': it would become its own ancestor",
+        name_, new_parent->name_));
+  }
+  if (state_ == State::kTearingDown ||
+      (new_parent != nullptr && new_parent->state_ == State::kTearingDown)) {
+    last_failure_ = Failure::kBadArgument;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "mcx: cannot move context '%s' while a context involved is being torn down", name_));
+  }
+  Context* old_chain = parent_ ? parent_->NearestLimited() : nullptr;
+  Context* new_chain = new_parent ? new_parent->NearestLimited() : nullptr;
+  if (old_chain != nullptr || new_chain != nullptr) {
+    const size_t bytes = SubtreeBytes();
+    auto in_chain = [](Context* start, Context* target) {
+      for (Context* l = start; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+        if (l == target) return true;
+      }
+      return false;
+    };
+    for (Context* l = new_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+      if (!in_chain(old_chain, l) && bytes > l->limit_ - l->subtree_bytes_) {
+        last_failure_ = Failure::kLimit;
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "mcx: moving context '%s' (%d bytes) under '%s' would exceed the limit of '%s' (%d bytes)",
+            name_, bytes, new_parent->name_, l->name_, l->limit_));
+      }
+    }
+    for (Context* l = old_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+      if (!in_chain(new_chain, l)) l->subtree_bytes_ -= bytes;
+    }
+    for (Context* l = new_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+      if (!in_chain(old_chain, l)) l->subtree_bytes_ += bytes;
+    }
+  }
+  Unlink();
+  LinkUnder(new_parent);
+  BumpLimitEpoch();
+  return absl::OkStatus();
+}
+
+// --- Limits and block accounting ---------------------------------------------
+
+// Context::NearestLimited
+//
+// The nearest ancestor-or-self with a limit. Walks up to the first context
+// whose cache is current (or that has a limit), then writes the answer into
+// every context on the way, so a deep chain pays for the walk once per epoch.
+Context* Context::NearestLimited() {
+  const uint64_t epoch = limit_epoch.load(std::memory_order_relaxed);
+  Context* stop = this;
+  Context* answer = nullptr;
+  for (; stop != nullptr; stop = stop->parent_) {
+    if (stop->limit_epoch_ == epoch) {
+      answer = stop->limit_link_;
+      break;
+    }
+    if (stop->limit_ != kNoLimit) {
+      answer = stop;
+      break;
+    }
+  }
+  for (Context* c = this; c != stop; c = c->parent_) {
+    c->limit_link_ = answer;
+    c->limit_epoch_ = epoch;
+  }
+  if (stop != nullptr) {
+    stop->limit_link_ = answer;
+    stop->limit_epoch_ = epoch;
+  }
+  return answer;
+}
+
+bool Context::ChargeLimits(size_t bytes) {
+  Context* first = NearestLimited();
+  if (first == nullptr) return true;
+  for (Context* l = first; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    if (bytes > l->limit_ - l->subtree_bytes_) return false;
+  }
+  for (Context* l = first; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    l->subtree_bytes_ += bytes;
+  }
+  return true;
+}
+
+void Context::UnchargeLimits(size_t bytes) {
+  for (Context* l = NearestLimited(); l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    l->subtree_bytes_ -= bytes;
+  }
+}
+
+absl::Status Context::SetLimit(size_t bytes) {
+  if (bytes == kNoLimit) {
+    limit_ = kNoLimit;
+    BumpLimitEpoch();
+    return absl::OkStatus();
+  }
+  size_t held = SubtreeBytes();
+  if (held > bytes) {
+    last_failure_ = Failure::kLimit;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "mcx: context '%s' already holds %d bytes in its subtree, more than the limit %d",
+        name_, held, bytes));
+  }
+  limit_ = bytes;
+  subtree_bytes_ = held;
+  BumpLimitEpoch();
+  return absl::OkStatus();
+}
+
+size_t Context::SubtreeBytes() const {
+  size_t total = 0;
+  const Context* c = this;
+  while (c != nullptr) {
+    total += c->mem_allocated_;
+    if (c->first_child_ != nullptr) {
+      c = c->first_child_;
+      continue;
+    }
+    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
+    c = (c == this) ? nullptr : c->next_sibling_;
+  }
+  return total;
+}
+
+// Context::AcquireBlock
+//
+// Every block a kind uses comes through here: the limits are charged before
+// the source is asked (so a limit never costs a system call), and the charge
+// is undone if the source fails.
+void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual) {
+  if (!ChargeLimits(min_size)) {
+    last_failure_ = Failure::kLimit;
+    return nullptr;
+  }
+  Block block = source_->Acquire(min_size, alignment);
+  if (block.ptr == nullptr) {
+    UnchargeLimits(min_size);
+    last_failure_ = Failure::kOutOfMemory;
+    return nullptr;
+  }
+  size_t size = min_size;
+  if (block.size > min_size && ChargeLimits(block.size - min_size)) size = block.size;
+  mem_allocated_ += size;
+  ++num_blocks_;
+  *actual = size;
+  return block.ptr;
+}
+
+void Context::ReleaseBlock(void* block, size_t size) {
+  mem_allocated_ -= size;
+  --num_blocks_;
+  UnchargeLimits(size);
+  source_->Release(Block{block, size});
+}
+
+Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
+                               size_t alignment) {
+  const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
+  if (grow != 0 && !ChargeLimits(grow)) {
+    last_failure_ = Failure::kLimit;
+    return Block{};
+  }
+  Block fresh = source_->Reallocate(block, keep, new_min_size, alignment);
+  if (fresh.ptr == nullptr) {
+    if (grow != 0) UnchargeLimits(grow);
+    last_failure_ = Failure::kOutOfMemory;
+    return Block{};
+  }
+  // Account the new size exactly: the charge so far covers max(old, new_min).
+  size_t charged = block.size + grow;
+  size_t size = new_min_size;
+  if (fresh.size > new_min_size && ChargeLimits(fresh.size - new_min_size)) {
+    size = fresh.size;
+    charged += fresh.size - new_min_size;
+  }
+  UnchargeLimits(charged - size);
+  mem_allocated_ = mem_allocated_ - block.size + size;
+  fresh.size = size;
+  return fresh;
+}
+
+// --- Allocation --------------------------------------------------------------
+
+// Context::AllocSlow
+//
+// Everything the inline fast path does not serve: sizes it does not take,
+// kinds without a bump window, a full window. The kind's alloc may acquire
+// blocks; it reports failure by returning nullptr with last_failure_ set.
+void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
+  if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
+#ifdef MCX_CHECKING
+  if (state_ == State::kTearingDown) {
+    internal::ReportMisuse("allocation of %zu bytes in context '%s' at %p while it is being torn down",
+                           size, name_, static_cast<void*>(this));
+  }
+#endif
+  void* p = methods_->alloc(this, size, alignment);
+  if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
+  return p;
+}
+
+void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
+  if (!IsPowerOfTwo(alignment) || alignment > kMaxAlignment) {
+    return Fail(Failure::kBadAlignment, size, flags);
+  }
+  if (alignment < kDefaultAlignment) alignment = kDefaultAlignment;
+  void* p = TryBump(size, alignment);
+  if (p != nullptr) return p;
+  return AllocSlow(size, alignment, flags);
+}
+
+void* Context::AllocAligned(size_t size, size_t alignment) {
+  return AllocAlignedImpl(size, alignment, kThrow);
+}
+
+void* Context::TryAllocAligned(size_t size, size_t alignment) noexcept {
+  return AllocAlignedImpl(size, alignment, kNoThrow);
+}
+
+void* Context::AllocZeroArray(size_t count, size_t size) {
+  size_t bytes;
+  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kThrow);
+  return AllocZero(bytes);
+}
+
+void* Context::TryAllocZeroArray(size_t count, size_t size) noexcept {
+  size_t bytes;
+  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kNoThrow);
+  return TryAllocZero(bytes);
+}
+
+char* Context::Strdup(std::string_view s) {
+  if (s.size() >= kMaxAllocSize) return static_cast<char*>(Fail(Failure::kBadSize, s.size(), kThrow));
+  char* p = static_cast<char*>(AllocBytes(s.size() + 1));
+  std::memcpy(p, s.data(), s.size());
+  p[s.size()] = '\0';
+  return p;
+}
+
+void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
+  if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
+  if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
+  void* q = methods_->realloc(this, p, old_size, new_size);
+  if (q == nullptr) return Fail(last_failure_, new_size, flags);
+  return q;
+}
+
+void* Context::Realloc(void* p, size_t new_size) {
+  return ReallocImpl(p, kUnknownSize, new_size, kThrow);
+}
+void* Context::TryRealloc(void* p, size_t new_size) noexcept {
+  return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
+}
+void* Context::Realloc(void* p, size_t old_size, size_t new_size) {
+  return ReallocImpl(p, old_size, new_size, kThrow);
+}
+void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
+  return ReallocImpl(p, old_size, new_size, kNoThrow);
+}
+
+void Context::Free(void* p) {
+  if (p == nullptr) return;
+  methods_->free(this, p);
+}
+
+size_t Context::ChunkSize(const void* p) const {
+  if (p == nullptr) return 0;
+  return methods_->chunk_size(this, p);
+}
+
+bool Context::Check(std::string* error) const {
+  std::string scratch;
+  return methods_->check(this, error != nullptr ? error : &scratch);
+}
+
+// Context::Fail
+//
+// The one failure path. Try-calls stop at recording the reason; throwing
+// calls give the nearest handler a chance (it may log, dump stats, longjmp or
+// throw its own exception) and then throw.
+void* Context::Fail(Failure failure, size_t size, unsigned flags) {
+  last_failure_ = failure;
+  if (flags & kNoThrow) return nullptr;
+  for (Context* c = this; c != nullptr; c = c->parent_) {
+    if (c->failure_handler_ != nullptr) {
+      FailureInfo info{this, name_, failure, size, c->failure_handler_arg_};
+      c->failure_handler_(info);
+      break;
+    }
+  }
+  switch (failure) {
+    case Failure::kBadSize:
+      throw std::bad_array_new_length();
+    case Failure::kBadAlignment:
+    case Failure::kUnsupported:
+    case Failure::kBadArgument:
+    case Failure::kCycle:
+      throw std::invalid_argument(absl::StrFormat("mcx: %s in context '%s'",
+                                                  FailureName(failure), name_));
+    default:
+      throw std::bad_alloc();
+  }
+}
+
+// --- Cleanups ----------------------------------------------------------------
+
+CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
+  if (spare_cleanups_ != nullptr) {
+    CleanupRecord* r = spare_cleanups_;
+    spare_cleanups_ = r->next;
+    return r;
+  }
+  static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
+  return static_cast<CleanupRecord*>(flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
+                                                      : Alloc(sizeof(CleanupRecord)));
+}
+
+void Context::LinkCleanup(CleanupRecord* r, CleanupPhase phase) {
+  CleanupRecord*& head = cleanups_[static_cast<int>(phase)];
+  r->phase = phase;
+  r->owner = this;
+  r->prev = nullptr;
+  r->next = head;
+  if (head != nullptr) head->prev = r;
+  head = r;
+}
+
+void Context::UnlinkCleanup(CleanupRecord* r) {
+  CleanupRecord*& head = cleanups_[static_cast<int>(r->phase)];
+  if (r->prev != nullptr) {
+    r->prev->next = r->next;
+  } else {
+    head = r->next;
+  }
+  if (r->next != nullptr) r->next->prev = r->prev;
+  r->fn = nullptr;
+  r->prev = nullptr;
+  r->next = spare_cleanups_;
+  spare_cleanups_ = r;
+}
+
+CleanupHandle Context::AddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) {
+  if (fn == nullptr) {
+    Fail(Failure::kBadArgument, 0, kThrow);
+  }
+  CleanupRecord* r = NewCleanupRecord(kThrow);
+  r->fn = fn;
+  r->arg = arg;
+  LinkCleanup(r, phase);
+  return CleanupHandle(r);
+}
+
+CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) noexcept {
+  if (fn == nullptr) {
+    last_failure_ = Failure::kBadArgument;
+    return CleanupHandle();
+  }
+  CleanupRecord* r = NewCleanupRecord(kNoThrow);
+  if (r == nullptr) return CleanupHandle();
+  r->fn = fn;
+  r->arg = arg;
+  LinkCleanup(r, phase);
+  return CleanupHandle(r);
+}
+
+bool Context::RemoveCleanup(CleanupHandle handle) {
+  CleanupRecord* r = handle.record_;
+  if (r == nullptr || r->fn == nullptr) return false;
+  if (r->owner != this) {
+    internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'", static_cast<void*>(r),
+                           r->owner->name_, name_);
+    return false;
+  }
+  UnlinkCleanup(r);
+  return true;
+}
+
+bool Context::RunCleanup(CleanupHandle handle) {
+  CleanupRecord* r = handle.record_;
+  if (r == nullptr || r->fn == nullptr) return false;
+  if (r->owner != this) {
+    internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'", static_cast<void*>(r),
+                           r->owner->name_, name_);
+    return false;
+  }
+  CleanupFn fn = r->fn;
+  void* arg = r->arg;
+  UnlinkCleanup(r);
+  fn(arg);
+  return true;
+}
+
+// Context::RunCleanups
+//
+// Pops before calling, as PostgreSQL does: a cleanup is removed when it runs,
+// so it can never run twice, whatever it does.
+void Context::RunCleanups(CleanupPhase phase) {
+  CleanupRecord** head = &cleanups_[static_cast<int>(phase)];
+  while (*head != nullptr) {
+    CleanupRecord* r = *head;
+    CleanupFn fn = r->fn;
+    void* arg = r->arg;
+    UnlinkCleanup(r);
+    fn(arg);
+  }
+}
+
+}  // namespace mcx

@@ -1,0 +1,413 @@
+// File: mcx/context/context.h
+//
+// A memory context: a named owner of memory in a tree of owners. Every
+// allocation belongs to a context; destroying or resetting a context releases
+// everything in it and in all its descendants at once, and runs the cleanups
+// registered on them. Each context is backed by a kind (pool, freelist) that
+// decides how chunks are carved from blocks.
+//
+// Contract (docs/design.md has the full semantics):
+//   - Tree. A context has a name (copied), a kind, a parent (none for a root)
+//     and children. `SetParent` moves a whole subtree; it refuses a cycle.
+//   - Allocation. `Alloc` returns memory aligned to `kDefaultAlignment`
+//     (alignof(std::max_align_t)); `AllocAligned` takes any power of two up
+//     to `kMaxAlignment`; `AllocBytes` is unaligned (byte strings). Size 0
+//     returns a valid, unique pointer. Sizes above `kMaxAllocSize`, and
+//     count * size products that overflow, are errors.
+//   - Failure. `Try*` calls return nullptr. The others call the failure
+//     handler (inherited from the nearest ancestor that has one) and then
+//     throw (failure.h). After a failure nothing has changed.
+//   - Reset and Destroy. Order, always: cleanups registered
+//     `kBeforeChildren`, newest first; then the children, newest first, each
+//     torn down completely; then `kAfterChildren` cleanups, newest first; then
+//     the memory. `Reset` keeps the context (name, kind, options, parent,
+//     limit, handler) and what the `ResetOptions` keep. Tree walks are
+//     iterative: any depth works.
+//   - Threads. A context and its subtree are used by one thread at a time.
+//     Block sources are thread-safe.
+//
+// Example:
+//
+//   mcx::Context* query = mcx::Context::Create(nullptr, "query", mcx::PoolKind());
+//   mcx::Context* row = query->CreateChild("row", mcx::FreelistKind());
+//   for (int i = 0; i < rows; ++i) {
+//     char* buf = static_cast<char*>(row->Alloc(128));
+//     ...
+//     row->Reset();           // everything for the row, in one step
+//   }
+//   query->Destroy();         // row goes with it
+
+#ifndef MCX_CONTEXT_CONTEXT_H_
+#define MCX_CONTEXT_CONTEXT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
+#include "absl/status/status.h"
+#include "mcx/context/block_source.h"
+#include "mcx/context/failure.h"
+#include "mcx/context/kind.h"
+
+namespace mcx {
+
+inline constexpr size_t kDefaultAlignment = alignof(std::max_align_t);
+// Largest alignment `AllocAligned` accepts: a 2 MiB huge page.
+inline constexpr size_t kMaxAlignment = size_t{1} << 21;
+// Largest single request. Half the address space leaves room for headers and
+// alignment without overflow anywhere in the size arithmetic.
+inline constexpr size_t kMaxAllocSize = ~size_t{0} >> 1;
+// `SetLimit` value meaning "no limit".
+inline constexpr size_t kNoLimit = ~size_t{0};
+
+namespace internal {
+struct CleanupRecord;
+class ContextTestPeer;
+}  // namespace internal
+
+enum class CleanupPhase : unsigned char {
+  kBeforeChildren = 0,  // APR's pre-cleanups: run before the children go
+  kAfterChildren = 1,   // the default: run after the children are gone
+};
+
+using CleanupFn = void (*)(void* arg);
+
+// Names a registered cleanup. Valid until the cleanup runs or is removed, or
+// its context is reset or destroyed.
+class CleanupHandle {
+ public:
+  CleanupHandle() = default;
+  explicit operator bool() const { return record_ != nullptr; }
+
+ private:
+  friend class Context;
+  explicit CleanupHandle(internal::CleanupRecord* r) : record_(r) {}
+  internal::CleanupRecord* record_ = nullptr;
+};
+
+struct ContextOptions {
+  // Where blocks come from; nullptr: the parent's, or DefaultBlockSource().
+  BlockSource* block_source = nullptr;
+  // Bound on the block bytes of this context's whole subtree.
+  size_t limit = kNoLimit;
+  // Called on allocation failure; nullptr: inherit from the ancestors.
+  FailureHandler failure_handler = nullptr;
+  void* failure_handler_arg = nullptr;
+};
+
+class Context {
+ public:
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  // --- Lifecycle -----------------------------------------------------------
+
+  // Creates a context under `parent` (nullptr: a root). The context header,
+  // the kind's state and a copy of `name` live in the first block. Throws
+  // (after the failure handler) if the first block cannot be had.
+  static Context* Create(Context* parent, const char* name,
+                         const KindSpec& kind,
+                         const ContextOptions& options = {});
+  static Context* TryCreate(Context* parent, const char* name,
+                            const KindSpec& kind,
+                            const ContextOptions& options = {}) noexcept;
+  Context* CreateChild(const char* name, const KindSpec& kind,
+                       const ContextOptions& options = {}) {
+    return Create(this, name, kind, options);
+  }
+
+  // Tears down the subtree (see the order above) and releases this context.
+  void Destroy();
+  // The same teardown, but this context survives, empty.
+  void Reset(const ResetOptions& options = ResetOptions());
+  // Destroys every child, keeps this context and its memory.
+  void DestroyChildren();
+
+  // Moves this context and its subtree under `new_parent` (nullptr: make it
+  // a root). Fails without changing anything if `new_parent` is this context
+  // or one of its descendants, or if the moved bytes would exceed a limit of
+  // the new ancestors. The move is O(1); the cycle check walks the new
+  // parent's ancestors; a limit on either side adds a walk of the subtree.
+  absl::Status SetParent(Context* new_parent);
+
+  // --- Allocation ----------------------------------------------------------
+
+  inline void* Alloc(size_t size);
+  inline void* TryAlloc(size_t size) noexcept;
+  void* AllocZero(size_t size) { return Zero(Alloc(size), size); }
+  void* TryAllocZero(size_t size) noexcept { return Zero(TryAlloc(size), size); }
+  // calloc: `count * size` zeroed bytes; an overflowing product is kBadSize.
+  void* AllocZeroArray(size_t count, size_t size);
+  void* TryAllocZeroArray(size_t count, size_t size) noexcept;
+  void* AllocAligned(size_t size, size_t alignment);
+  void* TryAllocAligned(size_t size, size_t alignment) noexcept;
+  // No alignment at all: for byte strings (nginx's ngx_pnalloc).
+  inline void* AllocBytes(size_t size);
+  inline void* TryAllocBytes(size_t size) noexcept;
+  char* Strdup(std::string_view s);
+
+  // Resizes a chunk of this context, keeping min(old, new) bytes. nullptr
+  // allocates. The unsized form needs a kind that knows chunk sizes (the
+  // freelist kind, pool large chunks); the sized form works for every chunk.
+  void* Realloc(void* p, size_t new_size);
+  void* TryRealloc(void* p, size_t new_size) noexcept;
+  void* Realloc(void* p, size_t old_size, size_t new_size);
+  void* TryRealloc(void* p, size_t old_size, size_t new_size) noexcept;
+
+  // Gives a chunk back. nullptr is a no-op; so is a small pool chunk (it is
+  // released by Reset/Destroy), unless the pool rewinds (pool.h).
+  void Free(void* p);
+  // Usable bytes of a chunk, or kUnknownSize if the kind cannot tell.
+  size_t ChunkSize(const void* p) const;
+
+  // --- Cleanups ------------------------------------------------------------
+
+  // Registers `fn(arg)` to run when this context is reset or destroyed. The
+  // record lives in this context's memory. Throws on allocation failure.
+  CleanupHandle AddCleanup(CleanupFn fn, void* arg,
+                           CleanupPhase phase = CleanupPhase::kAfterChildren);
+  CleanupHandle TryAddCleanup(
+      CleanupFn fn, void* arg,
+      CleanupPhase phase = CleanupPhase::kAfterChildren) noexcept;
+  // Any callable; it is moved into this context's memory.
+  template <typename F,
+            typename = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&>>>
+  CleanupHandle AddCleanup(F&& f,
+                           CleanupPhase phase = CleanupPhase::kAfterChildren);
+  // Unregisters without running. False if the handle is empty.
+  bool RemoveCleanup(CleanupHandle handle);
+  // Runs now and unregisters. False if the handle is empty.
+  bool RunCleanup(CleanupHandle handle);
+
+  // --- Failure and limits --------------------------------------------------
+
+  void SetFailureHandler(FailureHandler handler, void* arg = nullptr) {
+    failure_handler_ = handler;
+    failure_handler_arg_ = arg;
+  }
+  // The reason for the most recent failed call on this context.
+  Failure last_failure() const { return last_failure_; }
+
+  // Bounds the block bytes of this subtree, checked whenever a block is
+  // acquired. Fails if the subtree already holds more.
+  absl::Status SetLimit(size_t bytes);
+  size_t limit() const { return limit_; }
+
+  // --- Introspection -------------------------------------------------------
+
+  const char* name() const { return name_; }
+  const char* kind_name() const { return methods_->name; }
+  const KindMethods* kind() const { return methods_; }
+  Context* parent() const { return parent_; }
+  Context* first_child() const { return first_child_; }  // newest child
+  Context* next_sibling() const { return next_sibling_; }  // next older
+  BlockSource* block_source() const { return source_; }
+  bool IsAncestorOf(const Context* other) const;
+
+  // O(1): bytes in blocks held by this context alone, and their count.
+  size_t bytes_in_blocks() const { return mem_allocated_; }
+  size_t num_blocks() const { return num_blocks_; }
+  // Walks the subtree.
+  size_t SubtreeBytes() const;
+
+  // Runs the kind's invariant checks. In checking builds every chunk's
+  // sentinel is verified too.
+  bool Check(std::string* error) const;
+
+  // --- For kinds (kind.h); not for users -----------------------------------
+
+  // A block of at least `min_size` bytes, after the limit checks; nullptr
+  // (with last_failure set) on failure. `*actual` receives its real size.
+  void* AcquireBlock(size_t min_size, size_t alignment, size_t* actual);
+  void ReleaseBlock(void* block, size_t size);
+  // Resizes a block through the source (dedicated chunks). Returns the new
+  // block or an empty one (with last_failure set); accounting follows.
+  Block ReallocateBlock(Block block, size_t keep, size_t new_min_size,
+                        size_t alignment);
+  void SetFailure(Failure failure) { last_failure_ = failure; }
+
+  // The inline fast path bumps inside [ptr, end) for requests of 1..max
+  // bytes. A kind that publishes a window must treat `bump_ptr()` as the
+  // authoritative "next free byte" of that range.
+  void SetBumpWindow(char* ptr, char* end, size_t max) {
+    bump_ptr_ = ptr;
+    bump_end_ = end;
+    max_bump_ = max;
+  }
+  char* bump_ptr() const { return bump_ptr_; }
+  char* bump_end() const { return bump_end_; }
+  void set_bump_ptr(char* p) { bump_ptr_ = p; }
+  // Bytes of the first block taken by the header, state and name.
+  size_t header_bytes() const { return header_bytes_; }
+  size_t first_block_size() const { return first_block_size_; }
+  bool tearing_down() const { return state_ == State::kTearingDown; }
+
+ private:
+  friend class internal::ContextTestPeer;
+  template <typename State>
+  friend State* KindState(Context* ctx);
+  template <typename State>
+  friend const State* KindState(const Context* ctx);
+
+  enum class State : unsigned char { kLive, kTearingDown };
+  enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
+
+  Context() = default;
+  ~Context() = default;
+
+  static Context* CreateImpl(Context* parent, const char* name,
+                             const KindSpec& kind,
+                             const ContextOptions& options, unsigned flags);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
+    uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
+                  ~(alignment - 1);
+    // `size - 1` wraps for 0, so zero-size requests take the slow path,
+    // which hands out a unique pointer.
+    if (ABSL_PREDICT_TRUE(size - 1 < max_bump_ &&
+                          p + size <= reinterpret_cast<uintptr_t>(bump_end_))) {
+      bump_ptr_ = reinterpret_cast<char*>(p + size);
+      return reinterpret_cast<void*>(p);
+    }
+    return nullptr;
+  }
+  ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment,
+                                          unsigned flags);
+  void* AllocAlignedImpl(size_t size, size_t alignment, unsigned flags);
+  void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
+                                     unsigned flags);
+  static void* Zero(void* p, size_t size) {
+    if (p != nullptr) std::memset(p, 0, size);
+    return p;
+  }
+  internal::CleanupRecord* NewCleanupRecord(unsigned flags);
+  void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
+  void UnlinkCleanup(internal::CleanupRecord* r);
+  void RunCleanups(CleanupPhase phase);
+
+  void TearDown(bool destroy_self, const ResetOptions& options);
+  void ReleaseSelf();
+  void LinkUnder(Context* parent);
+  void Unlink();
+
+  // Limits: each context caches its nearest ancestor-or-self with a limit;
+  // a global epoch, bumped by SetParent and SetLimit, invalidates caches.
+  Context* NearestLimited();
+  bool ChargeLimits(size_t bytes);
+  void UnchargeLimits(size_t bytes);
+
+  // Fast-path fields first: they share a cache line.
+  char* bump_ptr_ = nullptr;
+  char* bump_end_ = nullptr;
+  size_t max_bump_ = 0;  // largest request the window serves; 0: none
+  const KindMethods* methods_ = nullptr;
+
+  Context* parent_ = nullptr;
+  Context* first_child_ = nullptr;  // newest child
+  Context* prev_sibling_ = nullptr;  // newer sibling
+  Context* next_sibling_ = nullptr;  // older sibling
+
+  internal::CleanupRecord* cleanups_[2] = {nullptr, nullptr};  // by phase
+  internal::CleanupRecord* spare_cleanups_ = nullptr;  // removed, reusable
+
+  BlockSource* source_ = nullptr;
+  size_t mem_allocated_ = 0;     // bytes in blocks held by this context
+  size_t num_blocks_ = 0;        // blocks held, the first included
+  size_t first_block_size_ = 0;  // bytes; this header sits at its start
+  size_t header_bytes_ = 0;      // bytes of the first block used by header
+  size_t limit_ = kNoLimit;      // bytes of the subtree; kNoLimit: none
+  size_t subtree_bytes_ = 0;     // maintained only when limit_ is set
+  Context* limit_link_ = nullptr;  // nearest limited ancestor-or-self
+  uint64_t limit_epoch_ = 0;       // epoch limit_link_ was computed in
+
+  FailureHandler failure_handler_ = nullptr;
+  void* failure_handler_arg_ = nullptr;
+  const char* name_ = nullptr;  // points into the first block
+  State state_ = State::kLive;
+  Failure last_failure_ = Failure::kNone;
+};
+
+// --- Inline definitions -----------------------------------------------------
+
+// Context::Alloc
+//
+// Cost note: with a bump window (pool kind) this is about 9 instructions and
+// one well-predicted branch; everything else is out of line.
+inline void* Context::Alloc(size_t size) {
+  void* p = TryBump(size, kDefaultAlignment);
+  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  return AllocSlow(size, kDefaultAlignment, kThrow);
+}
+
+inline void* Context::TryAlloc(size_t size) noexcept {
+  void* p = TryBump(size, kDefaultAlignment);
+  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  return AllocSlow(size, kDefaultAlignment, kNoThrow);
+}
+
+inline void* Context::AllocBytes(size_t size) {
+  void* p = TryBump(size, 1);
+  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  return AllocSlow(size, 1, kThrow);
+}
+
+inline void* Context::TryAllocBytes(size_t size) noexcept {
+  void* p = TryBump(size, 1);
+  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  return AllocSlow(size, 1, kNoThrow);
+}
+
+template <typename State>
+State* KindState(Context* ctx) {
+  constexpr size_t kAlign = alignof(State);
+  uintptr_t p = (reinterpret_cast<uintptr_t>(ctx) + sizeof(Context) + kAlign -
+                 1) & ~(kAlign - 1);
+  return reinterpret_cast<State*>(p);
+}
+
+template <typename State>
+const State* KindState(const Context* ctx) {
+  return KindState<State>(const_cast<Context*>(ctx));
+}
+
+namespace internal {
+
+// A callable moved into context memory, run by a trampoline.
+template <typename F>
+struct CallableCleanup {
+  static void Run(void* self) {
+    F* f = static_cast<F*>(self);
+    (*f)();
+    f->~F();
+  }
+};
+
+}  // namespace internal
+
+template <typename F, typename>
+CleanupHandle Context::AddCleanup(F&& f, CleanupPhase phase) {
+  using Fn = std::decay_t<F>;
+  static_assert(alignof(Fn) <= kDefaultAlignment,
+                "over-aligned cleanup callables are not supported");
+  void* mem = Alloc(sizeof(Fn));
+  Fn* fn = new (mem) Fn(std::forward<F>(f));
+  // If registering fails, the callable is destroyed unrun and the exception
+  // propagates: nothing is half done.
+  CleanupHandle h = TryAddCleanup(&internal::CallableCleanup<Fn>::Run, fn, phase);
+  if (!h) {
+    fn->~Fn();
+    Free(mem);
+    Fail(last_failure_, 0, kThrow);
+  }
+  return h;
+}
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_CONTEXT_H_

@@ -1,0 +1,60 @@
+// File: mcx/context/stats.h
+//
+// Where the memory is: per-context counters and a report of a tree, in the
+// shape of PostgreSQL's MemoryContextStats.
+//
+// Contract:
+//   - `GetCounters(ctx)` describes one context: block bytes and block count
+//     are O(1) (kept as blocks come and go); free bytes and free chunks ask
+//     the kind, which may walk its freelists.
+//   - `GetSubtreeCounters(ctx)` sums a subtree (an iterative walk).
+//   - `StatsReport` prints one line per context, indented two spaces per
+//     level, at most `max_depth` levels below the root and `max_children`
+//     children per context; what is cut is summarised in one line per parent
+//     ("N more child contexts containing ..."), so the totals always add up.
+//     The last line is the grand total of the whole subtree.
+//
+// Example:
+//
+//   std::fputs(mcx::StatsReport(top).c_str(), stderr);
+//   // top: 16384 total in 2 blocks; 9216 free (0 chunks); 7168 used
+//   //   query: 8192 total in 1 blocks; 6000 free (3 chunks); 2192 used
+//   // Grand total: 24576 bytes in 3 blocks; 15216 free (3 chunks); 9360 used
+
+#ifndef MCX_CONTEXT_STATS_H_
+#define MCX_CONTEXT_STATS_H_
+
+#include <cstddef>
+#include <string>
+
+namespace mcx {
+
+class Context;
+
+struct ContextCounters {
+  size_t total_bytes = 0;  // bytes in blocks
+  size_t blocks = 0;
+  size_t free_bytes = 0;   // bytes in blocks not handed out
+  size_t free_chunks = 0;  // chunks on freelists
+  size_t contexts = 0;     // contexts counted
+
+  size_t used_bytes() const { return total_bytes - free_bytes; }
+  void Add(const ContextCounters& other);
+};
+
+ContextCounters GetCounters(const Context* ctx);
+ContextCounters GetSubtreeCounters(const Context* ctx);
+
+enum class ReportFormat { kText, kJson };
+
+struct ReportOptions {
+  int max_depth = 100;     // levels shown below the root
+  int max_children = 100;  // children shown per context
+  ReportFormat format = ReportFormat::kText;
+};
+
+std::string StatsReport(const Context* root, const ReportOptions& options = {});
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_STATS_H_

@@ -1,0 +1,61 @@
+// File: mcx/freelist/freelist.h
+//
+// The freelist kind: PostgreSQL's AllocSet, with finer size classes. Any
+// chunk can be freed or reallocated, with or without naming its context
+// (`mcx::Free(p)`), because each carries an 8-byte header.
+//
+// Contract:
+//   - Requests up to `chunk_limit` bytes are rounded up to a size class
+//     (size_class.h) and served from that class's LIFO freelist, else carved
+//     from the current block. When a block is exhausted its unused tail is
+//     carved into freelist chunks, not lost.
+//   - Larger requests get a dedicated block, which goes back to the block
+//     source as soon as the chunk is freed, and is resized through the source
+//     (realloc) when the chunk is reallocated.
+//   - Realloc stays in place when the new size fits the chunk's class.
+//   - Blocks double from `initial_block_size` up to `max_block_size`.
+//   - Reset empties every freelist; blocks are released or kept per
+//     ResetOptions (kept blocks are reused before new ones are acquired).
+//   - A double free is detected in every build (the header's free bit); a
+//     chunk freed through the wrong context, or a sentinel overwritten, in
+//     checking builds.
+//
+// Example:
+//
+//   mcx::Context* cache = mcx::Context::Create(top, "cache", mcx::FreelistKind());
+//   void* entry = cache->Alloc(72);
+//   entry = mcx::Realloc(entry, 400);   // no context needed
+//   mcx::Free(entry);
+
+#ifndef MCX_FREELIST_FREELIST_H_
+#define MCX_FREELIST_FREELIST_H_
+
+#include <cstddef>
+
+#include "mcx/context/context.h"
+#include "mcx/context/kind.h"
+#include "mcx/freelist/size_class.h"
+
+namespace mcx {
+
+struct FreelistOptions {
+  // Bytes of the first block, context header included.
+  size_t initial_block_size = 8 * 1024;
+  // Later blocks double up to this (at most kMaxFreelistBlockSize).
+  size_t max_block_size = 8 * 1024 * 1024;
+  // Requests above this get a dedicated block (at most kMaxSizeClassBytes).
+  size_t chunk_limit = kMaxSizeClassBytes;
+};
+
+// Chunk headers store a 32-bit offset to their block.
+inline constexpr size_t kMaxFreelistBlockSize = size_t{1} << 30;
+
+KindSpec FreelistKind(const FreelistOptions& options = FreelistOptions());
+
+Context* CreateFreelistContext(Context* parent, const char* name,
+                               const FreelistOptions& options = FreelistOptions(),
+                               const ContextOptions& context_options = ContextOptions());
+
+}  // namespace mcx
+
+#endif  // MCX_FREELIST_FREELIST_H_

@@ -1,0 +1,63 @@
+// Internal to mcx; do not include from outside.
+// IWYU pragma: private, include "mcx/pool/pool.h"
+//
+// The pool kind's block and state layout, shared by pool.cc and tests
+// through ContextTestPeer. Drawn for a context with three blocks, the third
+// current:
+//
+//   first block (holds the context)        block 2              block 3
+//   +---------+-----------+------+----+    +-------+-----+--+   +-------+---+------+
+//   | Context | PoolState | name | .. |    | Block | ... |  |   | Block |...|      |
+//   +---------+-----------+------+----+    +-------+-----+--+   +-------+---+------+
+//                  | first.next ---------->   next --------->        ^ last  ^ end
+//                  | current ---------------------------------------/
+//                  | large -> [node] -> [node] -> ...  (each node: its own block)
+//
+// For the current block the context's bump window (bump_ptr, bump_end) is
+// the authoritative `last`; pool.cc syncs it into the block before looking.
+
+#ifndef MCX_POOL_INTERNAL_POOL_BLOCK_H_
+#define MCX_POOL_INTERNAL_POOL_BLOCK_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mcx {
+namespace pool_internal {
+
+struct PoolBlock {
+  char* last;         // next free byte
+  char* end;          // one past the last usable byte
+  PoolBlock* next;    // toward newer blocks
+  PoolBlock* prev;
+  char* start;        // first usable byte (where a reset rewinds to)
+  size_t size;        // bytes acquired; 0 for the first block (the context's)
+  uint32_t failed;    // times a small request did not fit while this block
+                      // was at or after `current`
+  uint32_t live;      // live small chunks (rewind_on_free only)
+};
+
+// nginx's ngx_pool_large_t, plus the size the block source needs back.
+struct LargeNode {
+  LargeNode* next;
+  void* alloc;  // nullptr: emptied by Free, reusable
+  size_t size;
+};
+
+struct PoolState {
+  PoolBlock first;     // header of the first block
+  PoolBlock* head;     // oldest block in the list (usually &first)
+  PoolBlock* current;  // where small requests start looking
+  LargeNode* large;    // newest first
+  size_t max_small;        // bytes; larger requests go to the large list
+  size_t next_block_size;  // bytes of the next block; doubles up to max
+  size_t base_block_size;  // where next_block_size restarts after a reset
+  size_t max_block_size;
+  size_t rewind_block_size;  // power of two; 0 when rewind_on_free is off
+  size_t window_max;         // max for the bump window (0: no window)
+};
+
+}  // namespace pool_internal
+}  // namespace mcx
+
+#endif  // MCX_POOL_INTERNAL_POOL_BLOCK_H_

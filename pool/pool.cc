@@ -1,0 +1,457 @@
+// The pool kind: nginx's ngx_pool_t (src/core/ngx_palloc.c) as a context
+// kind. What is kept from nginx, and why:
+//   - The pool header lives in the first block: creating a pool costs one
+//     block acquisition.
+//   - Small requests bump a pointer; there is no per-chunk header, so a small
+//     chunk costs exactly its bytes plus alignment.
+//   - `current`: a block that fails often is nearly full; once it has failed
+//     kMaxFailures times, new requests stop trying it.
+//   - Requests above `max_small` would waste most of a block; they get a
+//     block of their own on the large list and can be freed one by one.
+// What is added: blocks that grow from an initial to a maximum size (nginx's
+// blocks all have the pool's size), a bump window in the context header that
+// the inline fast path serves, sized realloc, and the rewind option.
+
+#include "mcx/pool/pool.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "mcx/context/internal/failure.h"
+#include "mcx/pool/internal/pool_block.h"
+
+namespace mcx {
+
+using pool_internal::LargeNode;
+using pool_internal::PoolBlock;
+using pool_internal::PoolState;
+
+namespace {
+
+// nginx's constant (ngx_palloc_block: `if (p->d.failed++ > 4)`). After this
+// many misses a block has little room left, and every further request would
+// pay a compare for it before reaching a block that fits.
+constexpr uint32_t kMaxFailures = 4;
+
+// How many nodes of the large list are searched for an emptied one to reuse
+// before a new node is allocated (nginx: `if (n++ > 3) break;`). Bounded so
+// that a long list of live large chunks does not make allocation linear.
+constexpr int kLargeNodeScan = 3;
+
+// The first block keeps at least this much room after the header, so that a
+// context created with a tiny initial_block_size can still serve requests
+// without an immediate second block.
+constexpr size_t kMinFirstBlockSpace = 256;
+
+// Alignment of a block's first usable byte; the block header is padded to it.
+constexpr size_t kBlockHeaderBytes =
+    (sizeof(PoolBlock) + kDefaultAlignment - 1) & ~(kDefaultAlignment - 1);
+
+char* AlignUp(char* p, size_t alignment) {
+  uintptr_t u = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<char*>((u + alignment - 1) & ~(uintptr_t{alignment} - 1));
+}
+
+size_t RoundUpPow2(size_t n) {
+  size_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+PoolState* StateOf(Context* ctx) { return KindState<PoolState>(ctx); }
+const PoolState* StateOf(const Context* ctx) { return KindState<PoolState>(ctx); }
+
+// The context's bump window is the current block's `last`: copy it back
+// before any code reads the block list.
+void Sync(Context* ctx, PoolState* st) {
+  if (st->window_max != 0) st->current->last = ctx->bump_ptr();
+}
+
+void Publish(Context* ctx, PoolState* st) {
+  if (st->window_max != 0) {
+    ctx->SetBumpWindow(st->current->last, st->current->end, st->window_max);
+  }
+}
+
+// Const readers see the current block through the window without writing.
+char* LastOf(const Context* ctx, const PoolState* st, const PoolBlock* b) {
+  return (st->window_max != 0 && b == st->current) ? ctx->bump_ptr() : b->last;
+}
+
+// O(1) block lookup in rewind mode: blocks are aligned to their size.
+PoolBlock* BlockOf(Context* ctx, PoolState* st, const void* p) {
+  uintptr_t base = reinterpret_cast<uintptr_t>(p) & ~(uintptr_t{st->rewind_block_size} - 1);
+  if (base == reinterpret_cast<uintptr_t>(ctx)) return &st->first;
+  return reinterpret_cast<PoolBlock*>(base);
+}
+
+bool IsSmall(const PoolState* st, size_t size, size_t alignment) {
+  size_t pad = alignment > kDefaultAlignment ? alignment : 0;
+  return size <= st->max_small && pad <= st->max_small - size;
+}
+
+// Moves `b` just before `current` and makes it current: a rewound block is
+// empty and should be tried first.
+void MakeCurrent(PoolState* st, PoolBlock* b) {
+  if (b == st->current) return;
+  if (b->prev != nullptr) b->prev->next = b->next; else st->head = b->next;
+  if (b->next != nullptr) b->next->prev = b->prev;
+  PoolBlock* c = st->current;
+  b->next = c;
+  b->prev = c->prev;
+  if (c->prev != nullptr) c->prev->next = b; else st->head = b;
+  c->prev = b;
+  st->current = b;
+}
+
+// ngx_palloc_block: a new block at the end of the list; every block from
+// `current` to the old end has failed once more.
+void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
+  size_t want = st->next_block_size;
+  size_t block_alignment = kMinBlockAlignment;
+  if (st->rewind_block_size != 0) {
+    want = st->rewind_block_size;
+    block_alignment = st->rewind_block_size;
+  } else {
+    size_t need = kBlockHeaderBytes + size + (alignment > kDefaultAlignment ? alignment : 0);
+    if (want < need) want = need;
+  }
+  size_t actual;
+  char* mem = static_cast<char*>(ctx->AcquireBlock(want, block_alignment, &actual));
+  if (mem == nullptr) return nullptr;
+  PoolBlock* b = reinterpret_cast<PoolBlock*>(mem);
+  b->start = mem + kBlockHeaderBytes;
+  // In rewind mode the source's slack past the power-of-two size is not
+  // used: the address mask would map it to the wrong block.
+  b->end = mem + (st->rewind_block_size != 0 ? st->rewind_block_size : actual);
+  b->size = actual;
+  b->failed = 0;
+  b->next = nullptr;
+
+  PoolBlock* p = st->current;
+  for (; p->next != nullptr; p = p->next) {
+    if (p->failed++ > kMaxFailures) st->current = p->next;
+  }
+  p->next = b;
+  b->prev = p;
+  if (st->next_block_size < st->max_block_size) {
+    st->next_block_size = st->next_block_size * 2 < st->max_block_size ? st->next_block_size * 2
+                                                                          : st->max_block_size;
+  }
+  char* m = AlignUp(b->start, alignment);
+  b->last = m + size;
+  b->live = 1;
+  return m;
+}
+
+void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
+  for (PoolBlock* p = st->current; p != nullptr; p = p->next) {
+    char* m = AlignUp(p->last, alignment);
+    if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
+      p->last = m + size;
+      ++p->live;
+      return m;
+    }
+  }
+  return AllocBlock(ctx, st, size, alignment);
+}
+
+// ngx_palloc_large: its own block, recorded on the large list.
+void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
+  size_t actual;
+  size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
+  void* mem = ctx->AcquireBlock(size, block_alignment, &actual);
+  if (mem == nullptr) return nullptr;
+  int n = 0;
+  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc == nullptr) {
+      l->alloc = mem;
+      l->size = actual;
+      return mem;
+    }
+    if (n++ > kLargeNodeScan) break;
+  }
+  auto* node = static_cast<LargeNode*>(AllocSmall(ctx, st, sizeof(LargeNode), kDefaultAlignment));
+  if (node == nullptr) {
+    Failure why = ctx->last_failure();
+    ctx->ReleaseBlock(mem, actual);
+    ctx->SetFailure(why);
+    return nullptr;
+  }
+  node->alloc = mem;
+  node->size = actual;
+  node->next = st->large;
+  st->large = node;
+  return mem;
+}
+
+LargeNode* FindLarge(PoolState* st, const void* p) {
+  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc == p) return l;
+  }
+  return nullptr;
+}
+
+// --- Methods -------------------------------------------------------------------
+
+size_t FirstBlockSize(const void* options, size_t header_bytes) {
+  const auto* o = static_cast<const PoolOptions*>(options);
+  size_t size = o->initial_block_size;
+  if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
+  return o->rewind_on_free ? RoundUpPow2(size) : size;
+}
+
+// Rewind mode finds a chunk's block by masking its address, so every block,
+// the first included, is aligned to its (power-of-two) size.
+size_t FirstBlockAlignment(const void* options, size_t first_block_size) {
+  const auto* o = static_cast<const PoolOptions*>(options);
+  return o->rewind_on_free ? first_block_size : kMinBlockAlignment;
+}
+
+size_t LargestPow2AtMost(size_t n) {
+  size_t p = RoundUpPow2(n);
+  return p == n ? p : p / 2;
+}
+
+bool Init(Context* ctx, const void* options, char* space, char* block_end) {
+  const auto* o = static_cast<const PoolOptions*>(options);
+  PoolState* st = StateOf(ctx);
+  std::memset(static_cast<void*>(st), 0, sizeof(*st));
+  st->head = st->current = &st->first;
+  st->first.start = st->first.last = space;
+  st->first.end = block_end;
+  st->max_small = o->max_small;
+  if (o->rewind_on_free) {
+    // The source's slack past the power-of-two size would break the address
+    // mask lookup: use exactly the power of two.
+    st->rewind_block_size = LargestPow2AtMost(ctx->first_block_size());
+    st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+    size_t room = st->rewind_block_size - kBlockHeaderBytes;
+    if (st->max_small > room / 2) st->max_small = room / 2;
+  }
+  size_t base = o->initial_block_size < kBlockHeaderBytes + kMinFirstBlockSpace
+                    ? kBlockHeaderBytes + kMinFirstBlockSpace
+                    : o->initial_block_size;
+  st->base_block_size = base;
+  st->next_block_size = base;
+  st->max_block_size = o->max_block_size < base ? base : o->max_block_size;
+  // Zero is a legal max_small (everything large) but not for the window.
+  st->window_max = st->rewind_block_size == 0 ? st->max_small : 0;
+  if (o->max_small > kMaxAllocSize) {
+    ctx->SetFailure(Failure::kBadSize);
+    return false;
+  }
+  Publish(ctx, st);
+  return true;
+}
+
+void* Alloc(Context* ctx, size_t size, size_t alignment) {
+  PoolState* st = StateOf(ctx);
+  Sync(ctx, st);
+  if (size == 0) size = 1;  // unique pointers for zero-size requests
+  void* p = IsSmall(st, size, alignment) ? AllocSmall(ctx, st, size, alignment)
+                                         : AllocLarge(ctx, st, size, alignment);
+  Publish(ctx, st);
+  return p;
+}
+
+void Free(Context* ctx, void* p) {
+  PoolState* st = StateOf(ctx);
+  Sync(ctx, st);
+  if (LargeNode* l = FindLarge(st, p)) {
+    ctx->ReleaseBlock(p, l->size);
+    l->alloc = nullptr;
+    return;
+  }
+  if (st->rewind_block_size == 0) return;  // small chunk: freed by reset
+  PoolBlock* b = BlockOf(ctx, st, p);
+  if (p < b->start || p >= b->last || b->live == 0) {
+    internal::ReportMisuse("pool '%s': free of %p, which is not a live chunk of this pool",
+                           ctx->name(), p);
+    return;
+  }
+  if (--b->live == 0) {
+    b->last = b->start;
+    b->failed = 0;
+    MakeCurrent(st, b);
+  }
+  Publish(ctx, st);
+}
+
+void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
+  PoolState* st = StateOf(ctx);
+  Sync(ctx, st);
+  if (new_size == 0) new_size = 1;
+  if (LargeNode* l = FindLarge(st, p)) {
+    Block b = ctx->ReallocateBlock(Block{p, l->size}, l->size < new_size ? l->size : new_size,
+                                   new_size, kMinBlockAlignment);
+    if (b.ptr == nullptr) return nullptr;
+    l->alloc = b.ptr;
+    l->size = b.size;
+    return b.ptr;
+  }
+  if (old_size == kUnknownSize) {
+    ctx->SetFailure(Failure::kUnsupported);
+    return nullptr;
+  }
+  char* c = static_cast<char*>(p);
+  PoolBlock* cur = st->current;
+  if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
+    if (c + old_size == cur->last && c >= cur->start && new_size <= static_cast<size_t>(cur->end - c)) {
+      cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
+      Publish(ctx, st);
+      return p;
+    }
+    if (new_size <= old_size) return p;  // shrinking a small chunk: keep it
+  }
+  void* q = Alloc(ctx, new_size, kDefaultAlignment);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, old_size < new_size ? old_size : new_size);
+  Free(ctx, p);
+  return q;
+}
+
+size_t ChunkSize(const Context* ctx, const void* p) {
+  PoolState* st = const_cast<PoolState*>(StateOf(ctx));
+  LargeNode* l = FindLarge(st, p);
+  return l != nullptr ? l->size : kUnknownSize;
+}
+
+void ReleaseLarge(Context* ctx, PoolState* st) {
+  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc != nullptr) ctx->ReleaseBlock(l->alloc, l->size);
+  }
+  st->large = nullptr;
+}
+
+void Reset(Context* ctx, const ResetOptions& options) {
+  PoolState* st = StateOf(ctx);
+  Sync(ctx, st);
+  ReleaseLarge(ctx, st);
+  size_t kept = ctx->first_block_size();
+  size_t largest = 0;
+  PoolBlock* tail = &st->first;
+  st->first.prev = nullptr;
+  PoolBlock* b = st->head;
+  while (b != nullptr) {
+    PoolBlock* next = b->next;
+    if (b != &st->first) {
+      bool keep = options.mode == ResetMode::kKeepBytes && b->size <= options.keep_bytes - kept &&
+                  kept <= options.keep_bytes;
+      if (keep) {
+        kept += b->size;
+        if (b->size > largest) largest = b->size;
+        tail->next = b;
+        b->prev = tail;
+        tail = b;
+      } else {
+        ctx->ReleaseBlock(b, b->size);
+      }
+    }
+    b = next;
+  }
+  tail->next = nullptr;
+  for (b = &st->first; b != nullptr; b = b->next) {
+    b->last = b->start;
+    b->failed = 0;
+    b->live = 0;
+  }
+  st->head = st->current = &st->first;
+  st->next_block_size = st->base_block_size;
+  if (largest != 0 && st->rewind_block_size == 0) {
+    st->next_block_size = largest * 2 < st->max_block_size ? largest * 2 : st->max_block_size;
+  }
+  Publish(ctx, st);
+}
+
+void ReleaseAll(Context* ctx) {
+  PoolState* st = StateOf(ctx);
+  ReleaseLarge(ctx, st);
+  for (PoolBlock* b = st->head; b != nullptr;) {
+    PoolBlock* next = b->next;
+    if (b != &st->first) ctx->ReleaseBlock(b, b->size);
+    b = next;
+  }
+  st->head = st->current = &st->first;
+  st->first.next = st->first.prev = nullptr;
+}
+
+void Stats(const Context* ctx, KindStats* out) {
+  const PoolState* st = StateOf(ctx);
+  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+    out->free_bytes += static_cast<size_t>(b->end - LastOf(ctx, st, b));
+  }
+  // The first block's bytes beyond the usable end (source slack in rewind
+  // mode) are not free for use; count them as used.
+}
+
+bool Check(const Context* ctx, std::string* error) {
+  const PoolState* st = StateOf(ctx);
+  size_t blocks = 1;
+  bool current_seen = false;
+  const PoolBlock* prev = nullptr;
+  for (const PoolBlock* b = st->head; b != nullptr; prev = b, b = b->next) {
+    char* last = LastOf(ctx, st, b);
+    if (b->prev != prev) {
+      absl::StrAppendFormat(error, "pool '%s': block %p has a broken prev link\n", ctx->name(),
+                            static_cast<const void*>(b));
+      return false;
+    }
+    if (!(b->start <= last && last <= b->end)) {
+      absl::StrAppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
+                            ctx->name(), static_cast<const void*>(b));
+      return false;
+    }
+    if (b == st->current) current_seen = true;
+    if (b != &st->first) ++blocks;
+  }
+  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc != nullptr) ++blocks;
+  }
+  if (!current_seen) {
+    absl::StrAppendFormat(error, "pool '%s': current block is not on the block list\n",
+                          ctx->name());
+    return false;
+  }
+  if (blocks != ctx->num_blocks()) {
+    absl::StrAppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
+                          ctx->name(), blocks, ctx->num_blocks());
+    return false;
+  }
+  return true;
+}
+
+const KindMethods kPoolMethods = {
+    "pool",
+    sizeof(PoolState),
+    alignof(PoolState),
+    sizeof(PoolOptions),
+    &FirstBlockSize,
+    &FirstBlockAlignment,
+    &Init,
+    &Alloc,
+    &Free,
+    &Realloc,
+    &ChunkSize,
+    &Reset,
+    &ReleaseAll,
+    &Stats,
+    &Check,
+};
+
+}  // namespace
+
+KindSpec PoolKind(const PoolOptions& options) { return KindSpec(&kPoolMethods, options); }
+
+Context* CreatePoolContext(Context* parent, const char* name, const PoolOptions& options,
+                           const ContextOptions& context_options) {
+  return Context::Create(parent, name, PoolKind(options), context_options);
+}
+
+Pool::Pool(const PoolOptions& options, const ContextOptions& context_options, const char* name)
+    : ctx_(Context::Create(nullptr, name, PoolKind(options), context_options)) {}
+
+Pool::~Pool() { ctx_->Destroy(); }
+
+}  // namespace mcx

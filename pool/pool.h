@@ -1,0 +1,98 @@
+// File: mcx/pool/pool.h
+//
+// The pool kind: nginx's ngx_pool_t. Small requests are bumped out of linked
+// blocks with no per-chunk header; requests above `max_small` get a block of
+// their own on the large list; a `current` block skips blocks that keep
+// failing. The fastest kind, for request- and query-scoped data that dies
+// all at once.
+//
+// Contract:
+//   - Small chunks (size <= max_small) cannot be freed one by one: `Free` on
+//     them is a documented no-op; Reset/Destroy releases them. With
+//     `rewind_on_free`, each block counts its live small chunks and rewinds
+//     when the count drops to zero (see PoolOptions).
+//   - Large chunks are freed one by one (`Free`, like ngx_pfree), which
+//     releases their block at once; emptied list nodes are reused.
+//   - `Realloc(p, old_size, new_size)` grows in place when p is the last chunk
+//     bumped in the current block, and copies otherwise. The unsized
+//     `Realloc(p, n)` works for large chunks only (kUnsupported otherwise).
+//   - `mcx::Free(p)` without a context does not work on pool chunks: they
+//     have no header. Name the context.
+//
+// Example:
+//
+//   mcx::Context* req = mcx::Context::Create(server, "request",
+//                                            mcx::PoolKind({.max_small = 2048}));
+//   char* line = static_cast<char*>(req->AllocBytes(len));   // ngx_pnalloc
+//   Header* h = static_cast<Header*>(req->AllocZero(sizeof(Header)));
+//   req->Destroy();
+//
+//   // Without a tree (nginx style):
+//   mcx::Pool pool;                      // a root pool context, owned
+//   void* p = pool.Alloc(64);
+
+#ifndef MCX_POOL_POOL_H_
+#define MCX_POOL_POOL_H_
+
+#include <cstddef>
+
+#include "mcx/context/context.h"
+#include "mcx/context/kind.h"
+
+namespace mcx {
+
+struct PoolOptions {
+  // Bytes of the first block, context header included.
+  size_t initial_block_size = 8 * 1024;
+  // Later blocks double from initial_block_size up to this. Equal to
+  // initial_block_size, every block has one size, as in nginx.
+  size_t max_block_size = 1024 * 1024;
+  // nginx's `max`: larger requests go to the large list.
+  size_t max_small = 4096;
+  // Count live small chunks per block and rewind a block's bump pointer when
+  // its count drops to zero, so that freed small chunks are reused. Blocks
+  // then all have one power-of-two size (initial_block_size rounded up) and
+  // are aligned to it, which finds a chunk's block in O(1) without a header.
+  // The inline bump fast path is off in this mode.
+  bool rewind_on_free = false;
+};
+
+KindSpec PoolKind(const PoolOptions& options = PoolOptions());
+
+// Creates a pool context: the same as Context::Create with PoolKind(options).
+Context* CreatePoolContext(Context* parent, const char* name,
+                           const PoolOptions& options = PoolOptions(),
+                           const ContextOptions& context_options = ContextOptions());
+
+// A root pool context owned by a C++ object, for code that wants nginx's pool
+// without a tree. Destroying the Pool destroys the context.
+class Pool {
+ public:
+  explicit Pool(const PoolOptions& options = PoolOptions(),
+                const ContextOptions& context_options = ContextOptions(),
+                const char* name = "pool");
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  void* Alloc(size_t size) { return ctx_->Alloc(size); }            // ngx_palloc
+  void* AllocBytes(size_t size) { return ctx_->AllocBytes(size); }  // ngx_pnalloc
+  void* AllocZero(size_t size) { return ctx_->AllocZero(size); }    // ngx_pcalloc
+  void* AllocAligned(size_t size, size_t alignment) {               // ngx_pmemalign
+    return ctx_->AllocAligned(size, alignment);
+  }
+  void Free(void* p) { ctx_->Free(p); }                             // ngx_pfree
+  CleanupHandle AddCleanup(CleanupFn fn, void* arg) {               // ngx_pool_cleanup_add
+    return ctx_->AddCleanup(fn, arg);
+  }
+  void Reset(const ResetOptions& options = ResetOptions()) { ctx_->Reset(options); }
+
+  Context* context() const { return ctx_; }
+
+ private:
+  Context* ctx_;
+};
+
+}  // namespace mcx
+
+#endif  // MCX_POOL_POOL_H_

@@ -1,0 +1,453 @@
+// The semantics every kind must honour, as one typed test suite. A kind is
+// described by a traits struct:
+//
+//   struct MyKindTraits {
+//     static mcx::KindSpec Spec();           // the kind with test options
+//     static constexpr bool kFreeReleasesSmall = ...;  // Free of a small chunk
+//                                            // makes its space reusable
+//     static constexpr bool kUnsizedRealloc = ...;     // Realloc(p, n) works
+//                                            // on small chunks
+//   };
+//   INSTANTIATE_TYPED_TEST_SUITE_P(MyKind, KindConformanceTest, MyKindTraits);
+//
+// Kind-specific behaviour (the pool's no-op free, the freelist's classes)
+// is tested in each kind's own test file.
+
+#ifndef MCX_TESTS_TESTING_KIND_CONFORMANCE_H_
+#define MCX_TESTS_TESTING_KIND_CONFORMANCE_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mcx/context/context.h"
+#include "mcx/context/stats.h"
+#include "tests/testing/test_block_sources.h"
+
+namespace mcx {
+namespace testing {
+
+// Fills `n` bytes at `p` with a pattern derived from `seed`.
+inline void Fill(void* p, size_t n, uint32_t seed) {
+  auto* b = static_cast<unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(seed * 131 + i * 7 + 1);
+}
+
+inline bool Holds(const void* p, size_t n, uint32_t seed) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) {
+    if (b[i] != static_cast<unsigned char>(seed * 131 + i * 7 + 1)) return false;
+  }
+  return true;
+}
+
+template <typename Traits>
+class KindConformanceTest : public ::testing::Test {
+ protected:
+  Context* NewRoot(const char* name = "root") {
+    ContextOptions o;
+    o.block_source = &source_;
+    return Context::Create(nullptr, name, Traits::Spec(), o);
+  }
+  void ExpectConsistent(Context* ctx) {
+    std::string error;
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+  }
+
+  FailingBlockSource source_;
+};
+
+TYPED_TEST_SUITE_P(KindConformanceTest);
+
+// Live chunks never overlap and keep their contents while others come and go.
+TYPED_TEST_P(KindConformanceTest, ChunksAreDistinctAndKeepContents) {
+  Context* ctx = this->NewRoot();
+  std::mt19937 rng(42);
+  struct Live {
+    void* p;
+    size_t n;
+    uint32_t seed;
+  };
+  std::vector<Live> live;
+  for (uint32_t i = 0; i < 3000; ++i) {
+    size_t n = (rng() % 8 == 0) ? 1 + rng() % 20000 : 1 + rng() % 300;
+    void* p = ctx->Alloc(n);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % kDefaultAlignment, 0u);
+    Fill(p, n, i);
+    live.push_back({p, n, i});
+  }
+  for (const Live& l : live) ASSERT_TRUE(Holds(l.p, l.n, l.seed)) << l.n;
+  std::sort(live.begin(), live.end(), [](const Live& a, const Live& b) { return a.p < b.p; });
+  for (size_t i = 1; i < live.size(); ++i) {
+    ASSERT_LE(static_cast<char*>(live[i - 1].p) + live[i - 1].n, static_cast<char*>(live[i].p));
+  }
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Size 0 gives a valid pointer, distinct from every other live chunk.
+TYPED_TEST_P(KindConformanceTest, ZeroSizeAllocationsAreUnique) {
+  Context* ctx = this->NewRoot();
+  std::vector<void*> ptrs;
+  for (int i = 0; i < 100; ++i) {
+    void* p = ctx->Alloc(0);
+    ASSERT_NE(p, nullptr);
+    ptrs.push_back(p);
+    ptrs.push_back(ctx->AllocBytes(0));
+  }
+  std::sort(ptrs.begin(), ptrs.end());
+  EXPECT_EQ(std::adjacent_find(ptrs.begin(), ptrs.end()), ptrs.end());
+  ctx->Destroy();
+}
+
+// Every power of two up to kMaxAlignment is honoured; others are refused.
+TYPED_TEST_P(KindConformanceTest, AlignedAllocationHonoursAnyPowerOfTwo) {
+  Context* ctx = this->NewRoot();
+  for (size_t a = 1; a <= (size_t{1} << 16); a <<= 1) {
+    for (size_t n : {size_t{0}, size_t{1}, size_t{24}, size_t{5000}}) {
+      void* p = ctx->AllocAligned(n, a);
+      ASSERT_NE(p, nullptr);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % a, 0u) << "alignment " << a;
+      Fill(p, n, 3);
+      EXPECT_TRUE(Holds(p, n, 3));
+    }
+  }
+  void* big = ctx->AllocAligned(100, kMaxAlignment);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % kMaxAlignment, 0u);
+  size_t blocks = ctx->num_blocks();
+  for (size_t bad : {size_t{0}, size_t{3}, size_t{48}, kMaxAlignment * 2}) {
+    EXPECT_EQ(ctx->TryAllocAligned(16, bad), nullptr);
+    EXPECT_EQ(ctx->last_failure(), Failure::kBadAlignment);
+    EXPECT_THROW(ctx->AllocAligned(16, bad), std::invalid_argument);
+  }
+  EXPECT_EQ(ctx->num_blocks(), blocks);
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Sizes that overflow are errors, not small allocations.
+TYPED_TEST_P(KindConformanceTest, OverflowingSizesAreErrors) {
+  Context* ctx = this->NewRoot();
+  size_t blocks = ctx->num_blocks();
+  for (size_t n : {kMaxAllocSize + 1, ~size_t{0}, ~size_t{0} - 7}) {
+    EXPECT_EQ(ctx->TryAlloc(n), nullptr);
+    EXPECT_EQ(ctx->last_failure(), Failure::kBadSize);
+    EXPECT_EQ(ctx->TryAllocBytes(n), nullptr);
+    EXPECT_EQ(ctx->TryAllocAligned(n, 64), nullptr);
+    EXPECT_THROW(ctx->Alloc(n), std::bad_array_new_length);
+  }
+  EXPECT_EQ(ctx->TryAllocZeroArray(size_t{1} << 40, size_t{1} << 40), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadSize);
+  EXPECT_THROW(ctx->AllocZeroArray(~size_t{0} / 2, 3), std::bad_array_new_length);
+  EXPECT_EQ(ctx->num_blocks(), blocks);
+  EXPECT_NE(ctx->Alloc(10), nullptr);  // still usable
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Zeroed allocation is zero even where memory was used before.
+TYPED_TEST_P(KindConformanceTest, ZeroedAllocationIsZero) {
+  Context* ctx = this->NewRoot();
+  for (int round = 0; round < 3; ++round) {
+    for (size_t n : {size_t{1}, size_t{17}, size_t{300}, size_t{9000}}) {
+      auto* z = static_cast<unsigned char*>(ctx->AllocZero(n));
+      EXPECT_TRUE(std::all_of(z, z + n, [](unsigned char c) { return c == 0; }));
+      std::memset(z, 0xAB, n);
+      auto* a = static_cast<unsigned char*>(ctx->AllocZeroArray(n, 3));
+      EXPECT_TRUE(std::all_of(a, a + 3 * n, [](unsigned char c) { return c == 0; }));
+      std::memset(a, 0xCD, 3 * n);
+    }
+    ctx->Reset();
+  }
+  ctx->Destroy();
+}
+
+// Sized realloc keeps min(old, new) bytes, growing and shrinking, small and
+// large; unsized realloc does too where the kind supports it.
+TYPED_TEST_P(KindConformanceTest, ReallocKeepsContents) {
+  Context* ctx = this->NewRoot();
+  size_t size = 5;
+  void* p = ctx->Alloc(size);
+  Fill(p, size, 9);
+  for (size_t next : {size_t{40}, size_t{41}, size_t{700}, size_t{30000}, size_t{100000},
+                      size_t{64}, size_t{3}, size_t{5000}}) {
+    void* q = ctx->Realloc(p, size, next);
+    ASSERT_NE(q, nullptr);
+    EXPECT_TRUE(Holds(q, std::min(size, next), 9)) << size << " -> " << next;
+    Fill(q, next, 9);
+    p = q;
+    size = next;
+  }
+  if (TypeParam::kUnsizedRealloc) {
+    void* s = ctx->Alloc(10);
+    Fill(s, 10, 4);
+    s = ctx->Realloc(s, 2000);
+    EXPECT_TRUE(Holds(s, 10, 4));
+  }
+  // Large chunks: every kind knows their size.
+  void* big = ctx->Alloc(50000);
+  Fill(big, 50000, 5);
+  big = ctx->Realloc(big, 200000);
+  EXPECT_TRUE(Holds(big, 50000, 5));
+  EXPECT_EQ(ctx->Realloc(nullptr, 10) != nullptr, true);
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+  EXPECT_EQ(this->source_.bad_releases(), 0);
+}
+
+// A failed realloc leaves the old chunk intact and the context usable.
+TYPED_TEST_P(KindConformanceTest, FailedReallocLosesNothing) {
+  Context* ctx = this->NewRoot();
+  void* p = ctx->Alloc(100);
+  Fill(p, 100, 2);
+  this->source_.FailFrom(1);
+  this->source_.FailReallocate(true);
+  EXPECT_EQ(ctx->TryRealloc(p, 100, 1 << 20), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  EXPECT_THROW(ctx->Realloc(p, 100, 1 << 20), std::bad_alloc);
+  EXPECT_TRUE(Holds(p, 100, 2));
+  this->source_.Heal();
+  void* q = ctx->Realloc(p, 100, 1 << 20);
+  EXPECT_TRUE(Holds(q, 100, 2));
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Reset keeps the first block by default and the context stays usable.
+TYPED_TEST_P(KindConformanceTest, ResetEmptiesAndKeepsFirstBlock) {
+  Context* ctx = this->NewRoot();
+  const size_t first = ctx->first_block_size();
+  EXPECT_EQ(ctx->bytes_in_blocks(), first);
+  for (int i = 0; i < 2000; ++i) ctx->Alloc(100 + i % 900);
+  for (int i = 0; i < 5; ++i) ctx->Alloc(100000);
+  EXPECT_GT(ctx->num_blocks(), 5u);
+  ctx->Reset();
+  EXPECT_EQ(ctx->num_blocks(), 1u);
+  EXPECT_EQ(ctx->bytes_in_blocks(), first);
+  EXPECT_EQ(this->source_.live_blocks(), 1);
+  this->ExpectConsistent(ctx);
+  void* p = ctx->Alloc(64);
+  Fill(p, 64, 1);
+  EXPECT_TRUE(Holds(p, 64, 1));
+  ctx->Reset(ResetOptions::ReleaseAll());
+  EXPECT_EQ(ctx->num_blocks(), 1u);
+  EXPECT_STREQ(ctx->name(), "root");
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// kKeepBytes keeps whole blocks up to the budget, and reuses them.
+TYPED_TEST_P(KindConformanceTest, ResetKeepBytesKeepsCapacity) {
+  Context* ctx = this->NewRoot();
+  for (int i = 0; i < 4000; ++i) ctx->Alloc(200);
+  const size_t grown = ctx->bytes_in_blocks();
+  const size_t budget = grown / 2;
+  ctx->Reset(ResetOptions::KeepBytes(budget));
+  EXPECT_LE(ctx->bytes_in_blocks(), std::max(budget, ctx->first_block_size()));
+  EXPECT_GT(ctx->num_blocks(), 1u);
+  this->ExpectConsistent(ctx);
+  const int64_t acquires = this->source_.acquires();
+  const size_t kept = ctx->bytes_in_blocks();
+  // Filling the kept capacity needs no new block.
+  size_t filled = 0;
+  while (filled + 200 + 64 < kept / 2) {
+    ctx->Alloc(200);
+    filled += 200 + 64;
+  }
+  EXPECT_EQ(this->source_.acquires(), acquires);
+  ctx->Reset(ResetOptions::KeepBytes(~size_t{0}));
+  EXPECT_EQ(ctx->bytes_in_blocks(), kept);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Destroy releases every block of every descendant, exactly as acquired.
+TYPED_TEST_P(KindConformanceTest, DestroyReleasesEveryBlockOfTheSubtree) {
+  Context* root = this->NewRoot();
+  std::vector<Context*> all = {root};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 60; ++i) {
+    Context* parent = all[rng() % all.size()];
+    Context* c = parent->CreateChild("child", TypeParam::Spec());
+    all.push_back(c);
+    for (int j = 0; j < 50; ++j) c->Alloc(1 + rng() % 2000);
+    c->Alloc(20000 + rng() % 20000);
+  }
+  EXPECT_GT(this->source_.live_blocks(), 61);
+  root->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+  EXPECT_EQ(this->source_.bad_releases(), 0);
+  EXPECT_EQ(this->source_.acquires(), this->source_.releases());
+}
+
+// Cleanups fire once each, in the documented order, across a tree.
+TYPED_TEST_P(KindConformanceTest, CleanupsRunOnceInOrder) {
+  Context* root = this->NewRoot();
+  std::vector<std::string> log;
+  struct Entry {
+    std::vector<std::string>* log;
+    std::string text;
+  };
+  auto add = [&log](Context* c, const char* text, CleanupPhase phase) {
+    auto* e = new Entry{&log, text};
+    c->AddCleanup(
+        [](void* arg) {
+          auto* e = static_cast<Entry*>(arg);
+          e->log->push_back(e->text);
+          delete e;
+        },
+        e, phase);
+  };
+  Context* a = root->CreateChild("a", TypeParam::Spec());
+  Context* b = root->CreateChild("b", TypeParam::Spec());
+  Context* a1 = a->CreateChild("a1", TypeParam::Spec());
+  add(root, "root-before-1", CleanupPhase::kBeforeChildren);
+  add(root, "root-before-2", CleanupPhase::kBeforeChildren);
+  add(root, "root-after-1", CleanupPhase::kAfterChildren);
+  add(root, "root-after-2", CleanupPhase::kAfterChildren);
+  add(a, "a-before", CleanupPhase::kBeforeChildren);
+  add(a, "a-after", CleanupPhase::kAfterChildren);
+  add(a1, "a1-after", CleanupPhase::kAfterChildren);
+  add(b, "b-after", CleanupPhase::kAfterChildren);
+  root->Reset();
+  const std::vector<std::string> expected = {
+      "root-before-2", "root-before-1",  // before children, newest first
+      "b-after",                          // newest child first, completely
+      "a-before", "a1-after", "a-after",  // then the older child
+      "root-after-2", "root-after-1",     // after children, newest first
+  };
+  EXPECT_EQ(log, expected);
+  log.clear();
+  root->Reset();  // all ran and were removed: nothing runs twice
+  EXPECT_TRUE(log.empty());
+  EXPECT_EQ(root->first_child(), nullptr);
+  root->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// The counters add up: block bytes, free bytes, subtree totals.
+TYPED_TEST_P(KindConformanceTest, StatsAddUp) {
+  Context* root = this->NewRoot();
+  Context* child = root->CreateChild("child", TypeParam::Spec());
+  for (int i = 0; i < 500; ++i) {
+    root->Alloc(64);
+    child->Alloc(300);
+  }
+  child->Alloc(70000);
+  ContextCounters r = GetCounters(root);
+  ContextCounters c = GetCounters(child);
+  EXPECT_EQ(r.total_bytes, root->bytes_in_blocks());
+  EXPECT_EQ(r.blocks, root->num_blocks());
+  EXPECT_LE(r.free_bytes, r.total_bytes);
+  EXPECT_GE(c.used_bytes(), 500u * 300u + 70000u);
+  ContextCounters sub = GetSubtreeCounters(root);
+  EXPECT_EQ(sub.total_bytes, r.total_bytes + c.total_bytes);
+  EXPECT_EQ(sub.blocks, r.blocks + c.blocks);
+  EXPECT_EQ(sub.contexts, 2u);
+  EXPECT_EQ(sub.total_bytes, root->SubtreeBytes());
+  EXPECT_EQ(sub.total_bytes, this->source_.live_bytes());
+  child->Destroy();
+  EXPECT_EQ(root->SubtreeBytes(), root->bytes_in_blocks());
+  root->Destroy();
+}
+
+// When the block source fails, the call fails cleanly and nothing leaks.
+TYPED_TEST_P(KindConformanceTest, SourceFailureLeavesContextUsable) {
+  Context* ctx = this->NewRoot();
+  void* keep = ctx->Alloc(40);
+  Fill(keep, 40, 8);
+  this->source_.FailFrom(1);
+  int failed = 0;
+  for (int i = 0; i < 1000; ++i) {
+    if (ctx->TryAlloc(500) == nullptr) {
+      ++failed;
+      EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+    }
+  }
+  EXPECT_GT(failed, 0);
+  EXPECT_THROW(ctx->Alloc(100000), std::bad_alloc);
+  EXPECT_EQ(ctx->TryAllocAligned(100, 4096 * 4), nullptr);
+  EXPECT_EQ(Context::TryCreate(ctx, "child", TypeParam::Spec()), nullptr);
+  EXPECT_THROW(ctx->CreateChild("child", TypeParam::Spec()), std::bad_alloc);
+  this->ExpectConsistent(ctx);
+  this->source_.Heal();
+  EXPECT_TRUE(Holds(keep, 40, 8));
+  EXPECT_NE(ctx->Alloc(100000), nullptr);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// A limit bounds the whole subtree's block bytes.
+TYPED_TEST_P(KindConformanceTest, LimitBoundsTheSubtree) {
+  Context* root = this->NewRoot();
+  ASSERT_TRUE(root->SetLimit(256 * 1024).ok());
+  Context* child = root->CreateChild("child", TypeParam::Spec());
+  size_t got = 0;
+  while (child->TryAlloc(1000) != nullptr) got += 1000;
+  EXPECT_EQ(child->last_failure(), Failure::kLimit);
+  EXPECT_GT(got, 100u * 1000u);
+  EXPECT_LE(root->SubtreeBytes(), 256u * 1024u);
+  EXPECT_THROW(child->Alloc(256 * 1024), std::bad_alloc);
+  this->ExpectConsistent(child);
+  child->Reset();
+  EXPECT_NE(child->TryAlloc(1000), nullptr);  // room again
+  root->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Free of nullptr is a no-op; large chunks give their block back.
+TYPED_TEST_P(KindConformanceTest, FreeOfLargeChunkReleasesItsBlock) {
+  Context* ctx = this->NewRoot();
+  ctx->Free(nullptr);
+  const size_t blocks = ctx->num_blocks();
+  void* big = ctx->Alloc(1 << 20);
+  EXPECT_EQ(ctx->num_blocks(), blocks + 1);
+  EXPECT_GE(ctx->ChunkSize(big), size_t{1} << 20);
+  ctx->Free(big);
+  EXPECT_EQ(ctx->num_blocks(), blocks);
+  if (TypeParam::kFreeReleasesSmall) {
+    // Freed small chunks are reused: a churn of one size needs no new block.
+    std::vector<void*> ptrs;
+    for (int i = 0; i < 10; ++i) ptrs.push_back(ctx->Alloc(48));
+    auto churn = [&](int rounds) {
+      for (int round = 0; round < rounds; ++round) {
+        for (void*& p : ptrs) {
+          ctx->Free(p);
+          p = ctx->Alloc(48);
+        }
+      }
+    };
+    churn(1000);  // reach the steady state
+    const int64_t acquires = this->source_.acquires();
+    churn(10000);
+    EXPECT_EQ(this->source_.acquires(), acquires);
+  }
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(KindConformanceTest, ChunksAreDistinctAndKeepContents,
+                            ZeroSizeAllocationsAreUnique, AlignedAllocationHonoursAnyPowerOfTwo,
+                            OverflowingSizesAreErrors, ZeroedAllocationIsZero,
+                            ReallocKeepsContents, FailedReallocLosesNothing,
+                            ResetEmptiesAndKeepsFirstBlock, ResetKeepBytesKeepsCapacity,
+                            DestroyReleasesEveryBlockOfTheSubtree, CleanupsRunOnceInOrder,
+                            StatsAddUp, SourceFailureLeavesContextUsable, LimitBoundsTheSubtree,
+                            FreeOfLargeChunkReleasesItsBlock);
+
+}  // namespace testing
+}  // namespace mcx
+
+#endif  // MCX_TESTS_TESTING_KIND_CONFORMANCE_H_

@@ -1,0 +1,87 @@
+// Block sources for tests: one that counts and tracks every block, and one
+// that fails on command. Both are thread-safe, as the BlockSource contract
+// requires.
+//
+// Example:
+//
+//   mcx::testing::CountingBlockSource source;
+//   mcx::ContextOptions o;
+//   o.block_source = &source;
+//   mcx::Context* ctx = mcx::Context::Create(nullptr, "t", mcx::PoolKind(), o);
+//   ...
+//   ctx->Destroy();
+//   EXPECT_EQ(source.live_blocks(), 0);
+
+#ifndef MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
+#define MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "mcx/context/block_source.h"
+
+namespace mcx {
+namespace testing {
+
+// Counts calls and remembers every live block, so a test can assert that
+// everything acquired was released, with the size it was acquired with.
+class CountingBlockSource : public BlockSource {
+ public:
+  explicit CountingBlockSource(BlockSource* upstream = DefaultBlockSource())
+      : upstream_(upstream) {}
+
+  Block Acquire(size_t min_size, size_t alignment) override;
+  void Release(Block block) override;
+  Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
+
+  int64_t acquires() const;
+  int64_t releases() const;
+  int64_t reallocates() const;
+  int64_t live_blocks() const;
+  size_t live_bytes() const;
+  // Releases of a pointer this source never gave out, or with a wrong size.
+  int64_t bad_releases() const;
+
+ protected:
+  BlockSource* upstream_;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<void*, size_t> live_;  // ptr -> size handed out
+  int64_t acquires_ = 0;
+  int64_t releases_ = 0;
+  int64_t reallocates_ = 0;
+  int64_t bad_releases_ = 0;
+};
+
+// A counting source that can be told to fail: the Nth acquisition from now
+// (1-based), every acquisition from the Nth on, or all reallocations.
+class FailingBlockSource : public CountingBlockSource {
+ public:
+  using CountingBlockSource::CountingBlockSource;
+
+  // Fails exactly the `n`th Acquire from now (1 = the next one).
+  void FailNth(int64_t n);
+  // Fails the `n`th Acquire from now and every one after it.
+  void FailFrom(int64_t n);
+  void FailReallocate(bool fail);
+  void Heal();  // no more failures
+  int64_t failures() const;
+
+  Block Acquire(size_t min_size, size_t alignment) override;
+  Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
+
+ private:
+  mutable std::mutex fail_mu_;
+  int64_t countdown_ = 0;  // 0: no failure armed
+  bool sticky_ = false;
+  bool fail_reallocate_ = false;
+  int64_t failures_ = 0;
+};
+
+}  // namespace testing
+}  // namespace mcx
+
+#endif  // MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
