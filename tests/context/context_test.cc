@@ -1,0 +1,303 @@
+// The generic tree: creation, reparenting, teardown, cleanups by handle,
+// failure handlers, limits and block sources. Kind-independent semantics that
+// need a kind use both kinds.
+
+#include "mcx/context/context.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+#include "tests/testing/test_block_sources.h"
+
+namespace mcx {
+namespace {
+
+using testing::CountingBlockSource;
+using testing::FailingBlockSource;
+
+class ContextTest : public ::testing::Test {
+ protected:
+  Context* Root(const char* name = "root") {
+    ContextOptions o;
+    o.block_source = &source_;
+    return Context::Create(nullptr, name, PoolKind(), o);
+  }
+  FailingBlockSource source_;
+};
+
+// The name is copied into the first block; children are listed newest first.
+TEST_F(ContextTest, CreateCopiesNameAndListsNewestChildFirst) {
+  std::string name = "transient";
+  Context* root = Root(name.c_str());
+  name = "changed";
+  EXPECT_STREQ(root->name(), "transient");
+  EXPECT_STREQ(root->kind_name(), "pool");
+  Context* a = root->CreateChild("a", PoolKind());
+  Context* b = root->CreateChild("b", FreelistKind());
+  EXPECT_EQ(root->first_child(), b);
+  EXPECT_EQ(b->next_sibling(), a);
+  EXPECT_EQ(a->next_sibling(), nullptr);
+  EXPECT_EQ(a->parent(), root);
+  EXPECT_EQ(b->block_source(), &source_);  // inherited
+  EXPECT_EQ(source_.live_blocks(), 3);     // one first block each
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A null name is a clear error, not a crash.
+TEST_F(ContextTest, NullNameIsRefused) {
+  Context* root = Root();
+  EXPECT_EQ(Context::TryCreate(root, nullptr, PoolKind()), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
+  EXPECT_THROW(root->CreateChild(nullptr, PoolKind()), std::invalid_argument);
+  EXPECT_THROW(Context::Create(nullptr, nullptr, PoolKind()), std::invalid_argument);
+  EXPECT_EQ(root->first_child(), nullptr);
+  root->Destroy();
+}
+
+// SetParent moves a whole subtree; a cycle is refused and changes nothing.
+TEST_F(ContextTest, SetParentMovesSubtreesAndRefusesCycles) {
+  Context* root = Root();
+  Context* a = root->CreateChild("a", PoolKind());
+  Context* a1 = a->CreateChild("a1", PoolKind());
+  Context* a11 = a1->CreateChild("a11", PoolKind());
+  Context* b = root->CreateChild("b", PoolKind());
+
+  absl::Status s = a->SetParent(a11);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("own ancestor"), std::string::npos) << s;
+  EXPECT_EQ(a->last_failure(), Failure::kCycle);
+  EXPECT_EQ(a->SetParent(a).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a->parent(), root);
+
+  ASSERT_TRUE(a1->SetParent(b).ok());
+  EXPECT_EQ(a1->parent(), b);
+  EXPECT_EQ(b->first_child(), a1);
+  EXPECT_EQ(a->first_child(), nullptr);
+  EXPECT_EQ(a11->parent(), a1);  // the subtree came along
+  EXPECT_TRUE(root->IsAncestorOf(a11));
+  EXPECT_TRUE(b->IsAncestorOf(a11));
+  EXPECT_FALSE(a->IsAncestorOf(a11));
+
+  ASSERT_TRUE(a1->SetParent(nullptr).ok());  // now a root of its own
+  EXPECT_EQ(a1->parent(), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 2);  // a1 and a11 survive their old root
+  a1->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Limits follow a moved subtree: its bytes leave the old limited ancestors
+// and must fit the new ones, or the move is refused.
+TEST_F(ContextTest, SetParentRespectsLimits) {
+  Context* root = Root();
+  Context* small = root->CreateChild("small", PoolKind());
+  ASSERT_TRUE(small->SetLimit(64 * 1024).ok());
+  Context* big = root->CreateChild("big", PoolKind());
+  for (int i = 0; i < 100; ++i) big->Alloc(1000);
+  EXPECT_GT(big->SubtreeBytes(), 64u * 1024u);
+  absl::Status s = big->SetParent(small);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(big->parent(), root);
+
+  Context* little = root->CreateChild("little", PoolKind());
+  ASSERT_TRUE(little->SetParent(small).ok());
+  size_t before = small->SubtreeBytes();
+  // The budget now counts `little`: allocations in it are charged to `small`.
+  while (little->TryAlloc(1000) != nullptr) {
+  }
+  EXPECT_EQ(little->last_failure(), Failure::kLimit);
+  EXPECT_LE(small->SubtreeBytes(), 64u * 1024u);
+  EXPECT_GT(small->SubtreeBytes(), before);
+  // Moving it out gives the budget back.
+  ASSERT_TRUE(little->SetParent(root).ok());
+  EXPECT_NE(small->CreateChild("fits-again", PoolKind()), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A limit below what the subtree already holds is refused.
+TEST_F(ContextTest, SetLimitBelowCurrentUseIsRefused) {
+  Context* root = Root();
+  root->Alloc(20000);
+  absl::Status s = root->SetLimit(1000);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(root->limit(), kNoLimit);
+  ASSERT_TRUE(root->SetLimit(kNoLimit).ok());
+  root->Destroy();
+}
+
+// A child whose first block does not fit its parent's limit is refused.
+TEST_F(ContextTest, LimitRefusesNewChildren) {
+  ContextOptions o;
+  o.block_source = &source_;
+  o.limit = 20 * 1024;
+  Context* root = Context::Create(nullptr, "root", PoolKind(), o);
+  Context* c1 = Context::TryCreate(root, "c1", PoolKind());
+  ASSERT_NE(c1, nullptr);
+  EXPECT_EQ(Context::TryCreate(root, "c2", PoolKind()), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kLimit);
+  EXPECT_EQ(source_.live_blocks(), 2);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Nested limits: the tighter one wins, both are charged.
+TEST_F(ContextTest, NestedLimitsAreAllCharged) {
+  Context* root = Root();
+  ASSERT_TRUE(root->SetLimit(1 << 20).ok());
+  Context* mid = root->CreateChild("mid", FreelistKind());
+  ASSERT_TRUE(mid->SetLimit(200 * 1024).ok());
+  Context* leaf = mid->CreateChild("leaf", FreelistKind());
+  while (leaf->TryAlloc(3000) != nullptr) {
+  }
+  EXPECT_LE(mid->SubtreeBytes(), 200u * 1024u);
+  Context* other = root->CreateChild("other", FreelistKind());
+  EXPECT_NE(other->TryAlloc(500 * 1024), nullptr);  // root has room left
+  EXPECT_EQ(other->TryAlloc(500 * 1024), nullptr);  // now it does not
+  EXPECT_EQ(other->last_failure(), Failure::kLimit);
+  leaf->Destroy();
+  EXPECT_NE(mid->CreateChild("again", FreelistKind())->TryAlloc(100 * 1024), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// The failure handler is inherited from the nearest ancestor that has one,
+// sees the failing context and the reason, and the call then throws.
+TEST_F(ContextTest, FailureHandlerIsInheritedAndInformed) {
+  struct Seen {
+    int calls = 0;
+    Context* context = nullptr;
+    Failure failure = Failure::kNone;
+    size_t size = 0;
+  } seen;
+  Context* root = Root();
+  root->SetFailureHandler(
+      [](const FailureInfo& info) {
+        auto* s = static_cast<Seen*>(info.arg);
+        ++s->calls;
+        s->context = info.context;
+        s->failure = info.failure;
+        s->size = info.size;
+      },
+      &seen);
+  Context* child = root->CreateChild("child", PoolKind());
+  ASSERT_TRUE(child->SetLimit(16 * 1024).ok());
+  EXPECT_THROW(child->Alloc(100000), std::bad_alloc);
+  EXPECT_EQ(seen.calls, 1);
+  EXPECT_EQ(seen.context, child);
+  EXPECT_EQ(seen.failure, Failure::kLimit);
+  EXPECT_EQ(seen.size, 100000u);
+  EXPECT_EQ(child->TryAlloc(100000), nullptr);  // try-calls skip the handler
+  EXPECT_EQ(seen.calls, 1);
+  // A handler may throw its own exception.
+  child->SetFailureHandler([](const FailureInfo&) { throw std::runtime_error("query cancelled"); });
+  EXPECT_THROW(child->Alloc(100000), std::runtime_error);
+  root->Destroy();
+}
+
+// Cleanups can be removed or run early by handle; each runs exactly once.
+TEST_F(ContextTest, CleanupsByHandle) {
+  Context* ctx = Root();
+  std::vector<int> log;
+  auto push = [&log](int v) { return [&log, v] { log.push_back(v); }; };
+  CleanupHandle h1 = ctx->AddCleanup(push(1));
+  CleanupHandle h2 = ctx->AddCleanup(push(2));
+  CleanupHandle h3 = ctx->AddCleanup(push(3), CleanupPhase::kBeforeChildren);
+  EXPECT_TRUE(ctx->RunCleanup(h2));
+  EXPECT_EQ(log, std::vector<int>({2}));
+  EXPECT_FALSE(ctx->RunCleanup(h2));  // already ran
+  EXPECT_TRUE(ctx->RemoveCleanup(h1));
+  EXPECT_FALSE(ctx->RemoveCleanup(h1));
+  EXPECT_FALSE(ctx->RemoveCleanup(CleanupHandle()));
+  ctx->Reset();
+  EXPECT_EQ(log, std::vector<int>({2, 3}));
+  EXPECT_FALSE(h3 ? false : true);
+  ctx->Destroy();
+  EXPECT_EQ(log, std::vector<int>({2, 3}));
+}
+
+// A cleanup runs while its context's memory is still readable.
+TEST_F(ContextTest, CleanupSeesLiveMemory) {
+  Context* ctx = Root();
+  char* text = ctx->Strdup("still here");
+  std::string seen;
+  ctx->AddCleanup([text, &seen] { seen = text; });
+  ctx->Destroy();
+  EXPECT_EQ(seen, "still here");
+}
+
+// Removed records are reused: registering and removing in a loop does not
+// grow the context.
+TEST_F(ContextTest, RemovedCleanupRecordsAreReused) {
+  Context* ctx = Root();
+  auto noop = [](void*) {};
+  ctx->RemoveCleanup(ctx->AddCleanup(noop, nullptr));
+  size_t used = ctx->bytes_in_blocks();
+  char* bump = ctx->bump_ptr();
+  for (int i = 0; i < 10000; ++i) ctx->RemoveCleanup(ctx->AddCleanup(noop, nullptr));
+  EXPECT_EQ(ctx->bytes_in_blocks(), used);
+  EXPECT_EQ(ctx->bump_ptr(), bump);
+  ctx->Destroy();
+}
+
+// DestroyChildren keeps the context and its memory.
+TEST_F(ContextTest, DestroyChildrenKeepsSelf) {
+  Context* root = Root();
+  char* s = root->Strdup("kept");
+  for (int i = 0; i < 10; ++i) root->CreateChild("c", FreelistKind())->Alloc(100);
+  root->DestroyChildren();
+  EXPECT_EQ(root->first_child(), nullptr);
+  EXPECT_STREQ(s, "kept");
+  EXPECT_EQ(source_.live_blocks(), 1);
+  root->Destroy();
+}
+
+// Strdup and AllocBytes give byte strings with no alignment padding.
+TEST_F(ContextTest, StrdupCopiesAndTerminates) {
+  Context* ctx = Root();
+  char* a = ctx->Strdup("abc");
+  char* b = ctx->Strdup(std::string_view("xyz123", 3));
+  EXPECT_STREQ(a, "abc");
+  EXPECT_STREQ(b, "xyz");
+  EXPECT_EQ(b, a + 4);
+  ctx->Destroy();
+}
+
+// A failing first block leaves the parent as it was.
+TEST_F(ContextTest, FailedCreateLeavesParentUntouched) {
+  Context* root = Root();
+  source_.FailNth(1);
+  EXPECT_EQ(Context::TryCreate(root, "x", FreelistKind()), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kOutOfMemory);
+  EXPECT_EQ(root->first_child(), nullptr);
+  EXPECT_NE(Context::TryCreate(root, "y", FreelistKind()), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Invalid kind options are refused at creation, with nothing leaked.
+TEST_F(ContextTest, InvalidKindOptionsAreRefused) {
+  Context* root = Root();
+  FreelistOptions o;
+  o.chunk_limit = kMaxSizeClassBytes + 1;
+  EXPECT_EQ(Context::TryCreate(root, "bad", FreelistKind(o)), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
+  EXPECT_EQ(source_.live_blocks(), 1);
+  root->Destroy();
+}
+
+// Reset and destroy of a context during its own teardown is misuse.
+TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
+  Context* ctx = CreatePoolContext(nullptr, "dying");
+  ctx->AddCleanup([ctx] { ctx->Destroy(); });
+  EXPECT_DEATH(ctx->Destroy(), "being torn down");
+}
+
+}  // namespace
+}  // namespace mcx
