@@ -28,24 +28,11 @@
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/stats.h"
+#include "tests/testing/patterns.h"
 #include "tests/testing/test_block_sources.h"
 
 namespace mcx {
 namespace testing {
-
-// Fills `n` bytes at `p` with a pattern derived from `seed`.
-inline void Fill(void* p, size_t n, uint32_t seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(seed * 131 + i * 7 + 1);
-}
-
-inline bool Holds(const void* p, size_t n, uint32_t seed) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (size_t i = 0; i < n; ++i) {
-    if (b[i] != static_cast<unsigned char>(seed * 131 + i * 7 + 1)) return false;
-  }
-  return true;
-}
 
 template <typename Traits>
 class KindConformanceTest : public ::testing::Test {
