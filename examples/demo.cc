@@ -1,0 +1,215 @@
+// An engine's day in miniature, on mcx contexts:
+//
+//   top (pool)                      lives for the whole run
+//   +-- cache (freelist)            entries come and go (churn, realloc)
+//   +-- query (pool)                one per query; cleanups close its cursor
+//   |   +-- row (pool)              reset for every row
+//   +-- runaway (pool, 1 MiB limit) a query that allocates without end
+//
+// It prints the stats report at the peak and after teardown, and checks its
+// own results: the exit status is 0 only if every check holds.
+//
+// Run: ./mcx demo   (bazel run //examples:demo)
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "mcx/context/chunk.h"
+#include "mcx/context/context.h"
+#include "mcx/context/new.h"
+#include "mcx/context/stats.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+
+namespace {
+
+int failures = 0;
+
+void Expect(bool ok, const char* what) {
+  std::printf("  [%s] %s\n", ok ? "ok" : "FAILED", what);
+  if (!ok) ++failures;
+}
+
+// A block source that counts what it hands out, to show that teardown gives
+// every block back.
+class CountingSource : public mcx::BlockSource {
+ public:
+  mcx::Block Acquire(size_t min_size, size_t alignment) override {
+    mcx::Block b = mcx::DefaultBlockSource()->Acquire(min_size, alignment);
+    if (b.ptr != nullptr) ++live_;
+    return b;
+  }
+  void Release(mcx::Block block) override {
+    --live_;
+    mcx::DefaultBlockSource()->Release(block);
+  }
+  mcx::Block Reallocate(mcx::Block block, size_t keep, size_t n, size_t alignment) override {
+    return mcx::DefaultBlockSource()->Reallocate(block, keep, n, alignment);
+  }
+  long live() const { return live_; }
+
+ private:
+  long live_ = 0;
+};
+
+// A simulated resource with an explicit close, as a cursor or a file.
+struct Resource {
+  const char* name;
+  std::vector<std::string>* closed;
+};
+
+void Close(void* arg) {
+  auto* r = static_cast<Resource*>(arg);
+  r->closed->push_back(r->name);
+}
+
+// A tuple as an executor would build it: a few fields in the row context.
+struct Tuple {
+  int64_t id;
+  char* name;
+  double score;
+};
+
+uint64_t RunQuery(mcx::Context* top, int query_no, int rows, std::vector<std::string>* closed,
+                  bool print_peak) {
+  mcx::Context* query = top->CreateChild("query", mcx::PoolKind());
+  // The cursor must close before the query's children go; the lock after.
+  auto* cursor = static_cast<Resource*>(query->Alloc(sizeof(Resource)));
+  *cursor = {"cursor", closed};
+  auto* lock = static_cast<Resource*>(query->Alloc(sizeof(Resource)));
+  *lock = {"lock", closed};
+  query->AddCleanup(&Close, lock, mcx::CleanupPhase::kAfterChildren);
+  query->AddCleanup(&Close, cursor, mcx::CleanupPhase::kBeforeChildren);
+
+  mcx::Context* row = query->CreateChild("row", mcx::PoolKind());
+  auto* spill = query->CreateChild("spill", mcx::FreelistKind());
+  auto* row_closed = static_cast<Resource*>(row->Alloc(sizeof(Resource)));
+  *row_closed = {"row-scratch", closed};
+  row->AddCleanup(&Close, row_closed);
+
+  uint64_t checksum = 0;
+  std::vector<void*> kept;
+  for (int r = 0; r < rows; ++r) {
+    auto* t = static_cast<Tuple*>(row->Alloc(sizeof(Tuple)));
+    char name[32];
+    int len = std::snprintf(name, sizeof(name), "row-%d-%d", query_no, r);
+    t->id = r;
+    t->name = row->Strdup(std::string_view(name, static_cast<size_t>(len)));
+    t->score = r * 0.5;
+    // Sorting spills: keep every 100th tuple's name in a freelist context.
+    if (r % 100 == 0) {
+      char* copy = static_cast<char*>(spill->Alloc(static_cast<size_t>(len) + 1));
+      std::memcpy(copy, t->name, static_cast<size_t>(len) + 1);
+      kept.push_back(copy);
+    }
+    for (const char* c = t->name; *c != '\0'; ++c) checksum = checksum * 31 + static_cast<uint8_t>(*c);
+    checksum += static_cast<uint64_t>(t->score);
+    // Reset the row context for the next row; its cleanup is re-registered.
+    if (r + 1 < rows) {
+      row->Reset();
+      row_closed = static_cast<Resource*>(row->Alloc(sizeof(Resource)));
+      *row_closed = {"row-scratch", closed};
+      row->AddCleanup(&Close, row_closed);
+    }
+  }
+  for (void* p : kept) mcx::Free(p);  // no context needed
+  if (print_peak) {
+    std::printf("\n-- stats at the peak (query %d) --\n%s", query_no,
+                mcx::StatsReport(top).c_str());
+  }
+  query->Destroy();
+  return checksum;
+}
+
+}  // namespace
+
+int main() {
+  CountingSource source;
+  mcx::ContextOptions top_options;
+  top_options.block_source = &source;
+  mcx::Context* top = mcx::Context::Create(nullptr, "top", mcx::PoolKind(), top_options);
+
+  // The cache: a freelist context with churn. Entries are replaced and
+  // resized, as a catalog cache's would be.
+  std::printf("== cache churn on the freelist kind ==\n");
+  mcx::Context* cache = top->CreateChild("cache", mcx::FreelistKind());
+  std::vector<char*> entries(256, nullptr);
+  std::vector<size_t> sizes(256, 0);
+  uint32_t seed = 12345;
+  for (int step = 0; step < 200000; ++step) {
+    seed = seed * 1103515245u + 12345u;
+    size_t slot = (seed >> 8) % entries.size();
+    size_t size = 8 + (seed >> 16) % 1000;
+    if (entries[slot] == nullptr) {
+      entries[slot] = static_cast<char*>(cache->Alloc(size));
+    } else if (step % 3 == 0) {
+      entries[slot] = static_cast<char*>(mcx::Realloc(entries[slot], size));
+    } else {
+      mcx::Free(entries[slot]);
+      entries[slot] = static_cast<char*>(cache->Alloc(size));
+    }
+    std::memset(entries[slot], static_cast<int>(slot), size);
+    sizes[slot] = size;
+  }
+  bool intact = true;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i] == nullptr) continue;
+    for (size_t k = 0; k < sizes[i]; ++k) {
+      if (static_cast<unsigned char>(entries[i][k]) != static_cast<unsigned char>(i)) intact = false;
+    }
+  }
+  Expect(intact, "every cache entry holds its own bytes after 200000 steps");
+  Expect(cache->num_blocks() < 40, "churn reuses freed chunks instead of growing");
+
+  std::printf("\n== queries with a per-row context ==\n");
+  std::vector<std::string> closed;
+  uint64_t first = RunQuery(top, 1, 5000, &closed, /*print_peak=*/true);
+  uint64_t again = RunQuery(top, 1, 5000, &closed, /*print_peak=*/false);
+  Expect(first == again && first != 0, "the same query gives the same checksum twice");
+  const std::vector<std::string> expected = {"row-scratch", "cursor", "row-scratch", "lock"};
+  std::vector<std::string> first_query(closed.begin() + 4999, closed.begin() + 4999 + 3);
+  Expect(closed.size() == 2 * (4999 + 3), "every row and query cleanup ran once");
+  Expect(closed[4999] == "cursor" && closed[5000] == "row-scratch" && closed[5001] == "lock",
+         "query cleanups ran in order: cursor, then the row context, then the lock");
+  (void)expected;
+  (void)first_query;
+
+  std::printf("\n== a runaway query hits its limit ==\n");
+  mcx::ContextOptions limited;
+  limited.limit = 1 << 20;
+  limited.failure_handler = [](const mcx::FailureInfo& info) {
+    std::printf("  handler: context '%s': %s while asking for %zu bytes\n", info.context_name,
+                mcx::FailureName(info.failure), info.size);
+  };
+  mcx::Context* runaway = top->CreateChild("runaway", mcx::PoolKind(), limited);
+  size_t got = 0;
+  bool stopped = false;
+  try {
+    for (;;) {
+      runaway->Alloc(10000);
+      got += 10000;
+    }
+  } catch (const std::bad_alloc&) {
+    stopped = true;
+  }
+  Expect(stopped && got > 500000 && runaway->SubtreeBytes() <= (1u << 20),
+         "the runaway query stopped at its 1 MiB limit");
+  Expect(runaway->last_failure() == mcx::Failure::kLimit, "the failure says why: the limit");
+  runaway->Destroy();
+  char* still = top->Strdup("the engine carries on");
+  Expect(std::strcmp(still, "the engine carries on") == 0, "the engine carries on");
+
+  cache->Destroy();
+  std::printf("\n-- stats after teardown --\n%s", mcx::StatsReport(top).c_str());
+  Expect(top->first_child() == nullptr && top->num_blocks() == 1,
+         "after teardown only the top context's first block is left");
+  top->Destroy();
+  Expect(source.live() == 0, "every block went back to the block source");
+
+  std::printf("\n%s\n", failures == 0 ? "demo: all checks passed" : "demo: CHECKS FAILED");
+  return failures == 0 ? 0 : 1;
+}
