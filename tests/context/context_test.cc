@@ -294,9 +294,13 @@ TEST_F(ContextTest, InvalidKindOptionsAreRefused) {
 
 // Reset and destroy of a context during its own teardown is misuse.
 TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
-  Context* ctx = CreatePoolContext(nullptr, "dying");
-  ctx->AddCleanup([ctx] { ctx->Destroy(); });
-  EXPECT_DEATH(ctx->Destroy(), "being torn down");
+  EXPECT_DEATH(
+      {
+        Context* ctx = CreatePoolContext(nullptr, "dying");
+        ctx->AddCleanup([ctx] { ctx->Destroy(); });
+        ctx->Destroy();
+      },
+      "being torn down");
 }
 
 }  // namespace
