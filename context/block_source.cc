@@ -1,5 +1,7 @@
 #include "mcx/context/block_source.h"
 
+#include "mcx/context/caching_block_source.h"
+
 #include <malloc.h>
 
 #include <cstdint>
@@ -78,10 +80,14 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
   return Block{p, UsableSize(p, new_min_size)};
 }
 
-BlockSource* DefaultBlockSource() {
-  // Leaked on purpose: contexts may outlive static destruction order.
-  static SystemBlockSource* const source = new SystemBlockSource();
-  return source;
+BlockSource* DefaultBlockSource() { return DefaultBlockCache(); }
+
+CachingBlockSource* DefaultBlockCache() {
+  // Leaked on purpose: contexts may be destroyed by static destructors that
+  // run after ours would have.
+  static CachingBlockSource* const cache =
+      new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes);
+  return cache;
 }
 
 }  // namespace mcx

@@ -68,8 +68,9 @@ class SystemBlockSource final : public BlockSource {
                    size_t alignment) override;
 };
 
-// The source that root contexts use when none is given. It lives for the
-// whole process (never destroyed, so contexts may be torn down from static
+// The source that root contexts use when none is given: the process-wide
+// `DefaultBlockCache()` over the system allocator. It lives for the whole
+// process (never destroyed, so contexts may be torn down from static
 // destructors).
 BlockSource* DefaultBlockSource();
 

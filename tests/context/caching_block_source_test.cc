@@ -1,0 +1,124 @@
+// The caching block source: steady-state reuse, the cap, alignment, and
+// giving everything back.
+
+#include "mcx/context/caching_block_source.h"
+
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mcx/context/context.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+#include "tests/testing/test_block_sources.h"
+
+namespace mcx {
+namespace {
+
+using testing::CountingBlockSource;
+
+// One request as a server would run it: a context under a long-lived parent,
+// small allocations, now and then a large one, then destroy.
+void Request(Context* server, int i) {
+  Context* req = server->CreateChild("request", PoolKind());
+  for (int k = 0; k < 20 + i % 180; ++k) req->Alloc(16 + (k * 37) % 500);
+  if (i % 10 == 0) req->Alloc(8192 + (i % 7) * 8192);
+  Context* scratch = req->CreateChild("scratch", FreelistKind());
+  scratch->Free(scratch->Alloc(300));
+  req->Destroy();
+}
+
+// Creating and destroying a per-request context makes no upstream call once
+// the cache is warm: the system allocator is not touched per request.
+TEST(CachingBlockSourceTest, SteadyStateRequestsMakeNoUpstreamCalls) {
+  CountingBlockSource upstream;
+  {
+    CachingBlockSource cache(&upstream, 4 << 20);
+    ContextOptions o;
+    o.block_source = &cache;
+    Context* server = Context::Create(nullptr, "server", PoolKind(), o);
+    for (int i = 0; i < 400; ++i) Request(server, i);  // warm up: every shape
+    const int64_t acquires = upstream.acquires();
+    const int64_t releases = upstream.releases();
+    for (int i = 0; i < 10000; ++i) Request(server, i);
+    EXPECT_EQ(upstream.acquires(), acquires);
+    EXPECT_EQ(upstream.releases(), releases);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_GT(s.hits, 20000u);
+    server->Destroy();
+  }
+  // The cache gave everything back when it went.
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// Released blocks beyond the cap go upstream at once.
+TEST(CachingBlockSourceTest, CapBoundsWhatIsKept) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 64 * 1024);
+  std::vector<Block> blocks;
+  for (int i = 0; i < 20; ++i) blocks.push_back(cache.Acquire(8192, 16));
+  for (Block b : blocks) cache.Release(b);
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_LE(s.cached_bytes, 64u * 1024u);
+  EXPECT_GT(s.returned, 0u);
+  EXPECT_EQ(upstream.live_bytes(), s.cached_bytes);
+  cache.SetMaxCachedBytes(0);
+  EXPECT_EQ(cache.GetStats().cached_bytes, 0u);
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Reuse respects size (no tiny request pins a huge block) and alignment.
+TEST(CachingBlockSourceTest, ReuseRespectsSizeAndAlignment) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 1 << 20);
+  Block big = cache.Acquire(100000, 16);
+  cache.Release(big);
+  Block small = cache.Acquire(1000, 16);
+  EXPECT_NE(small.ptr, big.ptr);
+  Block again = cache.Acquire(90000, 16);
+  EXPECT_EQ(again.ptr, big.ptr);  // within a quarter: reused
+  EXPECT_GE(again.size, 90000u);
+  Block aligned = cache.Acquire(4096, 4096);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(aligned.ptr) % 4096, 0u);
+  cache.Release(aligned);
+  Block aligned2 = cache.Acquire(4096, 4096);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(aligned2.ptr) % 4096, 0u);
+  for (Block b : {small, again, aligned2}) cache.Release(b);
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Two threads with their own contexts share one cache (run under tsan too).
+TEST(CachingBlockSourceTest, SharedBetweenThreads) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 1 << 20);
+  auto work = [&cache](int seed) {
+    ContextOptions o;
+    o.block_source = &cache;
+    Context* server = Context::Create(nullptr, "server", PoolKind(), o);
+    for (int i = 0; i < 2000; ++i) Request(server, i + seed);
+    server->Destroy();
+  };
+  std::thread a(work, 1);
+  std::thread b(work, 2);
+  a.join();
+  b.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// Root contexts use the process-wide cache by default.
+TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
+  EXPECT_EQ(DefaultBlockSource(), DefaultBlockCache());
+  EXPECT_EQ(DefaultBlockCache()->max_cached_bytes(), kDefaultBlockCacheBytes);
+  Context* ctx = Context::Create(nullptr, "root", PoolKind());
+  EXPECT_EQ(ctx->block_source(), DefaultBlockSource());
+  ctx->Destroy();
+  CachingBlockSource::Stats s = DefaultBlockCache()->GetStats();
+  EXPECT_GE(s.kept, 1u);
+}
+
+}  // namespace
+}  // namespace mcx
