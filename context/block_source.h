@@ -11,7 +11,10 @@
 //     `kMinBlockAlignment`), and says how many bytes it actually holds in
 //     `Block::size`; the caller may use all of them. On failure it returns an
 //     empty block (`ptr == nullptr`) and changes nothing.
-//   - `Release(block)` takes back a block exactly as `Acquire` returned it.
+//   - `Release(block)` takes back a block that `Acquire` returned: the same
+//     `ptr`, and a `size` no larger than `Acquire` reported (a context may
+//     decline the slack beyond what it asked for, when a limit has no room
+//     for it, and then reports only the bytes it used).
 //   - `Reallocate(block, keep, new_min_size, alignment)` resizes a block,
 //     preserving its first `keep` bytes; it may move the block. On failure it
 //     returns an empty block and the old block is untouched.

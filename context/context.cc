@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "absl/strings/str_format.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/failure.h"
 
@@ -128,8 +129,58 @@ void Context::Reset(const ResetOptions& options) {
   TearDown(/*destroy_self=*/false, options);
 }
 
+namespace {
+
+// The teardowns running on this thread, innermost first. A cleanup may start
+// another teardown (of a child it owns, say), but never of a context whose
+// teardown is already running or of one of its ancestors: that would free
+// the memory the running walk stands on. Frames live on the C++ stack.
+struct TeardownFrame;
+thread_local TeardownFrame* active_teardowns = nullptr;
+
+struct TeardownFrame {
+  explicit TeardownFrame(const Context* r) : root(r), outer(active_teardowns) {
+    active_teardowns = this;
+  }
+  // Also on unwind: a cleanup that throws must not leave a dangling frame.
+  ~TeardownFrame() { active_teardowns = outer; }
+  TeardownFrame(const TeardownFrame&) = delete;
+  TeardownFrame& operator=(const TeardownFrame&) = delete;
+
+  const Context* root;
+  TeardownFrame* outer;
+};
+
+}  // namespace
+
+// Context::CheckTeardownAllowed
+//
+// Reports misuse and returns false if tearing this context down now would
+// pull a running teardown's subtree out from under it.
+bool Context::CheckTeardownAllowed(const char* operation) const {
+  if (state_ == State::kTearingDown) {
+    internal::ReportMisuse("%s of context '%s' at %p while it is being torn down", operation,
+                           name_, static_cast<const void*>(this));
+    return false;
+  }
+  for (TeardownFrame* f = active_teardowns; f != nullptr; f = f->outer) {
+    if (f->root == this || IsAncestorOf(f->root)) {
+      internal::ReportMisuse(
+          "%s of context '%s' at %p from a cleanup while its descendant '%s' is being torn down",
+          operation, name_, static_cast<const void*>(this), f->root->name_);
+      return false;
+    }
+  }
+  return true;
+}
+
 void Context::DestroyChildren() {
-  while (first_child_ != nullptr) first_child_->Destroy();
+  if (!CheckTeardownAllowed("destroying the children")) return;
+  while (first_child_ != nullptr) {
+    Context* child = first_child_;
+    child->Destroy();
+    if (first_child_ == child) return;  // refused (misuse handler returned)
+  }
 }
 
 // Context::TearDown
@@ -147,15 +198,16 @@ void Context::DestroyChildren() {
 // The walk re-reads `first_child_` after every cleanup, so cleanups may
 // destroy or create children of a context that is not yet torn down.
 void Context::TearDown(bool destroy_self, const ResetOptions& options) {
-  if (state_ == State::kTearingDown) {
-    internal::ReportMisuse("context '%s' at %p is reset or destroyed while it is being torn down",
-                           name_, static_cast<void*>(this));
-    return;
-  }
+  if (!CheckTeardownAllowed(destroy_self ? "destroy" : "reset")) return;
   Context* node = this;
+  {
+  TeardownFrame frame(this);
   for (;;) {
     if (node->state_ != State::kTearingDown) {
       node->state_ = State::kTearingDown;
+      // Every allocation now takes the slow path, where checking builds
+      // report it; the kind republishes the window when a reset ends.
+      node->max_bump_ = 0;
       node->RunCleanups(CleanupPhase::kBeforeChildren);
     }
     if (node->first_child_ != nullptr) {
@@ -169,6 +221,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
     node->ReleaseSelf();
     node = parent;
   }
+  }  // the walk is over: this teardown no longer blocks others
   if (destroy_self) {
     ReleaseSelf();
     return;
@@ -423,12 +476,7 @@ Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
 // blocks; it reports failure by returning nullptr with last_failure_ set.
 void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
-#ifdef MCX_CHECKING
-  if (state_ == State::kTearingDown) {
-    internal::ReportMisuse("allocation of %zu bytes in context '%s' at %p while it is being torn down",
-                           size, name_, static_cast<void*>(this));
-  }
-#endif
+  CheckNotTearingDown("allocation");
   void* p = methods_->alloc(this, size, alignment);
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
   return p;
@@ -574,18 +622,28 @@ void Context::UnlinkCleanup(CleanupRecord* r) {
   spare_cleanups_ = r;
 }
 
+void Context::CheckNotTearingDown(const char* operation) const {
+  if (internal::kChecking && state_ == State::kTearingDown) {
+    internal::ReportMisuse("%s in context '%s' at %p while it is being torn down", operation,
+                           name_, static_cast<const void*>(this));
+  }
+}
+
 CleanupHandle Context::AddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) {
+  CheckNotTearingDown("registering a cleanup");
   if (fn == nullptr) {
     Fail(Failure::kBadArgument, 0, kThrow);
   }
   CleanupRecord* r = NewCleanupRecord(kThrow);
   r->fn = fn;
   r->arg = arg;
+  r->destroy = nullptr;
   LinkCleanup(r, phase);
   return CleanupHandle(r);
 }
 
 CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) noexcept {
+  CheckNotTearingDown("registering a cleanup");
   if (fn == nullptr) {
     last_failure_ = Failure::kBadArgument;
     return CleanupHandle();
@@ -594,8 +652,16 @@ CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase
   if (r == nullptr) return CleanupHandle();
   r->fn = fn;
   r->arg = arg;
+  r->destroy = nullptr;
   LinkCleanup(r, phase);
   return CleanupHandle(r);
+}
+
+CleanupHandle Context::TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void* storage,
+                                          CleanupPhase phase) noexcept {
+  CleanupHandle h = TryAddCleanup(run, storage, phase);
+  if (h) h.record_->destroy = destroy;
+  return h;
 }
 
 bool Context::RemoveCleanup(CleanupHandle handle) {
@@ -606,7 +672,13 @@ bool Context::RemoveCleanup(CleanupHandle handle) {
                            r->owner->name_, name_);
     return false;
   }
+  CleanupFn destroy = r->destroy;
+  void* storage = r->arg;
   UnlinkCleanup(r);
+  if (destroy != nullptr) {  // a callable: destroy it unrun, free its storage
+    destroy(storage);
+    Free(storage);
+  }
   return true;
 }
 
@@ -620,8 +692,10 @@ bool Context::RunCleanup(CleanupHandle handle) {
   }
   CleanupFn fn = r->fn;
   void* arg = r->arg;
+  bool owned = r->destroy != nullptr;
   UnlinkCleanup(r);
   fn(arg);
+  if (owned) Free(arg);  // the callable's storage; teardown frees it wholesale
   return true;
 }
 

@@ -287,6 +287,12 @@ class Context {
     return p;
   }
   internal::CleanupRecord* NewCleanupRecord(unsigned flags);
+  // A cleanup whose `storage` (allocated in this context) is owned by the
+  // record: `run` runs and destroys it; `destroy` only destroys it.
+  CleanupHandle TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void* storage,
+                                   CleanupPhase phase) noexcept;
+  bool CheckTeardownAllowed(const char* operation) const;
+  void CheckNotTearingDown(const char* operation) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
   void RunCleanups(CleanupPhase phase);
@@ -386,6 +392,7 @@ struct CallableCleanup {
     (*f)();
     f->~F();
   }
+  static void Destroy(void* self) { static_cast<F*>(self)->~F(); }
 };
 
 }  // namespace internal
@@ -399,7 +406,8 @@ CleanupHandle Context::AddCleanup(F&& f, CleanupPhase phase) {
   Fn* fn = new (mem) Fn(std::forward<F>(f));
   // If registering fails, the callable is destroyed unrun and the exception
   // propagates: nothing is half done.
-  CleanupHandle h = TryAddCleanup(&internal::CallableCleanup<Fn>::Run, fn, phase);
+  CleanupHandle h = TryAddOwnedCleanup(&internal::CallableCleanup<Fn>::Run,
+                                       &internal::CallableCleanup<Fn>::Destroy, fn, phase);
   if (!h) {
     fn->~Fn();
     Free(mem);

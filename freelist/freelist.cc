@@ -165,11 +165,11 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
     if (mem == nullptr) return nullptr;
     // Only now, with the new block in hand, give up the old block's tail.
     CarveRemainder(st);
-    if (actual > kMaxFreelistBlockSize) actual = kMaxFreelistBlockSize;
     b = reinterpret_cast<BlockHeader*>(mem);
     b->owner = ctx;
-    b->size = actual;
-    b->end = mem + actual;
+    b->size = actual;  // what was accounted, and what goes back
+    // Chunk headers hold a 32-bit offset: never carve past it.
+    b->end = mem + (actual > kMaxFreelistBlockSize ? kMaxFreelistBlockSize : actual);
     if (st->next_block_size < st->max_block_size) {
       size_t doubled = st->next_block_size * 2;
       st->next_block_size = doubled < st->max_block_size ? doubled : st->max_block_size;
@@ -307,7 +307,10 @@ void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
 size_t ChunkSize(const Context* /*ctx*/, const void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (internal::IsAlignedRedirect(p)) return GetChunkSize(p);
-  if (ChunkHeaderIsExternal(h)) return BlockOf(p, h)->size - kDedicatedPayload - (kChecking ? 1 : 0);
+  // Checking builds guard the requested bytes with a sentinel right after
+  // them: the usable size is exactly what was asked for.
+  if (kChecking) return RequestedSize(p);
+  if (ChunkHeaderIsExternal(h)) return BlockOf(p, h)->size - kDedicatedPayload;
   return SizeClassBytes(ChunkHeaderValue(h));
 }
 

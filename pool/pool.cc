@@ -18,6 +18,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/pool/internal/pool_block.h"
 
@@ -26,6 +27,7 @@ namespace mcx {
 using pool_internal::LargeNode;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
+using internal::kChecking;
 
 namespace {
 
@@ -121,6 +123,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   char* mem = static_cast<char*>(ctx->AcquireBlock(want, block_alignment, &actual));
   if (mem == nullptr) return nullptr;
   PoolBlock* b = reinterpret_cast<PoolBlock*>(mem);
+  b->owner = ctx;
   b->start = mem + kBlockHeaderBytes;
   // In rewind mode the source's slack past the power-of-two size is not
   // used: the address mask would map it to the wrong block.
@@ -195,8 +198,13 @@ LargeNode* FindLarge(PoolState* st, const void* p) {
 
 // --- Methods -------------------------------------------------------------------
 
+// Block sizes beyond this are refused as kBadSize rather than rounded (a
+// power-of-two rounding of a larger size could overflow).
+constexpr size_t kMaxPoolBlockSize = size_t{1} << 40;
+
 size_t FirstBlockSize(const void* options, size_t header_bytes) {
   const auto* o = static_cast<const PoolOptions*>(options);
+  if (o->initial_block_size > kMaxPoolBlockSize) return 0;
   size_t size = o->initial_block_size;
   if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
   return o->rewind_on_free ? RoundUpPow2(size) : size;
@@ -209,23 +217,21 @@ size_t FirstBlockAlignment(const void* options, size_t first_block_size) {
   return o->rewind_on_free ? first_block_size : kMinBlockAlignment;
 }
 
-size_t LargestPow2AtMost(size_t n) {
-  size_t p = RoundUpPow2(n);
-  return p == n ? p : p / 2;
-}
-
 bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   const auto* o = static_cast<const PoolOptions*>(options);
   PoolState* st = StateOf(ctx);
   std::memset(static_cast<void*>(st), 0, sizeof(*st));
   st->head = st->current = &st->first;
+  st->first.owner = ctx;
   st->first.start = st->first.last = space;
   st->first.end = block_end;
   st->max_small = o->max_small;
   if (o->rewind_on_free) {
     // The source's slack past the power-of-two size would break the address
     // mask lookup: use exactly the power of two.
-    st->rewind_block_size = LargestPow2AtMost(ctx->first_block_size());
+    // The size requested, not the size the source gave: only the requested
+    // size is guaranteed to be the first block's alignment.
+    st->rewind_block_size = FirstBlockSize(options, ctx->header_bytes());
     st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
     size_t room = st->rewind_block_size - kBlockHeaderBytes;
     if (st->max_small > room / 2) st->max_small = room / 2;
@@ -266,7 +272,14 @@ void Free(Context* ctx, void* p) {
   }
   if (st->rewind_block_size == 0) return;  // small chunk: freed by reset
   PoolBlock* b = BlockOf(ctx, st, p);
-  if (p < b->start || p >= b->last || b->live == 0) {
+  bool known = b->owner == ctx;
+  if (kChecking && known && b != &st->first) {
+    // The owner word could match by chance in foreign memory: checking
+    // builds make sure the block is really on this pool's list.
+    known = false;
+    for (PoolBlock* q = st->head; q != nullptr; q = q->next) known |= (q == b);
+  }
+  if (!known || p < b->start || p >= b->last || b->live == 0) {
     internal::ReportMisuse("pool '%s': free of %p, which is not a live chunk of this pool",
                            ctx->name(), p);
     return;
@@ -331,28 +344,38 @@ void Reset(Context* ctx, const ResetOptions& options) {
   ReleaseLarge(ctx, st);
   size_t kept = ctx->first_block_size();
   size_t largest = 0;
-  PoolBlock* tail = &st->first;
-  st->first.prev = nullptr;
+  // Kept blocks go on a chain of their own, attached after the first block
+  // at the end: in rewind mode the first block need not be at the head, and
+  // relinking in place would revisit blocks.
+  PoolBlock* keep_head = nullptr;
+  PoolBlock* keep_tail = nullptr;
   PoolBlock* b = st->head;
   while (b != nullptr) {
     PoolBlock* next = b->next;
     if (b != &st->first) {
-      bool keep = options.mode == ResetMode::kKeepBytes && b->size <= options.keep_bytes - kept &&
-                  kept <= options.keep_bytes;
+      bool keep = options.mode == ResetMode::kKeepBytes && kept <= options.keep_bytes &&
+                  b->size <= options.keep_bytes - kept;
       if (keep) {
         kept += b->size;
         if (b->size > largest) largest = b->size;
-        tail->next = b;
-        b->prev = tail;
-        tail = b;
+        b->prev = keep_tail;
+        if (keep_tail != nullptr) keep_tail->next = b; else keep_head = b;
+        keep_tail = b;
       } else {
         ctx->ReleaseBlock(b, b->size);
       }
     }
     b = next;
   }
-  tail->next = nullptr;
+  if (keep_tail != nullptr) keep_tail->next = nullptr;
+  st->first.prev = nullptr;
+  st->first.next = keep_head;
+  if (keep_head != nullptr) keep_head->prev = &st->first;
   for (b = &st->first; b != nullptr; b = b->next) {
+    if (kChecking) {
+      // A stale pointer into a reset pool now reads 0x7F, not old data.
+      std::memset(b->start, internal::kClobberByte, static_cast<size_t>(b->last - b->start));
+    }
     b->last = b->start;
     b->failed = 0;
     b->live = 0;

@@ -20,6 +20,7 @@ struct CleanupRecord {
   CleanupRecord* next;  // older record
   CleanupFn fn;         // nullptr once run or removed (a stale handle)
   void* arg;
+  CleanupFn destroy;    // for callables: destroys `arg` without running it
   Context* owner;
   CleanupPhase phase;
 };

@@ -23,9 +23,13 @@
 #include <cstdint>
 
 namespace mcx {
+
+class Context;
+
 namespace pool_internal {
 
 struct PoolBlock {
+  Context* owner;     // the pool's context: validates rewind-mode lookups
   char* last;         // next free byte
   char* end;          // one past the last usable byte
   PoolBlock* next;    // toward newer blocks

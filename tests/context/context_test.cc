@@ -5,6 +5,7 @@
 #include "mcx/context/context.h"
 
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -290,6 +291,49 @@ TEST_F(ContextTest, InvalidKindOptionsAreRefused) {
   EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
   EXPECT_EQ(source_.live_blocks(), 1);
   root->Destroy();
+}
+
+// Removing a callable cleanup destroys the callable unrun.
+TEST_F(ContextTest, RemovingACallableCleanupDestroysIt) {
+  Context* ctx = Context::Create(nullptr, "c", FreelistKind());
+  auto owned = std::make_shared<int>(7);
+  bool ran = false;
+  CleanupHandle h = ctx->AddCleanup([owned, &ran] { ran = *owned == 7; });
+  EXPECT_EQ(owned.use_count(), 2);
+  EXPECT_TRUE(ctx->RemoveCleanup(h));
+  EXPECT_EQ(owned.use_count(), 1);
+  CleanupHandle h2 = ctx->AddCleanup([owned, &ran] { ran = *owned == 7; });
+  EXPECT_TRUE(ctx->RunCleanup(h2));
+  EXPECT_TRUE(ran);
+  EXPECT_EQ(owned.use_count(), 1);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A cleanup may destroy a child that is not yet torn down.
+TEST_F(ContextTest, CleanupMayDestroyAnUnvisitedChild) {
+  Context* root = Root();
+  Context* older = root->CreateChild("older", FreelistKind());
+  Context* newer = root->CreateChild("newer", PoolKind());
+  newer->AddCleanup([older] { older->Destroy(); });
+  root->Reset();
+  EXPECT_EQ(root->first_child(), nullptr);
+  EXPECT_EQ(source_.live_blocks(), 1);
+  root->Destroy();
+}
+
+// Tearing down an ancestor from a descendant's cleanup would free the walk's
+// own ground: it is refused as misuse.
+TEST(ContextDeathTest, ResetOfAncestorFromCleanupIsReported) {
+  EXPECT_DEATH(
+      {
+        Context* p = CreatePoolContext(nullptr, "parent");
+        Context* c = p->CreateChild("child", PoolKind());
+        c->AddCleanup([p] { p->Reset(); });
+        c->Destroy();
+      },
+      "from a cleanup while its descendant 'child' is being torn down");
 }
 
 // Reset and destroy of a context during its own teardown is misuse.

@@ -240,6 +240,43 @@ TEST_F(PoolTest, RewindReusesAnEmptiedBlock) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// A rewound block moved to the head of the list survives a KeepBytes reset.
+TEST_F(PoolTest, RewindThenKeepBytesReset) {
+  PoolOptions o;
+  o.rewind_on_free = true;
+  o.initial_block_size = 4096;
+  Context* ctx = Make(o);
+  void* last = nullptr;
+  while (ctx->num_blocks() < 2) last = ctx->Alloc(512);
+  ctx->Free(last);  // its block empties and moves in front of the first
+  EXPECT_NE(StateOf(ctx)->head, &StateOf(ctx)->first);
+  ctx->Reset(ResetOptions::KeepBytes(1 << 20));
+  EXPECT_EQ(ctx->num_blocks(), 2u);
+  EXPECT_EQ(Blocks(ctx).size(), 2u);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  for (int i = 0; i < 20; ++i) ctx->Alloc(512);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// In rewind mode a double free of a large chunk is reported, not followed
+// into foreign memory.
+TEST(PoolDeathTest, RewindDoubleFreeOfLargeChunkIsReported) {
+  EXPECT_DEATH(
+      {
+        PoolOptions o;
+        o.rewind_on_free = true;
+        o.initial_block_size = 4096;
+        Context* ctx = CreatePoolContext(nullptr, "rewind", o);
+        void* p = ctx->Alloc(3000);
+        ctx->Free(p);
+        ctx->Free(p);
+      },
+      // Under ASan the stray read itself may be what is reported first.
+      "not a live chunk of this pool|AddressSanitizer");
+}
+
 // The standalone Pool owns a root pool context: nginx's API shape.
 TEST_F(PoolTest, StandalonePoolWorksWithoutATree) {
   ContextOptions co;
