@@ -12,8 +12,8 @@
 // Bound on rounding waste (class size minus requested size, header not
 // counted): below 136 bytes at most 15 bytes; above, at most a quarter of
 // the group's base, so under 25% for any single size and, for sizes drawn
-// uniformly from 8..1024, about 8% of the requested bytes on average
-// (tests/freelist/size_class_test.cc computes it). PostgreSQL's power-of-two
+// uniformly from 8..1024, 8.3% of the requested bytes on average
+// (tests/freelist/size_class_test.cc computes and prints it). PostgreSQL's power-of-two
 // classes waste about 33% on the same distribution.
 //
 // Example:
