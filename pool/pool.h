@@ -21,8 +21,9 @@
 //
 // Example:
 //
-//   mcx::Context* req = mcx::Context::Create(server, "request",
-//                                            mcx::PoolKind({.max_small = 2048}));
+//   mcx::PoolOptions options;
+//   options.max_small = 2048;
+//   mcx::Context* req = mcx::Context::Create(server, "request", mcx::PoolKind(options));
 //   char* line = static_cast<char*>(req->AllocBytes(len));   // ngx_pnalloc
 //   Header* h = static_cast<Header*>(req->AllocZero(sizeof(Header)));
 //   req->Destroy();
