@@ -39,7 +39,7 @@ inline constexpr uint8_t kChunkKindReservedZero = 0;
 inline constexpr uint8_t kChunkKindReservedGlibcLast = 5;
 inline constexpr uint8_t kChunkKindAlignedRedirect = 6;  // see chunk.h
 inline constexpr uint8_t kChunkKindFreelist = 7;
-inline constexpr uint8_t kChunkKindPoolChecking = 8;
+// Ids 8..13 are free for new kinds.
 inline constexpr uint8_t kChunkKindReservedSentinel = 14;
 inline constexpr uint8_t kChunkKindReservedWiped = 15;
 

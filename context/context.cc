@@ -300,12 +300,12 @@ absl::Status Context::SetParent(Context* new_parent) {
   if (old_chain != nullptr || new_chain != nullptr) {
     const size_t bytes = SubtreeBytes();
     auto in_chain = [](Context* start, Context* target) {
-      for (Context* l = start; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+      for (Context* l = start; l != nullptr; l = l->NextLimited()) {
         if (l == target) return true;
       }
       return false;
     };
-    for (Context* l = new_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l) && bytes > l->limit_ - l->subtree_bytes_) {
         last_failure_ = Failure::kLimit;
         return absl::ResourceExhaustedError(absl::StrFormat(
@@ -313,10 +313,10 @@ absl::Status Context::SetParent(Context* new_parent) {
             name_, bytes, new_parent->name_, l->name_, l->limit_));
       }
     }
-    for (Context* l = old_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(new_chain, l)) l->subtree_bytes_ -= bytes;
     }
-    for (Context* l = new_chain; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+    for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l)) l->subtree_bytes_ += bytes;
     }
   }
@@ -358,20 +358,23 @@ Context* Context::NearestLimited() {
   return answer;
 }
 
+// The next limited context above this (limited) one.
+Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
+
 bool Context::ChargeLimits(size_t bytes) {
   Context* first = NearestLimited();
   if (first == nullptr) return true;
-  for (Context* l = first; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     if (bytes > l->limit_ - l->subtree_bytes_) return false;
   }
-  for (Context* l = first; l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     l->subtree_bytes_ += bytes;
   }
   return true;
 }
 
 void Context::UnchargeLimits(size_t bytes) {
-  for (Context* l = NearestLimited(); l != nullptr; l = l->parent_ ? l->parent_->NearestLimited() : nullptr) {
+  for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->subtree_bytes_ -= bytes;
   }
 }
@@ -664,14 +667,25 @@ CleanupHandle Context::TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void
   return h;
 }
 
-bool Context::RemoveCleanup(CleanupHandle handle) {
+// Context::LiveCleanup
+//
+// The record behind a handle if it is registered on this context; nullptr
+// for an empty or stale handle (already run or removed), and misuse for a
+// handle of another context.
+CleanupRecord* Context::LiveCleanup(CleanupHandle handle) const {
   CleanupRecord* r = handle.record_;
-  if (r == nullptr || r->fn == nullptr) return false;
+  if (r == nullptr || r->fn == nullptr) return nullptr;
   if (r->owner != this) {
     internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'", static_cast<void*>(r),
                            r->owner->name_, name_);
-    return false;
+    return nullptr;
   }
+  return r;
+}
+
+bool Context::RemoveCleanup(CleanupHandle handle) {
+  CleanupRecord* r = LiveCleanup(handle);
+  if (r == nullptr) return false;
   CleanupFn destroy = r->destroy;
   void* storage = r->arg;
   UnlinkCleanup(r);
@@ -683,13 +697,8 @@ bool Context::RemoveCleanup(CleanupHandle handle) {
 }
 
 bool Context::RunCleanup(CleanupHandle handle) {
-  CleanupRecord* r = handle.record_;
-  if (r == nullptr || r->fn == nullptr) return false;
-  if (r->owner != this) {
-    internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'", static_cast<void*>(r),
-                           r->owner->name_, name_);
-    return false;
-  }
+  CleanupRecord* r = LiveCleanup(handle);
+  if (r == nullptr) return false;
   CleanupFn fn = r->fn;
   void* arg = r->arg;
   bool owned = r->destroy != nullptr;

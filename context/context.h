@@ -241,12 +241,9 @@ class Context {
     max_bump_ = max;
   }
   char* bump_ptr() const { return bump_ptr_; }
-  char* bump_end() const { return bump_end_; }
-  void set_bump_ptr(char* p) { bump_ptr_ = p; }
   // Bytes of the first block taken by the header, state and name.
   size_t header_bytes() const { return header_bytes_; }
   size_t first_block_size() const { return first_block_size_; }
-  bool tearing_down() const { return state_ == State::kTearingDown; }
 
  private:
   friend class internal::ContextTestPeer;
@@ -291,6 +288,7 @@ class Context {
   // record: `run` runs and destroys it; `destroy` only destroys it.
   CleanupHandle TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void* storage,
                                    CleanupPhase phase) noexcept;
+  internal::CleanupRecord* LiveCleanup(CleanupHandle handle) const;
   bool CheckTeardownAllowed(const char* operation) const;
   void CheckNotTearingDown(const char* operation) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
@@ -305,6 +303,7 @@ class Context {
   // Limits: each context caches its nearest ancestor-or-self with a limit;
   // a global epoch, bumped by SetParent and SetLimit, invalidates caches.
   Context* NearestLimited();
+  Context* NextLimited();
   bool ChargeLimits(size_t bytes);
   void UnchargeLimits(size_t bytes);
 

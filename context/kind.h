@@ -59,6 +59,14 @@ struct ResetOptions {
     return {ResetMode::kKeepBytes, bytes};
   }
   static ResetOptions ReleaseAll() { return {ResetMode::kReleaseAll, 0}; }
+
+  // Whether a reset keeps a further block of `block_size` bytes when `kept`
+  // bytes (the first block included) are kept already. Kinds ask this for
+  // each block, so every kind reads the modes the same way.
+  bool KeepsBlock(size_t kept, size_t block_size) const {
+    return mode == ResetMode::kKeepBytes && kept <= keep_bytes &&
+           block_size <= keep_bytes - kept;
+  }
 };
 
 // Numbers a kind reports about one context for the stats report.

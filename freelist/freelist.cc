@@ -306,7 +306,7 @@ void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
 
 size_t ChunkSize(const Context* /*ctx*/, const void* p) {
   const uint64_t h = ReadChunkHeader(p);
-  if (internal::IsAlignedRedirect(p)) return GetChunkSize(p);
+  if (ChunkHeaderKind(h) == kChunkKindAlignedRedirect) return GetChunkSize(p);
   // Checking builds guard the requested bytes with a sentinel right after
   // them: the usable size is exactly what was asked for.
   if (kChecking) return RequestedSize(p);
@@ -349,9 +349,7 @@ void Reset(Context* ctx, const ResetOptions& options) {
     while (b != nullptr) {
       BlockHeader* next = b->next;
       if (b != first) {
-        bool keep = options.mode == ResetMode::kKeepBytes && kept <= options.keep_bytes &&
-                    b->size <= options.keep_bytes - kept;
-        if (keep) {
+        if (options.KeepsBlock(kept, b->size)) {
           kept += b->size;
           ClobberUsed(b, b == st->blocks ? st->free_ptr : b->carved_end);
           b->carved_end = FirstChunk(b);

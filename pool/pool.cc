@@ -353,9 +353,7 @@ void Reset(Context* ctx, const ResetOptions& options) {
   while (b != nullptr) {
     PoolBlock* next = b->next;
     if (b != &st->first) {
-      bool keep = options.mode == ResetMode::kKeepBytes && kept <= options.keep_bytes &&
-                  b->size <= options.keep_bytes - kept;
-      if (keep) {
+      if (options.KeepsBlock(kept, b->size)) {
         kept += b->size;
         if (b->size > largest) largest = b->size;
         b->prev = keep_tail;
