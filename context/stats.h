@@ -17,9 +17,11 @@
 // Example:
 //
 //   std::fputs(mcx::StatsReport(top).c_str(), stderr);
-//   // top: 16384 total in 2 blocks; 9216 free (0 chunks); 7168 used
-//   //   query: 8192 total in 1 blocks; 6000 free (3 chunks); 2192 used
-//   // Grand total: 24576 bytes in 3 blocks; 15216 free (3 chunks); 9360 used
+//   // From ./mcx demo:
+//   // top: 8200 total in 1 blocks; 7864 free (0 chunks); 336 used
+//   //   query: 8200 total in 1 blocks; 7712 free (0 chunks); 488 used
+//   //     spill: 8200 total in 1 blocks; 7600 free (50 chunks); 600 used
+//   // ...
 
 #ifndef MCX_CONTEXT_STATS_H_
 #define MCX_CONTEXT_STATS_H_
