@@ -85,6 +85,12 @@ class CleanupHandle {
   CleanupHandle() = default;
   explicit operator bool() const { return record_ != nullptr; }
 
+  // For language bindings (the C API) that carry handles as plain pointers.
+  void* ToOpaque() const { return record_; }
+  static CleanupHandle FromOpaque(void* opaque) {
+    return CleanupHandle(static_cast<internal::CleanupRecord*>(opaque));
+  }
+
  private:
   friend class Context;
   explicit CleanupHandle(internal::CleanupRecord* r) : record_(r) {}

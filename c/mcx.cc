@@ -1,0 +1,240 @@
+// The C API: thin wrappers that turn exceptions into return values. Every
+// entry point that can fail calls the throwing C++ form inside a try block,
+// so the context's failure handler still runs, and returns NULL (or the
+// failure code) instead of throwing across the C boundary.
+
+#include "mcx/mcx.h"
+
+#include <cstdio>
+#include <exception>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "mcx/context/chunk.h"
+#include "mcx/context/context.h"
+#include "mcx/context/stats.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+
+namespace {
+
+mcx::Context* Cxx(mcx_context* c) { return reinterpret_cast<mcx::Context*>(c); }
+const mcx::Context* Cxx(const mcx_context* c) { return reinterpret_cast<const mcx::Context*>(c); }
+mcx_context* C(mcx::Context* c) { return reinterpret_cast<mcx_context*>(c); }
+
+mcx_failure ToC(mcx::Failure f) { return static_cast<mcx_failure>(f); }
+
+static_assert(static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
+              "mcx_failure mirrors mcx::Failure");
+
+// A C handler needs two pointers (function and argument) where the C++
+// context keeps one argument. Each distinct pair is interned for the life of
+// the process (programs set few distinct handlers), so the pointer stays
+// valid across resets and is never freed under a context that still uses it.
+using CHandler = std::pair<mcx_failure_handler, void*>;
+
+const CHandler* Intern(mcx_failure_handler fn, void* arg) {
+  static std::mutex* mu = new std::mutex;
+  static std::set<CHandler>* handlers = new std::set<CHandler>;
+  std::lock_guard<std::mutex> lock(*mu);
+  return &*handlers->insert({fn, arg}).first;
+}
+
+void CallCHandler(const mcx::FailureInfo& info) {
+  const auto* h = static_cast<const CHandler*>(info.arg);
+  h->first(C(info.context), info.context_name, ToC(info.failure), info.size, h->second);
+}
+
+// Runs `f`, mapping any exception (all of them come from the failure path,
+// after the handler ran) to `fallback`.
+template <typename F, typename R>
+R NoThrow(F f, R fallback) {
+  try {
+    return f();
+  } catch (...) {
+    return fallback;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void mcx_options_init(mcx_options* o) {
+  mcx::PoolOptions pool;
+  mcx::FreelistOptions freelist;
+  o->initial_block_size = pool.initial_block_size;
+  o->max_block_size = 0;  // 0: the kind's default
+  o->max_small = pool.max_small;
+  o->rewind_on_free = 0;
+  o->chunk_limit = freelist.chunk_limit;
+  o->limit = MCX_NO_LIMIT;
+}
+
+mcx_context* mcx_create(mcx_context* parent, const char* name, mcx_kind kind,
+                        const mcx_options* options) {
+  mcx_options o;
+  mcx_options_init(&o);
+  if (options != nullptr) o = *options;
+  mcx::ContextOptions co;
+  co.limit = o.limit;
+  if (kind == MCX_KIND_POOL) {
+    mcx::PoolOptions po;
+    po.initial_block_size = o.initial_block_size;
+    if (o.max_block_size != 0) po.max_block_size = o.max_block_size;
+    po.max_small = o.max_small;
+    po.rewind_on_free = o.rewind_on_free != 0;
+    return C(mcx::Context::TryCreate(Cxx(parent), name, mcx::PoolKind(po), co));
+  }
+  if (kind == MCX_KIND_FREELIST) {
+    mcx::FreelistOptions fo;
+    fo.initial_block_size = o.initial_block_size;
+    if (o.max_block_size != 0) fo.max_block_size = o.max_block_size;
+    fo.chunk_limit = o.chunk_limit;
+    return C(mcx::Context::TryCreate(Cxx(parent), name, mcx::FreelistKind(fo), co));
+  }
+  if (parent != nullptr) Cxx(parent)->SetFailure(mcx::Failure::kBadArgument);
+  return nullptr;
+}
+
+void mcx_destroy(mcx_context* ctx) {
+  if (ctx != nullptr) Cxx(ctx)->Destroy();
+}
+
+void mcx_reset(mcx_context* ctx, mcx_reset_mode mode, size_t keep_bytes) {
+  mcx::ResetOptions o;
+  switch (mode) {
+    case MCX_RESET_KEEP_BYTES:
+      o = mcx::ResetOptions::KeepBytes(keep_bytes);
+      break;
+    case MCX_RESET_RELEASE_ALL:
+      o = mcx::ResetOptions::ReleaseAll();
+      break;
+    default:
+      o = mcx::ResetOptions::KeepFirstBlock();
+  }
+  Cxx(ctx)->Reset(o);
+}
+
+void mcx_destroy_children(mcx_context* ctx) { Cxx(ctx)->DestroyChildren(); }
+
+mcx_failure mcx_set_parent(mcx_context* ctx, mcx_context* new_parent) {
+  if (Cxx(ctx)->SetParent(Cxx(new_parent)).ok()) return MCX_OK;
+  return ToC(Cxx(ctx)->last_failure());
+}
+
+mcx_context* mcx_parent(const mcx_context* ctx) { return C(Cxx(ctx)->parent()); }
+const char* mcx_name(const mcx_context* ctx) { return Cxx(ctx)->name(); }
+
+void* mcx_alloc(mcx_context* ctx, size_t size) {
+  return NoThrow([&] { return Cxx(ctx)->Alloc(size); }, static_cast<void*>(nullptr));
+}
+
+void* mcx_alloc_zero(mcx_context* ctx, size_t size) {
+  return NoThrow([&] { return Cxx(ctx)->AllocZero(size); }, static_cast<void*>(nullptr));
+}
+
+void* mcx_calloc(mcx_context* ctx, size_t count, size_t size) {
+  return NoThrow([&] { return Cxx(ctx)->AllocZeroArray(count, size); },
+                 static_cast<void*>(nullptr));
+}
+
+void* mcx_alloc_aligned(mcx_context* ctx, size_t size, size_t alignment) {
+  return NoThrow([&] { return Cxx(ctx)->AllocAligned(size, alignment); },
+                 static_cast<void*>(nullptr));
+}
+
+void* mcx_alloc_bytes(mcx_context* ctx, size_t size) {
+  return NoThrow([&] { return Cxx(ctx)->AllocBytes(size); }, static_cast<void*>(nullptr));
+}
+
+char* mcx_strdup(mcx_context* ctx, const char* s) {
+  if (s == nullptr) {
+    Cxx(ctx)->SetFailure(mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  return NoThrow([&] { return Cxx(ctx)->Strdup(s); }, static_cast<char*>(nullptr));
+}
+
+void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {
+  return NoThrow([&] { return Cxx(ctx)->Realloc(p, new_size); }, static_cast<void*>(nullptr));
+}
+
+void* mcx_realloc_sized(mcx_context* ctx, void* p, size_t old_size, size_t new_size) {
+  return NoThrow([&] { return Cxx(ctx)->Realloc(p, old_size, new_size); },
+                 static_cast<void*>(nullptr));
+}
+
+void mcx_free(mcx_context* ctx, void* p) { Cxx(ctx)->Free(p); }
+
+size_t mcx_chunk_size(const mcx_context* ctx, const void* p) { return Cxx(ctx)->ChunkSize(p); }
+
+void mcx_free_chunk(void* p) { mcx::Free(p); }
+
+void* mcx_realloc_chunk(void* p, size_t new_size) {
+  return NoThrow([&] { return mcx::Realloc(p, new_size); }, static_cast<void*>(nullptr));
+}
+
+mcx_context* mcx_chunk_context(const void* p) { return C(mcx::GetChunkContext(p)); }
+size_t mcx_chunk_size_of(const void* p) { return mcx::GetChunkSize(p); }
+
+mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes) {
+  if (Cxx(ctx)->SetLimit(bytes).ok()) return MCX_OK;
+  return ToC(Cxx(ctx)->last_failure());
+}
+
+size_t mcx_limit(const mcx_context* ctx) { return Cxx(ctx)->limit(); }
+
+void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg) {
+  if (handler == nullptr) {
+    Cxx(ctx)->SetFailureHandler(nullptr, nullptr);
+    return;
+  }
+  Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
+}
+
+mcx_failure mcx_last_failure(const mcx_context* ctx) { return ToC(Cxx(ctx)->last_failure()); }
+
+const char* mcx_failure_name(mcx_failure failure) {
+  return mcx::FailureName(static_cast<mcx::Failure>(failure));
+}
+
+mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
+                             int before_children) {
+  mcx::CleanupPhase phase =
+      before_children ? mcx::CleanupPhase::kBeforeChildren : mcx::CleanupPhase::kAfterChildren;
+  mcx::CleanupHandle h = Cxx(ctx)->TryAddCleanup(fn, arg, phase);
+  return static_cast<mcx_cleanup*>(h.ToOpaque());
+}
+
+int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+  return Cxx(ctx)->RemoveCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
+}
+
+int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+  return Cxx(ctx)->RunCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
+}
+
+void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {
+  mcx::ContextCounters c = subtree ? mcx::GetSubtreeCounters(Cxx(ctx)) : mcx::GetCounters(Cxx(ctx));
+  out->total_bytes = c.total_bytes;
+  out->blocks = c.blocks;
+  out->free_bytes = c.free_bytes;
+  out->free_chunks = c.free_chunks;
+  out->used_bytes = c.used_bytes();
+  out->contexts = c.contexts;
+}
+
+int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json) {
+  mcx::ReportOptions o;
+  o.max_depth = max_depth;
+  o.max_children = max_children;
+  o.format = json ? mcx::ReportFormat::kJson : mcx::ReportFormat::kText;
+  std::string text = NoThrow([&] { return mcx::StatsReport(Cxx(ctx), o); }, std::string());
+  if (text.empty()) return -1;
+  return std::fwrite(text.data(), 1, text.size(), out) == text.size() ? 0 : -1;
+}
+
+}  // extern "C"

@@ -1,0 +1,140 @@
+/* File: mcx/mcx.h
+ *
+ * The C API of mcx, usable from C99. Every function reports failure by its
+ * return value (NULL, or a nonzero mcx_failure code); none throws or aborts,
+ * except that memory misuse (a foreign pointer, a double free) is reported
+ * and aborts, as in C++ (checking builds detect more of it).
+ *
+ * A context is an opaque `mcx_context*`. Allocation failures call the
+ * context's failure handler, if one is set on it or an ancestor, and then
+ * return NULL; `mcx_last_failure` says why.
+ *
+ * Example:
+ *
+ *   mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
+ *   mcx_context* cache = mcx_create(top, "cache", MCX_KIND_FREELIST, NULL);
+ *   char* s = mcx_strdup(cache, "hello");
+ *   s = mcx_realloc_chunk(s, 100);   -- no context needed on the freelist kind
+ *   mcx_free_chunk(s);
+ *   mcx_report(top, stderr, 100, 100, 0);
+ *   mcx_destroy(top);
+ */
+
+#ifndef MCX_C_MCX_H_
+#define MCX_C_MCX_H_
+
+#include <stddef.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mcx_context mcx_context;
+typedef struct mcx_cleanup mcx_cleanup;
+
+typedef enum mcx_kind { MCX_KIND_POOL = 0, MCX_KIND_FREELIST = 1 } mcx_kind;
+
+/* Mirrors mcx::Failure. */
+typedef enum mcx_failure {
+  MCX_OK = 0,
+  MCX_OUT_OF_MEMORY = 1,
+  MCX_LIMIT = 2,
+  MCX_BAD_SIZE = 3,
+  MCX_BAD_ALIGNMENT = 4,
+  MCX_UNSUPPORTED = 5,
+  MCX_CYCLE = 6,
+  MCX_BAD_ARGUMENT = 7
+} mcx_failure;
+
+typedef enum mcx_reset_mode {
+  MCX_RESET_KEEP_FIRST_BLOCK = 0,
+  MCX_RESET_KEEP_BYTES = 1,
+  MCX_RESET_RELEASE_ALL = 2
+} mcx_reset_mode;
+
+/* Options for mcx_create. Start from mcx_options_init; fields that do not
+ * apply to the kind are ignored. */
+typedef struct mcx_options {
+  size_t initial_block_size; /* both kinds */
+  size_t max_block_size;     /* both kinds */
+  size_t max_small;          /* pool: larger requests go to the large list */
+  int rewind_on_free;        /* pool: rewind emptied blocks */
+  size_t chunk_limit;        /* freelist: larger requests get their own block */
+  size_t limit;              /* bytes for the subtree; MCX_NO_LIMIT: none */
+} mcx_options;
+
+#define MCX_NO_LIMIT ((size_t)-1)
+
+typedef struct mcx_counters {
+  size_t total_bytes;
+  size_t blocks;
+  size_t free_bytes;
+  size_t free_chunks;
+  size_t used_bytes;
+  size_t contexts;
+} mcx_counters;
+
+typedef void (*mcx_cleanup_fn)(void* arg);
+typedef void (*mcx_failure_handler)(mcx_context* ctx, const char* context_name,
+                                    mcx_failure failure, size_t size, void* arg);
+
+void mcx_options_init(mcx_options* options);
+
+/* Lifecycle. `options` may be NULL for the kind's defaults. */
+mcx_context* mcx_create(mcx_context* parent, const char* name, mcx_kind kind,
+                        const mcx_options* options);
+void mcx_destroy(mcx_context* ctx);
+void mcx_reset(mcx_context* ctx, mcx_reset_mode mode, size_t keep_bytes);
+void mcx_destroy_children(mcx_context* ctx);
+mcx_failure mcx_set_parent(mcx_context* ctx, mcx_context* new_parent);
+mcx_context* mcx_parent(const mcx_context* ctx);
+const char* mcx_name(const mcx_context* ctx);
+
+/* Allocation. */
+void* mcx_alloc(mcx_context* ctx, size_t size);
+void* mcx_alloc_zero(mcx_context* ctx, size_t size);
+void* mcx_calloc(mcx_context* ctx, size_t count, size_t size);
+void* mcx_alloc_aligned(mcx_context* ctx, size_t size, size_t alignment);
+void* mcx_alloc_bytes(mcx_context* ctx, size_t size);
+char* mcx_strdup(mcx_context* ctx, const char* s);
+/* `old_size` form works for every chunk; the other needs a kind that knows
+ * chunk sizes. On failure the old chunk is untouched. */
+void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size);
+void* mcx_realloc_sized(mcx_context* ctx, void* p, size_t old_size, size_t new_size);
+void mcx_free(mcx_context* ctx, void* p);
+/* Usable size, or (size_t)-1 if the kind cannot tell. */
+size_t mcx_chunk_size(const mcx_context* ctx, const void* p);
+
+/* Without a context: freelist chunks only. */
+void mcx_free_chunk(void* p);
+void* mcx_realloc_chunk(void* p, size_t new_size);
+mcx_context* mcx_chunk_context(const void* p);
+size_t mcx_chunk_size_of(const void* p);
+
+/* Limits and failure. */
+mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes);
+size_t mcx_limit(const mcx_context* ctx);
+void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg);
+mcx_failure mcx_last_failure(const mcx_context* ctx);
+const char* mcx_failure_name(mcx_failure failure);
+
+/* Cleanups: `before_children` nonzero runs before the children are torn
+ * down. A handle is valid until the cleanup runs or is removed, or its
+ * context is reset or destroyed. */
+mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
+                             int before_children);
+int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup* cleanup);
+int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup* cleanup);
+
+/* Accounting and reports. `subtree` nonzero sums the whole subtree. */
+void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);
+/* Writes the stats report; `json` nonzero for JSON. Returns 0, or -1 if
+ * writing failed. */
+int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MCX_C_MCX_H_ */

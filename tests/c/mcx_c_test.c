@@ -1,0 +1,161 @@
+/* The C API from C: every entry point, error returns instead of exceptions,
+ * cleanups in order, limits, the failure handler, reports. Exits nonzero if
+ * any check fails. */
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcx/mcx.h"
+
+static int passed = 0;
+static int failed = 0;
+
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (cond) {                                                       \
+      ++passed;                                                       \
+    } else {                                                          \
+      ++failed;                                                       \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+              #cond);                                                 \
+    }                                                                 \
+  } while (0)
+
+static char order[16];
+static int order_len = 0;
+
+static void Record(void* arg) { order[order_len++] = *(const char*)arg; }
+
+static int handler_calls = 0;
+static mcx_failure handler_failure = MCX_OK;
+
+static void Handler(mcx_context* ctx, const char* name, mcx_failure failure, size_t size,
+                    void* arg) {
+  (void)ctx;
+  (void)name;
+  (void)size;
+  ++*(int*)arg;
+  handler_failure = failure;
+}
+
+static void TestLifecycleAndAllocation(void) {
+  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
+  mcx_context* cache;
+  char* s;
+  int* zeros;
+  void* aligned;
+  size_t i;
+  CHECK(top != NULL);
+  CHECK(strcmp(mcx_name(top), "top") == 0);
+  cache = mcx_create(top, "cache", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_parent(cache) == top);
+
+  s = mcx_strdup(cache, "hello");
+  CHECK(s != NULL && strcmp(s, "hello") == 0);
+  CHECK(mcx_chunk_context(s) == cache);
+  CHECK(mcx_chunk_size_of(s) >= 6);
+  s = (char*)mcx_realloc_chunk(s, 1000);
+  CHECK(s != NULL && strcmp(s, "hello") == 0);
+  s = (char*)mcx_realloc(cache, s, 2000);
+  CHECK(s != NULL && strcmp(s, "hello") == 0);
+  mcx_free_chunk(s);
+
+  zeros = (int*)mcx_calloc(top, 100, sizeof(int));
+  CHECK(zeros != NULL);
+  for (i = 0; i < 100; ++i) CHECK(zeros[i] == 0);
+  CHECK(mcx_alloc_zero(top, 10) != NULL);
+  CHECK(mcx_alloc_bytes(top, 3) != NULL);
+  aligned = mcx_alloc_aligned(cache, 100, 256);
+  CHECK(aligned != NULL && ((uintptr_t)aligned % 256) == 0);
+  mcx_free(cache, aligned);
+  CHECK(mcx_realloc_sized(top, mcx_alloc(top, 10), 10, 100) != NULL);
+  CHECK(mcx_chunk_size(top, mcx_alloc(top, 16)) == (size_t)-1); /* pool: unknown */
+
+  /* Errors are return values. */
+  CHECK(mcx_alloc_aligned(top, 10, 3) == NULL);
+  CHECK(mcx_last_failure(top) == MCX_BAD_ALIGNMENT);
+  CHECK(mcx_calloc(top, (size_t)-1, 16) == NULL);
+  CHECK(mcx_last_failure(top) == MCX_BAD_SIZE);
+  CHECK(mcx_realloc(top, mcx_alloc(top, 8), 100) == NULL); /* unsized on pool */
+  CHECK(mcx_last_failure(top) == MCX_UNSUPPORTED);
+  CHECK(strcmp(mcx_failure_name(MCX_LIMIT), "memory limit exceeded") == 0);
+  CHECK(mcx_create(top, NULL, MCX_KIND_POOL, NULL) == NULL);
+  CHECK(mcx_set_parent(top, cache) == MCX_CYCLE);
+  CHECK(mcx_parent(top) == NULL);
+
+  mcx_destroy(top);
+}
+
+static void TestCleanupOrderAndHandles(void) {
+  mcx_context* root = mcx_create(NULL, "root", MCX_KIND_FREELIST, NULL);
+  mcx_context* child = mcx_create(root, "child", MCX_KIND_POOL, NULL);
+  static const char a = 'a', b = 'b', c = 'c', d = 'd', x = 'x';
+  mcx_cleanup* removed;
+  mcx_cleanup* early;
+  order_len = 0;
+  mcx_add_cleanup(root, Record, (void*)&a, 0);
+  mcx_add_cleanup(root, Record, (void*)&b, 1);
+  mcx_add_cleanup(child, Record, (void*)&c, 0);
+  removed = mcx_add_cleanup(root, Record, (void*)&x, 0);
+  early = mcx_add_cleanup(root, Record, (void*)&d, 0);
+  CHECK(mcx_remove_cleanup(root, removed) == 1);
+  CHECK(mcx_run_cleanup(root, early) == 1);
+  CHECK(mcx_run_cleanup(root, early) == 0);
+  mcx_reset(root, MCX_RESET_KEEP_FIRST_BLOCK, 0);
+  /* d ran early; then before-children b, the child's c, after-children a. */
+  CHECK(order_len == 4 && memcmp(order, "dbca", 4) == 0);
+  mcx_destroy(root);
+}
+
+static void TestLimitsHandlerAndReports(void) {
+  mcx_options o;
+  mcx_context* root;
+  mcx_context* child;
+  mcx_counters counters;
+  FILE* out;
+  char buffer[4096];
+  size_t n;
+  mcx_options_init(&o);
+  o.limit = 64 * 1024;
+  root = mcx_create(NULL, "limited", MCX_KIND_POOL, &o);
+  CHECK(mcx_limit(root) == 64 * 1024);
+  mcx_set_failure_handler(root, Handler, &handler_calls);
+  child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_alloc(child, 100000) == NULL);
+  CHECK(handler_calls == 1 && handler_failure == MCX_LIMIT);
+  CHECK(mcx_last_failure(child) == MCX_LIMIT);
+  CHECK(mcx_alloc(child, 100) != NULL); /* still usable */
+  CHECK(mcx_set_limit(root, 10) == MCX_LIMIT); /* below what it holds */
+  mcx_reset(root, MCX_RESET_RELEASE_ALL, 0);
+  mcx_reset(root, MCX_RESET_KEEP_BYTES, 1 << 20);
+
+  child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  mcx_alloc(child, 500);
+  mcx_get_counters(root, 1, &counters);
+  CHECK(counters.contexts == 2);
+  CHECK(counters.blocks == 2);
+  CHECK(counters.used_bytes + counters.free_bytes == counters.total_bytes);
+
+  out = tmpfile();
+  CHECK(out != NULL);
+  CHECK(mcx_report(root, out, 10, 10, 0) == 0);
+  rewind(out);
+  n = fread(buffer, 1, sizeof(buffer) - 1, out);
+  buffer[n] = '\0';
+  CHECK(strstr(buffer, "limited: ") == buffer);
+  CHECK(strstr(buffer, "\n  child: ") != NULL);
+  CHECK(strstr(buffer, "Grand total: ") != NULL);
+  fclose(out);
+  mcx_destroy_children(root);
+  mcx_destroy(root);
+}
+
+int main(void) {
+  TestLifecycleAndAllocation();
+  TestCleanupOrderAndHandles();
+  TestLimitsHandlerAndReports();
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
