@@ -3,6 +3,8 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include "mcx/context/internal/sanitizer.h"
+
 namespace mcx {
 namespace {
 
@@ -38,6 +40,7 @@ Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
           ++stats_.hits;
           stats_.cached_bytes -= n->size;
           --stats_.cached_blocks;
+          internal::UnpoisonMemoryRegion(n, n->size);
           return Block{n, n->size};
         }
         link = &n->next;
@@ -61,6 +64,10 @@ void CachingBlockSource::Release(Block block) {
       stats_.cached_bytes += block.size;
       ++stats_.cached_blocks;
       ++stats_.kept;
+      // A kept block is free memory: under ASan any use of it through a
+      // stale pointer into a destroyed context is reported.
+      internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
+                                   block.size - sizeof(Node));
       return;
     }
     ++stats_.returned;
@@ -76,10 +83,12 @@ Block CachingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_si
 }
 
 void CachingBlockSource::TrimLocked(size_t target, Node** to_release) {
+  // Blocks leaving the cache go upstream unpoisoned, as they came.
   for (int b = kBuckets - 1; b >= 0 && stats_.cached_bytes > target; --b) {
     while (buckets_[b] != nullptr && stats_.cached_bytes > target) {
       Node* n = buckets_[b];
       buckets_[b] = n->next;
+      internal::UnpoisonMemoryRegion(n, n->size);
       stats_.cached_bytes -= n->size;
       --stats_.cached_blocks;
       n->next = *to_release;

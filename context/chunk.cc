@@ -8,7 +8,9 @@
 
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 
 namespace mcx {
@@ -108,6 +110,10 @@ void* AllocAlignedRedirect(Context* ctx, size_t size, size_t alignment) {
   uint8_t log2 = static_cast<uint8_t>(__builtin_ctzll(alignment));
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindAlignedRedirect, false, log2,
                                       static_cast<uint64_t>(p - raw)));
+  // Only the aligned bytes are the caller's: the padding on either side is
+  // poisoned under ASan.
+  PoisonMemoryRegion(raw, static_cast<size_t>(p - raw));
+  PoisonMemoryRegion(p + size, alignment - static_cast<size_t>(p - raw));
   return p;
 }
 
@@ -127,15 +133,20 @@ void* ReallocAlignedRedirect(Context* ctx, void* p, size_t new_size) {
   size_t old_size = RedirectChunkSize(p);
   void* q = ctx->TryAllocAligned(new_size, alignment);
   if (q == nullptr) return nullptr;
+  UnpoisonMemoryRegion(p, old_size);  // it is freed next; the copy may read its padding
   std::memcpy(q, p, old_size < new_size ? old_size : new_size);
   Free(p);
   return q;
 }
 
+// What a header reads after the checking build clobbered its memory.
+constexpr uint64_t kClobberedWord = 0x0101010101010101ull * kClobberByte;
+
 void ReportBadChunk(const void* p, const char* operation) {
   uint64_t h = ReadChunkHeader(p);
   unsigned id = ChunkHeaderKind(h);
-  const char* why = !ChunkHeaderMagicOk(h) ? "its header has no mcx magic"
+  const char* why = h == kClobberedWord ? "its memory was freed, reset or destroyed (clobbered)"
+                    : !ChunkHeaderMagicOk(h) ? "its header has no mcx magic"
                     : IsReservedChunkKind(id) ? "its header holds a reserved kind id"
                                               : "its header names no registered kind";
   ReportMisuse("cannot %s %p: not a chunk allocated by mcx, or already freed (%s: 0x%016" PRIx64 ")",

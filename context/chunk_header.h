@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mcx/context/internal/sanitizer.h"
+
 namespace mcx {
 
 inline constexpr unsigned kChunkKindBits = 4;
@@ -86,14 +88,27 @@ inline constexpr bool ChunkHeaderMagicOk(uint64_t h) {
 }
 
 // The header word of the chunk at `p` (which must be 8 bytes past its start).
-// memcpy keeps strict aliasing happy and compiles to one load.
+// memcpy keeps strict aliasing happy and compiles to one load. Under ASan,
+// headers stay poisoned so that a write past the previous chunk is reported;
+// these accessors lift the poison for their own access only.
 inline uint64_t ReadChunkHeader(const void* p) {
   uint64_t h;
-  std::memcpy(&h, static_cast<const char*>(p) - sizeof(h), sizeof(h));
+  const char* at = static_cast<const char*>(p) - sizeof(h);
+  if (internal::kAddressSanitizer && internal::IsPoisoned(at, sizeof(h))) {
+    internal::UnpoisonMemoryRegion(at, sizeof(h));
+    std::memcpy(&h, at, sizeof(h));
+    internal::PoisonMemoryRegion(at, sizeof(h));
+    return h;
+  }
+  std::memcpy(&h, at, sizeof(h));
   return h;
 }
+
 inline void WriteChunkHeader(void* p, uint64_t h) {
-  std::memcpy(static_cast<char*>(p) - sizeof(h), &h, sizeof(h));
+  char* at = static_cast<char*>(p) - sizeof(h);
+  internal::UnpoisonMemoryRegion(at, sizeof(h));
+  std::memcpy(at, &h, sizeof(h));
+  internal::PoisonMemoryRegion(at, sizeof(h));
 }
 
 }  // namespace mcx

@@ -53,6 +53,7 @@
 #include "absl/status/status.h"
 #include "mcx/context/block_source.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 
 namespace mcx {
@@ -275,6 +276,7 @@ class Context {
     if (ABSL_PREDICT_TRUE(size - 1 < max_bump_ &&
                           p + size <= reinterpret_cast<uintptr_t>(bump_end_))) {
       bump_ptr_ = reinterpret_cast<char*>(p + size);
+      internal::UnpoisonMemoryRegion(reinterpret_cast<void*>(p), size);  // ASan only
       return reinterpret_cast<void*>(p);
     }
     return nullptr;

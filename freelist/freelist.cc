@@ -25,6 +25,7 @@
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/internal/freelist_block.h"
 
 namespace mcx {
@@ -32,12 +33,20 @@ namespace mcx {
 using freelist_internal::BlockHeader;
 using freelist_internal::FreelistState;
 using internal::kChecking;
+using internal::PoisonMemoryRegion;
+using internal::UnpoisonMemoryRegion;
 
 namespace {
 
-// Bytes before each payload: the header word, plus the requested size in
-// checking builds (PostgreSQL's MEMORY_CONTEXT_CHECKING does the same).
-constexpr size_t kHeaderBytes = kChecking ? 16 : 8;
+// Checking and ASan builds record each chunk's requested size (PostgreSQL's
+// MEMORY_CONTEXT_CHECKING does the same): checking builds guard it with a
+// sentinel, ASan builds unpoison exactly that many bytes.
+constexpr bool kTracksRequested = kChecking || internal::kAddressSanitizer;
+
+// Bytes before each payload: the header word, plus the requested size when
+// it is tracked.
+constexpr size_t kHeaderBytes = kFreelistChunkHeaderBytes;
+static_assert(kHeaderBytes == (kTracksRequested ? 16 : 8), "freelist.h and this file agree");
 
 constexpr size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 
@@ -79,18 +88,30 @@ BlockHeader* BlockOf(const void* p, uint64_t h) {
 
 size_t RequestedSize(const void* p) {
   size_t n;
-  std::memcpy(&n, static_cast<const char*>(p) - 16, sizeof(n));
+  internal::CopyFromPoisoned(&n, static_cast<const char*>(p) - 16, sizeof(n));
   return n;
 }
 
-void MarkRequested(void* p, size_t size) {
-  if (!kChecking) return;
-  std::memcpy(static_cast<char*>(p) - 16, &size, sizeof(size));
-  static_cast<unsigned char*>(p)[size] = internal::kSentinelByte;
+// Makes a chunk live with `size` requested bytes out of `capacity` (the
+// bytes up to the next chunk or the block's end): under ASan exactly `size`
+// bytes become addressable; tracked builds record `size`; checking builds
+// put the sentinel right after it.
+void MarkLive(void* p, size_t size, size_t capacity) {
+  PoisonMemoryRegion(p, capacity);
+  UnpoisonMemoryRegion(p, size);
+  if (kTracksRequested) {
+    internal::CopyToPoisoned(static_cast<char*>(p) - 16, &size, sizeof(size));
+  }
+  if (kChecking) {
+    internal::CopyToPoisoned(static_cast<char*>(p) + size, &internal::kSentinelByte, 1);
+  }
+  PoisonMemoryRegion(static_cast<char*>(p) - kHeaderBytes, kHeaderBytes);  // the header
 }
 
 bool SentinelOk(const void* p) {
-  return static_cast<const unsigned char*>(p)[RequestedSize(p)] == internal::kSentinelByte;
+  unsigned char b;
+  internal::CopyFromPoisoned(&b, static_cast<const char*>(p) + RequestedSize(p), 1);
+  return b == internal::kSentinelByte;
 }
 
 void VerifyLiveChunk(Context* ctx, void* p, uint64_t h, const char* operation) {
@@ -120,8 +141,18 @@ void* CarveChunk(FreelistState* st, size_t c, BlockHeader* block) {
 
 void PushFree(FreelistState* st, void* p, uint64_t h, size_t c) {
   WriteChunkHeader(p, h | kChunkFreeBit);
+  UnpoisonMemoryRegion(p, sizeof(void*));
   std::memcpy(p, &st->freelists[c], sizeof(void*));
+  // The link too: ASan reports any read of a freed chunk.
+  PoisonMemoryRegion(p, Stride(c) - kHeaderBytes);
   st->freelists[c] = p;
+}
+
+// The next chunk on a freelist, read past the poison.
+void* NextFree(const void* p) {
+  void* next;
+  internal::CopyFromPoisoned(&next, p, sizeof(next));
+  return next;
 }
 
 // aset.c's "split the remaining free space into chunks": the largest class
@@ -176,6 +207,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
     }
   }
   LinkBlock(&st->blocks, b);
+  PoisonMemoryRegion(FirstChunk(b), static_cast<size_t>(b->end - FirstChunk(b)));
   st->free_ptr = FirstChunk(b);
   st->free_end = b->end;
   b->carved_end = st->free_ptr;
@@ -195,21 +227,18 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   LinkBlock(&st->dedicated, b);
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
+  MarkLive(payload, size, static_cast<size_t>(b->end - payload));
   return payload;
 }
 
 void* Alloc(Context* ctx, size_t size, size_t alignment) {
   FreelistState* st = StateOf(ctx);
   if (alignment > kDefaultAlignment) return internal::AllocAlignedRedirect(ctx, size, alignment);
-  if (size > st->chunk_limit) {
-    void* p = AllocDedicated(ctx, st, size);
-    if (p != nullptr) MarkRequested(p, size);
-    return p;
-  }
+  if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
   const size_t c = SizeClassOf(size);
   void* p = st->freelists[c];
   if (p != nullptr) {
-    std::memcpy(&st->freelists[c], p, sizeof(void*));
+    st->freelists[c] = NextFree(p);
     WriteChunkHeader(p, ReadChunkHeader(p) & ~kChunkFreeBit);
   } else if (Stride(c) <= static_cast<size_t>(st->free_end - st->free_ptr)) {
     p = CarveChunk(st, c, st->blocks);
@@ -217,7 +246,7 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
     p = AllocFromNewBlock(ctx, st, c);
     if (p == nullptr) return nullptr;
   }
-  MarkRequested(p, size);
+  MarkLive(p, size, Stride(c) - kHeaderBytes);
   return p;
 }
 
@@ -250,6 +279,7 @@ void Free(Context* ctx, void* p) {
   const size_t c = ChunkHeaderValue(h);
   if (kChecking) {
     VerifyLiveChunk(ctx, p, h, "free");
+    UnpoisonMemoryRegion(p, SizeClassBytes(c));
     std::memset(p, internal::kClobberByte, SizeClassBytes(c));
   }
   PushFree(st, p, h, c);
@@ -261,10 +291,15 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   BlockHeader* b = BlockOf(p, h);
   const size_t old_usable = b->size - kDedicatedPayload;
   const size_t keep = kDedicatedPayload + (old_usable < new_size ? old_usable : new_size);
+  // The source may copy `keep` bytes itself; none of them may be poisoned.
+  UnpoisonMemoryRegion(b, b->size);
   Block nb = ctx->ReallocateBlock(Block{b, b->size}, keep,
                                   kDedicatedPayload + new_size + (kChecking ? 1 : 0),
                                   kMinBlockAlignment);
-  if (nb.ptr == nullptr) return nullptr;
+  if (nb.ptr == nullptr) {
+    MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable);
+    return nullptr;
+  }
   auto* moved = static_cast<BlockHeader*>(nb.ptr);
   moved->size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
@@ -272,7 +307,7 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   if (moved->prev != nullptr) moved->prev->next = moved; else st->dedicated = moved;
   if (moved->next != nullptr) moved->next->prev = moved;
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
-  MarkRequested(payload, new_size);
+  MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload));
   return payload;
 }
 
@@ -294,12 +329,12 @@ void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
   const size_t c = ChunkHeaderValue(h);
   const size_t usable = SizeClassBytes(c);
   if (new_size <= usable) {
-    MarkRequested(p, new_size);
+    MarkLive(p, new_size, Stride(c) - kHeaderBytes);
     return p;
   }
   void* q = Alloc(ctx, new_size, kDefaultAlignment);
   if (q == nullptr) return nullptr;
-  std::memcpy(q, p, kChecking ? RequestedSize(p) : usable);
+  std::memcpy(q, p, kTracksRequested ? RequestedSize(p) : usable);
   Free(ctx, p);
   return q;
 }
@@ -308,23 +343,25 @@ size_t ChunkSize(const Context* /*ctx*/, const void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ChunkHeaderKind(h) == kChunkKindAlignedRedirect) return GetChunkSize(p);
   // Checking builds guard the requested bytes with a sentinel right after
-  // them: the usable size is exactly what was asked for.
-  if (kChecking) return RequestedSize(p);
+  // them, ASan builds poison what follows: the usable size is exactly what
+  // was asked for.
+  if (kTracksRequested) return RequestedSize(p);
   if (ChunkHeaderIsExternal(h)) return BlockOf(p, h)->size - kDedicatedPayload;
   return SizeClassBytes(ChunkHeaderValue(h));
 }
 
 // --- Reset, release, stats, check ---------------------------------------------------
 
-void ClobberUsed(BlockHeader* b, char* carved_end) {
-  if (!kChecking) return;
+// Empties a block's memory for reuse: checking builds clobber what was
+// handed out (a stale pointer then reads 0x7F, and its header holds reserved
+// kind id 15), ASan builds poison the whole block space.
+void EmptyBlockMemory(BlockHeader* b, char* used_end) {
   char* from = FirstChunk(b);
-  // Keep the headers: a stale pointer then still reads as freelist garbage,
-  // but its payload is 0x7F.
-  std::memset(from + kHeaderBytes, internal::kClobberByte,
-              static_cast<size_t>(carved_end - from) > kHeaderBytes
-                  ? static_cast<size_t>(carved_end - from) - kHeaderBytes
-                  : 0);
+  if (kChecking) {
+    UnpoisonMemoryRegion(from, static_cast<size_t>(used_end - from));
+    std::memset(from, internal::kClobberByte, static_cast<size_t>(used_end - from));
+  }
+  PoisonMemoryRegion(from, static_cast<size_t>(b->end - from));
 }
 
 void ReleaseDedicated(Context* ctx, FreelistState* st) {
@@ -351,14 +388,14 @@ void Reset(Context* ctx, const ResetOptions& options) {
       if (b != first) {
         if (options.KeepsBlock(kept, b->size)) {
           kept += b->size;
-          ClobberUsed(b, b == st->blocks ? st->free_ptr : b->carved_end);
+          EmptyBlockMemory(b, b == st->blocks ? st->free_ptr : b->carved_end);
           b->carved_end = FirstChunk(b);
           LinkBlock(&st->spare, b);
         } else {
           ctx->ReleaseBlock(b, b->size);
         }
       } else {
-        ClobberUsed(b, b == st->blocks ? st->free_ptr : b->carved_end);
+        EmptyBlockMemory(b, b == st->blocks ? st->free_ptr : b->carved_end);
       }
       b = next;
     }
@@ -388,10 +425,9 @@ void ReleaseAll(Context* ctx) {
 void Stats(const Context* ctx, KindStats* out) {
   const FreelistState* st = StateOf(ctx);
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    for (void* p = st->freelists[c]; p != nullptr;) {
+    for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       out->free_bytes += Stride(c);
       ++out->free_chunks;
-      std::memcpy(&p, p, sizeof(void*));
     }
   }
   out->free_bytes += static_cast<size_t>(st->free_end - st->free_ptr);
@@ -435,7 +471,7 @@ bool Check(const Context* ctx, std::string* error) {
   }
   size_t on_lists = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    for (void* p = st->freelists[c]; p != nullptr; std::memcpy(&p, p, sizeof(void*))) {
+    for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       uint64_t h = ReadChunkHeader(p);
       if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->owner != ctx) {
         absl::StrAppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
@@ -517,6 +553,7 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   st->blocks = first;
   st->free_ptr = first->carved_end = FirstChunk(first);
   st->free_end = block_end;
+  PoisonMemoryRegion(st->free_ptr, static_cast<size_t>(block_end - st->free_ptr));
   if (o->chunk_limit > kMaxSizeClassBytes || o->max_block_size > kMaxFreelistBlockSize ||
       o->initial_block_size > kMaxFreelistBlockSize) {
     ctx->SetFailure(Failure::kBadArgument);

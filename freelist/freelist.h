@@ -33,6 +33,8 @@
 #include <cstddef>
 
 #include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 #include "mcx/freelist/size_class.h"
 
@@ -46,6 +48,11 @@ struct FreelistOptions {
   // Requests above this get a dedicated block (at most kMaxSizeClassBytes).
   size_t chunk_limit = kMaxSizeClassBytes;
 };
+
+// Bytes of header before each chunk: 8; 16 in checking and ASan builds,
+// which also record the requested size (ChunkSize then returns exactly it).
+inline constexpr size_t kFreelistChunkHeaderBytes =
+    internal::kChecking || internal::kAddressSanitizer ? 16 : 8;
 
 // Chunk headers store a 32-bit offset to their block.
 inline constexpr size_t kMaxFreelistBlockSize = size_t{1} << 30;

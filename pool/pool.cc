@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/pool/internal/pool_block.h"
 
 namespace mcx {
@@ -28,6 +29,8 @@ using pool_internal::LargeNode;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
 using internal::kChecking;
+using internal::PoisonMemoryRegion;
+using internal::UnpoisonMemoryRegion;
 
 namespace {
 
@@ -142,9 +145,11 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
     st->next_block_size = st->next_block_size * 2 < st->max_block_size ? st->next_block_size * 2
                                                                           : st->max_block_size;
   }
+  PoisonMemoryRegion(b->start, static_cast<size_t>(b->end - b->start));
   char* m = AlignUp(b->start, alignment);
   b->last = m + size;
   b->live = 1;
+  UnpoisonMemoryRegion(m, size);
   return m;
 }
 
@@ -154,6 +159,7 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
     if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
       p->last = m + size;
       ++p->live;
+      UnpoisonMemoryRegion(m, size);
       return m;
     }
   }
@@ -242,6 +248,7 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   st->base_block_size = base;
   st->next_block_size = base;
   st->max_block_size = o->max_block_size < base ? base : o->max_block_size;
+  PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
   // Zero is a legal max_small (everything large) but not for the window.
   st->window_max = st->rewind_block_size == 0 ? st->max_small : 0;
   if (o->max_small > kMaxAllocSize) {
@@ -285,6 +292,7 @@ void Free(Context* ctx, void* p) {
     return;
   }
   if (--b->live == 0) {
+    PoisonMemoryRegion(b->start, static_cast<size_t>(b->last - b->start));
     b->last = b->start;
     b->failed = 0;
     MakeCurrent(st, b);
@@ -313,15 +321,22 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
     if (c + old_size == cur->last && c >= cur->start && new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
+      if (new_size > old_size) UnpoisonMemoryRegion(c, new_size);
+      else PoisonMemoryRegion(c + new_size, old_size - new_size);
       Publish(ctx, st);
       return p;
     }
-    if (new_size <= old_size) return p;  // shrinking a small chunk: keep it
+    if (new_size <= old_size) {  // shrinking a small chunk: keep it
+      PoisonMemoryRegion(c + new_size, old_size - new_size);
+      return p;
+    }
   }
   void* q = Alloc(ctx, new_size, kDefaultAlignment);
   if (q == nullptr) return nullptr;
   std::memcpy(q, p, old_size < new_size ? old_size : new_size);
   Free(ctx, p);
+  // The old small chunk is dead space until the next reset.
+  if (st->rewind_block_size == 0 && FindLarge(st, p) == nullptr) PoisonMemoryRegion(p, old_size);
   return q;
 }
 
@@ -370,10 +385,13 @@ void Reset(Context* ctx, const ResetOptions& options) {
   st->first.next = keep_head;
   if (keep_head != nullptr) keep_head->prev = &st->first;
   for (b = &st->first; b != nullptr; b = b->next) {
+    // Clobbering writes bytes that ASan may hold poisoned: lift it first.
+    UnpoisonMemoryRegion(b->start, static_cast<size_t>(b->last - b->start));
     if (kChecking) {
       // A stale pointer into a reset pool now reads 0x7F, not old data.
       std::memset(b->start, internal::kClobberByte, static_cast<size_t>(b->last - b->start));
     }
+    PoisonMemoryRegion(b->start, static_cast<size_t>(b->end - b->start));
     b->last = b->start;
     b->failed = 0;
     b->live = 0;
