@@ -18,6 +18,8 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "mcx/context/chunk.h"
+#include "mcx/context/chunk_header.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
@@ -25,6 +27,7 @@
 
 namespace mcx {
 
+using pool_internal::CheckedHeader;
 using pool_internal::LargeNode;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
@@ -167,21 +170,27 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
 }
 
 // ngx_palloc_large: its own block, recorded on the large list.
+void* AllocInternal(Context* ctx, PoolState* st, size_t size);
+
 void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   size_t actual;
   size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
-  void* mem = ctx->AcquireBlock(size, block_alignment, &actual);
+  // Checking builds keep one byte after the chunk for the sentinel.
+  char* mem = static_cast<char*>(
+      ctx->AcquireBlock(size + (kChecking ? 1 : 0), block_alignment, &actual));
   if (mem == nullptr) return nullptr;
+  if (kChecking) mem[size] = static_cast<char>(internal::kSentinelByte);
   int n = 0;
   for (LargeNode* l = st->large; l != nullptr; l = l->next) {
     if (l->alloc == nullptr) {
       l->alloc = mem;
       l->size = actual;
+      l->requested = size;
       return mem;
     }
     if (n++ > kLargeNodeScan) break;
   }
-  auto* node = static_cast<LargeNode*>(AllocSmall(ctx, st, sizeof(LargeNode), kDefaultAlignment));
+  auto* node = static_cast<LargeNode*>(AllocInternal(ctx, st, sizeof(LargeNode)));
   if (node == nullptr) {
     Failure why = ctx->last_failure();
     ctx->ReleaseBlock(mem, actual);
@@ -190,6 +199,7 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   }
   node->alloc = mem;
   node->size = actual;
+  node->requested = size;
   node->next = st->large;
   st->large = node;
   return mem;
@@ -200,6 +210,127 @@ LargeNode* FindLarge(PoolState* st, const void* p) {
     if (l->alloc == p) return l;
   }
   return nullptr;
+}
+
+// --- Checking builds: a header and a sentinel for every small chunk ------------
+//
+// Release builds have no per-chunk header, so nothing can be checked. The
+// checking build pays for one: it names the owner and the requested size,
+// carries a free bit, and lets Reset, Destroy and Check() walk every chunk and
+// verify its sentinel.
+
+constexpr size_t kCheckedPrefix = sizeof(CheckedHeader) + sizeof(uint64_t);
+
+size_t PayloadAlignment(size_t alignment) {
+  return alignment > kDefaultAlignment ? alignment : kDefaultAlignment;
+}
+
+// Region bytes for a checked chunk: prefix, worst-case alignment padding,
+// payload, sentinel.
+size_t CheckedRegionBytes(size_t size, size_t alignment) {
+  return kCheckedPrefix + PayloadAlignment(alignment) - 1 + size + 1;
+}
+
+void* CheckedAllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
+  const size_t region = CheckedRegionBytes(size, alignment);
+  char* r = static_cast<char*>(AllocSmall(ctx, st, region, kDefaultAlignment));
+  if (r == nullptr) return nullptr;
+  char* p = AlignUp(r + kCheckedPrefix, PayloadAlignment(alignment));
+  CheckedHeader h{region, size, ctx, static_cast<size_t>(p - r)};
+  std::memcpy(r, &h, sizeof(h));
+  WriteChunkHeader(p, MakeChunkHeader(kChunkKindPoolChecking, false, 0,
+                                      static_cast<uint64_t>(p - r)));
+  p[size] = static_cast<char>(internal::kSentinelByte);
+  return p;
+}
+
+// Small allocations made by the pool itself (large-list nodes) go through the
+// same layout in checking builds, so every region of a block can be walked.
+void* AllocInternal(Context* ctx, PoolState* st, size_t size) {
+  return kChecking ? CheckedAllocSmall(ctx, st, size, kDefaultAlignment)
+                   : AllocSmall(ctx, st, size, kDefaultAlignment);
+}
+
+CheckedHeader ReadCheckedHeader(const void* region) {
+  CheckedHeader h;
+  std::memcpy(&h, region, sizeof(h));
+  return h;
+}
+
+// Validates a small chunk handed to Free or Realloc; reports misuse and
+// returns nullptr if it is not a live chunk of `ctx` with its sentinel intact.
+const char* CheckedLiveChunk(Context* ctx, void* p, const char* operation, CheckedHeader* out) {
+  uint64_t word = ReadChunkHeader(p);
+  if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
+    internal::ReportBadChunk(p, operation);
+    return nullptr;
+  }
+  if (ChunkHeaderIsFree(word)) {
+    internal::ReportMisuse("double free of chunk %p in pool '%s'", p, ctx->name());
+    return nullptr;
+  }
+  const char* region = static_cast<char*>(p) - ChunkHeaderOffset(word);
+  *out = ReadCheckedHeader(region);
+  if (out->owner != ctx) {
+    internal::ReportMisuse("%s of chunk %p through pool '%s', but it belongs to context '%s'",
+                           operation, p, ctx->name(), out->owner->name());
+    return nullptr;
+  }
+  if (static_cast<unsigned char>(static_cast<char*>(p)[out->requested]) != internal::kSentinelByte) {
+    internal::ReportMisuse("sentinel of chunk %p (%zu bytes) in pool '%s' was overwritten: "
+                           "a write past the end of the chunk",
+                           p, out->requested, ctx->name());
+    return nullptr;
+  }
+  return region;
+}
+
+// Walks every region of every block and every large chunk; on the first
+// problem appends a description to `error` and returns false.
+bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* error) {
+  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+    const char* last = LastOf(ctx, st, b);
+    for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
+      CheckedHeader h = ReadCheckedHeader(r);
+      if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
+        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+                              static_cast<const void*>(r));
+        return false;
+      }
+      const char* p = r + h.payload_offset;
+      uint64_t word = ReadChunkHeader(p);
+      if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
+        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+                              static_cast<const void*>(p));
+        return false;
+      }
+      if (!ChunkHeaderIsFree(word) &&
+          static_cast<unsigned char>(p[h.requested]) != internal::kSentinelByte) {
+        absl::StrAppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+                              ctx->name(), static_cast<const void*>(p), h.requested);
+        return false;
+      }
+      r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
+    }
+  }
+  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc != nullptr &&
+        static_cast<const unsigned char*>(l->alloc)[l->requested] != internal::kSentinelByte) {
+      absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
+                            ctx->name(), l->alloc, l->requested);
+      return false;
+    }
+  }
+  return true;
+}
+
+void VerifyOrReport(const Context* ctx, const PoolState* st) {
+  if (!kChecking) return;
+  std::string error;
+  if (!VerifyCheckedChunks(ctx, st, &error)) {
+    if (!error.empty() && error.back() == '\n') error.pop_back();
+    internal::ReportMisuse("%s", error.c_str());
+  }
 }
 
 // --- Methods -------------------------------------------------------------------
@@ -250,7 +381,9 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   st->max_block_size = o->max_block_size < base ? base : o->max_block_size;
   PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
   // Zero is a legal max_small (everything large) but not for the window.
-  st->window_max = st->rewind_block_size == 0 ? st->max_small : 0;
+  // Checking builds send every request through the kind, which adds headers
+  // and sentinels; rewind mode must count every chunk.
+  st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
   if (o->max_small > kMaxAllocSize) {
     ctx->SetFailure(Failure::kBadSize);
     return false;
@@ -263,8 +396,15 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
   PoolState* st = StateOf(ctx);
   Sync(ctx, st);
   if (size == 0) size = 1;  // unique pointers for zero-size requests
-  void* p = IsSmall(st, size, alignment) ? AllocSmall(ctx, st, size, alignment)
-                                         : AllocLarge(ctx, st, size, alignment);
+  void* p;
+  if (kChecking) {
+    p = IsSmall(st, CheckedRegionBytes(size, alignment), kDefaultAlignment)
+            ? CheckedAllocSmall(ctx, st, size, alignment)
+            : AllocLarge(ctx, st, size, alignment);
+  } else {
+    p = IsSmall(st, size, alignment) ? AllocSmall(ctx, st, size, alignment)
+                                     : AllocLarge(ctx, st, size, alignment);
+  }
   Publish(ctx, st);
   return p;
 }
@@ -273,9 +413,19 @@ void Free(Context* ctx, void* p) {
   PoolState* st = StateOf(ctx);
   Sync(ctx, st);
   if (LargeNode* l = FindLarge(st, p)) {
+    if (kChecking && static_cast<unsigned char*>(p)[l->requested] != internal::kSentinelByte) {
+      internal::ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
+                             p, l->requested, ctx->name());
+    }
     ctx->ReleaseBlock(p, l->size);
     l->alloc = nullptr;
     return;
+  }
+  if (kChecking) {
+    CheckedHeader h;
+    if (CheckedLiveChunk(ctx, p, "free", &h) == nullptr) return;
+    WriteChunkHeader(p, ReadChunkHeader(p) | kChunkFreeBit);
+    std::memset(p, internal::kClobberByte, h.requested);  // stays reserved until reset
   }
   if (st->rewind_block_size == 0) return;  // small chunk: freed by reset
   PoolBlock* b = BlockOf(ctx, st, p);
@@ -305,11 +455,14 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   Sync(ctx, st);
   if (new_size == 0) new_size = 1;
   if (LargeNode* l = FindLarge(st, p)) {
-    Block b = ctx->ReallocateBlock(Block{p, l->size}, l->size < new_size ? l->size : new_size,
-                                   new_size, kMinBlockAlignment);
+    const size_t want = new_size + (kChecking ? 1 : 0);
+    Block b = ctx->ReallocateBlock(Block{p, l->size}, l->size < want ? l->size : want, want,
+                                   kMinBlockAlignment);
     if (b.ptr == nullptr) return nullptr;
     l->alloc = b.ptr;
     l->size = b.size;
+    l->requested = new_size;
+    if (kChecking) static_cast<char*>(b.ptr)[new_size] = static_cast<char>(internal::kSentinelByte);
     return b.ptr;
   }
   if (old_size == kUnknownSize) {
@@ -318,7 +471,15 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   }
   char* c = static_cast<char*>(p);
   PoolBlock* cur = st->current;
-  if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
+  if (kChecking) {
+    // No in-place tricks: a fresh checked chunk, a copy, a checked free.
+    CheckedHeader h;
+    if (CheckedLiveChunk(ctx, p, "realloc", &h) == nullptr) {
+      ctx->SetFailure(Failure::kBadArgument);
+      return nullptr;
+    }
+    if (old_size > h.requested) old_size = h.requested;
+  } else if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
     if (c + old_size == cur->last && c >= cur->start && new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
       if (new_size > old_size) UnpoisonMemoryRegion(c, new_size);
@@ -356,6 +517,7 @@ void ReleaseLarge(Context* ctx, PoolState* st) {
 void Reset(Context* ctx, const ResetOptions& options) {
   PoolState* st = StateOf(ctx);
   Sync(ctx, st);
+  VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
   size_t kept = ctx->first_block_size();
   size_t largest = 0;
@@ -406,6 +568,7 @@ void Reset(Context* ctx, const ResetOptions& options) {
 
 void ReleaseAll(Context* ctx) {
   PoolState* st = StateOf(ctx);
+  VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
   for (PoolBlock* b = st->head; b != nullptr;) {
     PoolBlock* next = b->next;
@@ -458,7 +621,7 @@ bool Check(const Context* ctx, std::string* error) {
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
-  return true;
+  return !kChecking || VerifyCheckedChunks(ctx, st, error);
 }
 
 const KindMethods kPoolMethods = {

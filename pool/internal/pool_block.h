@@ -46,6 +46,18 @@ struct LargeNode {
   LargeNode* next;
   void* alloc;  // nullptr: emptied by Free, reusable
   size_t size;
+  size_t requested;  // bytes asked for; a sentinel follows in checking builds
+};
+
+// Checking builds put this at the start of every small region; the chunk's
+// header word (chunk_header.h, kind kChunkKindPoolChecking) sits right
+// before the payload and a sentinel byte right after the requested bytes.
+// Regions lie back to back (16-aligned), so a block can be walked.
+struct CheckedHeader {
+  size_t region;          // bytes of the region: the walk steps by it
+  size_t requested;       // bytes the caller asked for
+  Context* owner;
+  size_t payload_offset;  // from the region's start to the payload
 };
 
 struct PoolState {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 #include "tests/testing/test_block_sources.h"
@@ -266,7 +267,7 @@ TEST_F(ContextTest, StrdupCopiesAndTerminates) {
   char* b = ctx->Strdup(std::string_view("xyz123", 3));
   EXPECT_STREQ(a, "abc");
   EXPECT_STREQ(b, "xyz");
-  EXPECT_EQ(b, a + 4);
+  if (!internal::kChecking) EXPECT_EQ(b, a + 4);  // checking builds add headers
   ctx->Destroy();
 }
 
