@@ -35,6 +35,42 @@ bool IsPowerOfTwo(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
 }  // namespace
 
+// --- Checks ------------------------------------------------------------------
+
+namespace {
+// Its address identifies the calling thread to the concurrency check.
+thread_local char thread_token;
+}  // namespace
+
+Context::UseGuard::UseGuard(Context* ctx) : ctx_(ctx) {
+  if (!internal::kChecking) return;
+  const void* me = &thread_token;
+  const void* expected = nullptr;
+  if (!ctx->user_.compare_exchange_strong(expected, me, std::memory_order_acquire) &&
+      expected != me) {
+    internal::ReportMisuse("context '%s' at %p is used from two threads at the same time",
+                           ctx->name_, static_cast<void*>(ctx));
+  }
+  ++ctx->use_depth_;
+}
+
+Context::UseGuard::~UseGuard() {
+  if (!internal::kChecking) return;
+  if (--ctx_->use_depth_ == 0) ctx_->user_.store(nullptr, std::memory_order_release);
+}
+
+// Context::CheckLive
+//
+// A destroyed context's header says so until its memory is reused. Checked
+// on every teardown (cheap, and a double destroy would otherwise free blocks
+// twice), and on every operation in checking builds.
+bool Context::CheckLive(const char* operation) const {
+  if (magic_ == kLiveMagic) return true;
+  internal::ReportMisuse("%s of context at %p, which was already destroyed (or was never a context)",
+                         operation, static_cast<const void*>(this));
+  return false;
+}
+
 // --- Lifecycle ---------------------------------------------------------------
 
 Context* Context::Create(Context* parent, const char* name,
@@ -158,6 +194,7 @@ struct TeardownFrame {
 // Reports misuse and returns false if tearing this context down now would
 // pull a running teardown's subtree out from under it.
 bool Context::CheckTeardownAllowed(const char* operation) const {
+  if (!CheckLive(operation)) return false;
   if (state_ == State::kTearingDown) {
     internal::ReportMisuse("%s of context '%s' at %p while it is being torn down", operation,
                            name_, static_cast<const void*>(this));
@@ -199,6 +236,7 @@ void Context::DestroyChildren() {
 // destroy or create children of a context that is not yet torn down.
 void Context::TearDown(bool destroy_self, const ResetOptions& options) {
   if (!CheckTeardownAllowed(destroy_self ? "destroy" : "reset")) return;
+  UseGuard use(this);
   Context* node = this;
   {
   TeardownFrame frame(this);
@@ -242,6 +280,7 @@ void Context::ReleaseSelf() {
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
   Unlink();
+  magic_ = kDeadMagic;
   this->~Context();
   source->Release(first);
 }
@@ -479,6 +518,8 @@ Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
 // blocks; it reports failure by returning nullptr with last_failure_ set.
 void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
+  if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
+  UseGuard use(this);
   CheckNotTearingDown("allocation");
   void* p = methods_->alloc(this, size, alignment);
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
@@ -526,6 +567,7 @@ char* Context::Strdup(std::string_view s) {
 void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
   if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
   if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
+  UseGuard use(this);
   void* q = methods_->realloc(this, p, old_size, new_size);
   if (q == nullptr) return Fail(last_failure_, new_size, flags);
   return q;
@@ -546,6 +588,8 @@ void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
 
 void Context::Free(void* p) {
   if (p == nullptr) return;
+  if (internal::kChecking && !CheckLive("free")) return;
+  UseGuard use(this);
   methods_->free(this, p);
 }
 

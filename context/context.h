@@ -42,6 +42,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <cstring>
 #include <new>
 #include <string_view>
@@ -260,6 +261,25 @@ class Context {
   friend const State* KindState(const Context* ctx);
 
   enum class State : unsigned char { kLive, kTearingDown };
+  // Written at creation and overwritten just before the first block goes
+  // back, so a second Destroy of the same context is recognised.
+  static constexpr uint32_t kLiveMagic = 0x6D637831;  // "mcx1"
+  static constexpr uint32_t kDeadMagic = 0x64656164;  // "dead"
+
+  // Checking builds: APR's concurrency check. Every operation marks the
+  // context in use by the calling thread; another thread arriving meanwhile
+  // is misuse. Nested use from the same thread (a cleanup freeing memory in
+  // its own context) is fine.
+  class UseGuard {
+   public:
+    explicit UseGuard(Context* ctx);
+    ~UseGuard();
+    UseGuard(const UseGuard&) = delete;
+    UseGuard& operator=(const UseGuard&) = delete;
+
+   private:
+    Context* ctx_;
+  };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
   Context() = default;
@@ -298,6 +318,7 @@ class Context {
                                    CleanupPhase phase) noexcept;
   internal::CleanupRecord* LiveCleanup(CleanupHandle handle) const;
   bool CheckTeardownAllowed(const char* operation) const;
+  bool CheckLive(const char* operation) const;
   void CheckNotTearingDown(const char* operation) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
@@ -344,6 +365,9 @@ class Context {
   const char* name_ = nullptr;  // points into the first block
   State state_ = State::kLive;
   Failure last_failure_ = Failure::kNone;
+  uint32_t magic_ = kLiveMagic;
+  std::atomic<const void*> user_{nullptr};  // checking builds: thread in an operation
+  int use_depth_ = 0;                       // nesting of that thread's operations
 };
 
 // --- Inline definitions -----------------------------------------------------

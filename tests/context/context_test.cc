@@ -4,10 +4,13 @@
 
 #include "mcx/context/context.h"
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -335,6 +338,46 @@ TEST(ContextDeathTest, ResetOfAncestorFromCleanupIsReported) {
         c->Destroy();
       },
       "from a cleanup while its descendant 'child' is being torn down");
+}
+
+// Destroying a context twice is caught while its memory has not been reused
+// (ASan reports the stale read itself, since the cached block is poisoned).
+TEST(ContextDeathTest, DestroyTwiceIsReported) {
+  EXPECT_DEATH(
+      {
+        Context* ctx = CreatePoolContext(nullptr, "once");
+        ctx->Destroy();
+        ctx->Destroy();
+      },
+      "already destroyed|AddressSanitizer");
+}
+
+// Checking builds: a context used from two threads at the same time is
+// reported (APR's concurrency check). Thread A is inside an allocation (in
+// the failure handler) when thread B arrives.
+TEST(ContextDeathTest, UseFromTwoThreadsAtOnceIsReported) {
+  if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
+  EXPECT_DEATH(
+      {
+        static std::atomic<bool> inside{false};
+        ContextOptions o;
+        o.limit = 64 * 1024;
+        o.failure_handler = [](const FailureInfo&) {
+          inside = true;
+          std::this_thread::sleep_for(std::chrono::seconds(5));
+        };
+        Context* ctx = Context::Create(nullptr, "shared", PoolKind(), o);
+        std::thread a([ctx] {
+          try {
+            ctx->Alloc(1 << 20);  // over the limit: the handler runs inside
+          } catch (const std::bad_alloc&) {
+          }
+        });
+        while (!inside) std::this_thread::yield();
+        ctx->TryAlloc(100);
+        a.join();
+      },
+      "context 'shared' at .* is used from two threads at the same time");
 }
 
 // Reset and destroy of a context during its own teardown is misuse.
