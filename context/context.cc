@@ -156,6 +156,12 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     ctx->ReleaseSelf();
     return fail(why == Failure::kNone ? Failure::kBadArgument : why, want);
   }
+  if (options.reserve_blocks != 0 &&
+      !ctx->FillReserve(options.reserve_blocks, options.reserve_block_size)) {
+    Failure why = ctx->last_failure_;
+    ctx->ReleaseSelf();
+    return fail(why, options.reserve_block_size);
+  }
   return ctx;
 }
 
@@ -276,6 +282,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
   methods_->release_all(this);
+  ReleaseReserve();
   BlockSource* source = source_;
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
@@ -441,7 +448,7 @@ size_t Context::SubtreeBytes() const {
   size_t total = 0;
   const Context* c = this;
   while (c != nullptr) {
-    total += c->mem_allocated_;
+    total += c->mem_allocated_ + c->reserve_bytes_;
     if (c->first_child_ != nullptr) {
       c = c->first_child_;
       continue;
@@ -457,7 +464,8 @@ size_t Context::SubtreeBytes() const {
 // Every block a kind uses comes through here: the limits are charged before
 // the source is asked (so a limit never costs a system call), and the charge
 // is undone if the source fails.
-void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual) {
+void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
+                           size_t usable_size) {
   if (!ChargeLimits(min_size)) {
     last_failure_ = Failure::kLimit;
     return nullptr;
@@ -465,6 +473,9 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual) {
   Block block = source_->Acquire(min_size, alignment);
   if (block.ptr == nullptr) {
     UnchargeLimits(min_size);
+    if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
+      return r;
+    }
     last_failure_ = Failure::kOutOfMemory;
     return nullptr;
   }
@@ -479,8 +490,84 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual) {
 void Context::ReleaseBlock(void* block, size_t size) {
   mem_allocated_ -= size;
   --num_blocks_;
+  if (KeepForReserve(block, size)) return;
   UnchargeLimits(size);
   source_->Release(Block{block, size});
+}
+
+// --- The reserve -------------------------------------------------------------
+//
+// Reserve blocks stay charged to the limits while they are held: the reserve
+// is memory the subtree owns. Handing one out or taking one back moves bytes
+// between the reserve and bytes_in_blocks() without touching the limits.
+
+bool Context::FillReserve(size_t blocks, size_t block_size) {
+  if (block_size < sizeof(ReserveBlock)) block_size = sizeof(ReserveBlock);
+  reserve_target_ = blocks;
+  reserve_block_size_ = block_size;
+  while (reserve_count_ < blocks) {
+    if (!ChargeLimits(block_size)) {
+      last_failure_ = Failure::kLimit;
+      return false;
+    }
+    Block b = source_->Acquire(block_size, kMinBlockAlignment);
+    if (b.ptr == nullptr) {
+      UnchargeLimits(block_size);
+      last_failure_ = Failure::kOutOfMemory;
+      return false;
+    }
+    // Its slack is not charged, so it is not used either.
+    auto* r = static_cast<ReserveBlock*>(b.ptr);
+    r->size = block_size;
+    r->next = reserve_;
+    reserve_ = r;
+    ++reserve_count_;
+    reserve_bytes_ += block_size;
+  }
+  return true;
+}
+
+void* Context::TakeFromReserve(size_t min_size, size_t alignment, size_t* actual) {
+  ReserveBlock* r = reserve_;
+  if (r == nullptr || r->size < min_size || alignment > kMinBlockAlignment) return nullptr;
+  reserve_ = r->next;
+  --reserve_count_;
+  reserve_bytes_ -= r->size;
+  ++reserve_uses_;
+  mem_allocated_ += r->size;
+  ++num_blocks_;
+  *actual = r->size;
+  return r;
+}
+
+// Keeps a returning block for the reserve when the reserve is short and the
+// block is a sensible size for it (at least a reserve block, and not so
+// large that keeping it would pin much more than the reserve was asked for).
+bool Context::KeepForReserve(void* block, size_t size) {
+  constexpr size_t kMaxOversize = 4;  // a kept block may be up to 4x a reserve block
+  if (reserve_count_ >= reserve_target_ || size < reserve_block_size_ ||
+      size / kMaxOversize > reserve_block_size_) {
+    return false;
+  }
+  auto* r = static_cast<ReserveBlock*>(block);
+  r->size = size;
+  r->next = reserve_;
+  reserve_ = r;
+  ++reserve_count_;
+  reserve_bytes_ += size;
+  return true;
+}
+
+void Context::ReleaseReserve() {
+  reserve_target_ = 0;
+  while (ReserveBlock* r = reserve_) {
+    reserve_ = r->next;
+    size_t size = r->size;
+    UnchargeLimits(size);
+    source_->Release(Block{r, size});
+  }
+  reserve_count_ = 0;
+  reserve_bytes_ = 0;
 }
 
 Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,

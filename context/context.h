@@ -107,6 +107,13 @@ struct ContextOptions {
   // Called on allocation failure; nullptr: inherit from the ancestors.
   FailureHandler failure_handler = nullptr;
   void* failure_handler_arg = nullptr;
+  // The Linux kernel's mempool idea: blocks acquired at creation and used
+  // only when the block source fails, so that allocation still makes
+  // progress (an error path can still allocate its message). Refilled from
+  // blocks that come back to the context (a freed dedicated chunk, a reset).
+  // A request larger than `reserve_block_size` cannot use the reserve.
+  size_t reserve_blocks = 0;
+  size_t reserve_block_size = 16 * 1024;
 };
 
 class Context {
@@ -221,8 +228,14 @@ class Context {
   // O(1): bytes in blocks held by this context alone, and their count.
   size_t bytes_in_blocks() const { return mem_allocated_; }
   size_t num_blocks() const { return num_blocks_; }
-  // Walks the subtree.
+  // Walks the subtree (reserve blocks included: they count against limits).
   size_t SubtreeBytes() const;
+
+  // The reserve (ContextOptions::reserve_blocks): blocks and bytes held now,
+  // and how many blocks it has handed out since creation.
+  size_t reserve_blocks() const { return reserve_count_; }
+  size_t reserve_bytes() const { return reserve_bytes_; }
+  uint64_t reserve_uses() const { return reserve_uses_; }
 
   // Runs the kind's invariant checks. In checking builds every chunk's
   // sentinel is verified too.
@@ -232,7 +245,10 @@ class Context {
 
   // A block of at least `min_size` bytes, after the limit checks; nullptr
   // (with last_failure set) on failure. `*actual` receives its real size.
-  void* AcquireBlock(size_t min_size, size_t alignment, size_t* actual);
+  // When the source fails, a reserve block of at least `usable_size` bytes
+  // (the least the kind can work with; 0: `min_size`) is handed out instead.
+  void* AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
+                     size_t usable_size = 0);
   void ReleaseBlock(void* block, size_t size);
   // Resizes a block through the source (dedicated chunks). Returns the new
   // block or an empty one (with last_failure set); accounting follows.
@@ -325,6 +341,10 @@ class Context {
   void RunCleanups(CleanupPhase phase);
 
   void TearDown(bool destroy_self, const ResetOptions& options);
+  bool FillReserve(size_t blocks, size_t block_size);
+  void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
+  bool KeepForReserve(void* block, size_t size);
+  void ReleaseReserve();
   void ReleaseSelf();
   void LinkUnder(Context* parent);
   void Unlink();
@@ -366,6 +386,16 @@ class Context {
   State state_ = State::kLive;
   Failure last_failure_ = Failure::kNone;
   uint32_t magic_ = kLiveMagic;
+  struct ReserveBlock {
+    ReserveBlock* next;
+    size_t size;
+  };
+  ReserveBlock* reserve_ = nullptr;
+  size_t reserve_count_ = 0;       // blocks held in the reserve
+  size_t reserve_target_ = 0;      // blocks it refills up to
+  size_t reserve_block_size_ = 0;  // bytes of each
+  size_t reserve_bytes_ = 0;       // bytes held in the reserve
+  uint64_t reserve_uses_ = 0;      // blocks handed out from it
   std::atomic<const void*> user_{nullptr};  // checking builds: thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
 };

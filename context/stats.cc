@@ -18,6 +18,9 @@ void ContextCounters::Add(const ContextCounters& other) {
   free_bytes += other.free_bytes;
   free_chunks += other.free_chunks;
   contexts += other.contexts;
+  reserve_bytes += other.reserve_bytes;
+  reserve_blocks += other.reserve_blocks;
+  reserve_uses += other.reserve_uses;
 }
 
 ContextCounters GetCounters(const Context* ctx) {
@@ -29,6 +32,9 @@ ContextCounters GetCounters(const Context* ctx) {
   c.free_bytes = ks.free_bytes;
   c.free_chunks = ks.free_chunks;
   c.contexts = 1;
+  c.reserve_bytes = ctx->reserve_bytes();
+  c.reserve_blocks = ctx->reserve_blocks();
+  c.reserve_uses = ctx->reserve_uses();
   return c;
 }
 
@@ -79,15 +85,23 @@ std::string JsonString(const char* s) {
 }
 
 std::string TextTotals(const ContextCounters& c) {
-  return absl::StrFormat("%d total in %d blocks; %d free (%d chunks); %d used", c.total_bytes,
-                         c.blocks, c.free_bytes, c.free_chunks, c.used_bytes());
+  std::string line = absl::StrFormat("%d total in %d blocks; %d free (%d chunks); %d used",
+                                     c.total_bytes, c.blocks, c.free_bytes, c.free_chunks,
+                                     c.used_bytes());
+  if (c.reserve_blocks != 0 || c.reserve_uses != 0) {
+    absl::StrAppendFormat(&line, "; reserve %d bytes in %d blocks (%d used)", c.reserve_bytes,
+                          c.reserve_blocks, c.reserve_uses);
+  }
+  return line;
 }
 
 std::string JsonTotals(const ContextCounters& c) {
   return absl::StrFormat(
       "\"total_bytes\": %d, \"blocks\": %d, \"free_bytes\": %d, \"free_chunks\": %d, "
-      "\"used_bytes\": %d",
-      c.total_bytes, c.blocks, c.free_bytes, c.free_chunks, c.used_bytes());
+      "\"used_bytes\": %d, \"reserve_bytes\": %d, \"reserve_blocks\": %d, "
+      "\"reserve_uses\": %d",
+      c.total_bytes, c.blocks, c.free_bytes, c.free_chunks, c.used_bytes(), c.reserve_bytes,
+      c.reserve_blocks, c.reserve_uses);
 }
 
 struct Frame {

@@ -12,7 +12,8 @@
 //     level, at most `max_depth` levels below the root and `max_children`
 //     children per context; what is cut is summarised in one line per parent
 //     ("N more child contexts containing ..."), so the totals always add up.
-//     The last line is the grand total of the whole subtree.
+//     The last line is the grand total of the whole subtree. A context with
+//     a reserve adds "; reserve R bytes in N blocks (U used)" to its line.
 //
 // Example:
 //
@@ -39,6 +40,9 @@ struct ContextCounters {
   size_t free_bytes = 0;   // bytes in blocks not handed out
   size_t free_chunks = 0;  // chunks on freelists
   size_t contexts = 0;     // contexts counted
+  size_t reserve_bytes = 0;   // held in reserves (ContextOptions::reserve_blocks)
+  size_t reserve_blocks = 0;
+  size_t reserve_uses = 0;    // reserve blocks handed out so far
 
   size_t used_bytes() const { return total_bytes - free_bytes; }
   void Add(const ContextCounters& other);

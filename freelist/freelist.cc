@@ -192,7 +192,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
   } else {
     size_t want = st->next_block_size < need ? need : st->next_block_size;
     size_t actual;
-    char* mem = static_cast<char*>(ctx->AcquireBlock(want, kMinBlockAlignment, &actual));
+    char* mem = static_cast<char*>(ctx->AcquireBlock(want, kMinBlockAlignment, &actual, need));
     if (mem == nullptr) return nullptr;
     // Only now, with the new block in hand, give up the old block's tail.
     CarveRemainder(st);

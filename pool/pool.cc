@@ -117,16 +117,16 @@ void MakeCurrent(PoolState* st, PoolBlock* b) {
 // `current` to the old end has failed once more.
 void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   size_t want = st->next_block_size;
+  size_t need = kBlockHeaderBytes + size + (alignment > kDefaultAlignment ? alignment : 0);
   size_t block_alignment = kMinBlockAlignment;
   if (st->rewind_block_size != 0) {
-    want = st->rewind_block_size;
+    want = need = st->rewind_block_size;
     block_alignment = st->rewind_block_size;
-  } else {
-    size_t need = kBlockHeaderBytes + size + (alignment > kDefaultAlignment ? alignment : 0);
-    if (want < need) want = need;
+  } else if (want < need) {
+    want = need;
   }
   size_t actual;
-  char* mem = static_cast<char*>(ctx->AcquireBlock(want, block_alignment, &actual));
+  char* mem = static_cast<char*>(ctx->AcquireBlock(want, block_alignment, &actual, need));
   if (mem == nullptr) return nullptr;
   PoolBlock* b = reinterpret_cast<PoolBlock*>(mem);
   b->owner = ctx;
