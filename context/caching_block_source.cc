@@ -57,6 +57,9 @@ void CachingBlockSource::Release(Block block) {
     if (block.size <= max_cached_bytes_ - stats_.cached_bytes &&
         stats_.cached_bytes <= max_cached_bytes_) {
       Node* n = static_cast<Node*>(block.ptr);
+      // The context may have left the block poisoned (Valgrind's mempool
+      // teardown does): the node is the cache's to write.
+      internal::UnpoisonMemoryRegion(n, sizeof(Node));
       n->size = block.size;
       int b = BucketOf(block.size);
       n->next = buckets_[b];

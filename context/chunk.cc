@@ -11,6 +11,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/internal/valgrind.h"
 #include "mcx/context/kind.h"
 
 namespace mcx {
@@ -24,7 +25,12 @@ std::atomic<const ChunkKindMethods*> chunk_kinds[kNumChunkKinds];
 Context* RedirectContext(const void* p) {
   return GetChunkContext(internal::AlignedRedirectTarget(p));
 }
-void RedirectFree(void* p) { Free(internal::AlignedRedirectTarget(p)); }
+// Frees the real chunk through its kind directly: only the aligned address
+// was announced to Valgrind, and mcx::Free does that for the caller.
+void RedirectFree(void* p) {
+  void* target = internal::AlignedRedirectTarget(p);
+  LookupChunkKind(ChunkHeaderKind(ReadChunkHeader(target)))->free(target);
+}
 size_t RedirectChunkSize(const void* p) {
   const char* target = static_cast<const char*>(internal::AlignedRedirectTarget(p));
   return GetChunkSize(target) - static_cast<size_t>(static_cast<const char*>(p) - target);
@@ -63,7 +69,14 @@ const ChunkKindMethods* LookupChunkKind(unsigned id) {
 void Free(void* p) {
   if (p == nullptr) return;
   const ChunkKindMethods* m = MethodsFor(p, "free");
-  if (m != nullptr) m->free(p);
+  if (m == nullptr) return;
+  if (internal::kValgrind) {
+    Context* ctx = m->chunk_context(p);
+    m->free(p);
+    internal::ValgrindChunkFree(ctx, p);
+    return;
+  }
+  m->free(p);
 }
 
 void* Realloc(void* p, size_t new_size) {
@@ -131,11 +144,12 @@ void* ReallocAlignedRedirect(Context* ctx, void* p, size_t new_size) {
   uint64_t h = ReadChunkHeader(p);
   size_t alignment = size_t{1} << ChunkHeaderValue(h);
   size_t old_size = RedirectChunkSize(p);
-  void* q = ctx->TryAllocAligned(new_size, alignment);
+  // Kind-level calls only: the caller (Context::Realloc) announces the move.
+  void* q = AllocAlignedRedirect(ctx, new_size, alignment);
   if (q == nullptr) return nullptr;
   UnpoisonMemoryRegion(p, old_size);  // it is freed next; the copy may read its padding
   std::memcpy(q, p, old_size < new_size ? old_size : new_size);
-  Free(p);
+  ctx->kind()->free(ctx, AlignedRedirectTarget(p));
   return q;
 }
 

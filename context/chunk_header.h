@@ -95,7 +95,7 @@ inline constexpr bool ChunkHeaderMagicOk(uint64_t h) {
 inline uint64_t ReadChunkHeader(const void* p) {
   uint64_t h;
   const char* at = static_cast<const char*>(p) - sizeof(h);
-  if (internal::kAddressSanitizer && internal::IsPoisoned(at, sizeof(h))) {
+  if ((internal::kAddressSanitizer || internal::kValgrind) && internal::IsPoisoned(at, sizeof(h))) {
     internal::UnpoisonMemoryRegion(at, sizeof(h));
     std::memcpy(&h, at, sizeof(h));
     internal::PoisonMemoryRegion(at, sizeof(h));

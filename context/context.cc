@@ -12,6 +12,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/valgrind.h"
 
 namespace mcx {
 
@@ -133,6 +134,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
 
   Context* ctx = new (block.ptr) Context();
+  internal::ValgrindCreatePool(ctx);
   ctx->methods_ = methods;
   ctx->source_ = source;
   ctx->mem_allocated_ = size;
@@ -270,7 +272,11 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
     ReleaseSelf();
     return;
   }
+  // Every chunk of the context goes: memcheck forgets them all at once,
+  // before the kind hands blocks back (a block source may write into them).
+  internal::ValgrindDestroyPool(this);
   methods_->reset(this, options);
+  internal::ValgrindCreatePool(this);
   cleanups_[0] = cleanups_[1] = nullptr;
   spare_cleanups_ = nullptr;  // their memory was just reset
   state_ = State::kLive;
@@ -281,13 +287,16 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
 // The header lives in the first block, so everything needed after the
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
+  internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   methods_->release_all(this);
   ReleaseReserve();
   BlockSource* source = source_;
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
   Unlink();
-  magic_ = kDeadMagic;
+  // Volatile: the store precedes the destructor, and an optimiser may drop
+  // stores to an object whose lifetime ends next (GCC does at -O2).
+  static_cast<volatile uint32_t&>(magic_) = kDeadMagic;
   this->~Context();
   source->Release(first);
 }
@@ -610,6 +619,7 @@ void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   CheckNotTearingDown("allocation");
   void* p = methods_->alloc(this, size, alignment);
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
+  internal::ValgrindChunkAlloc(this, p, size);
   return p;
 }
 
@@ -657,6 +667,7 @@ void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned f
   UseGuard use(this);
   void* q = methods_->realloc(this, p, old_size, new_size);
   if (q == nullptr) return Fail(last_failure_, new_size, flags);
+  internal::ValgrindChunkMove(this, p, q, new_size);
   return q;
 }
 
@@ -678,6 +689,7 @@ void Context::Free(void* p) {
   if (internal::kChecking && !CheckLive("free")) return;
   UseGuard use(this);
   methods_->free(this, p);
+  internal::ValgrindChunkFree(this, p);
 }
 
 size_t Context::ChunkSize(const void* p) const {

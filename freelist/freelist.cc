@@ -41,7 +41,7 @@ namespace {
 // Checking and ASan builds record each chunk's requested size (PostgreSQL's
 // MEMORY_CONTEXT_CHECKING does the same): checking builds guard it with a
 // sentinel, ASan builds unpoison exactly that many bytes.
-constexpr bool kTracksRequested = kChecking || internal::kAddressSanitizer;
+constexpr bool kTracksRequested = kChecking || internal::kAddressSanitizer || internal::kValgrind;
 
 // Bytes before each payload: the header word, plus the requested size when
 // it is tracked.
@@ -258,12 +258,16 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   ctx->ReleaseBlock(b, b->size);
 }
 
+void Free(Context* ctx, void* p);
+
 // Everything but the common case: dedicated chunks, aligned chunks, and
 // every kind of bad pointer.
 ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   if (!ChunkHeaderMagicOk(h)) return internal::ReportBadChunk(p, "free");
   unsigned kind = ChunkHeaderKind(h);
-  if (kind == kChunkKindAlignedRedirect) return ctx->Free(internal::AlignedRedirectTarget(p));
+  // The real chunk goes straight to the kind: only the aligned address was
+  // announced to Valgrind (Context::Free announces its release).
+  if (kind == kChunkKindAlignedRedirect) return Free(ctx, internal::AlignedRedirectTarget(p));
   if (kind != kChunkKindFreelist) return internal::ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
     return internal::ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());

@@ -49,10 +49,11 @@ struct FreelistOptions {
   size_t chunk_limit = kMaxSizeClassBytes;
 };
 
-// Bytes of header before each chunk: 8; 16 in checking and ASan builds,
-// which also record the requested size (ChunkSize then returns exactly it).
+// Bytes of header before each chunk: 8; 16 in checking, ASan and Valgrind
+// builds, which also record the requested size (ChunkSize then returns
+// exactly it).
 inline constexpr size_t kFreelistChunkHeaderBytes =
-    internal::kChecking || internal::kAddressSanitizer ? 16 : 8;
+    internal::kChecking || internal::kAddressSanitizer || internal::kValgrind ? 16 : 8;
 
 // Chunk headers store a 32-bit offset to their block.
 inline constexpr size_t kMaxFreelistBlockSize = size_t{1} << 30;

@@ -1,0 +1,85 @@
+// A small program for tests/valgrind/memcheck_test.sh: each mode does one
+// thing that memcheck should (or should not) report when mcx is built with
+// --config=valgrind.
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "mcx/context/context.h"
+#include "mcx/context/internal/sanitizer.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+
+namespace {
+
+int ReadAfterReset(bool pool) {
+  mcx::Context* ctx = mcx::Context::Create(nullptr, "reader",
+                                           pool ? mcx::PoolKind() : mcx::FreelistKind());
+  char* p = static_cast<char*>(ctx->Alloc(64));
+  std::memset(p, 'x', 64);
+  ctx->Reset();
+  int sum = *static_cast<volatile char*>(p + 8);  // memcheck: invalid read
+  ctx->Destroy();
+  return sum == 'x' ? 0 : 0;
+}
+
+int ReadAfterFree() {
+  mcx::Context* ctx = mcx::CreateFreelistContext(nullptr, "reader");
+  char* p = static_cast<char*>(ctx->Alloc(100));
+  std::memset(p, 'y', 100);
+  ctx->Free(p);
+  int v = *static_cast<volatile char*>(p + 50);  // memcheck: invalid read
+  ctx->Destroy();
+  return v == 0 ? 0 : 0;
+}
+
+mcx::Context* leaked = nullptr;
+
+int LeakAContext() {
+  mcx::Context* ctx = mcx::CreateFreelistContext(nullptr, "leaky");
+  for (int i = 0; i < 10; ++i) std::memset(ctx->Alloc(1000), 'z', 1000);
+  leaked = nullptr;  // the only pointer is dropped: the context leaks
+  return 0;
+}
+
+int Clean() {
+  mcx::Context* top = mcx::CreatePoolContext(nullptr, "top");
+  mcx::Context* cache = top->CreateChild("cache", mcx::FreelistKind());
+  for (int round = 0; round < 3; ++round) {
+    void* keep = nullptr;
+    for (int i = 0; i < 1000; ++i) {
+      char* p = static_cast<char*>(cache->Alloc(16 + i % 700));
+      std::memset(p, 1, 16 + i % 700);
+      p = static_cast<char*>(cache->Realloc(p, 900));
+      p[899] = 2;
+      if (i % 3 == 0) cache->Free(p); else keep = p;
+      char* q = static_cast<char*>(top->Alloc(40));
+      std::memset(q, 3, 40);
+      char* a = static_cast<char*>(cache->AllocAligned(50, 128));
+      std::memset(a, 4, 50);
+    }
+    (void)keep;
+    cache->Reset();
+    top->Alloc(100000);
+  }
+  top->Destroy();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "annotated") {
+    std::puts(mcx::internal::kValgrind ? "yes" : "no");
+    return 0;
+  }
+  if (mode == "read-after-reset-pool") return ReadAfterReset(true);
+  if (mode == "read-after-reset-freelist") return ReadAfterReset(false);
+  if (mode == "read-after-free") return ReadAfterFree();
+  if (mode == "leak") return LeakAContext();
+  if (mode == "clean") return Clean();
+  std::fprintf(stderr, "unknown mode '%s'\n", mode.c_str());
+  return 2;
+}
