@@ -1,6 +1,7 @@
 #include "mcx/context/block_source.h"
 
 #include "mcx/context/caching_block_source.h"
+#include "mcx/context/internal/checking.h"
 
 #include <malloc.h>
 
@@ -80,7 +81,15 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
   return Block{p, UsableSize(p, new_min_size)};
 }
 
-BlockSource* DefaultBlockSource() { return DefaultBlockCache(); }
+BlockSource* DefaultBlockSource() {
+  // Direct mode wants every chunk to be a system allocation that ASan sees
+  // come and go: no cache in between.
+  if (internal::kDirect) {
+    static SystemBlockSource* const system = new SystemBlockSource();
+    return system;
+  }
+  return DefaultBlockCache();
+}
 
 CachingBlockSource* DefaultBlockCache() {
   // Leaked on purpose: contexts may be destroyed by static destructors that

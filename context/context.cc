@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/chunk.h"
+#include "mcx/context/chunk_header.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/valgrind.h"
@@ -17,6 +19,8 @@
 namespace mcx {
 
 using internal::CleanupRecord;
+
+void RegisterDirectChunks();
 
 namespace {
 
@@ -135,6 +139,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
 
   Context* ctx = new (block.ptr) Context();
   internal::ValgrindCreatePool(ctx);
+  if (internal::kDirect) RegisterDirectChunks();
   ctx->methods_ = methods;
   ctx->source_ = source;
   ctx->mem_allocated_ = size;
@@ -275,6 +280,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
   // Every chunk of the context goes: memcheck forgets them all at once,
   // before the kind hands blocks back (a block source may write into them).
   internal::ValgrindDestroyPool(this);
+  ReleaseDirect();
   methods_->reset(this, options);
   internal::ValgrindCreatePool(this);
   cleanups_[0] = cleanups_[1] = nullptr;
@@ -288,6 +294,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
+  ReleaseDirect();
   methods_->release_all(this);
   ReleaseReserve();
   BlockSource* source = source_;
@@ -457,7 +464,7 @@ size_t Context::SubtreeBytes() const {
   size_t total = 0;
   const Context* c = this;
   while (c != nullptr) {
-    total += c->mem_allocated_ + c->reserve_bytes_;
+    total += c->mem_allocated_ + c->reserve_bytes_ + c->direct_bytes_;
     if (c->first_child_ != nullptr) {
       c = c->first_child_;
       continue;
@@ -617,7 +624,7 @@ void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
   UseGuard use(this);
   CheckNotTearingDown("allocation");
-  void* p = methods_->alloc(this, size, alignment);
+  void* p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
   internal::ValgrindChunkAlloc(this, p, size);
   return p;
@@ -665,7 +672,8 @@ void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned f
   if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
   if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
   UseGuard use(this);
-  void* q = methods_->realloc(this, p, old_size, new_size);
+  void* q = internal::kDirect ? DirectRealloc(p, new_size)
+                              : methods_->realloc(this, p, old_size, new_size);
   if (q == nullptr) return Fail(last_failure_, new_size, flags);
   internal::ValgrindChunkMove(this, p, q, new_size);
   return q;
@@ -688,12 +696,17 @@ void Context::Free(void* p) {
   if (p == nullptr) return;
   if (internal::kChecking && !CheckLive("free")) return;
   UseGuard use(this);
-  methods_->free(this, p);
+  if (internal::kDirect) {
+    DirectFree(p);
+  } else {
+    methods_->free(this, p);
+  }
   internal::ValgrindChunkFree(this, p);
 }
 
 size_t Context::ChunkSize(const void* p) const {
   if (p == nullptr) return 0;
+  if (internal::kDirect) return DirectChunkSize(p);
   return methods_->chunk_size(this, p);
 }
 
@@ -864,6 +877,118 @@ void Context::RunCleanups(CleanupPhase phase) {
     UnlinkCleanup(r);
     fn(arg);
   }
+}
+
+// --- Direct mode ---------------------------------------------------------------
+//
+// Every chunk is a block of its own, acquired from the context's source with
+// exactly the bytes it needs, so the chunk ends where the block ends and
+// AddressSanitizer's redzone follows it. The chunks of a context are on a
+// doubly linked list, released at reset and destroy; limits apply as to any
+// block. Layout: [padding][DirectHeader][header word][payload], the payload
+// at max(64, alignment) bytes from the block's start.
+
+struct Context::DirectHeader {
+  DirectHeader* prev;
+  DirectHeader* next;
+  Context* owner;
+  size_t block_size;  // bytes acquired
+  size_t requested;
+  size_t offset;      // from the block's start to the payload
+};
+
+namespace {
+constexpr size_t kDirectPrefix = 64;  // header (48) + header word (8), 16-aligned
+static_assert(6 * sizeof(void*) + sizeof(uint64_t) <= kDirectPrefix, "direct header");
+}  // namespace
+
+void* Context::DirectAlloc(size_t size, size_t alignment) {
+  const size_t prefix = alignment > kDirectPrefix ? alignment : kDirectPrefix;
+  const size_t want = prefix + (size == 0 ? 1 : size);
+  if (!ChargeLimits(want)) {
+    last_failure_ = Failure::kLimit;
+    return nullptr;
+  }
+  Block b = source_->Acquire(want, alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment);
+  if (b.ptr == nullptr) {
+    UnchargeLimits(want);
+    last_failure_ = Failure::kOutOfMemory;
+    return nullptr;
+  }
+  char* payload = static_cast<char*>(b.ptr) + prefix;
+  auto* h = reinterpret_cast<DirectHeader*>(payload - sizeof(uint64_t) - sizeof(DirectHeader));
+  *h = DirectHeader{nullptr, direct_head_, this, want, size, prefix};
+  if (direct_head_ != nullptr) direct_head_->prev = h;
+  direct_head_ = h;
+  WriteChunkHeader(payload, MakeChunkHeader(kChunkKindDirect, true, 0, sizeof(DirectHeader)));
+  direct_bytes_ += want;
+  ++direct_chunks_;
+  return payload;
+}
+
+void Context::DirectFree(void* p) {
+  const uint64_t word = ReadChunkHeader(p);
+  if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindDirect) {
+    return internal::ReportBadChunk(p, "free");
+  }
+  auto* h = reinterpret_cast<DirectHeader*>(static_cast<char*>(p) - sizeof(uint64_t) -
+                                            sizeof(DirectHeader));
+  if (h->owner != this) {
+    return internal::ReportMisuse("free of chunk %p through context '%s', but it belongs to '%s'",
+                                  p, name_, h->owner->name_);
+  }
+  if (h->prev != nullptr) h->prev->next = h->next; else direct_head_ = h->next;
+  if (h->next != nullptr) h->next->prev = h->prev;
+  direct_bytes_ -= h->block_size;
+  --direct_chunks_;
+  UnchargeLimits(h->block_size);
+  source_->Release(Block{static_cast<char*>(p) - h->offset, h->block_size});
+}
+
+void* Context::DirectRealloc(void* p, size_t new_size) {
+  const uint64_t word = ReadChunkHeader(p);
+  if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindDirect) {
+    internal::ReportBadChunk(p, "realloc");
+    last_failure_ = Failure::kBadArgument;
+    return nullptr;
+  }
+  const size_t old = DirectChunkSize(p);
+  void* q = DirectAlloc(new_size, kDefaultAlignment);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, old < new_size ? old : new_size);
+  DirectFree(p);
+  return q;
+}
+
+size_t Context::DirectChunkSize(const void* p) const {
+  return reinterpret_cast<const DirectHeader*>(static_cast<const char*>(p) - sizeof(uint64_t) -
+                                               sizeof(DirectHeader))
+      ->requested;
+}
+
+void Context::ReleaseDirect() {
+  while (direct_head_ != nullptr) {
+    DirectFree(reinterpret_cast<char*>(direct_head_) + sizeof(DirectHeader) + sizeof(uint64_t));
+  }
+}
+
+// mcx::Free(p) and friends reach direct chunks through their header word.
+struct DirectChunkAccess {
+  static Context* Owner(const void* p) {
+    return reinterpret_cast<const Context::DirectHeader*>(static_cast<const char*>(p) -
+                                                          sizeof(uint64_t) -
+                                                          sizeof(Context::DirectHeader))
+        ->owner;
+  }
+  static void Free(void* p) { Owner(p)->Free(p); }
+  static size_t Size(const void* p) { return Owner(p)->DirectChunkSize(p); }
+};
+
+void RegisterDirectChunks() {
+  static const ChunkKindMethods kDirectMethods = {"direct", &DirectChunkAccess::Owner,
+                                                  &DirectChunkAccess::Free,
+                                                  &DirectChunkAccess::Size};
+  RegisterChunkKind(kChunkKindDirect, &kDirectMethods);
 }
 
 }  // namespace mcx

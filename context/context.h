@@ -54,6 +54,7 @@
 #include "absl/status/status.h"
 #include "mcx/context/block_source.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 
@@ -237,6 +238,11 @@ class Context {
   size_t reserve_bytes() const { return reserve_bytes_; }
   uint64_t reserve_uses() const { return reserve_uses_; }
 
+  // Direct mode (--config=direct): bytes and chunks held as chunks of their
+  // own, outside the kind's blocks. Zero in other builds.
+  size_t direct_bytes() const { return direct_bytes_; }
+  size_t direct_chunks() const { return direct_chunks_; }
+
   // Runs the kind's invariant checks. In checking builds every chunk's
   // sentinel is verified too.
   bool Check(std::string* error) const;
@@ -264,7 +270,7 @@ class Context {
     bump_end_ = end;
     // Under --config=valgrind every chunk must be announced to memcheck,
     // which the inline path does not do: it is off.
-    max_bump_ = internal::kValgrind ? 0 : max;
+    max_bump_ = (internal::kValgrind || internal::kDirect) ? 0 : max;
   }
   char* bump_ptr() const { return bump_ptr_; }
   // Bytes of the first block taken by the header, state and name.
@@ -347,6 +353,15 @@ class Context {
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
   void ReleaseReserve();
+
+  // Direct mode.
+  struct DirectHeader;
+  void* DirectAlloc(size_t size, size_t alignment);
+  void DirectFree(void* p);
+  void* DirectRealloc(void* p, size_t new_size);
+  size_t DirectChunkSize(const void* p) const;
+  void ReleaseDirect();
+  friend struct DirectChunkAccess;
   void ReleaseSelf();
   void LinkUnder(Context* parent);
   void Unlink();
@@ -398,6 +413,9 @@ class Context {
   size_t reserve_block_size_ = 0;  // bytes of each
   size_t reserve_bytes_ = 0;       // bytes held in the reserve
   uint64_t reserve_uses_ = 0;      // blocks handed out from it
+  DirectHeader* direct_head_ = nullptr;  // direct mode: newest chunk
+  size_t direct_bytes_ = 0;
+  size_t direct_chunks_ = 0;
   std::atomic<const void*> user_{nullptr};  // checking builds: thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
 };

@@ -25,8 +25,8 @@ void ContextCounters::Add(const ContextCounters& other) {
 
 ContextCounters GetCounters(const Context* ctx) {
   ContextCounters c;
-  c.total_bytes = ctx->bytes_in_blocks();
-  c.blocks = ctx->num_blocks();
+  c.total_bytes = ctx->bytes_in_blocks() + ctx->direct_bytes();
+  c.blocks = ctx->num_blocks() + ctx->direct_chunks();
   KindStats ks;
   ctx->kind()->stats(ctx, &ks);
   c.free_bytes = ks.free_bytes;

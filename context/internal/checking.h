@@ -16,6 +16,16 @@ inline constexpr bool kChecking = true;
 inline constexpr bool kChecking = false;
 #endif
 
+// Direct mode (--config=direct, MCX_DIRECT): every allocation is its own
+// block from the block source (the system allocator by default), still owned
+// by its context, so AddressSanitizer sees each chunk on its own (APR's pool
+// debugging, nginx's NGX_DEBUG_PALLOC). The kinds' chunk layouts are bypassed.
+#ifdef MCX_DIRECT
+inline constexpr bool kDirect = true;
+#else
+inline constexpr bool kDirect = false;
+#endif
+
 // Freed and reset memory is overwritten with this byte (PostgreSQL's
 // CLOBBER_FREED_MEMORY uses the same), so a read after free sees garbage,
 // and a chunk header read from clobbered memory holds reserved kind id 15.
