@@ -25,12 +25,6 @@ std::atomic<const ChunkKindMethods*> chunk_kinds[kNumChunkKinds];
 Context* RedirectContext(const void* p) {
   return GetChunkContext(internal::AlignedRedirectTarget(p));
 }
-// Frees the real chunk through its kind directly: only the aligned address
-// was announced to Valgrind, and mcx::Free does that for the caller.
-void RedirectFree(void* p) {
-  void* target = internal::AlignedRedirectTarget(p);
-  LookupChunkKind(ChunkHeaderKind(ReadChunkHeader(target)))->free(target);
-}
 size_t RedirectChunkSize(const void* p) {
   const char* target = static_cast<const char*>(internal::AlignedRedirectTarget(p));
   return GetChunkSize(target) - static_cast<size_t>(static_cast<const char*>(p) - target);
@@ -38,8 +32,7 @@ size_t RedirectChunkSize(const void* p) {
 
 // The aligned redirect is not a kind of context but a view of another
 // chunk; it is built in rather than registered.
-const ChunkKindMethods kRedirectMethods = {"aligned", &RedirectContext, &RedirectFree,
-                                           &RedirectChunkSize};
+const ChunkKindMethods kRedirectMethods = {"aligned", &RedirectContext, &RedirectChunkSize};
 
 // Looks up the methods for `p`, reporting misuse on a bad header.
 const ChunkKindMethods* MethodsFor(const void* p, const char* operation) {
@@ -68,15 +61,11 @@ const ChunkKindMethods* LookupChunkKind(unsigned id) {
 
 void Free(void* p) {
   if (p == nullptr) return;
+  // Through the owning context, so the context's own checks (a destroyed
+  // context, the concurrency check) and Valgrind's bookkeeping apply.
   const ChunkKindMethods* m = MethodsFor(p, "free");
   if (m == nullptr) return;
-  if (internal::kValgrind) {
-    Context* ctx = m->chunk_context(p);
-    m->free(p);
-    internal::ValgrindChunkFree(ctx, p);
-    return;
-  }
-  m->free(p);
+  if (Context* ctx = m->chunk_context(p)) ctx->Free(p);
 }
 
 void* Realloc(void* p, size_t new_size) {

@@ -301,6 +301,10 @@ void Context::ReleaseSelf() {
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
   Unlink();
+  // Checking builds clobber the first block past the header fields that the
+  // release still needs; the magic below is written last.
+  if (internal::kChecking) ClobberReleased(reinterpret_cast<char*>(this) + sizeof(Context),
+                                           first.size - sizeof(Context));
   // Volatile: the store precedes the destructor, and an optimiser may drop
   // stores to an object whose lifetime ends next (GCC does at -O2).
   static_cast<volatile uint32_t&>(magic_) = kDeadMagic;
@@ -506,9 +510,19 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
 void Context::ReleaseBlock(void* block, size_t size) {
   mem_allocated_ -= size;
   --num_blocks_;
+  ClobberReleased(block, size);
   if (KeepForReserve(block, size)) return;
   UnchargeLimits(size);
   source_->Release(Block{block, size});
+}
+
+// Checking builds clobber every block they give back, so a stale pointer
+// into it reads 0x7F (and its chunk header reserved kind id 15: "freed, reset
+// or destroyed") for as long as the memory is not reused.
+void Context::ClobberReleased(void* block, size_t size) {
+  if (!internal::kChecking) return;
+  internal::UnpoisonMemoryRegion(block, size);
+  std::memset(block, internal::kClobberByte, size);
 }
 
 // --- The reserve -------------------------------------------------------------
@@ -980,13 +994,11 @@ struct DirectChunkAccess {
                                                           sizeof(Context::DirectHeader))
         ->owner;
   }
-  static void Free(void* p) { Owner(p)->Free(p); }
   static size_t Size(const void* p) { return Owner(p)->DirectChunkSize(p); }
 };
 
 void RegisterDirectChunks() {
   static const ChunkKindMethods kDirectMethods = {"direct", &DirectChunkAccess::Owner,
-                                                  &DirectChunkAccess::Free,
                                                   &DirectChunkAccess::Size};
   RegisterChunkKind(kChunkKindDirect, &kDirectMethods);
 }

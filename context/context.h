@@ -353,6 +353,7 @@ class Context {
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
   void ReleaseReserve();
+  void ClobberReleased(void* block, size_t size);
 
   // Direct mode.
   struct DirectHeader;

@@ -111,8 +111,9 @@ inline constexpr size_t kUnknownSize = ~size_t{0};
 // Methods reached from a chunk header when no context is named.
 struct ChunkKindMethods {
   const char* name;
+  // The context that owns a live chunk (misuse is reported for a freed one);
+  // mcx::Free and mcx::Realloc then go through that context.
   Context* (*chunk_context)(const void* p);
-  void (*free)(void* p);
   size_t (*chunk_size)(const void* p);
 };
 

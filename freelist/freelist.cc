@@ -521,16 +521,12 @@ Context* LiveChunkOwner(const void* p, const char* operation) {
 
 Context* ChunkContext(const void* p) { return LiveChunkOwner(p, "find the context of"); }
 
-void ChunkFree(void* p) {
-  if (Context* ctx = LiveChunkOwner(p, "free")) Free(ctx, p);
-}
-
 size_t ChunkFreeSize(const void* p) {
   Context* ctx = LiveChunkOwner(p, "size");
   return ctx != nullptr ? ChunkSize(ctx, p) : 0;
 }
 
-const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFree, &ChunkFreeSize};
+const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize};
 
 // --- Creation -----------------------------------------------------------------------
 

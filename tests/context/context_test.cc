@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mcx/context/chunk.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -378,6 +379,34 @@ TEST(ContextDeathTest, UseFromTwoThreadsAtOnceIsReported) {
         a.join();
       },
       "context 'shared' at .* is used from two threads at the same time");
+}
+
+// Checking builds: a cleanup may not allocate in the context it belongs to
+// while that context is torn down (the memory is about to go).
+TEST(ContextDeathTest, AllocationDuringOwnTeardownIsReported) {
+  if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
+  EXPECT_DEATH(
+      {
+        Context* ctx = CreatePoolContext(nullptr, "dying");
+        ctx->AddCleanup([ctx] { ctx->Alloc(16); });
+        ctx->Destroy();
+      },
+      "allocation in context 'dying' at .* while it is being torn down");
+}
+
+// Checking builds: a pointer into a destroyed context reads as clobbered
+// memory, and freeing it says so.
+TEST(ContextDeathTest, FreeOfAChunkOfADestroyedContextIsReported) {
+  if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
+  EXPECT_DEATH(
+      {
+        Context* root = CreateFreelistContext(nullptr, "root");
+        Context* child = root->CreateChild("child", FreelistKind());
+        void* p = child->Alloc(100);
+        child->Destroy();
+        mcx::Free(p);
+      },
+      "its memory was freed, reset or destroyed");
 }
 
 // Reset and destroy of a context during its own teardown is misuse.
