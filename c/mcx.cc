@@ -14,6 +14,7 @@
 
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dump.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -235,6 +236,25 @@ int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_childre
   std::string text = NoThrow([&] { return mcx::StatsReport(Cxx(ctx), o); }, std::string());
   if (text.empty()) return -1;
   return std::fwrite(text.data(), 1, text.size(), out) == text.size() ? 0 : -1;
+}
+
+int mcx_dump_stats(const mcx_context* ctx, int fd, int max_depth, int max_children) {
+  mcx::DumpOptions o;
+  o.max_depth = max_depth;
+  o.max_children = max_children;
+  return mcx::DumpStats(Cxx(ctx), fd, o) ? 0 : -1;
+}
+
+static_assert(MCX_FAILURE_DUMP_INHERIT == mcx::kFailureDumpInherit &&
+                  MCX_FAILURE_DUMP_OFF == mcx::kFailureDumpOff,
+              "the C values mirror dump.h");
+
+void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children) {
+  mcx::FailureDumpOptions o;
+  o.fd = fd;
+  o.max_depth = max_depth;
+  o.max_children = max_children;
+  Cxx(ctx)->SetFailureDump(o);
 }
 
 }  // extern "C"

@@ -132,6 +132,24 @@ void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);
 /* Writes the stats report; `json` nonzero for JSON. Returns 0, or -1 if
  * writing failed. */
 int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json);
+/* Writes the text report, the same bytes as mcx_report, to file descriptor
+ * `fd` with write(2) only, allocating nothing: safe in a failure handler and,
+ * if the interrupted code was not changing this tree, in a signal handler
+ * (mcx/context/dump.h has the guarantees). Returns 0, or -1 if a write failed
+ * (errno says why). */
+int mcx_dump_stats(const mcx_context* ctx, int fd, int max_depth, int max_children);
+
+/* Dump on failure: when an allocation in this subtree that calls the failure
+ * handler fails for lack of memory or a limit, first write the line
+ * "mcx: <failure> on a request of <size> bytes in context '<name>'" and the
+ * report of the whole tree (from its root, at most `max_depth` levels and
+ * `max_children` children each, both clamped to 0..255) to `fd`.
+ * MCX_FAILURE_DUMP_INHERIT: as the nearest ancestor says (the default);
+ * MCX_FAILURE_DUMP_OFF: no dump for this subtree. mcx_create and
+ * mcx_add_cleanup, which do not call the handler, do not dump. */
+#define MCX_FAILURE_DUMP_INHERIT (-1)
+#define MCX_FAILURE_DUMP_OFF (-2)
+void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children);
 
 #ifdef __cplusplus
 }

@@ -150,6 +150,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   ctx->subtree_bytes_ = size;
   ctx->failure_handler_ = options.failure_handler;
   ctx->failure_handler_arg_ = options.failure_handler_arg;
+  ctx->SetFailureDump(options.failure_dump);
   char* name_copy = reinterpret_cast<char*>(ctx) + name_offset;
   std::memcpy(name_copy, name, name_len + 1);
   ctx->name_ = name_copy;
@@ -734,9 +735,18 @@ bool Context::Check(std::string* error) const {
 // The one failure path. Try-calls stop at recording the reason; throwing
 // calls give the nearest handler a chance (it may log, dump stats, longjmp or
 // throw its own exception) and then throw.
+//
+// Out of memory and limits first write the failure dump, if one is set
+// (dump.h), as PostgreSQL prints MemoryContextStats before its "out of
+// memory" error: before the handler, which may longjmp past any later point.
+// Try-calls do not dump, like PostgreSQL's MCXT_ALLOC_NO_OOM: they expect
+// to fail and handle it.
 void* Context::Fail(Failure failure, size_t size, unsigned flags) {
   last_failure_ = failure;
   if (flags & kNoThrow) return nullptr;
+  if (failure == Failure::kOutOfMemory || failure == Failure::kLimit) {
+    internal::DumpOnFailure(this, failure, size);
+  }
   for (Context* c = this; c != nullptr; c = c->parent_) {
     if (c->failure_handler_ != nullptr) {
       FailureInfo info{this, name_, failure, size, c->failure_handler_arg_};

@@ -53,6 +53,7 @@
 #include "absl/base/optimization.h"
 #include "absl/status/status.h"
 #include "mcx/context/block_source.h"
+#include "mcx/context/dump.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
@@ -115,6 +116,10 @@ struct ContextOptions {
   // A request larger than `reserve_block_size` cannot use the reserve.
   size_t reserve_blocks = 0;
   size_t reserve_block_size = 16 * 1024;
+  // On out of memory or a limit in a throwing call in this subtree, write a
+  // line and the tree's stats report to `failure_dump.fd` before the failure
+  // handler runs (dump.h). The default inherits from the ancestors.
+  FailureDumpOptions failure_dump;
 };
 
 class Context {
@@ -209,6 +214,20 @@ class Context {
   }
   // The reason for the most recent failed call on this context.
   Failure last_failure() const { return last_failure_; }
+
+  // Where and how much mcx dumps when a throwing call in this subtree runs
+  // out of memory or hits a limit (dump.h has what is written and when).
+  // `max_depth` and `max_children` are kept in one byte each: clamped to
+  // 0..kFailureDumpMaxLimit.
+  void SetFailureDump(const FailureDumpOptions& options) {
+    failure_dump_fd_ = options.fd;
+    failure_dump_depth_ = ClampDumpLimit(options.max_depth);
+    failure_dump_children_ = ClampDumpLimit(options.max_children);
+  }
+  // This context's own setting (fd kFailureDumpInherit: none).
+  FailureDumpOptions failure_dump() const {
+    return {failure_dump_fd_, failure_dump_depth_, failure_dump_children_};
+  }
 
   // Bounds the block bytes of this subtree, checked whenever a block is
   // acquired. Fails if the subtree already holds more.
@@ -305,6 +324,10 @@ class Context {
     Context* ctx_;
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
+
+  static uint8_t ClampDumpLimit(int n) {
+    return static_cast<uint8_t>(n < 0 ? 0 : n > kFailureDumpMaxLimit ? kFailureDumpMaxLimit : n);
+  }
 
   Context() = default;
   ~Context() = default;
@@ -403,6 +426,11 @@ class Context {
   const char* name_ = nullptr;  // points into the first block
   State state_ = State::kLive;
   Failure last_failure_ = Failure::kNone;
+  // The failure-dump setting (dump.h). Its three fields fill padding that
+  // the header had anyway (here and after use_depth_), so that the context
+  // header, and every first block's used bytes, stay the same size.
+  uint8_t failure_dump_depth_ = kFailureDumpDefaultDepth;
+  uint8_t failure_dump_children_ = kFailureDumpDefaultChildren;
   uint32_t magic_ = kLiveMagic;
   struct ReserveBlock {
     ReserveBlock* next;
@@ -419,6 +447,7 @@ class Context {
   size_t direct_chunks_ = 0;
   std::atomic<const void*> user_{nullptr};  // checking builds: thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
+  int failure_dump_fd_ = kFailureDumpInherit;  // a descriptor, or dump.h's values
 };
 
 // --- Inline definitions -----------------------------------------------------

@@ -1,6 +1,9 @@
 /* The C API from C: every entry point, error returns instead of exceptions,
- * cleanups in order, limits, the failure handler, reports. Exits nonzero if
- * any check fails. */
+ * cleanups in order, limits, the failure handler, reports and dumps. Exits
+ * nonzero if any check fails. */
+
+/* fileno: the dumps write to file descriptors. */
+#define _POSIX_C_SOURCE 200809L
 
 #include <stdint.h>
 #include <stdio.h>
@@ -152,10 +155,69 @@ static void TestLimitsHandlerAndReports(void) {
   mcx_destroy(root);
 }
 
+/* Reads what was written to `file` (through its descriptor) into `buffer`. */
+static size_t ReadBack(FILE* file, char* buffer, size_t size) {
+  size_t n;
+  rewind(file);
+  n = fread(buffer, 1, size - 1, file);
+  buffer[n] = '\0';
+  return n;
+}
+
+static void TestDumps(void) {
+  static const char kLine[] =
+      "mcx: memory limit exceeded on a request of 100000 bytes in context 'limited'\n"
+      "dumped: ";
+  mcx_options o;
+  mcx_context* root = mcx_create(NULL, "dumped", MCX_KIND_POOL, NULL);
+  mcx_context* child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  mcx_context* limited;
+  FILE* report = tmpfile();
+  FILE* dump = tmpfile();
+  FILE* on_failure = tmpfile();
+  char expected[4096];
+  char got[4096];
+  size_t n;
+  CHECK(report != NULL && dump != NULL && on_failure != NULL);
+  CHECK(mcx_alloc(child, 300) != NULL);
+
+  /* The dump is the report, written without allocating. */
+  CHECK(mcx_report(root, report, 10, 10, 0) == 0);
+  fflush(report);
+  CHECK(mcx_dump_stats(root, fileno(dump), 10, 10) == 0);
+  n = ReadBack(report, expected, sizeof(expected));
+  CHECK(n > 0 && ReadBack(dump, got, sizeof(got)) == n);
+  CHECK(strcmp(expected, got) == 0);
+  CHECK(mcx_dump_stats(root, -1, 10, 10) == -1);
+
+  /* Dump on failure: the line, then the tree from its root. */
+  mcx_options_init(&o);
+  o.limit = 32 * 1024;
+  limited = mcx_create(child, "limited", MCX_KIND_POOL, &o);
+  mcx_set_failure_dump(root, fileno(on_failure), 2, 2);
+  CHECK(mcx_alloc(limited, 100000) == NULL);
+  CHECK(mcx_last_failure(limited) == MCX_LIMIT);
+  n = ReadBack(on_failure, got, sizeof(got));
+  CHECK(strncmp(got, kLine, sizeof(kLine) - 1) == 0);
+  CHECK(strstr(got, "\n  child: ") != NULL);
+  CHECK(strstr(got, "\nGrand total: ") != NULL);
+
+  /* Off for the subtree: nothing more is written. */
+  mcx_set_failure_dump(limited, MCX_FAILURE_DUMP_OFF, 0, 0);
+  CHECK(mcx_alloc(limited, 100000) == NULL);
+  CHECK(ReadBack(on_failure, got, sizeof(got)) == n);
+
+  fclose(report);
+  fclose(dump);
+  fclose(on_failure);
+  mcx_destroy(root);
+}
+
 int main(void) {
   TestLifecycleAndAllocation();
   TestCleanupOrderAndHandles();
   TestLimitsHandlerAndReports();
+  TestDumps();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -1,0 +1,118 @@
+// File: mcx/context/dump.h
+//
+// The stats report of a tree, written to a file descriptor without allocating
+// memory, for the moments when allocating is what failed: PostgreSQL calls
+// MemoryContextStats(TopMemoryContext) before it reports "out of memory".
+// `DumpStats` can be called from a failure handler (failure.h), and mcx can
+// call it itself when an allocation runs out of memory or hits a limit.
+//
+// Contract:
+//   - Output. `DumpStats(root, fd, {max_depth, max_children})` writes exactly
+//     the bytes of `StatsReport(root, {max_depth, max_children,
+//     ReportFormat::kText})` (stats.h): one line per context, the same cut
+//     rules and "N more child contexts containing ..." lines, the grand total.
+//   - No allocation. Nothing is allocated: no operator new, no malloc, no
+//     std::string, no stdio. Lines are formatted into a fixed buffer on the
+//     stack and written with write(2), in pieces. The tree is walked through
+//     its parent and sibling links, without recursion and without a stack of
+//     frames, so the stack used (about 1.5 KiB: a 512-byte line buffer and
+//     a few frames) does not depend on the depth or width of the tree, and
+//     no context is changed.
+//   - Writes. A write interrupted by a signal (EINTR) is retried; a short
+//     write continues where it stopped. Any other error (EBADF, EPIPE, EAGAIN
+//     on a non-blocking descriptor, ENOSPC) ends the dump: the result is
+//     false, with errno as write(2) left it; what was written stays written.
+//     A write to a pipe nobody reads raises SIGPIPE, as any write(2) does.
+//   - Signal safety. The only system call is write(2) and the only library
+//     calls are memcpy, memset and strlen, all async-signal-safe (POSIX.1-
+//     2016); there are no locks, no static state and no static
+//     initialisation. A signal handler may dump a tree if the code it
+//     interrupted was not in the middle of changing that tree (creating,
+//     destroying or reparenting a context, or allocating or freeing in one):
+//     the walk reads the links and the kinds' counters as they are. The
+//     handler should save and restore errno.
+//   - Failure handlers. When a failure handler runs, the failed call has
+//     changed nothing, so the tree is consistent and `DumpStats` is safe.
+//   - Cost. O(contexts in the subtree), plus what the kinds' counters cost
+//     (the freelist kind walks its freelists). More than `kDumpTrackedLevels`
+//     levels down, returning to a parent costs a count of the children it
+//     has shown so far (at most `max_children`; 1 in a chain).
+//   - Threads. As every use of a tree: one thread at a time.
+//
+// Dumps on failure (`FailureDumpOptions`, set with
+// `ContextOptions::failure_dump` or `Context::SetFailureDump`):
+//   - When a throwing call (`Alloc`, `Realloc`, `CreateChild`, `AddCleanup`,
+//     `New`, and the C API's calls that use them) fails with
+//     `Failure::kOutOfMemory` or `Failure::kLimit`, mcx writes, before the
+//     failure handler runs, one line
+//       mcx: <FailureName> on a request of <size> bytes in context '<name>'
+//     and then the report of the failing context's whole tree, from its root
+//     (PostgreSQL's TopMemoryContext), with the setting's `max_depth` and
+//     `max_children`, which keep the dump short. `Try*` calls do not dump:
+//     they expect to fail and handle it (PostgreSQL's MCXT_ALLOC_NO_OOM does
+//     not dump either). Other failures (a bad size or alignment) are caller
+//     bugs, not memory pressure, and do not dump.
+//   - The setting is inherited: the nearest ancestor-or-self whose `fd` is
+//     not `kFailureDumpInherit` decides, at the time of the failure (so
+//     reparenting changes it). `kFailureDumpOff` turns dumps off for a
+//     subtree.
+//   - A dump cannot fail into another failure: it allocates nothing, and a
+//     failure while one is being written on the same thread does not dump
+//     again. errno is preserved; write errors are ignored.
+//
+// Example:
+//
+//   // From a failure handler:
+//   void OnFailure(const mcx::FailureInfo& info) {
+//     mcx::DumpStats(info.context, STDERR_FILENO);
+//   }
+//
+//   // Or let mcx do it, for every context under `top`:
+//   mcx::Context* top = mcx::Context::Create(nullptr, "top", mcx::PoolKind());
+//   top->SetFailureDump({STDERR_FILENO, /*max_depth=*/4, /*max_children=*/20});
+//   // On out of memory anywhere below top, stderr gets:
+//   //   mcx: out of memory on a request of 1048576 bytes in context 'row'
+//   //   top: 8200 total in 1 blocks; 7864 free (0 chunks); 336 used
+//   //     query: ...
+//   //   Grand total: ...
+
+#ifndef MCX_CONTEXT_DUMP_H_
+#define MCX_CONTEXT_DUMP_H_
+
+namespace mcx {
+
+class Context;
+
+struct DumpOptions {
+  int max_depth = 100;     // levels shown below the root (ReportOptions's default)
+  int max_children = 100;  // children shown per context
+};
+
+// Levels of the walk whose position among their siblings `DumpStats` keeps
+// on the stack; deeper levels recount it (see Cost above).
+inline constexpr int kDumpTrackedLevels = 64;
+
+// Writes the text stats report of `root`'s subtree to `fd`. True if every
+// byte was written. Allocates nothing (see the contract above).
+bool DumpStats(const Context* root, int fd, const DumpOptions& options = {});
+
+// `FailureDumpOptions::fd` values that are not descriptors.
+inline constexpr int kFailureDumpInherit = -1;  // as the nearest ancestor says
+inline constexpr int kFailureDumpOff = -2;      // no dump for this subtree
+// A context keeps its dump limits in one byte each: larger values are this.
+inline constexpr int kFailureDumpMaxLimit = 255;
+
+// Short by default: enough levels to see which subtree holds the memory; the
+// "N more child contexts" lines keep the totals exact.
+inline constexpr int kFailureDumpDefaultDepth = 4;
+inline constexpr int kFailureDumpDefaultChildren = 20;
+
+struct FailureDumpOptions {
+  int fd = kFailureDumpInherit;  // a descriptor, or one of the values above
+  int max_depth = kFailureDumpDefaultDepth;        // 0..kFailureDumpMaxLimit
+  int max_children = kFailureDumpDefaultChildren;  // 0..kFailureDumpMaxLimit
+};
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_DUMP_H_
