@@ -22,6 +22,9 @@
 //     inline allocation fast path serves without calling the kind.
 //   - Kinds whose chunks carry a chunk header (chunk_header.h) register their
 //     id with `RegisterChunkKind` so `mcx::Free(p)` can dispatch.
+//   - `inspect` is optional (nullptr: reports show no block detail). If set,
+//     it describes every block and size class to an `InspectVisitor`
+//     (inspect.h) without changing anything.
 //
 // Example (the shape of a kind's entry point):
 //
@@ -42,6 +45,7 @@
 namespace mcx {
 
 class Context;
+class InspectVisitor;
 
 // What `Reset` keeps.
 enum class ResetMode : unsigned char {
@@ -104,6 +108,11 @@ struct KindMethods {
   // Validates internal invariants; on failure appends a description to
   // `error` and returns false.
   bool (*check)(const Context* ctx, std::string* error);
+  // Optional; nullptr if the kind does not describe its blocks. Reports each
+  // block (first block first), then each size class, to `visitor`
+  // (inspect.h has the protocol). Must not change the context. Tables that
+  // stop after `check` leave it nullptr.
+  void (*inspect)(const Context* ctx, InspectVisitor* visitor);
 };
 
 inline constexpr size_t kUnknownSize = ~size_t{0};

@@ -14,6 +14,24 @@
 //     ("N more child contexts containing ..."), so the totals always add up.
 //     The last line is the grand total of the whole subtree. A context with
 //     a reserve adds "; reserve R bytes in N blocks (U used)" to its line.
+//   - `ReportFormat::kJson` gives the same tree, cut the same way, as JSON.
+//   - `ReportFormat::kDot` gives it as a Graphviz digraph (render it with
+//     `dot -Tsvg`): one node per context, named `ctxN` in walk order (the
+//     root is `ctx0`), labelled with its name, kind, "T total in N blocks",
+//     "F free (C chunks); U used", and, where they apply, its limit (with
+//     the subtree's bytes), reserve and last failure; one edge from each
+//     parent to each child shown. What the cut leaves out is one node per
+//     parent, `moreN` (shape "note", a dashed edge), "N more child contexts"
+//     with their totals. The graph's label is the grand total.
+//   - `blocks = true` (DOT only) adds each context's blocks, drawn to scale
+//     as bars (inspect.h): grey for headers, blue for chunks handed out,
+//     orange for chunks on freelists, white for free bump space; one scale
+//     for the whole graph (the largest block is `kDotBarPoints` wide), and
+//     no piece narrower than `kDotMinPiecePoints`. Each bar is captioned
+//     with the block's role, size and numbers, "current" and the pool's
+//     `failed` count; a last row lists the size classes with chunks on
+//     their freelists. A context whose kind has no inspect method says so.
+//     Inspecting walks every block (and, for the freelist kind, every chunk).
 //
 // Example:
 //
@@ -23,6 +41,12 @@
 //   //   query: 8200 total in 1 blocks; 7712 free (0 chunks); 488 used
 //   //     spill: 8200 total in 1 blocks; 7600 free (50 chunks); 600 used
 //   // ...
+//
+//   // As a picture (examples/tour.cc; docs/pictures/render.sh):
+//   mcx::ReportOptions dot;
+//   dot.format = mcx::ReportFormat::kDot;
+//   dot.blocks = true;
+//   std::ofstream("top.dot") << mcx::StatsReport(top, dot);  // dot -Tsvg top.dot
 
 #ifndef MCX_CONTEXT_STATS_H_
 #define MCX_CONTEXT_STATS_H_
@@ -51,13 +75,19 @@ struct ContextCounters {
 ContextCounters GetCounters(const Context* ctx);
 ContextCounters GetSubtreeCounters(const Context* ctx);
 
-enum class ReportFormat { kText, kJson };
+enum class ReportFormat { kText, kJson, kDot };
 
 struct ReportOptions {
   int max_depth = 100;     // levels shown below the root
   int max_children = 100;  // children shown per context
   ReportFormat format = ReportFormat::kText;
+  bool blocks = false;     // kDot: draw each context's blocks
 };
+
+// kDot with `blocks`: width in points of the largest block's bar, and the
+// least width of a nonzero piece of a bar (so a few bytes stay visible).
+inline constexpr int kDotBarPoints = 240;
+inline constexpr int kDotMinPiecePoints = 3;
 
 std::string StatsReport(const Context* root, const ReportOptions& options = {});
 

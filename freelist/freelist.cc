@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
+#include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
@@ -508,6 +509,89 @@ bool Check(const Context* ctx, std::string* error) {
   return true;
 }
 
+// --- Inspection ---------------------------------------------------------------------
+
+// Describes a block of chunks (first, normal or spare). Free chunks are found
+// by walking the block's chunks, as Check does; the walk stops at a header it
+// cannot read rather than trust a bad class.
+BlockInfo DescribeBlock(const Context* ctx, const FreelistState* st, BlockHeader* b,
+                        BlockRole role) {
+  const bool first = role == BlockRole::kFirst;
+  // The first block's header is the context's, at the block's start.
+  const char* base = first ? reinterpret_cast<const char*>(ctx) : reinterpret_cast<const char*>(b);
+  BlockInfo info;
+  info.start = base;
+  info.size = first ? ctx->first_block_size() : b->size;
+  info.header_bytes = static_cast<size_t>(FirstChunk(b) - base);
+  info.role = role;
+  const char* chunks_end;
+  if (role == BlockRole::kSpare) {
+    chunks_end = FirstChunk(b);
+    info.end_offset = static_cast<size_t>(b->end - base);
+  } else if (b == st->blocks) {
+    chunks_end = st->free_ptr;
+    info.end_offset = static_cast<size_t>(st->free_end - base);
+    info.current = true;
+  } else {
+    // Exhausted: CarveRemainder left less than the smallest chunk, counted
+    // as used.
+    chunks_end = b->carved_end;
+    info.end_offset = static_cast<size_t>(b->carved_end - base);
+  }
+  info.last_offset = static_cast<size_t>(chunks_end - base);
+  info.free_bytes = info.end_offset - info.last_offset;
+  for (const char* chunk = FirstChunk(b); chunk < chunks_end;) {
+    uint64_t h = ReadChunkHeader(chunk + kHeaderBytes);
+    if (!ChunkHeaderMagicOk(h) || ChunkHeaderValue(h) >= kNumSizeClasses) break;
+    const size_t stride = Stride(ChunkHeaderValue(h));
+    if (ChunkHeaderIsFree(h)) {
+      info.freelist_bytes += stride;
+      ++info.freelist_chunks;
+    }
+    chunk += stride;
+  }
+  info.used_bytes = info.size - info.header_bytes - info.free_bytes - info.freelist_bytes;
+  return info;
+}
+
+// Inspect
+//
+// The blocks of chunks oldest first (the first block, then the others in the
+// order they were acquired; the newest is the one being carved), then the
+// spare blocks, then the dedicated blocks, newest first; then every size
+// class with its freelist, head first.
+void Inspect(const Context* ctx, InspectVisitor* visitor) {
+  const FreelistState* st = StateOf(ctx);
+  BlockHeader* oldest = st->blocks;
+  while (oldest->next != nullptr) oldest = oldest->next;
+  for (BlockHeader* b = oldest; b != nullptr; b = b->prev) {
+    visitor->VisitBlock(
+        DescribeBlock(ctx, st, b, b == FirstBlock(ctx) ? BlockRole::kFirst : BlockRole::kNormal));
+  }
+  for (BlockHeader* b = st->spare; b != nullptr; b = b->next) {
+    visitor->VisitBlock(DescribeBlock(ctx, st, b, BlockRole::kSpare));
+  }
+  for (BlockHeader* b = st->dedicated; b != nullptr; b = b->next) {
+    BlockInfo info;
+    info.start = b;
+    info.size = b->size;
+    info.header_bytes = kDedicatedPayload;  // block header and chunk header
+    info.used_bytes = b->size - kDedicatedPayload;
+    info.last_offset = info.end_offset = b->size;
+    info.role = BlockRole::kDedicated;
+    visitor->VisitBlock(info);
+  }
+  for (size_t c = 0; c < kNumSizeClasses; ++c) {
+    SizeClassInfo info;
+    info.index = c;
+    info.class_bytes = SizeClassBytes(c);
+    info.chunk_bytes = Stride(c);
+    for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) ++info.free_chunks;
+    visitor->VisitSizeClass(info);
+    for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) visitor->VisitFreeChunk(info, p);
+  }
+}
+
 // --- Context-free entry points (mcx::Free and friends) ------------------------------
 
 Context* LiveChunkOwner(const void* p, const char* operation) {
@@ -583,6 +667,7 @@ const KindMethods kFreelistMethods = {
     &ReleaseAll,
     &Stats,
     &Check,
+    &Inspect,
 };
 
 }  // namespace

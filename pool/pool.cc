@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
+#include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
@@ -624,6 +625,49 @@ bool Check(const Context* ctx, std::string* error) {
   return !kChecking || VerifyCheckedChunks(ctx, st, error);
 }
 
+BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock* b) {
+  const bool first = b == &st->first;
+  // The first block's header is the context's, at the block's start.
+  const char* base = first ? reinterpret_cast<const char*>(ctx) : reinterpret_cast<const char*>(b);
+  BlockInfo info;
+  info.start = base;
+  info.size = first ? ctx->first_block_size() : b->size;
+  info.header_bytes = static_cast<size_t>(b->start - base);
+  info.last_offset = static_cast<size_t>(LastOf(ctx, st, b) - base);
+  info.end_offset = static_cast<size_t>(b->end - base);
+  info.free_bytes = info.end_offset - info.last_offset;
+  // Chunks, padding, and (rewind mode) the source's slack past `end`.
+  info.used_bytes = info.size - info.header_bytes - info.free_bytes;
+  info.role = first ? BlockRole::kFirst : BlockRole::kNormal;
+  info.current = b == st->current;
+  info.failed = b->failed;
+  return info;
+}
+
+// Inspect
+//
+// The first block, then the other blocks in list order (the order small
+// requests try them, from `current` on), then the live large chunks, newest
+// first. Read-only: `last` is read through the bump window (LastOf), as Stats
+// does, never synced.
+void Inspect(const Context* ctx, InspectVisitor* visitor) {
+  const PoolState* st = StateOf(ctx);
+  visitor->VisitBlock(DescribeBlock(ctx, st, &st->first));
+  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+    if (b != &st->first) visitor->VisitBlock(DescribeBlock(ctx, st, b));
+  }
+  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
+    if (l->alloc == nullptr) continue;  // emptied by Free, waiting for reuse
+    BlockInfo info;
+    info.start = l->alloc;
+    info.size = l->size;
+    info.used_bytes = l->size;  // the chunk is the whole block
+    info.last_offset = info.end_offset = l->size;
+    info.role = BlockRole::kLarge;
+    visitor->VisitBlock(info);
+  }
+}
+
 const KindMethods kPoolMethods = {
     "pool",
     sizeof(PoolState),
@@ -640,6 +684,7 @@ const KindMethods kPoolMethods = {
     &ReleaseAll,
     &Stats,
     &Check,
+    &Inspect,
 };
 
 }  // namespace

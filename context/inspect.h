@@ -1,0 +1,145 @@
+// File: mcx/context/inspect.h
+//
+// What a context's memory looks like inside: its blocks, how each is split
+// between headers, chunks handed out, free bump space and freelist chunks,
+// and (for kinds with size classes) what sits on each freelist. For reports,
+// pictures (StatsReport's DOT output, examples/tour.cc) and tests; not for
+// the allocation path.
+//
+// Contract:
+//   - The tree never looks inside a kind: the kind describes itself through
+//     its optional `KindMethods::inspect` method (kind.h). A kind that leaves
+//     it nullptr shows no detail: `InspectContext(ctx, visitor)` returns
+//     false and `ContextLayout::has_detail` is false.
+//   - Inspecting changes nothing, allocates nothing inside the context, and
+//     costs a walk of the blocks and freelists (the freelist kind also walks
+//     every chunk of every block).
+//   - Every block holds exactly its bytes: `header_bytes + used_bytes +
+//     free_bytes + freelist_bytes == size`. Summed over a context's blocks,
+//     `size` is `bytes_in_blocks()`, and `free_bytes + freelist_bytes` is the
+//     free byte count of `GetCounters` (stats.h).
+//   - Addresses are for identification: the memory of free space and free
+//     chunks may be poisoned (ASan) and must not be read.
+//   - The visitor protocol: `VisitBlock` for each block, the first block
+//     first, then the kind's other blocks in its list order; then, for kinds
+//     with size classes, for each class in increasing size `VisitSizeClass`
+//     followed by one `VisitFreeChunk` per chunk on its freelist, head
+//     (the chunk the next request of the class gets) first.
+//   - Threads: as for every other use of the context (one thread at a time).
+//
+// Example:
+//
+//   mcx::ContextLayout layout = mcx::InspectContext(ctx);
+//   for (const mcx::BlockInfo& b : layout.blocks) {
+//     std::printf("%s block: %zu bytes, %zu used, %zu free%s\n",
+//                 mcx::BlockRoleName(b.role), b.size, b.used_bytes,
+//                 b.free_bytes, b.current ? " (current)" : "");
+//   }
+
+#ifndef MCX_CONTEXT_INSPECT_H_
+#define MCX_CONTEXT_INSPECT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mcx {
+
+class Context;
+
+// What a block is for.
+enum class BlockRole : unsigned char {
+  kFirst,      // the first block: context header, kind state and name, then chunks
+  kNormal,     // a further block that chunks are carved from
+  kLarge,      // pool kind: one large chunk (above max_small), on the large list
+  kDedicated,  // freelist kind: one chunk above chunk_limit
+  kSpare,      // freelist kind: an empty block a reset kept, used before new ones
+};
+
+// "first", "normal", "large", "dedicated", "spare".
+const char* BlockRoleName(BlockRole role);
+
+// One block, as its kind describes it. Offsets count from `start`.
+struct BlockInfo {
+  const void* start = nullptr;  // the block's first byte
+  size_t size = 0;              // bytes of the block, as accounted
+  // Bytes at the start holding headers: the context header, the kind state
+  // and the name in the first block; the kind's block header in the others.
+  size_t header_bytes = 0;
+  // Bytes of chunks handed out, with their chunk headers and alignment
+  // padding, and any bytes the kind cannot use (a tail too small for a chunk).
+  size_t used_bytes = 0;
+  // Bump space not yet handed out: from `last_offset` to `end_offset`.
+  size_t free_bytes = 0;
+  size_t freelist_bytes = 0;   // bytes of free chunks on freelists, headers included
+  size_t freelist_chunks = 0;  // those chunks
+  // nginx's `last` and `end`: the next byte to hand out and one past the last
+  // usable byte. Both are `size` for a block that holds one chunk.
+  size_t last_offset = 0;
+  size_t end_offset = 0;
+  BlockRole role = BlockRole::kNormal;
+  // The block new small requests try first: the pool's `current` (it moves
+  // past blocks that keep failing), the block the freelist kind carves.
+  bool current = false;
+  // Pool kind: nginx's `failed` count, the times a small request did not fit
+  // while this block was at or after `current`. 0 for other kinds.
+  uint32_t failed = 0;
+};
+
+// One size class (freelist kind).
+struct SizeClassInfo {
+  size_t index = 0;        // the class number (SizeClassOf in size_class.h)
+  size_t class_bytes = 0;  // usable bytes of a chunk of the class
+  size_t chunk_bytes = 0;  // bytes one chunk takes in its block, header included
+  size_t free_chunks = 0;  // chunks on the class's freelist
+};
+
+// Receives what a kind reports. Every method does nothing by default, so a
+// visitor overrides only what it needs.
+class InspectVisitor {
+ public:
+  virtual ~InspectVisitor();
+  virtual void VisitBlock(const BlockInfo& block);
+  virtual void VisitSizeClass(const SizeClassInfo& size_class);
+  // `chunk` is the payload address (what Alloc returned); do not touch it.
+  virtual void VisitFreeChunk(const SizeClassInfo& size_class, const void* chunk);
+};
+
+// A size class and its freelist, head first.
+struct SizeClassLayout {
+  SizeClassInfo info;
+  std::vector<const void*> free_list;
+};
+
+// Everything InspectContext learned about one context.
+struct ContextLayout {
+  std::string name;
+  const char* kind = "";                      // the kind's name ("pool", "freelist")
+  bool has_detail = false;                    // false: the kind has no inspect method
+  std::vector<BlockInfo> blocks;              // in visit order
+  std::vector<SizeClassLayout> size_classes;  // empty for kinds without classes
+
+  // Sums over `blocks`.
+  size_t total_bytes() const;
+  size_t free_bytes() const;  // bump space and freelist chunks, as GetCounters
+  size_t freelist_chunks() const;
+  // The block of `role` with index `n` among blocks of that role, or nullptr.
+  const BlockInfo* FindBlock(BlockRole role, size_t n = 0) const;
+  // The block holding `p`, or nullptr.
+  const BlockInfo* BlockContaining(const void* p) const;
+};
+
+// InspectContext()
+//
+// Asks `ctx`'s kind to describe its blocks and size classes. Returns false,
+// visiting nothing, if the kind has no inspect method.
+bool InspectContext(const Context* ctx, InspectVisitor* visitor);
+
+// The same, collected. Allocates (with the global operator new, never in a
+// context).
+ContextLayout InspectContext(const Context* ctx);
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_INSPECT_H_
