@@ -9,7 +9,8 @@
 //   - Requests above `max_small` would waste most of a block; they get a
 //     block of their own on the large list and can be freed one by one.
 // What is added: blocks that grow from an initial to a maximum size (nginx's
-// blocks all have the pool's size), a bump window in the context header that
+// blocks all have the pool's size), a bump window in the context header (on the
+// block of the latest small allocation, which need not be `current`) that
 // the inline fast path serves, sized realloc, and the rewind option.
 
 #include "mcx/pool/pool.h"
@@ -71,21 +72,21 @@ size_t RoundUpPow2(size_t n) {
 PoolState* StateOf(Context* ctx) { return KindState<PoolState>(ctx); }
 const PoolState* StateOf(const Context* ctx) { return KindState<PoolState>(ctx); }
 
-// The context's bump window is the current block's `last`: copy it back
+// The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) st->current->last = ctx->bump_ptr();
+  if (st->window_max != 0) st->window->last = ctx->bump_ptr();
 }
 
 void Publish(Context* ctx, PoolState* st) {
   if (st->window_max != 0) {
-    ctx->SetBumpWindow(st->current->last, st->current->end, st->window_max);
+    ctx->SetBumpWindow(st->window->last, st->window->end, st->window_max);
   }
 }
 
-// Const readers see the current block through the window without writing.
+// Const readers see the window block through the window without writing.
 char* LastOf(const Context* ctx, const PoolState* st, const PoolBlock* b) {
-  return (st->window_max != 0 && b == st->current) ? ctx->bump_ptr() : b->last;
+  return (st->window_max != 0 && b == st->window) ? ctx->bump_ptr() : b->last;
 }
 
 // O(1) block lookup in rewind mode: blocks are aligned to their size.
@@ -111,7 +112,7 @@ void MakeCurrent(PoolState* st, PoolBlock* b) {
   b->prev = c->prev;
   if (c->prev != nullptr) c->prev->next = b; else st->head = b;
   c->prev = b;
-  st->current = b;
+  st->current = st->window = b;
 }
 
 // ngx_palloc_block: a new block at the end of the list; every block from
@@ -153,6 +154,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   char* m = AlignUp(b->start, alignment);
   b->last = m + size;
   b->live = 1;
+  st->window = b;
   UnpoisonMemoryRegion(m, size);
   return m;
 }
@@ -163,6 +165,7 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
     if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
       p->last = m + size;
       ++p->live;
+      st->window = p;
       UnpoisonMemoryRegion(m, size);
       return m;
     }
@@ -359,7 +362,7 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   const auto* o = static_cast<const PoolOptions*>(options);
   PoolState* st = StateOf(ctx);
   std::memset(static_cast<void*>(st), 0, sizeof(*st));
-  st->head = st->current = &st->first;
+  st->head = st->current = st->window = &st->first;
   st->first.owner = ctx;
   st->first.start = st->first.last = space;
   st->first.end = block_end;
@@ -471,7 +474,7 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
     return nullptr;
   }
   char* c = static_cast<char*>(p);
-  PoolBlock* cur = st->current;
+  PoolBlock* cur = st->window;  // the block of the last chunk bumped
   if (kChecking) {
     // No in-place tricks: a fresh checked chunk, a copy, a checked free.
     CheckedHeader h;
@@ -559,7 +562,7 @@ void Reset(Context* ctx, const ResetOptions& options) {
     b->failed = 0;
     b->live = 0;
   }
-  st->head = st->current = &st->first;
+  st->head = st->current = st->window = &st->first;
   st->next_block_size = st->base_block_size;
   if (largest != 0 && st->rewind_block_size == 0) {
     st->next_block_size = largest * 2 < st->max_block_size ? largest * 2 : st->max_block_size;
@@ -576,7 +579,7 @@ void ReleaseAll(Context* ctx) {
     if (b != &st->first) ctx->ReleaseBlock(b, b->size);
     b = next;
   }
-  st->head = st->current = &st->first;
+  st->head = st->current = st->window = &st->first;
   st->first.next = st->first.prev = nullptr;
 }
 

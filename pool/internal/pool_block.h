@@ -64,6 +64,12 @@ struct PoolState {
   PoolBlock first;     // header of the first block
   PoolBlock* head;     // oldest block in the list (usually &first)
   PoolBlock* current;  // where small requests start looking
+  // The block of the most recent small allocation: the context's bump window
+  // serves it, and its `last` lives in the window until Sync. It is not
+  // `current`: with growing blocks, `current` can sit on a nearly full block
+  // for a while (it moves on only after kMaxFailures new blocks), and a window
+  // there would send nearly every request down the slow path.
+  PoolBlock* window;
   LargeNode* large;    // newest first
   size_t max_small;        // bytes; larger requests go to the large list
   size_t next_block_size;  // bytes of the next block; doubles up to max

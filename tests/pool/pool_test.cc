@@ -73,7 +73,11 @@ class PoolTest : public ::testing::Test {
     co.block_source = &source_;
     return CreatePoolContext(nullptr, "pool", o, co);
   }
-  CountingBlockSource source_;
+  // Straight from malloc, not through the process cache: a cached block may
+  // be up to a quarter larger than asked, and tests that count how many
+  // chunks fit in a block need blocks of the size they asked for.
+  SystemBlockSource system_;
+  CountingBlockSource source_{&system_};
 };
 
 // Small chunks have no header: consecutive allocations are adjacent.
