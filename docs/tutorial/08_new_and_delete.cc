@@ -1,0 +1,47 @@
+// Tutorial, part 8: typed objects. New<T> constructs in a context and
+// registers the destructor; reset runs it; Delete runs it early.
+
+#include <string>
+#include <utility>
+
+#include "docs/tutorial/check.h"
+#include "mcx/context/context.h"
+#include "mcx/context/new.h"
+#include "mcx/pool/pool.h"
+
+namespace {
+
+// [START connection]
+struct Connection {
+  Connection(std::string host_name, int* open_count)
+      : host(std::move(host_name)), open(open_count) {
+    ++*open;
+  }
+  ~Connection() { --*open; }  // closes the socket, frees `host`'s heap buffer
+  std::string host;
+  int* open;
+};
+// [END connection]
+
+struct Point {  // trivially destructible: nothing to register
+  double x, y;
+};
+
+}  // namespace
+
+int main() {
+  // [START new]
+  int open = 0;
+  mcx::Context* query = mcx::Context::Create(nullptr, "query", mcx::PoolKind());
+  auto* primary = mcx::New<Connection>(query, "db-primary.example.com", &open);
+  auto* replica = mcx::New<Connection>(query, "db-replica.example.com", &open);
+  auto* origin = mcx::New<Point>(query, Point{0, 0});
+  CHECK(open == 2 && origin->x == 0 && primary->host != replica->host);
+  mcx::Delete(query, replica);   // runs ~Connection now, and not again
+  CHECK(open == 1);
+  query->Reset();                // ~Connection for `primary`
+  CHECK(open == 0);
+  query->Destroy();
+  // [END new]
+  return 0;
+}
