@@ -95,7 +95,8 @@ CachingBlockSource* DefaultBlockCache() {
   // Leaked on purpose: contexts may be destroyed by static destructors that
   // run after ours would have.
   static CachingBlockSource* const cache =
-      new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes);
+      new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes,
+                             kDefaultThreadCacheBytes);
   return cache;
 }
 

@@ -109,6 +109,92 @@ TEST(CachingBlockSourceTest, SharedBetweenThreads) {
   EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
+// With thread caches, a thread in steady state is served by its own lists:
+// no upstream call and no shared-list hit per request; its blocks go to the
+// shared lists when it exits.
+TEST(CachingBlockSourceTest, ThreadCacheServesSteadyStateAlone) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 4 << 20, 1 << 20);
+  EXPECT_EQ(cache.thread_cache_bytes(), size_t{1} << 20);
+  std::thread t([&] {
+    ContextOptions o;
+    o.block_source = &cache;
+    Context* server = Context::Create(nullptr, "server", PoolKind(), o);
+    for (int i = 0; i < 400; ++i) Request(server, i);
+    const int64_t acquires = upstream.acquires();
+    const CachingBlockSource::Stats before = cache.GetStats();
+    for (int i = 0; i < 5000; ++i) Request(server, i);
+    const CachingBlockSource::Stats after = cache.GetStats();
+    EXPECT_EQ(upstream.acquires(), acquires);
+    EXPECT_GT(after.thread_hits - before.thread_hits, 10000u);
+    EXPECT_EQ(after.hits - after.thread_hits, before.hits - before.thread_hits)
+        << "the shared lists were not needed";
+    EXPECT_LE(after.cached_bytes, (size_t{4} << 20) + (size_t{1} << 20));
+    server->Destroy();
+  });
+  t.join();
+  // The thread's counts and blocks moved to the shared lists at its exit.
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_GT(s.thread_hits, 10000u);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// A thread cache holds at most its bytes; when full, its blocks move to the
+// shared lists in one batch, and a thread that finds none of its own takes a
+// batch back.
+TEST(CachingBlockSourceTest, ThreadCacheIsBounded) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 1 << 20, 64 * 1024);
+  std::vector<Block> blocks;
+  for (int i = 0; i < 32; ++i) blocks.push_back(cache.Acquire(8192, 16));
+  EXPECT_EQ(upstream.acquires(), 32);
+  for (Block b : blocks) cache.Release(b);
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.kept, 32u);
+  EXPECT_EQ(s.thread_kept, 32u);
+  EXPECT_EQ(s.cached_blocks, 32u);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+  EXPECT_GT(s.thread_cached_bytes, 0u);
+  EXPECT_LE(s.thread_cached_bytes, 64u * 1024u);
+  // Everything comes back without an upstream call.
+  blocks.clear();
+  for (int i = 0; i < 32; ++i) blocks.push_back(cache.Acquire(8192, 16));
+  EXPECT_EQ(upstream.acquires(), 32);
+  s = cache.GetStats();
+  EXPECT_EQ(s.hits, 32u);
+  EXPECT_GT(s.thread_hits, s.hits / 2) << "refills serve most acquisitions";
+  EXPECT_EQ(s.cached_blocks, 0u);
+  for (Block b : blocks) cache.Release(b);
+  cache.Trim();
+  EXPECT_EQ(cache.GetStats().cached_bytes, 0u);
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Two threads on their own contexts with thread caches (run under tsan too):
+// nothing leaks, nothing is released twice.
+TEST(CachingBlockSourceTest, ThreadCachesBetweenThreads) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 1 << 20, 256 * 1024);
+  auto work = [&cache](int seed) {
+    ContextOptions o;
+    o.block_source = &cache;
+    Context* server = Context::Create(nullptr, "server", PoolKind(), o);
+    for (int i = 0; i < 2000; ++i) Request(server, i + seed);
+    server->Destroy();
+  };
+  std::thread a(work, 1);
+  std::thread b(work, 2);
+  a.join();
+  b.join();
+  EXPECT_GT(cache.GetStats().thread_hits, 0u);
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
 // Root contexts use the process-wide cache by default.
 TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
   EXPECT_EQ(DefaultBlockSource(), DefaultBlockCache());
