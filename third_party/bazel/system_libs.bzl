@@ -7,6 +7,10 @@ The WORKSPACE build runs offline with Debian's packages:
   libbenchmark-dev  -> @com_github_google_benchmark
   liblua5.4-dev     -> @lua       (//:lua; for examples/lua and bench/)
   libsqlite3-dev    -> @sqlite3   (//:sqlite3; for examples/sqlite and bench/)
+  libtalloc-dev     -> @talloc    (//:talloc; peer in bench/workloads)
+  libapr1-dev       -> @apr       (//:apr; peer in bench/workloads)
+  libmimalloc-dev   -> @mimalloc  (//:mimalloc; bench/workloads_mimalloc only:
+                                   linking it replaces malloc in that binary)
 
 The repository names and target labels match the upstream projects (and the
 Bazel Central Registry modules used by //MODULE.bazel with `repo_name`), so
@@ -326,8 +330,63 @@ cc_library(
 )
 """
 
+# Peers of the benchmark suite (bench/workloads.cc). APR's headers live in
+# /usr/include/apr-1.0, linked into the repository like Lua's.
+_TALLOC_BUILD = """
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "talloc",
+    linkopts = ["-ltalloc"],
+)
+"""
+
+_APR_BUILD = """
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "apr",
+    hdrs = glob(["include/*.h"]),
+    includes = ["include"],
+    linkopts = ["-lapr-1"],
+)
+"""
+
+# libmimalloc.so exports malloc/free: whatever links it allocates with
+# mimalloc throughout, so only a binary meant to measure mimalloc may.
+_MIMALLOC_BUILD = """
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "mimalloc",
+    linkopts = ["-lmimalloc"],
+)
+"""
+
+def mcx_bench_peer_repositories():
+    """Declares @talloc, @apr, @mimalloc (the peers of //bench:workloads)."""
+    system_cc_repository(
+        name = "talloc",
+        build_file_content = _TALLOC_BUILD,
+        required_files = ["/usr/include/talloc.h"],
+        package_hint = "libtalloc-dev",
+    )
+    system_cc_repository(
+        name = "apr",
+        build_file_content = _APR_BUILD,
+        required_files = ["/usr/include/apr-1.0/apr_pools.h"],
+        package_hint = "libapr1-dev",
+        symlinks = {"include": "/usr/include/apr-1.0"},
+    )
+    system_cc_repository(
+        name = "mimalloc",
+        build_file_content = _MIMALLOC_BUILD,
+        required_files = ["/usr/include/mimalloc.h"],
+        package_hint = "libmimalloc-dev",
+    )
+
 def mcx_system_dependencies():
-    """Declares @com_google_absl, @com_google_googletest, @com_github_google_benchmark, @lua, @sqlite3."""
+    """Declares @com_google_absl, @com_google_googletest, @com_github_google_benchmark, @lua, @sqlite3, @talloc, @apr, @mimalloc."""
     system_abseil(name = "com_google_absl")
     system_cc_repository(
         name = "com_google_googletest",
@@ -354,3 +413,4 @@ def mcx_system_dependencies():
         required_files = ["/usr/include/sqlite3.h"],
         package_hint = "libsqlite3-dev",
     )
+    mcx_bench_peer_repositories()

@@ -1,0 +1,669 @@
+// File: bench/workloads.cc
+//
+// The benchmark workloads W1-W7 (bench/README.md) and the scaling curves, for
+// every contender of contenders.h, in one Google Benchmark program. The same
+// source builds two binaries: `workloads` (glibc malloc and every non-malloc
+// peer; jemalloc and tcmalloc run its malloc contender through LD_PRELOAD)
+// and `workloads_mimalloc` (links mimalloc, so its malloc contender is
+// mimalloc, plus mimalloc's heap-local mi_heap API).
+//
+// Besides the benchmarks, two modes serve bench/run.py:
+//   --memory             W5: for each contender and size, a forked child
+//                        allocates ~64 MiB in chunks and reports resident
+//                        bytes per requested byte and bytes of header per
+//                        chunk, one JSON object per line.
+//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4) for
+//                        contender C with Callgrind collection switched on
+//                        only around the measured rounds, and prints the
+//                        number of operations (run it under
+//                        `valgrind --tool=callgrind --collect-atstart=no`).
+//
+// Why the design is what it is:
+//   - Sizes, request shapes and churn indices come from one seeded generator
+//     (kSeed) and are generated before any timing, identical for everyone.
+//   - Every chunk is written at both ends and the pointer escapes
+//     (benchmark::DoNotOptimize), so no allocation can be optimised away,
+//     and a checksum of what was written is kept.
+//   - Malloc-style contenders free every chunk; arena-style contenders drop
+//     everything at once (reset, clear, release, destroy): that difference is
+//     the point of the comparison.
+//   - CPU time per operation is reported for one thread (less disturbed by
+//     other load on a shared machine); W6 uses real time, as throughput of
+//     two threads must.
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "bench/contenders.h"
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define MCX_BENCH_CALLGRIND_TOGGLE() CALLGRIND_TOGGLE_COLLECT
+#else
+#define MCX_BENCH_CALLGRIND_TOGGLE() ((void)0)
+#endif
+
+namespace mcx_bench {
+namespace {
+
+// One seed for every generated input: every contender sees the same sizes.
+constexpr uint64_t kSeed = 20261122;
+
+// W1: allocations per round (about 1.3 MB for random 8..256 B).
+constexpr size_t kW1Allocs = 10000;
+constexpr uint32_t kW1MinSize = 8, kW1MaxSize = 256, kW1FixedSize = 32;
+// W2: small allocations per request, their sizes, and one large allocation
+// in one request of kW2LargeEvery.
+constexpr uint32_t kW2MinAllocs = 20, kW2MaxAllocs = 200;
+constexpr uint32_t kW2MinSize = 16, kW2MaxSize = 512;
+constexpr uint32_t kW2MinLarge = 8 << 10, kW2MaxLarge = 64 << 10;
+constexpr uint32_t kW2LargeEvery = 8;
+constexpr size_t kW2Requests = 1024;  // distinct request shapes, cycled
+// W3: live chunks, sizes, and churn steps per benchmark iteration.
+constexpr size_t kW3WorkingSet = 10000;
+constexpr uint32_t kW3MinSize = 8, kW3MaxSize = 1024;
+constexpr size_t kW3Steps = 1000;
+constexpr size_t kW3Stream = size_t{1} << 20;  // pre-generated steps, cycled
+// W4: tree shape and allocations per context.
+constexpr int kW4Depth = 4, kW4Fanout = 8, kW4AllocsPerContext = 4;
+constexpr uint32_t kW4MinSize = 16, kW4MaxSize = 128;
+// W5: bytes requested per measurement, and the fixed sizes measured.
+constexpr size_t kW5RequestedBytes = size_t{64} << 20;
+constexpr uint32_t kW5Sizes[] = {24, 100};
+// W7: buffers grown at once, from kW7Start by half again plus kW7Step until
+// above kW7Max, then freed.
+constexpr size_t kW7Buffers = 256;
+constexpr size_t kW7Start = 16, kW7Step = 16, kW7Max = 16 << 10;
+
+// A small deterministic generator (splitmix64): identical streams on every
+// platform and standard library, unlike std::uniform_int_distribution.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (s_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  uint32_t Uniform(uint32_t lo, uint32_t hi) {
+    return lo + static_cast<uint32_t>(Next() % (uint64_t{hi} - lo + 1));
+  }
+
+ private:
+  uint64_t s_;
+};
+
+std::vector<uint32_t> Sizes(size_t n, uint32_t lo, uint32_t hi, uint64_t salt) {
+  Rng rng(kSeed ^ salt);
+  std::vector<uint32_t> v(n);
+  for (auto& s : v) s = rng.Uniform(lo, hi);
+  return v;
+}
+
+struct Request {
+  uint32_t first;  // index into Inputs::w2_sizes
+  uint32_t count;  // allocations, the large one included
+};
+
+struct Inputs {
+  std::vector<uint32_t> w1_rand = Sizes(kW1Allocs, kW1MinSize, kW1MaxSize, 1);
+  std::vector<uint32_t> w1_fixed = std::vector<uint32_t>(kW1Allocs, kW1FixedSize);
+  std::vector<uint32_t> w2_sizes;
+  std::vector<Request> w2_requests;
+  size_t w2_max_count = 0;
+  std::vector<uint32_t> w3_sizes = Sizes(kW3Stream, kW3MinSize, kW3MaxSize, 3);
+  std::vector<uint32_t> w3_index = Sizes(kW3Stream, 0, 0xffffffffu, 4);
+  std::vector<uint32_t> w4_sizes = Sizes(1 << 16, kW4MinSize, kW4MaxSize, 5);
+
+  Inputs() {
+    Rng rng(kSeed ^ 2);
+    for (size_t r = 0; r < kW2Requests; ++r) {
+      Request req{static_cast<uint32_t>(w2_sizes.size()),
+                  rng.Uniform(kW2MinAllocs, kW2MaxAllocs)};
+      for (uint32_t i = 0; i < req.count; ++i) {
+        w2_sizes.push_back(rng.Uniform(kW2MinSize, kW2MaxSize));
+      }
+      if (rng.Uniform(1, kW2LargeEvery) == 1) {
+        // The large one goes somewhere in the middle, as a buffer would.
+        w2_sizes.insert(w2_sizes.begin() + req.first + req.count / 2,
+                        rng.Uniform(kW2MinLarge, kW2MaxLarge));
+        ++req.count;
+      }
+      w2_max_count = std::max<size_t>(w2_max_count, req.count);
+      w2_requests.push_back(req);
+    }
+  }
+};
+
+const Inputs& In() {
+  static const Inputs* inputs = new Inputs();
+  return *inputs;
+}
+
+// Writes the first and last 8 bytes of a chunk (n >= 8) and returns what a
+// read of the first word gives back.
+inline uint64_t Touch(void* p, size_t n, uint64_t v) {
+  char* c = static_cast<char*>(p);
+  std::memcpy(c, &v, sizeof v);
+  std::memcpy(c + n - sizeof v, &v, sizeof v);
+  benchmark::DoNotOptimize(p);
+  uint64_t back;
+  std::memcpy(&back, c, sizeof back);
+  return back;
+}
+
+// --- Workload bodies, shared by the benchmarks and the callgrind mode -------
+
+// W1: one round of N allocations, then everything released at once.
+template <typename C>
+size_t W1Round(typename C::Arena& a, const std::vector<uint32_t>& sizes,
+               void** ptrs, uint64_t& sum) {
+  const size_t n = sizes.size();
+  for (size_t i = 0; i < n; ++i) {
+    void* p = a.Alloc(sizes[i]);
+    sum += Touch(p, sizes[i], i);
+    if constexpr (C::kFreesEach) ptrs[i] = p;
+  }
+  if constexpr (C::kFreesEach) {
+    for (size_t i = 0; i < n; ++i) a.Free(ptrs[i], sizes[i]);
+  }
+  a.Release();
+  return n;
+}
+
+// W2: one request: a scope, its allocations, the end of the scope.
+template <typename C>
+void W2Request(typename C::Parent& parent, const Request& r, void** ptrs,
+               uint64_t& sum) {
+  const uint32_t* sizes = In().w2_sizes.data() + r.first;
+  typename C::Scope scope(parent);
+  for (uint32_t i = 0; i < r.count; ++i) {
+    void* p = scope.Alloc(sizes[i]);
+    sum += Touch(p, sizes[i], i);
+    if constexpr (C::kFreesEach) ptrs[i] = p;
+  }
+  if constexpr (C::kFreesEach) {
+    for (uint32_t i = 0; i < r.count; ++i) std::free(ptrs[i]);
+  }
+}
+
+// W3: a working set of live chunks; each step frees one at random and
+// allocates a new one in its place.
+template <typename C>
+class W3State {
+ public:
+  W3State(typename C::Arena& a, size_t working_set)
+      : a_(a), live_(working_set), size_(working_set) {
+    for (size_t i = 0; i < working_set; ++i) {
+      size_[i] = In().w3_sizes[(kW3Stream - 1 - i) % kW3Stream];
+      live_[i] = a_.Alloc(size_[i]);
+      Touch(live_[i], size_[i], i);
+    }
+  }
+  ~W3State() {
+    for (size_t i = 0; i < live_.size(); ++i) a_.Free(live_[i], size_[i]);
+    a_.Release();
+  }
+  size_t Steps(size_t steps, uint64_t& sum) {
+    const uint32_t* sizes = In().w3_sizes.data();
+    const uint32_t* index = In().w3_index.data();
+    const size_t ws = live_.size();
+    for (size_t k = 0; k < steps; ++k) {
+      size_t idx = index[pos_] % ws;
+      a_.Free(live_[idx], size_[idx]);
+      uint32_t n = sizes[pos_];
+      live_[idx] = a_.Alloc(n);
+      size_[idx] = n;
+      sum += Touch(live_[idx], n, k);
+      pos_ = (pos_ + 1) & (kW3Stream - 1);
+    }
+    return steps;
+  }
+
+ private:
+  typename C::Arena& a_;
+  std::vector<void*> live_;
+  std::vector<uint32_t> size_;
+  size_t pos_ = 0;
+};
+
+// W4: a tree of contexts, a few allocations in each, then the root destroyed.
+template <typename C>
+class W4Builder {
+ public:
+  using Tree = typename C::Tree;
+  using Node = typename Tree::Node;
+
+  // Builds, destroys, returns the number of contexts.
+  size_t Round(int depth, uint64_t& sum) {
+    contexts_ = 0;
+    nptrs_ = 0;
+    Node root = tree_.Root();
+    Build(root, depth, sum);
+    tree_.Destroy(root);
+    if constexpr (C::kFreesEach) {
+      for (size_t i = 0; i < nptrs_; ++i) std::free(ptrs_[i]);
+    }
+    return contexts_;
+  }
+
+ private:
+  void Build(Node n, int depth, uint64_t& sum) {
+    ++contexts_;
+    const std::vector<uint32_t>& sizes = In().w4_sizes;
+    for (int i = 0; i < kW4AllocsPerContext; ++i) {
+      uint32_t s = sizes[size_pos_++ & (sizes.size() - 1)];
+      void* p = tree_.Alloc(n, s);
+      sum += Touch(p, s, i);
+      if constexpr (C::kFreesEach) {
+        if (nptrs_ == ptrs_.size()) ptrs_.resize(ptrs_.size() * 2 + 1024);
+        ptrs_[nptrs_++] = p;
+      }
+    }
+    if (depth == 0) return;
+    for (int f = 0; f < kW4Fanout; ++f) Build(tree_.Child(n), depth - 1, sum);
+  }
+
+  Tree tree_;
+  size_t contexts_ = 0;
+  size_t size_pos_ = 0;
+  std::vector<void*> ptrs_;
+  size_t nptrs_ = 0;
+};
+
+// W7: buffers grown by repeated reallocation, interleaved; returns the
+// number of reallocations.
+template <typename C>
+size_t W7Round(typename C::Arena& a, void** bufs, size_t* sizes, uint64_t& sum) {
+  size_t reallocs = 0;
+  for (size_t b = 0; b < kW7Buffers; ++b) {
+    sizes[b] = kW7Start;
+    bufs[b] = a.Alloc(kW7Start);
+    Touch(bufs[b], kW7Start, b);
+  }
+  for (bool growing = true; growing;) {
+    growing = false;
+    for (size_t b = 0; b < kW7Buffers; ++b) {
+      if (sizes[b] > kW7Max) continue;
+      size_t n = sizes[b] + sizes[b] / 2 + kW7Step;
+      bufs[b] = a.Realloc(bufs[b], sizes[b], n);
+      sum += Touch(bufs[b], n, b);  // the first word survived the move
+      sizes[b] = n;
+      ++reallocs;
+      growing = true;
+    }
+  }
+  for (size_t b = 0; b < kW7Buffers; ++b) a.Free(bufs[b], sizes[b]);
+  a.Release();
+  return reallocs;
+}
+
+// --- Benchmarks ---------------------------------------------------------------
+
+template <typename C>
+void BM_W1(benchmark::State& state, const std::vector<uint32_t>* sizes) {
+  typename C::Arena a;
+  std::vector<void*> ptrs(sizes->size());
+  uint64_t sum = 0, ops = 0;
+  W1Round<C>(a, *sizes, ptrs.data(), sum);  // warm: steady state
+  for (auto _ : state) ops += W1Round<C>(a, *sizes, ptrs.data(), sum);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
+void BM_W2(benchmark::State& state) {
+  typename C::Parent parent;
+  const auto& reqs = In().w2_requests;
+  std::vector<void*> ptrs(In().w2_max_count);
+  uint64_t sum = 0, ops = 0;
+  size_t r = 0;
+  for (const Request& req : reqs) W2Request<C>(parent, req, ptrs.data(), sum);
+  for (auto _ : state) {
+    W2Request<C>(parent, reqs[r], ptrs.data(), sum);
+    r = (r + 1) % reqs.size();
+    ++ops;
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
+void BM_W3(benchmark::State& state) {
+  typename C::Arena a;
+  uint64_t sum = 0, ops = 0;
+  {
+    W3State<C> w(a, static_cast<size_t>(state.range(0)));
+    w.Steps(kW3Steps, sum);
+    for (auto _ : state) ops += w.Steps(kW3Steps, sum);
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
+void BM_W4(benchmark::State& state) {
+  W4Builder<C> b;
+  uint64_t sum = 0, ops = 0;
+  const int depth = static_cast<int>(state.range(0));
+  b.Round(depth, sum);
+  for (auto _ : state) ops += b.Round(depth, sum);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
+void BM_W7(benchmark::State& state) {
+  typename C::Arena a;
+  std::vector<void*> bufs(kW7Buffers);
+  std::vector<size_t> sizes(kW7Buffers);
+  uint64_t sum = 0, ops = 0;
+  W7Round<C>(a, bufs.data(), sizes.data(), sum);
+  for (auto _ : state) ops += W7Round<C>(a, bufs.data(), sizes.data(), sum);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+// Scaling: the time of one Destroy of a context holding N allocations of
+// 64 bytes (filled outside the timed region). Malloc frees N chunks.
+constexpr uint32_t kDestroyChunkBytes = 64;
+
+template <typename C>
+void BM_DestroyScaling(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<void*> ptrs(n);
+  double blocks = 0;
+  for (auto _ : state) {
+    auto* a = new typename C::Arena();
+    for (size_t i = 0; i < n; ++i) {
+      ptrs[i] = a->Alloc(kDestroyChunkBytes);
+      Touch(ptrs[i], kDestroyChunkBytes, i);
+    }
+    if constexpr (!C::kFreesEach) blocks = static_cast<double>(a->context()->num_blocks());
+    auto start = std::chrono::steady_clock::now();
+    if constexpr (C::kFreesEach) {
+      for (size_t i = 0; i < n; ++i) a->Free(ptrs[i], kDestroyChunkBytes);
+    }
+    delete a;
+    auto end = std::chrono::steady_clock::now();
+    state.SetIterationTime(std::chrono::duration<double>(end - start).count());
+  }
+  state.counters["blocks"] = blocks;
+  state.counters["allocations"] = static_cast<double>(n);
+}
+
+template <typename C>
+void BM_W6(benchmark::State& state) {
+  typename C::Parent parent;  // one per thread: each thread its own contexts
+  const auto& reqs = In().w2_requests;
+  std::vector<void*> ptrs(In().w2_max_count);
+  uint64_t sum = 0, ops = 0;
+  size_t r = static_cast<size_t>(state.thread_index()) * 97 % reqs.size();
+  for (const Request& req : reqs) W2Request<C>(parent, req, ptrs.data(), sum);
+  for (auto _ : state) {
+    W2Request<C>(parent, reqs[r], ptrs.data(), sum);
+    r = (r + 1) % reqs.size();
+    ++ops;
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+std::string Name(const char* workload, const char* contender) {
+  return std::string(workload) + "/" + contender;
+}
+
+template <typename C>
+void Register() {
+  const Inputs& in = In();
+  benchmark::RegisterBenchmark(Name("W1.rand", C::kName).c_str(), BM_W1<C>, &in.w1_rand);
+  benchmark::RegisterBenchmark(Name("W1.32B", C::kName).c_str(), BM_W1<C>, &in.w1_fixed);
+  if constexpr (C::kHasScope) {
+    benchmark::RegisterBenchmark(Name("W2", C::kName).c_str(), BM_W2<C>);
+    benchmark::RegisterBenchmark(Name("W6", C::kName).c_str(), BM_W6<C>)
+        ->Threads(1)
+        ->Threads(2)
+        ->UseRealTime();
+  }
+  if constexpr (C::kCanFree) {
+    benchmark::RegisterBenchmark(Name("W3", C::kName).c_str(), BM_W3<C>)
+        ->Arg(kW3WorkingSet);
+    benchmark::RegisterBenchmark(Name("S.churn", C::kName).c_str(), BM_W3<C>)
+        ->RangeMultiplier(10)
+        ->Range(100, 1000000);
+  }
+  if constexpr (C::kHasTree) {
+    benchmark::RegisterBenchmark(Name("W4", C::kName).c_str(), BM_W4<C>)->Arg(kW4Depth);
+    benchmark::RegisterBenchmark(Name("S.tree", C::kName).c_str(), BM_W4<C>)
+        ->DenseRange(1, 5);
+  }
+  if constexpr (C::kCanRealloc) {
+    benchmark::RegisterBenchmark(Name("W7", C::kName).c_str(), BM_W7<C>);
+  }
+}
+
+template <typename C>
+void RegisterDestroyScaling() {
+  benchmark::RegisterBenchmark(Name("S.destroy", C::kName).c_str(), BM_DestroyScaling<C>)
+      ->RangeMultiplier(10)
+      ->Range(100, 1000000)
+      ->UseManualTime();
+}
+
+// --- W5: memory --------------------------------------------------------------
+
+size_t ResidentBytes() {
+  long pages_total = 0, pages_resident = 0;
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+  std::fclose(f);
+  return static_cast<size_t>(pages_resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+struct MemoryResult {
+  double resident_per_requested;
+  double header_bytes;   // bytes per chunk beyond its usable size (fixed sizes)
+  double stride_bytes;   // median distance between consecutive chunks
+};
+
+// Runs in a forked child of a process that has allocated little, so that
+// memory freed earlier cannot hide the cost. `size` 0 means random 8..1024.
+template <typename C>
+MemoryResult MeasureMemory(uint32_t size) {
+  const size_t avg = size == 0 ? (kW3MinSize + kW3MaxSize) / 2 : size;
+  const size_t n = kW5RequestedBytes / avg;
+  // Bookkeeping outside every allocator under test, resident before the baseline.
+  size_t book_bytes = n * (sizeof(void*) + sizeof(uint32_t));
+  void* book = mmap(nullptr, book_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (book == MAP_FAILED) OutOfMemory();
+  std::memset(book, 1, book_bytes);
+  void** ptrs = static_cast<void**>(book);
+  uint32_t* sizes = reinterpret_cast<uint32_t*>(ptrs + n);
+  Rng rng(kSeed ^ 6);
+  for (size_t i = 0; i < n; ++i) sizes[i] = size ? size : rng.Uniform(kW3MinSize, kW3MaxSize);
+
+  auto* a = new typename C::Arena();
+  size_t before = ResidentBytes();
+  size_t requested = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ptrs[i] = a->Alloc(sizes[i]);
+    std::memset(ptrs[i], 0x5a, sizes[i]);  // resident: every byte written
+    requested += sizes[i];
+  }
+  size_t after = ResidentBytes();
+  MemoryResult r{static_cast<double>(after - before) / static_cast<double>(requested), 0, 0};
+  if (size != 0) {
+    std::vector<intptr_t> strides;
+    for (size_t i = 1; i < n; i += 7) {
+      intptr_t d = reinterpret_cast<intptr_t>(ptrs[i]) - reinterpret_cast<intptr_t>(ptrs[i - 1]);
+      if (d > 0 && d < 4096) strides.push_back(d);
+    }
+    if (!strides.empty()) {
+      std::nth_element(strides.begin(), strides.begin() + strides.size() / 2, strides.end());
+      r.stride_bytes = static_cast<double>(strides[strides.size() / 2]);
+      r.header_bytes = r.stride_bytes - static_cast<double>(a->Usable(ptrs[n / 2], size));
+    }
+  }
+  return r;
+}
+
+template <typename C>
+void MemoryCase(uint32_t size) {
+  std::fflush(stdout);
+  int fds[2];
+  if (pipe(fds) != 0) return;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    MemoryResult r = MeasureMemory<C>(size);
+    char line[256];
+    int len = std::snprintf(line, sizeof line,
+                            "{\"contender\": \"%s\", \"size\": %u, "
+                            "\"resident_per_requested\": %.4f, \"header_bytes\": %.1f, "
+                            "\"stride_bytes\": %.1f}\n",
+                            C::kName, size, r.resident_per_requested, r.header_bytes,
+                            r.stride_bytes);
+    if (write(fds[1], line, static_cast<size_t>(len)) != len) _exit(1);
+    _exit(0);
+  }
+  close(fds[1]);
+  char buf[512];
+  ssize_t got;
+  while ((got = read(fds[0], buf, sizeof buf)) > 0) {
+    std::fwrite(buf, 1, static_cast<size_t>(got), stdout);
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+}
+
+template <typename C>
+void Memory() {
+  for (uint32_t s : kW5Sizes) MemoryCase<C>(s);
+  MemoryCase<C>(0);
+}
+
+// --- Callgrind mode ------------------------------------------------------------
+
+constexpr int kCallgrindRounds = 3;  // W1 rounds; W2 uses kW2Requests requests
+constexpr size_t kCallgrindW3Steps = 20000;
+
+template <typename C>
+bool Callgrind(const std::string& workload) {
+  uint64_t sum = 0, ops = 0;
+  if (workload == "W1.rand" || workload == "W1.32B") {
+    const auto& sizes = workload == "W1.rand" ? In().w1_rand : In().w1_fixed;
+    typename C::Arena a;
+    std::vector<void*> ptrs(sizes.size());
+    W1Round<C>(a, sizes, ptrs.data(), sum);
+    MCX_BENCH_CALLGRIND_TOGGLE();
+    for (int i = 0; i < kCallgrindRounds; ++i) ops += W1Round<C>(a, sizes, ptrs.data(), sum);
+    MCX_BENCH_CALLGRIND_TOGGLE();
+  } else if (workload == "W2") {
+    if constexpr (C::kHasScope) {
+      typename C::Parent parent;
+      std::vector<void*> ptrs(In().w2_max_count);
+      for (const Request& r : In().w2_requests) W2Request<C>(parent, r, ptrs.data(), sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+      for (const Request& r : In().w2_requests) {
+        W2Request<C>(parent, r, ptrs.data(), sum);
+        ++ops;
+      }
+      MCX_BENCH_CALLGRIND_TOGGLE();
+    }
+  } else if (workload == "W4") {
+    if constexpr (C::kHasTree) {
+      W4Builder<C> b;
+      b.Round(kW4Depth, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+      ops = b.Round(kW4Depth, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+    }
+  } else if (workload == "W3") {
+    if constexpr (C::kCanFree) {
+      typename C::Arena a;
+      W3State<C> w(a, kW3WorkingSet);
+      w.Steps(kCallgrindW3Steps, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+      ops = w.Steps(kCallgrindW3Steps, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+    }
+  }
+  if (ops == 0) return false;
+  std::printf("{\"workload\": \"%s\", \"contender\": \"%s\", \"ops\": %" PRIu64
+              ", \"checksum\": %" PRIu64 "}\n",
+              workload.c_str(), C::kName, ops, sum);
+  return true;
+}
+
+// --- The contenders of this binary ---------------------------------------------
+
+template <typename... Cs>
+struct List {
+  static void RegisterAll() { (Register<Cs>(), ...); }
+  static void MemoryAll() { (Memory<Cs>(), ...); }
+  static bool CallgrindOne(const std::string& w, const std::string& c) {
+    bool done = false;
+    ((!done && c == Cs::kName ? (done = Callgrind<Cs>(w), 0) : 0), ...);
+    return done;
+  }
+};
+
+#ifdef MCX_BENCH_MIMALLOC
+using Contenders = List<Malloc, MiHeap>;
+void RegisterExtra() {}
+#else
+using Contenders = List<Malloc, McxPool, McxFreelist, Bump, TallocPlain, TallocPool,
+                        Apr, PmrMonotonic, PmrPool>;
+void RegisterExtra() {
+  RegisterDestroyScaling<Malloc>();
+  RegisterDestroyScaling<McxPool>();
+  RegisterDestroyScaling<McxFreelist>();
+}
+#endif
+
+int Main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--memory") {
+      Contenders::MemoryAll();
+      return 0;
+    }
+    if (arg.rfind("--callgrind=", 0) == 0) {
+      std::string spec = arg.substr(std::strlen("--callgrind="));
+      size_t colon = spec.find(':');
+      if (colon == std::string::npos ||
+          !Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1))) {
+        std::fprintf(stderr, "workloads: no such callgrind case: %s\n", spec.c_str());
+        return 2;
+      }
+      return 0;
+    }
+  }
+  Contenders::RegisterAll();
+  RegisterExtra();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace
+}  // namespace mcx_bench
+
+int main(int argc, char** argv) { return mcx_bench::Main(argc, argv); }
