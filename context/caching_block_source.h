@@ -87,7 +87,11 @@ class CachingBlockSource final : public BlockSource {
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
   static constexpr int kBuckets = 64;
   struct ThreadCache;
-  struct ThreadCaches;
+
+ public:
+  struct ThreadCaches;  // per thread; public only for its thread-local pointer
+
+ private:
 
   static ThreadCaches* ThisThreadCaches();
   // The calling thread's cache for this source, claimed on first use;

@@ -322,9 +322,9 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
-  ReleaseDirect();
+  if (internal::kDirect) ReleaseDirect();
   methods_->release_all(this);
-  ReleaseReserve();
+  if (reserve_ != nullptr) ReleaseReserve();
   BlockSource* source = source_;
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
