@@ -8,6 +8,7 @@ one table per workload.
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
     ./mcx bench --quick             fewer repetitions, shorter runs
+    ./mcx bench --repetitions N --min-time S   (defaults 5 and 0.1 s)
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
 talloc, talloc_pool, APR pools, std::pmr and the bump arena; jemalloc and
@@ -114,7 +115,8 @@ def run_gbench(binary, label_of, args, env_extra=None, bench_filter=None):
             continue
         parts = b["run_name"].split("/")
         workload, contender = parts[0], parts[1]
-        extra = [p for p in parts[2:] if p not in ("real_time", "manual_time")]
+        extra = [p for p in parts[2:]
+                 if p not in ("real_time", "manual_time") and not p.startswith("iterations:")]
         label = label_of(contender)
         if label is None:
             continue
@@ -436,7 +438,7 @@ def main():
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
     ap.add_argument("--repetitions", type=int, default=5)
-    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
     args = ap.parse_args()
     if args.quick:
