@@ -42,6 +42,7 @@
 #include <new>
 
 #include "bench/bump_arena.h"
+#include "mcx/context/caching_block_source.h"
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -106,8 +107,10 @@ struct Malloc {
 };
 
 // --- mcx ------------------------------------------------------------------
+struct McxMarker {};
+
 template <typename KindTraits>
-struct McxContender {
+struct McxContender : McxMarker {
   static constexpr const char* kName = KindTraits::kName;
   static constexpr bool kFreesEach = false;
   static constexpr bool kCanFree = KindTraits::kCanFree;
