@@ -738,8 +738,7 @@ void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
   return ReallocImpl(p, old_size, new_size, kNoThrow);
 }
 
-void Context::Free(void* p) {
-  if (p == nullptr) return;
+void Context::FreeChecked(void* p) {
   if (internal::kChecking && !CheckLive("free")) return;
   UseGuard use(this);
   if (internal::kDirect) {

@@ -183,7 +183,7 @@ class Context {
 
   // Gives a chunk back. nullptr is a no-op; so is a small pool chunk (it is
   // released by Reset/Destroy), unless the pool rewinds (pool.h).
-  void Free(void* p);
+  inline void Free(void* p);
   // Usable bytes of a chunk, or kUnknownSize if the kind cannot tell.
   size_t ChunkSize(const void* p) const;
 
@@ -350,6 +350,9 @@ class Context {
   }
   ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment,
                                           unsigned flags);
+  // Free with the checking build's checks, direct mode and Valgrind's
+  // bookkeeping; release builds call the kind inline instead.
+  void FreeChecked(void* p);
   void* AllocAlignedImpl(size_t size, size_t alignment, unsigned flags);
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
@@ -479,6 +482,19 @@ inline void* Context::TryAllocBytes(size_t size) noexcept {
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, 1, kNoThrow);
+}
+
+// Context::Free
+//
+// Release builds go straight to the kind: a call through the table, no
+// wrapper call in between (W3 churn frees on every step).
+inline void Context::Free(void* p) {
+  if (p == nullptr) return;
+  if (!internal::kChecking && !internal::kDirect && !internal::kValgrind) {
+    methods_->free(this, p);
+    return;
+  }
+  FreeChecked(p);
 }
 
 template <typename State>
