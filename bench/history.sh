@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# What each optimisation bought, in instructions (callgrind), repeatably.
+#
+#   bench/history.sh            prints one Markdown table
+#
+# For each commit below, builds the library as of the commit's parent and as
+# of the commit itself, each with today's benchmark sources (bench/ and the
+# repository wiring for its peers copied in, so that the workloads are the
+# same; built as bench/run.py builds them), and counts instructions per
+# operation of the mcx contenders with
+# `workloads --callgrind=W:C` under valgrind. Needs what `./mcx bench
+# --callgrind` needs; takes a few minutes per commit (two optimised builds in
+# git worktrees under a temporary directory, removed at the end).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# commit | what it changed | workloads to count (W:contender,...)
+CHANGES=(
+  "a0f3b85|pool: the bump window follows the latest block, not current|W1.rand:mcx_pool,W1.32B:mcx_pool"
+  "163e891|block cache: thread caches, 64 MiB cap, limit skip, prefetch|W2:mcx_pool,W4:mcx_pool,W2:mcx_freelist"
+  "15fb7ca|thread cache via a __thread pointer; no-op releases skipped|W2:mcx_pool,W4:mcx_pool"
+)
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
+cleanup() {
+  for wt in "$TMP"/wt-*; do
+    [[ -d "$wt" ]] && git worktree remove --force "$wt" >/dev/null 2>&1 || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# count BINARY W C -> instructions per operation
+count() {
+  local out="$TMP/cg.out" ops total
+  ops="$(valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$out" \
+           "$1" "--callgrind=$2:$3" 2>/dev/null | sed -n 's/.*"ops": \([0-9]*\).*/\1/p')"
+  total="$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$out")"
+  echo $(( total / ops ))
+}
+
+# build REV -> path of a workloads binary built from REV's library and
+# today's benchmark
+build() {
+  local rev="$1" wt="$TMP/wt-$1"
+  git worktree add --detach "$wt" "$rev" >/dev/null 2>&1
+  rm -rf "$wt/bench"
+  cp -r "$ROOT/bench" "$wt/bench"
+  cp "$ROOT/third_party/bazel/system_libs.bzl" "$wt/third_party/bazel/system_libs.bzl"
+  (cd "$wt" && bazel --output_base="$TMP/ob-$rev" build -c opt --copt=-fomit-frame-pointer //bench:workloads \
+     >"$TMP/build-$rev.log" 2>&1) || { echo "build of $rev failed: $TMP/build-$rev.log" >&2; exit 1; }
+  cp "$wt/bazel-bin/bench/workloads" "$TMP/workloads-$rev"
+  (cd "$wt" && bazel --output_base="$TMP/ob-$rev" shutdown >/dev/null 2>&1) || true
+  echo "$TMP/workloads-$rev"
+}
+
+echo "| commit | change | workload | contender | instructions/op before | after | after / before |"
+echo "|---|---|---|---|---|---|---|"
+for entry in "${CHANGES[@]}"; do
+  IFS='|' read -r commit what cases <<<"$entry"
+  before="$(build "$(git rev-parse --short "$commit^")")"
+  after="$(build "$(git rev-parse --short "$commit")")"
+  IFS=',' read -r -a list <<<"$cases"
+  for c in "${list[@]}"; do
+    w="${c%%:*}"
+    k="${c##*:}"
+    b="$(count "$before" "$w" "$k")"
+    a="$(count "$after" "$w" "$k")"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$commit" "$what" "$w" "$k" "$b" "$a" \
+      "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
+  done
+done
