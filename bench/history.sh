@@ -21,6 +21,7 @@ CHANGES=(
   "a0f3b85|pool: the bump window follows the latest block, not current|W1.rand:mcx_pool,W1.32B:mcx_pool"
   "163e891|block cache: thread caches, 64 MiB cap, limit skip, prefetch|W2:mcx_pool,W4:mcx_pool,W2:mcx_freelist"
   "15fb7ca|thread cache via a __thread pointer; no-op releases skipped|W2:mcx_pool,W4:mcx_pool"
+  "424bd92|Context::Free inline in release builds|W3:mcx_freelist"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
