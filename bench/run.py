@@ -8,7 +8,7 @@ one table per workload.
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
     ./mcx bench --quick             fewer repetitions, shorter runs
-    ./mcx bench --repetitions N --min-time S   (defaults 5 and 0.1 s)
+    ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
 talloc, talloc_pool, APR pools, std::pmr and the bump arena; jemalloc and
@@ -107,11 +107,15 @@ def run_gbench(binary, label_of, args, env_extra=None, bench_filter=None):
         cmd = [binary, "--benchmark_out=" + out.name, "--benchmark_out_format=json",
                "--benchmark_repetitions=%d" % args.repetitions,
                "--benchmark_report_aggregates_only=true",
+               # Repetitions of all benchmarks in a random order: a burst of
+               # load from elsewhere on a shared machine then falls on every
+               # contender alike instead of on whichever ran at that moment.
+               "--benchmark_enable_random_interleaving=true",
                "--benchmark_min_time=%g" % args.min_time]
         if bench_filter:
             cmd.append("--benchmark_filter=" + bench_filter)
         print("running:", " ".join(
-            ["%s=%s" % kv for kv in (env_extra or {}).items()] + cmd[:1] + cmd[5:]), file=sys.stderr)
+            ["%s=%s" % kv for kv in (env_extra or {}).items()] + cmd[:1] + cmd[6:]), file=sys.stderr)
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         data = json.load(open(out.name))
     results = {}
@@ -442,7 +446,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
-    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
     args = ap.parse_args()
