@@ -72,7 +72,7 @@
 //   top->SetFailureDump({STDERR_FILENO, /*max_depth=*/4, /*max_children=*/20});
 //   // On out of memory anywhere below top, stderr gets:
 //   //   mcx: out of memory on a request of 1048576 bytes in context 'row'
-//   //   top: 8200 total in 1 blocks; 7864 free (0 chunks); 336 used
+//   //   top: 8200 total in 1 blocks; 7768 free (0 chunks); 432 used
 //   //     query: ...
 //   //   Grand total: ...
 

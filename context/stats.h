@@ -37,9 +37,9 @@
 //
 //   std::fputs(mcx::StatsReport(top).c_str(), stderr);
 //   // From ./mcx demo:
-//   // top: 8200 total in 1 blocks; 7864 free (0 chunks); 336 used
-//   //   query: 8200 total in 1 blocks; 7712 free (0 chunks); 488 used
-//   //     spill: 8200 total in 1 blocks; 7600 free (50 chunks); 600 used
+//   // top: 8200 total in 1 blocks; 7768 free (0 chunks); 432 used
+//   //   query: 8200 total in 1 blocks; 7616 free (0 chunks); 584 used
+//   //     spill: 8200 total in 1 blocks; 7520 free (50 chunks); 680 used
 //   // ...
 //
 //   // As a picture (examples/tour.cc; docs/pictures/render.sh):
