@@ -350,13 +350,15 @@ void BM_W1(benchmark::State& state, const std::vector<uint32_t>* sizes) {
   state.SetItemsProcessed(static_cast<int64_t>(ops));
 }
 
+// W2 and W6: requests on this thread's own parent, starting at `first` in the
+// table of request shapes (threads start at different shapes).
 template <typename C>
-void BM_W2(benchmark::State& state) {
+void RunRequests(benchmark::State& state, size_t first) {
   typename C::Parent parent;
   const auto& reqs = In().w2_requests;
   std::vector<void*> ptrs(In().w2_max_count);
   uint64_t sum = 0, ops = 0;
-  size_t r = 0;
+  size_t r = first % reqs.size();
   for (const Request& req : reqs) W2Request<C>(parent, req, ptrs.data(), sum);
   SystemCalls calls = SystemCalls::Start<C>();
   for (auto _ : state) {
@@ -367,6 +369,11 @@ void BM_W2(benchmark::State& state) {
   calls.Report(state, ops);
   benchmark::DoNotOptimize(sum);
   state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
+void BM_W2(benchmark::State& state) {
+  RunRequests<C>(state, 0);
 }
 
 template <typename C>
@@ -433,23 +440,12 @@ void BM_DestroyScaling(benchmark::State& state) {
   state.counters["allocations"] = static_cast<double>(n);
 }
 
+// Each thread runs W2 on its own parent (a Parent per call of the function).
+constexpr size_t kW6ThreadStride = 97;  // different request shapes per thread
+
 template <typename C>
 void BM_W6(benchmark::State& state) {
-  typename C::Parent parent;  // one per thread: each thread its own contexts
-  const auto& reqs = In().w2_requests;
-  std::vector<void*> ptrs(In().w2_max_count);
-  uint64_t sum = 0, ops = 0;
-  size_t r = static_cast<size_t>(state.thread_index()) * 97 % reqs.size();
-  for (const Request& req : reqs) W2Request<C>(parent, req, ptrs.data(), sum);
-  SystemCalls calls = SystemCalls::Start<C>();
-  for (auto _ : state) {
-    W2Request<C>(parent, reqs[r], ptrs.data(), sum);
-    r = (r + 1) % reqs.size();
-    ++ops;
-  }
-  calls.Report(state, ops);
-  benchmark::DoNotOptimize(sum);
-  state.SetItemsProcessed(static_cast<int64_t>(ops));
+  RunRequests<C>(state, static_cast<size_t>(state.thread_index()) * kW6ThreadStride);
 }
 
 std::string Name(const char* workload, const char* contender) {

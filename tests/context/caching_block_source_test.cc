@@ -89,13 +89,12 @@ TEST(CachingBlockSourceTest, ReuseRespectsSizeAndAlignment) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
-// Two threads with their own contexts share one cache (run under tsan too).
-TEST(CachingBlockSourceTest, SharedBetweenThreads) {
-  CountingBlockSource upstream;
-  CachingBlockSource cache(&upstream, 1 << 20);
-  auto work = [&cache](int seed) {
+// Two threads, each with its own contexts, on one cache: nothing leaks,
+// nothing is released twice (run under tsan too).
+void RunTwoThreads(CachingBlockSource* cache) {
+  auto work = [cache](int seed) {
     ContextOptions o;
-    o.block_source = &cache;
+    o.block_source = cache;
     Context* server = Context::Create(nullptr, "server", PoolKind(), o);
     for (int i = 0; i < 2000; ++i) Request(server, i + seed);
     server->Destroy();
@@ -104,6 +103,12 @@ TEST(CachingBlockSourceTest, SharedBetweenThreads) {
   std::thread b(work, 2);
   a.join();
   b.join();
+}
+
+TEST(CachingBlockSourceTest, SharedBetweenThreads) {
+  CountingBlockSource upstream;
+  CachingBlockSource cache(&upstream, 1 << 20);
+  RunTwoThreads(&cache);
   cache.Trim();
   EXPECT_EQ(upstream.live_blocks(), 0);
   EXPECT_EQ(upstream.bad_releases(), 0);
@@ -173,22 +178,10 @@ TEST(CachingBlockSourceTest, ThreadCacheIsBounded) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
-// Two threads on their own contexts with thread caches (run under tsan too):
-// nothing leaks, nothing is released twice.
 TEST(CachingBlockSourceTest, ThreadCachesBetweenThreads) {
   CountingBlockSource upstream;
   CachingBlockSource cache(&upstream, 1 << 20, 256 * 1024);
-  auto work = [&cache](int seed) {
-    ContextOptions o;
-    o.block_source = &cache;
-    Context* server = Context::Create(nullptr, "server", PoolKind(), o);
-    for (int i = 0; i < 2000; ++i) Request(server, i + seed);
-    server->Destroy();
-  };
-  std::thread a(work, 1);
-  std::thread b(work, 2);
-  a.join();
-  b.join();
+  RunTwoThreads(&cache);
   EXPECT_GT(cache.GetStats().thread_hits, 0u);
   cache.Trim();
   EXPECT_EQ(upstream.live_blocks(), 0);

@@ -16,30 +16,12 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
+#include "tests/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-// Blocks of exactly the size asked for (the system source and the default
-// cache report malloc's slack, which differs between builds).
-class ExactBlockSource final : public BlockSource {
- public:
-  Block Acquire(size_t min_size, size_t alignment) override {
-    size_t rounded = (min_size + alignment - 1) & ~(alignment - 1);
-    void* p = std::aligned_alloc(alignment, rounded);
-    if (p == nullptr) return {};
-    ++live_;
-    return {p, min_size};
-  }
-  void Release(Block block) override {
-    --live_;
-    std::free(block.ptr);
-  }
-  int live() const { return live_; }
-
- private:
-  int live_ = 0;
-};
+using testing::ExactBlockSource;
 
 constexpr size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 

@@ -19,22 +19,12 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
+#include "tests/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-// Blocks of exactly the size asked for, so block sizes are the same in
-// every build.
-class ExactBlockSource final : public BlockSource {
- public:
-  Block Acquire(size_t min_size, size_t alignment) override {
-    size_t rounded = (min_size + alignment - 1) & ~(alignment - 1);
-    void* p = std::aligned_alloc(alignment, rounded);
-    if (p == nullptr) return {};
-    return {p, min_size};
-  }
-  void Release(Block block) override { std::free(block.ptr); }
-};
+using testing::ExactBlockSource;
 
 std::string Dot(const Context* root, int max_depth = 100, int max_children = 100,
                 bool blocks = false) {

@@ -1,5 +1,7 @@
 #include "tests/testing/test_block_sources.h"
 
+#include <cstdlib>
+
 namespace mcx {
 namespace testing {
 
@@ -126,6 +128,19 @@ Block FailingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_si
     }
   }
   return CountingBlockSource::Reallocate(block, keep, new_min_size, alignment);
+}
+
+Block ExactBlockSource::Acquire(size_t min_size, size_t alignment) {
+  size_t rounded = (min_size + alignment - 1) & ~(alignment - 1);
+  void* p = std::aligned_alloc(alignment, rounded);
+  if (p == nullptr) return {};
+  ++live_;
+  return {p, min_size};
+}
+
+void ExactBlockSource::Release(Block block) {
+  --live_;
+  std::free(block.ptr);
 }
 
 }  // namespace testing

@@ -56,6 +56,19 @@ class CountingBlockSource : public BlockSource {
   int64_t bad_releases_ = 0;
 };
 
+// Blocks of exactly the size asked for, straight from aligned_alloc: the
+// system source and the default cache report malloc's slack, which differs
+// between builds, so tests that state exact block layouts use this one.
+class ExactBlockSource final : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override;
+  void Release(Block block) override;
+  int live() const { return live_; }
+
+ private:
+  int live_ = 0;
+};
+
 // A counting source that can be told to fail: the Nth acquisition from now
 // (1-based), every acquisition from the Nth on, or all reallocations.
 class FailingBlockSource : public CountingBlockSource {
