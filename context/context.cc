@@ -612,6 +612,9 @@ bool Context::KeepForReserve(void* block, size_t size) {
     return false;
   }
   auto* r = static_cast<ReserveBlock*>(block);
+  // The kind may have left the block poisoned, and under Valgrind a reset has
+  // already announced its chunks freed: the header is the reserve's now.
+  internal::UnpoisonMemoryRegion(r, sizeof(ReserveBlock));
   r->size = size;
   r->next = reserve_;
   reserve_ = r;
