@@ -271,7 +271,9 @@ TEST_F(ContextTest, StrdupCopiesAndTerminates) {
   char* b = ctx->Strdup(std::string_view("xyz123", 3));
   EXPECT_STREQ(a, "abc");
   EXPECT_STREQ(b, "xyz");
-  if (!internal::kChecking) EXPECT_EQ(b, a + 4);  // checking builds add headers
+  if (!internal::kChecking) {
+    EXPECT_EQ(b, a + 4);  // checking builds add headers
+  }
   ctx->Destroy();
 }
 
