@@ -75,7 +75,10 @@ void* Realloc(void* p, size_t new_size) {
   }
   const ChunkKindMethods* m = MethodsFor(p, "realloc");
   if (m == nullptr) return nullptr;
-  return m->chunk_context(p)->Realloc(p, new_size);
+  // A freed chunk has no owner: the misuse was reported, and a handler
+  // that returns gets nullptr, as for a foreign pointer.
+  Context* ctx = m->chunk_context(p);
+  return ctx != nullptr ? ctx->Realloc(p, new_size) : nullptr;
 }
 
 void* TryRealloc(void* p, size_t new_size) noexcept {
@@ -85,7 +88,8 @@ void* TryRealloc(void* p, size_t new_size) noexcept {
   }
   const ChunkKindMethods* m = MethodsFor(p, "realloc");
   if (m == nullptr) return nullptr;
-  return m->chunk_context(p)->TryRealloc(p, new_size);
+  Context* ctx = m->chunk_context(p);
+  return ctx != nullptr ? ctx->TryRealloc(p, new_size) : nullptr;
 }
 
 Context* GetChunkContext(const void* p) {

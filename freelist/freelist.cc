@@ -115,18 +115,25 @@ bool SentinelOk(const void* p) {
   return b == internal::kSentinelByte;
 }
 
-void VerifyLiveChunk(Context* ctx, void* p, uint64_t h, const char* operation) {
-  if (!kChecking) return;
+// Checking builds: false (after the report) if `p` is not a live chunk of
+// `ctx` with its sentinel intact. The caller then leaves the chunk alone, as
+// the pool kind does: with a misuse handler that returns, a chunk of another
+// context must not land on this context's freelists.
+bool VerifyLiveChunk(Context* ctx, void* p, uint64_t h, const char* operation) {
+  if (!kChecking) return true;
   Context* owner = BlockOf(p, h)->owner;
   if (owner != ctx) {
     internal::ReportMisuse("%s of chunk %p through context '%s', but it belongs to context '%s'",
                            operation, p, ctx->name(), owner->name());
+    return false;
   }
   if (!SentinelOk(p)) {
     internal::ReportMisuse("sentinel of chunk %p (%zu bytes) in context '%s' was overwritten: "
                            "a write past the end of the chunk",
                            p, RequestedSize(p), ctx->name());
+    return false;
   }
+  return true;
 }
 
 // --- Allocation ---------------------------------------------------------------
@@ -273,7 +280,7 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   if (ChunkHeaderIsFree(h)) {
     return internal::ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
   }
-  VerifyLiveChunk(ctx, p, h, "free");
+  if (!VerifyLiveChunk(ctx, p, h, "free")) return;
   FreeDedicated(ctx, StateOf(ctx), p, h);
 }
 
@@ -283,7 +290,7 @@ void Free(Context* ctx, void* p) {
   FreelistState* st = StateOf(ctx);
   const size_t c = ChunkHeaderValue(h);
   if (kChecking) {
-    VerifyLiveChunk(ctx, p, h, "free");
+    if (!VerifyLiveChunk(ctx, p, h, "free")) return;
     UnpoisonMemoryRegion(p, SizeClassBytes(c));
     std::memset(p, internal::kClobberByte, SizeClassBytes(c));
   }
@@ -329,7 +336,10 @@ void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
     ctx->SetFailure(Failure::kBadArgument);
     return nullptr;
   }
-  VerifyLiveChunk(ctx, p, h, "realloc");
+  if (!VerifyLiveChunk(ctx, p, h, "realloc")) {
+    ctx->SetFailure(Failure::kBadArgument);
+    return nullptr;
+  }
   if (ChunkHeaderIsExternal(h)) return ReallocDedicated(ctx, st, p, h, new_size);
   const size_t c = ChunkHeaderValue(h);
   const size_t usable = SizeClassBytes(c);
