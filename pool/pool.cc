@@ -5,7 +5,8 @@
 //   - Small requests bump a pointer; there is no per-chunk header, so a small
 //     chunk costs exactly its bytes plus alignment.
 //   - `current`: a block that fails often is nearly full; once it has failed
-//     kMaxFailures times, new requests stop trying it.
+//     more than kMaxFailures times, its next failure moves `current` past
+//     it and new requests stop trying it.
 //   - Requests above `max_small` would waste most of a block; they get a
 //     block of their own on the large list and can be freed one by one.
 // What is added: blocks that grow from an initial to a maximum size (nginx's

@@ -13,8 +13,9 @@
 //     when the count drops to zero (see PoolOptions).
 //   - Large chunks are freed one by one (`Free`, like ngx_pfree), which
 //     releases their block at once; emptied list nodes are reused.
-//   - `Realloc(p, old_size, new_size)` grows in place when p is the last chunk
-//     bumped in the current block, and copies otherwise. The unsized
+//   - `Realloc(p, old_size, new_size)` grows in place when p is the last
+//     chunk bumped (in the block of the latest small allocation), shrinks any
+//     small chunk in place, and copies otherwise. The unsized
 //     `Realloc(p, n)` works for large chunks only (kUnsupported otherwise).
 //   - `mcx::Free(p)` without a context does not work on pool chunks: they
 //     have no header. Name the context.

@@ -67,8 +67,8 @@ struct PoolState {
   // The block of the most recent small allocation: the context's bump window
   // serves it, and its `last` lives in the window until Sync. It is not
   // `current`: with growing blocks, `current` can sit on a nearly full block
-  // for a while (it moves on only after kMaxFailures new blocks), and a window
-  // there would send nearly every request down the slow path.
+  // for a while (it moves on only after more than kMaxFailures new blocks),
+  // and a window there would send nearly every request down the slow path.
   PoolBlock* window;
   LargeNode* large;    // newest first
   size_t max_small;        // bytes; larger requests go to the large list
