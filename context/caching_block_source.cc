@@ -80,26 +80,34 @@ constexpr int kRefillBlocks = 15;
 
 }  // namespace
 
-struct CachingBlockSource::ThreadCaches {
-  ThreadCache slots[kThreadCacheSlots];
-  bool dead = false;
-
-  ~ThreadCaches() {
-    for (ThreadCache& tc : slots) {
-      if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc);
-    }
-    // A context destroyed later in this thread's exit (by another
-    // thread_local's destructor) must not use these caches again.
-    dead = true;
-  }
-};
-
 // The caches live in a thread_local object (its destructor flushes them at
 // thread exit); a plain __thread pointer to it makes the common access one
 // load, without the guard a thread_local with a destructor costs each time.
 namespace {
 __thread CachingBlockSource::ThreadCaches* this_thread_caches = nullptr;
+// Set when the thread's caches are destroyed at its exit; from then on the
+// thread uses the shared lists. It lives outside the object on purpose: a
+// store to a member in the destructor is dead to the compiler (the object's
+// lifetime ends), and GCC removes it.
+__thread bool this_thread_caches_gone = false;
 }  // namespace
+
+struct CachingBlockSource::ThreadCaches {
+  ThreadCache slots[kThreadCacheSlots];
+
+  ~ThreadCaches() {
+    // Gone before the flushes: a flush that spills beyond its source's cap
+    // releases upstream, into a stacked caching source that must not claim a
+    // slot here again (an already flushed one would never be flushed), and
+    // a context destroyed later in this thread's exit (by another
+    // thread_local's destructor) must not use these caches either.
+    this_thread_caches = nullptr;
+    this_thread_caches_gone = true;
+    for (ThreadCache& tc : slots) {
+      if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc);
+    }
+  }
+};
 
 CachingBlockSource::ThreadCaches* CachingBlockSource::ThisThreadCaches() {
   static thread_local ThreadCaches caches;
@@ -113,8 +121,8 @@ CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCache() const {
   if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this)) {
     return &all->slots[0];  // the usual case
   }
+  if (this_thread_caches_gone) return nullptr;
   all = ThisThreadCaches();
-  if (all->dead) return nullptr;
   ThreadCache* empty = nullptr;
   for (ThreadCache& tc : all->slots) {
     if (tc.owner == this) return &tc;
@@ -136,14 +144,14 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc) {
         tc->buckets[b] = n->next;
         tc->bytes -= n->size;
         --tc->blocks;
-        if (n->size <= max_cached_bytes_ - stats_.cached_bytes &&
-            stats_.cached_bytes <= max_cached_bytes_) {
+        if (FitsShared(n->size)) {
           n->next = buckets_[b];
           buckets_[b] = n;
           stats_.cached_bytes += n->size;
           ++stats_.cached_blocks;
         } else {
-          ++stats_.returned;
+          // Counted as kept when it was released: leaving the cache now is
+          // a trim, not a second release.
           n->next = release;
           release = n;
         }
@@ -209,11 +217,12 @@ Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
       // size; a batch under this one lock saves a lock per block.
       // Only heads of the same list that fit as well are taken: no probing.
       const int b = BucketOf(n->size);
+      const size_t tc_cap = ThreadCacheCap();
       for (int k = 0; tc != nullptr && k < kRefillBlocks; ++k) {
         Node* m = Claim(buckets_[b]);
         if (m == nullptr || !GoodFit(m->size, min_size) ||
             (reinterpret_cast<uintptr_t>(m) & (alignment - 1)) != 0 ||
-            m->size > thread_cache_bytes_ - tc->bytes) {
+            tc->bytes + m->size > tc_cap) {
           break;
         }
         buckets_[b] = m->next;
@@ -238,10 +247,12 @@ void CachingBlockSource::Release(Block block) {
     return;
   }
   ThreadCache* tc = OwnThreadCache();
-  if (tc != nullptr && block.size <= thread_cache_bytes_ && block.size > thread_cache_bytes_ - tc->bytes) {
+  // Within the shared cap as well: a cap of 0 turns the thread caches off.
+  const size_t tc_cap = tc != nullptr ? ThreadCacheCap() : 0;
+  if (block.size <= tc_cap && tc->bytes + block.size > tc_cap) {
     SpillThreadCache(tc);  // full: make room for this block and the next ones
   }
-  if (tc != nullptr && block.size <= thread_cache_bytes_ - tc->bytes) {
+  if (block.size <= tc_cap && tc->bytes + block.size <= tc_cap) {
     Node* n = static_cast<Node*>(block.ptr);
     internal::UnpoisonMemoryRegion(n, sizeof(Node));
     n->size = block.size;
@@ -261,8 +272,7 @@ void CachingBlockSource::Release(Block block) {
 void CachingBlockSource::ReleaseShared(Block block) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (block.size <= max_cached_bytes_ - stats_.cached_bytes &&
-        stats_.cached_bytes <= max_cached_bytes_) {
+    if (FitsShared(block.size)) {
       Node* n = static_cast<Node*>(block.ptr);
       // The context may have left the block poisoned (Valgrind's mempool
       // teardown does): the node is the cache's to write.
@@ -311,8 +321,13 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    max_cached_bytes_ = bytes;
+    max_cached_bytes_.store(bytes, std::memory_order_relaxed);
     TrimLocked(bytes, &release);
+  }
+  // The calling thread's cache shrinks now; other threads' at their next
+  // release beyond the new cap, or when they exit.
+  if (ThreadCache* tc = OwnThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap()) {
+    SpillThreadCache(tc);
   }
   // Upstream calls happen outside the lock: upstream may be slow.
   while (release != nullptr) {
@@ -323,8 +338,17 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
 }
 
 size_t CachingBlockSource::max_cached_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return max_cached_bytes_;
+  return max_cached_bytes_.load(std::memory_order_relaxed);
+}
+
+bool CachingBlockSource::FitsShared(size_t size) const {
+  const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed);
+  return stats_.cached_bytes <= cap && size <= cap - stats_.cached_bytes;
+}
+
+size_t CachingBlockSource::ThreadCacheCap() const {
+  const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed);
+  return cap < thread_cache_bytes_ ? cap : thread_cache_bytes_;
 }
 
 void CachingBlockSource::Trim() {

@@ -15,11 +15,13 @@
 //     block) and whose address has the alignment; else it asks upstream.
 //   - Thread-safe (one mutex; contexts call a source only on their slow
 //     paths). Destroying the source returns every kept block upstream.
-//   - Optionally, each thread keeps up to `thread_cache_bytes` of released
-//     blocks of its own in front of the shared lists (tcmalloc's thread
-//     caches, at block granularity): a thread that creates and destroys its
-//     contexts then takes no lock at all, and two threads never contend. A
-//     thread's blocks go to the shared lists when it exits. Only a source
+//   - Optionally, each thread keeps up to `thread_cache_bytes` (never more
+//     than `max_cached_bytes`) of released blocks of its own in front of the
+//     shared lists (tcmalloc's thread caches, at block granularity): a
+//     thread that creates and destroys its contexts then takes no lock at
+//     all, and two threads never contend. A thread's blocks go to the shared
+//     lists when it exits; a context destroyed later in its exit (by a
+//     thread_local's destructor) uses the shared lists. Only a source
 //     that outlives every thread that uses it may have thread caches (the
 //     default cache is never destroyed); 0 (the default) turns them off.
 //     Stats count a thread's hits and kept blocks when the thread exits, and
@@ -37,6 +39,7 @@
 #define MCX_CONTEXT_CACHING_BLOCK_SOURCE_H_
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
@@ -50,7 +53,8 @@ class CachingBlockSource final : public BlockSource {
     uint64_t hits = 0;       // acquisitions served from the cache
     uint64_t misses = 0;     // acquisitions passed upstream
     uint64_t kept = 0;       // releases kept in the cache
-    uint64_t returned = 0;   // releases passed upstream (cache full)
+    uint64_t returned = 0;   // releases passed upstream (cache full); blocks
+                             // trimmed later (cap lowered, Trim) are in neither
     // Of `hits` and `kept`: those served by thread caches.
     uint64_t thread_hits = 0;
     uint64_t thread_kept = 0;
@@ -69,7 +73,10 @@ class CachingBlockSource final : public BlockSource {
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
 
-  // Changes the cap; blocks beyond the new cap go upstream now.
+  // Changes the cap; blocks beyond the new cap go upstream now (the calling
+  // thread's cache included; other threads' caches at their next release
+  // beyond it, or when they exit). Thread caches keep at most the cap too: 0
+  // turns caching off.
   void SetMaxCachedBytes(size_t bytes);
   size_t max_cached_bytes() const;
   size_t thread_cache_bytes() const { return thread_cache_bytes_; }
@@ -102,11 +109,16 @@ class CachingBlockSource final : public BlockSource {
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);
+  // Whether `size` more bytes fit the shared lists' cap (mu_ held).
+  bool FitsShared(size_t size) const;
+  // What one thread may keep: its own cap, within the shared one.
+  size_t ThreadCacheCap() const;
 
   BlockSource* const upstream_;
   mutable std::mutex mu_;
   Node* buckets_[kBuckets] = {};
-  size_t max_cached_bytes_;
+  // Written under mu_; read without it where thread caches check their cap.
+  std::atomic<size_t> max_cached_bytes_;
   const size_t thread_cache_bytes_;
   Stats stats_;
 };

@@ -16,6 +16,7 @@ namespace mcx {
 namespace {
 
 using testing::CountingBlockSource;
+using testing::ExactBlockSource;
 
 // One request as a server would run it: a context under a long-lived parent,
 // small allocations, now and then a large one, then destroy.
@@ -197,6 +198,127 @@ TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
   ctx->Destroy();
   CachingBlockSource::Stats s = DefaultBlockCache()->GetStats();
   EXPECT_GE(s.kept, 1u);
+}
+
+// Two caching sources stacked, both with thread caches, both outliving the
+// thread: at its exit the upper cache spills beyond its cap into the lower
+// one, whose thread cache was flushed a moment before; those blocks must
+// reach the lower cache's shared lists, not a slot of the dying caches.
+TEST(CachingBlockSourceTest, StackedThreadCachesLoseNothingAtThreadExit) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource lower(&upstream, 64 << 20, 1 << 20);
+  CachingBlockSource upper(&lower, 64 * 1024, 64 * 1024);
+  std::thread t([&] {
+    lower.Release(lower.Acquire(8192, 16));  // the lower cache takes the first slot
+    std::vector<Block> blocks;
+    for (int i = 0; i < 16; ++i) blocks.push_back(upper.Acquire(8192, 16));
+    // Eight fill the upper thread cache, spill to its shared lists (its cap),
+    // and eight more fill it again: at exit they have nowhere but upstream.
+    for (Block b : blocks) upper.Release(b);
+    CachingBlockSource::Stats s = upper.GetStats();
+    EXPECT_EQ(s.thread_cached_bytes, 8u * 8192u);
+    EXPECT_EQ(s.cached_bytes, 16u * 8192u);
+  });
+  t.join();
+  // Every block is in one of the two caches' shared lists.
+  EXPECT_EQ(upper.GetStats().cached_bytes, 8u * 8192u);
+  EXPECT_EQ(upper.GetStats().cached_bytes + lower.GetStats().cached_bytes,
+            upstream.live_bytes());
+  upper.Trim();
+  lower.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// A context destroyed by a thread_local's destructor after the thread's
+// caches were flushed at its exit (thread_locals die in reverse order of
+// construction): its blocks go to the shared lists.
+struct LateHolder {
+  Context* ctx = nullptr;
+  ~LateHolder() {
+    if (ctx != nullptr) ctx->Destroy();
+  }
+};
+
+LateHolder& ThisThreadsLateHolder() {
+  static thread_local LateHolder holder;
+  return holder;
+}
+
+TEST(CachingBlockSourceTest, ContextDestroyedAfterTheThreadCachesUsesTheSharedLists) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, 64 << 20, 1 << 20);
+  std::thread t([&] {
+    LateHolder& holder = ThisThreadsLateHolder();  // constructed before the caches
+    ContextOptions o;
+    o.block_source = &cache;
+    for (int i = 0; i < 50; ++i) Context::Create(nullptr, "warm", PoolKind(), o)->Destroy();
+    holder.ctx = Context::Create(nullptr, "late", PoolKind(), o);
+    for (int i = 0; i < 40; ++i) holder.ctx->Alloc(5000);  // large: a block each
+    EXPECT_GT(holder.ctx->num_blocks(), 10u);
+  });
+  t.join();
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes()) << "every block is in the shared lists";
+  EXPECT_GT(s.cached_blocks, 10u);
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// A cap of 0 turns caching off, thread caches included; a higher cap turns
+// it on again. Every release is counted once, as kept or as returned.
+TEST(CachingBlockSourceTest, CapZeroTurnsCachingOff) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, 1 << 20, 256 * 1024);
+  cache.Release(cache.Acquire(8192, 16));
+  EXPECT_EQ(cache.GetStats().thread_cached_bytes, 8192u);
+  cache.SetMaxCachedBytes(0);
+  EXPECT_EQ(cache.max_cached_bytes(), 0u);
+  EXPECT_EQ(cache.GetStats().cached_bytes, 0u);
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  for (int i = 0; i < 10; ++i) cache.Release(cache.Acquire(8192, 16));
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.hits, 0u);
+  EXPECT_EQ(s.misses, 11u);
+  EXPECT_EQ(s.kept, 1u);
+  EXPECT_EQ(s.returned, 10u);
+  EXPECT_EQ(s.cached_bytes, 0u);
+  EXPECT_EQ(upstream.acquires(), 11);
+  EXPECT_EQ(upstream.live_blocks(), 0);
+
+  cache.SetMaxCachedBytes(1 << 20);
+  cache.Release(cache.Acquire(8192, 16));
+  cache.Release(cache.Acquire(8192, 16));
+  s = cache.GetStats();
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.kept, 3u);
+  EXPECT_EQ(s.cached_bytes, 8192u);
+  cache.Trim();
+  s = cache.GetStats();
+  EXPECT_EQ(s.kept + s.returned, 13u) << "a trim is not a release";
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Lowering the cap below what a thread cache holds sends the calling
+// thread's surplus upstream at once; what stays fits the new cap.
+TEST(CachingBlockSourceTest, LowerCapShrinksTheCallingThreadsCache) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, 1 << 20, 256 * 1024);
+  std::vector<Block> blocks;
+  for (int i = 0; i < 8; ++i) blocks.push_back(cache.Acquire(8192, 16));
+  for (Block b : blocks) cache.Release(b);
+  EXPECT_EQ(cache.GetStats().thread_cached_bytes, 8u * 8192u);
+  cache.SetMaxCachedBytes(3 * 8192);
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_LE(s.cached_bytes, 3u * 8192u);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
 }  // namespace
