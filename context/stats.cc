@@ -60,10 +60,50 @@ ContextCounters GetSubtreeCounters(const Context* top) {
 
 namespace {
 
+// Names are C strings that nobody checked: the length of the well-formed
+// UTF-8 sequence (RFC 3629: no overlong forms, no surrogates, nothing above
+// U+10FFFF) that starts at `p`, or 0 if none does.
+size_t Utf8SequenceLength(const unsigned char* p) {
+  const unsigned char c = p[0];
+  if (c < 0x80) return 1;
+  auto cont = [](unsigned char b) { return (b & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) return cont(p[1]) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    const unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    return p[1] >= lo && p[1] <= hi && cont(p[2]) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    return p[1] >= lo && p[1] <= hi && cont(p[2]) && cont(p[3]) ? 4 : 0;
+  }
+  return 0;
+}
+
+// U+FFFD REPLACEMENT CHARACTER, for each byte that starts no well-formed
+// sequence: JSON and Graphviz both require UTF-8.
+constexpr char kReplacementCharacter[] = "\xEF\xBF\xBD";
+
+// Appends the non-ASCII sequence at `*p` (valid, or replaced) and advances.
+void AppendNonAscii(const char*& p, std::string* out) {
+  const size_t n = Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
+  if (n == 0) {
+    out->append(kReplacementCharacter);
+    ++p;
+    return;
+  }
+  out->append(p, n);
+  p += n;
+}
+
 std::string JsonString(const char* s) {
   std::string out = "\"";
   for (const char* p = s; *p != '\0'; ++p) {
     unsigned char ch = static_cast<unsigned char>(*p);
+    if (ch >= 0x80) {
+      AppendNonAscii(p, &out);
+      --p;  // the loop steps over the last byte taken
+      continue;
+    }
     switch (ch) {
       case '"':
         out += "\\\"";
@@ -205,10 +245,19 @@ std::string JsonReport(const Context* root, const ReportOptions& options) {
 // every bar in the graph can be drawn to one scale; the second prints.
 
 // Text inside an HTML-like label: XML's specials escaped; control
-// characters, which XML does not allow, become '?'.
-std::string HtmlText(const std::string& s) {
+// characters, which XML does not allow, become '?'; bytes that are not
+// UTF-8 become U+FFFD. Graphviz rejects an empty <B></B>, so an empty name
+// is shown as "".
+std::string HtmlText(const char* s) {
+  if (*s == '\0') return "&quot;&quot;";
   std::string out;
-  for (char ch : s) {
+  for (const char* p = s; *p != '\0'; ++p) {
+    const char ch = *p;
+    if (static_cast<unsigned char>(ch) >= 0x80) {
+      AppendNonAscii(p, &out);
+      --p;  // the loop steps over the last byte taken
+      continue;
+    }
     switch (ch) {
       case '&':
         out += "&amp;";

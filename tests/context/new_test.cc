@@ -5,6 +5,7 @@
 #include <regex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -167,6 +168,30 @@ TEST(StatsReportTest, JsonReportIsBalancedAndComplete) {
   EXPECT_NE(json.find("\"more_children\": {\"contexts\": 1"), std::string::npos) << json;
   EXPECT_NE(json.find("\"grand_total\": {\"contexts\": 3"), std::string::npos) << json;
   top->Destroy();
+}
+
+// JSON is UTF-8: a name's bytes that start no well-formed sequence (Latin-1,
+// overlong forms, surrogates, a cut sequence) become U+FFFD; valid UTF-8 and
+// the escapes pass as they are.
+TEST(StatsReportTest, JsonNamesAreUtf8) {
+  const std::string kFffd = "\xEF\xBF\xBD";
+  const std::pair<const char*, std::string> cases[] = {
+      {"caf\xC3\xA9 \xF0\x9F\x98\x80", "caf\xC3\xA9 \xF0\x9F\x98\x80"},
+      {"caf\xE9", "caf" + kFffd},
+      {"\xC0\xAF", kFffd + kFffd},                 // overlong '/'
+      {"\xED\xA0\x80", kFffd + kFffd + kFffd},     // a surrogate
+      {"\xF4\x90\x80\x80", kFffd + kFffd + kFffd + kFffd},  // above U+10FFFF
+      {"end\xE2\x82", "end" + kFffd + kFffd},       // cut short
+      {"tab\there", "tab\\there"},
+  };
+  ReportOptions o;
+  o.format = ReportFormat::kJson;
+  for (const auto& [name, want] : cases) {
+    Context* top = CreatePoolContext(nullptr, name);
+    std::string json = StatsReport(top, o);
+    EXPECT_NE(json.find("{\"name\": \"" + want + "\", "), std::string::npos) << json;
+    top->Destroy();
+  }
 }
 
 }  // namespace

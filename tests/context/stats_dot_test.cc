@@ -209,6 +209,20 @@ TEST(StatsDotTest, NamesAreEscaped) {
   top->Destroy();
 }
 
+// Graphviz needs UTF-8 and rejects an empty <B></B>: an empty name shows as
+// "", and a byte that starts no UTF-8 sequence as U+FFFD.
+TEST(StatsDotTest, EmptyAndNonUtf8NamesStayValid) {
+  Context* top = Context::Create(nullptr, "", PoolKind());
+  top->CreateChild("caf\xE9", PoolKind());            // Latin-1
+  top->CreateChild("caf\xC3\xA9 \xE2\x82\xAC", PoolKind());  // UTF-8: kept
+  std::string dot = Dot(top);
+  EXPECT_NE(NodeLine(dot, "ctx0").find("<B>&quot;&quot;</B>"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("<B>caf\xEF\xBF\xBD</B>"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("<B>caf\xC3\xA9 \xE2\x82\xAC</B>"), std::string::npos) << dot;
+  ExpectDotAccepts(dot);
+  top->Destroy();
+}
+
 // The widths of a bar's cells.
 std::vector<int> Widths(const std::string& bar) {
   std::vector<int> out;
