@@ -64,6 +64,7 @@ R NoThrow(F f, R fallback) {
 extern "C" {
 
 void mcx_options_init(mcx_options* o) {
+  if (o == nullptr) return;
   mcx::PoolOptions pool;
   mcx::FreelistOptions freelist;
   o->initial_block_size = pool.initial_block_size;
@@ -105,6 +106,7 @@ void mcx_destroy(mcx_context* ctx) {
 }
 
 void mcx_reset(mcx_context* ctx, mcx_reset_mode mode, size_t keep_bytes) {
+  if (ctx == nullptr) return;
   mcx::ResetOptions o;
   switch (mode) {
     case MCX_RESET_KEEP_BYTES:
@@ -119,39 +121,51 @@ void mcx_reset(mcx_context* ctx, mcx_reset_mode mode, size_t keep_bytes) {
   Cxx(ctx)->Reset(o);
 }
 
-void mcx_destroy_children(mcx_context* ctx) { Cxx(ctx)->DestroyChildren(); }
+void mcx_destroy_children(mcx_context* ctx) {
+  if (ctx != nullptr) Cxx(ctx)->DestroyChildren();
+}
 
 mcx_failure mcx_set_parent(mcx_context* ctx, mcx_context* new_parent) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
   if (Cxx(ctx)->SetParent(Cxx(new_parent)).ok()) return MCX_OK;
   return ToC(Cxx(ctx)->last_failure());
 }
 
-mcx_context* mcx_parent(const mcx_context* ctx) { return C(Cxx(ctx)->parent()); }
-const char* mcx_name(const mcx_context* ctx) { return Cxx(ctx)->name(); }
+mcx_context* mcx_parent(const mcx_context* ctx) {
+  return ctx != nullptr ? C(Cxx(ctx)->parent()) : nullptr;
+}
+
+const char* mcx_name(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->name() : nullptr; }
 
 void* mcx_alloc(mcx_context* ctx, size_t size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->Alloc(size); }, static_cast<void*>(nullptr));
 }
 
 void* mcx_alloc_zero(mcx_context* ctx, size_t size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->AllocZero(size); }, static_cast<void*>(nullptr));
 }
 
 void* mcx_calloc(mcx_context* ctx, size_t count, size_t size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->AllocZeroArray(count, size); },
                  static_cast<void*>(nullptr));
 }
 
 void* mcx_alloc_aligned(mcx_context* ctx, size_t size, size_t alignment) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->AllocAligned(size, alignment); },
                  static_cast<void*>(nullptr));
 }
 
 void* mcx_alloc_bytes(mcx_context* ctx, size_t size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->AllocBytes(size); }, static_cast<void*>(nullptr));
 }
 
 char* mcx_strdup(mcx_context* ctx, const char* s) {
+  if (ctx == nullptr) return nullptr;
   if (s == nullptr) {
     Cxx(ctx)->SetFailure(mcx::Failure::kBadArgument);
     return nullptr;
@@ -160,17 +174,23 @@ char* mcx_strdup(mcx_context* ctx, const char* s) {
 }
 
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->Realloc(p, new_size); }, static_cast<void*>(nullptr));
 }
 
 void* mcx_realloc_sized(mcx_context* ctx, void* p, size_t old_size, size_t new_size) {
+  if (ctx == nullptr) return nullptr;
   return NoThrow([&] { return Cxx(ctx)->Realloc(p, old_size, new_size); },
                  static_cast<void*>(nullptr));
 }
 
-void mcx_free(mcx_context* ctx, void* p) { Cxx(ctx)->Free(p); }
+void mcx_free(mcx_context* ctx, void* p) {
+  if (ctx != nullptr) Cxx(ctx)->Free(p);
+}
 
-size_t mcx_chunk_size(const mcx_context* ctx, const void* p) { return Cxx(ctx)->ChunkSize(p); }
+size_t mcx_chunk_size(const mcx_context* ctx, const void* p) {
+  return ctx != nullptr ? Cxx(ctx)->ChunkSize(p) : mcx::kUnknownSize;
+}
 
 void mcx_free_chunk(void* p) { mcx::Free(p); }
 
@@ -182,13 +202,15 @@ mcx_context* mcx_chunk_context(const void* p) { return C(mcx::GetChunkContext(p)
 size_t mcx_chunk_size_of(const void* p) { return mcx::GetChunkSize(p); }
 
 mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
   if (Cxx(ctx)->SetLimit(bytes).ok()) return MCX_OK;
   return ToC(Cxx(ctx)->last_failure());
 }
 
-size_t mcx_limit(const mcx_context* ctx) { return Cxx(ctx)->limit(); }
+size_t mcx_limit(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->limit() : MCX_NO_LIMIT; }
 
 void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg) {
+  if (ctx == nullptr) return;
   if (handler == nullptr) {
     Cxx(ctx)->SetFailureHandler(nullptr, nullptr);
     return;
@@ -196,7 +218,9 @@ void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void
   Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
 }
 
-mcx_failure mcx_last_failure(const mcx_context* ctx) { return ToC(Cxx(ctx)->last_failure()); }
+mcx_failure mcx_last_failure(const mcx_context* ctx) {
+  return ctx != nullptr ? ToC(Cxx(ctx)->last_failure()) : MCX_BAD_ARGUMENT;
+}
 
 const char* mcx_failure_name(mcx_failure failure) {
   return mcx::FailureName(static_cast<mcx::Failure>(failure));
@@ -204,6 +228,7 @@ const char* mcx_failure_name(mcx_failure failure) {
 
 mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
                              int before_children) {
+  if (ctx == nullptr) return nullptr;
   mcx::CleanupPhase phase =
       before_children ? mcx::CleanupPhase::kBeforeChildren : mcx::CleanupPhase::kAfterChildren;
   mcx::CleanupHandle h = Cxx(ctx)->TryAddCleanup(fn, arg, phase);
@@ -211,15 +236,19 @@ mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
 }
 
 int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+  if (ctx == nullptr) return 0;
   return Cxx(ctx)->RemoveCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
 }
 
 int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+  if (ctx == nullptr) return 0;
   return Cxx(ctx)->RunCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
 }
 
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {
-  mcx::ContextCounters c = subtree ? mcx::GetSubtreeCounters(Cxx(ctx)) : mcx::GetCounters(Cxx(ctx));
+  if (out == nullptr) return;
+  mcx::ContextCounters c;  // a NULL context: all zero
+  if (ctx != nullptr) c = subtree ? mcx::GetSubtreeCounters(Cxx(ctx)) : mcx::GetCounters(Cxx(ctx));
   out->total_bytes = c.total_bytes;
   out->blocks = c.blocks;
   out->free_bytes = c.free_bytes;
@@ -229,6 +258,7 @@ void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {
 }
 
 int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json) {
+  if (ctx == nullptr || out == nullptr) return -1;
   mcx::ReportOptions o;
   o.max_depth = max_depth;
   o.max_children = max_children;
@@ -250,6 +280,7 @@ static_assert(MCX_FAILURE_DUMP_INHERIT == mcx::kFailureDumpInherit &&
               "the C values mirror dump.h");
 
 void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children) {
+  if (ctx == nullptr) return;
   mcx::FailureDumpOptions o;
   o.fd = fd;
   o.max_depth = max_depth;

@@ -9,6 +9,12 @@
  * context's failure handler, if one is set on it or an ancestor, and then
  * return NULL; `mcx_last_failure` says why.
  *
+ * A NULL context (say, from an mcx_create that failed) or a NULL pointer
+ * where an object is expected is a failure, not a crash: functions return
+ * NULL, MCX_BAD_ARGUMENT, -1, 0 or (size_t)-1 (mcx_chunk_size), and those
+ * that return nothing do nothing. mcx_get_counters on a NULL context gives
+ * zeros; mcx_limit gives MCX_NO_LIMIT.
+ *
  * Example:
  *
  *   mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);

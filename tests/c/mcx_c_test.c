@@ -1,5 +1,6 @@
 /* The C API from C: every entry point, error returns instead of exceptions,
- * cleanups in order, limits, the failure handler, reports and dumps. Exits
+ * cleanups in order, limits, the failure handler, reports and dumps, NULL
+ * arguments. Exits
  * nonzero if any check fails. */
 
 /* fileno: the dumps write to file descriptors. */
@@ -213,11 +214,59 @@ static void TestDumps(void) {
   mcx_destroy(root);
 }
 
+/* A NULL context (a failed mcx_create) and NULL out-pointers: failure
+ * values, no crash. */
+static void TestNullArguments(void) {
+  static const char tag = 'n';
+  mcx_counters c;
+  mcx_options_init(NULL);
+  CHECK(mcx_alloc(NULL, 16) == NULL);
+  CHECK(mcx_alloc_zero(NULL, 16) == NULL);
+  CHECK(mcx_calloc(NULL, 2, 8) == NULL);
+  CHECK(mcx_alloc_aligned(NULL, 16, 64) == NULL);
+  CHECK(mcx_alloc_bytes(NULL, 3) == NULL);
+  CHECK(mcx_strdup(NULL, "x") == NULL);
+  CHECK(mcx_realloc(NULL, NULL, 8) == NULL);
+  CHECK(mcx_realloc_sized(NULL, NULL, 0, 8) == NULL);
+  mcx_free(NULL, NULL);
+  CHECK(mcx_chunk_size(NULL, NULL) == (size_t)-1);
+  mcx_reset(NULL, MCX_RESET_RELEASE_ALL, 0);
+  mcx_destroy_children(NULL);
+  mcx_destroy(NULL);
+  CHECK(mcx_set_parent(NULL, NULL) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_parent(NULL) == NULL);
+  CHECK(mcx_name(NULL) == NULL);
+  CHECK(mcx_set_limit(NULL, 100) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_limit(NULL) == MCX_NO_LIMIT);
+  mcx_set_failure_handler(NULL, Handler, NULL);
+  CHECK(mcx_last_failure(NULL) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_add_cleanup(NULL, Record, (void*)&tag, 0) == NULL);
+  CHECK(mcx_remove_cleanup(NULL, NULL) == 0);
+  CHECK(mcx_run_cleanup(NULL, NULL) == 0);
+  memset(&c, 0xFF, sizeof(c));
+  mcx_get_counters(NULL, 1, &c);
+  CHECK(c.total_bytes == 0 && c.blocks == 0 && c.contexts == 0);
+  CHECK(mcx_report(NULL, stderr, 1, 1, 0) == -1);
+  CHECK(mcx_dump_stats(NULL, 2, 1, 1) == -1);
+  mcx_set_failure_dump(NULL, 2, 1, 1);
+  {
+    /* A live context with NULL out-pointers. */
+    mcx_context* ctx = mcx_create(NULL, "nulls", MCX_KIND_FREELIST, NULL);
+    mcx_get_counters(ctx, 0, NULL);
+    CHECK(mcx_report(ctx, NULL, 1, 1, 0) == -1);
+    CHECK(mcx_strdup(ctx, NULL) == NULL);
+    CHECK(mcx_last_failure(ctx) == MCX_BAD_ARGUMENT);
+    CHECK(mcx_alloc(ctx, 16) != NULL);
+    mcx_destroy(ctx);
+  }
+}
+
 int main(void) {
   TestLifecycleAndAllocation();
   TestCleanupOrderAndHandles();
   TestLimitsHandlerAndReports();
   TestDumps();
+  TestNullArguments();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
