@@ -7,9 +7,10 @@
 // destroy, and each page faulted back in costs about 2 microseconds).
 //
 // Contract:
-//   - Released blocks are kept, grouped by size, while the bytes kept stay
-//     within `max_cached_bytes` (APR's `max_free`); beyond that they go back
-//     to the upstream source at once.
+//   - Released blocks are kept in shared lists, grouped by size, while the
+//     bytes there stay within `max_cached_bytes` (APR's `max_free`); beyond
+//     that they go back to the upstream source at once. Thread caches (below)
+//     hold their blocks in addition, each within its own cap.
 //   - `Acquire(n, alignment)` reuses a kept block whose size is at least `n`
 //     and at most `n` plus a quarter (so a small request does not pin a huge
 //     block) and whose address has the alignment; else it asks upstream.

@@ -4,10 +4,13 @@
 #include "mcx/context/context.h"
 
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <string>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/chunk.h"
@@ -53,6 +56,42 @@ void PrefetchHeader(const Context* ctx) {
   constexpr size_t kCacheLine = 64;
   const char* p = reinterpret_cast<const char*>(ctx);
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
+}
+
+// A source that hands back less than asked, or misaligned, has broken its
+// contract: the block goes back and the call fails as out of memory, rather
+// than letting a kind write past the block's end.
+Block AcquireFrom(BlockSource* source, size_t min_size, size_t alignment) {
+  Block b = source->Acquire(min_size, alignment);
+  if (ABSL_PREDICT_FALSE(b.ptr != nullptr &&
+                         (b.size < min_size ||
+                          (reinterpret_cast<uintptr_t>(b.ptr) & (alignment - 1)) != 0))) {
+    source->Release(b);
+    return Block{};
+  }
+  return b;
+}
+
+// The exception for a failure of a throwing call. The message is made by
+// the caller before the failure handler runs: a handler may reset or destroy
+// the context that failed.
+[[noreturn]] void ThrowFor(Failure failure, const std::string& message) {
+  switch (failure) {
+    case Failure::kBadSize:
+      throw std::bad_array_new_length();
+    case Failure::kBadAlignment:
+    case Failure::kUnsupported:
+    case Failure::kBadArgument:
+    case Failure::kCycle:
+      throw std::invalid_argument(message);
+    default:
+      throw std::bad_alloc();
+  }
+}
+
+bool ThrowsInvalidArgument(Failure failure) {
+  return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
+         failure == Failure::kBadArgument || failure == Failure::kCycle;
 }
 
 constexpr size_t RoundUp(size_t n, size_t alignment) {
@@ -124,8 +163,8 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   auto fail = [&](Failure failure, size_t size) -> Context* {
     if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
     if (flags & kNoThrow) return nullptr;
-    if (failure == Failure::kBadArgument) throw std::invalid_argument(FailureName(failure));
-    throw std::bad_alloc();
+    ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
+                                      name != nullptr ? name : "(null)"));
   };
   const KindMethods* methods = kind.methods();
   if (name == nullptr || methods == nullptr) return fail(Failure::kBadArgument, 0);
@@ -147,7 +186,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   BlockSource* source = options.block_source;
   if (source == nullptr) source = parent ? parent->source_ : DefaultBlockSource();
   if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
-  Block block = source->Acquire(want, alignment);
+  Block block = AcquireFrom(source, want, alignment);
   if (block.ptr == nullptr) {
     if (parent != nullptr) parent->UnchargeLimits(want);
     return fail(Failure::kOutOfMemory, want);
@@ -522,7 +561,7 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
     last_failure_ = Failure::kLimit;
     return nullptr;
   }
-  Block block = source_->Acquire(min_size, alignment);
+  Block block = AcquireFrom(source_, min_size, alignment);
   if (block.ptr == nullptr) {
     UnchargeLimits(min_size);
     if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
@@ -572,7 +611,7 @@ bool Context::FillReserve(size_t blocks, size_t block_size) {
       last_failure_ = Failure::kLimit;
       return false;
     }
-    Block b = source_->Acquire(block_size, kMinBlockAlignment);
+    Block b = AcquireFrom(source_, block_size, kMinBlockAlignment);
     if (b.ptr == nullptr) {
       UnchargeLimits(block_size);
       last_failure_ = Failure::kOutOfMemory;
@@ -780,6 +819,13 @@ void* Context::Fail(Failure failure, size_t size, unsigned flags) {
   if (failure == Failure::kOutOfMemory || failure == Failure::kLimit) {
     internal::DumpOnFailure(this, failure, size);
   }
+  // Nothing of this context is read after the handler: it may have reset
+  // or destroyed an ancestor, and this context with it. (Memory failures
+  // build no message: their path allocates nothing up to the handler.)
+  std::string message;
+  if (ThrowsInvalidArgument(failure)) {
+    message = absl::StrFormat("mcx: %s in context '%s'", FailureName(failure), name_);
+  }
   for (Context* c = this; c != nullptr; c = c->parent_) {
     if (c->failure_handler_ != nullptr) {
       FailureInfo info{this, name_, failure, size, c->failure_handler_arg_};
@@ -787,18 +833,7 @@ void* Context::Fail(Failure failure, size_t size, unsigned flags) {
       break;
     }
   }
-  switch (failure) {
-    case Failure::kBadSize:
-      throw std::bad_array_new_length();
-    case Failure::kBadAlignment:
-    case Failure::kUnsupported:
-    case Failure::kBadArgument:
-    case Failure::kCycle:
-      throw std::invalid_argument(absl::StrFormat("mcx: %s in context '%s'",
-                                                  FailureName(failure), name_));
-    default:
-      throw std::bad_alloc();
-  }
+  ThrowFor(failure, message);
 }
 
 // --- Cleanups ----------------------------------------------------------------
@@ -966,7 +1001,8 @@ void* Context::DirectAlloc(size_t size, size_t alignment) {
     last_failure_ = Failure::kLimit;
     return nullptr;
   }
-  Block b = source_->Acquire(want, alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment);
+  Block b = AcquireFrom(source_, want,
+                        alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment);
   if (b.ptr == nullptr) {
     UnchargeLimits(want);
     last_failure_ = Failure::kOutOfMemory;

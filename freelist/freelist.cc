@@ -626,6 +626,8 @@ const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSiz
 
 size_t FirstBlockSize(const void* options, size_t header_bytes) {
   const auto* o = static_cast<const FreelistOptions*>(options);
+  // Refused before any block is acquired (0: kBadSize), not after.
+  if (o->initial_block_size > kMaxFreelistBlockSize) return 0;
   size_t min = header_bytes + sizeof(BlockHeader) + kHeaderBytes + kMinFirstBlockSpace;
   return o->initial_block_size < min ? min : o->initial_block_size;
 }

@@ -41,7 +41,8 @@
 namespace mcx {
 
 struct FreelistOptions {
-  // Bytes of the first block, context header included.
+  // Bytes of the first block, context header included (at most
+  // kMaxFreelistBlockSize; larger is refused with kBadSize).
   size_t initial_block_size = 8 * 1024;
   // Later blocks double up to this (at most kMaxFreelistBlockSize).
   size_t max_block_size = 8 * 1024 * 1024;

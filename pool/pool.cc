@@ -346,7 +346,8 @@ constexpr size_t kMaxPoolBlockSize = size_t{1} << 40;
 
 size_t FirstBlockSize(const void* options, size_t header_bytes) {
   const auto* o = static_cast<const PoolOptions*>(options);
-  if (o->initial_block_size > kMaxPoolBlockSize) return 0;
+  // Refused before any block is acquired (0: kBadSize), not after.
+  if (o->initial_block_size > kMaxPoolBlockSize || o->max_small > kMaxAllocSize) return 0;
   size_t size = o->initial_block_size;
   if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
   return o->rewind_on_free ? RoundUpPow2(size) : size;
@@ -483,9 +484,17 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
       ctx->SetFailure(Failure::kBadArgument);
       return nullptr;
     }
-    if (old_size > h.requested) old_size = h.requested;
+    if (old_size > h.requested) {
+      internal::ReportMisuse("realloc of chunk %p in pool '%s' with old size %zu, but it holds %zu "
+                             "bytes",
+                             p, ctx->name(), old_size, h.requested);
+      old_size = h.requested;  // if the handler returns: copy only what is there
+    }
   } else if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
-    if (c + old_size == cur->last && c >= cur->start && new_size <= static_cast<size_t>(cur->end - c)) {
+    // Compared as distances, not as c + old_size: a wrong old_size must not
+    // wrap the pointer.
+    if (c >= cur->start && c <= cur->last && static_cast<size_t>(cur->last - c) == old_size &&
+        new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
       if (new_size > old_size) UnpoisonMemoryRegion(c, new_size);
       else PoisonMemoryRegion(c + new_size, old_size - new_size);

@@ -15,8 +15,13 @@
 //     releases their block at once; emptied list nodes are reused.
 //   - `Realloc(p, old_size, new_size)` grows in place when p is the last
 //     chunk bumped (in the block of the latest small allocation), shrinks any
-//     small chunk in place, and copies otherwise. The unsized
-//     `Realloc(p, n)` works for large chunks only (kUnsupported otherwise).
+//     small chunk in place, and copies otherwise. `old_size` must be the
+//     size the chunk was allocated or last resized with (checking builds
+//     report a larger one). The unsized `Realloc(p, n)` works for large
+//     chunks only (kUnsupported otherwise). A chunk that moves gets the
+//     default alignment: the pool records no per-chunk alignment, so a
+//     chunk from `AllocAligned` that must keep a larger one is allocated
+//     anew and copied by the caller (the freelist kind keeps it).
 //   - `mcx::Free(p)` without a context does not work on pool chunks: they
 //     have no header. Name the context.
 //

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -298,6 +299,113 @@ TEST_F(ContextTest, InvalidKindOptionsAreRefused) {
   EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
   EXPECT_EQ(source_.live_blocks(), 1);
   root->Destroy();
+}
+
+// Options that no first block can satisfy are refused before any block is
+// acquired: a huge initial block is never asked for.
+TEST_F(ContextTest, OversizedOptionsAreRefusedBeforeAnyAcquisition) {
+  Context* root = Root();
+  const int64_t acquires = source_.acquires();
+  FreelistOptions fo;
+  fo.initial_block_size = kMaxFreelistBlockSize + 1;
+  EXPECT_EQ(Context::TryCreate(root, "f", FreelistKind(fo)), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadSize);
+  fo.initial_block_size = SIZE_MAX;
+  EXPECT_EQ(Context::TryCreate(root, "f", FreelistKind(fo)), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadSize);
+  PoolOptions po;
+  po.max_small = kMaxAllocSize + 1;
+  EXPECT_EQ(Context::TryCreate(root, "p", PoolKind(po)), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadSize);
+  EXPECT_EQ(source_.acquires(), acquires);
+  EXPECT_EQ(root->first_child(), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A root's creation throws what a child's would: an overflowing size is
+// std::bad_array_new_length, a bad argument std::invalid_argument.
+TEST(ContextRootTest, RootCreationThrowsByFailure) {
+  PoolOptions po;
+  po.initial_block_size = (size_t{1} << 40) + 1;
+  EXPECT_THROW(Context::Create(nullptr, "big", PoolKind(po)), std::bad_array_new_length);
+  Context* parent = Context::Create(nullptr, "parent", PoolKind());
+  EXPECT_THROW(parent->CreateChild("big", PoolKind(po)), std::bad_array_new_length);
+  parent->Destroy();
+  EXPECT_THROW(Context::Create(nullptr, nullptr, PoolKind()), std::invalid_argument);
+}
+
+// A block source that gives less than it was asked for (or misaligned) has
+// broken its contract: the block goes back, and the call fails as out of
+// memory instead of the kind writing past the block.
+class ShortBlockSource final : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override {
+    ++acquires;
+    if (short_from > 0 && --short_from == 0) {
+      ++shorted;
+      Block b = upstream.Acquire(min_size, alignment);
+      real_size[b.ptr] = b.size;
+      b.size = min_size / 2;  // a lie about what it gives
+      return b;
+    }
+    return upstream.Acquire(min_size, alignment);
+  }
+  void Release(Block block) override {
+    auto it = real_size.find(block.ptr);
+    if (it != real_size.end()) {
+      block.size = it->second;
+      real_size.erase(it);
+    }
+    upstream.Release(block);
+  }
+  CountingBlockSource upstream;
+  std::map<void*, size_t> real_size;  // of the short blocks handed out
+  int acquires = 0;
+  int short_from = 0;  // the Nth acquisition from now is short
+  int shorted = 0;
+};
+
+TEST(ContextShortBlockTest, ShortBlocksAreRefusedAndReturned) {
+  ShortBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  source.short_from = 1;  // the first block of a root
+  EXPECT_EQ(Context::TryCreate(nullptr, "root", PoolKind(), o), nullptr);
+  EXPECT_EQ(source.shorted, 1);
+  EXPECT_EQ(source.upstream.live_blocks(), 0);
+
+  Context* root = Context::Create(nullptr, "root", PoolKind(), o);
+  source.short_from = 1;  // a child's first block
+  EXPECT_EQ(Context::TryCreate(root, "child", FreelistKind()), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kOutOfMemory);
+  EXPECT_EQ(root->SubtreeBytes(), root->bytes_in_blocks());
+  source.short_from = 1;  // a large chunk's block
+  EXPECT_EQ(root->TryAlloc(100000), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kOutOfMemory);
+  EXPECT_EQ(source.shorted, 3);
+  EXPECT_EQ(source.upstream.live_blocks(), 1);
+  std::string error;
+  EXPECT_TRUE(root->Check(&error)) << error;
+  void* p = root->Alloc(100000);  // the source behaves again
+  std::memset(p, 1, 100000);
+  root->Destroy();
+  EXPECT_EQ(source.upstream.live_blocks(), 0);
+  EXPECT_EQ(source.upstream.bad_releases(), 0);
+}
+
+// A failure handler may reset an ancestor of the failing context, which
+// destroys it, and return: the call still throws, and reads nothing of the
+// context that is gone.
+TEST(ContextHandlerTest, HandlerThatResetsTheParentThenReturns) {
+  Context* parent = Context::Create(nullptr, "parent", PoolKind());
+  Context* child = parent->CreateChild("child", FreelistKind());
+  parent->SetFailureHandler([](const FailureInfo& info) { info.context->parent()->Reset(); });
+  EXPECT_THROW(child->AllocAligned(64, 3), std::invalid_argument);
+  EXPECT_EQ(parent->first_child(), nullptr);
+  std::string error;
+  EXPECT_TRUE(parent->Check(&error)) << error;
+  parent->Destroy();
 }
 
 // Removing a callable cleanup destroys the callable unrun.

@@ -149,6 +149,22 @@ TEST_F(MisuseHandlerTest, FreeThroughTheWrongContext) {
   b->Destroy();
 }
 
+// A sized realloc of a pool chunk that claims more old bytes than the chunk
+// holds: checking builds report it and copy only what is there.
+TEST_F(MisuseHandlerTest, PoolReallocWithTooLargeOldSize) {
+  if (!internal::kChecking) GTEST_SKIP() << "checked in checking builds only";
+  Context* ctx = CreatePoolContext(nullptr, "pool");
+  char* p = static_cast<char*>(ctx->Alloc(16));
+  std::memset(p, 0x44, 16);
+  char* q = static_cast<char*>(ctx->Realloc(p, 1000, 2000));
+  EXPECT_NE(TakeOne().find("with old size 1000, but it holds 16 bytes"), std::string::npos);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q[15], 0x44);
+  ExpectConsistent(ctx);
+  EXPECT_TRUE(seen_.empty());
+  ctx->Destroy();
+}
+
 // A cleanup that destroys an ancestor of the context being torn down is
 // refused; the teardown it interrupted goes on and finishes in order.
 TEST_F(MisuseHandlerTest, DestroyOfAnAncestorFromACleanupIsRefused) {
