@@ -335,8 +335,8 @@ TEST(ContextRootTest, RootCreationThrowsByFailure) {
   EXPECT_THROW(Context::Create(nullptr, nullptr, PoolKind()), std::invalid_argument);
 }
 
-// A block source that gives less than it was asked for (or misaligned) has
-// broken its contract: the block goes back, and the call fails as out of
+// A block source that gives less than it was asked for has broken its
+// contract: the block goes back, and the call fails as out of
 // memory instead of the kind writing past the block.
 class ShortBlockSource final : public BlockSource {
  public:
