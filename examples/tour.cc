@@ -17,13 +17,15 @@
 //
 // Run: bazel run //examples:tour [-- --dot DIR]
 // With --dot DIR it also writes the tree at each key moment as a Graphviz
-// file (StatsReport's DOT output with blocks), DIR/<step>-<moment>.dot;
+// file (StatsReport's DOT output with blocks), DIR/step<N>-<moment>.dot
+// (DIR is created if missing);
 // docs/pictures/render.sh turns them into SVG.
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <new>
 #include <string>
@@ -146,7 +148,8 @@ void Snapshot(const mcx::Context* root, const char* moment) {
   std::string path = Format("%s/step%d-%s.dot", dot_dir, step, moment);
   std::ofstream out(path);
   out << mcx::StatsReport(root, o);
-  CLAIM(out.good(), "could write " + path);
+  out.close();
+  CLAIM(!out.fail(), "the drawing was written to " + path);
 }
 
 // --- Drawings ----------------------------------------------------------------
@@ -690,6 +693,15 @@ int main(int argc, char** argv) {
       dot_dir = argv[++i];
     } else {
       std::fprintf(stderr, "usage: %s [--dot DIR]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (dot_dir != nullptr) {  // made if missing, as `mkdir -p` would
+    std::error_code error;
+    std::filesystem::create_directories(dot_dir, error);
+    if (error) {
+      std::fprintf(stderr, "tour: cannot create directory %s: %s\n", dot_dir,
+                   error.message().c_str());
       return 2;
     }
   }
