@@ -196,7 +196,9 @@ class Context {
   CleanupHandle TryAddCleanup(
       CleanupFn fn, void* arg,
       CleanupPhase phase = CleanupPhase::kAfterChildren) noexcept;
-  // Any callable; it is moved into this context's memory.
+  // Any callable; it is moved into this context's memory. If registering
+  // fails, the callable is destroyed unrun and its storage freed as Free
+  // frees it (on the pool kind, a small chunk's space stays until the reset).
   template <typename F,
             typename = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&>>>
   CleanupHandle AddCleanup(F&& f,
