@@ -249,10 +249,10 @@ void CachingBlockSource::Release(Block block) {
   ThreadCache* tc = OwnThreadCache();
   // Within the shared cap as well: a cap of 0 turns the thread caches off.
   const size_t tc_cap = tc != nullptr ? ThreadCacheCap() : 0;
-  if (block.size <= tc_cap && tc->bytes + block.size > tc_cap) {
-    SpillThreadCache(tc);  // full: make room for this block and the next ones
-  }
-  if (block.size <= tc_cap && tc->bytes + block.size <= tc_cap) {
+  if (block.size <= tc_cap) {
+    if (tc->bytes + block.size > tc_cap) {
+      SpillThreadCache(tc);  // full: make room for this block and the next ones
+    }
     Node* n = static_cast<Node*>(block.ptr);
     internal::UnpoisonMemoryRegion(n, sizeof(Node));
     n->size = block.size;

@@ -74,21 +74,19 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block AcquireFrom(BlockSource* source, size_
   return b;
 }
 
+// Failures of arguments rather than of memory: std::invalid_argument.
+bool ThrowsInvalidArgument(Failure failure) {
+  return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
+         failure == Failure::kBadArgument || failure == Failure::kCycle;
+}
+
 // The exception for a failure of a throwing call. The message is made by
 // the caller before the failure handler runs: a handler may reset or destroy
 // the context that failed.
 [[noreturn]] void ThrowFor(Failure failure, const std::string& message) {
-  switch (failure) {
-    case Failure::kBadSize:
-      throw std::bad_array_new_length();
-    case Failure::kBadAlignment:
-    case Failure::kUnsupported:
-    case Failure::kBadArgument:
-    case Failure::kCycle:
-      throw std::invalid_argument(message);
-    default:
-      throw std::bad_alloc();
-  }
+  if (failure == Failure::kBadSize) throw std::bad_array_new_length();
+  if (ThrowsInvalidArgument(failure)) throw std::invalid_argument(message);
+  throw std::bad_alloc();
 }
 
 // A root's failed creation, out of line: the message's formatting would
@@ -97,11 +95,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block AcquireFrom(BlockSource* source, size_
                                                                                const char* name) {
   ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
                                     name != nullptr ? name : "(null)"));
-}
-
-bool ThrowsInvalidArgument(Failure failure) {
-  return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
-         failure == Failure::kBadArgument || failure == Failure::kCycle;
 }
 
 constexpr size_t RoundUp(size_t n, size_t alignment) {

@@ -79,31 +79,27 @@ size_t Utf8SequenceLength(const unsigned char* p) {
   return 0;
 }
 
-// U+FFFD REPLACEMENT CHARACTER, for each byte that starts no well-formed
-// sequence: JSON and Graphviz both require UTF-8.
-constexpr char kReplacementCharacter[] = "\xEF\xBF\xBD";
-
-// Appends the non-ASCII sequence at `*p` (valid, or replaced) and advances.
-void AppendNonAscii(const char*& p, std::string* out) {
-  const size_t n = Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
-  if (n == 0) {
-    out->append(kReplacementCharacter);
-    ++p;
-    return;
+// The name as UTF-8, each byte that starts no well-formed sequence replaced
+// by U+FFFD (REPLACEMENT CHARACTER): JSON and Graphviz both require UTF-8.
+std::string ValidUtf8(const char* s) {
+  std::string out;
+  for (const char* p = s; *p != '\0';) {
+    const size_t n = Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";
+      ++p;
+    } else {
+      out.append(p, n);
+      p += n;
+    }
   }
-  out->append(p, n);
-  p += n;
+  return out;
 }
 
 std::string JsonString(const char* s) {
   std::string out = "\"";
-  for (const char* p = s; *p != '\0'; ++p) {
-    unsigned char ch = static_cast<unsigned char>(*p);
-    if (ch >= 0x80) {
-      AppendNonAscii(p, &out);
-      --p;  // the loop steps over the last byte taken
-      continue;
-    }
+  for (char byte : ValidUtf8(s)) {
+    unsigned char ch = static_cast<unsigned char>(byte);
     switch (ch) {
       case '"':
         out += "\\\"";
@@ -251,13 +247,7 @@ std::string JsonReport(const Context* root, const ReportOptions& options) {
 std::string HtmlText(const char* s) {
   if (*s == '\0') return "&quot;&quot;";
   std::string out;
-  for (const char* p = s; *p != '\0'; ++p) {
-    const char ch = *p;
-    if (static_cast<unsigned char>(ch) >= 0x80) {
-      AppendNonAscii(p, &out);
-      --p;  // the loop steps over the last byte taken
-      continue;
-    }
+  for (char ch : ValidUtf8(s)) {
     switch (ch) {
       case '&':
         out += "&amp;";

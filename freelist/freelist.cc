@@ -650,8 +650,8 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   st->free_ptr = first->carved_end = FirstChunk(first);
   st->free_end = block_end;
   PoisonMemoryRegion(st->free_ptr, static_cast<size_t>(block_end - st->free_ptr));
-  if (o->chunk_limit > kMaxSizeClassBytes || o->max_block_size > kMaxFreelistBlockSize ||
-      o->initial_block_size > kMaxFreelistBlockSize) {
+  // (FirstBlockSize has refused an oversized initial_block_size.)
+  if (o->chunk_limit > kMaxSizeClassBytes || o->max_block_size > kMaxFreelistBlockSize) {
     ctx->SetFailure(Failure::kBadArgument);
     return false;
   }

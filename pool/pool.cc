@@ -390,10 +390,6 @@ bool Init(Context* ctx, const void* options, char* space, char* block_end) {
   // Checking builds send every request through the kind, which adds headers
   // and sentinels; rewind mode must count every chunk.
   st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
-  if (o->max_small > kMaxAllocSize) {
-    ctx->SetFailure(Failure::kBadSize);
-    return false;
-  }
   Publish(ctx, st);
   return true;
 }
