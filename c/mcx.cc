@@ -195,6 +195,7 @@ size_t mcx_chunk_size(const mcx_context* ctx, const void* p) {
 void mcx_free_chunk(void* p) { mcx::Free(p); }
 
 void* mcx_realloc_chunk(void* p, size_t new_size) {
+  if (p == nullptr) return nullptr;  // mcx.h: a failure value, not misuse
   return NoThrow([&] { return mcx::Realloc(p, new_size); }, static_cast<void*>(nullptr));
 }
 
@@ -226,23 +227,30 @@ const char* mcx_failure_name(mcx_failure failure) {
   return mcx::FailureName(static_cast<mcx::Failure>(failure));
 }
 
-mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
-                             int before_children) {
-  if (ctx == nullptr) return nullptr;
+mcx_cleanup mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
+                            int before_children) {
+  mcx_cleanup none = MCX_NO_CLEANUP_INIT;
+  if (ctx == nullptr) return none;
   mcx::CleanupPhase phase =
       before_children ? mcx::CleanupPhase::kBeforeChildren : mcx::CleanupPhase::kAfterChildren;
   mcx::CleanupHandle h = Cxx(ctx)->TryAddCleanup(fn, arg, phase);
-  return static_cast<mcx_cleanup*>(h.ToOpaque());
+  return mcx_cleanup{h.record(), h.serial()};
 }
 
-int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+// A handle of another context is a failure value here, not misuse (mcx.h):
+// it is checked before the C++ call, which would report it.
+int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup cleanup) {
   if (ctx == nullptr) return 0;
-  return Cxx(ctx)->RemoveCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
+  mcx::CleanupHandle h = mcx::CleanupHandle::FromParts(cleanup.record, cleanup.serial);
+  if (!Cxx(ctx)->HoldsCleanup(h)) return 0;
+  return Cxx(ctx)->RemoveCleanup(h) ? 1 : 0;
 }
 
-int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup* cleanup) {
+int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup cleanup) {
   if (ctx == nullptr) return 0;
-  return Cxx(ctx)->RunCleanup(mcx::CleanupHandle::FromOpaque(cleanup)) ? 1 : 0;
+  mcx::CleanupHandle h = mcx::CleanupHandle::FromParts(cleanup.record, cleanup.serial);
+  if (!Cxx(ctx)->HoldsCleanup(h)) return 0;
+  return Cxx(ctx)->RunCleanup(h) ? 1 : 0;
 }
 
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {

@@ -37,7 +37,14 @@ extern "C" {
 #endif
 
 typedef struct mcx_context mcx_context;
-typedef struct mcx_cleanup mcx_cleanup;
+
+/* Names a registered cleanup (mcx_add_cleanup); copy it freely. All zero
+ * (MCX_NO_CLEANUP) means "none". Its fields are mcx's, not the caller's. */
+typedef struct mcx_cleanup {
+  void* record;
+  unsigned long long serial;
+} mcx_cleanup;
+#define MCX_NO_CLEANUP_INIT {NULL, 0}
 
 typedef enum mcx_kind { MCX_KIND_POOL = 0, MCX_KIND_FREELIST = 1 } mcx_kind;
 
@@ -112,7 +119,9 @@ void mcx_free(mcx_context* ctx, void* p);
 /* Usable size, or (size_t)-1 if the kind cannot tell. */
 size_t mcx_chunk_size(const mcx_context* ctx, const void* p);
 
-/* Without a context: freelist chunks only. */
+/* Without a context: freelist chunks only. mcx_realloc_chunk(NULL, n)
+ * returns NULL (with no context there is nowhere to allocate; use
+ * mcx_realloc(ctx, NULL, n)). */
 void mcx_free_chunk(void* p);
 void* mcx_realloc_chunk(void* p, size_t new_size);
 mcx_context* mcx_chunk_context(const void* p);
@@ -126,12 +135,18 @@ mcx_failure mcx_last_failure(const mcx_context* ctx);
 const char* mcx_failure_name(mcx_failure failure);
 
 /* Cleanups: `before_children` nonzero runs before the children are torn
- * down. A handle is valid until the cleanup runs or is removed, or its
- * context is reset or destroyed. */
-mcx_cleanup* mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
-                             int before_children);
-int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup* cleanup);
-int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup* cleanup);
+ * down. mcx_add_cleanup returns a handle with a NULL `record` on failure.
+ * mcx_remove_cleanup and mcx_run_cleanup return 1 if they removed (and ran)
+ * the cleanup, and 0 for an empty handle, a stale one (the cleanup already
+ * ran or was removed, or the context was reset since) and a handle of
+ * another context: a stale handle never acts on a later cleanup that reuses
+ * its record. A cleanup may leave by longjmp, as a C engine's error path
+ * does: the teardown it interrupted is finished by resetting or destroying
+ * the context (or an ancestor) again; see mcx/context/context.h. */
+mcx_cleanup mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
+                            int before_children);
+int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup cleanup);
+int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup cleanup);
 
 /* Accounting and reports. `subtree` nonzero sums the whole subtree. */
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);

@@ -5,10 +5,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
@@ -18,6 +23,7 @@
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
 
 namespace mcx {
@@ -83,7 +89,7 @@ bool ThrowsInvalidArgument(Failure failure) {
 // The exception for a failure of a throwing call. The message is made by
 // the caller before the failure handler runs: a handler may reset or destroy
 // the context that failed.
-[[noreturn]] void ThrowFor(Failure failure, const std::string& message) {
+[[noreturn]] void ThrowFor(Failure failure, const char* message) {
   if (failure == Failure::kBadSize) throw std::bad_array_new_length();
   if (ThrowsInvalidArgument(failure)) throw std::invalid_argument(message);
   throw std::bad_alloc();
@@ -94,8 +100,12 @@ bool ThrowsInvalidArgument(Failure failure) {
 [[noreturn]] ABSL_ATTRIBUTE_NOINLINE ABSL_ATTRIBUTE_COLD void ThrowCreateFailure(Failure failure,
                                                                                const char* name) {
   ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
-                                    name != nullptr ? name : "(null)"));
+                                    name != nullptr ? name : "(null)")
+                        .c_str());
 }
+
+// Bytes of a failure message: the longest name it quotes is cut to fit.
+constexpr size_t kFailureMessageBytes = 256;
 
 constexpr size_t RoundUp(size_t n, size_t alignment) {
   return (n + alignment - 1) & ~(alignment - 1);
@@ -106,6 +116,46 @@ bool IsPowerOfTwo(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 }  // namespace
 
 // --- Checks ------------------------------------------------------------------
+
+namespace {
+
+// Checking builds: the first blocks of destroyed contexts on the default
+// source wait here before they go back, so that a second Destroy of the same
+// context finds the dead magic (and clobbered memory) instead of a new
+// context in the same block: the default cache hands a released block to
+// the next creation at once. A stale Destroy is caught until this many more
+// contexts have been destroyed.
+constexpr size_t kQuarantinedFirstBlocks = 64;
+
+class FirstBlockQuarantine {
+ public:
+  void Add(Block block) {
+    internal::PoisonMemoryRegion(block.ptr, block.size);
+    Block evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      evicted = ring_[next_];
+      ring_[next_] = block;
+      next_ = (next_ + 1) % kQuarantinedFirstBlocks;
+    }
+    if (evicted.ptr != nullptr) {
+      internal::UnpoisonMemoryRegion(evicted.ptr, evicted.size);
+      DefaultBlockSource()->Release(evicted);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  Block ring_[kQuarantinedFirstBlocks];
+  size_t next_ = 0;
+};
+
+void QuarantineFirstBlock(Block block) {
+  static FirstBlockQuarantine* quarantine = new FirstBlockQuarantine;  // never destroyed
+  quarantine->Add(block);
+}
+
+}  // namespace
 
 namespace {
 // Its address identifies the calling thread to the concurrency check.
@@ -135,7 +185,16 @@ Context::UseGuard::~UseGuard() {
 // on every teardown (cheap, and a double destroy would otherwise free blocks
 // twice), and on every operation in checking builds.
 bool Context::CheckLive(const char* operation) const {
-  if (magic_ == kLiveMagic) return true;
+  // Under ASan, read past any poison: a destroyed context's block may sit
+  // poisoned in a cache or the checking build's quarantine, and the report
+  // is the point. (Memcheck has no exact poison query: it reports the read.)
+  uint32_t magic;
+  if (internal::kAddressSanitizer) {
+    internal::CopyFromPoisoned(&magic, &magic_, sizeof(magic));
+  } else {
+    magic = magic_;
+  }
+  if (magic == kLiveMagic) return true;
   internal::ReportMisuse("%s of context at %p, which was already destroyed (or was never a context)",
                          operation, static_cast<const void*>(this));
   return false;
@@ -230,7 +289,8 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     return fail(why == Failure::kNone ? Failure::kBadArgument : why, want);
   }
   if (options.reserve_blocks != 0 &&
-      !ctx->FillReserve(options.reserve_blocks, options.reserve_block_size)) {
+      !ctx->FillReserve(options.reserve_blocks, options.reserve_block_size,
+                        alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment)) {
     Failure why = ctx->last_failure_;
     ctx->ReleaseSelf();
     return fail(why, options.reserve_block_size);
@@ -244,117 +304,277 @@ void Context::Reset(const ResetOptions& options) {
   TearDown(/*destroy_self=*/false, options);
 }
 
+// --- Teardown ----------------------------------------------------------------
+//
+// A teardown runs user code (cleanups, and failure handlers called from
+// them) that may throw, longjmp, or tear down contexts itself. So nothing
+// about a running teardown lives on the C++ stack, where a longjmp would
+// strand it (PostgreSQL's MemoryContextDelete keeps no state across its
+// callbacks for the same reason):
+//   - Its progress is in the tree: a context it has reached is marked
+//     kTearingDown, a cleanup is unlinked before it runs, a context is
+//     unlinked from its parent when it is released. Walking the tree again
+//     from any context finishes an abandoned teardown, and runs only what
+//     has not run.
+//   - What a running walk must learn from nested teardowns (its root or its
+//     current context was released under it) is in a thread-local array of
+//     walk records, not in stack frames. A longjmp leaves a record behind;
+//     it is recognised as dead by its stack frame address (a live walk's
+//     frame is above every frame of the code it runs) and dropped when the
+//     next walk starts below it, and it is only ever compared, never read
+//     through.
+
 namespace {
 
-// The teardowns running on this thread, innermost first. A cleanup may start
-// another teardown (of a child it owns, say), but never of a context whose
-// teardown is already running or of one of its ancestors: that would free
-// the memory the running walk stands on. Frames live on the C++ stack.
-struct TeardownFrame;
-thread_local TeardownFrame* active_teardowns = nullptr;
+struct Walk {
+  const Context* root;     // compared with released contexts, never read
+  const Context* node;     // the context the walk is at
+  uintptr_t frame;         // the walk's stack frame
+  bool root_visited;       // a nested teardown reached the root
+  bool root_released;
+  bool node_released;
+  std::exception_ptr* error;  // the first exception a cleanup threw, if any
+};
 
-struct TeardownFrame {
-  explicit TeardownFrame(const Context* r) : root(r), outer(active_teardowns) {
-    active_teardowns = this;
+// Plain thread-local storage, with no destructor: a context may be torn down
+// by a thread_local's destructor after every other thread_local of its
+// thread is gone. Walks nest only when cleanups tear contexts down, so a few
+// records are inline; deeper nesting moves them to the heap.
+constexpr size_t kInlineWalks = 16;
+
+struct WalkStack {
+  Walk inline_walks[kInlineWalks];
+  Walk* heap;        // when more than kInlineWalks are needed
+  size_t capacity;   // of `heap`
+  size_t count;
+};
+
+__thread WalkStack walk_stack;
+
+Walk* Walks() { return walk_stack.heap != nullptr ? walk_stack.heap : walk_stack.inline_walks; }
+Walk& WalkAt(size_t i) { return Walks()[i]; }
+
+// Frees a thread's heap records when the thread exits (registered on first
+// growth; a later teardown in the same exit starts again inline).
+void DropWalks(size_t keep) {
+  while (walk_stack.count > keep) {
+    Walk& w = WalkAt(--walk_stack.count);
+    delete w.error;
+    w.error = nullptr;
   }
-  // Also on unwind: a cleanup that throws must not leave a dangling frame.
-  ~TeardownFrame() { active_teardowns = outer; }
-  TeardownFrame(const TeardownFrame&) = delete;
-  TeardownFrame& operator=(const TeardownFrame&) = delete;
+}
 
-  const Context* root;
-  TeardownFrame* outer;
+struct WalkHeapOwner {
+  ~WalkHeapOwner() {
+    DropWalks(0);  // no walk runs while thread_locals are destroyed
+    std::free(walk_stack.heap);
+    walk_stack.heap = nullptr;
+    walk_stack.capacity = 0;
+  }
+};
+
+// The stack grows down: a frame at a lower address than the current one
+// belongs to a call that has returned (or was left by longjmp). Inlined, so
+// it is the caller's frame.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline uintptr_t FrameAddress() {
+  return reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+}
+
+// Starts a walk record for `root` at stack frame `frame`; returns its index.
+size_t PushWalk(const Context* root, uintptr_t frame) {
+  // Records of walks whose frames are at or below this one are dead.
+  size_t live = walk_stack.count;
+  while (live > 0 && WalkAt(live - 1).frame <= frame) --live;
+  DropWalks(live);
+  if (walk_stack.count == kInlineWalks && walk_stack.heap == nullptr) {
+    static thread_local WalkHeapOwner owner;
+    (void)owner;
+  }
+  const size_t capacity = walk_stack.heap != nullptr ? walk_stack.capacity : kInlineWalks;
+  if (walk_stack.count == capacity) {
+    const size_t grown = capacity * 2;
+    auto* heap = static_cast<Walk*>(std::malloc(grown * sizeof(Walk)));
+    if (heap == nullptr) throw std::bad_alloc();
+    std::memcpy(heap, Walks(), walk_stack.count * sizeof(Walk));
+    std::free(walk_stack.heap);
+    walk_stack.heap = heap;
+    walk_stack.capacity = grown;
+  }
+  WalkAt(walk_stack.count) = Walk{root, root, frame, false, false, false, nullptr};
+  return walk_stack.count++;
+}
+
+// Tells the other walks that the walk `me` (or nothing, for kNoWalk) has
+// reached or released `ctx`.
+constexpr size_t kNoWalk = ~size_t{0};
+
+void NoteVisited(const Context* ctx, size_t me) {
+  Walk* w = Walks();
+  for (size_t i = 0; i < walk_stack.count; ++i) {
+    if (i != me && w[i].root == ctx) w[i].root_visited = true;
+  }
+}
+
+void NoteReleased(const Context* ctx, size_t me) {
+  Walk* w = Walks();
+  for (size_t i = 0; i < walk_stack.count; ++i) {
+    if (i == me) continue;
+    if (w[i].root == ctx) w[i].root_released = true;
+    if (w[i].node == ctx) w[i].node_released = true;
+  }
+}
+
+// Keeps the first exception a cleanup of walk `me` throws.
+void KeepError(size_t me) {
+  Walk& w = WalkAt(me);
+  if (w.error == nullptr) w.error = new std::exception_ptr(std::current_exception());
+}
+
+// Ends walk `me` (and any dead records above it) and returns its error.
+std::exception_ptr PopWalk(size_t me) {
+  std::exception_ptr error;
+  Walk& w = WalkAt(me);
+  if (w.error != nullptr) error = std::move(*w.error);
+  DropWalks(me);
+  return error;
+}
+
+// Pops the walk record when the walk is left by an exception (the walk
+// itself never throws past a cleanup; this covers the allocator failing).
+class WalkScope {
+ public:
+  explicit WalkScope(size_t me) : me_(me) {}
+  ~WalkScope() {
+    if (me_ != kNoWalk && me_ < walk_stack.count) DropWalks(me_);
+  }
+  WalkScope(const WalkScope&) = delete;
+  WalkScope& operator=(const WalkScope&) = delete;
+  void Release() { me_ = kNoWalk; }
+
+ private:
+  size_t me_;
 };
 
 }  // namespace
 
-// Context::CheckTeardownAllowed
+// Context::DestroyChildren
 //
-// Reports misuse and returns false if tearing this context down now would
-// pull a running teardown's subtree out from under it.
-bool Context::CheckTeardownAllowed(const char* operation) const {
-  if (!CheckLive(operation)) return false;
-  if (state_ == State::kTearingDown) {
-    internal::ReportMisuse("%s of context '%s' at %p while it is being torn down", operation,
-                           name_, static_cast<const void*>(this));
-    return false;
-  }
-  for (TeardownFrame* f = active_teardowns; f != nullptr; f = f->outer) {
-    if (f->root == this || IsAncestorOf(f->root)) {
-      internal::ReportMisuse(
-          "%s of context '%s' at %p from a cleanup while its descendant '%s' is being torn down",
-          operation, name_, static_cast<const void*>(this), f->root->name_);
-      return false;
-    }
-  }
-  return true;
-}
-
+// Each child is a teardown of its own; an exception from one is held until
+// every child is gone. A walk record for this context tells the loop when a
+// child's cleanup has torn this context down itself.
 void Context::DestroyChildren() {
-  if (!CheckTeardownAllowed("destroying the children")) return;
-  while (first_child_ != nullptr) {
+  if (!CheckLive("destroying the children")) return;
+  const size_t me = PushWalk(this, FrameAddress());
+  WalkScope scope(me);
+  std::exception_ptr error;
+  while (!WalkAt(me).root_released && first_child_ != nullptr) {
     Context* child = first_child_;
-    child->Destroy();
-    if (first_child_ == child) return;  // refused (misuse handler returned)
+    try {
+      child->Destroy();
+    } catch (...) {
+      if (error == nullptr) error = std::current_exception();
+    }
+    if (WalkAt(me).root_visited) {
+      WalkAt(me).root_visited = false;
+      internal::ReportMisuse(
+          "a cleanup reset or destroyed context %p, or an ancestor of it, while its "
+          "children were being destroyed; the inner call finished the teardown",
+          static_cast<const void*>(this));
+    }
+    if (!WalkAt(me).root_released && first_child_ == child) break;  // refused
   }
+  scope.Release();
+  PopWalk(me);
+  if (error != nullptr) std::rethrow_exception(error);
 }
 
 // Context::TearDown
 //
 // One iterative walk does reset and destroy for a whole subtree. Visiting a
-// context the first time marks it and runs its kBeforeChildren cleanups; we
-// then descend to its newest child while it has children; a context without
-// children runs its kAfterChildren cleanups and is released, and the walk
-// climbs to its parent. So each context is torn down completely before its
-// older sibling, and before its parent's kAfterChildren cleanups.
+// context marks it and runs its kBeforeChildren cleanups; we then descend to
+// its newest child while it has children; a context without children runs
+// its kAfterChildren cleanups and is released, and the walk climbs to its
+// parent. So each context is torn down completely before its older sibling,
+// and before its parent's kAfterChildren cleanups.
 //
 // Note: do not use recursion here. A chain of a million nested contexts must
 // tear down in constant stack space.
 //
-// The walk re-reads `first_child_` after every cleanup, so cleanups may
-// destroy or create children of a context that is not yet torn down.
+// The walk re-reads the tree after every cleanup, so cleanups may destroy or
+// create children of a context that is not yet torn down. After a cleanup
+// returns, the walk's record says whether a nested teardown released the
+// context the walk was at (it restarts from its root, whose subtree holds
+// what is left) or the root itself (nothing is left to do).
 void Context::TearDown(bool destroy_self, const ResetOptions& options) {
-  if (!CheckTeardownAllowed(destroy_self ? "destroy" : "reset")) return;
-  UseGuard use(this);
+  if (!CheckLive(destroy_self ? "destroy" : "reset")) return;
+  { UseGuard use(this); }  // another thread inside an operation now is misuse
+  const size_t me = PushWalk(this, FrameAddress());
+  WalkScope scope(me);
   Context* node = this;
-  {
-  TeardownFrame frame(this);
   for (;;) {
+    WalkAt(me).node = node;
+    NoteVisited(node, me);
     if (node->state_ != State::kTearingDown) {
       node->state_ = State::kTearingDown;
       // Every allocation now takes the slow path, where checking builds
       // report it; the kind republishes the window when a reset ends.
       node->max_bump_ = 0;
-      node->RunCleanups(CleanupPhase::kBeforeChildren);
     }
-    if (node->first_child_ != nullptr) {
+    // Also on later visits: a cleanup of a child may have registered one.
+    bool undisturbed = node->RunCleanups(CleanupPhase::kBeforeChildren, me);
+    if (undisturbed && node->first_child_ != nullptr) {
       node = node->first_child_;
       // Its sibling comes next: start the cache misses on its header now
       // (a destroy reads every line of it; in a big tree they are cold).
       if (node->next_sibling_ != nullptr) PrefetchHeader(node->next_sibling_);
       continue;
     }
-    node->RunCleanups(CleanupPhase::kAfterChildren);
-    if (node->first_child_ != nullptr) continue;  // a cleanup made a child
+    if (undisturbed) undisturbed = node->RunCleanups(CleanupPhase::kAfterChildren, me);
+    if (!undisturbed) {
+      Walk& w = WalkAt(me);
+      if (w.root_visited) {
+        // Report with nothing of the root read: it may be gone.
+        w.root_visited = false;
+        internal::ReportMisuse(
+            "a cleanup reset or destroyed context %p, or an ancestor of it, while that "
+            "context was being torn down; the inner call finished the teardown",
+            static_cast<const void*>(this));
+      }
+      if (w.root_released) break;
+      w.node_released = false;
+      node = this;
+      continue;
+    }
+    if (node->first_child_ != nullptr || node->cleanups_[0] != nullptr) continue;
     if (node == this) break;
     Context* parent = node->parent_;
+    NoteReleased(node, me);
     node->ReleaseSelf();
     node = parent;
   }
-  }  // the walk is over: this teardown no longer blocks others
-  if (destroy_self) {
-    ReleaseSelf();
-    return;
+  const bool root_released = WalkAt(me).root_released;
+  scope.Release();
+  std::exception_ptr error = PopWalk(me);
+  if (!root_released) {
+    if (destroy_self) {
+      NoteReleased(this, kNoWalk);
+      ReleaseSelf();
+    } else {
+      UseGuard use(this);
+      // Every chunk of the context goes: memcheck forgets them all at once,
+      // before the kind hands blocks back (a block source may write into
+      // them).
+      internal::ValgrindDestroyPool(this);
+      ReleaseDirect();
+      methods_->reset(this, options);
+      internal::ValgrindCreatePool(this);
+      cleanups_[0] = cleanups_[1] = nullptr;
+      spare_cleanups_ = nullptr;  // their memory was just reset
+      cleanup_floor_ = cleanup_serial_;  // every handle made so far is stale
+      state_ = State::kLive;
+    }
   }
-  // Every chunk of the context goes: memcheck forgets them all at once,
-  // before the kind hands blocks back (a block source may write into them).
-  internal::ValgrindDestroyPool(this);
-  ReleaseDirect();
-  methods_->reset(this, options);
-  internal::ValgrindCreatePool(this);
-  cleanups_[0] = cleanups_[1] = nullptr;
-  spare_cleanups_ = nullptr;  // their memory was just reset
-  state_ = State::kLive;
+  if (error != nullptr) std::rethrow_exception(error);
 }
 
 // Context::ReleaseSelf
@@ -379,6 +599,10 @@ void Context::ReleaseSelf() {
   // stores to an object whose lifetime ends next (GCC does at -O2).
   static_cast<volatile uint32_t&>(magic_) = kDeadMagic;
   this->~Context();
+  if (internal::kChecking && source == DefaultBlockSource()) {
+    QuarantineFirstBlock(first);
+    return;
+  }
   source->Release(first);
 }
 
@@ -604,8 +828,15 @@ void Context::ClobberReleased(void* block, size_t size) {
 // is memory the subtree owns. Handing one out or taking one back moves bytes
 // between the reserve and bytes_in_blocks() without touching the limits.
 
-bool Context::FillReserve(size_t blocks, size_t block_size) {
+bool Context::FillReserve(size_t blocks, size_t block_size, size_t alignment) {
   if (block_size < sizeof(ReserveBlock)) block_size = sizeof(ReserveBlock);
+  // The whole reserve must be a size mcx could hand out at all: refused
+  // before any reserve block is acquired (an absurd count would otherwise
+  // take blocks until the source fails).
+  if (blocks > kMaxAllocSize / block_size) {
+    last_failure_ = Failure::kBadSize;
+    return false;
+  }
   reserve_target_ = blocks;
   reserve_block_size_ = block_size;
   while (reserve_count_ < blocks) {
@@ -613,7 +844,7 @@ bool Context::FillReserve(size_t blocks, size_t block_size) {
       last_failure_ = Failure::kLimit;
       return false;
     }
-    Block b = AcquireFrom(source_, block_size, kMinBlockAlignment);
+    Block b = AcquireFrom(source_, block_size, alignment);
     if (b.ptr == nullptr) {
       UnchargeLimits(block_size);
       last_failure_ = Failure::kOutOfMemory;
@@ -630,10 +861,19 @@ bool Context::FillReserve(size_t blocks, size_t block_size) {
   return true;
 }
 
+// The first reserve block that is large enough and whose address has the
+// alignment: reserve blocks are acquired with the kind's block alignment (a
+// rewind_on_free pool aligns its blocks to their size), and blocks kept from
+// returns have whatever alignment they came with.
 void* Context::TakeFromReserve(size_t min_size, size_t alignment, size_t* actual) {
-  ReserveBlock* r = reserve_;
-  if (r == nullptr || r->size < min_size || alignment > kMinBlockAlignment) return nullptr;
-  reserve_ = r->next;
+  ReserveBlock** link = &reserve_;
+  while (*link != nullptr && ((*link)->size < min_size ||
+                              (reinterpret_cast<uintptr_t>(*link) & (alignment - 1)) != 0)) {
+    link = &(*link)->next;
+  }
+  ReserveBlock* r = *link;
+  if (r == nullptr) return nullptr;
+  *link = r->next;
   --reserve_count_;
   reserve_bytes_ -= r->size;
   ++reserve_uses_;
@@ -709,12 +949,18 @@ Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
 // Everything the inline fast path does not serve: sizes it does not take,
 // kinds without a bump window, a full window. The kind's alloc may acquire
 // blocks; it reports failure by returning nullptr with last_failure_ set.
+// The concurrency check (UseGuard) covers the kind's work only: it is
+// released before Fail calls the failure handler, which may longjmp past
+// any destructor or tear this context down.
 void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
-  UseGuard use(this);
-  CheckNotTearingDown("allocation");
-  void* p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
+  void* p;
+  {
+    UseGuard use(this);
+    CheckNotTearingDown("allocation");
+    p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
+  }
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
   internal::ValgrindChunkAlloc(this, p, size);
   return p;
@@ -761,9 +1007,12 @@ char* Context::Strdup(std::string_view s) {
 void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
   if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
   if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
-  UseGuard use(this);
-  void* q = internal::kDirect ? DirectRealloc(p, new_size)
-                              : methods_->realloc(this, p, old_size, new_size);
+  void* q;
+  {
+    UseGuard use(this);  // not across Fail: see AllocSlow
+    q = internal::kDirect ? DirectRealloc(p, new_size)
+                          : methods_->realloc(this, p, old_size, new_size);
+  }
   if (q == nullptr) return Fail(last_failure_, new_size, flags);
   internal::ValgrindChunkMove(this, p, q, new_size);
   return q;
@@ -822,11 +1071,14 @@ void* Context::Fail(Failure failure, size_t size, unsigned flags) {
     internal::DumpOnFailure(this, failure, size);
   }
   // Nothing of this context is read after the handler: it may have reset
-  // or destroyed an ancestor, and this context with it. (Memory failures
-  // build no message: their path allocates nothing up to the handler.)
-  std::string message;
+  // or destroyed an ancestor, and this context with it. The message is made
+  // before, in a buffer on the stack: a handler that longjmps must not leave
+  // a heap string behind.
+  char message[kFailureMessageBytes];
+  message[0] = '\0';
   if (ThrowsInvalidArgument(failure)) {
-    message = absl::StrFormat("mcx: %s in context '%s'", FailureName(failure), name_);
+    std::snprintf(message, sizeof(message), "mcx: %s in context '%s'", FailureName(failure),
+                  name_);
   }
   for (Context* c = this; c != nullptr; c = c->parent_) {
     if (c->failure_handler_ != nullptr) {
@@ -851,6 +1103,22 @@ CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
                                                       : Alloc(sizeof(CleanupRecord)));
 }
 
+void Context::ReturnCleanupRecord(CleanupRecord* r) {
+  r->serial = 0;
+  r->next = spare_cleanups_;
+  spare_cleanups_ = r;
+}
+
+CleanupHandle Context::CommitCleanup(CleanupRecord* r, CleanupFn fn, void* arg,
+                                     CleanupFn destroy, CleanupPhase phase) {
+  r->fn = fn;
+  r->arg = arg;
+  r->destroy = destroy;
+  r->serial = ++cleanup_serial_;
+  LinkCleanup(r, phase);
+  return CleanupHandle(r, r->serial);
+}
+
 void Context::LinkCleanup(CleanupRecord* r, CleanupPhase phase) {
   CleanupRecord*& head = cleanups_[static_cast<int>(phase)];
   r->phase = phase;
@@ -861,6 +1129,8 @@ void Context::LinkCleanup(CleanupRecord* r, CleanupPhase phase) {
   head = r;
 }
 
+// Unlinks and recycles a record; its serial goes, so every handle of it is
+// stale from now on.
 void Context::UnlinkCleanup(CleanupRecord* r) {
   CleanupRecord*& head = cleanups_[static_cast<int>(r->phase)];
   if (r->prev != nullptr) {
@@ -869,10 +1139,8 @@ void Context::UnlinkCleanup(CleanupRecord* r) {
     head = r->next;
   }
   if (r->next != nullptr) r->next->prev = r->prev;
-  r->fn = nullptr;
   r->prev = nullptr;
-  r->next = spare_cleanups_;
-  spare_cleanups_ = r;
+  ReturnCleanupRecord(r);
 }
 
 void Context::CheckNotTearingDown(const char* operation) const {
@@ -887,12 +1155,7 @@ CleanupHandle Context::AddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) {
   if (fn == nullptr) {
     Fail(Failure::kBadArgument, 0, kThrow);
   }
-  CleanupRecord* r = NewCleanupRecord(kThrow);
-  r->fn = fn;
-  r->arg = arg;
-  r->destroy = nullptr;
-  LinkCleanup(r, phase);
-  return CleanupHandle(r);
+  return CommitCleanup(NewCleanupRecord(kThrow), fn, arg, nullptr, phase);
 }
 
 CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) noexcept {
@@ -903,38 +1166,35 @@ CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase
   }
   CleanupRecord* r = NewCleanupRecord(kNoThrow);
   if (r == nullptr) return CleanupHandle();
-  r->fn = fn;
-  r->arg = arg;
-  r->destroy = nullptr;
-  LinkCleanup(r, phase);
-  return CleanupHandle(r);
-}
-
-CleanupHandle Context::TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void* storage,
-                                          CleanupPhase phase) noexcept {
-  CleanupHandle h = TryAddCleanup(run, storage, phase);
-  if (h) h.record_->destroy = destroy;
-  return h;
+  return CommitCleanup(r, fn, arg, nullptr, phase);
 }
 
 // Context::LiveCleanup
 //
-// The record behind a handle if it is registered on this context; nullptr
-// for an empty or stale handle (already run or removed), and misuse for a
-// handle of another context.
-CleanupRecord* Context::LiveCleanup(CleanupHandle handle) const {
+// The record behind a handle if that registration is still in place on this
+// context; nullptr for an empty or stale handle. A handle from before this
+// context's latest reset, or with a serial this context never gave, is
+// refused without reading the record (its memory may be gone). Otherwise
+// the record is in live memory: a handle of another context whose serial
+// happens to be in range is misuse (reported when `report_foreign`), and a
+// record whose serial differs has run, been removed or been reused.
+CleanupRecord* Context::LiveCleanup(CleanupHandle handle, bool report_foreign) const {
   CleanupRecord* r = handle.record_;
-  if (r == nullptr || r->fn == nullptr) return nullptr;
-  if (r->owner != this) {
-    internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'", static_cast<void*>(r),
-                           r->owner->name_, name_);
+  if (r == nullptr || handle.serial_ <= cleanup_floor_ || handle.serial_ > cleanup_serial_) {
     return nullptr;
   }
-  return r;
+  if (r->owner != this) {
+    if (report_foreign) {
+      internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'",
+                             static_cast<void*>(r), r->owner->name_, name_);
+    }
+    return nullptr;
+  }
+  return r->serial == handle.serial_ ? r : nullptr;
 }
 
 bool Context::RemoveCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle);
+  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
   if (r == nullptr) return false;
   CleanupFn destroy = r->destroy;
   void* storage = r->arg;
@@ -947,30 +1207,50 @@ bool Context::RemoveCleanup(CleanupHandle handle) {
 }
 
 bool Context::RunCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle);
+  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
   if (r == nullptr) return false;
   CleanupFn fn = r->fn;
   void* arg = r->arg;
   bool owned = r->destroy != nullptr;
   UnlinkCleanup(r);
-  fn(arg);
-  if (owned) Free(arg);  // the callable's storage; teardown frees it wholesale
+  if (!owned) {
+    fn(arg);
+    return true;
+  }
+  // The callable's storage goes either way (a teardown frees it wholesale).
+  try {
+    fn(arg);
+  } catch (...) {
+    Free(arg);
+    throw;
+  }
+  Free(arg);
   return true;
 }
 
 // Context::RunCleanups
 //
 // Pops before calling, as PostgreSQL does: a cleanup is removed when it runs,
-// so it can never run twice, whatever it does.
-void Context::RunCleanups(CleanupPhase phase) {
+// so it can never run twice, whatever it does. An exception is kept in the
+// walk's record (the first one) and the walk goes on. Returns false when a
+// nested teardown reached the walk's root or released the context it is at
+// (this one): the caller must look before touching anything.
+bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
   CleanupRecord** head = &cleanups_[static_cast<int>(phase)];
   while (*head != nullptr) {
     CleanupRecord* r = *head;
     CleanupFn fn = r->fn;
     void* arg = r->arg;
     UnlinkCleanup(r);
-    fn(arg);
+    try {
+      fn(arg);
+    } catch (...) {
+      KeepError(walk);
+    }
+    const Walk& w = WalkAt(walk);
+    if (w.root_visited || w.root_released || w.node_released) return false;
   }
+  return true;
 }
 
 // --- Direct mode ---------------------------------------------------------------

@@ -72,6 +72,7 @@ inline constexpr size_t kNoLimit = ~size_t{0};
 
 namespace internal {
 struct CleanupRecord;
+struct CleanupAccess;
 class ContextTestPeer;
 }  // namespace internal
 
@@ -82,23 +83,29 @@ enum class CleanupPhase : unsigned char {
 
 using CleanupFn = void (*)(void* arg);
 
-// Names a registered cleanup. Valid until the cleanup runs or is removed, or
-// its context is reset or destroyed.
+// Names a registered cleanup: the record and the serial number it was
+// registered with. Once the cleanup has run or been removed, or its context
+// has been reset, the handle is stale: `RemoveCleanup` and `RunCleanup`
+// refuse it (return false) and never act on a later cleanup that reuses the
+// record. A stale handle is recognised without reading the record when its
+// context was reset since. A handle must not outlive its context.
 class CleanupHandle {
  public:
   CleanupHandle() = default;
   explicit operator bool() const { return record_ != nullptr; }
 
-  // For language bindings (the C API) that carry handles as plain pointers.
-  void* ToOpaque() const { return record_; }
-  static CleanupHandle FromOpaque(void* opaque) {
-    return CleanupHandle(static_cast<internal::CleanupRecord*>(opaque));
+  // For language bindings (the C API) that carry handles as two words.
+  void* record() const { return record_; }
+  uint64_t serial() const { return serial_; }
+  static CleanupHandle FromParts(void* record, uint64_t serial) {
+    return CleanupHandle(static_cast<internal::CleanupRecord*>(record), serial);
   }
 
  private:
   friend class Context;
-  explicit CleanupHandle(internal::CleanupRecord* r) : record_(r) {}
+  CleanupHandle(internal::CleanupRecord* r, uint64_t serial) : record_(r), serial_(serial) {}
   internal::CleanupRecord* record_ = nullptr;
+  uint64_t serial_ = 0;
 };
 
 struct ContextOptions {
@@ -144,10 +151,27 @@ class Context {
   }
 
   // Tears down the subtree (see the order above) and releases this context.
+  //
+  // Cleanups and failure handlers run during a teardown may leave it by
+  // throwing or by longjmp (a C engine's error path):
+  //   - A cleanup that throws does not stop the teardown: every other
+  //     cleanup still runs once, in order, every block is released, and the
+  //     first exception propagates when the teardown is over (later ones are
+  //     dropped). A callable cleanup's captures are destroyed either way.
+  //   - A longjmp out of a cleanup or handler abandons the teardown where it
+  //     is. Nothing of it stays on the stack: the contexts it reached stay
+  //     "being torn down", and resetting or destroying any of them, or an
+  //     ancestor, later finishes the job (cleanups that ran do not run
+  //     again; those that did not, run then) and releases everything.
+  //   - A cleanup that resets or destroys the context being torn down, or an
+  //     ancestor of it, is misuse: the inner call finishes the teardown, and
+  //     the interrupted one reports the misuse when it resumes.
   void Destroy();
   // The same teardown, but this context survives, empty.
   void Reset(const ResetOptions& options = ResetOptions());
-  // Destroys every child, keeps this context and its memory.
+  // Destroys every child, keeps this context and its memory. A throwing
+  // cleanup does not stop it: every child goes, then the first exception
+  // propagates.
   void DestroyChildren();
 
   // Moves this context and its subtree under `new_parent` (nullptr: make it
@@ -203,10 +227,19 @@ class Context {
             typename = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&>>>
   CleanupHandle AddCleanup(F&& f,
                            CleanupPhase phase = CleanupPhase::kAfterChildren);
-  // Unregisters without running. False if the handle is empty.
+  // Unregisters without running. False if the handle is empty or stale
+  // (CleanupHandle), or belongs to another context (which is reported as
+  // misuse).
   bool RemoveCleanup(CleanupHandle handle);
-  // Runs now and unregisters. False if the handle is empty.
+  // Unregisters, then runs it now. False (and nothing runs) in the cases
+  // where RemoveCleanup is false. If the cleanup throws, a callable's
+  // captures and storage are still released and the exception propagates.
   bool RunCleanup(CleanupHandle handle);
+  // Whether `handle` names a cleanup registered on this context now (false
+  // for empty, stale and foreign handles; nothing is reported).
+  bool HoldsCleanup(CleanupHandle handle) const {
+    return LiveCleanup(handle, /*report_foreign=*/false) != nullptr;
+  }
 
   // --- Failure and limits --------------------------------------------------
 
@@ -300,6 +333,7 @@ class Context {
 
  private:
   friend class internal::ContextTestPeer;
+  friend struct internal::CleanupAccess;
   template <typename State>
   friend State* KindState(Context* ctx);
   template <typename State>
@@ -363,21 +397,26 @@ class Context {
     if (p != nullptr) std::memset(p, 0, size);
     return p;
   }
+  // A record taken before the object a cleanup is for is made (New<T>, a
+  // callable): making it may throw or longjmp, and must not leave a
+  // registered cleanup for an object that does not exist. nullptr (after
+  // Fail) on failure. An unused record goes back with ReturnCleanupRecord.
   internal::CleanupRecord* NewCleanupRecord(unsigned flags);
-  // A cleanup whose `storage` (allocated in this context) is owned by the
-  // record: `run` runs and destroys it; `destroy` only destroys it.
-  CleanupHandle TryAddOwnedCleanup(CleanupFn run, CleanupFn destroy, void* storage,
-                                   CleanupPhase phase) noexcept;
-  internal::CleanupRecord* LiveCleanup(CleanupHandle handle) const;
-  bool CheckTeardownAllowed(const char* operation) const;
+  void ReturnCleanupRecord(internal::CleanupRecord* r);
+  // Registers `r`. With `destroy` set, `arg` is storage in this context
+  // owned by the record: `fn` runs and destroys it, `destroy` only destroys
+  // it, and RunCleanup and RemoveCleanup free it.
+  CleanupHandle CommitCleanup(internal::CleanupRecord* r, CleanupFn fn, void* arg,
+                              CleanupFn destroy, CleanupPhase phase);
+  internal::CleanupRecord* LiveCleanup(CleanupHandle handle, bool report_foreign) const;
   bool CheckLive(const char* operation) const;
   void CheckNotTearingDown(const char* operation) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
-  void RunCleanups(CleanupPhase phase);
+  bool RunCleanups(CleanupPhase phase, size_t walk);
 
   void TearDown(bool destroy_self, const ResetOptions& options);
-  bool FillReserve(size_t blocks, size_t block_size);
+  bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
   void ReleaseReserve();
@@ -415,6 +454,11 @@ class Context {
 
   internal::CleanupRecord* cleanups_[2] = {nullptr, nullptr};  // by phase
   internal::CleanupRecord* spare_cleanups_ = nullptr;  // removed, reusable
+  // Serial numbers of cleanup registrations (CleanupHandle): the last one
+  // given, and the last one given before the latest reset. Never restart,
+  // so a handle from before a reset is recognised without reading it.
+  uint64_t cleanup_serial_ = 0;
+  uint64_t cleanup_floor_ = 0;
 
   BlockSource* source_ = nullptr;
   size_t mem_allocated_ = 0;     // bytes in blocks held by this context
@@ -514,36 +558,58 @@ const State* KindState(const Context* ctx) {
 
 namespace internal {
 
-// A callable moved into context memory, run by a trampoline.
+// A callable moved into context memory, run by a trampoline. Its captures
+// are destroyed after it runs, also when it throws.
 template <typename F>
 struct CallableCleanup {
   static void Run(void* self) {
-    F* f = static_cast<F*>(self);
-    (*f)();
-    f->~F();
+    struct Destroyer {
+      F* f;
+      ~Destroyer() { f->~F(); }
+    } destroyer{static_cast<F*>(self)};
+    (*destroyer.f)();
   }
   static void Destroy(void* self) { static_cast<F*>(self)->~F(); }
 };
 
+// What New<T> (new.h) needs of the cleanup machinery.
+struct CleanupAccess {
+  static CleanupRecord* Reserve(Context* ctx) { return ctx->NewCleanupRecord(Context::kThrow); }
+  static void Return(Context* ctx, CleanupRecord* r) { ctx->ReturnCleanupRecord(r); }
+  static CleanupHandle Commit(Context* ctx, CleanupRecord* r, CleanupFn fn, void* arg) {
+    return ctx->CommitCleanup(r, fn, arg, nullptr, CleanupPhase::kAfterChildren);
+  }
+};
+
 }  // namespace internal
 
+// Context::AddCleanup (callable)
+//
+// The record and the storage come first, the callable is moved in last, so
+// a failure leaves the callable unconsumed and nothing registered, and a
+// move constructor that throws leaves nothing behind but freed storage.
 template <typename F, typename>
 CleanupHandle Context::AddCleanup(F&& f, CleanupPhase phase) {
   using Fn = std::decay_t<F>;
   static_assert(alignof(Fn) <= kDefaultAlignment,
                 "over-aligned cleanup callables are not supported");
-  void* mem = Alloc(sizeof(Fn));
-  Fn* fn = new (mem) Fn(std::forward<F>(f));
-  // If registering fails, the callable is destroyed unrun and the exception
-  // propagates: nothing is half done.
-  CleanupHandle h = TryAddOwnedCleanup(&internal::CallableCleanup<Fn>::Run,
-                                       &internal::CallableCleanup<Fn>::Destroy, fn, phase);
-  if (!h) {
-    fn->~Fn();
-    Free(mem);
-    Fail(last_failure_, 0, kThrow);
+  CheckNotTearingDown("registering a cleanup");
+  internal::CleanupRecord* r = NewCleanupRecord(kThrow);
+  void* mem = TryAlloc(sizeof(Fn));
+  if (mem == nullptr) {
+    ReturnCleanupRecord(r);
+    Fail(last_failure_, sizeof(Fn), kThrow);
   }
-  return h;
+  Fn* fn;
+  try {
+    fn = new (mem) Fn(std::forward<F>(f));
+  } catch (...) {
+    Free(mem);
+    ReturnCleanupRecord(r);
+    throw;
+  }
+  return CommitCleanup(r, &internal::CallableCleanup<Fn>::Run,
+                       fn, &internal::CallableCleanup<Fn>::Destroy, phase);
 }
 
 }  // namespace mcx

@@ -11,7 +11,12 @@
 //     the memory where the kind can (the pool kind keeps small chunks until
 //     reset).
 //   - If the constructor throws, or memory for the object or its cleanup
-//     cannot be had, nothing is left behind and the exception propagates.
+//     cannot be had, nothing is registered, the object's memory is freed as
+//     `Free` frees it (a pool keeps a small chunk's space until reset) and
+//     the exception propagates. The cleanup record is taken before the
+//     constructor runs and linked after it returns, so a constructor that
+//     leaves by longjmp leaves no cleanup for an object that does not exist
+//     (only memory, released with the context).
 //
 // Example:
 //
@@ -66,11 +71,12 @@ T* New(Context* ctx, Args&&... args) {
   } else {
     constexpr size_t kSlot = internal::HandleSlotBytes<T>();
     char* mem = static_cast<char*>(ctx->AllocAligned(kSlot + sizeof(T), kAlign));
-    // Register before constructing: a failed registration then has nothing
-    // to destroy, and a throwing constructor only has to unregister.
-    CleanupHandle h;
+    // The record first, linked only once the object exists: a failed
+    // registration then has nothing to destroy, and a constructor that
+    // throws or longjmps leaves no cleanup behind.
+    internal::CleanupRecord* record;
     try {
-      h = ctx->AddCleanup(&internal::DestroyObject<T>, mem + kSlot);
+      record = internal::CleanupAccess::Reserve(ctx);
     } catch (...) {
       ctx->Free(mem);
       throw;
@@ -79,10 +85,11 @@ T* New(Context* ctx, Args&&... args) {
     try {
       obj = new (mem + kSlot) T(std::forward<Args>(args)...);
     } catch (...) {
-      ctx->RemoveCleanup(h);
+      internal::CleanupAccess::Return(ctx, record);
       ctx->Free(mem);
       throw;
     }
+    CleanupHandle h = internal::CleanupAccess::Commit(ctx, record, &internal::DestroyObject<T>, obj);
     new (mem + kSlot - sizeof(CleanupHandle)) CleanupHandle(h);
     return obj;
   }

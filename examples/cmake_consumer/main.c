@@ -27,7 +27,7 @@ int main(void) {
   cache = mcx_create(top, "cache", MCX_KIND_FREELIST, NULL);
   check(cache != NULL, "mcx_create (child)");
   check(strcmp(mcx_name(cache), "cache") == 0, "mcx_name");
-  check(mcx_add_cleanup(cache, count_cleanup, &cleanups, 0) != NULL, "mcx_add_cleanup");
+  check(mcx_add_cleanup(cache, count_cleanup, &cleanups, 0).record != NULL, "mcx_add_cleanup");
 
   s = mcx_strdup(cache, "hello");
   check(s != NULL && strcmp(s, "hello") == 0, "mcx_strdup");

@@ -60,7 +60,7 @@ int main() {
   Check(ctop != nullptr, "mcx_create");
   mcx_context* ccache = mcx_create(ctop, "ccache", MCX_KIND_FREELIST, nullptr);
   Check(ccache != nullptr, "mcx_create (child)");
-  Check(mcx_add_cleanup(ccache, CountCleanup, &c_cleanups, /*before_children=*/0) != nullptr,
+  Check(mcx_add_cleanup(ccache, CountCleanup, &c_cleanups, /*before_children=*/0).record != nullptr,
         "mcx_add_cleanup");
   char* cs = mcx_strdup(ccache, "world");
   Check(cs != nullptr && std::strcmp(cs, "world") == 0, "mcx_strdup");

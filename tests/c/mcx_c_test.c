@@ -96,8 +96,8 @@ static void TestCleanupOrderAndHandles(void) {
   mcx_context* root = mcx_create(NULL, "root", MCX_KIND_FREELIST, NULL);
   mcx_context* child = mcx_create(root, "child", MCX_KIND_POOL, NULL);
   static const char a = 'a', b = 'b', c = 'c', d = 'd', x = 'x';
-  mcx_cleanup* removed;
-  mcx_cleanup* early;
+  mcx_cleanup removed;
+  mcx_cleanup early;
   order_len = 0;
   mcx_add_cleanup(root, Record, (void*)&a, 0);
   mcx_add_cleanup(root, Record, (void*)&b, 1);
@@ -240,9 +240,12 @@ static void TestNullArguments(void) {
   CHECK(mcx_limit(NULL) == MCX_NO_LIMIT);
   mcx_set_failure_handler(NULL, Handler, NULL);
   CHECK(mcx_last_failure(NULL) == MCX_BAD_ARGUMENT);
-  CHECK(mcx_add_cleanup(NULL, Record, (void*)&tag, 0) == NULL);
-  CHECK(mcx_remove_cleanup(NULL, NULL) == 0);
-  CHECK(mcx_run_cleanup(NULL, NULL) == 0);
+  {
+    mcx_cleanup none = MCX_NO_CLEANUP_INIT;
+    CHECK(mcx_add_cleanup(NULL, Record, (void*)&tag, 0).record == NULL);
+    CHECK(mcx_remove_cleanup(NULL, none) == 0);
+    CHECK(mcx_run_cleanup(NULL, none) == 0);
+  }
   memset(&c, 0xFF, sizeof(c));
   mcx_get_counters(NULL, 1, &c);
   CHECK(c.total_bytes == 0 && c.blocks == 0 && c.contexts == 0);
@@ -261,7 +264,52 @@ static void TestNullArguments(void) {
   }
 }
 
+/* Finding B8: mcx_realloc_chunk(NULL, n) and a cleanup handle of another
+ * context are failure values, not aborts (mcx.h). */
+static void TestFindingB8NullReallocAndForeignHandle(void) {
+  mcx_context* a = mcx_create(NULL, "a", MCX_KIND_POOL, NULL);
+  mcx_context* b = mcx_create(NULL, "b", MCX_KIND_POOL, NULL);
+  static const char tag_a = 'A';
+  mcx_cleanup h;
+  CHECK(mcx_realloc_chunk(NULL, 16) == NULL);
+  order_len = 0;
+  h = mcx_add_cleanup(a, Record, (void*)&tag_a, 0);
+  CHECK(h.record != NULL);
+  CHECK(mcx_run_cleanup(b, h) == 0);
+  CHECK(mcx_remove_cleanup(b, h) == 0);
+  CHECK(order_len == 0);
+  mcx_destroy(b);
+  mcx_destroy(a); /* the cleanup is still a's: it runs here */
+  CHECK(order_len == 1 && order[0] == 'A');
+}
+
+/* Finding B10: a stale handle (its cleanup already ran, was removed, or the
+ * context was reset) is refused and never acts on the cleanup that reuses
+ * its record. */
+static void TestFindingB10StaleHandles(void) {
+  mcx_context* c = mcx_create(NULL, "c", MCX_KIND_FREELIST, NULL);
+  static const char f = 'f', l = 'l', r = 'r';
+  mcx_cleanup close_file;
+  mcx_cleanup lock;
+  order_len = 0;
+  close_file = mcx_add_cleanup(c, Record, (void*)&f, 0);
+  CHECK(mcx_run_cleanup(c, close_file) == 1);
+  lock = mcx_add_cleanup(c, Record, (void*)&l, 0); /* reuses the record */
+  CHECK(lock.record == close_file.record);
+  CHECK(mcx_remove_cleanup(c, close_file) == 0);
+  CHECK(mcx_run_cleanup(c, close_file) == 0);
+  mcx_reset(c, MCX_RESET_KEEP_FIRST_BLOCK, 0); /* runs the lock's cleanup */
+  CHECK(order_len == 2 && memcmp(order, "fl", 2) == 0);
+  CHECK(mcx_run_cleanup(c, lock) == 0); /* from before the reset */
+  mcx_add_cleanup(c, Record, (void*)&r, 0);
+  CHECK(mcx_remove_cleanup(c, lock) == 0);
+  mcx_destroy(c);
+  CHECK(order_len == 3 && memcmp(order, "flr", 3) == 0);
+}
+
 int main(void) {
+  TestFindingB8NullReallocAndForeignHandle();
+  TestFindingB10StaleHandles();
   TestLifecycleAndAllocation();
   TestCleanupOrderAndHandles();
   TestLimitsHandlerAndReports();

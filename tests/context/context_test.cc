@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csetjmp>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -14,9 +15,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/new.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 #include "tests/testing/test_block_sources.h"
@@ -438,8 +441,9 @@ TEST_F(ContextTest, CleanupMayDestroyAnUnvisitedChild) {
   root->Destroy();
 }
 
-// Tearing down an ancestor from a descendant's cleanup would free the walk's
-// own ground: it is refused as misuse.
+// Tearing down an ancestor from a descendant's cleanup pulls the ground
+// from under the running walk: the inner call finishes the teardown, and the
+// interrupted one reports the misuse when it resumes.
 TEST(ContextDeathTest, ResetOfAncestorFromCleanupIsReported) {
   EXPECT_DEATH(
       {
@@ -448,7 +452,7 @@ TEST(ContextDeathTest, ResetOfAncestorFromCleanupIsReported) {
         c->AddCleanup([p] { p->Reset(); });
         c->Destroy();
       },
-      "from a cleanup while its descendant 'child' is being torn down");
+      "a cleanup reset or destroyed context .* while that context was being torn down");
 }
 
 // Destroying a context twice is caught while its memory has not been reused
@@ -464,26 +468,28 @@ TEST(ContextDeathTest, DestroyTwiceIsReported) {
 }
 
 // Checking builds: a context used from two threads at the same time is
-// reported (APR's concurrency check). Thread A is inside an allocation (in
-// the failure handler) when thread B arrives.
+// reported (APR's concurrency check). Thread A is inside an allocation (its
+// block source is slow to answer) when thread B arrives. (Failure handlers
+// are user code and run outside the check: they may longjmp.)
 TEST(ContextDeathTest, UseFromTwoThreadsAtOnceIsReported) {
   if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
   EXPECT_DEATH(
       {
         static std::atomic<bool> inside{false};
-        ContextOptions o;
-        o.limit = 64 * 1024;
-        o.failure_handler = [](const FailureInfo&) {
-          inside = true;
-          std::this_thread::sleep_for(std::chrono::seconds(5));
-        };
-        Context* ctx = Context::Create(nullptr, "shared", PoolKind(), o);
-        std::thread a([ctx] {
-          try {
-            ctx->Alloc(1 << 20);  // over the limit: the handler runs inside
-          } catch (const std::bad_alloc&) {
+        struct SlowSource : CountingBlockSource {
+          Block Acquire(size_t min_size, size_t alignment) override {
+            inside = true;
+            std::this_thread::sleep_for(std::chrono::seconds(5));
+            return CountingBlockSource::Acquire(min_size, alignment);
           }
-        });
+        };
+        static SlowSource slow;
+        ContextOptions o;
+        o.block_source = &slow;
+        inside = false;
+        Context* ctx = Context::Create(nullptr, "shared", FreelistKind(), o);
+        inside = false;
+        std::thread a([ctx] { ctx->Alloc(1 << 20); });  // a dedicated block: slow
         while (!inside) std::this_thread::yield();
         ctx->TryAlloc(100);
         a.join();
@@ -528,6 +534,356 @@ TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
         ctx->Destroy();
       },
       "being torn down");
+}
+
+
+// --- Findings of 2026-12 (docs/reliability.md lists them) --------------------
+
+std::jmp_buf finding_jump;
+void JumpHandler(const FailureInfo&) { std::longjmp(finding_jump, 1); }
+
+// The engine's query runs a few calls deep; its end tears the tree down.
+ABSL_ATTRIBUTE_NOINLINE void DestroyDeep(Context* ctx) {
+  volatile char scratch[2048];
+  scratch[0] = 0;
+  ctx->Destroy();
+  (void)scratch[0];
+}
+
+// What an engine's error path does after the longjmp: it writes over the
+// stack where the abandoned teardown's frames were.
+ABSL_ATTRIBUTE_NOINLINE void ScribbleStack() {
+  volatile char line[8192];
+  for (size_t i = 0; i < sizeof(line); ++i) line[i] = static_cast<char>(0x5A);
+}
+
+// Finding B1: a failure handler that longjmps out of a cleanup in the middle
+// of a teardown. The thread then creates and destroys contexts normally, and
+// destroying the half-torn-down tree again releases everything, running the
+// cleanups that had not run, once.
+TEST(ContextFindingsTest, FindingB1LongjmpOutOfATeardown) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* r = Context::Create(nullptr, "r", PoolKind(), o);
+  r->SetFailureHandler(&JumpHandler);
+  ContextOptions limited;
+  limited.limit = 16 * 1024;
+  Context* a = r->CreateChild("a", PoolKind(), limited);  // torn down second
+  Context* b = r->CreateChild("b", PoolKind());           // torn down first
+  static int a_ran, r_ran;
+  a_ran = r_ran = 0;
+  a->AddCleanup([] { ++a_ran; });
+  r->AddCleanup([] { ++r_ran; });
+  b->AddCleanup([a] {
+    PoolOptions big;
+    big.initial_block_size = 64 * 1024;  // over a's limit: the handler longjmps
+    a->CreateChild("a-child", PoolKind(big));
+  });
+  if (setjmp(finding_jump) == 0) {
+    DestroyDeep(r);
+    ADD_FAILURE() << "the handler did not jump";
+  }
+  ScribbleStack();
+  EXPECT_EQ(a_ran, 0);
+  Context* x = Context::Create(nullptr, "x", PoolKind(), o);
+  x->Reset();
+  x->Destroy();
+  r->Destroy();  // gives back the half-destroyed tree
+  EXPECT_EQ(a_ran, 1);
+  EXPECT_EQ(r_ran, 1);
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Finding B1, second form: the cleanup itself longjmps (a C engine's
+// elog(ERROR) inside a callback), at depth, in the before-children phase;
+// the context is then reset (not destroyed), and later cleanups still run
+// once, in order.
+TEST(ContextFindingsTest, FindingB1CleanupThatLongjmpsThenReset) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  static std::vector<std::string> order;
+  order.clear();
+  Context* top = Context::Create(nullptr, "top", FreelistKind(), o);
+  Context* query = top->CreateChild("query", PoolKind());
+  Context* row = query->CreateChild("row", FreelistKind());
+  row->Alloc(50000);
+  top->AddCleanup([] { order.push_back("top"); });
+  query->AddCleanup([] { order.push_back("query-after"); });
+  query->AddCleanup([] { order.push_back("query-before"); }, CleanupPhase::kBeforeChildren);
+  row->AddCleanup([] { order.push_back("row-2"); });
+  row->AddCleanup(
+      [] {
+        order.push_back("row-1 jumps");
+        std::longjmp(finding_jump, 1);
+      },
+      CleanupPhase::kBeforeChildren);
+  if (setjmp(finding_jump) == 0) {
+    top->Reset();
+    ADD_FAILURE() << "the cleanup did not jump";
+  }
+  ScribbleStack();
+  EXPECT_EQ(order, (std::vector<std::string>{"query-before", "row-1 jumps"}));
+  top->Reset();
+  EXPECT_EQ(order, (std::vector<std::string>{"query-before", "row-1 jumps", "row-2",
+                                             "query-after", "top"}));
+  EXPECT_EQ(top->first_child(), nullptr);
+  std::string error;
+  EXPECT_TRUE(top->Check(&error)) << error;
+  EXPECT_NE(top->Alloc(100), nullptr);  // usable again
+  top->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Finding B4: a cleanup that throws does not stop the teardown. Every other
+// cleanup runs once, in order, every block goes back, and the first
+// exception propagates afterwards.
+TEST(ContextFindingsTest, FindingB4ThrowingCleanupCompletesTheTeardown) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  static std::vector<std::string> order;
+  order.clear();
+  Context* root = Context::Create(nullptr, "root", FreelistKind(), o);
+  Context* child = root->CreateChild("child", PoolKind());
+  child->Alloc(100000);
+  root->AddCleanup([] { order.push_back("root-after"); });
+  child->AddCleanup([] {
+    order.push_back("child throws");
+    throw std::logic_error("second failure");
+  });
+  root->AddCleanup(
+      [] {
+        order.push_back("root-before throws");
+        throw std::runtime_error("close failed");
+      },
+      CleanupPhase::kBeforeChildren);
+  try {
+    root->Destroy();
+    ADD_FAILURE() << "Destroy did not throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "close failed");
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"root-before throws", "child throws",
+                                             "root-after"}));
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Finding B4: the same on Reset and DestroyChildren: the context is usable
+// afterwards and can be destroyed normally.
+TEST(ContextFindingsTest, FindingB4ThrowingCleanupOnResetAndDestroyChildren) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* root = Context::Create(nullptr, "root", FreelistKind(), o);
+  static int ran;
+  ran = 0;
+  for (int i = 0; i < 3; ++i) {
+    Context* c = root->CreateChild("c", PoolKind());
+    c->AddCleanup([] {
+      ++ran;
+      throw std::runtime_error("child");
+    });
+  }
+  EXPECT_THROW(root->DestroyChildren(), std::runtime_error);
+  EXPECT_EQ(ran, 3);
+  EXPECT_EQ(root->first_child(), nullptr);
+  root->AddCleanup([] { throw std::runtime_error("reset"); });
+  EXPECT_THROW(root->Reset(), std::runtime_error);
+  EXPECT_NE(root->Alloc(10), nullptr);
+  root->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Finding B4: a callable cleanup that throws still destroys its captures,
+// run by RunCleanup or by a teardown.
+TEST(ContextFindingsTest, FindingB4ThrowingCallableDestroysItsCaptures) {
+  auto resource = std::make_shared<int>(42);
+  Context* c = Context::Create(nullptr, "c", FreelistKind());
+  CleanupHandle h = c->AddCleanup([resource] { throw std::runtime_error("flush failed"); });
+  c->AddCleanup([resource] { throw std::runtime_error("at teardown"); });
+  EXPECT_EQ(resource.use_count(), 3);
+  EXPECT_THROW(c->RunCleanup(h), std::runtime_error);
+  EXPECT_EQ(resource.use_count(), 2);
+  EXPECT_THROW(c->Destroy(), std::runtime_error);
+  EXPECT_EQ(resource.use_count(), 1);
+}
+
+// Finding B6: a failure handler that resets the failing context's parent
+// (destroying it) and returns: the failing call touches nothing of the
+// context that is gone. On the system source, checking+asan builds and
+// memcheck see any such access.
+TEST(ContextFindingsTest, FindingB6HandlerResetsTheParentAfterALimit) {
+  SystemBlockSource system;
+  ContextOptions po;
+  po.block_source = &system;
+  static Context* parent;
+  parent = Context::Create(nullptr, "parent", PoolKind(), po);
+  parent->SetFailureHandler([](const FailureInfo&) { parent->Reset(); });
+  ContextOptions o;
+  o.limit = 32 * 1024;
+  Context* child = parent->CreateChild("child", PoolKind(), o);
+  EXPECT_THROW(child->Alloc(1 << 20), std::bad_alloc);
+  EXPECT_EQ(parent->first_child(), nullptr);
+  parent->Destroy();
+}
+
+// Finding A1: a Destroy reads or writes nothing of the context after its
+// first block went back (checking builds held their concurrency guard
+// across the release). On the system source, checking+asan and memcheck
+// see it.
+TEST(ContextFindingsTest, FindingA1DestroyTouchesNothingAfterTheRelease) {
+  SystemBlockSource system;
+  ContextOptions o;
+  o.block_source = &system;
+  for (int i = 0; i < 10; ++i) {
+    Context* ctx = Context::Create(nullptr, "c", FreelistKind(), o);
+    void* p = ctx->Alloc(100);
+    ctx->Free(p);
+    ctx->Reset();
+    ctx->Destroy();
+  }
+  SUCCEED();
+}
+
+// Finding B10: a handle kept after its cleanup ran is stale: removing or
+// running it again is refused, and does not act on the cleanup registered
+// next in the same record.
+TEST(ContextFindingsTest, FindingB10StaleHandleIsRefused) {
+  static int closed_file, released_lock;
+  closed_file = released_lock = 0;
+  Context* c = Context::Create(nullptr, "c", FreelistKind());
+  CleanupHandle close_file = c->AddCleanup([](void*) { ++closed_file; }, nullptr);
+  EXPECT_TRUE(c->RunCleanup(close_file));
+  c->AddCleanup([](void*) { ++released_lock; }, nullptr);  // reuses the record
+  EXPECT_FALSE(c->RemoveCleanup(close_file));
+  EXPECT_FALSE(c->RunCleanup(close_file));
+  EXPECT_EQ(released_lock, 0);
+  CleanupHandle before_reset = c->AddCleanup([](void*) {}, nullptr);
+  c->Reset();
+  EXPECT_EQ(released_lock, 1);
+  c->AddCleanup([](void*) { ++released_lock; }, nullptr);
+  EXPECT_FALSE(c->RemoveCleanup(before_reset));  // from before the reset
+  c->Destroy();
+  EXPECT_EQ(closed_file, 1);
+  EXPECT_EQ(released_lock, 2);
+}
+
+// Finding B7: the reserve serves a rewind_on_free pool (its blocks are
+// aligned to their size; reserve blocks are acquired that way too).
+TEST(ContextFindingsTest, FindingB7ReserveServesARewindPool) {
+  FailingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  o.reserve_blocks = 4;
+  o.reserve_block_size = 16 * 1024;
+  PoolOptions rewind;
+  rewind.rewind_on_free = true;
+  Context* c = Context::Create(nullptr, "rewind", PoolKind(rewind), o);
+  source.FailFrom(1);
+  int served = 0;
+  while (c->TryAlloc(1000) != nullptr) ++served;
+  EXPECT_EQ(c->reserve_uses(), 4u);
+  EXPECT_EQ(c->reserve_blocks(), 0u);
+  EXPECT_GT(served, 4 * 7);
+  EXPECT_EQ(c->last_failure(), Failure::kOutOfMemory);
+  std::string error;
+  EXPECT_TRUE(c->Check(&error)) << error;
+  source.Heal();
+  c->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// An absurd reserve is refused before any reserve block is acquired, not
+// after taking blocks until the source fails.
+TEST(ContextFindingsTest, AbsurdReserveIsRefused) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  o.reserve_blocks = ~size_t{0} / 2;
+  EXPECT_EQ(Context::TryCreate(nullptr, "r", PoolKind(), o), nullptr);
+  EXPECT_LE(source.acquires(), 1);
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+std::vector<std::string>* finding_reports = nullptr;
+void RecordReport(const char* message) {
+  if (finding_reports != nullptr) finding_reports->push_back(message);
+}
+
+// Finding B11: checking builds catch a second Destroy even though the
+// default cache would hand the released block to the next creation at once:
+// first blocks wait in a quarantine, and the live context is untouched.
+TEST(ContextFindingsTest, FindingB11DestroyTwiceIsCaughtWithTheDefaultSource) {
+  if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
+  std::vector<std::string> reports;
+  finding_reports = &reports;
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  Context* a = Context::Create(nullptr, "a", PoolKind());
+  a->Destroy();
+  Context* b = Context::Create(nullptr, "b", PoolKind());
+  EXPECT_NE(static_cast<void*>(a), static_cast<void*>(b));
+  a->Destroy();  // stale pointer: a double destroy
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_NE(reports[0].find("already destroyed"), std::string::npos) << reports[0];
+  EXPECT_NE(b->Alloc(64), nullptr);  // b is untouched
+  EXPECT_STREQ(b->name(), "b");
+  b->Destroy();
+  SetMisuseHandler(previous);
+  finding_reports = nullptr;
+}
+
+// Finding B5 (checking builds): a failure handler that longjmps out of a
+// failing allocation leaves no concurrency guard held: the thread can then
+// hand the context to another thread.
+TEST(ContextFindingsTest, FindingB5LongjmpLeavesNoGuardHeld) {
+  if (!internal::kChecking) GTEST_SKIP() << "needs --config=checking";
+  std::vector<std::string> reports;
+  finding_reports = &reports;
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  ContextOptions o;
+  o.limit = 64 * 1024;
+  Context* c = Context::Create(nullptr, "handed-off", FreelistKind(), o);
+  c->SetFailureHandler(&JumpHandler);
+  if (setjmp(finding_jump) == 0) {
+    c->Alloc(1 << 20);
+    ADD_FAILURE() << "the handler did not jump";
+  }
+  std::thread b([c] {
+    EXPECT_NE(c->Alloc(100), nullptr);
+    c->Destroy();
+  });
+  b.join();
+  EXPECT_TRUE(reports.empty()) << reports.front();
+  SetMisuseHandler(previous);
+  finding_reports = nullptr;
+}
+
+// A cleanup that destroys the context being torn down: the inner Destroy
+// finishes the teardown (every cleanup once, every block back) and the outer
+// one, when it resumes, reports the misuse without touching the context.
+TEST(ContextFindingsTest, CleanupDestroyingItsDyingContextIsReportedAfterwards) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  std::vector<std::string> reports;
+  finding_reports = &reports;
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  static int ran;
+  ran = 0;
+  Context* root = Context::Create(nullptr, "root", PoolKind(), o);
+  Context* child = root->CreateChild("child", FreelistKind());
+  child->AddCleanup([] { ++ran; });
+  root->AddCleanup([] { ++ran; });
+  root->AddCleanup([root] { root->Destroy(); }, CleanupPhase::kBeforeChildren);
+  root->Destroy();
+  EXPECT_EQ(ran, 2);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_NE(reports[0].find("while that context was being torn down"), std::string::npos);
+  EXPECT_EQ(source.live_blocks(), 0);
+  SetMisuseHandler(previous);
+  finding_reports = nullptr;
 }
 
 }  // namespace
