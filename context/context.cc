@@ -1,17 +1,17 @@
-// The generic context tree: lifecycle, teardown order, cleanups, limits and
-// block accounting. Everything kind-specific goes through `KindMethods`.
+// The generic context tree: creation, the links of the tree, reparenting,
+// and teardown in its fixed order. Everything kind-specific goes through
+// `KindMethods`; blocks and limits are the ledger's (block_ledger.cc),
+// cleanup records cleanup.cc's, allocation allocation.cc's, the failure path
+// failure.cc's.
 
 #include "mcx/context/context.h"
 
-#include <atomic>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <new>
-#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -19,9 +19,9 @@
 #include "absl/base/optimization.h"
 #include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
-#include "mcx/context/chunk.h"
-#include "mcx/context/chunk_header.h"
 #include "mcx/context/internal/cleanup.h"
+#include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/extras.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
@@ -29,33 +29,14 @@
 namespace mcx {
 
 using internal::CleanupRecord;
+using internal::ContextExtras;
 
 void RegisterDirectChunks();
 
 namespace {
 
-// Bumped whenever the set of limited ancestors of some context may change
-// (SetParent, SetLimit). Contexts compare it with the epoch of their cached
-// nearest-limited link; a mismatch only costs a walk up to the next valid
-// cache. Relaxed is enough: each thread reads the links of its own tree.
-std::atomic<uint64_t> limit_epoch{1};
-
-void BumpLimitEpoch() { limit_epoch.fetch_add(1, std::memory_order_relaxed); }
-
-// Live contexts with a limit, process-wide. Most programs set none, and then
-// limit bookkeeping (NearestLimited on every block acquired and released:
-// about a tenth of creating and destroying a small context) is one load.
-// A thread only ever asks about its own trees, and a limit in its trees was
-// set by itself, so a relaxed count is exact where it matters.
-std::atomic<size_t> limited_contexts{0};
-
-void CountLimited(size_t old_limit, size_t new_limit) {
-  if ((old_limit == kNoLimit) == (new_limit == kNoLimit)) return;
-  if (new_limit != kNoLimit) {
-    limited_contexts.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    limited_contexts.fetch_sub(1, std::memory_order_relaxed);
-  }
+constexpr size_t RoundUp(size_t n, size_t alignment) {
+  return (n + alignment - 1) & ~(alignment - 1);
 }
 
 // Starts loading every cache line of a context header.
@@ -64,54 +45,6 @@ void PrefetchHeader(const Context* ctx) {
   const char* p = reinterpret_cast<const char*>(ctx);
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
 }
-
-// A source that hands back less than asked has broken its contract: the
-// block goes back and the call fails as out of memory, rather than letting a
-// kind write past the block's end. (Alignment is the source's to keep: a
-// test for it would cost every context creation more than this one.)
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block AcquireFrom(BlockSource* source, size_t min_size,
-                                                      size_t alignment) {
-  Block b = source->Acquire(min_size, alignment);
-  // One test covers failure too: a failed acquisition has size 0.
-  if (ABSL_PREDICT_FALSE(b.size < min_size)) {
-    if (b.ptr != nullptr) source->Release(b);
-    return Block{};
-  }
-  return b;
-}
-
-// Failures of arguments rather than of memory: std::invalid_argument.
-bool ThrowsInvalidArgument(Failure failure) {
-  return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
-         failure == Failure::kBadArgument || failure == Failure::kCycle;
-}
-
-// The exception for a failure of a throwing call. The message is made by
-// the caller before the failure handler runs: a handler may reset or destroy
-// the context that failed.
-[[noreturn]] void ThrowFor(Failure failure, const char* message) {
-  if (failure == Failure::kBadSize) throw std::bad_array_new_length();
-  if (ThrowsInvalidArgument(failure)) throw std::invalid_argument(message);
-  throw std::bad_alloc();
-}
-
-// A root's failed creation, out of line: the message's formatting would
-// weigh on every creation's frame.
-[[noreturn]] ABSL_ATTRIBUTE_NOINLINE ABSL_ATTRIBUTE_COLD void ThrowCreateFailure(Failure failure,
-                                                                               const char* name) {
-  ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
-                                    name != nullptr ? name : "(null)")
-                        .c_str());
-}
-
-// Bytes of a failure message: the longest name it quotes is cut to fit.
-constexpr size_t kFailureMessageBytes = 256;
-
-constexpr size_t RoundUp(size_t n, size_t alignment) {
-  return (n + alignment - 1) & ~(alignment - 1);
-}
-
-bool IsPowerOfTwo(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
 }  // namespace
 
@@ -166,17 +99,24 @@ Context::UseGuard::UseGuard(Context* ctx) : ctx_(ctx) {
   if (!internal::kChecking) return;
   const void* me = &thread_token;
   const void* expected = nullptr;
+#if MCX_CHECKING
   if (!ctx->user_.compare_exchange_strong(expected, me, std::memory_order_acquire) &&
       expected != me) {
     internal::ReportMisuse("context '%s' at %p is used from two threads at the same time",
-                           ctx->name_, static_cast<void*>(ctx));
+                           ctx->name(), static_cast<void*>(ctx));
   }
   ++ctx->use_depth_;
+#else
+  (void)me;
+  (void)expected;
+#endif
 }
 
 Context::UseGuard::~UseGuard() {
   if (!internal::kChecking) return;
+#if MCX_CHECKING
   if (--ctx_->use_depth_ == 0) ctx_->user_.store(nullptr, std::memory_order_release);
+#endif
 }
 
 // Context::CheckLive
@@ -213,6 +153,21 @@ Context* Context::TryCreate(Context* parent, const char* name,
   return CreateImpl(parent, name, kind, options, kNoThrow);
 }
 
+namespace {
+
+// Whether creation needs the side record: any option beyond the kind's.
+bool NeedsExtras(const ContextOptions& o) {
+  return o.limit != kNoLimit || o.failure_handler != nullptr || o.reserve_blocks != 0 ||
+         o.failure_dump.fd != kFailureDumpInherit ||
+         o.failure_dump.max_depth != kFailureDumpDefaultDepth ||
+         o.failure_dump.max_children != kFailureDumpDefaultChildren;
+}
+
+// The first block's size is kept in 32 bits of the header.
+constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
+
+}  // namespace
+
 // Context::CreateImpl
 //
 // The context header, the kind state and a copy of the name share the first
@@ -225,13 +180,13 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   auto fail = [&](Failure failure, size_t size) -> Context* {
     if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
     if (flags & kNoThrow) return nullptr;
-    ThrowCreateFailure(failure, name);
+    internal::ThrowCreateFailure(failure, name);
   };
   const KindMethods* methods = kind.methods();
   if (name == nullptr || methods == nullptr) return fail(Failure::kBadArgument, 0);
   if (parent != nullptr && parent->state_ == State::kTearingDown) {
     internal::ReportMisuse("creating a child of context '%s' while it is being torn down",
-                           parent->name_);
+                           parent->name());
     return fail(Failure::kBadArgument, 0);
   }
   const size_t name_len = std::strlen(name);
@@ -241,23 +196,26 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t want = methods->first_block_size(kind.options(), header_bytes);
   const size_t alignment = methods->first_block_alignment(kind.options(), want);
-  if (want == 0 || want < header_bytes) return fail(Failure::kBadSize, want);
+  if (want == 0 || want < header_bytes || want > kMaxFirstBlockSize) {
+    return fail(Failure::kBadSize, want);
+  }
   if (options.limit != kNoLimit && want > options.limit) return fail(Failure::kLimit, want);
 
   BlockSource* source = options.block_source;
   if (source == nullptr) source = parent ? parent->source_ : DefaultBlockSource();
   if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
-  Block block = AcquireFrom(source, want, alignment);
+  Block block = internal::AcquireFrom(source, want, alignment);
   if (block.ptr == nullptr) {
     if (parent != nullptr) parent->UnchargeLimits(want);
     return fail(Failure::kOutOfMemory, want);
   }
-  // Use the source's slack only where every limit has room for it.
+  // Use the source's slack only where every limit has room for it, and the
+  // header's 32-bit field can say it.
   size_t size = want;
   if (block.size > want) {
-    size_t slack = block.size - want;
-    bool fits = options.limit == kNoLimit || block.size <= options.limit;
-    if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = block.size;
+    size_t slack = (block.size < kMaxFirstBlockSize ? block.size : kMaxFirstBlockSize) - want;
+    bool fits = options.limit == kNoLimit || want + slack <= options.limit;
+    if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = want + slack;
   }
 
   Context* ctx = new (block.ptr) Context();
@@ -267,33 +225,38 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   ctx->source_ = source;
   ctx->mem_allocated_ = size;
   ctx->num_blocks_ = 1;
-  ctx->first_block_size_ = size;
-  ctx->header_bytes_ = header_bytes;
-  CountLimited(kNoLimit, options.limit);
-  ctx->limit_ = options.limit;
-  ctx->subtree_bytes_ = size;
-  ctx->failure_handler_ = options.failure_handler;
-  ctx->failure_handler_arg_ = options.failure_handler_arg;
-  ctx->SetFailureDump(options.failure_dump);
-  char* name_copy = reinterpret_cast<char*>(ctx) + name_offset;
-  std::memcpy(name_copy, name, name_len + 1);
-  ctx->name_ = name_copy;
-  // Link first: the kind's init may acquire blocks, which charge ancestors.
-  // A new context has no descendants, so no cached limit link can be stale:
-  // no epoch bump.
+  ctx->first_block_size_ = static_cast<uint32_t>(size);
+  std::memcpy(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
+  // Link first: the kind's init and the side record may acquire blocks,
+  // which charge ancestors.
   ctx->LinkUnder(parent);
+  auto undo = [&](Failure why, size_t size) {
+    ctx->ReleaseSelf();
+    return fail(why == Failure::kNone ? Failure::kBadArgument : why, size);
+  };
   char* base = reinterpret_cast<char*>(ctx);
   if (!methods->init(ctx, kind.options(), base + header_bytes, base + size)) {
-    Failure why = ctx->last_failure_;
-    ctx->ReleaseSelf();
-    return fail(why == Failure::kNone ? Failure::kBadArgument : why, want);
+    return undo(ctx->last_failure_, want);
+  }
+  if (NeedsExtras(options)) {
+    ContextExtras* x = ctx->Extras();
+    if (x == nullptr) return undo(ctx->last_failure_, sizeof(ContextExtras));
+    x->handler = options.failure_handler;
+    x->handler_arg = options.failure_handler_arg;
+    x->dump_fd = options.failure_dump.fd;
+    x->dump_depth = internal::ClampDumpLimit(options.failure_dump.max_depth);
+    x->dump_children = internal::ClampDumpLimit(options.failure_dump.max_children);
+    if (options.limit != kNoLimit) {
+      x->subtree_bytes = ctx->SubtreeBytes();
+      if (x->subtree_bytes > options.limit) return undo(Failure::kLimit, x->subtree_bytes);
+      internal::CountLimited(kNoLimit, options.limit);
+      x->limit = options.limit;
+    }
   }
   if (options.reserve_blocks != 0 &&
       !ctx->FillReserve(options.reserve_blocks, options.reserve_block_size,
                         alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment)) {
-    Failure why = ctx->last_failure_;
-    ctx->ReleaseSelf();
-    return fail(why, options.reserve_block_size);
+    return undo(ctx->last_failure_, options.reserve_block_size);
   }
   return ctx;
 }
@@ -466,13 +429,12 @@ void Context::DestroyChildren() {
   if (!CheckLive("destroying the children")) return;
   const size_t me = PushWalk(this, FrameAddress());
   WalkScope scope(me);
-  std::exception_ptr error;
   while (!WalkAt(me).root_released && first_child_ != nullptr) {
     Context* child = first_child_;
     try {
       child->Destroy();
     } catch (...) {
-      if (error == nullptr) error = std::current_exception();
+      KeepError(me);  // in the walk record, where a longjmp cannot strand it
     }
     if (WalkAt(me).root_visited) {
       WalkAt(me).root_visited = false;
@@ -484,7 +446,7 @@ void Context::DestroyChildren() {
     if (!WalkAt(me).root_released && first_child_ == child) break;  // refused
   }
   scope.Release();
-  PopWalk(me);
+  std::exception_ptr error = PopWalk(me);
   if (error != nullptr) std::rethrow_exception(error);
 }
 
@@ -545,7 +507,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
       node = this;
       continue;
     }
-    if (node->first_child_ != nullptr || node->cleanups_[0] != nullptr) continue;
+    if (node->first_child_ != nullptr || node->HasCleanups(CleanupPhase::kBeforeChildren)) continue;
     if (node == this) break;
     Context* parent = node->parent_;
     NoteReleased(node, me);
@@ -568,13 +530,36 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
       ReleaseDirect();
       methods_->reset(this, options);
       internal::ValgrindCreatePool(this);
-      cleanups_[0] = cleanups_[1] = nullptr;
-      spare_cleanups_ = nullptr;  // their memory was just reset
-      cleanup_floor_ = cleanup_serial_;  // every handle made so far is stale
+      ForgetCleanups();  // their records were in the memory just reset
       state_ = State::kLive;
     }
   }
   if (error != nullptr) std::rethrow_exception(error);
+}
+
+// Context::RunCleanups
+//
+// Pops before calling, as PostgreSQL does: a cleanup is removed when it runs,
+// so it can never run twice, whatever it does. An exception is kept in the
+// walk's record (the first one) and the walk goes on. Returns false when a
+// nested teardown reached the walk's root or released the context it is at
+// (this one): the caller must look before touching anything.
+bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
+  const int list = static_cast<int>(phase);
+  while (extras_ != nullptr && extras_->cleanups[list] != nullptr) {
+    CleanupRecord* r = extras_->cleanups[list];
+    CleanupFn fn = r->fn;
+    void* arg = r->arg;
+    UnlinkCleanup(r);
+    try {
+      fn(arg);
+    } catch (...) {
+      KeepError(walk);
+    }
+    const Walk& w = WalkAt(walk);
+    if (w.root_visited || w.root_released || w.node_released) return false;
+  }
+  return true;
 }
 
 // Context::ReleaseSelf
@@ -584,12 +569,12 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options) {
 void Context::ReleaseSelf() {
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   if (internal::kDirect) ReleaseDirect();
+  // First, so that no block the kind releases refills the reserve.
+  if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);
-  if (reserve_ != nullptr) ReleaseReserve();
   BlockSource* source = source_;
   Block first{this, first_block_size_};
   UnchargeLimits(first.size);
-  CountLimited(limit_, kNoLimit);
   Unlink();
   // Checking builds clobber the first block past the header fields that the
   // release still needs; the magic below is written last.
@@ -647,13 +632,13 @@ absl::Status Context::SetParent(Context* new_parent) {
     last_failure_ = Failure::kCycle;
     return absl::InvalidArgumentError(absl::StrFormat(
         "mcx: cannot move context '%s' under '%s': it would become its own ancestor",
-        name_, new_parent->name_));
+        name(), new_parent->name()));
   }
   if (state_ == State::kTearingDown ||
       (new_parent != nullptr && new_parent->state_ == State::kTearingDown)) {
     last_failure_ = Failure::kBadArgument;
     return absl::FailedPreconditionError(absl::StrFormat(
-        "mcx: cannot move context '%s' while a context involved is being torn down", name_));
+        "mcx: cannot move context '%s' while a context involved is being torn down", name()));
   }
   Context* old_chain = parent_ ? parent_->NearestLimited() : nullptr;
   Context* new_chain = new_parent ? new_parent->NearestLimited() : nullptr;
@@ -666,702 +651,98 @@ absl::Status Context::SetParent(Context* new_parent) {
       return false;
     };
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
-      if (!in_chain(old_chain, l) && bytes > l->limit_ - l->subtree_bytes_) {
+      if (!in_chain(old_chain, l) && bytes > l->extras_->limit - l->extras_->subtree_bytes) {
         last_failure_ = Failure::kLimit;
         return absl::ResourceExhaustedError(absl::StrFormat(
             "mcx: moving context '%s' (%d bytes) under '%s' would exceed the limit of '%s' (%d bytes)",
-            name_, bytes, new_parent->name_, l->name_, l->limit_));
+            name(), bytes, new_parent->name(), l->name(), l->extras_->limit));
       }
     }
     for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
-      if (!in_chain(new_chain, l)) l->subtree_bytes_ -= bytes;
+      if (!in_chain(new_chain, l)) l->extras_->subtree_bytes -= bytes;
     }
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
-      if (!in_chain(old_chain, l)) l->subtree_bytes_ += bytes;
+      if (!in_chain(old_chain, l)) l->extras_->subtree_bytes += bytes;
     }
   }
   Unlink();
   LinkUnder(new_parent);
-  BumpLimitEpoch();
   return absl::OkStatus();
 }
 
-// --- Limits and block accounting ---------------------------------------------
+// --- Names and the side record ----------------------------------------------
 
-// Context::NearestLimited
+// The name follows the kind state, which follows the header: its place
+// follows from the kind, so the header does not keep a pointer to it.
+size_t Context::NameOffset() const {
+  return RoundUp(sizeof(Context), methods_->state_alignment) + methods_->state_size;
+}
+
+const char* Context::name() const { return reinterpret_cast<const char*>(this) + NameOffset(); }
+
+size_t Context::header_bytes() const {
+  return RoundUp(NameOffset() + std::strlen(name()) + 1, kDefaultAlignment);
+}
+
+// Context::Extras
 //
-// The nearest ancestor-or-self with a limit. Walks up to the first context
-// whose cache is current (or that has a limit), then writes the answer into
-// every context on the way, so a deep chain pays for the walk once per epoch.
-Context* Context::NearestLimited() {
-  if (limited_contexts.load(std::memory_order_relaxed) == 0) return nullptr;
-  const uint64_t epoch = limit_epoch.load(std::memory_order_relaxed);
-  Context* stop = this;
-  Context* answer = nullptr;
-  for (; stop != nullptr; stop = stop->parent_) {
-    if (stop->limit_epoch_ == epoch) {
-      answer = stop->limit_link_;
-      break;
-    }
-    if (stop->limit_ != kNoLimit) {
-      answer = stop;
-      break;
-    }
-  }
-  for (Context* c = this; c != stop; c = c->parent_) {
-    c->limit_link_ = answer;
-    c->limit_epoch_ = epoch;
-  }
-  if (stop != nullptr) {
-    stop->limit_link_ = answer;
-    stop->limit_epoch_ = epoch;
-  }
-  return answer;
-}
-
-// The next limited context above this (limited) one.
-Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
-
-bool Context::ChargeLimits(size_t bytes) {
-  Context* first = NearestLimited();
-  if (first == nullptr) return true;
-  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
-    if (bytes > l->limit_ - l->subtree_bytes_) return false;
-  }
-  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
-    l->subtree_bytes_ += bytes;
-  }
-  return true;
-}
-
-void Context::UnchargeLimits(size_t bytes) {
-  for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
-    l->subtree_bytes_ -= bytes;
-  }
-}
-
-absl::Status Context::SetLimit(size_t bytes) {
-  if (bytes == kNoLimit) {
-    CountLimited(limit_, kNoLimit);
-    limit_ = kNoLimit;
-    BumpLimitEpoch();
-    return absl::OkStatus();
-  }
-  size_t held = SubtreeBytes();
-  if (held > bytes) {
-    last_failure_ = Failure::kLimit;
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "mcx: context '%s' already holds %d bytes in its subtree, more than the limit %d",
-        name_, held, bytes));
-  }
-  CountLimited(limit_, bytes);
-  limit_ = bytes;
-  subtree_bytes_ = held;
-  BumpLimitEpoch();
-  return absl::OkStatus();
-}
-
-size_t Context::SubtreeBytes() const {
-  size_t total = 0;
-  const Context* c = this;
-  while (c != nullptr) {
-    total += c->mem_allocated_ + c->reserve_bytes_ + c->direct_bytes_;
-    if (c->first_child_ != nullptr) {
-      c = c->first_child_;
-      continue;
-    }
-    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
-    c = (c == this) ? nullptr : c->next_sibling_;
-  }
-  return total;
-}
-
-// Context::AcquireBlock
-//
-// Every block a kind uses comes through here: the limits are charged before
-// the source is asked (so a limit never costs a system call), and the charge
-// is undone if the source fails.
-void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
-                           size_t usable_size) {
-  if (!ChargeLimits(min_size)) {
+// A small block of its own from the context's source, charged to the limits
+// like any block: it survives resets (a pool's memory does not) without
+// being moved, and most contexts never need one.
+ContextExtras* Context::Extras() {
+  if (ABSL_PREDICT_TRUE(extras_ != nullptr)) return extras_;
+  constexpr size_t kBytes = sizeof(ContextExtras);
+  if (!ChargeLimits(kBytes)) {
     last_failure_ = Failure::kLimit;
     return nullptr;
   }
-  Block block = AcquireFrom(source_, min_size, alignment);
-  if (block.ptr == nullptr) {
-    UnchargeLimits(min_size);
-    if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
-      return r;
-    }
-    last_failure_ = Failure::kOutOfMemory;
-    return nullptr;
-  }
-  size_t size = min_size;
-  if (block.size > min_size && ChargeLimits(block.size - min_size)) size = block.size;
-  mem_allocated_ += size;
-  ++num_blocks_;
-  *actual = size;
-  return block.ptr;
-}
-
-void Context::ReleaseBlock(void* block, size_t size) {
-  mem_allocated_ -= size;
-  --num_blocks_;
-  ClobberReleased(block, size);
-  if (KeepForReserve(block, size)) return;
-  UnchargeLimits(size);
-  source_->Release(Block{block, size});
-}
-
-// Checking builds clobber every block they give back, so a stale pointer
-// into it reads 0x7F (and its chunk header reserved kind id 15: "freed, reset
-// or destroyed") for as long as the memory is not reused.
-void Context::ClobberReleased(void* block, size_t size) {
-  if (!internal::kChecking) return;
-  internal::UnpoisonMemoryRegion(block, size);
-  std::memset(block, internal::kClobberByte, size);
-}
-
-// --- The reserve -------------------------------------------------------------
-//
-// Reserve blocks stay charged to the limits while they are held: the reserve
-// is memory the subtree owns. Handing one out or taking one back moves bytes
-// between the reserve and bytes_in_blocks() without touching the limits.
-
-bool Context::FillReserve(size_t blocks, size_t block_size, size_t alignment) {
-  if (block_size < sizeof(ReserveBlock)) block_size = sizeof(ReserveBlock);
-  // The whole reserve must be a size mcx could hand out at all: refused
-  // before any reserve block is acquired (an absurd count would otherwise
-  // take blocks until the source fails).
-  if (blocks > kMaxAllocSize / block_size) {
-    last_failure_ = Failure::kBadSize;
-    return false;
-  }
-  reserve_target_ = blocks;
-  reserve_block_size_ = block_size;
-  while (reserve_count_ < blocks) {
-    if (!ChargeLimits(block_size)) {
-      last_failure_ = Failure::kLimit;
-      return false;
-    }
-    Block b = AcquireFrom(source_, block_size, alignment);
-    if (b.ptr == nullptr) {
-      UnchargeLimits(block_size);
-      last_failure_ = Failure::kOutOfMemory;
-      return false;
-    }
-    // Its slack is not charged, so it is not used either.
-    auto* r = static_cast<ReserveBlock*>(b.ptr);
-    r->size = block_size;
-    r->next = reserve_;
-    reserve_ = r;
-    ++reserve_count_;
-    reserve_bytes_ += block_size;
-  }
-  return true;
-}
-
-// The first reserve block that is large enough and whose address has the
-// alignment: reserve blocks are acquired with the kind's block alignment (a
-// rewind_on_free pool aligns its blocks to their size), and blocks kept from
-// returns have whatever alignment they came with.
-void* Context::TakeFromReserve(size_t min_size, size_t alignment, size_t* actual) {
-  ReserveBlock** link = &reserve_;
-  while (*link != nullptr && ((*link)->size < min_size ||
-                              (reinterpret_cast<uintptr_t>(*link) & (alignment - 1)) != 0)) {
-    link = &(*link)->next;
-  }
-  ReserveBlock* r = *link;
-  if (r == nullptr) return nullptr;
-  *link = r->next;
-  --reserve_count_;
-  reserve_bytes_ -= r->size;
-  ++reserve_uses_;
-  mem_allocated_ += r->size;
-  ++num_blocks_;
-  *actual = r->size;
-  return r;
-}
-
-// Keeps a returning block for the reserve when the reserve is short and the
-// block is a sensible size for it (at least a reserve block, and not so
-// large that keeping it would pin much more than the reserve was asked for).
-bool Context::KeepForReserve(void* block, size_t size) {
-  constexpr size_t kMaxOversize = 4;  // a kept block may be up to 4x a reserve block
-  if (reserve_count_ >= reserve_target_ || size < reserve_block_size_ ||
-      size / kMaxOversize > reserve_block_size_) {
-    return false;
-  }
-  auto* r = static_cast<ReserveBlock*>(block);
-  // The kind may have left the block poisoned, and under Valgrind a reset has
-  // already announced its chunks freed: the header is the reserve's now.
-  internal::UnpoisonMemoryRegion(r, sizeof(ReserveBlock));
-  r->size = size;
-  r->next = reserve_;
-  reserve_ = r;
-  ++reserve_count_;
-  reserve_bytes_ += size;
-  return true;
-}
-
-void Context::ReleaseReserve() {
-  reserve_target_ = 0;
-  while (ReserveBlock* r = reserve_) {
-    reserve_ = r->next;
-    size_t size = r->size;
-    UnchargeLimits(size);
-    source_->Release(Block{r, size});
-  }
-  reserve_count_ = 0;
-  reserve_bytes_ = 0;
-}
-
-Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
-                               size_t alignment) {
-  const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
-  if (grow != 0 && !ChargeLimits(grow)) {
-    last_failure_ = Failure::kLimit;
-    return Block{};
-  }
-  Block fresh = source_->Reallocate(block, keep, new_min_size, alignment);
-  if (fresh.ptr == nullptr) {
-    if (grow != 0) UnchargeLimits(grow);
-    last_failure_ = Failure::kOutOfMemory;
-    return Block{};
-  }
-  // Account the new size exactly: the charge so far covers max(old, new_min).
-  size_t charged = block.size + grow;
-  size_t size = new_min_size;
-  if (fresh.size > new_min_size && ChargeLimits(fresh.size - new_min_size)) {
-    size = fresh.size;
-    charged += fresh.size - new_min_size;
-  }
-  UnchargeLimits(charged - size);
-  mem_allocated_ = mem_allocated_ - block.size + size;
-  fresh.size = size;
-  return fresh;
-}
-
-// --- Allocation --------------------------------------------------------------
-
-// Context::AllocSlow
-//
-// Everything the inline fast path does not serve: sizes it does not take,
-// kinds without a bump window, a full window. The kind's alloc may acquire
-// blocks; it reports failure by returning nullptr with last_failure_ set.
-// The concurrency check (UseGuard) covers the kind's work only: it is
-// released before Fail calls the failure handler, which may longjmp past
-// any destructor or tear this context down.
-void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
-  if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
-  if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
-  void* p;
-  {
-    UseGuard use(this);
-    CheckNotTearingDown("allocation");
-    p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
-  }
-  if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
-  internal::ValgrindChunkAlloc(this, p, size);
-  return p;
-}
-
-void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
-  if (!IsPowerOfTwo(alignment) || alignment > kMaxAlignment) {
-    return Fail(Failure::kBadAlignment, size, flags);
-  }
-  if (alignment < kDefaultAlignment) alignment = kDefaultAlignment;
-  void* p = TryBump(size, alignment);
-  if (p != nullptr) return p;
-  return AllocSlow(size, alignment, flags);
-}
-
-void* Context::AllocAligned(size_t size, size_t alignment) {
-  return AllocAlignedImpl(size, alignment, kThrow);
-}
-
-void* Context::TryAllocAligned(size_t size, size_t alignment) noexcept {
-  return AllocAlignedImpl(size, alignment, kNoThrow);
-}
-
-void* Context::AllocZeroArray(size_t count, size_t size) {
-  size_t bytes;
-  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kThrow);
-  return AllocZero(bytes);
-}
-
-void* Context::TryAllocZeroArray(size_t count, size_t size) noexcept {
-  size_t bytes;
-  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kNoThrow);
-  return TryAllocZero(bytes);
-}
-
-char* Context::Strdup(std::string_view s) {
-  if (s.size() >= kMaxAllocSize) return static_cast<char*>(Fail(Failure::kBadSize, s.size(), kThrow));
-  char* p = static_cast<char*>(AllocBytes(s.size() + 1));
-  std::memcpy(p, s.data(), s.size());
-  p[s.size()] = '\0';
-  return p;
-}
-
-void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
-  if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
-  if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
-  void* q;
-  {
-    UseGuard use(this);  // not across Fail: see AllocSlow
-    q = internal::kDirect ? DirectRealloc(p, new_size)
-                          : methods_->realloc(this, p, old_size, new_size);
-  }
-  if (q == nullptr) return Fail(last_failure_, new_size, flags);
-  internal::ValgrindChunkMove(this, p, q, new_size);
-  return q;
-}
-
-void* Context::Realloc(void* p, size_t new_size) {
-  return ReallocImpl(p, kUnknownSize, new_size, kThrow);
-}
-void* Context::TryRealloc(void* p, size_t new_size) noexcept {
-  return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
-}
-void* Context::Realloc(void* p, size_t old_size, size_t new_size) {
-  return ReallocImpl(p, old_size, new_size, kThrow);
-}
-void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
-  return ReallocImpl(p, old_size, new_size, kNoThrow);
-}
-
-void Context::FreeChecked(void* p) {
-  if (internal::kChecking && !CheckLive("free")) return;
-  UseGuard use(this);
-  if (internal::kDirect) {
-    DirectFree(p);
-  } else {
-    methods_->free(this, p);
-  }
-  internal::ValgrindChunkFree(this, p);
-}
-
-size_t Context::ChunkSize(const void* p) const {
-  if (p == nullptr) return 0;
-  if (internal::kDirect) return DirectChunkSize(p);
-  return methods_->chunk_size(this, p);
-}
-
-bool Context::Check(std::string* error) const {
-  std::string scratch;
-  return methods_->check(this, error != nullptr ? error : &scratch);
-}
-
-// Context::Fail
-//
-// The one failure path. Try-calls stop at recording the reason; throwing
-// calls give the nearest handler a chance (it may log, dump stats, longjmp or
-// throw its own exception) and then throw.
-//
-// Out of memory and limits first write the failure dump, if one is set
-// (dump.h), as PostgreSQL prints MemoryContextStats before its "out of
-// memory" error: before the handler, which may longjmp past any later point.
-// Try-calls do not dump, like PostgreSQL's MCXT_ALLOC_NO_OOM: they expect
-// to fail and handle it.
-void* Context::Fail(Failure failure, size_t size, unsigned flags) {
-  last_failure_ = failure;
-  if (flags & kNoThrow) return nullptr;
-  if (failure == Failure::kOutOfMemory || failure == Failure::kLimit) {
-    internal::DumpOnFailure(this, failure, size);
-  }
-  // Nothing of this context is read after the handler: it may have reset
-  // or destroyed an ancestor, and this context with it. The message is made
-  // before, in a buffer on the stack: a handler that longjmps must not leave
-  // a heap string behind.
-  char message[kFailureMessageBytes];
-  message[0] = '\0';
-  if (ThrowsInvalidArgument(failure)) {
-    std::snprintf(message, sizeof(message), "mcx: %s in context '%s'", FailureName(failure),
-                  name_);
-  }
-  for (Context* c = this; c != nullptr; c = c->parent_) {
-    if (c->failure_handler_ != nullptr) {
-      FailureInfo info{this, name_, failure, size, c->failure_handler_arg_};
-      c->failure_handler_(info);
-      break;
-    }
-  }
-  ThrowFor(failure, message);
-}
-
-// --- Cleanups ----------------------------------------------------------------
-
-CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
-  if (spare_cleanups_ != nullptr) {
-    CleanupRecord* r = spare_cleanups_;
-    spare_cleanups_ = r->next;
-    return r;
-  }
-  static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
-  return static_cast<CleanupRecord*>(flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
-                                                      : Alloc(sizeof(CleanupRecord)));
-}
-
-void Context::ReturnCleanupRecord(CleanupRecord* r) {
-  r->serial = 0;
-  r->next = spare_cleanups_;
-  spare_cleanups_ = r;
-}
-
-CleanupHandle Context::CommitCleanup(CleanupRecord* r, CleanupFn fn, void* arg,
-                                     CleanupFn destroy, CleanupPhase phase) {
-  r->fn = fn;
-  r->arg = arg;
-  r->destroy = destroy;
-  r->serial = ++cleanup_serial_;
-  LinkCleanup(r, phase);
-  return CleanupHandle(r, r->serial);
-}
-
-void Context::LinkCleanup(CleanupRecord* r, CleanupPhase phase) {
-  CleanupRecord*& head = cleanups_[static_cast<int>(phase)];
-  r->phase = phase;
-  r->owner = this;
-  r->prev = nullptr;
-  r->next = head;
-  if (head != nullptr) head->prev = r;
-  head = r;
-}
-
-// Unlinks and recycles a record; its serial goes, so every handle of it is
-// stale from now on.
-void Context::UnlinkCleanup(CleanupRecord* r) {
-  CleanupRecord*& head = cleanups_[static_cast<int>(r->phase)];
-  if (r->prev != nullptr) {
-    r->prev->next = r->next;
-  } else {
-    head = r->next;
-  }
-  if (r->next != nullptr) r->next->prev = r->prev;
-  r->prev = nullptr;
-  ReturnCleanupRecord(r);
-}
-
-void Context::CheckNotTearingDown(const char* operation) const {
-  if (internal::kChecking && state_ == State::kTearingDown) {
-    internal::ReportMisuse("%s in context '%s' at %p while it is being torn down", operation,
-                           name_, static_cast<const void*>(this));
-  }
-}
-
-CleanupHandle Context::AddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) {
-  CheckNotTearingDown("registering a cleanup");
-  if (fn == nullptr) {
-    Fail(Failure::kBadArgument, 0, kThrow);
-  }
-  return CommitCleanup(NewCleanupRecord(kThrow), fn, arg, nullptr, phase);
-}
-
-CleanupHandle Context::TryAddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) noexcept {
-  CheckNotTearingDown("registering a cleanup");
-  if (fn == nullptr) {
-    last_failure_ = Failure::kBadArgument;
-    return CleanupHandle();
-  }
-  CleanupRecord* r = NewCleanupRecord(kNoThrow);
-  if (r == nullptr) return CleanupHandle();
-  return CommitCleanup(r, fn, arg, nullptr, phase);
-}
-
-// Context::LiveCleanup
-//
-// The record behind a handle if that registration is still in place on this
-// context; nullptr for an empty or stale handle. A handle from before this
-// context's latest reset, or with a serial this context never gave, is
-// refused without reading the record (its memory may be gone). Otherwise
-// the record is in live memory: a handle of another context whose serial
-// happens to be in range is misuse (reported when `report_foreign`), and a
-// record whose serial differs has run, been removed or been reused.
-CleanupRecord* Context::LiveCleanup(CleanupHandle handle, bool report_foreign) const {
-  CleanupRecord* r = handle.record_;
-  if (r == nullptr || handle.serial_ <= cleanup_floor_ || handle.serial_ > cleanup_serial_) {
-    return nullptr;
-  }
-  if (r->owner != this) {
-    if (report_foreign) {
-      internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'",
-                             static_cast<void*>(r), r->owner->name_, name_);
-    }
-    return nullptr;
-  }
-  return r->serial == handle.serial_ ? r : nullptr;
-}
-
-bool Context::RemoveCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
-  if (r == nullptr) return false;
-  CleanupFn destroy = r->destroy;
-  void* storage = r->arg;
-  UnlinkCleanup(r);
-  if (destroy != nullptr) {  // a callable: destroy it unrun, free its storage
-    destroy(storage);
-    Free(storage);
-  }
-  return true;
-}
-
-bool Context::RunCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
-  if (r == nullptr) return false;
-  CleanupFn fn = r->fn;
-  void* arg = r->arg;
-  bool owned = r->destroy != nullptr;
-  UnlinkCleanup(r);
-  if (!owned) {
-    fn(arg);
-    return true;
-  }
-  // The callable's storage goes either way (a teardown frees it wholesale).
-  try {
-    fn(arg);
-  } catch (...) {
-    Free(arg);
-    throw;
-  }
-  Free(arg);
-  return true;
-}
-
-// Context::RunCleanups
-//
-// Pops before calling, as PostgreSQL does: a cleanup is removed when it runs,
-// so it can never run twice, whatever it does. An exception is kept in the
-// walk's record (the first one) and the walk goes on. Returns false when a
-// nested teardown reached the walk's root or released the context it is at
-// (this one): the caller must look before touching anything.
-bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
-  CleanupRecord** head = &cleanups_[static_cast<int>(phase)];
-  while (*head != nullptr) {
-    CleanupRecord* r = *head;
-    CleanupFn fn = r->fn;
-    void* arg = r->arg;
-    UnlinkCleanup(r);
-    try {
-      fn(arg);
-    } catch (...) {
-      KeepError(walk);
-    }
-    const Walk& w = WalkAt(walk);
-    if (w.root_visited || w.root_released || w.node_released) return false;
-  }
-  return true;
-}
-
-// --- Direct mode ---------------------------------------------------------------
-//
-// Every chunk is a block of its own, acquired from the context's source with
-// exactly the bytes it needs, so the chunk ends where the block ends and
-// AddressSanitizer's redzone follows it. The chunks of a context are on a
-// doubly linked list, released at reset and destroy; limits apply as to any
-// block. Layout: [padding][DirectHeader][header word][payload], the payload
-// at max(64, alignment) bytes from the block's start.
-
-struct Context::DirectHeader {
-  DirectHeader* prev;
-  DirectHeader* next;
-  Context* owner;
-  size_t block_size;  // bytes acquired
-  size_t requested;
-  size_t offset;      // from the block's start to the payload
-};
-
-namespace {
-constexpr size_t kDirectPrefix = 64;  // header (48) + header word (8), 16-aligned
-static_assert(6 * sizeof(void*) + sizeof(uint64_t) <= kDirectPrefix, "direct header");
-}  // namespace
-
-void* Context::DirectAlloc(size_t size, size_t alignment) {
-  const size_t prefix = alignment > kDirectPrefix ? alignment : kDirectPrefix;
-  const size_t want = prefix + (size == 0 ? 1 : size);
-  if (!ChargeLimits(want)) {
-    last_failure_ = Failure::kLimit;
-    return nullptr;
-  }
-  Block b = AcquireFrom(source_, want,
-                        alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment);
+  Block b = internal::AcquireFrom(source_, kBytes, kMinBlockAlignment);
   if (b.ptr == nullptr) {
-    UnchargeLimits(want);
+    UnchargeLimits(kBytes);
     last_failure_ = Failure::kOutOfMemory;
     return nullptr;
   }
-  char* payload = static_cast<char*>(b.ptr) + prefix;
-  auto* h = reinterpret_cast<DirectHeader*>(payload - sizeof(uint64_t) - sizeof(DirectHeader));
-  *h = DirectHeader{nullptr, direct_head_, this, want, size, prefix};
-  if (direct_head_ != nullptr) direct_head_->prev = h;
-  direct_head_ = h;
-  WriteChunkHeader(payload, MakeChunkHeader(kChunkKindDirect, true, 0, sizeof(DirectHeader)));
-  direct_bytes_ += want;
-  ++direct_chunks_;
-  return payload;
+  // The source's slack is the record's too, where the limits have room.
+  const size_t bytes = b.size > kBytes && ChargeLimits(b.size - kBytes) ? b.size : kBytes;
+  extras_ = new (b.ptr) ContextExtras();
+  extras_->bytes = bytes;
+  return extras_;
 }
 
-void Context::DirectFree(void* p) {
-  const uint64_t word = ReadChunkHeader(p);
-  if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindDirect) {
-    return internal::ReportBadChunk(p, "free");
-  }
-  auto* h = reinterpret_cast<DirectHeader*>(static_cast<char*>(p) - sizeof(uint64_t) -
-                                            sizeof(DirectHeader));
-  if (h->owner != this) {
-    return internal::ReportMisuse("free of chunk %p through context '%s', but it belongs to '%s'",
-                                  p, name_, h->owner->name_);
-  }
-  if (h->prev != nullptr) h->prev->next = h->next; else direct_head_ = h->next;
-  if (h->next != nullptr) h->next->prev = h->prev;
-  direct_bytes_ -= h->block_size;
-  --direct_chunks_;
-  UnchargeLimits(h->block_size);
-  source_->Release(Block{static_cast<char*>(p) - h->offset, h->block_size});
+// Before the kind's blocks go (a destroy): the reserve, then the record.
+void Context::ReleaseExtras() {
+  ContextExtras* x = extras_;
+  if (x->reserve != nullptr) ReleaseReserve();
+  internal::CountLimited(x->limit, kNoLimit);
+  extras_ = nullptr;
+  const size_t bytes = x->bytes;
+  UnchargeLimits(bytes);
+  x->~ContextExtras();
+  ClobberReleased(x, bytes);
+  source_->Release(Block{x, bytes});
 }
 
-void* Context::DirectRealloc(void* p, size_t new_size) {
-  const uint64_t word = ReadChunkHeader(p);
-  if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindDirect) {
-    internal::ReportBadChunk(p, "realloc");
-    last_failure_ = Failure::kBadArgument;
-    return nullptr;
-  }
-  const size_t old = DirectChunkSize(p);
-  void* q = DirectAlloc(new_size, kDefaultAlignment);
-  if (q == nullptr) return nullptr;
-  std::memcpy(q, p, old < new_size ? old : new_size);
-  DirectFree(p);
-  return q;
+bool Context::SetFailureHandler(FailureHandler handler, void* arg) {
+  if (handler == nullptr && extras_ == nullptr) return true;  // nothing to unset
+  ContextExtras* x = Extras();
+  if (x == nullptr) return false;
+  x->handler = handler;
+  x->handler_arg = arg;
+  return true;
 }
 
-size_t Context::DirectChunkSize(const void* p) const {
-  return reinterpret_cast<const DirectHeader*>(static_cast<const char*>(p) - sizeof(uint64_t) -
-                                               sizeof(DirectHeader))
-      ->requested;
+bool Context::SetFailureDump(const FailureDumpOptions& options) {
+  ContextExtras* x = Extras();
+  if (x == nullptr) return false;
+  x->dump_fd = options.fd;
+  x->dump_depth = internal::ClampDumpLimit(options.max_depth);
+  x->dump_children = internal::ClampDumpLimit(options.max_children);
+  return true;
 }
 
-void Context::ReleaseDirect() {
-  while (direct_head_ != nullptr) {
-    DirectFree(reinterpret_cast<char*>(direct_head_) + sizeof(DirectHeader) + sizeof(uint64_t));
-  }
-}
-
-// mcx::Free(p) and friends reach direct chunks through their header word.
-struct DirectChunkAccess {
-  static Context* Owner(const void* p) {
-    return reinterpret_cast<const Context::DirectHeader*>(static_cast<const char*>(p) -
-                                                          sizeof(uint64_t) -
-                                                          sizeof(Context::DirectHeader))
-        ->owner;
-  }
-  static size_t Size(const void* p) { return Owner(p)->DirectChunkSize(p); }
-};
-
-void RegisterDirectChunks() {
-  static const ChunkKindMethods kDirectMethods = {"direct", &DirectChunkAccess::Owner,
-                                                  &DirectChunkAccess::Size};
-  RegisterChunkKind(kChunkKindDirect, &kDirectMethods);
+FailureDumpOptions Context::failure_dump() const {
+  if (extras_ == nullptr) return FailureDumpOptions();
+  return {extras_->dump_fd, extras_->dump_depth, extras_->dump_children};
 }
 
 }  // namespace mcx

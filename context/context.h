@@ -73,6 +73,7 @@ inline constexpr size_t kNoLimit = ~size_t{0};
 namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
+struct ContextExtras;
 class ContextTestPeer;
 }  // namespace internal
 
@@ -243,35 +244,30 @@ class Context {
 
   // --- Failure and limits --------------------------------------------------
 
-  void SetFailureHandler(FailureHandler handler, void* arg = nullptr) {
-    failure_handler_ = handler;
-    failure_handler_arg_ = arg;
-  }
+  // Sets the handler that failing throwing calls in this subtree call
+  // (failure.h). False (out of memory: last_failure says why) if the
+  // context's side record, which keeps what only some contexts use, could
+  // not be had; true if it was set.
+  bool SetFailureHandler(FailureHandler handler, void* arg = nullptr);
   // The reason for the most recent failed call on this context.
   Failure last_failure() const { return last_failure_; }
 
   // Where and how much mcx dumps when a throwing call in this subtree runs
   // out of memory or hits a limit (dump.h has what is written and when).
   // `max_depth` and `max_children` are kept in one byte each: clamped to
-  // 0..kFailureDumpMaxLimit.
-  void SetFailureDump(const FailureDumpOptions& options) {
-    failure_dump_fd_ = options.fd;
-    failure_dump_depth_ = ClampDumpLimit(options.max_depth);
-    failure_dump_children_ = ClampDumpLimit(options.max_children);
-  }
+  // 0..kFailureDumpMaxLimit. False as for SetFailureHandler.
+  bool SetFailureDump(const FailureDumpOptions& options);
   // This context's own setting (fd kFailureDumpInherit: none).
-  FailureDumpOptions failure_dump() const {
-    return {failure_dump_fd_, failure_dump_depth_, failure_dump_children_};
-  }
+  FailureDumpOptions failure_dump() const;
 
   // Bounds the block bytes of this subtree, checked whenever a block is
   // acquired. Fails if the subtree already holds more.
   absl::Status SetLimit(size_t bytes);
-  size_t limit() const { return limit_; }
+  size_t limit() const;
 
   // --- Introspection -------------------------------------------------------
 
-  const char* name() const { return name_; }
+  const char* name() const;
   const char* kind_name() const { return methods_->name; }
   const KindMethods* kind() const { return methods_; }
   Context* parent() const { return parent_; }
@@ -283,19 +279,24 @@ class Context {
   // O(1): bytes in blocks held by this context alone, and their count.
   size_t bytes_in_blocks() const { return mem_allocated_; }
   size_t num_blocks() const { return num_blocks_; }
-  // Walks the subtree (reserve blocks included: they count against limits).
+  // Bytes of the side record that contexts with a limit, a handler, a dump
+  // setting, a reserve or cleanups keep (0 without one); counted against
+  // limits.
+  size_t side_record_bytes() const;
+  // Walks the subtree: blocks, side records and reserve blocks, everything
+  // that counts against limits.
   size_t SubtreeBytes() const;
 
   // The reserve (ContextOptions::reserve_blocks): blocks and bytes held now,
   // and how many blocks it has handed out since creation.
-  size_t reserve_blocks() const { return reserve_count_; }
-  size_t reserve_bytes() const { return reserve_bytes_; }
-  uint64_t reserve_uses() const { return reserve_uses_; }
+  size_t reserve_blocks() const;
+  size_t reserve_bytes() const;
+  uint64_t reserve_uses() const;
 
   // Direct mode (--config=direct): bytes and chunks held as chunks of their
   // own, outside the kind's blocks. Zero in other builds.
-  size_t direct_bytes() const { return direct_bytes_; }
-  size_t direct_chunks() const { return direct_chunks_; }
+  size_t direct_bytes() const;
+  size_t direct_chunks() const;
 
   // Runs the kind's invariant checks. In checking builds every chunk's
   // sentinel is verified too.
@@ -323,12 +324,15 @@ class Context {
     bump_ptr_ = ptr;
     bump_end_ = end;
     // Under --config=valgrind every chunk must be announced to memcheck,
-    // which the inline path does not do: it is off.
-    max_bump_ = (internal::kValgrind || internal::kDirect) ? 0 : max;
+    // which the inline path does not do: it is off. Larger requests than
+    // the field holds take the slow path, where the kind serves them alike.
+    max_bump_ = (internal::kValgrind || internal::kDirect) ? 0
+                : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
+                                                            : kMaxBumpField;
   }
   char* bump_ptr() const { return bump_ptr_; }
   // Bytes of the first block taken by the header, state and name.
-  size_t header_bytes() const { return header_bytes_; }
+  size_t header_bytes() const;
   size_t first_block_size() const { return first_block_size_; }
 
  private:
@@ -339,16 +343,17 @@ class Context {
   template <typename State>
   friend const State* KindState(const Context* ctx);
 
-  enum class State : unsigned char { kLive, kTearingDown };
+  enum class State : uint8_t { kLive, kTearingDown };
   // Written at creation and overwritten just before the first block goes
   // back, so a second Destroy of the same context is recognised.
   static constexpr uint32_t kLiveMagic = 0x6D637831;  // "mcx1"
   static constexpr uint32_t kDeadMagic = 0x64656164;  // "dead"
+  static constexpr uint16_t kMaxBumpField = 0xFFFF;
 
   // Checking builds: APR's concurrency check. Every operation marks the
   // context in use by the calling thread; another thread arriving meanwhile
   // is misuse. Nested use from the same thread (a cleanup freeing memory in
-  // its own context) is fine.
+  // its own context) is fine. Never held across user code.
   class UseGuard {
    public:
     explicit UseGuard(Context* ctx);
@@ -360,10 +365,6 @@ class Context {
     Context* ctx_;
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
-
-  static uint8_t ClampDumpLimit(int n) {
-    return static_cast<uint8_t>(n < 0 ? 0 : n > kFailureDumpMaxLimit ? kFailureDumpMaxLimit : n);
-  }
 
   Context() = default;
   ~Context() = default;
@@ -397,6 +398,15 @@ class Context {
     if (p != nullptr) std::memset(p, 0, size);
     return p;
   }
+
+  // The side record (internal/extras.h): created on first use as a small
+  // block from the source, kept across resets, gone with the context.
+  // Extras() creates it (nullptr, with last_failure set, if it cannot be
+  // had).
+  internal::ContextExtras* Extras();
+  void ReleaseExtras();
+
+  // Cleanups (cleanup.cc).
   // A record taken before the object a cleanup is for is made (New<T>, a
   // callable): making it may throw or longjmp, and must not leave a
   // registered cleanup for an object that does not exist. nullptr (after
@@ -409,18 +419,33 @@ class Context {
   CleanupHandle CommitCleanup(internal::CleanupRecord* r, CleanupFn fn, void* arg,
                               CleanupFn destroy, CleanupPhase phase);
   internal::CleanupRecord* LiveCleanup(CleanupHandle handle, bool report_foreign) const;
-  bool CheckLive(const char* operation) const;
-  void CheckNotTearingDown(const char* operation) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
+  bool HasCleanups(CleanupPhase phase) const;
   bool RunCleanups(CleanupPhase phase, size_t walk);
+  void ForgetCleanups();
 
+  // The tree (context.cc).
+  bool CheckLive(const char* operation) const;
+  void CheckNotTearingDown(const char* operation) const;
   void TearDown(bool destroy_self, const ResetOptions& options);
+  void ReleaseSelf();
+  void LinkUnder(Context* parent);
+  void Unlink();
+  size_t NameOffset() const;
+
+  // The block ledger (block_ledger.cc): limits and the reserve.
   bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
   void ReleaseReserve();
   void ClobberReleased(void* block, size_t size);
+  // The nearest ancestor-or-self with a limit, and the next one above a
+  // limited context.
+  Context* NearestLimited();
+  Context* NextLimited();
+  bool ChargeLimits(size_t bytes);
+  void UnchargeLimits(size_t bytes);
 
   // Direct mode.
   struct DirectHeader;
@@ -429,74 +454,32 @@ class Context {
   void* DirectRealloc(void* p, size_t new_size);
   size_t DirectChunkSize(const void* p) const;
   void ReleaseDirect();
+  DirectHeader*& direct_head();  // in the side record
   friend struct DirectChunkAccess;
-  void ReleaseSelf();
-  void LinkUnder(Context* parent);
-  void Unlink();
 
-  // Limits: each context caches its nearest ancestor-or-self with a limit;
-  // a global epoch, bumped by SetParent and SetLimit, invalidates caches.
-  Context* NearestLimited();
-  Context* NextLimited();
-  bool ChargeLimits(size_t bytes);
-  void UnchargeLimits(size_t bytes);
-
-  // Fast-path fields first: they share a cache line.
+  // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
+  // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
+  // line; what only some contexts use is in the side record.
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;
-  size_t max_bump_ = 0;  // largest request the window serves; 0: none
-  const KindMethods* methods_ = nullptr;
-
-  Context* parent_ = nullptr;
-  Context* first_child_ = nullptr;  // newest child
-  Context* prev_sibling_ = nullptr;  // newer sibling
-  Context* next_sibling_ = nullptr;  // older sibling
-
-  internal::CleanupRecord* cleanups_[2] = {nullptr, nullptr};  // by phase
-  internal::CleanupRecord* spare_cleanups_ = nullptr;  // removed, reusable
-  // Serial numbers of cleanup registrations (CleanupHandle): the last one
-  // given, and the last one given before the latest reset. Never restart,
-  // so a handle from before a reset is recognised without reading it.
-  uint64_t cleanup_serial_ = 0;
-  uint64_t cleanup_floor_ = 0;
-
-  BlockSource* source_ = nullptr;
-  size_t mem_allocated_ = 0;     // bytes in blocks held by this context
-  size_t num_blocks_ = 0;        // blocks held, the first included
-  size_t first_block_size_ = 0;  // bytes; this header sits at its start
-  size_t header_bytes_ = 0;      // bytes of the first block used by header
-  size_t limit_ = kNoLimit;      // bytes of the subtree; kNoLimit: none
-  size_t subtree_bytes_ = 0;     // maintained only when limit_ is set
-  Context* limit_link_ = nullptr;  // nearest limited ancestor-or-self
-  uint64_t limit_epoch_ = 0;       // epoch limit_link_ was computed in
-
-  FailureHandler failure_handler_ = nullptr;
-  void* failure_handler_arg_ = nullptr;
-  const char* name_ = nullptr;  // points into the first block
+  uint16_t max_bump_ = 0;         // largest request the window serves; 0: none
   State state_ = State::kLive;
   Failure last_failure_ = Failure::kNone;
-  // The failure-dump setting (dump.h). Its three fields fill padding that
-  // the header had anyway (here and after use_depth_), so that the context
-  // header, and every first block's used bytes, stay the same size.
-  uint8_t failure_dump_depth_ = kFailureDumpDefaultDepth;
-  uint8_t failure_dump_children_ = kFailureDumpDefaultChildren;
+  uint32_t num_blocks_ = 0;       // blocks held, the first included
+  const KindMethods* methods_ = nullptr;
+  Context* parent_ = nullptr;
+  Context* first_child_ = nullptr;   // newest child
+  Context* next_sibling_ = nullptr;  // older sibling
+  Context* prev_sibling_ = nullptr;  // newer sibling
+  BlockSource* source_ = nullptr;
+  size_t mem_allocated_ = 0;         // bytes in blocks held by this context
+  internal::ContextExtras* extras_ = nullptr;  // the side record, or none
+  uint32_t first_block_size_ = 0;    // bytes; this header sits at its start
   uint32_t magic_ = kLiveMagic;
-  struct ReserveBlock {
-    ReserveBlock* next;
-    size_t size;
-  };
-  ReserveBlock* reserve_ = nullptr;
-  size_t reserve_count_ = 0;       // blocks held in the reserve
-  size_t reserve_target_ = 0;      // blocks it refills up to
-  size_t reserve_block_size_ = 0;  // bytes of each
-  size_t reserve_bytes_ = 0;       // bytes held in the reserve
-  uint64_t reserve_uses_ = 0;      // blocks handed out from it
-  DirectHeader* direct_head_ = nullptr;  // direct mode: newest chunk
-  size_t direct_bytes_ = 0;
-  size_t direct_chunks_ = 0;
-  std::atomic<const void*> user_{nullptr};  // checking builds: thread in an operation
+#if MCX_CHECKING
+  std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
-  int failure_dump_fd_ = kFailureDumpInherit;  // a descriptor, or dump.h's values
+#endif
 };
 
 // --- Inline definitions -----------------------------------------------------
@@ -582,6 +565,12 @@ struct CleanupAccess {
 };
 
 }  // namespace internal
+
+// A plain context's header (release builds; checking builds add the
+// concurrency check's fields). tests/context/context_test.cc says so too.
+#if !MCX_CHECKING
+static_assert(sizeof(Context) <= 96, "the context header is at most 96 bytes");
+#endif
 
 // Context::AddCleanup (callable)
 //

@@ -1,10 +1,19 @@
+// The one failure path (Context::Fail), the exceptions it throws, and
+// misuse reports.
+
 #include "mcx/context/failure.h"
 
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
+#include <stdexcept>
 
+#include "absl/strings/str_format.h"
+#include "mcx/context/context.h"
+#include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/extras.h"
 #include "mcx/context/internal/failure.h"
 
 namespace mcx {
@@ -64,5 +73,69 @@ void ReportMisuse(const char* format, ...) {
   misuse_handler.load()(line);
 }
 
+bool ThrowsInvalidArgument(Failure failure) {
+  return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
+         failure == Failure::kBadArgument || failure == Failure::kCycle;
+}
+
+void ThrowFor(Failure failure, const char* message) {
+  if (failure == Failure::kBadSize) throw std::bad_array_new_length();
+  if (ThrowsInvalidArgument(failure)) throw std::invalid_argument(message);
+  throw std::bad_alloc();
+}
+
+// Out of line: the message's formatting would weigh on every creation's
+// frame.
+void ThrowCreateFailure(Failure failure, const char* name) {
+  ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
+                                    name != nullptr ? name : "(null)")
+                        .c_str());
+}
+
 }  // namespace internal
+
+namespace {
+
+// Bytes of a failure message: the longest name it quotes is cut to fit.
+constexpr size_t kFailureMessageBytes = 256;
+
+}  // namespace
+
+// Context::Fail
+//
+// The one failure path. Try-calls stop at recording the reason; throwing
+// calls give the nearest handler a chance (it may log, dump stats, longjmp or
+// throw its own exception) and then throw.
+//
+// Out of memory and limits first write the failure dump, if one is set
+// (dump.h), as PostgreSQL prints MemoryContextStats before its "out of
+// memory" error: before the handler, which may longjmp past any later point.
+// Try-calls do not dump, like PostgreSQL's MCXT_ALLOC_NO_OOM: they expect
+// to fail and handle it.
+void* Context::Fail(Failure failure, size_t size, unsigned flags) {
+  last_failure_ = failure;
+  if (flags & kNoThrow) return nullptr;
+  if (failure == Failure::kOutOfMemory || failure == Failure::kLimit) {
+    internal::DumpOnFailure(this, failure, size);
+  }
+  // Nothing of this context is read after the handler: it may have reset
+  // or destroyed an ancestor, and this context with it. The message is made
+  // before, in a buffer on the stack: a handler that longjmps must not leave
+  // a heap string behind.
+  char message[kFailureMessageBytes];
+  message[0] = '\0';
+  if (internal::ThrowsInvalidArgument(failure)) {
+    std::snprintf(message, sizeof(message), "mcx: %s in context '%s'", FailureName(failure),
+                  name());
+  }
+  for (Context* c = this; c != nullptr; c = c->parent_) {
+    if (c->extras_ != nullptr && c->extras_->handler != nullptr) {
+      FailureInfo info{this, name(), failure, size, c->extras_->handler_arg};
+      c->extras_->handler(info);
+      break;
+    }
+  }
+  internal::ThrowFor(failure, message);
+}
+
 }  // namespace mcx

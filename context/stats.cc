@@ -30,7 +30,7 @@ void ContextCounters::Add(const ContextCounters& other) {
 
 ContextCounters GetCounters(const Context* ctx) {
   ContextCounters c;
-  c.total_bytes = ctx->bytes_in_blocks() + ctx->direct_bytes();
+  c.total_bytes = ctx->bytes_in_blocks() + ctx->side_record_bytes() + ctx->direct_bytes();
   c.blocks = ctx->num_blocks() + ctx->direct_chunks();
   KindStats ks;
   ctx->kind()->stats(ctx, &ks);

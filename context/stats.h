@@ -62,7 +62,7 @@ namespace mcx {
 class Context;
 
 struct ContextCounters {
-  size_t total_bytes = 0;  // bytes in blocks
+  size_t total_bytes = 0;  // bytes in blocks and the side record
   size_t blocks = 0;
   size_t free_bytes = 0;   // bytes in blocks not handed out
   size_t free_chunks = 0;  // chunks on freelists

@@ -31,7 +31,7 @@ TEST_P(ReserveTest, CarriesAllocationThroughAFailingSource) {
   Context* ctx = Make(3);
   EXPECT_EQ(ctx->reserve_blocks(), 3u);
   EXPECT_EQ(ctx->reserve_bytes(), 3u * 16 * 1024);
-  EXPECT_EQ(source_.live_blocks(), 4);
+  EXPECT_EQ(source_.live_blocks(), 5);  // the first, 3 reserve, the side record
   source_.FailFrom(1);
   size_t got = 0;
   while (ctx->TryAlloc(1000) != nullptr) got += 1000;
@@ -102,8 +102,10 @@ TEST(ReserveRefillTest, ReserveCountsAgainstLimitsAndCreationCanFail) {
   child.reserve_blocks = 1;
   Context* ok = Context::TryCreate(root, "fits", PoolKind(), child);
   ASSERT_NE(ok, nullptr);
-  EXPECT_EQ(root->SubtreeBytes(),
-            root->bytes_in_blocks() + ok->bytes_in_blocks() + ok->reserve_bytes());
+  // The side records that keep the limit and the reserve count too.
+  EXPECT_EQ(root->SubtreeBytes(), root->bytes_in_blocks() + root->side_record_bytes() +
+                                      ok->bytes_in_blocks() + ok->side_record_bytes() +
+                                      ok->reserve_bytes());
   EXPECT_EQ(ok->reserve_bytes(), 16u * 1024u);
   source.FailNth(2);  // the first reserve block of the next child
   EXPECT_EQ(Context::TryCreate(ok, "fails", PoolKind(), child), nullptr);

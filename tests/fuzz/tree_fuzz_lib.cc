@@ -920,6 +920,9 @@ class Program {
     CleanupPhase phase = how % 2 ? CleanupPhase::kBeforeChildren : CleanupPhase::kAfterChildren;
     int id = next_cleanup_id_++;
     Snapshot before = Snap();
+    // The first cleanup makes the context's side record (its lists), which
+    // a failure of what follows keeps.
+    const bool first_cleanup = m.ctx->side_record_bytes() == 0;
     CleanupHandle h;
     const bool callable = (how / 2) % 2 != 0;  // its storage, then the record
     if (!callable) {
@@ -935,7 +938,7 @@ class Program {
     }
     if (!h) {
       CheckCapacityFailure(c, m.ctx->last_failure(), before, /*extra_limit=*/false,
-                           /*may_keep=*/callable);
+                           /*may_keep=*/callable || first_cleanup);
       return;
     }
     (phase == CleanupPhase::kBeforeChildren ? m.before : m.after).push_back(id);
@@ -996,8 +999,31 @@ class Program {
       n = held + delta % 40000;
     }
     Snapshot before = Snap();
+    const bool had_side_record = m.ctx->side_record_bytes() != 0;
     absl::Status s = m.ctx->SetLimit(n);
-    CheckUnchanged(before, "SetLimit");
+    if (had_side_record || n == kNoLimit) {
+      CheckUnchanged(before, "SetLimit");
+    } else {
+      // The limit is kept in the context's side record, made now: one block
+      // (or nothing, when the record could not be had: the call fails).
+      Snapshot now = Snap();
+      if (!s.ok() && now.live_blocks == before.live_blocks &&
+          now.live_bytes == before.live_bytes) {
+        Failure why = m.ctx->last_failure();
+        if (why != Failure::kLimit && why != Failure::kOutOfMemory) {
+          Violation("SetLimit failed without its side record for '%s'", FailureName(why));
+        }
+        return;
+      }
+      // (The source may hold slack that a limit kept the record from using.)
+      if (now.live_blocks != before.live_blocks + 1 ||
+          now.live_bytes < before.live_bytes + m.ctx->side_record_bytes()) {
+        Violation("SetLimit made more than the side record: %lld / %zu before, %lld / %zu after",
+                  static_cast<long long>(before.live_blocks), before.live_bytes,
+                  static_cast<long long>(now.live_blocks), now.live_bytes);
+      }
+      held += m.ctx->side_record_bytes();
+    }
     bool refuse = n != kNoLimit && held > n;
     if (refuse) {
       if (s.ok() || m.ctx->last_failure() != Failure::kLimit) {
@@ -1082,6 +1108,8 @@ class Program {
       const CtxModel& m = ctxs_[i];
       if (!m.live) continue;
       ++live;
+      // A side record (a limit, cleanups) is a block of the source too.
+      if (m.ctx->side_record_bytes() != 0) ++blocks;
       if (m.limit != kNoLimit && m.ctx->SubtreeBytes() > m.limit) {
         Violation("'%s' holds %zu bytes in its subtree, over its limit %zu", m.name.c_str(),
                   m.ctx->SubtreeBytes(), m.limit);
@@ -1121,7 +1149,8 @@ class Program {
       std::string error;
       if (!m.ctx->Check(&error)) Violation("Check('%s') failed: %s", m.name.c_str(), error.c_str());
       ContextCounters cc = GetCounters(m.ctx);
-      if (cc.total_bytes != m.ctx->bytes_in_blocks() || cc.blocks != m.ctx->num_blocks() ||
+      if (cc.total_bytes != m.ctx->bytes_in_blocks() + m.ctx->side_record_bytes() ||
+          cc.blocks != m.ctx->num_blocks() ||
           cc.free_bytes > cc.total_bytes) {
         Violation("GetCounters('%s') disagrees with the context", m.name.c_str());
       }

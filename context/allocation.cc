@@ -1,0 +1,131 @@
+// The allocation front: the slow paths of the inline calls in context.h,
+// and everything that is not inline (aligned, zeroed, arrays, strings,
+// realloc, checked free). Each ends in the kind through its method table,
+// and failures in Context::Fail (failure.cc).
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
+#include "absl/numeric/bits.h"
+#include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/valgrind.h"
+
+namespace mcx {
+
+// --- Allocation --------------------------------------------------------------
+
+// Context::AllocSlow
+//
+// Everything the inline fast path does not serve: sizes it does not take,
+// kinds without a bump window, a full window. The kind's alloc may acquire
+// blocks; it reports failure by returning nullptr with last_failure_ set.
+// The concurrency check (UseGuard) covers the kind's work only: it is
+// released before Fail calls the failure handler, which may longjmp past
+// any destructor or tear this context down.
+void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
+  if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
+  if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
+  void* p;
+  {
+    UseGuard use(this);
+    CheckNotTearingDown("allocation");
+    p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
+  }
+  if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
+  internal::ValgrindChunkAlloc(this, p, size);
+  return p;
+}
+
+void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
+  if (!absl::has_single_bit(alignment) || alignment > kMaxAlignment) {
+    return Fail(Failure::kBadAlignment, size, flags);
+  }
+  if (alignment < kDefaultAlignment) alignment = kDefaultAlignment;
+  void* p = TryBump(size, alignment);
+  if (p != nullptr) return p;
+  return AllocSlow(size, alignment, flags);
+}
+
+void* Context::AllocAligned(size_t size, size_t alignment) {
+  return AllocAlignedImpl(size, alignment, kThrow);
+}
+
+void* Context::TryAllocAligned(size_t size, size_t alignment) noexcept {
+  return AllocAlignedImpl(size, alignment, kNoThrow);
+}
+
+void* Context::AllocZeroArray(size_t count, size_t size) {
+  size_t bytes;
+  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kThrow);
+  return AllocZero(bytes);
+}
+
+void* Context::TryAllocZeroArray(size_t count, size_t size) noexcept {
+  size_t bytes;
+  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kNoThrow);
+  return TryAllocZero(bytes);
+}
+
+char* Context::Strdup(std::string_view s) {
+  if (s.size() >= kMaxAllocSize) return static_cast<char*>(Fail(Failure::kBadSize, s.size(), kThrow));
+  char* p = static_cast<char*>(AllocBytes(s.size() + 1));
+  std::memcpy(p, s.data(), s.size());
+  p[s.size()] = '\0';
+  return p;
+}
+
+void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
+  if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
+  if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
+  void* q;
+  {
+    UseGuard use(this);  // not across Fail: see AllocSlow
+    q = internal::kDirect ? DirectRealloc(p, new_size)
+                          : methods_->realloc(this, p, old_size, new_size);
+  }
+  if (q == nullptr) return Fail(last_failure_, new_size, flags);
+  internal::ValgrindChunkMove(this, p, q, new_size);
+  return q;
+}
+
+void* Context::Realloc(void* p, size_t new_size) {
+  return ReallocImpl(p, kUnknownSize, new_size, kThrow);
+}
+void* Context::TryRealloc(void* p, size_t new_size) noexcept {
+  return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
+}
+void* Context::Realloc(void* p, size_t old_size, size_t new_size) {
+  return ReallocImpl(p, old_size, new_size, kThrow);
+}
+void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
+  return ReallocImpl(p, old_size, new_size, kNoThrow);
+}
+
+void Context::FreeChecked(void* p) {
+  if (internal::kChecking && !CheckLive("free")) return;
+  UseGuard use(this);
+  if (internal::kDirect) {
+    DirectFree(p);
+  } else {
+    methods_->free(this, p);
+  }
+  internal::ValgrindChunkFree(this, p);
+}
+
+size_t Context::ChunkSize(const void* p) const {
+  if (p == nullptr) return 0;
+  if (internal::kDirect) return DirectChunkSize(p);
+  return methods_->chunk_size(this, p);
+}
+
+bool Context::Check(std::string* error) const {
+  std::string scratch;
+  return methods_->check(this, error != nullptr ? error : &scratch);
+}
+
+}  // namespace mcx

@@ -1,0 +1,294 @@
+// The block ledger: every block a context holds comes and goes through here.
+// It keeps the accounting (bytes and blocks per context, O(1)), charges and
+// uncharges limits before the source is asked (so a limit never costs a
+// system call), and keeps the reserve. Kinds reach it through
+// AcquireBlock, ReleaseBlock and ReallocateBlock.
+//
+// Limits: a limited context keeps the bytes of its whole subtree in its side
+// record. A block acquired anywhere below is charged to every limited
+// ancestor-or-self, found by walking up the parents (one load when no
+// context in the process has a limit).
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/extras.h"
+#include "mcx/context/internal/sanitizer.h"
+
+namespace mcx {
+
+using internal::ContextExtras;
+using internal::ReserveBlock;
+
+namespace internal {
+std::atomic<size_t> limited_contexts{0};
+}  // namespace internal
+
+// --- Limits ------------------------------------------------------------------
+
+// Context::NearestLimited
+//
+// The nearest ancestor-or-self with a limit. The walk costs the distance to
+// it; programs without limits pay one load.
+Context* Context::NearestLimited() {
+  if (!internal::AnyLimited()) return nullptr;
+  for (Context* c = this; c != nullptr; c = c->parent_) {
+    if (c->extras_ != nullptr && c->extras_->limit != kNoLimit) return c;
+  }
+  return nullptr;
+}
+
+// The next limited context above this (limited) one.
+Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
+
+bool Context::ChargeLimits(size_t bytes) {
+  Context* first = NearestLimited();
+  if (first == nullptr) return true;
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
+    if (bytes > l->extras_->limit - l->extras_->subtree_bytes) return false;
+  }
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
+    l->extras_->subtree_bytes += bytes;
+  }
+  return true;
+}
+
+void Context::UnchargeLimits(size_t bytes) {
+  for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
+    l->extras_->subtree_bytes -= bytes;
+  }
+}
+
+absl::Status Context::SetLimit(size_t bytes) {
+  if (bytes == kNoLimit) {
+    if (extras_ != nullptr) {
+      internal::CountLimited(extras_->limit, kNoLimit);
+      extras_->limit = kNoLimit;
+    }
+    return absl::OkStatus();
+  }
+  ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
+  if (x == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "mcx: no memory to record a limit on context '%s': %s", name(),
+        FailureName(last_failure_)));
+  }
+  size_t held = SubtreeBytes();
+  if (held > bytes) {
+    last_failure_ = Failure::kLimit;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "mcx: context '%s' already holds %d bytes in its subtree, more than the limit %d",
+        name(), held, bytes));
+  }
+  internal::CountLimited(x->limit, bytes);
+  x->limit = bytes;
+  x->subtree_bytes = held;
+  return absl::OkStatus();
+}
+
+size_t Context::limit() const { return extras_ != nullptr ? extras_->limit : kNoLimit; }
+
+size_t Context::side_record_bytes() const { return extras_ != nullptr ? extras_->bytes : 0; }
+
+size_t Context::SubtreeBytes() const {
+  size_t total = 0;
+  const Context* c = this;
+  while (c != nullptr) {
+    total += c->mem_allocated_;
+    if (c->extras_ != nullptr) {
+      total += c->extras_->bytes + c->extras_->reserve_bytes + c->extras_->direct_bytes;
+    }
+    if (c->first_child_ != nullptr) {
+      c = c->first_child_;
+      continue;
+    }
+    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
+    c = (c == this) ? nullptr : c->next_sibling_;
+  }
+  return total;
+}
+
+// --- Blocks ------------------------------------------------------------------
+
+// Context::AcquireBlock
+//
+// Every block a kind uses comes through here: the limits are charged before
+// the source is asked (so a limit never costs a system call), and the charge
+// is undone if the source fails.
+void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
+                           size_t usable_size) {
+  if (!ChargeLimits(min_size)) {
+    last_failure_ = Failure::kLimit;
+    return nullptr;
+  }
+  Block block = internal::AcquireFrom(source_, min_size, alignment);
+  if (block.ptr == nullptr) {
+    UnchargeLimits(min_size);
+    if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
+      return r;
+    }
+    last_failure_ = Failure::kOutOfMemory;
+    return nullptr;
+  }
+  size_t size = min_size;
+  if (block.size > min_size && ChargeLimits(block.size - min_size)) size = block.size;
+  mem_allocated_ += size;
+  ++num_blocks_;
+  *actual = size;
+  return block.ptr;
+}
+
+void Context::ReleaseBlock(void* block, size_t size) {
+  mem_allocated_ -= size;
+  --num_blocks_;
+  ClobberReleased(block, size);
+  if (KeepForReserve(block, size)) return;
+  UnchargeLimits(size);
+  source_->Release(Block{block, size});
+}
+
+Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
+                               size_t alignment) {
+  const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
+  if (grow != 0 && !ChargeLimits(grow)) {
+    last_failure_ = Failure::kLimit;
+    return Block{};
+  }
+  Block fresh = source_->Reallocate(block, keep, new_min_size, alignment);
+  if (fresh.ptr == nullptr) {
+    if (grow != 0) UnchargeLimits(grow);
+    last_failure_ = Failure::kOutOfMemory;
+    return Block{};
+  }
+  // Account the new size exactly: the charge so far covers max(old, new_min).
+  size_t charged = block.size + grow;
+  size_t size = new_min_size;
+  if (fresh.size > new_min_size && ChargeLimits(fresh.size - new_min_size)) {
+    size = fresh.size;
+    charged += fresh.size - new_min_size;
+  }
+  UnchargeLimits(charged - size);
+  mem_allocated_ = mem_allocated_ - block.size + size;
+  fresh.size = size;
+  return fresh;
+}
+
+// Checking builds clobber every block they give back, so a stale pointer
+// into it reads 0x7F (and its chunk header reserved kind id 15: "freed, reset
+// or destroyed") for as long as the memory is not reused.
+void Context::ClobberReleased(void* block, size_t size) {
+  if (!internal::kChecking) return;
+  internal::UnpoisonMemoryRegion(block, size);
+  std::memset(block, internal::kClobberByte, size);
+}
+
+// --- The reserve -------------------------------------------------------------
+//
+// Reserve blocks stay charged to the limits while they are held: the reserve
+// is memory the subtree owns. Handing one out or taking one back moves bytes
+// between the reserve and bytes_in_blocks() without touching the limits.
+
+bool Context::FillReserve(size_t blocks, size_t block_size, size_t alignment) {
+  ContextExtras* x = Extras();
+  if (x == nullptr) return false;
+  if (block_size < sizeof(ReserveBlock)) block_size = sizeof(ReserveBlock);
+  // The whole reserve must be a size mcx could hand out at all: refused
+  // before any reserve block is acquired (an absurd count would otherwise
+  // take blocks until the source fails).
+  if (blocks > kMaxAllocSize / block_size) {
+    last_failure_ = Failure::kBadSize;
+    return false;
+  }
+  x->reserve_target = blocks;
+  x->reserve_block_size = block_size;
+  while (x->reserve_count < blocks) {
+    if (!ChargeLimits(block_size)) {
+      last_failure_ = Failure::kLimit;
+      return false;
+    }
+    Block b = internal::AcquireFrom(source_, block_size, alignment);
+    if (b.ptr == nullptr) {
+      UnchargeLimits(block_size);
+      last_failure_ = Failure::kOutOfMemory;
+      return false;
+    }
+    // Its slack is not charged, so it is not used either.
+    auto* r = static_cast<ReserveBlock*>(b.ptr);
+    r->size = block_size;
+    r->next = x->reserve;
+    x->reserve = r;
+    ++x->reserve_count;
+    x->reserve_bytes += block_size;
+  }
+  return true;
+}
+
+// The first reserve block that is large enough and whose address has the
+// alignment: reserve blocks are acquired with the kind's block alignment (a
+// rewind_on_free pool aligns its blocks to their size), and blocks kept from
+// returns have whatever alignment they came with.
+void* Context::TakeFromReserve(size_t min_size, size_t alignment, size_t* actual) {
+  if (extras_ == nullptr) return nullptr;
+  ContextExtras* x = extras_;
+  ReserveBlock** link = &x->reserve;
+  while (*link != nullptr && ((*link)->size < min_size ||
+                              (reinterpret_cast<uintptr_t>(*link) & (alignment - 1)) != 0)) {
+    link = &(*link)->next;
+  }
+  ReserveBlock* r = *link;
+  if (r == nullptr) return nullptr;
+  *link = r->next;
+  --x->reserve_count;
+  x->reserve_bytes -= r->size;
+  ++x->reserve_uses;
+  mem_allocated_ += r->size;
+  ++num_blocks_;
+  *actual = r->size;
+  return r;
+}
+
+// Keeps a returning block for the reserve when the reserve is short and the
+// block is a sensible size for it (at least a reserve block, and not so
+// large that keeping it would pin much more than the reserve was asked for).
+bool Context::KeepForReserve(void* block, size_t size) {
+  constexpr size_t kMaxOversize = 4;  // a kept block may be up to 4x a reserve block
+  ContextExtras* x = extras_;
+  if (x == nullptr || x->reserve_count >= x->reserve_target ||
+      size < x->reserve_block_size || size / kMaxOversize > x->reserve_block_size) {
+    return false;
+  }
+  auto* r = static_cast<ReserveBlock*>(block);
+  // The kind may have left the block poisoned, and under Valgrind a reset has
+  // already announced its chunks freed: the header is the reserve's now.
+  internal::UnpoisonMemoryRegion(r, sizeof(ReserveBlock));
+  r->size = size;
+  r->next = x->reserve;
+  x->reserve = r;
+  ++x->reserve_count;
+  x->reserve_bytes += size;
+  return true;
+}
+
+void Context::ReleaseReserve() {
+  ContextExtras* x = extras_;
+  x->reserve_target = 0;
+  while (ReserveBlock* r = x->reserve) {
+    x->reserve = r->next;
+    size_t size = r->size;
+    UnchargeLimits(size);
+    source_->Release(Block{r, size});
+  }
+  x->reserve_count = 0;
+  x->reserve_bytes = 0;
+}
+
+size_t Context::reserve_blocks() const { return extras_ != nullptr ? extras_->reserve_count : 0; }
+size_t Context::reserve_bytes() const { return extras_ != nullptr ? extras_->reserve_bytes : 0; }
+uint64_t Context::reserve_uses() const { return extras_ != nullptr ? extras_->reserve_uses : 0; }
+
+}  // namespace mcx

@@ -1,0 +1,86 @@
+// Internal to mcx; do not include from outside.
+// IWYU pragma: private
+//
+// What the files of the generic tree share: context.cc (the tree: create,
+// link, reparent, teardown order), block_ledger.cc (blocks, accounting,
+// limits, the reserve), cleanup.cc, allocation.cc (the allocation front) and
+// failure.cc (the one failure path).
+//
+// Interface:
+//   AcquireFrom           a block from a source, refusing short ones
+//   ThrowFor              the exception for a failure
+//   ThrowCreateFailure    a root's failed creation
+//   ClampDumpLimit        a failure-dump limit to its one-byte field
+//   CountLimited          the process-wide count of limited contexts
+//   AnyLimited            whether any context has a limit
+
+#ifndef MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
+#define MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
+#include "mcx/context/block_source.h"
+#include "mcx/context/context.h"
+#include "mcx/context/dump.h"
+#include "mcx/context/failure.h"
+
+namespace mcx {
+namespace internal {
+
+// A source that hands back less than asked has broken its contract: the
+// block goes back and the call fails as out of memory, rather than letting a
+// kind write past the block's end. (Alignment is the source's to keep: a
+// test for it would cost every context creation more than this one.)
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block AcquireFrom(BlockSource* source, size_t min_size,
+                                                      size_t alignment) {
+  Block b = source->Acquire(min_size, alignment);
+  // One test covers failure too: a failed acquisition has size 0.
+  if (ABSL_PREDICT_FALSE(b.size < min_size)) {
+    if (b.ptr != nullptr) source->Release(b);
+    return Block{};
+  }
+  return b;
+}
+
+// Failures of arguments rather than of memory: std::invalid_argument.
+bool ThrowsInvalidArgument(Failure failure);
+
+// The exception for a failure of a throwing call: std::bad_alloc,
+// std::bad_array_new_length or std::invalid_argument(message). The message
+// is made by the caller before the failure handler runs: a handler may
+// reset or destroy the context that failed.
+[[noreturn]] void ThrowFor(Failure failure, const char* message);
+
+// A root's failed creation (no handler: a root has no ancestors yet).
+[[noreturn]] ABSL_ATTRIBUTE_NOINLINE ABSL_ATTRIBUTE_COLD void ThrowCreateFailure(
+    Failure failure, const char* name);
+
+inline uint8_t ClampDumpLimit(int n) {
+  return static_cast<uint8_t>(n < 0 ? 0 : n > kFailureDumpMaxLimit ? kFailureDumpMaxLimit : n);
+}
+
+// Live contexts with a limit, process-wide. Most programs set none, and then
+// limit bookkeeping on every block acquired and released is one load. A
+// thread only ever asks about its own trees, and a limit in its trees was
+// set by itself, so a relaxed count is exact where it matters.
+extern std::atomic<size_t> limited_contexts;
+
+inline void CountLimited(size_t old_limit, size_t new_limit) {
+  if ((old_limit == kNoLimit) == (new_limit == kNoLimit)) return;
+  if (new_limit != kNoLimit) {
+    limited_contexts.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    limited_contexts.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+inline bool AnyLimited() { return limited_contexts.load(std::memory_order_relaxed) != 0; }
+
+}  // namespace internal
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_

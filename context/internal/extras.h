@@ -1,0 +1,76 @@
+// Internal to mcx; do not include from outside.
+// IWYU pragma: private, include "mcx/context/context.h"
+//
+// The side record of a context: what only some contexts use (a limit, a
+// failure handler, a dump setting, cleanups, a reserve, direct mode's
+// chunks), kept out of the context header so that a plain context costs 96
+// bytes of header (PostgreSQL's MemoryContextData is 80). It is created on
+// first use as a small block of its own from the context's block source,
+// charged to the limits like any block; it survives resets and goes back
+// when the context is destroyed. Its bytes count in the context's total
+// (stats.h) but not among its blocks, which are the kind's.
+
+#ifndef MCX_CONTEXT_INTERNAL_EXTRAS_H_
+#define MCX_CONTEXT_INTERNAL_EXTRAS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "mcx/context/context.h"
+#include "mcx/context/dump.h"
+#include "mcx/context/failure.h"
+
+namespace mcx {
+namespace internal {
+
+struct CleanupRecord;
+
+// A block held by the reserve; its first bytes link the list.
+struct ReserveBlock {
+  ReserveBlock* next;
+  size_t size;
+};
+
+struct ContextExtras {
+  size_t bytes = 0;  // of this record's block, as acquired and charged
+
+  // Limits: a bound on the subtree's bytes, maintained only when set.
+  size_t limit = kNoLimit;
+  size_t subtree_bytes = 0;
+
+  // Failure: the handler (inherited by descendants that have none) and the
+  // failure-dump setting (dump.h).
+  FailureHandler handler = nullptr;
+  void* handler_arg = nullptr;
+  int dump_fd = kFailureDumpInherit;
+  uint8_t dump_depth = kFailureDumpDefaultDepth;
+  uint8_t dump_children = kFailureDumpDefaultChildren;
+
+  // Cleanups: one list per phase, newest first; records removed or run are
+  // kept for reuse. Serial numbers of registrations (CleanupHandle): the
+  // last one given, and the last one given before the latest reset. They
+  // never restart, so a handle from before a reset is recognised without
+  // reading its record.
+  CleanupRecord* cleanups[2] = {nullptr, nullptr};
+  CleanupRecord* spare_cleanups = nullptr;
+  uint64_t cleanup_serial = 0;
+  uint64_t cleanup_floor = 0;
+
+  // The reserve (ContextOptions::reserve_blocks).
+  ReserveBlock* reserve = nullptr;
+  size_t reserve_count = 0;       // blocks held
+  size_t reserve_target = 0;      // blocks it refills up to
+  size_t reserve_block_size = 0;  // bytes of each
+  size_t reserve_bytes = 0;       // bytes held
+  uint64_t reserve_uses = 0;      // blocks handed out since creation
+
+  // Direct mode (--config=direct): the chunks, each a block of its own.
+  void* direct_head = nullptr;
+  size_t direct_bytes = 0;
+  size_t direct_chunks = 0;
+};
+
+}  // namespace internal
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_INTERNAL_EXTRAS_H_
