@@ -1334,3 +1334,50 @@ INSTANTIATE_TEST_SUITE_P(AllExitsAndKinds, ConstructorExitTest,
 
 }  // namespace
 }  // namespace mcx
+
+namespace mcx {
+namespace {
+
+// --- Known defect (found by the tree fuzzer, 2026-12) -------------------------------
+//
+// DestroyChildren keeps the first exception a child's teardown threw in a
+// local std::exception_ptr while it destroys the older children. When a
+// cleanup of an older child then longjmps, that frame is abandoned and the
+// exception is never released: the exception object leaks (LeakSanitizer:
+// "Direct leak of 132 byte(s) ... __cxa_allocate_exception"), and its
+// destructor never runs. Context::TearDown keeps its exception in the
+// thread's walk record instead, which the next walk drops; DestroyChildren
+// does not. This test fails until DestroyChildren does the same.
+
+int g_errors_alive = 0;
+struct CountedError {
+  CountedError() { ++g_errors_alive; }
+  CountedError(const CountedError&) { ++g_errors_alive; }
+  ~CountedError() { --g_errors_alive; }
+};
+
+TEST(KnownDefectTest, DestroyChildrenReleasesAHeldExceptionWhenAnOlderChildLongjmps) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  g_errors_alive = 0;
+  Context* parent = Context::Create(nullptr, "parent", PoolKind(), o);
+  Context* older = parent->CreateChild("older", PoolKind());  // torn down second
+  older->AddCleanup([](void*) { std::longjmp(g_jump, 1); }, nullptr);
+  Context* newer = parent->CreateChild("newer", PoolKind());  // torn down first
+  newer->AddCleanup([](void*) { throw CountedError(); }, nullptr);
+  if (setjmp(g_jump) == 0) {
+    parent->DestroyChildren();
+    ADD_FAILURE() << "the older child's cleanup did not jump";
+  }
+  ScribbleStack();
+  parent->Destroy();  // finishes the older child
+  Context* x = Context::Create(nullptr, "x", PoolKind(), o);
+  x->Destroy();  // a further walk drops every record the longjmp left
+  EXPECT_EQ(g_errors_alive, 0) << "the exception the newer child's cleanup threw was never "
+                                  "released (DestroyChildren held it across the longjmp)";
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+}  // namespace
+}  // namespace mcx
