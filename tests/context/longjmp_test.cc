@@ -1379,5 +1379,28 @@ TEST(KnownDefectTest, DestroyChildrenReleasesAHeldExceptionWhenAnOlderChildLongj
   EXPECT_EQ(source.live_blocks(), 0);
 }
 
+// The contrast: within one teardown, a cleanup throws and a later one
+// longjmps. The teardown keeps the exception in the thread's walk record,
+// which the next walk drops: nothing leaks.
+TEST(KnownDefectTest, TearDownReleasesAHeldExceptionWhenALaterCleanupLongjmps) {
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  g_errors_alive = 0;
+  Context* parent = Context::Create(nullptr, "parent", PoolKind(), o);
+  Context* older = parent->CreateChild("older", PoolKind());
+  older->AddCleanup([](void*) { std::longjmp(g_jump, 1); }, nullptr);
+  Context* newer = parent->CreateChild("newer", PoolKind());
+  newer->AddCleanup([](void*) { throw CountedError(); }, nullptr);
+  if (setjmp(g_jump) == 0) {
+    parent->Destroy();
+    ADD_FAILURE() << "the older child's cleanup did not jump";
+  }
+  ScribbleStack();
+  parent->Destroy();
+  EXPECT_EQ(g_errors_alive, 0);
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
 }  // namespace
 }  // namespace mcx
