@@ -4,8 +4,10 @@
 Each seed is a structured program in the harness's encoding (README.md): an
 8-byte header record [slack, roots, ...], one record per initial root, then
 8-byte operation records [opcode, operands...]. The opcode byte is an index
-into kOpTable in tree_fuzz_lib.cc (taken modulo 32); the indices below must
-stay in sync with that table. Deterministic: rerunning gives the same files.
+into kOpTable in tree_fuzz_lib.cc (taken modulo 64); the indices below must
+stay in sync with that table. Deterministic: rerunning gives the same files
+(the exit seeds, gen-exits-*, come from a generator of their own, so the
+older seeds did not change when they were added).
 
     python3 tests/fuzz/make_corpus.py          # rewrites gen-* seeds
 """
@@ -31,12 +33,22 @@ OPS = {
     "query-chunk": 31,
 }
 
+# The exits (slots of the table's second half).
+EXIT_OPS = {
+    "add-exit-cleanup": 33,
+    "set-handler": 46,
+}
+# Operand of add-exit-cleanup's third byte (kExitThrow + byte % 4).
+EXIT_THROW, EXIT_JUMP, EXIT_HANDLER_THROW, EXIT_HANDLER_JUMP = 0, 1, 2, 3
+# Operand of set-handler (HandlerMode: byte % 4).
+HANDLER_NONE, HANDLER_JUMP, HANDLER_THROW, HANDLER_RETURN = 0, 1, 2, 3
+
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
 def rec(rng, op, *operands):
     """One 8-byte record: the opcode, the given operands, random filler."""
-    b = [OPS[op]] + list(operands)
+    b = [OPS[op] if op in OPS else EXIT_OPS[op]] + list(operands)
     b += [rng.randrange(256) for _ in range(8 - len(b))]
     return bytes(b[:8])
 
@@ -130,6 +142,62 @@ def limits(rng):
     return out
 
 
+def exits_tree(rng, exit_ops=40):
+    """A tree with cleanups everywhere, some of which throw or longjmp (at any
+    depth, both phases, either form), failure handlers that longjmp or throw,
+    then teardowns that abandon and finish each other, allocations and
+    failures in between."""
+    out = header(rng, rng.randrange(4), 1 + rng.randrange(2))
+    for _ in range(8):
+        out += rec(rng, "create-child", rng.randrange(256), rng.randrange(2), rng.randrange(256),
+                   rng.randrange(256), rng.randrange(40), rng.choice([0, 1]))
+        out += rec(rng, "alloc", rng.randrange(256), rng.randrange(8), rng.randrange(256))
+    for _ in range(12):
+        out += rec(rng, "add-cleanup", rng.randrange(256), rng.randrange(4))
+    for _ in range(6):
+        out += rec(rng, "add-exit-cleanup", rng.randrange(256), rng.randrange(4), rng.randrange(4))
+    for _ in range(exit_ops):
+        op = rng.choice(["add-exit-cleanup", "add-exit-cleanup", "set-handler", "destroy", "reset",
+                         "reset", "destroy-children", "run-cleanup", "alloc", "alloc", "realloc",
+                         "set-parent", "set-parent", "fail-source", "set-limit", "add-cleanup",
+                         "add-cleanup", "create-child", "create-child", "create-child",
+                         "create-root", "free", "remove-cleanup"])
+        if op == "add-exit-cleanup":
+            out += rec(rng, op, rng.randrange(256), rng.randrange(4), rng.randrange(4))
+        elif op == "set-handler":
+            out += rec(rng, op, rng.randrange(256), rng.choice([HANDLER_JUMP, HANDLER_THROW,
+                                                                 HANDLER_JUMP, HANDLER_RETURN,
+                                                                 HANDLER_NONE]))
+        elif op == "alloc":
+            # throwing flavours (Alloc, Strdup, AllocAligned(n, 3)) meet the handlers
+            out += rec(rng, op, rng.randrange(256), rng.choice([1, 6, 7]), rng.randrange(256),
+                       rng.randrange(256), 4)
+        else:
+            out += rec(rng, op)
+    return out
+
+
+def handler_failures(rng):
+    """Failure handlers that longjmp or throw at every depth, and failing
+    throwing calls under them: limits, an armed block source, bad requests."""
+    out = header(rng, rng.randrange(4), 2) + setup(rng, 4)
+    for _ in range(6):
+        out += rec(rng, "set-handler", rng.randrange(256), rng.randrange(4))
+    for _ in range(40):
+        kind = rng.choice(["alloc", "alloc", "realloc", "add-cleanup", "set-limit", "fail-source",
+                           "set-handler"])
+        if kind == "alloc":
+            out += rec(rng, kind, rng.randrange(256), rng.choice([1, 6, 7]), 0xC0 | rng.randrange(64),
+                       rng.randrange(256), 4)
+        elif kind == "realloc":
+            out += rec(rng, kind, rng.randrange(256), rng.randrange(256), 2, 0xC0 | rng.randrange(64))
+        elif kind == "add-cleanup":
+            out += rec(rng, kind, rng.randrange(256), 2 | rng.randrange(2))
+        else:
+            out += rec(rng, kind)
+    return out
+
+
 def main():
     os.makedirs(CORPUS, exist_ok=True)
     for f in os.listdir(CORPUS):
@@ -146,6 +214,14 @@ def main():
         seeds["gen-cleanup-order-%d" % i] = cleanup_order(rng)
         seeds["gen-failures-%d" % i] = failures(rng)
         seeds["gen-limits-%d" % i] = limits(rng)
+    # The exits: their own generator, so the seeds above stay as they were.
+    rng = random.Random(20261207)
+    for op in EXIT_OPS:
+        seeds["gen-exits-%s" % op] = focused(rng, op, 25)
+    for i in range(6):
+        seeds["gen-exits-tree-%d" % i] = exits_tree(rng, 30 + 10 * i)
+    for i in range(3):
+        seeds["gen-exits-handlers-%d" % i] = handler_failures(rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(CORPUS, name), "wb") as f:
             f.write(data)

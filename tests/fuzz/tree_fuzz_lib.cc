@@ -5,6 +5,7 @@
 #include "tests/fuzz/tree_fuzz_lib.h"
 
 #include <algorithm>
+#include <csetjmp>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/status/status.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
@@ -49,6 +51,9 @@ constexpr int kFullVerifyEvery = 4;
 // Every operation is one record of this many bytes: an opcode byte and its
 // operands, so that a mutation of one operation leaves the others in place.
 constexpr size_t kRecordBytes = 8;
+// Set while the library leaks an exception held by DestroyChildren across a
+// longjmp (tests/context/longjmp_test.cc, KnownDefectTest); README.md.
+constexpr bool kAvoidDestroyChildrenLeak = true;
 
 // --- Chunk contents -----------------------------------------------------------
 
@@ -146,6 +151,8 @@ struct CtxModel {
   size_t limit = kNoLimit;
   size_t max_small = 0;   // pool
   std::string name;
+  bool tearing = false;   // reached by a teardown a longjmp abandoned
+  uint8_t handler = 0;     // HandlerMode (below): kHandlerNone
 };
 
 struct ChunkModel {
@@ -163,14 +170,141 @@ struct CleanupModel {
   CleanupHandle handle;
 };
 
+// --- Exits: cleanups and failure handlers that throw or longjmp ----------------
+//
+// A cleanup may leave by throwing or by longjmp, itself or through a failure
+// handler of a failing call it makes (on the harness's "engine" context);
+// a context's failure handler may longjmp, throw, or return. Every call that
+// can run such code runs inside Guarded(), whose setjmp is the target of the
+// longjmps; nothing between it and the exit has a destructor to skip.
+
+enum ExitKind : uint8_t {
+  kExitNone,
+  kExitThrow,          // the cleanup throws FuzzError
+  kExitJump,           // the cleanup longjmps
+  kExitHandlerThrow,   // a failing call on the engine; its handler throws
+  kExitHandlerJump,    // a failing call on the engine; its handler longjmps
+};
+
+bool ExitJumps(uint8_t e) { return e == kExitJump || e == kExitHandlerJump; }
+bool ExitThrows(uint8_t e) { return e == kExitThrow || e == kExitHandlerThrow; }
+
+// A context's failure handler (its argument is the mode).
+enum HandlerMode : uint8_t { kHandlerNone, kHandlerJump, kHandlerThrow, kHandlerReturn };
+
+struct FuzzError {
+  int id;  // the cleanup that threw, or -1 for a context's handler
+};
+
+std::jmp_buf* g_jump_target = nullptr;  // the innermost Guarded()
+int g_jumps = 0;   // longjmps that landed in Guarded() (for the trace)
+int g_throws = 0;  // FuzzErrors caught there
+Context* g_engine = nullptr;
+uint8_t g_engine_mode = kExitNone;
+int g_engine_cleanup = -1;
+int g_handler_calls = 0;
+const Context* g_handler_context = nullptr;
+
+[[noreturn]] void JumpOut() {
+  if (g_jump_target == nullptr) {
+    std::fprintf(stderr, "mcx tree fuzz: harness bug: a longjmp outside Guarded()\n");
+    std::abort();
+  }
+  std::longjmp(*g_jump_target, 1);
+}
+
+void EngineHandler(const FailureInfo&) {
+  if (g_engine_mode == kExitHandlerJump) JumpOut();
+  throw FuzzError{g_engine_cleanup};
+}
+
+void ContextHandler(const FailureInfo& info) {
+  ++g_handler_calls;
+  g_handler_context = info.context;
+  switch (reinterpret_cast<uintptr_t>(info.arg)) {
+    case kHandlerJump:
+      JumpOut();
+    case kHandlerThrow:
+      throw FuzzError{-1};
+    default:
+      return;  // the call throws mcx's exception
+  }
+}
+
+void LeaveCleanup(int id, uint8_t exit) {
+  switch (exit) {
+    case kExitThrow:
+      throw FuzzError{id};
+    case kExitJump:
+      JumpOut();
+    case kExitHandlerThrow:
+    case kExitHandlerJump:
+      g_engine_mode = exit;
+      g_engine_cleanup = id;
+      g_engine->AllocAligned(16, 3);  // kBadAlignment: the handler leaves
+      std::fprintf(stderr, "mcx tree fuzz: the engine's failing call returned\n");
+      std::abort();
+    default:
+      return;
+  }
+}
+
 struct CleanupArg {
   std::vector<int>* log;
   int id;
+  uint8_t exit;
 };
 
 void RecordCleanup(void* arg) {
   auto* a = static_cast<CleanupArg*>(arg);
   a->log->push_back(a->id);
+  LeaveCleanup(a->id, a->exit);
+}
+
+// How a guarded call ended.
+enum class Ended {
+  kReturned,
+  kJumped,
+  kFuzzError,       // id in *thrown_id
+  kBadArrayNewLength,
+  kBadAlloc,
+  kInvalidArgument,
+};
+
+const char* EndedName(Ended e) {
+  static const char* const kNames[] = {"returned", "longjmp", "FuzzError", "bad_array_new_length",
+                                       "bad_alloc", "invalid_argument"};
+  return kNames[static_cast<int>(e)];
+}
+
+// Runs `f`; a longjmp out of it lands here. Not inlined (setjmp), and `f`
+// keeps its results in its caller's frame, which the longjmp does not skip.
+template <typename F>
+ABSL_ATTRIBUTE_NOINLINE Ended Guarded(F&& f, int* thrown_id = nullptr) {
+  std::jmp_buf buf;
+  std::jmp_buf* volatile outer = g_jump_target;
+  if (setjmp(buf) != 0) {
+    g_jump_target = outer;
+    ++g_jumps;
+    return Ended::kJumped;
+  }
+  g_jump_target = &buf;
+  Ended e = Ended::kReturned;
+  try {
+    f();
+  } catch (const FuzzError& err) {
+    if (thrown_id != nullptr) *thrown_id = err.id;
+    ++g_throws;
+    e = Ended::kFuzzError;
+  } catch (const std::bad_array_new_length&) {
+    e = Ended::kBadArrayNewLength;
+  } catch (const std::bad_alloc&) {
+    e = Ended::kBadAlloc;
+  } catch (const std::invalid_argument&) {
+    e = Ended::kInvalidArgument;
+  }
+  g_jump_target = outer;
+  return e;
 }
 
 enum Op {
@@ -189,21 +323,33 @@ enum Op {
   kSetLimit,
   kFailSource,
   kQueryChunk,
+  kAddExitCleanup,
+  kSetHandler,
 };
 
 const char* const kOpNames[] = {
     "create-child", "create-root", "destroy",         "reset",       "destroy-children",
     "set-parent",   "alloc",       "free",            "realloc",     "add-cleanup",
     "remove-cleanup", "run-cleanup", "set-limit",     "fail-source", "query-chunk",
+    "add-exit-cleanup", "set-handler",
 };
 
-// Opcode byte % 32 -> operation: allocation-heavy, like real use.
-const Op kOpTable[32] = {
+// Opcode byte % 64 -> operation: allocation-heavy, like real use. The
+// second half repeats the first (an opcode keeps its meaning modulo 32)
+// except for five slots: the exits.
+const Op kOpTable[64] = {
     kCreateChild, kCreateChild, kCreateChild, kCreateRoot, kCreateChild,   kDestroy,
     kReset,       kReset,       kDestroyChildren, kSetParent, kSetParent,  kAlloc,
     kAlloc,       kAlloc,       kAlloc,       kAlloc,       kAlloc,        kAlloc,
     kFree,        kFree,        kFree,        kRealloc,     kRealloc,      kRealloc,
     kAddCleanup,  kAddCleanup,  kRemoveCleanup, kRunCleanup, kSetLimit,    kFailSource,
+    kFailSource,  kQueryChunk,
+    // 32..63
+    kCreateChild, kAddExitCleanup, kCreateChild, kCreateRoot, kCreateChild, kDestroy,
+    kReset,       kReset,       kDestroyChildren, kSetParent, kSetParent,  kAlloc,
+    kAddExitCleanup, kAlloc,    kSetHandler,  kAlloc,       kAddExitCleanup, kAlloc,
+    kFree,        kFree,        kFree,        kRealloc,     kRealloc,      kRealloc,
+    kAddCleanup,  kAddCleanup,  kRemoveCleanup, kRunCleanup, kSetLimit,    kSetHandler,
     kFailSource,  kQueryChunk,
 };
 
@@ -221,6 +367,10 @@ class Program {
     // Header record: [slack, roots, ...]; then one record per initial root
     // (its opcode byte is ignored), then one record per operation.
     int roots = 1 + in_.U8() % 3;
+    // The engine: a root outside the model (on the default source), whose
+    // failing calls the exiting cleanups make.
+    g_engine = Context::Create(nullptr, "engine", PoolKind());
+    g_engine->SetFailureHandler(&EngineHandler);
     for (int i = 0; i < roots; ++i) {
       in_ = NextRecord();
       in_.U8();
@@ -229,13 +379,18 @@ class Program {
     while (pos_ < size_ && op_index_ < kMaxOps) {
       ++op_index_;
       in_ = NextRecord();
-      Op op = kOpTable[in_.U8() % 32];
+      Op op = kOpTable[in_.U8() % 64];
       op_name_ = kOpNames[op];
       Step(op);
       if (Trace()) {
-        std::fprintf(stderr, "op %d %s: %zu contexts, %zu chunks, %zu cleanups, %lld failures\n",
-                     op_index_, op_name_, LiveContexts().size(), chunks_.size(), pending_.size(),
-                     static_cast<long long>(source_.failures()));
+        size_t tearing = 0;
+        for (const CtxModel& m : ctxs_) tearing += m.live && m.tearing;
+        std::fprintf(stderr,
+                     "op %d %s: %zu contexts (%zu in abandoned teardowns), %zu chunks, %zu "
+                     "cleanups, %lld failures; %d longjmps, %d throws so far\n",
+                     op_index_, op_name_, LiveContexts().size(), tearing, chunks_.size(),
+                     pending_.size(), static_cast<long long>(source_.failures()),
+                     g_jumps - jumps_at_start_, g_throws - throws_at_start_);
       }
       CheckLog();
       LightVerify();
@@ -286,6 +441,41 @@ class Program {
     std::vector<int> live = LiveContexts();
     if (live.empty()) return -1;
     return live[b % live.size()];
+  }
+
+  // A context that takes new memory and children: not part of a teardown a
+  // longjmp abandoned (allocating there is misuse, reported by checking
+  // builds). -1 if the pick is such a context or there is none.
+  int PickUsableContext() {
+    int c = PickContext();
+    return c >= 0 && !ctxs_[c].tearing ? c : -1;
+  }
+
+  // The failure handler a throwing call on `c` meets: the nearest
+  // ancestor-or-self's.
+  uint8_t EffectiveHandler(int c) const {
+    for (int k = c; k >= 0; k = ctxs_[k].parent) {
+      if (ctxs_[k].handler != kHandlerNone) return ctxs_[k].handler;
+    }
+    return kHandlerNone;
+  }
+
+  // A throwing call on `c` failed (or should have): it must have ended as
+  // the handler on its path says, `standard` being mcx's own exception.
+  void CheckFailedCall(int c, Ended e, Ended standard, int handler_calls_before,
+                       const char* what) {
+    uint8_t h = EffectiveHandler(c);
+    Ended want = h == kHandlerJump ? Ended::kJumped
+                 : h == kHandlerThrow ? Ended::kFuzzError
+                                      : standard;
+    if (e != want) {
+      Violation("%s on '%s' failed by %s, expected %s", what, ctxs_[c].name.c_str(),
+                EndedName(e), EndedName(want));
+    }
+    int calls = g_handler_calls - handler_calls_before;
+    if (calls != (h == kHandlerNone ? 0 : 1)) {
+      Violation("%s on '%s': the failure handler ran %d times", what, ctxs_[c].name.c_str(), calls);
+    }
   }
 
   bool IsAncestorOrSelf(int ancestor, int c) const {
@@ -512,7 +702,7 @@ class Program {
   }
 
   void CreateChild() {
-    int parent = PickContext();
+    int parent = PickUsableContext();
     if (parent < 0 || LiveContexts().size() >= kMaxLiveContexts) return;
     bool pool = in_.U8() % 2 == 0;
     size_t max_small;
@@ -532,28 +722,56 @@ class Program {
     AddContext(ctx, pool, parent, o.limit, max_small, std::move(name));
   }
 
-  // Expected cleanup order for the teardown of `c` (its own cleanups
-  // included): before-children newest first, children newest first each
-  // completely, after-children newest first.
-  void ExpectTeardown(int c, std::vector<int>* out) const {
-    const CtxModel& m = ctxs_[c];
-    for (auto it = m.before.rbegin(); it != m.before.rend(); ++it) out->push_back(*it);
-    for (auto it = m.children.rbegin(); it != m.children.rend(); ++it) ExpectTeardown(*it, out);
-    for (auto it = m.after.rbegin(); it != m.after.rend(); ++it) out->push_back(*it);
+  // The teardown of `c` as the library does it (context.h), on the model:
+  // kBeforeChildren cleanups newest first, the children newest first each
+  // completely, kAfterChildren cleanups newest first, each cleanup removed
+  // before it runs and appended to the expected log. A throwing cleanup
+  // does not stop it (the first one is kept in first_error_); a longjmp
+  // does: the model is left as the library leaves the tree, every context
+  // reached marked `tearing`, and true is returned. A later teardown of any
+  // of them, or of an ancestor, picks up from there.
+  bool SimTeardown(int c, bool destroy) {
+    ctxs_[c].tearing = true;
+    while (!ctxs_[c].before.empty()) {
+      int id = ctxs_[c].before.back();
+      ctxs_[c].before.pop_back();
+      if (SimRunCleanup(id)) return true;
+    }
+    while (!ctxs_[c].children.empty()) {
+      if (SimTeardown(ctxs_[c].children.back(), true)) return true;
+    }
+    while (!ctxs_[c].after.empty()) {
+      int id = ctxs_[c].after.back();
+      ctxs_[c].after.pop_back();
+      if (SimRunCleanup(id)) return true;
+    }
+    DropChunksOf(c);
+    if (destroy) {
+      Unparent(c);
+      ctxs_[c].live = false;
+      ctxs_[c].ctx = nullptr;
+    } else {
+      ctxs_[c].tearing = false;
+    }
+    return false;
   }
 
-  // Forgets the chunks and cleanups of `c` and, recursively, its children
-  // (which die).
-  void ForgetContents(int c) {
-    CtxModel& m = ctxs_[c];
-    for (int child : m.children) {
-      ForgetContents(child);
-      ctxs_[child].live = false;
-      ctxs_[child].ctx = nullptr;
+  // A cleanup leaves the model's pending list and runs; true if it jumps.
+  bool SimRunCleanup(int id) {
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      if (pending_[k].id == id) {
+        pending_[k] = pending_.back();
+        pending_.pop_back();
+        break;
+      }
     }
-    m.children.clear();
-    m.before.clear();
-    m.after.clear();
+    expected_log_.push_back(id);
+    uint8_t exit = exits_[static_cast<size_t>(id)];
+    if (ExitThrows(exit) && first_error_ == kNoError) first_error_ = id;
+    return ExitJumps(exit);
+  }
+
+  void DropChunksOf(int c) {
     for (size_t k = 0; k < chunks_.size();) {
       if (chunks_[k].ctx == c) {
         DropChunk(k);
@@ -561,13 +779,18 @@ class Program {
         ++k;
       }
     }
-    for (size_t k = 0; k < pending_.size();) {
-      if (pending_[k].ctx == c) {
-        pending_[k] = pending_.back();
-        pending_.pop_back();
-      } else {
-        ++k;
-      }
+  }
+
+  // A teardown call ended: as the model says (returned, jumped, or threw the
+  // first cleanup exception).
+  void CheckTeardownEnding(Ended e, bool jumped, int thrown_id, const char* what) {
+    Ended want = jumped ? Ended::kJumped
+                 : first_error_ != kNoError ? Ended::kFuzzError
+                                            : Ended::kReturned;
+    if (e != want) Violation("%s ended by %s, expected %s", what, EndedName(e), EndedName(want));
+    if (e == Ended::kFuzzError && thrown_id != first_error_) {
+      Violation("%s threw the exception of cleanup %d, expected the first one, %d", what,
+                thrown_id, first_error_);
     }
   }
 
@@ -579,16 +802,41 @@ class Program {
     ctxs_[c].parent = -1;
   }
 
+  // A teardown, a few calls deep in the real program and from different
+  // depths (a longjmp leaves walk records on the stack; the library must
+  // tell dead ones from live ones whatever the depth of the next walk).
+  template <typename F>
+  ABSL_ATTRIBUTE_NOINLINE Ended DeepTeardown(F&& f, int* thrown_id) {
+    volatile char scratch[512];
+    scratch[0] = 0;
+    Ended e = (op_index_ % 3 == 0) ? Guarded(f, thrown_id) : Guarded([&] { Deeper(f); }, thrown_id);
+    (void)scratch[0];
+    return e;
+  }
+  template <typename F>
+  ABSL_ATTRIBUTE_NOINLINE static void Deeper(F& f) {
+    volatile char scratch[3000];
+    scratch[0] = 0;
+    f();
+    (void)scratch[0];
+  }
+
+  // After a longjmp: write over the stack where the abandoned frames were.
+  ABSL_ATTRIBUTE_NOINLINE static void ScribbleStack() {
+    volatile char line[8192];
+    for (size_t i = 0; i < sizeof(line); ++i) line[i] = static_cast<char>(0x5A);
+  }
+
   void Destroy() {
     int c = PickContext();
     if (c < 0) return;
-    ExpectTeardown(c, &expected_log_);
     Context* ctx = ctxs_[c].ctx;
-    ForgetContents(c);
-    Unparent(c);
-    ctxs_[c].live = false;
-    ctxs_[c].ctx = nullptr;
-    ctx->Destroy();
+    first_error_ = kNoError;
+    bool jumped = SimTeardown(c, true);
+    int thrown = kNoError;
+    Ended e = DeepTeardown([ctx] { ctx->Destroy(); }, &thrown);
+    if (e == Ended::kJumped) ScribbleStack();
+    CheckTeardownEnding(e, jumped, thrown, "Destroy");
     need_full_verify_ = true;
   }
 
@@ -597,13 +845,18 @@ class Program {
     if (c < 0) return;
     uint8_t mode = in_.U8() % 3;
     size_t keep = static_cast<size_t>(in_.U16()) * 4;
-    ExpectTeardown(c, &expected_log_);
-    ForgetContents(c);
     Context* ctx = ctxs_[c].ctx;
     ResetOptions o = mode == 0   ? ResetOptions::KeepFirstBlock()
                      : mode == 1 ? ResetOptions::KeepBytes(keep)
                                  : ResetOptions::ReleaseAll();
-    ctx->Reset(o);
+    first_error_ = kNoError;
+    bool jumped = SimTeardown(c, false);
+    int thrown = kNoError;
+    Ended e = DeepTeardown([ctx, o] { ctx->Reset(o); }, &thrown);
+    if (e == Ended::kJumped) ScribbleStack();
+    CheckTeardownEnding(e, jumped, thrown, "Reset");
+    need_full_verify_ = true;
+    if (jumped) return;
     if (ctx->first_child() != nullptr) Violation("reset left a child");
     if (mode != 1) {
       if (ctx->num_blocks() != 1 || ctx->bytes_in_blocks() != ctx->first_block_size()) {
@@ -615,25 +868,54 @@ class Program {
       Violation("KeepBytes(%zu) reset kept %zu bytes in %zu blocks", keep,
                 ctx->bytes_in_blocks(), ctx->num_blocks());
     }
-    need_full_verify_ = true;
+  }
+
+  // The cleanups of `c`'s teardown, in the order they would run.
+  void PureOrder(int c, std::vector<int>* out) const {
+    const CtxModel& m = ctxs_[c];
+    for (auto it = m.before.rbegin(); it != m.before.rend(); ++it) out->push_back(*it);
+    for (auto it = m.children.rbegin(); it != m.children.rend(); ++it) PureOrder(*it, out);
+    for (auto it = m.after.rbegin(); it != m.after.rend(); ++it) out->push_back(*it);
+  }
+
+  // Known library defect (longjmp_test's KnownDefectTest): DestroyChildren
+  // holds a child's exception on its stack while it destroys the older
+  // children, and a longjmp from one of those leaks it. While that stands,
+  // the harness does not make that call: true if a child would throw and a
+  // later child longjmp.
+  bool DestroyChildrenHitsKnownLeak(int c) const {
+    if (!kAvoidDestroyChildrenLeak) return false;
+    bool threw = false;
+    const std::vector<int>& kids = ctxs_[c].children;
+    for (auto it = kids.rbegin(); it != kids.rend(); ++it) {
+      std::vector<int> order;
+      PureOrder(*it, &order);
+      bool child_threw = false;
+      for (int id : order) {
+        uint8_t e = exits_[static_cast<size_t>(id)];
+        if (ExitJumps(e)) return threw;
+        child_threw |= ExitThrows(e);
+      }
+      threw |= child_threw;
+    }
+    return false;
   }
 
   void DestroyChildren() {
     int c = PickContext();
     if (c < 0) return;
-    CtxModel& m = ctxs_[c];
-    for (auto it = m.children.rbegin(); it != m.children.rend(); ++it) {
-      ExpectTeardown(*it, &expected_log_);
+    if (DestroyChildrenHitsKnownLeak(c)) return;
+    first_error_ = kNoError;
+    bool jumped = false;
+    while (!jumped && !ctxs_[c].children.empty()) {
+      jumped = SimTeardown(ctxs_[c].children.back(), true);
     }
-    std::vector<int> kids = m.children;
-    for (int k : kids) {
-      ForgetContents(k);
-      ctxs_[k].live = false;
-      ctxs_[k].ctx = nullptr;
-    }
-    ctxs_[c].children.clear();
-    ctxs_[c].ctx->DestroyChildren();
-    if (ctxs_[c].ctx->first_child() != nullptr) Violation("DestroyChildren left a child");
+    Context* ctx = ctxs_[c].ctx;
+    int thrown = kNoError;
+    Ended e = DeepTeardown([ctx] { ctx->DestroyChildren(); }, &thrown);
+    if (e == Ended::kJumped) ScribbleStack();
+    CheckTeardownEnding(e, jumped, thrown, "DestroyChildren");
+    if (!jumped && ctx->first_child() != nullptr) Violation("DestroyChildren left a child");
     need_full_verify_ = true;
   }
 
@@ -649,8 +931,11 @@ class Program {
     CtxModel& m = ctxs_[c];
     Context* new_parent = target >= 0 ? ctxs_[target].ctx : nullptr;
     bool cycle = target >= 0 && IsAncestorOrSelf(c, target);
+    // A context in an abandoned teardown neither moves nor takes children.
+    bool tearing_refusal = !cycle && target != m.parent &&
+                           (m.tearing || (target >= 0 && ctxs_[target].tearing));
     bool limit_refusal = false;
-    if (!cycle && target != m.parent && target >= 0) {
+    if (!cycle && !tearing_refusal && target != m.parent && target >= 0) {
       size_t moved = m.ctx->SubtreeBytes();
       for (int l = target; l >= 0; l = ctxs_[l].parent) {
         if (ctxs_[l].limit == kNoLimit) continue;
@@ -665,6 +950,13 @@ class Program {
       if (s.code() != absl::StatusCode::kInvalidArgument || m.ctx->last_failure() != Failure::kCycle) {
         Violation("SetParent('%s' under its descendant-or-self '%s') gave %s",
                   m.name.c_str(), ctxs_[target].name.c_str(), s.ToString().c_str());
+      }
+    } else if (tearing_refusal) {
+      if (s.code() != absl::StatusCode::kFailedPrecondition ||
+          m.ctx->last_failure() != Failure::kBadArgument) {
+        Violation("SetParent('%s' under '%s') with a context being torn down gave %s",
+                  m.name.c_str(), target >= 0 ? ctxs_[target].name.c_str() : "(root)",
+                  s.ToString().c_str());
       }
     } else if (limit_refusal) {
       if (s.code() != absl::StatusCode::kResourceExhausted ||
@@ -686,7 +978,7 @@ class Program {
   // --- Allocation ---
 
   void Alloc() {
-    int c = PickContext();
+    int c = PickUsableContext();
     if (c < 0) return;
     uint8_t flavor = in_.U8() % 8;
     size_t size = in_.Size();
@@ -703,15 +995,19 @@ class Program {
         what = "TryAlloc";
         p = static_cast<char*>(ctx->TryAlloc(size));
         break;
-      case 1:
+      case 1: {
         what = "Alloc";
-        try {
-          p = static_cast<char*>(ctx->Alloc(size));
+        const int calls = g_handler_calls;
+        Ended e = Guarded([&] { p = static_cast<char*>(ctx->Alloc(size)); });
+        if (e == Ended::kReturned) {
           if (p == nullptr) Violation("throwing Alloc returned nullptr");
-        } catch (const std::bad_alloc&) {
+        } else {
           threw = true;
+          p = nullptr;
+          CheckFailedCall(c, e, Ended::kBadAlloc, calls, what);
         }
         break;
+      }
       case 2:
       case 3: {
         size_t count = size;
@@ -749,13 +1045,16 @@ class Program {
         size_t len = size % 200;
         for (size_t i = 0; i < len; ++i) str.push_back(static_cast<char>(next_seed_ * 31 + i * 13));
         size = len + 1;
-        try {
-          p = ctx->Strdup(str);
+        const int calls = g_handler_calls;
+        Ended e = Guarded([&] { p = ctx->Strdup(str); });
+        if (e == Ended::kReturned) {
           if (std::memcmp(p, str.data(), len) != 0 || p[len] != '\0') {
             Violation("Strdup copied the wrong bytes");
           }
-        } catch (const std::bad_alloc&) {
+        } else {
           threw = true;
+          p = nullptr;
+          CheckFailedCall(c, e, Ended::kBadAlloc, calls, what);
         }
         break;
       }
@@ -798,11 +1097,10 @@ class Program {
         break;
       default:
         want = Failure::kBadAlignment;
-        try {
-          p = ctx->AllocAligned(size, 3);
-          Violation("AllocAligned(%zu, 3) did not throw", size);
-        } catch (const std::invalid_argument&) {
-        }
+        const int calls = g_handler_calls;
+        Ended e = Guarded([&] { p = static_cast<char*>(ctx->AllocAligned(size, 3)); });
+        if (e == Ended::kReturned) Violation("AllocAligned(%zu, 3) did not throw", size);
+        CheckFailedCall(c, e, Ended::kInvalidArgument, calls, "AllocAligned(n, 3)");
         break;
     }
     if (p != nullptr) Violation("a bad request (%d) succeeded", kind);
@@ -842,6 +1140,7 @@ class Program {
     ChunkModel& ch = chunks_[static_cast<size_t>(k)];
     CtxModel& m = ctxs_[ch.ctx];
     if (!Holds(ch.p, ch.size, ch.seed)) Violation("chunk contents lost before realloc");
+    if (m.tearing) return;  // its context is in an abandoned teardown
     Snapshot before = Snap();
     void* q = nullptr;
     const char* what = "";
@@ -853,12 +1152,16 @@ class Program {
         q = m.ctx->TryRealloc(ch.p, ch.size, new_size);
         break;
       case 2:
+      {
         what = "Realloc(p, old, new)";
-        try {
-          q = m.ctx->Realloc(ch.p, ch.size, new_size);
-        } catch (const std::bad_alloc&) {
+        const int calls = g_handler_calls;
+        Ended e = Guarded([&] { q = m.ctx->Realloc(ch.p, ch.size, new_size); });
+        if (e != Ended::kReturned) {
+          q = nullptr;
+          CheckFailedCall(ch.ctx, e, Ended::kBadAlloc, calls, what);
         }
         break;
+      }
       case 3:
         what = "TryRealloc(p, new)";
         unsized = true;
@@ -912,13 +1215,17 @@ class Program {
 
   // --- Cleanups ---
 
-  void AddCleanup() {
-    int c = PickContext();
+  // add-cleanup, and add-exit-cleanup (`exits`): a cleanup that throws or
+  // longjmps, itself or through a failing call's handler.
+  void AddCleanup(bool exits) {
+    int c = PickUsableContext();
     uint8_t how = in_.U8();
+    const uint8_t exit = exits ? static_cast<uint8_t>(kExitThrow + in_.U8() % 4) : kExitNone;
     if (c < 0 || pending_.size() >= kMaxPendingCleanups) return;
     CtxModel& m = ctxs_[c];
     CleanupPhase phase = how % 2 ? CleanupPhase::kBeforeChildren : CleanupPhase::kAfterChildren;
     int id = next_cleanup_id_++;
+    exits_.push_back(exit);
     Snapshot before = Snap();
     // The first cleanup makes the context's side record (its lists), which
     // a failure of what follows keeps.
@@ -926,14 +1233,25 @@ class Program {
     CleanupHandle h;
     const bool callable = (how / 2) % 2 != 0;  // its storage, then the record
     if (!callable) {
-      args_.push_back({&log_, id});
+      args_.push_back({&log_, id, exit});
       h = m.ctx->TryAddCleanup(&RecordCleanup, &args_.back(), phase);
     } else {
+      // Captures trivially destructible: a longjmp destroys nothing.
       std::vector<int>* log = &log_;
-      try {
-        h = m.ctx->AddCleanup([log, id] { log->push_back(id); }, phase);
+      const int calls = g_handler_calls;
+      Ended e = Guarded([&] {
+        h = m.ctx->AddCleanup(
+            [log, id, exit] {
+              log->push_back(id);
+              LeaveCleanup(id, exit);
+            },
+            phase);
+      });
+      if (e == Ended::kReturned) {
         if (!h) Violation("throwing AddCleanup returned an empty handle");
-      } catch (const std::bad_alloc&) {
+      } else {
+        h = CleanupHandle();
+        CheckFailedCall(c, e, Ended::kBadAlloc, calls, "AddCleanup(callable)");
       }
     }
     if (!h) {
@@ -973,7 +1291,23 @@ class Program {
     ForgetCleanup(k);
     if (run) {
       expected_log_.push_back(cm.id);
-      if (!ctx->RunCleanup(cm.handle)) Violation("RunCleanup of a live cleanup returned false");
+      const uint8_t exit = exits_[static_cast<size_t>(cm.id)];
+      bool ran = false;
+      int thrown = kNoError;
+      Ended e = Guarded([&] { ran = ctx->RunCleanup(cm.handle); }, &thrown);
+      if (e == Ended::kJumped) ScribbleStack();
+      Ended want = ExitJumps(exit) ? Ended::kJumped
+                   : ExitThrows(exit) ? Ended::kFuzzError
+                                      : Ended::kReturned;
+      if (e != want) {
+        Violation("RunCleanup of cleanup %d ended by %s, expected %s", cm.id, EndedName(e),
+                  EndedName(want));
+      }
+      if (e == Ended::kFuzzError && thrown != cm.id) {
+        Violation("RunCleanup of cleanup %d threw cleanup %d's exception", cm.id, thrown);
+      }
+      if (e == Ended::kReturned && !ran) Violation("RunCleanup of a live cleanup returned false");
+      if (ctx->HoldsCleanup(cm.handle)) Violation("a cleanup that ran is still registered");
     } else {
       if (!ctx->RemoveCleanup(cm.handle)) {
         Violation("RemoveCleanup of a live cleanup returned false");
@@ -984,7 +1318,7 @@ class Program {
   // --- Limits and failures ---
 
   void SetLimit() {
-    int c = PickContext();
+    int c = PickUsableContext();
     uint8_t mode = in_.U8();
     uint16_t delta = in_.U16();
     if (c < 0) return;
@@ -1056,6 +1390,21 @@ class Program {
     }
   }
 
+  // A failure handler on any context: none, one that longjmps, one that
+  // throws, one that returns (the call then throws mcx's exception).
+  void SetHandler() {
+    int c = PickContext();
+    uint8_t mode = in_.U8() % 4;
+    if (c < 0) return;
+    ctxs_[c].handler = mode;
+    if (mode == kHandlerNone) {
+      ctxs_[c].ctx->SetFailureHandler(nullptr);
+    } else {
+      ctxs_[c].ctx->SetFailureHandler(&ContextHandler,
+                                      reinterpret_cast<void*>(static_cast<uintptr_t>(mode)));
+    }
+  }
+
   void QueryChunk() {
     int k = PickChunk();
     if (k < 0) return;
@@ -1075,7 +1424,9 @@ class Program {
       case kAlloc: return Alloc();
       case kFree: return Free();
       case kRealloc: return Realloc();
-      case kAddCleanup: return AddCleanup();
+      case kAddCleanup: return AddCleanup(false);
+      case kAddExitCleanup: return AddCleanup(true);
+      case kSetHandler: return SetHandler();
       case kRemoveCleanup: return RemoveOrRunCleanup(false);
       case kRunCleanup: return RemoveOrRunCleanup(true);
       case kSetLimit: return SetLimit();
@@ -1178,16 +1529,25 @@ class Program {
     CheckLog();
     LightVerify();
     FullVerify();
+    // Each root is destroyed; a cleanup that longjmps abandons that
+    // teardown, and the same Destroy is made again (each run consumes a
+    // cleanup, so this ends).
     for (size_t i = 0; i < ctxs_.size(); ++i) {
-      if (!ctxs_[i].live || ctxs_[i].parent >= 0) continue;
-      ExpectTeardown(static_cast<int>(i), &expected_log_);
-      Context* ctx = ctxs_[i].ctx;
-      ForgetContents(static_cast<int>(i));
-      ctxs_[i].live = false;
-      ctxs_[i].ctx = nullptr;
-      ctx->Destroy();
+      while (ctxs_[i].live && ctxs_[i].parent < 0) {
+        Context* ctx = ctxs_[i].ctx;
+        first_error_ = kNoError;
+        bool jumped = SimTeardown(static_cast<int>(i), true);
+        int thrown = kNoError;
+        Ended e = DeepTeardown([ctx] { ctx->Destroy(); }, &thrown);
+        if (e == Ended::kJumped) ScribbleStack();
+        CheckTeardownEnding(e, jumped, thrown, "the final Destroy");
+        CheckLog();
+        if (jumped) FullVerify();
+      }
     }
     CheckLog();
+    g_engine->Destroy();
+    g_engine = nullptr;
     if (!chunks_.empty() || !pending_.empty()) Violation("model kept chunks or cleanups");
     if (source_.live_blocks() != 0 || source_.live_bytes() != 0) {
       Violation("after destroying every root the source still holds %lld blocks, %zu bytes",
@@ -1210,6 +1570,11 @@ class Program {
   std::deque<CleanupArg> args_;  // stable addresses for cleanup arguments
   std::vector<int> log_;
   std::vector<int> expected_log_;
+  std::vector<uint8_t> exits_;  // by cleanup id: ExitKind
+  static constexpr int kNoError = -2;
+  int first_error_ = kNoError;  // the first cleanup that threw in a teardown
+  const int jumps_at_start_ = g_jumps;
+  const int throws_at_start_ = g_throws;
   uint32_t next_seed_ = 1;
   int next_cleanup_id_ = 0;
   int op_index_ = 0;
