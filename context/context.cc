@@ -261,12 +261,6 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   return ctx;
 }
 
-void Context::Destroy() { TearDown(/*destroy_self=*/true, ResetOptions()); }
-
-void Context::Reset(const ResetOptions& options) {
-  TearDown(/*destroy_self=*/false, options);
-}
-
 // --- Teardown ----------------------------------------------------------------
 //
 // A teardown runs user code (cleanups, and failure handlers called from
@@ -420,12 +414,23 @@ class WalkScope {
 
 }  // namespace
 
+// Destroy, Reset and DestroyChildren are never inlined: a walk record keeps
+// the frame of the call that started it (walks started from the same frame
+// or above prove it dead), and a nested call must have a frame of its own.
+ABSL_ATTRIBUTE_NOINLINE void Context::Destroy() {
+  TearDown(/*destroy_self=*/true, ResetOptions(), FrameAddress());
+}
+
+ABSL_ATTRIBUTE_NOINLINE void Context::Reset(const ResetOptions& options) {
+  TearDown(/*destroy_self=*/false, options, FrameAddress());
+}
+
 // Context::DestroyChildren
 //
 // Each child is a teardown of its own; an exception from one is held until
 // every child is gone. A walk record for this context tells the loop when a
 // child's cleanup has torn this context down itself.
-void Context::DestroyChildren() {
+ABSL_ATTRIBUTE_NOINLINE void Context::DestroyChildren() {
   if (!CheckLive("destroying the children")) return;
   const size_t me = PushWalk(this, FrameAddress());
   WalkScope scope(me);
@@ -467,10 +472,10 @@ void Context::DestroyChildren() {
 // returns, the walk's record says whether a nested teardown released the
 // context the walk was at (it restarts from its root, whose subtree holds
 // what is left) or the root itself (nothing is left to do).
-void Context::TearDown(bool destroy_self, const ResetOptions& options) {
+void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame) {
   if (!CheckLive(destroy_self ? "destroy" : "reset")) return;
   { UseGuard use(this); }  // another thread inside an operation now is misuse
-  const size_t me = PushWalk(this, FrameAddress());
+  const size_t me = PushWalk(this, frame);
   WalkScope scope(me);
   Context* node = this;
   for (;;) {

@@ -428,7 +428,8 @@ class Context {
   // The tree (context.cc).
   bool CheckLive(const char* operation) const;
   void CheckNotTearingDown(const char* operation) const;
-  void TearDown(bool destroy_self, const ResetOptions& options);
+  // `frame`: the stack frame of the public call (Destroy, Reset).
+  void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
   void LinkUnder(Context* parent);
   void Unlink();

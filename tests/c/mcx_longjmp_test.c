@@ -229,7 +229,7 @@ static Label site_label;
 static mcx_cleanup handles[kNodes][2][2];
 static mcx_cleanup site_handle;
 static mcx_counters top_own;    /* top, with its cleanups, before root existed */
-static mcx_counters root_fresh; /* root, just created */
+static mcx_counters root_fresh; /* root, just created, with its side record */
 
 /* The tree; the site's cleanup goes between the two of its node and phase
  * (`site` NULL: none). */
@@ -238,7 +238,6 @@ static void Build(int kind, const Site* site) {
   for (n = 0; n < kNodes; ++n) {
     nodes[n] = Create(kParents[n] >= 0 ? nodes[kParents[n]] : NULL, kNodeNames[n], kind,
                       MCX_NO_LIMIT);
-    if (n == kRoot) mcx_get_counters(nodes[n], 0, &root_fresh);
     for (p = 1; p >= 0; --p) {
       for (k = 0; k < 2; ++k) {
         labels[n][p][k].c = kLabels[n * 4 + p * 2 + k];
@@ -252,6 +251,9 @@ static void Build(int kind, const Site* site) {
         }
       }
     }
+    /* Before any allocation: the first block and the side record that the
+     * cleanups' lists made, which is what a reset keeps. */
+    if (n == kRoot) mcx_get_counters(nodes[n], 0, &root_fresh);
     if (n == kTop) {
       mcx_get_counters(nodes[n], 0, &top_own);
       continue;
@@ -539,6 +541,9 @@ static void RunFailCase(int kind, const FailCase* fc, int handler_on_parent) {
   memset(small, 0x11, 64);
   memset(large, 0x22, 10000);
   if (fc->failure == MCX_LIMIT) {
+    /* A limit lives in the context's side record: make it first (with a
+     * limit far away), so that the bytes measured include it. */
+    CHECK(mcx_set_limit(ctx, MCX_NO_LIMIT - 1) == MCX_OK);
     mcx_get_counters(ctx, 1, &before);
     CHECK(mcx_set_limit(ctx, before.total_bytes + 100) == MCX_OK);
   }

@@ -1338,16 +1338,15 @@ INSTANTIATE_TEST_SUITE_P(AllExitsAndKinds, ConstructorExitTest,
 namespace mcx {
 namespace {
 
-// --- Known defect (found by the tree fuzzer, 2026-12) -------------------------------
+// --- An exception held across a longjmp (found by the tree fuzzer) ---------------
 //
-// DestroyChildren keeps the first exception a child's teardown threw in a
-// local std::exception_ptr while it destroys the older children. When a
-// cleanup of an older child then longjmps, that frame is abandoned and the
-// exception is never released: the exception object leaks (LeakSanitizer:
-// "Direct leak of 132 byte(s) ... __cxa_allocate_exception"), and its
-// destructor never runs. Context::TearDown keeps its exception in the
-// thread's walk record instead, which the next walk drops; DestroyChildren
-// does not. This test fails until DestroyChildren does the same.
+// DestroyChildren kept the first exception a child's teardown threw in a
+// local std::exception_ptr while it destroyed the older children; a cleanup
+// of an older child that longjmps abandoned that frame and the exception
+// leaked (LeakSanitizer: "Direct leak of 132 byte(s) ...
+// __cxa_allocate_exception"), its destructor never run. It is now kept in the
+// thread's walk record, which the next walk drops, as Context::TearDown
+// keeps its own.
 
 int g_errors_alive = 0;
 struct CountedError {
@@ -1356,7 +1355,7 @@ struct CountedError {
   ~CountedError() { --g_errors_alive; }
 };
 
-TEST(KnownDefectTest, DestroyChildrenReleasesAHeldExceptionWhenAnOlderChildLongjmps) {
+TEST(HeldExceptionTest, DestroyChildrenReleasesAHeldExceptionWhenAnOlderChildLongjmps) {
   CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
@@ -1382,7 +1381,7 @@ TEST(KnownDefectTest, DestroyChildrenReleasesAHeldExceptionWhenAnOlderChildLongj
 // The contrast: within one teardown, a cleanup throws and a later one
 // longjmps. The teardown keeps the exception in the thread's walk record,
 // which the next walk drops: nothing leaks.
-TEST(KnownDefectTest, TearDownReleasesAHeldExceptionWhenALaterCleanupLongjmps) {
+TEST(HeldExceptionTest, TearDownReleasesAHeldExceptionWhenALaterCleanupLongjmps) {
   CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;

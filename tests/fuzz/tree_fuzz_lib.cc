@@ -51,9 +51,6 @@ constexpr int kFullVerifyEvery = 4;
 // Every operation is one record of this many bytes: an opcode byte and its
 // operands, so that a mutation of one operation leaves the others in place.
 constexpr size_t kRecordBytes = 8;
-// Set while the library leaks an exception held by DestroyChildren across a
-// longjmp (tests/context/longjmp_test.cc, KnownDefectTest); README.md.
-constexpr bool kAvoidDestroyChildrenLeak = true;
 
 // --- Chunk contents -----------------------------------------------------------
 
@@ -878,33 +875,9 @@ class Program {
     for (auto it = m.after.rbegin(); it != m.after.rend(); ++it) out->push_back(*it);
   }
 
-  // Known library defect (longjmp_test's KnownDefectTest): DestroyChildren
-  // holds a child's exception on its stack while it destroys the older
-  // children, and a longjmp from one of those leaks it. While that stands,
-  // the harness does not make that call: true if a child would throw and a
-  // later child longjmp.
-  bool DestroyChildrenHitsKnownLeak(int c) const {
-    if (!kAvoidDestroyChildrenLeak) return false;
-    bool threw = false;
-    const std::vector<int>& kids = ctxs_[c].children;
-    for (auto it = kids.rbegin(); it != kids.rend(); ++it) {
-      std::vector<int> order;
-      PureOrder(*it, &order);
-      bool child_threw = false;
-      for (int id : order) {
-        uint8_t e = exits_[static_cast<size_t>(id)];
-        if (ExitJumps(e)) return threw;
-        child_threw |= ExitThrows(e);
-      }
-      threw |= child_threw;
-    }
-    return false;
-  }
-
   void DestroyChildren() {
     int c = PickContext();
     if (c < 0) return;
-    if (DestroyChildrenHitsKnownLeak(c)) return;
     first_error_ = kNoError;
     bool jumped = false;
     while (!jumped && !ctxs_[c].children.empty()) {
@@ -1396,13 +1369,19 @@ class Program {
     int c = PickContext();
     uint8_t mode = in_.U8() % 4;
     if (c < 0) return;
-    ctxs_[c].handler = mode;
-    if (mode == kHandlerNone) {
-      ctxs_[c].ctx->SetFailureHandler(nullptr);
-    } else {
-      ctxs_[c].ctx->SetFailureHandler(&ContextHandler,
-                                      reinterpret_cast<void*>(static_cast<uintptr_t>(mode)));
+    // The handler is kept in the context's side record: setting one on a
+    // context without a record makes it, which can fail for want of memory
+    // (then nothing changed).
+    Snapshot before = Snap();
+    bool set = mode == kHandlerNone
+                   ? ctxs_[c].ctx->SetFailureHandler(nullptr)
+                   : ctxs_[c].ctx->SetFailureHandler(
+                         &ContextHandler, reinterpret_cast<void*>(static_cast<uintptr_t>(mode)));
+    if (!set) {
+      CheckCapacityFailure(c, ctxs_[c].ctx->last_failure(), before);
+      return;
     }
+    ctxs_[c].handler = mode;
   }
 
   void QueryChunk() {
