@@ -72,11 +72,9 @@ void Context::UnlinkCleanup(CleanupRecord* r) {
   ReturnCleanupRecord(r);
 }
 
-void Context::CheckNotTearingDown(const char* operation) const {
-  if (internal::kChecking && state_ == State::kTearingDown) {
-    internal::ReportMisuse("%s in context '%s' at %p while it is being torn down", operation,
-                           name(), static_cast<const void*>(this));
-  }
+void Context::ReportTearingDown(const char* operation) const {
+  internal::ReportMisuse("%s in context '%s' at %p while it is being torn down", operation,
+                         name(), static_cast<const void*>(this));
 }
 
 CleanupHandle Context::AddCleanup(CleanupFn fn, void* arg, CleanupPhase phase) {
@@ -158,8 +156,8 @@ bool Context::RunCleanup(CleanupHandle handle) {
   return true;
 }
 
-bool Context::HasCleanups(CleanupPhase phase) const {
-  return extras_ != nullptr && extras_->cleanups[static_cast<int>(phase)] != nullptr;
+bool Context::ExtrasHaveCleanups(CleanupPhase phase) const {
+  return extras_->cleanups[static_cast<int>(phase)] != nullptr;
 }
 
 // After a reset: the records were in the memory just reset, and every handle

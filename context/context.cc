@@ -95,11 +95,10 @@ namespace {
 thread_local char thread_token;
 }  // namespace
 
-Context::UseGuard::UseGuard(Context* ctx) : ctx_(ctx) {
-  if (!internal::kChecking) return;
+void Context::UseGuard::Enter(Context* ctx) {
+#if MCX_CHECKING
   const void* me = &thread_token;
   const void* expected = nullptr;
-#if MCX_CHECKING
   if (!ctx->user_.compare_exchange_strong(expected, me, std::memory_order_acquire) &&
       expected != me) {
     internal::ReportMisuse("context '%s' at %p is used from two threads at the same time",
@@ -107,15 +106,15 @@ Context::UseGuard::UseGuard(Context* ctx) : ctx_(ctx) {
   }
   ++ctx->use_depth_;
 #else
-  (void)me;
-  (void)expected;
+  (void)ctx;
 #endif
 }
 
-Context::UseGuard::~UseGuard() {
-  if (!internal::kChecking) return;
+void Context::UseGuard::Leave(Context* ctx) {
 #if MCX_CHECKING
-  if (--ctx_->use_depth_ == 0) ctx_->user_.store(nullptr, std::memory_order_release);
+  if (--ctx->use_depth_ == 0) ctx->user_.store(nullptr, std::memory_order_release);
+#else
+  (void)ctx;
 #endif
 }
 
@@ -338,7 +337,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline uintptr_t FrameAddress() {
 }
 
 // Starts a walk record for `root` at stack frame `frame`; returns its index.
-size_t PushWalk(const Context* root, uintptr_t frame) {
+ABSL_ATTRIBUTE_NOINLINE size_t PushWalkSlow(const Context* root, uintptr_t frame) {
   // Records of walks whose frames are at or below this one are dead.
   size_t live = walk_stack.count;
   while (live > 0 && WalkAt(live - 1).frame <= frame) --live;
@@ -361,24 +360,42 @@ size_t PushWalk(const Context* root, uintptr_t frame) {
   return walk_stack.count++;
 }
 
+// The usual case, inline: no other walk on the thread.
+inline size_t PushWalk(const Context* root, uintptr_t frame) {
+  if (ABSL_PREDICT_TRUE(walk_stack.count == 0 && walk_stack.heap == nullptr)) {
+    walk_stack.inline_walks[0] = Walk{root, root, frame, false, false, false, nullptr};
+    walk_stack.count = 1;
+    return 0;
+  }
+  return PushWalkSlow(root, frame);
+}
+
 // Tells the other walks that the walk `me` (or nothing, for kNoWalk) has
-// reached or released `ctx`.
+// reached or released `ctx`. Inline, the test for "there are none".
 constexpr size_t kNoWalk = ~size_t{0};
 
-void NoteVisited(const Context* ctx, size_t me) {
+ABSL_ATTRIBUTE_NOINLINE void NoteVisitedSlow(const Context* ctx, size_t me) {
   Walk* w = Walks();
   for (size_t i = 0; i < walk_stack.count; ++i) {
     if (i != me && w[i].root == ctx) w[i].root_visited = true;
   }
 }
 
-void NoteReleased(const Context* ctx, size_t me) {
+inline void NoteVisited(const Context* ctx, size_t me) {
+  if (walk_stack.count > 1) NoteVisitedSlow(ctx, me);
+}
+
+ABSL_ATTRIBUTE_NOINLINE void NoteReleasedSlow(const Context* ctx, size_t me) {
   Walk* w = Walks();
   for (size_t i = 0; i < walk_stack.count; ++i) {
     if (i == me) continue;
     if (w[i].root == ctx) w[i].root_released = true;
     if (w[i].node == ctx) w[i].node_released = true;
   }
+}
+
+inline void NoteReleased(const Context* ctx, size_t me) {
+  if (walk_stack.count > (me == kNoWalk ? 0 : 1)) NoteReleasedSlow(ctx, me);
 }
 
 // Keeps the first exception a cleanup of walk `me` throws.
@@ -388,9 +405,13 @@ void KeepError(size_t me) {
 }
 
 // Ends walk `me` (and any dead records above it) and returns its error.
-std::exception_ptr PopWalk(size_t me) {
+inline std::exception_ptr PopWalk(size_t me) {
   std::exception_ptr error;
   Walk& w = WalkAt(me);
+  if (ABSL_PREDICT_TRUE(w.error == nullptr && walk_stack.count == me + 1)) {
+    walk_stack.count = me;
+    return error;
+  }
   if (w.error != nullptr) error = std::move(*w.error);
   DropWalks(me);
   return error;
@@ -488,7 +509,8 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       node->max_bump_ = 0;
     }
     // Also on later visits: a cleanup of a child may have registered one.
-    bool undisturbed = node->RunCleanups(CleanupPhase::kBeforeChildren, me);
+    bool undisturbed = !node->HasCleanups(CleanupPhase::kBeforeChildren) ||
+                       node->RunCleanups(CleanupPhase::kBeforeChildren, me);
     if (undisturbed && node->first_child_ != nullptr) {
       node = node->first_child_;
       // Its sibling comes next: start the cache misses on its header now
@@ -496,7 +518,9 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       if (node->next_sibling_ != nullptr) PrefetchHeader(node->next_sibling_);
       continue;
     }
-    if (undisturbed) undisturbed = node->RunCleanups(CleanupPhase::kAfterChildren, me);
+    if (undisturbed && node->HasCleanups(CleanupPhase::kAfterChildren)) {
+      undisturbed = node->RunCleanups(CleanupPhase::kAfterChildren, me);
+    }
     if (!undisturbed) {
       Walk& w = WalkAt(me);
       if (w.root_visited) {

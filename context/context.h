@@ -354,14 +354,21 @@ class Context {
   // context in use by the calling thread; another thread arriving meanwhile
   // is misuse. Nested use from the same thread (a cleanup freeing memory in
   // its own context) is fine. Never held across user code.
+  // Inline, so that release builds keep nothing of it.
   class UseGuard {
    public:
-    explicit UseGuard(Context* ctx);
-    ~UseGuard();
+    explicit UseGuard(Context* ctx) : ctx_(ctx) {
+      if (internal::kChecking) Enter(ctx);
+    }
+    ~UseGuard() {
+      if (internal::kChecking) Leave(ctx_);
+    }
     UseGuard(const UseGuard&) = delete;
     UseGuard& operator=(const UseGuard&) = delete;
 
    private:
+    static void Enter(Context* ctx);
+    static void Leave(Context* ctx);
     Context* ctx_;
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
@@ -421,13 +428,20 @@ class Context {
   internal::CleanupRecord* LiveCleanup(CleanupHandle handle, bool report_foreign) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
-  bool HasCleanups(CleanupPhase phase) const;
+  bool HasCleanups(CleanupPhase phase) const {
+    return extras_ != nullptr && ExtrasHaveCleanups(phase);
+  }
+  bool ExtrasHaveCleanups(CleanupPhase phase) const;
   bool RunCleanups(CleanupPhase phase, size_t walk);
   void ForgetCleanups();
 
   // The tree (context.cc).
   bool CheckLive(const char* operation) const;
-  void CheckNotTearingDown(const char* operation) const;
+  // Checking builds: reports `operation` on a context being torn down.
+  void CheckNotTearingDown(const char* operation) const {
+    if (internal::kChecking && state_ == State::kTearingDown) ReportTearingDown(operation);
+  }
+  ABSL_ATTRIBUTE_NOINLINE void ReportTearingDown(const char* operation) const;
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
