@@ -398,18 +398,19 @@ void StepLarge(mcx::Context* req) {
   Title(3, "a large chunk gets a block of its own");
   Say("Requests above max_small (700 here) would waste most of a block. They");
   Say("get a block of their own from the block source, on the pool's large");
-  Say("list (nginx's ngx_pool_large_t: a small node in the pool points to it).\n");
+  Say("list (nginx's ngx_pool_large_t, kept in that block right before the chunk).\n");
   mcx::ContextLayout before = mcx::InspectContext(req);
   const int blocks_at_source = source.live();
   void* big = req->Alloc(2000);
   mcx::ContextLayout with = mcx::InspectContext(req);
   const mcx::BlockInfo* large = with.FindBlock(mcx::BlockRole::kLarge);
   std::printf("  Alloc(2000) -> a large block of %zu bytes\n\n", large ? large->size : 0);
-  CLAIM(large != nullptr && large->start == big, "the chunk is a block of its own");
+  CLAIM(large != nullptr && static_cast<const char*>(large->start) + large->header_bytes == big,
+        "the chunk is a block of its own, after its header");
   CLAIM(with.blocks.size() == before.blocks.size() + 1, "one block more");
   CLAIM(source.live() == blocks_at_source + 1, "it came straight from the block source");
   CLAIM(with.total_bytes() - with.free_bytes() > before.total_bytes() - before.free_bytes() + 2000,
-        "the chunk and its list node are in use");
+        "the chunk and its header are in use");
   DrawContext(req);
   Snapshot(req, "large");
 

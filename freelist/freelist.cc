@@ -58,6 +58,14 @@ inline size_t Stride(size_t c) { return RoundUp16(SizeClassBytes(c) + kHeaderByt
 // Payload offset of a dedicated chunk inside its block.
 constexpr size_t kDedicatedPayload = RoundUp16(sizeof(BlockHeader) + kHeaderBytes);
 
+// Bytes at the start of a released block that its source may write: the
+// caching source's 16-byte node, glibc's free-list words (32 bytes in its
+// large bins). A freed dedicated chunk's header word lies beyond them, so
+// its free bit survives the release.
+constexpr size_t kReleasedBlockScratch = 32;
+static_assert(kDedicatedPayload - sizeof(uint64_t) >= kReleasedBlockScratch,
+              "a dedicated chunk's header word must survive its block's release");
+
 // Room the first block keeps after all headers, so a context made with a
 // tiny initial_block_size still serves a few requests from its first block.
 constexpr size_t kMinFirstBlockSpace = 256;
@@ -260,10 +268,47 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
 
 // --- Free ---------------------------------------------------------------------------
 
+// Whether `b`, the block a dedicated chunk's header leads to, is a live
+// dedicated block of `ctx`. A block that went back to its source may hold
+// anything in its first 16 bytes (the caching source's node, glibc's
+// free-list words), so the owner word is read first, past any poison, and
+// the links are followed only once it names `ctx`: a live block's neighbours
+// point back at it. Only a chunk whose free bit is clear gets here; a freed
+// one was reported from its header alone.
+bool IsLiveDedicated(const Context* ctx, const FreelistState* st, const BlockHeader* b) {
+  Context* owner;
+  internal::CopyFromPoisoned(&owner, &b->owner, sizeof(owner));
+  if (owner != ctx || b->prev == b || b->next == b) return false;
+  if (b->prev != nullptr ? b->prev->next != b : st->dedicated != b) return false;
+  return b->next == nullptr || b->next->prev == b;
+}
+
+// Reports misuse and returns false if `p` is not a live dedicated chunk of
+// `ctx`: its memory was reused, or it is a stale pointer to a chunk of a
+// context that was reset or destroyed and whose block came back to this one.
+bool VerifyDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, const char* operation) {
+  if (IsLiveDedicated(ctx, st, BlockOf(p, h))) return true;
+  internal::ReportMisuse("%s of chunk %p in context '%s': not a live dedicated chunk of this "
+                         "context (already freed, or its memory reused)",
+                         operation, p, ctx->name());
+  return false;
+}
+
+// The block goes back with the chunk's free bit set: the bit sits past what a
+// source writes into a released block (kReleasedBlockScratch), so a second
+// free, a realloc or an mcx::Free of the chunk reads it and reports a double
+// free for as long as the memory is not reused.
+void ReleaseDedicatedBlock(Context* ctx, BlockHeader* b) {
+  char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
+  WriteChunkHeader(payload, ReadChunkHeader(payload) | kChunkFreeBit);
+  ctx->ReleaseBlock(b, b->size);
+}
+
 void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
+  if (!VerifyDedicated(ctx, st, p, h, "free")) return;
   BlockHeader* b = BlockOf(p, h);
   UnlinkBlock(&st->dedicated, b);
-  ctx->ReleaseBlock(b, b->size);
+  ReleaseDedicatedBlock(ctx, b);
 }
 
 void Free(Context* ctx, void* p);
@@ -300,15 +345,25 @@ void Free(Context* ctx, void* p) {
 // --- Realloc ------------------------------------------------------------------------
 
 void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, size_t new_size) {
+  if (!VerifyDedicated(ctx, st, p, h, "realloc")) {
+    ctx->SetFailure(Failure::kBadArgument);
+    return nullptr;
+  }
   BlockHeader* b = BlockOf(p, h);
   const size_t old_usable = b->size - kDedicatedPayload;
   const size_t keep = kDedicatedPayload + (old_usable < new_size ? old_usable : new_size);
-  // The source may copy `keep` bytes itself; none of them may be poisoned.
+  // If the block moves, the old one goes back to the source marked freed, as
+  // FreeDedicated leaves it: the old address is then a freed chunk. The copy
+  // carries the bit along; it is cleared below.
+  WriteChunkHeader(p, h | kChunkFreeBit);
+  // The source may copy `keep` bytes itself; none of them may be poisoned
+  // (WriteChunkHeader poisons the header again, so this comes after it).
   UnpoisonMemoryRegion(b, b->size);
   Block nb = ctx->ReallocateBlock(Block{b, b->size}, keep,
                                   kDedicatedPayload + new_size + (kChecking ? 1 : 0),
                                   kMinBlockAlignment);
   if (nb.ptr == nullptr) {
+    WriteChunkHeader(p, h);
     MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable);
     return nullptr;
   }
@@ -319,6 +374,7 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   if (moved->prev != nullptr) moved->prev->next = moved; else st->dedicated = moved;
   if (moved->next != nullptr) moved->next->prev = moved;
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
+  WriteChunkHeader(payload, h);
   MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload));
   return payload;
 }
@@ -382,7 +438,7 @@ void EmptyBlockMemory(BlockHeader* b, char* used_end) {
 void ReleaseDedicated(Context* ctx, FreelistState* st) {
   for (BlockHeader* b = st->dedicated; b != nullptr;) {
     BlockHeader* next = b->next;
-    ctx->ReleaseBlock(b, b->size);
+    ReleaseDedicatedBlock(ctx, b);  // a stale pointer to the chunk reads "freed"
     b = next;
   }
   st->dedicated = nullptr;

@@ -10,15 +10,22 @@
 //     from the current block. When a block is exhausted its unused tail is
 //     carved into freelist chunks, not lost.
 //   - Larger requests get a dedicated block, which goes back to the block
-//     source as soon as the chunk is freed, and is resized through the source
-//     (realloc) when the chunk is reallocated.
+//     source as soon as the chunk is freed (or the context reset), and is
+//     resized through the source (realloc) when the chunk is reallocated.
 //   - Realloc stays in place when the new size fits the chunk's class.
 //   - Blocks double from `initial_block_size` up to `max_block_size`.
 //   - Reset empties every freelist; blocks are released or kept per
 //     ResetOptions (kept blocks are reused before new ones are acquired).
-//   - A double free is detected in every build (the header's free bit); a
-//     chunk freed through the wrong context, or a sentinel overwritten, in
-//     checking builds.
+//   - A double free is detected in every build (the header's free bit), a
+//     dedicated chunk's too: its block goes back to the source with the bit
+//     set, so a second Free, Realloc or mcx::Free of it is reported while
+//     that memory is not reused. Beyond any check: a block the source handed
+//     to the system allocator, which unmapped it (glibc unmaps blocks above
+//     its mmap threshold, 128 KiB at first), faults on the second free; an
+//     address reused for a new dedicated chunk of the same context is that
+//     chunk (as with any allocator). A dedicated chunk freed through the
+//     wrong context is reported in every build; a small chunk, and a
+//     sentinel overwritten, in checking builds.
 //
 // Example:
 //

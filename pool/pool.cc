@@ -9,6 +9,11 @@
 //     it and new requests stop trying it.
 //   - Requests above `max_small` would waste most of a block; they get a
 //     block of their own on the large list and can be freed one by one.
+//     nginx records each in a node in the pool's small memory, found by a
+//     walk of the list and never freed before a reset; here the record is a
+//     header in the chunk's own block, found at a fixed distance before the
+//     chunk, so Free is O(1) and a long-lived pool keeps no trace of its
+//     freed large chunks.
 // What is added: blocks that grow from an initial to a maximum size (nginx's
 // blocks all have the pool's size), a bump window in the context header (on the
 // block of the latest small allocation, which need not be `current`) that
@@ -31,7 +36,9 @@
 namespace mcx {
 
 using pool_internal::CheckedHeader;
-using pool_internal::LargeNode;
+using pool_internal::kLargeFreedCheck;
+using pool_internal::kLargeLiveCheck;
+using pool_internal::LargeHeader;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
 using internal::kChecking;
@@ -45,11 +52,6 @@ namespace {
 // pay a compare for it before reaching a block that fits.
 constexpr uint32_t kMaxFailures = 4;
 
-// How many nodes of the large list are searched for an emptied one to reuse
-// before a new node is allocated (nginx: `if (n++ > 3) break;`). Bounded so
-// that a long list of live large chunks does not make allocation linear.
-constexpr int kLargeNodeScan = 3;
-
 // The first block keeps at least this much room after the header, so that a
 // context created with a tiny initial_block_size can still serve requests
 // without an immediate second block.
@@ -58,6 +60,37 @@ constexpr size_t kMinFirstBlockSpace = 256;
 // Alignment of a block's first usable byte; the block header is padded to it.
 constexpr size_t kBlockHeaderBytes =
     (sizeof(PoolBlock) + kDefaultAlignment - 1) & ~(kDefaultAlignment - 1);
+
+// Free, Realloc and ChunkSize read a LargeHeader's worth of bytes before any
+// chunk they are given. Before a small chunk those bytes must lie in the
+// pool's own live block: a later block's chunks start after its header, the
+// first block's after the context header and the pool state.
+static_assert(sizeof(LargeHeader) <= kBlockHeaderBytes,
+              "the bytes before a small chunk of a later block are its block's");
+static_assert(sizeof(LargeHeader) <= sizeof(Context) + sizeof(PoolState),
+              "the bytes before a small chunk of the first block are the context's");
+
+size_t PayloadAlignment(size_t alignment) {
+  return alignment > kDefaultAlignment ? alignment : kDefaultAlignment;
+}
+
+// Offset of a large chunk in its block: its header, padded so that the chunk
+// gets its alignment (the block is aligned to it too).
+constexpr size_t LargeChunkOffset(size_t alignment) {
+  const size_t a = alignment > kDefaultAlignment ? alignment : kDefaultAlignment;
+  return (sizeof(LargeHeader) + a - 1) & ~(a - 1);
+}
+
+// Bytes at the start of a released block that its source may write: the
+// caching source's 16-byte node, glibc's free-list words (32 bytes in its
+// large bins). A freed large chunk's check word lies beyond them, so a second
+// free still reads "freed" there while the memory is not reused.
+constexpr size_t kReleasedBlockScratch = 32;
+static_assert(LargeChunkOffset(1) - sizeof(uintptr_t) >= kReleasedBlockScratch,
+              "a freed large chunk's check word must survive its block's release");
+static_assert(IsReservedChunkKind(kLargeLiveCheck & kChunkKindMask) &&
+                  IsReservedChunkKind(kLargeFreedCheck & kChunkKindMask),
+              "mcx::Free must refuse a large pool chunk: its check word is no chunk header");
 
 char* AlignUp(char* p, size_t alignment) {
   uintptr_t u = reinterpret_cast<uintptr_t>(p);
@@ -174,47 +207,187 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   return AllocBlock(ctx, st, size, alignment);
 }
 
-// ngx_palloc_large: its own block, recorded on the large list.
-void* AllocInternal(Context* ctx, PoolState* st, size_t size);
+// --- Large chunks ----------------------------------------------------------------
 
+// ngx_palloc_large: a block of its own, with the chunk's LargeHeader right
+// before it, at the head of the large list.
 void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
+  const size_t offset = LargeChunkOffset(alignment);
+  const size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
   size_t actual;
-  size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
   // Checking builds keep one byte after the chunk for the sentinel.
   char* mem = static_cast<char*>(
-      ctx->AcquireBlock(size + (kChecking ? 1 : 0), block_alignment, &actual));
+      ctx->AcquireBlock(offset + size + (kChecking ? 1 : 0), block_alignment, &actual));
   if (mem == nullptr) return nullptr;
-  if (kChecking) mem[size] = static_cast<char>(internal::kSentinelByte);
-  int n = 0;
-  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc == nullptr) {
-      l->alloc = mem;
-      l->size = actual;
-      l->requested = size;
-      return mem;
-    }
-    if (n++ > kLargeNodeScan) break;
-  }
-  auto* node = static_cast<LargeNode*>(AllocInternal(ctx, st, sizeof(LargeNode)));
-  if (node == nullptr) {
-    Failure why = ctx->last_failure();
-    ctx->ReleaseBlock(mem, actual);
-    ctx->SetFailure(why);
-    return nullptr;
-  }
-  node->alloc = mem;
-  node->size = actual;
-  node->requested = size;
-  node->next = st->large;
-  st->large = node;
-  return mem;
+  char* p = mem + offset;
+  auto* h = reinterpret_cast<LargeHeader*>(p - sizeof(LargeHeader));
+  h->owner = ctx;
+  h->prev = nullptr;
+  h->next = st->large;
+  h->block = mem;
+  h->size = actual;
+  h->requested = size;
+  h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
+  if (st->large != nullptr) st->large->prev = h;
+  st->large = h;
+  if (kChecking) p[size] = static_cast<char>(internal::kSentinelByte);
+  return p;
 }
 
-LargeNode* FindLarge(PoolState* st, const void* p) {
-  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc == p) return l;
+char* PayloadOf(LargeHeader* h) { return reinterpret_cast<char*>(h + 1); }
+const char* PayloadOf(const LargeHeader* h) { return reinterpret_cast<const char*>(h + 1); }
+
+// Reads the `n` bytes before `p` (a chunk the caller gave), leaving their
+// poison exactly as it was. Before a small chunk they are the tail of the
+// chunk bumped before it and alignment padding, which ASan builds keep
+// poisoned, often within one 8-byte granule. internal::CopyFromPoisoned
+// poisons its whole range afterwards: a live neighbour's last bytes would be
+// taken from its user.
+void ReadBeforeChunk(void* to, const void* p, size_t n) {
+  const char* from = static_cast<const char*>(p) - n;
+  if (!internal::IsPoisoned(from, n)) {
+    std::memcpy(to, from, n);
+    return;
   }
-  return nullptr;
+#if defined(MCX_VALGRIND) && !defined(ABSL_HAVE_ADDRESS_SANITIZER)
+  // Memcheck cannot be asked which bytes are addressable without reporting
+  // them: read with its address errors off for the range; the copy is ours.
+  VALGRIND_DISABLE_ADDR_ERROR_REPORTING_IN_RANGE(from, n);
+  std::memcpy(to, from, n);
+  VALGRIND_ENABLE_ADDR_ERROR_REPORTING_IN_RANGE(from, n);
+  VALGRIND_MAKE_MEM_DEFINED(to, n);
+#else
+  // ASan keeps one shadow byte per 8-byte granule, saying how many of its
+  // first bytes are addressable: within a granule the poisoned bytes run
+  // from the first of them to its end. Looked at over whole granules, every
+  // run of poisoned bytes ends at a granule's end, so poisoning each run
+  // again restores the shadow as it was.
+  constexpr uintptr_t kGranule = 8;
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(from) & ~(kGranule - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(from) + n + kGranule - 1) & ~(kGranule - 1);
+  bool poisoned[sizeof(LargeHeader) + 2 * kGranule];
+  const size_t span = static_cast<size_t>(hi - lo);
+  const char* base = reinterpret_cast<const char*>(lo);
+  for (size_t i = 0; i < span; ++i) poisoned[i] = internal::IsPoisoned(base + i, 1);
+  UnpoisonMemoryRegion(base, span);
+  std::memcpy(to, from, n);
+  for (size_t i = 0; i < span;) {
+    size_t j = i;
+    while (j < span && poisoned[j]) ++j;
+    if (j > i) PoisonMemoryRegion(base + i, j - i);
+    i = j + 1;
+  }
+#endif
+}
+
+// What a pointer given to Free, Realloc or ChunkSize is, by its LargeHeader.
+enum class ChunkLookup {
+  kSmall,     // no large chunk's check word before it: a small chunk
+  kLarge,     // a live large chunk of this pool
+  kReported,  // a freed large chunk, or one of another pool: misuse reported
+};
+
+// Whether `p` lies in one of the pool's blocks of small chunks. A walk of
+// the blocks, taken only when the bytes before `p` look like a large
+// chunk's header that does not validate.
+bool InSmallBlock(const PoolState* st, const void* p) {
+  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+    if (p >= b->start && p < b->end) return true;
+  }
+  return false;
+}
+
+// Classifies `p` from the LargeHeader position right before it, trusting
+// nothing it has not checked: first the check word, which must be this
+// address's; then the owner; then the links, which for a live chunk point
+// back at it. Only then is the header followed. For a small chunk the bytes
+// read are the pool's own (the static_asserts above).
+//
+// A freed chunk's check word says so, and sits where a released block's
+// source does not write: a second free is reported while the memory is not
+// reused. But memory is reused, and the bytes before a small chunk are
+// often never written (padding, or the end of the chunk before it), so a
+// small chunk can sit right after a stale check word for its own address.
+// Before reporting, a header that does not validate is looked for among
+// the pool's blocks of small chunks, where no large chunk ever lies: found
+// there, `p` is a small chunk, and a correct program is never reported.
+ChunkLookup FindLarge(const Context* ctx, const PoolState* st, const void* p,
+                      const char* operation, LargeHeader** out) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  uintptr_t check;
+  ReadBeforeChunk(&check, p, sizeof(check));
+  const bool freed = check == (kLargeFreedCheck ^ address);
+  if (!freed && check != (kLargeLiveCheck ^ address)) return ChunkLookup::kSmall;
+  auto* at = reinterpret_cast<LargeHeader*>(const_cast<char*>(static_cast<const char*>(p)) -
+                                             sizeof(LargeHeader));
+  if (!freed) {
+    LargeHeader h;
+    ReadBeforeChunk(&h, p, sizeof(h));
+    if (h.owner == ctx && h.prev != at && h.next != at &&
+        (h.prev != nullptr ? h.prev->next == at : st->large == at) &&
+        (h.next == nullptr || h.next->prev == at)) {
+      *out = at;
+      return ChunkLookup::kLarge;
+    }
+  }
+  if (InSmallBlock(st, p)) return ChunkLookup::kSmall;
+  if (!freed) {
+    internal::ReportMisuse("%s of large chunk %p through pool '%s': not a live large chunk of "
+                           "this pool",
+                           operation, p, ctx->name());
+  } else if (std::strcmp(operation, "free") == 0) {
+    internal::ReportMisuse("double free of large chunk %p in pool '%s'", p, ctx->name());
+  } else {
+    internal::ReportMisuse("%s of large chunk %p in pool '%s' after it was freed", operation, p,
+                           ctx->name());
+  }
+  return ChunkLookup::kReported;
+}
+
+void UnlinkLarge(PoolState* st, LargeHeader* h) {
+  if (h->prev != nullptr) h->prev->next = h->next; else st->large = h->next;
+  if (h->next != nullptr) h->next->prev = h->prev;
+}
+
+// ngx_pfree: the block goes back at once, its check word saying "freed".
+void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
+  char* p = PayloadOf(h);
+  if (kChecking && static_cast<unsigned char>(p[h->requested]) != internal::kSentinelByte) {
+    internal::ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
+                           p, h->requested, ctx->name());
+  }
+  UnlinkLarge(st, h);
+  h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
+  ctx->ReleaseBlock(h->block, h->size);
+}
+
+// Resizes a large chunk's block through the source, keeping the chunk's
+// offset in it (so the header moves along with the copy).
+void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size) {
+  char* p = PayloadOf(h);
+  const size_t offset = static_cast<size_t>(p - static_cast<char*>(h->block));
+  const size_t want = offset + new_size + (kChecking ? 1 : 0);
+  const uintptr_t live = h->check;
+  // If the source moves the block, the old one goes back saying "freed": the
+  // old address is then a freed chunk. The copy carries the word along; it
+  // is rewritten below.
+  h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
+  Block b = ctx->ReallocateBlock(Block{h->block, h->size}, h->size < want ? h->size : want, want,
+                                 kMinBlockAlignment);
+  if (b.ptr == nullptr) {
+    h->check = live;
+    return nullptr;
+  }
+  char* q = static_cast<char*>(b.ptr) + offset;
+  auto* moved = reinterpret_cast<LargeHeader*>(q - sizeof(LargeHeader));
+  moved->block = b.ptr;
+  moved->size = b.size;
+  moved->requested = new_size;
+  moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
+  if (moved->prev != nullptr) moved->prev->next = moved; else st->large = moved;
+  if (moved->next != nullptr) moved->next->prev = moved;
+  if (kChecking) q[new_size] = static_cast<char>(internal::kSentinelByte);
+  return q;
 }
 
 // --- Checking builds: a header and a sentinel for every small chunk ------------
@@ -225,10 +398,6 @@ LargeNode* FindLarge(PoolState* st, const void* p) {
 // verify its sentinel.
 
 constexpr size_t kCheckedPrefix = sizeof(CheckedHeader) + sizeof(uint64_t);
-
-size_t PayloadAlignment(size_t alignment) {
-  return alignment > kDefaultAlignment ? alignment : kDefaultAlignment;
-}
 
 // Region bytes for a checked chunk: prefix, worst-case alignment padding,
 // payload, sentinel.
@@ -247,13 +416,6 @@ void* CheckedAllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignme
                                       static_cast<uint64_t>(p - r)));
   p[size] = static_cast<char>(internal::kSentinelByte);
   return p;
-}
-
-// Small allocations made by the pool itself (large-list nodes) go through the
-// same layout in checking builds, so every region of a block can be walked.
-void* AllocInternal(Context* ctx, PoolState* st, size_t size) {
-  return kChecking ? CheckedAllocSmall(ctx, st, size, kDefaultAlignment)
-                   : AllocSmall(ctx, st, size, kDefaultAlignment);
 }
 
 CheckedHeader ReadCheckedHeader(const void* region) {
@@ -318,11 +480,11 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
       r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
     }
   }
-  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc != nullptr &&
-        static_cast<const unsigned char*>(l->alloc)[l->requested] != internal::kSentinelByte) {
+  for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
+    const char* p = PayloadOf(h);
+    if (static_cast<unsigned char>(p[h->requested]) != internal::kSentinelByte) {
       absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
-                            ctx->name(), l->alloc, l->requested);
+                            ctx->name(), static_cast<const void*>(p), h->requested);
       return false;
     }
   }
@@ -414,14 +576,11 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
 void Free(Context* ctx, void* p) {
   PoolState* st = StateOf(ctx);
   Sync(ctx, st);
-  if (LargeNode* l = FindLarge(st, p)) {
-    if (kChecking && static_cast<unsigned char*>(p)[l->requested] != internal::kSentinelByte) {
-      internal::ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
-                             p, l->requested, ctx->name());
-    }
-    ctx->ReleaseBlock(p, l->size);
-    l->alloc = nullptr;
-    return;
+  LargeHeader* large;
+  switch (FindLarge(ctx, st, p, "free", &large)) {
+    case ChunkLookup::kLarge: return FreeLarge(ctx, st, large);
+    case ChunkLookup::kReported: return;
+    case ChunkLookup::kSmall: break;
   }
   if (kChecking) {
     CheckedHeader h;
@@ -456,16 +615,21 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   PoolState* st = StateOf(ctx);
   Sync(ctx, st);
   if (new_size == 0) new_size = 1;
-  if (LargeNode* l = FindLarge(st, p)) {
-    const size_t want = new_size + (kChecking ? 1 : 0);
-    Block b = ctx->ReallocateBlock(Block{p, l->size}, l->size < want ? l->size : want, want,
-                                   kMinBlockAlignment);
-    if (b.ptr == nullptr) return nullptr;
-    l->alloc = b.ptr;
-    l->size = b.size;
-    l->requested = new_size;
-    if (kChecking) static_cast<char*>(b.ptr)[new_size] = static_cast<char>(internal::kSentinelByte);
-    return b.ptr;
+  LargeHeader* large;
+  switch (FindLarge(ctx, st, p, "realloc", &large)) {
+    case ChunkLookup::kLarge: return ReallocLarge(ctx, st, large, new_size);
+    case ChunkLookup::kReported:
+      ctx->SetFailure(Failure::kBadArgument);
+      return nullptr;
+    case ChunkLookup::kSmall: break;
+  }
+  // Checking builds make sure of a small chunk before anything else: a
+  // freed chunk (a large one's block is clobbered on release) is misuse to
+  // report, not an unsupported call.
+  CheckedHeader h;
+  if (kChecking && CheckedLiveChunk(ctx, p, "realloc", &h) == nullptr) {
+    ctx->SetFailure(Failure::kBadArgument);
+    return nullptr;
   }
   if (old_size == kUnknownSize) {
     ctx->SetFailure(Failure::kUnsupported);
@@ -475,11 +639,6 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   PoolBlock* cur = st->window;  // the block of the last chunk bumped
   if (kChecking) {
     // No in-place tricks: a fresh checked chunk, a copy, a checked free.
-    CheckedHeader h;
-    if (CheckedLiveChunk(ctx, p, "realloc", &h) == nullptr) {
-      ctx->SetFailure(Failure::kBadArgument);
-      return nullptr;
-    }
     if (old_size > h.requested) {
       internal::ReportMisuse("realloc of chunk %p in pool '%s' with old size %zu, but it holds %zu "
                              "bytes",
@@ -507,19 +666,27 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   std::memcpy(q, p, old_size < new_size ? old_size : new_size);
   Free(ctx, p);
   // The old small chunk is dead space until the next reset.
-  if (st->rewind_block_size == 0 && FindLarge(st, p) == nullptr) PoisonMemoryRegion(p, old_size);
+  if (st->rewind_block_size == 0) PoisonMemoryRegion(p, old_size);
   return q;
 }
 
+// A large chunk's usable bytes run to its block's end; checking builds say
+// exactly what was asked for, since the sentinel follows it.
 size_t ChunkSize(const Context* ctx, const void* p) {
-  PoolState* st = const_cast<PoolState*>(StateOf(ctx));
-  LargeNode* l = FindLarge(st, p);
-  return l != nullptr ? l->size : kUnknownSize;
+  LargeHeader* h;
+  if (FindLarge(ctx, StateOf(ctx), p, "size", &h) != ChunkLookup::kLarge) return kUnknownSize;
+  if (kChecking) return h->requested;
+  return static_cast<size_t>(static_cast<char*>(h->block) + h->size - PayloadOf(h));
 }
 
+// Every large chunk's block goes back, its check word saying "freed": a stale
+// pointer to one is then reported as freed, not followed.
 void ReleaseLarge(Context* ctx, PoolState* st) {
-  for (LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc != nullptr) ctx->ReleaseBlock(l->alloc, l->size);
+  for (LargeHeader* h = st->large; h != nullptr;) {
+    LargeHeader* next = h->next;
+    h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(PayloadOf(h));
+    ctx->ReleaseBlock(h->block, h->size);
+    h = next;
   }
   st->large = nullptr;
 }
@@ -618,8 +785,21 @@ bool Check(const Context* ctx, std::string* error) {
     if (b == st->current) current_seen = true;
     if (b != &st->first) ++blocks;
   }
-  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc != nullptr) ++blocks;
+  const LargeHeader* newer = nullptr;
+  for (const LargeHeader* h = st->large; h != nullptr; newer = h, h = h->next) {
+    const char* p = PayloadOf(h);
+    const char* block = static_cast<const char*>(h->block);
+    if (h->owner != ctx || h->prev != newer ||
+        h->check != (kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p)) ||
+        p < block + sizeof(LargeHeader) || h->requested > h->size ||
+        h->requested > static_cast<size_t>(block + h->size - p)) {
+      absl::StrAppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
+                            static_cast<const void*>(p));
+      return false;
+    }
+    // A list that loops would never end: it cannot hold more blocks than
+    // the context has.
+    if (++blocks > ctx->num_blocks()) break;
   }
   if (!current_seen) {
     absl::StrAppendFormat(error, "pool '%s': current block is not on the block list\n",
@@ -665,13 +845,14 @@ void Inspect(const Context* ctx, InspectVisitor* visitor) {
   for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
     if (b != &st->first) visitor->VisitBlock(DescribeBlock(ctx, st, b));
   }
-  for (const LargeNode* l = st->large; l != nullptr; l = l->next) {
-    if (l->alloc == nullptr) continue;  // emptied by Free, waiting for reuse
+  for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
     BlockInfo info;
-    info.start = l->alloc;
-    info.size = l->size;
-    info.used_bytes = l->size;  // the chunk is the whole block
-    info.last_offset = info.end_offset = l->size;
+    info.start = h->block;
+    info.size = h->size;
+    // Padding (aligned chunks) and the LargeHeader; the chunk fills the rest.
+    info.header_bytes = static_cast<size_t>(PayloadOf(h) - static_cast<const char*>(h->block));
+    info.used_bytes = h->size - info.header_bytes;
+    info.last_offset = info.end_offset = h->size;
     info.role = BlockRole::kLarge;
     visitor->VisitBlock(info);
   }

@@ -12,7 +12,19 @@
 //     `rewind_on_free`, each block counts its live small chunks and rewinds
 //     when the count drops to zero (see PoolOptions).
 //   - Large chunks are freed one by one (`Free`, like ngx_pfree), which
-//     releases their block at once; emptied list nodes are reused.
+//     releases their block at once. Each large chunk's block starts with a
+//     56-byte header (its list links, block, sizes and a check word) right
+//     before the chunk, so the block is the chunk plus 64 bytes (for
+//     AllocAligned above 64: plus `alignment` bytes); nothing is kept in the
+//     pool's small memory. Free, Realloc and ChunkSize read the 56 bytes
+//     before the pointer and find a large chunk's header there in O(1),
+//     however many large chunks came and went; a pointer whose header does
+//     not validate is a small chunk. A large chunk freed twice, or
+//     reallocated after its free, is reported in every build while its
+//     memory is not reused (the check word says "freed"; telling it from a
+//     small chunk that reused the memory costs a walk of the pool's blocks,
+//     on that path only). An address reused for a new large chunk of the
+//     same pool is that chunk.
 //   - `Realloc(p, old_size, new_size)` grows in place when p is the last
 //     chunk bumped (in the block of the latest small allocation), shrinks any
 //     small chunk in place, and copies otherwise. `old_size` must be the

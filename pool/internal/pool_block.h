@@ -11,7 +11,13 @@
 //   +---------+-----------+------+----+    +-------+-----+--+   +-------+---+------+
 //                  | first.next ---------->   next --------->        ^ last  ^ end
 //                  | current ---------------------------------------/
-//                  | large -> [node] -> [node] -> ...  (each node: its own block)
+//                  | large -> [chunk] <-> [chunk] <-> ...  (live large chunks)
+//
+// A large chunk (above max_small) fills a block of its own, with its
+// LargeHeader right before the payload (aligned chunks: padding first):
+//
+//   | (padding) | LargeHeader ... check | payload ...  | sentinel (checking) |
+//   ^ block                             ^ the chunk's address
 //
 // For the current block the context's bump window (bump_ptr, bump_end) is
 // the authoritative `last`; pool.cc syncs it into the block before looking.
@@ -41,13 +47,30 @@ struct PoolBlock {
   uint32_t live;      // live small chunks (rewind_on_free only)
 };
 
-// nginx's ngx_pool_large_t, plus the size the block source needs back.
-struct LargeNode {
-  LargeNode* next;
-  void* alloc;  // nullptr: emptied by Free, reusable
-  size_t size;
-  size_t requested;  // bytes asked for; a sentinel follows in checking builds
+// nginx's ngx_pool_large_t, kept in the large chunk's own block rather than
+// in the pool's small memory: freeing the chunk leaves nothing behind, and
+// Free finds it at a fixed distance before the chunk's address, in O(1).
+struct LargeHeader {
+  Context* owner;
+  LargeHeader* prev;  // newer chunk, or nullptr for the head (PoolState::large)
+  LargeHeader* next;  // older chunk
+  void* block;        // start of the block (before the padding of aligned chunks)
+  size_t size;        // bytes of the block: what goes back to the source
+  size_t requested;   // bytes asked for; a sentinel follows in checking builds
+  // kLargeLiveCheck ^ the chunk's address while the chunk is live,
+  // kLargeFreedCheck ^ it once freed. Last, so that it lies right before
+  // the payload, past the bytes a source writes into a released block.
+  uintptr_t check;
 };
+
+// Check words of a LargeHeader. Arbitrary 64-bit constants (ASCII "mcxLARGE"
+// and "mcxFREED"); mixed with the chunk's address, so that a header copied
+// elsewhere (a block copied whole, user data holding a header) does not
+// validate at its new address. Large chunks are 16-aligned, so the word's
+// low four bits are the constant's: read by mcx::Free as a chunk header,
+// they name a reserved kind id (5 and 4), and the pointer is refused.
+inline constexpr uintptr_t kLargeLiveCheck = 0x6D63784C41524745;
+inline constexpr uintptr_t kLargeFreedCheck = 0x6D63784652454544;
 
 // Checking builds put this at the start of every small region; the chunk's
 // header word (chunk_header.h, kind kChunkKindPoolChecking) sits right
@@ -70,7 +93,7 @@ struct PoolState {
   // for a while (it moves on only after more than kMaxFailures new blocks),
   // and a window there would send nearly every request down the slow path.
   PoolBlock* window;
-  LargeNode* large;    // newest first
+  LargeHeader* large;  // live large chunks, newest first
   size_t max_small;        // bytes; larger requests go to the large list
   size_t next_block_size;  // bytes of the next block; doubles up to max
   size_t base_block_size;  // where next_block_size restarts after a reset

@@ -215,47 +215,50 @@ TEST_F(InspectTest, PoolFailedCountsGrowAndCurrentMoves) {
 }
 
 // A request above max_small is a large block of its own until it is freed;
-// its list node is a small chunk in the pool.
+// its header (nginx's ngx_pool_large_t, and more) sits in that block, right
+// before the chunk, so the pool's own blocks are untouched.
 TEST_F(InspectTest, PoolLargeChunksAreLargeBlocksUntilFreed) {
   Context* ctx = MakePool(256);
   const size_t sentinel = internal::kChecking ? 1 : 0;
+  // The header, 7 words, padded to 16 (pool.cc, LargeChunkOffset).
+  constexpr size_t kLargeHeader = 64;
   void* big = ctx->Alloc(2000);
   ContextLayout layout = InspectContext(ctx);
   ASSERT_EQ(layout.blocks.size(), 2u);
   const BlockInfo* large = layout.FindBlock(BlockRole::kLarge);
   ASSERT_NE(large, nullptr);
-  EXPECT_EQ(large->start, big);
-  EXPECT_EQ(large->size, 2000 + sentinel);
-  EXPECT_EQ(large->used_bytes, large->size);
+  EXPECT_EQ(static_cast<const char*>(large->start) + kLargeHeader, big);
+  EXPECT_EQ(large->size, kLargeHeader + 2000 + sentinel);
+  EXPECT_EQ(large->header_bytes, kLargeHeader);
+  EXPECT_EQ(large->used_bytes, large->size - kLargeHeader);
   EXPECT_EQ(large->free_bytes, 0u);
   EXPECT_FALSE(large->current);
-  // The node: nginx's ngx_pool_large_t, four words.
-  const size_t node = 4 * sizeof(void*);
-  EXPECT_EQ(layout.blocks[0].used_bytes, PoolUsed(1, node));
+  EXPECT_EQ(layout.blocks[0].used_bytes, 0u);
   ExpectConsistent(ctx, layout);
 
   void* bigger = ctx->Alloc(3000);
   layout = InspectContext(ctx);
   ASSERT_NE(layout.FindBlock(BlockRole::kLarge, 1), nullptr);
-  EXPECT_EQ(layout.FindBlock(BlockRole::kLarge, 0)->start, bigger);  // newest first
-  EXPECT_EQ(layout.blocks[0].used_bytes, PoolUsed(2, node));
+  EXPECT_EQ(static_cast<const char*>(layout.FindBlock(BlockRole::kLarge, 0)->start) + kLargeHeader,
+            bigger);  // newest first
+  EXPECT_EQ(layout.blocks[0].used_bytes, 0u);
 
   ctx->Free(big);
   layout = InspectContext(ctx);
   ASSERT_EQ(layout.blocks.size(), 2u);
-  EXPECT_EQ(layout.FindBlock(BlockRole::kLarge)->start, bigger);
+  EXPECT_EQ(static_cast<const char*>(layout.FindBlock(BlockRole::kLarge)->start) + kLargeHeader,
+            bigger);
   ExpectConsistent(ctx, layout);
 
   ctx->Free(bigger);
   layout = InspectContext(ctx);
   ASSERT_EQ(layout.blocks.size(), 1u);
   EXPECT_EQ(layout.FindBlock(BlockRole::kLarge), nullptr);
-  // The emptied nodes stay until the reset, and are reused.
-  EXPECT_EQ(layout.blocks[0].used_bytes, PoolUsed(2, node));
+  EXPECT_EQ(layout.blocks[0].used_bytes, 0u);  // nothing left behind
   ctx->Alloc(5000);
   layout = InspectContext(ctx);
-  EXPECT_EQ(layout.blocks[0].used_bytes, PoolUsed(2, node));
-  EXPECT_EQ(layout.FindBlock(BlockRole::kLarge)->size, 5000 + sentinel);
+  EXPECT_EQ(layout.blocks[0].used_bytes, 0u);
+  EXPECT_EQ(layout.FindBlock(BlockRole::kLarge)->size, kLargeHeader + 5000 + sentinel);
   ExpectConsistent(ctx, layout);
   ctx->Destroy();
 }

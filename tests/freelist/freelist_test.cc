@@ -3,13 +3,17 @@
 
 #include "mcx/freelist/freelist.h"
 
+#include <cstdio>
 #include <cstring>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
+#include "mcx/context/failure.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/internal/freelist_block.h"
 #include "mcx/pool/pool.h"
@@ -211,6 +215,204 @@ TEST(FreelistDeathTest, ForeignPointerIsReported) {
   EXPECT_DEATH(mcx::GetChunkContext(buffer + 16), "not a chunk allocated by mcx");
   ctx->Destroy();
 }
+
+// --- Finding B2: misuse of a dedicated chunk (above chunk_limit) ------------
+//
+// A freed dedicated chunk's block is back at its source, which may write over
+// its start: the process cache puts its own 16-byte node there, glibc its
+// free-list words. The tests run every misuse on each kind of source, under a
+// misuse handler that records the report and returns. The copying source
+// has no Reallocate of its own: a realloc is a fresh block and a memcpy of
+// the old one, which ASan checks byte by byte.
+
+enum class SourceKind { kDefault, kSystem, kCounting, kCopying };
+
+std::vector<std::string>* dedicated_reports = nullptr;
+
+void RecordDedicatedMisuse(const char* message) { dedicated_reports->push_back(message); }
+
+// Above chunk_limit (8200 by default): a dedicated block.
+constexpr size_t kDedicatedSize = 20000;
+
+class DedicatedMisuseTest : public ::testing::TestWithParam<SourceKind> {
+ protected:
+  void SetUp() override {
+    dedicated_reports = &reports_;
+    previous_ = SetMisuseHandler(&RecordDedicatedMisuse);
+  }
+  void TearDown() override {
+    SetMisuseHandler(previous_);
+    dedicated_reports = nullptr;
+  }
+
+  Context* Make(const char* name = "fl") {
+    ContextOptions co;
+    if (GetParam() == SourceKind::kSystem) co.block_source = &system_;
+    if (GetParam() == SourceKind::kCounting) co.block_source = &counting_;
+    if (GetParam() == SourceKind::kCopying) co.block_source = &copying_;
+    return CreateFreelistContext(nullptr, name, FreelistOptions(), co);
+  }
+
+  // The one report since the last call, which must name `p`; empty (and a
+  // test failure) if there was none or more than one.
+  std::string TakeOneNaming(const void* p) {
+    EXPECT_EQ(reports_.size(), 1u) << (reports_.empty() ? std::string("no report") : reports_.back());
+    std::string last = reports_.size() == 1 ? reports_.back() : std::string();
+    reports_.clear();
+    char address[32];
+    std::snprintf(address, sizeof(address), "%p", p);
+    EXPECT_NE(last.find(address), std::string::npos) << last;
+    return last;
+  }
+
+  // Consistent, still usable (a dedicated chunk comes and goes), and every
+  // block back at the source once destroyed.
+  void ExpectSoundThenDestroy(Context* ctx) {
+    std::string error;
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    void* q = ctx->Alloc(kDedicatedSize);
+    Fill(q, kDedicatedSize, 9);
+    EXPECT_TRUE(Holds(q, kDedicatedSize, 9));
+    ctx->Free(q);
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    ctx->Destroy();
+    EXPECT_TRUE(reports_.empty()) << reports_.front();
+    EXPECT_EQ(counting_.live_blocks(), 0);
+    EXPECT_EQ(counting_.bad_releases(), 0);
+    EXPECT_EQ(copying_.live(), 0);
+  }
+
+  SystemBlockSource system_;
+  CountingBlockSource counting_;
+  testing::ExactBlockSource copying_;
+  std::vector<std::string> reports_;
+  MisuseHandler previous_ = nullptr;
+};
+
+// ctx->Free twice: the second is reported as a double free, and the block is
+// not given back a second time.
+TEST_P(DedicatedMisuseTest, FindingB2ContextFreeTwiceIsReported) {
+  Context* ctx = Make();
+  void* p = ctx->Alloc(kDedicatedSize);
+  Fill(p, kDedicatedSize, 1);
+  ctx->Free(p);
+  ctx->Free(p);
+  std::string report = TakeOneNaming(p);
+  if (!internal::kChecking) {
+    EXPECT_NE(report.find("double free of chunk"), std::string::npos) << report;
+    EXPECT_NE(report.find("'fl'"), std::string::npos) << report;
+  }
+  ExpectSoundThenDestroy(ctx);
+}
+
+// mcx::Free twice: the chunk kind's table finds no owner for a freed chunk.
+TEST_P(DedicatedMisuseTest, FindingB2McxFreeTwiceIsReported) {
+  Context* ctx = Make();
+  void* p = ctx->Alloc(kDedicatedSize);
+  mcx::Free(p);
+  mcx::Free(p);
+  EXPECT_NE(TakeOneNaming(p).find("freed"), std::string::npos);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// Two chunks of one size freed, then the second freed again: its block sits
+// in the source behind the first one's.
+TEST_P(DedicatedMisuseTest, FindingB2SecondOfTwoFreedChunksFreedAgainIsReported) {
+  Context* ctx = Make();
+  void* p1 = ctx->Alloc(kDedicatedSize);
+  void* p2 = ctx->Alloc(kDedicatedSize);
+  mcx::Free(p1);
+  mcx::Free(p2);
+  mcx::Free(p2);
+  EXPECT_NE(TakeOneNaming(p2).find("freed"), std::string::npos);
+  ctx->Free(p2);
+  TakeOneNaming(p2);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// Realloc of a freed chunk, through the context and without it: reported,
+// nullptr, and nothing is resized.
+TEST_P(DedicatedMisuseTest, FindingB2ReallocAfterFreeIsReported) {
+  Context* ctx = Make();
+  void* p = ctx->Alloc(kDedicatedSize);
+  ctx->Free(p);
+  EXPECT_EQ(ctx->TryRealloc(p, 2 * kDedicatedSize), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadArgument);
+  TakeOneNaming(p);
+  EXPECT_EQ(mcx::TryRealloc(p, 2 * kDedicatedSize), nullptr);
+  TakeOneNaming(p);
+  EXPECT_EQ(mcx::Realloc(p, 2 * kDedicatedSize), nullptr);
+  TakeOneNaming(p);
+  EXPECT_EQ(counting_.reallocates(), 0);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// A dedicated chunk's old address after a realloc that moved it is a freed
+// chunk: freeing or reallocating it is reported.
+TEST_P(DedicatedMisuseTest, FindingB2OldAddressAfterAMovingReallocIsReported) {
+  Context* ctx = Make();
+  void* p = ctx->Alloc(kDedicatedSize);
+  Fill(p, kDedicatedSize, 3);
+  void* q = ctx->Realloc(p, 200 * kDedicatedSize);
+  ASSERT_TRUE(Holds(q, kDedicatedSize, 3));
+  if (q == p) {
+    ctx->Destroy();
+    GTEST_SKIP() << "the source grew the block in place";
+  }
+  ctx->Free(p);
+  TakeOneNaming(p);
+  mcx::Free(p);
+  TakeOneNaming(p);
+  EXPECT_TRUE(Holds(q, kDedicatedSize, 3));
+  mcx::Free(q);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// A freed chunk whose block another context took for its own dedicated chunk
+// (or whose block still sits in the source): freeing it through the first
+// context is reported and leaves the other context's chunk alone.
+TEST_P(DedicatedMisuseTest, FindingB2FreeAfterReuseByAnotherContextIsReported) {
+  Context* a = Make("a");
+  Context* b = Make("b");
+  void* p = a->Alloc(kDedicatedSize);
+  a->Free(p);
+  void* q = b->Alloc(kDedicatedSize);  // often p's block again
+  Fill(q, kDedicatedSize, 4);
+  a->Free(p);
+  TakeOneNaming(p);
+  EXPECT_EQ(a->TryRealloc(p, 2 * kDedicatedSize), nullptr);
+  TakeOneNaming(p);
+  EXPECT_TRUE(Holds(q, kDedicatedSize, 4));
+  EXPECT_EQ(GetChunkContext(q), b);
+  b->Free(q);
+  b->Destroy();
+  ExpectSoundThenDestroy(a);
+}
+
+// A dedicated chunk of a context that was reset: freeing it is reported.
+TEST_P(DedicatedMisuseTest, FindingB2FreeAfterResetIsReported) {
+  Context* ctx = Make();
+  void* p = ctx->Alloc(kDedicatedSize);
+  ctx->Reset();
+  ctx->Free(p);
+  TakeOneNaming(p);
+  mcx::Free(p);
+  TakeOneNaming(p);
+  ExpectSoundThenDestroy(ctx);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sources, DedicatedMisuseTest,
+                         ::testing::Values(SourceKind::kDefault, SourceKind::kSystem,
+                                           SourceKind::kCounting, SourceKind::kCopying),
+                         [](const ::testing::TestParamInfo<SourceKind>& info) {
+                           switch (info.param) {
+                             case SourceKind::kDefault: return std::string("Default");
+                             case SourceKind::kSystem: return std::string("System");
+                             case SourceKind::kCounting: return std::string("Counting");
+                             case SourceKind::kCopying: return std::string("Copying");
+                           }
+                           return std::string();
+                         });
 
 }  // namespace
 }  // namespace mcx

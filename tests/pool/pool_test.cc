@@ -2,11 +2,16 @@
 
 #include "mcx/pool/pool.h"
 
+#include <cstdio>
 #include <cstring>
+#include <deque>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
+#include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/internal/pool_block.h"
@@ -16,6 +21,9 @@
 namespace mcx {
 namespace {
 
+using pool_internal::kLargeFreedCheck;
+using pool_internal::kLargeLiveCheck;
+using pool_internal::LargeHeader;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
 using testing::CountingBlockSource;
@@ -59,6 +67,13 @@ INSTANTIATE_TYPED_TEST_SUITE_P(NginxPool, KindConformanceTest, NginxPoolTraits);
 namespace {
 
 PoolState* StateOf(Context* ctx) { return KindState<PoolState>(ctx); }
+
+// Entries on the large list: what a Free once walked.
+size_t LargeListLength(Context* ctx) {
+  size_t n = 0;
+  for (auto* l = StateOf(ctx)->large; l != nullptr; l = l->next) ++n;
+  return n;
+}
 
 std::vector<PoolBlock*> Blocks(Context* ctx) {
   std::vector<PoolBlock*> out;
@@ -123,27 +138,29 @@ TEST_F(PoolTest, FreeOfSmallChunkIsANoOp) {
   ctx->Destroy();
 }
 
-// Requests above max_small go to the large list, each in its own block;
-// freeing one releases its block and leaves its node for reuse.
-TEST_F(PoolTest, LargeChunksAreFreedOneByOneAndNodesReused) {
+// Requests above max_small go to the large list, each in its own block with
+// its header right before it; freeing one releases its block and takes it
+// off the list, leaving nothing behind in the pool.
+TEST_F(PoolTest, LargeChunksAreFreedOneByOne) {
   PoolOptions o;
   o.max_small = 512;
   Context* ctx = Make(o);
   PoolState* st = StateOf(ctx);
+  const size_t free_bytes = GetCounters(ctx).free_bytes;
   void* a = ctx->Alloc(513);
   void* b = ctx->Alloc(4000);
   EXPECT_EQ(ctx->num_blocks(), 3u);
-  EXPECT_EQ(st->large->alloc, b);
-  EXPECT_EQ(st->large->next->alloc, a);
+  EXPECT_EQ(static_cast<void*>(st->large + 1), b);  // newest first
+  EXPECT_EQ(static_cast<void*>(st->large->next + 1), a);
+  EXPECT_EQ(st->large->next->prev, st->large);
+  EXPECT_EQ(static_cast<char*>(b) - static_cast<char*>(st->large->block), 64);
   ctx->Free(a);
   EXPECT_EQ(ctx->num_blocks(), 2u);
-  EXPECT_EQ(st->large->next->alloc, nullptr);
-  pool_internal::LargeNode* emptied = st->large->next;
+  EXPECT_EQ(st->large->next, nullptr);
   void* c = ctx->Alloc(600);
-  EXPECT_EQ(emptied->alloc, c);  // the emptied node was reused
-  int nodes = 0;
-  for (auto* l = st->large; l != nullptr; l = l->next) ++nodes;
-  EXPECT_EQ(nodes, 2);
+  EXPECT_EQ(static_cast<void*>(st->large + 1), c);
+  EXPECT_EQ(LargeListLength(ctx), 2u);
+  EXPECT_EQ(GetCounters(ctx).free_bytes, free_bytes);  // no small memory used
   ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
 }
@@ -274,7 +291,8 @@ TEST_F(PoolTest, RewindThenKeepBytesReset) {
 }
 
 // In rewind mode a double free of a large chunk is reported, not followed
-// into foreign memory.
+// into foreign memory (checking builds clobber the freed block: its header
+// then reads as no chunk at all).
 TEST(PoolDeathTest, RewindDoubleFreeOfLargeChunkIsReported) {
   EXPECT_DEATH(
       {
@@ -287,7 +305,7 @@ TEST(PoolDeathTest, RewindDoubleFreeOfLargeChunkIsReported) {
         ctx->Free(p);
       },
       // Under ASan the stray read itself may be what is reported first.
-      "not a live chunk of this pool|not a chunk allocated by mcx|AddressSanitizer");
+      "double free of large chunk|not a chunk allocated by mcx");
 }
 
 // The standalone Pool owns a root pool context: nginx's API shape.
@@ -368,14 +386,340 @@ TEST(PoolCheckingTest, ResetClobbersAndCheckWalksEveryChunk) {
   ctx->Destroy();
 }
 
-// Pool chunks have no header, so mcx::Free without a context refuses them.
+// Pool chunks have no chunk header, so mcx::Free without a context refuses
+// them.
 TEST(PoolDeathTest, ContextFreeFreeOfPoolChunkIsReported) {
   Context* ctx = CreatePoolContext(nullptr, "pool");
   void* p = ctx->Alloc(64);
   std::memset(p, 0, 64);
   void* q = ctx->Alloc(64);  // the 8 bytes before q are p's (zeroed) data
   EXPECT_DEATH(mcx::Free(q), "not a chunk allocated by mcx");
+  // A large chunk's check word holds a reserved kind id, live or freed.
+  void* large = ctx->Alloc(10000);
+  EXPECT_DEATH(mcx::Free(large), "not a chunk allocated by mcx");
+  ctx->Free(large);
+  EXPECT_DEATH(mcx::Free(large), "not a chunk allocated by mcx");
   ctx->Destroy();
+}
+
+// --- Finding B3: the large list follows the live large chunks ---------------
+
+// Above max_small (4096 by default): a large chunk.
+constexpr size_t kLargeSize = 5000;
+
+// 10^6 large allocations, 5 to 50 live at a time, freed in random order: the
+// context's blocks and bytes follow the live chunks, and no bookkeeping
+// lands in the pool's small memory (each allocation used to leave a 32-byte
+// node there once five live chunks sat at the head of the list).
+TEST_F(PoolTest, FindingB3LargeChunkChurnKeepsTheContextFlat) {
+  Context* ctx = Make(PoolOptions());
+  const size_t first_bytes = ctx->bytes_in_blocks();
+  const size_t first_free = GetCounters(ctx).free_bytes;
+  // A large chunk's block: the chunk, its header, malloc's slack; far less
+  // than one more chunk's worth.
+  constexpr size_t kBlockBound = 2 * kLargeSize;
+  std::mt19937 rng(20261203);
+  std::vector<void*> live;
+  for (int allocations = 0; allocations < 1000000;) {
+    if (live.size() < 5 || (live.size() < 50 && rng() % 2 == 0)) {
+      live.push_back(ctx->Alloc(kLargeSize));
+      if (++allocations % 10000 != 0) continue;
+      ASSERT_EQ(ctx->num_blocks(), live.size() + 1) << "after " << allocations;
+      ASSERT_LE(ctx->bytes_in_blocks(), first_bytes + live.size() * kBlockBound)
+          << "after " << allocations;
+      ASSERT_EQ(GetCounters(ctx).free_bytes, first_free) << "after " << allocations;
+      ASSERT_EQ(LargeListLength(ctx), live.size()) << "after " << allocations;
+    } else {
+      const size_t i = rng() % live.size();
+      ctx->Free(live[i]);
+      live[i] = live.back();
+      live.pop_back();
+    }
+  }
+  for (void* p : live) ctx->Free(p);
+  EXPECT_EQ(ctx->num_blocks(), 1u);
+  EXPECT_EQ(ctx->bytes_in_blocks(), first_bytes);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+  EXPECT_EQ(source_.bad_releases(), 0);
+}
+
+// rewind_on_free: 64 slots replaced at random, half by small and half by
+// large chunks. The large chunks keep nothing alive in small memory, so
+// emptied blocks rewind and the blocks stay bounded by the live chunks
+// (each large allocation's node used to pin a small block for good).
+TEST_F(PoolTest, FindingB3RewindLargeChunksPinNoBlocks) {
+  PoolOptions o;
+  o.rewind_on_free = true;
+  o.initial_block_size = 4096;
+  Context* ctx = Make(o);
+  constexpr size_t kSlots = 64;
+  std::mt19937 rng(20261204);
+  std::vector<void*> slot(kSlots, nullptr);
+  std::vector<bool> is_large(kSlots, false);
+  size_t large_live = 0;
+  for (int step = 1; step <= 200000; ++step) {
+    const size_t i = rng() % kSlots;
+    if (slot[i] != nullptr) {
+      ctx->Free(slot[i]);
+      if (is_large[i]) --large_live;
+    }
+    is_large[i] = rng() % 2 == 0;
+    slot[i] = ctx->Alloc(is_large[i] ? kLargeSize : 16 + rng() % 1000);
+    if (is_large[i]) ++large_live;
+    if (step % 1000 != 0) continue;
+    // At worst each live small chunk pins a block of its own; an emptied
+    // block is reused before a new one is taken.
+    ASSERT_LE(ctx->num_blocks(), 1 + large_live + kSlots) << "after " << step;
+    ASSERT_EQ(LargeListLength(ctx), large_live) << "after " << step;
+  }
+  for (void* p : slot) ctx->Free(p);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Free does constant work whatever the history: after 10^5 allocations with
+// five large chunks live (a FIFO, as in the finding's reproducer), the list
+// that Free could walk holds the five live chunks and nothing else, freeing
+// a small chunk (a no-op) changes nothing, and freeing a large chunk takes
+// exactly its block out.
+TEST_F(PoolTest, FindingB3FreeDoesConstantWork) {
+  Context* ctx = Make(PoolOptions());
+  void* small = ctx->Alloc(16);
+  const size_t first_bytes = ctx->bytes_in_blocks();
+  std::deque<void*> fifo;
+  for (int i = 0; i < 100000; ++i) {
+    fifo.push_back(ctx->Alloc(kLargeSize));
+    if (fifo.size() > 5) {
+      ctx->Free(fifo.front());
+      fifo.pop_front();
+    }
+  }
+  EXPECT_EQ(LargeListLength(ctx), 5u);
+  EXPECT_EQ(ctx->num_blocks(), 6u);
+  const size_t bytes = ctx->bytes_in_blocks();
+  const size_t free_bytes = GetCounters(ctx).free_bytes;
+  // Checking builds report a small chunk's second free: free it once there.
+  for (int i = 0; i < (internal::kChecking ? 1 : 1000); ++i) ctx->Free(small);
+  EXPECT_EQ(ctx->bytes_in_blocks(), bytes);
+  EXPECT_EQ(GetCounters(ctx).free_bytes, free_bytes);
+  EXPECT_EQ(LargeListLength(ctx), 5u);
+  ctx->Free(fifo.back());
+  EXPECT_EQ(LargeListLength(ctx), 4u);
+  EXPECT_EQ(ctx->num_blocks(), 5u);
+  EXPECT_LE(ctx->bytes_in_blocks(), first_bytes + 4 * 2 * kLargeSize);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Free reads the bytes before a chunk to tell a large one from a small one.
+// Before a small chunk they are the end of the chunk before it and padding,
+// which ASan builds keep poisoned in the same 8-byte granule: the read puts
+// the poison back exactly, and the neighbour's bytes stay the caller's.
+TEST_F(PoolTest, FindingB3FreeOfASmallChunkLeavesItsNeighbourAlone) {
+  for (bool rewind : {false, true}) {
+    PoolOptions o;
+    o.rewind_on_free = rewind;
+    Context* ctx = Make(o);
+    for (size_t size = 1; size <= 40; ++size) {
+      char* before = static_cast<char*>(ctx->AllocBytes(size));
+      char* chunk = static_cast<char*>(ctx->Alloc(24));
+      std::memset(before, 1, size);
+      ctx->Free(chunk);
+      before[size - 1] = 2;  // ASan would report a write to poisoned memory
+      EXPECT_EQ(before[0], size == 1 ? 2 : 1);
+      if (rewind) ctx->Free(before);
+    }
+    std::string error;
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    ctx->Destroy();
+  }
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+std::vector<std::string>* pool_reports = nullptr;
+
+void RecordPoolMisuse(const char* message) { pool_reports->push_back(message); }
+
+// A misuse handler that records and returns, as a test harness would.
+class PoolMisuseTest : public PoolTest {
+ protected:
+  void SetUp() override {
+    pool_reports = &reports_;
+    previous_ = SetMisuseHandler(&RecordPoolMisuse);
+  }
+  void TearDown() override {
+    SetMisuseHandler(previous_);
+    pool_reports = nullptr;
+  }
+
+  // The one report since the last call, which must name `p`.
+  std::string TakeOneNaming(const void* p) {
+    EXPECT_EQ(reports_.size(), 1u) << (reports_.empty() ? std::string("no report") : reports_.back());
+    std::string last = reports_.size() == 1 ? reports_.back() : std::string();
+    reports_.clear();
+    char address[32];
+    std::snprintf(address, sizeof(address), "%p", p);
+    EXPECT_NE(last.find(address), std::string::npos) << last;
+    return last;
+  }
+
+  void ExpectSoundThenDestroy(Context* ctx) {
+    std::string error;
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    ctx->Free(ctx->Alloc(kLargeSize));
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    ctx->Destroy();
+    EXPECT_TRUE(reports_.empty()) << reports_.front();
+    EXPECT_EQ(source_.live_blocks(), 0);
+    EXPECT_EQ(source_.bad_releases(), 0);
+  }
+
+  std::vector<std::string> reports_;
+  MisuseHandler previous_ = nullptr;
+};
+
+// A large chunk freed twice, reallocated or sized after its free, or used
+// after a reset: each reported once, nothing released twice, with and
+// without rewind_on_free.
+TEST_F(PoolMisuseTest, FindingB3DoubleFreeOfLargeChunkIsReported) {
+  for (bool rewind : {false, true}) {
+    SCOPED_TRACE(rewind ? "rewind_on_free" : "default");
+    PoolOptions o;
+    o.rewind_on_free = rewind;
+    Context* ctx = Make(o);
+    void* keep = ctx->Alloc(kLargeSize);
+    std::memset(keep, 0x5A, kLargeSize);
+    void* p = ctx->Alloc(kLargeSize);
+    ctx->Free(p);
+    const size_t blocks = ctx->num_blocks();
+    ctx->Free(p);
+    std::string report = TakeOneNaming(p);
+    if (!internal::kChecking) {
+      EXPECT_NE(report.find("double free of large chunk"), std::string::npos) << report;
+    }
+    EXPECT_EQ(ctx->TryRealloc(p, 2 * kLargeSize), nullptr);
+    EXPECT_EQ(ctx->last_failure(), Failure::kBadArgument);
+    TakeOneNaming(p);
+    EXPECT_EQ(ctx->num_blocks(), blocks);
+    void* q = ctx->Alloc(kLargeSize);
+    ctx->Reset();
+    ctx->Free(q);
+    TakeOneNaming(q);
+    ctx->Free(keep);
+    TakeOneNaming(keep);
+    ExpectSoundThenDestroy(ctx);
+  }
+}
+
+// A large chunk's old address after a realloc that moved it is a freed
+// chunk.
+TEST_F(PoolMisuseTest, FindingB3OldAddressAfterAMovingReallocIsReported) {
+  Context* ctx = Make(PoolOptions());
+  char* p = static_cast<char*>(ctx->Alloc(kLargeSize));
+  std::memset(p, 0x33, kLargeSize);
+  char* q = static_cast<char*>(ctx->Realloc(p, 400 * kLargeSize));
+  ASSERT_EQ(q[kLargeSize - 1], 0x33);
+  if (q == p) {
+    ctx->Destroy();
+    GTEST_SKIP() << "the source grew the block in place";
+  }
+  ctx->Free(p);
+  TakeOneNaming(p);
+  EXPECT_GE(ctx->ChunkSize(q), 400 * kLargeSize);
+  ctx->Free(q);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// AllocAligned above max_small: the header sits right before the aligned
+// chunk and records the block's start. The chunks keep their alignment,
+// resize, free and come back to the source; a second free is reported.
+TEST_F(PoolMisuseTest, FindingB3AlignedLargeChunksFreeCorrectly) {
+  Context* ctx = Make(PoolOptions());
+  std::vector<char*> chunks;
+  for (size_t alignment = 32; alignment <= 65536; alignment *= 2) {
+    char* p = static_cast<char*>(ctx->AllocAligned(kLargeSize, alignment));
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % alignment, 0u) << alignment;
+    EXPECT_GE(ctx->ChunkSize(p), kLargeSize);
+    std::memset(p, static_cast<int>(alignment % 251), kLargeSize);
+    chunks.push_back(p);
+  }
+  EXPECT_EQ(ctx->num_blocks(), 1 + chunks.size());
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  // Every other one grows through the source (it may move, to the default
+  // alignment, as documented).
+  for (size_t i = 0; i < chunks.size(); i += 2) {
+    const int fill = static_cast<int>((size_t{32} << i) % 251);
+    char* grown = static_cast<char*>(ctx->Realloc(chunks[i], 3 * kLargeSize));
+    EXPECT_EQ(grown[0], static_cast<char>(fill));
+    EXPECT_EQ(grown[kLargeSize - 1], static_cast<char>(fill));
+    chunks[i] = grown;
+  }
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  for (char* p : chunks) ctx->Free(p);
+  EXPECT_EQ(ctx->num_blocks(), 1u);
+  EXPECT_EQ(source_.live_blocks(), 1);
+  EXPECT_TRUE(reports_.empty());
+  ctx->Free(chunks[1]);
+  TakeOneNaming(chunks[1]);
+  ExpectSoundThenDestroy(ctx);
+}
+
+// The bytes before a small chunk are whatever the chunk before it holds: a
+// verbatim copy of a live large chunk's header, a header forged for the
+// small chunk's own address with plausible links, a self-loop, or the check
+// word a freed large chunk leaves behind in memory that was reused. None
+// makes the small chunk pass for a large one, and none draws a report.
+TEST_F(PoolMisuseTest, FindingB3SmallChunkAfterLookalikeBytesIsNotLarge) {
+  if (internal::kChecking) GTEST_SKIP() << "checking builds put a header between small chunks";
+  for (bool rewind : {false, true}) {
+    SCOPED_TRACE(rewind ? "rewind_on_free" : "default");
+    PoolOptions o;
+    o.rewind_on_free = rewind;
+    Context* ctx = Make(o);
+    PoolState* st = StateOf(ctx);
+    void* large = ctx->Alloc(kLargeSize);
+    std::memset(large, 0x11, kLargeSize);
+    char* a = static_cast<char*>(ctx->Alloc(128));
+    char* b = static_cast<char*>(ctx->Alloc(64));
+    ASSERT_EQ(b, a + 128);  // b's preceding bytes are a's
+    const size_t blocks = ctx->num_blocks();
+    const uintptr_t at_b = reinterpret_cast<uintptr_t>(b);
+    auto* fake = reinterpret_cast<LargeHeader*>(b - sizeof(LargeHeader));
+    LargeHeader copy;
+    std::memcpy(&copy, st->large, sizeof(copy));
+    const LargeHeader lookalikes[] = {
+        copy,
+        {ctx, nullptr, nullptr, a, 4096, 64, kLargeLiveCheck ^ at_b},
+        {ctx, nullptr, st->large, a, 4096, 64, kLargeLiveCheck ^ at_b},
+        {ctx, st->large, nullptr, a, 4096, 64, kLargeLiveCheck ^ at_b},
+        {ctx, fake, fake, a, 4096, 64, kLargeLiveCheck ^ at_b},
+        {ctx, nullptr, nullptr, a, 4096, 64, kLargeFreedCheck ^ at_b},
+        {nullptr, nullptr, nullptr, nullptr, 0, 0, kLargeFreedCheck ^ at_b},
+    };
+    for (const LargeHeader& lookalike : lookalikes) {
+      std::memcpy(fake, &lookalike, sizeof(lookalike));  // a's last bytes
+      EXPECT_EQ(ctx->ChunkSize(b), kUnknownSize);
+      EXPECT_EQ(ctx->TryRealloc(b, 100), nullptr);
+      EXPECT_EQ(ctx->last_failure(), Failure::kUnsupported);
+      // Without rewind, freeing a small chunk is a no-op however often.
+      if (!rewind) ctx->Free(b);
+      EXPECT_TRUE(reports_.empty()) << reports_.front();
+      EXPECT_EQ(ctx->num_blocks(), blocks);
+      EXPECT_EQ(LargeListLength(ctx), 1u);
+    }
+    ctx->Free(b);
+    EXPECT_TRUE(reports_.empty()) << reports_.front();
+    EXPECT_EQ(static_cast<unsigned char*>(large)[kLargeSize - 1], 0x11);
+    ctx->Free(large);
+    EXPECT_EQ(ctx->num_blocks(), blocks - 1);
+    ExpectSoundThenDestroy(ctx);
+  }
 }
 
 }  // namespace

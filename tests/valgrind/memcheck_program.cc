@@ -68,6 +68,29 @@ int Clean() {
     top->Free(top->Alloc(50000));
     void* dedicated = cache->Alloc(20000);
     cache->Free(dedicated);
+    // Free of a pool chunk reads the bytes right before it, to tell a large
+    // chunk (its header is there) from a small one, whose preceding bytes
+    // are the end of the chunk before it and padding, unaddressable to
+    // memcheck: the read must not be reported.
+    char* odd = static_cast<char*>(top->AllocBytes(13));
+    std::memset(odd, 6, 13);
+    char* next = static_cast<char*>(top->Alloc(24));
+    std::memset(next, 7, 24);
+    top->Free(next);
+    top->Free(odd);
+  }
+  // The same in rewind mode, where freed small chunks are counted, with
+  // large chunks among them.
+  mcx::PoolOptions rewind;
+  rewind.rewind_on_free = true;
+  mcx::Context* rewinding = top->CreateChild("rewinding", mcx::PoolKind(rewind));
+  void* ring[32] = {};
+  for (int i = 0; i < 2000; ++i) {
+    void*& slot = ring[i % 32];
+    if (slot != nullptr) rewinding->Free(slot);
+    const size_t size = i % 50 == 0 ? 6000 : 1 + i % 200;
+    slot = rewinding->AllocBytes(size);
+    std::memset(slot, 9, size);
   }
   // A reset that hands a large chunk's block to the context's reserve.
   mcx::ContextOptions with_reserve;
