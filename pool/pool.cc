@@ -209,6 +209,22 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
 
 // --- Large chunks ----------------------------------------------------------------
 
+// The sentinel byte after a chunk is poisoned under ASan (and Valgrind), so
+// that the chunk's usable bytes are exactly the request: a write one past it
+// is reported there and then, and by the sentinel check where sanitizers
+// are off.
+void WriteSentinel(char* at) {
+  internal::UnpoisonMemoryRegion(at, 1);
+  *at = static_cast<char>(internal::kSentinelByte);
+  PoisonMemoryRegion(at, 1);
+}
+
+bool SentinelOk(const char* at) {
+  unsigned char b;
+  internal::CopyFromPoisoned(&b, at, 1);
+  return b == internal::kSentinelByte;
+}
+
 // ngx_palloc_large: a block of its own, with the chunk's LargeHeader right
 // before it, at the head of the large list.
 void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
@@ -230,7 +246,7 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   if (st->large != nullptr) st->large->prev = h;
   st->large = h;
-  if (kChecking) p[size] = static_cast<char>(internal::kSentinelByte);
+  if (kChecking) WriteSentinel(p + size);
   return p;
 }
 
@@ -352,7 +368,7 @@ void UnlinkLarge(PoolState* st, LargeHeader* h) {
 // ngx_pfree: the block goes back at once, its check word saying "freed".
 void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
   char* p = PayloadOf(h);
-  if (kChecking && static_cast<unsigned char>(p[h->requested]) != internal::kSentinelByte) {
+  if (kChecking && !SentinelOk(p + h->requested)) {
     internal::ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
                            p, h->requested, ctx->name());
   }
@@ -372,10 +388,14 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   // old address is then a freed chunk. The copy carries the word along; it
   // is rewritten below.
   h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
-  Block b = ctx->ReallocateBlock(Block{h->block, h->size}, h->size < want ? h->size : want, want,
-                                 kMinBlockAlignment);
+  // The source may copy the kept bytes itself: none of them may be poisoned
+  // (the checking build's sentinel is).
+  const size_t keep = h->size < want ? h->size : want;
+  internal::UnpoisonMemoryRegion(h->block, keep);
+  Block b = ctx->ReallocateBlock(Block{h->block, h->size}, keep, want, kMinBlockAlignment);
   if (b.ptr == nullptr) {
     h->check = live;
+    if (kChecking) WriteSentinel(p + h->requested);
     return nullptr;
   }
   char* q = static_cast<char*>(b.ptr) + offset;
@@ -386,7 +406,8 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
   if (moved->prev != nullptr) moved->prev->next = moved; else st->large = moved;
   if (moved->next != nullptr) moved->next->prev = moved;
-  if (kChecking) q[new_size] = static_cast<char>(internal::kSentinelByte);
+  UnpoisonMemoryRegion(q, new_size);
+  if (kChecking) WriteSentinel(q + new_size);
   return q;
 }
 
@@ -414,7 +435,10 @@ void* CheckedAllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignme
   std::memcpy(r, &h, sizeof(h));
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindPoolChecking, false, 0,
                                       static_cast<uint64_t>(p - r)));
-  p[size] = static_cast<char>(internal::kSentinelByte);
+  WriteSentinel(p + size);
+  // The region's padding after the sentinel is not the caller's either (and
+  // ASan can poison the sentinel only if what follows it is poisoned).
+  PoisonMemoryRegion(p + size, static_cast<size_t>(r + region - (p + size)));
   return p;
 }
 
@@ -443,7 +467,7 @@ const char* CheckedLiveChunk(Context* ctx, void* p, const char* operation, Check
                            operation, p, ctx->name(), out->owner->name());
     return nullptr;
   }
-  if (static_cast<unsigned char>(static_cast<char*>(p)[out->requested]) != internal::kSentinelByte) {
+  if (!SentinelOk(static_cast<char*>(p) + out->requested)) {
     internal::ReportMisuse("sentinel of chunk %p (%zu bytes) in pool '%s' was overwritten: "
                            "a write past the end of the chunk",
                            p, out->requested, ctx->name());
@@ -471,8 +495,7 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
                               static_cast<const void*>(p));
         return false;
       }
-      if (!ChunkHeaderIsFree(word) &&
-          static_cast<unsigned char>(p[h.requested]) != internal::kSentinelByte) {
+      if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
         absl::StrAppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<const void*>(p), h.requested);
         return false;
@@ -482,7 +505,7 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
   }
   for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
     const char* p = PayloadOf(h);
-    if (static_cast<unsigned char>(p[h->requested]) != internal::kSentinelByte) {
+    if (!SentinelOk(p + h->requested)) {
       absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
                             ctx->name(), static_cast<const void*>(p), h->requested);
       return false;
