@@ -80,6 +80,8 @@
 #ifndef MCX_CONTEXT_DUMP_H_
 #define MCX_CONTEXT_DUMP_H_
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;

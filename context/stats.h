@@ -61,6 +61,8 @@
 #include <cstddef>
 #include <string>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;
