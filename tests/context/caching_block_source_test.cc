@@ -3,11 +3,14 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 #include "tests/testing/test_block_sources.h"
@@ -189,8 +192,18 @@ TEST(CachingBlockSourceTest, ThreadCachesBetweenThreads) {
   EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
+// Whether this process runs with MCX_BLOCK_SOURCE=system (CI's memcheck and
+// checking-asan runs): the default source is then the system allocator.
+bool SystemSourceFromTheEnvironment() {
+  const char* env = std::getenv("MCX_BLOCK_SOURCE");
+  return (env != nullptr && std::strcmp(env, "system") == 0) || internal::kDirect;
+}
+
 // Root contexts use the process-wide cache by default.
 TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
+  if (SystemSourceFromTheEnvironment()) {
+    GTEST_SKIP() << "MCX_BLOCK_SOURCE=system: the default source is not the cache";
+  }
   EXPECT_EQ(DefaultBlockSource(), DefaultBlockCache());
   EXPECT_EQ(DefaultBlockCache()->max_cached_bytes(), kDefaultBlockCacheBytes);
   Context* ctx = Context::Create(nullptr, "root", PoolKind());
@@ -198,6 +211,36 @@ TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
   ctx->Destroy();
   CachingBlockSource::Stats s = DefaultBlockCache()->GetStats();
   EXPECT_GE(s.kept, 1u);
+}
+
+// MCX_BLOCK_SOURCE chooses the default source at its first use: "system" is
+// the system allocator, "cache" or nothing the cache, anything else the
+// cache with a warning. Each case runs in a fresh process (threadsafe death
+// tests re-execute the binary), since this one has chosen already.
+TEST(DefaultBlockSourceDeathTest, EnvironmentChoosesAtFirstUse) {
+  if (internal::kDirect) GTEST_SKIP() << "direct builds always use the system source";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto exit_with_choice = [](const char* value) {
+    if (value != nullptr) {
+      setenv("MCX_BLOCK_SOURCE", value, /*overwrite=*/1);
+    } else {
+      unsetenv("MCX_BLOCK_SOURCE");
+    }
+    BlockSource* const chosen = DefaultBlockSource();
+    setenv("MCX_BLOCK_SOURCE", "system", 1);  // too late: the choice stands
+    const bool system = dynamic_cast<SystemBlockSource*>(chosen) != nullptr;
+    const bool stable = DefaultBlockSource() == chosen;
+    Context* ctx = Context::Create(nullptr, "root", PoolKind());
+    const bool used = ctx->block_source() == chosen;
+    ctx->Destroy();
+    std::_Exit(!stable || !used ? 3 : system ? 1 : chosen == DefaultBlockCache() ? 2 : 4);
+  };
+  EXPECT_EXIT(exit_with_choice("system"), ::testing::ExitedWithCode(1), "");
+  EXPECT_EXIT(exit_with_choice("cache"), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice(nullptr), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice(""), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice("System"), ::testing::ExitedWithCode(2),
+              "MCX_BLOCK_SOURCE is neither \"system\" nor \"cache\"");
 }
 
 // Two caching sources stacked, both with thread caches, both outliving the
