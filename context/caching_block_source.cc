@@ -145,7 +145,11 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
     // the shared lists, and every block a thread cache takes from them, has
     // its release counted in stats_, so taking one back out of `kept` below
     // can never make stats_ go below zero.
-    MergeThreadCounts(tc);
+    stats_.hits += tc->hits;
+    stats_.thread_hits += tc->hits;
+    stats_.kept += tc->kept;
+    stats_.thread_kept += tc->kept;
+    tc->hits = tc->kept = 0;
     for (int b = 0; b < kBuckets; ++b) {
       while (Node* n = Claim(tc->buckets[b])) {
         tc->buckets[b] = n->next;
@@ -179,19 +183,9 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
   }
 }
 
-void CachingBlockSource::MergeThreadCounts(ThreadCache* tc) {
-  stats_.hits += tc->hits;
-  stats_.thread_hits += tc->hits;
-  stats_.kept += tc->kept;
-  stats_.thread_kept += tc->kept;
-  tc->hits = tc->kept = 0;
-}
-
 void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
-  SpillThreadCache(tc, reason);
-  std::lock_guard<std::mutex> lock(mu_);
-  MergeThreadCounts(tc);
-  tc->owner = nullptr;
+  SpillThreadCache(tc, reason);  // its counts go with its blocks
+  tc->owner = nullptr;           // the slot is the thread's own: no lock
 }
 
 CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,

@@ -117,8 +117,6 @@ class CachingBlockSource final : public BlockSource {
   enum class SpillReason { kFull, kTrim };
   void FlushThreadCache(ThreadCache* tc, SpillReason reason);
   void SpillThreadCache(ThreadCache* tc, SpillReason reason);
-  // Moves a thread cache's hit and kept counts into stats_ (mu_ held).
-  void MergeThreadCounts(ThreadCache* tc);
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);
