@@ -4,6 +4,7 @@
 #include "mcx/context/internal/checking.h"
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -81,14 +82,43 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
   return Block{p, UsableSize(p, new_min_size)};
 }
 
-BlockSource* DefaultBlockSource() {
+namespace {
+
+// MCX_BLOCK_SOURCE's values (block_source.h).
+constexpr char kBlockSourceEnv[] = "MCX_BLOCK_SOURCE";
+constexpr char kSystemSourceName[] = "system";
+constexpr char kCacheSourceName[] = "cache";
+
+BlockSource* ChooseDefaultBlockSource() {
   // Direct mode wants every chunk to be a system allocation that ASan sees
-  // come and go: no cache in between.
-  if (internal::kDirect) {
-    static SystemBlockSource* const system = new SystemBlockSource();
-    return system;
+  // come and go: no cache in between. So do memcheck and ASan runs that
+  // must see a destroyed context's blocks freed (MCX_BLOCK_SOURCE=system):
+  // the cache would keep them, and a use after release would go unseen.
+  const char* env = std::getenv(kBlockSourceEnv);
+  const bool system =
+      internal::kDirect || (env != nullptr && std::strcmp(env, kSystemSourceName) == 0);
+  if (!system && env != nullptr && *env != '\0' && std::strcmp(env, kCacheSourceName) != 0) {
+    // A typo must not silently test the wrong configuration, and a library
+    // must not abort its host over an environment variable: say so, once.
+    constexpr char kWarning[] =
+        "mcx: MCX_BLOCK_SOURCE is neither \"system\" nor \"cache\"; using the block cache\n";
+    (void)!::write(STDERR_FILENO, kWarning, sizeof kWarning - 1);
+  }
+  if (system) {
+    // Leaked on purpose, as the cache is.
+    static SystemBlockSource* const source = new SystemBlockSource();
+    return source;
   }
   return DefaultBlockCache();
+}
+
+}  // namespace
+
+BlockSource* DefaultBlockSource() {
+  // Decided once, at first use: a context's blocks must go back to the
+  // source they came from, so the default cannot change while contexts live.
+  static BlockSource* const source = ChooseDefaultBlockSource();
+  return source;
 }
 
 CachingBlockSource* DefaultBlockCache() {

@@ -35,6 +35,8 @@
 
 #include <cstddef>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 // Every block is at least this aligned: chunks inside a block are aligned to
@@ -75,6 +77,15 @@ class SystemBlockSource final : public BlockSource {
 // `DefaultBlockCache()` over the system allocator. It lives for the whole
 // process (never destroyed, so contexts may be torn down from static
 // destructors).
+//
+// The environment variable MCX_BLOCK_SOURCE=system makes it a plain
+// `SystemBlockSource` instead: every block a context releases goes straight
+// back to free(), so Valgrind's memcheck and AddressSanitizer see a use of a
+// destroyed context's memory (the cache would keep the block, and reuse it).
+// `cache` (or unset, or empty) is the default; any other value is reported
+// on stderr and ignored. Read once, at the first call; later changes to the
+// environment have no effect. Direct builds (MCX_DIRECT) always use the
+// system source. `DefaultBlockCache()` exists either way.
 BlockSource* DefaultBlockSource();
 
 }  // namespace mcx

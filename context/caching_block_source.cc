@@ -104,7 +104,9 @@ struct CachingBlockSource::ThreadCaches {
     this_thread_caches = nullptr;
     this_thread_caches_gone = true;
     for (ThreadCache& tc : slots) {
-      if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc);
+      // What does not fit the shared lists goes upstream because they are
+      // full: counted as returned, as at a release.
+      if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc, SpillReason::kFull);
     }
   }
 };
@@ -135,10 +137,19 @@ CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCache() const {
 // Moves every block of a thread cache to the shared lists under one lock
 // (beyond the cap, upstream after it): a thread whose cache overflows pays
 // one lock per cache-full of blocks, not one per block.
-void CachingBlockSource::SpillThreadCache(ThreadCache* tc) {
+void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // The thread's counts go with its blocks: from here on every block in
+    // the shared lists, and every block a thread cache takes from them, has
+    // its release counted in stats_, so taking one back out of `kept` below
+    // can never make stats_ go below zero.
+    stats_.hits += tc->hits;
+    stats_.thread_hits += tc->hits;
+    stats_.kept += tc->kept;
+    stats_.thread_kept += tc->kept;
+    tc->hits = tc->kept = 0;
     for (int b = 0; b < kBuckets; ++b) {
       while (Node* n = Claim(tc->buckets[b])) {
         tc->buckets[b] = n->next;
@@ -149,12 +160,18 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc) {
           buckets_[b] = n;
           stats_.cached_bytes += n->size;
           ++stats_.cached_blocks;
-        } else {
-          // Counted as kept when it was released: leaving the cache now is
-          // a trim, not a second release.
-          n->next = release;
-          release = n;
+          continue;
         }
+        if (reason == SpillReason::kFull) {
+          // The shared lists are full: the block goes upstream as it would
+          // have at its release had there been no thread cache, so its
+          // release was a return, not a keep. A trim leaves it counted.
+          --stats_.kept;
+          if (n->thread_kept) --stats_.thread_kept;
+          ++stats_.returned;
+        }
+        n->next = release;
+        release = n;
       }
     }
   }
@@ -166,15 +183,9 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc) {
   }
 }
 
-void CachingBlockSource::FlushThreadCache(ThreadCache* tc) {
-  SpillThreadCache(tc);
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.hits += tc->hits;
-  stats_.thread_hits += tc->hits;
-  stats_.kept += tc->kept;
-  stats_.thread_kept += tc->kept;
-  tc->hits = tc->kept = 0;
-  tc->owner = nullptr;
+void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
+  SpillThreadCache(tc, reason);  // its counts go with its blocks
+  tc->owner = nullptr;           // the slot is the thread's own: no lock
 }
 
 CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
@@ -251,11 +262,13 @@ void CachingBlockSource::Release(Block block) {
   const size_t tc_cap = tc != nullptr ? ThreadCacheCap() : 0;
   if (block.size <= tc_cap) {
     if (tc->bytes + block.size > tc_cap) {
-      SpillThreadCache(tc);  // full: make room for this block and the next ones
+      // Full: make room for this block and the next ones.
+      SpillThreadCache(tc, SpillReason::kFull);
     }
     Node* n = static_cast<Node*>(block.ptr);
     internal::UnpoisonMemoryRegion(n, sizeof(Node));
     n->size = block.size;
+    n->thread_kept = true;
     int b = BucketOf(block.size);
     n->next = tc->buckets[b];
     tc->buckets[b] = n;
@@ -278,6 +291,7 @@ void CachingBlockSource::ReleaseShared(Block block) {
       // teardown does): the node is the cache's to write.
       internal::UnpoisonMemoryRegion(n, sizeof(Node));
       n->size = block.size;
+      n->thread_kept = false;
       int b = BucketOf(block.size);
       n->next = buckets_[b];
       buckets_[b] = n;
@@ -327,7 +341,7 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
   // The calling thread's cache shrinks now; other threads' at their next
   // release beyond the new cap, or when they exit.
   if (ThreadCache* tc = OwnThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap()) {
-    SpillThreadCache(tc);
+    SpillThreadCache(tc, SpillReason::kTrim);
   }
   // Upstream calls happen outside the lock: upstream may be slow.
   while (release != nullptr) {
@@ -352,7 +366,7 @@ size_t CachingBlockSource::ThreadCacheCap() const {
 }
 
 void CachingBlockSource::Trim() {
-  if (ThreadCache* tc = OwnThreadCache()) FlushThreadCache(tc);
+  if (ThreadCache* tc = OwnThreadCache()) FlushThreadCache(tc, SpillReason::kTrim);
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -25,8 +25,8 @@
 //     thread_local's destructor) uses the shared lists. Only a source
 //     that outlives every thread that uses it may have thread caches (the
 //     default cache is never destroyed); 0 (the default) turns them off.
-//     Stats count a thread's hits and kept blocks when the thread exits, and
-//     the calling thread's own at once.
+//     Stats count a thread's hits and kept blocks when its cache spills or
+//     the thread exits, and the calling thread's own at once.
 //
 // Example:
 //
@@ -54,8 +54,11 @@ class CachingBlockSource final : public BlockSource {
     uint64_t hits = 0;       // acquisitions served from the cache
     uint64_t misses = 0;     // acquisitions passed upstream
     uint64_t kept = 0;       // releases kept in the cache
-    uint64_t returned = 0;   // releases passed upstream (cache full); blocks
-                             // trimmed later (cap lowered, Trim) are in neither
+    // Releases passed upstream because the cache was full: at the release,
+    // or later, when a full thread cache or an exiting thread's cache spills
+    // beyond the shared cap. `kept + returned` counts every release once;
+    // blocks trimmed later (cap lowered, Trim) stay counted as kept.
+    uint64_t returned = 0;
     // Of `hits` and `kept`: those served by thread caches.
     uint64_t thread_hits = 0;
     uint64_t thread_kept = 0;
@@ -91,6 +94,9 @@ class CachingBlockSource final : public BlockSource {
   struct Node {
     Node* next;
     size_t size;
+    // Released into a thread cache (counted in thread_kept): if the block
+    // later goes upstream as returned, thread_kept gives its count back too.
+    bool thread_kept;
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
   static constexpr int kBuckets = 64;
@@ -105,8 +111,12 @@ class CachingBlockSource final : public BlockSource {
   // The calling thread's cache for this source, claimed on first use;
   // nullptr without thread caches or when the thread's slots are taken.
   ThreadCache* OwnThreadCache() const;
-  void FlushThreadCache(ThreadCache* tc);
-  void SpillThreadCache(ThreadCache* tc);
+  // Why a thread cache's blocks leave it: kFull when the cache or its thread
+  // is done with them (blocks beyond the shared cap are returned, and
+  // counted so), kTrim when the caller asked (they stay counted as kept).
+  enum class SpillReason { kFull, kTrim };
+  void FlushThreadCache(ThreadCache* tc, SpillReason reason);
+  void SpillThreadCache(ThreadCache* tc, SpillReason reason);
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);

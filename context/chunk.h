@@ -26,6 +26,8 @@
 
 #include <cstddef>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;

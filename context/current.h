@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <string_view>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;

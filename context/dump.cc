@@ -26,6 +26,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/text.h"
 #include "mcx/context/stats.h"
 
 namespace mcx {
@@ -86,6 +87,12 @@ class FdWriter {
 
   // A NUL-terminated string (context names may be long: copied in pieces).
   void AppendString(const char* s) { Append(s, std::strlen(s)); }
+
+  // A context name, escaped as StatsReport's text escapes it (stats.cc's
+  // TextName): a name must not start a line of its own.
+  void AppendName(const char* name) {
+    internal::AppendTextName(name, [this](const char* piece, size_t n) { Append(piece, n); });
+  }
 
   // As absl::StrFormat's "%d" prints a size_t: unsigned decimal.
   void AppendNumber(size_t value) {
@@ -176,7 +183,7 @@ void AppendTotals(FdWriter* w, const ContextCounters& c) {
 
 void AppendContextLine(FdWriter* w, int depth, const Context* c) {
   w->AppendSpaces(static_cast<size_t>(depth) * kIndentPerLevel);
-  w->AppendString(c->name());
+  w->AppendName(c->name());
   AppendLiteral(w, ": ");
   AppendTotals(w, GetCounters(c));
   AppendLiteral(w, "\n");
@@ -309,7 +316,7 @@ void DumpOnFailure(const Context* ctx, Failure failure, size_t size) {
   AppendLiteral(&w, " on a request of ");
   w.AppendNumber(size);
   AppendLiteral(&w, " bytes in context '");
-  w.AppendString(ctx->name());
+  w.AppendName(ctx->name());
   AppendLiteral(&w, "'\n");
   DumpOptions options;
   options.max_depth = settings.max_depth;

@@ -46,6 +46,7 @@
 //     `Failure::kOutOfMemory` or `Failure::kLimit`, mcx writes, before the
 //     failure handler runs, one line
 //       mcx: <FailureName> on a request of <size> bytes in context '<name>'
+//     (the name escaped as in the report, stats.h)
 //     and then the report of the failing context's whole tree, from its root
 //     (PostgreSQL's TopMemoryContext), with the setting's `max_depth` and
 //     `max_children`, which keep the dump short. `Try*` calls do not dump:
@@ -78,6 +79,8 @@
 
 #ifndef MCX_CONTEXT_DUMP_H_
 #define MCX_CONTEXT_DUMP_H_
+
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
 
 namespace mcx {
 

@@ -44,6 +44,8 @@
 #include <string>
 #include <vector>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;

@@ -42,6 +42,8 @@
 #include <string>
 #include <type_traits>
 
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+
 namespace mcx {
 
 class Context;

@@ -14,6 +14,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/text.h"
 
 namespace mcx {
 
@@ -60,31 +61,12 @@ ContextCounters GetSubtreeCounters(const Context* top) {
 
 namespace {
 
-// Names are C strings that nobody checked: the length of the well-formed
-// UTF-8 sequence (RFC 3629: no overlong forms, no surrogates, nothing above
-// U+10FFFF) that starts at `p`, or 0 if none does.
-size_t Utf8SequenceLength(const unsigned char* p) {
-  const unsigned char c = p[0];
-  if (c < 0x80) return 1;
-  auto cont = [](unsigned char b) { return (b & 0xC0) == 0x80; };
-  if (c >= 0xC2 && c <= 0xDF) return cont(p[1]) ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    const unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-    return p[1] >= lo && p[1] <= hi && cont(p[2]) ? 3 : 0;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    const unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    return p[1] >= lo && p[1] <= hi && cont(p[2]) && cont(p[3]) ? 4 : 0;
-  }
-  return 0;
-}
-
 // The name as UTF-8, each byte that starts no well-formed sequence replaced
 // by U+FFFD (REPLACEMENT CHARACTER): JSON and Graphviz both require UTF-8.
 std::string ValidUtf8(const char* s) {
   std::string out;
   for (const char* p = s; *p != '\0';) {
-    const size_t n = Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
+    const size_t n = internal::Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
     if (n == 0) {
       out += "\xEF\xBF\xBD";
       ++p;
@@ -122,6 +104,14 @@ std::string JsonString(const char* s) {
     }
   }
   out += "\"";
+  return out;
+}
+
+// A name as the text report shows it: on one line, escaped C-style
+// (internal/text.h); dump.cc escapes the same way without allocating.
+std::string TextName(const char* s) {
+  std::string out;
+  internal::AppendTextName(s, [&out](const char* piece, size_t n) { out.append(piece, n); });
   return out;
 }
 
@@ -171,7 +161,7 @@ std::string TextReport(const Context* root, const ReportOptions& options) {
     out += '\n';
   };
   std::vector<Frame> stack;
-  line(0, absl::StrCat(root->name(), ": ", TextTotals(GetCounters(root))));
+  line(0, absl::StrCat(TextName(root->name()), ": ", TextTotals(GetCounters(root))));
   stack.push_back({root, 0, root->first_child(), 0});
   while (!stack.empty()) {
     Frame& f = stack.back();
@@ -180,7 +170,7 @@ std::string TextReport(const Context* root, const ReportOptions& options) {
       f.next_child = c->next_sibling();
       ++f.shown;
       int depth = f.depth + 1;
-      line(depth, absl::StrCat(c->name(), ": ", TextTotals(GetCounters(c))));
+      line(depth, absl::StrCat(TextName(c->name()), ": ", TextTotals(GetCounters(c))));
       stack.push_back({c, depth, c->first_child(), 0});
       continue;
     }

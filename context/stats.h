@@ -14,10 +14,14 @@
 //     ("N more child contexts containing ..."), so the totals always add up.
 //     The last line is the grand total of the whole subtree. A context with
 //     a reserve adds "; reserve R bytes in N blocks (U used)" to its line.
+//     Names stay on their line, escaped C-style: `\\`, `\n`, `\t`, `\r`,
+//     and `\xNN` for every other control byte (C1 controls included) and
+//     every byte that starts no well-formed UTF-8 sequence; printable ASCII
+//     and valid UTF-8 appear as given (DumpStats and the dump on failure
+//     escape the same way).
 //   - `ReportFormat::kJson` gives the same tree, cut the same way, as JSON.
-//     Names appear as given in the text report; JSON and DOT, which must be
-//     UTF-8, show each byte that starts no well-formed UTF-8 sequence as
-//     U+FFFD, and DOT shows an empty name as "".
+//     JSON and DOT, which must be UTF-8, show each byte that starts no
+//     well-formed UTF-8 sequence as U+FFFD, and DOT shows an empty name as "".
 //   - `ReportFormat::kDot` gives it as a Graphviz digraph (render it with
 //     `dot -Tsvg`): one node per context, named `ctxN` in walk order (the
 //     root is `ctx0`), labelled with its name, kind, "T total in N blocks",
@@ -56,6 +60,8 @@
 
 #include <cstddef>
 #include <string>
+
+#include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
 
 namespace mcx {
 

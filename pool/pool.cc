@@ -265,7 +265,7 @@ void ReadBeforeChunk(void* to, const void* p, size_t n) {
     std::memcpy(to, from, n);
     return;
   }
-#if defined(MCX_VALGRIND) && !defined(ABSL_HAVE_ADDRESS_SANITIZER)
+#if MCX_VALGRIND && !defined(ABSL_HAVE_ADDRESS_SANITIZER)
   // Memcheck cannot be asked which bytes are addressable without reporting
   // them: read with its address errors off for the range; the copy is ours.
   VALGRIND_DISABLE_ADDR_ERROR_REPORTING_IN_RANGE(from, n);

@@ -1,30 +1,27 @@
 // Internal to mcx; do not include from outside.
 // IWYU pragma: private
 //
-// The checking build's one switch. `--config=checking` defines MCX_CHECKING;
-// code tests `kChecking` in ordinary `if`s so both branches always compile.
+// The checking build's one switch. `--config=checking` (CMake
+// -DMCX_CHECKING=ON) records MCX_CHECKING=1 in mcx/context/config.h, which
+// this header includes, so every header of mcx, the library and its
+// consumers see one value; code tests `kChecking` in ordinary `if`s so both
+// branches always compile.
 
 #ifndef MCX_CONTEXT_INTERNAL_CHECKING_H_
 #define MCX_CONTEXT_INTERNAL_CHECKING_H_
 
+#include "mcx/context/config.h"
+
 namespace mcx {
 namespace internal {
 
-#ifdef MCX_CHECKING
-inline constexpr bool kChecking = true;
-#else
-inline constexpr bool kChecking = false;
-#endif
+inline constexpr bool kChecking = MCX_CHECKING != 0;
 
 // Direct mode (--config=direct, MCX_DIRECT): every allocation is its own
 // block from the block source (the system allocator by default), still owned
 // by its context, so AddressSanitizer sees each chunk on its own (APR's pool
 // debugging, nginx's NGX_DEBUG_PALLOC). The kinds' chunk layouts are bypassed.
-#ifdef MCX_DIRECT
-inline constexpr bool kDirect = true;
-#else
-inline constexpr bool kDirect = false;
-#endif
+inline constexpr bool kDirect = MCX_DIRECT != 0;
 
 // Freed and reset memory is overwritten with this byte (PostgreSQL's
 // CLOBBER_FREED_MEMORY uses the same), so a read after free sees garbage,

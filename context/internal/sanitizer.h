@@ -1,13 +1,21 @@
 // Internal to mcx; do not include from outside.
 // IWYU pragma: private
 //
-// AddressSanitizer annotations. Under ASan (Abseil's
-// ABSL_HAVE_ADDRESS_SANITIZER), block space that is not handed out, freed
+// AddressSanitizer annotations. In an ASan build of mcx (MCX_SANITIZE_ADDRESS,
+// recorded in mcx/context/config.h by --config=asan or CMake
+// -DMCX_SANITIZE=address), block space that is not handed out, freed
 // chunks, chunk headers and reset memory are poisoned, and an allocation
 // unpoisons exactly the requested bytes, so ASan reports a read after reset
 // or free and a write past a chunk inside a context's blocks. Elsewhere these
 // compile to nothing. The same shape as Abseil's container_memory.h helpers,
 // which are internal to Abseil.
+//
+// The recorded configuration decides, not the compiler's own sanitizer
+// flags: inline code of a consumer compiled without -fsanitize=address
+// poisons exactly as the library does (the ASan runtime it then calls comes
+// with the library's link flags). That is why the runtime's functions are
+// called rather than its ASAN_POISON_MEMORY_REGION macros, which are empty
+// outside instrumented code.
 
 #ifndef MCX_CONTEXT_INTERNAL_SANITIZER_H_
 #define MCX_CONTEXT_INTERNAL_SANITIZER_H_
@@ -15,38 +23,30 @@
 #include <cstddef>
 #include <cstring>
 
-#include "absl/base/config.h"
+#include "mcx/context/config.h"
 
-#ifdef ABSL_HAVE_ADDRESS_SANITIZER
+#if MCX_SANITIZE_ADDRESS
 #include <sanitizer/asan_interface.h>
 #endif
 
 // --config=valgrind (MCX_VALGRIND): the same poisoning as Valgrind memcheck
 // requests, and a mempool per context (internal/valgrind.h). Outside
 // Valgrind the requests cost a few instructions each.
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
 #include <valgrind/memcheck.h>
 #endif
 
 namespace mcx {
 namespace internal {
 
-#ifdef ABSL_HAVE_ADDRESS_SANITIZER
-inline constexpr bool kAddressSanitizer = true;
-#else
-inline constexpr bool kAddressSanitizer = false;
-#endif
+inline constexpr bool kAddressSanitizer = MCX_SANITIZE_ADDRESS != 0;
 
-#ifdef MCX_VALGRIND
-inline constexpr bool kValgrind = true;
-#else
-inline constexpr bool kValgrind = false;
-#endif
+inline constexpr bool kValgrind = MCX_VALGRIND != 0;
 
 inline void PoisonMemoryRegion(const void* p, size_t size) {
-#if defined(ABSL_HAVE_ADDRESS_SANITIZER)
-  ASAN_POISON_MEMORY_REGION(p, size);
-#elif defined(MCX_VALGRIND)
+#if MCX_SANITIZE_ADDRESS
+  __asan_poison_memory_region(p, size);
+#elif MCX_VALGRIND
   VALGRIND_MAKE_MEM_NOACCESS(p, size);
 #else
   (void)p;
@@ -55,9 +55,9 @@ inline void PoisonMemoryRegion(const void* p, size_t size) {
 }
 
 inline void UnpoisonMemoryRegion(const void* p, size_t size) {
-#if defined(ABSL_HAVE_ADDRESS_SANITIZER)
-  ASAN_UNPOISON_MEMORY_REGION(p, size);
-#elif defined(MCX_VALGRIND)
+#if MCX_SANITIZE_ADDRESS
+  __asan_unpoison_memory_region(p, size);
+#elif MCX_VALGRIND
   VALGRIND_MAKE_MEM_DEFINED(p, size);
 #else
   (void)p;
@@ -67,9 +67,9 @@ inline void UnpoisonMemoryRegion(const void* p, size_t size) {
 
 // True if any byte of the region is poisoned.
 inline bool IsPoisoned(const void* p, size_t size) {
-#if defined(ABSL_HAVE_ADDRESS_SANITIZER)
+#if MCX_SANITIZE_ADDRESS
   return __asan_region_is_poisoned(const_cast<void*>(p), size) != nullptr;
-#elif defined(MCX_VALGRIND)
+#elif MCX_VALGRIND
   // Memcheck cannot be asked without reporting: assume poisoned, which only
   // costs a pair of requests around mcx's own accesses.
   (void)p;

@@ -4,15 +4,17 @@
 // Valgrind mempool client requests (PostgreSQL's memdebug.h does the same):
 // each context is a mempool, each chunk handed out is a mempool chunk, so
 // memcheck reports reads of freed or reset chunks and unreachable chunks of
-// leaked contexts. Compiled in by --config=valgrind (MCX_VALGRIND); elsewhere
-// these are empty.
+// leaked contexts. Compiled in by --config=valgrind (MCX_VALGRIND=1 in
+// mcx/context/config.h); elsewhere these are empty.
 
 #ifndef MCX_CONTEXT_INTERNAL_VALGRIND_H_
 #define MCX_CONTEXT_INTERNAL_VALGRIND_H_
 
 #include <cstddef>
 
-#ifdef MCX_VALGRIND
+#include "mcx/context/config.h"
+
+#if MCX_VALGRIND
 #include <valgrind/memcheck.h>
 #endif
 
@@ -20,7 +22,7 @@ namespace mcx {
 namespace internal {
 
 inline void ValgrindCreatePool(const void* pool) {
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
   VALGRIND_CREATE_MEMPOOL(pool, 0, false);
 #else
   (void)pool;
@@ -28,7 +30,7 @@ inline void ValgrindCreatePool(const void* pool) {
 }
 
 inline void ValgrindDestroyPool(const void* pool) {
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
   VALGRIND_DESTROY_MEMPOOL(pool);
 #else
   (void)pool;
@@ -36,7 +38,7 @@ inline void ValgrindDestroyPool(const void* pool) {
 }
 
 inline void ValgrindChunkAlloc(const void* pool, const void* p, size_t size) {
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
   VALGRIND_MEMPOOL_ALLOC(pool, p, size);
 #else
   (void)pool;
@@ -46,7 +48,7 @@ inline void ValgrindChunkAlloc(const void* pool, const void* p, size_t size) {
 }
 
 inline void ValgrindChunkFree(const void* pool, const void* p) {
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
   VALGRIND_MEMPOOL_FREE(pool, p);
 #else
   (void)pool;
@@ -56,7 +58,7 @@ inline void ValgrindChunkFree(const void* pool, const void* p) {
 
 // A chunk resized, perhaps moved; its bytes keep their definedness.
 inline void ValgrindChunkMove(const void* pool, const void* from, const void* to, size_t size) {
-#ifdef MCX_VALGRIND
+#if MCX_VALGRIND
   VALGRIND_MEMPOOL_CHANGE(pool, from, to, size);
 #else
   (void)pool;

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "mcx/context/config.h"
+
 #ifdef CHECK
 #error "docs/tutorial/check.h: CHECK is already defined"
 #endif
@@ -28,10 +30,10 @@
     }                                                                        \
   } while (0)
 
-/* Checking builds (--config=checking, MCX_CHECKING) give pool chunks a header
- * and sentinel, which moves them apart: the few checks on exact layout are
- * skipped there. */
-#ifdef MCX_CHECKING
+/* Checking builds (--config=checking, MCX_CHECKING in mcx/context/config.h)
+ * give pool chunks a header and sentinel, which moves them apart: the few
+ * checks on exact layout are skipped there. */
+#if MCX_CHECKING
 #define TUTORIAL_CHECKING_BUILD 1
 #else
 #define TUTORIAL_CHECKING_BUILD 0

@@ -1,10 +1,13 @@
 // A consumer of mcx: the C++ API and the C API, through the installed include
 // layout ("mcx/..."). Exits 0 only if every check passed.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 
+#include "mcx/context/chunk.h"
+#include "mcx/context/config.h"
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/mcx.h"
@@ -43,6 +46,22 @@ int main() {
   p = cache->Realloc(p, 400);
   Check(static_cast<unsigned char*>(p)[119] == 0xAB, "Realloc keeps the bytes");
   cache->Free(p);
+
+  // The configuration came with the headers (mcx/context/config.h), without
+  // a -D flag here; CI names the one it installed in MCX_EXPECT_CHECKING. The
+  // freelist's inline code and the library agree on the chunk layout: in
+  // checking builds a chunk's size is exactly the request.
+  std::printf("consumer: mcx configuration: checking %d, valgrind %d, direct %d, "
+              "asan %d, tsan %d, ubsan %d\n",
+              MCX_CHECKING, MCX_VALGRIND, MCX_DIRECT, MCX_SANITIZE_ADDRESS,
+              MCX_SANITIZE_THREAD, MCX_SANITIZE_UNDEFINED);
+  if (const char* expect = std::getenv("MCX_EXPECT_CHECKING")) {
+    Check(std::atoi(expect) == MCX_CHECKING, "the headers carry the expected configuration");
+  }
+  void* odd = cache->Alloc(37);
+  Check(MCX_CHECKING ? mcx::GetChunkSize(odd) == 37 : mcx::GetChunkSize(odd) >= 37,
+        "GetChunkSize agrees with the configuration");
+  mcx::Free(odd);
 
   bool threw = false;
   try {

@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "mcx/context/chunk.h"
+#include "mcx/context/config.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 
@@ -33,11 +34,7 @@ namespace {
 // In checking builds the freelist puts a sentinel right after the requested
 // bytes and GetChunkSize reports exactly the requested size; rounding up in
 // xRoundup would then make xSize(xMalloc(xRoundup(n))) != xRoundup(n).
-#ifdef MCX_CHECKING
-constexpr bool kExactChunkSizes = true;
-#else
-constexpr bool kExactChunkSizes = false;
-#endif
+constexpr bool kExactChunkSizes = MCX_CHECKING != 0;
 
 // Dedicated chunks end where the block source's block ends; all that is
 // known in advance is the 8-byte granularity SQLite's own allocator uses.

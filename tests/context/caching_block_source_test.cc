@@ -3,11 +3,14 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 #include "tests/testing/test_block_sources.h"
@@ -189,8 +192,18 @@ TEST(CachingBlockSourceTest, ThreadCachesBetweenThreads) {
   EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
+// Whether this process runs with MCX_BLOCK_SOURCE=system (CI's memcheck and
+// checking-asan runs): the default source is then the system allocator.
+bool SystemSourceFromTheEnvironment() {
+  const char* env = std::getenv("MCX_BLOCK_SOURCE");
+  return (env != nullptr && std::strcmp(env, "system") == 0) || internal::kDirect;
+}
+
 // Root contexts use the process-wide cache by default.
 TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
+  if (SystemSourceFromTheEnvironment()) {
+    GTEST_SKIP() << "MCX_BLOCK_SOURCE=system: the default source is not the cache";
+  }
   EXPECT_EQ(DefaultBlockSource(), DefaultBlockCache());
   EXPECT_EQ(DefaultBlockCache()->max_cached_bytes(), kDefaultBlockCacheBytes);
   Context* ctx = Context::Create(nullptr, "root", PoolKind());
@@ -198,6 +211,36 @@ TEST(CachingBlockSourceTest, DefaultSourceIsTheProcessCache) {
   ctx->Destroy();
   CachingBlockSource::Stats s = DefaultBlockCache()->GetStats();
   EXPECT_GE(s.kept, 1u);
+}
+
+// MCX_BLOCK_SOURCE chooses the default source at its first use: "system" is
+// the system allocator, "cache" or nothing the cache, anything else the
+// cache with a warning. Each case runs in a fresh process (threadsafe death
+// tests re-execute the binary), since this one has chosen already.
+TEST(DefaultBlockSourceDeathTest, EnvironmentChoosesAtFirstUse) {
+  if (internal::kDirect) GTEST_SKIP() << "direct builds always use the system source";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto exit_with_choice = [](const char* value) {
+    if (value != nullptr) {
+      setenv("MCX_BLOCK_SOURCE", value, /*overwrite=*/1);
+    } else {
+      unsetenv("MCX_BLOCK_SOURCE");
+    }
+    BlockSource* const chosen = DefaultBlockSource();
+    setenv("MCX_BLOCK_SOURCE", "system", 1);  // too late: the choice stands
+    const bool system = dynamic_cast<SystemBlockSource*>(chosen) != nullptr;
+    const bool stable = DefaultBlockSource() == chosen;
+    Context* ctx = Context::Create(nullptr, "root", PoolKind());
+    const bool used = ctx->block_source() == chosen;
+    ctx->Destroy();
+    std::_Exit(!stable || !used ? 3 : system ? 1 : chosen == DefaultBlockCache() ? 2 : 4);
+  };
+  EXPECT_EXIT(exit_with_choice("system"), ::testing::ExitedWithCode(1), "");
+  EXPECT_EXIT(exit_with_choice("cache"), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice(nullptr), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice(""), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(exit_with_choice("System"), ::testing::ExitedWithCode(2),
+              "MCX_BLOCK_SOURCE is neither \"system\" nor \"cache\"");
 }
 
 // Two caching sources stacked, both with thread caches, both outliving the
@@ -301,6 +344,73 @@ TEST(CachingBlockSourceTest, CapZeroTurnsCachingOff) {
   s = cache.GetStats();
   EXPECT_EQ(s.kept + s.returned, 13u) << "a trim is not a release";
   EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Every release is counted once, as kept or as returned, and `returned` is
+// what the upstream source received, with thread caches on as well as off
+// (finding B9: blocks a full thread cache spilled upstream were counted
+// nowhere, and stayed counted as kept).
+TEST(CachingBlockSourceTest, FindingB9ReturnedCountsEveryUpstreamRelease) {
+  constexpr int kBlocks = 200;
+  constexpr size_t kBlockBytes = 16 << 10;
+  for (size_t thread_cache : {size_t{0}, size_t{1} << 20}) {
+    SCOPED_TRACE(thread_cache);
+    SystemBlockSource system;
+    CountingBlockSource upstream(&system);
+    CachingBlockSource cache(&upstream, 64 << 10, thread_cache);
+    std::vector<Block> blocks;
+    for (int i = 0; i < kBlocks; ++i) blocks.push_back(cache.Acquire(kBlockBytes, 16));
+    for (Block b : blocks) cache.Release(b);
+    const CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_GT(upstream.releases(), 0);
+    EXPECT_EQ(s.returned, static_cast<uint64_t>(upstream.releases()));
+    EXPECT_EQ(s.kept + s.returned, static_cast<uint64_t>(kBlocks));
+    EXPECT_EQ(s.cached_blocks, s.kept) << "no hits: every kept block is still cached";
+    EXPECT_LE(s.thread_kept, s.kept);
+    EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+    cache.Trim();
+    EXPECT_EQ(upstream.live_blocks(), 0);
+  }
+}
+
+// The same accounting with threads that release into full thread caches and
+// exit (their caches spill into full shared lists): after they are joined the
+// counters match the upstream source exactly (run under tsan too).
+TEST(CachingBlockSourceTest, FindingB9CountersStayExactAcrossThreads) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 200;
+  constexpr int kBlocksPerRound = 12;
+  SystemBlockSource system;
+  CountingBlockSource upstream(&system);
+  CachingBlockSource cache(&upstream, 64 << 10, 32 << 10);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&cache, t] {
+      std::vector<Block> blocks;
+      for (int round = 0; round < kRounds; ++round) {
+        for (int i = 0; i < kBlocksPerRound; ++i) {
+          blocks.push_back(cache.Acquire(4096 + 4096 * ((round + i + t) % 3), 16));
+        }
+        for (Block b : blocks) cache.Release(b);
+        blocks.clear();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const CachingBlockSource::Stats s = cache.GetStats();
+  const uint64_t releases = uint64_t{kThreads} * kRounds * kBlocksPerRound;
+  EXPECT_GT(s.returned, 0u);
+  EXPECT_EQ(s.returned, static_cast<uint64_t>(upstream.releases()));
+  EXPECT_EQ(s.kept + s.returned, releases);
+  EXPECT_EQ(s.hits + s.misses, releases);
+  EXPECT_EQ(s.misses, static_cast<uint64_t>(upstream.acquires()));
+  EXPECT_EQ(s.cached_blocks, s.kept - s.hits) << "every kept block is cached or was reused";
+  EXPECT_LE(s.thread_kept, s.kept);
+  EXPECT_LE(s.thread_hits, s.hits);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
 // Lowering the cap below what a thread cache holds sends the calling

@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -367,6 +368,34 @@ TEST(DumpTest, EqualsStatsReportForASingleContextAndAfterReset) {
   root->Destroy();
 }
 
+// A name is shown on one line whatever bytes it holds: a newline, tab,
+// carriage return, backslash, other control bytes, C1 controls and bytes that
+// start no UTF-8 sequence are escaped C-style, valid UTF-8 stays readable, and
+// the dump escapes exactly as StatsReport does (finding B12: a name with a
+// newline forged report lines).
+TEST(DumpTest, FindingB12NamesAreEscapedOnOneLine) {
+  Context* top = Context::Create(nullptr, "top", PoolKind(Tiny()));
+  top->CreateChild(
+      "q1\n  spill: 999999999 total in 1 blocks; 0 free (0 chunks); 999999999 used",
+      PoolKind(Tiny()));
+  top->CreateChild("tab\tcr\rback\\slash bell\a esc\x1b del\x7f c1\xc2\x85 "
+                   "latin1 caf\xe9 utf8 caf\xc3\xa9 \xe2\x82\xac lone \xc3",
+                   PoolKind(Tiny()));
+  const std::string report = StatsReport(top);
+  const std::string expected_names[] = {
+      "  q1\\n  spill: 999999999 total in 1 blocks; 0 free (0 chunks); 999999999 used: ",
+      "  tab\\tcr\\rback\\\\slash bell\\x07 esc\\x1b del\\x7f c1\\xc2\\x85 "
+      "latin1 caf\\xe9 utf8 caf\xc3\xa9 \xe2\x82\xac lone \\xc3: ",
+  };
+  for (const std::string& name : expected_names) {
+    EXPECT_NE(report.find("\n" + name), std::string::npos) << name << "\nin:\n" << report;
+  }
+  // One line per context and the grand total: nothing forged.
+  EXPECT_EQ(std::count(report.begin(), report.end(), '\n'), 4) << report;
+  ExpectDumpEqualsReport(top);
+  top->Destroy();
+}
+
 // --- Allocation ----------------------------------------------------------------
 
 // The counting hooks must see allocations, or the tests below prove nothing.
@@ -676,6 +705,21 @@ TEST_F(FailureDumpTest, WriteErrorsAreIgnoredAndErrnoIsKept) {
   EXPECT_THROW(row_->Alloc(kTooBig), std::bad_alloc);
   EXPECT_EQ(probe_.calls, 1);
   EXPECT_EQ(probe_.errno_at_call, ENOTTY);
+}
+
+// The failure line escapes the failing context's name as the report does
+// (finding B12).
+TEST_F(FailureDumpTest, FindingB12TheFailureLineEscapesTheName) {
+  ContextOptions limited;
+  limited.limit = kLimit;
+  Context* forged = query_->CreateChild("x'\nmcx: out of memory\tin '\\", PoolKind(), limited);
+  top_->SetFailureDump({file_.fd(), 10, 10});
+  EXPECT_THROW(forged->Alloc(kTooBig), std::bad_alloc);
+  const std::string dump = file_.Take();
+  EXPECT_EQ(dump, Line("memory limit exceeded", kTooBig, "x'\\nmcx: out of memory\\tin '\\\\") +
+                      Report(top_, 10, 10));
+  EXPECT_NE(Report(top_, 10, 10).find("    x'\\nmcx: out of memory\\tin '\\\\: "),
+            std::string::npos);
 }
 
 // The defaults, inheritance and the one-byte limits.

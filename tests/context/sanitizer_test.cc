@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "gtest/gtest.h"
+#include "mcx/context/caching_block_source.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/freelist.h"
@@ -94,11 +95,15 @@ TEST(FreelistSanitizerTest, OverflowInsideTheClassIsReported) {
 }
 
 // A destroyed context's blocks kept by the block cache are poisoned too.
+// The cache is given explicitly: the default source may be the system
+// allocator (MCX_BLOCK_SOURCE=system in CI's checking-asan run).
 TEST(CacheSanitizerTest, UseAfterDestroyIsReported) {
   if (!internal::kAddressSanitizer) GTEST_SKIP() << "needs --config=asan";
   EXPECT_DEATH(
       {
-        Context* root = CreatePoolContext(nullptr, "root");
+        ContextOptions cached;
+        cached.block_source = DefaultBlockCache();
+        Context* root = CreatePoolContext(nullptr, "root", PoolOptions(), cached);
         Context* child = root->CreateChild("child", PoolKind());
         char* p = static_cast<char*>(child->Alloc(5000));  // a large chunk
         child->Destroy();

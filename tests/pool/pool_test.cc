@@ -13,6 +13,7 @@
 #include "mcx/context/chunk.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/internal/pool_block.h"
 #include "tests/testing/kind_conformance.h"
