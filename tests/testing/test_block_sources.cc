@@ -143,5 +143,10 @@ void ExactBlockSource::Release(Block block) {
   std::free(block.ptr);
 }
 
+bool UnderMemcheck() {
+  const char* v = std::getenv("MCX_UNDER_MEMCHECK");
+  return v != nullptr && v[0] == '1';
+}
+
 }  // namespace testing
 }  // namespace mcx
