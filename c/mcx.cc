@@ -15,6 +15,7 @@
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -97,7 +98,7 @@ mcx_context* mcx_create(mcx_context* parent, const char* name, mcx_kind kind,
     fo.chunk_limit = o.chunk_limit;
     return C(mcx::Context::TryCreate(Cxx(parent), name, mcx::FreelistKind(fo), co));
   }
-  if (parent != nullptr) Cxx(parent)->SetFailure(mcx::Failure::kBadArgument);
+  if (parent != nullptr) mcx::SetFailure(Cxx(parent), mcx::Failure::kBadArgument);
   return nullptr;
 }
 
@@ -167,7 +168,7 @@ void* mcx_alloc_bytes(mcx_context* ctx, size_t size) {
 char* mcx_strdup(mcx_context* ctx, const char* s) {
   if (ctx == nullptr) return nullptr;
   if (s == nullptr) {
-    Cxx(ctx)->SetFailure(mcx::Failure::kBadArgument);
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
     return nullptr;
   }
   return NoThrow([&] { return Cxx(ctx)->Strdup(s); }, static_cast<char*>(nullptr));

@@ -34,7 +34,7 @@ void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   {
     UseGuard use(this);
     CheckNotTearingDown("allocation");
-    p = internal::kDirect ? DirectAlloc(size, alignment) : methods_->alloc(this, size, alignment);
+    p = methods_->alloc(this, size, alignment);
   }
   if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
   internal::ValgrindChunkAlloc(this, p, size);
@@ -85,8 +85,7 @@ void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned f
   void* q;
   {
     UseGuard use(this);  // not across Fail: see AllocSlow
-    q = internal::kDirect ? DirectRealloc(p, new_size)
-                          : methods_->realloc(this, p, old_size, new_size);
+    q = methods_->realloc(this, p, old_size, new_size);
   }
   if (q == nullptr) return Fail(last_failure_, new_size, flags);
   internal::ValgrindChunkMove(this, p, q, new_size);
@@ -109,17 +108,12 @@ void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
 void Context::FreeChecked(void* p) {
   if (internal::kChecking && !CheckLive("free")) return;
   UseGuard use(this);
-  if (internal::kDirect) {
-    DirectFree(p);
-  } else {
-    methods_->free(this, p);
-  }
+  methods_->free(this, p);
   internal::ValgrindChunkFree(this, p);
 }
 
 size_t Context::ChunkSize(const void* p) const {
   if (p == nullptr) return 0;
-  if (internal::kDirect) return DirectChunkSize(p);
   return methods_->chunk_size(this, p);
 }
 

@@ -101,7 +101,7 @@ size_t Context::SubtreeBytes() const {
   while (c != nullptr) {
     total += c->mem_allocated_;
     if (c->extras_ != nullptr) {
-      total += c->extras_->bytes + c->extras_->reserve_bytes + c->extras_->direct_bytes;
+      total += c->extras_->bytes + c->extras_->reserve_bytes;
     }
     if (c->first_child_ != nullptr) {
       c = c->first_child_;

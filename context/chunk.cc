@@ -12,7 +12,8 @@
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
-#include "mcx/context/kind.h"
+#include "mcx/context/kind_api.h"
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace {
@@ -45,12 +46,25 @@ const ChunkKindMethods* MethodsFor(const void* p, const char* operation) {
 
 }  // namespace
 
+// RegisterChunkKind
+//
+// First come, first served, and never overwritten: a second kind that
+// claims a taken id would make mcx::Free of either kind's chunks call the
+// other's methods.
 bool RegisterChunkKind(unsigned id, const ChunkKindMethods* methods) {
   if (id >= kNumChunkKinds || IsReservedChunkKind(id) || id == kChunkKindAlignedRedirect) {
+    internal::ReportMisuse("chunk kind id %u for kind '%s' is reserved (chunk_header.h)", id,
+                           methods != nullptr ? methods->name : "(null)");
     return false;
   }
-  chunk_kinds[id].store(methods, std::memory_order_release);
-  return true;
+  const ChunkKindMethods* expected = nullptr;
+  if (chunk_kinds[id].compare_exchange_strong(expected, methods, std::memory_order_acq_rel) ||
+      expected == methods) {
+    return true;
+  }
+  internal::ReportMisuse("chunk kind id %u is taken by kind '%s'; kind '%s' must use another",
+                         id, expected->name, methods != nullptr ? methods->name : "(null)");
+  return false;
 }
 
 const ChunkKindMethods* LookupChunkKind(unsigned id) {

@@ -42,8 +42,7 @@ inline constexpr uint8_t kChunkKindReservedGlibcLast = 5;
 inline constexpr uint8_t kChunkKindAlignedRedirect = 6;  // see chunk.h
 inline constexpr uint8_t kChunkKindFreelist = 7;
 inline constexpr uint8_t kChunkKindPoolChecking = 8;  // pool chunks, checking builds
-inline constexpr uint8_t kChunkKindDirect = 9;        // chunks of direct mode
-// Ids 10..13 are free for new kinds.
+// Ids 9..13 are free for new kinds.
 inline constexpr uint8_t kChunkKindReservedSentinel = 14;
 inline constexpr uint8_t kChunkKindReservedWiped = 15;
 

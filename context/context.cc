@@ -31,8 +31,6 @@ namespace mcx {
 using internal::CleanupRecord;
 using internal::ContextExtras;
 
-void RegisterDirectChunks();
-
 namespace {
 
 constexpr size_t RoundUp(size_t n, size_t alignment) {
@@ -219,7 +217,6 @@ Context* Context::CreateImpl(Context* parent, const char* name,
 
   Context* ctx = new (block.ptr) Context();
   internal::ValgrindCreatePool(ctx);
-  if (internal::kDirect) RegisterDirectChunks();
   ctx->methods_ = methods;
   ctx->source_ = source;
   ctx->mem_allocated_ = size;
@@ -556,7 +553,6 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       // before the kind hands blocks back (a block source may write into
       // them).
       internal::ValgrindDestroyPool(this);
-      ReleaseDirect();
       methods_->reset(this, options);
       internal::ValgrindCreatePool(this);
       ForgetCleanups();  // their records were in the memory just reset
@@ -597,7 +593,6 @@ bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
-  if (internal::kDirect) ReleaseDirect();
   // First, so that no block the kind releases refills the reserve.
   if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);

@@ -74,7 +74,7 @@ namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
 struct ContextExtras;
-class ContextTestPeer;
+struct KindAccess;
 }  // namespace internal
 
 enum class CleanupPhase : unsigned char {
@@ -293,55 +293,19 @@ class Context {
   size_t reserve_bytes() const;
   uint64_t reserve_uses() const;
 
-  // Direct mode (--config=direct): bytes and chunks held as chunks of their
-  // own, outside the kind's blocks. Zero in other builds.
-  size_t direct_bytes() const;
-  size_t direct_chunks() const;
 
   // Runs the kind's invariant checks. In checking builds every chunk's
   // sentinel is verified too.
   bool Check(std::string* error) const;
 
-  // --- For kinds (kind.h); not for users -----------------------------------
-
-  // A block of at least `min_size` bytes, after the limit checks; nullptr
-  // (with last_failure set) on failure. `*actual` receives its real size.
-  // When the source fails, a reserve block of at least `usable_size` bytes
-  // (the least the kind can work with; 0: `min_size`) is handed out instead.
-  void* AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
-                     size_t usable_size = 0);
-  void ReleaseBlock(void* block, size_t size);
-  // Resizes a block through the source (dedicated chunks). Returns the new
-  // block or an empty one (with last_failure set); accounting follows.
-  Block ReallocateBlock(Block block, size_t keep, size_t new_min_size,
-                        size_t alignment);
-  void SetFailure(Failure failure) { last_failure_ = failure; }
-
-  // The inline fast path bumps inside [ptr, end) for requests of 1..max
-  // bytes. A kind that publishes a window must treat `bump_ptr()` as the
-  // authoritative "next free byte" of that range.
-  void SetBumpWindow(char* ptr, char* end, size_t max) {
-    bump_ptr_ = ptr;
-    bump_end_ = end;
-    // Under --config=valgrind every chunk must be announced to memcheck,
-    // which the inline path does not do: it is off. Larger requests than
-    // the field holds take the slow path, where the kind serves them alike.
-    max_bump_ = (internal::kValgrind || internal::kDirect) ? 0
-                : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
-                                                            : kMaxBumpField;
-  }
-  char* bump_ptr() const { return bump_ptr_; }
-  // Bytes of the first block taken by the header, state and name.
+  // Bytes of the first block taken by the header, the kind's state and the
+  // name; the first block's size.
   size_t header_bytes() const;
   size_t first_block_size() const { return first_block_size_; }
 
  private:
-  friend class internal::ContextTestPeer;
   friend struct internal::CleanupAccess;
-  template <typename State>
-  friend State* KindState(Context* ctx);
-  template <typename State>
-  friend const State* KindState(const Context* ctx);
+  friend struct internal::KindAccess;  // kind_api.h
 
   enum class State : uint8_t { kLive, kTearingDown };
   // Written at creation and overwritten just before the first block goes
@@ -449,7 +413,21 @@ class Context {
   void Unlink();
   size_t NameOffset() const;
 
-  // The block ledger (block_ledger.cc): limits and the reserve.
+  // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),
+  // limits and the reserve.
+  void* AcquireBlock(size_t min_size, size_t alignment, size_t* actual, size_t usable_size);
+  void ReleaseBlock(void* block, size_t size);
+  Block ReallocateBlock(Block block, size_t keep, size_t new_min_size, size_t alignment);
+  void SetBumpWindow(char* ptr, char* end, size_t max) {
+    bump_ptr_ = ptr;
+    bump_end_ = end;
+    // Under --config=valgrind every chunk must be announced to memcheck,
+    // which the inline path does not do: it is off. Larger requests than
+    // the field holds take the slow path, where the kind serves them alike.
+    max_bump_ = internal::kValgrind ? 0
+                : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
+                                                            : kMaxBumpField;
+  }
   bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
@@ -462,15 +440,6 @@ class Context {
   bool ChargeLimits(size_t bytes);
   void UnchargeLimits(size_t bytes);
 
-  // Direct mode.
-  struct DirectHeader;
-  void* DirectAlloc(size_t size, size_t alignment);
-  void DirectFree(void* p);
-  void* DirectRealloc(void* p, size_t new_size);
-  size_t DirectChunkSize(const void* p) const;
-  void ReleaseDirect();
-  DirectHeader*& direct_head();  // in the side record
-  friend struct DirectChunkAccess;
 
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
@@ -534,24 +503,11 @@ inline void* Context::TryAllocBytes(size_t size) noexcept {
 // wrapper call in between (W3 churn frees on every step).
 inline void Context::Free(void* p) {
   if (p == nullptr) return;
-  if (!internal::kChecking && !internal::kDirect && !internal::kValgrind) {
+  if (!internal::kChecking && !internal::kValgrind) {
     methods_->free(this, p);
     return;
   }
   FreeChecked(p);
-}
-
-template <typename State>
-State* KindState(Context* ctx) {
-  constexpr size_t kAlign = alignof(State);
-  uintptr_t p = (reinterpret_cast<uintptr_t>(ctx) + sizeof(Context) + kAlign -
-                 1) & ~(kAlign - 1);
-  return reinterpret_cast<State*>(p);
-}
-
-template <typename State>
-const State* KindState(const Context* ctx) {
-  return KindState<State>(const_cast<Context*>(ctx));
 }
 
 namespace internal {

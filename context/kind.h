@@ -1,37 +1,17 @@
 // File: mcx/context/kind.h
 //
-// How a leaf allocator ("kind") plugs into the context tree: a table of
-// methods, as PostgreSQL's `MemoryContextMethods`. The tree (context.cc) calls
-// only these; it never includes a kind's headers. Users meet kinds only as a
-// `KindSpec` (`mcx::PoolKind(...)`, `mcx::FreelistKind(...)`).
+// A kind, as users meet it: a `KindSpec`, the kind's method table plus its
+// options, held by value (`mcx::PoolKind(...)`, `mcx::FreelistKind(...)`),
+// and the `ResetOptions` every kind honours. How a kind is written is the
+// business of mcx/context/kind_api.h, which users never include.
 //
-// Contract for a kind implementer (docs/adding_a_kind.md has the checklist):
-//   - The context header lives at the start of the context's first block; the
-//     kind's state follows it (`KindState<T>(ctx)`), and the kind owns the
-//     rest of the first block and every other block it acquires with
-//     `Context::AcquireBlock`. It must give them back with
-//     `Context::ReleaseBlock` (that keeps accounting and limits right).
-//   - `alloc` returns nullptr after recording the reason with
-//     `Context::SetFailure`; it never throws. Size 0 must return a unique
-//     pointer. Sizes are already checked against kMaxAllocSize and alignments
-//     are powers of two no larger than kMaxAlignment.
-//   - `reset` empties the context and releases blocks per `ResetOptions`,
-//     keeping the first block; `release_all` releases every block except the
-//     first (the tree releases the first block itself).
-//   - A kind may publish a bump window (`Context::SetBumpWindow`) that the
-//     inline allocation fast path serves without calling the kind.
-//   - Kinds whose chunks carry a chunk header (chunk_header.h) register their
-//     id with `RegisterChunkKind` so `mcx::Free(p)` can dispatch.
-//   - `inspect` is optional (nullptr: reports show no block detail). If set,
-//     it describes every block and size class to an `InspectVisitor`
-//     (inspect.h) without changing anything.
+// Example:
 //
-// Example (the shape of a kind's entry point):
-//
-//   const mcx::KindMethods kMyMethods = {...};
-//   mcx::KindSpec MyKind(const MyOptions& o) {
-//     return mcx::KindSpec(&kMyMethods, o);
-//   }
+//   mcx::PoolOptions o;
+//   o.initial_block_size = 1024;
+//   mcx::KindSpec small_pools = mcx::PoolKind(o);   // store, copy, reuse
+//   mcx::Context* a = mcx::Context::Create(top, "a", small_pools);
+//   a->Reset(mcx::ResetOptions::KeepBytes(64 * 1024));
 
 #ifndef MCX_CONTEXT_KIND_H_
 #define MCX_CONTEXT_KIND_H_
@@ -75,28 +55,38 @@ struct ResetOptions {
   }
 };
 
+// What ChunkSize and Context::ChunkSize return when a kind cannot tell.
+inline constexpr size_t kUnknownSize = ~size_t{0};
+
+// --- For kind authors: kind_api.h has the contract and the builder. -----------
+//
+// (Declared here because a context holds a pointer to its kind's table, and
+// its inline fast path calls through it.)
+
 // Numbers a kind reports about one context for the stats report.
 struct KindStats {
   size_t free_bytes = 0;   // bytes in blocks not handed out
   size_t free_chunks = 0;  // chunks sitting on freelists
 };
 
+// PostgreSQL's MemoryContextMethods. Build it with MakeKindMethods<Kind>()
+// rather than by hand: the builder fills every field from the kind's
+// members and checks their signatures at compile time.
 struct KindMethods {
-  const char* name;       // "pool", "freelist": shown in reports
-  size_t state_size;      // bytes of kind state after the context header
-  size_t state_alignment;
-  size_t options_size;    // bytes of the options struct in a KindSpec
+  const char* name;         // "pool", "freelist": shown in reports
+  size_t state_size;        // bytes of kind state after the context header
+  size_t state_alignment;   // its alignment (KindState places it so)
 
   // Size and alignment of the first block, which must hold `header_bytes`
-  // (context header, kind state and name) plus the kind's own needs.
+  // (context header, kind state and name) plus the kind's own needs. A size
+  // of 0 refuses the options (kBadSize) before any block is acquired.
   size_t (*first_block_size)(const void* options, size_t header_bytes);
   size_t (*first_block_alignment)(const void* options, size_t first_block_size);
 
   // Sets up the state in a fresh first block. [space, block_end) is the part
   // of the first block after the header. Returns false (with SetFailure) if
   // the options are invalid.
-  bool (*init)(Context* ctx, const void* options, char* space,
-               char* block_end);
+  bool (*init)(Context* ctx, const void* options, char* space, char* block_end);
 
   void* (*alloc)(Context* ctx, size_t size, size_t alignment);
   void (*free)(Context* ctx, void* p);
@@ -112,26 +102,9 @@ struct KindMethods {
   bool (*check)(const Context* ctx, std::string* error);
   // Optional; nullptr if the kind does not describe its blocks. Reports each
   // block (first block first), then each size class, to `visitor`
-  // (inspect.h has the protocol). Must not change the context. Tables that
-  // stop after `check` leave it nullptr.
+  // (inspect.h has the protocol). Must not change the context.
   void (*inspect)(const Context* ctx, InspectVisitor* visitor);
 };
-
-inline constexpr size_t kUnknownSize = ~size_t{0};
-
-// Methods reached from a chunk header when no context is named.
-struct ChunkKindMethods {
-  const char* name;
-  // The context that owns a live chunk (misuse is reported for a freed one);
-  // mcx::Free and mcx::Realloc then go through that context.
-  Context* (*chunk_context)(const void* p);
-  size_t (*chunk_size)(const void* p);
-};
-
-// Makes chunks with header id `id` dispatchable from `mcx::Free(p)`.
-// Idempotent and thread-safe; reserved ids are refused (returns false).
-bool RegisterChunkKind(unsigned id, const ChunkKindMethods* methods);
-const ChunkKindMethods* LookupChunkKind(unsigned id);
 
 // A kind plus its options, held by value so it can be stored and copied.
 class KindSpec {
@@ -155,12 +128,6 @@ class KindSpec {
   const KindMethods* methods_;
   alignas(std::max_align_t) unsigned char options_[kMaxOptionsSize];
 };
-
-// The kind state that follows the context header in the first block.
-template <typename State>
-State* KindState(Context* ctx);
-template <typename State>
-const State* KindState(const Context* ctx);
 
 }  // namespace mcx
 

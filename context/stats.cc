@@ -31,8 +31,8 @@ void ContextCounters::Add(const ContextCounters& other) {
 
 ContextCounters GetCounters(const Context* ctx) {
   ContextCounters c;
-  c.total_bytes = ctx->bytes_in_blocks() + ctx->side_record_bytes() + ctx->direct_bytes();
-  c.blocks = ctx->num_blocks() + ctx->direct_chunks();
+  c.total_bytes = ctx->bytes_in_blocks() + ctx->side_record_bytes();
+  c.blocks = ctx->num_blocks();
   KindStats ks;
   ctx->kind()->stats(ctx, &ks);
   c.free_bytes = ks.free_bytes;

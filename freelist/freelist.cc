@@ -18,31 +18,30 @@
 #include "mcx/freelist/freelist.h"
 
 #include <cstring>
+#include <new>
 #include <string>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/strings/str_format.h"
-#include "mcx/context/chunk.h"
-#include "mcx/context/chunk_header.h"
+#include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
-#include "mcx/context/internal/checking.h"
-#include "mcx/context/internal/failure.h"
-#include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/freelist/internal/freelist_block.h"
 
 namespace mcx {
 
 using freelist_internal::BlockHeader;
 using freelist_internal::FreelistState;
-using internal::kChecking;
-using internal::PoisonMemoryRegion;
-using internal::UnpoisonMemoryRegion;
+using freelist_internal::HeaderOf;
 
 namespace {
 
 // Checking and ASan builds record each chunk's requested size (PostgreSQL's
 // MEMORY_CONTEXT_CHECKING does the same): checking builds guard it with a
 // sentinel, ASan builds unpoison exactly that many bytes.
-constexpr bool kTracksRequested = kChecking || internal::kAddressSanitizer || internal::kValgrind;
+constexpr bool kChecking = kCheckingBuild;
+constexpr bool kTracksRequested = kChecking || kAddressSanitizerBuild || kValgrindBuild;
 
 // Bytes before each payload: the header word, plus the requested size when
 // it is tracked.
@@ -70,23 +69,26 @@ static_assert(kDedicatedPayload - sizeof(uint64_t) >= kReleasedBlockScratch,
 // tiny initial_block_size still serves a few requests from its first block.
 constexpr size_t kMinFirstBlockSpace = 256;
 
+// Later blocks are at least this large (aset.c: "We somewhat arbitrarily
+// enforce a minimum 1K block size"): a smaller block would hold a handful
+// of chunks and cost an acquisition for each handful.
+constexpr size_t kMinGrowthBlockSize = 1024;
+
 // Header checks on the free fast path, in one compare: our kind, our magic,
 // not free, not dedicated.
 constexpr uint64_t kFastMask = kChunkKindMask | kChunkExternalBit | kChunkFreeBit | kChunkMagicMask;
 constexpr uint64_t kFastExpect = kChunkKindFreelist | (kChunkMagic << kChunkMagicShift);
 
 FreelistState* StateOf(Context* ctx) { return KindState<FreelistState>(ctx); }
-const FreelistState* StateOf(const Context* ctx) { return KindState<FreelistState>(ctx); }
-
-BlockHeader* FirstBlock(const Context* ctx) {
-  return reinterpret_cast<BlockHeader*>(reinterpret_cast<char*>(const_cast<Context*>(ctx)) +
-                                        ctx->header_bytes());
-}
 
 // Blocks are 16-aligned, so the first chunk sits at a fixed offset.
 constexpr size_t kFirstChunkOffset = RoundUp16(sizeof(BlockHeader) + kHeaderBytes) - kHeaderBytes;
 
 char* FirstChunk(BlockHeader* b) { return reinterpret_cast<char*>(b) + kFirstChunkOffset; }
+char* FirstChunk(KindBlock* b) { return FirstChunk(HeaderOf(b)); }
+
+// The block being carved: the newest on `blocks`.
+BlockHeader* Carving(const FreelistState* st) { return HeaderOf(st->blocks.head()); }
 
 BlockHeader* BlockOf(const void* p, uint64_t h) {
   return reinterpret_cast<BlockHeader*>(const_cast<char*>(static_cast<const char*>(p)) - 8 -
@@ -97,7 +99,7 @@ BlockHeader* BlockOf(const void* p, uint64_t h) {
 
 size_t RequestedSize(const void* p) {
   size_t n;
-  internal::CopyFromPoisoned(&n, static_cast<const char*>(p) - 16, sizeof(n));
+  CopyFromPoisoned(&n, static_cast<const char*>(p) - 16, sizeof(n));
   return n;
 }
 
@@ -109,18 +111,18 @@ void MarkLive(void* p, size_t size, size_t capacity) {
   PoisonMemoryRegion(p, capacity);
   UnpoisonMemoryRegion(p, size);
   if (kTracksRequested) {
-    internal::CopyToPoisoned(static_cast<char*>(p) - 16, &size, sizeof(size));
+    CopyToPoisoned(static_cast<char*>(p) - 16, &size, sizeof(size));
   }
   if (kChecking) {
-    internal::CopyToPoisoned(static_cast<char*>(p) + size, &internal::kSentinelByte, 1);
+    CopyToPoisoned(static_cast<char*>(p) + size, &kSentinelByte, 1);
   }
   PoisonMemoryRegion(static_cast<char*>(p) - kHeaderBytes, kHeaderBytes);  // the header
 }
 
 bool SentinelOk(const void* p) {
   unsigned char b;
-  internal::CopyFromPoisoned(&b, static_cast<const char*>(p) + RequestedSize(p), 1);
-  return b == internal::kSentinelByte;
+  CopyFromPoisoned(&b, static_cast<const char*>(p) + RequestedSize(p), 1);
+  return b == kSentinelByte;
 }
 
 // Checking builds: false (after the report) if `p` is not a live chunk of
@@ -129,14 +131,14 @@ bool SentinelOk(const void* p) {
 // context must not land on this context's freelists.
 bool VerifyLiveChunk(Context* ctx, void* p, uint64_t h, const char* operation) {
   if (!kChecking) return true;
-  Context* owner = BlockOf(p, h)->owner;
+  Context* owner = BlockOf(p, h)->link.owner;
   if (owner != ctx) {
-    internal::ReportMisuse("%s of chunk %p through context '%s', but it belongs to context '%s'",
+    ReportMisuse("%s of chunk %p through context '%s', but it belongs to context '%s'",
                            operation, p, ctx->name(), owner->name());
     return false;
   }
   if (!SentinelOk(p)) {
-    internal::ReportMisuse("sentinel of chunk %p (%zu bytes) in context '%s' was overwritten: "
+    ReportMisuse("sentinel of chunk %p (%zu bytes) in context '%s' was overwritten: "
                            "a write past the end of the chunk",
                            p, RequestedSize(p), ctx->name());
     return false;
@@ -167,14 +169,14 @@ void PushFree(FreelistState* st, void* p, uint64_t h, size_t c) {
 // The next chunk on a freelist, read past the poison.
 void* NextFree(const void* p) {
   void* next;
-  internal::CopyFromPoisoned(&next, p, sizeof(next));
+  CopyFromPoisoned(&next, p, sizeof(next));
   return next;
 }
 
 // aset.c's "split the remaining free space into chunks": the largest class
 // that fits, repeatedly, until less than the smallest stride is left.
 void CarveRemainder(FreelistState* st) {
-  BlockHeader* b = st->blocks;
+  BlockHeader* b = Carving(st);
   for (;;) {
     size_t avail = static_cast<size_t>(st->free_end - st->free_ptr);
     if (avail < Stride(0)) break;
@@ -187,42 +189,28 @@ void CarveRemainder(FreelistState* st) {
   b->carved_end = st->free_ptr;
 }
 
-void LinkBlock(BlockHeader** head, BlockHeader* b) {
-  b->prev = nullptr;
-  b->next = *head;
-  if (*head != nullptr) (*head)->prev = b;
-  *head = b;
-}
-
-void UnlinkBlock(BlockHeader** head, BlockHeader* b) {
-  if (b->prev != nullptr) b->prev->next = b->next; else *head = b->next;
-  if (b->next != nullptr) b->next->prev = b->prev;
-}
-
 ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st, size_t c) {
   const size_t need = kFirstChunkOffset + Stride(c);
-  BlockHeader* b = st->spare;
+  BlockHeader* b = HeaderOf(st->spare.head());
   if (b != nullptr && static_cast<size_t>(b->end - FirstChunk(b)) >= Stride(c)) {
     CarveRemainder(st);
-    UnlinkBlock(&st->spare, b);
+    st->spare.Remove(&b->link);
   } else {
     size_t want = st->next_block_size < need ? need : st->next_block_size;
-    size_t actual;
-    char* mem = static_cast<char*>(ctx->AcquireBlock(want, kMinBlockAlignment, &actual, need));
-    if (mem == nullptr) return nullptr;
+    KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, need);
+    if (kb == nullptr) return nullptr;
     // Only now, with the new block in hand, give up the old block's tail.
     CarveRemainder(st);
-    b = reinterpret_cast<BlockHeader*>(mem);
-    b->owner = ctx;
-    b->size = actual;  // what was accounted, and what goes back
+    b = HeaderOf(kb);
     // Chunk headers hold a 32-bit offset: never carve past it.
-    b->end = mem + (actual > kMaxFreelistBlockSize ? kMaxFreelistBlockSize : actual);
+    const size_t usable = kb->size > kMaxFreelistBlockSize ? kMaxFreelistBlockSize : kb->size;
+    b->end = reinterpret_cast<char*>(b) + usable;
     if (st->next_block_size < st->max_block_size) {
       size_t doubled = st->next_block_size * 2;
       st->next_block_size = doubled < st->max_block_size ? doubled : st->max_block_size;
     }
   }
-  LinkBlock(&st->blocks, b);
+  st->blocks.PushFront(&b->link);
   PoisonMemoryRegion(FirstChunk(b), static_cast<size_t>(b->end - FirstChunk(b)));
   st->free_ptr = FirstChunk(b);
   st->free_end = b->end;
@@ -232,24 +220,21 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
 
 void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   const size_t want = kDedicatedPayload + size + (kChecking ? 1 : 0);
-  size_t actual;
-  char* mem = static_cast<char*>(ctx->AcquireBlock(want, kMinBlockAlignment, &actual));
-  if (mem == nullptr) return nullptr;
-  auto* b = reinterpret_cast<BlockHeader*>(mem);
-  b->owner = ctx;
-  b->size = actual;
-  b->end = mem + actual;
+  KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
+  if (kb == nullptr) return nullptr;
+  BlockHeader* b = HeaderOf(kb);
+  char* mem = reinterpret_cast<char*>(b);
+  b->end = mem + kb->size;
   b->carved_end = b->end;
-  LinkBlock(&st->dedicated, b);
+  st->dedicated.PushFront(kb);
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
   MarkLive(payload, size, static_cast<size_t>(b->end - payload));
   return payload;
 }
 
-void* Alloc(Context* ctx, size_t size, size_t alignment) {
-  FreelistState* st = StateOf(ctx);
-  if (alignment > kDefaultAlignment) return internal::AllocAlignedRedirect(ctx, size, alignment);
+void* FreelistAlloc(Context* ctx, FreelistState* st, size_t size, size_t alignment) {
+  if (alignment > kDefaultAlignment) return AllocAlignedRedirect(ctx, size, alignment);
   if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
   const size_t c = SizeClassOf(size);
   void* p = st->freelists[c];
@@ -257,7 +242,7 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
     st->freelists[c] = NextFree(p);
     WriteChunkHeader(p, ReadChunkHeader(p) & ~kChunkFreeBit);
   } else if (Stride(c) <= static_cast<size_t>(st->free_end - st->free_ptr)) {
-    p = CarveChunk(st, c, st->blocks);
+    p = CarveChunk(st, c, Carving(st));
   } else {
     p = AllocFromNewBlock(ctx, st, c);
     if (p == nullptr) return nullptr;
@@ -277,10 +262,9 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
 // one was reported from its header alone.
 bool IsLiveDedicated(const Context* ctx, const FreelistState* st, const BlockHeader* b) {
   Context* owner;
-  internal::CopyFromPoisoned(&owner, &b->owner, sizeof(owner));
-  if (owner != ctx || b->prev == b || b->next == b) return false;
-  if (b->prev != nullptr ? b->prev->next != b : st->dedicated != b) return false;
-  return b->next == nullptr || b->next->prev == b;
+  CopyFromPoisoned(&owner, &b->link.owner, sizeof(owner));
+  if (owner != ctx || b->link.prev == &b->link || b->link.next == &b->link) return false;
+  return st->dedicated.Holds(&b->link);
 }
 
 // Reports misuse and returns false if `p` is not a live dedicated chunk of
@@ -288,7 +272,7 @@ bool IsLiveDedicated(const Context* ctx, const FreelistState* st, const BlockHea
 // context that was reset or destroyed and whose block came back to this one.
 bool VerifyDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, const char* operation) {
   if (IsLiveDedicated(ctx, st, BlockOf(p, h))) return true;
-  internal::ReportMisuse("%s of chunk %p in context '%s': not a live dedicated chunk of this "
+  ReportMisuse("%s of chunk %p in context '%s': not a live dedicated chunk of this "
                          "context (already freed, or its memory reused)",
                          operation, p, ctx->name());
   return false;
@@ -298,46 +282,45 @@ bool VerifyDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, const
 // source writes into a released block (kReleasedBlockScratch), so a second
 // free, a realloc or an mcx::Free of the chunk reads it and reports a double
 // free for as long as the memory is not reused.
-void ReleaseDedicatedBlock(Context* ctx, BlockHeader* b) {
+void ReleaseDedicatedBlock(Context* ctx, KindBlock* b) {
   char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
   WriteChunkHeader(payload, ReadChunkHeader(payload) | kChunkFreeBit);
-  ctx->ReleaseBlock(b, b->size);
+  ReleaseKindBlock(ctx, b);
 }
 
 void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   if (!VerifyDedicated(ctx, st, p, h, "free")) return;
   BlockHeader* b = BlockOf(p, h);
-  UnlinkBlock(&st->dedicated, b);
-  ReleaseDedicatedBlock(ctx, b);
+  st->dedicated.Remove(&b->link);
+  ReleaseDedicatedBlock(ctx, &b->link);
 }
 
-void Free(Context* ctx, void* p);
+void FreelistFree(Context* ctx, FreelistState* st, void* p);
 
 // Everything but the common case: dedicated chunks, aligned chunks, and
 // every kind of bad pointer.
 ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
-  if (!ChunkHeaderMagicOk(h)) return internal::ReportBadChunk(p, "free");
+  if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
   unsigned kind = ChunkHeaderKind(h);
   // The real chunk goes straight to the kind: only the aligned address was
   // announced to Valgrind (Context::Free announces its release).
-  if (kind == kChunkKindAlignedRedirect) return Free(ctx, internal::AlignedRedirectTarget(p));
-  if (kind != kChunkKindFreelist) return internal::ReportBadChunk(p, "free");
+  if (kind == kChunkKindAlignedRedirect) return FreelistFree(ctx, StateOf(ctx), AlignedRedirectTarget(p));
+  if (kind != kChunkKindFreelist) return ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
-    return internal::ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+    return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
   }
   if (!VerifyLiveChunk(ctx, p, h, "free")) return;
   FreeDedicated(ctx, StateOf(ctx), p, h);
 }
 
-void Free(Context* ctx, void* p) {
+void FreelistFree(Context* ctx, FreelistState* st, void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
-  FreelistState* st = StateOf(ctx);
   const size_t c = ChunkHeaderValue(h);
   if (kChecking) {
     if (!VerifyLiveChunk(ctx, p, h, "free")) return;
     UnpoisonMemoryRegion(p, SizeClassBytes(c));
-    std::memset(p, internal::kClobberByte, SizeClassBytes(c));
+    std::memset(p, kClobberByte, SizeClassBytes(c));
   }
   PushFree(st, p, h, c);
 }
@@ -346,11 +329,11 @@ void Free(Context* ctx, void* p) {
 
 void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, size_t new_size) {
   if (!VerifyDedicated(ctx, st, p, h, "realloc")) {
-    ctx->SetFailure(Failure::kBadArgument);
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   BlockHeader* b = BlockOf(p, h);
-  const size_t old_usable = b->size - kDedicatedPayload;
+  const size_t old_usable = b->link.size - kDedicatedPayload;
   const size_t keep = kDedicatedPayload + (old_usable < new_size ? old_usable : new_size);
   // If the block moves, the old one goes back to the source marked freed, as
   // FreeDedicated leaves it: the old address is then a freed chunk. The copy
@@ -358,8 +341,8 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   WriteChunkHeader(p, h | kChunkFreeBit);
   // The source may copy `keep` bytes itself; none of them may be poisoned
   // (WriteChunkHeader poisons the header again, so this comes after it).
-  UnpoisonMemoryRegion(b, b->size);
-  Block nb = ctx->ReallocateBlock(Block{b, b->size}, keep,
+  UnpoisonMemoryRegion(b, b->link.size);
+  Block nb = ReallocateBlock(ctx, Block{b, b->link.size}, keep,
                                   kDedicatedPayload + new_size + (kChecking ? 1 : 0),
                                   kMinBlockAlignment);
   if (nb.ptr == nullptr) {
@@ -367,33 +350,32 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
     MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable);
     return nullptr;
   }
+  // The copy's links still name the old block's neighbours.
   auto* moved = static_cast<BlockHeader*>(nb.ptr);
-  moved->size = nb.size;
+  moved->link.size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
   moved->carved_end = moved->end;
-  if (moved->prev != nullptr) moved->prev->next = moved; else st->dedicated = moved;
-  if (moved->next != nullptr) moved->next->prev = moved;
+  st->dedicated.Replace(&moved->link);
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
   WriteChunkHeader(payload, h);
   MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload));
   return payload;
 }
 
-void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
-  FreelistState* st = StateOf(ctx);
+void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_size*/, size_t new_size) {
   const uint64_t h = ReadChunkHeader(p);
   if ((h & (kFastMask & ~kChunkExternalBit)) != kFastExpect) {
-    if (internal::IsAlignedRedirect(p)) return internal::ReallocAlignedRedirect(ctx, p, new_size);
+    if (IsAlignedRedirect(p)) return ReallocAlignedRedirect(ctx, p, new_size);
     if (ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindFreelist) {
-      internal::ReportMisuse("realloc of chunk %p in context '%s' after it was freed", p, ctx->name());
+      ReportMisuse("realloc of chunk %p in context '%s' after it was freed", p, ctx->name());
     } else {
-      internal::ReportBadChunk(p, "realloc");
+      ReportBadChunk(p, "realloc");
     }
-    ctx->SetFailure(Failure::kBadArgument);
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   if (!VerifyLiveChunk(ctx, p, h, "realloc")) {
-    ctx->SetFailure(Failure::kBadArgument);
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   if (ChunkHeaderIsExternal(h)) return ReallocDedicated(ctx, st, p, h, new_size);
@@ -403,21 +385,21 @@ void* Realloc(Context* ctx, void* p, size_t /*old_size*/, size_t new_size) {
     MarkLive(p, new_size, Stride(c) - kHeaderBytes);
     return p;
   }
-  void* q = Alloc(ctx, new_size, kDefaultAlignment);
+  void* q = FreelistAlloc(ctx, st, new_size, kDefaultAlignment);
   if (q == nullptr) return nullptr;
   std::memcpy(q, p, kTracksRequested ? RequestedSize(p) : usable);
-  Free(ctx, p);
+  FreelistFree(ctx, st, p);
   return q;
 }
 
-size_t ChunkSize(const Context* /*ctx*/, const void* p) {
+size_t FreelistChunkSize(const void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ChunkHeaderKind(h) == kChunkKindAlignedRedirect) return GetChunkSize(p);
   // Checking builds guard the requested bytes with a sentinel right after
   // them, ASan builds poison what follows: the usable size is exactly what
   // was asked for.
   if (kTracksRequested) return RequestedSize(p);
-  if (ChunkHeaderIsExternal(h)) return BlockOf(p, h)->size - kDedicatedPayload;
+  if (ChunkHeaderIsExternal(h)) return BlockOf(p, h)->link.size - kDedicatedPayload;
   return SizeClassBytes(ChunkHeaderValue(h));
 }
 
@@ -430,71 +412,46 @@ void EmptyBlockMemory(BlockHeader* b, char* used_end) {
   char* from = FirstChunk(b);
   if (kChecking) {
     UnpoisonMemoryRegion(from, static_cast<size_t>(used_end - from));
-    std::memset(from, internal::kClobberByte, static_cast<size_t>(used_end - from));
+    std::memset(from, kClobberByte, static_cast<size_t>(used_end - from));
   }
   PoisonMemoryRegion(from, static_cast<size_t>(b->end - from));
 }
 
 void ReleaseDedicated(Context* ctx, FreelistState* st) {
-  for (BlockHeader* b = st->dedicated; b != nullptr;) {
-    BlockHeader* next = b->next;
-    ReleaseDedicatedBlock(ctx, b);  // a stale pointer to the chunk reads "freed"
-    b = next;
-  }
-  st->dedicated = nullptr;
+  // A stale pointer to a chunk reads "freed" for as long as its block stays.
+  st->dedicated.ForEach([&](KindBlock* b) { ReleaseDedicatedBlock(ctx, b); });
+  st->dedicated.Clear();
 }
 
-void Reset(Context* ctx, const ResetOptions& options) {
-  FreelistState* st = StateOf(ctx);
-  BlockHeader* first = FirstBlock(ctx);
+void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options) {
+  BlockHeader* first = st->first;
   ReleaseDedicated(ctx, st);
   std::memset(st->freelists, 0, sizeof(st->freelists));
-  size_t kept = ctx->first_block_size();
-  // Blocks in use and spare blocks alike: keep while they fit the budget.
-  BlockHeader* lists[2] = {st->blocks, st->spare};
-  st->spare = nullptr;
-  for (BlockHeader* b : lists) {
-    while (b != nullptr) {
-      BlockHeader* next = b->next;
-      if (b != first) {
-        if (options.KeepsBlock(kept, b->size)) {
-          kept += b->size;
-          EmptyBlockMemory(b, b == st->blocks ? st->free_ptr : b->carved_end);
-          b->carved_end = FirstChunk(b);
-          LinkBlock(&st->spare, b);
-        } else {
-          ctx->ReleaseBlock(b, b->size);
-        }
-      } else {
-        EmptyBlockMemory(b, b == st->blocks ? st->free_ptr : b->carved_end);
-      }
-      b = next;
-    }
-  }
-  first->prev = first->next = nullptr;
-  st->blocks = first;
+  // What was handed out is emptied first; blocks in use and spare blocks
+  // alike are then kept while they fit (block_list.h), and kept ones wait on
+  // `spare`, to be used before new ones.
+  EmptyBlockMemory(Carving(st), st->free_ptr);
+  st->blocks.ForEach([&](KindBlock* b) {
+    if (b != st->blocks.head()) EmptyBlockMemory(HeaderOf(b), HeaderOf(b)->carved_end);
+  });
+  BlockList kept;
+  size_t bytes = ResetBlocks(ctx, &st->blocks, options, ctx->first_block_size(), &kept, &first->link);
+  ResetBlocks(ctx, &st->spare, options, bytes, &kept, &first->link);
+  kept.ForEach([](KindBlock* b) { HeaderOf(b)->carved_end = FirstChunk(b); });
+  st->spare = kept;
+  st->blocks.PushFront(&first->link);
   st->free_ptr = first->carved_end = FirstChunk(first);
   st->free_end = first->end;
   st->next_block_size = st->base_block_size;
 }
 
-void ReleaseAll(Context* ctx) {
-  FreelistState* st = StateOf(ctx);
+void FreelistReleaseAll(Context* ctx, FreelistState* st) {
   ReleaseDedicated(ctx, st);
-  BlockHeader* first = FirstBlock(ctx);
-  for (BlockHeader* list : {st->blocks, st->spare}) {
-    for (BlockHeader* b = list; b != nullptr;) {
-      BlockHeader* next = b->next;
-      if (b != first) ctx->ReleaseBlock(b, b->size);
-      b = next;
-    }
-  }
-  st->blocks = first;
-  st->spare = nullptr;
+  ReleaseBlocks(ctx, &st->blocks, &st->first->link);
+  ReleaseBlocks(ctx, &st->spare);
 }
 
-void Stats(const Context* ctx, KindStats* out) {
-  const FreelistState* st = StateOf(ctx);
+void FreelistStats(const Context* /*ctx*/, const FreelistState* st, KindStats* out) {
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
     for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       out->free_bytes += Stride(c);
@@ -502,49 +459,56 @@ void Stats(const Context* ctx, KindStats* out) {
     }
   }
   out->free_bytes += static_cast<size_t>(st->free_end - st->free_ptr);
-  for (BlockHeader* b = st->spare; b != nullptr; b = b->next) {
-    out->free_bytes += static_cast<size_t>(b->end - FirstChunk(b));
-  }
+  st->spare.ForEach([&](KindBlock* b) {
+    out->free_bytes += static_cast<size_t>(HeaderOf(b)->end - FirstChunk(b));
+  });
 }
 
-bool Check(const Context* ctx, std::string* error) {
-  const FreelistState* st = StateOf(ctx);
+bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* error) {
   size_t blocks = 1;
   size_t free_in_blocks = 0;
-  for (BlockHeader* b = st->blocks; b != nullptr; b = b->next) {
-    if (b->owner != ctx) {
-      absl::StrAppendFormat(error, "freelist '%s': block %p names another owner\n", ctx->name(),
-                            static_cast<void*>(b));
-      return false;
+  bool ok = true;
+  st->blocks.ForEach([&](KindBlock* kb) {
+    BlockHeader* b = HeaderOf(kb);
+    if (!ok) return;
+    if (kb->owner != ctx || !st->blocks.Holds(kb)) {
+      absl::StrAppendFormat(error, "freelist '%s': block %p names another owner or a broken link\n",
+                            ctx->name(), static_cast<void*>(b));
+      ok = false;
+      return;
     }
-    if (b != FirstBlock(ctx)) ++blocks;
-    char* end = b == st->blocks ? st->free_ptr : b->carved_end;
+    if (b != st->first) ++blocks;
+    char* end = kb == st->blocks.head() ? st->free_ptr : b->carved_end;
     for (char* chunk = FirstChunk(b); chunk < end;) {
       char* payload = chunk + kHeaderBytes;
       uint64_t h = ReadChunkHeader(payload);
-      bool ok = ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindFreelist &&
-                !ChunkHeaderIsExternal(h) && ChunkHeaderValue(h) < kNumSizeClasses &&
-                ChunkHeaderOffset(h) == static_cast<uint64_t>(payload - 8 - reinterpret_cast<char*>(b));
-      if (!ok) {
+      bool good = ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindFreelist &&
+                  !ChunkHeaderIsExternal(h) && ChunkHeaderValue(h) < kNumSizeClasses &&
+                  ChunkHeaderOffset(h) ==
+                      static_cast<uint64_t>(payload - 8 - reinterpret_cast<char*>(b));
+      if (!good) {
         absl::StrAppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
                               ctx->name(), static_cast<void*>(payload), h);
-        return false;
+        ok = false;
+        return;
       }
       if (ChunkHeaderIsFree(h)) {
         ++free_in_blocks;
       } else if (kChecking && !SentinelOk(payload)) {
         absl::StrAppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<void*>(payload), RequestedSize(payload));
-        return false;
+        ok = false;
+        return;
       }
       chunk += Stride(ChunkHeaderValue(h));
     }
-  }
+  });
+  if (!ok) return false;
   size_t on_lists = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
     for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       uint64_t h = ReadChunkHeader(p);
-      if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->owner != ctx) {
+      if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->link.owner != ctx) {
         absl::StrAppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
                               ctx->name(), p, c);
         return false;
@@ -557,16 +521,16 @@ bool Check(const Context* ctx, std::string* error) {
                           ctx->name(), free_in_blocks, on_lists);
     return false;
   }
-  for (BlockHeader* b = st->dedicated; b != nullptr; b = b->next) {
+  st->dedicated.ForEach([&](KindBlock* b) {
     char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
-    if (b->owner != ctx || (kChecking && !SentinelOk(payload))) {
+    if (ok && (b->owner != ctx || (kChecking && !SentinelOk(payload)))) {
       absl::StrAppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
                             static_cast<void*>(payload));
-      return false;
+      ok = false;
     }
-    ++blocks;
-  }
-  for (BlockHeader* b = st->spare; b != nullptr; b = b->next) ++blocks;
+  });
+  if (!ok) return false;
+  blocks += st->dedicated.count() + st->spare.count();
   if (blocks != ctx->num_blocks()) {
     absl::StrAppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
@@ -582,19 +546,20 @@ bool Check(const Context* ctx, std::string* error) {
 // cannot read rather than trust a bad class.
 BlockInfo DescribeBlock(const Context* ctx, const FreelistState* st, BlockHeader* b,
                         BlockRole role) {
+  const KindBlock* kb = &b->link;
   const bool first = role == BlockRole::kFirst;
   // The first block's header is the context's, at the block's start.
   const char* base = first ? reinterpret_cast<const char*>(ctx) : reinterpret_cast<const char*>(b);
   BlockInfo info;
   info.start = base;
-  info.size = first ? ctx->first_block_size() : b->size;
+  info.size = first ? ctx->first_block_size() : kb->size;
   info.header_bytes = static_cast<size_t>(FirstChunk(b) - base);
   info.role = role;
   const char* chunks_end;
   if (role == BlockRole::kSpare) {
     chunks_end = FirstChunk(b);
     info.end_offset = static_cast<size_t>(b->end - base);
-  } else if (b == st->blocks) {
+  } else if (kb == st->blocks.head()) {
     chunks_end = st->free_ptr;
     info.end_offset = static_cast<size_t>(st->free_end - base);
     info.current = true;
@@ -626,18 +591,16 @@ BlockInfo DescribeBlock(const Context* ctx, const FreelistState* st, BlockHeader
 // order they were acquired; the newest is the one being carved), then the
 // spare blocks, then the dedicated blocks, newest first; then every size
 // class with its freelist, head first.
-void Inspect(const Context* ctx, InspectVisitor* visitor) {
-  const FreelistState* st = StateOf(ctx);
-  BlockHeader* oldest = st->blocks;
-  while (oldest->next != nullptr) oldest = oldest->next;
-  for (BlockHeader* b = oldest; b != nullptr; b = b->prev) {
-    visitor->VisitBlock(
-        DescribeBlock(ctx, st, b, b == FirstBlock(ctx) ? BlockRole::kFirst : BlockRole::kNormal));
+void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor* visitor) {
+  for (KindBlock* b = st->blocks.tail(); b != nullptr; b = b->prev) {
+    visitor->VisitBlock(DescribeBlock(ctx, st, HeaderOf(b),
+                                      HeaderOf(b) == st->first ? BlockRole::kFirst
+                                                               : BlockRole::kNormal));
   }
-  for (BlockHeader* b = st->spare; b != nullptr; b = b->next) {
-    visitor->VisitBlock(DescribeBlock(ctx, st, b, BlockRole::kSpare));
-  }
-  for (BlockHeader* b = st->dedicated; b != nullptr; b = b->next) {
+  st->spare.ForEach([&](KindBlock* b) {
+    visitor->VisitBlock(DescribeBlock(ctx, st, HeaderOf(b), BlockRole::kSpare));
+  });
+  st->dedicated.ForEach([&](KindBlock* b) {
     BlockInfo info;
     info.start = b;
     info.size = b->size;
@@ -646,7 +609,7 @@ void Inspect(const Context* ctx, InspectVisitor* visitor) {
     info.last_offset = info.end_offset = b->size;
     info.role = BlockRole::kDedicated;
     visitor->VisitBlock(info);
-  }
+  });
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
     SizeClassInfo info;
     info.index = c;
@@ -663,80 +626,94 @@ void Inspect(const Context* ctx, InspectVisitor* visitor) {
 Context* LiveChunkOwner(const void* p, const char* operation) {
   uint64_t h = ReadChunkHeader(p);
   if (ChunkHeaderIsFree(h)) {
-    internal::ReportMisuse("cannot %s chunk %p: it was already freed", operation, p);
+    ReportMisuse("cannot %s chunk %p: it was already freed", operation, p);
     return nullptr;
   }
-  return BlockOf(p, h)->owner;
+  return BlockOf(p, h)->link.owner;
 }
 
 Context* ChunkContext(const void* p) { return LiveChunkOwner(p, "find the context of"); }
 
+size_t FreelistChunkSize(const void* p);
+
 size_t ChunkFreeSize(const void* p) {
   Context* ctx = LiveChunkOwner(p, "size");
-  return ctx != nullptr ? ChunkSize(ctx, p) : 0;
+  return ctx != nullptr ? FreelistChunkSize(p) : 0;
 }
 
 const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize};
 
 // --- Creation -----------------------------------------------------------------------
 
-size_t FirstBlockSize(const void* options, size_t header_bytes) {
-  const auto* o = static_cast<const FreelistOptions*>(options);
-  // Refused before any block is acquired (0: kBadSize), not after.
-  if (o->initial_block_size > kMaxFreelistBlockSize) return 0;
-  size_t min = header_bytes + sizeof(BlockHeader) + kHeaderBytes + kMinFirstBlockSpace;
-  return o->initial_block_size < min ? min : o->initial_block_size;
-}
+// The kind, for MakeKindMethods (kind_api.h).
+struct Freelist {
+  using Options = FreelistOptions;
+  using State = FreelistState;
+  static constexpr const char* kName = "freelist";
 
-size_t FirstBlockAlignment(const void*, size_t) { return kMinBlockAlignment; }
-
-bool Init(Context* ctx, const void* options, char* space, char* block_end) {
-  const auto* o = static_cast<const FreelistOptions*>(options);
-  FreelistState* st = StateOf(ctx);
-  std::memset(static_cast<void*>(st), 0, sizeof(*st));
-  auto* first = reinterpret_cast<BlockHeader*>(space);
-  first->owner = ctx;
-  first->prev = first->next = nullptr;
-  first->size = 0;
-  if (block_end - space > static_cast<ptrdiff_t>(kMaxFreelistBlockSize)) {
-    block_end = space + kMaxFreelistBlockSize;
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+    // Refused before any block is acquired (0: kBadSize), not after.
+    if (o.initial_block_size > kMaxFreelistBlockSize) return 0;
+    size_t min = header_bytes + sizeof(BlockHeader) + kHeaderBytes + kMinFirstBlockSpace;
+    return o.initial_block_size < min ? min : o.initial_block_size;
   }
-  first->end = block_end;
-  st->blocks = first;
-  st->free_ptr = first->carved_end = FirstChunk(first);
-  st->free_end = block_end;
-  PoisonMemoryRegion(st->free_ptr, static_cast<size_t>(block_end - st->free_ptr));
-  // (FirstBlockSize has refused an oversized initial_block_size.)
-  if (o->chunk_limit > kMaxSizeClassBytes || o->max_block_size > kMaxFreelistBlockSize) {
-    ctx->SetFailure(Failure::kBadArgument);
-    return false;
-  }
-  st->chunk_limit = o->chunk_limit;
-  size_t base = o->initial_block_size < 1024 ? 1024 : o->initial_block_size;
-  st->base_block_size = st->next_block_size = base;
-  st->max_block_size = o->max_block_size < base ? base : o->max_block_size;
-  RegisterChunkKind(kChunkKindFreelist, &kChunkMethods);
-  return true;
-}
 
-const KindMethods kFreelistMethods = {
-    "freelist",
-    sizeof(FreelistState),
-    alignof(FreelistState),
-    sizeof(FreelistOptions),
-    &FirstBlockSize,
-    &FirstBlockAlignment,
-    &Init,
-    &Alloc,
-    &Free,
-    &Realloc,
-    &ChunkSize,
-    &Reset,
-    &ReleaseAll,
-    &Stats,
-    &Check,
-    &Inspect,
+  static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
+    // A valid state first: a refused context is released through ReleaseAll.
+    new (st) State();
+    std::memset(static_cast<void*>(st->freelists), 0, sizeof(st->freelists));
+    auto* first = reinterpret_cast<BlockHeader*>(space);
+    first->link.owner = ctx;
+    first->link.size = 0;  // the tree releases the first block
+    if (block_end - space > static_cast<ptrdiff_t>(kMaxFreelistBlockSize)) {
+      block_end = space + kMaxFreelistBlockSize;
+    }
+    first->end = block_end;
+    st->first = first;
+    st->blocks.PushFront(&first->link);
+    st->free_ptr = first->carved_end = FirstChunk(first);
+    st->free_end = block_end;
+    PoisonMemoryRegion(st->free_ptr, static_cast<size_t>(block_end - st->free_ptr));
+    if (o.chunk_limit > kMaxSizeClassBytes || o.max_block_size > kMaxFreelistBlockSize ||
+        !RegisterChunkKind(kChunkKindFreelist, &kChunkMethods)) {
+      SetFailure(ctx, Failure::kBadArgument);
+      return false;
+    }
+    // Direct mode: every chunk a dedicated block (nginx's NGX_DEBUG_PALLOC).
+    st->chunk_limit = kDirectBuild ? 0 : o.chunk_limit;
+    size_t base = o.initial_block_size < kMinGrowthBlockSize ? kMinGrowthBlockSize
+                                                             : o.initial_block_size;
+    st->base_block_size = st->next_block_size = base;
+    st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
+    return true;
+  }
+
+  static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {
+    return FreelistAlloc(ctx, st, size, alignment);
+  }
+  static void Free(Context* ctx, State* st, void* p) { FreelistFree(ctx, st, p); }
+  static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {
+    return FreelistRealloc(ctx, st, p, old_size, new_size);
+  }
+  static size_t ChunkSize(const Context*, const State*, const void* p) {
+    return FreelistChunkSize(p);
+  }
+  static void Reset(Context* ctx, State* st, const ResetOptions& options) {
+    FreelistReset(ctx, st, options);
+  }
+  static void ReleaseAll(Context* ctx, State* st) { FreelistReleaseAll(ctx, st); }
+  static void Stats(const Context* ctx, const State* st, KindStats* out) {
+    FreelistStats(ctx, st, out);
+  }
+  static bool Check(const Context* ctx, const State* st, std::string* error) {
+    return FreelistCheck(ctx, st, error);
+  }
+  static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
+    FreelistInspect(ctx, st, visitor);
+  }
 };
+
+constexpr KindMethods kFreelistMethods = MakeKindMethods<Freelist>();
 
 }  // namespace
 

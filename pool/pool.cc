@@ -22,30 +22,34 @@
 #include "mcx/pool/pool.h"
 
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "mcx/context/chunk.h"
-#include "mcx/context/chunk_header.h"
+#include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
-#include "mcx/context/internal/checking.h"
-#include "mcx/context/internal/failure.h"
-#include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/pool/internal/pool_block.h"
+
+#if MCX_VALGRIND && !defined(ABSL_HAVE_ADDRESS_SANITIZER)
+#include <valgrind/memcheck.h>
+#endif
 
 namespace mcx {
 
+using pool_internal::AsLargeHeader;
+using pool_internal::AsPoolBlock;
 using pool_internal::CheckedHeader;
 using pool_internal::kLargeFreedCheck;
 using pool_internal::kLargeLiveCheck;
 using pool_internal::LargeHeader;
+using pool_internal::Newer;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
-using internal::kChecking;
-using internal::PoisonMemoryRegion;
-using internal::UnpoisonMemoryRegion;
 
 namespace {
+
+constexpr bool kChecking = kCheckingBuild;
 
 // nginx's constant (ngx_palloc_block: `if (p->d.failed++ > 4)`). After this
 // many misses a block has little room left, and every further request would
@@ -103,24 +107,24 @@ size_t RoundUpPow2(size_t n) {
   return p;
 }
 
-PoolState* StateOf(Context* ctx) { return KindState<PoolState>(ctx); }
-const PoolState* StateOf(const Context* ctx) { return KindState<PoolState>(ctx); }
+// The oldest block (the first block, unless a rewind made another current).
+PoolBlock* Oldest(const PoolState* st) { return AsPoolBlock(st->blocks.head()); }
 
 // The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) st->window->last = ctx->bump_ptr();
+  if (st->window_max != 0) st->window->last = BumpPointer(ctx);
 }
 
 void Publish(Context* ctx, PoolState* st) {
   if (st->window_max != 0) {
-    ctx->SetBumpWindow(st->window->last, st->window->end, st->window_max);
+    SetBumpWindow(ctx, st->window->last, st->window->end, st->window_max);
   }
 }
 
 // Const readers see the window block through the window without writing.
 char* LastOf(const Context* ctx, const PoolState* st, const PoolBlock* b) {
-  return (st->window_max != 0 && b == st->window) ? ctx->bump_ptr() : b->last;
+  return (st->window_max != 0 && b == st->window) ? BumpPointer(ctx) : b->last;
 }
 
 // O(1) block lookup in rewind mode: blocks are aligned to their size.
@@ -139,13 +143,8 @@ bool IsSmall(const PoolState* st, size_t size, size_t alignment) {
 // empty and should be tried first.
 void MakeCurrent(PoolState* st, PoolBlock* b) {
   if (b == st->current) return;
-  if (b->prev != nullptr) b->prev->next = b->next; else st->head = b->next;
-  if (b->next != nullptr) b->next->prev = b->prev;
-  PoolBlock* c = st->current;
-  b->next = c;
-  b->prev = c->prev;
-  if (c->prev != nullptr) c->prev->next = b; else st->head = b;
-  c->prev = b;
+  st->blocks.Remove(&b->link);
+  st->blocks.InsertBefore(&st->current->link, &b->link);
   st->current = st->window = b;
 }
 
@@ -161,25 +160,20 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   } else if (want < need) {
     want = need;
   }
-  size_t actual;
-  char* mem = static_cast<char*>(ctx->AcquireBlock(want, block_alignment, &actual, need));
-  if (mem == nullptr) return nullptr;
-  PoolBlock* b = reinterpret_cast<PoolBlock*>(mem);
-  b->owner = ctx;
+  KindBlock* kb = AcquireKindBlock(ctx, want, block_alignment, need);
+  if (kb == nullptr) return nullptr;
+  char* mem = reinterpret_cast<char*>(kb);
+  PoolBlock* b = AsPoolBlock(kb);
   b->start = mem + kBlockHeaderBytes;
   // In rewind mode the source's slack past the power-of-two size is not
   // used: the address mask would map it to the wrong block.
-  b->end = mem + (st->rewind_block_size != 0 ? st->rewind_block_size : actual);
-  b->size = actual;
+  b->end = mem + (st->rewind_block_size != 0 ? st->rewind_block_size : kb->size);
   b->failed = 0;
-  b->next = nullptr;
 
-  PoolBlock* p = st->current;
-  for (; p->next != nullptr; p = p->next) {
-    if (p->failed++ > kMaxFailures) st->current = p->next;
+  for (PoolBlock* p = st->current; Newer(p) != nullptr; p = Newer(p)) {
+    if (p->failed++ > kMaxFailures) st->current = Newer(p);
   }
-  p->next = b;
-  b->prev = p;
+  st->blocks.PushBack(&b->link);
   if (st->next_block_size < st->max_block_size) {
     st->next_block_size = st->next_block_size * 2 < st->max_block_size ? st->next_block_size * 2
                                                                           : st->max_block_size;
@@ -194,7 +188,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
 }
 
 void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
-  for (PoolBlock* p = st->current; p != nullptr; p = p->next) {
+  for (PoolBlock* p = st->current; p != nullptr; p = Newer(p)) {
     char* m = AlignUp(p->last, alignment);
     if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
       p->last = m + size;
@@ -214,15 +208,15 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
 // is reported there and then, and by the sentinel check where sanitizers
 // are off.
 void WriteSentinel(char* at) {
-  internal::UnpoisonMemoryRegion(at, 1);
-  *at = static_cast<char>(internal::kSentinelByte);
+  UnpoisonMemoryRegion(at, 1);
+  *at = static_cast<char>(kSentinelByte);
   PoisonMemoryRegion(at, 1);
 }
 
 bool SentinelOk(const char* at) {
   unsigned char b;
-  internal::CopyFromPoisoned(&b, at, 1);
-  return b == internal::kSentinelByte;
+  CopyFromPoisoned(&b, at, 1);
+  return b == kSentinelByte;
 }
 
 // ngx_palloc_large: a block of its own, with the chunk's LargeHeader right
@@ -233,19 +227,16 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   size_t actual;
   // Checking builds keep one byte after the chunk for the sentinel.
   char* mem = static_cast<char*>(
-      ctx->AcquireBlock(offset + size + (kChecking ? 1 : 0), block_alignment, &actual));
+      AcquireBlock(ctx, offset + size + (kChecking ? 1 : 0), block_alignment, &actual));
   if (mem == nullptr) return nullptr;
   char* p = mem + offset;
   auto* h = reinterpret_cast<LargeHeader*>(p - sizeof(LargeHeader));
-  h->owner = ctx;
-  h->prev = nullptr;
-  h->next = st->large;
+  h->link.owner = ctx;
+  h->link.size = actual;
   h->block = mem;
-  h->size = actual;
   h->requested = size;
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
-  if (st->large != nullptr) st->large->prev = h;
-  st->large = h;
+  st->large.PushFront(&h->link);
   if (kChecking) WriteSentinel(p + size);
   return p;
 }
@@ -256,12 +247,12 @@ const char* PayloadOf(const LargeHeader* h) { return reinterpret_cast<const char
 // Reads the `n` bytes before `p` (a chunk the caller gave), leaving their
 // poison exactly as it was. Before a small chunk they are the tail of the
 // chunk bumped before it and alignment padding, which ASan builds keep
-// poisoned, often within one 8-byte granule. internal::CopyFromPoisoned
+// poisoned, often within one 8-byte granule. CopyFromPoisoned
 // poisons its whole range afterwards: a live neighbour's last bytes would be
 // taken from its user.
 void ReadBeforeChunk(void* to, const void* p, size_t n) {
   const char* from = static_cast<const char*>(p) - n;
-  if (!internal::IsPoisoned(from, n)) {
+  if (!IsPoisoned(from, n)) {
     std::memcpy(to, from, n);
     return;
   }
@@ -284,7 +275,7 @@ void ReadBeforeChunk(void* to, const void* p, size_t n) {
   bool poisoned[sizeof(LargeHeader) + 2 * kGranule];
   const size_t span = static_cast<size_t>(hi - lo);
   const char* base = reinterpret_cast<const char*>(lo);
-  for (size_t i = 0; i < span; ++i) poisoned[i] = internal::IsPoisoned(base + i, 1);
+  for (size_t i = 0; i < span; ++i) poisoned[i] = IsPoisoned(base + i, 1);
   UnpoisonMemoryRegion(base, span);
   std::memcpy(to, from, n);
   for (size_t i = 0; i < span;) {
@@ -307,7 +298,7 @@ enum class ChunkLookup {
 // the blocks, taken only when the bytes before `p` look like a large
 // chunk's header that does not validate.
 bool InSmallBlock(const PoolState* st, const void* p) {
-  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
     if (p >= b->start && p < b->end) return true;
   }
   return false;
@@ -339,42 +330,36 @@ ChunkLookup FindLarge(const Context* ctx, const PoolState* st, const void* p,
   if (!freed) {
     LargeHeader h;
     ReadBeforeChunk(&h, p, sizeof(h));
-    if (h.owner == ctx && h.prev != at && h.next != at &&
-        (h.prev != nullptr ? h.prev->next == at : st->large == at) &&
-        (h.next == nullptr || h.next->prev == at)) {
+    if (h.link.owner == ctx && h.link.prev != &at->link && h.link.next != &at->link &&
+        st->large.Holds(&at->link, h.link)) {
       *out = at;
       return ChunkLookup::kLarge;
     }
   }
   if (InSmallBlock(st, p)) return ChunkLookup::kSmall;
   if (!freed) {
-    internal::ReportMisuse("%s of large chunk %p through pool '%s': not a live large chunk of "
+    ReportMisuse("%s of large chunk %p through pool '%s': not a live large chunk of "
                            "this pool",
                            operation, p, ctx->name());
   } else if (std::strcmp(operation, "free") == 0) {
-    internal::ReportMisuse("double free of large chunk %p in pool '%s'", p, ctx->name());
+    ReportMisuse("double free of large chunk %p in pool '%s'", p, ctx->name());
   } else {
-    internal::ReportMisuse("%s of large chunk %p in pool '%s' after it was freed", operation, p,
+    ReportMisuse("%s of large chunk %p in pool '%s' after it was freed", operation, p,
                            ctx->name());
   }
   return ChunkLookup::kReported;
-}
-
-void UnlinkLarge(PoolState* st, LargeHeader* h) {
-  if (h->prev != nullptr) h->prev->next = h->next; else st->large = h->next;
-  if (h->next != nullptr) h->next->prev = h->prev;
 }
 
 // ngx_pfree: the block goes back at once, its check word saying "freed".
 void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
   char* p = PayloadOf(h);
   if (kChecking && !SentinelOk(p + h->requested)) {
-    internal::ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
+    ReportMisuse("sentinel of large chunk %p (%zu bytes) in pool '%s' was overwritten",
                            p, h->requested, ctx->name());
   }
-  UnlinkLarge(st, h);
+  st->large.Remove(&h->link);
   h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
-  ctx->ReleaseBlock(h->block, h->size);
+  ReleaseBlock(ctx, h->block, h->link.size);
 }
 
 // Resizes a large chunk's block through the source, keeping the chunk's
@@ -390,9 +375,9 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
   // The source may copy the kept bytes itself: none of them may be poisoned
   // (the checking build's sentinel is).
-  const size_t keep = h->size < want ? h->size : want;
-  internal::UnpoisonMemoryRegion(h->block, keep);
-  Block b = ctx->ReallocateBlock(Block{h->block, h->size}, keep, want, kMinBlockAlignment);
+  const size_t keep = h->link.size < want ? h->link.size : want;
+  UnpoisonMemoryRegion(h->block, keep);
+  Block b = ReallocateBlock(ctx, Block{h->block, h->link.size}, keep, want, kMinBlockAlignment);
   if (b.ptr == nullptr) {
     h->check = live;
     if (kChecking) WriteSentinel(p + h->requested);
@@ -401,11 +386,10 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   char* q = static_cast<char*>(b.ptr) + offset;
   auto* moved = reinterpret_cast<LargeHeader*>(q - sizeof(LargeHeader));
   moved->block = b.ptr;
-  moved->size = b.size;
+  moved->link.size = b.size;
   moved->requested = new_size;
   moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
-  if (moved->prev != nullptr) moved->prev->next = moved; else st->large = moved;
-  if (moved->next != nullptr) moved->next->prev = moved;
+  st->large.Replace(&moved->link);
   UnpoisonMemoryRegion(q, new_size);
   if (kChecking) WriteSentinel(q + new_size);
   return q;
@@ -453,22 +437,22 @@ CheckedHeader ReadCheckedHeader(const void* region) {
 const char* CheckedLiveChunk(Context* ctx, void* p, const char* operation, CheckedHeader* out) {
   uint64_t word = ReadChunkHeader(p);
   if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
-    internal::ReportBadChunk(p, operation);
+    ReportBadChunk(p, operation);
     return nullptr;
   }
   if (ChunkHeaderIsFree(word)) {
-    internal::ReportMisuse("double free of chunk %p in pool '%s'", p, ctx->name());
+    ReportMisuse("double free of chunk %p in pool '%s'", p, ctx->name());
     return nullptr;
   }
   const char* region = static_cast<char*>(p) - ChunkHeaderOffset(word);
   *out = ReadCheckedHeader(region);
   if (out->owner != ctx) {
-    internal::ReportMisuse("%s of chunk %p through pool '%s', but it belongs to context '%s'",
+    ReportMisuse("%s of chunk %p through pool '%s', but it belongs to context '%s'",
                            operation, p, ctx->name(), out->owner->name());
     return nullptr;
   }
   if (!SentinelOk(static_cast<char*>(p) + out->requested)) {
-    internal::ReportMisuse("sentinel of chunk %p (%zu bytes) in pool '%s' was overwritten: "
+    ReportMisuse("sentinel of chunk %p (%zu bytes) in pool '%s' was overwritten: "
                            "a write past the end of the chunk",
                            p, out->requested, ctx->name());
     return nullptr;
@@ -479,7 +463,7 @@ const char* CheckedLiveChunk(Context* ctx, void* p, const char* operation, Check
 // Walks every region of every block and every large chunk; on the first
 // problem appends a description to `error` and returns false.
 bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* error) {
-  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
     const char* last = LastOf(ctx, st, b);
     for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
       CheckedHeader h = ReadCheckedHeader(r);
@@ -503,7 +487,8 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
       r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
     }
   }
-  for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
+  for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
+    const LargeHeader* h = AsLargeHeader(l);
     const char* p = PayloadOf(h);
     if (!SentinelOk(p + h->requested)) {
       absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
@@ -519,7 +504,7 @@ void VerifyOrReport(const Context* ctx, const PoolState* st) {
   std::string error;
   if (!VerifyCheckedChunks(ctx, st, &error)) {
     if (!error.empty() && error.back() == '\n') error.pop_back();
-    internal::ReportMisuse("%s", error.c_str());
+    ReportMisuse("%s", error.c_str());
   }
 }
 
@@ -529,58 +514,7 @@ void VerifyOrReport(const Context* ctx, const PoolState* st) {
 // power-of-two rounding of a larger size could overflow).
 constexpr size_t kMaxPoolBlockSize = size_t{1} << 40;
 
-size_t FirstBlockSize(const void* options, size_t header_bytes) {
-  const auto* o = static_cast<const PoolOptions*>(options);
-  // Refused before any block is acquired (0: kBadSize), not after.
-  if (o->initial_block_size > kMaxPoolBlockSize || o->max_small > kMaxAllocSize) return 0;
-  size_t size = o->initial_block_size;
-  if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
-  return o->rewind_on_free ? RoundUpPow2(size) : size;
-}
-
-// Rewind mode finds a chunk's block by masking its address, so every block,
-// the first included, is aligned to its (power-of-two) size.
-size_t FirstBlockAlignment(const void* options, size_t first_block_size) {
-  const auto* o = static_cast<const PoolOptions*>(options);
-  return o->rewind_on_free ? first_block_size : kMinBlockAlignment;
-}
-
-bool Init(Context* ctx, const void* options, char* space, char* block_end) {
-  const auto* o = static_cast<const PoolOptions*>(options);
-  PoolState* st = StateOf(ctx);
-  std::memset(static_cast<void*>(st), 0, sizeof(*st));
-  st->head = st->current = st->window = &st->first;
-  st->first.owner = ctx;
-  st->first.start = st->first.last = space;
-  st->first.end = block_end;
-  st->max_small = o->max_small;
-  if (o->rewind_on_free) {
-    // The source's slack past the power-of-two size would break the address
-    // mask lookup: use exactly the power of two.
-    // The size requested, not the size the source gave: only the requested
-    // size is guaranteed to be the first block's alignment.
-    st->rewind_block_size = FirstBlockSize(options, ctx->header_bytes());
-    st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
-    size_t room = st->rewind_block_size - kBlockHeaderBytes;
-    if (st->max_small > room / 2) st->max_small = room / 2;
-  }
-  size_t base = o->initial_block_size < kBlockHeaderBytes + kMinFirstBlockSpace
-                    ? kBlockHeaderBytes + kMinFirstBlockSpace
-                    : o->initial_block_size;
-  st->base_block_size = base;
-  st->next_block_size = base;
-  st->max_block_size = o->max_block_size < base ? base : o->max_block_size;
-  PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
-  // Zero is a legal max_small (everything large) but not for the window.
-  // Checking builds send every request through the kind, which adds headers
-  // and sentinels; rewind mode must count every chunk.
-  st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
-  Publish(ctx, st);
-  return true;
-}
-
-void* Alloc(Context* ctx, size_t size, size_t alignment) {
-  PoolState* st = StateOf(ctx);
+void* PoolAlloc(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   Sync(ctx, st);
   if (size == 0) size = 1;  // unique pointers for zero-size requests
   void* p;
@@ -596,8 +530,7 @@ void* Alloc(Context* ctx, size_t size, size_t alignment) {
   return p;
 }
 
-void Free(Context* ctx, void* p) {
-  PoolState* st = StateOf(ctx);
+void PoolFree(Context* ctx, PoolState* st, void* p) {
   Sync(ctx, st);
   LargeHeader* large;
   switch (FindLarge(ctx, st, p, "free", &large)) {
@@ -609,20 +542,18 @@ void Free(Context* ctx, void* p) {
     CheckedHeader h;
     if (CheckedLiveChunk(ctx, p, "free", &h) == nullptr) return;
     WriteChunkHeader(p, ReadChunkHeader(p) | kChunkFreeBit);
-    std::memset(p, internal::kClobberByte, h.requested);  // stays reserved until reset
+    std::memset(p, kClobberByte, h.requested);  // stays reserved until reset
   }
   if (st->rewind_block_size == 0) return;  // small chunk: freed by reset
   PoolBlock* b = BlockOf(ctx, st, p);
-  bool known = b->owner == ctx;
+  bool known = b->link.owner == ctx;
   if (kChecking && known && b != &st->first) {
     // The owner word could match by chance in foreign memory: checking
     // builds make sure the block is really on this pool's list.
-    known = false;
-    for (PoolBlock* q = st->head; q != nullptr; q = q->next) known |= (q == b);
+    known = st->blocks.Holds(&b->link);
   }
   if (!known || p < b->start || p >= b->last || b->live == 0) {
-    internal::ReportMisuse("pool '%s': free of %p, which is not a live chunk of this pool",
-                           ctx->name(), p);
+    ReportMisuse("pool '%s': free of %p, which is not a live chunk of this pool", ctx->name(), p);
     return;
   }
   if (--b->live == 0) {
@@ -634,15 +565,14 @@ void Free(Context* ctx, void* p) {
   Publish(ctx, st);
 }
 
-void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
-  PoolState* st = StateOf(ctx);
+void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t new_size) {
   Sync(ctx, st);
   if (new_size == 0) new_size = 1;
   LargeHeader* large;
   switch (FindLarge(ctx, st, p, "realloc", &large)) {
     case ChunkLookup::kLarge: return ReallocLarge(ctx, st, large, new_size);
     case ChunkLookup::kReported:
-      ctx->SetFailure(Failure::kBadArgument);
+      SetFailure(ctx, Failure::kBadArgument);
       return nullptr;
     case ChunkLookup::kSmall: break;
   }
@@ -651,11 +581,11 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   // report, not an unsupported call.
   CheckedHeader h;
   if (kChecking && CheckedLiveChunk(ctx, p, "realloc", &h) == nullptr) {
-    ctx->SetFailure(Failure::kBadArgument);
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   if (old_size == kUnknownSize) {
-    ctx->SetFailure(Failure::kUnsupported);
+    SetFailure(ctx, Failure::kUnsupported);
     return nullptr;
   }
   char* c = static_cast<char*>(p);
@@ -663,9 +593,8 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   if (kChecking) {
     // No in-place tricks: a fresh checked chunk, a copy, a checked free.
     if (old_size > h.requested) {
-      internal::ReportMisuse("realloc of chunk %p in pool '%s' with old size %zu, but it holds %zu "
-                             "bytes",
-                             p, ctx->name(), old_size, h.requested);
+      ReportMisuse("realloc of chunk %p in pool '%s' with old size %zu, but it holds %zu bytes",
+                   p, ctx->name(), old_size, h.requested);
       old_size = h.requested;  // if the handler returns: copy only what is there
     }
   } else if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
@@ -684,81 +613,53 @@ void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
       return p;
     }
   }
-  void* q = Alloc(ctx, new_size, kDefaultAlignment);
+  void* q = PoolAlloc(ctx, st, new_size, kDefaultAlignment);
   if (q == nullptr) return nullptr;
   std::memcpy(q, p, old_size < new_size ? old_size : new_size);
-  Free(ctx, p);
+  PoolFree(ctx, st, p);
   // The old small chunk is dead space until the next reset.
   if (st->rewind_block_size == 0) PoisonMemoryRegion(p, old_size);
   return q;
 }
 
-// A large chunk's usable bytes run to its block's end; checking builds say
-// exactly what was asked for, since the sentinel follows it.
-size_t ChunkSize(const Context* ctx, const void* p) {
-  LargeHeader* h;
-  if (FindLarge(ctx, StateOf(ctx), p, "size", &h) != ChunkLookup::kLarge) return kUnknownSize;
-  if (kChecking) return h->requested;
-  return static_cast<size_t>(static_cast<char*>(h->block) + h->size - PayloadOf(h));
-}
-
 // Every large chunk's block goes back, its check word saying "freed": a stale
 // pointer to one is then reported as freed, not followed.
 void ReleaseLarge(Context* ctx, PoolState* st) {
-  for (LargeHeader* h = st->large; h != nullptr;) {
-    LargeHeader* next = h->next;
+  st->large.ForEach([&](KindBlock* l) {
+    LargeHeader* h = AsLargeHeader(l);
     h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(PayloadOf(h));
-    ctx->ReleaseBlock(h->block, h->size);
-    h = next;
-  }
-  st->large = nullptr;
+    ReleaseBlock(ctx, h->block, l->size);
+  });
+  st->large.Clear();
 }
 
-void Reset(Context* ctx, const ResetOptions& options) {
-  PoolState* st = StateOf(ctx);
+void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
   Sync(ctx, st);
   VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
-  size_t kept = ctx->first_block_size();
+  // Kept blocks follow the first block, in their order; in rewind mode the
+  // first block need not have been the oldest.
+  BlockList kept;
+  ResetBlocks(ctx, &st->blocks, options, ctx->first_block_size(), &kept, &st->first.link);
+  st->blocks.PushBack(&st->first.link);
   size_t largest = 0;
-  // Kept blocks go on a chain of their own, attached after the first block
-  // at the end: in rewind mode the first block need not be at the head, and
-  // relinking in place would revisit blocks.
-  PoolBlock* keep_head = nullptr;
-  PoolBlock* keep_tail = nullptr;
-  PoolBlock* b = st->head;
-  while (b != nullptr) {
-    PoolBlock* next = b->next;
-    if (b != &st->first) {
-      if (options.KeepsBlock(kept, b->size)) {
-        kept += b->size;
-        if (b->size > largest) largest = b->size;
-        b->prev = keep_tail;
-        if (keep_tail != nullptr) keep_tail->next = b; else keep_head = b;
-        keep_tail = b;
-      } else {
-        ctx->ReleaseBlock(b, b->size);
-      }
-    }
-    b = next;
-  }
-  if (keep_tail != nullptr) keep_tail->next = nullptr;
-  st->first.prev = nullptr;
-  st->first.next = keep_head;
-  if (keep_head != nullptr) keep_head->prev = &st->first;
-  for (b = &st->first; b != nullptr; b = b->next) {
+  kept.ForEach([&](KindBlock* b) {
+    if (b->size > largest) largest = b->size;
+    st->blocks.PushBack(b);
+  });
+  for (PoolBlock* b = &st->first; b != nullptr; b = Newer(b)) {
     // Clobbering writes bytes that ASan may hold poisoned: lift it first.
     UnpoisonMemoryRegion(b->start, static_cast<size_t>(b->last - b->start));
     if (kChecking) {
       // A stale pointer into a reset pool now reads 0x7F, not old data.
-      std::memset(b->start, internal::kClobberByte, static_cast<size_t>(b->last - b->start));
+      std::memset(b->start, kClobberByte, static_cast<size_t>(b->last - b->start));
     }
     PoisonMemoryRegion(b->start, static_cast<size_t>(b->end - b->start));
     b->last = b->start;
     b->failed = 0;
     b->live = 0;
   }
-  st->head = st->current = st->window = &st->first;
+  st->current = st->window = &st->first;
   st->next_block_size = st->base_block_size;
   if (largest != 0 && st->rewind_block_size == 0) {
     st->next_block_size = largest * 2 < st->max_block_size ? largest * 2 : st->max_block_size;
@@ -766,37 +667,20 @@ void Reset(Context* ctx, const ResetOptions& options) {
   Publish(ctx, st);
 }
 
-void ReleaseAll(Context* ctx) {
-  PoolState* st = StateOf(ctx);
+void PoolReleaseAll(Context* ctx, PoolState* st) {
   VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
-  for (PoolBlock* b = st->head; b != nullptr;) {
-    PoolBlock* next = b->next;
-    if (b != &st->first) ctx->ReleaseBlock(b, b->size);
-    b = next;
-  }
-  st->head = st->current = st->window = &st->first;
-  st->first.next = st->first.prev = nullptr;
+  ReleaseBlocks(ctx, &st->blocks, &st->first.link);
+  st->current = st->window = &st->first;
 }
 
-void Stats(const Context* ctx, KindStats* out) {
-  const PoolState* st = StateOf(ctx);
-  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
-    out->free_bytes += static_cast<size_t>(b->end - LastOf(ctx, st, b));
-  }
-  // The first block's bytes beyond the usable end (source slack in rewind
-  // mode) are not free for use; count them as used.
-}
-
-bool Check(const Context* ctx, std::string* error) {
-  const PoolState* st = StateOf(ctx);
+bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
   size_t blocks = 1;
   bool current_seen = false;
-  const PoolBlock* prev = nullptr;
-  for (const PoolBlock* b = st->head; b != nullptr; prev = b, b = b->next) {
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
     char* last = LastOf(ctx, st, b);
-    if (b->prev != prev) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has a broken prev link\n", ctx->name(),
+    if (!st->blocks.Holds(&b->link)) {
+      absl::StrAppendFormat(error, "pool '%s': block %p has a broken link\n", ctx->name(),
                             static_cast<const void*>(b));
       return false;
     }
@@ -808,14 +692,14 @@ bool Check(const Context* ctx, std::string* error) {
     if (b == st->current) current_seen = true;
     if (b != &st->first) ++blocks;
   }
-  const LargeHeader* newer = nullptr;
-  for (const LargeHeader* h = st->large; h != nullptr; newer = h, h = h->next) {
+  for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
+    const LargeHeader* h = AsLargeHeader(l);
     const char* p = PayloadOf(h);
     const char* block = static_cast<const char*>(h->block);
-    if (h->owner != ctx || h->prev != newer ||
+    if (l->owner != ctx || !st->large.Holds(l) ||
         h->check != (kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p)) ||
-        p < block + sizeof(LargeHeader) || h->requested > h->size ||
-        h->requested > static_cast<size_t>(block + h->size - p)) {
+        p < block + sizeof(LargeHeader) || h->requested > l->size ||
+        h->requested > static_cast<size_t>(block + l->size - p)) {
       absl::StrAppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
                             static_cast<const void*>(p));
       return false;
@@ -843,7 +727,7 @@ BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock
   const char* base = first ? reinterpret_cast<const char*>(ctx) : reinterpret_cast<const char*>(b);
   BlockInfo info;
   info.start = base;
-  info.size = first ? ctx->first_block_size() : b->size;
+  info.size = first ? ctx->first_block_size() : b->link.size;
   info.header_bytes = static_cast<size_t>(b->start - base);
   info.last_offset = static_cast<size_t>(LastOf(ctx, st, b) - base);
   info.end_offset = static_cast<size_t>(b->end - base);
@@ -856,49 +740,120 @@ BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock
   return info;
 }
 
-// Inspect
-//
-// The first block, then the other blocks in list order (the order small
-// requests try them, from `current` on), then the live large chunks, newest
-// first. Read-only: `last` is read through the bump window (LastOf), as Stats
-// does, never synced.
-void Inspect(const Context* ctx, InspectVisitor* visitor) {
-  const PoolState* st = StateOf(ctx);
-  visitor->VisitBlock(DescribeBlock(ctx, st, &st->first));
-  for (const PoolBlock* b = st->head; b != nullptr; b = b->next) {
-    if (b != &st->first) visitor->VisitBlock(DescribeBlock(ctx, st, b));
-  }
-  for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
-    BlockInfo info;
-    info.start = h->block;
-    info.size = h->size;
-    // Padding (aligned chunks) and the LargeHeader; the chunk fills the rest.
-    info.header_bytes = static_cast<size_t>(PayloadOf(h) - static_cast<const char*>(h->block));
-    info.used_bytes = h->size - info.header_bytes;
-    info.last_offset = info.end_offset = h->size;
-    info.role = BlockRole::kLarge;
-    visitor->VisitBlock(info);
-  }
-}
+// The kind, for MakeKindMethods (kind_api.h).
+struct PoolImpl {
+  using Options = PoolOptions;
+  using State = PoolState;
+  static constexpr const char* kName = "pool";
 
-const KindMethods kPoolMethods = {
-    "pool",
-    sizeof(PoolState),
-    alignof(PoolState),
-    sizeof(PoolOptions),
-    &FirstBlockSize,
-    &FirstBlockAlignment,
-    &Init,
-    &Alloc,
-    &Free,
-    &Realloc,
-    &ChunkSize,
-    &Reset,
-    &ReleaseAll,
-    &Stats,
-    &Check,
-    &Inspect,
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+    // Refused before any block is acquired (0: kBadSize), not after.
+    if (o.initial_block_size > kMaxPoolBlockSize || o.max_small > kMaxAllocSize) return 0;
+    size_t size = o.initial_block_size;
+    if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
+    return o.rewind_on_free ? RoundUpPow2(size) : size;
+  }
+
+  // Rewind mode finds a chunk's block by masking its address, so every
+  // block, the first included, is aligned to its (power-of-two) size.
+  static size_t FirstBlockAlignment(const Options& o, size_t first_block_size) {
+    return o.rewind_on_free ? first_block_size : kMinBlockAlignment;
+  }
+
+  static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
+    new (st) State();
+    st->first.link.owner = ctx;
+    st->first.link.size = 0;  // the tree releases the first block
+    st->first.start = st->first.last = space;
+    st->first.end = block_end;
+    st->blocks.PushBack(&st->first.link);
+    st->current = st->window = &st->first;
+    // Direct mode: every request a large chunk, a block of its own (nginx's
+    // NGX_DEBUG_PALLOC).
+    st->max_small = kDirectBuild ? 0 : o.max_small;
+    if (o.rewind_on_free) {
+      // The size requested, not the size the source gave: only the requested
+      // size is guaranteed to be the first block's alignment, and the
+      // source's slack past it would break the address mask.
+      st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes());
+      st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+      size_t room = st->rewind_block_size - kBlockHeaderBytes;
+      if (st->max_small > room / 2) st->max_small = room / 2;
+    }
+    size_t base = o.initial_block_size < kBlockHeaderBytes + kMinFirstBlockSpace
+                      ? kBlockHeaderBytes + kMinFirstBlockSpace
+                      : o.initial_block_size;
+    st->base_block_size = base;
+    st->next_block_size = base;
+    st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
+    PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
+    // Zero is a legal max_small (everything large) but not for the window.
+    // Checking builds send every request through the kind, which adds
+    // headers and sentinels; rewind mode must count every chunk.
+    st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
+    Publish(ctx, st);
+    return true;
+  }
+
+  static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {
+    return PoolAlloc(ctx, st, size, alignment);
+  }
+  static void Free(Context* ctx, State* st, void* p) { PoolFree(ctx, st, p); }
+  static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {
+    return PoolRealloc(ctx, st, p, old_size, new_size);
+  }
+
+  // A large chunk's usable bytes run to its block's end; checking builds say
+  // exactly what was asked for, since the sentinel follows it.
+  static size_t ChunkSize(const Context* ctx, const State* st, const void* p) {
+    LargeHeader* h;
+    if (FindLarge(ctx, st, p, "size", &h) != ChunkLookup::kLarge) return kUnknownSize;
+    if (kChecking) return h->requested;
+    return static_cast<size_t>(static_cast<char*>(h->block) + h->link.size - PayloadOf(h));
+  }
+
+  static void Reset(Context* ctx, State* st, const ResetOptions& options) {
+    PoolReset(ctx, st, options);
+  }
+  static void ReleaseAll(Context* ctx, State* st) { PoolReleaseAll(ctx, st); }
+
+  static void Stats(const Context* ctx, const State* st, KindStats* out) {
+    for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
+      out->free_bytes += static_cast<size_t>(b->end - LastOf(ctx, st, b));
+    }
+    // The first block's bytes beyond the usable end (source slack in rewind
+    // mode) are not free for use; they count as used.
+  }
+
+  static bool Check(const Context* ctx, const State* st, std::string* error) {
+    return PoolCheck(ctx, st, error);
+  }
+
+  // The first block, then the other blocks in list order (the order small
+  // requests try them, from `current` on), then the live large chunks,
+  // newest first. Read-only: `last` is read through the bump window
+  // (LastOf), as Stats does, never synced.
+  static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
+    visitor->VisitBlock(DescribeBlock(ctx, st, &st->first));
+    for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
+      if (b != &st->first) visitor->VisitBlock(DescribeBlock(ctx, st, b));
+    }
+    for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
+      const LargeHeader* h = AsLargeHeader(l);
+      BlockInfo info;
+      info.start = h->block;
+      info.size = l->size;
+      // Padding (aligned chunks) and the LargeHeader; the chunk fills the rest.
+      info.header_bytes = static_cast<size_t>(PayloadOf(h) - static_cast<const char*>(h->block));
+      info.used_bytes = l->size - info.header_bytes;
+      info.last_offset = info.end_offset = l->size;
+      info.role = BlockRole::kLarge;
+      visitor->VisitBlock(info);
+    }
+  }
 };
+
+constexpr KindMethods kPoolMethods = MakeKindMethods<PoolImpl>();
 
 }  // namespace
 

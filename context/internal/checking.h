@@ -17,10 +17,10 @@ namespace internal {
 
 inline constexpr bool kChecking = MCX_CHECKING != 0;
 
-// Direct mode (--config=direct, MCX_DIRECT): every allocation is its own
-// block from the block source (the system allocator by default), still owned
-// by its context, so AddressSanitizer sees each chunk on its own (APR's pool
-// debugging, nginx's NGX_DEBUG_PALLOC). The kinds' chunk layouts are bypassed.
+// Direct mode (--config=direct, MCX_DIRECT): each kind sends every request
+// down its own path for chunks with a block of their own (nginx's
+// NGX_DEBUG_PALLOC), and root contexts use the system allocator, so that
+// AddressSanitizer sees each chunk on its own (APR's pool debugging).
 inline constexpr bool kDirect = MCX_DIRECT != 0;
 
 // Freed and reset memory is overwritten with this byte (PostgreSQL's

@@ -2,8 +2,7 @@
 // IWYU pragma: private, include "mcx/context/context.h"
 //
 // The side record of a context: what only some contexts use (a limit, a
-// failure handler, a dump setting, cleanups, a reserve, direct mode's
-// chunks), kept out of the context header so that a plain context costs 96
+// failure handler, a dump setting, cleanups, a reserve), kept out of the context header so that a plain context costs 96
 // bytes of header (PostgreSQL's MemoryContextData is 80). It is created on
 // first use as a small block of its own from the context's block source,
 // charged to the limits like any block; it survives resets and goes back
@@ -63,11 +62,6 @@ struct ContextExtras {
   size_t reserve_block_size = 0;  // bytes of each
   size_t reserve_bytes = 0;       // bytes held
   uint64_t reserve_uses = 0;      // blocks handed out since creation
-
-  // Direct mode (--config=direct): the chunks, each a block of its own.
-  void* direct_head = nullptr;
-  size_t direct_bytes = 0;
-  size_t direct_chunks = 0;
 };
 
 }  // namespace internal

@@ -25,20 +25,14 @@
 
 #include "absl/base/attributes.h"
 #include "absl/strings/str_format.h"
-#include "mcx/context/chunk.h"
-#include "mcx/context/chunk_header.h"
 #include "mcx/context/context.h"
-#include "mcx/context/internal/checking.h"
-#include "mcx/context/internal/failure.h"
-#include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace examples {
 namespace {
 
-using ::mcx::internal::kChecking;
-using ::mcx::internal::PoisonMemoryRegion;
-using ::mcx::internal::UnpoisonMemoryRegion;
+constexpr bool kChecking = kCheckingBuild;
 
 // [START layout]
 struct SlabBlock {
@@ -116,7 +110,7 @@ void UnlinkBlock(SlabBlock** head, SlabBlock* b) {
 // poisoned under ASan: read it past the poison.
 void* NextFree(const void* p) {
   void* next;
-  internal::CopyFromPoisoned(&next, p, sizeof(next));
+  CopyFromPoisoned(&next, p, sizeof(next));
   return next;
 }
 
@@ -155,7 +149,7 @@ ABSL_ATTRIBUTE_NOINLINE void* SlotFromNewBlock(Context* ctx, SlabState* st) {
   } else {
     const size_t want = kFirstSlotOffset + st->slots_per_block * st->stride;
     size_t actual;
-    char* mem = static_cast<char*>(ctx->AcquireBlock(want, kMinBlockAlignment, &actual));
+    char* mem = static_cast<char*>(AcquireBlock(ctx, want, kMinBlockAlignment, &actual));
     if (mem == nullptr) return nullptr;  // AcquireBlock said why
     b = reinterpret_cast<SlabBlock*>(mem);
     b->owner = ctx;
@@ -169,7 +163,7 @@ ABSL_ATTRIBUTE_NOINLINE void* SlotFromNewBlock(Context* ctx, SlabState* st) {
 void* AllocDedicated(Context* ctx, SlabState* st, size_t size) {
   size_t actual;
   char* mem = static_cast<char*>(
-      ctx->AcquireBlock(kPayloadOffset + size, kMinBlockAlignment, &actual));
+      AcquireBlock(ctx, kPayloadOffset + size, kMinBlockAlignment, &actual));
   if (mem == nullptr) return nullptr;
   auto* b = reinterpret_cast<SlabBlock*>(mem);
   b->owner = ctx;
@@ -187,7 +181,7 @@ void* SlabAlloc(Context* ctx, size_t size, size_t alignment) {
   SlabState* st = StateOf(ctx);
   // Over-aligned requests: a bigger chunk and a redirect header inside it.
   if (alignment > kDefaultAlignment) {
-    return internal::AllocAlignedRedirect(ctx, size, alignment);
+    return AllocAlignedRedirect(ctx, size, alignment);
   }
   if (size > st->slot_size) return AllocDedicated(ctx, st, size);
   void* p = st->free_slots;
@@ -211,27 +205,27 @@ void* SlabAlloc(Context* ctx, size_t size, size_t alignment) {
 // [START free]
 void SlabFree(Context* ctx, void* p) {
   const uint64_t h = ReadChunkHeader(p);
-  if (!ChunkHeaderMagicOk(h)) return internal::ReportBadChunk(p, "free");
+  if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
   if (ChunkHeaderKind(h) == kChunkKindAlignedRedirect) {
-    return SlabFree(ctx, internal::AlignedRedirectTarget(p));
+    return SlabFree(ctx, AlignedRedirectTarget(p));
   }
-  if (ChunkHeaderKind(h) != kChunkKindSlab) return internal::ReportBadChunk(p, "free");
+  if (ChunkHeaderKind(h) != kChunkKindSlab) return ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
-    return internal::ReportMisuse("double free of chunk %p in slab '%s'", p, ctx->name());
+    return ReportMisuse("double free of chunk %p in slab '%s'", p, ctx->name());
   }
   SlabBlock* b = BlockOf(p, h);
   if (b->owner != ctx) {
-    return internal::ReportMisuse("free of chunk %p through slab '%s', but it belongs to '%s'",
+    return ReportMisuse("free of chunk %p through slab '%s', but it belongs to '%s'",
                                   p, ctx->name(), b->owner->name());
   }
   SlabState* st = StateOf(ctx);
   if (ChunkHeaderIsExternal(h)) {  // a dedicated block goes back at once
     UnlinkBlock(&st->dedicated, b);
-    ctx->ReleaseBlock(b, b->size);
+    ReleaseBlock(ctx, b, b->size);
     return;
   }
   UnpoisonMemoryRegion(p, st->slot_size);  // an aligned redirect poisons parts
-  if (kChecking) std::memset(p, internal::kClobberByte, st->slot_size);
+  if (kChecking) std::memset(p, kClobberByte, st->slot_size);
   WriteChunkHeader(p, h | kChunkFreeBit);
   std::memcpy(p, &st->free_slots, sizeof(void*));  // the link lives in the slot
   PoisonMemoryRegion(p, st->slot_size);
@@ -248,7 +242,7 @@ void* ReallocDedicated(Context* ctx, SlabState* st, void* p, uint64_t h, size_t 
   const size_t keep = kPayloadOffset + (usable < new_size ? usable : new_size);
   // The source may copy `keep` bytes itself, the poisoned header among them.
   UnpoisonMemoryRegion(b, b->size);
-  Block nb = ctx->ReallocateBlock(Block{b, b->size}, keep, kPayloadOffset + new_size,
+  Block nb = ReallocateBlock(ctx, Block{b, b->size}, keep, kPayloadOffset + new_size,
                                   kMinBlockAlignment);
   if (nb.ptr == nullptr) {
     PoisonMemoryRegion(static_cast<char*>(p) - kHeaderBytes, kHeaderBytes);
@@ -268,14 +262,14 @@ void* SlabRealloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
   SlabState* st = StateOf(ctx);
   const uint64_t h = ReadChunkHeader(p);
   if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindSlab) {
-    if (internal::IsAlignedRedirect(p)) return internal::ReallocAlignedRedirect(ctx, p, new_size);
-    internal::ReportBadChunk(p, "realloc");
-    ctx->SetFailure(Failure::kBadArgument);
+    if (IsAlignedRedirect(p)) return ReallocAlignedRedirect(ctx, p, new_size);
+    ReportBadChunk(p, "realloc");
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   if (ChunkHeaderIsFree(h)) {
-    internal::ReportMisuse("realloc of chunk %p in slab '%s' after it was freed", p, ctx->name());
-    ctx->SetFailure(Failure::kBadArgument);
+    ReportMisuse("realloc of chunk %p in slab '%s' after it was freed", p, ctx->name());
+    SetFailure(ctx, Failure::kBadArgument);
     return nullptr;
   }
   if (ChunkHeaderIsExternal(h)) return ReallocDedicated(ctx, st, p, h, new_size);
@@ -301,7 +295,7 @@ size_t SlabChunkSize(const Context* ctx, const void* p) {
 void ReleaseDedicated(Context* ctx, SlabState* st) {
   for (SlabBlock* b = st->dedicated; b != nullptr;) {
     SlabBlock* next = b->next;
-    ctx->ReleaseBlock(b, b->size);
+    ReleaseBlock(ctx, b, b->size);
     b = next;
   }
   st->dedicated = nullptr;
@@ -314,7 +308,7 @@ void EmptyBlock(SlabBlock* b) {
   const size_t bytes = static_cast<size_t>(b->end - from);
   if (kChecking) {
     UnpoisonMemoryRegion(from, bytes);
-    std::memset(from, internal::kClobberByte, bytes);
+    std::memset(from, kClobberByte, bytes);
   }
   PoisonMemoryRegion(from, bytes);
 }
@@ -339,7 +333,7 @@ void SlabReset(Context* ctx, const ResetOptions& options) {
         EmptyBlock(b);
         LinkBlock(&st->spare, b);
       } else {
-        ctx->ReleaseBlock(b, b->size);
+        ReleaseBlock(ctx, b, b->size);
       }
       b = next;
     }
@@ -355,7 +349,7 @@ void SlabReleaseAll(Context* ctx) {
   for (SlabBlock* list : {st->blocks, st->spare}) {
     for (SlabBlock* b = list; b != nullptr;) {
       SlabBlock* next = b->next;
-      if (b != first) ctx->ReleaseBlock(b, b->size);  // the tree releases the first
+      if (b != first) ReleaseBlock(ctx, b, b->size);  // the tree releases the first
       b = next;
     }
   }
@@ -433,7 +427,7 @@ bool SlabCheck(const Context* ctx, std::string* error) {
 Context* SlabChunkContext(const void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ChunkHeaderIsFree(h)) {
-    internal::ReportMisuse("chunk %p of a slab was already freed", p);
+    ReportMisuse("chunk %p of a slab was already freed", p);
     return nullptr;
   }
   return BlockOf(p, h)->owner;
@@ -467,7 +461,7 @@ bool SlabInit(Context* ctx, const void* options, char* space, char* block_end) {
   // Valid state first: a refused context is released through release_all.
   std::memset(static_cast<void*>(st), 0, sizeof(*st));
   if (BlockBytes(*o) == 0) {
-    ctx->SetFailure(Failure::kBadArgument);
+    SetFailure(ctx, Failure::kBadArgument);
     return false;
   }
   st->stride = Stride(*o);
@@ -478,7 +472,7 @@ bool SlabInit(Context* ctx, const void* options, char* space, char* block_end) {
   first->size = 0;  // released by the tree, with the context
   first->end = SlotsEnd(st, first);  // block_end may lie beyond it: slack
   if (first->end > block_end) {      // cannot happen: first_block_size made room
-    ctx->SetFailure(Failure::kBadSize);
+    SetFailure(ctx, Failure::kBadSize);
     return false;
   }
   StartCarving(st, first);
@@ -492,7 +486,6 @@ const KindMethods kSlabMethods = {
     /*name=*/"slab",
     /*state_size=*/sizeof(SlabState),
     /*state_alignment=*/alignof(SlabState),
-    /*options_size=*/sizeof(SlabOptions),
     /*first_block_size=*/&SlabFirstBlockSize,
     /*first_block_alignment=*/&SlabFirstBlockAlignment,
     /*init=*/&SlabInit,

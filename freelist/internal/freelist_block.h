@@ -18,6 +18,7 @@
 
 #include <cstddef>
 
+#include "mcx/context/block_list.h"
 #include "mcx/freelist/size_class.h"
 
 namespace mcx {
@@ -26,21 +27,23 @@ class Context;
 
 namespace freelist_internal {
 
+// A block of chunks, or a dedicated chunk's block. `link.owner` is its
+// first word (block_list.h): a chunk header's offset leads here.
 struct BlockHeader {
-  Context* owner;     // must stay the first field
-  BlockHeader* prev;
-  BlockHeader* next;
-  size_t size;        // bytes acquired; 0 for the context's first block
+  KindBlock link;     // must stay the first field
   char* carved_end;   // chunks lie back to back from the first to here
   char* end;          // one past the last usable byte
 };
 
+inline BlockHeader* HeaderOf(KindBlock* b) { return reinterpret_cast<BlockHeader*>(b); }
+
 struct FreelistState {
   void* freelists[kNumSizeClasses];  // payload of the newest free chunk
-  BlockHeader* blocks;     // in use, newest (the one being carved) first
-  BlockHeader* spare;      // empty blocks kept by a reset, used before new ones
-  BlockHeader* dedicated;  // dedicated chunks' blocks
-  char* free_ptr;          // next chunk start in the newest block
+  BlockList blocks;     // in use, newest (the one being carved) first
+  BlockList spare;      // empty blocks kept by a reset, used before new ones
+  BlockList dedicated;  // dedicated chunks' blocks
+  BlockHeader* first;   // the first block's header (after the context's name)
+  char* free_ptr;       // next chunk start in the newest block
   char* free_end;
   size_t chunk_limit;      // bytes; larger requests get a dedicated block
   size_t next_block_size;  // doubles up to max_block_size

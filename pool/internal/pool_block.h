@@ -28,6 +28,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "mcx/context/block_list.h"
+
 namespace mcx {
 
 class Context;
@@ -35,33 +37,42 @@ class Context;
 namespace pool_internal {
 
 struct PoolBlock {
-  Context* owner;     // the pool's context: validates rewind-mode lookups
+  KindBlock link;     // first: the owner (validates rewind-mode lookups),
+                      // the list (prev older, next newer) and the size
+                      // acquired (0 for the first block, the context's)
   char* last;         // next free byte
   char* end;          // one past the last usable byte
-  PoolBlock* next;    // toward newer blocks
-  PoolBlock* prev;
   char* start;        // first usable byte (where a reset rewinds to)
-  size_t size;        // bytes acquired; 0 for the first block (the context's)
   uint32_t failed;    // times a small request did not fit while this block
                       // was at or after `current`
   uint32_t live;      // live small chunks (rewind_on_free only)
 };
 
+inline PoolBlock* AsPoolBlock(KindBlock* b) { return reinterpret_cast<PoolBlock*>(b); }
+inline const PoolBlock* AsPoolBlock(const KindBlock* b) {
+  return reinterpret_cast<const PoolBlock*>(b);
+}
+// The next newer block, or nullptr.
+inline PoolBlock* Newer(const PoolBlock* b) { return AsPoolBlock(b->link.next); }
+
 // nginx's ngx_pool_large_t, kept in the large chunk's own block rather than
 // in the pool's small memory: freeing the chunk leaves nothing behind, and
 // Free finds it at a fixed distance before the chunk's address, in O(1).
 struct LargeHeader {
-  Context* owner;
-  LargeHeader* prev;  // newer chunk, or nullptr for the head (PoolState::large)
-  LargeHeader* next;  // older chunk
+  KindBlock link;     // the owner, the large list (prev newer, next older),
+                      // and the bytes of the block: what goes back
   void* block;        // start of the block (before the padding of aligned chunks)
-  size_t size;        // bytes of the block: what goes back to the source
   size_t requested;   // bytes asked for; a sentinel follows in checking builds
   // kLargeLiveCheck ^ the chunk's address while the chunk is live,
   // kLargeFreedCheck ^ it once freed. Last, so that it lies right before
   // the payload, past the bytes a source writes into a released block.
   uintptr_t check;
 };
+
+inline LargeHeader* AsLargeHeader(KindBlock* b) { return reinterpret_cast<LargeHeader*>(b); }
+inline const LargeHeader* AsLargeHeader(const KindBlock* b) {
+  return reinterpret_cast<const LargeHeader*>(b);
+}
 
 // Check words of a LargeHeader. Arbitrary 64-bit constants (ASCII "mcxLARGE"
 // and "mcxFREED"); mixed with the chunk's address, so that a header copied
@@ -85,7 +96,7 @@ struct CheckedHeader {
 
 struct PoolState {
   PoolBlock first;     // header of the first block
-  PoolBlock* head;     // oldest block in the list (usually &first)
+  BlockList blocks;    // oldest first (usually `first`); new blocks at the end
   PoolBlock* current;  // where small requests start looking
   // The block of the most recent small allocation: the context's bump window
   // serves it, and its `last` lives in the window until Sync. It is not
@@ -93,7 +104,7 @@ struct PoolState {
   // for a while (it moves on only after more than kMaxFailures new blocks),
   // and a window there would send nearly every request down the slow path.
   PoolBlock* window;
-  LargeHeader* large;  // live large chunks, newest first
+  BlockList large;     // live large chunks' headers, newest first
   size_t max_small;        // bytes; larger requests go to the large list
   size_t next_block_size;  // bytes of the next block; doubles up to max
   size_t base_block_size;  // where next_block_size restarts after a reset

@@ -15,6 +15,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/stats.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/pool/internal/pool_block.h"
 #include "tests/testing/kind_conformance.h"
 #include "tests/testing/test_block_sources.h"
@@ -72,13 +73,19 @@ PoolState* StateOf(Context* ctx) { return KindState<PoolState>(ctx); }
 // Entries on the large list: what a Free once walked.
 size_t LargeListLength(Context* ctx) {
   size_t n = 0;
-  for (auto* l = StateOf(ctx)->large; l != nullptr; l = l->next) ++n;
+  for (KindBlock* l = StateOf(ctx)->large.head(); l != nullptr; l = l->next) ++n;
   return n;
 }
 
+// The newest large chunk's header, and the one after it.
+LargeHeader* Newest(PoolState* st) { return pool_internal::AsLargeHeader(st->large.head()); }
+LargeHeader* Older(LargeHeader* h) { return pool_internal::AsLargeHeader(h->link.next); }
+
 std::vector<PoolBlock*> Blocks(Context* ctx) {
   std::vector<PoolBlock*> out;
-  for (PoolBlock* b = StateOf(ctx)->head; b != nullptr; b = b->next) out.push_back(b);
+  for (KindBlock* b = StateOf(ctx)->blocks.head(); b != nullptr; b = b->next) {
+    out.push_back(pool_internal::AsPoolBlock(b));
+  }
   return out;
 }
 
@@ -151,15 +158,15 @@ TEST_F(PoolTest, LargeChunksAreFreedOneByOne) {
   void* a = ctx->Alloc(513);
   void* b = ctx->Alloc(4000);
   EXPECT_EQ(ctx->num_blocks(), 3u);
-  EXPECT_EQ(static_cast<void*>(st->large + 1), b);  // newest first
-  EXPECT_EQ(static_cast<void*>(st->large->next + 1), a);
-  EXPECT_EQ(st->large->next->prev, st->large);
-  EXPECT_EQ(static_cast<char*>(b) - static_cast<char*>(st->large->block), 64);
+  EXPECT_EQ(static_cast<void*>(Newest(st) + 1), b);  // newest first
+  EXPECT_EQ(static_cast<void*>(Older(Newest(st)) + 1), a);
+  EXPECT_EQ(Older(Newest(st))->link.prev, &Newest(st)->link);
+  EXPECT_EQ(static_cast<char*>(b) - static_cast<char*>(Newest(st)->block), 64);
   ctx->Free(a);
   EXPECT_EQ(ctx->num_blocks(), 2u);
-  EXPECT_EQ(st->large->next, nullptr);
+  EXPECT_EQ(Newest(st)->link.next, nullptr);
   void* c = ctx->Alloc(600);
-  EXPECT_EQ(static_cast<void*>(st->large + 1), c);
+  EXPECT_EQ(static_cast<void*>(Newest(st) + 1), c);
   EXPECT_EQ(LargeListLength(ctx), 2u);
   EXPECT_EQ(GetCounters(ctx).free_bytes, free_bytes);  // no small memory used
   ctx->Destroy();
@@ -199,7 +206,7 @@ TEST_F(PoolTest, BlocksDoubleUpToTheMaximum) {
   for (int i = 0; i < 400; ++i) ctx->Alloc(1000);
   std::vector<size_t> sizes;
   for (PoolBlock* b : Blocks(ctx)) {
-    if (b != &StateOf(ctx)->first) sizes.push_back(b->size);
+    if (b != &StateOf(ctx)->first) sizes.push_back(b->link.size);
   }
   ASSERT_GE(sizes.size(), 5u);
   EXPECT_GE(sizes[0], 4096u);
@@ -280,7 +287,7 @@ TEST_F(PoolTest, RewindThenKeepBytesReset) {
   void* last = nullptr;
   while (ctx->num_blocks() < 2) last = ctx->Alloc(512);
   ctx->Free(last);  // its block empties and moves in front of the first
-  EXPECT_NE(StateOf(ctx)->head, &StateOf(ctx)->first);
+  EXPECT_NE(StateOf(ctx)->blocks.head(), &StateOf(ctx)->first.link);
   ctx->Reset(ResetOptions::KeepBytes(1 << 20));
   EXPECT_EQ(ctx->num_blocks(), 2u);
   EXPECT_EQ(Blocks(ctx).size(), 2u);
@@ -698,15 +705,16 @@ TEST_F(PoolMisuseTest, FindingB3SmallChunkAfterLookalikeBytesIsNotLarge) {
     const uintptr_t at_b = reinterpret_cast<uintptr_t>(b);
     auto* fake = reinterpret_cast<LargeHeader*>(b - sizeof(LargeHeader));
     LargeHeader copy;
-    std::memcpy(&copy, st->large, sizeof(copy));
+    std::memcpy(&copy, Newest(st), sizeof(copy));
+    KindBlock* head = st->large.head();
     const LargeHeader lookalikes[] = {
         copy,
-        {ctx, nullptr, nullptr, a, 4096, 64, kLargeLiveCheck ^ at_b},
-        {ctx, nullptr, st->large, a, 4096, 64, kLargeLiveCheck ^ at_b},
-        {ctx, st->large, nullptr, a, 4096, 64, kLargeLiveCheck ^ at_b},
-        {ctx, fake, fake, a, 4096, 64, kLargeLiveCheck ^ at_b},
-        {ctx, nullptr, nullptr, a, 4096, 64, kLargeFreedCheck ^ at_b},
-        {nullptr, nullptr, nullptr, nullptr, 0, 0, kLargeFreedCheck ^ at_b},
+        {{ctx, nullptr, nullptr, 4096}, a, 64, kLargeLiveCheck ^ at_b},
+        {{ctx, nullptr, head, 4096}, a, 64, kLargeLiveCheck ^ at_b},
+        {{ctx, head, nullptr, 4096}, a, 64, kLargeLiveCheck ^ at_b},
+        {{ctx, &fake->link, &fake->link, 4096}, a, 64, kLargeLiveCheck ^ at_b},
+        {{ctx, nullptr, nullptr, 4096}, a, 64, kLargeFreedCheck ^ at_b},
+        {{nullptr, nullptr, nullptr, 0}, nullptr, 0, kLargeFreedCheck ^ at_b},
     };
     for (const LargeHeader& lookalike : lookalikes) {
       std::memcpy(fake, &lookalike, sizeof(lookalike));  // a's last bytes

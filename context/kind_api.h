@@ -1,0 +1,364 @@
+// File: mcx/context/kind_api.h
+//
+// Everything a kind author needs, in one header: how a leaf allocator
+// ("kind") plugs into the context tree. Users never include it; they meet a
+// kind as a `KindSpec` (kind.h). PostgreSQL draws the same line between
+// palloc.h/memutils.h (users) and memutils_internal.h (kinds).
+//
+// Contract for a kind (docs/adding_a_kind.md walks through it):
+//   - The context header lives at the start of the context's first block;
+//     the kind's state follows it, then the name, then the kind's own space
+//     ([space, block_end) in Init). Every other block the kind holds comes
+//     from `AcquireBlock` and goes back with `ReleaseBlock` (the ledger keeps
+//     accounting, limits and the reserve right). A kind never calls a block
+//     source itself.
+//   - Alloc returns nullptr after recording the reason with `SetFailure`; it
+//     never throws. Size 0 returns a unique pointer. Sizes are already
+//     checked against kMaxAllocSize; alignments are powers of two no larger
+//     than kMaxAlignment.
+//   - Reset empties the context and releases blocks per ResetOptions, keeping
+//     the first block; ReleaseAll releases every block except the first (the
+//     tree releases the first block itself). Neither may fail.
+//   - Free, Realloc and ChunkSize of a pointer the kind did not hand out, or
+//     handed out and took back, report misuse (`ReportMisuse`) rather than
+//     crash, where the kind can tell.
+//   - In direct mode (`kDirectBuild`), every request goes down the kind's own
+//     path for chunks that take a block of their own (nginx's
+//     NGX_DEBUG_PALLOC), so that AddressSanitizer sees each chunk alone.
+//   - Kinds whose chunks carry a chunk header (chunk_header.h) register their
+//     id with `RegisterChunkKind` in Init, so `mcx::Free(p)` can dispatch.
+//   - Inspect is optional: it describes every block and size class to an
+//     `InspectVisitor` (inspect.h) without changing anything.
+//
+// Example (the shape of a kind; examples/slab_kind is a whole one):
+//
+//   struct Bump {                    // a kind is a class of static members
+//     using Options = BumpOptions;   // trivially copyable, as KindSpec holds it
+//     using State = BumpState;       // lives after the context header
+//     static constexpr const char* kName = "bump";
+//     static size_t FirstBlockSize(const Options& o, size_t header_bytes);
+//     static bool Init(Context* ctx, State* st, const Options& o, char* space, char* end);
+//     static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment);
+//     static void Free(Context* ctx, State* st, void* p);
+//     static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size);
+//     static size_t ChunkSize(const Context* ctx, const State* st, const void* p);
+//     static void Reset(Context* ctx, State* st, const ResetOptions& options);
+//     static void ReleaseAll(Context* ctx, State* st);
+//     static void Stats(const Context* ctx, const State* st, KindStats* out);
+//     static bool Check(const Context* ctx, const State* st, std::string* error);
+//   };
+//   constexpr mcx::KindMethods kBumpMethods = mcx::MakeKindMethods<Bump>();
+//   mcx::KindSpec BumpKind(const BumpOptions& o) { return mcx::KindSpec(&kBumpMethods, o); }
+//
+// Interface:
+//   KindMethods, MakeKindMethods<Kind>()   the method table, and its builder
+//   KindStats                              what Stats reports
+//   AcquireBlock, ReleaseBlock, ReallocateBlock, SetFailure
+//                                          the block ledger
+//   SetBumpWindow, BumpPointer             the inline fast path's window
+//   KindState<State>, FirstBlockSize       the first block
+//   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
+//   ReportMisuse, ReportBadChunk           misuse reports
+//   PoisonMemoryRegion, UnpoisonMemoryRegion, CopyFromPoisoned,
+//   CopyToPoisoned, IsPoisoned             sanitizer and Valgrind hooks
+//   kCheckingBuild, kDirectBuild, kAddressSanitizerBuild, kValgrindBuild,
+//   kClobberByte, kSentinelByte            the build and its checks
+//   AllocAlignedRedirect and friends       over-aligned chunks for kinds
+//                                          with chunk headers (chunk.h)
+//   block_list.h                           blocks on lists: link, unlink,
+//                                          walk, release, reset
+
+#ifndef MCX_CONTEXT_KIND_API_H_
+#define MCX_CONTEXT_KIND_API_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "mcx/context/block_source.h"
+#include "mcx/context/chunk.h"
+#include "mcx/context/chunk_header.h"
+#include "mcx/context/context.h"
+#include "mcx/context/failure.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind.h"
+
+namespace mcx {
+
+class InspectVisitor;
+
+// --- The method table ----------------------------------------------------------
+
+// KindStats and KindMethods, the method table, are declared in kind.h
+// (a context holds a pointer to its kind's table); build a table with
+// MakeKindMethods below.
+
+// The kind state that follows the context header in the first block.
+template <typename State>
+State* KindState(Context* ctx) {
+  constexpr size_t kAlign = alignof(State);
+  uintptr_t p = (reinterpret_cast<uintptr_t>(ctx) + sizeof(Context) + kAlign - 1) &
+                ~(kAlign - 1);
+  return reinterpret_cast<State*>(p);
+}
+
+template <typename State>
+const State* KindState(const Context* ctx) {
+  return KindState<State>(const_cast<Context*>(ctx));
+}
+
+namespace kind_internal {
+
+// Detection of a kind's members, for MakeKindMethods.
+template <typename K, typename = void>
+struct HasInspect : std::false_type {};
+template <typename K>
+struct HasInspect<K, std::void_t<decltype(&K::Inspect)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasFirstBlockAlignment : std::false_type {};
+template <typename K>
+struct HasFirstBlockAlignment<K, std::void_t<decltype(&K::FirstBlockAlignment)>>
+    : std::true_type {};
+
+// The one place a Context* becomes a kind's state and options.
+template <typename K>
+struct Trampolines {
+  using State = typename K::State;
+  using Options = typename K::Options;
+  static const Options& OptionsOf(const void* o) { return *static_cast<const Options*>(o); }
+
+  static size_t FirstBlockSize(const void* o, size_t header_bytes) {
+    return K::FirstBlockSize(OptionsOf(o), header_bytes);
+  }
+  static size_t FirstBlockAlignment(const void* o, size_t first_block_size) {
+    if constexpr (HasFirstBlockAlignment<K>::value) {
+      return K::FirstBlockAlignment(OptionsOf(o), first_block_size);
+    } else {
+      (void)o;
+      (void)first_block_size;
+      return kMinBlockAlignment;
+    }
+  }
+  static bool Init(Context* ctx, const void* o, char* space, char* end) {
+    return K::Init(ctx, KindState<State>(ctx), OptionsOf(o), space, end);
+  }
+  static void* Alloc(Context* ctx, size_t size, size_t alignment) {
+    return K::Alloc(ctx, KindState<State>(ctx), size, alignment);
+  }
+  static void Free(Context* ctx, void* p) { K::Free(ctx, KindState<State>(ctx), p); }
+  static void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
+    return K::Realloc(ctx, KindState<State>(ctx), p, old_size, new_size);
+  }
+  static size_t ChunkSize(const Context* ctx, const void* p) {
+    return K::ChunkSize(ctx, KindState<State>(ctx), p);
+  }
+  static void Reset(Context* ctx, const ResetOptions& options) {
+    K::Reset(ctx, KindState<State>(ctx), options);
+  }
+  static void ReleaseAll(Context* ctx) { K::ReleaseAll(ctx, KindState<State>(ctx)); }
+  static void Stats(const Context* ctx, KindStats* out) {
+    K::Stats(ctx, KindState<State>(ctx), out);
+  }
+  static bool Check(const Context* ctx, std::string* error) {
+    return K::Check(ctx, KindState<State>(ctx), error);
+  }
+  static void Inspect(const Context* ctx, InspectVisitor* visitor) {
+    K::Inspect(ctx, KindState<State>(ctx), visitor);
+  }
+};
+
+}  // namespace kind_internal
+
+// MakeKindMethods<Kind>()
+//
+// The method table of a kind written as a class of static members (the
+// example at the top). A missing or mistyped required member is a compile
+// error naming it, as LLVM's AllocatorBase checks its implementers; Inspect
+// and FirstBlockAlignment (default: kMinBlockAlignment) are optional.
+template <typename K>
+constexpr KindMethods MakeKindMethods() {
+  using State = typename K::State;
+  using Options = typename K::Options;
+  static_assert(std::is_trivially_copyable_v<Options> && sizeof(Options) <= KindSpec::kMaxOptionsSize,
+                "Kind::Options must be trivially copyable and fit a KindSpec");
+  static_assert(alignof(State) <= kMinBlockAlignment,
+                "Kind::State may not need more alignment than a block has");
+  static_assert(std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t)>,
+                "Kind::FirstBlockSize(const Options&, size_t header_bytes) -> size_t");
+  static_assert(
+      std::is_same_v<decltype(&K::Init), bool (*)(Context*, State*, const Options&, char*, char*)>,
+      "Kind::Init(Context*, State*, const Options&, char* space, char* end) -> bool");
+  static_assert(std::is_same_v<decltype(&K::Alloc), void* (*)(Context*, State*, size_t, size_t)>,
+                "Kind::Alloc(Context*, State*, size_t size, size_t alignment) -> void*");
+  static_assert(std::is_same_v<decltype(&K::Free), void (*)(Context*, State*, void*)>,
+                "Kind::Free(Context*, State*, void*)");
+  static_assert(
+      std::is_same_v<decltype(&K::Realloc), void* (*)(Context*, State*, void*, size_t, size_t)>,
+      "Kind::Realloc(Context*, State*, void*, size_t old_size, size_t new_size) -> void*");
+  static_assert(
+      std::is_same_v<decltype(&K::ChunkSize), size_t (*)(const Context*, const State*, const void*)>,
+      "Kind::ChunkSize(const Context*, const State*, const void*) -> size_t");
+  static_assert(
+      std::is_same_v<decltype(&K::Reset), void (*)(Context*, State*, const ResetOptions&)>,
+      "Kind::Reset(Context*, State*, const ResetOptions&)");
+  static_assert(std::is_same_v<decltype(&K::ReleaseAll), void (*)(Context*, State*)>,
+                "Kind::ReleaseAll(Context*, State*)");
+  static_assert(
+      std::is_same_v<decltype(&K::Stats), void (*)(const Context*, const State*, KindStats*)>,
+      "Kind::Stats(const Context*, const State*, KindStats*)");
+  static_assert(std::is_same_v<decltype(&K::Check),
+                               bool (*)(const Context*, const State*, std::string*)>,
+                "Kind::Check(const Context*, const State*, std::string*) -> bool");
+  using T = kind_internal::Trampolines<K>;
+  void (*inspect)(const Context*, InspectVisitor*) = nullptr;
+  if constexpr (kind_internal::HasInspect<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::Inspect),
+                                 void (*)(const Context*, const State*, InspectVisitor*)>,
+                  "Kind::Inspect(const Context*, const State*, InspectVisitor*)");
+    inspect = &T::Inspect;
+  }
+  return KindMethods{K::kName,
+                     sizeof(State),
+                     alignof(State),
+                     &T::FirstBlockSize,
+                     &T::FirstBlockAlignment,
+                     &T::Init,
+                     &T::Alloc,
+                     &T::Free,
+                     &T::Realloc,
+                     &T::ChunkSize,
+                     &T::Reset,
+                     &T::ReleaseAll,
+                     &T::Stats,
+                     &T::Check,
+                     inspect};
+}
+
+// --- Chunk ids -----------------------------------------------------------------------
+
+// Methods reached from a chunk header when no context is named.
+struct ChunkKindMethods {
+  const char* name;
+  // The context that owns a live chunk (misuse is reported for a freed one);
+  // mcx::Free and mcx::Realloc then go through that context.
+  Context* (*chunk_context)(const void* p);
+  size_t (*chunk_size)(const void* p);
+};
+
+// Makes chunks with header id `id` dispatchable from `mcx::Free(p)`. Call it
+// from Init: idempotent and thread-safe for the same table. An id that is
+// reserved (chunk_header.h), or taken by another table, is refused: false,
+// and a misuse report naming the kind that holds it. Two kinds must never
+// share an id, or each would free the other's chunks.
+bool RegisterChunkKind(unsigned id, const ChunkKindMethods* methods);
+const ChunkKindMethods* LookupChunkKind(unsigned id);
+
+// --- The block ledger ----------------------------------------------------------
+
+namespace internal {
+
+// The kind API's access to the context (its friend).
+struct KindAccess {
+  static void* AcquireBlock(Context* ctx, size_t min_size, size_t alignment, size_t* actual,
+                            size_t usable_size) {
+    return ctx->AcquireBlock(min_size, alignment, actual, usable_size);
+  }
+  static void ReleaseBlock(Context* ctx, void* block, size_t size) {
+    ctx->ReleaseBlock(block, size);
+  }
+  static Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_min_size,
+                               size_t alignment) {
+    return ctx->ReallocateBlock(block, keep, new_min_size, alignment);
+  }
+  static void SetFailure(Context* ctx, Failure failure) { ctx->last_failure_ = failure; }
+  static void SetBumpWindow(Context* ctx, char* ptr, char* end, size_t max) {
+    ctx->SetBumpWindow(ptr, end, max);
+  }
+  static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
+};
+
+}  // namespace internal
+
+// A block of at least `min_size` bytes, after the limit checks; nullptr
+// (with the failure recorded) on failure. `*actual` receives its real size,
+// which is what ReleaseBlock must be given back. When the source fails, a
+// reserve block of at least `usable_size` bytes (the least the kind can work
+// with; 0: `min_size`) is handed out instead.
+inline void* AcquireBlock(Context* ctx, size_t min_size, size_t alignment, size_t* actual,
+                          size_t usable_size = 0) {
+  return internal::KindAccess::AcquireBlock(ctx, min_size, alignment, actual, usable_size);
+}
+
+inline void ReleaseBlock(Context* ctx, void* block, size_t size) {
+  internal::KindAccess::ReleaseBlock(ctx, block, size);
+}
+
+// Resizes a block through the source (a chunk that is a block of its own),
+// keeping its first `keep` bytes. Returns the new block or an empty one
+// (with the failure recorded); the old block is then untouched. Accounting
+// follows.
+inline Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_min_size,
+                             size_t alignment) {
+  return internal::KindAccess::ReallocateBlock(ctx, block, keep, new_min_size, alignment);
+}
+
+// Records why a kind's call is about to return nullptr (Context::Fail then
+// reports it).
+inline void SetFailure(Context* ctx, Failure failure) {
+  internal::KindAccess::SetFailure(ctx, failure);
+}
+
+// --- The bump window -------------------------------------------------------------
+
+// The inline fast path (Context::Alloc) bumps inside [ptr, end) for requests
+// of 1..max bytes without calling the kind. A kind that publishes a window
+// must treat BumpPointer() as the authoritative next free byte of that range
+// (and read it back before it looks at the block itself).
+inline void SetBumpWindow(Context* ctx, char* ptr, char* end, size_t max) {
+  internal::KindAccess::SetBumpWindow(ctx, ptr, end, max);
+}
+inline char* BumpPointer(const Context* ctx) { return internal::KindAccess::BumpPointer(ctx); }
+
+// --- Misuse, sanitizers and the build ------------------------------------------------
+
+// One formatted line to the misuse handler (failure.h); returns only if a
+// test handler returns.
+using internal::ReportMisuse;
+// A bad chunk header, reported with what the header says.
+using internal::ReportBadChunk;
+
+// AddressSanitizer and Valgrind annotations; no-ops in other builds. Poison
+// block space not handed out and freed chunks; unpoison exactly what Alloc
+// hands out; read and write the kind's own words in poisoned memory (a
+// freelist link, a sentinel) through the Copy functions.
+using internal::CopyFromPoisoned;
+using internal::CopyToPoisoned;
+using internal::IsPoisoned;
+using internal::PoisonMemoryRegion;
+using internal::UnpoisonMemoryRegion;
+
+// The build (config.h): checking adds per-chunk checks (sentinels, clobbering
+// of freed memory); direct mode sends every request down a kind's path for
+// chunks with a block of their own.
+inline constexpr bool kCheckingBuild = internal::kChecking;
+inline constexpr bool kDirectBuild = internal::kDirect;
+inline constexpr bool kAddressSanitizerBuild = internal::kAddressSanitizer;
+inline constexpr bool kValgrindBuild = internal::kValgrind;
+// Freed and reset memory is overwritten with kClobberByte in checking
+// builds; kSentinelByte follows each chunk there.
+using internal::kClobberByte;
+using internal::kSentinelByte;
+
+// --- Over-aligned chunks (kinds with chunk headers) ------------------------------------
+
+using internal::AlignedRedirectTarget;
+using internal::AllocAlignedRedirect;
+using internal::IsAlignedRedirect;
+using internal::ReallocAlignedRedirect;
+
+}  // namespace mcx
+
+#endif  // MCX_CONTEXT_KIND_API_H_
