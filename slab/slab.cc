@@ -148,6 +148,7 @@ bool ComputeLayout(const SlabOptions& o, SlabState* st) {
   while (((capacity + (size_t{1} << st->shift) - 1) >> st->shift) > kBlocklistCount - 1) {
     ++st->shift;
   }
+  st->list_mask = (uint32_t{1} << st->shift) - 1;
   st->keep_empty_blocks = kDirectBuild ? 0 : o.keep_empty_blocks;
   st->larger = o.larger;
   st->constructor = o.constructor;
@@ -164,7 +165,7 @@ uint32_t ListIndex(const SlabState* st, uint32_t nfree) {
 }
 
 // The fullest list with room: the lowest non-empty list above 0, or 0.
-uint32_t FindNextList(const SlabState* st) {
+inline uint32_t FindNextList(const SlabState* st) {
   for (uint32_t i = 1; i < kBlocklistCount; ++i) {
     if (!st->blocklist[i].empty()) return i;
   }
@@ -316,51 +317,67 @@ bool CheckedFree(const Context* ctx, const SlabState* st, const SlabBlock* b, co
 
 // --- Allocation -----------------------------------------------------------------------
 
-// Hands out a slot of `b`: from its free list, else its first never-used
-// slot (constructed now, if there is a constructor). `b` has a free slot.
-//
-// Cost note: a pop or a bump, a multiply for the bitmap bit, two stores.
-inline char* TakeSlot(Context* ctx, SlabState* st, SlabBlock* b) {
-  char* obj = b->free_head;
-  const bool fresh = obj == nullptr;
-  if (!fresh) {
-    b->free_head = ReadLink(st, obj);
-  } else {
-    obj = b->unused;
-    b->unused += st->stride;
-    --b->nunused;
-  }
+// Marks object `obj` of `b` allocated: its bit; checking builds write its
+// header word and sentinel.
+inline void MarkTaken(SlabState* st, SlabBlock* b, char* obj) {
   --b->nfree;
   const uint64_t off = static_cast<uint64_t>(obj - reinterpret_cast<char*>(b)) - st->first_object;
   const size_t i = static_cast<size_t>((static_cast<unsigned __int128>(st->div_magic) * off) >> 64);
   Bitmap(b)[i >> 6] |= uint64_t{1} << (i & 63);
   if (kChecking) {
-    if (!fresh && st->constructor == nullptr) {
-      // Freed objects were clobbered: anything else there was written
-      // after the free (the first bytes hold the link).
-      UnpoisonMemoryRegion(obj, st->object_size);
-      for (size_t k = kLinkBytes; k < st->object_size; ++k) {
-        if (static_cast<unsigned char>(obj[k]) != kClobberByte) {
-          ReportMisuse("object %p of slab '%s' was written after it was freed (byte %zu)", obj,
-                       ctx->name(), k);
-          break;
-        }
-      }
-    }
     WriteObjectHeader(b, obj, /*free=*/false);
     WriteSentinel(obj + st->object_size);
   }
+}
+
+// The block's first never-used slot, constructed now if there is a
+// constructor. Out of line: once per slot in the life of a block.
+ABSL_ATTRIBUTE_NOINLINE char* TakeUnusedSlot(SlabState* st, SlabBlock* b) {
+  char* obj = b->unused;
+  b->unused += st->stride;
+  --b->nunused;
+  MarkTaken(st, b, obj);
   UnpoisonMemoryRegion(obj, st->object_size);
-  if (fresh && st->constructor != nullptr) st->constructor(obj, st->arg);
+  if (st->constructor != nullptr) st->constructor(obj, st->arg);
+  return obj;
+}
+
+// Hands out a slot of `b`, which has one: from its free list (the slot freed
+// last, warm in the cache), else its first never-used slot.
+//
+// Cost note: a pop, a multiply for the bitmap bit, a few stores.
+inline char* TakeSlot(Context* ctx, SlabState* st, SlabBlock* b) {
+  char* obj = b->free_head;
+  if (ABSL_PREDICT_FALSE(obj == nullptr)) return TakeUnusedSlot(st, b);
+  b->free_head = ReadLink(st, obj);
+  MarkTaken(st, b, obj);
+  UnpoisonMemoryRegion(obj, st->object_size);
+  if (kChecking && st->constructor == nullptr) {
+    // Freed objects were clobbered: anything else there was written after
+    // the free (the first bytes hold the link).
+    for (size_t k = kLinkBytes; k < st->object_size; ++k) {
+      if (static_cast<unsigned char>(obj[k]) != kClobberByte) {
+        ReportMisuse("object %p of slab '%s' was written after it was freed (byte %zu)", obj,
+                     ctx->name(), k);
+        break;
+      }
+    }
+  }
   return obj;
 }
 
 // After an allocation from the head of list `cur`, `b` belongs on list `to`
-// (a fuller one). Allocation goes on from it while it has room.
+// (a fuller one). Allocation goes on from it while it has room; a full block
+// leaves the current list to the next block.
 void MoveAfterAlloc(SlabState* st, SlabBlock* b, uint32_t to) {
-  st->blocklist[st->cur].Remove(&b->link);
+  BlockList& from = st->blocklist[st->cur];
+  from.Remove(&b->link);
   st->blocklist[to].PushFront(&b->link);
-  st->cur = to != 0 ? to : FindNextList(st);
+  if (to != 0) {
+    st->cur = to;
+  } else if (from.empty()) {
+    st->cur = FindNextList(st);
+  }
 }
 
 // No block has a free slot: an empty block kept for reuse, else a new one.
@@ -429,8 +446,20 @@ void* SlabAlloc(Context* ctx, SlabState* st, size_t size, size_t alignment) {
   if (ABSL_PREDICT_FALSE(st->cur == 0)) return AllocFromNewBlock(ctx, st);
   SlabBlock* b = AsSlabBlock(st->blocklist[st->cur].head());
   char* obj = TakeSlot(ctx, st, b);
-  const uint32_t to = ListIndex(st, b->nfree);
-  if (ABSL_PREDICT_FALSE(to != st->cur)) MoveAfterAlloc(st, b, to);
+  // The block changes lists when its free count leaves the current list's
+  // range: when nfree, before this allocation, was at the range's bottom.
+  if (ABSL_PREDICT_FALSE((b->nfree & st->list_mask) == 0)) {
+    if (b->nfree == 0) {
+      // Full (in a churn, at every step): to list 0; the next block with
+      // room takes over.
+      BlockList& from = st->blocklist[st->cur];
+      from.Remove(&b->link);
+      st->blocklist[0].PushFront(&b->link);
+      if (from.empty()) st->cur = FindNextList(st);
+    } else {
+      MoveAfterAlloc(st, b, ListIndex(st, b->nfree));
+    }
+  }
   return obj;
 }
 
@@ -506,10 +535,12 @@ void FreeDedicated(Context* ctx, SlabState* st, DedicatedBlock* d) {
   ReleaseKindBlock(ctx, &d->link);
 }
 
-// After a free, `b` went from list `from` to list `to`, or emptied.
-ABSL_ATTRIBUTE_NOINLINE void MoveAfterFree(Context* ctx, SlabState* st, SlabBlock* b,
-                                           uint32_t from) {
-  st->blocklist[from].Remove(&b->link);
+// After a free, `b` goes from list `from` to the next one (from a full
+// block to list 1, every time a full block loses an object), or it emptied.
+ABSL_ATTRIBUTE_NOINLINE void MoveAfterFree(Context* ctx, SlabState* st, SlabBlock* b) {
+  const uint32_t from = ListIndex(st, b->nfree - 1);
+  BlockList& old = st->blocklist[from];
+  old.Remove(&b->link);
   if (b->nfree == st->capacity) {
     // Empty: kept for reuse while there is room, else back to the source.
     if (st->empty.count() < st->keep_empty_blocks) {
@@ -517,10 +548,16 @@ ABSL_ATTRIBUTE_NOINLINE void MoveAfterFree(Context* ctx, SlabState* st, SlabBloc
     } else {
       ReleaseSlotBlock(ctx, st, b);
     }
-  } else {
-    st->blocklist[ListIndex(st, b->nfree)].PushFront(&b->link);
+    if (from == st->cur && old.empty()) st->cur = FindNextList(st);
+    return;
   }
-  st->cur = FindNextList(st);
+  const uint32_t to = ListIndex(st, b->nfree);
+  st->blocklist[to].PushFront(&b->link);
+  if (st->cur == 0 || to < st->cur) {
+    st->cur = to;
+  } else if (from == st->cur && old.empty()) {
+    st->cur = FindNextList(st);
+  }
 }
 
 ABSL_ATTRIBUTE_NOINLINE void FreeOther(Context* ctx, SlabState* st, void* p) {
@@ -563,10 +600,19 @@ void SlabFree(Context* ctx, SlabState* st, void* p) {
   // empties them all next.
   if (ABSL_PREDICT_FALSE(st->finalizing)) return;
   PushFree(st, b, obj);
-  const uint32_t from = ListIndex(st, b->nfree);
-  ++b->nfree;
-  if (ABSL_PREDICT_FALSE(b->nfree == st->capacity || ListIndex(st, b->nfree) != from)) {
-    MoveAfterFree(ctx, st, b, from);
+  // The block changes lists when the free count crosses into the next
+  // list's range, or reaches the capacity.
+  const uint32_t before = b->nfree++;
+  if (ABSL_PREDICT_FALSE((before & st->list_mask) == 0 || b->nfree == st->capacity)) {
+    if (before == 0 && b->nfree != st->capacity) {
+      // A full block lost an object (in a churn, at every step): list 1,
+      // the fullest with room, which is now the current list.
+      st->blocklist[0].Remove(&b->link);
+      st->blocklist[1].PushFront(&b->link);
+      st->cur = 1;
+      return;
+    }
+    MoveAfterFree(ctx, st, b);
   }
 }
 

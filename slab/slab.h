@@ -116,7 +116,12 @@ inline constexpr size_t kMaxSlabObjectSize = size_t{1} << 24;
 inline constexpr size_t kMinSlabBlockSize = 256;
 // Offsets inside a block are 32-bit; PostgreSQL's limit is the same 1 GiB.
 inline constexpr size_t kMaxSlabBlockSize = size_t{1} << 30;
-inline constexpr size_t kDefaultSlabBlockSize = 8 * 1024;  // slab.c's SLAB_DEFAULT_BLOCK_SIZE
+// Eight times slab.c's SLAB_DEFAULT_BLOCK_SIZE, because blocks are aligned to
+// their size: glibc (before 2.38) serves an aligned request from its heap
+// with a gap of about the alignment before it. The gap's untouched pages are
+// never resident, so its cost is a page or two per block: 2x the live data
+// for 8 KiB blocks, an eighth for 64 KiB ones (docs/performance.md, W12).
+inline constexpr size_t kDefaultSlabBlockSize = 64 * 1024;
 inline constexpr size_t kSlabObjectsPerDefaultBlock = 32;
 inline constexpr size_t kMaxSlabAlignment = 4096;
 

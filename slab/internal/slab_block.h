@@ -87,6 +87,7 @@ struct SlabState {
   BlockList dedicated;   // dedicated chunks' blocks, newest first
   uint32_t cur;          // lowest non-empty blocklist above 0; 0: none
   uint32_t shift;        // nfree >> shift (rounded up) is a block's list
+  uint32_t list_mask;    // 2^shift - 1: nfree & list_mask == 0 at a list's bottom
   size_t block_size;     // a power of two: every block's size and alignment
   size_t object_size;    // usable bytes of an object
   size_t stride;         // bytes from one slot to the next
