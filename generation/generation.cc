@@ -371,7 +371,12 @@ void GenerationFree(Context* ctx, GenerationState* st, void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, st, p, h);
   GenerationBlock* b = BlockOf(p, h);
-  if (ABSL_PREDICT_FALSE(!VerifyLiveChunk(ctx, st, p, h, "free"))) return;
+  // The owner is checked in every build (the block's header is read anyway,
+  // for its count); checking builds verify the sentinel too.
+  if (ABSL_PREDICT_FALSE(b->link.owner != ctx || kChecking) &&
+      !VerifyLiveChunk(ctx, st, p, h, "free")) {
+    return;
+  }
   if (kChecking) {
     // An aligned chunk's target has poisoned padding: lift it first.
     const size_t n = RequestedSize(p);

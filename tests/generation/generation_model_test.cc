@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <ostream>
 #include <random>
 #include <string>
 
@@ -35,6 +36,10 @@ struct Case {
   size_t max_size;
   uint32_t seed;
 };
+
+// Named in test output; gtest would print the options' raw bytes, padding
+// and all (memcheck rightly calls those uninitialised).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class GenerationModelTest : public ::testing::TestWithParam<Case> {};
 

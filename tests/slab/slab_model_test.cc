@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct Case {
   SlabOptions options;
   uint32_t seed;
 };
+
+// Named in test output; gtest would print the options' raw bytes, padding
+// and all (memcheck rightly calls those uninitialised).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class SlabModelTest : public ::testing::TestWithParam<Case> {};
 
