@@ -3,7 +3,7 @@
 one table per workload.
 
     ./mcx bench                     everything, tables on stdout
-    ./mcx bench --callgrind         instruction counts (W1-W4) instead of times
+    ./mcx bench --callgrind         instruction counts (W1-W4, W12, W13) instead of times
     ./mcx bench --write docs/performance
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
@@ -36,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {
     "mcx_pool": "mcx pool",
     "mcx_freelist": "mcx freelist",
+    "mcx_slab": "mcx slab",
+    "mcx_generation": "mcx generation",
     "bump": "bump arena (30 lines)",
     "apr": "APR pools",
     "talloc": "talloc",
@@ -57,6 +59,19 @@ WORKLOADS = {
     "W3": "W3 churn: 10,000 live chunks of 8..1024 B; free a random one, allocate a new one (ns per step)",
     "W4": "W4 context tree: depth 4, fanout 8 (4,681 contexts), 4 allocations of 16..128 B each, destroy the root (ns per context)",
     "W7": "W7 realloc growth: 256 buffers grown from 16 B by half again plus 16 B until above 16 KiB (ns per realloc)",
+    "W12.churn32": "W12 fixed-size churn: 10,000 live objects of 32 B; free a random one, allocate another (ns per step)",
+    "W12.churn200": "W12 fixed-size churn: 10,000 live objects of 200 B; free a random one, allocate another (ns per step)",
+    "W12.tree": "W12 linked structure: build a complete binary tree of 2^20 - 1 nodes of 24 B, sum it, free every node (ns per node)",
+    "W13": "W13 FIFO lifetimes: a queue of 10,000 chunks of 16..1024 B; produce one, consume one of the 16 oldest (ns per step)",
+}
+
+# W12 and W13 (bench/fixed_and_fifo.h): the contenders each runs, for the
+# callgrind mode (the time tables take whatever the programs register).
+W12_W13_CALLGRIND = {
+    "W12.churn32": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W12.churn200": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W12.tree": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W13": ["mcx_generation", "mcx_freelist", "malloc"],
 }
 
 # Optimised as Debian builds the peers' packages: -O2 without frame pointers
@@ -381,6 +396,15 @@ def callgrind(bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         for c in ["malloc", "mi_heap"]:
             cases.append((w, bins["workloads_mimalloc"], c, mimalloc_label(c), {}))
+    for w, contenders in W12_W13_CALLGRIND.items():
+        for c in contenders:
+            cases.append((w, bins["workloads"], c, glibc_label(c), {}))
+        for name, libs in PRELOADS.items():
+            lib = find_lib(libs)
+            if lib:
+                cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
+        cases.append((w, bins["workloads_mimalloc"], "malloc", "mimalloc", {}))
+    workloads = workloads + list(W12_W13_CALLGRIND)
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -414,6 +438,68 @@ def callgrind(bins):
     return out
 
 
+def run_w12_w13_memory(binary, label_of, env_extra=None, quick=False):
+    """W12's and W13's memory (--memory-w12-w13): {(workload, label, size): row}."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    if quick:
+        env["MCX_BENCH_W13_STEPS"] = "1000000"
+    out = sh([binary, "--memory-w12-w13"], env=env).stdout
+    rows = {}
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        d = json.loads(line)
+        label = label_of(d["contender"])
+        if label is not None:
+            rows[(d["workload"], label, d["size"])] = d
+    return rows
+
+
+def collect_w12_w13_memory(args, bins):
+    rows = run_w12_w13_memory(bins["workloads"], glibc_label, quick=args.quick)
+    for name, libs in PRELOADS.items():
+        lib = find_lib(libs)
+        if lib is not None:
+            rows.update(run_w12_w13_memory(bins["workloads"], only_malloc(name),
+                                           {"LD_PRELOAD": lib}, args.quick))
+    rows.update(run_w12_w13_memory(bins["workloads_mimalloc"], only_malloc("mimalloc"),
+                                   quick=args.quick))
+    return rows
+
+
+def w12_w13_memory_tables(rows):
+    out = []
+    labels = ordered({l for (w, l, _) in rows if w == "W12.mem"})
+    if labels:
+        body = []
+        for l in labels:
+            line = [NAMES.get(l, l)]
+            for size in (32, 200):
+                d = rows.get(("W12.mem", l, size))
+                line += [fmt(d["full_per_requested"], 3) if d else "-",
+                         fmt(d["after_per_live"], 2) if d else "-"]
+            body.append(line)
+        out.append("### W12 memory: 64 MiB of 32 B or 200 B objects, every byte written, then "
+                   "90% of them freed in random order (resident bytes from /proc/self/statm, "
+                   "in a fresh child process)\n\n" +
+                   table(["contender", "32 B: resident / requested", "32 B: after, resident / live",
+                          "200 B: resident / requested", "200 B: after, resident / live"], body))
+    labels = ordered({l for (w, l, _) in rows if w == "W13.mem"})
+    if labels:
+        body = []
+        for l in labels:
+            d = rows[("W13.mem", l, 0)]
+            body.append([NAMES.get(l, l), fmt(d["peak_mib"], 1), fmt(d["peak_per_live"], 2),
+                         fmt(d["ns_per_step"], 1)])
+        steps = next(iter(d["steps"] for (w, _, _), d in rows.items() if w == "W13.mem"))
+        out.append("### W13 memory: the queue for %s steps in a fresh child process; peak "
+                   "resident bytes, and per byte live at the peak\n\n" % "{:,}".format(steps) +
+                   table(["contender", "peak resident MiB", "peak resident / peak live",
+                          "ns per step (one run)"], body))
+    return out
+
+
 def machine():
     model = ""
     try:
@@ -444,7 +530,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4")
+    ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4, W12, W13")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
@@ -462,6 +548,7 @@ def main():
         else:
             results, memory = collect(args, bins)
             sections = time_tables(results) + [memory_table(memory)]
+            sections += w12_w13_memory_tables(collect_w12_w13_memory(args, bins))
             more, series = scaling(results)
             sections += more
             kind = "times"
