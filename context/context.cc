@@ -90,7 +90,7 @@ void QuarantineFirstBlock(Block block) {
 
 namespace {
 // Its address identifies the calling thread to the concurrency check.
-thread_local char thread_token;
+[[maybe_unused]] thread_local char thread_token;
 }  // namespace
 
 void Context::UseGuard::Enter(Context* ctx) {

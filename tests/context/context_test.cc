@@ -259,6 +259,7 @@ TEST_F(ContextTest, RemovedCleanupRecordsAreReused) {
 
 // DestroyChildren keeps the context and its memory.
 TEST_F(ContextTest, DestroyChildrenKeepsSelf) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* root = Root();
   char* s = root->Strdup("kept");
   for (int i = 0; i < 10; ++i) root->CreateChild("c", FreelistKind())->Alloc(100);
@@ -271,6 +272,7 @@ TEST_F(ContextTest, DestroyChildrenKeepsSelf) {
 
 // Strdup and AllocBytes give byte strings with no alignment padding.
 TEST_F(ContextTest, StrdupCopiesAndTerminates) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Root();
   char* a = ctx->Strdup("abc");
   char* b = ctx->Strdup(std::string_view("xyz123", 3));
@@ -542,6 +544,7 @@ TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
 // builds add the concurrency check's fields); what only some contexts use
 // is in a side record, made on first use and counted where limits count.
 TEST(ContextLayoutTest, HeaderIsSmallAndTheSideRecordIsMadeOnDemand) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   if (!internal::kChecking) EXPECT_LE(sizeof(Context), 96u);
   CountingBlockSource source;
   ContextOptions o;
@@ -795,6 +798,7 @@ TEST(ContextFindingsTest, FindingB10StaleHandleIsRefused) {
 // Finding B7: the reserve serves a rewind_on_free pool (its blocks are
 // aligned to their size; reserve blocks are acquired that way too).
 TEST(ContextFindingsTest, FindingB7ReserveServesARewindPool) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   FailingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
