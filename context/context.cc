@@ -125,7 +125,7 @@ bool Context::CheckLive(const char* operation) const {
   // Under ASan, read past any poison: a destroyed context's block may sit
   // poisoned in a cache or the checking build's quarantine, and the report
   // is the point. (Memcheck has no exact poison query: it reports the read.)
-  uint32_t magic;
+  uint16_t magic;
   if (internal::kAddressSanitizer) {
     internal::CopyFromPoisoned(&magic, &magic_, sizeof(magic));
   } else {
@@ -191,7 +191,8 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   const size_t name_offset = state_offset + methods->state_size;
   if (name_len > kMaxAllocSize - name_offset) return fail(Failure::kBadSize, name_len);
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
-  const size_t want = methods->first_block_size(kind.options(), header_bytes);
+  const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
+  const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
   const size_t alignment = methods->first_block_alignment(kind.options(), want);
   if (want == 0 || want < header_bytes || want > kMaxFirstBlockSize) {
     return fail(Failure::kBadSize, want);
@@ -222,6 +223,11 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   ctx->mem_allocated_ = size;
   ctx->num_blocks_ = 1;
   ctx->first_block_size_ = static_cast<uint32_t>(size);
+  // Grandchildren start from what this context's siblings needed.
+  if (parent != nullptr) {
+    ctx->learned_first_block_.store(parent->learned_first_block_.load(std::memory_order_relaxed),
+                                    std::memory_order_relaxed);
+  }
   std::memcpy(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
   // Link first: the kind's init and the side record may acquire blocks,
   // which charge ancestors.
@@ -606,7 +612,7 @@ void Context::ReleaseSelf() {
                                            first.size - sizeof(Context));
   // Volatile: the store precedes the destructor, and an optimiser may drop
   // stores to an object whose lifetime ends next (GCC does at -O2).
-  static_cast<volatile uint32_t&>(magic_) = kDeadMagic;
+  static_cast<volatile uint16_t&>(magic_) = kDeadMagic;
   this->~Context();
   if (internal::kChecking && source == DefaultBlockSource()) {
     QuarantineFirstBlock(first);
@@ -692,6 +698,24 @@ absl::Status Context::SetParent(Context* new_parent) {
   Unlink();
   LinkUnder(new_parent);
   return absl::OkStatus();
+}
+
+// Context::FirstBlockOutgrown
+//
+// Twice the outgrown block, so that a parent whose children need more than
+// their first block converges in a few children, never beyond the default
+// (a parent that once had one big child costs later children no more than a
+// fixed default would). Only ever raised: a smaller guess would send every
+// child that needs the larger one through a second block.
+void Context::FirstBlockOutgrown() {
+  if (parent_ == nullptr) return;
+  size_t want = 2 * size_t{first_block_size_};
+  if (want > kDefaultFirstBlockSize) want = kDefaultFirstBlockSize;
+  const auto units = static_cast<uint16_t>((want + kLearnedUnit - 1) / kLearnedUnit);
+  std::atomic<uint16_t>& learned = parent_->learned_first_block_;
+  if (learned.load(std::memory_order_relaxed) < units) {
+    learned.store(units, std::memory_order_relaxed);
+  }
 }
 
 // --- Names and the side record ----------------------------------------------

@@ -310,8 +310,8 @@ class Context {
   enum class State : uint8_t { kLive, kTearingDown };
   // Written at creation and overwritten just before the first block goes
   // back, so a second Destroy of the same context is recognised.
-  static constexpr uint32_t kLiveMagic = 0x6D637831;  // "mcx1"
-  static constexpr uint32_t kDeadMagic = 0x64656164;  // "dead"
+  static constexpr uint16_t kLiveMagic = 0x6D31;  // "m1"
+  static constexpr uint16_t kDeadMagic = 0xDEAD;
   static constexpr uint16_t kMaxBumpField = 0xFFFF;
 
   // Checking builds: APR's concurrency check. Every operation marks the
@@ -428,6 +428,13 @@ class Context {
                 : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
                                                             : kMaxBumpField;
   }
+  // The learned first block (kind.h, kDefaultFirstBlockSize): kinds report
+  // growth; creation reads the parent's size.
+  static constexpr size_t kLearnedUnit = 64;
+  size_t LearnedFirstBlock() const {
+    return size_t{learned_first_block_.load(std::memory_order_relaxed)} * kLearnedUnit;
+  }
+  void FirstBlockOutgrown();
   bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
@@ -459,7 +466,12 @@ class Context {
   size_t mem_allocated_ = 0;         // bytes in blocks held by this context
   internal::ContextExtras* extras_ = nullptr;  // the side record, or none
   uint32_t first_block_size_ = 0;    // bytes; this header sits at its start
-  uint32_t magic_ = kLiveMagic;
+  uint16_t magic_ = kLiveMagic;
+  // The first-block size this context's children start with when their kind
+  // leaves it to the tree, in units of kLearnedUnit (0: the smallest); it
+  // grows when a child outgrows its first block. Atomic (relaxed): a child's
+  // growth may store it while another thread creates a sibling.
+  std::atomic<uint16_t> learned_first_block_{0};
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations

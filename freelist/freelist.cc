@@ -199,6 +199,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
     size_t want = st->next_block_size < need ? need : st->next_block_size;
     KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, need);
     if (kb == nullptr) return nullptr;
+    FirstBlockOutgrown(ctx);
     // Only now, with the new block in hand, give up the old block's tail.
     CarveRemainder(st);
     b = HeaderOf(kb);
@@ -651,9 +652,12 @@ struct Freelist {
   using State = FreelistState;
   static constexpr const char* kName = "freelist";
 
-  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
     if (o.initial_block_size > kMaxFreelistBlockSize) return 0;
+    if (o.initial_block_size == 0) {
+      return LearnedFirstBlockSize(header_bytes, sizeof(BlockHeader) + kHeaderBytes, learned);
+    }
     size_t min = header_bytes + sizeof(BlockHeader) + kHeaderBytes + kMinFirstBlockSpace;
     return o.initial_block_size < min ? min : o.initial_block_size;
   }
@@ -681,8 +685,9 @@ struct Freelist {
     }
     // Direct mode: every chunk a dedicated block (nginx's NGX_DEBUG_PALLOC).
     st->chunk_limit = kDirectBuild ? 0 : o.chunk_limit;
-    size_t base = o.initial_block_size < kMinGrowthBlockSize ? kMinGrowthBlockSize
-                                                             : o.initial_block_size;
+    // Later blocks start at the first block's size (whoever chose it).
+    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
+    if (base < kMinGrowthBlockSize) base = kMinGrowthBlockSize;
     st->base_block_size = st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     return true;

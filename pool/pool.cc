@@ -162,6 +162,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   }
   KindBlock* kb = AcquireKindBlock(ctx, want, block_alignment, need);
   if (kb == nullptr) return nullptr;
+  FirstBlockOutgrown(ctx);
   char* mem = reinterpret_cast<char*>(kb);
   PoolBlock* b = AsPoolBlock(kb);
   b->start = mem + kBlockHeaderBytes;
@@ -746,12 +747,18 @@ struct PoolImpl {
   using State = PoolState;
   static constexpr const char* kName = "pool";
 
-  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
     if (o.initial_block_size > kMaxPoolBlockSize || o.max_small > kMaxAllocSize) return 0;
+    if (o.rewind_on_free) {
+      // Blocks all have one size in rewind mode: nothing to learn.
+      size_t size = o.initial_block_size != 0 ? o.initial_block_size : kDefaultFirstBlockSize;
+      if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
+      return RoundUpPow2(size);
+    }
+    if (o.initial_block_size == 0) return LearnedFirstBlockSize(header_bytes, 0, learned);
     size_t size = o.initial_block_size;
-    if (size < header_bytes + kMinFirstBlockSpace) size = header_bytes + kMinFirstBlockSpace;
-    return o.rewind_on_free ? RoundUpPow2(size) : size;
+    return size < header_bytes + kMinFirstBlockSpace ? header_bytes + kMinFirstBlockSpace : size;
   }
 
   // Rewind mode finds a chunk's block by masking its address, so every
@@ -775,14 +782,14 @@ struct PoolImpl {
       // The size requested, not the size the source gave: only the requested
       // size is guaranteed to be the first block's alignment, and the
       // source's slack past it would break the address mask.
-      st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes());
+      st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
       st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
       size_t room = st->rewind_block_size - kBlockHeaderBytes;
       if (st->max_small > room / 2) st->max_small = room / 2;
     }
-    size_t base = o.initial_block_size < kBlockHeaderBytes + kMinFirstBlockSpace
-                      ? kBlockHeaderBytes + kMinFirstBlockSpace
-                      : o.initial_block_size;
+    // Later blocks start at the first block's size (whoever chose it).
+    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
+    if (base < kBlockHeaderBytes + kMinFirstBlockSpace) base = kBlockHeaderBytes + kMinFirstBlockSpace;
     st->base_block_size = base;
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;

@@ -444,7 +444,7 @@ const ChunkKindMethods kSlabChunkMethods = {"slab", &SlabChunkContext, &SlabChun
 // --- Creation ---------------------------------------------------------------------
 
 // [START init]
-size_t SlabFirstBlockSize(const void* options, size_t header_bytes) {
+size_t SlabFirstBlockSize(const void* options, size_t header_bytes, size_t /*learned*/) {
   const auto* o = static_cast<const SlabOptions*>(options);
   const size_t block = BlockBytes(*o);
   // Invalid options still get a block: init refuses them (kBadArgument).

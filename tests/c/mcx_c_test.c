@@ -141,7 +141,9 @@ static void TestLimitsHandlerAndReports(void) {
   mcx_reset(root, MCX_RESET_RELEASE_ALL, 0);
   mcx_reset(root, MCX_RESET_KEEP_BYTES, 1 << 20);
 
-  child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  mcx_options_init(&o);
+  o.initial_block_size = 8192; /* room for the chunk: one block */
+  child = mcx_create(root, "child", MCX_KIND_FREELIST, &o);
   mcx_alloc(child, 500);
   mcx_get_counters(root, 1, &counters);
   CHECK(counters.contexts == 2);

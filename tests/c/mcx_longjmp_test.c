@@ -72,6 +72,9 @@ static mcx_context* Create(mcx_context* parent, const char* name, int kind, size
   mcx_options_init(&o);
   o.rewind_on_free = kind == 1;
   o.limit = limit;
+  /* A fixed first block, large enough for every node's cleanup records: the
+   * checks below compare a reset context with the context as first made. */
+  o.initial_block_size = 8192;
   return mcx_create(parent, name, kKinds[kind], &o);
 }
 

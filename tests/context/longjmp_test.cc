@@ -1253,7 +1253,9 @@ ABSL_ATTRIBUTE_NOINLINE void RunConstructorCase(Ctor c, int finish, Exit exit, K
   ContextOptions o;
   o.block_source = &source;
   Context* parent = Context::Create(nullptr, "parent", Kind(k), o);
-  Context* ctx = parent->CreateChild("objects", Kind(k));
+  // Room for every object in the first block: the heap count below is of
+  // the constructors' exits alone, not of a block acquired on the way.
+  Context* ctx = parent->CreateChild("objects", Kind(k, kDefaultFirstBlockSize));
   g_destroyed.clear();
   g_exploding_destroyed = 0;
   g_exploding_move_ran = 0;
