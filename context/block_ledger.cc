@@ -46,7 +46,7 @@ Context* Context::NearestLimited() {
 // The next limited context above this (limited) one.
 Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
 
-bool Context::ChargeLimits(size_t bytes) {
+bool Context::ChargeLimitsSlow(size_t bytes) {
   Context* first = NearestLimited();
   if (first == nullptr) return true;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
@@ -58,7 +58,7 @@ bool Context::ChargeLimits(size_t bytes) {
   return true;
 }
 
-void Context::UnchargeLimits(size_t bytes) {
+void Context::UnchargeLimitsSlow(size_t bytes) {
   for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes -= bytes;
   }

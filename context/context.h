@@ -142,14 +142,18 @@ class Context {
   // (after the failure handler) if the first block cannot be had.
   static Context* Create(Context* parent, const char* name,
                          const KindSpec& kind,
-                         const ContextOptions& options = {});
+                         const ContextOptions& options);
   static Context* TryCreate(Context* parent, const char* name,
                             const KindSpec& kind,
-                            const ContextOptions& options = {}) noexcept;
+                            const ContextOptions& options) noexcept;
   Context* CreateChild(const char* name, const KindSpec& kind,
-                       const ContextOptions& options = {}) {
+                       const ContextOptions& options) {
     return Create(this, name, kind, options);
   }
+  // With default ContextOptions (the common case, which then reads none).
+  static Context* Create(Context* parent, const char* name, const KindSpec& kind);
+  static Context* TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept;
+  Context* CreateChild(const char* name, const KindSpec& kind) { return Create(this, name, kind); }
 
   // Tears down the subtree (see the order above) and releases this context.
   //
@@ -337,12 +341,19 @@ class Context {
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
-  Context() = default;
+  // The header of a new context in the first block of `size` bytes.
+  Context(const KindMethods* methods, BlockSource* source, size_t size)
+      : num_blocks_(1),
+        methods_(methods),
+        source_(source),
+        mem_allocated_(size),
+        first_block_size_(static_cast<uint32_t>(size)) {}
   ~Context() = default;
 
+  // `options` nullptr: the defaults.
   static Context* CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
-                             const ContextOptions& options, unsigned flags);
+                             const ContextOptions* options, unsigned flags);
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
@@ -409,6 +420,7 @@ class Context {
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
+  Context* ReleasePlainLeaves(size_t walk);
   void LinkUnder(Context* parent);
   void Unlink();
   size_t NameOffset() const;
@@ -444,8 +456,12 @@ class Context {
   // limited context.
   Context* NearestLimited();
   Context* NextLimited();
-  bool ChargeLimits(size_t bytes);
-  void UnchargeLimits(size_t bytes);
+  // Inline (internal/context_impl.h): one load when no context anywhere
+  // has a limit.
+  inline bool ChargeLimits(size_t bytes);
+  inline void UnchargeLimits(size_t bytes);
+  bool ChargeLimitsSlow(size_t bytes);
+  void UnchargeLimitsSlow(size_t bytes);
 
 
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData

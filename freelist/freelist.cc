@@ -726,6 +726,11 @@ KindSpec FreelistKind(const FreelistOptions& options) {
   return KindSpec(&kFreelistMethods, options);
 }
 
+const KindSpec& FreelistKind() {
+  static const KindSpec spec(&kFreelistMethods, FreelistOptions());
+  return spec;
+}
+
 Context* CreateFreelistContext(Context* parent, const char* name, const FreelistOptions& options,
                                const ContextOptions& context_options) {
   return Context::Create(parent, name, FreelistKind(options), context_options);

@@ -24,7 +24,9 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <type_traits>
 
+#include "absl/base/attributes.h"
 #include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
@@ -625,7 +627,7 @@ void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t 
 
 // Every large chunk's block goes back, its check word saying "freed": a stale
 // pointer to one is then reported as freed, not followed.
-void ReleaseLarge(Context* ctx, PoolState* st) {
+ABSL_ATTRIBUTE_NOINLINE void ReleaseLarge(Context* ctx, PoolState* st) {
   st->large.ForEach([&](KindBlock* l) {
     LargeHeader* h = AsLargeHeader(l);
     h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(PayloadOf(h));
@@ -668,11 +670,17 @@ void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
   Publish(ctx, st);
 }
 
-void PoolReleaseAll(Context* ctx, PoolState* st) {
-  VerifyOrReport(ctx, st);
-  ReleaseLarge(ctx, st);
+// Out of line: its calls would make every release save registers.
+ABSL_ATTRIBUTE_NOINLINE void ReleaseGrownBlocks(Context* ctx, PoolState* st) {
   ReleaseBlocks(ctx, &st->blocks, &st->first.link);
   st->current = st->window = &st->first;
+}
+
+void PoolReleaseAll(Context* ctx, PoolState* st) {
+  VerifyOrReport(ctx, st);
+  // Most contexts die with their first block alone: two tests.
+  if (!st->large.empty()) ReleaseLarge(ctx, st);
+  if (!st->blocks.IsOnly(&st->first.link)) ReleaseGrownBlocks(ctx, st);
 }
 
 bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
@@ -767,38 +775,47 @@ struct PoolImpl {
     return o.rewind_on_free ? first_block_size : kMinBlockAlignment;
   }
 
+  // Every field written once, without zeroing the state first: this runs at
+  // every context creation.
   static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
-    new (st) State();
-    st->first.link.owner = ctx;
-    st->first.link.size = 0;  // the tree releases the first block
-    st->first.start = st->first.last = space;
-    st->first.end = block_end;
-    st->blocks.PushBack(&st->first.link);
-    st->current = st->window = &st->first;
+    static_assert(std::is_trivially_destructible_v<State>, "the state is dropped, not destroyed");
+    PoolBlock& first = st->first;
+    first.link.owner = ctx;
+    first.link.size = 0;  // the tree releases the first block
+    first.start = first.last = space;
+    first.end = block_end;
+    first.failed = 0;
+    first.live = 0;
+    new (&st->blocks) BlockList();
+    st->blocks.PushBack(&first.link);
+    new (&st->large) BlockList();
+    st->current = st->window = &first;
     // Direct mode: every request a large chunk, a block of its own (nginx's
     // NGX_DEBUG_PALLOC).
-    st->max_small = kDirectBuild ? 0 : o.max_small;
+    size_t max_small = kDirectBuild ? 0 : o.max_small;
+    st->rewind_block_size = 0;
     if (o.rewind_on_free) {
       // The size requested, not the size the source gave: only the requested
       // size is guaranteed to be the first block's alignment, and the
       // source's slack past it would break the address mask.
       st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
-      st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+      first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
       size_t room = st->rewind_block_size - kBlockHeaderBytes;
-      if (st->max_small > room / 2) st->max_small = room / 2;
+      if (max_small > room / 2) max_small = room / 2;
     }
+    st->max_small = max_small;
     // Later blocks start at the first block's size (whoever chose it).
     size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
     if (base < kBlockHeaderBytes + kMinFirstBlockSpace) base = kBlockHeaderBytes + kMinFirstBlockSpace;
     st->base_block_size = base;
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
-    PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
+    PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
     // Zero is a legal max_small (everything large) but not for the window.
     // Checking builds send every request through the kind, which adds
     // headers and sentinels; rewind mode must count every chunk.
-    st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
-    Publish(ctx, st);
+    st->window_max = (st->rewind_block_size == 0 && !kChecking) ? max_small : 0;
+    if (st->window_max != 0) SetBumpWindow(ctx, first.last, first.end, st->window_max);
     return true;
   }
 
@@ -865,6 +882,11 @@ constexpr KindMethods kPoolMethods = MakeKindMethods<PoolImpl>();
 }  // namespace
 
 KindSpec PoolKind(const PoolOptions& options) { return KindSpec(&kPoolMethods, options); }
+
+const KindSpec& PoolKind() {
+  static const KindSpec spec(&kPoolMethods, PoolOptions());
+  return spec;
+}
 
 Context* CreatePoolContext(Context* parent, const char* name, const PoolOptions& options,
                            const ContextOptions& context_options) {

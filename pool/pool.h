@@ -81,7 +81,10 @@ struct PoolOptions {
   bool rewind_on_free = false;
 };
 
-KindSpec PoolKind(const PoolOptions& options = PoolOptions());
+KindSpec PoolKind(const PoolOptions& options);
+// The default options' spec, made once: what `PoolKind()` costs a caller
+// that creates a context with it is a reference, not a copy.
+const KindSpec& PoolKind();
 
 // Creates a pool context: the same as Context::Create with PoolKind(options).
 Context* CreatePoolContext(Context* parent, const char* name,
