@@ -23,13 +23,13 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::FailingBlockSource;
+using test::CountingBlockSource;
+using test::FailingBlockSource;
 
 class ContextTest : public ::testing::Test {
  protected:

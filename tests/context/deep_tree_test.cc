@@ -9,7 +9,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -29,7 +29,7 @@ struct Counter {
 };
 
 TEST(DeepTreeTest, MillionDeepChainResetsAndDestroys) {
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* root = CreatePoolContext(nullptr, "root", Tiny(), o);

@@ -14,7 +14,7 @@
 #include "mcx/context/new.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -104,7 +104,7 @@ void CheckTree(Context* top) {
 
 void Sweep(const Workload& workload) {
   for (int n = 1;; ++n) {
-    testing::FailingBlockSource source;
+    test::FailingBlockSource source;
     ContextOptions o;
     o.block_source = &source;
     Context* top = Context::Create(nullptr, "top", PoolKind(), o);

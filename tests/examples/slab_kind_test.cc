@@ -15,11 +15,11 @@
 #include "mcx/context/new.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/kind_conformance.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
-namespace testing {
+namespace test {
 
 // [START conformance]
 // The suite allocates sizes of every kind; up to 200 bytes in bulk where it
@@ -38,16 +38,16 @@ struct SlabTraits {
 INSTANTIATE_TYPED_TEST_SUITE_P(Slab, KindConformanceTest, SlabTraits);
 // [END conformance]
 
-}  // namespace testing
+}  // namespace test
 
 namespace {
 
 using examples::SlabKind;
 using examples::SlabOptions;
-using testing::CountingBlockSource;
-using testing::FailingBlockSource;
-using testing::Fill;
-using testing::Holds;
+using test::CountingBlockSource;
+using test::FailingBlockSource;
+using test::Fill;
+using test::Holds;
 
 constexpr size_t kObjectBytes = 48;
 constexpr size_t kSlotsPerBlock = 16;

@@ -1,3 +1,5 @@
+// File: mcx/testing/kind_conformance.h
+//
 // The semantics every kind must honour, as one typed test suite. A kind is
 // described by a traits struct:
 //
@@ -13,8 +15,8 @@
 // Kind-specific behaviour (the pool's no-op free, the freelist's classes)
 // is tested in each kind's own test file.
 
-#ifndef MCX_TESTS_TESTING_KIND_CONFORMANCE_H_
-#define MCX_TESTS_TESTING_KIND_CONFORMANCE_H_
+#ifndef MCX_TESTING_KIND_CONFORMANCE_H_
+#define MCX_TESTING_KIND_CONFORMANCE_H_
 
 #include <algorithm>
 #include <cstdint>
@@ -28,11 +30,11 @@
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/stats.h"
-#include "tests/testing/patterns.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/patterns.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
-namespace testing {
+namespace test {
 
 template <typename Traits>
 class KindConformanceTest : public ::testing::Test {
@@ -434,7 +436,7 @@ REGISTER_TYPED_TEST_SUITE_P(KindConformanceTest, ChunksAreDistinctAndKeepContent
                             StatsAddUp, SourceFailureLeavesContextUsable, LimitBoundsTheSubtree,
                             FreeOfLargeChunkReleasesItsBlock);
 
-}  // namespace testing
+}  // namespace test
 }  // namespace mcx
 
-#endif  // MCX_TESTS_TESTING_KIND_CONFORMANCE_H_
+#endif  // MCX_TESTING_KIND_CONFORMANCE_H_
