@@ -15,7 +15,7 @@ if(NOT MCX_SOURCE_DIR)
   get_filename_component(MCX_SOURCE_DIR "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 endif()
 if(NOT DEFINED MCX_TEST_PACKAGES)
-  set(MCX_TEST_PACKAGES context pool freelist stress c)
+  set(MCX_TEST_PACKAGES context pool freelist stress kit c)
 endif()
 include("${MCX_SOURCE_DIR}/cmake/McxBazel.cmake")
 
