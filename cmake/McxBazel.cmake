@@ -147,6 +147,11 @@ endfunction()
 # CMake build compiles all of them into one library, mcx::mcx.
 set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
 
+# The test kit for kind authors (GoogleTest-based, testonly in Bazel), built
+# as a library of its own, mcx::testing, and installed as the optional
+# component `testing` of the CMake package.
+set(MCX_BAZEL_TESTING_KIT "testing:testing")
+
 # mcx_bazel_library(<prefix> <source_dir> <package_dir> <name>)
 #
 # Reads cc_library <name> of <source_dir>/<package_dir>/BUILD.bazel and sets,

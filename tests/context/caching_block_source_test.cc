@@ -13,13 +13,13 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::ExactBlockSource;
+using test::CountingBlockSource;
+using test::ExactBlockSource;
 
 // One request as a server would run it: a context under a long-lived parent,
 // small allocations, now and then a large one, then destroy.

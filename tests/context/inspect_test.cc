@@ -17,12 +17,12 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::ExactBlockSource;
+using test::ExactBlockSource;
 
 constexpr size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 

@@ -19,12 +19,12 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::ExactBlockSource;
+using test::ExactBlockSource;
 
 std::string Dot(const Context* root, int max_depth = 100, int max_children = 100,
                 bool blocks = false) {
