@@ -112,21 +112,39 @@ size_t RoundUpPow2(size_t n) {
 // The oldest block (the first block, unless a rewind made another current).
 PoolBlock* Oldest(const PoolState* st) { return AsPoolBlock(st->blocks.head()); }
 
+// The largest request the bump window serves (0: no window). Zero is a
+// legal max_small (everything large) but not for the window. Checking builds
+// send every request through the kind, which adds headers and sentinels;
+// rewind mode must count every chunk. Derived, not kept: the state is
+// written at every context creation.
+size_t WindowMax(const PoolState* st) {
+  return (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
+}
+
+// Where block growth starts, and restarts after a reset: the first block's
+// size (whoever chose it: the options or the tree), or the one size of
+// rewind mode.
+size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+  if (st->rewind_block_size != 0) return st->rewind_block_size;
+  const size_t least = kBlockHeaderBytes + kMinFirstBlockSpace;
+  return ctx->first_block_size() < least ? least : ctx->first_block_size();
+}
+
 // The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) st->window->last = BumpPointer(ctx);
+  if (WindowMax(st) != 0) st->window->last = BumpPointer(ctx);
 }
 
 void Publish(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) {
-    SetBumpWindow(ctx, st->window->last, st->window->end, st->window_max);
+  if (size_t max = WindowMax(st); max != 0) {
+    SetBumpWindow(ctx, st->window->last, st->window->end, max);
   }
 }
 
 // Const readers see the window block through the window without writing.
 char* LastOf(const Context* ctx, const PoolState* st, const PoolBlock* b) {
-  return (st->window_max != 0 && b == st->window) ? BumpPointer(ctx) : b->last;
+  return (WindowMax(st) != 0 && b == st->window) ? BumpPointer(ctx) : b->last;
 }
 
 // O(1) block lookup in rewind mode: blocks are aligned to their size.
@@ -663,7 +681,7 @@ void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
     b->live = 0;
   }
   st->current = st->window = &st->first;
-  st->next_block_size = st->base_block_size;
+  st->next_block_size = BaseBlockSize(ctx, st);
   if (largest != 0 && st->rewind_block_size == 0) {
     st->next_block_size = largest * 2 < st->max_block_size ? largest * 2 : st->max_block_size;
   }
@@ -804,18 +822,13 @@ struct PoolImpl {
       if (max_small > room / 2) max_small = room / 2;
     }
     st->max_small = max_small;
-    // Later blocks start at the first block's size (whoever chose it).
-    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
-    if (base < kBlockHeaderBytes + kMinFirstBlockSpace) base = kBlockHeaderBytes + kMinFirstBlockSpace;
-    st->base_block_size = base;
+    const size_t base = BaseBlockSize(ctx, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
-    // Zero is a legal max_small (everything large) but not for the window.
-    // Checking builds send every request through the kind, which adds
-    // headers and sentinels; rewind mode must count every chunk.
-    st->window_max = (st->rewind_block_size == 0 && !kChecking) ? max_small : 0;
-    if (st->window_max != 0) SetBumpWindow(ctx, first.last, first.end, st->window_max);
+    if (size_t window_max = WindowMax(st); window_max != 0) {
+      SetBumpWindow(ctx, first.last, first.end, window_max);
+    }
     return true;
   }
 
