@@ -219,21 +219,24 @@ CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_
 
 CachingBlockSource::~CachingBlockSource() { Trim(); }
 
+// The fast paths below keep few values live, so that they need no
+// registers saved: everything else is AcquireSlow's and ReleaseSlow's.
 Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
-  if (min_size < sizeof(Node)) min_size = sizeof(Node);
-  ThreadCache* tc = OwnThreadCache();
-  if (ABSL_PREDICT_TRUE(tc != nullptr)) {
+  ThreadCaches* all = this_thread_caches;
+  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this && min_size >= sizeof(Node))) {
     // Steady state: the head of the thread's list for this size fits.
-    const int b = BucketOf(min_size);
-    Node* n = Claim(tc->buckets[b]);
+    ThreadCache* tc = &all->slots[0];
+    Node** head = &tc->buckets[BucketOf(min_size)];
+    Node* n = Claim(*head);
     if (ABSL_PREDICT_TRUE(n != nullptr && GoodFit(n->size, min_size) &&
                           (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0)) {
-      tc->buckets[b] = n->next;
+      *head = n->next;
       if (n->next != nullptr) __builtin_prefetch(n->next);
       return TakeFromThreadCache(tc, n);
     }
   }
-  return AcquireSlow(tc, min_size, alignment);
+  if (min_size < sizeof(Node)) min_size = sizeof(Node);
+  return AcquireSlow(OwnThreadCache(), min_size, alignment);
 }
 
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block CachingBlockSource::TakeFromThreadCache(ThreadCache* tc,
@@ -293,6 +296,36 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
 }
 
 void CachingBlockSource::Release(Block block) {
+  ThreadCaches* all = this_thread_caches;
+  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this &&
+                        block.size >= sizeof(Node))) {
+    ThreadCache* tc = &all->slots[0];
+    // Within the shared cap as well: a cap of 0 turns the thread caches off.
+    if (ABSL_PREDICT_TRUE(block.size <= ThreadCacheCap() - tc->bytes &&
+                          tc->bytes <= ThreadCacheCap())) {
+      KeepInThreadCache(tc, block);
+      return;
+    }
+  }
+  ReleaseSlow(block);
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(ThreadCache* tc,
+                                                                              Block block) {
+  Node* n = static_cast<Node*>(block.ptr);
+  internal::UnpoisonMemoryRegion(n, sizeof(Node));
+  n->size = block.size;
+  n->thread_kept = true;
+  Node** head = &tc->buckets[BucketOf(block.size)];
+  n->next = *head;
+  *head = n;
+  tc->bytes += block.size;
+  ++tc->kept;
+  internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
+                               block.size - sizeof(Node));
+}
+
+void CachingBlockSource::ReleaseSlow(Block block) {
   if (block.size < sizeof(Node)) {
     upstream_->Release(block);
     return;
@@ -305,17 +338,7 @@ void CachingBlockSource::Release(Block block) {
       // Full: make room for this block and the next ones.
       SpillThreadCache(tc, SpillReason::kFull);
     }
-    Node* n = static_cast<Node*>(block.ptr);
-    internal::UnpoisonMemoryRegion(n, sizeof(Node));
-    n->size = block.size;
-    n->thread_kept = true;
-    int b = BucketOf(block.size);
-    n->next = tc->buckets[b];
-    tc->buckets[b] = n;
-    tc->bytes += block.size;
-    ++tc->kept;
-    internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
-                                 block.size - sizeof(Node));
+    KeepInThreadCache(tc, block);
     return;
   }
   ReleaseShared(block);

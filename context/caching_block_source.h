@@ -113,6 +113,8 @@ class CachingBlockSource final : public BlockSource {
   ThreadCache* OwnThreadCache() const;
   ThreadCache* OwnThreadCacheSlow() const;
   Block TakeFromThreadCache(ThreadCache* tc, Node* n);
+  void KeepInThreadCache(ThreadCache* tc, Block block);
+  void ReleaseSlow(Block block);
   // Everything but a thread-cache hit at the head of its list.
   Block AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment);
   // Why a thread cache's blocks leave it: kFull when the cache or its thread
