@@ -20,12 +20,12 @@
 #include <cstring>
 #include <string>
 
-#include "absl/strings/str_format.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/internal/freelist_block.h"
 
@@ -513,7 +513,7 @@ bool Check(const Context* ctx, std::string* error) {
   size_t free_in_blocks = 0;
   for (BlockHeader* b = st->blocks; b != nullptr; b = b->next) {
     if (b->owner != ctx) {
-      absl::StrAppendFormat(error, "freelist '%s': block %p names another owner\n", ctx->name(),
+      internal::AppendFormat(error, "freelist '%s': block %p names another owner\n", ctx->name(),
                             static_cast<void*>(b));
       return false;
     }
@@ -526,14 +526,14 @@ bool Check(const Context* ctx, std::string* error) {
                 !ChunkHeaderIsExternal(h) && ChunkHeaderValue(h) < kNumSizeClasses &&
                 ChunkHeaderOffset(h) == static_cast<uint64_t>(payload - 8 - reinterpret_cast<char*>(b));
       if (!ok) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
                               ctx->name(), static_cast<void*>(payload), h);
         return false;
       }
       if (ChunkHeaderIsFree(h)) {
         ++free_in_blocks;
       } else if (kChecking && !SentinelOk(payload)) {
-        absl::StrAppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<void*>(payload), RequestedSize(payload));
         return false;
       }
@@ -545,7 +545,7 @@ bool Check(const Context* ctx, std::string* error) {
     for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       uint64_t h = ReadChunkHeader(p);
       if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->owner != ctx) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
                               ctx->name(), p, c);
         return false;
       }
@@ -553,14 +553,14 @@ bool Check(const Context* ctx, std::string* error) {
     }
   }
   if (on_lists != free_in_blocks) {
-    absl::StrAppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
+    internal::AppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
                           ctx->name(), free_in_blocks, on_lists);
     return false;
   }
   for (BlockHeader* b = st->dedicated; b != nullptr; b = b->next) {
     char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
     if (b->owner != ctx || (kChecking && !SentinelOk(payload))) {
-      absl::StrAppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
+      internal::AppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
                             static_cast<void*>(payload));
       return false;
     }
@@ -568,7 +568,7 @@ bool Check(const Context* ctx, std::string* error) {
   }
   for (BlockHeader* b = st->spare; b != nullptr; b = b->next) ++blocks;
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }

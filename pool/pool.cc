@@ -24,12 +24,12 @@
 #include <cstring>
 #include <string>
 
-#include "absl/strings/str_format.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/pool/internal/pool_block.h"
 
@@ -484,19 +484,19 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
       CheckedHeader h = ReadCheckedHeader(r);
       if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(r));
         return false;
       }
       const char* p = r + h.payload_offset;
       uint64_t word = ReadChunkHeader(p);
       if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(p));
         return false;
       }
       if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
-        absl::StrAppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<const void*>(p), h.requested);
         return false;
       }
@@ -506,7 +506,7 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
   for (const LargeHeader* h = st->large; h != nullptr; h = h->next) {
     const char* p = PayloadOf(h);
     if (!SentinelOk(p + h->requested)) {
-      absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
+      internal::AppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
                             ctx->name(), static_cast<const void*>(p), h->requested);
       return false;
     }
@@ -796,12 +796,12 @@ bool Check(const Context* ctx, std::string* error) {
   for (const PoolBlock* b = st->head; b != nullptr; prev = b, b = b->next) {
     char* last = LastOf(ctx, st, b);
     if (b->prev != prev) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has a broken prev link\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': block %p has a broken prev link\n", ctx->name(),
                             static_cast<const void*>(b));
       return false;
     }
     if (!(b->start <= last && last <= b->end)) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
+      internal::AppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
                             ctx->name(), static_cast<const void*>(b));
       return false;
     }
@@ -816,7 +816,7 @@ bool Check(const Context* ctx, std::string* error) {
         h->check != (kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p)) ||
         p < block + sizeof(LargeHeader) || h->requested > h->size ||
         h->requested > static_cast<size_t>(block + h->size - p)) {
-      absl::StrAppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
                             static_cast<const void*>(p));
       return false;
     }
@@ -825,12 +825,12 @@ bool Check(const Context* ctx, std::string* error) {
     if (++blocks > ctx->num_blocks()) break;
   }
   if (!current_seen) {
-    absl::StrAppendFormat(error, "pool '%s': current block is not on the block list\n",
+    internal::AppendFormat(error, "pool '%s': current block is not on the block list\n",
                           ctx->name());
     return false;
   }
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
