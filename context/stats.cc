@@ -1,10 +1,11 @@
-// Counters and the stats report. The report walks with an explicit stack of
-// frames (no C++ recursion): a million-deep chain is cut by max_depth, but the
-// walk itself must not depend on the depth of the tree.
+// Counters, and the reports: the one walk of report.cc rendered into a
+// std::string by the text sink (internal/report_text.h, which DumpStats
+// shares), the JSON sink or the DOT sink below.
 
 #include "mcx/context/stats.h"
 
 #include <cmath>
+#include <cstddef>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,7 +15,9 @@
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/report_text.h"
 #include "mcx/context/internal/text.h"
+#include "mcx/context/report.h"
 
 namespace mcx {
 
@@ -61,8 +64,140 @@ ContextCounters GetSubtreeCounters(const Context* top) {
 
 namespace {
 
+// A report's bytes into a std::string.
+class StringOut final : public internal::ReportOut {
+ public:
+  explicit StringOut(std::string* out) : out_(out) {}
+  void Append(const char* data, size_t size) override { out_->append(data, size); }
+
+ private:
+  std::string* out_;
+};
+
+// A name as a JSON string: quoted; `"`, `\\`, newline and tab escaped by
+// name, other control characters as \u00XX; each byte that starts no
+// well-formed UTF-8 sequence becomes U+FFFD (REPLACEMENT CHARACTER), since
+// JSON must be UTF-8.
+void AppendJsonString(internal::ReportOut* out, const char* s) {
+  static constexpr char kHexDigits[] = "0123456789abcdef";
+  out->AppendLiteral("\"");
+  for (const char* p = s; *p != '\0';) {
+    const size_t n = internal::Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
+    if (n == 0) {
+      out->AppendLiteral("\xEF\xBF\xBD");
+      ++p;
+      continue;
+    }
+    if (n > 1) {
+      out->Append(p, n);
+      p += n;
+      continue;
+    }
+    const unsigned char ch = static_cast<unsigned char>(*p++);
+    switch (ch) {
+      case '"':
+        out->AppendLiteral("\\\"");
+        break;
+      case '\\':
+        out->AppendLiteral("\\\\");
+        break;
+      case '\n':
+        out->AppendLiteral("\\n");
+        break;
+      case '\t':
+        out->AppendLiteral("\\t");
+        break;
+      default:
+        if (ch < 0x20) {
+          const char escape[] = {'\\', 'u', '0', '0', kHexDigits[ch >> 4], kHexDigits[ch & 0xF]};
+          out->Append(escape, sizeof(escape));
+        } else {
+          const char byte = static_cast<char>(ch);
+          out->Append(&byte, 1);
+        }
+    }
+  }
+  out->AppendLiteral("\"");
+}
+
+void AppendJsonTotals(internal::ReportOut* out, const ContextCounters& c) {
+  out->AppendLiteral("\"total_bytes\": ");
+  out->AppendNumber(c.total_bytes);
+  out->AppendLiteral(", \"blocks\": ");
+  out->AppendNumber(c.blocks);
+  out->AppendLiteral(", \"free_bytes\": ");
+  out->AppendNumber(c.free_bytes);
+  out->AppendLiteral(", \"free_chunks\": ");
+  out->AppendNumber(c.free_chunks);
+  out->AppendLiteral(", \"used_bytes\": ");
+  out->AppendNumber(c.used_bytes());
+  out->AppendLiteral(", \"reserve_bytes\": ");
+  out->AppendNumber(c.reserve_bytes);
+  out->AppendLiteral(", \"reserve_blocks\": ");
+  out->AppendNumber(c.reserve_blocks);
+  out->AppendLiteral(", \"reserve_uses\": ");
+  out->AppendNumber(c.reserve_uses);
+}
+
+// JsonReportSink
+//
+//   {"tree": {"name": ..., "kind": ..., <totals>, "children": [<child>, ...]
+//             [, "more_children": {"contexts": N, <totals>}]},
+//    "grand_total": {"contexts": N, <totals>}}
+// Siblings are separated by a comma: a context begun right after another
+// ended is the next sibling of it.
+class JsonReportSink final : public ReportSink {
+ public:
+  explicit JsonReportSink(internal::ReportOut* out) : out_(out) {}
+
+  void BeginContext(const Context* context, int depth, const ContextCounters& counters) override {
+    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
+    if (after_end_) out_->AppendLiteral(", ");
+    out_->AppendLiteral("{\"name\": ");
+    AppendJsonString(out_, context->name());
+    out_->AppendLiteral(", \"kind\": ");
+    AppendJsonString(out_, context->kind_name());
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, counters);
+    out_->AppendLiteral(", \"children\": [");
+    after_end_ = false;
+  }
+
+  void MoreChildren(const Context* /*parent*/, int /*depth*/, size_t count,
+                    const ContextCounters& totals) override {
+    out_->AppendLiteral("], \"more_children\": {\"contexts\": ");
+    out_->AppendNumber(count);
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, totals);
+    out_->AppendLiteral("}");
+    children_closed_ = true;
+  }
+
+  void EndContext(const Context* /*context*/, int /*depth*/) override {
+    if (!children_closed_) out_->AppendLiteral("]");
+    out_->AppendLiteral("}");
+    children_closed_ = false;
+    after_end_ = true;
+  }
+
+  void GrandTotal(const ContextCounters& totals) override {
+    out_->AppendLiteral(", \"grand_total\": {\"contexts\": ");
+    out_->AppendNumber(totals.contexts);
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, totals);
+    out_->AppendLiteral("}}\n");
+  }
+
+ private:
+  internal::ReportOut* out_;
+  bool after_end_ = false;        // the last call was EndContext
+  bool children_closed_ = false;  // MoreChildren closed the list already
+};
+
+// --- DOT ----------------------------------------------------------------------
+
 // The name as UTF-8, each byte that starts no well-formed sequence replaced
-// by U+FFFD (REPLACEMENT CHARACTER): JSON and Graphviz both require UTF-8.
+// by U+FFFD (REPLACEMENT CHARACTER): Graphviz requires UTF-8.
 std::string ValidUtf8(const char* s) {
   std::string out;
   for (const char* p = s; *p != '\0';) {
@@ -77,158 +212,6 @@ std::string ValidUtf8(const char* s) {
   }
   return out;
 }
-
-std::string JsonString(const char* s) {
-  std::string out = "\"";
-  for (char byte : ValidUtf8(s)) {
-    unsigned char ch = static_cast<unsigned char>(byte);
-    switch (ch) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (ch < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", ch);
-        } else {
-          out += static_cast<char>(ch);
-        }
-    }
-  }
-  out += "\"";
-  return out;
-}
-
-// A name as the text report shows it: on one line, escaped C-style
-// (internal/text.h); dump.cc escapes the same way without allocating.
-std::string TextName(const char* s) {
-  std::string out;
-  internal::AppendTextName(s, [&out](const char* piece, size_t n) { out.append(piece, n); });
-  return out;
-}
-
-std::string TextTotals(const ContextCounters& c) {
-  std::string line = absl::StrFormat("%d total in %d blocks; %d free (%d chunks); %d used",
-                                     c.total_bytes, c.blocks, c.free_bytes, c.free_chunks,
-                                     c.used_bytes());
-  if (c.reserve_blocks != 0 || c.reserve_uses != 0) {
-    absl::StrAppendFormat(&line, "; reserve %d bytes in %d blocks (%d used)", c.reserve_bytes,
-                          c.reserve_blocks, c.reserve_uses);
-  }
-  return line;
-}
-
-std::string JsonTotals(const ContextCounters& c) {
-  return absl::StrFormat(
-      "\"total_bytes\": %d, \"blocks\": %d, \"free_bytes\": %d, \"free_chunks\": %d, "
-      "\"used_bytes\": %d, \"reserve_bytes\": %d, \"reserve_blocks\": %d, "
-      "\"reserve_uses\": %d",
-      c.total_bytes, c.blocks, c.free_bytes, c.free_chunks, c.used_bytes(), c.reserve_bytes,
-      c.reserve_blocks, c.reserve_uses);
-}
-
-struct Frame {
-  const Context* ctx;
-  int depth;
-  const Context* next_child;  // next child to show or summarise
-  int shown;                  // children shown so far
-};
-
-// Sums the subtrees of `first` and its older siblings.
-ContextCounters SumSiblings(const Context* first, size_t* count) {
-  ContextCounters sum;
-  *count = 0;
-  for (const Context* c = first; c != nullptr; c = c->next_sibling()) {
-    sum.Add(GetSubtreeCounters(c));
-    ++*count;
-  }
-  return sum;
-}
-
-std::string TextReport(const Context* root, const ReportOptions& options) {
-  std::string out;
-  auto line = [&out](int depth, const std::string& text) {
-    out.append(static_cast<size_t>(depth) * 2, ' ');
-    out += text;
-    out += '\n';
-  };
-  std::vector<Frame> stack;
-  line(0, absl::StrCat(TextName(root->name()), ": ", TextTotals(GetCounters(root))));
-  stack.push_back({root, 0, root->first_child(), 0});
-  while (!stack.empty()) {
-    Frame& f = stack.back();
-    if (f.next_child != nullptr && f.depth < options.max_depth && f.shown < options.max_children) {
-      const Context* c = f.next_child;
-      f.next_child = c->next_sibling();
-      ++f.shown;
-      int depth = f.depth + 1;
-      line(depth, absl::StrCat(TextName(c->name()), ": ", TextTotals(GetCounters(c))));
-      stack.push_back({c, depth, c->first_child(), 0});
-      continue;
-    }
-    if (f.next_child != nullptr) {
-      size_t count;
-      ContextCounters rest = SumSiblings(f.next_child, &count);
-      line(f.depth + 1, absl::StrFormat("%d more child contexts containing %s", count,
-                                        TextTotals(rest)));
-    }
-    stack.pop_back();
-  }
-  ContextCounters grand = GetSubtreeCounters(root);
-  out += absl::StrFormat("Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used\n",
-                         grand.total_bytes, grand.blocks, grand.free_bytes, grand.free_chunks,
-                         grand.used_bytes());
-  return out;
-}
-
-std::string JsonReport(const Context* root, const ReportOptions& options) {
-  std::string out;
-  auto open = [&out](const Context* c) {
-    absl::StrAppend(&out, "{\"name\": ", JsonString(c->name()), ", \"kind\": ",
-                    JsonString(c->kind_name()), ", ", JsonTotals(GetCounters(c)),
-                    ", \"children\": [");
-  };
-  std::vector<Frame> stack;
-  open(root);
-  stack.push_back({root, 0, root->first_child(), 0});
-  while (!stack.empty()) {
-    Frame& f = stack.back();
-    if (f.next_child != nullptr && f.depth < options.max_depth && f.shown < options.max_children) {
-      const Context* c = f.next_child;
-      f.next_child = c->next_sibling();
-      if (f.shown++ > 0) out += ", ";
-      open(c);
-      stack.push_back({c, f.depth + 1, c->first_child(), 0});
-      continue;
-    }
-    out += "]";
-    if (f.next_child != nullptr) {
-      size_t count;
-      ContextCounters rest = SumSiblings(f.next_child, &count);
-      absl::StrAppend(&out, ", \"more_children\": {\"contexts\": ", count, ", ",
-                      JsonTotals(rest), "}");
-    }
-    out += "}";
-    stack.pop_back();
-  }
-  ContextCounters grand = GetSubtreeCounters(root);
-  return absl::StrCat("{\"tree\": ", out, ", \"grand_total\": {\"contexts\": ", grand.contexts,
-                      ", ", JsonTotals(grand), "}}\n");
-}
-
-// --- DOT ----------------------------------------------------------------------
-//
-// The DOT report walks the tree as the text report does, but in two passes:
-// the first collects what is shown (and, with `blocks`, inspects it), so that
-// every bar in the graph can be drawn to one scale; the second prints.
 
 // Text inside an HTML-like label: XML's specials escaped; control
 // characters, which XML does not allow, become '?'; bytes that are not
@@ -278,11 +261,12 @@ class LayoutCollector final : public InspectVisitor {
 
 // One node of the graph: a context, or what the cut left out of a parent.
 struct DotNode {
-  const Context* ctx;  // nullptr: a "more child contexts" node
-  int parent;          // index into the nodes; -1 for the root
-  size_t more_count;   // "more" nodes: contexts left out, and their totals
-  ContextCounters more_totals;
-  bool has_detail;     // with `blocks`: the kind could be inspected
+  const Context* ctx = nullptr;  // nullptr: a "more child contexts" node
+  int parent = -1;               // index into the nodes; -1 for the root
+  size_t more_count = 0;         // "more" nodes: contexts left out
+  // A context's own counters; for a "more" node, its contexts' totals.
+  ContextCounters counters;
+  bool has_detail = false;  // with `blocks`: the kind could be inspected
   LayoutCollector layout;
 };
 
@@ -342,7 +326,7 @@ std::string ContextLabel(const DotNode& n, bool blocks, double points_per_byte) 
   std::string rows = absl::StrFormat(
       "<TR><TD%s BGCOLOR=\"#dbe4f0\"><B>%s</B> (%s)</TD></TR>"
       "<TR><TD%s>%s</TD></TR>",
-      span, HtmlText(c->name()), HtmlText(c->kind_name()), span, DotTotals(GetCounters(c)));
+      span, HtmlText(c->name()), HtmlText(c->kind_name()), span, DotTotals(n.counters));
   if (c->limit() != kNoLimit) {
     absl::StrAppendFormat(&rows, "<TR><TD%s>limit %d; subtree %d</TD></TR>", span, c->limit(),
                           c->SubtreeBytes());
@@ -376,36 +360,46 @@ std::string ContextLabel(const DotNode& n, bool blocks, double points_per_byte) 
                       rows, "</TABLE>>");
 }
 
-std::string DotReport(const Context* root, const ReportOptions& options) {
-  struct DotFrame {
-    Frame frame;
-    int node;  // index of the context's node
-  };
-  std::vector<DotNode> nodes;
-  auto add_context = [&](const Context* c, int parent) {
-    nodes.push_back({c, parent, 0, {}, false, {}});
-    return static_cast<int>(nodes.size()) - 1;
-  };
-  std::vector<DotFrame> stack;
-  stack.push_back({{root, 0, root->first_child(), 0}, add_context(root, -1)});
-  while (!stack.empty()) {
-    DotFrame& f = stack.back();
-    if (f.frame.next_child != nullptr && f.frame.depth < options.max_depth &&
-        f.frame.shown < options.max_children) {
-      const Context* c = f.frame.next_child;
-      f.frame.next_child = c->next_sibling();
-      ++f.frame.shown;
-      int node = add_context(c, f.node);
-      stack.push_back({{c, f.frame.depth + 1, c->first_child(), 0}, node});
-      continue;
-    }
-    if (f.frame.next_child != nullptr) {
-      DotNode more{nullptr, f.node, 0, {}, false, {}};
-      more.more_totals = SumSiblings(f.frame.next_child, &more.more_count);
-      nodes.push_back(std::move(more));
-    }
-    stack.pop_back();
+// DotSink
+//
+// Keeps one DotNode per context shown and per MoreChildren, in walk order,
+// each with the index of its parent's node (the top of `open_`).
+class DotSink final : public ReportSink {
+ public:
+  void BeginContext(const Context* context, int /*depth*/,
+                    const ContextCounters& counters) override {
+    DotNode n;
+    n.ctx = context;
+    n.parent = open_.empty() ? -1 : open_.back();
+    n.counters = counters;
+    nodes_.push_back(std::move(n));
+    open_.push_back(static_cast<int>(nodes_.size()) - 1);
   }
+  void MoreChildren(const Context* /*parent*/, int /*depth*/, size_t count,
+                    const ContextCounters& totals) override {
+    DotNode n;
+    n.parent = open_.back();
+    n.more_count = count;
+    n.counters = totals;
+    nodes_.push_back(std::move(n));
+  }
+  void EndContext(const Context* /*context*/, int /*depth*/) override { open_.pop_back(); }
+  void GrandTotal(const ContextCounters& totals) override { grand_ = totals; }
+
+  std::vector<DotNode>& nodes() { return nodes_; }
+  const ContextCounters& grand() const { return grand_; }
+
+ private:
+  std::vector<DotNode> nodes_;
+  std::vector<int> open_;  // nodes of the contexts begun and not ended
+  ContextCounters grand_;
+};
+
+// The DOT report: the walk into a DotSink, then the drawing.
+std::string DotReport(const Context* root, const ReportOptions& options) {
+  DotSink sink;
+  WalkReport(root, options.max_depth, options.max_children, &sink);
+  std::vector<DotNode>& nodes = sink.nodes();
 
   size_t largest = 0;
   if (options.blocks) {
@@ -418,7 +412,7 @@ std::string DotReport(const Context* root, const ReportOptions& options) {
   const double points_per_byte =
       largest == 0 ? 0.0 : static_cast<double>(kDotBarPoints) / static_cast<double>(largest);
 
-  ContextCounters grand = GetSubtreeCounters(root);
+  const ContextCounters& grand = sink.grand();
   std::string title = absl::StrFormat(
       "Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used", grand.total_bytes,
       grand.blocks, grand.free_bytes, grand.free_chunks, grand.used_bytes());
@@ -443,7 +437,7 @@ std::string DotReport(const Context* root, const ReportOptions& options) {
                       " [label=", ContextLabel(n, options.blocks, points_per_byte), "];\n");
     } else {
       ids[i] = absl::StrCat("more", mores++);
-      const ContextCounters& t = n.more_totals;
+      const ContextCounters& t = n.counters;
       absl::StrAppendFormat(
           &out,
           "  %s [shape=note, label=\"%d more child contexts\\n%d total in %d blocks\\n"
@@ -463,15 +457,17 @@ std::string DotReport(const Context* root, const ReportOptions& options) {
 }  // namespace
 
 std::string StatsReport(const Context* root, const ReportOptions& options) {
-  switch (options.format) {
-    case ReportFormat::kJson:
-      return JsonReport(root, options);
-    case ReportFormat::kDot:
-      return DotReport(root, options);
-    case ReportFormat::kText:
-      break;
+  std::string text;
+  StringOut out(&text);
+  if (options.format == ReportFormat::kDot) return DotReport(root, options);
+  if (options.format == ReportFormat::kJson) {
+    JsonReportSink sink(&out);
+    WalkReport(root, options.max_depth, options.max_children, &sink);
+  } else {
+    internal::TextReportSink sink(&out);
+    WalkReport(root, options.max_depth, options.max_children, &sink);
   }
-  return TextReport(root, options);
+  return text;
 }
 
 }  // namespace mcx

@@ -30,6 +30,9 @@
 //     parent to each child shown. What the cut leaves out is one node per
 //     parent, `moreN` (shape "note", a dashed edge), "N more child contexts"
 //     with their totals. The graph's label is the grand total.
+//   - Every report is one walk of the tree (`WalkReport`, report.h)
+//     rendered by a sink: text (also `DumpStats`, dump.h, byte for byte),
+//     JSON and DOT.
 //   - `blocks = true` (DOT only) adds each context's blocks, drawn to scale
 //     as bars (inspect.h): grey for headers, blue for chunks handed out,
 //     orange for chunks on freelists, white for free bump space; one scale
