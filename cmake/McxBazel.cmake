@@ -143,9 +143,37 @@ function(mcx_bazel_module_version out_var module_file)
   set(${out_var} "${CMAKE_MATCH_1}" PARENT_SCOPE)
 endfunction()
 
-# The mcx libraries, as "<package dir>:<cc_library name>", in link order. The
-# CMake build compiles all of them into one library, mcx::mcx.
-set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
+# The libraries of the CMake build, each compiled from Bazel cc_library rules
+# ("<package dir>:<cc_library name>", in link order), and what they are:
+#   mcx       mcx::mcx, libmcx, mcx.pc: the tree, the kinds, the C API.
+#   mcx_dot   mcx::dot, libmcx_dot, mcx-dot.pc: the report as a Graphviz
+#             drawing (context/dot.h), on mcx and Abseil's strings.
+set(MCX_CMAKE_LIBRARIES mcx mcx_dot)
+set(MCX_BAZEL_LIBRARIES_mcx "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
+set(MCX_BAZEL_LIBRARIES_mcx_dot "context:dot")
+# Every rule above (tests/build/check_sources.cmake checks them all).
+set(MCX_BAZEL_LIBRARIES ${MCX_BAZEL_LIBRARIES_mcx} ${MCX_BAZEL_LIBRARIES_mcx_dot})
+
+# mcx_bazel_label_library(<out_var> <label>)
+#
+# The CMake library (of MCX_CMAKE_LIBRARIES) compiled from the Bazel label
+# //<package>:<name> (or //<package> for <name> equal to the package's last
+# directory), or "" if none is.
+function(mcx_bazel_label_library out_var label)
+  set(found "")
+  foreach(lib IN LISTS MCX_CMAKE_LIBRARIES)
+    foreach(rule IN LISTS MCX_BAZEL_LIBRARIES_${lib})
+      string(REPLACE ":" ";" parts "${rule}")
+      list(GET parts 0 pkg)
+      list(GET parts 1 name)
+      get_filename_component(last "${pkg}" NAME)
+      if(label STREQUAL "//${pkg}:${name}" OR (name STREQUAL last AND label STREQUAL "//${pkg}"))
+        set(found "${lib}")
+      endif()
+    endforeach()
+  endforeach()
+  set(${out_var} "${found}" PARENT_SCOPE)
+endfunction()
 
 # mcx_bazel_library(<prefix> <source_dir> <package_dir> <name>)
 #
