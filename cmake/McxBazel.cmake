@@ -145,14 +145,21 @@ endfunction()
 
 # The libraries of the CMake build, each compiled from Bazel cc_library rules
 # ("<package dir>:<cc_library name>", in link order), and what they are:
-#   mcx       mcx::mcx, libmcx, mcx.pc: the tree, the kinds, the C API.
+#   mcx_core  mcx::core, libmcx_core, mcx-core.pc: the tree, its text and JSON
+#             reports and the dump, the two kinds, the C API. Links no Abseil
+#             library: C programs and embedders link this.
+#   mcx       mcx::mcx, libmcx, mcx.pc: mcx_core and the members of Context
+#             that return absl::Status (status.cc), with Abseil's status.
 #   mcx_dot   mcx::dot, libmcx_dot, mcx-dot.pc: the report as a Graphviz
-#             drawing (context/dot.h), on mcx and Abseil's strings.
-set(MCX_CMAKE_LIBRARIES mcx mcx_dot)
-set(MCX_BAZEL_LIBRARIES_mcx "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
+#             drawing (context/dot.h), on mcx_core and Abseil's strings.
+# context/BUILD.bazel says why the core is split this way.
+set(MCX_CMAKE_LIBRARIES mcx_core mcx mcx_dot)
+set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "c:mcx_c")
+set(MCX_BAZEL_LIBRARIES_mcx "context:context")
 set(MCX_BAZEL_LIBRARIES_mcx_dot "context:dot")
 # Every rule above (tests/build/check_sources.cmake checks them all).
-set(MCX_BAZEL_LIBRARIES ${MCX_BAZEL_LIBRARIES_mcx} ${MCX_BAZEL_LIBRARIES_mcx_dot})
+set(MCX_BAZEL_LIBRARIES
+    ${MCX_BAZEL_LIBRARIES_mcx_core} ${MCX_BAZEL_LIBRARIES_mcx} ${MCX_BAZEL_LIBRARIES_mcx_dot})
 
 # mcx_bazel_label_library(<out_var> <label>)
 #
@@ -183,6 +190,8 @@ endfunction()
 #   <prefix>_HDRS            headers, relative to the package directory
 #   <prefix>_INCLUDE_PREFIX  the include_prefix ("" if none)
 #   <prefix>_DEPS            deps labels
+# A library may have no headers (//context:context, whose members are
+# declared in //context:core's context.h) or no sources, not neither.
 function(mcx_bazel_library prefix source_dir package_dir name)
   set(build_file "${source_dir}/${package_dir}/BUILD.bazel")
   mcx_bazel_rule_body(body "${build_file}" cc_library "${name}")
@@ -190,7 +199,11 @@ function(mcx_bazel_library prefix source_dir package_dir name)
     message(FATAL_ERROR "mcx: found no cc_library(name = \"${name}\") in ${build_file}")
   endif()
   mcx_bazel_attr(srcs "${build_file}" cc_library "${name}" srcs)
-  mcx_bazel_attr(hdrs "${build_file}" cc_library "${name}" hdrs NONEMPTY)
+  mcx_bazel_attr(hdrs "${build_file}" cc_library "${name}" hdrs)
+  if(srcs STREQUAL "" AND hdrs STREQUAL "")
+    message(FATAL_ERROR "mcx: cc_library(name = \"${name}\") in ${build_file}: "
+            "neither srcs nor hdrs could be read")
+  endif()
   mcx_bazel_attr(include_prefix "${build_file}" cc_library "${name}" include_prefix)
   mcx_bazel_attr(deps "${build_file}" cc_library "${name}" deps)
   set(${prefix}_SRCS "${srcs}" PARENT_SCOPE)
