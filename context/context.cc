@@ -17,7 +17,6 @@
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/context_impl.h"
@@ -709,26 +708,24 @@ bool Context::IsAncestorOf(const Context* other) const {
   return false;
 }
 
-// Context::SetParent
+// Context::Reparent
 //
 // PostgreSQL does not look for multi-level loops; we do, because a loop
 // makes every later teardown run forever. Limits are kept exact: the moved
 // subtree's bytes leave the old limited ancestors and join the new ones,
 // except where the two chains share a context (a move inside one limited
-// subtree changes nothing for it).
-absl::Status Context::SetParent(Context* new_parent) {
-  if (new_parent == parent_) return absl::OkStatus();
+// subtree changes nothing for it). SetParent (status.cc) and TrySetParent
+// are this.
+Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* bytes_out) {
+  if (new_parent == parent_) return Failure::kNone;
   if (new_parent == this || IsAncestorOf(new_parent)) {
     last_failure_ = Failure::kCycle;
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "mcx: cannot move context '%s' under '%s': it would become its own ancestor",
-        name(), new_parent->name()));
+    return Failure::kCycle;
   }
   if (state_ == State::kTearingDown ||
       (new_parent != nullptr && new_parent->state_ == State::kTearingDown)) {
     last_failure_ = Failure::kBadArgument;
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "mcx: cannot move context '%s' while a context involved is being torn down", name()));
+    return Failure::kBadArgument;
   }
   Context* old_chain = parent_ ? parent_->NearestLimited() : nullptr;
   Context* new_chain = new_parent ? new_parent->NearestLimited() : nullptr;
@@ -743,9 +740,9 @@ absl::Status Context::SetParent(Context* new_parent) {
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l) && bytes > l->extras_->limit - l->extras_->subtree_bytes) {
         last_failure_ = Failure::kLimit;
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "mcx: moving context '%s' (%d bytes) under '%s' would exceed the limit of '%s' (%d bytes)",
-            name(), bytes, new_parent->name(), l->name(), l->extras_->limit));
+        if (limited != nullptr) *limited = l;
+        if (bytes_out != nullptr) *bytes_out = bytes;
+        return Failure::kLimit;
       }
     }
     for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
@@ -757,7 +754,11 @@ absl::Status Context::SetParent(Context* new_parent) {
   }
   Unlink();
   LinkUnder(new_parent);
-  return absl::OkStatus();
+  return Failure::kNone;
+}
+
+Failure Context::TrySetParent(Context* new_parent) {
+  return Reparent(new_parent, nullptr, nullptr);
 }
 
 // Context::FirstBlockOutgrown

@@ -184,7 +184,16 @@ class Context {
   // or one of its descendants, or if the moved bytes would exceed a limit of
   // the new ancestors. The move is O(1); the cycle check walks the new
   // parent's ancestors; a limit on either side adds a walk of the subtree.
+  // The status's message names the contexts (and the limit) involved.
+  //
+  // The two members that return an absl::Status (this and SetLimit) are
+  // defined in //context (status.cc), not in the core //context:core, so
+  // that the core and the C API link no Abseil library; `TrySetParent` is
+  // the same move, returning the reason.
   absl::Status SetParent(Context* new_parent);
+  // As SetParent; returns Failure::kNone, or why nothing was moved
+  // (kCycle, kLimit, kBadArgument during a teardown), as last_failure().
+  Failure TrySetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
 
@@ -265,8 +274,13 @@ class Context {
   FailureDumpOptions failure_dump() const;
 
   // Bounds the block bytes of this subtree, checked whenever a block is
-  // acquired. Fails if the subtree already holds more.
+  // acquired. Fails if the subtree already holds more. (In //context, as
+  // SetParent.)
   absl::Status SetLimit(size_t bytes);
+  // As SetLimit; returns Failure::kNone, or why nothing changed (kLimit, or
+  // kOutOfMemory / kLimit if the limit could not be recorded), as
+  // last_failure().
+  Failure TrySetLimit(size_t bytes);
   size_t limit() const;
 
   // --- Introspection -------------------------------------------------------
@@ -423,6 +437,10 @@ class Context {
   Context* ReleasePlainLeaves(size_t walk);
   void LinkUnder(Context* parent);
   void Unlink();
+  // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
+  // refused and `*bytes` the bytes that would have moved (SetParent's
+  // message).
+  Failure Reparent(Context* new_parent, const Context** limited, size_t* bytes);
   size_t NameOffset() const;
 
   // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),

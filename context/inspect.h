@@ -3,7 +3,7 @@
 // What a context's memory looks like inside: its blocks, how each is split
 // between headers, chunks handed out, free bump space and freelist chunks,
 // and (for kinds with size classes) what sits on each freelist. For reports,
-// pictures (StatsReport's DOT output, examples/tour.cc) and tests; not for
+// pictures (DotReport, dot.h; examples/tour.cc) and tests; not for
 // the allocation path.
 //
 // Contract:

@@ -17,8 +17,8 @@
 //
 // Run: bazel run //examples:tour [-- --dot DIR]
 // With --dot DIR it also writes the tree at each key moment as a Graphviz
-// file (StatsReport's DOT output with blocks), DIR/step<N>-<moment>.dot
-// (DIR is created if missing);
+// file (DotReport's output with blocks, mcx/context/dot.h),
+// DIR/step<N>-<moment>.dot (DIR is created if missing);
 // docs/pictures/render.sh turns them into SVG.
 
 #include <cstdarg>
@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dot.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/stats.h"
@@ -142,12 +143,11 @@ mcx::KindSpec SmallFreelist() {
 // Writes the tree under `root` as DOT, with blocks, if --dot was given.
 void Snapshot(const mcx::Context* root, const char* moment) {
   if (dot_dir == nullptr) return;
-  mcx::ReportOptions o;
-  o.format = mcx::ReportFormat::kDot;
+  mcx::DotOptions o;
   o.blocks = true;
   std::string path = Format("%s/step%d-%s.dot", dot_dir, step, moment);
   std::ofstream out(path);
-  out << mcx::StatsReport(root, o);
+  out << mcx::DotReport(root, o);
   out.close();
   CLAIM(!out.fail(), "the drawing was written to " + path);
 }

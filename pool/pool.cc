@@ -27,9 +27,9 @@
 #include <type_traits>
 
 #include "absl/base/attributes.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/pool/internal/pool_block.h"
 
@@ -489,19 +489,19 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
       CheckedHeader h = ReadCheckedHeader(r);
       if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(r));
         return false;
       }
       const char* p = r + h.payload_offset;
       uint64_t word = ReadChunkHeader(p);
       if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(p));
         return false;
       }
       if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
-        absl::StrAppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<const void*>(p), h.requested);
         return false;
       }
@@ -512,7 +512,7 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     const LargeHeader* h = AsLargeHeader(l);
     const char* p = PayloadOf(h);
     if (!SentinelOk(p + h->requested)) {
-      absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
+      internal::AppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
                             ctx->name(), static_cast<const void*>(p), h->requested);
       return false;
     }
@@ -707,12 +707,12 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
   for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
     char* last = LastOf(ctx, st, b);
     if (!st->blocks.Holds(&b->link)) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has a broken link\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': block %p has a broken link\n", ctx->name(),
                             static_cast<const void*>(b));
       return false;
     }
     if (!(b->start <= last && last <= b->end)) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
+      internal::AppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
                             ctx->name(), static_cast<const void*>(b));
       return false;
     }
@@ -727,7 +727,7 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
         h->check != (kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p)) ||
         p < block + sizeof(LargeHeader) || h->requested > l->size ||
         h->requested > static_cast<size_t>(block + l->size - p)) {
-      absl::StrAppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
                             static_cast<const void*>(p));
       return false;
     }
@@ -736,12 +736,12 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
     if (++blocks > ctx->num_blocks()) break;
   }
   if (!current_seen) {
-    absl::StrAppendFormat(error, "pool '%s': current block is not on the block list\n",
+    internal::AppendFormat(error, "pool '%s': current block is not on the block list\n",
                           ctx->name());
     return false;
   }
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
