@@ -108,7 +108,7 @@ std::string DotTotals(const ContextCounters& c) {
 }
 
 std::string BlockCaption(const BlockInfo& b) {
-  std::string text = absl::StrFormat("%s %d: ", BlockRoleName(b.role), b.size);
+  std::string text = absl::StrFormat("%s %d: ", b.Name(), b.size);
   if (b.header_bytes != 0) absl::StrAppendFormat(&text, "%d header, ", b.header_bytes);
   absl::StrAppendFormat(&text, "%d used", b.used_bytes);
   if (b.freelist_chunks != 0) {
@@ -116,7 +116,9 @@ std::string BlockCaption(const BlockInfo& b) {
                           b.freelist_chunks);
   }
   if (b.free_bytes != 0) absl::StrAppendFormat(&text, ", %d free", b.free_bytes);
-  if (b.failed != 0) absl::StrAppendFormat(&text, ", failed %d", b.failed);
+  for (const BlockCounter& c : b.counters) {
+    if (c.name != nullptr && c.value != 0) absl::StrAppendFormat(&text, ", %s %d", c.name, c.value);
+  }
   if (b.current) text += ", current";
   return text;
 }

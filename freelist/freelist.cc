@@ -608,7 +608,8 @@ void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor
     info.header_bytes = kDedicatedPayload;  // block header and chunk header
     info.used_bytes = b->size - kDedicatedPayload;
     info.last_offset = info.end_offset = b->size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
   for (size_t c = 0; c < kNumSizeClasses; ++c) {

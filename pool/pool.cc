@@ -763,7 +763,7 @@ BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock
   info.used_bytes = info.size - info.header_bytes - info.free_bytes;
   info.role = first ? BlockRole::kFirst : BlockRole::kNormal;
   info.current = b == st->current;
-  info.failed = b->failed;
+  info.SetCounter("failed", b->failed);
   return info;
 }
 
@@ -884,7 +884,8 @@ struct PoolImpl {
       info.header_bytes = static_cast<size_t>(PayloadOf(h) - static_cast<const char*>(h->block));
       info.used_bytes = l->size - info.header_bytes;
       info.last_offset = info.end_offset = l->size;
-      info.role = BlockRole::kLarge;
+      info.role = BlockRole::kOversize;
+      info.label = "large";
       visitor->VisitBlock(info);
     }
   }

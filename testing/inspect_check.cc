@@ -30,7 +30,7 @@ bool ExpectInspectAddsUp(const Context* ctx) {
   size_t block_free_chunks = 0;
   for (size_t i = 0; i < layout.blocks.size(); ++i) {
     const BlockInfo& b = layout.blocks[i];
-    SCOPED_TRACE(testing::Message() << "block " << i << " (" << BlockRoleName(b.role) << ", "
+    SCOPED_TRACE(testing::Message() << "block " << i << " (" << b.Name() << ", "
                                     << b.size << " bytes at " << b.start << ")");
     if (i != 0) {
       EXPECT_NE(b.role, BlockRole::kFirst) << "a second first block";

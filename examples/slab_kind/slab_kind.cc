@@ -478,7 +478,8 @@ void SlabInspect(const Context* ctx, const SlabState* st, InspectVisitor* visito
     info.header_bytes = kPayloadOffset;  // block header and chunk header
     info.used_bytes = b->size - kPayloadOffset;
     info.last_offset = info.end_offset = b->size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
   SizeClassInfo slot;
