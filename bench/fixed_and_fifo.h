@@ -285,29 +285,7 @@ void RegisterW13() {
 
 // --- Memory: forked children, as W5 ------------------------------------------------------
 
-// Runs `measure` in a fresh child and copies its JSON line to stdout.
-template <typename F>
-void InChild(F measure) {
-  std::fflush(stdout);
-  int fds[2];
-  if (pipe(fds) != 0) return;
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    std::string line = measure();
-    if (write(fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
-    _exit(0);
-  }
-  close(fds[1]);
-  char buf[512];
-  ssize_t got;
-  while ((got = read(fds[0], buf, sizeof buf)) > 0) {
-    std::fwrite(buf, 1, static_cast<size_t>(got), stdout);
-  }
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-}
+// InChild (workloads.cc, W5) runs each measurement in a fresh child.
 
 // W12.mem: resident bytes per live byte with all objects live, then with
 // 90% of them freed in random order.

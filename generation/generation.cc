@@ -32,9 +32,9 @@
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/generation/internal/generation_block.h"
 
@@ -524,7 +524,7 @@ bool CheckChunks(const Context* ctx, const GenerationBlock* b, std::string* erro
     if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindGeneration ||
         ChunkHeaderIsExternal(h) || BlockOf(p, h) != b || footprint < 16 ||
         footprint > static_cast<size_t>(b->free_ptr - c)) {
-      absl::StrAppendFormat(error, "generation '%s': chunk %p has a corrupt header 0x%016x\n",
+      internal::AppendFormat(error, "generation '%s': chunk %p has a corrupt header 0x%016x\n",
                             ctx->name(), static_cast<const void*>(p), h);
       return false;
     }
@@ -532,14 +532,14 @@ bool CheckChunks(const Context* ctx, const GenerationBlock* b, std::string* erro
     if (ChunkHeaderIsFree(h)) {
       ++freed;
     } else if (kChecking && !SentinelOk(p)) {
-      absl::StrAppendFormat(error, "generation '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+      internal::AppendFormat(error, "generation '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                             ctx->name(), static_cast<const void*>(p), RequestedSize(p));
       return false;
     }
     c += footprint;
   }
   if (chunks != b->nchunks || freed != b->nfree) {
-    absl::StrAppendFormat(error,
+    internal::AppendFormat(error,
                           "generation '%s': block %p counts %d chunks, %d free; it holds %d, %d free\n",
                           ctx->name(), static_cast<const void*>(b), b->nchunks, b->nfree, chunks,
                           freed);
@@ -556,7 +556,7 @@ bool GenerationCheck(const Context* ctx, const GenerationState* st, std::string*
     if (!ok) return;
     if (kb->owner != ctx || !list.Holds(kb) || b->free_ptr < FirstChunk(b) ||
         b->free_ptr > b->end || (spare && b->nchunks != 0)) {
-      absl::StrAppendFormat(error, "generation '%s': block %p is corrupt\n", ctx->name(),
+      internal::AppendFormat(error, "generation '%s': block %p is corrupt\n", ctx->name(),
                             static_cast<const void*>(b));
       ok = false;
       return;
@@ -568,7 +568,7 @@ bool GenerationCheck(const Context* ctx, const GenerationState* st, std::string*
   st->spare.ForEach([&](KindBlock* b) { check_block(st->spare, b, true); });
   if (!ok) return false;
   if (&st->current->link != st->blocks.head()) {
-    absl::StrAppendFormat(error, "generation '%s': the current block is not the newest\n",
+    internal::AppendFormat(error, "generation '%s': the current block is not the newest\n",
                           ctx->name());
     return false;
   }
@@ -578,7 +578,7 @@ bool GenerationCheck(const Context* ctx, const GenerationState* st, std::string*
     if (ok && (kb->owner != ctx || !st->dedicated.Holds(kb) || !ChunkHeaderMagicOk(h) ||
                ChunkHeaderKind(h) != kChunkKindGeneration || !ChunkHeaderIsExternal(h) ||
                ChunkHeaderIsFree(h) || (kChecking && !SentinelOk(p)))) {
-      absl::StrAppendFormat(error, "generation '%s': dedicated chunk %p is corrupt\n",
+      internal::AppendFormat(error, "generation '%s': dedicated chunk %p is corrupt\n",
                             ctx->name(), static_cast<const void*>(p));
       ok = false;
     }
@@ -586,7 +586,7 @@ bool GenerationCheck(const Context* ctx, const GenerationState* st, std::string*
   });
   if (!ok) return false;
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "generation '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "generation '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
@@ -609,6 +609,7 @@ BlockInfo DescribeBlock(const Context* ctx, const GenerationState* st, const Gen
   info.used_bytes = info.size - info.header_bytes - info.free_bytes;
   info.role = role;
   info.current = b == st->current;
+  info.SetCounter("chunks", b->nchunks - b->nfree);
   return info;
 }
 
@@ -634,7 +635,8 @@ void GenerationInspect(const Context* ctx, const GenerationState* st, InspectVis
     info.header_bytes = kDedicatedPayload;
     info.used_bytes = b->size - kDedicatedPayload;
     info.last_offset = info.end_offset = b->size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
 }

@@ -35,9 +35,9 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "absl/numeric/bits.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/slab/internal/slab_block.h"
 #include "mcx/slab/typed_slab.h"
@@ -790,7 +790,7 @@ void SlabStats(const Context* /*ctx*/, const SlabState* st, KindStats* out) {
 bool CheckBlock(const Context* ctx, const SlabState* st, const SlabBlock* b,
                 const BlockList& list, int list_index, std::string* error) {
   auto fail = [&](const char* what) {
-    absl::StrAppendFormat(error, "slab '%s': block %p %s\n", ctx->name(),
+    internal::AppendFormat(error, "slab '%s': block %p %s\n", ctx->name(),
                           static_cast<const void*>(b), what);
     return false;
   };
@@ -815,12 +815,12 @@ bool CheckBlock(const Context* ctx, const SlabState* st, const SlabBlock* b,
         const uint64_t h = ReadChunkHeader(obj);
         if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindSlab ||
             ChunkHeaderIsFree(h)) {
-          absl::StrAppendFormat(error, "slab '%s': object %p has a corrupt header 0x%016x\n",
+          internal::AppendFormat(error, "slab '%s': object %p has a corrupt header 0x%016x\n",
                                 ctx->name(), static_cast<const void*>(obj), h);
           return false;
         }
         if (!SentinelOk(obj + st->object_size)) {
-          absl::StrAppendFormat(error,
+          internal::AppendFormat(error,
                                 "slab '%s': sentinel of object %p (%d bytes) overwritten\n",
                                 ctx->name(), static_cast<const void*>(obj), st->object_size);
           return false;
@@ -866,7 +866,7 @@ bool SlabCheck(const Context* ctx, const SlabState* st, std::string* error) {
                d->chunk < mem + sizeof(DedicatedBlock) ||
                d->requested > DedicatedCapacity(d) ||
                (kChecking && !SentinelOk(d->chunk + d->requested)))) {
-      absl::StrAppendFormat(error, "slab '%s': dedicated chunk %p is corrupt\n", ctx->name(),
+      internal::AppendFormat(error, "slab '%s': dedicated chunk %p is corrupt\n", ctx->name(),
                             static_cast<const void*>(d->chunk));
       ok = false;
     }
@@ -874,12 +874,12 @@ bool SlabCheck(const Context* ctx, const SlabState* st, std::string* error) {
   });
   if (!ok) return false;
   if (!st->finalizing && st->cur != FindNextList(st)) {
-    absl::StrAppendFormat(error, "slab '%s': the current list is %d, not the fullest with room\n",
+    internal::AppendFormat(error, "slab '%s': the current list is %d, not the fullest with room\n",
                           ctx->name(), st->cur);
     return false;
   }
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "slab '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "slab '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
@@ -899,7 +899,9 @@ BlockInfo DescribeBlock(const SlabState* st, const SlabBlock* b, BlockRole role,
   info.last_offset = info.header_bytes + size_t{MadeSlots(st, b)} * st->stride;
   info.end_offset = info.header_bytes + st->slots_bytes;
   info.role = role;
+  if (role == BlockRole::kSpare) info.label = "empty";
   info.current = current;
+  info.SetCounter("objects", st->capacity - b->nfree);
   return info;
 }
 
@@ -936,7 +938,8 @@ void SlabInspect(const Context* ctx, const SlabState* st, InspectVisitor* visito
     info.header_bytes = static_cast<size_t>(d->chunk - reinterpret_cast<const char*>(kb));
     info.used_bytes = info.size - info.header_bytes;
     info.last_offset = info.end_offset = info.size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
   SizeClassInfo info;

@@ -15,6 +15,7 @@
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dot.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/pool.h"
 #include "mcx/slab/slab.h"
@@ -153,10 +154,9 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < 4 * n; ++i) objs.push_back(slab->Alloc(48));
     for (size_t i = 0; i < n; ++i) slab->Free(objs[3 * n + i]);  // the last block empties
     for (size_t i = n; i < 2 * n; i += 3) slab->Free(objs[i]);    // holes in the second
-    mcx::ReportOptions o;
-    o.format = mcx::ReportFormat::kDot;
+    mcx::DotOptions o;
     o.blocks = true;
-    std::ofstream(std::string(dot_dir) + "/slab-blocks.dot") << mcx::StatsReport(slab, o);
+    std::ofstream(std::string(dot_dir) + "/slab-blocks.dot") << mcx::DotReport(slab, o);
     slab->Destroy();
   }
   return 0;

@@ -16,6 +16,7 @@
 #include "docs/tutorial/check.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dot.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/stats.h"
 #include "mcx/generation/generation.h"
@@ -108,10 +109,9 @@ int main(int argc, char** argv) {
         q.pop_front();
       }
     }
-    mcx::ReportOptions o;
-    o.format = mcx::ReportFormat::kDot;
+    mcx::DotOptions o;
     o.blocks = true;
-    std::ofstream(std::string(dot_dir) + "/generation-blocks.dot") << mcx::StatsReport(ctx, o);
+    std::ofstream(std::string(dot_dir) + "/generation-blocks.dot") << mcx::DotReport(ctx, o);
     ctx->Destroy();
   }
   return 0;

@@ -15,14 +15,14 @@
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
 #include "mcx/generation/generation.h"
-#include "tests/testing/patterns.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/patterns.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::Fill;
-using testing::Holds;
+using test::Fill;
+using test::Holds;
 
 struct Live {
   void* p;
@@ -45,7 +45,7 @@ class GenerationModelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GenerationModelTest, RandomOperationsKeepEveryChunkIntact) {
   const Case& c = GetParam();
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions co;
   co.block_source = &source;
   Context* ctx = CreateGenerationContext(nullptr, c.name, c.options, co);
@@ -97,7 +97,9 @@ TEST_P(GenerationModelTest, RandomOperationsKeepEveryChunkIntact) {
   }
   // Everything freed: the first block, at most one spare and the current
   // block are all that is left.
-  if (!internal::kDirect) EXPECT_LE(ctx->num_blocks(), 3u);
+  if (!internal::kDirect) {
+    EXPECT_LE(ctx->num_blocks(), 3u);
+  }
   check();
   ctx->Destroy();
   EXPECT_EQ(source.live_blocks(), 0);

@@ -20,15 +20,15 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/stats.h"
-#include "tests/testing/kind_conformance.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::Fill;
-using testing::Holds;
+using test::CountingBlockSource;
+using test::Fill;
+using test::Holds;
 
 constexpr bool kDirect = internal::kDirect;
 constexpr bool kChecking = internal::kChecking;
@@ -58,20 +58,10 @@ struct SmallGenerationTraits {
 
 }  // namespace
 
-// In direct builds every chunk is a dedicated block, released by a reset and
-// acquired by every allocation: the suite's reset-keeps-capacity and churn
-// checks cannot hold (the freelist kind fails them there too). The kind
-// tests below cover direct mode.
-#if !MCX_DIRECT
-namespace testing {
+namespace test {
 INSTANTIATE_TYPED_TEST_SUITE_P(Generation, KindConformanceTest, GenerationTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(SmallGeneration, KindConformanceTest, SmallGenerationTraits);
-}  // namespace testing
-#else
-namespace testing {
-GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(KindConformanceTest);
-}  // namespace testing
-#endif
+}  // namespace test
 
 namespace {
 

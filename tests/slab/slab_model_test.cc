@@ -15,14 +15,14 @@
 #include "mcx/context/inspect.h"
 #include "mcx/context/stats.h"
 #include "mcx/slab/slab.h"
-#include "tests/testing/patterns.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/patterns.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::Fill;
-using testing::Holds;
+using test::Fill;
+using test::Holds;
 
 struct Live {
   void* p;
@@ -45,7 +45,7 @@ class SlabModelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
   const Case& c = GetParam();
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions co;
   co.block_source = &source;
   Context* ctx = CreateSlabContext(nullptr, c.name, c.options, co);
@@ -96,7 +96,9 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
       size_t size = 1 + rng() % g.object_size;
       if (dedicated && rng() % 4 == 0) size = g.object_size + 1 + rng() % 3000;
       void* q = ctx->Realloc(l.p, size);
-      if (l.object && size <= g.object_size) ASSERT_EQ(q, l.p);
+      if (l.object && size <= g.object_size) {
+        ASSERT_EQ(q, l.p);
+      }
       ASSERT_TRUE(Holds(q, std::min(size, l.size), l.seed));
       Fill(q, size, l.seed);
       l = {q, size, l.seed, size <= g.object_size && l.object};

@@ -24,22 +24,18 @@
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/stats.h"
 #include "mcx/slab/typed_slab.h"
-#include "tests/testing/kind_conformance.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::Fill;
-using testing::Holds;
+using test::CountingBlockSource;
+using test::Fill;
+using test::Holds;
 
 constexpr bool kDirect = internal::kDirect;
 constexpr bool kChecking = internal::kChecking;
-
-// In direct builds (kDirectBuild) every object is a block of its own, which
-// a churn acquires and releases at every step: the suite's churn check does
-// not apply there.
 
 // The suite asks for many sizes, mostly up to 300 bytes, and relies on them
 // being served from blocks (a reset keeps capacity, a limit holds many
@@ -54,7 +50,7 @@ struct SlabTraits {
     o.larger = SlabLarger::kDedicatedBlock;
     return SlabKind(o);
   }
-  static constexpr bool kFreeReleasesSmall = !kDirect;  // direct: a block per object
+  static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
 };
 
@@ -70,7 +66,7 @@ struct SmallSlabTraits {
     o.larger = SlabLarger::kDedicatedBlock;
     return SlabKind(o);
   }
-  static constexpr bool kFreeReleasesSmall = !kDirect;  // direct: a block per object
+  static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
 };
 
@@ -87,17 +83,17 @@ struct ConstructedSlabTraits {
     o.destructor = &NoteDestroyed;
     return SlabKind(o);
   }
-  static constexpr bool kFreeReleasesSmall = !kDirect;  // direct: a block per object
+  static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
 };
 
 }  // namespace
 
-namespace testing {
+namespace test {
 INSTANTIATE_TYPED_TEST_SUITE_P(Slab, KindConformanceTest, SlabTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(SmallSlab, KindConformanceTest, SmallSlabTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(ConstructedSlab, KindConformanceTest, ConstructedSlabTraits);
-}  // namespace testing
+}  // namespace test
 
 namespace {
 
@@ -152,7 +148,9 @@ TEST_F(SlabTest, ObjectsCarryNoHeader) {
   for (size_t size : {size_t{32}, size_t{200}, size_t{8}, size_t{24}}) {
     Context* ctx = Make(Objects(size));
     SlabGeometry g = GetSlabGeometry(ctx);
-    if (!kChecking) EXPECT_EQ(g.stride, (size + 15) / 16 * 16) << size;
+    if (!kChecking) {
+      EXPECT_EQ(g.stride, (size + 15) / 16 * 16) << size;
+    }
     EXPECT_EQ(g.object_size, size);
     EXPECT_GE(g.objects_per_block, kSlabObjectsPerDefaultBlock);
     char* a = static_cast<char*>(ctx->Alloc(size));
@@ -170,7 +168,9 @@ TEST_F(SlabTest, AlignmentOfObjects) {
   SlabOptions o = Objects(24);
   o.alignment = 8;
   Context* ctx = Make(o);
-  if (!kChecking) EXPECT_EQ(GetSlabGeometry(ctx).stride, 24u);
+  if (!kChecking) {
+    EXPECT_EQ(GetSlabGeometry(ctx).stride, 24u);
+  }
   ctx->Destroy();
   o.alignment = 64;
   ctx = Make(o);
@@ -243,7 +243,9 @@ TEST_F(SlabTest, LargerRequestsGetDedicatedBlocks) {
   void* moved = ctx->Realloc(obj, 64, 300);
   EXPECT_TRUE(Holds(moved, 64, 3));
   // obj's block emptied (kept: one empty block), the chunk has its own.
-  if (!kDirect) EXPECT_EQ(ctx->num_blocks(), blocks + 1);
+  if (!kDirect) {
+    EXPECT_EQ(ctx->num_blocks(), blocks + 1);
+  }
   ExpectConsistent(ctx);
   ctx->Destroy();
   EXPECT_TRUE(seen_.empty());
@@ -366,7 +368,7 @@ TEST_F(SlabTest, ContextFreeOfADedicatedChunkIsReported) {
   ctx->Free(p);
   // The freed block says so while its memory is not reused; the second
   // free reads a released block, which the tools rightly report.
-  if (!testing::UnderMemcheck() && !internal::kAddressSanitizer) {
+  if (!test::UnderMemcheck() && !internal::kAddressSanitizer) {
     ctx->Free(p);
     EXPECT_EQ(seen_.size(), 1u);
     seen_.clear();
@@ -430,7 +432,9 @@ TEST_F(SlabTest, ConstructorRunsOncePerSlot) {
   void* b = ctx->Alloc(32);
   ctx->Free(b);
   void* c = ctx->Alloc(32);  // the same slot again: no second construction
-  if (!kDirect) EXPECT_EQ(c, b);
+  if (!kDirect) {
+    EXPECT_EQ(c, b);
+  }
   EXPECT_EQ(counts.constructed, kDirect ? 3 : 2);
   EXPECT_EQ(*static_cast<uint64_t*>(c), 0xC0FFEEu);  // the state survived the free
   const size_t n = GetSlabGeometry(ctx).objects_per_block;
@@ -566,7 +570,9 @@ TEST_F(SlabTest, InvalidOptionsAreRefused) {
   EXPECT_TRUE(refused(o));
   o.block_size = 256;
   o.object_size = 300;  // no object fits
-  if (!kDirect) EXPECT_TRUE(refused(o));
+  if (!kDirect) {
+    EXPECT_TRUE(refused(o));
+  }
   o = SlabOptions();
   o.alignment = 24;
   EXPECT_TRUE(refused(o));
@@ -589,11 +595,15 @@ TEST_F(SlabTest, TypedSlabPacksNodes) {
   Slab<Node> nodes = Slab<Node>::Create(nullptr, "nodes", SlabOptions(), co);
   Node* a = nodes.New(Node{nullptr, nullptr, 1});
   Node* b = nodes.New(Node{a, nullptr, 2});
-  if (!kChecking && !kDirect) EXPECT_EQ(reinterpret_cast<char*>(b) - reinterpret_cast<char*>(a), 24);
+  if (!kChecking && !kDirect) {
+    EXPECT_EQ(reinterpret_cast<char*>(b) - reinterpret_cast<char*>(a), 24);
+  }
   EXPECT_EQ(b->left->key, 1);
   nodes.Delete(a);
   Node* c = nodes.New(Node{nullptr, nullptr, 3});
-  if (!kDirect) EXPECT_EQ(c, a);
+  if (!kDirect) {
+    EXPECT_EQ(c, a);
+  }
   nodes.Delete(c);
   nodes.Delete(b);
   nodes.context()->Destroy();
@@ -656,7 +666,9 @@ TEST_F(SlabTest, TypedSlabConstructorThatThrowsFreesItsSlot) {
   Throws* a = slab.New(false);
   EXPECT_THROW(slab.New(true), std::runtime_error);
   Throws* b = slab.New(false);
-  if (!kDirect) EXPECT_NE(a, b);
+  if (!kDirect) {
+    EXPECT_NE(a, b);
+  }
   std::string error;
   EXPECT_TRUE(slab.context()->Check(&error)) << error;
   slab.context()->Destroy();
