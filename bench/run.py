@@ -8,6 +8,10 @@ one table per workload.
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
     ./mcx bench --quick             fewer repetitions, shorter runs
+    ./mcx bench --workloads W12,W13 only these workloads (names or prefixes:
+                                    W5 and W11 are the --memory runs, W12 and
+                                    W13 their benchmarks and memory runs);
+                                    --write then writes results-W12-W13.md
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
@@ -183,10 +187,21 @@ def mimalloc_label(c):
     return "mimalloc" if c == "malloc" else c
 
 
+def selected(args, workload):
+    """Whether --workloads (comma-separated names or prefixes) asks for `workload`."""
+    return not args.workloads or any(workload.startswith(w) for w in args.workloads.split(","))
+
+
 def collect(args, bins):
     results, memory = {}, {}
-    results.update(run_gbench(bins["workloads"], glibc_label, args))
-    memory.update(run_memory(bins["workloads"], glibc_label))
+    # Benchmark names start with their workload (W12.tree/mcx_slab).
+    prefix = ""
+    if args.workloads:
+        prefix = "^(%s)[^/]*" % "|".join(re.escape(w) for w in args.workloads.split(","))
+    memory_runs = selected(args, "W5") or selected(args, "W11")
+    results.update(run_gbench(bins["workloads"], glibc_label, args, bench_filter=prefix or None))
+    if memory_runs:
+        memory.update(run_memory(bins["workloads"], glibc_label))
     for name, libs in PRELOADS.items():
         lib = find_lib(libs)
         if lib is None:
@@ -194,10 +209,13 @@ def collect(args, bins):
             continue
         env = {"LD_PRELOAD": lib}
         results.update(run_gbench(bins["workloads"], only_malloc(name), args, env,
-                                  bench_filter="/malloc(/|$)"))
-        memory.update(run_memory(bins["workloads"], only_malloc(name), env))
-    results.update(run_gbench(bins["workloads_mimalloc"], mimalloc_label, args))
-    memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
+                                  bench_filter=(prefix or "") + "/malloc(/|$)"))
+        if memory_runs:
+            memory.update(run_memory(bins["workloads"], only_malloc(name), env))
+    results.update(run_gbench(bins["workloads_mimalloc"], mimalloc_label, args,
+                              bench_filter=prefix or None))
+    if memory_runs:
+        memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
     return results, memory
 
 
@@ -393,13 +411,13 @@ def plots(series, outdir):
     return made
 
 
-def callgrind(bins):
+def callgrind(args, bins):
     """Instructions per operation for W1-W4, W11, W12 and W13, each contender in its own
     valgrind run with collection on only around the measured rounds."""
     if shutil.which("valgrind") is None:
         sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
     cases = []
-    workloads = ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"]
+    workloads = [w for w in ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"] if selected(args, w)]
     main = ["malloc", "mcx_pool", "mcx_freelist", "bump", "talloc", "talloc_pool", "apr",
             "pmr_monotonic", "pmr_pool"]
     for w in workloads:
@@ -411,15 +429,16 @@ def callgrind(bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         for c in ["malloc", "mi_heap"]:
             cases.append((w, bins["workloads_mimalloc"], c, mimalloc_label(c), {}))
-    for w, contenders in W12_W13_CALLGRIND.items():
-        for c in contenders:
+    extra = [w for w in W12_W13_CALLGRIND if selected(args, w)]
+    for w in extra:
+        for c in W12_W13_CALLGRIND[w]:
             cases.append((w, bins["workloads"], c, glibc_label(c), {}))
         for name, libs in PRELOADS.items():
             lib = find_lib(libs)
             if lib:
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         cases.append((w, bins["workloads_mimalloc"], "malloc", "mimalloc", {}))
-    workloads = workloads + list(W12_W13_CALLGRIND)
+    workloads = workloads + extra
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -550,6 +569,8 @@ def main():
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
+    ap.add_argument("--workloads", metavar="W,...",
+                    help="only the workloads with these names or prefixes (W12,W13)")
     args = ap.parse_args()
     if args.quick:
         args.repetitions, args.min_time = 3, 0.05
@@ -557,16 +578,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bins = build(tmp)
         if args.callgrind:
-            sections = callgrind(bins)
+            sections = callgrind(args, bins)
             series = {}
             kind = "callgrind"
         else:
             results, memory = collect(args, bins)
-            sections = time_tables(results) + [memory_table(memory)]
+            sections = time_tables(results)
+            if memory:
+                sections.append(memory_table(memory))
             w11 = w11_memory_table(memory)
             if w11:
                 sections.append(w11)
-            sections += w12_w13_memory_tables(collect_w12_w13_memory(args, bins))
+            if selected(args, "W12") or selected(args, "W13"):
+                sections += w12_w13_memory_tables(collect_w12_w13_memory(args, bins))
             more, series = scaling(results)
             sections += more
             kind = "times"
@@ -576,7 +600,10 @@ def main():
     print(text)
     if args.write:
         os.makedirs(args.write, exist_ok=True)
-        name = "callgrind.md" if kind == "callgrind" else "results.md"
+        name = "callgrind" if kind == "callgrind" else "results"
+        if args.workloads:  # a part of the suite: beside the full tables, not over them
+            name += "-" + args.workloads.replace(",", "-")
+        name += ".md"
         with open(os.path.join(args.write, name), "w") as f:
             f.write("# Benchmark results (%s)\n\n" % kind + text)
         for p in plots(series, args.write):

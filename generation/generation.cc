@@ -239,6 +239,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, GenerationState* s
     const size_t want = st->next_block_size < need ? need : st->next_block_size;
     KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, need);
     if (kb == nullptr) return nullptr;  // the failure is recorded; nothing changed
+    FirstBlockOutgrown(ctx);
     b = AsGenerationBlock(kb);
     // Chunk headers hold a 32-bit offset: never carve past it.
     const size_t usable = kb->size < kMaxGenerationBlockSize ? kb->size : kMaxGenerationBlockSize;
@@ -669,9 +670,12 @@ struct GenerationImpl {
   using State = GenerationState;
   static constexpr const char* kName = "generation";
 
-  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
     if (o.initial_block_size > kMaxGenerationBlockSize) return 0;
+    if (o.initial_block_size == 0) {
+      return LearnedFirstBlockSize(header_bytes, kFirstChunkOffset + kLongPrefix, learned);
+    }
     const size_t min = header_bytes + kFirstChunkOffset + kMinFirstBlockSpace;
     return o.initial_block_size < min ? min : o.initial_block_size;
   }
@@ -691,8 +695,9 @@ struct GenerationImpl {
     PoisonMemoryRegion(first->free_ptr, static_cast<size_t>(block_end - first->free_ptr));
     st->first = st->current = first;
     st->blocks.PushFront(&first->link);
-    const size_t base =
-        o.initial_block_size < kMinGrowthBlockSize ? kMinGrowthBlockSize : o.initial_block_size;
+    // Later blocks start at the first block's size (whoever chose it).
+    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
+    if (base < kMinGrowthBlockSize) base = kMinGrowthBlockSize;
     st->base_block_size = st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     st->chunk_limit = o.chunk_limit != 0 ? o.chunk_limit : st->max_block_size / kChunkFraction;

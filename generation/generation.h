@@ -16,7 +16,7 @@
 //     size, the requested size and the header word.)
 //   - Allocation always goes to the newest ("current") block; when it is
 //     full, the next block is an empty one kept for reuse, or a new block
-//     (blocks double from `initial_block_size` up to `max_block_size`).
+//     (blocks double from the first block's size up to `max_block_size`).
 //     Requests above `chunk_limit` get a dedicated block, released when the
 //     chunk is freed.
 //   - Free marks the chunk free and counts it in its block. A block whose
@@ -56,9 +56,13 @@
 namespace mcx {
 
 struct GenerationOptions {
-  // Bytes of the first block, context header included.
-  size_t initial_block_size = 8 * 1024;
-  // Later blocks double up to this (at most kMaxGenerationBlockSize).
+  // Bytes of the first block, context header included. 0 leaves it to the
+  // tree, as for the other kinds (kind.h): kDefaultFirstBlockSize for a
+  // root, and for a child a small block that follows what its parent's
+  // children need, up to 8 KiB.
+  size_t initial_block_size = 0;
+  // Later blocks double, from the first block's size (at least 1 KiB), up
+  // to this (at most kMaxGenerationBlockSize).
   size_t max_block_size = 1024 * 1024;
   // Requests above this get a dedicated block; 0: an eighth of
   // max_block_size (generation.c's Generation_CHUNK_FRACTION), so a block

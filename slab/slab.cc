@@ -113,7 +113,14 @@ bool ComputeLayout(const SlabOptions& o, SlabState* st) {
     return false;
   }
   if (kDirectBuild) {
-    // One object per block: the smallest block that holds one.
+    // One object per block: the smallest block that holds one. Direct mode
+    // gives every request a block of its own (kind_api.h); the slab's path
+    // for that is a block of objects with room for one, not the dedicated
+    // path: a dedicated chunk has no constructor, no live bit and no place
+    // in the fullest-block lists, and a refusing slab (the default) has no
+    // dedicated path at all. The block is released when its object is
+    // freed (no empty block is kept), so AddressSanitizer sees each object
+    // alone, its block's unused bytes poisoned around it.
     block = kMinSlabBlockSize;
     while (block < kMaxSlabBlockSize && SlotsPerBlock(block, stride, alignment, &first_slot) == 0) {
       block *= 2;

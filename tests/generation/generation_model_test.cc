@@ -15,6 +15,7 @@
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
 #include "mcx/generation/generation.h"
+#include "mcx/testing/inspect_check.h"
 #include "mcx/testing/patterns.h"
 #include "mcx/testing/test_block_sources.h"
 
@@ -56,6 +57,7 @@ TEST_P(GenerationModelTest, RandomOperationsKeepEveryChunkIntact) {
     std::string error;
     ASSERT_TRUE(ctx->Check(&error)) << error;
     for (const Live& l : live) ASSERT_TRUE(Holds(l.p, l.size, l.seed));
+    ASSERT_TRUE(test::ExpectInspectAddsUp(ctx));
   };
   for (int op = 0; op < 60000; ++op) {
     const uint32_t r = rng() % 100;

@@ -19,8 +19,10 @@
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
 #include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/sweep.h"
 #include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
@@ -65,6 +67,35 @@ INSTANTIATE_TYPED_TEST_SUITE_P(SmallGeneration, KindConformanceTest, SmallGenera
 
 namespace {
 
+// Fails every block acquisition of a change queue's day in turn: its first
+// block (a child created in the workload), new blocks as the queue moves,
+// dedicated chunks and one that moves, and blocks after a reset that kept
+// some. No spare block, so that emptied blocks go back and are acquired
+// again.
+TEST(GenerationSweepTest, EveryFailedAcquisitionIsClean) {
+  GenerationOptions o;
+  o.initial_block_size = 1024;
+  o.max_block_size = 4096;
+  o.chunk_limit = 512;
+  o.keep_free_block = false;
+  const int acquisitions = test::SweepFailures(GenerationKind(o), [o](Context* top) {
+    Context* queue = top->CreateChild("changes", GenerationKind(o));
+    std::deque<void*> live;
+    for (int i = 0; i < 400; ++i) {
+      live.push_back(queue->Alloc(i % 30 == 0 ? 2000 : 40 + (i * 37) % 200));
+      if (live.size() > 40) {
+        mcx::Free(live.front());
+        live.pop_front();
+      }
+    }
+    void* grown = queue->Alloc(10);
+    for (size_t size = 100; size < 100000; size *= 3) grown = queue->Realloc(grown, size);
+    queue->Reset(ResetOptions::KeepBytes(4096));
+    for (int i = 0; i < 100; ++i) queue->Alloc(100);
+  });
+  EXPECT_GT(acquisitions, 20) << "the workload should acquire many blocks";
+}
+
 std::vector<std::string>* reports = nullptr;
 void Record(const char* message) { reports->push_back(message); }
 
@@ -99,6 +130,37 @@ class GenerationTest : public ::testing::Test {
   std::vector<std::string> seen_;
   MisuseHandler previous_ = nullptr;
 };
+
+// With initial_block_size 0 the tree sizes the first block, as for the
+// other kinds: the default for a root, small for a child, twice an outgrown
+// sibling's for later children; later blocks double from the first.
+TEST_F(GenerationTest, FirstBlocksAreLearnedFromSiblings) {
+  if (kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  test::ExactBlockSource exact_source;  // sizes as asked: no slack to account for
+  ContextOptions co;
+  co.block_source = &exact_source;
+  Context* root = CreateGenerationContext(nullptr, "root", GenerationOptions(), co);
+  EXPECT_EQ(root->first_block_size(), kDefaultFirstBlockSize);
+  Context* first = root->CreateChild("first", GenerationKind());
+  const size_t small = first->first_block_size();
+  EXPECT_GE(small, first->header_bytes() + kSmallFirstBlockRoom);
+  EXPECT_LT(small, 1024u);
+  first->Alloc(32);
+  EXPECT_EQ(first->num_blocks(), 1u);
+  EXPECT_EQ(root->CreateChild("second", GenerationKind())->first_block_size(), small);
+  while (first->num_blocks() == 1) first->Alloc(64);
+  Context* third = root->CreateChild("third", GenerationKind());
+  EXPECT_GE(third->first_block_size(), 2 * small);
+  EXPECT_LE(third->first_block_size(), kDefaultFirstBlockSize);
+  // An explicit size is kept.
+  GenerationOptions fixed;
+  fixed.initial_block_size = 4096;
+  Context* exact = root->CreateChild("exact", GenerationKind(fixed));
+  EXPECT_EQ(exact->first_block_size(), 4096u);
+  ExpectConsistent(first);
+  root->Destroy();
+  EXPECT_EQ(exact_source.live(), 0);
+}
 
 // An 8-byte header (release builds): chunks lie back to back, header and
 // chunk a multiple of 16; above 4080 bytes, 24 bytes before the chunk.
@@ -257,9 +319,13 @@ TEST_F(GenerationTest, ReallocInPlaceWhenItFits) {
     EXPECT_EQ(ctx->Realloc(p, 24), p);  // 20 + 8 rounds to 32: 24 usable
     EXPECT_EQ(usable, 24u);
   }
-  if (!kDirect) EXPECT_EQ(ctx->Realloc(p, 8), p);  // shrinking always fits
+  if (!kDirect) {
+    EXPECT_EQ(ctx->Realloc(p, 8), p);  // shrinking always fits
+  }
   char* q = static_cast<char*>(ctx->Realloc(p, 200));
-  if (!kDirect) EXPECT_NE(q, p);  // direct: the source may grow the block in place
+  if (!kDirect) {
+    EXPECT_NE(q, p);  // direct: the source may grow the block in place
+  }
   EXPECT_TRUE(Holds(q, 8, 3));
   ctx->Free(q);
   ExpectConsistent(ctx);

@@ -15,6 +15,7 @@
 #include "mcx/context/inspect.h"
 #include "mcx/context/stats.h"
 #include "mcx/slab/slab.h"
+#include "mcx/testing/inspect_check.h"
 #include "mcx/testing/patterns.h"
 #include "mcx/testing/test_block_sources.h"
 
@@ -70,6 +71,7 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
       if (b.role == BlockRole::kNormal || b.role == BlockRole::kSpare) slots += g.objects_per_block;
     }
     ASSERT_EQ(counters.free_bytes, (slots - objects) * g.stride);
+    ASSERT_TRUE(test::ExpectInspectAddsUp(ctx));
   };
   for (int op = 0; op < 60000; ++op) {
     const uint32_t r = rng() % 100;

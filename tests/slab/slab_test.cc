@@ -25,6 +25,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/slab/typed_slab.h"
 #include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/sweep.h"
 #include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
@@ -96,6 +97,48 @@ INSTANTIATE_TYPED_TEST_SUITE_P(ConstructedSlab, KindConformanceTest, Constructed
 }  // namespace test
 
 namespace {
+
+// Slabs the sweep serves its own requests from after each failure (64
+// bytes, and 64 KiB through a dedicated block): small blocks, constructed
+// objects, no empty block kept, so that the workload acquires and releases
+// blocks of objects all the time.
+SlabOptions SweptSlab() {
+  SlabOptions o;
+  o.object_size = 64;
+  o.block_size = 1024;
+  o.keep_empty_blocks = 0;
+  o.larger = SlabLarger::kDedicatedBlock;
+  o.constructor = &NoteConstructed;
+  o.destructor = &NoteDestroyed;
+  return o;
+}
+
+// Fails every block acquisition of a slab's day in turn: its first block (a
+// child created in the workload), blocks of objects (new, and again after
+// one emptied and went back), dedicated blocks and one that moves, and
+// blocks after a reset that kept some.
+TEST(SlabSweepTest, EveryFailedAcquisitionIsClean) {
+  const int acquisitions = test::SweepFailures(SlabKind(SweptSlab()), [](Context* top) {
+    Context* slab = top->CreateChild("slab", SlabKind(SweptSlab()));
+    std::vector<void*> live;
+    for (int i = 0; i < 300; ++i) {
+      live.push_back(slab->Alloc(i % 25 == 0 ? 3000 : 48));
+      if (i % 4 == 3) {
+        // Frees from the middle: blocks drain, empty and go back.
+        for (int k = 0; k < 2 && !live.empty(); ++k) {
+          auto victim = live.begin() + static_cast<std::ptrdiff_t>(live.size() / 3);
+          slab->Free(*victim);
+          live.erase(victim);
+        }
+      }
+    }
+    void* grown = slab->Alloc(10);
+    for (size_t size = 100; size < 100000; size *= 3) grown = slab->Realloc(grown, size);
+    slab->Reset(ResetOptions::KeepBytes(4096));
+    for (int i = 0; i < 100; ++i) slab->Alloc(64);
+  });
+  EXPECT_GT(acquisitions, 20) << "the workload should acquire many blocks";
+}
 
 // Misuse reports are recorded instead of aborting.
 std::vector<std::string>* reports = nullptr;
