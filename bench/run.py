@@ -530,7 +530,7 @@ def w12_w13_memory_tables(rows):
         out.append("### W13 memory: the queue for %s steps in a fresh child process; peak "
                    "resident bytes, and per byte live at the peak\n\n" % "{:,}".format(steps) +
                    table(["contender", "peak resident MiB", "peak resident / peak live",
-                          "ns per step (one run)"], body))
+                          "CPU ns per step (one run)"], body))
     return out
 
 
