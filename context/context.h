@@ -58,6 +58,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/pressure.h"
 
 namespace mcx {
 
@@ -283,6 +284,15 @@ class Context {
   Failure TrySetLimit(size_t bytes);
   size_t limit() const;
 
+  // A soft limit on the block bytes of this subtree, with the callback that
+  // runs once before an allocation would take them past it; the allocation
+  // then proceeds (pressure.h has the contract). `kNoLimit` removes it.
+  // Setting it again re-arms a callback that was left by longjmp. Returns
+  // Failure::kNone, kBadArgument for a null callback, or kOutOfMemory /
+  // kLimit if the side record could not be had (as last_failure()).
+  Failure TrySetSoftLimit(size_t bytes, PressureCallback callback, void* arg = nullptr);
+  size_t soft_limit() const;
+
   // --- Introspection -------------------------------------------------------
 
   const char* name() const;
@@ -390,6 +400,16 @@ class Context {
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
                                      unsigned flags);
+  // A block the ledger refused so that this front could run a soft limit's
+  // callback or write a requested report first (pressure.cc): they run, then
+  // the call is retried; with nothing of that kind due, the call fails.
+  ABSL_ATTRIBUTE_NOINLINE void* AllocRefused(size_t size, size_t alignment, unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE void* ReallocRefused(void* p, size_t old_size, size_t new_size,
+                                               unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE bool ChargeRefused(size_t bytes, unsigned flags);
+  bool ServeRefusal(const Context** passed, unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE bool RefuseForRequests();
+  bool PressureDue(Context* first, size_t bytes);
   static void* Zero(void* p, size_t size) {
     if (p != nullptr) std::memset(p, 0, size);
     return p;
@@ -477,8 +497,11 @@ class Context {
   // Inline (internal/context_impl.h): one load when no context anywhere
   // has a limit.
   inline bool ChargeLimits(size_t bytes);
+  // As ChargeLimits, for the first charge of a block an allocation needs:
+  // a soft limit may refuse it for its callback (pressure.h).
+  inline bool ChargeBlock(size_t bytes);
   inline void UnchargeLimits(size_t bytes);
-  bool ChargeLimitsSlow(size_t bytes);
+  bool ChargeLimitsSlow(size_t bytes, bool pressure = false);
   void UnchargeLimitsSlow(size_t bytes);
 
 
