@@ -30,7 +30,7 @@ namespace mcx {
 // AllocRefused (pressure.cc), which retries it if the ledger refused the
 // block for a soft limit's callback or a report request, and fails it
 // otherwise.
-void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
+inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
   void* p;
@@ -42,6 +42,14 @@ void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocRefused(size, alignment, flags);
   internal::ValgrindChunkAlloc(this, p, size);
   return p;
+}
+
+void* Context::AllocSlow(size_t size, size_t alignment) {
+  return AllocSlowBody(size, alignment, kThrow);
+}
+
+void* Context::TryAllocSlow(size_t size, size_t alignment) {
+  return AllocSlowBody(size, alignment, kNoThrow);
 }
 
 void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {

@@ -391,8 +391,15 @@ class Context {
     }
     return nullptr;
   }
-  ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment,
-                                          unsigned flags);
+  // One slow path per failure mode, so that the mode is a constant in each
+  // rather than a value kept across the kind's call (allocation.cc).
+  ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment);
+  ABSL_ATTRIBUTE_NOINLINE void* TryAllocSlow(size_t size, size_t alignment);
+  void* AllocSlow(size_t size, size_t alignment, unsigned flags) {
+    return (flags & kNoThrow) ? TryAllocSlow(size, alignment) : AllocSlow(size, alignment);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* AllocSlowBody(size_t size, size_t alignment,
+                                                          unsigned flags);
   // Free with the checking build's checks, direct mode and Valgrind's
   // bookkeeping; release builds call the kind inline instead.
   void FreeChecked(void* p);
@@ -545,25 +552,25 @@ class Context {
 inline void* Context::Alloc(size_t size) {
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, kDefaultAlignment, kThrow);
+  return AllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::TryAlloc(size_t size) noexcept {
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, kDefaultAlignment, kNoThrow);
+  return TryAllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::AllocBytes(size_t size) {
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, 1, kThrow);
+  return AllocSlow(size, 1);
 }
 
 inline void* Context::TryAllocBytes(size_t size) noexcept {
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, 1, kNoThrow);
+  return TryAllocSlow(size, 1);
 }
 
 // Context::Free
