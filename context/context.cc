@@ -277,6 +277,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   if (ABSL_PREDICT_FALSE(!methods->init(ctx, kind.options(), base + header_bytes, base + size))) {
     return undo(ctx->last_failure_, want);
   }
+  ctx->state_ = State::kLive;  // the ledger may refuse its blocks from now on (pressure.cc)
   if (options == nullptr) return ctx;
   if (NeedsExtras(*options)) {
     ContextExtras* x = ctx->Extras();

@@ -335,7 +335,9 @@ class Context {
   friend struct internal::CleanupAccess;
   friend struct internal::KindAccess;  // kind_api.h
 
-  enum class State : uint8_t { kLive, kTearingDown };
+  // kCreating: until the kind's init has returned; its blocks are never
+  // refused for a soft limit or a report request (nothing would retry).
+  enum class State : uint8_t { kLive, kTearingDown, kCreating };
   // Written at creation and overwritten just before the first block goes
   // back, so a second Destroy of the same context is recognised.
   static constexpr uint16_t kLiveMagic = 0x6D31;  // "m1"
@@ -518,7 +520,7 @@ class Context {
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;
   uint16_t max_bump_ = 0;         // largest request the window serves; 0: none
-  State state_ = State::kLive;
+  State state_ = State::kCreating;
   Failure last_failure_ = Failure::kNone;
   uint32_t num_blocks_ = 0;       // blocks held, the first included
   const KindMethods* methods_ = nullptr;

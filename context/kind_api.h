@@ -306,8 +306,9 @@ struct KindAccess {
 // request (report_request.h) get to run: the ledger refuses the block with
 // kLimit, the kind fails its call with nothing changed, as for any refusal,
 // and the front of the call runs them outside the kind and calls the kind
-// again. So a kind asks for blocks only from its alloc, realloc and init
-// methods, whose callers retry; it never retries a refusal itself.
+// again. Blocks asked for in alloc and realloc may be refused this way
+// (their callers retry; a kind never retries a refusal itself); blocks asked
+// for in init never are.
 inline void* AcquireBlock(Context* ctx, size_t min_size, size_t alignment, size_t* actual,
                           size_t usable_size = 0) {
   return internal::KindAccess::AcquireBlock(ctx, min_size, alignment, actual, usable_size);

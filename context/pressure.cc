@@ -63,6 +63,7 @@ class PassedScope {
 // refuses it. The thread-local record is read only when there is such a
 // limit.
 bool Context::PressureDue(Context* first, size_t bytes) {
+  if (state_ == State::kCreating) return false;  // the kind's init: no retry
   bool loaded = false;
   const Context* passed = nullptr;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
@@ -93,7 +94,7 @@ bool Context::PressureDue(Context* first, size_t bytes) {
 // Called by the ledger when some report request waits somewhere in the
 // process: refuses the block if one waits for this thread.
 bool Context::RefuseForRequests() {
-  if (!internal::ThisThreadHasRequests()) return false;
+  if (state_ == State::kCreating || !internal::ThisThreadHasRequests()) return false;
   internal::LedgerRefusal& r = internal::ledger_refusal;
   r.refused = this;
   r.due = nullptr;
