@@ -20,6 +20,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind_api.h"
+#include "mcx/context/pressure.h"
 #include "mcx/context/stats.h"
 #include "mcx/testing/kind_conformance.h"
 #include "mcx/testing/sweep.h"
@@ -66,6 +67,51 @@ INSTANTIATE_TYPED_TEST_SUITE_P(SmallGeneration, KindConformanceTest, SmallGenera
 }  // namespace test
 
 namespace {
+
+// A soft limit's callback runs when a block would cross it, with the
+// kind's call failed and nothing changed: a queue that drops its oldest
+// chunks there keeps within the limit, and every chunk it keeps is intact.
+TEST(GenerationPressureTest, CallbackMayFreeTheQueue) {
+  if (kDirect) GTEST_SKIP() << "every chunk is a block of its own in direct mode";
+  test::ExactBlockSource source;  // sizes as asked: the bound below is exact
+  ContextOptions co;
+  co.block_source = &source;
+  GenerationOptions o;
+  o.initial_block_size = 1024;
+  o.max_block_size = 1024;
+  o.keep_free_block = false;
+  Context* queue = CreateGenerationContext(nullptr, "queue", o, co);
+  struct Queue {
+    std::deque<void*> chunks;
+    int calls = 0;
+  } q;
+  ASSERT_EQ(queue->TrySetSoftLimit(8 * 1024,
+                                   [](const PressureInfo& info) {
+                                     auto* q = static_cast<Queue*>(info.arg);
+                                     ++q->calls;
+                                     // Drop the older half: whole blocks empty.
+                                     for (size_t n = q->chunks.size() / 2; n > 0; --n) {
+                                       mcx::Free(q->chunks.front());
+                                       q->chunks.pop_front();
+                                     }
+                                   },
+                                   &q),
+            Failure::kNone);
+  for (uint32_t i = 0; i < 2000; ++i) {
+    void* p = queue->Alloc(48);
+    test::Fill(p, 48, i);
+    q.chunks.push_back(p);
+  }
+  EXPECT_GT(q.calls, 0);
+  EXPECT_LE(queue->bytes_in_blocks(), 8u * 1024 + 1024 + 64);
+  for (size_t k = 0; k < q.chunks.size(); ++k) {
+    ASSERT_TRUE(test::Holds(q.chunks[k], 48, static_cast<uint32_t>(2000 - q.chunks.size() + k)));
+  }
+  std::string error;
+  EXPECT_TRUE(queue->Check(&error)) << error;
+  queue->Destroy();
+  EXPECT_EQ(source.live(), 0);
+}
 
 // Fails every block acquisition of a change queue's day in turn: its first
 // block (a child created in the workload), new blocks as the queue moves,

@@ -20,6 +20,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/pressure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/stats.h"
@@ -97,6 +98,43 @@ INSTANTIATE_TYPED_TEST_SUITE_P(ConstructedSlab, KindConformanceTest, Constructed
 }  // namespace test
 
 namespace {
+
+// A soft limit's callback runs when a block of objects would cross it, with
+// the kind's call failed and nothing changed; resetting the very slab that
+// allocates there is allowed, and the allocation then succeeds on the retry.
+TEST(SlabPressureTest, CallbackMayResetTheAllocatingSlab) {
+  if (kDirect) GTEST_SKIP() << "one object per block in direct mode";
+  test::ExactBlockSource source;  // sizes as asked: the bound below is exact
+  ContextOptions co;
+  co.block_source = &source;
+  SlabOptions o;
+  o.object_size = 64;
+  o.block_size = 1024;
+  Context* slab = CreateSlabContext(nullptr, "slab", o, co);
+  int calls = 0;
+  struct Arg {
+    Context* slab;
+    int* calls;
+  } arg{slab, &calls};
+  ASSERT_EQ(slab->TrySetSoftLimit(slab->bytes_in_blocks() + 4 * o.block_size,
+                                  [](const PressureInfo& info) {
+                                    auto* a = static_cast<Arg*>(info.arg);
+                                    ++*a->calls;
+                                    a->slab->Reset();
+                                  },
+                                  &arg),
+            Failure::kNone);
+  for (int i = 0; i < 200; ++i) {
+    void* p = slab->Alloc(64);  // earlier objects go at each reset
+    std::memset(p, i, 64);
+  }
+  EXPECT_GT(calls, 0);
+  EXPECT_LE(slab->bytes_in_blocks(), slab->first_block_size() + 5 * o.block_size);
+  std::string error;
+  EXPECT_TRUE(slab->Check(&error)) << error;
+  slab->Destroy();
+  EXPECT_EQ(source.live(), 0);
+}
 
 // Slabs the sweep serves its own requests from after each failure (64
 // bytes, and 64 KiB through a dedicated block): small blocks, constructed
