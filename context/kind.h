@@ -120,8 +120,10 @@ struct KindMethods {
 
   // Savepoints (Context::Mark, RewindTo). Optional: a kind without them
   // (`rewind` nullptr) refuses Mark with kUnsupported. `mark` writes the
-  // kind's position, `mark_size` bytes (aligned to kDefaultAlignment), and
-  // may refuse (false, with SetFailure) for options it cannot rewind;
+  // kind's position, `mark_size` bytes (aligned to kDefaultAlignment);
+  // called first with nullptr, it only answers whether this context can be
+  // marked (false, with SetFailure, for options it cannot rewind),
+  // changing nothing;
   // `rewind` releases every chunk and block the kind handed out since that
   // position, and cannot fail. A mark's position stays valid across
   // rewinds to it, and the position of an older mark stays valid across a

@@ -31,7 +31,8 @@
 //     `InspectVisitor` (inspect.h) without changing anything.
 //   - Savepoints are optional: a kind that can return to a saved position
 //     declares `using Position = ...;` (trivially copyable), `Mark` (records
-//     the position; may refuse with SetFailure) and `Rewind` (releases every
+//     the position; given nullptr, only says whether it can, or refuses with
+//     SetFailure, changing nothing) and `Rewind` (releases every
 //     chunk and block handed out since; cannot fail). MakeKindMethods puts
 //     them in the table; a kind without them refuses Context::Mark with
 //     kUnsupported. The tree does the rest: cleanups, children, validation.

@@ -44,10 +44,10 @@ mcx::Mark Context::TryMark() noexcept { return MarkImpl(kNoThrow); }
 
 // Context::MarkImpl
 //
-// The kind is asked first whether it can rewind at all (its table), then
-// the record is allocated, then the kind records its position: whatever the
-// allocation took is before the position. A kind that refuses for its
-// options gets the record back through Free.
+// The kind is asked first whether it can rewind at all (its table, then its
+// options: a refusal changes nothing), then the record is allocated, then
+// the kind records its position: whatever the allocation took is before the
+// position.
 mcx::Mark Context::MarkImpl(unsigned flags) {
   if (!CheckLive("mark")) return {};
   if (state_ == State::kTearingDown) {
@@ -57,6 +57,11 @@ mcx::Mark Context::MarkImpl(unsigned flags) {
   }
   if (methods_->rewind == nullptr || methods_->mark == nullptr) {
     Fail(Failure::kUnsupported, 0, flags);
+    return {};
+  }
+  last_failure_ = Failure::kNone;
+  if (!methods_->mark(this, nullptr)) {  // the kind refuses for its options
+    Fail(last_failure_ != Failure::kNone ? last_failure_ : Failure::kUnsupported, 0, flags);
     return {};
   }
   ContextExtras* x = Extras();  // the stack lives in the side record

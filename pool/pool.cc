@@ -737,6 +737,7 @@ bool PoolMark(Context* ctx, PoolState* st, PoolPosition* at) {
     SetFailure(ctx, Failure::kUnsupported);
     return false;
   }
+  if (at == nullptr) return true;  // only asked
   Sync(ctx, st);
   PoolBlock* sealed = st->window;
   for (PoolBlock* b = Newer(sealed); b != nullptr; b = Newer(b)) {
