@@ -834,11 +834,37 @@ bool Context::RewindCleanupsSince(CleanupPhase phase, const mcx::Mark& mark,
   }
 }
 
+// Whether anything registered or joined since `m` is left to run: a
+// cleanup on either list newer than the mark, or a child newer than its
+// boundary.
+bool Context::SinceMarkRunsUserCode(const MarkRecord* m) const {
+  for (const CleanupRecord* head : extras_->cleanups) {
+    if (head != nullptr && head->serial > m->cleanup_serial) return true;
+  }
+  return first_child_ != m->boundary;
+}
+
+// The memory goes last, once nothing since the mark is left to run.
+void Context::FinishRewind(MarkRecord* m) {
+  extras_->marks = m;  // marks the cleanups made go with the memory
+  // Records that went back to the spare list may lie in the memory about
+  // to go; those from before the mark are given up until the next reset.
+  extras_->spare_cleanups = nullptr;
+  if (extras_->cleanup_serial > m->cleanup_serial) extras_->cleanups_rewound = true;
+  UseGuard use(this);
+  methods_->rewind(this, m->position());
+}
+
 Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uintptr_t frame) {
   if (!CheckLive("rewind")) return Failure::kBadArgument;
   MarkRecord* m = FindMark(mark);
   if (m == nullptr) return RejectMark(mark);
   extras_->marks = m;  // newer marks are passed; their records go with the memory
+  if (!SinceMarkRunsUserCode(m)) {
+    // The usual case of a parser's backtracking: only memory to release.
+    FinishRewind(m);
+    return Failure::kNone;
+  }
   const size_t me = PushWalk(this, frame);
   WalkScope scope(me);
   bool undisturbed = RewindCleanupsSince(CleanupPhase::kBeforeChildren, mark, cleanups, me);
@@ -862,16 +888,7 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
   if (undisturbed) {
     undisturbed = RewindCleanupsSince(CleanupPhase::kAfterChildren, mark, cleanups, me);
   }
-  if (undisturbed) {
-    m = FindMark(mark);
-    extras_->marks = m;  // marks the cleanups made go with the memory
-    // Records that went back to the spare list may lie in the memory about
-    // to go; those from before the mark are given up until the next reset.
-    extras_->spare_cleanups = nullptr;
-    if (extras_->cleanup_serial > m->cleanup_serial) extras_->cleanups_rewound = true;
-    UseGuard use(this);
-    methods_->rewind(this, m->position());
-  }
+  if (undisturbed) FinishRewind(FindMark(mark));
   scope.Release();
   std::exception_ptr error = PopWalk(me);
   if (error != nullptr) std::rethrow_exception(error);

@@ -525,6 +525,8 @@ class Context {
   // `child` is leaving this context: marks whose boundary it is move to its
   // older sibling.
   void MoveMarkBoundaries(const Context* child);
+  bool SinceMarkRunsUserCode(const internal::MarkRecord* m) const;
+  void FinishRewind(internal::MarkRecord* m);
   bool HasMarks() const;
 
   // The tree (context.cc).
