@@ -23,6 +23,8 @@
 //                          strategy, counting instructions only around them
 //                          (run under `valgrind --tool=callgrind
 //                          --collect-atstart=no`), and prints {"ops": N}.
+//   --callgrind=rewind:N   counts one RewindTo after N 16-byte chunks since
+//                          the mark, and prints the blocks they took.
 
 #include <cstdint>
 #include <cstdio>
@@ -276,6 +278,21 @@ int RunForCallgrind() {
   return 0;
 }
 
+// One rewind after `chunks` 16-byte chunks since the mark, counted alone:
+// its cost follows the blocks since the mark, not the chunks.
+int RewindForCallgrind(int chunks) {
+  mcx::Context* ctx = mcx::Context::Create(nullptr, "rewind", mcx::PoolKind());
+  mcx::Mark m = ctx->Mark();
+  for (int i = 0; i < chunks; ++i) benchmark::DoNotOptimize(ctx->Alloc(16));
+  const size_t blocks = ctx->num_blocks();
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  ctx->RewindTo(m);
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  std::printf("{\"ops\": 1, \"blocks\": %zu}\n", blocks);
+  ctx->Destroy();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -283,6 +300,7 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg.rfind("--callgrind=", 0) != 0) continue;
     const std::string name = arg.substr(std::strlen("--callgrind="));
+    if (name.rfind("rewind:", 0) == 0) return RewindForCallgrind(std::atoi(name.c_str() + 7));
     if (name == McxSavepoint::kName) return RunForCallgrind<McxSavepoint>();
     if (name == McxChild::kName) return RunForCallgrind<McxChild>();
     if (name == TallocChild::kName) return RunForCallgrind<TallocChild>();
