@@ -97,25 +97,73 @@ TEST_F(FreelistTest, FreelistsAreLifoPerClass) {
   EXPECT_EQ(GetCounters(ctx).free_chunks, 3u);
   EXPECT_EQ(ctx->Alloc(97), b);   // same class (104): newest first
   EXPECT_EQ(ctx->Alloc(104), a);
-  EXPECT_EQ(ctx->Alloc(290), c);  // class 328
+  EXPECT_EQ(ctx->Alloc(320), c);  // class 328
   EXPECT_EQ(GetCounters(ctx).free_chunks, 0u);
   ctx->Destroy();
 }
 
-// Realloc stays in place within the class and moves beyond it.
+// Realloc stays in place within the class, and beyond it moves to a class
+// at least a quarter larger (a buffer grown in small steps is copied
+// O(log n) times). The chunk is not the last carved, which grows in place.
 TEST_F(FreelistTest, ReallocInPlaceWithinTheClass) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make();
   void* p = ctx->Alloc(90);
+  ctx->Alloc(8);  // p is not the chunk carved last
   Fill(p, 90, 1);
   EXPECT_EQ(ctx->Realloc(p, 104), p);
-  EXPECT_EQ(ctx->Realloc(p, 10), p);
+  // 60 bytes is class 72, which would save less than half: no move.
+  EXPECT_EQ(ctx->Realloc(p, 60), p);
   // The class, or exactly the request where the size is tracked.
-  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 104u : 10u);
+  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 104u : 60u);
   void* q = ctx->Realloc(p, 105);
   EXPECT_NE(q, p);
-  EXPECT_TRUE(Holds(q, 10, 1));
-  EXPECT_EQ(ctx->ChunkSize(q), kFreelistChunkHeaderBytes == 8 ? 120u : 105u);
+  EXPECT_TRUE(Holds(q, 60, 1));
+  // 104 + 104 / 4 = 130: class 136, not 120.
+  EXPECT_EQ(ctx->ChunkSize(q), kFreelistChunkHeaderBytes == 8 ? 136u : 105u);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// The chunk carved last grows and shrinks in place while its run has room:
+// a buffer built alone (a string builder) is never copied.
+TEST_F(FreelistTest, ReallocGrowsTheLastChunkInPlace) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, 2);
+  for (size_t n = 32; n <= 4096; n *= 2) {
+    ASSERT_EQ(ctx->Realloc(p, n), p) << n;
+    Fill(p, n, 2);
+  }
+  EXPECT_EQ(ctx->Realloc(p, 10), p);
+  EXPECT_TRUE(Holds(p, 10, 2));
+  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 24u : 10u);
+  // The space after it came back: the next chunk follows it directly.
+  char* next = static_cast<char*>(ctx->Alloc(8));
+  EXPECT_EQ(next, static_cast<char*>(p) + (kFreelistChunkHeaderBytes == 8 ? 32 : 48));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A shrink that at least halves a chunk's bytes moves it to the smaller
+// class; the old chunk is free for others (finding A2: shrinking reallocs
+// kept their original class).
+TEST_F(FreelistTest, ReallocShrinkMovesToASmallerClass) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  void* p = ctx->Alloc(1000);
+  ctx->Alloc(8);
+  Fill(p, 1000, 3);
+  void* q = ctx->Realloc(p, 100);
+  EXPECT_NE(q, p);
+  EXPECT_TRUE(Holds(q, 100, 3));
+  EXPECT_EQ(GetCounters(ctx).free_chunks, 1u);
+  EXPECT_EQ(ctx->Alloc(1000), p);  // the old chunk serves its class
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
 }
 
@@ -237,8 +285,8 @@ std::vector<std::string>* dedicated_reports = nullptr;
 
 void RecordDedicatedMisuse(const char* message) { dedicated_reports->push_back(message); }
 
-// Above chunk_limit (8200 by default): a dedicated block.
-constexpr size_t kDedicatedSize = 20000;
+// Above chunk_limit (65,544 by default): a dedicated block.
+constexpr size_t kDedicatedSize = 100000;
 
 class DedicatedMisuseTest : public ::testing::TestWithParam<SourceKind> {
  protected:
