@@ -134,6 +134,10 @@ constexpr uint64_t kMinSweepFrees = 4096;
 constexpr uint64_t kSweepDivisor = 8;
 constexpr uint64_t kGoodYieldDivisor = 4;
 constexpr uint32_t kMaxSweepBackoff = 64;
+// A unit is coalesced at a sweep when more than half of the chunks that
+// start in it are free, and at least this many: two free neighbours are
+// the least that can become one larger chunk.
+constexpr uint32_t kMinCoalesceFree = 2;
 
 // Empty blocks a sweep keeps for reuse: up to an eighth of the bytes in
 // use, and at least one largest block, so a context whose live data
@@ -742,7 +746,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(Context* ctx, FreelistState* st, size_t 
 // runs into: a unit a chunk runs into goes only with the unit that chunk
 // starts in (so a unit entirely inside a going chunk goes too). The units
 // being carved stay. Units more than half free are marked too
-// (RebuildLists puts their chunks last). Only units with free chunks are
+// (FinishBlock coalesces their free chunks). Only units with free chunks are
 // looked at (`touched_units`), in address order; the counts are cleared.
 // Returns kMarkedRelease if a unit goes, kMarked if only marks were made
 // (FinishBlock then clears them), 0 for nothing.
@@ -763,14 +767,14 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b) {
     const size_t i = static_cast<size_t>(absl::countr_zero(m));
     const uint32_t free = d[i].sweep_free;
     d[i].sweep_free = 0;
+    if (i >= lo && i <= hi) continue;  // being carved
     if (free != d[i].starts) {  // a live chunk starts here
-      if (free * 2 > d[i].starts) {
+      if (free >= kMinCoalesceFree && free * 2 > d[i].starts) {
         d[i].flags |= kMostlyFree;
         marks |= kMarked;
       }
       continue;
     }
-    if (i >= lo && i <= hi) continue;
     if ((d[i].flags & kStraddledInto) != 0 && (i == 0 || !gone(i - 1))) continue;
     d[i].flags |= kUnitReleasing;
     marks |= kMarkedRelease;
@@ -785,43 +789,104 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b) {
   return marks;
 }
 
-// Refiles every class list without the chunks of units being released,
-// putting chunks of units that are at least half live (and of the first
-// block, which stays anyway) ahead of the others: allocation then fills
-// units that are staying, and mostly free units can drain. Returns the
-// chunks dropped.
+// Refiles every class list without the chunks of units being released or
+// coalesced (CoalesceUnit files the latter again), keeping each list's
+// order. Returns the chunks of units being released.
 uint64_t RebuildLists(FreelistState* st) {
   FreeTable* t = st->table;
   uint64_t dropped = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    void* heads[2] = {nullptr, nullptr};
-    void* tails[2] = {nullptr, nullptr};
+    void* head = nullptr;
+    void* tail = nullptr;
     for (void* p = t->heads[c]; p != nullptr;) {
       void* next = NextFree(p);
       const UnitDesc* d = DescOf(p, ReadChunkHeader(p));
       if ((d->flags & kUnitReleasing) != 0) {
         ++dropped;
-      } else {
-        const bool staying = (d->flags & kMostlyFree) == 0;
-        const int k = staying ? 0 : 1;
+      } else if ((d->flags & kMostlyFree) == 0) {
         SetNextFree(p, nullptr);
-        if (tails[k] != nullptr) SetNextFree(tails[k], p); else heads[k] = p;
-        tails[k] = p;
+        if (tail != nullptr) SetNextFree(tail, p); else head = p;
+        tail = p;
       }
       p = next;
     }
-    if (tails[0] != nullptr) SetNextFree(tails[0], heads[1]);
-    t->heads[c] = heads[0] != nullptr ? heads[0] : heads[1];
+    t->heads[c] = head;
   }
   return dropped;
 }
 
-// Gives back the marked units of `b` and clears the marks; refiles the
-// block (an empty one becomes a spare).
-void FinishBlock(FreelistState* st, BlockHeader* b) {
+// Carves [from, to), which lies in the unit of `d` and held free chunks
+// only, into free chunks of the largest classes that fit, and files them.
+// Every piece keeps a stride of at least the smallest class's, so the
+// chunks still lie back to back. Returns the chunks carved.
+uint32_t RecarveFree(FreeTable* t, UnitDesc* d, char* from, char* to) {
+  uint32_t made = 0;
+  while (from < to) {
+    const size_t avail = static_cast<size_t>(to - from);
+    const size_t fit = avail - kHeaderBytes;
+    size_t c = SizeClassOf(fit < kMaxSizeClassBytes ? fit : kMaxSizeClassBytes);
+    while (c > 0 && (Stride(c) > avail ||
+                     (Stride(c) < avail && avail - Stride(c) < Stride(0)))) {
+      --c;
+    }
+    char* payload = from + kHeaderBytes;
+    const uint64_t h = MakeChunkHeader(kChunkKindFreelist, false, static_cast<uint8_t>(c),
+                                       static_cast<uint64_t>(payload - 8 -
+                                                             reinterpret_cast<char*>(d)));
+    PushFree(t, payload, h);
+    from += Stride(c);
+    ++made;
+  }
+  return made;
+}
+
+// CoalesceUnit
+//
+// A unit found mostly free (its chunks were taken off the lists by
+// RebuildLists): each run of free chunks that lie back to back within the
+// unit becomes as few chunks as the classes allow, filed again, so freed
+// space of small classes serves larger ones (glibc coalesces neighbours at
+// every free; here it is done in bulk, at a sweep). A chunk that runs into
+// the next unit stays as it is: the pieces must start in this unit. Returns
+// the chunks saved.
+uint64_t CoalesceUnit(FreelistState* st, BlockHeader* b, size_t i) {
+  FreeTable* t = st->table;
+  UnitDesc* d = &Descs(b)[i];
+  char* const unit_end = UnitEnd(b, i);
+  char* chunk = UnitStart(b, i) + d->first;
+  char* run = nullptr;  // start of the run of free chunks being gathered
+  const uint32_t old_starts = d->starts;
+  uint32_t starts = 0;
+  for (uint32_t k = 0; k < old_starts; ++k) {
+    char* payload = chunk + kHeaderBytes;
+    const uint64_t h = ReadChunkHeader(payload);
+    char* next = chunk + Stride(ChunkHeaderValue(h));
+    const bool free = ChunkHeaderIsFree(h);
+    if (free && next <= unit_end) {
+      if (run == nullptr) run = chunk;
+    } else {
+      if (run != nullptr) starts += RecarveFree(t, d, run, chunk);
+      run = nullptr;
+      if (free) PushFree(t, payload, h & ~kChunkFreeBit);
+      ++starts;
+    }
+    chunk = next;
+  }
+  if (run != nullptr) starts += RecarveFree(t, d, run, chunk);
+  d->starts = starts;
+  t->carved -= old_starts - starts;
+  return old_starts - starts;
+}
+
+// Coalesces the mostly free units of `b`, gives back the units marked for
+// release and clears the marks; refiles the block (an empty one becomes a
+// spare). Returns the chunks saved by coalescing.
+uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
   UnitDesc* d = Descs(b);
   bool released = false;
+  uint64_t saved = 0;
   for (size_t i = 0; i < b->units; ++i) {
+    if ((d[i].flags & kMostlyFree) != 0) saved += CoalesceUnit(st, b, i);
     if ((d[i].flags & kUnitReleasing) != 0) {
       st->table->carved -= d[i].starts;
       EmptyMemory(UnitStart(b, i), UnitEnd(b, i));
@@ -838,6 +903,7 @@ void FinishBlock(FreelistState* st, BlockHeader* b) {
   }
   b->marked = 0;
   if (released) Refile(st, b);
+  return saved;
 }
 
 // Sweep
@@ -863,13 +929,13 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
     if (b->touched_units == 0) return;
     const int marks = MarkReleasable(st, b);
     b->marked = marks != 0;
-    any |= (marks & kMarkedRelease) != 0;
+    any |= marks != 0;
   };
   ForEachOn(st, OnList::kPartial, mark);
   ForEachOn(st, OnList::kFull, mark);
-  const uint64_t released = any ? RebuildLists(st) : 0;
+  uint64_t released = any ? RebuildLists(st) : 0;
   auto finish = [&](BlockHeader* b) {
-    if (b->marked) FinishBlock(st, b);
+    if (b->marked) released += FinishBlock(st, b);
   };
   // Blocks only move from full to partial or spare here, and a partial
   // block never becomes full: each is finished once.
