@@ -13,7 +13,7 @@
 // counted), for every size up to kMaxSizeClassBytes: at most 15 bytes up to
 // 136 bytes; above, less than an eighth of the request (a class exceeds the
 // class below it by base/8, and every request above that class exceeds
-// base). For sizes drawn uniformly from 8..1024 that is 4.0% of the
+// base). For sizes drawn uniformly from 8..1024 that is 4.2% of the
 // requested bytes on average (tests/freelist/size_class_test.cc computes and
 // prints it); PostgreSQL's power-of-two classes waste about 33% on the same
 // distribution. SQLite's 4,360-byte pages take the 4,616 class (5.9%).
