@@ -12,7 +12,9 @@
 //   - Memory follows the live data: blocks are split into 4 KiB units, and
 //     after a number of frees proportional to the chunks carved (a sweep),
 //     units whose chunks are all free leave the freelists and go back to
-//     their block, where chunks of any size are carved from them again; a
+//     their block, where chunks of any size are carved from them again;
+//     runs of free neighbours in units with many free chunks become chunks
+//     of larger classes (coalescing); a
 //     block whose units are all free goes back to the block source, beyond
 //     a few spare blocks (up to an eighth of the bytes in use) kept against
 //     a context whose data breathes. Sweeps that find little to give back

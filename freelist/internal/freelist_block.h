@@ -76,7 +76,7 @@ static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 // UnitDesc::flags.
 inline constexpr uint8_t kUnitReleasing = 1;   // a sweep gives the unit back
 inline constexpr uint8_t kStraddledInto = 2;   // a chunk begun in an earlier unit runs into it
-inline constexpr uint8_t kMostlyFree = 4;      // a sweep found more than half its chunks free
+inline constexpr uint8_t kMostlyFree = 4;      // a sweep coalesces its free chunks
 
 // Which list of the kind state a block of chunks is on.
 enum class OnList : uint8_t { kNone, kPartial, kFull, kSpare };
