@@ -551,9 +551,8 @@ bool FindRun(FreelistState* st, size_t need, Run* r) {
 }
 
 // A new block of chunks for at least `need` bytes of carving, sized by the
-// growth policy. Under a limit, a block of the least size that serves the
-// request is tried before failing (blocks double: the one the policy asks
-// for may not fit where a smaller one does).
+// growth policy. A refusal fails the call with nothing changed: the front
+// of the call decides whether to retry (kind_api.h).
 BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   const size_t least = BlockHeaderBytes(1) + need;
   size_t units = (need + kUnitBytes - 1) >> kUnitShift;
@@ -562,9 +561,6 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   size_t want = st->next_block_size - kSourceHeaderAllowance;
   if (want < min_size) want = min_size;
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, min_size);
-  if (kb == nullptr && want > min_size && ctx->last_failure() == Failure::kLimit) {
-    kb = AcquireKindBlock(ctx, min_size, kMinBlockAlignment, min_size);
-  }
   if (kb == nullptr) return nullptr;
   FirstBlockOutgrown(ctx);
   BlockHeader* b = HeaderOf(kb);
