@@ -12,6 +12,7 @@ one table per workload.
                                     W5 and W11 are the --memory runs, W12 and
                                     W13 their benchmarks and memory runs);
                                     --write then writes results-W12-W13.md
+    ./mcx bench --w8                W8 (long-lived heap) alone
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
@@ -159,10 +160,10 @@ def run_gbench(binary, label_of, args, env_extra=None, bench_filter=None):
     return results
 
 
-def run_memory(binary, label_of, env_extra=None):
+def run_memory(binary, label_of, env_extra=None, mode="--memory"):
     env = dict(os.environ)
     env.update(env_extra or {})
-    out = sh([binary, "--memory"], env=env).stdout
+    out = sh([binary, mode], env=env).stdout
     rows = {}
     for line in out.splitlines():
         if not line.startswith("{"):
@@ -173,6 +174,22 @@ def run_memory(binary, label_of, env_extra=None):
             continue
         rows[(label, d.get("size", d.get("workload")))] = d
     return rows
+
+
+def collect_w8(bins):
+    """W8 alone: mcx freelist and glibc in one program, then jemalloc and
+    tcmalloc under LD_PRELOAD and mimalloc linked."""
+    memory = {}
+    memory.update(run_memory(bins["workloads"], glibc_label, mode="--memory=W8"))
+    for name, libs in PRELOADS.items():
+        lib = find_lib(libs)
+        if lib is None:
+            print("note: %s not found (%s); skipped" % (name, ", ".join(libs)), file=sys.stderr)
+            continue
+        memory.update(run_memory(bins["workloads"], only_malloc(name), {"LD_PRELOAD": lib},
+                                 mode="--memory=W8"))
+    memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label, mode="--memory=W8"))
+    return memory
 
 
 def glibc_label(c):
@@ -269,8 +286,64 @@ def w11_memory_table(memory):
             table(["contender", "bytes per context", "vs talloc"], body))
 
 
+def w8_table(memory):
+    """Returns (markdown, series) for W8, or (None, {})."""
+    rows = {l: d for (l, k), d in memory.items() if k == "W8"}
+    if not rows:
+        return None, {}
+    glibc = rows.get("glibc")
+    body = []
+    for l in sorted(rows, key=lambda l: rows[l]["resident_peak"]):
+        d = rows[l]
+        shrinks = [r / lv for i, (r, lv) in enumerate(zip(d["phase_end_resident"], d["phase_end_live"]))
+                   if i % 2 == 1 and lv]
+        body.append([NAMES.get(l, l), fmt(d["ns_per_op"]),
+                     fmt(d["resident_peak"] / 2.0 ** 20),
+                     fmt(d["resident_peak"] / d["live_peak"], 3),
+                     fmt(d["resident_peak"] / glibc["resident_peak"], 2) if glibc else "-",
+                     " / ".join(fmt(x, 2) for x in shrinks)])
+    text = ("### W8 long-lived heap: 10^7 operations in six phases of 8..4096 B chunks (the size "
+            "range changes each phase), live data grown to 64 MiB, shrunk to a tenth, three "
+            "times; resident bytes from /proc/self/statm in a fresh child process\n\n" +
+            table(["contender", "ns/op", "peak resident MiB", "peak resident / live peak",
+                   "peak resident vs glibc", "resident / live after each shrink"], body))
+    series = {l: d["samples"] for l, d in rows.items()}
+    return text, series
+
+
+def w8_plot(series, outdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: python3-matplotlib is missing; no plots", file=sys.stderr)
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    live = None
+    for l in ordered(series):
+        pts = series[l]
+        live = live or pts
+        style = "-" if l.startswith("mcx") else "--"
+        ax.plot([p[0] / 1e6 for p in pts], [p[2] / 2.0 ** 20 for p in pts], style,
+                label=NAMES.get(l, l))
+    if live:
+        ax.plot([p[0] / 1e6 for p in live], [p[1] / 2.0 ** 20 for p in live], ":k",
+                label="live data")
+    ax.set_title("W8 long-lived heap: resident bytes over time")
+    ax.set_xlabel("operations (millions)")
+    ax.set_ylabel("MiB")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(outdir, "w8_resident.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
 def memory_table(memory):
-    memory = {k: d for k, d in memory.items() if k[1] != "W11"}
+    memory = {k: d for k, d in memory.items() if k[1] not in ("W11", "W8")}
     labels = ordered({l for (l, _) in memory})
     body = []
     for l in labels:
@@ -566,6 +639,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4, W11, W12, W13")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
+    ap.add_argument("--w8", action="store_true", help="W8 (long-lived heap) alone")
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
@@ -577,10 +651,16 @@ def main():
     command = "./mcx bench " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         bins = build(tmp)
+        w8_series = {}
         if args.callgrind:
             sections = callgrind(args, bins)
             series = {}
             kind = "callgrind"
+        elif args.w8:
+            w8, w8_series = w8_table(collect_w8(bins))
+            sections = [w8] if w8 else []
+            series = {}
+            kind = "w8"
         else:
             results, memory = collect(args, bins)
             sections = time_tables(results)
@@ -591,6 +671,9 @@ def main():
                 sections.append(w11)
             if selected(args, "W12") or selected(args, "W13"):
                 sections += w12_w13_memory_tables(collect_w12_w13_memory(args, bins))
+            w8, w8_series = w8_table(memory)
+            if w8:
+                sections.append(w8)
             more, series = scaling(results)
             sections += more
             kind = "times"
@@ -600,13 +683,13 @@ def main():
     print(text)
     if args.write:
         os.makedirs(args.write, exist_ok=True)
-        name = "callgrind" if kind == "callgrind" else "results"
+        name = {"callgrind": "callgrind", "w8": "w8"}.get(kind, "results")
         if args.workloads:  # a part of the suite: beside the full tables, not over them
             name += "-" + args.workloads.replace(",", "-")
         name += ".md"
         with open(os.path.join(args.write, name), "w") as f:
             f.write("# Benchmark results (%s)\n\n" % kind + text)
-        for p in plots(series, args.write):
+        for p in plots(series, args.write) + (w8_plot(w8_series, args.write) if w8_series else []):
             print("wrote", p, file=sys.stderr)
 
 

@@ -45,11 +45,11 @@ for entry in "${pictures[@]}"; do
 done
 
 # The slab and generation kinds, drawn by their tutorial programs
-# (docs/tutorial/13_slab.cc, 14_generation.cc; they check their own claims).
+# (docs/tutorial/14_slab.cc, 15_generation.cc; they check their own claims).
 # program                   drawing             picture
 kind_pictures=(
-  "13_slab                 slab-blocks         slab-blocks"
-  "14_generation           generation-blocks   generation-blocks"
+  "14_slab                 slab-blocks         slab-blocks"
+  "15_generation           generation-blocks   generation-blocks"
 )
 for entry in "${kind_pictures[@]}"; do
   read -r program drawing picture <<<"$entry"
