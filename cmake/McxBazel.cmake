@@ -145,7 +145,8 @@ endfunction()
 
 # The mcx libraries, as "<package dir>:<cc_library name>", in link order. The
 # CMake build compiles all of them into one library, mcx::mcx.
-set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
+set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx_c"
+    "buddy:buddy" "handle:handle")
 
 # mcx_bazel_library(<prefix> <source_dir> <package_dir> <name>)
 #
