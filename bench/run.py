@@ -10,6 +10,9 @@ one table per workload.
     ./mcx bench --quick             fewer repetitions, shorter runs
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
 
+Also runs `handles_and_sources`: handle pools against the freelist kind and
+glibc, and the buddy block source against the system and caching sources.
+
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
 talloc, talloc_pool, APR pools, std::pmr and the bump arena; jemalloc and
 tcmalloc replace malloc in that same program through LD_PRELOAD, and only its
@@ -47,6 +50,12 @@ NAMES = {
     "jemalloc": "jemalloc",
     "tcmalloc": "tcmalloc",
     "mimalloc": "mimalloc",
+    # handles_and_sources and the buddy region
+    "mcx_pool_buddy": "mcx pool on a buddy region",
+    "handle_pool": "mcx handle pool",
+    "buddy": "buddy source",
+    "caching": "caching source",
+    "system": "system source",
 }
 ORDER = list(NAMES)
 
@@ -57,6 +66,20 @@ WORKLOADS = {
     "W3": "W3 churn: 10,000 live chunks of 8..1024 B; free a random one, allocate a new one (ns per step)",
     "W4": "W4 context tree: depth 4, fanout 8 (4,681 contexts), 4 allocations of 16..128 B each, destroy the root (ns per context)",
     "W7": "W7 realloc growth: 256 buffers grown from 16 B by half again plus 16 B until above 16 KiB (ns per realloc)",
+}
+
+# bench/handles_and_sources.cc: handle pools and block sources, one table
+# each; the baseline column is the named contender.
+EXTRA_WORKLOADS = {
+    "H.churn": ("handle pool churn: 10,000 live 64-byte objects; free a random one, allocate one, "
+                "read 4 random live ones through their handle or pointer (ns per step)", "glibc"),
+    "H.get": ("handle pool lookups: read a random live object through its handle or pointer "
+              "(ns per read)", "glibc"),
+    "H.alloc_free": ("handle pool allocate and free at once, one 64-byte object (ns per pair)",
+                     "glibc"),
+    "B.churn": ("block sources: 64 live blocks of 8..64 KiB; release a random one, acquire one "
+                "(ns per step)", "system"),
+    "B.cycle": ("block sources: acquire an 8 KiB block and release it (ns per pair)", "system"),
 }
 
 # Optimised as Debian builds the peers' packages: -O2 without frame pointers
@@ -88,11 +111,12 @@ def build(tmp):
     """Builds both programs optimised and copies them out of bazel-bin, so a
     concurrent build of another configuration cannot swap them."""
     subprocess.run([os.path.join(ROOT, "mcx"), "bazel", "build"] + BUILD_FLAGS +
-                   ["//bench:workloads", "//bench:workloads_mimalloc"], check=True,
+                   ["//bench:workloads", "//bench:workloads_mimalloc",
+                    "//bench:handles_and_sources"], check=True,
                    stdout=sys.stderr)
     out = sh(["bazel", "info"] + BUILD_FLAGS + ["bazel-bin"]).stdout.strip()
     paths = {}
-    for name in ["workloads", "workloads_mimalloc"]:
+    for name in ["workloads", "workloads_mimalloc", "handles_and_sources"]:
         dst = os.path.join(tmp, name)
         shutil.copy(os.path.join(out, "bench", name), dst)
         paths[name] = dst
@@ -182,6 +206,7 @@ def collect(args, bins):
         memory.update(run_memory(bins["workloads"], only_malloc(name), env))
     results.update(run_gbench(bins["workloads_mimalloc"], mimalloc_label, args))
     memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
+    results.update(run_gbench(bins["handles_and_sources"], lambda c: c, args))
     return results, memory
 
 
@@ -219,6 +244,22 @@ def time_tables(results):
                          fmt(ns / bump, 2) if bump else "-"])
         out.append("### " + title + "\n\n" +
                    table(["contender", "ns/op (median)", "vs glibc malloc", "vs bump arena"], body))
+    return out
+
+
+def extra_tables(results):
+    out = []
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: r for (wl, l, a), r in results.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label, {}).get("ns")
+        body = [[NAMES.get(l, l), fmt(rows[l]["ns"]),
+                 fmt(rows[l]["ns"] / base, 2) if base else "-"]
+                for l in sorted(rows, key=lambda l: rows[l]["ns"])]
+        out.append("### " + title + "\n\n" +
+                   table(["contender", "ns/op (median)", "vs " + NAMES.get(base_label, base_label)],
+                         body))
     return out
 
 
@@ -461,7 +502,7 @@ def main():
             kind = "callgrind"
         else:
             results, memory = collect(args, bins)
-            sections = time_tables(results) + [memory_table(memory)]
+            sections = time_tables(results) + [memory_table(memory)] + extra_tables(results)
             more, series = scaling(results)
             sections += more
             kind = "times"

@@ -668,6 +668,12 @@ void RegisterExtra() {
   RegisterDestroyScaling<Malloc>();
   RegisterDestroyScaling<McxPool>();
   RegisterDestroyScaling<McxFreelist>();
+  // The pool kind on a buddy region: the request workloads only.
+  benchmark::RegisterBenchmark(Name("W2", McxPoolBuddy::kName).c_str(), BM_W2<McxPoolBuddy>);
+  benchmark::RegisterBenchmark(Name("W6", McxPoolBuddy::kName).c_str(), BM_W6<McxPoolBuddy>)
+      ->Threads(1)
+      ->Threads(2)
+      ->UseRealTime();
 }
 #endif
 

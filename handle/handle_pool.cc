@@ -310,10 +310,6 @@ bool HandlePool::Free(Handle h) {
   return true;
 }
 
-void HandlePool::CheckAlive(const char* operation) const {
-  if (ABSL_PREDICT_FALSE(magic_ != kLiveMagic)) ReportDead(operation);
-}
-
 void HandlePool::ReportDead(const char* operation) const {
   internal::ReportMisuse("%s on handle pool %p, which is gone (its context was reset or "
                          "destroyed, or the pool destroyed)",

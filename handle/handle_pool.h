@@ -277,7 +277,10 @@ class HandlePool {
   static size_t BlockBytes(const Class& c, uint32_t count);
   void ReleaseMemory();
   Handle Take(uint32_t cls);
-  void CheckAlive(const char* operation) const;
+  // A pool whose context was reset (or that was destroyed) is reported.
+  void CheckAlive(const char* operation) const {
+    if (ABSL_PREDICT_FALSE(magic_ != kLiveMagic)) ReportDead(operation);
+  }
   ABSL_ATTRIBUTE_NOINLINE void ReportDead(const char* operation) const;
 
   Context* ctx_ = nullptr;
