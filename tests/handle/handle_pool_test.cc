@@ -7,6 +7,7 @@
 #include "mcx/handle/handle_pool.h"
 
 #include <algorithm>
+#include <csetjmp>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -427,6 +428,56 @@ TEST_F(HandlePoolTest, CreationFailuresLeaveNothingBehind) {
   HandlePool* ok = HandlePool::Create(ctx_, o);
   EXPECT_NE(ok, nullptr);
   std::string error;
+  EXPECT_TRUE(ctx_->Check(&error)) << error;
+}
+
+struct HandlerError {};
+void ThrowingHandler(const FailureInfo&) { throw HandlerError(); }
+std::jmp_buf* jump_target = nullptr;
+void JumpingHandler(const FailureInfo&) { std::longjmp(*jump_target, 1); }
+
+// Where the pool runs user code: the context's failure handler during
+// Create (it may throw its own exception or longjmp), and ForEach's
+// callback (it may throw). Either way nothing is left registered, the pool
+// is unchanged, and the context is usable and consistent.
+TEST_F(HandlePoolTest, ExitsFromHandlersAndCallbacksLeaveNothingBehind) {
+  HandlePoolOptions o;
+  o.AddClass(64, 4).AddClass(20000, 4);  // the second class needs a block of its own
+  ASSERT_TRUE(ctx_->SetFailureHandler(&ThrowingHandler));
+  source_.FailNth(1);
+  EXPECT_THROW(HandlePool::Create(ctx_, o), HandlerError);
+
+  ASSERT_TRUE(ctx_->SetFailureHandler(&JumpingHandler));
+  std::jmp_buf env;
+  jump_target = &env;
+  volatile int jumped = 0;
+  if (setjmp(env) == 0) {
+    source_.FailNth(1);
+    HandlePool::Create(ctx_, o);
+  } else {
+    jumped = 1;
+  }
+  EXPECT_EQ(jumped, 1);
+  jump_target = nullptr;
+  source_.Heal();
+  ctx_->Reset();  // no cleanup of a pool that was never made runs
+  std::string error;
+  EXPECT_TRUE(ctx_->Check(&error)) << error;
+
+  HandlePool* pool = HandlePool::Create(ctx_, o);
+  Handle kept = pool->Allocate(10);
+  for (int i = 0; i < 3; ++i) pool->Allocate(10);
+  EXPECT_THROW(pool->ForEach([](Handle, void*) { throw HandlerError(); }), HandlerError);
+  int freed = 0;
+  EXPECT_THROW(pool->ForEach([&](Handle h, void*) {
+                 pool->Free(h);
+                 if (++freed == 2) throw HandlerError();
+               }),
+               HandlerError);
+  EXPECT_EQ(pool->live(), 2u);
+  EXPECT_EQ(pool->Get(kept), nullptr);  // the first visited: freed before the throw
+  ExpectConsistent(pool);
+  ctx_->Reset();
   EXPECT_TRUE(ctx_->Check(&error)) << error;
 }
 
