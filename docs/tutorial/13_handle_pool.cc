@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
 
   // [START reset]
   level->Reset();                  // the next level: every entity and the pool go
-  entities = MakeEntities(level);  // a new pool, at the same address
+  entities = MakeEntities(level);  // a new pool, likely at the same address
   mcx::Handle ghost = wolf;        // kept by some system across the reset
   CHECK(entities->Get(ghost) == nullptr);
   mcx::Handle knight = Spawn(entities, "knight");
