@@ -3,7 +3,7 @@
 one table per workload.
 
     ./mcx bench                     everything, tables on stdout
-    ./mcx bench --callgrind         instruction counts (W1-W4) instead of times
+    ./mcx bench --callgrind         instruction counts (W1-W4, W11) instead of times
     ./mcx bench --write docs/performance
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
@@ -65,6 +65,7 @@ WORKLOADS = {
     "W2": "W2 request lifecycle: create a context, 20..200 allocations of 16..512 B (one in 8 requests also 8..64 KiB), destroy (ns per request)",
     "W3": "W3 churn: 10,000 live chunks of 8..1024 B; free a random one, allocate a new one (ns per step)",
     "W4": "W4 context tree: depth 4, fanout 8 (4,681 contexts), 4 allocations of 16..128 B each, destroy the root (ns per context)",
+    "W11": "W11 million contexts: 1,000,000 contexts under one parent, one allocation of 16..64 B in each, then the parent destroyed (ns per context)",
     "W7": "W7 realloc growth: 256 buffers grown from 16 B by half again plus 16 B until above 16 KiB (ns per realloc)",
 }
 
@@ -175,7 +176,7 @@ def run_memory(binary, label_of, env_extra=None):
         label = label_of(d["contender"])
         if label is None:
             continue
-        rows[(label, d["size"])] = d
+        rows[(label, d.get("size", d.get("workload")))] = d
     return rows
 
 
@@ -263,7 +264,21 @@ def extra_tables(results):
     return out
 
 
+def w11_memory_table(memory):
+    rows = {l: d["resident_per_context"] for (l, k), d in memory.items() if k == "W11"}
+    if not rows:
+        return None
+    talloc = rows.get("talloc")
+    body = [[NAMES.get(l, l), fmt(rows[l], 0), fmt(rows[l] / talloc, 2) if talloc else "-"]
+            for l in sorted(rows, key=lambda l: rows[l])]
+    return ("### W11 memory: resident bytes per context while 1,000,000 contexts of one "
+            "16..64 B allocation each are alive (from /proc/self/statm, in a fresh child "
+            "process; malloc peers allocate the chunk alone)\n\n" +
+            table(["contender", "bytes per context", "vs talloc"], body))
+
+
 def memory_table(memory):
+    memory = {k: d for k, d in memory.items() if k[1] != "W11"}
     labels = ordered({l for (l, _) in memory})
     body = []
     for l in labels:
@@ -405,12 +420,12 @@ def plots(series, outdir):
 
 
 def callgrind(bins):
-    """Instructions per operation for W1-W4, each contender in its own
+    """Instructions per operation for W1-W4 and W11, each contender in its own
     valgrind run with collection on only around the measured rounds."""
     if shutil.which("valgrind") is None:
         sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
     cases = []
-    workloads = ["W1.rand", "W1.32B", "W2", "W3", "W4"]
+    workloads = ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"]
     main = ["malloc", "mcx_pool", "mcx_freelist", "bump", "talloc", "talloc_pool", "apr",
             "pmr_monotonic", "pmr_pool"]
     for w in workloads:
@@ -502,7 +517,11 @@ def main():
             kind = "callgrind"
         else:
             results, memory = collect(args, bins)
-            sections = time_tables(results) + [memory_table(memory)] + extra_tables(results)
+            sections = time_tables(results) + [memory_table(memory)]
+            w11 = w11_memory_table(memory)
+            if w11:
+                sections.append(w11)
+            sections += extra_tables(results)
             more, series = scaling(results)
             sections += more
             kind = "times"

@@ -1,6 +1,6 @@
 // File: bench/workloads.cc
 //
-// The benchmark workloads W1-W7 (bench/README.md) and the scaling curves, for
+// The benchmark workloads W1-W7 and W11 (bench/README.md) and the scaling curves, for
 // every contender of contenders.h, in one Google Benchmark program. The same
 // source builds two binaries: `workloads` (glibc malloc and every non-malloc
 // peer; jemalloc and tcmalloc run its malloc contender through LD_PRELOAD)
@@ -11,8 +11,9 @@
 //   --memory             W5: for each contender and size, a forked child
 //                        allocates ~64 MiB in chunks and reports resident
 //                        bytes per requested byte and bytes of header per
-//                        chunk, one JSON object per line.
-//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4) for
+//                        chunk, one JSON object per line; and W11's resident
+//                        bytes per context for the hierarchical contenders.
+//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11) for
 //                        contender C with Callgrind collection switched on
 //                        only around the measured rounds, and prints the
 //                        number of operations (run it under
@@ -79,6 +80,9 @@ constexpr size_t kW3Stream = size_t{1} << 20;  // pre-generated steps, cycled
 // W4: tree shape and allocations per context.
 constexpr int kW4Depth = 4, kW4Fanout = 8, kW4AllocsPerContext = 4;
 constexpr uint32_t kW4MinSize = 16, kW4MaxSize = 128;
+// W11: contexts under one parent, each with one allocation of these sizes.
+constexpr size_t kW11Contexts = 1000000;
+constexpr uint32_t kW11MinSize = 16, kW11MaxSize = 64;
 // W5: bytes requested per measurement, and the fixed sizes measured.
 constexpr size_t kW5RequestedBytes = size_t{64} << 20;
 constexpr uint32_t kW5Sizes[] = {24, 100};
@@ -127,6 +131,7 @@ struct Inputs {
   std::vector<uint32_t> w3_sizes = Sizes(kW3Stream, kW3MinSize, kW3MaxSize, 3);
   std::vector<uint32_t> w3_index = Sizes(kW3Stream, 0, 0xffffffffu, 4);
   std::vector<uint32_t> w4_sizes = Sizes(1 << 16, kW4MinSize, kW4MaxSize, 5);
+  std::vector<uint32_t> w11_sizes = Sizes(1 << 16, kW11MinSize, kW11MaxSize, 11);
 
   Inputs() {
     Rng rng(kSeed ^ 2);
@@ -284,6 +289,47 @@ class W4Builder {
   size_t nptrs_ = 0;
 };
 
+// W11: many small contexts under one parent, each with one allocation; the
+// parent destroyed at the end. Malloc-style contenders allocate the chunk
+// alone (there is no context to emulate) and free every chunk.
+template <typename C>
+class W11Builder {
+ public:
+  using Tree = typename C::Tree;
+  using Node = typename Tree::Node;
+
+  // Creates `n` contexts under a new parent and returns the parent.
+  Node Build(size_t n, uint64_t& sum) {
+    const std::vector<uint32_t>& sizes = In().w11_sizes;
+    Node root = tree_.Root();
+    if constexpr (C::kFreesEach) ptrs_.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      Node child = tree_.Child(root);
+      uint32_t s = sizes[i & (sizes.size() - 1)];
+      void* p = tree_.Alloc(child, s);
+      sum += Touch(p, s, i);
+      if constexpr (C::kFreesEach) ptrs_[i] = p;
+    }
+    return root;
+  }
+
+  void Destroy(Node root) {
+    tree_.Destroy(root);
+    if constexpr (C::kFreesEach) {
+      for (void* p : ptrs_) std::free(p);
+    }
+  }
+
+  size_t Round(size_t n, uint64_t& sum) {
+    Destroy(Build(n, sum));
+    return n;
+  }
+
+ private:
+  Tree tree_;
+  std::vector<void*> ptrs_;
+};
+
 // W7: buffers grown by repeated reallocation, interleaved; returns the
 // number of reallocations.
 template <typename C>
@@ -401,6 +447,15 @@ void BM_W4(benchmark::State& state) {
 }
 
 template <typename C>
+void BM_W11(benchmark::State& state) {
+  W11Builder<C> b;
+  uint64_t sum = 0, ops = 0;
+  for (auto _ : state) ops += b.Round(kW11Contexts, sum);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+template <typename C>
 void BM_W7(benchmark::State& state) {
   typename C::Arena a;
   std::vector<void*> bufs(kW7Buffers);
@@ -475,6 +530,7 @@ void Register() {
     benchmark::RegisterBenchmark(Name("W4", C::kName).c_str(), BM_W4<C>)->Arg(kW4Depth);
     benchmark::RegisterBenchmark(Name("S.tree", C::kName).c_str(), BM_W4<C>)
         ->DenseRange(1, 5);
+    benchmark::RegisterBenchmark(Name("W11", C::kName).c_str(), BM_W11<C>);
   }
   if constexpr (C::kCanRealloc) {
     benchmark::RegisterBenchmark(Name("W7", C::kName).c_str(), BM_W7<C>);
@@ -556,23 +612,18 @@ MemoryResult MeasureMemory(uint32_t size) {
   return r;
 }
 
-template <typename C>
-void MemoryCase(uint32_t size) {
+// Runs `measure` (which returns one JSON line) in a forked child, a process
+// that has allocated little, and copies its line to stdout.
+template <typename F>
+void InChild(F measure) {
   std::fflush(stdout);
   int fds[2];
   if (pipe(fds) != 0) return;
   pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    MemoryResult r = MeasureMemory<C>(size);
-    char line[256];
-    int len = std::snprintf(line, sizeof line,
-                            "{\"contender\": \"%s\", \"size\": %u, "
-                            "\"resident_per_requested\": %.4f, \"header_bytes\": %.1f, "
-                            "\"stride_bytes\": %.1f}\n",
-                            C::kName, size, r.resident_per_requested, r.header_bytes,
-                            r.stride_bytes);
-    if (write(fds[1], line, static_cast<size_t>(len)) != len) _exit(1);
+    std::string line = measure();
+    if (write(fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
     _exit(0);
   }
   close(fds[1]);
@@ -587,15 +638,57 @@ void MemoryCase(uint32_t size) {
 }
 
 template <typename C>
+void MemoryCase(uint32_t size) {
+  InChild([size] {
+    MemoryResult r = MeasureMemory<C>(size);
+    char line[256];
+    int len = std::snprintf(line, sizeof line,
+                            "{\"contender\": \"%s\", \"size\": %u, "
+                            "\"resident_per_requested\": %.4f, \"header_bytes\": %.1f, "
+                            "\"stride_bytes\": %.1f}\n",
+                            C::kName, size, r.resident_per_requested, r.header_bytes,
+                            r.stride_bytes);
+    return std::string(line, static_cast<size_t>(len));
+  });
+}
+
+// W11's memory: resident bytes per context while kW11Contexts contexts of
+// one small allocation each are alive, in a fresh forked child.
+template <typename C>
+double MeasureW11Resident() {
+  W11Builder<C> b;
+  uint64_t sum = 0;
+  size_t before = ResidentBytes();
+  auto root = b.Build(kW11Contexts, sum);
+  size_t after = ResidentBytes();
+  benchmark::DoNotOptimize(sum);
+  b.Destroy(root);
+  return static_cast<double>(after - before) / static_cast<double>(kW11Contexts);
+}
+
+template <typename C>
 void Memory() {
   for (uint32_t s : kW5Sizes) MemoryCase<C>(s);
   MemoryCase<C>(0);
+  if constexpr (C::kHasTree) {
+    InChild([] {
+      char line[256];
+      int len = std::snprintf(line, sizeof line,
+                              "{\"contender\": \"%s\", \"workload\": \"W11\", "
+                              "\"resident_per_context\": %.1f}\n",
+                              C::kName, MeasureW11Resident<C>());
+      return std::string(line, static_cast<size_t>(len));
+    });
+  }
 }
 
 // --- Callgrind mode ------------------------------------------------------------
 
 constexpr int kCallgrindRounds = 3;  // W1 rounds; W2 uses kW2Requests requests
 constexpr size_t kCallgrindW3Steps = 20000;
+// W11 under Callgrind: fewer contexts than timed runs (a simulator is slow),
+// still far more than any cache holds.
+constexpr size_t kCallgrindW11Contexts = 100000;
 
 template <typename C>
 bool Callgrind(const std::string& workload) {
@@ -626,6 +719,14 @@ bool Callgrind(const std::string& workload) {
       b.Round(kW4Depth, sum);
       MCX_BENCH_CALLGRIND_TOGGLE();
       ops = b.Round(kW4Depth, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+    }
+  } else if (workload == "W11") {
+    if constexpr (C::kHasTree) {
+      W11Builder<C> b;
+      b.Round(kCallgrindW11Contexts, sum);
+      MCX_BENCH_CALLGRIND_TOGGLE();
+      ops = b.Round(kCallgrindW11Contexts, sum);
       MCX_BENCH_CALLGRIND_TOGGLE();
     }
   } else if (workload == "W3") {

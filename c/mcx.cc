@@ -28,7 +28,8 @@ mcx_context* C(mcx::Context* c) { return reinterpret_cast<mcx_context*>(c); }
 
 mcx_failure ToC(mcx::Failure f) { return static_cast<mcx_failure>(f); }
 
-static_assert(static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
+static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
+                  static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
               "mcx_failure mirrors mcx::Failure");
 
 // A C handler needs two pointers (function and argument) where the C++
@@ -128,8 +129,7 @@ void mcx_destroy_children(mcx_context* ctx) {
 
 mcx_failure mcx_set_parent(mcx_context* ctx, mcx_context* new_parent) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
-  if (Cxx(ctx)->SetParent(Cxx(new_parent)).ok()) return MCX_OK;
-  return ToC(Cxx(ctx)->last_failure());
+  return ToC(Cxx(ctx)->TrySetParent(Cxx(new_parent)));
 }
 
 mcx_context* mcx_parent(const mcx_context* ctx) {
@@ -205,8 +205,7 @@ size_t mcx_chunk_size_of(const void* p) { return mcx::GetChunkSize(p); }
 
 mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
-  if (Cxx(ctx)->SetLimit(bytes).ok()) return MCX_OK;
-  return ToC(Cxx(ctx)->last_failure());
+  return ToC(Cxx(ctx)->TrySetLimit(bytes));
 }
 
 size_t mcx_limit(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->limit() : MCX_NO_LIMIT; }

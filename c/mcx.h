@@ -69,7 +69,8 @@ typedef enum mcx_reset_mode {
 /* Options for mcx_create. Start from mcx_options_init; fields that do not
  * apply to the kind are ignored. */
 typedef struct mcx_options {
-  size_t initial_block_size; /* both kinds */
+  size_t initial_block_size; /* both kinds; 0: the tree chooses (8 KiB for a
+                              * root, small and learned for a child) */
   size_t max_block_size;     /* both kinds */
   size_t max_small;          /* pool: larger requests go to the large list */
   int rewind_on_free;        /* pool: rewind emptied blocks */

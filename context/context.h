@@ -142,14 +142,18 @@ class Context {
   // (after the failure handler) if the first block cannot be had.
   static Context* Create(Context* parent, const char* name,
                          const KindSpec& kind,
-                         const ContextOptions& options = {});
+                         const ContextOptions& options);
   static Context* TryCreate(Context* parent, const char* name,
                             const KindSpec& kind,
-                            const ContextOptions& options = {}) noexcept;
+                            const ContextOptions& options) noexcept;
   Context* CreateChild(const char* name, const KindSpec& kind,
-                       const ContextOptions& options = {}) {
+                       const ContextOptions& options) {
     return Create(this, name, kind, options);
   }
+  // With default ContextOptions (the common case, which then reads none).
+  static Context* Create(Context* parent, const char* name, const KindSpec& kind);
+  static Context* TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept;
+  Context* CreateChild(const char* name, const KindSpec& kind) { return Create(this, name, kind); }
 
   // Tears down the subtree (see the order above) and releases this context.
   //
@@ -180,7 +184,16 @@ class Context {
   // or one of its descendants, or if the moved bytes would exceed a limit of
   // the new ancestors. The move is O(1); the cycle check walks the new
   // parent's ancestors; a limit on either side adds a walk of the subtree.
+  // The status's message names the contexts (and the limit) involved.
+  //
+  // The two members that return an absl::Status (this and SetLimit) are
+  // defined in //context (status.cc), not in the core //context:core, so
+  // that the core and the C API link no Abseil library; `TrySetParent` is
+  // the same move, returning the reason.
   absl::Status SetParent(Context* new_parent);
+  // As SetParent; returns Failure::kNone, or why nothing was moved
+  // (kCycle, kLimit, kBadArgument during a teardown), as last_failure().
+  Failure TrySetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
 
@@ -261,8 +274,13 @@ class Context {
   FailureDumpOptions failure_dump() const;
 
   // Bounds the block bytes of this subtree, checked whenever a block is
-  // acquired. Fails if the subtree already holds more.
+  // acquired. Fails if the subtree already holds more. (In //context, as
+  // SetParent.)
   absl::Status SetLimit(size_t bytes);
+  // As SetLimit; returns Failure::kNone, or why nothing changed (kLimit, or
+  // kOutOfMemory / kLimit if the limit could not be recorded), as
+  // last_failure().
+  Failure TrySetLimit(size_t bytes);
   size_t limit() const;
 
   // --- Introspection -------------------------------------------------------
@@ -310,8 +328,8 @@ class Context {
   enum class State : uint8_t { kLive, kTearingDown };
   // Written at creation and overwritten just before the first block goes
   // back, so a second Destroy of the same context is recognised.
-  static constexpr uint32_t kLiveMagic = 0x6D637831;  // "mcx1"
-  static constexpr uint32_t kDeadMagic = 0x64656164;  // "dead"
+  static constexpr uint16_t kLiveMagic = 0x6D31;  // "m1"
+  static constexpr uint16_t kDeadMagic = 0xDEAD;
   static constexpr uint16_t kMaxBumpField = 0xFFFF;
 
   // Checking builds: APR's concurrency check. Every operation marks the
@@ -337,12 +355,19 @@ class Context {
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
-  Context() = default;
+  // The header of a new context in the first block of `size` bytes.
+  Context(const KindMethods* methods, BlockSource* source, size_t size)
+      : num_blocks_(1),
+        methods_(methods),
+        source_(source),
+        mem_allocated_(size),
+        first_block_size_(static_cast<uint32_t>(size)) {}
   ~Context() = default;
 
+  // `options` nullptr: the defaults.
   static Context* CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
-                             const ContextOptions& options, unsigned flags);
+                             const ContextOptions* options, unsigned flags);
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
@@ -409,8 +434,13 @@ class Context {
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
+  Context* ReleasePlainLeaves(size_t walk);
   void LinkUnder(Context* parent);
   void Unlink();
+  // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
+  // refused and `*bytes` the bytes that would have moved (SetParent's
+  // message).
+  Failure Reparent(Context* new_parent, const Context** limited, size_t* bytes);
   size_t NameOffset() const;
 
   // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),
@@ -428,6 +458,13 @@ class Context {
                 : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
                                                             : kMaxBumpField;
   }
+  // The learned first block (kind.h, kDefaultFirstBlockSize): kinds report
+  // growth; creation reads the parent's size.
+  static constexpr size_t kLearnedUnit = 64;
+  size_t LearnedFirstBlock() const {
+    return size_t{learned_first_block_.load(std::memory_order_relaxed)} * kLearnedUnit;
+  }
+  void FirstBlockOutgrown();
   bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);
@@ -437,8 +474,12 @@ class Context {
   // limited context.
   Context* NearestLimited();
   Context* NextLimited();
-  bool ChargeLimits(size_t bytes);
-  void UnchargeLimits(size_t bytes);
+  // Inline (internal/context_impl.h): one load when no context anywhere
+  // has a limit.
+  inline bool ChargeLimits(size_t bytes);
+  inline void UnchargeLimits(size_t bytes);
+  bool ChargeLimitsSlow(size_t bytes);
+  void UnchargeLimitsSlow(size_t bytes);
 
 
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
@@ -459,7 +500,12 @@ class Context {
   size_t mem_allocated_ = 0;         // bytes in blocks held by this context
   internal::ContextExtras* extras_ = nullptr;  // the side record, or none
   uint32_t first_block_size_ = 0;    // bytes; this header sits at its start
-  uint32_t magic_ = kLiveMagic;
+  uint16_t magic_ = kLiveMagic;
+  // The first-block size this context's children start with when their kind
+  // leaves it to the tree, in units of kLearnedUnit (0: the smallest); it
+  // grows when a child outgrows its first block. Atomic (relaxed): a child's
+  // growth may store it while another thread creates a sibling.
+  std::atomic<uint16_t> learned_first_block_{0};
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations

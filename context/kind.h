@@ -58,6 +58,16 @@ struct ResetOptions {
 // What ChunkSize and Context::ChunkSize return when a kind cannot tell.
 inline constexpr size_t kUnknownSize = ~size_t{0};
 
+// What a kind option of 0 for the first block's size means (the pool's and
+// the freelist's `initial_block_size`): the tree chooses. A root gets
+// kDefaultFirstBlockSize (PostgreSQL's ALLOCSET_DEFAULT_INITSIZE). A child
+// starts small, room for its header and a few small chunks, because most
+// children hold little (a talloc context is a chunk of about 100 bytes), and
+// then follows what its parent's children have needed: when one outgrows
+// its first block, later siblings, and the children those create, start
+// with twice its size, up to kDefaultFirstBlockSize.
+inline constexpr size_t kDefaultFirstBlockSize = 8 * 1024;
+
 // --- For kind authors: kind_api.h has the contract and the builder. -----------
 //
 // (Declared here because a context holds a pointer to its kind's table, and
@@ -80,7 +90,10 @@ struct KindMethods {
   // Size and alignment of the first block, which must hold `header_bytes`
   // (context header, kind state and name) plus the kind's own needs. A size
   // of 0 refuses the options (kBadSize) before any block is acquired.
-  size_t (*first_block_size)(const void* options, size_t header_bytes);
+  // `learned` is the size the tree suggests where the options leave it to
+  // the tree (kDefaultFirstBlockSize for a root; for a child, what its
+  // parent's children needed, 0 before anything is learned).
+  size_t (*first_block_size)(const void* options, size_t header_bytes, size_t learned);
   size_t (*first_block_alignment)(const void* options, size_t first_block_size);
 
   // Sets up the state in a fresh first block. [space, block_end) is the part

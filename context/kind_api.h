@@ -36,7 +36,7 @@
 //     using Options = BumpOptions;   // trivially copyable, as KindSpec holds it
 //     using State = BumpState;       // lives after the context header
 //     static constexpr const char* kName = "bump";
-//     static size_t FirstBlockSize(const Options& o, size_t header_bytes);
+//     static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned);
 //     static bool Init(Context* ctx, State* st, const Options& o, char* space, char* end);
 //     static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment);
 //     static void Free(Context* ctx, State* st, void* p);
@@ -56,7 +56,8 @@
 //   AcquireBlock, ReleaseBlock, ReallocateBlock, SetFailure
 //                                          the block ledger
 //   SetBumpWindow, BumpPointer             the inline fast path's window
-//   KindState<State>, FirstBlockSize       the first block
+//   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown
+//                                          the first block
 //   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
 //   ReportMisuse, ReportBadChunk           misuse reports
 //   PoisonMemoryRegion, UnpoisonMemoryRegion, CopyFromPoisoned,
@@ -100,9 +101,11 @@ class InspectVisitor;
 template <typename State>
 State* KindState(Context* ctx) {
   constexpr size_t kAlign = alignof(State);
-  uintptr_t p = (reinterpret_cast<uintptr_t>(ctx) + sizeof(Context) + kAlign - 1) &
-                ~(kAlign - 1);
-  return reinterpret_cast<State*>(p);
+  // A context sits at the start of its first block: with the alignment
+  // known, the offset is a constant.
+  auto* base = static_cast<char*>(__builtin_assume_aligned(ctx, kMinBlockAlignment));
+  constexpr size_t kOffset = (sizeof(Context) + kAlign - 1) & ~(kAlign - 1);
+  return reinterpret_cast<State*>(base + kOffset);
 }
 
 template <typename State>
@@ -130,8 +133,14 @@ struct Trampolines {
   using Options = typename K::Options;
   static const Options& OptionsOf(const void* o) { return *static_cast<const Options*>(o); }
 
-  static size_t FirstBlockSize(const void* o, size_t header_bytes) {
-    return K::FirstBlockSize(OptionsOf(o), header_bytes);
+  static size_t FirstBlockSize(const void* o, size_t header_bytes, size_t learned) {
+    if constexpr (std::is_same_v<decltype(&K::FirstBlockSize),
+                                 size_t (*)(const Options&, size_t, size_t)>) {
+      return K::FirstBlockSize(OptionsOf(o), header_bytes, learned);
+    } else {
+      (void)learned;
+      return K::FirstBlockSize(OptionsOf(o), header_bytes);
+    }
   }
   static size_t FirstBlockAlignment(const void* o, size_t first_block_size) {
     if constexpr (HasFirstBlockAlignment<K>::value) {
@@ -177,7 +186,9 @@ struct Trampolines {
 // The method table of a kind written as a class of static members (the
 // example at the top). A missing or mistyped required member is a compile
 // error naming it, as LLVM's AllocatorBase checks its implementers; Inspect
-// and FirstBlockAlignment (default: kMinBlockAlignment) are optional.
+// and FirstBlockAlignment (default: kMinBlockAlignment) are optional, and
+// FirstBlockSize may leave out `learned` (a kind that sizes its first block
+// itself).
 template <typename K>
 constexpr KindMethods MakeKindMethods() {
   using State = typename K::State;
@@ -186,8 +197,10 @@ constexpr KindMethods MakeKindMethods() {
                 "Kind::Options must be trivially copyable and fit a KindSpec");
   static_assert(alignof(State) <= kMinBlockAlignment,
                 "Kind::State may not need more alignment than a block has");
-  static_assert(std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t)>,
-                "Kind::FirstBlockSize(const Options&, size_t header_bytes) -> size_t");
+  static_assert(
+      std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t, size_t)> ||
+          std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t)>,
+      "Kind::FirstBlockSize(const Options&, size_t header_bytes[, size_t learned]) -> size_t");
   static_assert(
       std::is_same_v<decltype(&K::Init), bool (*)(Context*, State*, const Options&, char*, char*)>,
       "Kind::Init(Context*, State*, const Options&, char* space, char* end) -> bool");
@@ -278,6 +291,7 @@ struct KindAccess {
     ctx->SetBumpWindow(ptr, end, max);
   }
   static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
+  static void FirstBlockOutgrown(Context* ctx) { ctx->FirstBlockOutgrown(); }
 };
 
 }  // namespace internal
@@ -310,6 +324,30 @@ inline Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_
 inline void SetFailure(Context* ctx, Failure failure) {
   internal::KindAccess::SetFailure(ctx, failure);
 }
+
+// --- The first block -------------------------------------------------------------
+
+// Room for a few small chunks in the smallest first block the tree chooses:
+// a child that holds one or two strings needs no second block, and a
+// million such children cost their header and this, not a page each.
+inline constexpr size_t kSmallFirstBlockRoom = 192;
+
+// The first block of a kind whose options leave its size to the tree (see
+// kDefaultFirstBlockSize): `learned`, but at least the header, `kind_bytes`
+// the kind keeps in its first block, and kSmallFirstBlockRoom, rounded up to
+// a cache line.
+inline size_t LearnedFirstBlockSize(size_t header_bytes, size_t kind_bytes, size_t learned) {
+  constexpr size_t kLine = 64;
+  size_t least = (header_bytes + kind_bytes + kSmallFirstBlockRoom + kLine - 1) & ~(kLine - 1);
+  return learned > least ? learned : least;
+}
+
+// Tells the tree that `ctx` needed a block beyond its first one. Kinds call
+// it where they acquire a block to carry on allocating (not for a chunk
+// that gets a block of its own): later children of `ctx`'s parent whose
+// kind leaves the first block to the tree then start with twice `ctx`'s
+// first block, up to kDefaultFirstBlockSize.
+inline void FirstBlockOutgrown(Context* ctx) { internal::KindAccess::FirstBlockOutgrown(ctx); }
 
 // --- The bump window -------------------------------------------------------------
 

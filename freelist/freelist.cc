@@ -23,9 +23,9 @@
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/freelist/internal/freelist_block.h"
 
@@ -199,6 +199,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
     size_t want = st->next_block_size < need ? need : st->next_block_size;
     KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, need);
     if (kb == nullptr) return nullptr;
+    FirstBlockOutgrown(ctx);
     // Only now, with the new block in hand, give up the old block's tail.
     CarveRemainder(st);
     b = HeaderOf(kb);
@@ -472,7 +473,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     BlockHeader* b = HeaderOf(kb);
     if (!ok) return;
     if (kb->owner != ctx || !st->blocks.Holds(kb)) {
-      absl::StrAppendFormat(error, "freelist '%s': block %p names another owner or a broken link\n",
+      internal::AppendFormat(error, "freelist '%s': block %p names another owner or a broken link\n",
                             ctx->name(), static_cast<void*>(b));
       ok = false;
       return;
@@ -487,7 +488,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
                   ChunkHeaderOffset(h) ==
                       static_cast<uint64_t>(payload - 8 - reinterpret_cast<char*>(b));
       if (!good) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
                               ctx->name(), static_cast<void*>(payload), h);
         ok = false;
         return;
@@ -495,7 +496,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
       if (ChunkHeaderIsFree(h)) {
         ++free_in_blocks;
       } else if (kChecking && !SentinelOk(payload)) {
-        absl::StrAppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<void*>(payload), RequestedSize(payload));
         ok = false;
         return;
@@ -509,7 +510,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       uint64_t h = ReadChunkHeader(p);
       if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->link.owner != ctx) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
                               ctx->name(), p, c);
         return false;
       }
@@ -517,14 +518,14 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     }
   }
   if (on_lists != free_in_blocks) {
-    absl::StrAppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
+    internal::AppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
                           ctx->name(), free_in_blocks, on_lists);
     return false;
   }
   st->dedicated.ForEach([&](KindBlock* b) {
     char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
     if (ok && (b->owner != ctx || (kChecking && !SentinelOk(payload)))) {
-      absl::StrAppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
+      internal::AppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
                             static_cast<void*>(payload));
       ok = false;
     }
@@ -532,7 +533,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
   if (!ok) return false;
   blocks += st->dedicated.count() + st->spare.count();
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
@@ -607,7 +608,8 @@ void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor
     info.header_bytes = kDedicatedPayload;  // block header and chunk header
     info.used_bytes = b->size - kDedicatedPayload;
     info.last_offset = info.end_offset = b->size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
@@ -651,9 +653,12 @@ struct Freelist {
   using State = FreelistState;
   static constexpr const char* kName = "freelist";
 
-  static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
+  static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
     if (o.initial_block_size > kMaxFreelistBlockSize) return 0;
+    if (o.initial_block_size == 0) {
+      return LearnedFirstBlockSize(header_bytes, sizeof(BlockHeader) + kHeaderBytes, learned);
+    }
     size_t min = header_bytes + sizeof(BlockHeader) + kHeaderBytes + kMinFirstBlockSpace;
     return o.initial_block_size < min ? min : o.initial_block_size;
   }
@@ -681,8 +686,9 @@ struct Freelist {
     }
     // Direct mode: every chunk a dedicated block (nginx's NGX_DEBUG_PALLOC).
     st->chunk_limit = kDirectBuild ? 0 : o.chunk_limit;
-    size_t base = o.initial_block_size < kMinGrowthBlockSize ? kMinGrowthBlockSize
-                                                             : o.initial_block_size;
+    // Later blocks start at the first block's size (whoever chose it).
+    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
+    if (base < kMinGrowthBlockSize) base = kMinGrowthBlockSize;
     st->base_block_size = st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     return true;
@@ -719,6 +725,11 @@ constexpr KindMethods kFreelistMethods = MakeKindMethods<Freelist>();
 
 KindSpec FreelistKind(const FreelistOptions& options) {
   return KindSpec(&kFreelistMethods, options);
+}
+
+const KindSpec& FreelistKind() {
+  static const KindSpec spec(&kFreelistMethods, FreelistOptions());
+  return spec;
 }
 
 Context* CreateFreelistContext(Context* parent, const char* name, const FreelistOptions& options,

@@ -49,9 +49,13 @@ namespace mcx {
 
 struct FreelistOptions {
   // Bytes of the first block, context header included (at most
-  // kMaxFreelistBlockSize; larger is refused with kBadSize).
-  size_t initial_block_size = 8 * 1024;
-  // Later blocks double up to this (at most kMaxFreelistBlockSize).
+  // kMaxFreelistBlockSize; larger is refused with kBadSize). 0, the default,
+  // leaves it to the tree (kind.h, kDefaultFirstBlockSize): 8 KiB for a
+  // root, and for a child a small block that follows what its parent's
+  // children need, up to 8 KiB.
+  size_t initial_block_size = 0;
+  // Later blocks double, from the first block's size (at least 1 KiB), up
+  // to this (at most kMaxFreelistBlockSize).
   size_t max_block_size = 8 * 1024 * 1024;
   // Requests above this get a dedicated block (at most kMaxSizeClassBytes).
   size_t chunk_limit = kMaxSizeClassBytes;
@@ -66,7 +70,10 @@ inline constexpr size_t kFreelistChunkHeaderBytes =
 // Chunk headers store a 32-bit offset to their block.
 inline constexpr size_t kMaxFreelistBlockSize = size_t{1} << 30;
 
-KindSpec FreelistKind(const FreelistOptions& options = FreelistOptions());
+KindSpec FreelistKind(const FreelistOptions& options);
+// The default options' spec, made once: what `FreelistKind()` costs a caller
+// that creates a context with it is a reference, not a copy.
+const KindSpec& FreelistKind();
 
 Context* CreateFreelistContext(Context* parent, const char* name,
                                const FreelistOptions& options = FreelistOptions(),

@@ -61,9 +61,12 @@
 namespace mcx {
 
 struct PoolOptions {
-  // Bytes of the first block, context header included.
-  size_t initial_block_size = 8 * 1024;
-  // Later blocks double from initial_block_size up to this. Equal to
+  // Bytes of the first block, context header included (at least the header
+  // and 256 bytes). 0, the default, leaves it to the tree (kind.h,
+  // kDefaultFirstBlockSize): 8 KiB for a root, and for a child a small
+  // block that follows what its parent's children need, up to 8 KiB.
+  size_t initial_block_size = 0;
+  // Later blocks double from the first block's size up to this. Equal to
   // initial_block_size, every block has one size, as in nginx.
   size_t max_block_size = 1024 * 1024;
   // nginx's `max`: larger requests go to the large list.
@@ -71,12 +74,16 @@ struct PoolOptions {
   // Count live small chunks per block and rewind a block's bump pointer when
   // its count drops to zero, so that freed small chunks are reused. Blocks
   // then all have one power-of-two size (initial_block_size rounded up) and
-  // are aligned to it, which finds a chunk's block in O(1) without a header.
+  // are aligned to it, which finds a chunk's block in O(1) without a header
+  // (with initial_block_size 0, 8 KiB).
   // The inline bump fast path is off in this mode.
   bool rewind_on_free = false;
 };
 
-KindSpec PoolKind(const PoolOptions& options = PoolOptions());
+KindSpec PoolKind(const PoolOptions& options);
+// The default options' spec, made once: what `PoolKind()` costs a caller
+// that creates a context with it is a reference, not a copy.
+const KindSpec& PoolKind();
 
 // Creates a pool context: the same as Context::Create with PoolKind(options).
 Context* CreatePoolContext(Context* parent, const char* name,

@@ -13,7 +13,7 @@
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
-#include "mcx/context/stats.h"
+#include "mcx/context/dot.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/handle/handle_pool.h"
 
@@ -43,13 +43,12 @@ mcx::Handle Spawn(mcx::HandlePool* entities, const char* name) {
 }
 
 void WriteDot(const char* dir, mcx::Context* root) {
-  mcx::ReportOptions o;
-  o.format = mcx::ReportFormat::kDot;
+  mcx::DotOptions o;
   o.blocks = true;
   const std::string path = std::string(dir) + "/handle-pool.dot";
   std::FILE* f = std::fopen(path.c_str(), "w");
   CHECK(f != nullptr);
-  std::fputs(mcx::StatsReport(root, o).c_str(), f);
+  std::fputs(mcx::DotReport(root, o).c_str(), f);
   std::fclose(f);
 }
 

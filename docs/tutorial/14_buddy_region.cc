@@ -17,7 +17,7 @@
 #include "mcx/buddy/buddy_source.h"
 #include "mcx/context/block_source.h"
 #include "mcx/context/context.h"
-#include "mcx/context/stats.h"
+#include "mcx/context/dot.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 
@@ -30,13 +30,12 @@ MCX_BUDDY_SOURCE_DEFINE(firmware_heap, 256, 64 * 1024, 16);
 namespace {
 
 void WriteDot(const char* dir, mcx::Context* root) {
-  mcx::ReportOptions o;
-  o.format = mcx::ReportFormat::kDot;
+  mcx::DotOptions o;
   o.blocks = true;
   const std::string path = std::string(dir) + "/buddy-region.dot";
   std::FILE* f = std::fopen(path.c_str(), "w");
   CHECK(f != nullptr);
-  std::fputs(mcx::StatsReport(root, o).c_str(), f);
+  std::fputs(mcx::DotReport(root, o).c_str(), f);
   std::fclose(f);
 }
 

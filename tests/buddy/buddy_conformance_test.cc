@@ -1,4 +1,4 @@
-// The whole kind conformance suite (tests/testing/kind_conformance.h), for
+// The whole kind conformance suite (mcx/testing/kind_conformance.h), for
 // the pool kind, the rewinding pool and the freelist kind, with every block
 // from one static buddy region and the system allocator poisoned: main
 // installs the region as the default block source (which the suite's
@@ -20,8 +20,9 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 #include "tests/buddy/no_system_alloc.h"
-#include "tests/testing/kind_conformance.h"
 
 // 4 blocks of 4 MiB, aligned to 4 MiB: the suite's kMaxAlignment (2 MiB)
 // chunk is a 2 MiB block.
@@ -31,28 +32,25 @@ namespace buddy_conformance {
 
 // Kinds with blocks of at most the region's largest (4 MiB): the freelist
 // kind's blocks would double to 8 MiB.
-struct PoolOverBuddy {
+struct PoolOverBuddy : mcx::test::KindTraitsDefaults {
   static mcx::KindSpec Spec() { return mcx::PoolKind(); }
   static constexpr bool kFreeReleasesSmall = false;
   static constexpr bool kUnsizedRealloc = false;
 };
-struct RewindingPoolOverBuddy {
+struct RewindingPoolOverBuddy : mcx::test::KindTraitsDefaults {
   static mcx::KindSpec Spec() {
     mcx::PoolOptions o;
     o.rewind_on_free = true;
     return mcx::PoolKind(o);
   }
-  static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = false;
 };
-struct FreelistOverBuddy {
+struct FreelistOverBuddy : mcx::test::KindTraitsDefaults {
   static mcx::KindSpec Spec() {
     mcx::FreelistOptions o;
     o.max_block_size = 1 << 20;
     return mcx::FreelistKind(o);
   }
-  static constexpr bool kFreeReleasesSmall = true;
-  static constexpr bool kUnsizedRealloc = true;
 };
 
 // After each test: every block went back to the region, merged.
@@ -72,15 +70,13 @@ class RegionEmpty : public ::testing::EmptyTestEventListener {
 
 }  // namespace buddy_conformance
 
-namespace mcx {
-namespace testing {
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(PoolOverBuddy, buddy_conformance::PoolOverBuddy);
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(RewindingPoolOverBuddy,
+                                      buddy_conformance::RewindingPoolOverBuddy);
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(FreelistOverBuddy, buddy_conformance::FreelistOverBuddy);
 
-INSTANTIATE_TYPED_TEST_SUITE_P(PoolOverBuddy, KindConformanceTest,
-                               buddy_conformance::PoolOverBuddy);
-INSTANTIATE_TYPED_TEST_SUITE_P(RewindingPoolOverBuddy, KindConformanceTest,
-                               buddy_conformance::RewindingPoolOverBuddy);
-INSTANTIATE_TYPED_TEST_SUITE_P(FreelistOverBuddy, KindConformanceTest,
-                               buddy_conformance::FreelistOverBuddy);
+namespace mcx {
+namespace test {
 
 // The suite's source really drew from the region.
 TEST(BuddyConformanceTest, TheDefaultSourceIsTheRegion) {
@@ -94,7 +90,7 @@ TEST(BuddyConformanceTest, TheDefaultSourceIsTheRegion) {
   EXPECT_EQ(counting.live_blocks(), 0);
 }
 
-}  // namespace testing
+}  // namespace test
 }  // namespace mcx
 
 // The harness itself: an allocation on behalf of mcx aborts (here: a

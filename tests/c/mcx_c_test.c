@@ -14,6 +14,9 @@
 #include "mcx/mcx.h"
 
 static int passed = 0;
+/* Direct mode (--config=direct): every pool chunk is a large one, whose size
+ * the kind knows. Probed by main. */
+static int direct_mode = 0;
 static int failed = 0;
 
 #define CHECK(cond)                                                   \
@@ -75,15 +78,18 @@ static void TestLifecycleAndAllocation(void) {
   CHECK(aligned != NULL && ((uintptr_t)aligned % 256) == 0);
   mcx_free(cache, aligned);
   CHECK(mcx_realloc_sized(top, mcx_alloc(top, 10), 10, 100) != NULL);
-  CHECK(mcx_chunk_size(top, mcx_alloc(top, 16)) == (size_t)-1); /* pool: unknown */
+  /* Pool: unknown (in direct mode every chunk is large: known). */
+  CHECK((mcx_chunk_size(top, mcx_alloc(top, 16)) == (size_t)-1) == !direct_mode);
 
   /* Errors are return values. */
   CHECK(mcx_alloc_aligned(top, 10, 3) == NULL);
   CHECK(mcx_last_failure(top) == MCX_BAD_ALIGNMENT);
   CHECK(mcx_calloc(top, (size_t)-1, 16) == NULL);
   CHECK(mcx_last_failure(top) == MCX_BAD_SIZE);
-  CHECK(mcx_realloc(top, mcx_alloc(top, 8), 100) == NULL); /* unsized on pool */
-  CHECK(mcx_last_failure(top) == MCX_UNSUPPORTED);
+  if (!direct_mode) {
+    CHECK(mcx_realloc(top, mcx_alloc(top, 8), 100) == NULL); /* unsized on pool */
+    CHECK(mcx_last_failure(top) == MCX_UNSUPPORTED);
+  }
   CHECK(strcmp(mcx_failure_name(MCX_LIMIT), "memory limit exceeded") == 0);
   CHECK(mcx_create(top, NULL, MCX_KIND_POOL, NULL) == NULL);
   CHECK(mcx_set_parent(top, cache) == MCX_CYCLE);
@@ -135,11 +141,13 @@ static void TestLimitsHandlerAndReports(void) {
   mcx_reset(root, MCX_RESET_RELEASE_ALL, 0);
   mcx_reset(root, MCX_RESET_KEEP_BYTES, 1 << 20);
 
-  child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  mcx_options_init(&o);
+  o.initial_block_size = 8192; /* room for the chunk: one block */
+  child = mcx_create(root, "child", MCX_KIND_FREELIST, &o);
   mcx_alloc(child, 500);
   mcx_get_counters(root, 1, &counters);
   CHECK(counters.contexts == 2);
-  CHECK(counters.blocks == 2);
+  CHECK(counters.blocks == (direct_mode ? 3u : 2u)); /* direct: the chunk's own block */
   CHECK(counters.used_bytes + counters.free_bytes == counters.total_bytes);
 
   out = tmpfile();
@@ -308,6 +316,11 @@ static void TestFindingB10StaleHandles(void) {
 }
 
 int main(void) {
+  {
+    mcx_context* probe = mcx_create(NULL, "probe", MCX_KIND_POOL, NULL);
+    direct_mode = mcx_chunk_size(probe, mcx_alloc(probe, 16)) != (size_t)-1;
+    mcx_destroy(probe);
+  }
   TestFindingB8NullReallocAndForeignHandle();
   TestFindingB10StaleHandles();
   TestLifecycleAndAllocation();

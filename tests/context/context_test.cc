@@ -19,17 +19,19 @@
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/context/new.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::FailingBlockSource;
+using test::CountingBlockSource;
+using test::ExactBlockSource;
+using test::FailingBlockSource;
 
 class ContextTest : public ::testing::Test {
  protected:
@@ -59,6 +61,88 @@ TEST_F(ContextTest, CreateCopiesNameAndListsNewestChildFirst) {
   root->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
 }
+
+// With the kinds' default options the tree sizes first blocks: a root gets
+// the default, a child starts small, and a child that outgrows its first
+// block makes its later siblings start with twice its size, up to the
+// default. Explicit sizes are kept exactly.
+class LearnedFirstBlockTest : public ::testing::TestWithParam<bool> {
+ protected:
+  ExactBlockSource source_;  // sizes as asked: no slack to account for
+  KindSpec Kind() const { return GetParam() ? FreelistKind() : PoolKind(); }
+  // Allocates more than a small first block holds, in small chunks.
+  static void Outgrow(Context* c) {
+    const size_t blocks = c->num_blocks();
+    while (c->num_blocks() == blocks) c->Alloc(64);
+  }
+};
+
+TEST_P(LearnedFirstBlockTest, ChildrenStartSmallAndLearnFromSiblings) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  ContextOptions o;
+  o.block_source = &source_;
+  Context* root = Context::Create(nullptr, "root", Kind(), o);
+  EXPECT_EQ(root->first_block_size(), kDefaultFirstBlockSize);
+  Context* first = root->CreateChild("first", Kind());
+  const size_t small = first->first_block_size();
+  EXPECT_GE(small, first->header_bytes() + kSmallFirstBlockRoom);
+  EXPECT_LT(small, 1024u);
+  // A child that stays small teaches nothing.
+  first->Alloc(32);
+  EXPECT_EQ(first->num_blocks(), 1u);
+  EXPECT_EQ(root->CreateChild("second", Kind())->first_block_size(), small);
+  // One that outgrows its block: later siblings start with twice its size.
+  Outgrow(first);
+  Context* third = root->CreateChild("third", Kind());
+  EXPECT_GE(third->first_block_size(), 2 * small);
+  EXPECT_LT(third->first_block_size(), 2 * small + 64);  // learned in 64-byte units
+  // Their children start from what the siblings needed.
+  EXPECT_EQ(third->CreateChild("grandchild", Kind())->first_block_size(),
+            third->first_block_size());
+  // Doubling stops at the default, however big the children grow.
+  size_t last = third->first_block_size();
+  for (int i = 0; i < 10; ++i) {
+    Context* c = root->CreateChild("grower", Kind());
+    EXPECT_GE(c->first_block_size(), last);
+    EXPECT_LE(c->first_block_size(), kDefaultFirstBlockSize);
+    last = c->first_block_size();
+    Outgrow(c);
+  }
+  EXPECT_EQ(last, kDefaultFirstBlockSize);
+  EXPECT_EQ(root->CreateChild("settled", Kind())->first_block_size(), kDefaultFirstBlockSize);
+  // Another parent has learned nothing.
+  Context* other = Context::Create(nullptr, "other", Kind(), o);
+  EXPECT_EQ(other->CreateChild("fresh", Kind())->first_block_size(), small);
+  other->Destroy();
+  root->Destroy();
+  EXPECT_EQ(source_.live(), 0);
+}
+
+TEST_P(LearnedFirstBlockTest, ExplicitSizesAreKept) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  ContextOptions o;
+  o.block_source = &source_;
+  PoolOptions pool;
+  pool.initial_block_size = 3000;
+  FreelistOptions freelist;
+  freelist.initial_block_size = 3000;
+  const KindSpec fixed = GetParam() ? FreelistKind(freelist) : PoolKind(pool);
+  Context* root = Context::Create(nullptr, "root", fixed, o);
+  EXPECT_EQ(root->first_block_size(), 3000u);
+  Context* a = root->CreateChild("a", fixed);
+  EXPECT_EQ(a->first_block_size(), 3000u);
+  Outgrow(a);
+  EXPECT_EQ(root->CreateChild("b", fixed)->first_block_size(), 3000u);
+  // A learning sibling starts from what `a` needed: twice its block, in
+  // 64-byte units.
+  EXPECT_EQ(root->CreateChild("c", Kind())->first_block_size(), (2 * 3000 + 63) / 64 * 64);
+  root->Destroy();
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, LearnedFirstBlockTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Freelist" : "Pool";
+                         });
 
 // A null name is a clear error, not a crash.
 TEST_F(ContextTest, NullNameIsRefused) {
@@ -149,9 +233,11 @@ TEST_F(ContextTest, LimitRefusesNewChildren) {
   o.block_source = &source_;
   o.limit = 20 * 1024;
   Context* root = Context::Create(nullptr, "root", PoolKind(), o);
-  Context* c1 = Context::TryCreate(root, "c1", PoolKind());
+  PoolOptions eight_k;
+  eight_k.initial_block_size = 8 * 1024;
+  Context* c1 = Context::TryCreate(root, "c1", PoolKind(eight_k));
   ASSERT_NE(c1, nullptr);
-  EXPECT_EQ(Context::TryCreate(root, "c2", PoolKind()), nullptr);
+  EXPECT_EQ(Context::TryCreate(root, "c2", PoolKind(eight_k)), nullptr);
   EXPECT_EQ(root->last_failure(), Failure::kLimit);
   EXPECT_EQ(source_.live_blocks(), 3);  // two first blocks, the root's side record
   root->Destroy();
@@ -259,6 +345,7 @@ TEST_F(ContextTest, RemovedCleanupRecordsAreReused) {
 
 // DestroyChildren keeps the context and its memory.
 TEST_F(ContextTest, DestroyChildrenKeepsSelf) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* root = Root();
   char* s = root->Strdup("kept");
   for (int i = 0; i < 10; ++i) root->CreateChild("c", FreelistKind())->Alloc(100);
@@ -271,6 +358,7 @@ TEST_F(ContextTest, DestroyChildrenKeepsSelf) {
 
 // Strdup and AllocBytes give byte strings with no alignment padding.
 TEST_F(ContextTest, StrdupCopiesAndTerminates) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Root();
   char* a = ctx->Strdup("abc");
   char* b = ctx->Strdup(std::string_view("xyz123", 3));
@@ -542,6 +630,7 @@ TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
 // builds add the concurrency check's fields); what only some contexts use
 // is in a side record, made on first use and counted where limits count.
 TEST(ContextLayoutTest, HeaderIsSmallAndTheSideRecordIsMadeOnDemand) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   if (!internal::kChecking) EXPECT_LE(sizeof(Context), 96u);
   CountingBlockSource source;
   ContextOptions o;
@@ -795,6 +884,7 @@ TEST(ContextFindingsTest, FindingB10StaleHandleIsRefused) {
 // Finding B7: the reserve serves a rewind_on_free pool (its blocks are
 // aligned to their size; reserve blocks are acquired that way too).
 TEST(ContextFindingsTest, FindingB7ReserveServesARewindPool) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   FailingBlockSource source;
   ContextOptions o;
   o.block_source = &source;

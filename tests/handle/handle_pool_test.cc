@@ -21,7 +21,7 @@
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -65,7 +65,7 @@ class HandlePoolTest : public ::testing::Test {
     EXPECT_TRUE(pool->Check(&error)) << error;
   }
 
-  mcx::testing::FailingBlockSource source_;
+  mcx::test::FailingBlockSource source_;
   Context* ctx_ = nullptr;
   std::vector<std::string> misuse_;
   MisuseHandler previous_ = nullptr;
@@ -205,7 +205,7 @@ TEST_F(HandlePoolTest, StaleAfterTheVersionWouldWrap) {
 // The same at the real limit: 2^22 - 1 frees of one slot, then it retires;
 // the very first handle never matches anything in between.
 TEST_F(HandlePoolTest, VersionsRunToTheLimitThenRetire) {
-  if (mcx::testing::UnderMemcheck()) GTEST_SKIP() << "four million frees under memcheck";
+  if (mcx::test::UnderMemcheck()) GTEST_SKIP() << "four million frees under memcheck";
   HandlePoolOptions o;
   o.AddClass(16, 1);
   HandlePool* pool = HandlePool::Create(ctx_, o);
@@ -502,7 +502,7 @@ TEST_F(HandlePoolTest, FreeSlotsArePoisonedAndClobbered) {
 // Checking builds: using a pool after its context's reset is reported while
 // its memory is not reused (the reset clobbers it).
 TEST_F(HandlePoolTest, UseAfterResetIsReportedInCheckingBuilds) {
-  if (!internal::kChecking || internal::kAddressSanitizer || mcx::testing::UnderMemcheck()) {
+  if (!internal::kChecking || internal::kAddressSanitizer || mcx::test::UnderMemcheck()) {
     GTEST_SKIP() << "reads a reset pool's memory on purpose: checking builds without ASan";
   }
   Context* frame = ctx_->CreateChild("frame", PoolKind());
