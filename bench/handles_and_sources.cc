@@ -13,11 +13,18 @@
 //                and acquires one in its place (ns per step)
 // B.cycle        acquire an 8 KiB block and release it (ns per pair): a
 //                per-request context's first block
+//
+// For bench/run.py's --callgrind, `--callgrind=W:C` runs workload W for
+// contender C with Callgrind's collection switched on only around the
+// measured steps, and prints the number of steps (run it under
+// `valgrind --tool=callgrind --collect-atstart=no`).
 
 #include <benchmark/benchmark.h>
 
+#include <cinttypes>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -29,6 +36,13 @@
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/handle/handle_pool.h"
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define MCX_BENCH_CALLGRIND_TOGGLE() CALLGRIND_TOGGLE_COLLECT
+#else
+#define MCX_BENCH_CALLGRIND_TOGGLE() ((void)0)
+#endif
 
 namespace {
 
@@ -100,41 +114,61 @@ uint64_t Read(const C& c, typename C::Ref r) {
   return v;
 }
 
+// --- Workload bodies, shared by the benchmarks and the callgrind mode --------
+
+// H.churn and H.get: kLiveObjects live objects, each holding its index.
+template <typename C>
+class LiveObjects {
+ public:
+  explicit LiveObjects(uint64_t seed) : live_(kLiveObjects), rng_{seed} {
+    for (size_t i = 0; i < live_.size(); ++i) {
+      live_[i] = c_.New();
+      Write(c_, live_[i], i);
+    }
+  }
+  ~LiveObjects() {
+    for (auto& r : live_) c_.Delete(r);
+  }
+  // H.churn: one object replaced, four read.
+  void ChurnStep(uint64_t& sum) {
+    const size_t i = rng_.Next() % kLiveObjects;
+    c_.Delete(live_[i]);
+    live_[i] = c_.New();
+    Write(c_, live_[i], i);
+    for (int k = 0; k < 4; ++k) sum += Read(c_, live_[rng_.Next() % kLiveObjects]);
+  }
+  // H.get: one object read.
+  void GetStep(uint64_t& sum) { sum += Read(c_, live_[rng_.Next() % kLiveObjects]); }
+
+ private:
+  C c_;
+  std::vector<typename C::Ref> live_;
+  Rng rng_;
+};
+
+// H.alloc_free: one object allocated, written and freed.
+template <typename C>
+void AllocFreeStep(C& c, uint64_t i) {
+  typename C::Ref r = c.New();
+  Write(c, r, i);
+  c.Delete(r);
+}
+
 template <typename C>
 void BM_HChurn(benchmark::State& state) {
-  C c;
-  std::vector<typename C::Ref> live(kLiveObjects);
-  for (size_t i = 0; i < live.size(); ++i) {
-    live[i] = c.New();
-    Write(c, live[i], i);
-  }
-  Rng rng{42};
+  LiveObjects<C> objects(42);
   uint64_t sum = 0;
-  for (auto _ : state) {
-    const size_t i = rng.Next() % kLiveObjects;
-    c.Delete(live[i]);
-    live[i] = c.New();
-    Write(c, live[i], i);
-    for (int k = 0; k < 4; ++k) sum += Read(c, live[rng.Next() % kLiveObjects]);
-  }
+  for (auto _ : state) objects.ChurnStep(sum);
   benchmark::DoNotOptimize(sum);
-  for (auto& r : live) c.Delete(r);
   state.SetItemsProcessed(state.iterations());
 }
 
 template <typename C>
 void BM_HGet(benchmark::State& state) {
-  C c;
-  std::vector<typename C::Ref> live(kLiveObjects);
-  for (size_t i = 0; i < live.size(); ++i) {
-    live[i] = c.New();
-    Write(c, live[i], i);
-  }
-  Rng rng{7};
+  LiveObjects<C> objects(7);
   uint64_t sum = 0;
-  for (auto _ : state) sum += Read(c, live[rng.Next() % kLiveObjects]);
+  for (auto _ : state) objects.GetStep(sum);
   benchmark::DoNotOptimize(sum);
-  for (auto& r : live) c.Delete(r);
   state.SetItemsProcessed(state.iterations());
 }
 
@@ -142,11 +176,7 @@ template <typename C>
 void BM_HAllocFree(benchmark::State& state) {
   C c;
   uint64_t i = 0;
-  for (auto _ : state) {
-    typename C::Ref r = c.New();
-    Write(c, r, ++i);
-    c.Delete(r);
-  }
+  for (auto _ : state) AllocFreeStep(c, ++i);
   state.SetItemsProcessed(state.iterations());
 }
 
@@ -180,38 +210,104 @@ struct Named {
   mcx::BlockSource* (*source)();
 };
 
+// B.churn: kLiveBlocks live blocks of 8..64 KiB.
+class LiveBlocks {
+ public:
+  explicit LiveBlocks(mcx::BlockSource* source) : source_(source), live_(kLiveBlocks) {
+    for (mcx::Block& b : live_) b = source_->Acquire(Size(), mcx::kMinBlockAlignment);
+  }
+  ~LiveBlocks() {
+    for (mcx::Block& b : live_) {
+      if (b.ptr != nullptr) source_->Release(b);
+    }
+  }
+  // One block released, one acquired in its place; false if that failed.
+  bool Step() {
+    mcx::Block& b = live_[rng_.Next() % kLiveBlocks];
+    source_->Release(b);
+    b = source_->Acquire(Size(), mcx::kMinBlockAlignment);
+    if (b.ptr == nullptr) return false;
+    static_cast<char*>(b.ptr)[0] = 1;
+    benchmark::DoNotOptimize(b.ptr);
+    return true;
+  }
+
+ private:
+  size_t Size() { return size_t{8192} << (rng_.Next() % 4); }
+
+  mcx::BlockSource* source_;
+  std::vector<mcx::Block> live_;
+  Rng rng_{3};
+};
+
+// B.cycle: an 8 KiB block acquired, written and released.
+void CycleStep(mcx::BlockSource* source) {
+  mcx::Block b = source->Acquire(8192, mcx::kMinBlockAlignment);
+  static_cast<char*>(b.ptr)[0] = 1;
+  benchmark::DoNotOptimize(b.ptr);
+  source->Release(b);
+}
+
 void BM_BChurn(benchmark::State& state, mcx::BlockSource* (*get)()) {
-  mcx::BlockSource* source = get();
-  std::vector<mcx::Block> live(kLiveBlocks);
-  Rng rng{3};
-  auto size = [&rng] { return size_t{8192} << (rng.Next() % 4); };
-  for (mcx::Block& b : live) b = source->Acquire(size(), mcx::kMinBlockAlignment);
+  LiveBlocks blocks(get());
   for (auto _ : state) {
-    mcx::Block& b = live[rng.Next() % kLiveBlocks];
-    source->Release(b);
-    b = source->Acquire(size(), mcx::kMinBlockAlignment);
-    if (b.ptr == nullptr) {
+    if (!blocks.Step()) {
       state.SkipWithError("out of memory");
       break;
     }
-    static_cast<char*>(b.ptr)[0] = 1;
-    benchmark::DoNotOptimize(b.ptr);
-  }
-  for (mcx::Block& b : live) {
-    if (b.ptr != nullptr) source->Release(b);
   }
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_BCycle(benchmark::State& state, mcx::BlockSource* (*get)()) {
   mcx::BlockSource* source = get();
-  for (auto _ : state) {
-    mcx::Block b = source->Acquire(8192, mcx::kMinBlockAlignment);
-    static_cast<char*>(b.ptr)[0] = 1;
-    benchmark::DoNotOptimize(b.ptr);
-    source->Release(b);
-  }
+  for (auto _ : state) CycleStep(source);
   state.SetItemsProcessed(state.iterations());
+}
+
+// --- Callgrind mode ------------------------------------------------------------
+
+// Steps per measured round under Callgrind, after as many unmeasured ones
+// (which fill caches and free lists): enough to repeat exactly, few enough
+// for a simulator.
+constexpr uint64_t kCallgrindSteps = 20000;
+
+// Runs `step` kCallgrindSteps times unmeasured, then as many measured.
+template <typename F>
+uint64_t Measured(F&& step) {
+  for (uint64_t i = 0; i < kCallgrindSteps; ++i) step(i);
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  for (uint64_t i = 0; i < kCallgrindSteps; ++i) step(i);
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  return kCallgrindSteps;
+}
+
+template <typename C>
+uint64_t CallgrindObjects(const std::string& workload, uint64_t& sum) {
+  if (workload == "H.churn") {
+    LiveObjects<C> objects(42);
+    return Measured([&](uint64_t) { objects.ChurnStep(sum); });
+  }
+  if (workload == "H.get") {
+    LiveObjects<C> objects(7);
+    return Measured([&](uint64_t) { objects.GetStep(sum); });
+  }
+  if (workload == "H.alloc_free") {
+    C c;
+    return Measured([&](uint64_t i) { AllocFreeStep(c, i); });
+  }
+  return 0;
+}
+
+uint64_t CallgrindSource(const std::string& workload, mcx::BlockSource* source) {
+  if (workload == "B.churn") {
+    LiveBlocks blocks(source);
+    bool ok = true;
+    const uint64_t ops = Measured([&](uint64_t) { ok = blocks.Step() && ok; });
+    return ok ? ops : 0;
+  }
+  if (workload == "B.cycle") return Measured([&](uint64_t) { CycleStep(source); });
+  return 0;
 }
 
 template <typename C>
@@ -225,6 +321,29 @@ void RegisterObjects() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--callgrind=", 0) != 0) continue;
+    const std::string spec = arg.substr(std::strlen("--callgrind="));
+    const size_t colon = spec.find(':');
+    const std::string w = spec.substr(0, colon);
+    const std::string c = colon == std::string::npos ? "" : spec.substr(colon + 1);
+    uint64_t sum = 0, ops = 0;
+    if (c == HandlePoolObjects::kName) ops = CallgrindObjects<HandlePoolObjects>(w, sum);
+    if (c == FreelistObjects::kName) ops = CallgrindObjects<FreelistObjects>(w, sum);
+    if (c == MallocObjects::kName) ops = CallgrindObjects<MallocObjects>(w, sum);
+    if (c == "buddy") ops = CallgrindSource(w, Buddy());
+    if (c == "system") ops = CallgrindSource(w, System());
+    if (c == "caching") ops = CallgrindSource(w, Caching());
+    if (ops == 0) {
+      std::fprintf(stderr, "handles_and_sources: no such callgrind case: %s\n", spec.c_str());
+      return 2;
+    }
+    std::printf("{\"workload\": \"%s\", \"contender\": \"%s\", \"ops\": %" PRIu64
+                ", \"checksum\": %" PRIu64 "}\n",
+                w.c_str(), c.c_str(), ops, sum);
+    return 0;
+  }
   RegisterObjects<HandlePoolObjects>();
   RegisterObjects<FreelistObjects>();
   RegisterObjects<MallocObjects>();

@@ -9,6 +9,10 @@ one table per workload.
                                     command, tables) and the PNG plots there
     ./mcx bench --quick             fewer repetitions, shorter runs
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
+    ./mcx bench --handles [--callgrind] [--write docs/performance]
+                                    only `handles_and_sources` (and W2 of the
+                                    pool on a buddy region under --callgrind);
+                                    writes handles.md or handles_callgrind.md
 
 Also runs `handles_and_sources`: handle pools against the freelist kind and
 glibc, and the buddy block source against the system and caching sources.
@@ -419,13 +423,14 @@ def plots(series, outdir):
     return made
 
 
-def callgrind(bins):
-    """Instructions per operation for W1-W4 and W11, each contender in its own
-    valgrind run with collection on only around the measured rounds."""
+def callgrind(bins, handles_only=False):
+    """Instructions per operation for W1-W4 and W11, and for the workloads of
+    handles_and_sources, each contender in its own valgrind run with
+    collection on only around the measured rounds."""
     if shutil.which("valgrind") is None:
         sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
     cases = []
-    workloads = ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"]
+    workloads = [] if handles_only else ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"]
     main = ["malloc", "mcx_pool", "mcx_freelist", "bump", "talloc", "talloc_pool", "apr",
             "pmr_monotonic", "pmr_pool"]
     for w in workloads:
@@ -437,6 +442,17 @@ def callgrind(bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         for c in ["malloc", "mi_heap"]:
             cases.append((w, bins["workloads_mimalloc"], c, mimalloc_label(c), {}))
+    if handles_only:
+        # W2 of the pool kind on a buddy region, against the same on the
+        # default block cache and glibc.
+        workloads = ["W2"]
+        for c in ["malloc", "mcx_pool", "mcx_pool_buddy"]:
+            cases.append(("W2", bins["workloads"], c, glibc_label(c), {}))
+    for w in EXTRA_WORKLOADS:
+        contenders = (["handle_pool", "mcx_freelist", "glibc"] if w.startswith("H.")
+                      else ["buddy", "system", "caching"])
+        for c in contenders:
+            cases.append((w, bins["handles_and_sources"], c, c, {}))
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -467,6 +483,16 @@ def callgrind(bins):
                  fmt(v / bump, 2) if bump else "-"] for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
         out.append("### %s (instructions per operation)\n\n" % WORKLOADS[w] .split(" (")[0] +
                    table(["contender", "instructions/op", "vs glibc malloc", "vs bump arena"], body))
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: v for (wl, l), v in counts.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label)
+        body = [[NAMES.get(l, l), fmt(v, 0), fmt(v / base, 2) if base else "-"]
+                for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
+        out.append("### %s (instructions per operation)\n\n" % title.split(" (")[0] +
+                   table(["contender", "instructions/op", "vs " + NAMES.get(base_label, base_label)],
+                         body))
     return out
 
 
@@ -502,6 +528,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
+    ap.add_argument("--handles", action="store_true",
+                    help="only handles_and_sources (handle pools, block sources)")
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
@@ -512,9 +540,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bins = build(tmp)
         if args.callgrind:
-            sections = callgrind(bins)
+            sections = callgrind(bins, args.handles)
             series = {}
             kind = "callgrind"
+        elif args.handles:
+            results = run_gbench(bins["handles_and_sources"], lambda c: c, args)
+            # W2 of the pool kind on a buddy region, against the same on the
+            # default block cache and glibc, in the same run.
+            results.update(run_gbench(bins["workloads"], glibc_label, args,
+                                      bench_filter="^W2/(malloc|mcx_pool|mcx_pool_buddy)$"))
+            sections = time_tables(results) + extra_tables(results)
+            series = {}
+            kind = "times"
         else:
             results, memory = collect(args, bins)
             sections = time_tables(results) + [memory_table(memory)]
@@ -532,6 +569,8 @@ def main():
     if args.write:
         os.makedirs(args.write, exist_ok=True)
         name = "callgrind.md" if kind == "callgrind" else "results.md"
+        if args.handles:
+            name = "handles_" + name
         with open(os.path.join(args.write, name), "w") as f:
             f.write("# Benchmark results (%s)\n\n" % kind + text)
         for p in plots(series, args.write):
