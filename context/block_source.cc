@@ -2,6 +2,7 @@
 
 #include "mcx/context/caching_block_source.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/context_impl.h"
 
 #include <malloc.h>
 #include <unistd.h>
@@ -136,6 +137,14 @@ bool SetDefaultBlockSource(BlockSource* source) {
   uintptr_t expected = 0;
   return installed_default.compare_exchange_strong(expected, reinterpret_cast<uintptr_t>(source));
 }
+
+namespace internal {
+
+bool DefaultSourceInstalled() {
+  return installed_default.load(std::memory_order_relaxed) > kDecided;
+}
+
+}  // namespace internal
 
 CachingBlockSource* DefaultBlockCache() {
   // Leaked on purpose: contexts may be destroyed by static destructors that

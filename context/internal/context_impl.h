@@ -13,6 +13,7 @@
 //   ClampDumpLimit        a failure-dump limit to its one-byte field
 //   CountLimited          the process-wide count of limited contexts
 //   AnyLimited            whether any context has a limit
+//   DefaultSourceInstalled  whether SetDefaultBlockSource chose the default
 
 #ifndef MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
 #define MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
@@ -79,6 +80,11 @@ inline void CountLimited(size_t old_limit, size_t new_limit) {
 }
 
 inline bool AnyLimited() { return limited_contexts.load(std::memory_order_relaxed) != 0; }
+
+// Whether the default block source is one SetDefaultBlockSource installed
+// (block_source.cc): a program's own region, which the checking build's
+// first-block quarantine (context.cc) leaves alone.
+bool DefaultSourceInstalled();
 
 }  // namespace internal
 
