@@ -14,6 +14,13 @@ one table per workload.
                                     --write then writes results-W12-W13.md
     ./mcx bench --w8                W8 (long-lived heap) alone
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
+    ./mcx bench --handles [--callgrind] [--write docs/performance]
+                                    only `handles_and_sources` (and W2 of the
+                                    pool on a buddy region under --callgrind);
+                                    writes handles.md or handles_callgrind.md
+
+Also runs `handles_and_sources`: handle pools against the freelist kind and
+glibc, and the buddy block source against the system and caching sources.
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
 talloc, talloc_pool, APR pools, std::pmr and the bump arena; jemalloc and
@@ -54,6 +61,12 @@ NAMES = {
     "jemalloc": "jemalloc",
     "tcmalloc": "tcmalloc",
     "mimalloc": "mimalloc",
+    # handles_and_sources and the buddy region
+    "mcx_pool_buddy": "mcx pool on a buddy region",
+    "handle_pool": "mcx handle pool",
+    "buddy": "buddy source",
+    "caching": "caching source",
+    "system": "system source",
 }
 ORDER = list(NAMES)
 
@@ -78,6 +91,20 @@ W12_W13_CALLGRIND = {
     "W12.churn200": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
     "W12.tree": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
     "W13": ["mcx_generation", "mcx_freelist", "malloc"],
+}
+
+# bench/handles_and_sources.cc: handle pools and block sources, one table
+# each; the baseline column is the named contender.
+EXTRA_WORKLOADS = {
+    "H.churn": ("handle pool churn: 10,000 live 64-byte objects; free a random one, allocate one, "
+                "read 4 random live ones through their handle or pointer (ns per step)", "glibc"),
+    "H.get": ("handle pool lookups: read a random live object through its handle or pointer "
+              "(ns per read)", "glibc"),
+    "H.alloc_free": ("handle pool allocate and free at once, one 64-byte object (ns per pair)",
+                     "glibc"),
+    "B.churn": ("block sources: 64 live blocks of 8..64 KiB; release a random one, acquire one "
+                "(ns per step)", "system"),
+    "B.cycle": ("block sources: acquire an 8 KiB block and release it (ns per pair)", "system"),
 }
 
 # Optimised as Debian builds the peers' packages: -O2 without frame pointers
@@ -109,11 +136,12 @@ def build(tmp):
     """Builds both programs optimised and copies them out of bazel-bin, so a
     concurrent build of another configuration cannot swap them."""
     subprocess.run([os.path.join(ROOT, "mcx"), "bazel", "build"] + BUILD_FLAGS +
-                   ["//bench:workloads", "//bench:workloads_mimalloc"], check=True,
+                   ["//bench:workloads", "//bench:workloads_mimalloc",
+                    "//bench:handles_and_sources"], check=True,
                    stdout=sys.stderr)
     out = sh(["bazel", "info"] + BUILD_FLAGS + ["bazel-bin"]).stdout.strip()
     paths = {}
-    for name in ["workloads", "workloads_mimalloc"]:
+    for name in ["workloads", "workloads_mimalloc", "handles_and_sources"]:
         dst = os.path.join(tmp, name)
         shutil.copy(os.path.join(out, "bench", name), dst)
         paths[name] = dst
@@ -233,6 +261,8 @@ def collect(args, bins):
                               bench_filter=prefix or None))
     if memory_runs:
         memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
+    if not args.workloads:
+        results.update(run_gbench(bins["handles_and_sources"], lambda c: c, args))
     return results, memory
 
 
@@ -270,6 +300,22 @@ def time_tables(results):
                          fmt(ns / bump, 2) if bump else "-"])
         out.append("### " + title + "\n\n" +
                    table(["contender", "ns/op (median)", "vs glibc malloc", "vs bump arena"], body))
+    return out
+
+
+def extra_tables(results):
+    out = []
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: r for (wl, l, a), r in results.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label, {}).get("ns")
+        body = [[NAMES.get(l, l), fmt(rows[l]["ns"]),
+                 fmt(rows[l]["ns"] / base, 2) if base else "-"]
+                for l in sorted(rows, key=lambda l: rows[l]["ns"])]
+        out.append("### " + title + "\n\n" +
+                   table(["contender", "ns/op (median)", "vs " + NAMES.get(base_label, base_label)],
+                         body))
     return out
 
 
@@ -485,12 +531,15 @@ def plots(series, outdir):
 
 
 def callgrind(args, bins):
-    """Instructions per operation for W1-W4, W11, W12 and W13, each contender in its own
-    valgrind run with collection on only around the measured rounds."""
+    """Instructions per operation for W1-W4, W11, W12 and W13, and for the
+    workloads of handles_and_sources, each contender in its own valgrind run
+    with collection on only around the measured rounds."""
     if shutil.which("valgrind") is None:
         sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
+    handles_only = args.handles
     cases = []
-    workloads = [w for w in ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"] if selected(args, w)]
+    workloads = [] if handles_only else [
+        w for w in ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"] if selected(args, w)]
     main = ["malloc", "mcx_pool", "mcx_freelist", "bump", "talloc", "talloc_pool", "apr",
             "pmr_monotonic", "pmr_pool"]
     for w in workloads:
@@ -502,7 +551,7 @@ def callgrind(args, bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         for c in ["malloc", "mi_heap"]:
             cases.append((w, bins["workloads_mimalloc"], c, mimalloc_label(c), {}))
-    extra = [w for w in W12_W13_CALLGRIND if selected(args, w)]
+    extra = [] if handles_only else [w for w in W12_W13_CALLGRIND if selected(args, w)]
     for w in extra:
         for c in W12_W13_CALLGRIND[w]:
             cases.append((w, bins["workloads"], c, glibc_label(c), {}))
@@ -512,6 +561,17 @@ def callgrind(args, bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         cases.append((w, bins["workloads_mimalloc"], "malloc", "mimalloc", {}))
     workloads = workloads + extra
+    if handles_only:
+        # W2 of the pool kind on a buddy region, against the same on the
+        # default block cache and glibc.
+        workloads = ["W2"]
+        for c in ["malloc", "mcx_pool", "mcx_pool_buddy"]:
+            cases.append(("W2", bins["workloads"], c, glibc_label(c), {}))
+    for w in EXTRA_WORKLOADS if (handles_only or not args.workloads) else []:
+        contenders = (["handle_pool", "mcx_freelist", "glibc"] if w.startswith("H.")
+                      else ["buddy", "system", "caching"])
+        for c in contenders:
+            cases.append((w, bins["handles_and_sources"], c, c, {}))
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -542,6 +602,16 @@ def callgrind(args, bins):
                  fmt(v / bump, 2) if bump else "-"] for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
         out.append("### %s (instructions per operation)\n\n" % WORKLOADS[w] .split(" (")[0] +
                    table(["contender", "instructions/op", "vs glibc malloc", "vs bump arena"], body))
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: v for (wl, l), v in counts.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label)
+        body = [[NAMES.get(l, l), fmt(v, 0), fmt(v / base, 2) if base else "-"]
+                for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
+        out.append("### %s (instructions per operation)\n\n" % title.split(" (")[0] +
+                   table(["contender", "instructions/op", "vs " + NAMES.get(base_label, base_label)],
+                         body))
     return out
 
 
@@ -640,6 +710,8 @@ def main():
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4, W11, W12, W13")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
     ap.add_argument("--w8", action="store_true", help="W8 (long-lived heap) alone")
+    ap.add_argument("--handles", action="store_true",
+                    help="only handles_and_sources (handle pools, block sources)")
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
@@ -661,6 +733,15 @@ def main():
             sections = [w8] if w8 else []
             series = {}
             kind = "w8"
+        elif args.handles:
+            results = run_gbench(bins["handles_and_sources"], lambda c: c, args)
+            # W2 of the pool kind on a buddy region, against the same on the
+            # default block cache and glibc, in the same run.
+            results.update(run_gbench(bins["workloads"], glibc_label, args,
+                                      bench_filter="^W2/(malloc|mcx_pool|mcx_pool_buddy)$"))
+            sections = time_tables(results) + extra_tables(results)
+            series = {}
+            kind = "times"
         else:
             results, memory = collect(args, bins)
             sections = time_tables(results)
@@ -674,6 +755,7 @@ def main():
             w8, w8_series = w8_table(memory)
             if w8:
                 sections.append(w8)
+            sections += extra_tables(results)
             more, series = scaling(results)
             sections += more
             kind = "times"
@@ -686,6 +768,8 @@ def main():
         name = {"callgrind": "callgrind", "w8": "w8"}.get(kind, "results")
         if args.workloads:  # a part of the suite: beside the full tables, not over them
             name += "-" + args.workloads.replace(",", "-")
+        if args.handles:
+            name = "handles_" + name
         name += ".md"
         with open(os.path.join(args.write, name), "w") as f:
             f.write("# Benchmark results (%s)\n\n" % kind + text)

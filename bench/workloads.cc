@@ -18,10 +18,10 @@
 //   --memory=W8          W8 alone.
 //   --memory-w12-w13     W12's and W13's memory (bench/fixed_and_fifo.h).
 //   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11;
-//                        W12.*, W13) for contender C with Callgrind
-//                        collection switched on only around the measured
-//                        rounds, and prints the
-//                        number of operations (run it under
+//                        W12.*, W13) for contender C (mcx_pool_buddy: W2
+//                        only) with Callgrind collection switched on only
+//                        around the measured rounds, and prints the number
+//                        of operations (run it under
 //                        `valgrind --tool=callgrind --collect-atstart=no`).
 //
 // Why the design is what it is:
@@ -918,6 +918,7 @@ using W12W13 = FixedAndFifo<List<McxSlab, AnySize<McxFreelist>, AnySize<Malloc>,
 #ifdef MCX_BENCH_MIMALLOC
 using Contenders = List<Malloc, MiHeap>;
 void RegisterExtra() {}
+bool CallgrindExtra(const std::string&, const std::string&) { return false; }
 #else
 using Contenders = List<Malloc, McxPool, McxFreelist, Bump, TallocPlain, TallocPool,
                         Apr, PmrMonotonic, PmrPool>;
@@ -925,6 +926,31 @@ void RegisterExtra() {
   RegisterDestroyScaling<Malloc>();
   RegisterDestroyScaling<McxPool>();
   RegisterDestroyScaling<McxFreelist>();
+  // The pool kind on a buddy region: the request workloads only.
+  benchmark::RegisterBenchmark(Name("W2", McxPoolBuddy::kName).c_str(), BM_W2<McxPoolBuddy>);
+  benchmark::RegisterBenchmark(Name("W6", McxPoolBuddy::kName).c_str(), BM_W6<McxPoolBuddy>)
+      ->Threads(1)
+      ->Threads(2)
+      ->UseRealTime();
+}
+// Under Callgrind, W2 of the pool kind on a buddy region.
+// (Callgrind<C> needs every workload's types; this contender has W2's.)
+bool CallgrindExtra(const std::string& w, const std::string& c) {
+  if (w != "W2" || c != McxPoolBuddy::kName) return false;
+  uint64_t sum = 0, ops = 0;
+  McxPoolBuddy::Parent parent;
+  std::vector<void*> ptrs(In().w2_max_count);
+  for (const Request& r : In().w2_requests) W2Request<McxPoolBuddy>(parent, r, ptrs.data(), sum);
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  for (const Request& r : In().w2_requests) {
+    W2Request<McxPoolBuddy>(parent, r, ptrs.data(), sum);
+    ++ops;
+  }
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  std::printf("{\"workload\": \"%s\", \"contender\": \"%s\", \"ops\": %" PRIu64
+              ", \"checksum\": %" PRIu64 "}\n",
+              w.c_str(), c.c_str(), ops, sum);
+  return true;
 }
 #endif
 
@@ -947,8 +973,9 @@ int Main(int argc, char** argv) {
       std::string spec = arg.substr(std::strlen("--callgrind="));
       size_t colon = spec.find(':');
       if (colon == std::string::npos ||
-          (!W12W13::Callgrind(spec.substr(0, colon), spec.substr(colon + 1)) &&
-           !Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1)))) {
+          !(W12W13::Callgrind(spec.substr(0, colon), spec.substr(colon + 1)) ||
+            Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1)) ||
+            CallgrindExtra(spec.substr(0, colon), spec.substr(colon + 1)))) {
         std::fprintf(stderr, "workloads: no such callgrind case: %s\n", spec.c_str());
         return 2;
       }

@@ -56,7 +56,10 @@ namespace {
 // context finds the dead magic (and clobbered memory) instead of a new
 // context in the same block: the default cache hands a released block to
 // the next creation at once. A stale Destroy is caught until this many more
-// contexts have been destroyed.
+// contexts have been destroyed. Not a source that SetDefaultBlockSource
+// installed: a program's own region (a small static buddy region) must not
+// lose that many blocks to a check, nor see them held after every context
+// is gone.
 constexpr size_t kQuarantinedFirstBlocks = 64;
 
 class FirstBlockQuarantine {
@@ -681,7 +684,8 @@ void Context::ReleaseSelf() {
   // stores to an object whose lifetime ends next (GCC does at -O2).
   static_cast<volatile uint16_t&>(magic_) = kDeadMagic;
   this->~Context();
-  if (internal::kChecking && source == DefaultBlockSource()) {
+  if (internal::kChecking && source == DefaultBlockSource() &&
+      !internal::DefaultSourceInstalled()) {
     QuarantineFirstBlock(first);
     return;
   }

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Renders the key moments of the tour (examples/tour.cc), and the slab and
-# generation kinds (their tutorial programs), as SVG pictures in this
-# directory: the tour writes the tree at each moment as Graphviz DOT
+# Renders the key moments of the tour (examples/tour.cc), and the slab,
+# generation and handle-pool kinds and the buddy source (their tutorial
+# programs), as SVG pictures in this directory: the tour writes the tree at each moment as Graphviz DOT
 # (mcx::DotReport with blocks = true, mcx/context/dot.h), and dot draws
 # it. Run it again after a change to the kinds or to the DOT output:
 #
@@ -44,12 +44,15 @@ for entry in "${pictures[@]}"; do
   echo "render.sh: docs/pictures/$picture.svg"
 done
 
-# The slab and generation kinds, drawn by their tutorial programs
-# (docs/tutorial/14_slab.cc, 15_generation.cc; they check their own claims).
+# The slab, generation and handle-pool kinds and the buddy source, drawn by
+# their tutorial programs (docs/tutorial/14_slab.cc, 15_generation.cc,
+# 16_handle_pool.cc, 17_buddy_region.cc; they check their own claims).
 # program                   drawing             picture
 kind_pictures=(
   "14_slab                 slab-blocks         slab-blocks"
   "15_generation           generation-blocks   generation-blocks"
+  "16_handle_pool          handle-pool         handle-pool"
+  "17_buddy_region         buddy-region        buddy-region"
 )
 for entry in "${kind_pictures[@]}"; do
   read -r program drawing picture <<<"$entry"
