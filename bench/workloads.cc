@@ -16,9 +16,11 @@
 //                        and W8 (long-lived heap: resident bytes sampled
 //                        over 10^7 operations) for the contenders that free.
 //   --memory=W8          W8 alone.
-//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11) for
-//                        contender C with Callgrind collection switched on
-//                        only around the measured rounds, and prints the
+//   --memory-w12-w13     W12's and W13's memory (bench/fixed_and_fifo.h).
+//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11;
+//                        W12.*, W13) for contender C with Callgrind
+//                        collection switched on only around the measured
+//                        rounds, and prints the
 //                        number of operations (run it under
 //                        `valgrind --tool=callgrind --collect-atstart=no`).
 //
@@ -45,12 +47,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "benchmark/benchmark.h"
 #include "bench/contenders.h"
+#include "mcx/generation/generation.h"  // W12, W13 (fixed_and_fifo.h)
+#include "mcx/slab/slab.h"
 
 #if __has_include(<valgrind/callgrind.h>)
 #include <valgrind/callgrind.h>
@@ -900,6 +905,16 @@ struct List {
   }
 };
 
+// W12 (fixed-size objects) and W13 (FIFO lifetimes), and their contenders.
+#include "bench/fixed_and_fifo.h"
+
+#ifdef MCX_BENCH_MIMALLOC
+using W12W13 = FixedAndFifo<List<AnySize<Malloc>>, List<Malloc>>;
+#else
+using W12W13 = FixedAndFifo<List<McxSlab, AnySize<McxFreelist>, AnySize<Malloc>, AnySize<PmrPool>>,
+                            List<McxGeneration, McxFreelist, Malloc>>;
+#endif
+
 #ifdef MCX_BENCH_MIMALLOC
 using Contenders = List<Malloc, MiHeap>;
 void RegisterExtra() {}
@@ -920,6 +935,10 @@ int Main(int argc, char** argv) {
       Contenders::MemoryAll();
       return 0;
     }
+    if (arg == "--memory-w12-w13") {
+      W12W13::Memory();
+      return 0;
+    }
     if (arg == "--memory=W8") {
       Contenders::MemoryW8All();
       return 0;
@@ -928,7 +947,8 @@ int Main(int argc, char** argv) {
       std::string spec = arg.substr(std::strlen("--callgrind="));
       size_t colon = spec.find(':');
       if (colon == std::string::npos ||
-          !Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1))) {
+          (!W12W13::Callgrind(spec.substr(0, colon), spec.substr(colon + 1)) &&
+           !Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1)))) {
         std::fprintf(stderr, "workloads: no such callgrind case: %s\n", spec.c_str());
         return 2;
       }
@@ -937,6 +957,7 @@ int Main(int argc, char** argv) {
   }
   Contenders::RegisterAll();
   RegisterExtra();
+  W12W13::Register();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
