@@ -231,6 +231,7 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
   MarkLive(payload, size, static_cast<size_t>(b->end - payload));
+  st->live.Add(static_cast<size_t>(b->end - payload));
   return payload;
 }
 
@@ -248,6 +249,7 @@ void* FreelistAlloc(Context* ctx, FreelistState* st, size_t size, size_t alignme
     p = AllocFromNewBlock(ctx, st, c);
     if (p == nullptr) return nullptr;
   }
+  st->live.Add(SizeClassBytes(c));
   MarkLive(p, size, Stride(c) - kHeaderBytes);
   return p;
 }
@@ -293,6 +295,7 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   if (!VerifyDedicated(ctx, st, p, h, "free")) return;
   BlockHeader* b = BlockOf(p, h);
   st->dedicated.Remove(&b->link);
+  st->live.Remove(b->link.size - kDedicatedPayload);
   ReleaseDedicatedBlock(ctx, &b->link);
 }
 
@@ -323,6 +326,7 @@ void FreelistFree(Context* ctx, FreelistState* st, void* p) {
     UnpoisonMemoryRegion(p, SizeClassBytes(c));
     std::memset(p, kClobberByte, SizeClassBytes(c));
   }
+  st->live.Remove(SizeClassBytes(c));
   PushFree(st, p, h, c);
 }
 
@@ -353,6 +357,8 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   }
   // The copy's links still name the old block's neighbours.
   auto* moved = static_cast<BlockHeader*>(nb.ptr);
+  st->live.Remove(old_usable);
+  st->live.Add(nb.size - kDedicatedPayload);
   moved->link.size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
   moved->carved_end = moved->end;
@@ -427,6 +433,7 @@ void ReleaseDedicated(Context* ctx, FreelistState* st) {
 void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options) {
   BlockHeader* first = st->first;
   ReleaseDedicated(ctx, st);
+  st->live.Clear();
   std::memset(st->freelists, 0, sizeof(st->freelists));
   // What was handed out is emptied first; blocks in use and spare blocks
   // alike are then kept while they fit (block_list.h), and kept ones wait on
@@ -714,6 +721,10 @@ struct Freelist {
   static bool Check(const Context* ctx, const State* st, std::string* error) {
     return FreelistCheck(ctx, st, error);
   }
+  static void Live(const Context* /*ctx*/, const State* st, LiveCounts* out) {
+    st->live.Report(out);
+  }
+  static void ResetPeak(Context* /*ctx*/, State* st) { st->live.ResetPeak(); }
   static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
     FreelistInspect(ctx, st, visitor);
   }

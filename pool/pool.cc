@@ -133,7 +133,10 @@ size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
 // The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (WindowMax(st) != 0) st->window->last = BumpPointer(ctx);
+  if (WindowMax(st) != 0) {
+    st->live.Add(static_cast<size_t>(BumpPointer(ctx) - st->window->last));
+    st->window->last = BumpPointer(ctx);
+  }
 }
 
 void Publish(Context* ctx, PoolState* st) {
@@ -203,6 +206,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   char* m = AlignUp(b->start, alignment);
   b->last = m + size;
   b->live = 1;
+  st->live.Add(static_cast<size_t>(b->last - b->start));
   st->window = b;
   UnpoisonMemoryRegion(m, size);
   return m;
@@ -212,6 +216,7 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   for (PoolBlock* p = st->current; p != nullptr; p = Newer(p)) {
     char* m = AlignUp(p->last, alignment);
     if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
+      st->live.Add(static_cast<size_t>(m + size - p->last));
       p->last = m + size;
       ++p->live;
       st->window = p;
@@ -258,6 +263,7 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->requested = size;
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   st->large.PushFront(&h->link);
+  st->live.Add(size);
   if (kChecking) WriteSentinel(p + size);
   return p;
 }
@@ -379,6 +385,7 @@ void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
                            p, h->requested, ctx->name());
   }
   st->large.Remove(&h->link);
+  st->live.Remove(h->requested);
   h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
   ReleaseBlock(ctx, h->block, h->link.size);
 }
@@ -406,6 +413,8 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   }
   char* q = static_cast<char*>(b.ptr) + offset;
   auto* moved = reinterpret_cast<LargeHeader*>(q - sizeof(LargeHeader));
+  st->live.Remove(moved->requested);
+  st->live.Add(new_size);
   moved->block = b.ptr;
   moved->link.size = b.size;
   moved->requested = new_size;
@@ -578,6 +587,7 @@ void PoolFree(Context* ctx, PoolState* st, void* p) {
     return;
   }
   if (--b->live == 0) {
+    st->live.Remove(static_cast<size_t>(b->last - b->start));
     PoisonMemoryRegion(b->start, static_cast<size_t>(b->last - b->start));
     b->last = b->start;
     b->failed = 0;
@@ -624,6 +634,8 @@ void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t 
     if (c >= cur->start && c <= cur->last && static_cast<size_t>(cur->last - c) == old_size &&
         new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
+      if (new_size > old_size) st->live.Add(new_size - old_size);
+      else st->live.Remove(old_size - new_size);
       if (new_size > old_size) UnpoisonMemoryRegion(c, new_size);
       else PoisonMemoryRegion(c + new_size, old_size - new_size);
       Publish(ctx, st);
@@ -658,6 +670,7 @@ void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
   Sync(ctx, st);
   VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
+  st->live.Clear();
   // Kept blocks follow the first block, in their order; in rewind mode the
   // first block need not have been the oldest.
   BlockList kept;
@@ -808,6 +821,7 @@ struct PoolImpl {
     st->blocks.PushBack(&first.link);
     new (&st->large) BlockList();
     st->current = st->window = &first;
+    new (&st->live) LiveTally();
     // Direct mode: every request a large chunk, a block of its own (nginx's
     // NGX_DEBUG_PALLOC).
     size_t max_small = kDirectBuild ? 0 : o.max_small;
@@ -864,6 +878,19 @@ struct PoolImpl {
 
   static bool Check(const Context* ctx, const State* st, std::string* error) {
     return PoolCheck(ctx, st, error);
+  }
+
+  // O(1): the tally, plus what the inline path bumped in the window block
+  // since the last Sync.
+  static void Live(const Context* ctx, const State* st, LiveCounts* out) {
+    size_t live = st->live.live();
+    if (WindowMax(st) != 0) live += static_cast<size_t>(BumpPointer(ctx) - st->window->last);
+    out->live_bytes = live;
+    out->peak_live_bytes = live > st->live.peak() ? live : st->live.peak();
+  }
+  static void ResetPeak(Context* ctx, State* st) {
+    Sync(ctx, st);
+    st->live.ResetPeak();
   }
 
   // The first block, then the other blocks in list order (the order small
