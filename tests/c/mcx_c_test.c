@@ -315,6 +315,34 @@ static void TestFindingB10StaleHandles(void) {
   CHECK(order_len == 3 && memcmp(order, "flr", 3) == 0);
 }
 
+/* Live bytes and the peaks, ResetPeak, and the sized free. */
+static void TestCountersAndSizedFree(void) {
+  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_FREELIST, NULL);
+  mcx_context* kid = mcx_create(top, "kid", MCX_KIND_POOL, NULL);
+  mcx_counters c, sub;
+  void* p = mcx_alloc(top, 200);
+  void* q = mcx_alloc(top, 50);
+  mcx_alloc(kid, 64);
+  mcx_get_counters(top, 0, &c);
+  CHECK(c.live_bytes >= 250 && c.peak_live_bytes == c.live_bytes);
+  CHECK(c.peak_block_bytes > 0 && c.peak_block_bytes <= c.total_bytes);
+  mcx_free_sized(top, p, 200);
+  mcx_get_counters(top, 0, &sub);
+  CHECK(sub.live_bytes < c.live_bytes && sub.live_bytes >= 50);
+  CHECK(sub.peak_live_bytes == c.live_bytes); /* the mark stays */
+  mcx_get_counters(top, 1, &sub);
+  CHECK(sub.contexts == 2 && sub.live_bytes >= 50 + 64);
+  mcx_reset_peak(top, 1);
+  mcx_get_counters(top, 1, &sub);
+  CHECK(sub.peak_live_bytes == sub.live_bytes);
+  mcx_free_sized(top, q, 50);
+  mcx_get_counters(top, 0, &c);
+  CHECK(c.live_bytes == 0);
+  mcx_free_sized(NULL, q, 50); /* nothing */
+  mcx_reset_peak(NULL, 1);
+  mcx_destroy(top);
+}
+
 int main(void) {
   {
     mcx_context* probe = mcx_create(NULL, "probe", MCX_KIND_POOL, NULL);
@@ -328,6 +356,7 @@ int main(void) {
   TestLimitsHandlerAndReports();
   TestDumps();
   TestNullArguments();
+  TestCountersAndSizedFree();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
