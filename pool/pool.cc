@@ -63,6 +63,10 @@ constexpr uint32_t kMaxFailures = 4;
 // without an immediate second block.
 constexpr size_t kMinFirstBlockSpace = 256;
 
+// PoolOptions::chunk_alignment's packed setting: a pointer's alignment, which
+// APR, nginx and PostgreSQL give every chunk on 64-bit machines.
+constexpr size_t kPackedAlignment = 8;
+
 // Alignment of a block's first usable byte; the block header is padded to it.
 constexpr size_t kBlockHeaderBytes =
     (sizeof(PoolBlock) + kDefaultAlignment - 1) & ~(kDefaultAlignment - 1);
@@ -115,10 +119,13 @@ PoolBlock* Oldest(const PoolState* st) { return AsPoolBlock(st->blocks.head()); 
 // The largest request the bump window serves (0: no window). Zero is a
 // legal max_small (everything large) but not for the window. Checking builds
 // send every request through the kind, which adds headers and sentinels;
-// rewind mode must count every chunk. Derived, not kept: the state is
-// written at every context creation.
+// rewind mode must count every chunk; packed chunks (chunk_alignment 8) need
+// an alignment the inline path does not compute. Derived, not kept: the
+// state is written at every context creation.
 size_t WindowMax(const PoolState* st) {
-  return (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
+  return (st->rewind_block_size == 0 && !kChecking && st->chunk_alignment == kDefaultAlignment)
+             ? st->max_small
+             : 0;
 }
 
 // Where block growth starts, and restarts after a reset: the first block's
@@ -553,6 +560,10 @@ void* PoolAlloc(Context* ctx, PoolState* st, size_t size, size_t alignment) {
             ? CheckedAllocSmall(ctx, st, size, alignment)
             : AllocLarge(ctx, st, size, alignment);
   } else {
+    // Packed pools: an odd-sized chunk needs no more than chunk_alignment.
+    if (alignment == kDefaultAlignment && (size & (kDefaultAlignment - 1)) != 0) {
+      alignment = st->chunk_alignment;
+    }
     p = IsSmall(st, size, alignment) ? AllocSmall(ctx, st, size, alignment)
                                      : AllocLarge(ctx, st, size, alignment);
   }
@@ -836,6 +847,12 @@ struct PoolImpl {
       if (max_small > room / 2) max_small = room / 2;
     }
     st->max_small = max_small;
+    if (o.chunk_alignment != 0 && o.chunk_alignment != kPackedAlignment &&
+        o.chunk_alignment != kDefaultAlignment) {
+      SetFailure(ctx, Failure::kBadArgument);
+      return false;
+    }
+    st->chunk_alignment = o.chunk_alignment == 0 ? kDefaultAlignment : o.chunk_alignment;
     const size_t base = BaseBlockSize(ctx, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
