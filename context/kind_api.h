@@ -53,6 +53,8 @@
 // Interface:
 //   KindMethods, MakeKindMethods<Kind>()   the method table, and its builder
 //   KindStats                              what Stats reports
+//   LiveCounts, LiveTally                  what the optional Live reports,
+//                                          and the tally that keeps it
 //   AcquireBlock, ReleaseBlock, ReallocateBlock, SetFailure
 //                                          the block ledger
 //   SetBumpWindow, BumpPointer             the inline fast path's window
