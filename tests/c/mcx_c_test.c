@@ -315,32 +315,76 @@ static void TestFindingB10StaleHandles(void) {
   CHECK(order_len == 3 && memcmp(order, "flr", 3) == 0);
 }
 
-/* Live bytes and the peaks, ResetPeak, and the sized free. */
+/* Live bytes and the peaks, ResetPeak, and the sized free, on a pool
+ * whose large chunks are freed one by one. */
 static void TestCountersAndSizedFree(void) {
-  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_FREELIST, NULL);
+  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
   mcx_context* kid = mcx_create(top, "kid", MCX_KIND_POOL, NULL);
   mcx_counters c, sub;
-  void* p = mcx_alloc(top, 200);
-  void* q = mcx_alloc(top, 50);
+  void* p = mcx_alloc(top, 20000);
+  void* q = mcx_alloc(top, 5000);
   mcx_alloc(kid, 64);
   mcx_get_counters(top, 0, &c);
-  CHECK(c.live_bytes >= 250 && c.peak_live_bytes == c.live_bytes);
+  CHECK(c.live_bytes >= 25000 && c.peak_live_bytes == c.live_bytes);
   CHECK(c.peak_block_bytes > 0 && c.peak_block_bytes <= c.total_bytes);
-  mcx_free_sized(top, p, 200);
+  mcx_free_sized(top, p, 20000);
   mcx_get_counters(top, 0, &sub);
-  CHECK(sub.live_bytes < c.live_bytes && sub.live_bytes >= 50);
+  CHECK(sub.live_bytes == c.live_bytes - 20000);
   CHECK(sub.peak_live_bytes == c.live_bytes); /* the mark stays */
+  CHECK(sub.peak_block_bytes == c.peak_block_bytes);
   mcx_get_counters(top, 1, &sub);
-  CHECK(sub.contexts == 2 && sub.live_bytes >= 50 + 64);
+  CHECK(sub.contexts == 2 && sub.live_bytes >= 5000 + 64);
   mcx_reset_peak(top, 1);
   mcx_get_counters(top, 1, &sub);
   CHECK(sub.peak_live_bytes == sub.live_bytes);
-  mcx_free_sized(top, q, 50);
+  mcx_free_sized(top, q, 5000);
   mcx_get_counters(top, 0, &c);
   CHECK(c.live_bytes == 0);
   mcx_free_sized(NULL, q, 50); /* nothing */
   mcx_reset_peak(NULL, 1);
   mcx_destroy(top);
+}
+
+/* Savepoints: a rewind releases what came since and runs the cleanups
+ * registered since; a passed mark is refused; the freelist refuses marks. */
+static void TestSavepoints(void) {
+  static const char a = 'a', b = 'b';
+  mcx_counters at_mark, now;
+  mcx_savepoint outer, inner, none;
+  mcx_context* c = mcx_create(NULL, "parse", MCX_KIND_POOL, NULL);
+  mcx_context* f = mcx_create(NULL, "cache", MCX_KIND_FREELIST, NULL);
+  char* kept = mcx_strdup(c, "kept");
+  int i;
+  order_len = 0;
+  mcx_add_cleanup(c, Record, (void*)&a, 0);
+  outer = mcx_mark(c);
+  CHECK(outer.record != NULL);
+  mcx_get_counters(c, 1, &at_mark);
+  mcx_add_cleanup(c, Record, (void*)&b, 0);
+  mcx_create(c, "child", MCX_KIND_POOL, NULL);
+  for (i = 0; i < 1000; ++i) mcx_alloc(c, 100);
+  inner = mcx_mark(c);
+  CHECK(mcx_rewind(c, outer, 0) == MCX_OK);
+  CHECK(order_len == 1 && order[0] == 'b');
+  mcx_get_counters(c, 1, &now);
+  CHECK(now.total_bytes == at_mark.total_bytes && now.blocks == at_mark.blocks &&
+        now.contexts == 1);
+  CHECK(strcmp(kept, "kept") == 0);
+  CHECK(mcx_rewind(c, inner, 0) == MCX_STALE_MARK);
+  CHECK(mcx_last_failure(c) == MCX_STALE_MARK);
+  CHECK(mcx_drop_mark(c, inner) == MCX_STALE_MARK);
+  mcx_add_cleanup(c, Record, (void*)&b, 0);
+  CHECK(mcx_rewind(c, outer, 1) == MCX_OK); /* dropped, not run */
+  CHECK(order_len == 1);
+  CHECK(mcx_rewind(f, outer, 0) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_drop_mark(c, outer) == MCX_OK);
+  none = mcx_mark(f);
+  CHECK(none.record == NULL && mcx_last_failure(f) == MCX_UNSUPPORTED);
+  CHECK(strcmp(mcx_failure_name(MCX_STALE_MARK), "mark already rewound past, dropped or reset") ==
+        0);
+  mcx_destroy(f);
+  mcx_destroy(c);
+  CHECK(order_len == 2 && memcmp(order, "ba", 2) == 0);
 }
 
 /* A soft limit whose callback resets the child holding the bulk: the
@@ -400,6 +444,7 @@ int main(void) {
   TestDumps();
   TestNullArguments();
   TestCountersAndSizedFree();
+  TestSavepoints();
   TestSoftLimit();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -1109,10 +1109,11 @@ class Program {
     } else {
       m.ctx->Free(ch.p);
     }
-    // A freelist chunk, and a pool's large one, take at least their size
+    // A freelist chunk (where the kind counts), and a pool's large one, take at least their size
     // out of the live bytes; a pool's small chunk stays until the reset
     // (or its block rewinds).
     const size_t live_after = m.ctx->live_bytes();
+    if (live_before == kUnknownSize) return;  // a kind that keeps no count
     if (live_after > live_before ||
         ((!m.pool || ch.pool_large) && live_before - live_after < ch.size)) {
       Violation("free of a %zu-byte chunk of '%s' took live bytes from %zu to %zu", ch.size,
