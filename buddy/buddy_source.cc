@@ -19,15 +19,6 @@
 namespace mcx {
 namespace {
 
-// A check message (internal::AppendFormat: the kinds' formatter, which links
-// no Abseil library).
-template <typename... Args>
-std::string Message(const char* format, const Args&... args) {
-  std::string out;
-  internal::AppendFormat(&out, format, args...);
-  return out;
-}
-
 constexpr size_t kNone = ~size_t{0};
 
 size_t LowBit(uintptr_t v) { return static_cast<size_t>(v & (~v + 1)); }
@@ -394,14 +385,14 @@ bool BuddyBlockSource::Check(std::string* error) const {
     const unsigned char s = state_[UnitOf(off)];
     const int level = s & kLevelMask;
     if ((s & kStartBit) == 0 || level >= levels_) {
-      return fail(Message("offset %d: no block starts there (state 0x%02x)", off, s));
+      return fail(internal::Format("offset %d: no block starts there (state 0x%02x)", off, s));
     }
     const size_t size = LevelSizeOf(level);
     if (off % size != 0 || off + size > managed_) {
-      return fail(Message("offset %d: a block of %d bytes misplaced", off, size));
+      return fail(internal::Format("offset %d: a block of %d bytes misplaced", off, size));
     }
     for (size_t u = UnitOf(off) + 1; u < UnitOf(off + size); ++u) {
-      if (state_[u] != 0) return fail(Message("offset %d: a start inside a block", off));
+      if (state_[u] != 0) return fail(internal::Format("offset %d: a start inside a block", off));
     }
     if (s & kUsedBit) {
       used_bytes += size;
@@ -419,7 +410,7 @@ bool BuddyBlockSource::Check(std::string* error) const {
                      static_cast<unsigned char>(kStartBit | level);
         }
         if (all_free) {
-          return fail(Message("offset %d: the parts of a %d-byte block are all free, "
+          return fail(internal::Format("offset %d: the parts of a %d-byte block are all free, "
                                       "unmerged",
                                       base, parent));
         }
@@ -432,19 +423,19 @@ bool BuddyBlockSource::Check(std::string* error) const {
     for (const Node* node = free_[l]; node != nullptr; node = node->next, ++n) {
       const size_t off = static_cast<size_t>(reinterpret_cast<const unsigned char*>(node) - region_);
       if (off >= managed_ || state_[UnitOf(off)] != static_cast<unsigned char>(kStartBit | l)) {
-        return fail(Message("level %d: a listed block at offset %d is not free there", l,
+        return fail(internal::Format("level %d: a listed block at offset %d is not free there", l,
                                     off));
       }
       if (n > counted[l]) break;
     }
     if (n != counted[l] || n != free_count_[l] || ((nonempty_ >> l) & 1) != (n != 0 ? 1u : 0u)) {
-      return fail(Message("level %d: %d blocks listed, %d free, %d counted", l, n,
+      return fail(internal::Format("level %d: %d blocks listed, %d free, %d counted", l, n,
                                   counted[l], free_count_[l]));
     }
   }
   if (used_bytes != stats_.used_bytes || used_blocks != stats_.used_blocks ||
       free_bytes != stats_.free_bytes || used_bytes + free_bytes != managed_) {
-    return fail(Message("counters: %d used bytes in %d blocks (stats %d in %d), %d free "
+    return fail(internal::Format("counters: %d used bytes in %d blocks (stats %d in %d), %d free "
                                 "(stats %d), %d managed",
                                 used_bytes, used_blocks, stats_.used_bytes, stats_.used_blocks,
                                 free_bytes, stats_.free_bytes, managed_));

@@ -20,15 +20,6 @@
 namespace mcx {
 namespace {
 
-// A check message (internal::AppendFormat: the kinds' formatter, which links
-// no Abseil library).
-template <typename... Args>
-std::string Message(const char* format, const Args&... args) {
-  std::string out;
-  internal::AppendFormat(&out, format, args...);
-  return out;
-}
-
 // Tags 1..65535, process-wide: a pool made after a reset (or in another
 // context at the same address) refuses the handles of the pools before it.
 std::atomic<uint32_t> next_tag{0};
@@ -364,7 +355,7 @@ bool HandlePool::Check(std::string* error) const {
       char* slot;
       Locate(c, i, &meta, &slot);
       if (meta->version > max_version_) {
-        return fail(Message("class %d slot %d: version %d above the maximum", cls, i,
+        return fail(internal::Format("class %d slot %d: version %d above the maximum", cls, i,
                                     meta->version));
       }
       if (meta->next == kLive) ++n_live;
@@ -373,20 +364,20 @@ bool HandlePool::Check(std::string* error) const {
     uint32_t n_free = 0;
     for (uint32_t i = c.free_head; i != kEnd; ++n_free) {
       if (i >= c.capacity || n_free > c.capacity) {
-        return fail(Message("class %d: the free list is broken at %d", cls, i));
+        return fail(internal::Format("class %d: the free list is broken at %d", cls, i));
       }
       SlotMeta* meta;
       char* slot;
       Locate(c, i, &meta, &slot);
       if (meta->next == kLive || meta->next == kRetired) {
-        return fail(Message("class %d: slot %d is on the free list and not free", cls, i));
+        return fail(internal::Format("class %d: slot %d is on the free list and not free", cls, i));
       }
       if (internal::kChecking) {
         for (size_t k = 0; k < c.slot_size; ++k) {
           unsigned char byte;
           internal::CopyFromPoisoned(&byte, slot + k, 1);
           if (byte != static_cast<unsigned char>(internal::kClobberByte)) {
-            return fail(Message("class %d: free slot %d was written at byte %d", cls, i,
+            return fail(internal::Format("class %d: free slot %d was written at byte %d", cls, i,
                                         k));
           }
         }
@@ -395,14 +386,14 @@ bool HandlePool::Check(std::string* error) const {
     }
     if (n_live != c.live || n_free != c.free || n_retired != c.retired ||
         n_live + n_free + n_retired != c.capacity) {
-      return fail(Message("class %d: %d live, %d free, %d retired of %d; counted %d, %d, "
+      return fail(internal::Format("class %d: %d live, %d free, %d retired of %d; counted %d, %d, "
                                   "%d",
                                   cls, c.live, c.free, c.retired, c.capacity, n_live, n_free,
                                   n_retired));
     }
     live += n_live;
   }
-  if (live != live_) return fail(Message("%d live slots, counted %d", live_, live));
+  if (live != live_) return fail(internal::Format("%d live slots, counted %d", live_, live));
   return true;
 }
 

@@ -86,6 +86,14 @@ void AppendFormat(std::string* out, const char* format, const Args&... args) {
   AppendFormatArgs(out, format, list, sizeof...(Args));
 }
 
+// The same into a new string, for check messages.
+template <typename... Args>
+std::string Format(const char* format, const Args&... args) {
+  std::string out;
+  AppendFormat(&out, format, args...);
+  return out;
+}
+
 }  // namespace internal
 }  // namespace mcx
 
