@@ -94,6 +94,7 @@ namespace {
 
 void Context::UseGuard::Enter(Context* ctx) {
 #if MCX_CHECKING
+  if (ctx->methods_->lock != nullptr) return;  // many threads at once: the kind checks
   const void* me = &thread_token;
   const void* expected = nullptr;
   if (!ctx->user_.compare_exchange_strong(expected, me, std::memory_order_acquire) &&
@@ -109,6 +110,7 @@ void Context::UseGuard::Enter(Context* ctx) {
 
 void Context::UseGuard::Leave(Context* ctx) {
 #if MCX_CHECKING
+  if (ctx->methods_->lock != nullptr) return;
   if (--ctx->use_depth_ == 0) ctx->user_.store(nullptr, std::memory_order_release);
 #else
   (void)ctx;
@@ -685,6 +687,7 @@ void Context::LinkUnder(Context* parent) {
   prev_sibling_ = nullptr;
   next_sibling_ = nullptr;
   if (parent == nullptr) return;
+  internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
   next_sibling_ = parent->first_child_;
   if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
   parent->first_child_ = this;
@@ -692,6 +695,7 @@ void Context::LinkUnder(Context* parent) {
 
 void Context::Unlink() {
   if (parent_ == nullptr) return;
+  internal::TreeLock lock(parent_);
   if (prev_sibling_ != nullptr) {
     prev_sibling_->next_sibling_ = next_sibling_;
   } else {

@@ -117,6 +117,14 @@ struct KindMethods {
   // block (first block first), then each size class, to `visitor`
   // (inspect.h has the protocol). Must not change the context.
   void (*inspect)(const Context* ctx, InspectVisitor* visitor);
+
+  // Optional; nullptr for a kind whose contexts one thread uses at a time.
+  // A kind whose contexts many threads use at once (mcx/shared/shared.h)
+  // gives a recursive lock, which the tree takes around what it keeps for
+  // the context itself: cleanup records, the side record, the child list.
+  // The tree then leaves the checking build's one-thread check to the kind.
+  void (*lock)(Context* ctx) = nullptr;
+  void (*unlock)(Context* ctx) = nullptr;
 };
 
 // A kind plus its options, held by value so it can be stored and copied.
