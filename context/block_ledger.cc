@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
@@ -28,6 +29,12 @@ namespace internal {
 std::atomic<size_t> limited_contexts{0};
 }  // namespace internal
 
+namespace {
+// Set by ChargeLimitsSlow when a budget, not a context's limit, refused:
+// the reserve then serves the block (its blocks are charged already).
+__thread bool budget_refused;
+}  // namespace
+
 // --- Limits ------------------------------------------------------------------
 
 // Context::NearestLimited
@@ -37,7 +44,9 @@ std::atomic<size_t> limited_contexts{0};
 Context* Context::NearestLimited() {
   if (!internal::AnyLimited()) return nullptr;
   for (Context* c = this; c != nullptr; c = c->parent_) {
-    if (c->extras_ != nullptr && c->extras_->limit != kNoLimit) return c;
+    if (c->extras_ != nullptr && (c->extras_->limit != kNoLimit || c->extras_->budget != nullptr)) {
+      return c;
+    }
   }
   return nullptr;
 }
@@ -45,11 +54,24 @@ Context* Context::NearestLimited() {
 // The next limited context above this (limited) one.
 Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
 
+// Limits are checked before any budget is charged, and budgets (atomic,
+// shared with other threads) are charged one by one; a refusal gives back
+// what the earlier ones took.
 bool Context::ChargeLimitsSlow(size_t bytes) {
+  budget_refused = false;
   Context* first = NearestLimited();
   if (first == nullptr) return true;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     if (bytes > l->extras_->limit - l->extras_->subtree_bytes) return false;
+  }
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
+    Budget* b = l->extras_->budget;
+    if (b == nullptr || b->TryCharge(bytes)) continue;
+    for (Context* u = first; u != l; u = u->NextLimited()) {
+      if (u->extras_->budget != nullptr) u->extras_->budget->Uncharge(bytes);
+    }
+    budget_refused = true;
+    return false;
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes += bytes;
@@ -60,8 +82,42 @@ bool Context::ChargeLimitsSlow(size_t bytes) {
 void Context::UnchargeLimitsSlow(size_t bytes) {
   for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes -= bytes;
+    if (l->extras_->budget != nullptr) l->extras_->budget->Uncharge(bytes);
   }
 }
+
+// Context::TrySetBudget
+//
+// A budget counts as a limit for the ledger: the context keeps its
+// subtree's bytes, and the count of limited contexts (one per limit, one
+// per budget) keeps the ledger off its one-load fast path.
+Failure Context::TrySetBudget(Budget* budget) {
+  Budget* old = extras_ != nullptr ? extras_->budget : nullptr;
+  if (budget == old) return Failure::kNone;
+  if (budget == nullptr) {
+    old->Uncharge(extras_->subtree_bytes);
+    extras_->budget = nullptr;
+    internal::limited_contexts.fetch_sub(1, std::memory_order_relaxed);
+    return Failure::kNone;
+  }
+  if (old != nullptr) {
+    last_failure_ = Failure::kBadArgument;
+    return Failure::kBadArgument;
+  }
+  ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
+  if (x == nullptr) return last_failure_;
+  const size_t held = SubtreeBytes();
+  if (!budget->TryCharge(held)) {
+    last_failure_ = Failure::kLimit;
+    return Failure::kLimit;
+  }
+  x->subtree_bytes = held;
+  x->budget = budget;
+  internal::limited_contexts.fetch_add(1, std::memory_order_relaxed);
+  return Failure::kNone;
+}
+
+Budget* Context::budget() const { return extras_ != nullptr ? extras_->budget : nullptr; }
 
 // Context::TrySetLimit
 //
@@ -120,6 +176,11 @@ size_t Context::SubtreeBytes() const {
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
   if (!ChargeLimits(min_size)) {
+    if (budget_refused) {
+      if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
+        return r;
+      }
+    }
     last_failure_ = Failure::kLimit;
     return nullptr;
   }

@@ -4,6 +4,7 @@
 // cleanup records cleanup.cc's, allocation allocation.cc's, the failure path
 // failure.cc's.
 
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 
 #include <cstdint>
@@ -749,8 +750,23 @@ Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* 
         return Failure::kLimit;
       }
     }
+    // Budgets on the new side only are charged (a refusal undoes them),
+    // those on the old side only are given the bytes back.
+    for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
+      Budget* b = l->extras_->budget;
+      if (b == nullptr || in_chain(old_chain, l) || b->TryCharge(bytes)) continue;
+      for (Context* u = new_chain; u != l; u = u->NextLimited()) {
+        if (u->extras_->budget != nullptr && !in_chain(old_chain, u)) u->extras_->budget->Uncharge(bytes);
+      }
+      last_failure_ = Failure::kLimit;
+      if (limited != nullptr) *limited = l;
+      if (bytes_out != nullptr) *bytes_out = bytes;
+      return Failure::kLimit;
+    }
     for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
-      if (!in_chain(new_chain, l)) l->extras_->subtree_bytes -= bytes;
+      if (in_chain(new_chain, l)) continue;
+      l->extras_->subtree_bytes -= bytes;
+      if (l->extras_->budget != nullptr) l->extras_->budget->Uncharge(bytes);
     }
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l)) l->extras_->subtree_bytes += bytes;
@@ -826,6 +842,7 @@ ContextExtras* Context::Extras() {
 void Context::ReleaseExtras() {
   ContextExtras* x = extras_;
   if (x->reserve != nullptr) ReleaseReserve();
+  if (x->budget != nullptr) TrySetBudget(nullptr);  // what is left: own blocks and this record
   internal::CountLimited(x->limit, kNoLimit);
   extras_ = nullptr;
   const size_t bytes = x->bytes;

@@ -247,15 +247,8 @@ struct SharedImpl {
     return RoundUp(size, kLine);
   }
 
+  // Every field first: a failed Init is undone through ReleaseAll.
   static bool Init(Context* ctx, State* st, const Options& o, char* /*space*/, char* /*end*/) {
-    // A limit above is counted by one thread; this context's blocks would
-    // be charged to it from several (shared.h: use a Budget).
-    for (const Context* c = ctx->parent(); c != nullptr; c = c->parent()) {
-      if (c->limit() != kNoLimit) {
-        SetFailure(ctx, Failure::kBadArgument);
-        return false;
-      }
-    }
     new (&st->mu) std::recursive_mutex();
     st->id.store(NewGeneration(), std::memory_order_relaxed);
     st->runs.store(nullptr, std::memory_order_relaxed);
@@ -266,7 +259,17 @@ struct SharedImpl {
     st->max_small = kDirectBuild ? 0 : o.max_small;
     if (st->max_small > st->max_block_size / 2) st->max_small = st->max_block_size / 2;
     st->in_flight.store(0, std::memory_order_relaxed);
-    return true;
+    // A limit above is checked and charged by one thread; this context's
+    // blocks would be charged to it from several (shared.h: use a Budget).
+    for (const Context* c = ctx->parent(); c != nullptr; c = c->parent()) {
+      if (c->limit() != kNoLimit) {
+        SetFailure(ctx, Failure::kBadArgument);
+        return false;
+      }
+    }
+    // Threads walking up the tree read the side record's pointer without
+    // the lock: it must not appear later, when a cleanup is registered.
+    return MakeSideRecord(ctx);
   }
 
   static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {

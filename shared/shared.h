@@ -26,9 +26,11 @@
 //     header). A failed allocation on two threads at once leaves one of the
 //     two reasons in `last_failure()`.
 //   - No context above a shared one, and the shared context itself, may
-//     carry a limit (`ContextOptions::limit`, `SetLimit`): a limit's count
-//     is kept by one thread. Attach a `Budget` (mcx/context/budget.h), whose
-//     count is atomic, to bound memory that several threads allocate.
+//     carry a limit (`ContextOptions::limit`, `SetLimit`): a limit is
+//     checked and charged in two steps by one thread (creating a shared
+//     context under a limit fails with kBadArgument). Attach a `Budget`
+//     (mcx/context/budget.h), which is charged atomically, to bound memory
+//     that several threads allocate.
 //
 // Example (docs/threads.md has the thread model for every kind):
 //
