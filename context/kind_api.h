@@ -86,6 +86,7 @@
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/remote_free.h"
 
 namespace mcx {
 

@@ -234,6 +234,9 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   return payload;
 }
 
+void ReclaimRemote(Context* ctx, FreelistState* st);
+void FreelistFreeLocal(Context* ctx, FreelistState* st, void* p);
+
 void* FreelistAlloc(Context* ctx, FreelistState* st, size_t size, size_t alignment) {
   if (alignment > kDefaultAlignment) return AllocAlignedRedirect(ctx, size, alignment);
   if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
@@ -244,6 +247,11 @@ void* FreelistAlloc(Context* ctx, FreelistState* st, size_t size, size_t alignme
     WriteChunkHeader(p, ReadChunkHeader(p) & ~kChunkFreeBit);
   } else if (Stride(c) <= static_cast<size_t>(st->free_end - st->free_ptr)) {
     p = CarveChunk(st, c, Carving(st));
+  } else if (st->remote.HasAny() && (ReclaimRemote(ctx, st), st->freelists[c] != nullptr)) {
+    // The slow path: chunks other threads freed come back before a block.
+    p = st->freelists[c];
+    st->freelists[c] = NextFree(p);
+    WriteChunkHeader(p, ReadChunkHeader(p) & ~kChunkFreeBit);
   } else {
     p = AllocFromNewBlock(ctx, st, c);
     if (p == nullptr) return nullptr;
@@ -305,7 +313,9 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   unsigned kind = ChunkHeaderKind(h);
   // The real chunk goes straight to the kind: only the aligned address was
   // announced to Valgrind (Context::Free announces its release).
-  if (kind == kChunkKindAlignedRedirect) return FreelistFree(ctx, StateOf(ctx), AlignedRedirectTarget(p));
+  if (kind == kChunkKindAlignedRedirect) {
+    return FreelistFreeLocal(ctx, StateOf(ctx), AlignedRedirectTarget(p));
+  }
   if (kind != kChunkKindFreelist) return ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
     return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
@@ -314,7 +324,44 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   FreeDedicated(ctx, StateOf(ctx), p, h);
 }
 
+// A free from a thread other than the owner (remote_free.h): the chunk is
+// marked free at once, so that a second free is reported here rather than
+// looping the list, and waits on the remote list for the owner.
+ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, FreelistState* st, void* p) {
+  const uint64_t h = ReadChunkHeader(p);
+  if (ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindFreelist) {
+    if (ChunkHeaderIsFree(h)) {
+      return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+    }
+    if (kChecking && !SentinelOk(p)) {
+      return ReportMisuse("sentinel of chunk %p in context '%s' was overwritten: "
+                          "a write past the end of the chunk", p, ctx->name());
+    }
+    WriteChunkHeader(p, h | kChunkFreeBit);
+  } else if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindAlignedRedirect) {
+    return ReportBadChunk(p, "free");
+  }
+  st->remote.Push(p);
+}
+
 void FreelistFree(Context* ctx, FreelistState* st, void* p) {
+  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, st, p);
+  FreelistFreeLocal(ctx, st, p);
+}
+
+// Takes back what other threads freed: each chunk as its owner's free.
+void ReclaimRemote(Context* ctx, FreelistState* st) {
+  void* p = st->remote.TakeAll();
+  while (p != nullptr) {
+    void* next = RemoteFreeList::Next(p);
+    const uint64_t h = ReadChunkHeader(p);
+    if (ChunkHeaderKind(h) == kChunkKindFreelist) WriteChunkHeader(p, h & ~kChunkFreeBit);
+    FreelistFreeLocal(ctx, st, p);
+    p = next;
+  }
+}
+
+void FreelistFreeLocal(Context* ctx, FreelistState* st, void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
   const size_t c = ChunkHeaderValue(h);
@@ -425,6 +472,7 @@ void ReleaseDedicated(Context* ctx, FreelistState* st) {
 }
 
 void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options) {
+  st->remote.TakeAll();  // those chunks are in the memory about to be emptied
   BlockHeader* first = st->first;
   ReleaseDedicated(ctx, st);
   std::memset(st->freelists, 0, sizeof(st->freelists));
@@ -447,6 +495,7 @@ void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options)
 }
 
 void FreelistReleaseAll(Context* ctx, FreelistState* st) {
+  st->remote.TakeAll();
   ReleaseDedicated(ctx, st);
   ReleaseBlocks(ctx, &st->blocks, &st->first->link);
   ReleaseBlocks(ctx, &st->spare);
@@ -516,6 +565,11 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
       }
       ++on_lists;
     }
+  }
+  // Chunks other threads freed are marked free and wait on the remote list.
+  for (const void* p = st->remote.Peek(); p != nullptr; p = RemoteFreeList::Next(p)) {
+    const uint64_t h = ReadChunkHeader(p);
+    if (ChunkHeaderKind(h) == kChunkKindFreelist && !ChunkHeaderIsExternal(h)) ++on_lists;
   }
   if (on_lists != free_in_blocks) {
     internal::AppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
@@ -691,6 +745,7 @@ struct Freelist {
     if (base < kMinGrowthBlockSize) base = kMinGrowthBlockSize;
     st->base_block_size = st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
+    st->remote.Init();  // the creating thread owns the context
     return true;
   }
 
@@ -719,7 +774,15 @@ struct Freelist {
   }
 };
 
-constexpr KindMethods kFreelistMethods = MakeKindMethods<Freelist>();
+RemoteFreeList* RemoteFrees(Context* ctx) { return &StateOf(ctx)->remote; }
+
+constexpr KindMethods MakeFreelistMethods() {
+  KindMethods m = MakeKindMethods<Freelist>();
+  m.remote_frees = &RemoteFrees;
+  return m;
+}
+
+constexpr KindMethods kFreelistMethods = MakeFreelistMethods();
 
 }  // namespace
 

@@ -19,6 +19,7 @@
 #include <cstddef>
 
 #include "mcx/context/block_list.h"
+#include "mcx/context/remote_free.h"
 #include "mcx/freelist/size_class.h"
 
 namespace mcx {
@@ -49,6 +50,7 @@ struct FreelistState {
   size_t next_block_size;  // doubles up to max_block_size
   size_t base_block_size;
   size_t max_block_size;
+  RemoteFreeList remote;   // chunks freed by other threads (remote_free.h)
 };
 
 }  // namespace freelist_internal
