@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mcx/context/block_source.h"
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/new.h"
@@ -259,6 +260,52 @@ TEST(SharedTest, AllocationDuringTeardownIsReportedInCheckingBuilds) {
   SetMisuseHandler(previous);
   ASSERT_FALSE(seen.empty());
   EXPECT_NE(seen[0].find("being torn down"), std::string::npos) << seen[0];
+}
+
+// A source whose next acquisition waits until the test lets it go, so that
+// an allocation is known to be under way.
+class GatedSource : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override {
+    if (gate_armed_.exchange(false)) {
+      entered_.store(true);
+      while (!open_.load()) std::this_thread::yield();
+    }
+    return upstream_.Acquire(min_size, alignment);
+  }
+  void Release(Block block) override { upstream_.Release(block); }
+  void Arm() { gate_armed_.store(true); }
+  bool entered() const { return entered_.load(); }
+  void Open() { open_.store(true); }
+
+ private:
+  SystemBlockSource upstream_;
+  std::atomic<bool> gate_armed_{false};
+  std::atomic<bool> entered_{false};
+  std::atomic<bool> open_{false};
+};
+
+// Checking builds: a reset while another thread is inside an allocation is
+// reported.
+TEST(SharedTest, ResetDuringAnAllocationIsReportedInCheckingBuilds) {
+  if (!kCheckingBuild) GTEST_SKIP() << "checking builds only";
+  std::vector<std::string> seen;
+  reports = &seen;
+  GatedSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  source.Arm();
+  std::thread worker([&] { ctx->TryAlloc(16); });  // waits in the source
+  while (!source.entered()) std::this_thread::yield();
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  ctx->Reset();
+  SetMisuseHandler(previous);
+  source.Open();
+  worker.join();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_NE(seen[0].find("while another thread allocates"), std::string::npos) << seen[0];
+  ctx->Destroy();
 }
 
 }  // namespace
