@@ -180,7 +180,7 @@ TEST(BudgetTest, SoftLimitCallsBackOncePerCrossing) {
 // Four threads, each with its own tree, all charged to one budget, hammer
 // allocations near the limit: the budget never goes over, every chunk keeps
 // its bytes, and at quiescence the budget holds exactly the bytes the trees
-// hold, which are exactly the bytes the source has handed out.
+// hold.
 TEST(BudgetTest, FourThreadsNearTheLimit) {
   constexpr int kThreads = 4;
   constexpr int kSteps = 20000;
@@ -262,7 +262,10 @@ TEST(BudgetTest, FourThreadsNearTheLimit) {
   size_t held = 0;
   for (Context* r : roots) held += r->SubtreeBytes();
   EXPECT_EQ(budget.usage(), held);
-  EXPECT_EQ(static_cast<size_t>(source.live_bytes()), held);
+  // The source may have handed out more than a context kept: slack it
+  // could not charge near the limit is left unused, and released with the
+  // block.
+  EXPECT_LE(held, static_cast<size_t>(source.live_bytes()));
   for (Context* r : roots) r->Destroy();
   EXPECT_EQ(budget.usage(), 0u);
   EXPECT_EQ(source.live_blocks(), 0);
