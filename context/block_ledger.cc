@@ -44,9 +44,7 @@ __thread bool budget_refused;
 Context* Context::NearestLimited() {
   if (!internal::AnyLimited()) return nullptr;
   for (Context* c = this; c != nullptr; c = c->parent_) {
-    if (c->extras_ != nullptr && (c->extras_->limit != kNoLimit || c->extras_->budget != nullptr)) {
-      return c;
-    }
+    if (c->extras_ != nullptr && c->extras_->Limited()) return c;
   }
   return nullptr;
 }
@@ -56,13 +54,21 @@ Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLi
 
 // Limits are checked before any budget is charged, and budgets (atomic,
 // shared with other threads) are charged one by one; a refusal gives back
-// what the earlier ones took.
-bool Context::ChargeLimitsSlow(size_t bytes) {
+// what the earlier ones took. With `pressure` (ChargeBlock: the first charge
+// of a block an allocation needs), a soft limit that the block would cross
+// refuses it first, so that the front runs its callback and retries
+// (pressure.cc).
+bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
   budget_refused = false;
   Context* first = NearestLimited();
   if (first == nullptr) return true;
+  if (pressure && PressureDue(first, bytes)) return false;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
-    if (bytes > l->extras_->limit - l->extras_->subtree_bytes) return false;
+    if (bytes > l->extras_->limit - l->extras_->subtree_bytes) {
+      // Not a refusal the front can serve: an older one is forgotten.
+      if (pressure) internal::ledger_refusal.refused = nullptr;
+      return false;
+    }
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     Budget* b = l->extras_->budget;
@@ -71,6 +77,7 @@ bool Context::ChargeLimitsSlow(size_t bytes) {
       if (u->extras_->budget != nullptr) u->extras_->budget->Uncharge(bytes);
     }
     budget_refused = true;
+    if (pressure) internal::ledger_refusal.refused = nullptr;  // as for a hard limit
     return false;
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
@@ -97,7 +104,7 @@ Failure Context::TrySetBudget(Budget* budget) {
   if (budget == nullptr) {
     old->Uncharge(extras_->subtree_bytes);
     extras_->budget = nullptr;
-    internal::limited_contexts.fetch_sub(1, std::memory_order_relaxed);
+    internal::CountLimitedChange(true, extras_->Limited());
     return Failure::kNone;
   }
   if (old != nullptr) {
@@ -111,9 +118,10 @@ Failure Context::TrySetBudget(Budget* budget) {
     last_failure_ = Failure::kLimit;
     return Failure::kLimit;
   }
-  x->subtree_bytes = held;
+  const bool was = x->Limited();
+  if (!was) x->subtree_bytes = held;  // a limit or soft limit keeps it already
   x->budget = budget;
-  internal::limited_contexts.fetch_add(1, std::memory_order_relaxed);
+  internal::CountLimitedChange(was, true);
   return Failure::kNone;
 }
 
@@ -126,8 +134,9 @@ Budget* Context::budget() const { return extras_ != nullptr ? extras_->budget : 
 Failure Context::TrySetLimit(size_t bytes) {
   if (bytes == kNoLimit) {
     if (extras_ != nullptr) {
-      internal::CountLimited(extras_->limit, kNoLimit);
+      const bool was = extras_->Limited();
       extras_->limit = kNoLimit;
+      internal::CountLimitedChange(was, extras_->Limited());
     }
     return Failure::kNone;
   }
@@ -138,9 +147,10 @@ Failure Context::TrySetLimit(size_t bytes) {
     last_failure_ = Failure::kLimit;
     return Failure::kLimit;
   }
-  internal::CountLimited(x->limit, bytes);
+  const bool was = x->Limited();
   x->limit = bytes;
   x->subtree_bytes = held;
+  internal::CountLimitedChange(was, true);
   return Failure::kNone;
 }
 
@@ -172,10 +182,14 @@ size_t Context::SubtreeBytes() const {
 //
 // Every block a kind uses comes through here: the limits are charged before
 // the source is asked (so a limit never costs a system call), and the charge
-// is undone if the source fails.
+// is undone if the source fails. It is also where the thread meets its
+// safe points: a soft limit's callback due, or a report request posted to
+// the thread, refuses the block (the kind fails as for a limit, having
+// changed nothing) and the front runs them and retries (pressure.cc).
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
-  if (!ChargeLimits(min_size)) {
+  if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return nullptr;
+  if (!ChargeBlock(min_size)) {
     if (budget_refused) {
       if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
         return r;
@@ -213,7 +227,8 @@ void Context::ReleaseBlock(void* block, size_t size) {
 Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
                                size_t alignment) {
   const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
-  if (grow != 0 && !ChargeLimits(grow)) {
+  if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return Block{};
+  if (grow != 0 && !ChargeBlock(grow)) {
     last_failure_ = Failure::kLimit;
     return Block{};
   }
