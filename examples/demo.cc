@@ -5,6 +5,9 @@
 //   +-- query (pool)                one per query; cleanups close its cursor
 //   |   +-- row (pool)              reset for every row
 //   +-- runaway (pool, 1 MiB limit) a query that allocates without end
+//   +-- join (pool)                 a hash join
+//   |   +-- buckets (slab)          its chain nodes, one size, freed one by one
+//   +-- changes (generation)        a change queue: entries die in order of birth
 //
 // It prints the stats report at the peak and after teardown, and checks its
 // own results: the exit status is 0 only if every check holds.
@@ -23,7 +26,9 @@
 #include "mcx/context/new.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
+#include "mcx/generation/generation.h"
 #include "mcx/pool/pool.h"
+#include "mcx/slab/typed_slab.h"
 
 namespace {
 
@@ -125,6 +130,74 @@ uint64_t RunQuery(mcx::Context* top, int query_no, int rows, std::vector<std::st
   return checksum;
 }
 
+// A hash join's chain nodes: one size, made and dropped one by one while the
+// join runs, all gone with the join. A slab context holds them with no
+// header per node, and runs ~JoinNode for any left at teardown.
+struct JoinNode {
+  JoinNode* next;
+  int64_t key;
+  std::string payload;  // a destructor to run
+};
+
+uint64_t RunHashJoin(mcx::Context* top, int* left_at_teardown) {
+  mcx::Context* join = top->CreateChild("join", mcx::PoolKind());
+  mcx::Slab<JoinNode> nodes = mcx::Slab<JoinNode>::Create(join, "buckets");
+  constexpr int kBuckets = 256;
+  auto* buckets = static_cast<JoinNode**>(join->AllocZeroArray(kBuckets, sizeof(JoinNode*)));
+  for (int64_t key = 0; key < 20000; ++key) {  // build
+    JoinNode*& head = buckets[key % kBuckets];
+    head = nodes.New(JoinNode{head, key, "row-" + std::to_string(key)});
+  }
+  for (int b = 0; b < kBuckets; b += 2) {  // a filter drops half the buckets' nodes
+    while (JoinNode* n = buckets[b]) {
+      buckets[b] = n->next;
+      nodes.Delete(n);
+    }
+  }
+  uint64_t matched = 0;
+  for (int64_t probe = 0; probe < 20000; probe += 7) {  // probe
+    for (JoinNode* n = buckets[probe % kBuckets]; n != nullptr; n = n->next) {
+      if (n->key == probe) matched += n->payload.size();
+    }
+  }
+  *left_at_teardown = static_cast<int>(nodes.context()->num_blocks());
+  join->Destroy();  // the slab goes with the join: ~JoinNode for the nodes left
+  return matched;
+}
+
+// A change queue, as a replication stream's: entries are made, shipped and
+// freed in about the order they were made. A generation context bumps them
+// into its newest block and gives each block back as its last entry goes.
+struct ChangeEntry {
+  uint64_t lsn;
+  uint32_t length;
+};
+
+bool RunChangeQueue(mcx::Context* top, size_t* most_blocks) {
+  mcx::Context* changes = top->CreateChild("changes", mcx::GenerationKind());
+  std::vector<ChangeEntry*> queue;
+  size_t head = 0;
+  uint64_t shipped = 0;
+  *most_blocks = 0;
+  for (uint64_t lsn = 0; lsn < 100000; ++lsn) {
+    const uint32_t length = 32 + static_cast<uint32_t>(lsn * 7919 % 480);
+    auto* e = static_cast<ChangeEntry*>(changes->Alloc(sizeof(ChangeEntry) + length));
+    *e = {lsn, length};
+    queue.push_back(e);
+    if (queue.size() - head > 500) {  // the shipper sends the oldest
+      ChangeEntry* oldest = queue[head++];
+      shipped += oldest->lsn == shipped ? 1 : 0;
+      mcx::Free(oldest);  // the chunk header finds the context
+    }
+    if (changes->num_blocks() > *most_blocks) *most_blocks = changes->num_blocks();
+  }
+  while (head < queue.size()) mcx::Free(queue[head++]);
+  // What is left: the first block, the current block and the one spare.
+  const bool empty = changes->num_blocks() <= 3;
+  changes->Destroy();
+  return shipped == 100000 - 500 && empty;
+}
+
 }  // namespace
 
 int main() {
@@ -202,6 +275,18 @@ int main() {
   runaway->Destroy();
   char* still = top->Strdup("the engine carries on");
   Expect(std::strcmp(still, "the engine carries on") == 0, "the engine carries on");
+
+  std::printf("\n== a hash join's nodes in a slab context ==\n");
+  int blocks_at_teardown = 0;
+  const uint64_t matched = RunHashJoin(top, &blocks_at_teardown);
+  Expect(matched > 0, "the probe found the rows the filter kept");
+  Expect(blocks_at_teardown > 1, "the join's nodes sat in blocks of their own size");
+
+  std::printf("\n== a change queue in a generation context ==\n");
+  size_t most_blocks = 0;
+  Expect(RunChangeQueue(top, &most_blocks),
+         "100000 changes shipped in order; emptied blocks went back");
+  Expect(most_blocks < 20, "the queue cycled through a handful of blocks");
 
   cache->Destroy();
   std::printf("\n-- stats after teardown --\n%s", mcx::StatsReport(top).c_str());
