@@ -155,8 +155,8 @@ endfunction()
 #             drawing (context/dot.h), on mcx_core and Abseil's strings.
 # context/BUILD.bazel says why the core is split this way.
 set(MCX_CMAKE_LIBRARIES mcx_core mcx mcx_dot)
-set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "c:mcx_c"
-    "slab:slab" "generation:generation" "buddy:buddy" "handle:handle")
+set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "shared:shared"
+    "c:mcx_c" "slab:slab" "generation:generation" "buddy:buddy" "handle:handle")
 set(MCX_BAZEL_LIBRARIES_mcx "context:context")
 set(MCX_BAZEL_LIBRARIES_mcx_dot "context:dot")
 # Every rule above (tests/build/check_sources.cmake checks them all).

@@ -14,6 +14,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/valgrind.h"
+#include "mcx/context/remote_free.h"
 
 namespace mcx {
 
@@ -118,6 +119,12 @@ void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
 
 void Context::FreeChecked(void* p) {
   if (internal::kChecking && !CheckLive("free")) return;
+  if (methods_->remote_frees != nullptr && methods_->remote_frees(this)->FromOtherThread()) {
+    // A push on the remote-free list, while the owner may be at work.
+    internal::ValgrindChunkFree(this, p);
+    methods_->free(this, p);
+    return;
+  }
   UseGuard use(this);
   methods_->free(this, p);
   internal::ValgrindChunkFree(this, p);

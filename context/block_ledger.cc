@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
@@ -27,6 +28,12 @@ using internal::ReserveBlock;
 namespace internal {
 std::atomic<size_t> limited_contexts{0};
 }  // namespace internal
+
+namespace {
+// Set by ChargeLimitsSlow when a budget, not a context's limit, refused:
+// the reserve then serves the block (its blocks are charged already).
+__thread bool budget_refused;
+}  // namespace
 
 // --- Limits ------------------------------------------------------------------
 
@@ -45,10 +52,14 @@ Context* Context::NearestLimited() {
 // The next limited context above this (limited) one.
 Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
 
-// With `pressure` (ChargeBlock: the first charge of a block an allocation
-// needs), a soft limit that the block would cross refuses it first, so that
-// the front runs its callback and retries (pressure.cc).
+// Limits are checked before any budget is charged, and budgets (atomic,
+// shared with other threads) are charged one by one; a refusal gives back
+// what the earlier ones took. With `pressure` (ChargeBlock: the first charge
+// of a block an allocation needs), a soft limit that the block would cross
+// refuses it first, so that the front runs its callback and retries
+// (pressure.cc).
 bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
+  budget_refused = false;
   Context* first = NearestLimited();
   if (first == nullptr) return true;
   if (pressure && PressureDue(first, bytes)) return false;
@@ -58,6 +69,16 @@ bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
       if (pressure) internal::ledger_refusal.refused = nullptr;
       return false;
     }
+  }
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
+    Budget* b = l->extras_->budget;
+    if (b == nullptr || b->TryCharge(bytes)) continue;
+    for (Context* u = first; u != l; u = u->NextLimited()) {
+      if (u->extras_->budget != nullptr) u->extras_->budget->Uncharge(bytes);
+    }
+    budget_refused = true;
+    if (pressure) internal::ledger_refusal.refused = nullptr;  // as for a hard limit
+    return false;
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes += bytes;
@@ -82,8 +103,43 @@ size_t Context::LimitHeadroom() {
 void Context::UnchargeLimitsSlow(size_t bytes) {
   for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes -= bytes;
+    if (l->extras_->budget != nullptr) l->extras_->budget->Uncharge(bytes);
   }
 }
+
+// Context::TrySetBudget
+//
+// A budget counts as a limit for the ledger: the context keeps its
+// subtree's bytes, and the count of limited contexts (one per limit, one
+// per budget) keeps the ledger off its one-load fast path.
+Failure Context::TrySetBudget(Budget* budget) {
+  Budget* old = extras_ != nullptr ? extras_->budget : nullptr;
+  if (budget == old) return Failure::kNone;
+  if (budget == nullptr) {
+    old->Uncharge(extras_->subtree_bytes);
+    extras_->budget = nullptr;
+    internal::CountLimitedChange(true, extras_->Limited());
+    return Failure::kNone;
+  }
+  if (old != nullptr) {
+    last_failure_ = Failure::kBadArgument;
+    return Failure::kBadArgument;
+  }
+  ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
+  if (x == nullptr) return last_failure_;
+  const size_t held = SubtreeBytes();
+  if (!budget->TryCharge(held)) {
+    last_failure_ = Failure::kLimit;
+    return Failure::kLimit;
+  }
+  const bool was = x->Limited();
+  if (!was) x->subtree_bytes = held;  // a limit or soft limit keeps it already
+  x->budget = budget;
+  internal::CountLimitedChange(was, true);
+  return Failure::kNone;
+}
+
+Budget* Context::budget() const { return extras_ != nullptr ? extras_->budget : nullptr; }
 
 // Context::TrySetLimit
 //
@@ -155,6 +211,15 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
   if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return nullptr;
   if (!ChargeBlock(min_size)) {
+    if (budget_refused) {
+      // A budget refused (not a limit): the reserve serves, as for a
+      // source that failed; a budget is never given a smaller block.
+      if (void* r = TakeFromReserve(usable_size != 0 ? usable_size : min_size, alignment, actual)) {
+        return r;
+      }
+      last_failure_ = Failure::kLimit;
+      return nullptr;
+    }
     // Only where the kind can work with less, and never below that.
     const bool smaller = usable_size != 0 && usable_size < min_size &&
                          internal::ledger_refusal.refused != this;

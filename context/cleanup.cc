@@ -10,6 +10,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
+#include "mcx/context/internal/context_impl.h"
 #include "mcx/context/internal/extras.h"
 #include "mcx/context/internal/failure.h"
 
@@ -20,20 +21,36 @@ using internal::ContextExtras;
 
 // --- Cleanups ----------------------------------------------------------------
 
+// Registration, removal and early runs of a context that many threads use
+// at once (KindMethods::lock) change the lists under the kind's lock; the
+// failure path (the handler, which may longjmp) runs after it is released.
 CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
-  ContextExtras* x = Extras();  // the lists live in the side record
-  if (x == nullptr) return static_cast<CleanupRecord*>(Fail(last_failure_, sizeof(ContextExtras), flags));
-  if (x->spare_cleanups != nullptr) {
-    CleanupRecord* r = x->spare_cleanups;
-    x->spare_cleanups = r->next;
-    return r;
+  auto take = [this](unsigned take_flags) -> CleanupRecord* {
+    ContextExtras* x = Extras();  // the lists live in the side record
+    if (x == nullptr) {
+      return static_cast<CleanupRecord*>(Fail(last_failure_, sizeof(ContextExtras), take_flags));
+    }
+    if (x->spare_cleanups != nullptr) {
+      CleanupRecord* r = x->spare_cleanups;
+      x->spare_cleanups = r->next;
+      return r;
+    }
+    static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
+    return static_cast<CleanupRecord*>(take_flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
+                                                             : Alloc(sizeof(CleanupRecord)));
+  };
+  if (ABSL_PREDICT_TRUE(methods_->lock == nullptr)) return take(flags);
+  CleanupRecord* r;
+  {
+    internal::TreeLock lock(this);
+    r = take(kNoThrow);
   }
-  static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
-  return static_cast<CleanupRecord*>(flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
-                                                      : Alloc(sizeof(CleanupRecord)));
+  if (r == nullptr) return static_cast<CleanupRecord*>(Fail(last_failure_, sizeof(CleanupRecord), flags));
+  return r;
 }
 
 void Context::ReturnCleanupRecord(CleanupRecord* r) {
+  internal::TreeLock lock(this);
   r->serial = 0;
   r->next = extras_->spare_cleanups;
   extras_->spare_cleanups = r;
@@ -41,6 +58,7 @@ void Context::ReturnCleanupRecord(CleanupRecord* r) {
 
 CleanupHandle Context::CommitCleanup(CleanupRecord* r, CleanupFn fn, void* arg,
                                      CleanupFn destroy, CleanupPhase phase) {
+  internal::TreeLock lock(this);
   r->fn = fn;
   r->arg = arg;
   r->destroy = destroy;
@@ -135,11 +153,16 @@ bool Context::OnCleanupList(const CleanupRecord* r) const {
 }
 
 bool Context::RemoveCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
-  if (r == nullptr) return false;
-  CleanupFn destroy = r->destroy;
-  void* storage = r->arg;
-  UnlinkCleanup(r);
+  CleanupFn destroy;
+  void* storage;
+  {
+    internal::TreeLock lock(this);
+    CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
+    if (r == nullptr) return false;
+    destroy = r->destroy;
+    storage = r->arg;
+    UnlinkCleanup(r);
+  }
   if (destroy != nullptr) {  // a callable: destroy it unrun, free its storage
     destroy(storage);
     Free(storage);
@@ -148,12 +171,18 @@ bool Context::RemoveCleanup(CleanupHandle handle) {
 }
 
 bool Context::RunCleanup(CleanupHandle handle) {
-  CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
-  if (r == nullptr) return false;
-  CleanupFn fn = r->fn;
-  void* arg = r->arg;
-  bool owned = r->destroy != nullptr;
-  UnlinkCleanup(r);
+  CleanupFn fn;
+  void* arg;
+  bool owned;
+  {
+    internal::TreeLock lock(this);
+    CleanupRecord* r = LiveCleanup(handle, /*report_foreign=*/true);
+    if (r == nullptr) return false;
+    fn = r->fn;
+    arg = r->arg;
+    owned = r->destroy != nullptr;
+    UnlinkCleanup(r);
+  }
   if (!owned) {
     fn(arg);
     return true;

@@ -4,6 +4,7 @@
 // cleanup records cleanup.cc's, allocation allocation.cc's, the failure path
 // failure.cc's.
 
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 
 #include <cstdint>
@@ -99,6 +100,7 @@ namespace {
 
 void Context::UseGuard::Enter(Context* ctx) {
 #if MCX_CHECKING
+  if (ctx->methods_->lock != nullptr) return;  // many threads at once: the kind checks
   const void* me = &thread_token;
   const void* expected = nullptr;
   if (!ctx->user_.compare_exchange_strong(expected, me, std::memory_order_acquire) &&
@@ -114,6 +116,7 @@ void Context::UseGuard::Enter(Context* ctx) {
 
 void Context::UseGuard::Leave(Context* ctx) {
 #if MCX_CHECKING
+  if (ctx->methods_->lock != nullptr) return;
   if (--ctx->use_depth_ == 0) ctx->user_.store(nullptr, std::memory_order_release);
 #else
   (void)ctx;
@@ -697,6 +700,7 @@ void Context::LinkUnder(Context* parent) {
   prev_sibling_ = nullptr;
   next_sibling_ = nullptr;
   if (parent == nullptr) return;
+  internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
   next_sibling_ = parent->first_child_;
   if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
   parent->first_child_ = this;
@@ -704,6 +708,7 @@ void Context::LinkUnder(Context* parent) {
 
 void Context::Unlink() {
   if (parent_ == nullptr) return;
+  internal::TreeLock lock(parent_);
   if (prev_sibling_ != nullptr) {
     prev_sibling_->next_sibling_ = next_sibling_;
   } else {
@@ -757,8 +762,23 @@ Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* 
         return Failure::kLimit;
       }
     }
+    // Budgets on the new side only are charged (a refusal undoes them),
+    // those on the old side only are given the bytes back.
+    for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
+      Budget* b = l->extras_->budget;
+      if (b == nullptr || in_chain(old_chain, l) || b->TryCharge(bytes)) continue;
+      for (Context* u = new_chain; u != l; u = u->NextLimited()) {
+        if (u->extras_->budget != nullptr && !in_chain(old_chain, u)) u->extras_->budget->Uncharge(bytes);
+      }
+      last_failure_ = Failure::kLimit;
+      if (limited != nullptr) *limited = l;
+      if (bytes_out != nullptr) *bytes_out = bytes;
+      return Failure::kLimit;
+    }
     for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
-      if (!in_chain(new_chain, l)) l->extras_->subtree_bytes -= bytes;
+      if (in_chain(new_chain, l)) continue;
+      l->extras_->subtree_bytes -= bytes;
+      if (l->extras_->budget != nullptr) l->extras_->budget->Uncharge(bytes);
     }
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l)) l->extras_->subtree_bytes += bytes;
@@ -945,6 +965,7 @@ ContextExtras* Context::Extras() {
 void Context::ReleaseExtras() {
   ContextExtras* x = extras_;
   if (x->reserve != nullptr) ReleaseReserve();
+  if (x->budget != nullptr) TrySetBudget(nullptr);  // what is left: own blocks and this record
   internal::CountLimitedChange(x->Limited(), false);
   extras_ = nullptr;
   const size_t bytes = x->bytes;

@@ -71,6 +71,8 @@ inline constexpr size_t kMaxAllocSize = ~size_t{0} >> 1;
 // `SetLimit` value meaning "no limit".
 inline constexpr size_t kNoLimit = ~size_t{0};
 
+class Budget;
+
 namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
@@ -377,6 +379,15 @@ class Context {
   // last_failure().
   Failure TrySetLimit(size_t bytes);
   size_t limit() const;
+
+  // Charges this subtree's block bytes, from now on and what it holds
+  // already, to `budget` (budget.h), shared with contexts in other trees and
+  // threads; nullptr detaches and gives the bytes back. Returns
+  // Failure::kNone, or why nothing changed: kLimit if the budget has no
+  // room for what the subtree holds, kBadArgument if another budget is
+  // attached (detach it first), or the side record's failure.
+  Failure TrySetBudget(Budget* budget);
+  Budget* budget() const;
 
   // A soft limit on the block bytes of this subtree, with the callback that
   // runs once before an allocation would take them past it; the allocation

@@ -28,6 +28,7 @@ namespace mcx {
 
 class Context;
 class InspectVisitor;
+class RemoteFreeList;
 
 // What `Reset` keeps.
 enum class ResetMode : unsigned char {
@@ -144,6 +145,20 @@ struct KindMethods {
   size_t mark_size;
   bool (*mark)(Context* ctx, void* position);
   void (*rewind)(Context* ctx, const void* position);
+
+  // Optional; nullptr for a kind whose contexts one thread uses at a time.
+  // A kind whose contexts many threads use at once (mcx/shared/shared.h)
+  // gives a recursive lock, which the tree takes around what it keeps for
+  // the context itself: cleanup records, the side record, the child list.
+  // The tree then leaves the checking build's one-thread check to the kind.
+  void (*lock)(Context* ctx) = nullptr;
+  void (*unlock)(Context* ctx) = nullptr;
+
+  // Optional; nullptr for a kind without frees from other threads. The
+  // context's remote-free list (remote_free.h): the tree asks it whether a
+  // free comes from a thread other than the owner, which checking builds
+  // then do not report as a second thread using the context.
+  RemoteFreeList* (*remote_frees)(Context* ctx) = nullptr;
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

@@ -99,6 +99,7 @@
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/remote_free.h"
 
 namespace mcx {
 
@@ -386,6 +387,7 @@ struct KindAccess {
   }
   static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
   static void FirstBlockOutgrown(Context* ctx) { ctx->FirstBlockOutgrown(); }
+  static bool MakeSideRecord(Context* ctx) { return ctx->Extras() != nullptr; }
 };
 
 }  // namespace internal
@@ -450,6 +452,13 @@ inline size_t LearnedFirstBlockSize(size_t header_bytes, size_t kind_bytes, size
 // kind leaves the first block to the tree then start with twice `ctx`'s
 // first block, up to kDefaultFirstBlockSize.
 inline void FirstBlockOutgrown(Context* ctx) { internal::KindAccess::FirstBlockOutgrown(ctx); }
+
+// Makes the context's side record (cleanups, limits, budgets) now rather
+// than on first use. A kind whose contexts many threads use at once calls
+// it from Init, so that the record never appears while other threads walk
+// the tree through the context. False (failure recorded) if it cannot be
+// had.
+inline bool MakeSideRecord(Context* ctx) { return internal::KindAccess::MakeSideRecord(ctx); }
 
 // --- The bump window -------------------------------------------------------------
 

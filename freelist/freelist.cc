@@ -166,6 +166,15 @@ constexpr size_t kMinGrowthBlockSize = 1024;
 constexpr uint64_t kFastMask = kChunkKindMask | kChunkExternalBit | kChunkFreeBit | kChunkMagicMask;
 constexpr uint64_t kFastExpect = kChunkKindFreelist | (kChunkMagic << kChunkMagicShift);
 
+// Header bit of a chunk another thread freed (remote_free.h), set with the
+// free bit: the chunk waits on the remote list, on no freelist, until the
+// owner takes it back. A sweep coalesces only chunks without it. Bits 6
+// and 7 of a header are the kind's own (chunk_header.h).
+constexpr uint64_t kRemoteFreeBit = uint64_t{1} << 6;
+static_assert((kRemoteFreeBit & (kChunkKindMask | kChunkExternalBit | kChunkFreeBit |
+                                 (kChunkValueMask << kChunkValueShift))) == 0,
+              "the remote bit is a spare header bit");
+
 // The table every context reads until its first free: all heads null, so
 // the allocation fast path falls to the slow path for every class, and
 // never written (the free path makes a real table first).
@@ -702,9 +711,26 @@ void* CarveLive(FreelistState* st, size_t c, size_t size) {
 // the table is made here, from the current run or from the run acquired
 // for this request anyway, so that a failed request acquires nothing and a
 // free never acquires a block. Otherwise a new run (NewRun).
+void ReclaimRemote(Context* ctx, FreelistState* st);
+
 ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, size_t size,
                                               size_t c) {
   const size_t stride = Stride(c);
+  // Chunks other threads freed come back before a new run or block.
+  if (st->remote.HasAny()) {
+    ReclaimRemote(ctx, st);
+    if (HasTable(st)) {
+      if (void* p = st->table->heads[c]; p != nullptr) {
+        st->table->heads[c] = NextFree(p);
+        ClearFreeBit(p);
+        MarkLive(p, size, stride - kHeaderBytes);
+        return p;
+      }
+    }
+    if (stride <= Room(st) && (HasTable(st) || st->orphans == nullptr)) {
+      return CarveLive(st, c, size);
+    }
+  }
   if (!HasTable(st) && st->orphans != nullptr) {
     const size_t table_stride = Stride(TableClass());
     if (table_stride > Room(st) && stride <= Room(st)) {
@@ -862,7 +888,7 @@ uint64_t CoalesceUnit(FreelistState* st, BlockHeader* b, size_t i) {
     char* payload = chunk + kHeaderBytes;
     const uint64_t h = ReadChunkHeader(payload);
     char* next = chunk + Stride(ChunkHeaderValue(h));
-    const bool free = ChunkHeaderIsFree(h);
+    const bool free = ChunkHeaderIsFree(h) && (h & kRemoteFreeBit) == 0;
     if (free && next <= unit_end) {
       if (run == nullptr) run = chunk;
     } else {
@@ -1058,21 +1084,70 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
   Sweep(ctx, st, /*release_blocks=*/true);
 }
 
-// FreelistFree
-//
-// Cost note: one header load and compare, a countdown, a push and a header
-// store: about 14 instructions.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistState* st, void* p) {
-  const uint64_t h = ReadChunkHeader(p);
-  if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
+// Files a verified chunk of a block (header `h`, not free) as the owner's
+// free: the countdown, then the push.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* st, void* p,
+                                                  uint64_t h) {
   if (kChecking) {
-    if (!VerifyLiveChunk(ctx, p, h, "free")) return;
     const size_t bytes = SizeClassBytes(ChunkHeaderValue(h));
     UnpoisonMemoryRegion(p, bytes);
     std::memset(p, kClobberByte, bytes);
   }
   if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, st, p, h);
   PushFree(st->table, p, h);
+}
+
+// A free from a thread other than the owner (remote_free.h): the chunk is
+// checked and marked free at once, so that a second free is reported here
+// or by the owner rather than looping the list, and waits on the remote
+// list, with one compare-and-swap, for the owner to take it back.
+ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, FreelistState* st, void* p) {
+  const uint64_t h = ReadChunkHeader(p);
+  if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
+  const unsigned kind = ChunkHeaderKind(h);
+  if (kind == kChunkKindFreelist) {
+    if (ChunkHeaderIsFree(h)) {
+      return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+    }
+    if (!VerifyLiveChunk(ctx, p, h, "free")) return;
+    WriteChunkHeader(p, h | kChunkFreeBit | kRemoteFreeBit);
+  } else if (kind != kChunkKindAlignedRedirect) {
+    return ReportBadChunk(p, "free");
+  }
+  st->remote.Push(p);
+}
+
+// Takes back what other threads freed: each chunk as its owner's free.
+void ReclaimRemote(Context* ctx, FreelistState* st) {
+  void* p = st->remote.TakeAll();
+  while (p != nullptr) {
+    void* next = RemoteFreeList::Next(p);
+    uint64_t h = ReadChunkHeader(p);
+    if (ChunkHeaderKind(h) == kChunkKindFreelist) {
+      h &= ~(kChunkFreeBit | kRemoteFreeBit);
+      WriteChunkHeader(p, h);
+    }
+    // Dedicated and aligned chunks go the owner's slow way; chunks of
+    // blocks were verified when they were pushed.
+    if ((h & kFastMask) != kFastExpect) {
+      FreeSlow(ctx, p, h);
+    } else {
+      FileFree(ctx, st, p, h);
+    }
+    p = next;
+  }
+}
+
+// FreelistFree
+//
+// Cost note: the owner test, one header load and compare, a countdown, a
+// push and a header store: about 17 instructions.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistState* st, void* p) {
+  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, st, p);
+  const uint64_t h = ReadChunkHeader(p);
+  if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
+  if (kChecking && !VerifyLiveChunk(ctx, p, h, "free")) return;
+  FileFree(ctx, st, p, h);
 }
 
 // --- Realloc ------------------------------------------------------------------------
@@ -1250,6 +1325,7 @@ void EmptyBlock(BlockHeader* b) {
 }
 
 void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options) {
+  st->remote.TakeAll();  // those chunks lie in the memory about to be emptied
   ReleaseDedicated(ctx, st);
   // What was handed out is emptied first; blocks are then kept while they
   // fit (block_list.h), all units free, as spares used before new ones.
@@ -1276,6 +1352,7 @@ void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options)
 }
 
 void FreelistReleaseAll(Context* ctx, FreelistState* st) {
+  st->remote.TakeAll();
   ReleaseDedicated(ctx, st);
   ForEachPageBlock(st, [&](BlockHeader* b) {
     b->list = OnList::kNone;
@@ -1410,6 +1487,15 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     const uint64_t h = ReadChunkHeader(p);
     if (!ChunkHeaderIsFree(h) || OwnerOf(p, h) != ctx) {
       fail("orphan %p is not a free chunk of this context", p);
+    }
+    ++listed;
+  }
+  // Chunks other threads freed are marked free and wait on the remote list.
+  for (const void* p = st->remote.Peek(); p != nullptr; p = RemoteFreeList::Next(p)) {
+    const uint64_t h = ReadChunkHeader(p);
+    if (ChunkHeaderKind(h) != kChunkKindFreelist || ChunkHeaderIsExternal(h)) continue;
+    if ((h & kRemoteFreeBit) == 0 || OwnerOf(p, h) != ctx) {
+      fail("chunk %p on the remote list is not a chunk of this context freed remotely", p);
     }
     ++listed;
   }
@@ -1600,6 +1686,7 @@ struct Freelist {
     if (max > kLargest) max = kLargest;
     st->base_block_size = st->next_block_size = static_cast<uint32_t>(base);
     st->max_block_size = static_cast<uint32_t>(max);
+    st->remote.Init();  // the creating thread owns the context
     return true;
   }
 
@@ -1630,7 +1717,15 @@ struct Freelist {
   }
 };
 
-constexpr KindMethods kFreelistMethods = MakeKindMethods<Freelist>();
+RemoteFreeList* RemoteFrees(Context* ctx) { return &StateOf(ctx)->remote; }
+
+constexpr KindMethods MakeFreelistMethods() {
+  KindMethods m = MakeKindMethods<Freelist>();
+  m.remote_frees = &RemoteFrees;
+  return m;
+}
+
+constexpr KindMethods kFreelistMethods = MakeFreelistMethods();
 
 }  // namespace
 

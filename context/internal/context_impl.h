@@ -85,6 +85,25 @@ inline void CountLimited(size_t old_limit, size_t new_limit) {
 
 inline bool AnyLimited() { return limited_contexts.load(std::memory_order_relaxed) != 0; }
 
+// Holds the lock of a context whose kind many threads use at once
+// (KindMethods::lock) while the tree changes what it keeps for it; nothing
+// for any other context.
+class TreeLock {
+ public:
+  explicit TreeLock(Context* ctx)
+      : ctx_(ctx != nullptr && ctx->kind()->lock != nullptr ? ctx : nullptr) {
+    if (ABSL_PREDICT_FALSE(ctx_ != nullptr)) ctx_->kind()->lock(ctx_);
+  }
+  ~TreeLock() {
+    if (ABSL_PREDICT_FALSE(ctx_ != nullptr)) ctx_->kind()->unlock(ctx_);
+  }
+  TreeLock(const TreeLock&) = delete;
+  TreeLock& operator=(const TreeLock&) = delete;
+
+ private:
+  Context* ctx_;
+};
+
 // A context starts or stops keeping its subtree's bytes (a limit or a soft
 // limit set where there was none, or the last one removed).
 inline void CountLimitedChange(bool was, bool is) {

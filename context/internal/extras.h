@@ -12,6 +12,7 @@
 #ifndef MCX_CONTEXT_INTERNAL_EXTRAS_H_
 #define MCX_CONTEXT_INTERNAL_EXTRAS_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -37,7 +38,13 @@ struct ContextExtras {
 
   // Limits: a bound on the subtree's bytes, maintained only when set.
   size_t limit = kNoLimit;
-  size_t subtree_bytes = 0;
+  // Atomic: under a budget, contexts below it on several threads (the
+  // children of a shared context) charge it at once. A limit is checked and
+  // charged in two steps, so no limit may be set above a shared context.
+  std::atomic<size_t> subtree_bytes{0};
+  // A budget (budget.h) this subtree is charged to, or none; while set,
+  // subtree_bytes is maintained as for a limit.
+  Budget* budget = nullptr;
 
   // The soft limit (pressure.h), counted with the same subtree_bytes.
   // `pressure_running` is set while its callback runs (and stays set if the
@@ -47,8 +54,10 @@ struct ContextExtras {
   void* pressure_arg = nullptr;
   bool pressure_running = false;
 
-  // Whether subtree_bytes is kept: a limit or a soft limit is set.
-  bool Limited() const { return limit != kNoLimit || soft_limit != kNoLimit; }
+  // Whether subtree_bytes is kept: a limit, a soft limit or a budget is set.
+  bool Limited() const {
+    return limit != kNoLimit || soft_limit != kNoLimit || budget != nullptr;
+  }
 
   // Failure: the handler (inherited by descendants that have none) and the
   // failure-dump setting (dump.h).

@@ -40,6 +40,7 @@
 #include "mcx/context/block_list.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/remote_free.h"
 #include "mcx/freelist/size_class.h"
 
 namespace mcx {
@@ -167,6 +168,7 @@ struct FreelistState {
   uint32_t next_block_size;  // bytes; doubles up to max_block_size
   uint32_t base_block_size;
   uint32_t max_block_size;
+  RemoteFreeList remote;    // chunks freed by other threads (remote_free.h)
 };
 
 }  // namespace freelist_internal

@@ -1,7 +1,7 @@
 # cmake -DMCX_SOURCE_DIR=<repo> [-DMCX_TEST_PACKAGES="context;pool;..."] -P check_sources.cmake
 #
 # Fails if the CMake build would not compile what the Bazel build compiles:
-#  - a .cc/.c/.h file in a library package (context/, pool/, freelist/, c/,
+#  - a .cc/.c/.h file in a library package (context/, pool/, freelist/, shared/, c/,
 #    and the test kit, testing/) that is in neither `srcs` nor `hdrs` of its
 #    cc_library,
 #  - a listed file that does not exist,
@@ -15,7 +15,7 @@ if(NOT MCX_SOURCE_DIR)
   get_filename_component(MCX_SOURCE_DIR "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 endif()
 if(NOT DEFINED MCX_TEST_PACKAGES)
-  set(MCX_TEST_PACKAGES context pool freelist stress kit c)
+  set(MCX_TEST_PACKAGES context pool freelist shared stress kit c)
 endif()
 include("${MCX_SOURCE_DIR}/cmake/McxBazel.cmake")
 

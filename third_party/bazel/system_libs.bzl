@@ -11,6 +11,8 @@ The WORKSPACE build runs offline with Debian's packages:
   libapr1-dev       -> @apr       (//:apr; peer in bench/workloads)
   libmimalloc-dev   -> @mimalloc  (//:mimalloc; bench/workloads_mimalloc only:
                                    linking it replaces malloc in that binary)
+  libprotobuf-dev   -> @com_google_protobuf (//:protobuf; peer in bench/threads:
+                                   protobuf's thread-safe Arena)
 
 The repository names and target labels match the upstream projects (and the
 Bazel Central Registry modules used by //MODULE.bazel with `repo_name`), so
@@ -363,8 +365,17 @@ cc_library(
 )
 """
 
+_PROTOBUF_BUILD = """
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "protobuf",
+    linkopts = ["-lprotobuf", "-lpthread"],
+)
+"""
+
 def mcx_bench_peer_repositories():
-    """Declares @talloc, @apr, @mimalloc (the peers of //bench:workloads)."""
+    """Declares @talloc, @apr, @mimalloc, @com_google_protobuf (the peers of //bench)."""
     system_cc_repository(
         name = "talloc",
         build_file_content = _TALLOC_BUILD,
@@ -383,6 +394,12 @@ def mcx_bench_peer_repositories():
         build_file_content = _MIMALLOC_BUILD,
         required_files = ["/usr/include/mimalloc.h"],
         package_hint = "libmimalloc-dev",
+    )
+    system_cc_repository(
+        name = "com_google_protobuf",
+        build_file_content = _PROTOBUF_BUILD,
+        required_files = ["/usr/include/google/protobuf/arena.h"],
+        package_hint = "libprotobuf-dev",
     )
 
 def mcx_system_dependencies():

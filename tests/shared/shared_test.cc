@@ -1,0 +1,312 @@
+// The shared kind: many threads allocating, registering cleanups and making
+// children in one context at once; every byte each thread wrote is still
+// there afterwards, no two chunks overlap, and every block goes back.
+
+#include "mcx/shared/shared.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mcx/context/block_source.h"
+#include "mcx/context/context.h"
+#include "mcx/context/failure.h"
+#include "mcx/context/new.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+#include "mcx/testing/test_block_sources.h"
+
+namespace mcx {
+namespace {
+
+constexpr int kThreads = 4;
+constexpr int kChunksPerThread = 20000;
+
+struct Chunk {
+  unsigned char* p;
+  size_t size;
+  unsigned char fill;
+};
+
+// Each thread allocates chunks of 8..512 bytes (fixed seed per thread) and
+// fills each with a byte of its own; returns what it allocated.
+std::vector<Chunk> Hammer(Context* ctx, int thread, int count, bool through_context) {
+  std::mt19937 rng(1234 + thread);
+  std::uniform_int_distribution<size_t> size_of(8, 512);
+  std::vector<Chunk> chunks;
+  chunks.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    size_t size = size_of(rng);
+    void* p = through_context && i % 3 == 0 ? ctx->Alloc(size) : SharedAlloc(ctx, size);
+    auto fill = static_cast<unsigned char>(thread * 31 + i);
+    std::memset(p, fill, size);
+    chunks.push_back({static_cast<unsigned char*>(p), size, fill});
+  }
+  return chunks;
+}
+
+void ExpectIntactAndDisjoint(std::vector<Chunk> all) {
+  for (const Chunk& c : all) {
+    ASSERT_EQ(reinterpret_cast<uintptr_t>(c.p) % kDefaultAlignment, 0u);
+    for (size_t i = 0; i < c.size; ++i) ASSERT_EQ(c.p[i], c.fill) << "chunk byte overwritten";
+  }
+  std::sort(all.begin(), all.end(), [](const Chunk& a, const Chunk& b) { return a.p < b.p; });
+  for (size_t i = 1; i < all.size(); ++i) {
+    ASSERT_LE(all[i - 1].p + all[i - 1].size, all[i].p) << "chunks overlap";
+  }
+}
+
+TEST(SharedTest, ThreadsAllocateAtOnceAndKeepTheirBytes) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  ASSERT_TRUE(IsShared(ctx));
+  std::vector<std::vector<Chunk>> per_thread(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] { per_thread[t] = Hammer(ctx, t, kChunksPerThread, true); });
+  }
+  for (std::thread& t : threads) t.join();
+  std::vector<Chunk> all;
+  size_t requested = 0;
+  for (auto& v : per_thread) {
+    for (const Chunk& c : v) requested += c.size;
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  ExpectIntactAndDisjoint(all);
+  EXPECT_GE(ctx->bytes_in_blocks(), requested);
+  EXPECT_EQ(static_cast<size_t>(source.live_bytes()), ctx->SubtreeBytes());
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+  EXPECT_EQ(source.bad_releases(), 0);
+}
+
+TEST(SharedTest, ResetStartsANewGenerationEveryThreadSees) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::vector<Chunk>> per_thread(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] { per_thread[t] = Hammer(ctx, t + round, 2000, false); });
+    }
+    for (std::thread& t : threads) t.join();
+    std::vector<Chunk> all;
+    for (auto& v : per_thread) all.insert(all.end(), v.begin(), v.end());
+    ExpectIntactAndDisjoint(all);
+    ctx->Reset();
+    // Only the first block, with the header, is left (and the side record).
+    EXPECT_EQ(ctx->num_blocks(), 1u);
+    EXPECT_EQ(source.live_blocks(), 2);
+  }
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+TEST(SharedTest, KeepBytesResetReusesKeptBlocks) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  for (int i = 0; i < 100; ++i) SharedAlloc(ctx, 64);
+  const int64_t acquired = source.acquires();
+  ctx->Reset(ResetOptions::KeepBytes(1 << 20));
+  EXPECT_EQ(ctx->num_blocks(), 2u);  // the first block and the thread's run block
+  std::thread([&] {
+    for (int i = 0; i < 100; ++i) SharedAlloc(ctx, 64);
+  }).join();
+  EXPECT_EQ(source.acquires(), acquired) << "the kept block serves the new run";
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+TEST(SharedTest, LargeZeroAlignedAndSizedRealloc) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  SharedOptions so;
+  so.max_small = 1024;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(so), o);
+  void* a = ctx->Alloc(0);
+  void* b = ctx->Alloc(0);
+  EXPECT_NE(a, b);
+  auto* big = static_cast<char*>(SharedAlloc(ctx, 100000));
+  std::memset(big, 1, 100000);
+  void* aligned = ctx->AllocAligned(100, 4096);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(aligned) % 4096, 0u);
+  char* s = ctx->Strdup("shared");
+  auto* grown = static_cast<char*>(ctx->Realloc(s, 7, 2000));
+  EXPECT_STREQ(grown, "shared");
+  EXPECT_EQ(ctx->TryRealloc(grown, 10), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kUnsupported);
+  EXPECT_EQ(ctx->ChunkSize(grown), kUnknownSize);
+  ctx->Free(grown);  // a no-op: memory goes back at the reset
+  EXPECT_EQ(big[99999], 1);
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+TEST(SharedTest, CleanupsRegisteredFromEveryThreadRunOnce) {
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind());
+  std::atomic<int> ran{0};
+  std::atomic<int> removed_ran{0};
+  constexpr int kPerThread = 500;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        ctx->AddCleanup([&ran] { ran.fetch_add(1); });
+        CleanupHandle h = ctx->AddCleanup([&removed_ran] { removed_ran.fetch_add(1); });
+        if (i % 2 == 0) {
+          EXPECT_TRUE(ctx->RemoveCleanup(h));
+        } else {
+          EXPECT_TRUE(ctx->RunCleanup(h));
+        }
+        struct Counted {
+          std::atomic<int>* n;
+          ~Counted() { n->fetch_add(1); }
+        };
+        New<Counted>(ctx, Counted{&ran});
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(removed_ran.load(), kThreads * kPerThread / 2);
+  // The temporaries passed to New<Counted> already counted once each.
+  const int before = ran.load();
+  EXPECT_EQ(before, kThreads * kPerThread);
+  ctx->Destroy();
+  EXPECT_EQ(ran.load(), before + 2 * kThreads * kPerThread);
+}
+
+TEST(SharedTest, ChildrenOfEveryKindComeAndGoOnEveryThread) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "operation", SharedKind(), o);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        Context* child = i % 2 == 0 ? ctx->CreateChild("row", PoolKind())
+                                    : ctx->CreateChild("row", FreelistKind());
+        void* p = child->Alloc(100 + t);
+        std::memset(p, t, 100 + t);
+        child->Free(p);
+        if (i % 4 != 3) child->Destroy();  // the rest go with the parent
+        SharedAlloc(ctx, 32);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int children = 0;
+  for (Context* c = ctx->first_child(); c != nullptr; c = c->next_sibling()) ++children;
+  EXPECT_EQ(children, kThreads * 50);
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+  EXPECT_EQ(source.bad_releases(), 0);
+}
+
+TEST(SharedTest, RefusedUnderALimit) {
+  ContextOptions o;
+  o.limit = 1 << 20;
+  Context* top = Context::Create(nullptr, "top", PoolKind(), o);
+  EXPECT_EQ(Context::TryCreate(top, "scan", SharedKind()), nullptr);
+  EXPECT_EQ(top->last_failure(), Failure::kBadArgument);
+  top->Destroy();
+}
+
+TEST(SharedTest, FailureReachesTheHandlerAndLeavesTheContextUsable) {
+  test::FailingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  source.FailFrom(1);
+  std::thread([&] {
+    EXPECT_EQ(TrySharedAlloc(ctx, 64), nullptr);
+    EXPECT_THROW(SharedAlloc(ctx, 64), std::bad_alloc);
+  }).join();
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  source.Heal();
+  std::thread([&] { EXPECT_NE(TrySharedAlloc(ctx, 64), nullptr); }).join();
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+std::vector<std::string>* reports;
+void RecordReport(const char* message) { reports->push_back(message); }
+
+// Checking builds: a thread that allocates while another tears the context
+// down is reported.
+TEST(SharedTest, AllocationDuringTeardownIsReportedInCheckingBuilds) {
+  if (!kCheckingBuild) GTEST_SKIP() << "checking builds only";
+  std::vector<std::string> seen;
+  reports = &seen;
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind());
+  ctx->AddCleanup([ctx] { std::thread([ctx] { ctx->TryAlloc(16); }).join(); });
+  ctx->Destroy();
+  SetMisuseHandler(previous);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_NE(seen[0].find("being torn down"), std::string::npos) << seen[0];
+}
+
+// A source whose next acquisition waits until the test lets it go, so that
+// an allocation is known to be under way.
+class GatedSource : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override {
+    if (gate_armed_.exchange(false)) {
+      entered_.store(true);
+      while (!open_.load()) std::this_thread::yield();
+    }
+    return upstream_.Acquire(min_size, alignment);
+  }
+  void Release(Block block) override { upstream_.Release(block); }
+  void Arm() { gate_armed_.store(true); }
+  bool entered() const { return entered_.load(); }
+  void Open() { open_.store(true); }
+
+ private:
+  SystemBlockSource upstream_;
+  std::atomic<bool> gate_armed_{false};
+  std::atomic<bool> entered_{false};
+  std::atomic<bool> open_{false};
+};
+
+// Checking builds: a reset while another thread is inside an allocation is
+// reported.
+TEST(SharedTest, ResetDuringAnAllocationIsReportedInCheckingBuilds) {
+  if (!kCheckingBuild) GTEST_SKIP() << "checking builds only";
+  std::vector<std::string> seen;
+  reports = &seen;
+  GatedSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  source.Arm();
+  std::thread worker([&] { ctx->TryAlloc(16); });  // waits in the source
+  while (!source.entered()) std::this_thread::yield();
+  MisuseHandler previous = SetMisuseHandler(&RecordReport);
+  ctx->Reset();
+  SetMisuseHandler(previous);
+  source.Open();
+  worker.join();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_NE(seen[0].find("while another thread allocates"), std::string::npos) << seen[0];
+  ctx->Destroy();
+}
+
+}  // namespace
+}  // namespace mcx
