@@ -28,8 +28,10 @@ CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
     return r;
   }
   static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
-  return static_cast<CleanupRecord*>(flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
-                                                      : Alloc(sizeof(CleanupRecord)));
+  // mcx's own chunk, which the program never frees (live_chunks.h).
+  const AllocationSite site = internal::InternalSite();
+  return static_cast<CleanupRecord*>(flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord), site)
+                                                      : Alloc(sizeof(CleanupRecord), site));
 }
 
 void Context::ReturnCleanupRecord(CleanupRecord* r) {

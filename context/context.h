@@ -58,6 +58,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/site.h"
 
 namespace mcx {
 
@@ -183,28 +184,69 @@ class Context {
   absl::Status SetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
+  //
+  // Each call takes its caller's site (site.h) as a last, defaulted
+  // argument: checking builds keep it with the chunk (live_chunks.h), release
+  // builds drop it. Code that allocates for its own caller passes that
+  // caller's site on.
 
-  inline void* Alloc(size_t size);
-  inline void* TryAlloc(size_t size) noexcept;
-  void* AllocZero(size_t size) { return Zero(Alloc(size), size); }
-  void* TryAllocZero(size_t size) noexcept { return Zero(TryAlloc(size), size); }
+  inline void* Alloc(size_t size, AllocationSite site = AllocationSite::Current());
+  inline void* TryAlloc(size_t size, AllocationSite site = AllocationSite::Current()) noexcept;
+  void* AllocZero(size_t size, AllocationSite site = AllocationSite::Current()) {
+    return Zero(Alloc(size, site), size);
+  }
+  void* TryAllocZero(size_t size, AllocationSite site = AllocationSite::Current()) noexcept {
+    return Zero(TryAlloc(size, site), size);
+  }
   // calloc: `count * size` zeroed bytes; an overflowing product is kBadSize.
-  void* AllocZeroArray(size_t count, size_t size);
-  void* TryAllocZeroArray(size_t count, size_t size) noexcept;
-  void* AllocAligned(size_t size, size_t alignment);
-  void* TryAllocAligned(size_t size, size_t alignment) noexcept;
+  void* AllocZeroArray(size_t count, size_t size,
+                       AllocationSite site = AllocationSite::Current()) {
+    return AllocZeroArrayImpl(count, size, kThrow, site);
+  }
+  void* TryAllocZeroArray(size_t count, size_t size,
+                          AllocationSite site = AllocationSite::Current()) noexcept {
+    return AllocZeroArrayImpl(count, size, kNoThrow, site);
+  }
+  void* AllocAligned(size_t size, size_t alignment,
+                     AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(size, site);
+    return AllocAlignedImpl(size, alignment, kThrow);
+  }
+  void* TryAllocAligned(size_t size, size_t alignment,
+                        AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(size, site);
+    return AllocAlignedImpl(size, alignment, kNoThrow);
+  }
   // No alignment at all: for byte strings (nginx's ngx_pnalloc).
-  inline void* AllocBytes(size_t size);
-  inline void* TryAllocBytes(size_t size) noexcept;
-  char* Strdup(std::string_view s);
+  inline void* AllocBytes(size_t size, AllocationSite site = AllocationSite::Current());
+  inline void* TryAllocBytes(size_t size,
+                             AllocationSite site = AllocationSite::Current()) noexcept;
+  // A NUL-terminated copy of `s` (strings.h has Strndup, Printf, StrCat).
+  char* Strdup(std::string_view s, AllocationSite site = AllocationSite::Current());
 
   // Resizes a chunk of this context, keeping min(old, new) bytes. nullptr
   // allocates. The unsized form needs a kind that knows chunk sizes (the
   // freelist kind, pool large chunks); the sized form works for every chunk.
-  void* Realloc(void* p, size_t new_size);
-  void* TryRealloc(void* p, size_t new_size) noexcept;
-  void* Realloc(void* p, size_t old_size, size_t new_size);
-  void* TryRealloc(void* p, size_t old_size, size_t new_size) noexcept;
+  // The chunk's site becomes the caller's.
+  void* Realloc(void* p, size_t new_size, AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, kUnknownSize, new_size, kThrow);
+  }
+  void* TryRealloc(void* p, size_t new_size,
+                   AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
+  }
+  void* Realloc(void* p, size_t old_size, size_t new_size,
+                AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, old_size, new_size, kThrow);
+  }
+  void* TryRealloc(void* p, size_t old_size, size_t new_size,
+                   AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, old_size, new_size, kNoThrow);
+  }
 
   // Gives a chunk back. nullptr is a no-op; so is a small pool chunk (it is
   // released by Reset/Destroy), unless the pool rewinds (pool.h).
@@ -362,6 +404,13 @@ class Context {
   // bookkeeping; release builds call the kind inline instead.
   void FreeChecked(void* p);
   void* AllocAlignedImpl(size_t size, size_t alignment, unsigned flags);
+  void* AllocZeroArrayImpl(size_t count, size_t size, unsigned flags, AllocationSite site);
+  // Every public allocation call starts here. Checking builds keep the
+  // site for the kind (kind_api.h, PendingSite); release builds do nothing.
+  void NoteAllocation(size_t size, AllocationSite site) {
+    if (internal::kChecking) NoteAllocationChecked(size, site);
+  }
+  ABSL_ATTRIBUTE_NOINLINE void NoteAllocationChecked(size_t size, AllocationSite site);
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
                                      unsigned flags);
@@ -422,9 +471,11 @@ class Context {
     bump_ptr_ = ptr;
     bump_end_ = end;
     // Under --config=valgrind every chunk must be announced to memcheck,
-    // which the inline path does not do: it is off. Larger requests than
-    // the field holds take the slow path, where the kind serves them alike.
-    max_bump_ = internal::kValgrind ? 0
+    // which the inline path does not do: it is off. So it is in checking
+    // builds, where the kind keeps each chunk's site (and its checks).
+    // Larger requests than the field holds take the slow path, where the
+    // kind serves them alike.
+    max_bump_ = internal::kValgrind || internal::kChecking ? 0
                 : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
                                                             : kMaxBumpField;
   }
@@ -475,6 +526,8 @@ class Context {
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
+  // The site of the allocation being served (NoteAllocation), for the kind.
+  internal::SiteId pending_site_ = internal::kUnknownSiteId;
 #endif
 };
 
@@ -484,26 +537,31 @@ class Context {
 //
 // Cost note: with a bump window (pool kind) this is an add and a mask, two
 // compares and a store, behind one well-predicted branch; everything else is
-// out of line.
-inline void* Context::Alloc(size_t size) {
+// out of line. The site is not used in release builds, and vanishes with
+// the inlining.
+inline void* Context::Alloc(size_t size, AllocationSite site) {
+  NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, kDefaultAlignment, kThrow);
 }
 
-inline void* Context::TryAlloc(size_t size) noexcept {
+inline void* Context::TryAlloc(size_t size, AllocationSite site) noexcept {
+  NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, kDefaultAlignment, kNoThrow);
 }
 
-inline void* Context::AllocBytes(size_t size) {
+inline void* Context::AllocBytes(size_t size, AllocationSite site) {
+  NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, 1, kThrow);
 }
 
-inline void* Context::TryAllocBytes(size_t size) noexcept {
+inline void* Context::TryAllocBytes(size_t size, AllocationSite site) noexcept {
+  NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, 1, kNoThrow);
@@ -567,7 +625,7 @@ CleanupHandle Context::AddCleanup(F&& f, CleanupPhase phase) {
                 "over-aligned cleanup callables are not supported");
   CheckNotTearingDown("registering a cleanup");
   internal::CleanupRecord* r = NewCleanupRecord(kThrow);
-  void* mem = TryAlloc(sizeof(Fn));
+  void* mem = TryAlloc(sizeof(Fn), internal::InternalSite());
   if (mem == nullptr) {
     ReturnCleanupRecord(r);
     Fail(last_failure_, sizeof(Fn), kThrow);

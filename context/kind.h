@@ -28,6 +28,7 @@ namespace mcx {
 
 class Context;
 class InspectVisitor;
+class LiveChunkVisitor;
 
 // What `Reset` keeps.
 enum class ResetMode : unsigned char {
@@ -117,6 +118,11 @@ struct KindMethods {
   // block (first block first), then each size class, to `visitor`
   // (inspect.h has the protocol). Must not change the context.
   void (*inspect)(const Context* ctx, InspectVisitor* visitor);
+  // Optional; nullptr if the kind does not keep allocation sites. Called in
+  // checking builds only: reports every chunk handed out and not freed,
+  // with its requested bytes and site, to `visitor` (kind_api.h). Must not
+  // change the context.
+  void (*visit_live_chunks)(const Context* ctx, LiveChunkVisitor* visitor);
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

@@ -29,6 +29,14 @@
 //     id with `RegisterChunkKind` in Init, so `mcx::Free(p)` can dispatch.
 //   - Inspect is optional: it describes every block and size class to an
 //     `InspectVisitor` (inspect.h) without changing anything.
+//   - Allocation sites (checking builds): a kind that keeps a header on its
+//     chunks there stores `PendingSite(ctx)` (4 bytes) with each chunk it
+//     hands out in Alloc or moves in Realloc, and optionally offers
+//     VisitLiveChunks, which reports every live chunk with its requested
+//     bytes and site to a `LiveChunkVisitor`: LiveChunksReport and leak
+//     reports (live_chunks.h) are built on it. A kind without it shows as
+//     "not recorded" there. Checking builds keep no bump window, so every
+//     allocation reaches the kind.
 //
 // Example (the shape of a kind; examples/slab_kind is a whole one):
 //
@@ -46,6 +54,7 @@
 //     static void ReleaseAll(Context* ctx, State* st);
 //     static void Stats(const Context* ctx, const State* st, KindStats* out);
 //     static bool Check(const Context* ctx, const State* st, std::string* error);
+//     // Optional: Inspect (inspect.h), VisitLiveChunks (below), FirstBlockAlignment.
 //   };
 //   constexpr mcx::KindMethods kBumpMethods = mcx::MakeKindMethods<Bump>();
 //   mcx::KindSpec BumpKind(const BumpOptions& o) { return mcx::KindSpec(&kBumpMethods, o); }
@@ -59,6 +68,7 @@
 //   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown
 //                                          the first block
 //   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
+//   SiteId, PendingSite, LiveChunkVisitor  allocation sites (checking builds)
 //   ReportMisuse, ReportBadChunk           misuse reports
 //   PoisonMemoryRegion, UnpoisonMemoryRegion, CopyFromPoisoned,
 //   CopyToPoisoned, IsPoisoned             sanitizer and Valgrind hooks
@@ -86,10 +96,28 @@
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/site.h"
 
 namespace mcx {
 
 class InspectVisitor;
+
+// --- Allocation sites (checking builds) ----------------------------------------
+
+// Sites are 32-bit ids (site.h); kUnknownSiteId is "none recorded".
+using internal::kUnknownSiteId;
+using internal::SiteId;
+
+// What a kind's VisitLiveChunks reports: every chunk handed out and not
+// freed (nor released by a reset), its payload address (what Alloc
+// returned), the bytes requested for it, and the site it was stored with.
+class LiveChunkVisitor {
+ public:
+  virtual void VisitChunk(const void* chunk, size_t requested_bytes, SiteId site) = 0;
+
+ protected:
+  ~LiveChunkVisitor() = default;
+};
 
 // --- The method table ----------------------------------------------------------
 
@@ -118,6 +146,10 @@ template <typename K, typename = void>
 struct HasInspect : std::false_type {};
 template <typename K>
 struct HasInspect<K, std::void_t<decltype(&K::Inspect)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasVisitLiveChunks : std::false_type {};
+template <typename K>
+struct HasVisitLiveChunks<K, std::void_t<decltype(&K::VisitLiveChunks)>> : std::true_type {};
 template <typename K, typename = void>
 struct HasFirstBlockAlignment : std::false_type {};
 template <typename K>
@@ -175,6 +207,9 @@ struct Trampolines {
   static void Inspect(const Context* ctx, InspectVisitor* visitor) {
     K::Inspect(ctx, KindState<State>(ctx), visitor);
   }
+  static void VisitLiveChunks(const Context* ctx, LiveChunkVisitor* visitor) {
+    K::VisitLiveChunks(ctx, KindState<State>(ctx), visitor);
+  }
 };
 
 }  // namespace kind_internal
@@ -183,8 +218,9 @@ struct Trampolines {
 //
 // The method table of a kind written as a class of static members (the
 // example at the top). A missing or mistyped required member is a compile
-// error naming it, as LLVM's AllocatorBase checks its implementers; Inspect
-// and FirstBlockAlignment (default: kMinBlockAlignment) are optional, and
+// error naming it, as LLVM's AllocatorBase checks its implementers; Inspect,
+// VisitLiveChunks and FirstBlockAlignment (default: kMinBlockAlignment) are
+// optional, and
 // FirstBlockSize may leave out `learned` (a kind that sizes its first block
 // itself).
 template <typename K>
@@ -231,6 +267,13 @@ constexpr KindMethods MakeKindMethods() {
                   "Kind::Inspect(const Context*, const State*, InspectVisitor*)");
     inspect = &T::Inspect;
   }
+  void (*visit_live_chunks)(const Context*, LiveChunkVisitor*) = nullptr;
+  if constexpr (kind_internal::HasVisitLiveChunks<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::VisitLiveChunks),
+                                 void (*)(const Context*, const State*, LiveChunkVisitor*)>,
+                  "Kind::VisitLiveChunks(const Context*, const State*, LiveChunkVisitor*)");
+    visit_live_chunks = &T::VisitLiveChunks;
+  }
   return KindMethods{K::kName,
                      sizeof(State),
                      alignof(State),
@@ -245,7 +288,8 @@ constexpr KindMethods MakeKindMethods() {
                      &T::ReleaseAll,
                      &T::Stats,
                      &T::Check,
-                     inspect};
+                     inspect,
+                     visit_live_chunks};
 }
 
 // --- Chunk ids -----------------------------------------------------------------------
@@ -289,6 +333,14 @@ struct KindAccess {
     ctx->SetBumpWindow(ptr, end, max);
   }
   static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
+  static SiteId PendingSite(const Context* ctx) {
+#if MCX_CHECKING
+    return ctx->pending_site_;
+#else
+    (void)ctx;
+    return kUnknownSiteId;
+#endif
+  }
   static void FirstBlockOutgrown(Context* ctx) { ctx->FirstBlockOutgrown(); }
 };
 
@@ -322,6 +374,11 @@ inline Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_
 inline void SetFailure(Context* ctx, Failure failure) {
   internal::KindAccess::SetFailure(ctx, failure);
 }
+
+// The site of the allocation the kind is serving (the caller of Alloc,
+// Realloc, ...), to store with the chunk. Checking builds only: elsewhere
+// kUnknownSiteId, and nothing need be stored.
+inline SiteId PendingSite(const Context* ctx) { return internal::KindAccess::PendingSite(ctx); }
 
 // --- The first block -------------------------------------------------------------
 

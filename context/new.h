@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "mcx/context/context.h"
+#include "mcx/context/site.h"
 
 namespace mcx {
 namespace internal {
@@ -57,11 +58,13 @@ constexpr size_t ObjectAlignment() {
 
 }  // namespace internal
 
+// `at` is written as a Context*; it carries the site of the call (site.h).
 template <typename T, typename... Args>
-T* New(Context* ctx, Args&&... args) {
+T* New(ContextAtSite at, Args&&... args) {
+  Context* ctx = at.context();
   constexpr size_t kAlign = internal::ObjectAlignment<T>();
   if constexpr (std::is_trivially_destructible_v<T>) {
-    void* mem = ctx->AllocAligned(sizeof(T), kAlign);
+    void* mem = ctx->AllocAligned(sizeof(T), kAlign, at.site());
     try {
       return new (mem) T(std::forward<Args>(args)...);
     } catch (...) {
@@ -70,7 +73,7 @@ T* New(Context* ctx, Args&&... args) {
     }
   } else {
     constexpr size_t kSlot = internal::HandleSlotBytes<T>();
-    char* mem = static_cast<char*>(ctx->AllocAligned(kSlot + sizeof(T), kAlign));
+    char* mem = static_cast<char*>(ctx->AllocAligned(kSlot + sizeof(T), kAlign, at.site()));
     // The record first, linked only once the object exists: a failed
     // registration then has nothing to destroy, and a constructor that
     // throws or longjmps leaves no cleanup behind.

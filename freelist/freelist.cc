@@ -103,11 +103,19 @@ size_t RequestedSize(const void* p) {
   return n;
 }
 
+// Checking builds keep each chunk's site (kind_api.h, PendingSite) in the
+// 4 bytes right after its sentinel, unaligned. Every class is 8 more than a
+// multiple of 16, so with the 16-byte header a chunk of class c has c + 8
+// bytes before the next header: at least 8 past any request it serves,
+// enough for the sentinel and the site. Dedicated chunks ask for them.
+constexpr size_t kCheckingTailBytes = 1 + sizeof(SiteId);  // sentinel, site
+static_assert(kCheckingTailBytes <= 8, "the sentinel and the site fit after any chunk");
+
 // Makes a chunk live with `size` requested bytes out of `capacity` (the
 // bytes up to the next chunk or the block's end): under ASan exactly `size`
 // bytes become addressable; tracked builds record `size`; checking builds
-// put the sentinel right after it.
-void MarkLive(void* p, size_t size, size_t capacity) {
+// put the sentinel right after it, then `site`.
+void MarkLive(void* p, size_t size, size_t capacity, SiteId site) {
   PoisonMemoryRegion(p, capacity);
   UnpoisonMemoryRegion(p, size);
   if (kTracksRequested) {
@@ -115,8 +123,16 @@ void MarkLive(void* p, size_t size, size_t capacity) {
   }
   if (kChecking) {
     CopyToPoisoned(static_cast<char*>(p) + size, &kSentinelByte, 1);
+    CopyToPoisoned(static_cast<char*>(p) + size + 1, &site, sizeof(site));
   }
   PoisonMemoryRegion(static_cast<char*>(p) - kHeaderBytes, kHeaderBytes);  // the header
+}
+
+// The site MarkLive stored (checking builds).
+SiteId ChunkSite(const void* p) {
+  SiteId site;
+  CopyFromPoisoned(&site, static_cast<const char*>(p) + RequestedSize(p) + 1, sizeof(site));
+  return site;
 }
 
 bool SentinelOk(const void* p) {
@@ -220,7 +236,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, FreelistState* st,
 }
 
 void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
-  const size_t want = kDedicatedPayload + size + (kChecking ? 1 : 0);
+  const size_t want = kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
   if (kb == nullptr) return nullptr;
   BlockHeader* b = HeaderOf(kb);
@@ -230,7 +246,7 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   st->dedicated.PushFront(kb);
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
-  MarkLive(payload, size, static_cast<size_t>(b->end - payload));
+  MarkLive(payload, size, static_cast<size_t>(b->end - payload), PendingSite(ctx));
   return payload;
 }
 
@@ -248,7 +264,7 @@ void* FreelistAlloc(Context* ctx, FreelistState* st, size_t size, size_t alignme
     p = AllocFromNewBlock(ctx, st, c);
     if (p == nullptr) return nullptr;
   }
-  MarkLive(p, size, Stride(c) - kHeaderBytes);
+  MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
   return p;
 }
 
@@ -344,11 +360,12 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   // (WriteChunkHeader poisons the header again, so this comes after it).
   UnpoisonMemoryRegion(b, b->link.size);
   Block nb = ReallocateBlock(ctx, Block{b, b->link.size}, keep,
-                                  kDedicatedPayload + new_size + (kChecking ? 1 : 0),
+                                  kDedicatedPayload + new_size + (kChecking ? kCheckingTailBytes : 0),
                                   kMinBlockAlignment);
   if (nb.ptr == nullptr) {
     WriteChunkHeader(p, h);
-    MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable);
+    MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable,
+             kChecking ? ChunkSite(p) : kUnknownSiteId);
     return nullptr;
   }
   // The copy's links still name the old block's neighbours.
@@ -359,7 +376,7 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   st->dedicated.Replace(&moved->link);
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
   WriteChunkHeader(payload, h);
-  MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload));
+  MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload), PendingSite(ctx));
   return payload;
 }
 
@@ -383,7 +400,7 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
   const size_t c = ChunkHeaderValue(h);
   const size_t usable = SizeClassBytes(c);
   if (new_size <= usable) {
-    MarkLive(p, new_size, Stride(c) - kHeaderBytes);
+    MarkLive(p, new_size, Stride(c) - kHeaderBytes, PendingSite(ctx));
     return p;
   }
   void* q = FreelistAlloc(ctx, st, new_size, kDefaultAlignment);
@@ -538,6 +555,29 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     return false;
   }
   return true;
+}
+
+// Checking builds: every live chunk with its site, for LiveChunksReport
+// (kind_api.h). Walks the blocks' chunks as Check does (stopping at a
+// header it cannot read, which Check reports), then the dedicated chunks.
+void FreelistVisitLiveChunks(const Context* /*ctx*/, const FreelistState* st,
+                             LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  st->blocks.ForEach([&](KindBlock* kb) {
+    BlockHeader* b = HeaderOf(kb);
+    char* end = kb == st->blocks.head() ? st->free_ptr : b->carved_end;
+    for (char* chunk = FirstChunk(b); chunk < end;) {
+      char* payload = chunk + kHeaderBytes;
+      uint64_t h = ReadChunkHeader(payload);
+      if (!ChunkHeaderMagicOk(h) || ChunkHeaderValue(h) >= kNumSizeClasses) break;
+      if (!ChunkHeaderIsFree(h)) visitor->VisitChunk(payload, RequestedSize(payload), ChunkSite(payload));
+      chunk += Stride(ChunkHeaderValue(h));
+    }
+  });
+  st->dedicated.ForEach([&](KindBlock* b) {
+    char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
+    visitor->VisitChunk(payload, RequestedSize(payload), ChunkSite(payload));
+  });
 }
 
 // --- Inspection ---------------------------------------------------------------------
@@ -715,6 +755,9 @@ struct Freelist {
   }
   static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
     FreelistInspect(ctx, st, visitor);
+  }
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    FreelistVisitLiveChunks(ctx, st, visitor);
   }
 };
 

@@ -220,6 +220,21 @@ bool SentinelOk(const char* at) {
   return b == kSentinelByte;
 }
 
+// Checking builds: a large chunk's site (kind_api.h, PendingSite), in the
+// padding between its block's start and its LargeHeader.
+static_assert(sizeof(LargeHeader) + sizeof(SiteId) <= LargeChunkOffset(1),
+              "a large chunk's site fits before its header (any alignment pads more)");
+
+void WriteLargeSite(LargeHeader* h, SiteId site) {
+  CopyToPoisoned(reinterpret_cast<char*>(h) - sizeof(site), &site, sizeof(site));
+}
+
+SiteId LargeSite(const LargeHeader* h) {
+  SiteId site;
+  CopyFromPoisoned(&site, reinterpret_cast<const char*>(h) - sizeof(site), sizeof(site));
+  return site;
+}
+
 // ngx_palloc_large: a block of its own, with the chunk's LargeHeader right
 // before it, at the head of the large list.
 void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
@@ -238,7 +253,10 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->requested = size;
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   st->large.PushFront(&h->link);
-  if (kChecking) WriteSentinel(p + size);
+  if (kChecking) {
+    WriteSentinel(p + size);
+    WriteLargeSite(h, PendingSite(ctx));
+  }
   return p;
 }
 
@@ -392,7 +410,10 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
   st->large.Replace(&moved->link);
   UnpoisonMemoryRegion(q, new_size);
-  if (kChecking) WriteSentinel(q + new_size);
+  if (kChecking) {
+    WriteSentinel(q + new_size);
+    WriteLargeSite(moved, PendingSite(ctx));  // the realloc's caller
+  }
   return q;
 }
 
@@ -416,7 +437,7 @@ void* CheckedAllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignme
   char* r = static_cast<char*>(AllocSmall(ctx, st, region, kDefaultAlignment));
   if (r == nullptr) return nullptr;
   char* p = AlignUp(r + kCheckedPrefix, PayloadAlignment(alignment));
-  CheckedHeader h{region, size, ctx, static_cast<size_t>(p - r)};
+  CheckedHeader h{region, size, ctx, static_cast<uint32_t>(p - r), PendingSite(ctx)};
   std::memcpy(r, &h, sizeof(h));
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindPoolChecking, false, 0,
                                       static_cast<uint64_t>(p - r)));
@@ -498,6 +519,28 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     }
   }
   return true;
+}
+
+// Checking builds: every live chunk, small (its region's header) and large
+// (the site before its LargeHeader), for LiveChunksReport (kind_api.h).
+// Walks as VerifyCheckedChunks does; regions it cannot read end the walk of
+// their block (Check() reports them).
+void VisitCheckedChunks(const Context* ctx, const PoolState* st, LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
+    const char* last = LastOf(ctx, st, b);
+    for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
+      CheckedHeader h = ReadCheckedHeader(r);
+      if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) break;
+      const char* p = r + h.payload_offset;
+      if (!ChunkHeaderIsFree(ReadChunkHeader(p))) visitor->VisitChunk(p, h.requested, h.site);
+      r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
+    }
+  }
+  for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
+    const LargeHeader* h = AsLargeHeader(l);
+    visitor->VisitChunk(PayloadOf(h), h->requested, LargeSite(h));
+  }
 }
 
 void VerifyOrReport(const Context* ctx, const PoolState* st) {
@@ -834,6 +877,10 @@ struct PoolImpl {
 
   static bool Check(const Context* ctx, const State* st, std::string* error) {
     return PoolCheck(ctx, st, error);
+  }
+
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    VisitCheckedChunks(ctx, st, visitor);
   }
 
   // The first block, then the other blocks in list order (the order small

@@ -498,6 +498,7 @@ const KindMethods kSlabMethods = {
     /*stats=*/&SlabStats,
     /*check=*/&SlabCheck,
     /*inspect=*/nullptr,  // optional: no block detail in reports
+    /*visit_live_chunks=*/nullptr,  // optional: no allocation sites (live_chunks.h)
 };
 
 }  // namespace

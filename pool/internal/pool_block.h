@@ -88,11 +88,18 @@ inline constexpr uintptr_t kLargeFreedCheck = 0x6D63784652454544;
 // before the payload and a sentinel byte right after the requested bytes.
 // Regions lie back to back (16-aligned), so a block can be walked.
 struct CheckedHeader {
-  size_t region;          // bytes of the region: the walk steps by it
-  size_t requested;       // bytes the caller asked for
+  size_t region;            // bytes of the region: the walk steps by it
+  size_t requested;         // bytes the caller asked for
   Context* owner;
-  size_t payload_offset;  // from the region's start to the payload
+  uint32_t payload_offset;  // from the region's start to the payload
+  uint32_t site;            // where it was allocated (kind_api.h, PendingSite)
 };
+
+// Checking builds keep a large chunk's site (kind_api.h, PendingSite) in
+// the 4 bytes right before its LargeHeader: the header is padded to 16 (or
+// to the chunk's larger alignment) from the block's start, and
+// sizeof(LargeHeader) leaves at least 8 bytes of that padding (pool.cc
+// asserts it).
 
 struct PoolState {
   PoolBlock first;     // header of the first block

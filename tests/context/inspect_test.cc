@@ -383,7 +383,9 @@ TEST_F(InspectTest, FreelistDedicatedBlocks) {
   const BlockInfo* d = layout.FindBlock(BlockRole::kDedicated);
   ASSERT_NE(d, nullptr);
   EXPECT_EQ(static_cast<const char*>(d->start) + d->header_bytes, big);
-  EXPECT_EQ(d->size, d->header_bytes + 10000 + (internal::kChecking ? 1 : 0));
+  // Checking builds add the sentinel and the chunk's site (live_chunks.h).
+  EXPECT_EQ(d->size, d->header_bytes + 10000 +
+                         (internal::kChecking ? 1 + sizeof(internal::SiteId) : 0));
   EXPECT_EQ(d->used_bytes, d->size - d->header_bytes);
   ExpectConsistent(ctx, layout);
   ctx->Free(big);
