@@ -260,6 +260,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
                         alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment)) {
     return undo(ctx->last_failure_, options.reserve_block_size);
   }
+  ctx->ExpectAllFreed(options.expect_all_freed);
   return ctx;
 }
 
@@ -555,6 +556,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       ReleaseSelf();
     } else {
       UseGuard use(this);
+      CheckAllFreed("reset");
       // Every chunk of the context goes: memcheck forgets them all at once,
       // before the kind hands blocks back (a block source may write into
       // them).
@@ -598,6 +600,7 @@ bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
 // The header lives in the first block, so everything needed after the
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
+  CheckAllFreed("destroy");
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   // First, so that no block the kind releases refills the reserve.
   if (extras_ != nullptr) ReleaseExtras();

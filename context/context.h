@@ -74,6 +74,8 @@ inline constexpr size_t kNoLimit = ~size_t{0};
 namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
+// live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
+ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
 struct ContextExtras;
 struct KindAccess;
 }  // namespace internal
@@ -129,6 +131,10 @@ struct ContextOptions {
   // line and the tree's stats report to `failure_dump.fd` before the failure
   // handler runs (dump.h). The default inherits from the ancestors.
   FailureDumpOptions failure_dump;
+  // The program frees every chunk of this context itself: in checking
+  // builds a reset or destroy that finds live chunks reports them as leaks
+  // (ExpectAllFreed).
+  bool expect_all_freed = false;
 };
 
 class Context {
@@ -302,6 +308,20 @@ class Context {
   // This context's own setting (fd kFailureDumpInherit: none).
   FailureDumpOptions failure_dump() const;
 
+  // Declares that the program frees every chunk of this context itself
+  // (talloc's leak report, for one context). In checking builds, a reset or
+  // destroy that finds live chunks, once the cleanups have run, reports
+  // them as misuse, grouped by allocation site (live_chunks.h); mcx's own
+  // chunks (cleanup records) do not count. Not inherited by children.
+  // Release builds keep no sites and check nothing.
+  void ExpectAllFreed(bool expect = true) {
+#if MCX_CHECKING
+    expect_all_freed_ = expect;
+#else
+    (void)expect;
+#endif
+  }
+
   // Bounds the block bytes of this subtree, checked whenever a block is
   // acquired. Fails if the subtree already holds more.
   absl::Status SetLimit(size_t bytes);
@@ -455,6 +475,15 @@ class Context {
     if (internal::kChecking && state_ == State::kTearingDown) ReportTearingDown(operation);
   }
   ABSL_ATTRIBUTE_NOINLINE void ReportTearingDown(const char* operation) const;
+  // Checking builds: ExpectAllFreed's check, before the kind lets go of the
+  // chunks (live_chunks.cc).
+  void CheckAllFreed(const char* operation) const {
+#if MCX_CHECKING
+    if (expect_all_freed_) internal::ReportLeaks(this, operation);
+#else
+    (void)operation;
+#endif
+  }
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
@@ -528,6 +557,7 @@ class Context {
   int use_depth_ = 0;                       // nesting of that thread's operations
   // The site of the allocation being served (NoteAllocation), for the kind.
   internal::SiteId pending_site_ = internal::kUnknownSiteId;
+  bool expect_all_freed_ = false;  // ExpectAllFreed
 #endif
 };
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/text.h"
 #include "mcx/context/kind_api.h"
 
@@ -108,6 +110,94 @@ LiveChunkSummary SummarizeLiveChunks(const Context* ctx) {
                    });
   return summary;
 }
+
+namespace internal {
+
+namespace {
+
+// Counts the chunks a leak report is about: all but mcx's own. Allocates
+// nothing, so a context without leaks costs one walk and no more.
+class LeakCounter : public LiveChunkVisitor {
+ public:
+  void VisitChunk(const void* /*chunk*/, size_t requested_bytes, SiteId site) override {
+    if (site == kInternalSiteId) return;
+    ++chunks;
+    bytes += requested_bytes;
+  }
+  size_t chunks = 0;
+  size_t bytes = 0;
+};
+
+// The misuse line: one line, as every misuse report (failure.h), at most
+// what ReportMisuse passes on; sites beyond it are counted, not listed.
+constexpr size_t kLeakLineBytes = 512;
+
+}  // namespace
+
+// ReportLeaks
+//
+// ExpectAllFreed's check, run by a reset or destroy once the cleanups and
+// the children are gone and before the kind lets go of the chunks, so a
+// cleanup that frees chunks frees them in time. The line is made in a
+// buffer on the stack; the summary's map and vector may fail to allocate,
+// and then the line gives the totals alone: a teardown does not throw.
+void ReportLeaks(const Context* ctx, const char* operation) {
+  if (!kChecking || ctx->kind()->visit_live_chunks == nullptr) return;
+  LeakCounter leaks;
+  ctx->kind()->visit_live_chunks(ctx, &leaks);
+  if (leaks.chunks == 0) return;
+  char line[kLeakLineBytes];
+  size_t used = 0;
+  auto append = [&](const char* data, size_t size) {
+    size_t room = sizeof(line) - 1 - used;
+    size_t n = size < room ? size : room;
+    std::memcpy(line + used, data, n);
+    used += n;
+  };
+  auto append_format = [&](const auto& format, const auto&... args) {
+    char piece[kLeakLineBytes];
+    int n = absl::SNPrintF(piece, sizeof(piece), format, args...);
+    if (n > 0) append(piece, std::min(static_cast<size_t>(n), sizeof(piece) - 1));
+  };
+  append("leak in context '", 17);
+  AppendTextName(ctx->name(), append);
+  append_format("' at its %s: %d chunks (%d bytes) that the program said it would free "
+                "(ExpectAllFreed)",
+                operation, leaks.chunks, leaks.bytes);
+  try {
+    const LiveChunkSummary summary = SummarizeLiveChunks(ctx);
+    // Room kept for the tail that says how many sites were left out.
+    constexpr size_t kTailRoom = 40;
+    const char* separator = ": ";
+    size_t sites = 0;
+    size_t listed = 0;
+    bool full = false;
+    for (const SiteUsage& u : summary.sites) {
+      if (u.internal) continue;
+      ++sites;
+      if (full) continue;
+      std::string site;
+      AppendSite(&site, u);
+      char piece[kLeakLineBytes];
+      int n = absl::SNPrintF(piece, sizeof(piece), "%s%s: %d chunks, %d bytes", separator, site,
+                             u.chunks, u.bytes);
+      if (n < 0 || used + static_cast<size_t>(n) + kTailRoom >= sizeof(line)) {
+        full = true;
+        continue;
+      }
+      append(piece, static_cast<size_t>(n));
+      separator = "; ";
+      ++listed;
+    }
+    if (listed < sites) append_format("; and %d more sites", sites - listed);
+  } catch (const std::bad_alloc&) {
+    append_format(" (sites not listed: out of memory)");
+  }
+  line[used] = '\0';
+  ReportMisuse("%s", line);
+}
+
+}  // namespace internal
 
 std::string LiveChunksReport(const Context* ctx) {
   std::string out = "live chunks of context '";

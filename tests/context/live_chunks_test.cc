@@ -4,6 +4,7 @@
 
 #include "mcx/context/live_chunks.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -14,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
+#include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/new.h"
@@ -238,6 +240,160 @@ TEST(LiveChunksTest, KindWithoutSitesIsNotRecorded) {
                       : "live chunks of context 'no\\nsites': not recorded (allocation sites "
                         "are kept in checking builds only)\n");
   ctx->Destroy();
+}
+
+
+// --- ExpectAllFreed: leaks at reset and destroy ------------------------------------
+
+std::vector<std::string>* reports = nullptr;
+void Record(const char* message) { reports->push_back(message); }
+
+class LeakTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    reports = &seen_;
+    previous_ = SetMisuseHandler(&Record);
+  }
+  void TearDown() override {
+    SetMisuseHandler(previous_);
+    reports = nullptr;
+  }
+  std::vector<std::string> seen_;
+  MisuseHandler previous_ = nullptr;
+};
+
+std::string Site(int line, size_t chunks, size_t bytes) {
+  return absl::StrCat(__FILE__, ":", line, ": ", chunks, " chunks, ", bytes, " bytes");
+}
+
+// A reset that finds chunks the program said it would free reports them, by
+// site, most bytes first, in one line; mcx's own chunks and chunks freed by
+// a cleanup do not count; the context is reset all the same.
+void ExpectLeaksAtReset(Context* ctx, std::vector<std::string>* seen) {
+  ctx->ExpectAllFreed();
+  void* a = ctx->Alloc(40);  const int kLineA = __LINE__;
+  ctx->Alloc(30, Here(kLineA));
+  ctx->Alloc(100);  const int kLineB = __LINE__;
+  ctx->Free(a);
+  void* freed_by_cleanup = ctx->Alloc(24);
+  ctx->AddCleanup([ctx, freed_by_cleanup] { ctx->Free(freed_by_cleanup); });
+  ctx->Reset();
+  if (!kChecking) {
+    EXPECT_TRUE(seen->empty());
+    return;
+  }
+  ASSERT_EQ(seen->size(), 1u);
+  EXPECT_EQ((*seen)[0],
+            absl::StrCat("leak in context '", ctx->name(),
+                         "' at its reset: 2 chunks (130 bytes) that the program said it would "
+                         "free (ExpectAllFreed): ",
+                         Site(kLineB, 1, 100), "; ", Site(kLineA, 1, 30)));
+  seen->clear();
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  EXPECT_EQ(SummarizeLiveChunks(ctx).chunks, 0u);
+  // Everything freed: nothing to report, also with cleanups registered.
+  void* b = ctx->Alloc(10);
+  ctx->AddCleanup([] {});
+  ctx->Free(b);
+  ctx->Reset();
+  EXPECT_TRUE(seen->empty()) << (*seen)[0];
+}
+
+TEST_F(LeakTest, PoolLeaksAreReportedAtReset) {
+  Context* ctx = CreatePoolContext(nullptr, "pool");
+  ExpectLeaksAtReset(ctx, &seen_);
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
+TEST_F(LeakTest, FreelistLeaksAreReportedAtReset) {
+  Context* ctx = CreateFreelistContext(nullptr, "freelist");
+  ExpectLeaksAtReset(ctx, &seen_);
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
+struct Node {
+  ~Node() {}
+  int value = 0;
+};
+
+// A destroy reports too, for each flagged context of the subtree and only
+// those (the flag is not inherited); ContextOptions sets it; an object of
+// New<T> left to the teardown is a leak at the New call.
+TEST_F(LeakTest, DestroyReportsEachFlaggedContext) {
+  ContextOptions o;
+  o.expect_all_freed = true;
+  Context* top = Context::Create(nullptr, "top", PoolKind(), o);
+  Context* child = top->CreateChild("child", FreelistKind());
+  Context* flagged = top->CreateChild("flagged", FreelistKind(), o);
+  child->Alloc(10);  // not flagged: no report
+  New<Node>(flagged);  const int kLineNode = __LINE__;
+  top->Alloc(8);  const int kLineTop = __LINE__;
+  top->Destroy();
+  if (!kChecking) {
+    EXPECT_TRUE(seen_.empty());
+    return;
+  }
+  ASSERT_EQ(seen_.size(), 2u);
+  // Children go first. The object's chunk holds its cleanup handle too.
+  const size_t node_bytes = internal::HandleSlotBytes<Node>() + sizeof(Node);
+  EXPECT_EQ(seen_[0], absl::StrCat("leak in context 'flagged' at its destroy: 1 chunks (",
+                                   node_bytes,
+                                   " bytes) that the program said it would free "
+                                   "(ExpectAllFreed): ",
+                                   Site(kLineNode, 1, node_bytes)));
+  EXPECT_EQ(seen_[1], absl::StrCat("leak in context 'top' at its destroy: 1 chunks (8 bytes) "
+                                   "that the program said it would free (ExpectAllFreed): ",
+                                   Site(kLineTop, 1, 8)));
+}
+
+// The flag can be taken back; a context created without it reports nothing.
+TEST_F(LeakTest, ExpectAllFreedCanBeCleared) {
+  Context* ctx = CreateFreelistContext(nullptr, "ctx");
+  ctx->ExpectAllFreed();
+  ctx->ExpectAllFreed(false);
+  ctx->Alloc(10);
+  ctx->Reset();
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
+// Many sites: the line stays one line within the misuse handler's bound and
+// says how many sites it left out.
+TEST_F(LeakTest, ManySitesAreCountedNotListed) {
+  if (!kChecking) GTEST_SKIP() << "sites are kept in checking builds";
+  Context* ctx = CreateFreelistContext(nullptr, "many");
+  ctx->ExpectAllFreed();
+  constexpr int kSites = 40;
+  for (int i = 0; i < kSites; ++i) ctx->Alloc(static_cast<size_t>(100 + i), Here(5000 + i));
+  ctx->Destroy();
+  ASSERT_EQ(seen_.size(), 1u);
+  const std::string& line = seen_[0];
+  EXPECT_LT(line.size(), 512u);
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  // The largest first: line 5039 (139 bytes).
+  EXPECT_NE(line.find(absl::StrCat(": ", Site(5039, 1, 139), "; ")), std::string::npos) << line;
+  // Listed sites are separated by "; ", and "; and N more sites" ends it.
+  const int listed = static_cast<int>(std::count(line.begin(), line.end(), ';'));
+  EXPECT_GT(listed, 2);
+  EXPECT_EQ(line.substr(line.rfind("; and ")),
+            absl::StrCat("; and ", kSites - listed, " more sites"))
+      << line;
+}
+
+// With the default handler a leak stops the program, as other misuse does.
+TEST(LeakDeathTest, DefaultHandlerAborts) {
+  if (!kChecking) GTEST_SKIP() << "leaks are found in checking builds";
+  EXPECT_DEATH(
+      {
+        Context* ctx = CreatePoolContext(nullptr, "leaky");
+        ctx->ExpectAllFreed();
+        ctx->Alloc(16);
+        ctx->Destroy();
+      },
+      "mcx: leak in context 'leaky' at its destroy: 1 chunks \\(16 bytes\\)");
 }
 
 }  // namespace
