@@ -5,7 +5,9 @@
 
 #include "mcx/mcx.h"
 
+#include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <set>
@@ -17,6 +19,7 @@
 #include "mcx/context/dump.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
+#include "mcx/context/strings.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 
@@ -172,6 +175,69 @@ char* mcx_strdup(mcx_context* ctx, const char* s) {
     return nullptr;
   }
   return NoThrow([&] { return Cxx(ctx)->Strdup(s); }, static_cast<char*>(nullptr));
+}
+
+// mcx_vprintf
+//
+// C varargs cannot go through absl::StrFormat (its arguments are typed at
+// compile time), so this is vsnprintf, in the shape of Printf (strings.h):
+// a first pass into a buffer on the stack, which either holds the result or
+// measures it, then a chunk of exactly that size, written by the second
+// pass. `args` is consumed by the second pass only, a copy by the first.
+char* mcx_vprintf(mcx_context* ctx, const char* format, va_list args) {
+  if (ctx == nullptr) return nullptr;
+  if (format == nullptr) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  char stack[mcx::kFormatStackBytes];
+  va_list first;
+  va_copy(first, args);
+  const int n = std::vsnprintf(stack, sizeof(stack), format, first);
+  va_end(first);
+  if (n < 0) {  // EOVERFLOW (a result above INT_MAX), or a bad format
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  const size_t size = static_cast<size_t>(n) + 1;
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(size)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  if (size <= sizeof(stack)) {
+    std::memcpy(out, stack, size);
+  } else {
+    std::vsnprintf(out, size, format, args);
+  }
+  return out;
+}
+
+char* mcx_printf(mcx_context* ctx, const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  char* out = mcx_vprintf(ctx, format, args);
+  va_end(args);
+  return out;
+}
+
+// A NULL `s` or `p` with a nonzero length is a failure value here, as a NULL
+// string is for mcx_strdup: checked before the C++ call, whose failure
+// handler would run.
+char* mcx_strndup(mcx_context* ctx, const char* s, size_t n) {
+  if (ctx == nullptr) return nullptr;
+  if (s == nullptr && n != 0) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  return NoThrow([&] { return mcx::Strndup(Cxx(ctx), s, n); }, static_cast<char*>(nullptr));
+}
+
+void* mcx_memdup(mcx_context* ctx, const void* p, size_t n) {
+  if (ctx == nullptr) return nullptr;
+  if (p == nullptr && n != 0) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  return NoThrow([&] { return mcx::Memdup(Cxx(ctx), p, n); }, static_cast<void*>(nullptr));
 }
 
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {

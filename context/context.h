@@ -74,6 +74,7 @@ inline constexpr size_t kNoLimit = ~size_t{0};
 namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
+struct FailAccess;
 // live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
 ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
 struct ContextExtras;
@@ -367,6 +368,7 @@ class Context {
 
  private:
   friend struct internal::CleanupAccess;
+  friend struct internal::FailAccess;
   friend struct internal::KindAccess;  // kind_api.h
 
   enum class State : uint8_t { kLive, kTearingDown };
@@ -624,6 +626,15 @@ struct CallableCleanup {
     (*destroyer.f)();
   }
   static void Destroy(void* self) { static_cast<F*>(self)->~F(); }
+};
+
+// The failure path (failure.h) for helpers outside the class (strings.h,
+// new.h): Try forms record the reason and return nullptr, the others call
+// the handler and throw.
+struct FailAccess {
+  static void* Fail(Context* ctx, Failure failure, size_t size, bool may_throw) {
+    return ctx->Fail(failure, size, may_throw ? Context::kThrow : Context::kNoThrow);
+  }
 };
 
 // What New<T> (new.h) needs of the cleanup machinery.

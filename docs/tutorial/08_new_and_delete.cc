@@ -1,12 +1,14 @@
 // Tutorial, part 8: typed objects. New<T> constructs in a context and
 // registers the destructor; reset runs it; Delete runs it early.
 
+#include <cstring>
 #include <string>
 #include <utility>
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
 #include "mcx/context/new.h"
+#include "mcx/context/strings.h"
 #include "mcx/pool/pool.h"
 
 namespace {
@@ -43,5 +45,16 @@ int main() {
   CHECK(open == 0);
   query->Destroy();
   // [END new]
+
+  // [START strings]
+  mcx::Context* row = mcx::Context::Create(nullptr, "row", mcx::PoolKind());
+  const char* table = "orders";
+  char* message = mcx::Printf(row, "relation \"%s\" has %d rows", table, 1200);
+  char* key = mcx::StrCat(row, "public.", table, "#", 17);
+  char* word = mcx::Strndup(row, "SELECT * FROM orders", 6);
+  CHECK(std::strcmp(message, "relation \"orders\" has 1200 rows") == 0);
+  CHECK(std::strcmp(key, "public.orders#17") == 0 && std::strcmp(word, "SELECT") == 0);
+  row->Destroy();  // the strings go with the row
+  // [END strings]
   return 0;
 }
