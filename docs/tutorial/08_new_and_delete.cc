@@ -46,6 +46,15 @@ int main() {
   query->Destroy();
   // [END new]
 
+  // [START array]
+  mcx::Context* plan = mcx::Context::Create(nullptr, "plan", mcx::PoolKind());
+  auto* columns = mcx::NewArray<std::string>(plan, 3, "unnamed");  // one cleanup for all 3
+  auto* widths = mcx::NewArray<int>(plan, 3);                     // zeros, no cleanup
+  columns[0] = "id";
+  CHECK(columns[2] == "unnamed" && widths[2] == 0);
+  plan->Destroy();  // ~string for columns[2], [1], [0]
+  // [END array]
+
   // [START strings]
   mcx::Context* row = mcx::Context::Create(nullptr, "row", mcx::PoolKind());
   const char* table = "orders";
