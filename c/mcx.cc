@@ -19,7 +19,6 @@
 #include "mcx/context/dump.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
-#include "mcx/context/strings.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 
@@ -31,7 +30,14 @@ mcx_context* C(mcx::Context* c) { return reinterpret_cast<mcx_context*>(c); }
 
 mcx_failure ToC(mcx::Failure f) { return static_cast<mcx_failure>(f); }
 
-static_assert(static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
+// mcx_printf's first pass formats into this much stack; a longer result is
+// formatted again, straight into its chunk. The size of Printf's
+// (kFormatStackBytes, mcx/context/strings.h, which the C API cannot include:
+// it is on Abseil's formatting, and C programs link no Abseil library).
+constexpr size_t kPrintfStackBytes = 256;
+
+static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
+                  static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
               "mcx_failure mirrors mcx::Failure");
 
 // A C handler needs two pointers (function and argument) where the C++
@@ -131,8 +137,7 @@ void mcx_destroy_children(mcx_context* ctx) {
 
 mcx_failure mcx_set_parent(mcx_context* ctx, mcx_context* new_parent) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
-  if (Cxx(ctx)->SetParent(Cxx(new_parent)).ok()) return MCX_OK;
-  return ToC(Cxx(ctx)->last_failure());
+  return ToC(Cxx(ctx)->TrySetParent(Cxx(new_parent)));
 }
 
 mcx_context* mcx_parent(const mcx_context* ctx) {
@@ -190,7 +195,7 @@ char* mcx_vprintf(mcx_context* ctx, const char* format, va_list args) {
     mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
     return nullptr;
   }
-  char stack[mcx::kFormatStackBytes];
+  char stack[kPrintfStackBytes];
   va_list first;
   va_copy(first, args);
   const int n = std::vsnprintf(stack, sizeof(stack), format, first);
@@ -228,7 +233,13 @@ char* mcx_strndup(mcx_context* ctx, const char* s, size_t n) {
     mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
     return nullptr;
   }
-  return NoThrow([&] { return mcx::Strndup(Cxx(ctx), s, n); }, static_cast<char*>(nullptr));
+  const size_t length = n == 0 ? 0 : strnlen(s, n);
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(length + 1)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  if (length != 0) std::memcpy(out, s, length);
+  out[length] = '\0';
+  return out;
 }
 
 void* mcx_memdup(mcx_context* ctx, const void* p, size_t n) {
@@ -237,7 +248,9 @@ void* mcx_memdup(mcx_context* ctx, const void* p, size_t n) {
     mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
     return nullptr;
   }
-  return NoThrow([&] { return mcx::Memdup(Cxx(ctx), p, n); }, static_cast<void*>(nullptr));
+  void* out = NoThrow([&] { return Cxx(ctx)->Alloc(n); }, static_cast<void*>(nullptr));
+  if (out != nullptr && n != 0) std::memcpy(out, p, n);
+  return out;
 }
 
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {
@@ -271,8 +284,7 @@ size_t mcx_chunk_size_of(const void* p) { return mcx::GetChunkSize(p); }
 
 mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
-  if (Cxx(ctx)->SetLimit(bytes).ok()) return MCX_OK;
-  return ToC(Cxx(ctx)->last_failure());
+  return ToC(Cxx(ctx)->TrySetLimit(bytes));
 }
 
 size_t mcx_limit(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->limit() : MCX_NO_LIMIT; }

@@ -143,9 +143,49 @@ function(mcx_bazel_module_version out_var module_file)
   set(${out_var} "${CMAKE_MATCH_1}" PARENT_SCOPE)
 endfunction()
 
-# The mcx libraries, as "<package dir>:<cc_library name>", in link order. The
-# CMake build compiles all of them into one library, mcx::mcx.
-set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx_c")
+# The libraries of the CMake build, each compiled from Bazel cc_library rules
+# ("<package dir>:<cc_library name>", in link order), and what they are:
+#   mcx_core  mcx::core, libmcx_core, mcx-core.pc: the tree, its text and JSON
+#             reports and the dump, the two kinds, the C API. Links no Abseil
+#             library: C programs and embedders link this.
+#   mcx       mcx::mcx, libmcx, mcx.pc: mcx_core and the members of Context
+#             that return absl::Status (status.cc), with Abseil's status.
+#   mcx_dot   mcx::dot, libmcx_dot, mcx-dot.pc: the report as a Graphviz
+#             drawing (context/dot.h), on mcx_core and Abseil's strings.
+# context/BUILD.bazel says why the core is split this way.
+set(MCX_CMAKE_LIBRARIES mcx_core mcx mcx_dot)
+set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "c:mcx_c")
+set(MCX_BAZEL_LIBRARIES_mcx "context:context")
+set(MCX_BAZEL_LIBRARIES_mcx_dot "context:dot")
+# Every rule above (tests/build/check_sources.cmake checks them all).
+set(MCX_BAZEL_LIBRARIES
+    ${MCX_BAZEL_LIBRARIES_mcx_core} ${MCX_BAZEL_LIBRARIES_mcx} ${MCX_BAZEL_LIBRARIES_mcx_dot})
+
+# mcx_bazel_label_library(<out_var> <label>)
+#
+# The CMake library (of MCX_CMAKE_LIBRARIES) compiled from the Bazel label
+# //<package>:<name> (or //<package> for <name> equal to the package's last
+# directory), or "" if none is.
+function(mcx_bazel_label_library out_var label)
+  set(found "")
+  foreach(lib IN LISTS MCX_CMAKE_LIBRARIES)
+    foreach(rule IN LISTS MCX_BAZEL_LIBRARIES_${lib})
+      string(REPLACE ":" ";" parts "${rule}")
+      list(GET parts 0 pkg)
+      list(GET parts 1 name)
+      get_filename_component(last "${pkg}" NAME)
+      if(label STREQUAL "//${pkg}:${name}" OR (name STREQUAL last AND label STREQUAL "//${pkg}"))
+        set(found "${lib}")
+      endif()
+    endforeach()
+  endforeach()
+  set(${out_var} "${found}" PARENT_SCOPE)
+endfunction()
+
+# The test kit for kind authors (GoogleTest-based, testonly in Bazel), built
+# as a library of its own, mcx::testing, and installed as the optional
+# component `testing` of the CMake package.
+set(MCX_BAZEL_TESTING_KIT "testing:testing")
 
 # mcx_bazel_library(<prefix> <source_dir> <package_dir> <name>)
 #
@@ -155,6 +195,8 @@ set(MCX_BAZEL_LIBRARIES "context:context" "pool:pool" "freelist:freelist" "c:mcx
 #   <prefix>_HDRS            headers, relative to the package directory
 #   <prefix>_INCLUDE_PREFIX  the include_prefix ("" if none)
 #   <prefix>_DEPS            deps labels
+# A library may have no headers (//context:context, whose members are
+# declared in //context:core's context.h) or no sources, not neither.
 function(mcx_bazel_library prefix source_dir package_dir name)
   set(build_file "${source_dir}/${package_dir}/BUILD.bazel")
   mcx_bazel_rule_body(body "${build_file}" cc_library "${name}")
@@ -162,7 +204,11 @@ function(mcx_bazel_library prefix source_dir package_dir name)
     message(FATAL_ERROR "mcx: found no cc_library(name = \"${name}\") in ${build_file}")
   endif()
   mcx_bazel_attr(srcs "${build_file}" cc_library "${name}" srcs)
-  mcx_bazel_attr(hdrs "${build_file}" cc_library "${name}" hdrs NONEMPTY)
+  mcx_bazel_attr(hdrs "${build_file}" cc_library "${name}" hdrs)
+  if(srcs STREQUAL "" AND hdrs STREQUAL "")
+    message(FATAL_ERROR "mcx: cc_library(name = \"${name}\") in ${build_file}: "
+            "neither srcs nor hdrs could be read")
+  endif()
   mcx_bazel_attr(include_prefix "${build_file}" cc_library "${name}" include_prefix)
   mcx_bazel_attr(deps "${build_file}" cc_library "${name}" deps)
   set(${prefix}_SRCS "${srcs}" PARENT_SCOPE)

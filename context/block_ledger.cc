@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "absl/strings/str_format.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
@@ -46,7 +45,7 @@ Context* Context::NearestLimited() {
 // The next limited context above this (limited) one.
 Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
 
-bool Context::ChargeLimits(size_t bytes) {
+bool Context::ChargeLimitsSlow(size_t bytes) {
   Context* first = NearestLimited();
   if (first == nullptr) return true;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
@@ -58,37 +57,35 @@ bool Context::ChargeLimits(size_t bytes) {
   return true;
 }
 
-void Context::UnchargeLimits(size_t bytes) {
+void Context::UnchargeLimitsSlow(size_t bytes) {
   for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes -= bytes;
   }
 }
 
-absl::Status Context::SetLimit(size_t bytes) {
+// Context::TrySetLimit
+//
+// The side record is made first (it is in the memory SubtreeBytes counts);
+// SetLimit (status.cc) tells the two failures apart by whether it exists.
+Failure Context::TrySetLimit(size_t bytes) {
   if (bytes == kNoLimit) {
     if (extras_ != nullptr) {
       internal::CountLimited(extras_->limit, kNoLimit);
       extras_->limit = kNoLimit;
     }
-    return absl::OkStatus();
+    return Failure::kNone;
   }
   ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
-  if (x == nullptr) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "mcx: no memory to record a limit on context '%s': %s", name(),
-        FailureName(last_failure_)));
-  }
+  if (x == nullptr) return last_failure_;  // Extras says why
   size_t held = SubtreeBytes();
   if (held > bytes) {
     last_failure_ = Failure::kLimit;
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "mcx: context '%s' already holds %d bytes in its subtree, more than the limit %d",
-        name(), held, bytes));
+    return Failure::kLimit;
   }
   internal::CountLimited(x->limit, bytes);
   x->limit = bytes;
   x->subtree_bytes = held;
-  return absl::OkStatus();
+  return Failure::kNone;
 }
 
 size_t Context::limit() const { return extras_ != nullptr ? extras_->limit : kNoLimit; }

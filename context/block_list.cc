@@ -20,6 +20,9 @@ KindBlock* AcquireKindBlock(Context* ctx, size_t min_size, size_t alignment,
 void ReleaseKindBlock(Context* ctx, KindBlock* b) { ReleaseBlock(ctx, b, b->size); }
 
 void ReleaseBlocks(Context* ctx, BlockList* list, KindBlock* keep) {
+  // A context that never grew (or an empty list, keep nullptr): nothing to
+  // release. Every destroy of a small context comes here.
+  if (list->IsOnly(keep)) return;
   bool kept = false;
   list->ForEach([&](KindBlock* b) {
     if (b == keep) {

@@ -53,21 +53,27 @@ class BlockList {
   KindBlock* head() const { return head_; }
   KindBlock* tail() const { return tail_; }
   bool empty() const { return head_ == nullptr; }
-  size_t count() const { return count_; }
+  // Walks the list: a count kept up to date would cost every kind state
+  // eight bytes per list and every link a store, for the reports' sake.
+  size_t count() const {
+    size_t n = 0;
+    for (const KindBlock* b = head_; b != nullptr; b = b->next) ++n;
+    return n;
+  }
+  // Whether `b` is the only block on the list.
+  bool IsOnly(const KindBlock* b) const { return head_ == b && tail_ == b; }
 
   void PushFront(KindBlock* b) {
     b->prev = nullptr;
     b->next = head_;
     if (head_ != nullptr) head_->prev = b; else tail_ = b;
     head_ = b;
-    ++count_;
   }
   void PushBack(KindBlock* b) {
     b->next = nullptr;
     b->prev = tail_;
     if (tail_ != nullptr) tail_->next = b; else head_ = b;
     tail_ = b;
-    ++count_;
   }
   // Links `b` just before `pos`, which is on the list.
   void InsertBefore(KindBlock* pos, KindBlock* b) {
@@ -75,13 +81,11 @@ class BlockList {
     b->prev = pos->prev;
     if (pos->prev != nullptr) pos->prev->next = b; else head_ = b;
     pos->prev = b;
-    ++count_;
   }
   void Remove(KindBlock* b) {
     if (b->prev != nullptr) b->prev->next = b->next; else head_ = b->next;
     if (b->next != nullptr) b->next->prev = b->prev; else tail_ = b->prev;
     b->prev = b->next = nullptr;
-    --count_;
   }
   // After a block moved (ReallocateBlock copied its header, links and all,
   // and released the old one): `moved` takes the old block's place. The old
@@ -98,10 +102,7 @@ class BlockList {
     return (links.prev != nullptr ? links.prev->next == at : head_ == at) &&
            (links.next != nullptr ? links.next->prev == at : tail_ == at);
   }
-  void Clear() {
-    head_ = tail_ = nullptr;
-    count_ = 0;
-  }
+  void Clear() { head_ = tail_ = nullptr; }
 
   // Calls f(KindBlock*) for each block, head first; f may release the block
   // it is given (the next one is read before).
@@ -117,7 +118,6 @@ class BlockList {
  private:
   KindBlock* head_ = nullptr;
   KindBlock* tail_ = nullptr;
-  size_t count_ = 0;
 };
 
 // A block of at least `min_size` bytes from the ledger (AcquireBlock), its

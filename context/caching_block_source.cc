@@ -6,6 +6,7 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "mcx/context/internal/sanitizer.h"
 
@@ -61,8 +62,7 @@ Node* TakeFit(Node** buckets, int num_buckets, size_t min_size, size_t alignment
 struct CachingBlockSource::ThreadCache {
   CachingBlockSource* owner = nullptr;
   Node* buckets[kBuckets] = {};
-  size_t bytes = 0;
-  size_t blocks = 0;
+  size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
   uint64_t hits = 0;
   uint64_t kept = 0;
 };
@@ -75,8 +75,9 @@ namespace {
 constexpr int kThreadCacheSlots = 4;
 
 // Blocks moved from the shared lists to a thread cache with one lock when
-// the thread cache has none that fits (tcmalloc moves objects in batches).
-constexpr int kRefillBlocks = 15;
+// the thread cache has none that fits (tcmalloc moves objects in batches):
+// a run of them moves with one splice, so a larger batch costs little.
+constexpr size_t kRefillBlocks = 64;
 
 }  // namespace
 
@@ -117,14 +118,18 @@ CachingBlockSource::ThreadCaches* CachingBlockSource::ThisThreadCaches() {
   return &caches;
 }
 
-CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCache() const {
-  if (thread_cache_bytes_ == 0) return nullptr;
+// The slot of a thread that has used this source before is slot 0 almost
+// always (one caching source per process): one load and a compare, inline.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline CachingBlockSource::ThreadCache*
+CachingBlockSource::OwnThreadCache() const {
   ThreadCaches* all = this_thread_caches;
-  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this)) {
-    return &all->slots[0];  // the usual case
-  }
-  if (this_thread_caches_gone) return nullptr;
-  all = ThisThreadCaches();
+  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this)) return &all->slots[0];
+  return OwnThreadCacheSlow();
+}
+
+CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCacheSlow() const {
+  if (thread_cache_bytes_ == 0 || this_thread_caches_gone) return nullptr;
+  ThreadCaches* all = ThisThreadCaches();
   ThreadCache* empty = nullptr;
   for (ThreadCache& tc : all->slots) {
     if (tc.owner == this) return &tc;
@@ -151,10 +156,28 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
     stats_.thread_kept += tc->kept;
     tc->hits = tc->kept = 0;
     for (int b = 0; b < kBuckets; ++b) {
+      if (tc->buckets[b] == nullptr) continue;
+      // A whole list that fits the shared cap moves with one splice (the
+      // walk only sums its bytes); otherwise block by block, up to the cap.
+      size_t bytes = 0, blocks = 0;
+      Node* last = nullptr;
+      for (Node* n = Claim(tc->buckets[b]); n != nullptr; n = Claim(n->next)) {
+        bytes += n->size;
+        ++blocks;
+        last = n;
+      }
+      if (FitsShared(bytes)) {
+        last->next = buckets_[b];
+        buckets_[b] = tc->buckets[b];
+        tc->buckets[b] = nullptr;
+        tc->bytes -= bytes;
+        stats_.cached_bytes += bytes;
+        stats_.cached_blocks += blocks;
+        continue;
+      }
       while (Node* n = Claim(tc->buckets[b])) {
         tc->buckets[b] = n->next;
         tc->bytes -= n->size;
-        --tc->blocks;
         if (FitsShared(n->size)) {
           n->next = buckets_[b];
           buckets_[b] = n;
@@ -196,26 +219,38 @@ CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_
 
 CachingBlockSource::~CachingBlockSource() { Trim(); }
 
+// The fast paths below keep few values live, so that they need no
+// registers saved: everything else is AcquireSlow's and ReleaseSlow's.
 Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
-  if (min_size < sizeof(Node)) min_size = sizeof(Node);
-  ThreadCache* tc = OwnThreadCache();
-  if (tc != nullptr) {
+  ThreadCaches* all = this_thread_caches;
+  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this && min_size >= sizeof(Node))) {
     // Steady state: the head of the thread's list for this size fits.
-    const int b = BucketOf(min_size);
-    Node* n = Claim(tc->buckets[b]);
-    if (n != nullptr && GoodFit(n->size, min_size) &&
-        (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0) {
-      tc->buckets[b] = n->next;
+    ThreadCache* tc = &all->slots[0];
+    Node** head = &tc->buckets[BucketOf(min_size)];
+    Node* n = Claim(*head);
+    if (ABSL_PREDICT_TRUE(n != nullptr && GoodFit(n->size, min_size) &&
+                          (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0)) {
+      *head = n->next;
       if (n->next != nullptr) __builtin_prefetch(n->next);
-    } else {
-      n = TakeFit(tc->buckets, kBuckets, min_size, alignment);
+      return TakeFromThreadCache(tc, n);
     }
-    if (n != nullptr) {
-      tc->bytes -= n->size;
-      --tc->blocks;
-      ++tc->hits;
-      internal::UnpoisonMemoryRegion(n, n->size);
-      return Block{n, n->size};
+  }
+  if (min_size < sizeof(Node)) min_size = sizeof(Node);
+  return AcquireSlow(OwnThreadCache(), min_size, alignment);
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block CachingBlockSource::TakeFromThreadCache(ThreadCache* tc,
+                                                                                 Node* n) {
+  tc->bytes -= n->size;
+  ++tc->hits;
+  internal::UnpoisonMemoryRegion(n, n->size);
+  return Block{n, n->size};
+}
+
+Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment) {
+  if (tc != nullptr) {
+    if (Node* n = TakeFit(tc->buckets, kBuckets, min_size, alignment)) {
+      return TakeFromThreadCache(tc, n);
     }
   }
   {
@@ -225,24 +260,32 @@ Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
       stats_.cached_bytes -= n->size;
       --stats_.cached_blocks;
       // Refill: a thread that came here will likely ask again for the same
-      // size; a batch under this one lock saves a lock per block.
-      // Only heads of the same list that fit as well are taken: no probing.
-      const int b = BucketOf(n->size);
-      const size_t tc_cap = ThreadCacheCap();
-      for (int k = 0; tc != nullptr && k < kRefillBlocks; ++k) {
-        Node* m = Claim(buckets_[b]);
-        if (m == nullptr || !GoodFit(m->size, min_size) ||
-            (reinterpret_cast<uintptr_t>(m) & (alignment - 1)) != 0 ||
-            tc->bytes + m->size > tc_cap) {
-          break;
+      // size; a batch under this one lock saves a lock per block. Only the
+      // run of heads of the same list that fit as well is taken (no
+      // probing), and moves with one splice.
+      if (tc != nullptr) {
+        const int b = BucketOf(n->size);
+        const size_t room = ThreadCacheCap() > tc->bytes ? ThreadCacheCap() - tc->bytes : 0;
+        size_t bytes = 0, blocks = 0;
+        Node* first = Claim(buckets_[b]);
+        Node* last = nullptr;
+        for (Node* m = first; m != nullptr && blocks < kRefillBlocks; m = Claim(m->next)) {
+          if (!GoodFit(m->size, min_size) || (reinterpret_cast<uintptr_t>(m) & (alignment - 1)) != 0 ||
+              m->size > room - bytes) {
+            break;
+          }
+          bytes += m->size;
+          ++blocks;
+          last = m;
         }
-        buckets_[b] = m->next;
-        stats_.cached_bytes -= m->size;
-        --stats_.cached_blocks;
-        m->next = tc->buckets[b];
-        tc->buckets[b] = m;
-        tc->bytes += m->size;
-        ++tc->blocks;
+        if (last != nullptr) {
+          buckets_[b] = last->next;
+          last->next = tc->buckets[b];
+          tc->buckets[b] = first;
+          stats_.cached_bytes -= bytes;
+          stats_.cached_blocks -= blocks;
+          tc->bytes += bytes;
+        }
       }
       internal::UnpoisonMemoryRegion(n, n->size);
       return Block{n, n->size};
@@ -253,6 +296,36 @@ Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
 }
 
 void CachingBlockSource::Release(Block block) {
+  ThreadCaches* all = this_thread_caches;
+  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this &&
+                        block.size >= sizeof(Node))) {
+    ThreadCache* tc = &all->slots[0];
+    // Within the shared cap as well: a cap of 0 turns the thread caches off.
+    if (ABSL_PREDICT_TRUE(block.size <= ThreadCacheCap() - tc->bytes &&
+                          tc->bytes <= ThreadCacheCap())) {
+      KeepInThreadCache(tc, block);
+      return;
+    }
+  }
+  ReleaseSlow(block);
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(ThreadCache* tc,
+                                                                              Block block) {
+  Node* n = static_cast<Node*>(block.ptr);
+  internal::UnpoisonMemoryRegion(n, sizeof(Node));
+  n->size = block.size;
+  n->thread_kept = true;
+  Node** head = &tc->buckets[BucketOf(block.size)];
+  n->next = *head;
+  *head = n;
+  tc->bytes += block.size;
+  ++tc->kept;
+  internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
+                               block.size - sizeof(Node));
+}
+
+void CachingBlockSource::ReleaseSlow(Block block) {
   if (block.size < sizeof(Node)) {
     upstream_->Release(block);
     return;
@@ -265,18 +338,7 @@ void CachingBlockSource::Release(Block block) {
       // Full: make room for this block and the next ones.
       SpillThreadCache(tc, SpillReason::kFull);
     }
-    Node* n = static_cast<Node*>(block.ptr);
-    internal::UnpoisonMemoryRegion(n, sizeof(Node));
-    n->size = block.size;
-    n->thread_kept = true;
-    int b = BucketOf(block.size);
-    n->next = tc->buckets[b];
-    tc->buckets[b] = n;
-    tc->bytes += block.size;
-    ++tc->blocks;
-    ++tc->kept;
-    internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
-                                 block.size - sizeof(Node));
+    KeepInThreadCache(tc, block);
     return;
   }
   ReleaseShared(block);
@@ -393,7 +455,9 @@ CachingBlockSource::Stats CachingBlockSource::GetStats() const {
       s.thread_kept += tc->kept;
       s.cached_bytes += tc->bytes;
       s.thread_cached_bytes = tc->bytes;
-      s.cached_blocks += tc->blocks;
+      for (Node* const* b = tc->buckets; b != tc->buckets + kBuckets; ++b) {
+        for (const Node* n = Claim(*b); n != nullptr; n = Claim(n->next)) ++s.cached_blocks;
+      }
     }
   }
   return s;

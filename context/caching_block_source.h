@@ -111,6 +111,12 @@ class CachingBlockSource final : public BlockSource {
   // The calling thread's cache for this source, claimed on first use;
   // nullptr without thread caches or when the thread's slots are taken.
   ThreadCache* OwnThreadCache() const;
+  ThreadCache* OwnThreadCacheSlow() const;
+  Block TakeFromThreadCache(ThreadCache* tc, Node* n);
+  void KeepInThreadCache(ThreadCache* tc, Block block);
+  void ReleaseSlow(Block block);
+  // Everything but a thread-cache hit at the head of its list.
+  Block AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment);
   // Why a thread cache's blocks leave it: kFull when the cache or its thread
   // is done with them (blocks beyond the shared cap are returned, and
   // counted so), kTrim when the caller asked (they stay counted as kept).
@@ -144,7 +150,7 @@ class CachingBlockSource final : public BlockSource {
 inline constexpr size_t kDefaultBlockCacheBytes = size_t{64} << 20;
 // Per thread, in front of the shared lists: the blocks of a few requests'
 // contexts, so that a thread in steady state never takes the cache's lock.
-inline constexpr size_t kDefaultThreadCacheBytes = size_t{1} << 20;
+inline constexpr size_t kDefaultThreadCacheBytes = size_t{4} << 20;
 CachingBlockSource* DefaultBlockCache();
 
 }  // namespace mcx

@@ -17,7 +17,6 @@
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
 #include "mcx/context/internal/context_impl.h"
@@ -141,13 +140,21 @@ bool Context::CheckLive(const char* operation) const {
 
 Context* Context::Create(Context* parent, const char* name,
                          const KindSpec& kind, const ContextOptions& options) {
-  return CreateImpl(parent, name, kind, options, kThrow);
+  return CreateImpl(parent, name, kind, &options, kThrow);
 }
 
 Context* Context::TryCreate(Context* parent, const char* name,
                             const KindSpec& kind,
                             const ContextOptions& options) noexcept {
-  return CreateImpl(parent, name, kind, options, kNoThrow);
+  return CreateImpl(parent, name, kind, &options, kNoThrow);
+}
+
+Context* Context::Create(Context* parent, const char* name, const KindSpec& kind) {
+  return CreateImpl(parent, name, kind, nullptr, kThrow);
+}
+
+Context* Context::TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept {
+  return CreateImpl(parent, name, kind, nullptr, kNoThrow);
 }
 
 namespace {
@@ -163,6 +170,30 @@ bool NeedsExtras(const ContextOptions& o) {
 // The first block's size is kept in 32 bits of the header.
 constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
 
+// Copies `n` bytes (a name and its NUL). Names are short, and for them two
+// overlapping loads and stores cost less than the call to memcpy.
+inline void CopyName(char* to, const char* from, size_t n) {
+  if (n > 16) {
+    std::memcpy(to, from, n);
+  } else if (n >= 8) {
+    uint64_t head, tail;
+    std::memcpy(&head, from, 8);
+    std::memcpy(&tail, from + n - 8, 8);
+    std::memcpy(to, &head, 8);
+    std::memcpy(to + n - 8, &tail, 8);
+  } else if (n >= 4) {
+    uint32_t head, tail;
+    std::memcpy(&head, from, 4);
+    std::memcpy(&tail, from + n - 4, 4);
+    std::memcpy(to, &head, 4);
+    std::memcpy(to + n - 4, &tail, 4);
+  } else {
+    to[0] = from[0];
+    to[n / 2] = from[n / 2];
+    to[n - 1] = from[n - 1];
+  }
+}
+
 }  // namespace
 
 // Context::CreateImpl
@@ -171,17 +202,23 @@ constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
 // block, so creating a child costs one block acquisition (PostgreSQL and nginx
 // do the same). The block is charged to the parent's limits before it is
 // acquired, so a limit refuses the child without touching the source.
+//
+// Cost note: this is the whole of a context's creation, on the path of every
+// per-request and per-node context (W4, W11). Default options (`options`
+// nullptr) read nothing of a ContextOptions; everything else is one test.
 Context* Context::CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
-                             const ContextOptions& options, unsigned flags) {
+                             const ContextOptions* options, unsigned flags) {
   auto fail = [&](Failure failure, size_t size) -> Context* {
     if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
     if (flags & kNoThrow) return nullptr;
     internal::ThrowCreateFailure(failure, name);
   };
   const KindMethods* methods = kind.methods();
-  if (name == nullptr || methods == nullptr) return fail(Failure::kBadArgument, 0);
-  if (parent != nullptr && parent->state_ == State::kTearingDown) {
+  if (ABSL_PREDICT_FALSE(name == nullptr || methods == nullptr)) {
+    return fail(Failure::kBadArgument, 0);
+  }
+  if (parent != nullptr && ABSL_PREDICT_FALSE(parent->state_ == State::kTearingDown)) {
     internal::ReportMisuse("creating a child of context '%s' while it is being torn down",
                            parent->name());
     return fail(Failure::kBadArgument, 0);
@@ -189,21 +226,24 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   const size_t name_len = std::strlen(name);
   const size_t state_offset = RoundUp(sizeof(Context), methods->state_alignment);
   const size_t name_offset = state_offset + methods->state_size;
-  if (name_len > kMaxAllocSize - name_offset) return fail(Failure::kBadSize, name_len);
+  if (ABSL_PREDICT_FALSE(name_len > kMaxAllocSize - name_offset)) {
+    return fail(Failure::kBadSize, name_len);
+  }
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
   const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
   const size_t alignment = methods->first_block_alignment(kind.options(), want);
-  if (want == 0 || want < header_bytes || want > kMaxFirstBlockSize) {
+  if (ABSL_PREDICT_FALSE(want == 0 || want < header_bytes || want > kMaxFirstBlockSize)) {
     return fail(Failure::kBadSize, want);
   }
-  if (options.limit != kNoLimit && want > options.limit) return fail(Failure::kLimit, want);
+  const size_t limit = options != nullptr ? options->limit : kNoLimit;
+  if (limit != kNoLimit && want > limit) return fail(Failure::kLimit, want);
 
-  BlockSource* source = options.block_source;
-  if (source == nullptr) source = parent ? parent->source_ : DefaultBlockSource();
+  BlockSource* source = options != nullptr ? options->block_source : nullptr;
+  if (source == nullptr) source = parent != nullptr ? parent->source_ : DefaultBlockSource();
   if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
   Block block = internal::AcquireFrom(source, want, alignment);
-  if (block.ptr == nullptr) {
+  if (ABSL_PREDICT_FALSE(block.ptr == nullptr)) {
     if (parent != nullptr) parent->UnchargeLimits(want);
     return fail(Failure::kOutOfMemory, want);
   }
@@ -212,55 +252,51 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   size_t size = want;
   if (block.size > want) {
     size_t slack = (block.size < kMaxFirstBlockSize ? block.size : kMaxFirstBlockSize) - want;
-    bool fits = options.limit == kNoLimit || want + slack <= options.limit;
+    bool fits = limit == kNoLimit || want + slack <= limit;
     if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = want + slack;
   }
 
-  Context* ctx = new (block.ptr) Context();
+  Context* ctx = new (block.ptr) Context(methods, source, size);
   internal::ValgrindCreatePool(ctx);
-  ctx->methods_ = methods;
-  ctx->source_ = source;
-  ctx->mem_allocated_ = size;
-  ctx->num_blocks_ = 1;
-  ctx->first_block_size_ = static_cast<uint32_t>(size);
-  // Grandchildren start from what this context's siblings needed.
-  if (parent != nullptr) {
-    ctx->learned_first_block_.store(parent->learned_first_block_.load(std::memory_order_relaxed),
-                                    std::memory_order_relaxed);
-  }
-  std::memcpy(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
+  CopyName(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
   // Link first: the kind's init and the side record may acquire blocks,
   // which charge ancestors.
-  ctx->LinkUnder(parent);
+  if (parent != nullptr) {
+    // Grandchildren start from what this context's siblings needed.
+    ctx->learned_first_block_.store(parent->learned_first_block_.load(std::memory_order_relaxed),
+                                    std::memory_order_relaxed);
+    ctx->LinkUnder(parent);
+  }
   auto undo = [&](Failure why, size_t size) {
     ctx->ReleaseSelf();
     return fail(why == Failure::kNone ? Failure::kBadArgument : why, size);
   };
   char* base = reinterpret_cast<char*>(ctx);
-  if (!methods->init(ctx, kind.options(), base + header_bytes, base + size)) {
+  if (ABSL_PREDICT_FALSE(!methods->init(ctx, kind.options(), base + header_bytes, base + size))) {
     return undo(ctx->last_failure_, want);
   }
-  if (NeedsExtras(options)) {
+  if (options == nullptr) return ctx;
+  if (NeedsExtras(*options)) {
     ContextExtras* x = ctx->Extras();
     if (x == nullptr) return undo(ctx->last_failure_, sizeof(ContextExtras));
-    x->handler = options.failure_handler;
-    x->handler_arg = options.failure_handler_arg;
-    x->dump_fd = options.failure_dump.fd;
-    x->dump_depth = internal::ClampDumpLimit(options.failure_dump.max_depth);
-    x->dump_children = internal::ClampDumpLimit(options.failure_dump.max_children);
-    if (options.limit != kNoLimit) {
+    x->handler = options->failure_handler;
+    x->handler_arg = options->failure_handler_arg;
+    x->dump_fd = options->failure_dump.fd;
+    x->dump_depth = internal::ClampDumpLimit(options->failure_dump.max_depth);
+    x->dump_children = internal::ClampDumpLimit(options->failure_dump.max_children);
+    if (limit != kNoLimit) {
       x->subtree_bytes = ctx->SubtreeBytes();
-      if (x->subtree_bytes > options.limit) return undo(Failure::kLimit, x->subtree_bytes);
-      internal::CountLimited(kNoLimit, options.limit);
-      x->limit = options.limit;
+      if (x->subtree_bytes > limit) return undo(Failure::kLimit, x->subtree_bytes);
+      internal::CountLimited(kNoLimit, limit);
+      x->limit = limit;
     }
   }
-  if (options.reserve_blocks != 0 &&
-      !ctx->FillReserve(options.reserve_blocks, options.reserve_block_size,
+  if (options->reserve_blocks != 0 &&
+      !ctx->FillReserve(options->reserve_blocks, options->reserve_block_size,
                         alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment)) {
-    return undo(ctx->last_failure_, options.reserve_block_size);
+    return undo(ctx->last_failure_, options->reserve_block_size);
   }
-  ctx->ExpectAllFreed(options.expect_all_freed);
+  ctx->ExpectAllFreed(options->expect_all_freed);
   return ctx;
 }
 
@@ -516,10 +552,10 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
     bool undisturbed = !node->HasCleanups(CleanupPhase::kBeforeChildren) ||
                        node->RunCleanups(CleanupPhase::kBeforeChildren, me);
     if (undisturbed && node->first_child_ != nullptr) {
-      node = node->first_child_;
-      // Its sibling comes next: start the cache misses on its header now
-      // (a destroy reads every line of it; in a big tree they are cold).
-      if (node->next_sibling_ != nullptr) PrefetchHeader(node->next_sibling_);
+      // Leaves with nothing to run go at once; the first child that has
+      // children or a side record is visited next. With none left, `node`
+      // is visited again (its kAfterChildren cleanups, then its release).
+      if (Context* child = node->ReleasePlainLeaves(me)) node = child;
       continue;
     }
     if (undisturbed && node->HasCleanups(CleanupPhase::kAfterChildren)) {
@@ -568,6 +604,29 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
     }
   }
   if (error != nullptr) std::rethrow_exception(error);
+}
+
+// Context::ReleasePlainLeaves
+//
+// A child without children and without a side record has no cleanup to
+// run and nothing a nested teardown could see of it: it is released
+// without being visited, and this context is not visited again between
+// such children. Most contexts of a big tree are such leaves, and this
+// loop is most of the cost of destroying them. Returns the first child
+// that is not a plain leaf, or nullptr when no child is left.
+Context* Context::ReleasePlainLeaves(size_t walk) {
+  Context* c = first_child_;
+  while (c != nullptr && c->extras_ == nullptr && c->first_child_ == nullptr) {
+    Context* next = c->next_sibling_;
+    // The next sibling comes next: start the cache misses on its header
+    // now (a release reads most of it; in a big tree they are cold).
+    if (next != nullptr) PrefetchHeader(next);
+    NoteReleased(c, walk);
+    c->ReleaseSelf();
+    c = next;
+  }
+  if (c != nullptr && c->next_sibling_ != nullptr) PrefetchHeader(c->next_sibling_);
+  return c;
 }
 
 // Context::RunCleanups
@@ -652,26 +711,24 @@ bool Context::IsAncestorOf(const Context* other) const {
   return false;
 }
 
-// Context::SetParent
+// Context::Reparent
 //
 // PostgreSQL does not look for multi-level loops; we do, because a loop
 // makes every later teardown run forever. Limits are kept exact: the moved
 // subtree's bytes leave the old limited ancestors and join the new ones,
 // except where the two chains share a context (a move inside one limited
-// subtree changes nothing for it).
-absl::Status Context::SetParent(Context* new_parent) {
-  if (new_parent == parent_) return absl::OkStatus();
+// subtree changes nothing for it). SetParent (status.cc) and TrySetParent
+// are this.
+Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* bytes_out) {
+  if (new_parent == parent_) return Failure::kNone;
   if (new_parent == this || IsAncestorOf(new_parent)) {
     last_failure_ = Failure::kCycle;
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "mcx: cannot move context '%s' under '%s': it would become its own ancestor",
-        name(), new_parent->name()));
+    return Failure::kCycle;
   }
   if (state_ == State::kTearingDown ||
       (new_parent != nullptr && new_parent->state_ == State::kTearingDown)) {
     last_failure_ = Failure::kBadArgument;
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "mcx: cannot move context '%s' while a context involved is being torn down", name()));
+    return Failure::kBadArgument;
   }
   Context* old_chain = parent_ ? parent_->NearestLimited() : nullptr;
   Context* new_chain = new_parent ? new_parent->NearestLimited() : nullptr;
@@ -686,9 +743,9 @@ absl::Status Context::SetParent(Context* new_parent) {
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       if (!in_chain(old_chain, l) && bytes > l->extras_->limit - l->extras_->subtree_bytes) {
         last_failure_ = Failure::kLimit;
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "mcx: moving context '%s' (%d bytes) under '%s' would exceed the limit of '%s' (%d bytes)",
-            name(), bytes, new_parent->name(), l->name(), l->extras_->limit));
+        if (limited != nullptr) *limited = l;
+        if (bytes_out != nullptr) *bytes_out = bytes;
+        return Failure::kLimit;
       }
     }
     for (Context* l = old_chain; l != nullptr; l = l->NextLimited()) {
@@ -700,7 +757,11 @@ absl::Status Context::SetParent(Context* new_parent) {
   }
   Unlink();
   LinkUnder(new_parent);
-  return absl::OkStatus();
+  return Failure::kNone;
+}
+
+Failure Context::TrySetParent(Context* new_parent) {
+  return Reparent(new_parent, nullptr, nullptr);
 }
 
 // Context::FirstBlockOutgrown

@@ -150,14 +150,18 @@ class Context {
   // (after the failure handler) if the first block cannot be had.
   static Context* Create(Context* parent, const char* name,
                          const KindSpec& kind,
-                         const ContextOptions& options = {});
+                         const ContextOptions& options);
   static Context* TryCreate(Context* parent, const char* name,
                             const KindSpec& kind,
-                            const ContextOptions& options = {}) noexcept;
+                            const ContextOptions& options) noexcept;
   Context* CreateChild(const char* name, const KindSpec& kind,
-                       const ContextOptions& options = {}) {
+                       const ContextOptions& options) {
     return Create(this, name, kind, options);
   }
+  // With default ContextOptions (the common case, which then reads none).
+  static Context* Create(Context* parent, const char* name, const KindSpec& kind);
+  static Context* TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept;
+  Context* CreateChild(const char* name, const KindSpec& kind) { return Create(this, name, kind); }
 
   // Tears down the subtree (see the order above) and releases this context.
   //
@@ -188,7 +192,16 @@ class Context {
   // or one of its descendants, or if the moved bytes would exceed a limit of
   // the new ancestors. The move is O(1); the cycle check walks the new
   // parent's ancestors; a limit on either side adds a walk of the subtree.
+  // The status's message names the contexts (and the limit) involved.
+  //
+  // The two members that return an absl::Status (this and SetLimit) are
+  // defined in //context (status.cc), not in the core //context:core, so
+  // that the core and the C API link no Abseil library; `TrySetParent` is
+  // the same move, returning the reason.
   absl::Status SetParent(Context* new_parent);
+  // As SetParent; returns Failure::kNone, or why nothing was moved
+  // (kCycle, kLimit, kBadArgument during a teardown), as last_failure().
+  Failure TrySetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
   //
@@ -324,8 +337,13 @@ class Context {
   }
 
   // Bounds the block bytes of this subtree, checked whenever a block is
-  // acquired. Fails if the subtree already holds more.
+  // acquired. Fails if the subtree already holds more. (In //context, as
+  // SetParent.)
   absl::Status SetLimit(size_t bytes);
+  // As SetLimit; returns Failure::kNone, or why nothing changed (kLimit, or
+  // kOutOfMemory / kLimit if the limit could not be recorded), as
+  // last_failure().
+  Failure TrySetLimit(size_t bytes);
   size_t limit() const;
 
   // --- Introspection -------------------------------------------------------
@@ -401,12 +419,19 @@ class Context {
   };
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
-  Context() = default;
+  // The header of a new context in the first block of `size` bytes.
+  Context(const KindMethods* methods, BlockSource* source, size_t size)
+      : num_blocks_(1),
+        methods_(methods),
+        source_(source),
+        mem_allocated_(size),
+        first_block_size_(static_cast<uint32_t>(size)) {}
   ~Context() = default;
 
+  // `options` nullptr: the defaults.
   static Context* CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
-                             const ContextOptions& options, unsigned flags);
+                             const ContextOptions* options, unsigned flags);
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
@@ -489,8 +514,13 @@ class Context {
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
+  Context* ReleasePlainLeaves(size_t walk);
   void LinkUnder(Context* parent);
   void Unlink();
+  // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
+  // refused and `*bytes` the bytes that would have moved (SetParent's
+  // message).
+  Failure Reparent(Context* new_parent, const Context** limited, size_t* bytes);
   size_t NameOffset() const;
 
   // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),
@@ -526,8 +556,12 @@ class Context {
   // limited context.
   Context* NearestLimited();
   Context* NextLimited();
-  bool ChargeLimits(size_t bytes);
-  void UnchargeLimits(size_t bytes);
+  // Inline (internal/context_impl.h): one load when no context anywhere
+  // has a limit.
+  inline bool ChargeLimits(size_t bytes);
+  inline void UnchargeLimits(size_t bytes);
+  bool ChargeLimitsSlow(size_t bytes);
+  void UnchargeLimitsSlow(size_t bytes);
 
 
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData

@@ -2,17 +2,13 @@
 // dump mcx writes on its own when an allocation runs out of memory or hits a
 // limit.
 //
-// Why a second implementation of the text report: StatsReport builds a
-// std::string with absl::StrFormat and keeps its walk in a std::vector, and
-// every one of those allocates, which is the one thing a report printed
-// because allocation failed must not do. The test
-// (tests/context/dump_test.cc) holds the two byte for byte equal.
-//
-// Note: do not use recursion here, and do not keep frames: a chain of a
-// million contexts must dump in constant stack. The walk keeps only the
-// context whose children it is listing, its depth, the next child and how
-// many were shown; climbing back finds the parent through `parent()` and the
-// next child through `next_sibling()`.
+// The report itself is StatsReport's: the one walk (report.cc, WalkReport)
+// with the text sink (internal/report_text.h). What is here is the output
+// the sink writes to, a buffer on the stack flushed with write(2), because
+// StatsReport's std::string allocates, which is the one thing a report
+// printed because allocation failed must not do. The test
+// (tests/context/dump_test.cc) still holds the two byte for byte equal, and
+// counts allocations.
 
 #include "mcx/context/dump.h"
 
@@ -21,56 +17,47 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
-#include <limits>
 
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/failure.h"
-#include "mcx/context/internal/text.h"
-#include "mcx/context/stats.h"
+#include "mcx/context/internal/report_text.h"
+#include "mcx/context/report.h"
 
 namespace mcx {
 namespace {
 
+static_assert(kDumpTrackedLevels == kReportTrackedLevels, "dump.h describes the walk's stack");
+
 // Bytes formatted before each write(2). Small, because the caller may be a
 // signal handler on an alternate stack; a typical line fits.
 constexpr size_t kBufferBytes = 512;
-// Decimal digits of the largest size_t.
-constexpr size_t kMaxDigits = std::numeric_limits<size_t>::digits10 + 1;
-// StatsReport indents two spaces per level.
-constexpr size_t kIndentPerLevel = 2;
-// Indentation that does not fit the buffer is written straight from this
-// run of spaces (read-only data), so a line a million levels deep costs a few
-// large writes, not thousands of buffer flushes.
-constexpr size_t kSpaceRunBytes = 4096;
-
-struct SpaceRun {
-  char bytes[kSpaceRunBytes];
-};
-
-constexpr SpaceRun MakeSpaceRun() {
-  SpaceRun run{};
-  for (char& c : run.bytes) c = ' ';
-  return run;
-}
-
-// Constant-initialised: no static initialisation at run time, so no guard
-// variable and nothing that a signal handler could find half done.
-constexpr SpaceRun kSpaces = MakeSpaceRun();
 
 // FdWriter
 //
-// Formats into a buffer on the stack and writes it with write(2) when full.
-// After the first write error it drops everything (the walk stops early).
-class FdWriter {
+// Formats into a buffer on the stack and writes it with write(2) when full;
+// a piece at least as large as the buffer (deep indentation, a long name) is
+// written straight from where it is, after what is buffered. After the first
+// write error it drops everything (the walk stops early).
+class FdWriter final : public internal::ReportOut {
  public:
   explicit FdWriter(int fd) : fd_(fd) {}
   FdWriter(const FdWriter&) = delete;
   FdWriter& operator=(const FdWriter&) = delete;
 
-  bool ok() const { return ok_; }
+  bool failed() const override { return !ok_; }
 
-  void Append(const char* s, size_t n) {
+  void Append(const char* s, size_t n) override {
+    if (!ok_) return;
+    if (n <= kBufferBytes - used_) {
+      std::memcpy(buffer_ + used_, s, n);
+      used_ += n;
+      return;
+    }
+    if (n >= kBufferBytes) {
+      if (Flush()) WriteAll(s, n);
+      return;
+    }
     while (ok_ && n > 0) {
       if (used_ == kBufferBytes) {
         Flush();
@@ -81,40 +68,6 @@ class FdWriter {
       std::memcpy(buffer_ + used_, s, k);
       used_ += k;
       s += k;
-      n -= k;
-    }
-  }
-
-  // A NUL-terminated string (context names may be long: copied in pieces).
-  void AppendString(const char* s) { Append(s, std::strlen(s)); }
-
-  // A context name, escaped as StatsReport's text escapes it (stats.cc's
-  // TextName): a name must not start a line of its own.
-  void AppendName(const char* name) {
-    internal::AppendTextName(name, [this](const char* piece, size_t n) { Append(piece, n); });
-  }
-
-  // As absl::StrFormat's "%d" prints a size_t: unsigned decimal.
-  void AppendNumber(size_t value) {
-    char digits[kMaxDigits];
-    size_t i = kMaxDigits;
-    do {
-      digits[--i] = static_cast<char>('0' + value % 10);
-      value /= 10;
-    } while (value != 0);
-    Append(digits + i, kMaxDigits - i);
-  }
-
-  void AppendSpaces(size_t n) {
-    if (n <= kBufferBytes - used_) {
-      std::memset(buffer_ + used_, ' ', n);
-      used_ += n;
-      return;
-    }
-    Flush();
-    while (ok_ && n > 0) {
-      size_t k = n < kSpaceRunBytes ? n : kSpaceRunBytes;
-      WriteAll(kSpaces.bytes, k);
       n -= k;
     }
   }
@@ -152,120 +105,10 @@ class FdWriter {
   char buffer_[kBufferBytes];
 };
 
-template <size_t N>
-void AppendLiteral(FdWriter* w, const char (&s)[N]) {
-  w->Append(s, N - 1);
-}
-
-// "%d total in %d blocks; %d free (%d chunks); %d used", then the reserve:
-// stats.cc's TextTotals.
-void AppendTotals(FdWriter* w, const ContextCounters& c) {
-  w->AppendNumber(c.total_bytes);
-  AppendLiteral(w, " total in ");
-  w->AppendNumber(c.blocks);
-  AppendLiteral(w, " blocks; ");
-  w->AppendNumber(c.free_bytes);
-  AppendLiteral(w, " free (");
-  w->AppendNumber(c.free_chunks);
-  AppendLiteral(w, " chunks); ");
-  w->AppendNumber(c.used_bytes());
-  AppendLiteral(w, " used");
-  if (c.reserve_blocks != 0 || c.reserve_uses != 0) {
-    AppendLiteral(w, "; reserve ");
-    w->AppendNumber(c.reserve_bytes);
-    AppendLiteral(w, " bytes in ");
-    w->AppendNumber(c.reserve_blocks);
-    AppendLiteral(w, " blocks (");
-    w->AppendNumber(c.reserve_uses);
-    AppendLiteral(w, " used)");
-  }
-}
-
-void AppendContextLine(FdWriter* w, int depth, const Context* c) {
-  w->AppendSpaces(static_cast<size_t>(depth) * kIndentPerLevel);
-  w->AppendName(c->name());
-  AppendLiteral(w, ": ");
-  AppendTotals(w, GetCounters(c));
-  AppendLiteral(w, "\n");
-}
-
-// The line that stands for `first` and its older siblings, none of them
-// shown. GetSubtreeCounters walks through the links too: no allocation.
-void AppendSummaryLine(FdWriter* w, int depth, const Context* first) {
-  ContextCounters sum;
-  size_t count = 0;
-  for (const Context* c = first; c != nullptr; c = c->next_sibling()) {
-    sum.Add(GetSubtreeCounters(c));
-    ++count;
-  }
-  w->AppendSpaces(static_cast<size_t>(depth) * kIndentPerLevel);
-  w->AppendNumber(count);
-  AppendLiteral(w, " more child contexts containing ");
-  AppendTotals(w, sum);
-  AppendLiteral(w, "\n");
-}
-
-// How many children of `child`'s parent come before `child`, counting no
-// further than `limit` (all the caller needs to know is whether the parent
-// may show another one).
-int CountOlderSiblingsBefore(const Context* child, int limit) {
-  int n = 0;
-  for (const Context* c = child->parent()->first_child(); c != child && n < limit;
-       c = c->next_sibling()) {
-    ++n;
-  }
-  return n;
-}
-
-// WriteReport
-//
-// StatsReport's walk (stats.cc, TextReport) without its vector of frames. At
-// each step `node` is the context whose children are being listed, at
-// `depth`; `next` is the next child to show or summarise and `shown` how many
-// were shown. A child is shown while `depth < max_depth` and `shown <
-// max_children`; the rest become one summary line. When a context's children
-// are done the walk climbs: the parent is `node->parent()`, its next child
-// `node->next_sibling()`, and its count comes from `shown_at` (the first
-// kDumpTrackedLevels levels) or is counted again.
+// The text report of `root` to `w`: the walk with the text sink.
 void WriteReport(FdWriter* w, const Context* root, const DumpOptions& options) {
-  int shown_at[kDumpTrackedLevels];
-  AppendContextLine(w, 0, root);
-  const Context* node = root;
-  int depth = 0;
-  const Context* next = root->first_child();
-  int shown = 0;
-  while (w->ok()) {
-    if (next != nullptr && depth < options.max_depth && shown < options.max_children) {
-      if (depth < kDumpTrackedLevels) shown_at[depth] = shown + 1;
-      node = next;
-      ++depth;
-      AppendContextLine(w, depth, node);
-      next = node->first_child();
-      shown = 0;
-      continue;
-    }
-    if (next != nullptr) AppendSummaryLine(w, depth + 1, next);
-    if (node == root) break;
-    const Context* done = node;
-    node = done->parent();
-    next = done->next_sibling();
-    --depth;
-    shown = depth < kDumpTrackedLevels
-                ? shown_at[depth]
-                : CountOlderSiblingsBefore(done, options.max_children) + 1;
-  }
-  ContextCounters grand = GetSubtreeCounters(root);
-  AppendLiteral(w, "Grand total: ");
-  w->AppendNumber(grand.total_bytes);
-  AppendLiteral(w, " bytes in ");
-  w->AppendNumber(grand.blocks);
-  AppendLiteral(w, " blocks; ");
-  w->AppendNumber(grand.free_bytes);
-  AppendLiteral(w, " free (");
-  w->AppendNumber(grand.free_chunks);
-  AppendLiteral(w, " chunks); ");
-  w->AppendNumber(grand.used_bytes());
-  AppendLiteral(w, " used\n");
+  internal::TextReportSink sink(w);
+  WalkReport(root, options.max_depth, options.max_children, &sink);
 }
 
 // Set while this thread writes a failure dump. Trivially initialised
@@ -311,13 +154,13 @@ void DumpOnFailure(const Context* ctx, Failure failure, size_t size) {
   const Context* root = ctx;
   while (root->parent() != nullptr) root = root->parent();
   FdWriter w(settings.fd);
-  AppendLiteral(&w, "mcx: ");
+  w.AppendLiteral("mcx: ");
   w.AppendString(FailureName(failure));
-  AppendLiteral(&w, " on a request of ");
+  w.AppendLiteral(" on a request of ");
   w.AppendNumber(size);
-  AppendLiteral(&w, " bytes in context '");
-  w.AppendName(ctx->name());
-  AppendLiteral(&w, "'\n");
+  w.AppendLiteral(" bytes in context '");
+  w.AppendTextName(ctx->name());
+  w.AppendLiteral("'\n");
   DumpOptions options;
   options.max_depth = settings.max_depth;
   options.max_children = settings.max_children;

@@ -11,20 +11,22 @@
 //     the bytes of `StatsReport(root, {max_depth, max_children,
 //     ReportFormat::kText})` (stats.h): one line per context, the same cut
 //     rules and "N more child contexts containing ..." lines, the grand total.
+//     It is the same report: the one walk of report.h with the same text
+//     sink, writing to a descriptor instead of a string.
 //   - No allocation. Nothing is allocated: no operator new, no malloc, no
 //     std::string, no stdio. Lines are formatted into a fixed buffer on the
 //     stack and written with write(2), in pieces. The tree is walked through
 //     its parent and sibling links, without recursion and without a stack of
-//     frames, so the stack used (about 1.5 KiB: a 512-byte line buffer and
-//     a few frames) does not depend on the depth or width of the tree, and
-//     no context is changed.
+//     frames (WalkReport, report.h), so the stack used (about 1.5 KiB: a
+//     512-byte line buffer and a few frames) does not depend on the depth or
+//     width of the tree, and no context is changed.
 //   - Writes. A write interrupted by a signal (EINTR) is retried; a short
 //     write continues where it stopped. Any other error (EBADF, EPIPE, EAGAIN
 //     on a non-blocking descriptor, ENOSPC) ends the dump: the result is
 //     false, with errno as write(2) left it; what was written stays written.
 //     A write to a pipe nobody reads raises SIGPIPE, as any write(2) does.
 //   - Signal safety. The only system call is write(2) and the only library
-//     calls are memcpy, memset and strlen, all async-signal-safe (POSIX.1-
+//     calls are memcpy and strlen, both async-signal-safe (POSIX.1-
 //     2016); there are no locks, no static state and no static
 //     initialisation. A signal handler may dump a tree if the code it
 //     interrupted was not in the middle of changing that tree (creating,
@@ -92,7 +94,8 @@ struct DumpOptions {
 };
 
 // Levels of the walk whose position among their siblings `DumpStats` keeps
-// on the stack; deeper levels recount it (see Cost above).
+// on the stack; deeper levels recount it (see Cost above). The walk's
+// kReportTrackedLevels (report.h).
 inline constexpr int kDumpTrackedLevels = 64;
 
 // Writes the text stats report of `root`'s subtree to `fd`. True if every

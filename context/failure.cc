@@ -9,8 +9,8 @@
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
+#include <string>
 
-#include "absl/strings/str_format.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/context_impl.h"
 #include "mcx/context/internal/extras.h"
@@ -87,9 +87,9 @@ void ThrowFor(Failure failure, const char* message) {
 // Out of line: the message's formatting would weigh on every creation's
 // frame.
 void ThrowCreateFailure(Failure failure, const char* name) {
-  ThrowFor(failure, absl::StrFormat("mcx: %s creating context '%s'", FailureName(failure),
-                                    name != nullptr ? name : "(null)")
-                        .c_str());
+  const std::string message = std::string("mcx: ") + FailureName(failure) +
+                              " creating context '" + (name != nullptr ? name : "(null)") + "'";
+  ThrowFor(failure, message.c_str());
 }
 
 }  // namespace internal

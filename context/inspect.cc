@@ -4,6 +4,7 @@
 
 #include "mcx/context/inspect.h"
 
+#include <cstring>
 #include <functional>
 
 #include "mcx/context/context.h"
@@ -17,14 +18,32 @@ const char* BlockRoleName(BlockRole role) {
       return "first";
     case BlockRole::kNormal:
       return "normal";
-    case BlockRole::kLarge:
-      return "large";
-    case BlockRole::kDedicated:
-      return "dedicated";
+    case BlockRole::kOversize:
+      return "oversize";
     case BlockRole::kSpare:
       return "spare";
   }
   return "unknown";
+}
+
+const char* BlockInfo::Name() const { return label != nullptr ? label : BlockRoleName(role); }
+
+uint64_t BlockInfo::Counter(const char* name) const {
+  for (const BlockCounter& c : counters) {
+    if (c.name != nullptr && std::strcmp(c.name, name) == 0) return c.value;
+  }
+  return 0;
+}
+
+bool BlockInfo::SetCounter(const char* name, uint64_t value) {
+  for (BlockCounter& c : counters) {
+    if (c.name == nullptr || std::strcmp(c.name, name) == 0) {
+      c.name = name;
+      c.value = value;
+      return true;
+    }
+  }
+  return false;
 }
 
 InspectVisitor::~InspectVisitor() = default;

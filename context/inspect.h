@@ -3,7 +3,7 @@
 // What a context's memory looks like inside: its blocks, how each is split
 // between headers, chunks handed out, free bump space and freelist chunks,
 // and (for kinds with size classes) what sits on each freelist. For reports,
-// pictures (StatsReport's DOT output, examples/tour.cc) and tests; not for
+// pictures (DotReport, dot.h; examples/tour.cc) and tests; not for
 // the allocation path.
 //
 // Contract:
@@ -31,9 +31,8 @@
 //
 //   mcx::ContextLayout layout = mcx::InspectContext(ctx);
 //   for (const mcx::BlockInfo& b : layout.blocks) {
-//     std::printf("%s block: %zu bytes, %zu used, %zu free%s\n",
-//                 mcx::BlockRoleName(b.role), b.size, b.used_bytes,
-//                 b.free_bytes, b.current ? " (current)" : "");
+//     std::printf("%s block: %zu bytes, %zu used, %zu free%s\n", b.Name(),
+//                 b.size, b.used_bytes, b.free_bytes, b.current ? " (current)" : "");
 //   }
 
 #ifndef MCX_CONTEXT_INSPECT_H_
@@ -50,17 +49,31 @@ namespace mcx {
 
 class Context;
 
-// What a block is for.
+// What a block is for, in words every kind shares. A kind says more with
+// `BlockInfo::label` and `BlockInfo::counters`: the tree and the reports
+// know no kind's vocabulary.
 enum class BlockRole : unsigned char {
-  kFirst,      // the first block: context header, kind state and name, then chunks
-  kNormal,     // a further block that chunks are carved from
-  kLarge,      // pool kind: one large chunk (above max_small), on the large list
-  kDedicated,  // freelist kind: one chunk above chunk_limit
-  kSpare,      // freelist kind: an empty block a reset kept, used before new ones
+  kFirst,     // the first block: context header, kind state and name, then chunks
+  kNormal,    // a further block that chunks are carved from
+  kOversize,  // one chunk in a block of its own (a request too large for blocks)
+  kSpare,     // an empty block kept (by a reset) and used before new ones
+  // The pool's and the freelist's words for kOversize.
+  kLarge = kOversize,
+  kDedicated = kOversize,
 };
 
-// "first", "normal", "large", "dedicated", "spare".
+// "first", "normal", "oversize", "spare".
 const char* BlockRoleName(BlockRole role);
+
+// A number a kind reports about a block under a name of its own (the pool:
+// "failed", nginx's count of requests that did not fit while the block was
+// at or after `current`).
+struct BlockCounter {
+  const char* name = nullptr;  // static storage; nullptr: unused
+  uint64_t value = 0;
+};
+
+inline constexpr size_t kMaxBlockCounters = 2;
 
 // One block, as its kind describes it. Offsets count from `start`.
 struct BlockInfo {
@@ -81,12 +94,23 @@ struct BlockInfo {
   size_t last_offset = 0;
   size_t end_offset = 0;
   BlockRole role = BlockRole::kNormal;
+  // The kind's own word for the block (static storage), shown by reports in
+  // place of the role's name: "large" (pool), "dedicated" (freelist).
+  // nullptr: the role's name.
+  const char* label = nullptr;
   // The block new small requests try first: the pool's `current` (it moves
   // past blocks that keep failing), the block the freelist kind carves.
   bool current = false;
-  // Pool kind: nginx's `failed` count, the times a small request did not fit
-  // while this block was at or after `current`. 0 for other kinds.
-  uint32_t failed = 0;
+  // Numbers of the kind's own about the block, by name.
+  BlockCounter counters[kMaxBlockCounters];
+
+  // The label, or the role's name.
+  const char* Name() const;
+  // The value of the counter `name` (compared as strings), or 0.
+  uint64_t Counter(const char* name) const;
+  // Sets the counter `name` (static storage) in the first free slot, or
+  // the slot that has it; false when every slot holds another name.
+  bool SetCounter(const char* name, uint64_t value);
 };
 
 // One size class (freelist kind).

@@ -129,9 +129,11 @@ class LiveChunkVisitor {
 template <typename State>
 State* KindState(Context* ctx) {
   constexpr size_t kAlign = alignof(State);
-  uintptr_t p = (reinterpret_cast<uintptr_t>(ctx) + sizeof(Context) + kAlign - 1) &
-                ~(kAlign - 1);
-  return reinterpret_cast<State*>(p);
+  // A context sits at the start of its first block: with the alignment
+  // known, the offset is a constant.
+  auto* base = static_cast<char*>(__builtin_assume_aligned(ctx, kMinBlockAlignment));
+  constexpr size_t kOffset = (sizeof(Context) + kAlign - 1) & ~(kAlign - 1);
+  return reinterpret_cast<State*>(base + kOffset);
 }
 
 template <typename State>

@@ -4,17 +4,18 @@
 #include "mcx/context/live_chunks.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/internal/text.h"
 #include "mcx/context/kind_api.h"
 
@@ -27,6 +28,7 @@ struct Counts {
 };
 
 // Counts chunks by site id: one map entry per site, however many chunks.
+// (A std::unordered_map, not Abseil's: the core links no Abseil library.)
 class SiteCounter : public LiveChunkVisitor {
  public:
   void VisitChunk(const void* /*chunk*/, size_t requested_bytes, SiteId site) override {
@@ -34,10 +36,10 @@ class SiteCounter : public LiveChunkVisitor {
     ++c.chunks;
     c.bytes += requested_bytes;
   }
-  const absl::flat_hash_map<SiteId, Counts>& by_id() const { return by_id_; }
+  const std::unordered_map<SiteId, Counts>& by_id() const { return by_id_; }
 
  private:
-  absl::flat_hash_map<SiteId, Counts> by_id_;
+  std::unordered_map<SiteId, Counts> by_id_;
 };
 
 // Orders sites by file name, then line; unknown sites (no file) first.
@@ -65,7 +67,7 @@ void AppendSite(std::string* out, const SiteUsage& u) {
   } else if (u.site.file() == nullptr) {
     out->append("(unknown site)");
   } else {
-    absl::StrAppendFormat(out, "%s:%d", u.site.file(), u.site.line());
+    internal::AppendFormat(out, "%s:%d", u.site.file(), u.site.line());
   }
 }
 
@@ -154,14 +156,14 @@ void ReportLeaks(const Context* ctx, const char* operation) {
     std::memcpy(line + used, data, n);
     used += n;
   };
-  auto append_format = [&](const auto& format, const auto&... args) {
+  auto append_format = [&](const char* format, const auto&... args) {
     char piece[kLeakLineBytes];
-    int n = absl::SNPrintF(piece, sizeof(piece), format, args...);
+    int n = std::snprintf(piece, sizeof(piece), format, args...);
     if (n > 0) append(piece, std::min(static_cast<size_t>(n), sizeof(piece) - 1));
   };
   append("leak in context '", 17);
   AppendTextName(ctx->name(), append);
-  append_format("' at its %s: %d chunks (%d bytes) that the program said it would free "
+  append_format("' at its %s: %zu chunks (%zu bytes) that the program said it would free "
                 "(ExpectAllFreed)",
                 operation, leaks.chunks, leaks.bytes);
   try {
@@ -179,8 +181,8 @@ void ReportLeaks(const Context* ctx, const char* operation) {
       std::string site;
       AppendSite(&site, u);
       char piece[kLeakLineBytes];
-      int n = absl::SNPrintF(piece, sizeof(piece), "%s%s: %d chunks, %d bytes", separator, site,
-                             u.chunks, u.bytes);
+      int n = std::snprintf(piece, sizeof(piece), "%s%s: %zu chunks, %zu bytes", separator,
+                            site.c_str(), u.chunks, u.bytes);
       if (n < 0 || used + static_cast<size_t>(n) + kTailRoom >= sizeof(line)) {
         full = true;
         continue;
@@ -189,9 +191,9 @@ void ReportLeaks(const Context* ctx, const char* operation) {
       separator = "; ";
       ++listed;
     }
-    if (listed < sites) append_format("; and %d more sites", sites - listed);
+    if (listed < sites) append_format("; and %zu more sites", sites - listed);
   } catch (const std::bad_alloc&) {
-    append_format(" (sites not listed: out of memory)");
+    append_format("%s", " (sites not listed: out of memory)");
   }
   line[used] = '\0';
   ReportMisuse("%s", line);
@@ -204,15 +206,15 @@ std::string LiveChunksReport(const Context* ctx) {
   internal::AppendTextName(ctx->name(), [&](const char* data, size_t size) { out.append(data, size); });
   out.append("': ");
   if (const char* why = NotRecordedReason(ctx)) {
-    absl::StrAppendFormat(&out, "not recorded (%s)\n", why);
+    internal::AppendFormat(&out, "not recorded (%s)\n", why);
     return out;
   }
   const LiveChunkSummary summary = SummarizeLiveChunks(ctx);
-  absl::StrAppendFormat(&out, "%d chunks, %d bytes\n", summary.chunks, summary.bytes);
+  internal::AppendFormat(&out, "%d chunks, %d bytes\n", summary.chunks, summary.bytes);
   for (const SiteUsage& u : summary.sites) {
     out.append("  ");
     AppendSite(&out, u);
-    absl::StrAppendFormat(&out, ": %d chunks, %d bytes\n", u.chunks, u.bytes);
+    internal::AppendFormat(&out, ": %d chunks, %d bytes\n", u.chunks, u.bytes);
   }
   return out;
 }

@@ -1,20 +1,16 @@
-// Counters and the stats report. The report walks with an explicit stack of
-// frames (no C++ recursion): a million-deep chain is cut by max_depth, but the
-// walk itself must not depend on the depth of the tree.
+// Counters, and the text and JSON reports: the one walk of report.cc
+// rendered into a std::string by the text sink (internal/report_text.h, which
+// DumpStats shares) or by the JSON sink below.
 
 #include "mcx/context/stats.h"
 
-#include <cmath>
+#include <cstddef>
 #include <string>
-#include <utility>
-#include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/context.h"
-#include "mcx/context/failure.h"
-#include "mcx/context/inspect.h"
+#include "mcx/context/internal/report_text.h"
 #include "mcx/context/internal/text.h"
+#include "mcx/context/report.h"
 
 namespace mcx {
 
@@ -61,417 +57,149 @@ ContextCounters GetSubtreeCounters(const Context* top) {
 
 namespace {
 
-// The name as UTF-8, each byte that starts no well-formed sequence replaced
-// by U+FFFD (REPLACEMENT CHARACTER): JSON and Graphviz both require UTF-8.
-std::string ValidUtf8(const char* s) {
-  std::string out;
+// A report's bytes into a std::string.
+class StringOut final : public internal::ReportOut {
+ public:
+  explicit StringOut(std::string* out) : out_(out) {}
+  void Append(const char* data, size_t size) override { out_->append(data, size); }
+
+ private:
+  std::string* out_;
+};
+
+// A name as a JSON string: quoted; `"`, `\\`, newline and tab escaped by
+// name, other control characters as \u00XX; each byte that starts no
+// well-formed UTF-8 sequence becomes U+FFFD (REPLACEMENT CHARACTER), since
+// JSON must be UTF-8.
+void AppendJsonString(internal::ReportOut* out, const char* s) {
+  static constexpr char kHexDigits[] = "0123456789abcdef";
+  out->AppendLiteral("\"");
   for (const char* p = s; *p != '\0';) {
     const size_t n = internal::Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
     if (n == 0) {
-      out += "\xEF\xBF\xBD";
+      out->AppendLiteral("\xEF\xBF\xBD");
       ++p;
-    } else {
-      out.append(p, n);
-      p += n;
+      continue;
     }
-  }
-  return out;
-}
-
-std::string JsonString(const char* s) {
-  std::string out = "\"";
-  for (char byte : ValidUtf8(s)) {
-    unsigned char ch = static_cast<unsigned char>(byte);
+    if (n > 1) {
+      out->Append(p, n);
+      p += n;
+      continue;
+    }
+    const unsigned char ch = static_cast<unsigned char>(*p++);
     switch (ch) {
       case '"':
-        out += "\\\"";
+        out->AppendLiteral("\\\"");
         break;
       case '\\':
-        out += "\\\\";
+        out->AppendLiteral("\\\\");
         break;
       case '\n':
-        out += "\\n";
+        out->AppendLiteral("\\n");
         break;
       case '\t':
-        out += "\\t";
+        out->AppendLiteral("\\t");
         break;
       default:
         if (ch < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", ch);
+          const char escape[] = {'\\', 'u', '0', '0', kHexDigits[ch >> 4], kHexDigits[ch & 0xF]};
+          out->Append(escape, sizeof(escape));
         } else {
-          out += static_cast<char>(ch);
+          const char byte = static_cast<char>(ch);
+          out->Append(&byte, 1);
         }
     }
   }
-  out += "\"";
-  return out;
+  out->AppendLiteral("\"");
 }
 
-// A name as the text report shows it: on one line, escaped C-style
-// (internal/text.h); dump.cc escapes the same way without allocating.
-std::string TextName(const char* s) {
-  std::string out;
-  internal::AppendTextName(s, [&out](const char* piece, size_t n) { out.append(piece, n); });
-  return out;
+void AppendJsonTotals(internal::ReportOut* out, const ContextCounters& c) {
+  out->AppendLiteral("\"total_bytes\": ");
+  out->AppendNumber(c.total_bytes);
+  out->AppendLiteral(", \"blocks\": ");
+  out->AppendNumber(c.blocks);
+  out->AppendLiteral(", \"free_bytes\": ");
+  out->AppendNumber(c.free_bytes);
+  out->AppendLiteral(", \"free_chunks\": ");
+  out->AppendNumber(c.free_chunks);
+  out->AppendLiteral(", \"used_bytes\": ");
+  out->AppendNumber(c.used_bytes());
+  out->AppendLiteral(", \"reserve_bytes\": ");
+  out->AppendNumber(c.reserve_bytes);
+  out->AppendLiteral(", \"reserve_blocks\": ");
+  out->AppendNumber(c.reserve_blocks);
+  out->AppendLiteral(", \"reserve_uses\": ");
+  out->AppendNumber(c.reserve_uses);
 }
 
-std::string TextTotals(const ContextCounters& c) {
-  std::string line = absl::StrFormat("%d total in %d blocks; %d free (%d chunks); %d used",
-                                     c.total_bytes, c.blocks, c.free_bytes, c.free_chunks,
-                                     c.used_bytes());
-  if (c.reserve_blocks != 0 || c.reserve_uses != 0) {
-    absl::StrAppendFormat(&line, "; reserve %d bytes in %d blocks (%d used)", c.reserve_bytes,
-                          c.reserve_blocks, c.reserve_uses);
-  }
-  return line;
-}
-
-std::string JsonTotals(const ContextCounters& c) {
-  return absl::StrFormat(
-      "\"total_bytes\": %d, \"blocks\": %d, \"free_bytes\": %d, \"free_chunks\": %d, "
-      "\"used_bytes\": %d, \"reserve_bytes\": %d, \"reserve_blocks\": %d, "
-      "\"reserve_uses\": %d",
-      c.total_bytes, c.blocks, c.free_bytes, c.free_chunks, c.used_bytes(), c.reserve_bytes,
-      c.reserve_blocks, c.reserve_uses);
-}
-
-struct Frame {
-  const Context* ctx;
-  int depth;
-  const Context* next_child;  // next child to show or summarise
-  int shown;                  // children shown so far
-};
-
-// Sums the subtrees of `first` and its older siblings.
-ContextCounters SumSiblings(const Context* first, size_t* count) {
-  ContextCounters sum;
-  *count = 0;
-  for (const Context* c = first; c != nullptr; c = c->next_sibling()) {
-    sum.Add(GetSubtreeCounters(c));
-    ++*count;
-  }
-  return sum;
-}
-
-std::string TextReport(const Context* root, const ReportOptions& options) {
-  std::string out;
-  auto line = [&out](int depth, const std::string& text) {
-    out.append(static_cast<size_t>(depth) * 2, ' ');
-    out += text;
-    out += '\n';
-  };
-  std::vector<Frame> stack;
-  line(0, absl::StrCat(TextName(root->name()), ": ", TextTotals(GetCounters(root))));
-  stack.push_back({root, 0, root->first_child(), 0});
-  while (!stack.empty()) {
-    Frame& f = stack.back();
-    if (f.next_child != nullptr && f.depth < options.max_depth && f.shown < options.max_children) {
-      const Context* c = f.next_child;
-      f.next_child = c->next_sibling();
-      ++f.shown;
-      int depth = f.depth + 1;
-      line(depth, absl::StrCat(TextName(c->name()), ": ", TextTotals(GetCounters(c))));
-      stack.push_back({c, depth, c->first_child(), 0});
-      continue;
-    }
-    if (f.next_child != nullptr) {
-      size_t count;
-      ContextCounters rest = SumSiblings(f.next_child, &count);
-      line(f.depth + 1, absl::StrFormat("%d more child contexts containing %s", count,
-                                        TextTotals(rest)));
-    }
-    stack.pop_back();
-  }
-  ContextCounters grand = GetSubtreeCounters(root);
-  out += absl::StrFormat("Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used\n",
-                         grand.total_bytes, grand.blocks, grand.free_bytes, grand.free_chunks,
-                         grand.used_bytes());
-  return out;
-}
-
-std::string JsonReport(const Context* root, const ReportOptions& options) {
-  std::string out;
-  auto open = [&out](const Context* c) {
-    absl::StrAppend(&out, "{\"name\": ", JsonString(c->name()), ", \"kind\": ",
-                    JsonString(c->kind_name()), ", ", JsonTotals(GetCounters(c)),
-                    ", \"children\": [");
-  };
-  std::vector<Frame> stack;
-  open(root);
-  stack.push_back({root, 0, root->first_child(), 0});
-  while (!stack.empty()) {
-    Frame& f = stack.back();
-    if (f.next_child != nullptr && f.depth < options.max_depth && f.shown < options.max_children) {
-      const Context* c = f.next_child;
-      f.next_child = c->next_sibling();
-      if (f.shown++ > 0) out += ", ";
-      open(c);
-      stack.push_back({c, f.depth + 1, c->first_child(), 0});
-      continue;
-    }
-    out += "]";
-    if (f.next_child != nullptr) {
-      size_t count;
-      ContextCounters rest = SumSiblings(f.next_child, &count);
-      absl::StrAppend(&out, ", \"more_children\": {\"contexts\": ", count, ", ",
-                      JsonTotals(rest), "}");
-    }
-    out += "}";
-    stack.pop_back();
-  }
-  ContextCounters grand = GetSubtreeCounters(root);
-  return absl::StrCat("{\"tree\": ", out, ", \"grand_total\": {\"contexts\": ", grand.contexts,
-                      ", ", JsonTotals(grand), "}}\n");
-}
-
-// --- DOT ----------------------------------------------------------------------
+// JsonReportSink
 //
-// The DOT report walks the tree as the text report does, but in two passes:
-// the first collects what is shown (and, with `blocks`, inspects it), so that
-// every bar in the graph can be drawn to one scale; the second prints.
-
-// Text inside an HTML-like label: XML's specials escaped; control
-// characters, which XML does not allow, become '?'; bytes that are not
-// UTF-8 become U+FFFD. Graphviz rejects an empty <B></B>, so an empty name
-// is shown as "".
-std::string HtmlText(const char* s) {
-  if (*s == '\0') return "&quot;&quot;";
-  std::string out;
-  for (char ch : ValidUtf8(s)) {
-    switch (ch) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += static_cast<unsigned char>(ch) < 0x20 ? '?' : ch;
-    }
-  }
-  return out;
-}
-
-// Bar colours: headers, chunks handed out, chunks on freelists, free space.
-constexpr const char* kHeaderColor = "#b0b0b0";
-constexpr const char* kUsedColor = "#4a7fb5";
-constexpr const char* kFreelistColor = "#f0a040";
-constexpr const char* kFreeColor = "#ffffff";
-constexpr int kBarHeightPoints = 12;
-
-class LayoutCollector final : public InspectVisitor {
+//   {"tree": {"name": ..., "kind": ..., <totals>, "children": [<child>, ...]
+//             [, "more_children": {"contexts": N, <totals>}]},
+//    "grand_total": {"contexts": N, <totals>}}
+// Siblings are separated by a comma: a context begun right after another
+// ended is the next sibling of it.
+class JsonReportSink final : public ReportSink {
  public:
-  void VisitBlock(const BlockInfo& block) override { blocks.push_back(block); }
-  void VisitSizeClass(const SizeClassInfo& size_class) override {
-    if (size_class.free_chunks != 0) classes.push_back(size_class);
+  explicit JsonReportSink(internal::ReportOut* out) : out_(out) {}
+
+  void BeginContext(const Context* context, int depth, const ContextCounters& counters) override {
+    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
+    if (after_end_) out_->AppendLiteral(", ");
+    out_->AppendLiteral("{\"name\": ");
+    AppendJsonString(out_, context->name());
+    out_->AppendLiteral(", \"kind\": ");
+    AppendJsonString(out_, context->kind_name());
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, counters);
+    out_->AppendLiteral(", \"children\": [");
+    after_end_ = false;
   }
 
-  std::vector<BlockInfo> blocks;
-  std::vector<SizeClassInfo> classes;  // those with chunks on their freelist
+  void MoreChildren(const Context* /*parent*/, int /*depth*/, size_t count,
+                    const ContextCounters& totals) override {
+    out_->AppendLiteral("], \"more_children\": {\"contexts\": ");
+    out_->AppendNumber(count);
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, totals);
+    out_->AppendLiteral("}");
+    children_closed_ = true;
+  }
+
+  void EndContext(const Context* /*context*/, int /*depth*/) override {
+    if (!children_closed_) out_->AppendLiteral("]");
+    out_->AppendLiteral("}");
+    children_closed_ = false;
+    after_end_ = true;
+  }
+
+  void GrandTotal(const ContextCounters& totals) override {
+    out_->AppendLiteral(", \"grand_total\": {\"contexts\": ");
+    out_->AppendNumber(totals.contexts);
+    out_->AppendLiteral(", ");
+    AppendJsonTotals(out_, totals);
+    out_->AppendLiteral("}}\n");
+  }
+
+ private:
+  internal::ReportOut* out_;
+  bool after_end_ = false;        // the last call was EndContext
+  bool children_closed_ = false;  // MoreChildren closed the list already
 };
-
-// One node of the graph: a context, or what the cut left out of a parent.
-struct DotNode {
-  const Context* ctx;  // nullptr: a "more child contexts" node
-  int parent;          // index into the nodes; -1 for the root
-  size_t more_count;   // "more" nodes: contexts left out, and their totals
-  ContextCounters more_totals;
-  bool has_detail;     // with `blocks`: the kind could be inspected
-  LayoutCollector layout;
-};
-
-std::string DotTotals(const ContextCounters& c) {
-  std::string text = absl::StrFormat("%d total in %d blocks<BR/>%d free (%d chunks); %d used",
-                                     c.total_bytes, c.blocks, c.free_bytes, c.free_chunks,
-                                     c.used_bytes());
-  if (c.reserve_blocks != 0 || c.reserve_uses != 0) {
-    absl::StrAppendFormat(&text, "<BR/>reserve %d bytes in %d blocks (%d used)", c.reserve_bytes,
-                          c.reserve_blocks, c.reserve_uses);
-  }
-  return text;
-}
-
-std::string BlockCaption(const BlockInfo& b) {
-  std::string text = absl::StrFormat("%s %d: ", BlockRoleName(b.role), b.size);
-  if (b.header_bytes != 0) absl::StrAppendFormat(&text, "%d header, ", b.header_bytes);
-  absl::StrAppendFormat(&text, "%d used", b.used_bytes);
-  if (b.freelist_chunks != 0) {
-    absl::StrAppendFormat(&text, ", %d on freelists (%d chunks)", b.freelist_bytes,
-                          b.freelist_chunks);
-  }
-  if (b.free_bytes != 0) absl::StrAppendFormat(&text, ", %d free", b.free_bytes);
-  if (b.failed != 0) absl::StrAppendFormat(&text, ", failed %d", b.failed);
-  if (b.current) text += ", current";
-  return text;
-}
-
-// A bar of fixed-size cells. The bar's table is fixed to the sum of its
-// cells and aligned left: otherwise Graphviz stretches a shorter bar to the
-// width of the longest one in its column, spreading its cells apart.
-std::string BlockBar(const BlockInfo& b, double points_per_byte) {
-  std::string cells;
-  int total = 0;
-  auto piece = [&](size_t bytes, const char* color) {
-    if (bytes == 0) return;
-    int width = static_cast<int>(std::lround(static_cast<double>(bytes) * points_per_byte));
-    if (width < kDotMinPiecePoints) width = kDotMinPiecePoints;
-    total += width;
-    absl::StrAppendFormat(&cells,
-                          "<TD WIDTH=\"%d\" HEIGHT=\"%d\" FIXEDSIZE=\"TRUE\" BGCOLOR=\"%s\"></TD>",
-                          width, kBarHeightPoints, color);
-  };
-  piece(b.header_bytes, kHeaderColor);
-  piece(b.used_bytes, kUsedColor);
-  piece(b.freelist_bytes, kFreelistColor);
-  piece(b.free_bytes, kFreeColor);
-  return absl::StrFormat(
-      "<TABLE BORDER=\"0\" CELLBORDER=\"1\" CELLSPACING=\"0\" CELLPADDING=\"0\" "
-      "FIXEDSIZE=\"TRUE\" WIDTH=\"%d\" HEIGHT=\"%d\" ALIGN=\"LEFT\"><TR>%s</TR></TABLE>",
-      total, kBarHeightPoints, cells);
-}
-
-std::string ContextLabel(const DotNode& n, bool blocks, double points_per_byte) {
-  const Context* c = n.ctx;
-  const char* span = blocks ? " COLSPAN=\"2\"" : "";
-  std::string rows = absl::StrFormat(
-      "<TR><TD%s BGCOLOR=\"#dbe4f0\"><B>%s</B> (%s)</TD></TR>"
-      "<TR><TD%s>%s</TD></TR>",
-      span, HtmlText(c->name()), HtmlText(c->kind_name()), span, DotTotals(GetCounters(c)));
-  if (c->limit() != kNoLimit) {
-    absl::StrAppendFormat(&rows, "<TR><TD%s>limit %d; subtree %d</TD></TR>", span, c->limit(),
-                          c->SubtreeBytes());
-  }
-  if (c->last_failure() != Failure::kNone) {
-    absl::StrAppendFormat(&rows, "<TR><TD%s>last failure: %s</TD></TR>", span,
-                          FailureName(c->last_failure()));
-  }
-  if (blocks && !n.has_detail) {
-    absl::StrAppendFormat(&rows,
-                          "<TR><TD%s><I>no block detail (kind %s has no inspect)</I></TD></TR>",
-                          span, HtmlText(c->kind_name()));
-  }
-  if (blocks) {
-    for (const BlockInfo& b : n.layout.blocks) {
-      absl::StrAppendFormat(&rows,
-                            "<TR><TD ALIGN=\"LEFT\"><FONT POINT-SIZE=\"9\">%s</FONT></TD>"
-                            "<TD ALIGN=\"LEFT\">%s</TD></TR>",
-                            BlockCaption(b), BlockBar(b, points_per_byte));
-    }
-    if (!n.layout.classes.empty()) {
-      std::string lists = "freelists:";
-      for (const SizeClassInfo& sc : n.layout.classes) {
-        absl::StrAppendFormat(&lists, " %d B x%d", sc.class_bytes, sc.free_chunks);
-      }
-      absl::StrAppendFormat(&rows, "<TR><TD%s><FONT POINT-SIZE=\"9\">%s</FONT></TD></TR>", span,
-                            lists);
-    }
-  }
-  return absl::StrCat("<<TABLE BORDER=\"1\" CELLBORDER=\"0\" CELLSPACING=\"0\" CELLPADDING=\"3\">",
-                      rows, "</TABLE>>");
-}
-
-std::string DotReport(const Context* root, const ReportOptions& options) {
-  struct DotFrame {
-    Frame frame;
-    int node;  // index of the context's node
-  };
-  std::vector<DotNode> nodes;
-  auto add_context = [&](const Context* c, int parent) {
-    nodes.push_back({c, parent, 0, {}, false, {}});
-    return static_cast<int>(nodes.size()) - 1;
-  };
-  std::vector<DotFrame> stack;
-  stack.push_back({{root, 0, root->first_child(), 0}, add_context(root, -1)});
-  while (!stack.empty()) {
-    DotFrame& f = stack.back();
-    if (f.frame.next_child != nullptr && f.frame.depth < options.max_depth &&
-        f.frame.shown < options.max_children) {
-      const Context* c = f.frame.next_child;
-      f.frame.next_child = c->next_sibling();
-      ++f.frame.shown;
-      int node = add_context(c, f.node);
-      stack.push_back({{c, f.frame.depth + 1, c->first_child(), 0}, node});
-      continue;
-    }
-    if (f.frame.next_child != nullptr) {
-      DotNode more{nullptr, f.node, 0, {}, false, {}};
-      more.more_totals = SumSiblings(f.frame.next_child, &more.more_count);
-      nodes.push_back(std::move(more));
-    }
-    stack.pop_back();
-  }
-
-  size_t largest = 0;
-  if (options.blocks) {
-    for (DotNode& n : nodes) {
-      if (n.ctx == nullptr) continue;
-      n.has_detail = InspectContext(n.ctx, &n.layout);
-      for (const BlockInfo& b : n.layout.blocks) largest = b.size > largest ? b.size : largest;
-    }
-  }
-  const double points_per_byte =
-      largest == 0 ? 0.0 : static_cast<double>(kDotBarPoints) / static_cast<double>(largest);
-
-  ContextCounters grand = GetSubtreeCounters(root);
-  std::string title = absl::StrFormat(
-      "Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used", grand.total_bytes,
-      grand.blocks, grand.free_bytes, grand.free_chunks, grand.used_bytes());
-  if (options.blocks) {
-    title += "\\nblocks to scale: grey headers, blue used, orange on freelists, white free";
-  }
-  std::string out = absl::StrCat(
-      "digraph mcx {\n"
-      "  graph [fontname=\"Helvetica\", fontsize=10, labelloc=b, label=\"",
-      title,
-      "\"];\n"
-      "  node [shape=plaintext, fontname=\"Helvetica\", fontsize=10];\n"
-      "  edge [color=\"#555555\"];\n");
-  int contexts = 0;
-  int mores = 0;
-  std::vector<std::string> ids(nodes.size());
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    const DotNode& n = nodes[i];
-    if (n.ctx != nullptr) {
-      ids[i] = absl::StrCat("ctx", contexts++);
-      absl::StrAppend(&out, "  ", ids[i],
-                      " [label=", ContextLabel(n, options.blocks, points_per_byte), "];\n");
-    } else {
-      ids[i] = absl::StrCat("more", mores++);
-      const ContextCounters& t = n.more_totals;
-      absl::StrAppendFormat(
-          &out,
-          "  %s [shape=note, label=\"%d more child contexts\\n%d total in %d blocks\\n"
-          "%d free (%d chunks); %d used\"];\n",
-          ids[i], n.more_count, t.total_bytes, t.blocks, t.free_bytes, t.free_chunks,
-          t.used_bytes());
-    }
-    if (n.parent >= 0) {
-      absl::StrAppend(&out, "  ", ids[static_cast<size_t>(n.parent)], " -> ", ids[i],
-                      n.ctx == nullptr ? " [style=dashed]" : "", ";\n");
-    }
-  }
-  out += "}\n";
-  return out;
-}
 
 }  // namespace
 
 std::string StatsReport(const Context* root, const ReportOptions& options) {
-  switch (options.format) {
-    case ReportFormat::kJson:
-      return JsonReport(root, options);
-    case ReportFormat::kDot:
-      return DotReport(root, options);
-    case ReportFormat::kText:
-      break;
+  std::string text;
+  StringOut out(&text);
+  if (options.format == ReportFormat::kJson) {
+    JsonReportSink sink(&out);
+    WalkReport(root, options.max_depth, options.max_children, &sink);
+  } else {
+    internal::TextReportSink sink(&out);
+    WalkReport(root, options.max_depth, options.max_children, &sink);
   }
-  return TextReport(root, options);
+  return text;
 }
 
 }  // namespace mcx

@@ -20,25 +20,13 @@
 //     and valid UTF-8 appear as given (DumpStats and the dump on failure
 //     escape the same way).
 //   - `ReportFormat::kJson` gives the same tree, cut the same way, as JSON.
-//     JSON and DOT, which must be UTF-8, show each byte that starts no
-//     well-formed UTF-8 sequence as U+FFFD, and DOT shows an empty name as "".
-//   - `ReportFormat::kDot` gives it as a Graphviz digraph (render it with
-//     `dot -Tsvg`): one node per context, named `ctxN` in walk order (the
-//     root is `ctx0`), labelled with its name, kind, "T total in N blocks",
-//     "F free (C chunks); U used", and, where they apply, its limit (with
-//     the subtree's bytes), reserve and last failure; one edge from each
-//     parent to each child shown. What the cut leaves out is one node per
-//     parent, `moreN` (shape "note", a dashed edge), "N more child contexts"
-//     with their totals. The graph's label is the grand total.
-//   - `blocks = true` (DOT only) adds each context's blocks, drawn to scale
-//     as bars (inspect.h): grey for headers, blue for chunks handed out,
-//     orange for chunks on freelists, white for free bump space; one scale
-//     for the whole graph (the largest block is `kDotBarPoints` wide), and
-//     no piece narrower than `kDotMinPiecePoints`. Each bar is captioned
-//     with the block's role, size and numbers, "current" and the pool's
-//     `failed` count; a last row lists the size classes with chunks on
-//     their freelists. A context whose kind has no inspect method says so.
-//     Inspecting walks every block (and, for the freelist kind, every chunk).
+//     JSON must be UTF-8: each byte of a name that starts no well-formed
+//     UTF-8 sequence shows as U+FFFD.
+//   - Every report is one walk of the tree (`WalkReport`, report.h) rendered
+//     by a sink: text (also `DumpStats`, dump.h, byte for byte), JSON, and,
+//     outside the core, the Graphviz drawing (`DotReport` in
+//     mcx/context/dot.h, Bazel target //context:dot, CMake mcx::dot), which
+//     the core does not link.
 //
 // Example:
 //
@@ -49,11 +37,10 @@
 //   //     spill: 8200 total in 1 blocks; 7520 free (50 chunks); 680 used
 //   // ...
 //
-//   // As a picture (examples/tour.cc; docs/pictures/render.sh):
-//   mcx::ReportOptions dot;
-//   dot.format = mcx::ReportFormat::kDot;
-//   dot.blocks = true;
-//   std::ofstream("top.dot") << mcx::StatsReport(top, dot);  // dot -Tsvg top.dot
+//   // As JSON:
+//   mcx::ReportOptions json;
+//   json.format = mcx::ReportFormat::kJson;
+//   std::string tree = mcx::StatsReport(top, json);
 
 #ifndef MCX_CONTEXT_STATS_H_
 #define MCX_CONTEXT_STATS_H_
@@ -84,19 +71,13 @@ struct ContextCounters {
 ContextCounters GetCounters(const Context* ctx);
 ContextCounters GetSubtreeCounters(const Context* ctx);
 
-enum class ReportFormat { kText, kJson, kDot };
+enum class ReportFormat { kText, kJson };
 
 struct ReportOptions {
   int max_depth = 100;     // levels shown below the root
   int max_children = 100;  // children shown per context
   ReportFormat format = ReportFormat::kText;
-  bool blocks = false;     // kDot: draw each context's blocks
 };
-
-// kDot with `blocks`: width in points of the largest block's bar, and the
-// least width of a nonzero piece of a bar (so a few bytes stay visible).
-inline constexpr int kDotBarPoints = 240;
-inline constexpr int kDotMinPiecePoints = 3;
 
 std::string StatsReport(const Context* root, const ReportOptions& options = {});
 

@@ -17,8 +17,8 @@
 //
 // Run: bazel run //examples:tour [-- --dot DIR]
 // With --dot DIR it also writes the tree at each key moment as a Graphviz
-// file (StatsReport's DOT output with blocks), DIR/step<N>-<moment>.dot
-// (DIR is created if missing);
+// file (DotReport's output with blocks, mcx/context/dot.h),
+// DIR/step<N>-<moment>.dot (DIR is created if missing);
 // docs/pictures/render.sh turns them into SVG.
 
 #include <cstdarg>
@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dot.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/stats.h"
@@ -142,12 +143,11 @@ mcx::KindSpec SmallFreelist() {
 // Writes the tree under `root` as DOT, with blocks, if --dot was given.
 void Snapshot(const mcx::Context* root, const char* moment) {
   if (dot_dir == nullptr) return;
-  mcx::ReportOptions o;
-  o.format = mcx::ReportFormat::kDot;
+  mcx::DotOptions o;
   o.blocks = true;
   std::string path = Format("%s/step%d-%s.dot", dot_dir, step, moment);
   std::ofstream out(path);
-  out << mcx::StatsReport(root, o);
+  out << mcx::DotReport(root, o);
   out.close();
   CLAIM(!out.fail(), "the drawing was written to " + path);
 }
@@ -203,11 +203,11 @@ void DrawBlocks(const mcx::ContextLayout& layout) {
       extra = Format("last +%-4zu end +%-4zu", b.last_offset, b.end_offset);
     }
     if (layout.kind == std::string("pool") && b.role != mcx::BlockRole::kLarge) {
-      extra += Format("  failed %u", b.failed);
+      extra += Format("  failed %u", static_cast<unsigned>(b.Counter("failed")));
     }
     if (b.freelist_chunks != 0) extra += Format("  %zu free chunks", b.freelist_chunks);
     if (b.current) extra += "  <- current";
-    std::printf("  [%d] %-6s %4zu B %s  %s\n", ++n, mcx::BlockRoleName(b.role), b.size,
+    std::printf("  [%d] %-6s %4zu B %s  %s\n", ++n, b.Name(), b.size,
                 Bar(b, FreeRanges(layout, b)).c_str(), extra.c_str());
   }
 }
@@ -273,7 +273,7 @@ std::string FailedList(const mcx::ContextLayout& layout) {
   std::string s = "[";
   for (const mcx::BlockInfo& b : layout.blocks) {
     if (b.role == mcx::BlockRole::kLarge) continue;
-    s += Format("%s%u", s.size() > 1 ? " " : "", b.failed);
+    s += Format("%s%u", s.size() > 1 ? " " : "", static_cast<unsigned>(b.Counter("failed")));
   }
   return s + "]";
 }
@@ -332,7 +332,7 @@ mcx::Context* StepBump() {
   mcx::ContextLayout l1 = mcx::InspectContext(req);
   std::printf("  Alloc(400) -> new block 2; failed %s\n", FailedList(l1).c_str());
   CLAIM(l1.blocks.size() == 2 && BlockIndex(l1, p1) == 1, "the chunk went into a new block 2");
-  CLAIM(l1.blocks[0].failed == 0, "block 1 was the newest block: no failure counted");
+  CLAIM(l1.blocks[0].Counter("failed") == 0, "block 1 was the newest block: no failure counted");
   void* p2 = req->Alloc(400);
   mcx::ContextLayout l2 = mcx::InspectContext(req);
   std::printf("  Alloc(400) -> block 2 again (it had room); failed %s\n", FailedList(l2).c_str());
@@ -341,7 +341,7 @@ mcx::Context* StepBump() {
   mcx::ContextLayout l3 = mcx::InspectContext(req);
   std::printf("  Alloc(400) -> new block 3; failed %s\n\n", FailedList(l3).c_str());
   CLAIM(l3.blocks.size() == 3 && BlockIndex(l3, p3) == 2, "the third 400 needed block 3");
-  CLAIM(l3.blocks[0].failed == 1 && l3.blocks[1].failed == 0,
+  CLAIM(l3.blocks[0].Counter("failed") == 1 && l3.blocks[1].Counter("failed") == 0,
         "block 1 (from `current`) failed once; block 2, the newest before, did not");
   CLAIM(CurrentIndex(l3) == 0, "`current` is still block 1");
   DrawContext(req);
@@ -367,18 +367,19 @@ void StepSkip(mcx::Context* req) {
                 after.blocks.size(), FailedList(after).c_str(), CurrentIndex(after) + 1);
     CLAIM(after.blocks.size() == before.blocks.size() + 1, "each 580-byte request appends a block");
     for (size_t i = 0; i + 1 < before.blocks.size(); ++i) {
-      CLAIM(after.blocks[i].failed == before.blocks[i].failed + 1,
+      CLAIM(after.blocks[i].Counter("failed") == before.blocks[i].Counter("failed") + 1,
             Format("block %zu, between `current` and the newest, failed once more", i + 1));
     }
-    CLAIM(after.blocks[before.blocks.size() - 1].failed == before.blocks.back().failed,
+    CLAIM(after.blocks[before.blocks.size() - 1].Counter("failed") ==
+              before.blocks.back().Counter("failed"),
           "the newest block before the append counts no failure");
     CLAIM(appended < 20, "`current` moves within a few blocks");
   }
   mcx::ContextLayout layout = mcx::InspectContext(req);
-  CLAIM(layout.blocks[0].failed == kMaxFailures + 2,
+  CLAIM(layout.blocks[0].Counter("failed") == kMaxFailures + 2,
         "block 1 was skipped at its failure after the 5th");
   std::printf("\n  Block 1 failed %u times: `current` is now block %d.\n\n",
-              layout.blocks[0].failed, CurrentIndex(layout) + 1);
+              static_cast<unsigned>(layout.blocks[0].Counter("failed")), CurrentIndex(layout) + 1);
   DrawContext(req);
 
   Say("A 64-byte request would fit in block 1, but it is never tried again:\n");
@@ -434,7 +435,7 @@ void StepLarge(mcx::Context* req) {
   mcx::ContextLayout reset = mcx::InspectContext(req);
   Say("Reset keeps only the first block, empty, and forgets the failures:\n");
   DrawContext(req);
-  CLAIM(reset.blocks.size() == 1 && reset.blocks[0].failed == 0 && reset.blocks[0].current &&
+  CLAIM(reset.blocks.size() == 1 && reset.blocks[0].Counter("failed") == 0 && reset.blocks[0].current &&
             reset.blocks[0].last_offset == req->header_bytes(),
         "after Reset: one empty first block, current, no failures");
   CLAIM(source.live() == 1, "every other block went back to the source");

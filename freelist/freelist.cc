@@ -23,9 +23,9 @@
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
-#include "absl/strings/str_format.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/freelist/internal/freelist_block.h"
 
@@ -490,7 +490,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     BlockHeader* b = HeaderOf(kb);
     if (!ok) return;
     if (kb->owner != ctx || !st->blocks.Holds(kb)) {
-      absl::StrAppendFormat(error, "freelist '%s': block %p names another owner or a broken link\n",
+      internal::AppendFormat(error, "freelist '%s': block %p names another owner or a broken link\n",
                             ctx->name(), static_cast<void*>(b));
       ok = false;
       return;
@@ -505,7 +505,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
                   ChunkHeaderOffset(h) ==
                       static_cast<uint64_t>(payload - 8 - reinterpret_cast<char*>(b));
       if (!good) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p has a corrupt header 0x%016x\n",
                               ctx->name(), static_cast<void*>(payload), h);
         ok = false;
         return;
@@ -513,7 +513,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
       if (ChunkHeaderIsFree(h)) {
         ++free_in_blocks;
       } else if (kChecking && !SentinelOk(payload)) {
-        absl::StrAppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "freelist '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<void*>(payload), RequestedSize(payload));
         ok = false;
         return;
@@ -527,7 +527,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     for (void* p = st->freelists[c]; p != nullptr; p = NextFree(p)) {
       uint64_t h = ReadChunkHeader(p);
       if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || BlockOf(p, h)->link.owner != ctx) {
-        absl::StrAppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
+        internal::AppendFormat(error, "freelist '%s': chunk %p on freelist %d is not a free chunk of that class\n",
                               ctx->name(), p, c);
         return false;
       }
@@ -535,14 +535,14 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
     }
   }
   if (on_lists != free_in_blocks) {
-    absl::StrAppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
+    internal::AppendFormat(error, "freelist '%s': %d chunks marked free but %d on freelists\n",
                           ctx->name(), free_in_blocks, on_lists);
     return false;
   }
   st->dedicated.ForEach([&](KindBlock* b) {
     char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
     if (ok && (b->owner != ctx || (kChecking && !SentinelOk(payload)))) {
-      absl::StrAppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
+      internal::AppendFormat(error, "freelist '%s': dedicated chunk %p is corrupt\n", ctx->name(),
                             static_cast<void*>(payload));
       ok = false;
     }
@@ -550,7 +550,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
   if (!ok) return false;
   blocks += st->dedicated.count() + st->spare.count();
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "freelist '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
@@ -648,7 +648,8 @@ void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor
     info.header_bytes = kDedicatedPayload;  // block header and chunk header
     info.used_bytes = b->size - kDedicatedPayload;
     info.last_offset = info.end_offset = b->size;
-    info.role = BlockRole::kDedicated;
+    info.role = BlockRole::kOversize;
+    info.label = "dedicated";
     visitor->VisitBlock(info);
   });
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
@@ -767,6 +768,11 @@ constexpr KindMethods kFreelistMethods = MakeKindMethods<Freelist>();
 
 KindSpec FreelistKind(const FreelistOptions& options) {
   return KindSpec(&kFreelistMethods, options);
+}
+
+const KindSpec& FreelistKind() {
+  static const KindSpec spec(&kFreelistMethods, FreelistOptions());
+  return spec;
 }
 
 Context* CreateFreelistContext(Context* parent, const char* name, const FreelistOptions& options,

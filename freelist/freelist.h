@@ -70,7 +70,10 @@ inline constexpr size_t kFreelistChunkHeaderBytes =
 // Chunk headers store a 32-bit offset to their block.
 inline constexpr size_t kMaxFreelistBlockSize = size_t{1} << 30;
 
-KindSpec FreelistKind(const FreelistOptions& options = FreelistOptions());
+KindSpec FreelistKind(const FreelistOptions& options);
+// The default options' spec, made once: what `FreelistKind()` costs a caller
+// that creates a context with it is a reference, not a copy.
+const KindSpec& FreelistKind();
 
 Context* CreateFreelistContext(Context* parent, const char* name,
                                const FreelistOptions& options = FreelistOptions(),

@@ -24,10 +24,12 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <type_traits>
 
-#include "absl/strings/str_format.h"
+#include "absl/base/attributes.h"
 #include "mcx/context/block_list.h"
 #include "mcx/context/inspect.h"
+#include "mcx/context/internal/format.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/pool/internal/pool_block.h"
 
@@ -110,21 +112,39 @@ size_t RoundUpPow2(size_t n) {
 // The oldest block (the first block, unless a rewind made another current).
 PoolBlock* Oldest(const PoolState* st) { return AsPoolBlock(st->blocks.head()); }
 
+// The largest request the bump window serves (0: no window). Zero is a
+// legal max_small (everything large) but not for the window. Checking builds
+// send every request through the kind, which adds headers and sentinels;
+// rewind mode must count every chunk. Derived, not kept: the state is
+// written at every context creation.
+size_t WindowMax(const PoolState* st) {
+  return (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
+}
+
+// Where block growth starts, and restarts after a reset: the first block's
+// size (whoever chose it: the options or the tree), or the one size of
+// rewind mode.
+size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+  if (st->rewind_block_size != 0) return st->rewind_block_size;
+  const size_t least = kBlockHeaderBytes + kMinFirstBlockSpace;
+  return ctx->first_block_size() < least ? least : ctx->first_block_size();
+}
+
 // The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) st->window->last = BumpPointer(ctx);
+  if (WindowMax(st) != 0) st->window->last = BumpPointer(ctx);
 }
 
 void Publish(Context* ctx, PoolState* st) {
-  if (st->window_max != 0) {
-    SetBumpWindow(ctx, st->window->last, st->window->end, st->window_max);
+  if (size_t max = WindowMax(st); max != 0) {
+    SetBumpWindow(ctx, st->window->last, st->window->end, max);
   }
 }
 
 // Const readers see the window block through the window without writing.
 char* LastOf(const Context* ctx, const PoolState* st, const PoolBlock* b) {
-  return (st->window_max != 0 && b == st->window) ? BumpPointer(ctx) : b->last;
+  return (WindowMax(st) != 0 && b == st->window) ? BumpPointer(ctx) : b->last;
 }
 
 // O(1) block lookup in rewind mode: blocks are aligned to their size.
@@ -490,19 +510,19 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
       CheckedHeader h = ReadCheckedHeader(r);
       if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(r));
         return false;
       }
       const char* p = r + h.payload_offset;
       uint64_t word = ReadChunkHeader(p);
       if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
-        absl::StrAppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
                               static_cast<const void*>(p));
         return false;
       }
       if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
-        absl::StrAppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+        internal::AppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
                               ctx->name(), static_cast<const void*>(p), h.requested);
         return false;
       }
@@ -513,7 +533,7 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     const LargeHeader* h = AsLargeHeader(l);
     const char* p = PayloadOf(h);
     if (!SentinelOk(p + h->requested)) {
-      absl::StrAppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
+      internal::AppendFormat(error, "pool '%s': sentinel of large chunk %p (%d bytes) overwritten\n",
                             ctx->name(), static_cast<const void*>(p), h->requested);
       return false;
     }
@@ -668,7 +688,7 @@ void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t 
 
 // Every large chunk's block goes back, its check word saying "freed": a stale
 // pointer to one is then reported as freed, not followed.
-void ReleaseLarge(Context* ctx, PoolState* st) {
+ABSL_ATTRIBUTE_NOINLINE void ReleaseLarge(Context* ctx, PoolState* st) {
   st->large.ForEach([&](KindBlock* l) {
     LargeHeader* h = AsLargeHeader(l);
     h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(PayloadOf(h));
@@ -704,18 +724,24 @@ void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
     b->live = 0;
   }
   st->current = st->window = &st->first;
-  st->next_block_size = st->base_block_size;
+  st->next_block_size = BaseBlockSize(ctx, st);
   if (largest != 0 && st->rewind_block_size == 0) {
     st->next_block_size = largest * 2 < st->max_block_size ? largest * 2 : st->max_block_size;
   }
   Publish(ctx, st);
 }
 
-void PoolReleaseAll(Context* ctx, PoolState* st) {
-  VerifyOrReport(ctx, st);
-  ReleaseLarge(ctx, st);
+// Out of line: its calls would make every release save registers.
+ABSL_ATTRIBUTE_NOINLINE void ReleaseGrownBlocks(Context* ctx, PoolState* st) {
   ReleaseBlocks(ctx, &st->blocks, &st->first.link);
   st->current = st->window = &st->first;
+}
+
+void PoolReleaseAll(Context* ctx, PoolState* st) {
+  VerifyOrReport(ctx, st);
+  // Most contexts die with their first block alone: two tests.
+  if (!st->large.empty()) ReleaseLarge(ctx, st);
+  if (!st->blocks.IsOnly(&st->first.link)) ReleaseGrownBlocks(ctx, st);
 }
 
 bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
@@ -724,12 +750,12 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
   for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
     char* last = LastOf(ctx, st, b);
     if (!st->blocks.Holds(&b->link)) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has a broken link\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': block %p has a broken link\n", ctx->name(),
                             static_cast<const void*>(b));
       return false;
     }
     if (!(b->start <= last && last <= b->end)) {
-      absl::StrAppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
+      internal::AppendFormat(error, "pool '%s': block %p has last outside [start, end]\n",
                             ctx->name(), static_cast<const void*>(b));
       return false;
     }
@@ -744,7 +770,7 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
         h->check != (kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p)) ||
         p < block + sizeof(LargeHeader) || h->requested > l->size ||
         h->requested > static_cast<size_t>(block + l->size - p)) {
-      absl::StrAppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
+      internal::AppendFormat(error, "pool '%s': large chunk %p has a corrupt header\n", ctx->name(),
                             static_cast<const void*>(p));
       return false;
     }
@@ -753,12 +779,12 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
     if (++blocks > ctx->num_blocks()) break;
   }
   if (!current_seen) {
-    absl::StrAppendFormat(error, "pool '%s': current block is not on the block list\n",
+    internal::AppendFormat(error, "pool '%s': current block is not on the block list\n",
                           ctx->name());
     return false;
   }
   if (blocks != ctx->num_blocks()) {
-    absl::StrAppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
+    internal::AppendFormat(error, "pool '%s': %d blocks on the lists but %d accounted\n",
                           ctx->name(), blocks, ctx->num_blocks());
     return false;
   }
@@ -780,7 +806,7 @@ BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock
   info.used_bytes = info.size - info.header_bytes - info.free_bytes;
   info.role = first ? BlockRole::kFirst : BlockRole::kNormal;
   info.current = b == st->current;
-  info.failed = b->failed;
+  info.SetCounter("failed", b->failed);
   return info;
 }
 
@@ -810,38 +836,42 @@ struct PoolImpl {
     return o.rewind_on_free ? first_block_size : kMinBlockAlignment;
   }
 
+  // Every field written once, without zeroing the state first: this runs at
+  // every context creation.
   static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
-    new (st) State();
-    st->first.link.owner = ctx;
-    st->first.link.size = 0;  // the tree releases the first block
-    st->first.start = st->first.last = space;
-    st->first.end = block_end;
-    st->blocks.PushBack(&st->first.link);
-    st->current = st->window = &st->first;
+    static_assert(std::is_trivially_destructible_v<State>, "the state is dropped, not destroyed");
+    PoolBlock& first = st->first;
+    first.link.owner = ctx;
+    first.link.size = 0;  // the tree releases the first block
+    first.start = first.last = space;
+    first.end = block_end;
+    first.failed = 0;
+    first.live = 0;
+    new (&st->blocks) BlockList();
+    st->blocks.PushBack(&first.link);
+    new (&st->large) BlockList();
+    st->current = st->window = &first;
     // Direct mode: every request a large chunk, a block of its own (nginx's
     // NGX_DEBUG_PALLOC).
-    st->max_small = kDirectBuild ? 0 : o.max_small;
+    size_t max_small = kDirectBuild ? 0 : o.max_small;
+    st->rewind_block_size = 0;
     if (o.rewind_on_free) {
       // The size requested, not the size the source gave: only the requested
       // size is guaranteed to be the first block's alignment, and the
       // source's slack past it would break the address mask.
       st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
-      st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+      first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
       size_t room = st->rewind_block_size - kBlockHeaderBytes;
-      if (st->max_small > room / 2) st->max_small = room / 2;
+      if (max_small > room / 2) max_small = room / 2;
     }
-    // Later blocks start at the first block's size (whoever chose it).
-    size_t base = o.initial_block_size != 0 ? o.initial_block_size : ctx->first_block_size();
-    if (base < kBlockHeaderBytes + kMinFirstBlockSpace) base = kBlockHeaderBytes + kMinFirstBlockSpace;
-    st->base_block_size = base;
+    st->max_small = max_small;
+    const size_t base = BaseBlockSize(ctx, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
-    PoisonMemoryRegion(st->first.start, static_cast<size_t>(st->first.end - st->first.start));
-    // Zero is a legal max_small (everything large) but not for the window.
-    // Checking builds send every request through the kind, which adds
-    // headers and sentinels; rewind mode must count every chunk.
-    st->window_max = (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
-    Publish(ctx, st);
+    PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
+    if (size_t window_max = WindowMax(st); window_max != 0) {
+      SetBumpWindow(ctx, first.last, first.end, window_max);
+    }
     return true;
   }
 
@@ -901,7 +931,8 @@ struct PoolImpl {
       info.header_bytes = static_cast<size_t>(PayloadOf(h) - static_cast<const char*>(h->block));
       info.used_bytes = l->size - info.header_bytes;
       info.last_offset = info.end_offset = l->size;
-      info.role = BlockRole::kLarge;
+      info.role = BlockRole::kOversize;
+      info.label = "large";
       visitor->VisitBlock(info);
     }
   }
@@ -912,6 +943,11 @@ constexpr KindMethods kPoolMethods = MakeKindMethods<PoolImpl>();
 }  // namespace
 
 KindSpec PoolKind(const PoolOptions& options) { return KindSpec(&kPoolMethods, options); }
+
+const KindSpec& PoolKind() {
+  static const KindSpec spec(&kPoolMethods, PoolOptions());
+  return spec;
+}
 
 Context* CreatePoolContext(Context* parent, const char* name, const PoolOptions& options,
                            const ContextOptions& context_options) {

@@ -66,9 +66,8 @@ struct PoolOptions {
   // kDefaultFirstBlockSize): 8 KiB for a root, and for a child a small
   // block that follows what its parent's children need, up to 8 KiB.
   size_t initial_block_size = 0;
-  // Later blocks double from the first block's size (initial_block_size when
-  // set) up to this. Equal to initial_block_size, every block has one size,
-  // as in nginx.
+  // Later blocks double from the first block's size up to this. Equal to
+  // initial_block_size, every block has one size, as in nginx.
   size_t max_block_size = 1024 * 1024;
   // nginx's `max`: larger requests go to the large list.
   size_t max_small = 4096;
@@ -81,7 +80,10 @@ struct PoolOptions {
   bool rewind_on_free = false;
 };
 
-KindSpec PoolKind(const PoolOptions& options = PoolOptions());
+KindSpec PoolKind(const PoolOptions& options);
+// The default options' spec, made once: what `PoolKind()` costs a caller
+// that creates a context with it is a reference, not a copy.
+const KindSpec& PoolKind();
 
 // Creates a pool context: the same as Context::Create with PoolKind(options).
 Context* CreatePoolContext(Context* parent, const char* name,

@@ -4,7 +4,7 @@ _COMMON_DEPS = [
     "//context",
     "//freelist",
     "//pool",
-    "//tests/testing",
+    "//testing",
     "@com_google_googletest//:gtest_main",
 ]
 

@@ -81,6 +81,14 @@ inline void CountLimited(size_t old_limit, size_t new_limit) {
 inline bool AnyLimited() { return limited_contexts.load(std::memory_order_relaxed) != 0; }
 
 }  // namespace internal
+
+inline bool Context::ChargeLimits(size_t bytes) {
+  return ABSL_PREDICT_TRUE(!internal::AnyLimited()) || ChargeLimitsSlow(bytes);
+}
+
+inline void Context::UnchargeLimits(size_t bytes) {
+  if (ABSL_PREDICT_FALSE(internal::AnyLimited())) UnchargeLimitsSlow(bytes);
+}
 }  // namespace mcx
 
 #endif  // MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_

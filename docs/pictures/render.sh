@@ -1,7 +1,7 @@
 #!/bin/bash
 # Renders the key moments of the tour (examples/tour.cc) as SVG pictures in
 # this directory: the tour writes the tree at each moment as Graphviz DOT
-# (mcx::StatsReport with ReportFormat::kDot and blocks = true), and dot draws
+# (mcx::DotReport with blocks = true, mcx/context/dot.h), and dot draws
 # it. Run it again after a change to the kinds or to the DOT output:
 #
 #   docs/pictures/render.sh        (needs graphviz: apt-get install graphviz)

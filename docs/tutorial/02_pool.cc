@@ -50,10 +50,10 @@ int main() {
   p->Alloc(400);                               // the first block has bytes left over
   while (p->num_blocks() < 3) p->Alloc(400);   // two blocks appended
   mcx::ContextLayout layout = mcx::InspectContext(p);
-  CHECK(layout.blocks[0].current && layout.blocks[0].failed == 1);
+  CHECK(layout.blocks[0].current && layout.blocks[0].Counter("failed") == 1);
   while (p->num_blocks() < 10) p->Alloc(400);  // seven more
   layout = mcx::InspectContext(p);
-  CHECK(layout.blocks[0].failed > 4 && !layout.blocks[0].current);  // skipped now
+  CHECK(layout.blocks[0].Counter("failed") > 4 && !layout.blocks[0].current);  // skipped now
   p->Destroy();
   // [END current]
   return 0;

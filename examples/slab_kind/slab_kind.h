@@ -20,7 +20,13 @@
 //   - Freed slots stay in their blocks until the context is reset or
 //     destroyed: the slab keeps its peak, as a slab should.
 //   - A double free, and a free through the wrong context, are reported as
-//     misuse in every build.
+//     misuse in every build; a freed dedicated chunk reads "freed" for as
+//     long as its block's memory is not reused.
+//   - Inspect (mcx/context/inspect.h) shows the blocks of slots (first,
+//     normal, spare) and the dedicated blocks, and one size class: the slot,
+//     with its free list.
+//   - In direct mode (--config=direct) every request gets a dedicated block,
+//     so that AddressSanitizer sees each chunk alone.
 //
 // Example:
 //
@@ -58,8 +64,10 @@ inline constexpr size_t kMaxSlotSize = size_t{64} * 1024;
 // Chunk headers store a 32-bit offset to their block: blocks stay below it.
 inline constexpr size_t kMaxSlabBlockBytes = size_t{1} << 30;
 
-// The chunk header id of slab chunks. Ids 10..13 are free for new kinds
-// (mcx/context/chunk_header.h); the example takes the last one.
+// The chunk header id of slab chunks. Ids 9..13 are free for new kinds
+// (mcx/context/chunk_header.h); the example takes the last one. Two kinds
+// in one program must not share an id: RegisterChunkKind refuses a taken
+// one, and the second kind's contexts then fail to create (kBadArgument).
 inline constexpr uint8_t kChunkKindSlab = 13;
 
 KindSpec SlabKind(const SlabOptions& options = SlabOptions());

@@ -114,10 +114,8 @@ struct PoolState {
   BlockList large;     // live large chunks' headers, newest first
   size_t max_small;        // bytes; larger requests go to the large list
   size_t next_block_size;  // bytes of the next block; doubles up to max
-  size_t base_block_size;  // where next_block_size restarts after a reset
   size_t max_block_size;
   size_t rewind_block_size;  // power of two; 0 when rewind_on_free is off
-  size_t window_max;         // max for the bump window (0: no window)
 };
 
 }  // namespace pool_internal

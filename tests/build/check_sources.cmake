@@ -1,12 +1,13 @@
 # cmake -DMCX_SOURCE_DIR=<repo> [-DMCX_TEST_PACKAGES="context;pool;..."] -P check_sources.cmake
 #
 # Fails if the CMake build would not compile what the Bazel build compiles:
-#  - a .cc/.c/.h file in a library package (context/, pool/, freelist/, c/)
-#    that is in neither `srcs` nor `hdrs` of its cc_library,
+#  - a .cc/.c/.h file in a library package (context/, pool/, freelist/, c/,
+#    and the test kit, testing/) that is in neither `srcs` nor `hdrs` of its
+#    cc_library,
 #  - a listed file that does not exist,
 #  - a library whose lists parse as empty (the parser found nothing),
 #  - a .cc/.c/.h file in a test package (tests/<package>/) that is in no rule
-#    of its BUILD.bazel (not a test's srcs, not //tests/testing's lists).
+#    of its BUILD.bazel (not a test's srcs).
 # The lists are read with the same parser as the CMake build
 # (cmake/McxBazel.cmake), so this also checks that parser.
 cmake_minimum_required(VERSION 3.16)
@@ -14,7 +15,7 @@ if(NOT MCX_SOURCE_DIR)
   get_filename_component(MCX_SOURCE_DIR "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 endif()
 if(NOT DEFINED MCX_TEST_PACKAGES)
-  set(MCX_TEST_PACKAGES context pool freelist stress c testing)
+  set(MCX_TEST_PACKAGES context pool freelist stress kit c)
 endif()
 include("${MCX_SOURCE_DIR}/cmake/McxBazel.cmake")
 
@@ -41,21 +42,30 @@ function(check_package pkg listed)
   set(problems "${problems}" PARENT_SCOPE)
 endfunction()
 
-# The libraries.
+# The libraries. A package may hold several (context/: core, context, dot):
+# a file must be in the lists of one of them.
 set(libraries 0)
-foreach(lib IN LISTS MCX_BAZEL_LIBRARIES)
+set(packages "")
+foreach(lib IN LISTS MCX_BAZEL_LIBRARIES MCX_BAZEL_TESTING_KIT)
   string(REPLACE ":" ";" lib "${lib}")
   list(GET lib 0 pkg)
   list(GET lib 1 name)
   mcx_bazel_library(L "${MCX_SOURCE_DIR}" "${pkg}" "${name}")
   set(listed ${L_SRCS} ${L_HDRS})
-  if(L_SRCS STREQUAL "" OR L_HDRS STREQUAL "")
-    list(APPEND problems "//${pkg}:${name}: srcs or hdrs parsed as empty")
+  if(L_SRCS STREQUAL "" AND L_HDRS STREQUAL "")
+    list(APPEND problems "//${pkg}:${name}: srcs and hdrs parsed as empty")
   endif()
   list(LENGTH listed n)
   message(STATUS "//${pkg}:${name}: ${n} files listed")
-  check_package("${pkg}" "${listed}")
+  string(MAKE_C_IDENTIFIER "${pkg}" key)
+  list(APPEND listed_in_${key} ${listed})
+  list(APPEND packages "${pkg}")
   math(EXPR libraries "${libraries} + 1")
+endforeach()
+list(REMOVE_DUPLICATES packages)
+foreach(pkg IN LISTS packages)
+  string(MAKE_C_IDENTIFIER "${pkg}" key)
+  check_package("${pkg}" "${listed_in_${key}}")
 endforeach()
 if(libraries EQUAL 0)
   list(APPEND problems "no libraries (MCX_BAZEL_LIBRARIES is empty)")

@@ -24,14 +24,14 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::ExactBlockSource;
-using testing::FailingBlockSource;
+using test::CountingBlockSource;
+using test::ExactBlockSource;
+using test::FailingBlockSource;
 
 class ContextTest : public ::testing::Test {
  protected:

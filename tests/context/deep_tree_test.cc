@@ -10,7 +10,7 @@
 #include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -31,7 +31,7 @@ struct Counter {
 
 TEST(DeepTreeTest, MillionDeepChainResetsAndDestroys) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* root = CreatePoolContext(nullptr, "root", Tiny(), o);

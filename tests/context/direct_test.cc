@@ -14,7 +14,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -31,7 +31,7 @@ class DirectTest : public ::testing::TestWithParam<bool> {
 // and every call works as in the normal build.
 TEST_P(DirectTest, EveryChunkIsABlockOwnedByItsContext) {
   const bool pool = GetParam();
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* ctx = Context::Create(nullptr, "direct", Kind(), o);

@@ -39,7 +39,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 // --- Allocation counting -------------------------------------------------------
 
@@ -309,7 +309,7 @@ class DemoTree {
 
  private:
   std::string long_name_;
-  testing::FailingBlockSource source_;
+  test::FailingBlockSource source_;
   Context* top_;
 };
 
@@ -463,7 +463,7 @@ void ProbingHandler(const FailureInfo& info) {
 // DumpStats allocates nothing and writes the tree as it is (the failed call
 // changed nothing).
 TEST(DumpTest, RunsInsideAFailureHandlerWhenTheSourceFails) {
-  testing::FailingBlockSource source;
+  test::FailingBlockSource source;
   MemFile file;
   HandlerProbe probe;
   probe.fd = file.fd();
@@ -552,7 +552,7 @@ void* RunDeepDump(void* arg) {
 // /dev/null, counted). Any recursion, even 3 bytes a level, would overflow
 // that stack.
 TEST(DumpTest, DeepChainDumpsInConstantStack) {
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* root = Context::Create(nullptr, "root", PoolKind(Tiny()), o);
@@ -622,7 +622,7 @@ class FailureDumpTest : public ::testing::Test {
            " bytes in context '" + name + "'\n";
   }
 
-  testing::FailingBlockSource source_;
+  test::FailingBlockSource source_;
   MemFile file_;
   HandlerProbe probe_;
   Context* top_ = nullptr;

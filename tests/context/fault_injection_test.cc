@@ -1,11 +1,11 @@
 // Fault injection: for each workload, fail the Nth block acquisition for
-// every N until the workload completes. Each failure must surface as the
-// documented error (std::bad_alloc from a throwing call), leave every context
-// consistent and usable, and leak nothing once the tree is destroyed.
+// every N until the workload completes (mcx::test::SweepFailures, the
+// kit's sweep). Each failure must surface as the documented error
+// (std::bad_alloc from a throwing call), leave every context consistent and
+// usable, and leak nothing once the tree is destroyed.
 
-#include <functional>
 #include <new>
-#include <string>
+#include <stdexcept>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -14,12 +14,10 @@
 #include "mcx/context/new.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/sweep.h"
 
 namespace mcx {
 namespace {
-
-using Workload = std::function<void(Context* top)>;
 
 // An engine's day in miniature (the demo's shape): a query context, a row
 // context reset per row, a cache with churn, cleanups, large rows.
@@ -91,44 +89,10 @@ void TreeOfObjects(Context* top) {
   if (live != 0) throw std::logic_error("destructors did not run");
 }
 
-void CheckTree(Context* top) {
-  std::vector<Context*> stack = {top};
-  while (!stack.empty()) {
-    Context* c = stack.back();
-    stack.pop_back();
-    std::string error;
-    ASSERT_TRUE(c->Check(&error)) << error;
-    for (Context* k = c->first_child(); k != nullptr; k = k->next_sibling()) stack.push_back(k);
-  }
-}
-
-void Sweep(const Workload& workload) {
-  for (int n = 1;; ++n) {
-    testing::FailingBlockSource source;
-    ContextOptions o;
-    o.block_source = &source;
-    Context* top = Context::Create(nullptr, "top", PoolKind(), o);
-    source.FailNth(n);
-    bool failed = false;
-    try {
-      workload(top);
-    } catch (const std::bad_alloc&) {
-      failed = true;
-    }
-    ASSERT_EQ(failed, source.failures() > 0) << "acquisition " << n;
-    source.Heal();  // the workload may have finished before the Nth
-    CheckTree(top);
-    // Every context is still usable after the failure.
-    ASSERT_NE(top->Alloc(100), nullptr);
-    ASSERT_NE(top->CreateChild("after", FreelistKind())->Alloc(100), nullptr);
-    top->Destroy();
-    ASSERT_EQ(source.live_blocks(), 0) << "leak after failing acquisition " << n;
-    ASSERT_EQ(source.bad_releases(), 0);
-    if (!failed) {
-      EXPECT_GT(n, 3) << "the workload should acquire several blocks";
-      return;
-    }
-  }
+// Each workload starts in a pool root, as an engine's top context is.
+void Sweep(const test::Workload& workload) {
+  EXPECT_GE(test::SweepFailures(PoolKind(), workload), 3)
+      << "the workload should acquire several blocks";
 }
 
 TEST(FaultInjectionTest, EngineDay) { Sweep(EngineDay); }

@@ -17,12 +17,12 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::ExactBlockSource;
+using test::ExactBlockSource;
 
 constexpr size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 
@@ -68,10 +68,32 @@ void ExpectConsistent(const Context* ctx, const ContextLayout& layout) {
   EXPECT_EQ(layout.freelist_chunks(), c.free_chunks);
 }
 
+// A kind's own words: a label in place of the role's name, named counters
+// in a fixed number of slots.
+TEST(BlockInfoTest, LabelsAndNamedCounters) {
+  BlockInfo b;
+  b.role = BlockRole::kSpare;
+  EXPECT_STREQ(b.Name(), "spare");
+  b.label = "kept page";
+  EXPECT_STREQ(b.Name(), "kept page");
+  EXPECT_EQ(b.Counter("failed"), 0u);  // absent
+  EXPECT_TRUE(b.SetCounter("failed", 3));
+  std::string same_name = "failed";  // names compare as strings
+  EXPECT_EQ(b.Counter(same_name.c_str()), 3u);
+  EXPECT_TRUE(b.SetCounter(same_name.c_str(), 4));  // the same slot
+  EXPECT_EQ(b.Counter("failed"), 4u);
+  EXPECT_TRUE(b.SetCounter("live", 7));
+  EXPECT_FALSE(b.SetCounter("third", 1)) << "kMaxBlockCounters is " << kMaxBlockCounters;
+  EXPECT_EQ(b.Counter("live"), 7u);
+  EXPECT_EQ(b.Counter("third"), 0u);
+}
+
 std::vector<uint32_t> FailedCounts(const ContextLayout& layout) {
   std::vector<uint32_t> out;
   for (const BlockInfo& b : layout.blocks) {
-    if (b.role == BlockRole::kFirst || b.role == BlockRole::kNormal) out.push_back(b.failed);
+    if (b.role == BlockRole::kFirst || b.role == BlockRole::kNormal) {
+      out.push_back(static_cast<uint32_t>(b.Counter("failed")));
+    }
   }
   return out;
 }
@@ -129,7 +151,7 @@ TEST_F(InspectTest, FreshPoolIsHeaderThenFreeSpace) {
   EXPECT_EQ(b.last_offset, ctx->header_bytes());
   EXPECT_EQ(b.end_offset, kBlockSize);
   EXPECT_TRUE(b.current);
-  EXPECT_EQ(b.failed, 0u);
+  EXPECT_EQ(b.Counter("failed"), 0u);
   EXPECT_TRUE(layout.size_classes.empty());  // the pool has no size classes
   ExpectConsistent(ctx, layout);
   ctx->Destroy();
@@ -210,7 +232,7 @@ TEST_F(InspectTest, PoolFailedCountsGrowAndCurrentMoves) {
   ctx->Reset();
   layout = InspectContext(ctx);
   ASSERT_EQ(layout.blocks.size(), 1u);
-  EXPECT_EQ(layout.blocks[0].failed, 0u);
+  EXPECT_EQ(layout.blocks[0].Counter("failed"), 0u);
   EXPECT_TRUE(layout.blocks[0].current);
   EXPECT_EQ(layout.blocks[0].used_bytes, 0u);
   ExpectConsistent(ctx, layout);
@@ -229,6 +251,11 @@ TEST_F(InspectTest, PoolLargeChunksAreLargeBlocksUntilFreed) {
   ContextLayout layout = InspectContext(ctx);
   ASSERT_EQ(layout.blocks.size(), 2u);
   const BlockInfo* large = layout.FindBlock(BlockRole::kLarge);
+  ASSERT_NE(large, nullptr);
+  // The shared role, and the kind's own word for it.
+  EXPECT_EQ(large->role, BlockRole::kOversize);
+  EXPECT_STREQ(large->Name(), "large");
+  EXPECT_STREQ(BlockRoleName(large->role), "oversize");
   ASSERT_NE(large, nullptr);
   EXPECT_EQ(static_cast<const char*>(large->start) + kLargeHeader, big);
   EXPECT_EQ(large->size, kLargeHeader + 2000 + sentinel);

@@ -60,7 +60,7 @@
 #include "mcx/context/new.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 // --- Heap allocation counting ---------------------------------------------------
 //
@@ -151,8 +151,8 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::FailingBlockSource;
+using test::CountingBlockSource;
+using test::FailingBlockSource;
 
 struct HeapCount {
   int64_t news;

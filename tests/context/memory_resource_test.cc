@@ -16,7 +16,7 @@
 #include "mcx/context/owned.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -29,7 +29,7 @@ class MemoryResourceTest : public ::testing::TestWithParam<bool> {
     return GetParam() ? Context::Create(nullptr, "c", PoolKind(), o)
                       : Context::Create(nullptr, "c", FreelistKind(), o);
   }
-  testing::CountingBlockSource source_;
+  test::CountingBlockSource source_;
 };
 
 // pmr containers allocate in the context and keep correct contents.
@@ -119,7 +119,7 @@ INSTANTIATE_TEST_SUITE_P(Kinds, MemoryResourceTest, ::testing::Values(true, fals
 // ContextPtr destroys its context once; ScopedChild lives for one scope.
 TEST(OwnedTest, ContextPtrAndScopedChild) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   {

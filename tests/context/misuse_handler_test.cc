@@ -15,7 +15,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -173,7 +173,7 @@ TEST_F(MisuseHandlerTest, PoolReallocWithTooLargeOldSize) {
 TEST_F(MisuseHandlerTest, DestroyOfAnAncestorFromACleanupIsReported) {
   static std::vector<std::string> order;
   order.clear();
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* root = Context::Create(nullptr, "root", PoolKind(), o);

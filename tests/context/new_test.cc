@@ -16,7 +16,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -130,7 +130,9 @@ TEST_F(NewArrayTest, ElementsAreDestroyedLastFirstByOneCleanup) {
   Element* a = NewArray<Element>(ctx, 4);    // 1..4
   for (int i = 0; i < 4; ++i) EXPECT_EQ(a[i].index, i + 1);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % alignof(Element), 0u);
-  if (internal::kChecking) EXPECT_EQ(Records(ctx), 2u);  // one for 0, one for the array
+  if (internal::kChecking) {
+    EXPECT_EQ(Records(ctx), 2u);  // one for 0, one for the array
+  }
   New<Element>(ctx);                         // 5
   ctx->Reset();
   EXPECT_EQ(log_, std::vector<int>({5, 4, 3, 2, 1, 0}));
@@ -178,7 +180,9 @@ TEST_F(NewArrayTest, TrivialAndEmptyArraysTakeNoRecord) {
   std::memset(dirty, 0xAB, 300 * sizeof(double));
   ctx->Reset();
   double* d = NewArray<double>(ctx, 300);
-  if (!internal::kDirect) EXPECT_EQ(static_cast<void*>(d), dirty);  // the same bytes, reused
+  if (!internal::kDirect) {
+    EXPECT_EQ(static_cast<void*>(d), dirty);  // the same bytes, reused
+  }
   for (int i = 0; i < 300; ++i) EXPECT_EQ(d[i], 0.0);
   Wide* w = NewArray<Wide>(ctx, 3);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(w) % 64, 0u);
@@ -187,7 +191,9 @@ TEST_F(NewArrayTest, TrivialAndEmptyArraysTakeNoRecord) {
   EXPECT_NE(none, nullptr);
   EXPECT_NE(none, none2);
   EXPECT_EQ(Element::constructed, 0);
-  if (internal::kChecking) EXPECT_EQ(Records(ctx), 0u);
+  if (internal::kChecking) {
+    EXPECT_EQ(Records(ctx), 0u);
+  }
   DeleteArray(ctx, none);
   DeleteArray(ctx, d);
   ctx->Destroy();
@@ -229,7 +235,7 @@ TEST_F(NewArrayTest, OverflowIsABadSize) {
 // The record cannot be had (its side record is a block of its own, and the
 // source fails): no element is constructed and the chunk goes back.
 TEST_F(NewArrayTest, RecordFailureConstructsNothing) {
-  testing::FailingBlockSource source;
+  test::FailingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   Context* ctx = Context::Create(nullptr, "arrays", FreelistKind(), o);

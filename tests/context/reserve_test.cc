@@ -9,7 +9,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -23,7 +23,7 @@ class ReserveTest : public ::testing::TestWithParam<bool> {
     o.reserve_block_size = 16 * 1024;
     return Context::Create(nullptr, "reserved", GetParam() ? PoolKind() : FreelistKind(), o);
   }
-  testing::FailingBlockSource source_;
+  test::FailingBlockSource source_;
 };
 
 // With a source that fails every call, allocation goes on from the reserve,
@@ -69,7 +69,7 @@ TEST_P(ReserveTest, LargeRequestsDoNotUseTheReserve) {
 
 // A freed dedicated chunk refills the reserve.
 TEST(ReserveRefillTest, FreedBlockRefillsTheReserve) {
-  testing::FailingBlockSource source;
+  test::FailingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   o.reserve_blocks = 1;
@@ -91,7 +91,7 @@ TEST(ReserveRefillTest, FreedBlockRefillsTheReserve) {
 // Reserve blocks count against limits, and a reserve that does not fit the
 // limit, or the source, fails creation cleanly.
 TEST(ReserveRefillTest, ReserveCountsAgainstLimitsAndCreationCanFail) {
-  testing::FailingBlockSource source;
+  test::FailingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
   o.limit = 40 * 1024;

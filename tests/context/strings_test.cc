@@ -21,7 +21,7 @@
 #include "mcx/context/live_chunks.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 // Counts operator new while a test asks (the helpers must not use the heap).
 namespace {
@@ -56,7 +56,9 @@ class HeapCounter {
 void ExpectChunkOf(Context* ctx, const char* p, size_t n) {
   if (std::string(ctx->kind_name()) == "freelist") {
     EXPECT_EQ(GetChunkContext(p), ctx);
-    if (internal::kChecking) EXPECT_EQ(ctx->ChunkSize(p), n);  // exactly the request
+    if (internal::kChecking) {
+      EXPECT_EQ(ctx->ChunkSize(p), n);  // exactly the request
+    }
   }
   if (internal::kChecking) {
     LiveChunkSummary s = SummarizeLiveChunks(ctx);
@@ -239,7 +241,7 @@ void CountingHandler(const FailureInfo& info) {
 // nullptr; nothing is left behind, and the context serves the next request.
 TEST(StringsFailureTest, FailuresGoThroughTheContext) {
   for (bool freelist : {false, true}) {
-    testing::FailingBlockSource source;
+    test::FailingBlockSource source;
     ContextOptions o;
     o.block_source = &source;
     o.failure_handler = &CountingHandler;

@@ -10,7 +10,7 @@
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace examples {
@@ -41,7 +41,7 @@ class LuaHostTest : public ::testing::Test {
     return out;
   }
 
-  testing::CountingBlockSource source_;
+  test::CountingBlockSource source_;
   Context* host_ = nullptr;
 };
 
@@ -208,7 +208,7 @@ TEST_F(LuaHostTest, AbandonedStateLeaksNothing) {
 
 // A state under a freelist parent works and goes away with it.
 TEST(LuaHostParentTest, StateUnderAFreelistParent) {
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions options;
   options.block_source = &source;
   Context* root = Context::Create(nullptr, "root", FreelistKind(), options);

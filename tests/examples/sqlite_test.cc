@@ -20,7 +20,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/size_class.h"
 #include "sqlite3.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace examples {
@@ -69,7 +69,7 @@ class SqliteAllocatorTest : public ::testing::Test {
     return db;
   }
 
-  testing::CountingBlockSource source_;
+  test::CountingBlockSource source_;
   std::unique_ptr<SqliteAllocator> allocator_;
 };
 
@@ -219,7 +219,7 @@ TEST(SqliteAllocatorInstallTest, RefusedWhileSqliteIsInitializedOrAlreadyInstall
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_EQ(sqlite3_shutdown(), SQLITE_OK);
 
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   ContextOptions options;
   options.block_source = &source;
   absl::StatusOr<std::unique_ptr<SqliteAllocator>> first =

@@ -18,15 +18,15 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/internal/freelist_block.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/kind_conformance.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::CountingBlockSource;
-using testing::Fill;
-using testing::Holds;
+using test::CountingBlockSource;
+using test::Fill;
+using test::Holds;
 
 struct FreelistTraits {
   static KindSpec Spec() { return FreelistKind(); }
@@ -50,10 +50,10 @@ struct SmallFreelistTraits {
 
 }  // namespace
 
-namespace testing {
+namespace test {
 INSTANTIATE_TYPED_TEST_SUITE_P(Freelist, KindConformanceTest, FreelistTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(SmallFreelist, KindConformanceTest, SmallFreelistTraits);
-}  // namespace testing
+}  // namespace test
 
 namespace {
 
@@ -243,7 +243,7 @@ constexpr size_t kDedicatedSize = 20000;
 class DedicatedMisuseTest : public ::testing::TestWithParam<SourceKind> {
  protected:
   void SetUp() override {
-    if (testing::UnderMemcheck()) GTEST_SKIP() << "reads freed blocks on purpose";
+    if (test::UnderMemcheck()) GTEST_SKIP() << "reads freed blocks on purpose";
     dedicated_reports = &reports_;
     previous_ = SetMisuseHandler(&RecordDedicatedMisuse);
   }
@@ -291,7 +291,7 @@ class DedicatedMisuseTest : public ::testing::TestWithParam<SourceKind> {
 
   SystemBlockSource system_;
   CountingBlockSource counting_;
-  testing::ExactBlockSource copying_;
+  test::ExactBlockSource copying_;
   std::vector<std::string> reports_;
   MisuseHandler previous_ = nullptr;
 };

@@ -24,7 +24,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace fuzz {
@@ -55,7 +55,7 @@ constexpr size_t kRecordBytes = 8;
 // --- Chunk contents -----------------------------------------------------------
 
 // Every live chunk holds byte i = seed * 131 + i * 7 + 1 (mod 256), the
-// pattern of tests/testing/patterns.h. Since 7 is odd that is 7 * (i + k)
+// pattern of testing/patterns.h. Since 7 is odd that is 7 * (i + k)
 // for k = (seed * 131 + 1) * 7^-1, so filling and checking are one memcpy /
 // memcmp from a table (fast under ASan, which checks ranges, not bytes).
 constexpr size_t kMaxChunkBytes = 1 << 14;  // Reader::Size() stays below this
@@ -1541,7 +1541,7 @@ class Program {
   Reader in_;  // the current record
   size_t upstream_slack_;
   SlackBlockSource upstream_;
-  testing::FailingBlockSource source_;
+  test::FailingBlockSource source_;
   std::vector<CtxModel> ctxs_;
   std::vector<ChunkModel> chunks_;
   std::map<uintptr_t, size_t> ranges_;  // live chunk address -> extent

@@ -17,8 +17,8 @@
 #include "mcx/context/stats.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/pool/internal/pool_block.h"
-#include "tests/testing/kind_conformance.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -28,7 +28,7 @@ using pool_internal::kLargeLiveCheck;
 using pool_internal::LargeHeader;
 using pool_internal::PoolBlock;
 using pool_internal::PoolState;
-using testing::CountingBlockSource;
+using test::CountingBlockSource;
 
 struct PoolTraits {
   static KindSpec Spec() { return PoolKind(); }
@@ -60,11 +60,11 @@ struct NginxPoolTraits {
 
 }  // namespace
 
-namespace testing {
+namespace test {
 INSTANTIATE_TYPED_TEST_SUITE_P(Pool, KindConformanceTest, PoolTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(RewindPool, KindConformanceTest, RewindPoolTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(NginxPool, KindConformanceTest, NginxPoolTraits);
-}  // namespace testing
+}  // namespace test
 
 namespace {
 
@@ -563,7 +563,7 @@ void RecordPoolMisuse(const char* message) { pool_reports->push_back(message); }
 class PoolMisuseTest : public PoolTest {
  protected:
   void SetUp() override {
-    if (testing::UnderMemcheck()) GTEST_SKIP() << "reads freed blocks on purpose";
+    if (test::UnderMemcheck()) GTEST_SKIP() << "reads freed blocks on purpose";
     pool_reports = &reports_;
     previous_ = SetMisuseHandler(&RecordPoolMisuse);
   }

@@ -21,14 +21,14 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/patterns.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/patterns.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::Fill;
-using testing::Holds;
+using test::Fill;
+using test::Holds;
 
 struct ModelChunk {
   char* p;
@@ -46,7 +46,7 @@ struct ModelContext {
 
 class TreeModel {
  public:
-  TreeModel(uint32_t seed, testing::CountingBlockSource* source) : rng_(seed), source_(source) {}
+  TreeModel(uint32_t seed, test::CountingBlockSource* source) : rng_(seed), source_(source) {}
 
   int AddRoot() {
     ContextOptions o;
@@ -274,7 +274,7 @@ class TreeModel {
   }
 
   std::mt19937 rng_;
-  testing::CountingBlockSource* source_;
+  test::CountingBlockSource* source_;
   std::vector<ModelContext> contexts_;
   std::vector<int> doomed_;
   std::vector<int> runs_;
@@ -287,7 +287,7 @@ class TreeModel {
 class TreeModelTest : public ::testing::TestWithParam<uint32_t> {};
 
 TEST_P(TreeModelTest, RandomOperationsMatchTheModel) {
-  testing::CountingBlockSource source;
+  test::CountingBlockSource source;
   {
     TreeModel model(GetParam(), &source);
     model.AddRoot();

@@ -1,10 +1,12 @@
+// File: mcx/testing/test_block_sources.h
+//
 // Block sources for tests: one that counts and tracks every block, and one
 // that fails on command. Both are thread-safe, as the BlockSource contract
 // requires.
 //
 // Example:
 //
-//   mcx::testing::CountingBlockSource source;
+//   mcx::test::CountingBlockSource source;
 //   mcx::ContextOptions o;
 //   o.block_source = &source;
 //   mcx::Context* ctx = mcx::Context::Create(nullptr, "t", mcx::PoolKind(), o);
@@ -12,8 +14,8 @@
 //   ctx->Destroy();
 //   EXPECT_EQ(source.live_blocks(), 0);
 
-#ifndef MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
-#define MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
+#ifndef MCX_TESTING_TEST_BLOCK_SOURCES_H_
+#define MCX_TESTING_TEST_BLOCK_SOURCES_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -23,7 +25,7 @@
 #include "mcx/context/block_source.h"
 
 namespace mcx {
-namespace testing {
+namespace test {
 
 // Counts calls and remembers every live block, so a test can assert that
 // everything acquired was released, with the size it was acquired with.
@@ -100,7 +102,7 @@ class FailingBlockSource : public CountingBlockSource {
 // there, since memcheck rightly reports the read.
 bool UnderMemcheck();
 
-}  // namespace testing
+}  // namespace test
 }  // namespace mcx
 
-#endif  // MCX_TESTS_TESTING_TEST_BLOCK_SOURCES_H_
+#endif  // MCX_TESTING_TEST_BLOCK_SOURCES_H_

@@ -1,6 +1,7 @@
-// The stats report as a Graphviz digraph (ReportFormat::kDot): its structure
-// is checked exactly; if graphviz is installed, `dot` must also accept it
-// without a warning.
+// The stats report as a Graphviz digraph (DotReport, mcx/context/dot.h, the
+// //context:dot target, which this test depends on and the core does not):
+// its structure is checked exactly; if graphviz is installed, `dot` must also
+// accept it without a warning.
 
 #include <cstdio>
 #include <cstdlib>
@@ -14,26 +15,26 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dot.h"
 #include "mcx/context/inspect.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 #include "mcx/pool/pool.h"
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
 
-using testing::ExactBlockSource;
+using test::ExactBlockSource;
 
 std::string Dot(const Context* root, int max_depth = 100, int max_children = 100,
                 bool blocks = false) {
-  ReportOptions o;
-  o.format = ReportFormat::kDot;
+  DotOptions o;
   o.max_depth = max_depth;
   o.max_children = max_children;
   o.blocks = blocks;
-  return StatsReport(root, o);
+  return DotReport(root, o);
 }
 
 std::vector<std::string> Lines(const std::string& dot) {
@@ -95,7 +96,7 @@ void ExpectDotAccepts(const std::string& dot) {
 
 // One node per context, one edge per parent and child, labels with each
 // context's own numbers, and the grand total as the graph's label.
-TEST(StatsDotTest, OneNodePerContextAndOneEdgePerChild) {
+TEST(DotReportTest, OneNodePerContextAndOneEdgePerChild) {
   Context* top = Context::Create(nullptr, "top", PoolKind());
   Context* a = top->CreateChild("a", PoolKind());
   Context* b = top->CreateChild("b", FreelistKind());
@@ -138,7 +139,7 @@ TEST(StatsDotTest, OneNodePerContextAndOneEdgePerChild) {
 
 // The cut rules of the text report: what is left out is one "more" node per
 // parent, with a dashed edge, whose totals add up.
-TEST(StatsDotTest, CutsLikeTheTextReport) {
+TEST(DotReportTest, CutsLikeTheTextReport) {
   Context* top = Context::Create(nullptr, "top", PoolKind());
   Context* kids[5];
   for (int i = 0; i < 5; ++i) kids[i] = top->CreateChild(absl::StrCat("k", i).c_str(), PoolKind());
@@ -176,7 +177,7 @@ TEST(StatsDotTest, CutsLikeTheTextReport) {
 }
 
 // Limits, reserves and the last failure are shown where they apply.
-TEST(StatsDotTest, LimitReserveAndFailureMarkers) {
+TEST(DotReportTest, LimitReserveAndFailureMarkers) {
   ContextOptions o;
   o.limit = 64 * 1024;
   o.reserve_blocks = 1;
@@ -201,7 +202,7 @@ TEST(StatsDotTest, LimitReserveAndFailureMarkers) {
 }
 
 // Names are text in HTML-like labels: XML's specials are escaped.
-TEST(StatsDotTest, NamesAreEscaped) {
+TEST(DotReportTest, NamesAreEscaped) {
   Context* top = Context::Create(nullptr, "a<b>&\"c\"", PoolKind());
   std::string dot = Dot(top);
   EXPECT_NE(dot.find("<B>a&lt;b&gt;&amp;&quot;c&quot;</B>"), std::string::npos) << dot;
@@ -211,7 +212,7 @@ TEST(StatsDotTest, NamesAreEscaped) {
 
 // Graphviz needs UTF-8 and rejects an empty <B></B>: an empty name shows as
 // "", and a byte that starts no UTF-8 sequence as U+FFFD.
-TEST(StatsDotTest, EmptyAndNonUtf8NamesStayValid) {
+TEST(DotReportTest, EmptyAndNonUtf8NamesStayValid) {
   Context* top = Context::Create(nullptr, "", PoolKind());
   top->CreateChild("caf\xE9", PoolKind());            // Latin-1
   top->CreateChild("caf\xC3\xA9 \xE2\x82\xAC", PoolKind());  // UTF-8: kept
@@ -236,7 +237,7 @@ std::vector<int> Widths(const std::string& bar) {
 // With `blocks`, one captioned bar per block, to one scale: the largest
 // block is kDotBarPoints wide (give or take rounding), pieces are at least
 // kDotMinPiecePoints wide, and blocks of one size have bars of one width.
-TEST(StatsDotTest, BlocksAreDrawnToScale) {
+TEST(DotReportTest, BlocksAreDrawnToScale) {
   ExactBlockSource source;
   ContextOptions co;
   co.block_source = &source;
@@ -323,7 +324,7 @@ TEST(StatsDotTest, BlocksAreDrawnToScale) {
 
 // A kind without an inspect method shows its counters and says it has no
 // block detail.
-TEST(StatsDotTest, KindWithoutInspect) {
+TEST(DotReportTest, KindWithoutInspect) {
   KindMethods methods = *PoolKind().methods();
   methods.inspect = nullptr;
   Context* top = Context::Create(nullptr, "opaque", KindSpec(&methods, PoolOptions()));

@@ -1,14 +1,16 @@
+// File: mcx/testing/patterns.h
+//
 // Byte patterns that tests write into chunks and verify later, so that a
 // chunk that overlaps another, or loses bytes in a realloc, is caught.
 
-#ifndef MCX_TESTS_TESTING_PATTERNS_H_
-#define MCX_TESTS_TESTING_PATTERNS_H_
+#ifndef MCX_TESTING_PATTERNS_H_
+#define MCX_TESTING_PATTERNS_H_
 
 #include <cstddef>
 #include <cstdint>
 
 namespace mcx {
-namespace testing {
+namespace test {
 
 // Fills `n` bytes at `p` with a pattern derived from `seed`.
 inline void Fill(void* p, size_t n, uint32_t seed) {
@@ -25,7 +27,7 @@ inline bool Holds(const void* p, size_t n, uint32_t seed) {
   return true;
 }
 
-}  // namespace testing
+}  // namespace test
 }  // namespace mcx
 
-#endif  // MCX_TESTS_TESTING_PATTERNS_H_
+#endif  // MCX_TESTING_PATTERNS_H_

@@ -1,9 +1,9 @@
-#include "tests/testing/test_block_sources.h"
+#include "mcx/testing/test_block_sources.h"
 
 #include <cstdlib>
 
 namespace mcx {
-namespace testing {
+namespace test {
 
 Block CountingBlockSource::Acquire(size_t min_size, size_t alignment) {
   Block b = upstream_->Acquire(min_size, alignment);
@@ -148,5 +148,5 @@ bool UnderMemcheck() {
   return v != nullptr && v[0] == '1';
 }
 
-}  // namespace testing
+}  // namespace test
 }  // namespace mcx
