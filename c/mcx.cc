@@ -18,6 +18,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
 #include "mcx/context/kind_api.h"
+#include "mcx/context/no_alloc.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -37,7 +38,8 @@ mcx_failure ToC(mcx::Failure f) { return static_cast<mcx_failure>(f); }
 constexpr size_t kPrintfStackBytes = 256;
 
 static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
-                  static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT,
+                  static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT &&
+                  static_cast<int>(mcx::Failure::kForbidden) == MCX_FORBIDDEN,
               "mcx_failure mirrors mcx::Failure");
 
 // A C handler needs two pointers (function and argument) where the C++
@@ -251,6 +253,52 @@ void* mcx_memdup(mcx_context* ctx, const void* p, size_t n) {
   void* out = NoThrow([&] { return Cxx(ctx)->Alloc(n); }, static_cast<void*>(nullptr));
   if (out != nullptr && n != 0) std::memcpy(out, p, n);
   return out;
+}
+
+// mcx_strcat
+//
+// Two passes over the arguments, as apr_pstrcat: the lengths, then one chunk
+// of their sum and the copies. (APR keeps the first six lengths to spare
+// the second strlen; strings of names and keys are short.)
+char* mcx_strcat(mcx_context* ctx, ...) {
+  if (ctx == nullptr) return nullptr;
+  va_list args;
+  va_start(args, ctx);
+  size_t n = 0;
+  for (const char* s = va_arg(args, const char*); s != nullptr; s = va_arg(args, const char*)) {
+    n += std::strlen(s);
+  }
+  va_end(args);
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(n + 1)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  char* at = out;
+  va_start(args, ctx);
+  for (const char* s = va_arg(args, const char*); s != nullptr; s = va_arg(args, const char*)) {
+    const size_t len = std::strlen(s);
+    std::memcpy(at, s, len);
+    at += len;
+  }
+  va_end(args);
+  *at = '\0';
+  return out;
+}
+
+int mcx_no_alloc_begin(void) {
+  const int depth = mcx::NoAllocScope::Depth();
+  mcx::NoAllocScope::RestoreDepth(depth + 1);
+  return depth;
+}
+
+void mcx_no_alloc_end(void) {
+  mcx::NoAllocScope::RestoreDepth(mcx::NoAllocScope::Depth() - 1);
+}
+
+void mcx_no_alloc_restore(int depth) { mcx::NoAllocScope::RestoreDepth(depth); }
+
+mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  return Cxx(ctx)->AllowInNoAllocScope(allow != 0) ? MCX_OK : ToC(Cxx(ctx)->last_failure());
 }
 
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {

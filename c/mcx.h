@@ -58,7 +58,8 @@ typedef enum mcx_failure {
   MCX_BAD_ALIGNMENT = 4,
   MCX_UNSUPPORTED = 5,
   MCX_CYCLE = 6,
-  MCX_BAD_ARGUMENT = 7
+  MCX_BAD_ARGUMENT = 7,
+  MCX_FORBIDDEN = 8 /* an allocation inside mcx_no_alloc_begin/end */
 } mcx_failure;
 
 typedef enum mcx_reset_mode {
@@ -132,6 +133,28 @@ char* mcx_printf(mcx_context* ctx, const char* format, ...) MCX_PRINTF_FORMAT(2,
 char* mcx_vprintf(mcx_context* ctx, const char* format, va_list args) MCX_PRINTF_FORMAT(2, 0);
 char* mcx_strndup(mcx_context* ctx, const char* s, size_t n);
 void* mcx_memdup(mcx_context* ctx, const void* p, size_t n);
+/* The strings up to a NULL, concatenated into one chunk (APR's
+ * apr_pstrcat): mcx_strcat(ctx, schema, ".", table, (char*)NULL). NULL on
+ * failure, as mcx_printf. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MCX_SENTINEL __attribute__((sentinel))
+#else
+#define MCX_SENTINEL
+#endif
+char* mcx_strcat(mcx_context* ctx, ...) MCX_SENTINEL;
+
+/* Regions where allocation is a bug (mcx/context/no_alloc.h, PostgreSQL's
+ * START_CRIT_SECTION/END_CRIT_SECTION), per thread, nesting: between
+ * mcx_no_alloc_begin and mcx_no_alloc_end an allocation is refused with
+ * MCX_FORBIDDEN after the failure handler (checking builds: every one;
+ * release builds: those that need a new block), except in a context given
+ * mcx_allow_in_no_alloc(ctx, 1) (0 on success, or why not). begin returns
+ * the depth before it: a handler that longjmps out of a region gives it to
+ * mcx_no_alloc_restore at its landing point. */
+int mcx_no_alloc_begin(void);
+void mcx_no_alloc_end(void);
+void mcx_no_alloc_restore(int depth);
+mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow);
 /* `old_size` form works for every chunk; the other needs a kind that knows
  * chunk sizes. On failure the old chunk is untouched. */
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size);

@@ -30,6 +30,10 @@ namespace mcx {
 void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
+  // Checking builds refuse every allocation inside a NoAllocScope here (they
+  // keep no bump window, so every one comes here); release builds, only
+  // those that take a block from the source (AcquireBlock).
+  if (internal::kChecking && AllocationForbidden()) return Fail(Failure::kForbidden, size, flags);
   void* p;
   {
     UseGuard use(this);
@@ -88,6 +92,7 @@ char* Context::Strdup(std::string_view s, AllocationSite site) {
 void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
   if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
   if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
+  if (internal::kChecking && AllocationForbidden()) return Fail(Failure::kForbidden, new_size, flags);
   void* q;
   {
     UseGuard use(this);  // not across Fail: see AllocSlow

@@ -119,6 +119,12 @@ size_t Context::SubtreeBytes() const {
 // is undone if the source fails.
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
+  // Inside a NoAllocScope no block is taken (nor the reserve's): the one
+  // check release builds make, where the source may call malloc.
+  if (AllocationForbidden()) {
+    last_failure_ = Failure::kForbidden;
+    return nullptr;
+  }
   if (!ChargeLimits(min_size)) {
     last_failure_ = Failure::kLimit;
     return nullptr;
@@ -151,6 +157,10 @@ void Context::ReleaseBlock(void* block, size_t size) {
 
 Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
                                size_t alignment) {
+  if (AllocationForbidden()) {
+    last_failure_ = Failure::kForbidden;
+    return Block{};
+  }
   const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
   if (grow != 0 && !ChargeLimits(grow)) {
     last_failure_ = Failure::kLimit;
@@ -204,6 +214,10 @@ bool Context::FillReserve(size_t blocks, size_t block_size, size_t alignment) {
   x->reserve_target = blocks;
   x->reserve_block_size = block_size;
   while (x->reserve_count < blocks) {
+    if (AllocationForbidden()) {
+      last_failure_ = Failure::kForbidden;
+      return false;
+    }
     if (!ChargeLimits(block_size)) {
       last_failure_ = Failure::kLimit;
       return false;

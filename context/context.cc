@@ -164,7 +164,7 @@ bool NeedsExtras(const ContextOptions& o) {
   return o.limit != kNoLimit || o.failure_handler != nullptr || o.reserve_blocks != 0 ||
          o.failure_dump.fd != kFailureDumpInherit ||
          o.failure_dump.max_depth != kFailureDumpDefaultDepth ||
-         o.failure_dump.max_children != kFailureDumpDefaultChildren;
+         o.failure_dump.max_children != kFailureDumpDefaultChildren || o.allow_in_no_alloc_scope;
 }
 
 // The first block's size is kept in 32 bits of the header.
@@ -241,6 +241,9 @@ Context* Context::CreateImpl(Context* parent, const char* name,
 
   BlockSource* source = options != nullptr ? options->block_source : nullptr;
   if (source == nullptr) source = parent != nullptr ? parent->source_ : DefaultBlockSource();
+  // No context is created inside a NoAllocScope: its first block would come
+  // from the source.
+  if (ABSL_PREDICT_FALSE(internal::no_alloc_depth != 0)) return fail(Failure::kForbidden, want);
   if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
   Block block = internal::AcquireFrom(source, want, alignment);
   if (ABSL_PREDICT_FALSE(block.ptr == nullptr)) {
@@ -284,6 +287,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     x->dump_fd = options->failure_dump.fd;
     x->dump_depth = internal::ClampDumpLimit(options->failure_dump.max_depth);
     x->dump_children = internal::ClampDumpLimit(options->failure_dump.max_children);
+    x->allow_in_no_alloc_scope = options->allow_in_no_alloc_scope;
     if (limit != kNoLimit) {
       x->subtree_bytes = ctx->SubtreeBytes();
       if (x->subtree_bytes > limit) return undo(Failure::kLimit, x->subtree_bytes);
@@ -803,6 +807,10 @@ size_t Context::header_bytes() const {
 // being moved, and most contexts never need one.
 ContextExtras* Context::Extras() {
   if (ABSL_PREDICT_TRUE(extras_ != nullptr)) return extras_;
+  if (AllocationForbidden()) {  // a block from the source, as AcquireBlock
+    last_failure_ = Failure::kForbidden;
+    return nullptr;
+  }
   constexpr size_t kBytes = sizeof(ContextExtras);
   if (!ChargeLimits(kBytes)) {
     last_failure_ = Failure::kLimit;

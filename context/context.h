@@ -77,6 +77,8 @@ struct CleanupAccess;
 struct FailAccess;
 // live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
 ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
+// The calling thread's nesting of NoAllocScope (no_alloc.h; no_alloc.cc).
+extern thread_local int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
 }  // namespace internal
@@ -136,6 +138,9 @@ struct ContextOptions {
   // builds a reset or destroy that finds live chunks reports them as leaks
   // (ExpectAllFreed).
   bool expect_all_freed = false;
+  // Allocation in this context stays allowed inside a NoAllocScope
+  // (AllowInNoAllocScope).
+  bool allow_in_no_alloc_scope = false;
 };
 
 class Context {
@@ -336,6 +341,14 @@ class Context {
 #endif
   }
 
+  // Lets this context allocate inside a NoAllocScope (no_alloc.h), as
+  // PostgreSQL's MemoryContextAllowInCriticalSection lets its ErrorContext:
+  // the one context a critical section may still use, for its error
+  // message. Not inherited by children. False as for SetFailureHandler
+  // (outside a scope: the side record may have to be acquired).
+  bool AllowInNoAllocScope(bool allow = true);
+  bool allowed_in_no_alloc_scope() const;
+
   // Bounds the block bytes of this subtree, checked whenever a block is
   // acquired. Fails if the subtree already holds more. (In //context, as
   // SetParent.)
@@ -458,6 +471,11 @@ class Context {
     if (internal::kChecking) NoteAllocationChecked(size, site);
   }
   ABSL_ATTRIBUTE_NOINLINE void NoteAllocationChecked(size_t size, AllocationSite site);
+  // Whether a NoAllocScope forbids this context to allocate now: one
+  // thread-local load outside any scope (no_alloc.cc).
+  bool AllocationForbidden() const {
+    return ABSL_PREDICT_FALSE(internal::no_alloc_depth != 0) && !allowed_in_no_alloc_scope();
+  }
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
                                      unsigned flags);

@@ -44,6 +44,7 @@ enum class Failure : unsigned char {
                   // small pool chunk)
   kCycle,         // SetParent would make a context its own ancestor
   kBadArgument,   // a null name, a null kind, a context in the wrong state
+  kForbidden,     // an allocation inside a NoAllocScope (no_alloc.h)
 };
 
 // A short stable name, e.g. "out of memory".

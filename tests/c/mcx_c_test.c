@@ -6,6 +6,7 @@
 /* fileno: the dumps write to file descriptors. */
 #define _POSIX_C_SOURCE 200809L
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -410,6 +411,78 @@ static void TestStringsAndBytes(void) {
   }
 }
 
+/* mcx_strcat: the pieces up to NULL, in one chunk; none is the empty string. */
+static void TestStrcat(void) {
+  mcx_context* ctx = mcx_create(NULL, "strcat", MCX_KIND_FREELIST, NULL);
+  char* s = mcx_strcat(ctx, "public", ".", "orders", (char*)NULL);
+  CHECK(s != NULL && strcmp(s, "public.orders") == 0);
+  CHECK(mcx_chunk_size(ctx, s) >= 14);
+  s = mcx_strcat(ctx, (char*)NULL);
+  CHECK(s != NULL && s[0] == '\0');
+  s = mcx_strcat(ctx, "", "a", "", (char*)NULL);
+  CHECK(s != NULL && strcmp(s, "a") == 0);
+  CHECK(mcx_strcat(NULL, "a", (char*)NULL) == NULL);
+  mcx_destroy(ctx);
+}
+
+static jmp_buf no_alloc_landing;
+
+static void JumpingHandler(mcx_context* ctx, const char* name, mcx_failure failure, size_t size,
+                           void* arg) {
+  (void)ctx;
+  (void)name;
+  (void)size;
+  ++*(int*)arg;
+  handler_failure = failure;
+  longjmp(no_alloc_landing, 1);
+}
+
+/* A region where allocation is refused: MCX_FORBIDDEN after the handler,
+ * the context unchanged; an allowed context allocates; a handler that
+ * longjmps out of the region, with the landing point restoring the depth. */
+static void TestNoAllocRegions(void) {
+  const size_t big = 1 << 20; /* needs a block: refused in every build */
+  mcx_context* ctx = mcx_create(NULL, "wal", MCX_KIND_POOL, NULL);
+  mcx_context* err = mcx_create(NULL, "error", MCX_KIND_POOL, NULL);
+  volatile int depth;
+  int calls = 0;
+  mcx_counters before, after;
+  mcx_set_failure_handler(ctx, Handler, &calls);
+  CHECK(mcx_allow_in_no_alloc(err, 1) == MCX_OK);
+  CHECK(mcx_allow_in_no_alloc(NULL, 1) == MCX_BAD_ARGUMENT);
+  mcx_get_counters(ctx, 0, &before);
+  CHECK(mcx_no_alloc_begin() == 0);
+  CHECK(mcx_alloc(ctx, big) == NULL);
+  CHECK(mcx_last_failure(ctx) == MCX_FORBIDDEN && calls == 1 && handler_failure == MCX_FORBIDDEN);
+  CHECK(mcx_create(ctx, "child", MCX_KIND_POOL, NULL) == NULL);
+  CHECK(strcmp(mcx_failure_name(MCX_FORBIDDEN), "allocation inside a NoAllocScope") == 0);
+  CHECK(mcx_alloc(err, big) != NULL);
+  CHECK(mcx_printf(err, "could not write block %d", 7) != NULL);
+  mcx_no_alloc_end();
+  mcx_get_counters(ctx, 0, &after);
+  CHECK(after.total_bytes == before.total_bytes);
+  CHECK(mcx_alloc(ctx, big) != NULL);
+
+  /* The handler longjmps out of the region: mcx_no_alloc_end never runs. */
+  mcx_set_failure_handler(ctx, JumpingHandler, &calls);
+  calls = 0;
+  depth = -1;
+  if (setjmp(no_alloc_landing) == 0) {
+    depth = mcx_no_alloc_begin();
+    mcx_alloc(ctx, 2 * big);
+    CHECK(0); /* not reached */
+  } else {
+    CHECK(calls == 1 && handler_failure == MCX_FORBIDDEN);
+    CHECK(depth == 0);
+    mcx_no_alloc_restore(depth);
+  }
+  mcx_set_failure_handler(ctx, Handler, &calls);
+  CHECK(mcx_alloc(ctx, 2 * big) != NULL); /* depth 0 again: allowed */
+  CHECK(calls == 1);
+  mcx_destroy(ctx);
+  mcx_destroy(err);
+}
+
 int main(void) {
   {
     mcx_context* probe = mcx_create(NULL, "probe", MCX_KIND_POOL, NULL);
@@ -424,6 +497,8 @@ int main(void) {
   TestDumps();
   TestNullArguments();
   TestStringsAndBytes();
+  TestStrcat();
+  TestNoAllocRegions();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
