@@ -22,6 +22,10 @@ CHANGES=(
   "163e891|block cache: thread caches, 64 MiB cap, limit skip, prefetch|W2:mcx_pool,W4:mcx_pool,W2:mcx_freelist"
   "15fb7ca|thread cache via a __thread pointer; no-op releases skipped|W2:mcx_pool,W4:mcx_pool"
   "424bd92|Context::Free inline in release builds|W3:mcx_freelist"
+  "f6b2801|children start with small first blocks, learned from siblings|W4:mcx_pool,W11:mcx_pool,W2:mcx_pool"
+  "c5beee1|cheaper creation and destroy: default-options path, plain leaves|W4:mcx_pool,W11:mcx_pool"
+  "a6e1e0e|pool state derives the window size and the growth base|W4:mcx_pool,W11:mcx_pool"
+  "8521a76|block cache fast paths keep few values live|W4:mcx_pool,W2:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"

@@ -19,6 +19,8 @@
 #include "mcx/context/dump.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/no_alloc.h"
+#include "mcx/context/pressure.h"
+#include "mcx/context/report_request.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -53,6 +55,23 @@ const CHandler* Intern(mcx_failure_handler fn, void* arg) {
   static std::set<CHandler>* handlers = new std::set<CHandler>;
   std::lock_guard<std::mutex> lock(*mu);
   return &*handlers->insert({fn, arg}).first;
+}
+
+// A soft limit's C callback and argument, interned as handlers are.
+using CPressure = std::pair<mcx_pressure_fn, void*>;
+
+const CPressure* InternPressure(mcx_pressure_fn fn, void* arg) {
+  static std::mutex* mu = new std::mutex;
+  static std::set<CPressure>* callbacks = new std::set<CPressure>;
+  std::lock_guard<std::mutex> lock(*mu);
+  return &*callbacks->insert({fn, arg}).first;
+}
+
+void CallCPressure(const mcx::PressureInfo& info) {
+  const auto* p = static_cast<const CPressure*>(info.arg);
+  const mcx_pressure_info c{C(info.context), C(info.limited), info.held, info.request,
+                            info.soft_limit, p->second};
+  p->first(&c);
 }
 
 void CallCHandler(const mcx::FailureInfo& info) {
@@ -345,6 +364,20 @@ void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void
   }
   Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
 }
+
+mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn fn, void* arg) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  if (bytes == MCX_NO_LIMIT) return ToC(Cxx(ctx)->TrySetSoftLimit(mcx::kNoLimit, nullptr));
+  if (fn == nullptr) return ToC(Cxx(ctx)->TrySetSoftLimit(bytes, nullptr));  // kBadArgument
+  return ToC(Cxx(ctx)->TrySetSoftLimit(bytes, &CallCPressure,
+                                       const_cast<CPressure*>(InternPressure(fn, arg))));
+}
+
+size_t mcx_soft_limit(const mcx_context* ctx) {
+  return ctx != nullptr ? Cxx(ctx)->soft_limit() : MCX_NO_LIMIT;
+}
+
+int mcx_service_requests(void) { return mcx::ServiceRequests(); }
 
 mcx_failure mcx_last_failure(const mcx_context* ctx) {
   return ctx != nullptr ? ToC(Cxx(ctx)->last_failure()) : MCX_BAD_ARGUMENT;

@@ -91,6 +91,17 @@ typedef struct mcx_counters {
   size_t contexts;
 } mcx_counters;
 
+/* What a soft limit's callback is told (mcx/context/pressure.h). */
+typedef struct mcx_pressure_info {
+  mcx_context* context; /* the context the allocation is for */
+  mcx_context* limited; /* the context whose soft limit it would cross */
+  size_t held;          /* bytes the soft limit counts now */
+  size_t request;       /* bytes the block acquisition would add */
+  size_t soft_limit;
+  void* arg;            /* as given to mcx_set_soft_limit */
+} mcx_pressure_info;
+
+typedef void (*mcx_pressure_fn)(const mcx_pressure_info* info);
 typedef void (*mcx_cleanup_fn)(void* arg);
 typedef void (*mcx_failure_handler)(mcx_context* ctx, const char* context_name,
                                     mcx_failure failure, size_t size, void* arg);
@@ -175,6 +186,14 @@ size_t mcx_chunk_size_of(const void* p);
 mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes);
 size_t mcx_limit(const mcx_context* ctx);
 void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg);
+/* A soft limit: `fn` runs once before an allocation would take the
+ * subtree's bytes past `bytes`, and may free memory anywhere (reset a
+ * context, spill a table); then the allocation proceeds, and the hard limit
+ * still holds. Not re-entered while it runs. It may longjmp: nothing is
+ * allocated, and the soft limit calls back no more until set again.
+ * MCX_NO_LIMIT removes it; a NULL `fn` is MCX_BAD_ARGUMENT. */
+mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn fn, void* arg);
+size_t mcx_soft_limit(const mcx_context* ctx);
 mcx_failure mcx_last_failure(const mcx_context* ctx);
 const char* mcx_failure_name(mcx_failure failure);
 
@@ -215,6 +234,10 @@ int mcx_dump_stats(const mcx_context* ctx, int fd, int max_depth, int max_childr
 #define MCX_FAILURE_DUMP_INHERIT (-1)
 #define MCX_FAILURE_DUMP_OFF (-2)
 void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children);
+/* Answers the report requests other threads have posted to this thread's
+ * endpoints (mcx/context/report_request.h): a safe point, for an event
+ * loop. Returns how many were answered. */
+int mcx_service_requests(void);
 
 #ifdef __cplusplus
 }

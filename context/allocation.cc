@@ -26,8 +26,11 @@ namespace mcx {
 // blocks; it reports failure by returning nullptr with last_failure_ set.
 // The concurrency check (UseGuard) covers the kind's work only: it is
 // released before Fail calls the failure handler, which may longjmp past
-// any destructor or tear this context down.
-void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
+// any destructor or tear this context down. A failed call first goes to
+// AllocRefused (pressure.cc), which retries it if the ledger refused the
+// block for a soft limit's callback or a report request, and fails it
+// otherwise.
+inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
   // Checking builds refuse every allocation inside a NoAllocScope here (they
@@ -40,7 +43,7 @@ void* Context::AllocSlow(size_t size, size_t alignment, unsigned flags) {
     CheckNotTearingDown("allocation");
     p = methods_->alloc(this, size, alignment);
   }
-  if (ABSL_PREDICT_FALSE(p == nullptr)) return Fail(last_failure_, size, flags);
+  if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocRefused(size, alignment, flags);
   internal::ValgrindChunkAlloc(this, p, size);
   return p;
 }
@@ -62,6 +65,14 @@ void Context::NoteAllocationChecked(size_t size, AllocationSite site) {
   (void)size;
   (void)site;
 #endif
+}
+
+void* Context::AllocSlow(size_t size, size_t alignment) {
+  return AllocSlowBody(size, alignment, kThrow);
+}
+
+void* Context::TryAllocSlow(size_t size, size_t alignment) {
+  return AllocSlowBody(size, alignment, kNoThrow);
 }
 
 void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
@@ -98,7 +109,7 @@ void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned f
     UseGuard use(this);  // not across Fail: see AllocSlow
     q = methods_->realloc(this, p, old_size, new_size);
   }
-  if (q == nullptr) return Fail(last_failure_, new_size, flags);
+  if (q == nullptr) return ReallocRefused(p, old_size, new_size, flags);
   internal::ValgrindChunkMove(this, p, q, new_size);
   return q;
 }

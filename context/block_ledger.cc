@@ -37,7 +37,7 @@ std::atomic<size_t> limited_contexts{0};
 Context* Context::NearestLimited() {
   if (!internal::AnyLimited()) return nullptr;
   for (Context* c = this; c != nullptr; c = c->parent_) {
-    if (c->extras_ != nullptr && c->extras_->limit != kNoLimit) return c;
+    if (c->extras_ != nullptr && c->extras_->Limited()) return c;
   }
   return nullptr;
 }
@@ -45,11 +45,19 @@ Context* Context::NearestLimited() {
 // The next limited context above this (limited) one.
 Context* Context::NextLimited() { return parent_ != nullptr ? parent_->NearestLimited() : nullptr; }
 
-bool Context::ChargeLimitsSlow(size_t bytes) {
+// With `pressure` (ChargeBlock: the first charge of a block an allocation
+// needs), a soft limit that the block would cross refuses it first, so that
+// the front runs its callback and retries (pressure.cc).
+bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
   Context* first = NearestLimited();
   if (first == nullptr) return true;
+  if (pressure && PressureDue(first, bytes)) return false;
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
-    if (bytes > l->extras_->limit - l->extras_->subtree_bytes) return false;
+    if (bytes > l->extras_->limit - l->extras_->subtree_bytes) {
+      // Not a refusal the front can serve: an older one is forgotten.
+      if (pressure) internal::ledger_refusal.refused = nullptr;
+      return false;
+    }
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes += bytes;
@@ -70,8 +78,9 @@ void Context::UnchargeLimitsSlow(size_t bytes) {
 Failure Context::TrySetLimit(size_t bytes) {
   if (bytes == kNoLimit) {
     if (extras_ != nullptr) {
-      internal::CountLimited(extras_->limit, kNoLimit);
+      const bool was = extras_->Limited();
       extras_->limit = kNoLimit;
+      internal::CountLimitedChange(was, extras_->Limited());
     }
     return Failure::kNone;
   }
@@ -82,9 +91,10 @@ Failure Context::TrySetLimit(size_t bytes) {
     last_failure_ = Failure::kLimit;
     return Failure::kLimit;
   }
-  internal::CountLimited(x->limit, bytes);
+  const bool was = x->Limited();
   x->limit = bytes;
   x->subtree_bytes = held;
+  internal::CountLimitedChange(was, true);
   return Failure::kNone;
 }
 
@@ -116,7 +126,10 @@ size_t Context::SubtreeBytes() const {
 //
 // Every block a kind uses comes through here: the limits are charged before
 // the source is asked (so a limit never costs a system call), and the charge
-// is undone if the source fails.
+// is undone if the source fails. It is also where the thread meets its
+// safe points: a soft limit's callback due, or a report request posted to
+// the thread, refuses the block (the kind fails as for a limit, having
+// changed nothing) and the front runs them and retries (pressure.cc).
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
   // Inside a NoAllocScope no block is taken (nor the reserve's): the one
@@ -125,7 +138,8 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
     last_failure_ = Failure::kForbidden;
     return nullptr;
   }
-  if (!ChargeLimits(min_size)) {
+  if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return nullptr;
+  if (!ChargeBlock(min_size)) {
     last_failure_ = Failure::kLimit;
     return nullptr;
   }
@@ -162,7 +176,8 @@ Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
     return Block{};
   }
   const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
-  if (grow != 0 && !ChargeLimits(grow)) {
+  if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return Block{};
+  if (grow != 0 && !ChargeBlock(grow)) {
     last_failure_ = Failure::kLimit;
     return Block{};
   }

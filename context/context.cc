@@ -244,7 +244,9 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   // No context is created inside a NoAllocScope: its first block would come
   // from the source.
   if (ABSL_PREDICT_FALSE(internal::no_alloc_depth != 0)) return fail(Failure::kForbidden, want);
-  if (parent != nullptr && !parent->ChargeLimits(want)) return fail(Failure::kLimit, want);
+  if (parent != nullptr && !parent->ChargeBlock(want) && !parent->ChargeRefused(want, flags)) {
+    return fail(Failure::kLimit, want);
+  }
   Block block = internal::AcquireFrom(source, want, alignment);
   if (ABSL_PREDICT_FALSE(block.ptr == nullptr)) {
     if (parent != nullptr) parent->UnchargeLimits(want);
@@ -278,6 +280,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   if (ABSL_PREDICT_FALSE(!methods->init(ctx, kind.options(), base + header_bytes, base + size))) {
     return undo(ctx->last_failure_, want);
   }
+  ctx->state_ = State::kLive;  // the ledger may refuse its blocks from now on (pressure.cc)
   if (options == nullptr) return ctx;
   if (NeedsExtras(*options)) {
     ContextExtras* x = ctx->Extras();
@@ -833,7 +836,7 @@ ContextExtras* Context::Extras() {
 void Context::ReleaseExtras() {
   ContextExtras* x = extras_;
   if (x->reserve != nullptr) ReleaseReserve();
-  internal::CountLimited(x->limit, kNoLimit);
+  internal::CountLimitedChange(x->Limited(), false);
   extras_ = nullptr;
   const size_t bytes = x->bytes;
   UnchargeLimits(bytes);

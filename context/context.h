@@ -58,6 +58,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
+#include "mcx/context/pressure.h"
 #include "mcx/context/site.h"
 
 namespace mcx {
@@ -359,6 +360,15 @@ class Context {
   Failure TrySetLimit(size_t bytes);
   size_t limit() const;
 
+  // A soft limit on the block bytes of this subtree, with the callback that
+  // runs once before an allocation would take them past it; the allocation
+  // then proceeds (pressure.h has the contract). `kNoLimit` removes it.
+  // Setting it again re-arms a callback that was left by longjmp. Returns
+  // Failure::kNone, kBadArgument for a null callback, or kOutOfMemory /
+  // kLimit if the side record could not be had (as last_failure()).
+  Failure TrySetSoftLimit(size_t bytes, PressureCallback callback, void* arg = nullptr);
+  size_t soft_limit() const;
+
   // --- Introspection -------------------------------------------------------
 
   const char* name() const;
@@ -402,7 +412,9 @@ class Context {
   friend struct internal::FailAccess;
   friend struct internal::KindAccess;  // kind_api.h
 
-  enum class State : uint8_t { kLive, kTearingDown };
+  // kCreating: until the kind's init has returned; its blocks are never
+  // refused for a soft limit or a report request (nothing would retry).
+  enum class State : uint8_t { kLive, kTearingDown, kCreating };
   // Written at creation and overwritten just before the first block goes
   // back, so a second Destroy of the same context is recognised.
   static constexpr uint16_t kLiveMagic = 0x6D31;  // "m1"
@@ -458,8 +470,15 @@ class Context {
     }
     return nullptr;
   }
-  ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment,
-                                          unsigned flags);
+  // One slow path per failure mode, so that the mode is a constant in each
+  // rather than a value kept across the kind's call (allocation.cc).
+  ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(size_t size, size_t alignment);
+  ABSL_ATTRIBUTE_NOINLINE void* TryAllocSlow(size_t size, size_t alignment);
+  void* AllocSlow(size_t size, size_t alignment, unsigned flags) {
+    return (flags & kNoThrow) ? TryAllocSlow(size, alignment) : AllocSlow(size, alignment);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* AllocSlowBody(size_t size, size_t alignment,
+                                                          unsigned flags);
   // Free with the checking build's checks, direct mode and Valgrind's
   // bookkeeping; release builds call the kind inline instead.
   void FreeChecked(void* p);
@@ -479,6 +498,16 @@ class Context {
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
                                      unsigned flags);
+  // A block the ledger refused so that this front could run a soft limit's
+  // callback or write a requested report first (pressure.cc): they run, then
+  // the call is retried; with nothing of that kind due, the call fails.
+  ABSL_ATTRIBUTE_NOINLINE void* AllocRefused(size_t size, size_t alignment, unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE void* ReallocRefused(void* p, size_t old_size, size_t new_size,
+                                               unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE bool ChargeRefused(size_t bytes, unsigned flags);
+  bool ServeRefusal(const Context** passed, unsigned flags);
+  ABSL_ATTRIBUTE_NOINLINE bool RefuseForRequests();
+  bool PressureDue(Context* first, size_t bytes);
   static void* Zero(void* p, size_t size) {
     if (p != nullptr) std::memset(p, 0, size);
     return p;
@@ -577,8 +606,11 @@ class Context {
   // Inline (internal/context_impl.h): one load when no context anywhere
   // has a limit.
   inline bool ChargeLimits(size_t bytes);
+  // As ChargeLimits, for the first charge of a block an allocation needs:
+  // a soft limit may refuse it for its callback (pressure.h).
+  inline bool ChargeBlock(size_t bytes);
   inline void UnchargeLimits(size_t bytes);
-  bool ChargeLimitsSlow(size_t bytes);
+  bool ChargeLimitsSlow(size_t bytes, bool pressure = false);
   void UnchargeLimitsSlow(size_t bytes);
 
 
@@ -588,7 +620,7 @@ class Context {
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;
   uint16_t max_bump_ = 0;         // largest request the window serves; 0: none
-  State state_ = State::kLive;
+  State state_ = State::kCreating;
   Failure last_failure_ = Failure::kNone;
   uint32_t num_blocks_ = 0;       // blocks held, the first included
   const KindMethods* methods_ = nullptr;
@@ -627,28 +659,28 @@ inline void* Context::Alloc(size_t size, AllocationSite site) {
   NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, kDefaultAlignment, kThrow);
+  return AllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::TryAlloc(size_t size, AllocationSite site) noexcept {
   NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, kDefaultAlignment, kNoThrow);
+  return TryAllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::AllocBytes(size_t size, AllocationSite site) {
   NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, 1, kThrow);
+  return AllocSlow(size, 1);
 }
 
 inline void* Context::TryAllocBytes(size_t size, AllocationSite site) noexcept {
   NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
-  return AllocSlow(size, 1, kNoThrow);
+  return TryAllocSlow(size, 1);
 }
 
 // Context::Free

@@ -21,6 +21,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/report_json.h"
 #include "mcx/context/internal/report_text.h"
 #include "mcx/context/report.h"
 
@@ -128,6 +129,18 @@ bool DumpStats(const Context* root, int fd, const DumpOptions& options) {
 }
 
 namespace internal {
+
+bool WriteReportToFd(int fd, const Context* root, int max_depth, int max_children, bool json) {
+  FdWriter w(fd);
+  if (json) {
+    JsonReportSink sink(&w);
+    WalkReport(root, max_depth, max_children, &sink);
+  } else {
+    TextReportSink sink(&w);
+    WalkReport(root, max_depth, max_children, &sink);
+  }
+  return w.Flush();
+}
 
 // DumpOnFailure
 //

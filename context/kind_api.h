@@ -353,6 +353,14 @@ struct KindAccess {
 // which is what ReleaseBlock must be given back. When the source fails, a
 // reserve block of at least `usable_size` bytes (the least the kind can work
 // with; 0: `min_size`) is handed out instead.
+//
+// A refusal is also how a soft limit's callback (pressure.h) and a report
+// request (report_request.h) get to run: the ledger refuses the block with
+// kLimit, the kind fails its call with nothing changed, as for any refusal,
+// and the front of the call runs them outside the kind and calls the kind
+// again. Blocks asked for in alloc and realloc may be refused this way
+// (their callers retry; a kind never retries a refusal itself); blocks asked
+// for in init never are.
 inline void* AcquireBlock(Context* ctx, size_t min_size, size_t alignment, size_t* actual,
                           size_t usable_size = 0) {
   return internal::KindAccess::AcquireBlock(ctx, min_size, alignment, actual, usable_size);

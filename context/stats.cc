@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mcx/context/context.h"
+#include "mcx/context/internal/report_json.h"
 #include "mcx/context/internal/report_text.h"
 #include "mcx/context/internal/text.h"
 #include "mcx/context/report.h"
@@ -66,6 +67,10 @@ class StringOut final : public internal::ReportOut {
  private:
   std::string* out_;
 };
+
+}  // namespace
+
+namespace internal {
 
 // A name as a JSON string: quoted; `"`, `\\`, newline and tab escaped by
 // name, other control characters as \u00XX; each byte that starts no
@@ -132,68 +137,13 @@ void AppendJsonTotals(internal::ReportOut* out, const ContextCounters& c) {
   out->AppendNumber(c.reserve_uses);
 }
 
-// JsonReportSink
-//
-//   {"tree": {"name": ..., "kind": ..., <totals>, "children": [<child>, ...]
-//             [, "more_children": {"contexts": N, <totals>}]},
-//    "grand_total": {"contexts": N, <totals>}}
-// Siblings are separated by a comma: a context begun right after another
-// ended is the next sibling of it.
-class JsonReportSink final : public ReportSink {
- public:
-  explicit JsonReportSink(internal::ReportOut* out) : out_(out) {}
-
-  void BeginContext(const Context* context, int depth, const ContextCounters& counters) override {
-    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
-    if (after_end_) out_->AppendLiteral(", ");
-    out_->AppendLiteral("{\"name\": ");
-    AppendJsonString(out_, context->name());
-    out_->AppendLiteral(", \"kind\": ");
-    AppendJsonString(out_, context->kind_name());
-    out_->AppendLiteral(", ");
-    AppendJsonTotals(out_, counters);
-    out_->AppendLiteral(", \"children\": [");
-    after_end_ = false;
-  }
-
-  void MoreChildren(const Context* /*parent*/, int /*depth*/, size_t count,
-                    const ContextCounters& totals) override {
-    out_->AppendLiteral("], \"more_children\": {\"contexts\": ");
-    out_->AppendNumber(count);
-    out_->AppendLiteral(", ");
-    AppendJsonTotals(out_, totals);
-    out_->AppendLiteral("}");
-    children_closed_ = true;
-  }
-
-  void EndContext(const Context* /*context*/, int /*depth*/) override {
-    if (!children_closed_) out_->AppendLiteral("]");
-    out_->AppendLiteral("}");
-    children_closed_ = false;
-    after_end_ = true;
-  }
-
-  void GrandTotal(const ContextCounters& totals) override {
-    out_->AppendLiteral(", \"grand_total\": {\"contexts\": ");
-    out_->AppendNumber(totals.contexts);
-    out_->AppendLiteral(", ");
-    AppendJsonTotals(out_, totals);
-    out_->AppendLiteral("}}\n");
-  }
-
- private:
-  internal::ReportOut* out_;
-  bool after_end_ = false;        // the last call was EndContext
-  bool children_closed_ = false;  // MoreChildren closed the list already
-};
-
-}  // namespace
+}  // namespace internal
 
 std::string StatsReport(const Context* root, const ReportOptions& options) {
   std::string text;
   StringOut out(&text);
   if (options.format == ReportFormat::kJson) {
-    JsonReportSink sink(&out);
+    internal::JsonReportSink sink(&out);
     WalkReport(root, options.max_depth, options.max_children, &sink);
   } else {
     internal::TextReportSink sink(&out);

@@ -13,6 +13,9 @@
 //   ClampDumpLimit        a failure-dump limit to its one-byte field
 //   CountLimited          the process-wide count of limited contexts
 //   AnyLimited            whether any context has a limit
+//   CountLimitedChange    the count, as a context starts or stops counting
+//   LedgerRefusal         why the ledger refused a block for the front
+//   AnyReportRequests     whether any report request waits, process-wide
 
 #ifndef MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
 #define MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
@@ -80,10 +83,50 @@ inline void CountLimited(size_t old_limit, size_t new_limit) {
 
 inline bool AnyLimited() { return limited_contexts.load(std::memory_order_relaxed) != 0; }
 
+// A context starts or stops keeping its subtree's bytes (a limit or a soft
+// limit set where there was none, or the last one removed).
+inline void CountLimitedChange(bool was, bool is) {
+  if (was == is) return;
+  if (is) {
+    limited_contexts.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    limited_contexts.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+// Why the ledger refused a block without the block source or a hard limit
+// having refused it (pressure.cc): a soft limit's callback is due, or a
+// report request of this thread is posted (report_request.h). The front that
+// made the call finds it here, runs what is due, and retries. Written only
+// by refusals, read only by the refused context's front; plain thread-local
+// storage (trivial, no constructor), so reading it allocates nothing.
+struct LedgerRefusal {
+  const Context* refused;       // the context whose block was refused
+  Context* due;                 // the soft-limited context to call back
+  size_t bytes;                 // the block's bytes
+  const Context* passed;        // during a retry: soft limits up to this one are passed
+  Failure saved_failure;        // the refused context's last_failure() before
+  bool requests;                // a report request is due
+};
+extern thread_local LedgerRefusal ledger_refusal;
+
+// Report requests posted and not yet answered, process-wide
+// (report_request.cc). One relaxed load on each block acquisition.
+extern std::atomic<size_t> posted_report_requests;
+inline bool AnyReportRequests() {
+  return posted_report_requests.load(std::memory_order_relaxed) != 0;
+}
+// Whether a request posted to this thread waits (report_request.cc).
+bool ThisThreadHasRequests();
+
 }  // namespace internal
 
 inline bool Context::ChargeLimits(size_t bytes) {
   return ABSL_PREDICT_TRUE(!internal::AnyLimited()) || ChargeLimitsSlow(bytes);
+}
+
+inline bool Context::ChargeBlock(size_t bytes) {
+  return ABSL_PREDICT_TRUE(!internal::AnyLimited()) || ChargeLimitsSlow(bytes, /*pressure=*/true);
 }
 
 inline void Context::UnchargeLimits(size_t bytes) {

@@ -2,7 +2,7 @@
 // IWYU pragma: private, include "mcx/context/context.h"
 //
 // The side record of a context: what only some contexts use (a limit, a
-// failure handler, a dump setting, cleanups, a reserve), kept out of the context header so that a plain context costs 96
+// soft limit, a failure handler, a dump setting, cleanups, a reserve), kept out of the context header so that a plain context costs 96
 // bytes of header (PostgreSQL's MemoryContextData is 80). It is created on
 // first use as a small block of its own from the context's block source,
 // charged to the limits like any block; it survives resets and goes back
@@ -18,6 +18,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/pressure.h"
 
 namespace mcx {
 namespace internal {
@@ -36,6 +37,17 @@ struct ContextExtras {
   // Limits: a bound on the subtree's bytes, maintained only when set.
   size_t limit = kNoLimit;
   size_t subtree_bytes = 0;
+
+  // The soft limit (pressure.h), counted with the same subtree_bytes.
+  // `pressure_running` is set while its callback runs (and stays set if the
+  // callback leaves by longjmp, until the soft limit is set again).
+  size_t soft_limit = kNoLimit;
+  PressureCallback pressure_callback = nullptr;
+  void* pressure_arg = nullptr;
+  bool pressure_running = false;
+
+  // Whether subtree_bytes is kept: a limit or a soft limit is set.
+  bool Limited() const { return limit != kNoLimit || soft_limit != kNoLimit; }
 
   // Failure: the handler (inherited by descendants that have none) and the
   // failure-dump setting (dump.h).

@@ -1,9 +1,14 @@
-// Tutorial, part 6: limits bound a subtree's block bytes; the reserve carries
-// allocation through a failing block source.
+// Tutorial, part 6: limits bound a subtree's block bytes; a soft limit calls
+// back before it is crossed; the reserve carries allocation through a
+// failing block source.
+
+#include <algorithm>
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/block_source.h"
 #include "mcx/context/context.h"
+#include "mcx/context/pressure.h"
+#include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 
 namespace {
@@ -39,6 +44,31 @@ int main() {
   CHECK(sort->TryAlloc(1000) != nullptr);
   query->Destroy();
   // [END limit]
+
+  // [START soft_limit]
+  struct Cache {
+    mcx::Context* entries;
+    int evictions = 0;
+  };
+  mcx::Context* session = mcx::Context::Create(nullptr, "session", mcx::PoolKind());
+  Cache cache{session->CreateChild("plan cache", mcx::FreelistKind())};
+  // Before a block would take the session past 256 KiB: evict, then go on.
+  session->TrySetSoftLimit(
+      256 * 1024,
+      [](const mcx::PressureInfo& info) {
+        auto* c = static_cast<Cache*>(info.arg);
+        c->entries->Reset();  // the memory comes back before the block is taken
+        ++c->evictions;
+      },
+      &cache);
+  size_t peak = 0;
+  for (int i = 0; i < 10000; ++i) {  // about 1 MB of plans through the cache
+    cache.entries->Strdup("SELECT name, price FROM products WHERE category = $1 ORDER BY 2");
+    peak = std::max(peak, session->SubtreeBytes());
+  }
+  CHECK(cache.evictions >= 3 && peak <= 256 * 1024);
+  session->Destroy();
+  // [END soft_limit]
 
   // [START reserve]
   FlakySource source;

@@ -1,17 +1,22 @@
 // Tutorial, part 11: embedding mcx in an engine. One long-lived context for
 // the engine, a context per query (destroyed on every path), a context per
 // row (reset for every row), a limit per query, and results that outlive the
-// query copied into a context the caller owns.
+// query copied into a context the caller owns. Last, a worker thread's tree
+// reported on request to another thread.
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
 #include "mcx/context/owned.h"
+#include "mcx/context/report_request.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -84,5 +89,29 @@ int main() {
   std::fputs(mcx::StatsReport(engine.root()).c_str(), stdout);
   session->Destroy();
   // [END use]
+
+  // [START report_request]
+  std::atomic<bool> published{false}, done{false};
+  mcx::ReportTarget target;
+  std::thread worker([&] {
+    mcx::ContextPtr root(mcx::Context::Create(nullptr, "worker", mcx::PoolKind()));
+    mcx::ReportEndpoint endpoint(root.get());  // goes before the root does
+    target = endpoint.target();
+    published = true;
+    while (!done) {
+      mcx::ScopedChild request(root.get(), "request", mcx::PoolKind());
+      request->Alloc(300);
+      mcx::ServiceRequests();  // a safe point: one load when nobody asks
+    }
+  });
+  while (!published) std::this_thread::yield();
+  mcx::ReportOptions json;
+  json.format = mcx::ReportFormat::kJson;
+  std::string tree;
+  CHECK(target.Ask(&tree, json, std::chrono::seconds(10)) == mcx::RequestStatus::kDone);
+  CHECK(tree.rfind("{\"tree\": {\"name\": \"worker\"", 0) == 0);
+  done = true;
+  worker.join();
+  // [END report_request]
   return 0;
 }

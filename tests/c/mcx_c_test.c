@@ -483,6 +483,49 @@ static void TestNoAllocRegions(void) {
   mcx_destroy(err);
 }
 
+/* A soft limit whose callback resets the child holding the bulk: the
+ * subtree stays under it, the callback sees what it should, and a soft
+ * limit longjmped out of stays quiet until set again. */
+static int pressure_calls = 0;
+static mcx_context* pressure_bulk = NULL;
+static size_t pressure_over = 0; /* calls that saw held + request <= soft */
+
+static void Spill(const mcx_pressure_info* info) {
+  ++pressure_calls;
+  if (info->held + info->request <= info->soft_limit) ++pressure_over;
+  CHECK(info->arg == (void*)&pressure_calls);
+  CHECK(info->context == pressure_bulk);
+  mcx_reset(pressure_bulk, MCX_RESET_KEEP_FIRST_BLOCK, 0);
+}
+
+static void TestSoftLimit(void) {
+  const size_t soft = 64 * 1024;
+  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
+  mcx_counters c;
+  size_t peak = 0;
+  int i;
+  pressure_bulk = mcx_create(top, "bulk", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_set_soft_limit(top, soft, NULL, NULL) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_set_soft_limit(top, soft, Spill, &pressure_calls) == MCX_OK);
+  CHECK(mcx_soft_limit(top) == soft);
+  for (i = 0; i < 2000; ++i) {
+    char* p = (char*)mcx_alloc(pressure_bulk, 500);
+    CHECK(p != NULL);
+    memset(p, 1, 500);
+    mcx_get_counters(top, 1, &c);
+    if (c.total_bytes > peak) peak = c.total_bytes;
+  }
+  CHECK(pressure_calls >= 5);
+  CHECK(pressure_over == 0);
+  CHECK(peak <= soft);
+  CHECK(mcx_set_soft_limit(top, MCX_NO_LIMIT, NULL, NULL) == MCX_OK);
+  CHECK(mcx_soft_limit(top) == MCX_NO_LIMIT);
+  CHECK(mcx_set_soft_limit(NULL, soft, Spill, NULL) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_soft_limit(NULL) == MCX_NO_LIMIT);
+  CHECK(mcx_service_requests() == 0);
+  mcx_destroy(top);
+}
+
 int main(void) {
   {
     mcx_context* probe = mcx_create(NULL, "probe", MCX_KIND_POOL, NULL);
@@ -499,6 +542,7 @@ int main(void) {
   TestStringsAndBytes();
   TestStrcat();
   TestNoAllocRegions();
+  TestSoftLimit();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -650,6 +650,47 @@ static void TestFailureHandlersThatLongjmp(void) {
   scenario[0] = '\0';
 }
 
+/* A soft limit's callback that longjmps, as an engine's spill that raises
+ * an error does: nothing was allocated, the context is consistent and
+ * usable (and free of a held concurrency guard: HandOffAndDestroy), and the
+ * soft limit calls back no more until it is set again. */
+static int pressure_jumps = 0;
+
+static void JumpingPressure(const mcx_pressure_info* info) {
+  (void)info;
+  ++pressure_jumps;
+  longjmp(jump, 1);
+}
+
+static void TestSoftLimitCallbackThatLongjmps(int kind) {
+  mcx_context* ctx = Create(NULL, "spilling", kind, MCX_NO_LIMIT);
+  static mcx_counters before; /* written between setjmp and longjmp */
+  mcx_counters after;
+  volatile int allocs = 0;
+  pressure_jumps = 0;
+  CHECK(mcx_set_soft_limit(ctx, 64 * 1024, JumpingPressure, NULL) == MCX_OK);
+  mcx_get_counters(ctx, 1, &before);
+  if (setjmp(jump) == 0) {
+    for (;;) {
+      mcx_get_counters(ctx, 1, &before);
+      CHECK(mcx_alloc(ctx, 1000) != NULL);
+      ++allocs;
+    }
+  }
+  ScribbleStack();
+  CHECK(pressure_jumps == 1);
+  CHECK(allocs > 0);
+  mcx_get_counters(ctx, 1, &after);
+  CHECK(after.total_bytes == before.total_bytes && after.blocks == before.blocks);
+  CHECK(mcx_alloc(ctx, 100000) != NULL); /* quiet: marked as running */
+  CHECK(pressure_jumps == 1);
+  CHECK(mcx_set_soft_limit(ctx, 64 * 1024, JumpingPressure, NULL) == MCX_OK);
+  if (setjmp(jump) == 0) CHECK(mcx_alloc(ctx, 100000) == NULL && 0);
+  CHECK(pressure_jumps == 2);
+  other_ran = 0;
+  HandOffAndDestroy(ctx);
+}
+
 /* A cleanup record that cannot be had: mcx_add_cleanup returns an empty
  * handle, calls no handler and keeps nothing. */
 static void TestAddCleanupFailure(int kind) {
@@ -683,6 +724,7 @@ int main(void) {
     sprintf(scenario, "%s", kKindNames[kind]);
     TestCreateDoesNotCallTheHandler(kind);
     TestAddCleanupFailure(kind);
+    TestSoftLimitCallbackThatLongjmps(kind);
   }
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

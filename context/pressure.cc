@@ -1,0 +1,237 @@
+// Soft limits and their callbacks (pressure.h), and the refusal protocol that
+// lets the ledger hand work back to the front of an allocation.
+//
+// Why a refusal: the ledger sees that a block would cross a soft limit (or
+// that a report request waits for this thread) while the kind is in the
+// middle of serving the call. Running user code there would let it free,
+// reset or report on a context whose kind is half-way through an update.
+// So the ledger refuses the block, as a limit would; every kind already
+// handles a refused block by failing with nothing changed. The front
+// (AllocSlow, ReallocImpl, CreateImpl), which is outside the kind, finds the
+// reason in a thread-local record, runs the callback or writes the report,
+// and calls the kind again. Nothing is added to any path that succeeds: the
+// test is in the ledger, which runs only when a block is acquired, and in
+// the front's failure branch.
+//
+// Nothing of a running callback lives on the stack that a longjmp could
+// strand, except the soft limit's `pressure_running` mark, which the
+// contract says stays set until the soft limit is set again.
+
+#include <cstddef>
+
+#include "mcx/context/context.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/extras.h"
+#include "mcx/context/internal/valgrind.h"
+#include "mcx/context/report_request.h"
+
+namespace mcx {
+
+using internal::ContextExtras;
+
+namespace internal {
+
+thread_local LedgerRefusal ledger_refusal;
+
+namespace {
+
+// Marks the limited contexts up to `passed` as passed for the retry of one
+// call, and restores what an enclosing call had (a block source may
+// allocate from another context while the kind runs).
+class PassedScope {
+ public:
+  explicit PassedScope(const Context* passed) : saved_(ledger_refusal.passed) {
+    ledger_refusal.passed = passed;
+  }
+  ~PassedScope() { ledger_refusal.passed = saved_; }
+  PassedScope(const PassedScope&) = delete;
+  PassedScope& operator=(const PassedScope&) = delete;
+
+ private:
+  const Context* saved_;
+};
+
+}  // namespace
+}  // namespace internal
+
+// Context::PressureDue
+//
+// Called by the ledger (ChargeLimitsSlow with `pressure`) for the first
+// charge of a block: the nearest soft limit that the block would cross, that
+// has a callback not running now and that this call has not passed yet,
+// refuses it. The thread-local record is read only when there is such a
+// limit.
+bool Context::PressureDue(Context* first, size_t bytes) {
+  if (state_ == State::kCreating) return false;  // the kind's init: no retry
+  bool loaded = false;
+  const Context* passed = nullptr;
+  for (Context* l = first; l != nullptr; l = l->NextLimited()) {
+    const ContextExtras* x = l->extras_;
+    if (x->pressure_callback == nullptr || x->pressure_running) continue;
+    const bool crosses =
+        x->subtree_bytes > x->soft_limit || bytes > x->soft_limit - x->subtree_bytes;
+    if (!crosses) continue;
+    if (!loaded) {
+      passed = internal::ledger_refusal.passed;
+      loaded = true;
+    }
+    if (passed != nullptr && (passed == l || passed->IsAncestorOf(l))) continue;
+    internal::LedgerRefusal& r = internal::ledger_refusal;
+    r.refused = this;
+    r.due = l;
+    r.bytes = bytes;
+    r.requests = false;
+    r.saved_failure = last_failure_;
+    last_failure_ = Failure::kLimit;
+    return true;
+  }
+  return false;
+}
+
+// Context::RefuseForRequests
+//
+// Called by the ledger when some report request waits somewhere in the
+// process: refuses the block if one waits for this thread.
+bool Context::RefuseForRequests() {
+  if (state_ == State::kCreating || !internal::ThisThreadHasRequests()) return false;
+  internal::LedgerRefusal& r = internal::ledger_refusal;
+  r.refused = this;
+  r.due = nullptr;
+  r.bytes = 0;
+  r.requests = true;
+  r.saved_failure = last_failure_;
+  last_failure_ = Failure::kLimit;
+  return true;
+}
+
+// Context::ServeRefusal
+//
+// In a front's failure branch: if the failure was the ledger's refusal of a
+// block of this context, runs what is due and returns true (the front
+// retries, with `*passed` extended past the soft limit that called back);
+// false otherwise (the front fails as it would have). A callback that throws
+// from a Try-call fails the call with kLimit; from a throwing call the
+// exception propagates.
+bool Context::ServeRefusal(const Context** passed, unsigned flags) {
+  internal::LedgerRefusal& r = internal::ledger_refusal;
+  if (r.refused != this || last_failure_ != Failure::kLimit || (r.due == nullptr && !r.requests)) {
+    return false;
+  }
+  Context* due = r.due;
+  const bool requests = r.requests;
+  const size_t bytes = r.bytes;
+  last_failure_ = r.saved_failure;
+  r.refused = nullptr;
+  r.due = nullptr;
+  r.requests = false;
+  if (requests) {
+    ServiceRequests();
+    return true;
+  }
+  ContextExtras* x = due->extras_;
+  *passed = due;
+  if (x->pressure_callback == nullptr) return true;
+  const PressureInfo info{this, due, x->subtree_bytes, bytes, x->soft_limit, x->pressure_arg};
+  x->pressure_running = true;
+  try {
+    x->pressure_callback(info);
+  } catch (...) {
+    // `due` is this context or an ancestor, which the callback must not
+    // destroy: its record is still there.
+    x->pressure_running = false;
+    if (flags & kNoThrow) {
+      last_failure_ = Failure::kLimit;
+      return false;
+    }
+    throw;
+  }
+  x->pressure_running = false;
+  return true;
+}
+
+void* Context::AllocRefused(size_t size, size_t alignment, unsigned flags) {
+  const Context* passed = nullptr;
+  while (ServeRefusal(&passed, flags)) {
+    if (internal::kChecking && !CheckLive("allocation after a pressure callback")) {
+      return Fail(Failure::kBadArgument, size, flags);
+    }
+    void* p;
+    {
+      UseGuard use(this);
+      internal::PassedScope scope(passed);
+      CheckNotTearingDown("allocation");
+      p = methods_->alloc(this, size, alignment);
+    }
+    if (p != nullptr) {
+      internal::ValgrindChunkAlloc(this, p, size);
+      return p;
+    }
+  }
+  return Fail(last_failure_, size, flags);
+}
+
+void* Context::ReallocRefused(void* p, size_t old_size, size_t new_size, unsigned flags) {
+  const Context* passed = nullptr;
+  while (ServeRefusal(&passed, flags)) {
+    if (internal::kChecking && !CheckLive("reallocation after a pressure callback")) {
+      return Fail(Failure::kBadArgument, new_size, flags);
+    }
+    void* q;
+    {
+      UseGuard use(this);
+      internal::PassedScope scope(passed);
+      q = methods_->realloc(this, p, old_size, new_size);
+    }
+    if (q != nullptr) {
+      internal::ValgrindChunkMove(this, p, q, new_size);
+      return q;
+    }
+  }
+  return Fail(last_failure_, new_size, flags);
+}
+
+// A child's first block, charged to this (its parent) by CreateImpl: nothing
+// of the child exists yet, so the callback runs with nothing to undo.
+bool Context::ChargeRefused(size_t bytes, unsigned flags) {
+  const Context* passed = nullptr;
+  while (ServeRefusal(&passed, flags)) {
+    internal::PassedScope scope(passed);
+    if (ChargeBlock(bytes)) return true;
+  }
+  return false;
+}
+
+// --- Setting the soft limit --------------------------------------------------
+
+Failure Context::TrySetSoftLimit(size_t bytes, PressureCallback callback, void* arg) {
+  if (bytes == kNoLimit) {
+    if (extras_ != nullptr) {
+      const bool was = extras_->Limited();
+      extras_->soft_limit = kNoLimit;
+      extras_->pressure_callback = nullptr;
+      extras_->pressure_arg = nullptr;
+      extras_->pressure_running = false;
+      internal::CountLimitedChange(was, extras_->Limited());
+    }
+    return Failure::kNone;
+  }
+  if (callback == nullptr) {
+    last_failure_ = Failure::kBadArgument;
+    return Failure::kBadArgument;
+  }
+  ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
+  if (x == nullptr) return last_failure_;
+  const bool was = x->Limited();
+  if (!was) x->subtree_bytes = SubtreeBytes();
+  x->soft_limit = bytes;
+  x->pressure_callback = callback;
+  x->pressure_arg = arg;
+  x->pressure_running = false;
+  internal::CountLimitedChange(was, true);
+  return Failure::kNone;
+}
+
+size_t Context::soft_limit() const { return extras_ != nullptr ? extras_->soft_limit : kNoLimit; }
+
+}  // namespace mcx
