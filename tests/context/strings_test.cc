@@ -35,8 +35,15 @@ void* operator new(size_t n) {
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
+// The nothrow form too (std::stable_sort's temporary buffer uses it), so
+// that every operator delete frees what malloc gave (ASan checks).
+void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  if (counting.load()) heap_allocations.fetch_add(1);
+  return std::malloc(n == 0 ? 1 : n);
+}
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace mcx {
 namespace {
