@@ -42,6 +42,7 @@
 #include <new>
 
 #include "bench/bump_arena.h"
+#include "mcx/buddy/buddy_source.h"
 #include "mcx/context/caching_block_source.h"
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
@@ -173,6 +174,48 @@ struct FreelistTraits {
 };
 using McxPool = McxContender<PoolTraits>;
 using McxFreelist = McxContender<FreelistTraits>;
+
+// --- mcx pool contexts on a buddy region (W2, W6 only) ------------------------
+// The same contexts as McxPool, every block from one 64 MiB buddy region
+// (buddy/buddy_source.h) instead of the default block cache: what confining
+// an engine to a region of its own costs per request.
+inline mcx::BlockSource* BuddyRegion() {
+  alignas(1 << 20) static unsigned char region[64 << 20];
+  static mcx::BuddyBlockSource source(region, sizeof region, [] {
+    mcx::BuddyOptions o;
+    o.min_block = 4096;
+    o.max_block = 1 << 20;
+    return o;
+  }());
+  return &source;
+}
+
+struct McxPoolBuddy : McxMarker {
+  static constexpr const char* kName = "mcx_pool_buddy";
+  static constexpr bool kFreesEach = false;
+  static constexpr bool kCanFree = false;
+  static constexpr bool kCanRealloc = false;
+  static constexpr bool kHasTree = false;
+  static constexpr bool kHasScope = true;
+
+  class Parent {
+   public:
+    Parent()
+        : ctx_(mcx::Context::Create(nullptr, "parent", mcx::PoolKind(),
+                                    mcx::ContextOptions{BuddyRegion()})) {}
+    ~Parent() { ctx_->Destroy(); }
+    mcx::Context* ctx_;
+  };
+  class Scope {
+   public:
+    explicit Scope(Parent& parent) : ctx_(parent.ctx_->CreateChild("request", mcx::PoolKind())) {}
+    ~Scope() { ctx_->Destroy(); }
+    void* Alloc(size_t n) { return ctx_->Alloc(n); }
+
+   private:
+    mcx::Context* ctx_;
+  };
+};
 
 // --- The 30-line pointer-bump arena (bump_arena.h) --------------------------
 struct Bump {

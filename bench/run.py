@@ -3,12 +3,24 @@
 one table per workload.
 
     ./mcx bench                     everything, tables on stdout
-    ./mcx bench --callgrind         instruction counts (W1-W4, W11) instead of times
+    ./mcx bench --callgrind         instruction counts (W1-W4, W11, W12, W13) instead of times
     ./mcx bench --write docs/performance
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
     ./mcx bench --quick             fewer repetitions, shorter runs
+    ./mcx bench --workloads W12,W13 only these workloads (names or prefixes:
+                                    W5 and W11 are the --memory runs, W12 and
+                                    W13 their benchmarks and memory runs);
+                                    --write then writes results-W12-W13.md
+    ./mcx bench --w8                W8 (long-lived heap) alone
     ./mcx bench --repetitions N --min-time S   (defaults 7 and 0.1 s)
+    ./mcx bench --handles [--callgrind] [--write docs/performance]
+                                    only `handles_and_sources` (and W2 of the
+                                    pool on a buddy region under --callgrind);
+                                    writes handles.md or handles_callgrind.md
+
+Also runs `handles_and_sources`: handle pools against the freelist kind and
+glibc, and the buddy block source against the system and caching sources.
 
 How the peers are run: one program (`workloads`) holds mcx, glibc malloc,
 talloc, talloc_pool, APR pools, std::pmr and the bump arena; jemalloc and
@@ -36,6 +48,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {
     "mcx_pool": "mcx pool",
     "mcx_freelist": "mcx freelist",
+    "mcx_slab": "mcx slab",
+    "mcx_generation": "mcx generation",
     "bump": "bump arena (30 lines)",
     "apr": "APR pools",
     "talloc": "talloc",
@@ -47,6 +61,12 @@ NAMES = {
     "jemalloc": "jemalloc",
     "tcmalloc": "tcmalloc",
     "mimalloc": "mimalloc",
+    # handles_and_sources and the buddy region
+    "mcx_pool_buddy": "mcx pool on a buddy region",
+    "handle_pool": "mcx handle pool",
+    "buddy": "buddy source",
+    "caching": "caching source",
+    "system": "system source",
 }
 ORDER = list(NAMES)
 
@@ -58,6 +78,33 @@ WORKLOADS = {
     "W4": "W4 context tree: depth 4, fanout 8 (4,681 contexts), 4 allocations of 16..128 B each, destroy the root (ns per context)",
     "W11": "W11 million contexts: 1,000,000 contexts under one parent, one allocation of 16..64 B in each, then the parent destroyed (ns per context)",
     "W7": "W7 realloc growth: 256 buffers grown from 16 B by half again plus 16 B until above 16 KiB (ns per realloc)",
+    "W12.churn32": "W12 fixed-size churn: 10,000 live objects of 32 B; free a random one, allocate another (ns per step)",
+    "W12.churn200": "W12 fixed-size churn: 10,000 live objects of 200 B; free a random one, allocate another (ns per step)",
+    "W12.tree": "W12 linked structure: build a complete binary tree of 2^20 - 1 nodes of 24 B, sum it, free every node (ns per node)",
+    "W13": "W13 FIFO lifetimes: a queue of 10,000 chunks of 16..1024 B; produce one, consume one of the 16 oldest (ns per step)",
+}
+
+# W12 and W13 (bench/fixed_and_fifo.h): the contenders each runs, for the
+# callgrind mode (the time tables take whatever the programs register).
+W12_W13_CALLGRIND = {
+    "W12.churn32": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W12.churn200": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W12.tree": ["mcx_slab", "mcx_freelist", "malloc", "pmr_pool"],
+    "W13": ["mcx_generation", "mcx_freelist", "malloc"],
+}
+
+# bench/handles_and_sources.cc: handle pools and block sources, one table
+# each; the baseline column is the named contender.
+EXTRA_WORKLOADS = {
+    "H.churn": ("handle pool churn: 10,000 live 64-byte objects; free a random one, allocate one, "
+                "read 4 random live ones through their handle or pointer (ns per step)", "glibc"),
+    "H.get": ("handle pool lookups: read a random live object through its handle or pointer "
+              "(ns per read)", "glibc"),
+    "H.alloc_free": ("handle pool allocate and free at once, one 64-byte object (ns per pair)",
+                     "glibc"),
+    "B.churn": ("block sources: 64 live blocks of 8..64 KiB; release a random one, acquire one "
+                "(ns per step)", "system"),
+    "B.cycle": ("block sources: acquire an 8 KiB block and release it (ns per pair)", "system"),
 }
 
 # Optimised as Debian builds the peers' packages: -O2 without frame pointers
@@ -89,11 +136,12 @@ def build(tmp):
     """Builds both programs optimised and copies them out of bazel-bin, so a
     concurrent build of another configuration cannot swap them."""
     subprocess.run([os.path.join(ROOT, "mcx"), "bazel", "build"] + BUILD_FLAGS +
-                   ["//bench:workloads", "//bench:workloads_mimalloc"], check=True,
+                   ["//bench:workloads", "//bench:workloads_mimalloc",
+                    "//bench:handles_and_sources"], check=True,
                    stdout=sys.stderr)
     out = sh(["bazel", "info"] + BUILD_FLAGS + ["bazel-bin"]).stdout.strip()
     paths = {}
-    for name in ["workloads", "workloads_mimalloc"]:
+    for name in ["workloads", "workloads_mimalloc", "handles_and_sources"]:
         dst = os.path.join(tmp, name)
         shutil.copy(os.path.join(out, "bench", name), dst)
         paths[name] = dst
@@ -140,10 +188,10 @@ def run_gbench(binary, label_of, args, env_extra=None, bench_filter=None):
     return results
 
 
-def run_memory(binary, label_of, env_extra=None):
+def run_memory(binary, label_of, env_extra=None, mode="--memory"):
     env = dict(os.environ)
     env.update(env_extra or {})
-    out = sh([binary, "--memory"], env=env).stdout
+    out = sh([binary, mode], env=env).stdout
     rows = {}
     for line in out.splitlines():
         if not line.startswith("{"):
@@ -154,6 +202,22 @@ def run_memory(binary, label_of, env_extra=None):
             continue
         rows[(label, d.get("size", d.get("workload")))] = d
     return rows
+
+
+def collect_w8(bins):
+    """W8 alone: mcx freelist and glibc in one program, then jemalloc and
+    tcmalloc under LD_PRELOAD and mimalloc linked."""
+    memory = {}
+    memory.update(run_memory(bins["workloads"], glibc_label, mode="--memory=W8"))
+    for name, libs in PRELOADS.items():
+        lib = find_lib(libs)
+        if lib is None:
+            print("note: %s not found (%s); skipped" % (name, ", ".join(libs)), file=sys.stderr)
+            continue
+        memory.update(run_memory(bins["workloads"], only_malloc(name), {"LD_PRELOAD": lib},
+                                 mode="--memory=W8"))
+    memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label, mode="--memory=W8"))
+    return memory
 
 
 def glibc_label(c):
@@ -168,10 +232,21 @@ def mimalloc_label(c):
     return "mimalloc" if c == "malloc" else c
 
 
+def selected(args, workload):
+    """Whether --workloads (comma-separated names or prefixes) asks for `workload`."""
+    return not args.workloads or any(workload.startswith(w) for w in args.workloads.split(","))
+
+
 def collect(args, bins):
     results, memory = {}, {}
-    results.update(run_gbench(bins["workloads"], glibc_label, args))
-    memory.update(run_memory(bins["workloads"], glibc_label))
+    # Benchmark names start with their workload (W12.tree/mcx_slab).
+    prefix = ""
+    if args.workloads:
+        prefix = "^(%s)[^/]*" % "|".join(re.escape(w) for w in args.workloads.split(","))
+    memory_runs = selected(args, "W5") or selected(args, "W11")
+    results.update(run_gbench(bins["workloads"], glibc_label, args, bench_filter=prefix or None))
+    if memory_runs:
+        memory.update(run_memory(bins["workloads"], glibc_label))
     for name, libs in PRELOADS.items():
         lib = find_lib(libs)
         if lib is None:
@@ -179,10 +254,15 @@ def collect(args, bins):
             continue
         env = {"LD_PRELOAD": lib}
         results.update(run_gbench(bins["workloads"], only_malloc(name), args, env,
-                                  bench_filter="/malloc(/|$)"))
-        memory.update(run_memory(bins["workloads"], only_malloc(name), env))
-    results.update(run_gbench(bins["workloads_mimalloc"], mimalloc_label, args))
-    memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
+                                  bench_filter=(prefix or "") + "/malloc(/|$)"))
+        if memory_runs:
+            memory.update(run_memory(bins["workloads"], only_malloc(name), env))
+    results.update(run_gbench(bins["workloads_mimalloc"], mimalloc_label, args,
+                              bench_filter=prefix or None))
+    if memory_runs:
+        memory.update(run_memory(bins["workloads_mimalloc"], mimalloc_label))
+    if not args.workloads:
+        results.update(run_gbench(bins["handles_and_sources"], lambda c: c, args))
     return results, memory
 
 
@@ -223,6 +303,22 @@ def time_tables(results):
     return out
 
 
+def extra_tables(results):
+    out = []
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: r for (wl, l, a), r in results.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label, {}).get("ns")
+        body = [[NAMES.get(l, l), fmt(rows[l]["ns"]),
+                 fmt(rows[l]["ns"] / base, 2) if base else "-"]
+                for l in sorted(rows, key=lambda l: rows[l]["ns"])]
+        out.append("### " + title + "\n\n" +
+                   table(["contender", "ns/op (median)", "vs " + NAMES.get(base_label, base_label)],
+                         body))
+    return out
+
+
 def w11_memory_table(memory):
     rows = {l: d["resident_per_context"] for (l, k), d in memory.items() if k == "W11"}
     if not rows:
@@ -236,8 +332,64 @@ def w11_memory_table(memory):
             table(["contender", "bytes per context", "vs talloc"], body))
 
 
+def w8_table(memory):
+    """Returns (markdown, series) for W8, or (None, {})."""
+    rows = {l: d for (l, k), d in memory.items() if k == "W8"}
+    if not rows:
+        return None, {}
+    glibc = rows.get("glibc")
+    body = []
+    for l in sorted(rows, key=lambda l: rows[l]["resident_peak"]):
+        d = rows[l]
+        shrinks = [r / lv for i, (r, lv) in enumerate(zip(d["phase_end_resident"], d["phase_end_live"]))
+                   if i % 2 == 1 and lv]
+        body.append([NAMES.get(l, l), fmt(d["ns_per_op"]),
+                     fmt(d["resident_peak"] / 2.0 ** 20),
+                     fmt(d["resident_peak"] / d["live_peak"], 3),
+                     fmt(d["resident_peak"] / glibc["resident_peak"], 2) if glibc else "-",
+                     " / ".join(fmt(x, 2) for x in shrinks)])
+    text = ("### W8 long-lived heap: 10^7 operations in six phases of 8..4096 B chunks (the size "
+            "range changes each phase), live data grown to 64 MiB, shrunk to a tenth, three "
+            "times; resident bytes from /proc/self/statm in a fresh child process\n\n" +
+            table(["contender", "ns/op", "peak resident MiB", "peak resident / live peak",
+                   "peak resident vs glibc", "resident / live after each shrink"], body))
+    series = {l: d["samples"] for l, d in rows.items()}
+    return text, series
+
+
+def w8_plot(series, outdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: python3-matplotlib is missing; no plots", file=sys.stderr)
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    live = None
+    for l in ordered(series):
+        pts = series[l]
+        live = live or pts
+        style = "-" if l.startswith("mcx") else "--"
+        ax.plot([p[0] / 1e6 for p in pts], [p[2] / 2.0 ** 20 for p in pts], style,
+                label=NAMES.get(l, l))
+    if live:
+        ax.plot([p[0] / 1e6 for p in live], [p[1] / 2.0 ** 20 for p in live], ":k",
+                label="live data")
+    ax.set_title("W8 long-lived heap: resident bytes over time")
+    ax.set_xlabel("operations (millions)")
+    ax.set_ylabel("MiB")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(outdir, "w8_resident.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
 def memory_table(memory):
-    memory = {k: d for k, d in memory.items() if k[1] != "W11"}
+    memory = {k: d for k, d in memory.items() if k[1] not in ("W11", "W8")}
     labels = ordered({l for (l, _) in memory})
     body = []
     for l in labels:
@@ -378,13 +530,16 @@ def plots(series, outdir):
     return made
 
 
-def callgrind(bins):
-    """Instructions per operation for W1-W4 and W11, each contender in its own
-    valgrind run with collection on only around the measured rounds."""
+def callgrind(args, bins):
+    """Instructions per operation for W1-W4, W11, W12 and W13, and for the
+    workloads of handles_and_sources, each contender in its own valgrind run
+    with collection on only around the measured rounds."""
     if shutil.which("valgrind") is None:
         sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
+    handles_only = args.handles
     cases = []
-    workloads = ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"]
+    workloads = [] if handles_only else [
+        w for w in ["W1.rand", "W1.32B", "W2", "W3", "W4", "W11"] if selected(args, w)]
     main = ["malloc", "mcx_pool", "mcx_freelist", "bump", "talloc", "talloc_pool", "apr",
             "pmr_monotonic", "pmr_pool"]
     for w in workloads:
@@ -396,6 +551,27 @@ def callgrind(bins):
                 cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
         for c in ["malloc", "mi_heap"]:
             cases.append((w, bins["workloads_mimalloc"], c, mimalloc_label(c), {}))
+    extra = [] if handles_only else [w for w in W12_W13_CALLGRIND if selected(args, w)]
+    for w in extra:
+        for c in W12_W13_CALLGRIND[w]:
+            cases.append((w, bins["workloads"], c, glibc_label(c), {}))
+        for name, libs in PRELOADS.items():
+            lib = find_lib(libs)
+            if lib:
+                cases.append((w, bins["workloads"], "malloc", name, {"LD_PRELOAD": lib}))
+        cases.append((w, bins["workloads_mimalloc"], "malloc", "mimalloc", {}))
+    workloads = workloads + extra
+    if handles_only:
+        # W2 of the pool kind on a buddy region, against the same on the
+        # default block cache and glibc.
+        workloads = ["W2"]
+        for c in ["malloc", "mcx_pool", "mcx_pool_buddy"]:
+            cases.append(("W2", bins["workloads"], c, glibc_label(c), {}))
+    for w in EXTRA_WORKLOADS if (handles_only or not args.workloads) else []:
+        contenders = (["handle_pool", "mcx_freelist", "glibc"] if w.startswith("H.")
+                      else ["buddy", "system", "caching"])
+        for c in contenders:
+            cases.append((w, bins["handles_and_sources"], c, c, {}))
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -426,6 +602,78 @@ def callgrind(bins):
                  fmt(v / bump, 2) if bump else "-"] for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
         out.append("### %s (instructions per operation)\n\n" % WORKLOADS[w] .split(" (")[0] +
                    table(["contender", "instructions/op", "vs glibc malloc", "vs bump arena"], body))
+    for w, (title, base_label) in EXTRA_WORKLOADS.items():
+        rows = {l: v for (wl, l), v in counts.items() if wl == w}
+        if not rows:
+            continue
+        base = rows.get(base_label)
+        body = [[NAMES.get(l, l), fmt(v, 0), fmt(v / base, 2) if base else "-"]
+                for l, v in sorted(rows.items(), key=lambda kv: kv[1])]
+        out.append("### %s (instructions per operation)\n\n" % title.split(" (")[0] +
+                   table(["contender", "instructions/op", "vs " + NAMES.get(base_label, base_label)],
+                         body))
+    return out
+
+
+def run_w12_w13_memory(binary, label_of, env_extra=None, quick=False):
+    """W12's and W13's memory (--memory-w12-w13): {(workload, label, size): row}."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    if quick:
+        env["MCX_BENCH_W13_STEPS"] = "1000000"
+    out = sh([binary, "--memory-w12-w13"], env=env).stdout
+    rows = {}
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        d = json.loads(line)
+        label = label_of(d["contender"])
+        if label is not None:
+            rows[(d["workload"], label, d["size"])] = d
+    return rows
+
+
+def collect_w12_w13_memory(args, bins):
+    rows = run_w12_w13_memory(bins["workloads"], glibc_label, quick=args.quick)
+    for name, libs in PRELOADS.items():
+        lib = find_lib(libs)
+        if lib is not None:
+            rows.update(run_w12_w13_memory(bins["workloads"], only_malloc(name),
+                                           {"LD_PRELOAD": lib}, args.quick))
+    rows.update(run_w12_w13_memory(bins["workloads_mimalloc"], only_malloc("mimalloc"),
+                                   quick=args.quick))
+    return rows
+
+
+def w12_w13_memory_tables(rows):
+    out = []
+    labels = ordered({l for (w, l, _) in rows if w == "W12.mem"})
+    if labels:
+        body = []
+        for l in labels:
+            line = [NAMES.get(l, l)]
+            for size in (32, 200):
+                d = rows.get(("W12.mem", l, size))
+                line += [fmt(d["full_per_requested"], 3) if d else "-",
+                         fmt(d["after_per_live"], 2) if d else "-"]
+            body.append(line)
+        out.append("### W12 memory: 64 MiB of 32 B or 200 B objects, every byte written, then "
+                   "90% of them freed in random order (resident bytes from /proc/self/statm, "
+                   "in a fresh child process)\n\n" +
+                   table(["contender", "32 B: resident / requested", "32 B: after, resident / live",
+                          "200 B: resident / requested", "200 B: after, resident / live"], body))
+    labels = ordered({l for (w, l, _) in rows if w == "W13.mem"})
+    if labels:
+        body = []
+        for l in labels:
+            d = rows[("W13.mem", l, 0)]
+            body.append([NAMES.get(l, l), fmt(d["peak_mib"], 1), fmt(d["peak_per_live"], 2),
+                         fmt(d["ns_per_step"], 1)])
+        steps = next(iter(d["steps"] for (w, _, _), d in rows.items() if w == "W13.mem"))
+        out.append("### W13 memory: the queue for %s steps in a fresh child process; peak "
+                   "resident bytes, and per byte live at the peak\n\n" % "{:,}".format(steps) +
+                   table(["contender", "peak resident MiB", "peak resident / peak live",
+                          "CPU ns per step (one run)"], body))
     return out
 
 
@@ -459,27 +707,55 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4")
+    ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4, W11, W12, W13")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
+    ap.add_argument("--w8", action="store_true", help="W8 (long-lived heap) alone")
+    ap.add_argument("--handles", action="store_true",
+                    help="only handles_and_sources (handle pools, block sources)")
     ap.add_argument("--repetitions", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--write", metavar="DIR", help="write results.md and plots into DIR")
+    ap.add_argument("--workloads", metavar="W,...",
+                    help="only the workloads with these names or prefixes (W12,W13)")
     args = ap.parse_args()
     if args.quick:
         args.repetitions, args.min_time = 3, 0.05
     command = "./mcx bench " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         bins = build(tmp)
+        w8_series = {}
         if args.callgrind:
-            sections = callgrind(bins)
+            sections = callgrind(args, bins)
             series = {}
             kind = "callgrind"
+        elif args.w8:
+            w8, w8_series = w8_table(collect_w8(bins))
+            sections = [w8] if w8 else []
+            series = {}
+            kind = "w8"
+        elif args.handles:
+            results = run_gbench(bins["handles_and_sources"], lambda c: c, args)
+            # W2 of the pool kind on a buddy region, against the same on the
+            # default block cache and glibc, in the same run.
+            results.update(run_gbench(bins["workloads"], glibc_label, args,
+                                      bench_filter="^W2/(malloc|mcx_pool|mcx_pool_buddy)$"))
+            sections = time_tables(results) + extra_tables(results)
+            series = {}
+            kind = "times"
         else:
             results, memory = collect(args, bins)
-            sections = time_tables(results) + [memory_table(memory)]
+            sections = time_tables(results)
+            if memory:
+                sections.append(memory_table(memory))
             w11 = w11_memory_table(memory)
             if w11:
                 sections.append(w11)
+            if selected(args, "W12") or selected(args, "W13"):
+                sections += w12_w13_memory_tables(collect_w12_w13_memory(args, bins))
+            w8, w8_series = w8_table(memory)
+            if w8:
+                sections.append(w8)
+            sections += extra_tables(results)
             more, series = scaling(results)
             sections += more
             kind = "times"
@@ -489,10 +765,15 @@ def main():
     print(text)
     if args.write:
         os.makedirs(args.write, exist_ok=True)
-        name = "callgrind.md" if kind == "callgrind" else "results.md"
+        name = {"callgrind": "callgrind", "w8": "w8"}.get(kind, "results")
+        if args.workloads:  # a part of the suite: beside the full tables, not over them
+            name += "-" + args.workloads.replace(",", "-")
+        if args.handles:
+            name = "handles_" + name
+        name += ".md"
         with open(os.path.join(args.write, name), "w") as f:
             f.write("# Benchmark results (%s)\n\n" % kind + text)
-        for p in plots(series, args.write):
+        for p in plots(series, args.write) + (w8_plot(w8_series, args.write) if w8_series else []):
             print("wrote", p, file=sys.stderr)
 
 

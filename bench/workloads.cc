@@ -1,6 +1,6 @@
 // File: bench/workloads.cc
 //
-// The benchmark workloads W1-W7 and W11 (bench/README.md) and the scaling curves, for
+// The benchmark workloads W1-W8 and W11 (bench/README.md) and the scaling curves, for
 // every contender of contenders.h, in one Google Benchmark program. The same
 // source builds two binaries: `workloads` (glibc malloc and every non-malloc
 // peer; jemalloc and tcmalloc run its malloc contender through LD_PRELOAD)
@@ -12,11 +12,16 @@
 //                        allocates ~64 MiB in chunks and reports resident
 //                        bytes per requested byte and bytes of header per
 //                        chunk, one JSON object per line; and W11's resident
-//                        bytes per context for the hierarchical contenders.
-//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11) for
-//                        contender C with Callgrind collection switched on
-//                        only around the measured rounds, and prints the
-//                        number of operations (run it under
+//                        bytes per context for the hierarchical contenders,
+//                        and W8 (long-lived heap: resident bytes sampled
+//                        over 10^7 operations) for the contenders that free.
+//   --memory=W8          W8 alone.
+//   --memory-w12-w13     W12's and W13's memory (bench/fixed_and_fifo.h).
+//   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11;
+//                        W12.*, W13) for contender C (mcx_pool_buddy: W2
+//                        only) with Callgrind collection switched on only
+//                        around the measured rounds, and prints the number
+//                        of operations (run it under
 //                        `valgrind --tool=callgrind --collect-atstart=no`).
 //
 // Why the design is what it is:
@@ -42,12 +47,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "benchmark/benchmark.h"
 #include "bench/contenders.h"
+#include "mcx/generation/generation.h"  // W12, W13 (fixed_and_fifo.h)
+#include "mcx/slab/slab.h"
 
 #if __has_include(<valgrind/callgrind.h>)
 #include <valgrind/callgrind.h>
@@ -86,6 +94,27 @@ constexpr uint32_t kW11MinSize = 16, kW11MaxSize = 64;
 // W5: bytes requested per measurement, and the fixed sizes measured.
 constexpr size_t kW5RequestedBytes = size_t{64} << 20;
 constexpr uint32_t kW5Sizes[] = {24, 100};
+// W8: a long-lived heap. kW8Ops operations in kW8Phases phases of equal
+// length; each phase has its own size range (kW8Phases below) and a target
+// of live bytes: the peak, or a tenth of it, alternately, so the live data
+// grows, shrinks to a tenth and grows again with other sizes. Resident
+// bytes are sampled every kW8SampleEvery operations.
+constexpr size_t kW8Ops = 10000000;
+constexpr size_t kW8PeakLive = size_t{64} << 20;
+constexpr size_t kW8ShrinkDivisor = 10;
+constexpr size_t kW8SampleEvery = 100000;
+// Live chunks the bookkeeping holds at most: the peak in 8-byte chunks
+// never happens (the smallest range starts at 8, averages far more).
+constexpr size_t kW8MaxLiveChunks = size_t{4} << 20;
+struct W8Phase {
+  uint32_t min_size, max_size;
+  bool grow;  // toward the peak, else toward a tenth of it
+};
+constexpr W8Phase kW8PhaseList[] = {
+    {8, 256, true},   {8, 4096, false}, {1024, 4096, true},
+    {8, 512, false},  {64, 2048, true}, {256, 4096, false},
+};
+constexpr size_t kW8Phases = sizeof(kW8PhaseList) / sizeof(kW8PhaseList[0]);
 // W7: buffers grown at once, from kW7Start by half again plus kW7Step until
 // above kW7Max, then freed.
 constexpr size_t kW7Buffers = 256;
@@ -666,6 +695,121 @@ double MeasureW11Resident() {
   return static_cast<double>(after - before) / static_cast<double>(kW11Contexts);
 }
 
+// --- W8: long-lived heap ---------------------------------------------------------
+
+struct W8Sample {
+  size_t op;
+  size_t live;      // bytes requested and not freed
+  size_t resident;  // process resident bytes above the baseline
+  size_t blocks;    // mcx: bytes in the context's blocks; 0 for the others
+};
+
+// Runs W8 in a forked child (see kW8Ops). Each operation allocates (every
+// byte written) or frees a live chunk chosen at random: below the phase's
+// target it allocates with probability 3/4 (frees with 1/4), above it it
+// frees, so the live data falls to a tenth even while the new phase's
+// chunks are larger than the old ones, and then churns around the target
+// with the new sizes. The decisions depend only on the generator and the
+// live bytes, identical for every contender.
+template <typename C>
+std::string MeasureW8() {
+  const size_t book_bytes = kW8MaxLiveChunks * (sizeof(void*) + sizeof(uint32_t));
+  void* book = mmap(nullptr, book_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+  if (book == MAP_FAILED) OutOfMemory();
+  std::memset(book, 1, book_bytes);
+  void** ptrs = static_cast<void**>(book);
+  uint32_t* sizes = reinterpret_cast<uint32_t*>(ptrs + kW8MaxLiveChunks);
+  std::vector<W8Sample> samples;
+  samples.reserve(kW8Ops / kW8SampleEvery + kW8Phases + 2);
+  std::vector<size_t> phase_end_resident, phase_end_live;
+  Rng rng(kSeed ^ 8);
+  auto* a = new typename C::Arena();
+  const size_t before = ResidentBytes();
+  size_t n = 0, live = 0, live_peak = 0, resident_peak = 0, blocks_peak = 0;
+  uint64_t sum = 0;
+  auto sample = [&](size_t op) {
+    size_t r = ResidentBytes();
+    r = r > before ? r - before : 0;
+    resident_peak = std::max(resident_peak, r);
+    size_t blocks = 0;
+    if constexpr (std::is_base_of_v<McxMarker, C>) {
+      blocks = a->context()->bytes_in_blocks();
+      blocks_peak = std::max(blocks_peak, blocks);
+    }
+    samples.push_back(W8Sample{op, live, r, blocks});
+  };
+  const auto start = std::chrono::steady_clock::now();
+  const size_t per_phase = kW8Ops / kW8Phases;
+  for (size_t op = 0; op < kW8Ops; ++op) {
+    const W8Phase& ph = kW8PhaseList[std::min(op / per_phase, kW8Phases - 1)];
+    const size_t target = ph.grow ? kW8PeakLive : kW8PeakLive / kW8ShrinkDivisor;
+    const bool alloc = n == 0 || (n < kW8MaxLiveChunks && live < target && (rng.Next() & 3) != 0);
+    if (alloc) {
+      const uint32_t size = rng.Uniform(ph.min_size, ph.max_size);
+      void* p = a->Alloc(size);
+      std::memset(p, static_cast<int>(op), size);
+      sum += static_cast<unsigned char*>(p)[size - 1];
+      ptrs[n] = p;
+      sizes[n] = size;
+      ++n;
+      live += size;
+      live_peak = std::max(live_peak, live);
+    } else {
+      const size_t i = static_cast<size_t>(rng.Next() % n);
+      a->Free(ptrs[i], sizes[i]);
+      live -= sizes[i];
+      --n;
+      ptrs[i] = ptrs[n];
+      sizes[i] = sizes[n];
+    }
+    if ((op + 1) % kW8SampleEvery == 0) sample(op + 1);
+    if ((op + 1) % per_phase == 0 && op / per_phase < kW8Phases) {
+      const size_t r = samples.empty() ? 0 : samples.back().resident;
+      phase_end_resident.push_back(r);
+      phase_end_live.push_back(live);
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  benchmark::DoNotOptimize(sum);
+  std::string line;
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "{\"contender\": \"%s\", \"workload\": \"W8\", \"ns_per_op\": %.1f, "
+                "\"live_peak\": %zu, \"resident_peak\": %zu, \"blocks_peak\": %zu",
+                C::kName, seconds * 1e9 / static_cast<double>(kW8Ops), live_peak, resident_peak,
+                blocks_peak);
+  line += buf;
+  line += ", \"phase_end_live\": [";
+  for (size_t i = 0; i < phase_end_live.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s%zu", i ? ", " : "", phase_end_live[i]);
+    line += buf;
+  }
+  line += "], \"phase_end_resident\": [";
+  for (size_t i = 0; i < phase_end_resident.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s%zu", i ? ", " : "", phase_end_resident[i]);
+    line += buf;
+  }
+  line += "], \"samples\": [";
+  for (size_t i = 0; i < samples.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s[%zu, %zu, %zu, %zu]", i ? ", " : "", samples[i].op,
+                  samples[i].live, samples[i].resident, samples[i].blocks);
+    line += buf;
+  }
+  line += "]}\n";
+  for (size_t i = 0; i < n; ++i) a->Free(ptrs[i], sizes[i]);
+  delete a;
+  return line;
+}
+
+template <typename C>
+void MemoryW8() {
+  if constexpr (C::kFreesEach || std::is_base_of_v<McxMarker, C>) {
+    if constexpr (C::kCanFree) InChild([] { return MeasureW8<C>(); });
+  }
+}
+
 template <typename C>
 void Memory() {
   for (uint32_t s : kW5Sizes) MemoryCase<C>(s);
@@ -680,6 +824,7 @@ void Memory() {
       return std::string(line, static_cast<size_t>(len));
     });
   }
+  MemoryW8<C>();
 }
 
 // --- Callgrind mode ------------------------------------------------------------
@@ -752,6 +897,7 @@ template <typename... Cs>
 struct List {
   static void RegisterAll() { (Register<Cs>(), ...); }
   static void MemoryAll() { (Memory<Cs>(), ...); }
+  static void MemoryW8All() { (MemoryW8<Cs>(), ...); }
   static bool CallgrindOne(const std::string& w, const std::string& c) {
     bool done = false;
     ((!done && c == Cs::kName ? (done = Callgrind<Cs>(w), 0) : 0), ...);
@@ -759,9 +905,20 @@ struct List {
   }
 };
 
+// W12 (fixed-size objects) and W13 (FIFO lifetimes), and their contenders.
+#include "bench/fixed_and_fifo.h"
+
+#ifdef MCX_BENCH_MIMALLOC
+using W12W13 = FixedAndFifo<List<AnySize<Malloc>>, List<Malloc>>;
+#else
+using W12W13 = FixedAndFifo<List<McxSlab, AnySize<McxFreelist>, AnySize<Malloc>, AnySize<PmrPool>>,
+                            List<McxGeneration, McxFreelist, Malloc>>;
+#endif
+
 #ifdef MCX_BENCH_MIMALLOC
 using Contenders = List<Malloc, MiHeap>;
 void RegisterExtra() {}
+bool CallgrindExtra(const std::string&, const std::string&) { return false; }
 #else
 using Contenders = List<Malloc, McxPool, McxFreelist, Bump, TallocPlain, TallocPool,
                         Apr, PmrMonotonic, PmrPool>;
@@ -769,6 +926,31 @@ void RegisterExtra() {
   RegisterDestroyScaling<Malloc>();
   RegisterDestroyScaling<McxPool>();
   RegisterDestroyScaling<McxFreelist>();
+  // The pool kind on a buddy region: the request workloads only.
+  benchmark::RegisterBenchmark(Name("W2", McxPoolBuddy::kName).c_str(), BM_W2<McxPoolBuddy>);
+  benchmark::RegisterBenchmark(Name("W6", McxPoolBuddy::kName).c_str(), BM_W6<McxPoolBuddy>)
+      ->Threads(1)
+      ->Threads(2)
+      ->UseRealTime();
+}
+// Under Callgrind, W2 of the pool kind on a buddy region.
+// (Callgrind<C> needs every workload's types; this contender has W2's.)
+bool CallgrindExtra(const std::string& w, const std::string& c) {
+  if (w != "W2" || c != McxPoolBuddy::kName) return false;
+  uint64_t sum = 0, ops = 0;
+  McxPoolBuddy::Parent parent;
+  std::vector<void*> ptrs(In().w2_max_count);
+  for (const Request& r : In().w2_requests) W2Request<McxPoolBuddy>(parent, r, ptrs.data(), sum);
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  for (const Request& r : In().w2_requests) {
+    W2Request<McxPoolBuddy>(parent, r, ptrs.data(), sum);
+    ++ops;
+  }
+  MCX_BENCH_CALLGRIND_TOGGLE();
+  std::printf("{\"workload\": \"%s\", \"contender\": \"%s\", \"ops\": %" PRIu64
+              ", \"checksum\": %" PRIu64 "}\n",
+              w.c_str(), c.c_str(), ops, sum);
+  return true;
 }
 #endif
 
@@ -779,11 +961,21 @@ int Main(int argc, char** argv) {
       Contenders::MemoryAll();
       return 0;
     }
+    if (arg == "--memory-w12-w13") {
+      W12W13::Memory();
+      return 0;
+    }
+    if (arg == "--memory=W8") {
+      Contenders::MemoryW8All();
+      return 0;
+    }
     if (arg.rfind("--callgrind=", 0) == 0) {
       std::string spec = arg.substr(std::strlen("--callgrind="));
       size_t colon = spec.find(':');
       if (colon == std::string::npos ||
-          !Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1))) {
+          !(W12W13::Callgrind(spec.substr(0, colon), spec.substr(colon + 1)) ||
+            Contenders::CallgrindOne(spec.substr(0, colon), spec.substr(colon + 1)) ||
+            CallgrindExtra(spec.substr(0, colon), spec.substr(colon + 1)))) {
         std::fprintf(stderr, "workloads: no such callgrind case: %s\n", spec.c_str());
         return 2;
       }
@@ -792,6 +984,7 @@ int Main(int argc, char** argv) {
   }
   Contenders::RegisterAll();
   RegisterExtra();
+  W12W13::Register();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

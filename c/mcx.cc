@@ -41,6 +41,7 @@ constexpr size_t kPrintfStackBytes = 256;
 
 static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
                   static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT &&
+                  static_cast<int>(mcx::Failure::kStaleMark) == MCX_STALE_MARK &&
                   static_cast<int>(mcx::Failure::kForbidden) == MCX_FORBIDDEN,
               "mcx_failure mirrors mcx::Failure");
 
@@ -411,6 +412,34 @@ int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup cleanup) {
   mcx::CleanupHandle h = mcx::CleanupHandle::FromParts(cleanup.record, cleanup.serial);
   if (!Cxx(ctx)->HoldsCleanup(h)) return 0;
   return Cxx(ctx)->RunCleanup(h) ? 1 : 0;
+}
+
+// Savepoints: the Try forms, so that nothing throws into C. A C cleanup
+// cannot throw; one that longjmps leaves the rewind as context.h says.
+mcx_savepoint mcx_mark(mcx_context* ctx) {
+  mcx_savepoint none = {nullptr, nullptr, 0};
+  if (ctx == nullptr) return none;
+  mcx::Mark m = Cxx(ctx)->TryMark();
+  if (!m) return none;
+  return mcx_savepoint{ctx, m.record(), m.serial()};
+}
+
+namespace {
+mcx::Mark FromC(mcx_savepoint mark) {
+  return mcx::Mark::FromParts(Cxx(static_cast<mcx_context*>(mark.context)), mark.record,
+                              mark.serial);
+}
+}  // namespace
+
+mcx_failure mcx_rewind(mcx_context* ctx, mcx_savepoint mark, int drop_cleanups) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  return ToC(Cxx(ctx)->TryRewindTo(
+      FromC(mark), drop_cleanups ? mcx::RewindCleanups::kDrop : mcx::RewindCleanups::kRun));
+}
+
+mcx_failure mcx_drop_mark(mcx_context* ctx, mcx_savepoint mark) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  return ToC(Cxx(ctx)->TryDropMark(FromC(mark)));
 }
 
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {

@@ -47,6 +47,14 @@ typedef struct mcx_cleanup {
 } mcx_cleanup;
 #define MCX_NO_CLEANUP_INIT {NULL, 0}
 
+/* A savepoint (mcx_mark); copy it freely. A NULL `record` means "none".
+ * Its fields are mcx's, not the caller's. */
+typedef struct mcx_savepoint {
+  void* context;
+  void* record;
+  unsigned long long serial;
+} mcx_savepoint;
+
 typedef enum mcx_kind { MCX_KIND_POOL = 0, MCX_KIND_FREELIST = 1 } mcx_kind;
 
 /* Mirrors mcx::Failure. */
@@ -59,7 +67,8 @@ typedef enum mcx_failure {
   MCX_UNSUPPORTED = 5,
   MCX_CYCLE = 6,
   MCX_BAD_ARGUMENT = 7,
-  MCX_FORBIDDEN = 8 /* an allocation inside mcx_no_alloc_begin/end */
+  MCX_STALE_MARK = 8, /* a mark already rewound past, dropped or reset */
+  MCX_FORBIDDEN = 9   /* an allocation inside mcx_no_alloc_begin/end */
 } mcx_failure;
 
 typedef enum mcx_reset_mode {
@@ -210,6 +219,22 @@ mcx_cleanup mcx_add_cleanup(mcx_context* ctx, mcx_cleanup_fn fn, void* arg,
                             int before_children);
 int mcx_remove_cleanup(mcx_context* ctx, mcx_cleanup cleanup);
 int mcx_run_cleanup(mcx_context* ctx, mcx_cleanup cleanup);
+
+/* Savepoints (mcx/context/context.h has the whole contract). mcx_mark
+ * saves the context's state: a NULL `record` on failure (MCX_UNSUPPORTED
+ * for a freelist context or a pool with rewind_on_free, as
+ * mcx_last_failure says). mcx_rewind returns the context to it: the
+ * cleanups registered since run, newest first (`drop_cleanups` nonzero:
+ * they are unregistered unrun), the children created since are destroyed,
+ * and every chunk and block allocated since is released. Marks nest as a
+ * stack; mcx_drop_mark forgets a mark and every newer one, keeping the
+ * memory. Both return MCX_OK, or MCX_STALE_MARK for a mark a rewind to an
+ * older one, a drop or a reset has passed (MCX_BAD_ARGUMENT for another
+ * context's), changing nothing. A cleanup that leaves a rewind by longjmp
+ * leaves the mark valid: rewinding to it again finishes the job. */
+mcx_savepoint mcx_mark(mcx_context* ctx);
+mcx_failure mcx_rewind(mcx_context* ctx, mcx_savepoint mark, int drop_cleanups);
+mcx_failure mcx_drop_mark(mcx_context* ctx, mcx_savepoint mark);
 
 /* Accounting and reports. `subtree` nonzero sums the whole subtree. */
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);

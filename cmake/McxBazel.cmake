@@ -146,15 +146,17 @@ endfunction()
 # The libraries of the CMake build, each compiled from Bazel cc_library rules
 # ("<package dir>:<cc_library name>", in link order), and what they are:
 #   mcx_core  mcx::core, libmcx_core, mcx-core.pc: the tree, its text and JSON
-#             reports and the dump, the two kinds, the C API. Links no Abseil
-#             library: C programs and embedders link this.
+#             reports and the dump, the kinds, the C API, handle pools and
+#             the buddy source. Links no Abseil library: C programs and
+#             embedders link this.
 #   mcx       mcx::mcx, libmcx, mcx.pc: mcx_core and the members of Context
 #             that return absl::Status (status.cc), with Abseil's status.
 #   mcx_dot   mcx::dot, libmcx_dot, mcx-dot.pc: the report as a Graphviz
 #             drawing (context/dot.h), on mcx_core and Abseil's strings.
 # context/BUILD.bazel says why the core is split this way.
 set(MCX_CMAKE_LIBRARIES mcx_core mcx mcx_dot)
-set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "c:mcx_c")
+set(MCX_BAZEL_LIBRARIES_mcx_core "context:core" "pool:pool" "freelist:freelist" "c:mcx_c"
+    "slab:slab" "generation:generation" "buddy:buddy" "handle:handle")
 set(MCX_BAZEL_LIBRARIES_mcx "context:context")
 set(MCX_BAZEL_LIBRARIES_mcx_dot "context:dot")
 # Every rule above (tests/build/check_sources.cmake checks them all).

@@ -2,10 +2,12 @@
 
 #include "mcx/context/caching_block_source.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/context_impl.h"
 
 #include <malloc.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -84,12 +86,21 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
 
 namespace {
 
+// SetDefaultBlockSource's source, or kDecided once DefaultBlockSource() has
+// chosen (the first to swap wins: an installation, or the decision).
+constexpr uintptr_t kDecided = 1;
+std::atomic<uintptr_t> installed_default{0};
+
 // MCX_BLOCK_SOURCE's values (block_source.h).
 constexpr char kBlockSourceEnv[] = "MCX_BLOCK_SOURCE";
 constexpr char kSystemSourceName[] = "system";
 constexpr char kCacheSourceName[] = "cache";
 
 BlockSource* ChooseDefaultBlockSource() {
+  uintptr_t installed = 0;
+  if (!installed_default.compare_exchange_strong(installed, kDecided)) {
+    return reinterpret_cast<BlockSource*>(installed);
+  }
   // Direct mode wants every chunk to be a system allocation that ASan sees
   // come and go: no cache in between. So do memcheck and ASan runs that
   // must see a destroyed context's blocks freed (MCX_BLOCK_SOURCE=system):
@@ -120,6 +131,20 @@ BlockSource* DefaultBlockSource() {
   static BlockSource* const source = ChooseDefaultBlockSource();
   return source;
 }
+
+bool SetDefaultBlockSource(BlockSource* source) {
+  if (source == nullptr) return false;
+  uintptr_t expected = 0;
+  return installed_default.compare_exchange_strong(expected, reinterpret_cast<uintptr_t>(source));
+}
+
+namespace internal {
+
+bool DefaultSourceInstalled() {
+  return installed_default.load(std::memory_order_relaxed) > kDecided;
+}
+
+}  // namespace internal
 
 CachingBlockSource* DefaultBlockCache() {
   // Leaked on purpose: contexts may be destroyed by static destructors that

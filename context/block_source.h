@@ -88,6 +88,17 @@ class SystemBlockSource final : public BlockSource {
 // system source. `DefaultBlockCache()` exists either way.
 BlockSource* DefaultBlockSource();
 
+// Makes `source` what DefaultBlockSource() returns, for a program whose root
+// contexts must all live in one place: a static buddy region on an embedded
+// target (mcx/buddy/buddy_source.h), a test in which the system allocator
+// aborts. Only before DefaultBlockSource() has decided, at its first call
+// (the first root context created without a source, or any direct call):
+// then true; afterwards, or for nullptr, false and nothing changes (blocks
+// must go back to the source they came from). Takes precedence over
+// MCX_BLOCK_SOURCE and over direct mode's system source. `source` must
+// outlive every context that uses it. Thread-safe.
+bool SetDefaultBlockSource(BlockSource* source);
+
 }  // namespace mcx
 
 #endif  // MCX_CONTEXT_BLOCK_SOURCE_H_

@@ -42,7 +42,11 @@ inline constexpr uint8_t kChunkKindReservedGlibcLast = 5;
 inline constexpr uint8_t kChunkKindAlignedRedirect = 6;  // see chunk.h
 inline constexpr uint8_t kChunkKindFreelist = 7;
 inline constexpr uint8_t kChunkKindPoolChecking = 8;  // pool chunks, checking builds
-// Ids 9..13 are free for new kinds.
+// Id 9 is free for new kinds.
+inline constexpr uint8_t kChunkKindSlab = 10;  // slab kind: dedicated chunks; objects in
+                                               // checking builds (slab/slab.h)
+inline constexpr uint8_t kChunkKindGeneration = 11;  // generation kind (generation/generation.h)
+// Ids 12..13 are free for new kinds (examples/slab_kind takes 13).
 inline constexpr uint8_t kChunkKindReservedSentinel = 14;
 inline constexpr uint8_t kChunkKindReservedWiped = 15;
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <exception>
 
+#include "absl/base/optimization.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/cleanup.h"
@@ -113,6 +114,9 @@ CleanupRecord* Context::LiveCleanup(CleanupHandle handle, bool report_foreign) c
       handle.serial_ > extras_->cleanup_serial) {
     return nullptr;
   }
+  // After a rewind dropped registrations, `r` may lie in released memory:
+  // it is read only once found on a list (O(cleanups), until the next reset).
+  if (ABSL_PREDICT_FALSE(extras_->cleanups_rewound) && !OnCleanupList(r)) return nullptr;
   if (r->owner != this) {
     if (report_foreign) {
       internal::ReportMisuse("cleanup %p belongs to context '%s', not '%s'",
@@ -121,6 +125,15 @@ CleanupRecord* Context::LiveCleanup(CleanupHandle handle, bool report_foreign) c
     return nullptr;
   }
   return r->serial == handle.serial_ ? r : nullptr;
+}
+
+bool Context::OnCleanupList(const CleanupRecord* r) const {
+  for (const CleanupRecord* head : extras_->cleanups) {
+    for (const CleanupRecord* c = head; c != nullptr; c = c->next) {
+      if (c == r) return true;
+    }
+  }
+  return false;
 }
 
 bool Context::RemoveCleanup(CleanupHandle handle) {
@@ -169,6 +182,7 @@ void Context::ForgetCleanups() {
   extras_->cleanups[0] = extras_->cleanups[1] = nullptr;
   extras_->spare_cleanups = nullptr;
   extras_->cleanup_floor = extras_->cleanup_serial;
+  extras_->cleanups_rewound = false;  // every handle that could be stale is below the floor
 }
 
 }  // namespace mcx

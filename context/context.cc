@@ -22,6 +22,7 @@
 #include "mcx/context/internal/context_impl.h"
 #include "mcx/context/internal/extras.h"
 #include "mcx/context/internal/failure.h"
+#include "mcx/context/internal/mark.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
 
@@ -29,6 +30,7 @@ namespace mcx {
 
 using internal::CleanupRecord;
 using internal::ContextExtras;
+using internal::MarkRecord;
 
 namespace {
 
@@ -54,7 +56,10 @@ namespace {
 // context finds the dead magic (and clobbered memory) instead of a new
 // context in the same block: the default cache hands a released block to
 // the next creation at once. A stale Destroy is caught until this many more
-// contexts have been destroyed.
+// contexts have been destroyed. Not a source that SetDefaultBlockSource
+// installed: a program's own region (a small static buddy region) must not
+// lose that many blocks to a check, nor see them held after every context
+// is gone.
 constexpr size_t kQuarantinedFirstBlocks = 64;
 
 class FirstBlockQuarantine {
@@ -554,6 +559,8 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       // Every allocation now takes the slow path, where checking builds
       // report it; the kind republishes the window when a reset ends.
       node->max_bump_ = 0;
+      // A teardown passes every mark (their records go with the memory).
+      if (node->extras_ != nullptr) node->extras_->marks = nullptr;
     }
     // Also on later visits: a cleanup of a child may have registered one.
     bool undisturbed = !node->HasCleanups(CleanupPhase::kBeforeChildren) ||
@@ -596,6 +603,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
   if (!root_released) {
     if (destroy_self) {
       NoteReleased(this, kNoWalk);
+      if (parent_ != nullptr && parent_->HasMarks()) parent_->MoveMarkBoundaries(this);
       ReleaseSelf();
     } else {
       UseGuard use(this);
@@ -683,7 +691,8 @@ void Context::ReleaseSelf() {
   // stores to an object whose lifetime ends next (GCC does at -O2).
   static_cast<volatile uint16_t&>(magic_) = kDeadMagic;
   this->~Context();
-  if (internal::kChecking && source == DefaultBlockSource()) {
+  if (internal::kChecking && source == DefaultBlockSource() &&
+      !internal::DefaultSourceInstalled()) {
     QuarantineFirstBlock(first);
     return;
   }
@@ -762,6 +771,7 @@ Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* 
       if (!in_chain(old_chain, l)) l->extras_->subtree_bytes += bytes;
     }
   }
+  if (parent_ != nullptr && parent_->HasMarks()) parent_->MoveMarkBoundaries(this);
   Unlink();
   LinkUnder(new_parent);
   return Failure::kNone;
@@ -787,6 +797,116 @@ void Context::FirstBlockOutgrown() {
   if (learned.load(std::memory_order_relaxed) < units) {
     learned.store(units, std::memory_order_relaxed);
   }
+}
+
+// --- Savepoints: the rewind ----------------------------------------------------
+//
+// A rewind runs user code as a teardown does (cleanups, and the teardowns
+// of the children that joined since), so it keeps its state where a
+// longjmp cannot strand it: in the tree and the mark stack. Newer marks are
+// passed first; a cleanup is unlinked before it runs; a child is unlinked
+// when its teardown releases it; the memory goes last, once nothing is left
+// to run. Rewinding to the same mark again finishes an abandoned rewind,
+// and runs only what has not run. A walk record (as a teardown's) tells the
+// rewind when a cleanup reset or destroyed this context; after every piece
+// of user code the mark is looked up again, in case a cleanup rewound
+// further or dropped it.
+
+ABSL_ATTRIBUTE_NOINLINE void Context::RewindTo(const mcx::Mark& mark, RewindCleanups cleanups) {
+  const Failure failure = RewindImpl(mark, cleanups, FrameAddress());
+  if (failure != Failure::kNone) Fail(failure, 0, kThrow);
+}
+
+ABSL_ATTRIBUTE_NOINLINE Failure Context::TryRewindTo(const mcx::Mark& mark,
+                                                     RewindCleanups cleanups) {
+  return RewindImpl(mark, cleanups, FrameAddress());
+}
+
+// Context::RewindCleanupsSince
+//
+// The registrations since the mark are the head of each list (newest
+// first, serials decreasing), also those a cleanup registers meanwhile.
+bool Context::RewindCleanupsSince(CleanupPhase phase, const mcx::Mark& mark,
+                                  RewindCleanups cleanups, size_t walk) {
+  const int list = static_cast<int>(phase);
+  for (;;) {
+    const Walk& w = WalkAt(walk);
+    if (w.root_visited || w.root_released) return false;
+    MarkRecord* m = FindMark(mark);
+    if (m == nullptr) return false;
+    CleanupRecord* r = extras_->cleanups[list];
+    if (r == nullptr || r->serial <= m->cleanup_serial) return true;
+    CleanupFn fn = cleanups == RewindCleanups::kRun ? r->fn : r->destroy;
+    void* arg = r->arg;
+    UnlinkCleanup(r);
+    if (fn == nullptr) continue;  // dropped: a plain function has nothing to destroy
+    try {
+      fn(arg);
+    } catch (...) {
+      KeepError(walk);
+    }
+  }
+}
+
+// Whether anything registered or joined since `m` is left to run: a
+// cleanup on either list newer than the mark, or a child newer than its
+// boundary.
+bool Context::SinceMarkRunsUserCode(const MarkRecord* m) const {
+  for (const CleanupRecord* head : extras_->cleanups) {
+    if (head != nullptr && head->serial > m->cleanup_serial) return true;
+  }
+  return first_child_ != m->boundary;
+}
+
+// The memory goes last, once nothing since the mark is left to run.
+void Context::FinishRewind(MarkRecord* m) {
+  extras_->marks = m;  // marks the cleanups made go with the memory
+  // Records that went back to the spare list may lie in the memory about
+  // to go; those from before the mark are given up until the next reset.
+  extras_->spare_cleanups = nullptr;
+  if (extras_->cleanup_serial > m->cleanup_serial) extras_->cleanups_rewound = true;
+  UseGuard use(this);
+  methods_->rewind(this, m->position());
+}
+
+Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uintptr_t frame) {
+  if (!CheckLive("rewind")) return Failure::kBadArgument;
+  MarkRecord* m = FindMark(mark);
+  if (m == nullptr) return RejectMark(mark);
+  extras_->marks = m;  // newer marks are passed; their records go with the memory
+  if (!SinceMarkRunsUserCode(m)) {
+    // The usual case of a parser's backtracking: only memory to release.
+    FinishRewind(m);
+    return Failure::kNone;
+  }
+  const size_t me = PushWalk(this, frame);
+  WalkScope scope(me);
+  bool undisturbed = RewindCleanupsSince(CleanupPhase::kBeforeChildren, mark, cleanups, me);
+  while (undisturbed) {
+    m = FindMark(mark);
+    if (m == nullptr) {
+      undisturbed = false;
+      break;
+    }
+    Context* child = first_child_;
+    if (child == nullptr || child == m->boundary) break;
+    try {
+      child->Destroy();
+    } catch (...) {
+      KeepError(me);
+    }
+    const Walk& w = WalkAt(me);
+    if (w.root_visited || w.root_released) undisturbed = false;
+    else if (first_child_ == child) break;  // refused (misuse was reported)
+  }
+  if (undisturbed) {
+    undisturbed = RewindCleanupsSince(CleanupPhase::kAfterChildren, mark, cleanups, me);
+  }
+  if (undisturbed) FinishRewind(FindMark(mark));
+  scope.Release();
+  std::exception_ptr error = PopWalk(me);
+  if (error != nullptr) std::rethrow_exception(error);
+  return Failure::kNone;
 }
 
 // --- Names and the side record ----------------------------------------------

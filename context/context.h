@@ -82,6 +82,7 @@ ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operati
 extern thread_local int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
+struct MarkRecord;
 }  // namespace internal
 
 enum class CleanupPhase : unsigned char {
@@ -114,6 +115,41 @@ class CleanupHandle {
   CleanupHandle(internal::CleanupRecord* r, uint64_t serial) : record_(r), serial_(serial) {}
   internal::CleanupRecord* record_ = nullptr;
   uint64_t serial_ = 0;
+};
+
+// A savepoint of a context (Context::Mark): copy it freely. Empty (false)
+// when marking failed. It names the mark by its record and serial number;
+// once a rewind to an older mark, a DropMark or a reset has passed it, it is
+// stale, and RewindTo and DropMark refuse it (kStaleMark) without reading
+// anything it points to. A mark must not outlive its context.
+class Mark {
+ public:
+  Mark() = default;
+  explicit operator bool() const { return record_ != nullptr; }
+  Context* context() const { return context_; }
+
+  // For language bindings (the C API) that carry marks as three words.
+  void* record() const { return record_; }
+  uint64_t serial() const { return serial_; }
+  static Mark FromParts(Context* context, void* record, uint64_t serial) {
+    return Mark(context, static_cast<internal::MarkRecord*>(record), serial);
+  }
+
+ private:
+  friend class Context;
+  Mark(Context* context, internal::MarkRecord* r, uint64_t serial)
+      : context_(context), record_(r), serial_(serial) {}
+  Context* context_ = nullptr;
+  internal::MarkRecord* record_ = nullptr;
+  uint64_t serial_ = 0;
+};
+
+// What a rewind does with the cleanups registered on the context since the
+// mark (the children that joined since are destroyed either way, with all
+// their cleanups).
+enum class RewindCleanups : unsigned char {
+  kRun,   // run them, newest first, as a reset would
+  kDrop,  // unregister them unrun (a callable's captures are still destroyed)
 };
 
 struct ContextOptions {
@@ -309,6 +345,58 @@ class Context {
   bool HoldsCleanup(CleanupHandle handle) const {
     return LiveCleanup(handle, /*report_foreign=*/false) != nullptr;
   }
+
+  // --- Savepoints ----------------------------------------------------------
+  //
+  // `mcx::Mark m = ctx->Mark();` saves the context's state; `ctx->RewindTo(m)`
+  // returns to it, in the order of a reset: the cleanups registered on
+  // the context since the mark with kBeforeChildren (newest first), then the
+  // children that joined it since (created or moved in; newest first, each
+  // destroyed completely), then the kAfterChildren cleanups registered since
+  // (newest first), then every chunk and block allocated since is released:
+  // the counters, the limits' charges and the blocks held are what they were
+  // at the mark. A chunk allocated before the mark and freed or reallocated
+  // after it stays freed. Marks nest as a stack (a subtransaction inside a
+  // transaction): a mark stays valid across rewinds to it, and a rewind to
+  // an older mark, a DropMark of an older mark, or a reset passes every newer
+  // one; rewinding to a passed mark is refused (kStaleMark).
+  //
+  // A kind supports savepoints or refuses Mark (kUnsupported), as its method
+  // table declares (kind_api.h): the pool supports them (not with
+  // rewind_on_free), the freelist refuses. On the pool a rewind costs time
+  // in proportion to the blocks from the marked block on and the large
+  // chunks since, never to the small chunks; a mark costs a 32-byte record
+  // plus the kind's position in the context's memory.
+  //
+  // Cleanups run by a rewind may throw or longjmp as in a teardown: a throw
+  // does not stop the rewind (the first exception propagates when it is
+  // over); a longjmp abandons it with the mark still valid, and rewinding
+  // to the mark again (or resetting or destroying the context) finishes it
+  // without running anything twice. A cleanup may reset or destroy the
+  // context, or rewind it further: the rewind then stops there.
+  //
+  // Example:
+  //
+  //   mcx::Mark m = ctx->Mark();
+  //   if (!ParseStatement(ctx, &tokens)) ctx->RewindTo(m);  // try another rule
+  //   ctx->DropMark(m);                                     // keep what is there
+
+  // Throws (after the failure handler) if the kind refuses or the record
+  // cannot be allocated; TryMark returns an empty mark (last_failure says
+  // why).
+  mcx::Mark Mark();
+  mcx::Mark TryMark() noexcept;
+  // Refused with kStaleMark for a passed mark and kBadArgument for an empty
+  // one or another context's, changing nothing; the throwing form calls
+  // the failure handler and throws std::invalid_argument.
+  void RewindTo(const mcx::Mark& mark, RewindCleanups cleanups = RewindCleanups::kRun);
+  Failure TryRewindTo(const mcx::Mark& mark, RewindCleanups cleanups = RewindCleanups::kRun);
+  // Forgets `mark` and every newer mark, keeping everything allocated since
+  // (a subtransaction's commit). Refused as RewindTo is.
+  void DropMark(const mcx::Mark& mark);
+  Failure TryDropMark(const mcx::Mark& mark);
+  // Marks on the stack now.
+  size_t mark_depth() const;
 
   // --- Failure and limits --------------------------------------------------
 
@@ -533,6 +621,7 @@ class Context {
   CleanupHandle CommitCleanup(internal::CleanupRecord* r, CleanupFn fn, void* arg,
                               CleanupFn destroy, CleanupPhase phase);
   internal::CleanupRecord* LiveCleanup(CleanupHandle handle, bool report_foreign) const;
+  bool OnCleanupList(const internal::CleanupRecord* r) const;
   void LinkCleanup(internal::CleanupRecord* r, CleanupPhase phase);
   void UnlinkCleanup(internal::CleanupRecord* r);
   bool HasCleanups(CleanupPhase phase) const {
@@ -541,6 +630,22 @@ class Context {
   bool ExtrasHaveCleanups(CleanupPhase phase) const;
   bool RunCleanups(CleanupPhase phase, size_t walk);
   void ForgetCleanups();
+
+  // Savepoints (savepoint.cc; the rewind's walk is in context.cc).
+  mcx::Mark MarkImpl(unsigned flags);
+  internal::MarkRecord* FindMark(const mcx::Mark& mark) const;
+  Failure RejectMark(const mcx::Mark& mark);
+  Failure RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uintptr_t frame);
+  // Runs (or drops) this context's `phase` cleanups registered since
+  // `mark`; false when user code disturbed the rewind (walk `walk`).
+  bool RewindCleanupsSince(CleanupPhase phase, const mcx::Mark& mark, RewindCleanups cleanups,
+                           size_t walk);
+  // `child` is leaving this context: marks whose boundary it is move to its
+  // older sibling.
+  void MoveMarkBoundaries(const Context* child);
+  bool SinceMarkRunsUserCode(const internal::MarkRecord* m) const;
+  void FinishRewind(internal::MarkRecord* m);
+  bool HasMarks() const;
 
   // The tree (context.cc).
   bool CheckLive(const char* operation) const;

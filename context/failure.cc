@@ -36,6 +36,8 @@ const char* FailureName(Failure failure) {
       return "reparenting would create a cycle";
     case Failure::kBadArgument:
       return "invalid argument";
+    case Failure::kStaleMark:
+      return "mark already rewound past, dropped or reset";
     case Failure::kForbidden:
       return "allocation inside a NoAllocScope";
   }
@@ -77,7 +79,8 @@ void ReportMisuse(const char* format, ...) {
 
 bool ThrowsInvalidArgument(Failure failure) {
   return failure == Failure::kBadAlignment || failure == Failure::kUnsupported ||
-         failure == Failure::kBadArgument || failure == Failure::kCycle;
+         failure == Failure::kBadArgument || failure == Failure::kCycle ||
+         failure == Failure::kStaleMark;
 }
 
 void ThrowFor(Failure failure, const char* message) {

@@ -44,6 +44,8 @@ enum class Failure : unsigned char {
                   // small pool chunk)
   kCycle,         // SetParent would make a context its own ancestor
   kBadArgument,   // a null name, a null kind, a context in the wrong state
+  kStaleMark,     // RewindTo or DropMark of a mark that a rewind to an older
+                  // mark, a drop or a reset has already passed (context.h)
   kForbidden,     // an allocation inside a NoAllocScope (no_alloc.h)
 };
 

@@ -123,6 +123,20 @@ struct KindMethods {
   // with its requested bytes and site, to `visitor` (kind_api.h). Must not
   // change the context.
   void (*visit_live_chunks)(const Context* ctx, LiveChunkVisitor* visitor);
+
+  // Savepoints (Context::Mark, RewindTo). Optional: a kind without them
+  // (`rewind` nullptr) refuses Mark with kUnsupported. `mark` writes the
+  // kind's position, `mark_size` bytes (aligned to kDefaultAlignment);
+  // called first with nullptr, it only answers whether this context can be
+  // marked (false, with SetFailure, for options it cannot rewind),
+  // changing nothing;
+  // `rewind` releases every chunk and block the kind handed out since that
+  // position, and cannot fail. A mark's position stays valid across
+  // rewinds to it, and the position of an older mark stays valid across a
+  // rewind to a newer one.
+  size_t mark_size;
+  bool (*mark)(Context* ctx, void* position);
+  void (*rewind)(Context* ctx, const void* position);
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

@@ -37,6 +37,13 @@
 //     reports (live_chunks.h) are built on it. A kind without it shows as
 //     "not recorded" there. Checking builds keep no bump window, so every
 //     allocation reaches the kind.
+//   - Savepoints are optional: a kind that can return to a saved position
+//     declares `using Position = ...;` (trivially copyable), `Mark` (records
+//     the position; given nullptr, only says whether it can, or refuses with
+//     SetFailure, changing nothing) and `Rewind` (releases every
+//     chunk and block handed out since; cannot fail). MakeKindMethods puts
+//     them in the table; a kind without them refuses Context::Mark with
+//     kUnsupported. The tree does the rest: cleanups, children, validation.
 //
 // Example (the shape of a kind; examples/slab_kind is a whole one):
 //
@@ -55,6 +62,10 @@
 //     static void Stats(const Context* ctx, const State* st, KindStats* out);
 //     static bool Check(const Context* ctx, const State* st, std::string* error);
 //     // Optional: Inspect (inspect.h), VisitLiveChunks (below), FirstBlockAlignment.
+//     // Optional: savepoints (Context::Mark, RewindTo).
+//     using Position = BumpPosition;
+//     static bool Mark(Context* ctx, State* st, Position* at);
+//     static void Rewind(Context* ctx, State* st, const Position& at);
 //   };
 //   constexpr mcx::KindMethods kBumpMethods = mcx::MakeKindMethods<Bump>();
 //   mcx::KindSpec BumpKind(const BumpOptions& o) { return mcx::KindSpec(&kBumpMethods, o); }
@@ -157,6 +168,10 @@ struct HasFirstBlockAlignment : std::false_type {};
 template <typename K>
 struct HasFirstBlockAlignment<K, std::void_t<decltype(&K::FirstBlockAlignment)>>
     : std::true_type {};
+template <typename K, typename = void>
+struct HasRewind : std::false_type {};
+template <typename K>
+struct HasRewind<K, std::void_t<decltype(&K::Rewind)>> : std::true_type {};
 
 // The one place a Context* becomes a kind's state and options.
 template <typename K>
@@ -211,6 +226,14 @@ struct Trampolines {
   }
   static void VisitLiveChunks(const Context* ctx, LiveChunkVisitor* visitor) {
     K::VisitLiveChunks(ctx, KindState<State>(ctx), visitor);
+  }
+  template <typename Position>
+  static bool Mark(Context* ctx, void* position) {
+    return K::Mark(ctx, KindState<State>(ctx), static_cast<Position*>(position));
+  }
+  template <typename Position>
+  static void Rewind(Context* ctx, const void* position) {
+    K::Rewind(ctx, KindState<State>(ctx), *static_cast<const Position*>(position));
   }
 };
 
@@ -276,6 +299,23 @@ constexpr KindMethods MakeKindMethods() {
                   "Kind::VisitLiveChunks(const Context*, const State*, LiveChunkVisitor*)");
     visit_live_chunks = &T::VisitLiveChunks;
   }
+  size_t mark_size = 0;
+  bool (*mark)(Context*, void*) = nullptr;
+  void (*rewind)(Context*, const void*) = nullptr;
+  if constexpr (kind_internal::HasRewind<K>::value) {
+    using Position = typename K::Position;
+    static_assert(std::is_trivially_copyable_v<Position> && alignof(Position) <= kDefaultAlignment,
+                  "Kind::Position must be trivially copyable, aligned at most to "
+                  "kDefaultAlignment");
+    static_assert(std::is_same_v<decltype(&K::Mark), bool (*)(Context*, State*, Position*)>,
+                  "Kind::Mark(Context*, State*, Position*) -> bool");
+    static_assert(
+        std::is_same_v<decltype(&K::Rewind), void (*)(Context*, State*, const Position&)>,
+        "Kind::Rewind(Context*, State*, const Position&)");
+    mark_size = sizeof(Position);
+    mark = &T::template Mark<Position>;
+    rewind = &T::template Rewind<Position>;
+  }
   return KindMethods{K::kName,
                      sizeof(State),
                      alignof(State),
@@ -291,7 +331,10 @@ constexpr KindMethods MakeKindMethods() {
                      &T::Stats,
                      &T::Check,
                      inspect,
-                     visit_live_chunks};
+                     visit_live_chunks,
+                     mark_size,
+                     mark,
+                     rewind};
 }
 
 // --- Chunk ids -----------------------------------------------------------------------

@@ -12,7 +12,9 @@
 //     that allocated it or last reallocated it (4 bytes in the checking
 //     header they have anyway). Release builds keep nothing (a small pool
 //     chunk has no header at all): `recorded` is false, and so it is for a
-//     kind that keeps no sites (kind_api.h, VisitLiveChunks).
+//     kind that keeps no sites (kind_api.h, VisitLiveChunks): the slab and
+//     generation kinds store none with their chunks and offer no
+//     VisitLiveChunks, so their contexts say "not recorded".
 //   - A chunk is live from its allocation until it is freed (`Free`, also
 //     of a small pool chunk, which checking builds mark freed) or its
 //     context is reset or destroyed. `bytes` are the bytes requested (for an

@@ -47,6 +47,7 @@ using pool_internal::kLargeLiveCheck;
 using pool_internal::LargeHeader;
 using pool_internal::Newer;
 using pool_internal::PoolBlock;
+using pool_internal::PoolPosition;
 using pool_internal::PoolState;
 
 namespace {
@@ -241,17 +242,19 @@ bool SentinelOk(const char* at) {
 }
 
 // Checking builds: a large chunk's site (kind_api.h, PendingSite), in the
-// padding between its block's start and its LargeHeader.
-static_assert(sizeof(LargeHeader) + sizeof(SiteId) <= LargeChunkOffset(1),
-              "a large chunk's site fits before its header (any alignment pads more)");
+// 4 bytes right after its sentinel, unaligned (the header has no spare word:
+// the savepoints' serial took it). Large blocks ask for both.
+constexpr size_t kLargeCheckingTail = 1 + sizeof(SiteId);  // sentinel, site
 
 void WriteLargeSite(LargeHeader* h, SiteId site) {
-  CopyToPoisoned(reinterpret_cast<char*>(h) - sizeof(site), &site, sizeof(site));
+  char* at = reinterpret_cast<char*>(h + 1) + h->requested + 1;
+  CopyToPoisoned(at, &site, sizeof(site));
 }
 
 SiteId LargeSite(const LargeHeader* h) {
   SiteId site;
-  CopyFromPoisoned(&site, reinterpret_cast<const char*>(h) - sizeof(site), sizeof(site));
+  const char* at = reinterpret_cast<const char*>(h + 1) + h->requested + 1;
+  CopyFromPoisoned(&site, at, sizeof(site));
   return site;
 }
 
@@ -261,9 +264,9 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   const size_t offset = LargeChunkOffset(alignment);
   const size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
   size_t actual;
-  // Checking builds keep one byte after the chunk for the sentinel.
-  char* mem = static_cast<char*>(
-      AcquireBlock(ctx, offset + size + (kChecking ? 1 : 0), block_alignment, &actual));
+  // Checking builds keep the sentinel and the site after the chunk.
+  char* mem = static_cast<char*>(AcquireBlock(
+      ctx, offset + size + (kChecking ? kLargeCheckingTail : 0), block_alignment, &actual));
   if (mem == nullptr) return nullptr;
   char* p = mem + offset;
   auto* h = reinterpret_cast<LargeHeader*>(p - sizeof(LargeHeader));
@@ -271,6 +274,7 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->link.size = actual;
   h->block = mem;
   h->requested = size;
+  h->serial = ++st->large_serial;
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   st->large.PushFront(&h->link);
   if (kChecking) {
@@ -406,7 +410,7 @@ void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
 void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size) {
   char* p = PayloadOf(h);
   const size_t offset = static_cast<size_t>(p - static_cast<char*>(h->block));
-  const size_t want = offset + new_size + (kChecking ? 1 : 0);
+  const size_t want = offset + new_size + (kChecking ? kLargeCheckingTail : 0);
   const uintptr_t live = h->check;
   // If the source moves the block, the old one goes back saying "freed": the
   // old address is then a freed chunk. The copy carries the word along; it
@@ -502,32 +506,40 @@ const char* CheckedLiveChunk(Context* ctx, void* p, const char* operation, Check
   return region;
 }
 
+// Walks the regions in [from, last) of one block (from: the start of a
+// region); on the first problem appends a description to `error` and
+// returns false.
+bool VerifyCheckedRegions(const Context* ctx, const char* from, const char* last,
+                          std::string* error) {
+  for (const char* r = AlignUp(const_cast<char*>(from), kDefaultAlignment); r < last;) {
+    CheckedHeader h = ReadCheckedHeader(r);
+    if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
+      internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+                            static_cast<const void*>(r));
+      return false;
+    }
+    const char* p = r + h.payload_offset;
+    uint64_t word = ReadChunkHeader(p);
+    if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
+      internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
+                            static_cast<const void*>(p));
+      return false;
+    }
+    if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
+      internal::AppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
+                            ctx->name(), static_cast<const void*>(p), h.requested);
+      return false;
+    }
+    r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
+  }
+  return true;
+}
+
 // Walks every region of every block and every large chunk; on the first
 // problem appends a description to `error` and returns false.
 bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* error) {
   for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
-    const char* last = LastOf(ctx, st, b);
-    for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
-      CheckedHeader h = ReadCheckedHeader(r);
-      if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) {
-        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
-                              static_cast<const void*>(r));
-        return false;
-      }
-      const char* p = r + h.payload_offset;
-      uint64_t word = ReadChunkHeader(p);
-      if (!ChunkHeaderMagicOk(word) || ChunkHeaderKind(word) != kChunkKindPoolChecking) {
-        internal::AppendFormat(error, "pool '%s': corrupt chunk header at %p\n", ctx->name(),
-                              static_cast<const void*>(p));
-        return false;
-      }
-      if (!ChunkHeaderIsFree(word) && !SentinelOk(p + h.requested)) {
-        internal::AppendFormat(error, "pool '%s': sentinel of chunk %p (%d bytes) overwritten\n",
-                              ctx->name(), static_cast<const void*>(p), h.requested);
-        return false;
-      }
-      r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
-    }
+    if (!VerifyCheckedRegions(ctx, b->start, LastOf(ctx, st, b), error)) return false;
   }
   for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
     const LargeHeader* h = AsLargeHeader(l);
@@ -744,6 +756,84 @@ void PoolReleaseAll(Context* ctx, PoolState* st) {
   if (!st->blocks.IsOnly(&st->first.link)) ReleaseGrownBlocks(ctx, st);
 }
 
+// --- Savepoints -----------------------------------------------------------------
+
+// Checking builds verify the regions a rewind releases, as Reset does.
+void VerifyRegionsOrReport(const Context* ctx, const char* from, const char* last) {
+  if (!kChecking) return;
+  std::string error;
+  if (!VerifyCheckedRegions(ctx, from, last, &error)) {
+    if (!error.empty() && error.back() == '\n') error.pop_back();
+    ReportMisuse("%s", error.c_str());
+  }
+}
+
+// PoolMark
+//
+// Seals the pool at the newest block holding chunks: it becomes `current`
+// and the window, so small requests from now on go past its `last` or to
+// the blocks after it (empty until now, or acquired since). The room left
+// in the blocks before it is given up while the mark lives. O(the blocks
+// after the window), which are usually none.
+bool PoolMark(Context* ctx, PoolState* st, PoolPosition* at) {
+  if (st->rewind_block_size != 0) {
+    // Chunks freed one by one move blocks around the list and rewind them:
+    // no position stays true.
+    SetFailure(ctx, Failure::kUnsupported);
+    return false;
+  }
+  if (at == nullptr) return true;  // only asked
+  Sync(ctx, st);
+  PoolBlock* sealed = st->window;
+  for (PoolBlock* b = Newer(sealed); b != nullptr; b = Newer(b)) {
+    if (b->last != b->start) sealed = b;
+  }
+  st->current = st->window = sealed;
+  *at = PoolPosition{sealed,           sealed->last,         st->blocks.tail(),
+                     st->large_serial, st->next_block_size,  sealed->failed};
+  Publish(ctx, st);
+  return true;
+}
+
+// PoolRewind
+//
+// Large chunks since the mark are the newest on the large list, blocks
+// acquired since are after the mark's tail, and small chunks since lie past
+// the sealed block's `last` or in the blocks after it: a walk of those
+// blocks and chunks, never of small chunks. The seal holds again afterwards
+// (the mark stays valid).
+void PoolRewind(Context* ctx, PoolState* st, const PoolPosition& at) {
+  Sync(ctx, st);
+  while (!st->large.empty()) {
+    LargeHeader* h = AsLargeHeader(st->large.head());
+    if (h->serial <= at.large_serial) break;
+    FreeLarge(ctx, st, h);
+  }
+  while (st->blocks.tail() != at.tail) {
+    PoolBlock* b = AsPoolBlock(st->blocks.tail());
+    VerifyRegionsOrReport(ctx, b->start, b->last);
+    st->blocks.Remove(&b->link);
+    ReleaseKindBlock(ctx, &b->link);
+  }
+  for (PoolBlock* b = at.block; b != nullptr; b = Newer(b)) {
+    char* from = b == at.block ? at.last : b->start;
+    if (b->last > from) {
+      VerifyRegionsOrReport(ctx, from, b->last);
+      UnpoisonMemoryRegion(from, static_cast<size_t>(b->last - from));
+      if (kChecking) std::memset(from, kClobberByte, static_cast<size_t>(b->last - from));
+      PoisonMemoryRegion(from, static_cast<size_t>(b->end - from));
+    }
+    // A chunk from before the mark shrunk in place since leaves `last`
+    // below the mark's: the bytes between stay given up.
+    b->last = from;
+    b->failed = 0;
+  }
+  at.block->failed = at.failed;
+  st->current = st->window = at.block;
+  st->next_block_size = at.next_block_size;
+  Publish(ctx, st);
+}
+
 bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
   size_t blocks = 1;
   bool current_seen = false;
@@ -855,6 +945,7 @@ struct PoolImpl {
     // NGX_DEBUG_PALLOC).
     size_t max_small = kDirectBuild ? 0 : o.max_small;
     st->rewind_block_size = 0;
+    st->large_serial = 0;
     if (o.rewind_on_free) {
       // The size requested, not the size the source gave: only the requested
       // size is guaranteed to be the first block's alignment, and the
@@ -912,6 +1003,9 @@ struct PoolImpl {
   static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
     VisitCheckedChunks(ctx, st, visitor);
   }
+  using Position = pool_internal::PoolPosition;
+  static bool Mark(Context* ctx, State* st, Position* at) { return PoolMark(ctx, st, at); }
+  static void Rewind(Context* ctx, State* st, const Position& at) { PoolRewind(ctx, st, at); }
 
   // The first block, then the other blocks in list order (the order small
   // requests try them, from `current` on), then the live large chunks,

@@ -13,10 +13,10 @@
 //     when the count drops to zero (see PoolOptions).
 //   - Large chunks are freed one by one (`Free`, like ngx_pfree), which
 //     releases their block at once. Each large chunk's block starts with a
-//     56-byte header (its list links, block, sizes and a check word) right
-//     before the chunk, so the block is the chunk plus 64 bytes (for
-//     AllocAligned above 64: plus `alignment` bytes); nothing is kept in the
-//     pool's small memory. Free, Realloc and ChunkSize read the 56 bytes
+//     64-byte header (its list links, block, sizes, an allocation serial and
+//     a check word) right before the chunk, so the block is the chunk plus
+//     64 bytes (for AllocAligned above 64: plus `alignment` bytes); nothing
+//     is kept in the pool's small memory. Free, Realloc and ChunkSize read the 64 bytes
 //     before the pointer and find a large chunk's header there in O(1),
 //     however many large chunks came and went; a pointer whose header does
 //     not validate is a small chunk. A large chunk freed twice, or
@@ -36,6 +36,11 @@
 //     anew and copied by the caller (the freelist kind keeps it).
 //   - `mcx::Free(p)` without a context does not work on pool chunks: they
 //     have no header. Name the context.
+//   - Savepoints (Context::Mark, RewindTo) are supported, except with
+//     `rewind_on_free` (kUnsupported). A mark seals the pool at its newest
+//     block holding chunks (the room left in older blocks is given up while
+//     the mark lives); a rewind takes time in proportion to the blocks from
+//     that block on and the large chunks since, never to the small chunks.
 //
 // Example:
 //

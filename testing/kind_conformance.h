@@ -3,7 +3,8 @@
 // The semantics every kind must honour, as one typed test suite: a kind
 // author instantiates it for a new kind and gets every shared rule checked
 // (chunks, sizes and alignments, realloc, the reset modes, teardown order,
-// cleanups, stats, limits, block-source failures, a fault-injection sweep
+// cleanups, stats, limits, block-source failures, savepoints (rewound, or
+// refused as the kind's method table says), a fault-injection sweep
 // of a standard workload, and, for a kind with an inspect method, the
 // invariants of inspect.h), always against a block source that counts every
 // block.
@@ -520,6 +521,82 @@ TYPED_TEST_P(KindConformanceTest, InspectDescribesEveryByte) {
   EXPECT_EQ(this->source_.live_blocks(), 0);
 }
 
+// Savepoints (Context::Mark, RewindTo): a kind supports them or refuses
+// Mark cleanly, as its method table says. Where supported, a rewind
+// returns to the mark: chunks from before it keep their contents, cleanups
+// and children since go in teardown order, the counters, the subtree's
+// bytes and the blocks held are those of the mark, nested marks behave as a
+// stack and a passed mark is refused (kStaleMark), changing nothing.
+TYPED_TEST_P(KindConformanceTest, SavepointsRewindOrRefuseClearly) {
+  Context* ctx = this->NewRoot();
+  std::vector<std::pair<void*, size_t>> before;
+  for (uint32_t i = 0; i < 300; ++i) {
+    const size_t n = i % 30 == 0 ? 20000 : 1 + i * 13 % 400;
+    void* p = ctx->Alloc(n);
+    Fill(p, n, i);
+    before.emplace_back(p, n);
+  }
+  auto counters = [&] {
+    return std::vector<size_t>{ctx->bytes_in_blocks(), ctx->num_blocks(), ctx->SubtreeBytes(),
+                               GetCounters(ctx).free_bytes,
+                               static_cast<size_t>(this->source_.live_blocks())};
+  };
+  const std::vector<size_t> unmarked = counters();
+  Mark m = ctx->TryMark();
+  if (!m) {
+    // Refused: the table says so (or the options do), nothing changed, and
+    // the throwing form throws std::invalid_argument.
+    EXPECT_EQ(ctx->last_failure(), Failure::kUnsupported);
+    EXPECT_THROW(ctx->Mark(), std::invalid_argument);
+    EXPECT_EQ(counters(), unmarked);
+    EXPECT_EQ(ctx->mark_depth(), 0u);
+    EXPECT_NE(ctx->Alloc(100), nullptr);
+    this->ExpectConsistent(ctx);
+    ctx->Destroy();
+    EXPECT_EQ(this->source_.live_blocks(), 0);
+    return;
+  }
+  EXPECT_NE(ctx->kind()->rewind, nullptr);
+  const std::vector<size_t> at_mark = counters();
+  std::vector<std::string> log;
+  auto add = [&log](Context* c, const char* text, CleanupPhase phase) {
+    c->AddCleanup([&log, text] { log.emplace_back(text); }, phase);
+  };
+  add(ctx, "before", CleanupPhase::kBeforeChildren);
+  Context* child = ctx->CreateChild("child", TypeParam::Spec());
+  add(child, "child", CleanupPhase::kAfterChildren);
+  add(ctx, "after", CleanupPhase::kAfterChildren);
+  void* grown = ctx->Alloc(10);
+  for (size_t size = 10; size < 100000; size *= 4) grown = ctx->Realloc(grown, size, size * 4);
+  for (int i = 0; i < 2000; ++i) {
+    void* p = i % 9 == 0 ? ctx->AllocAligned(1 + i % 3000, 128) : ctx->Alloc(1 + i % 700);
+    std::memset(p, 0xEE, 1);
+    if (i % 5 == 0) ctx->Free(p);
+  }
+  Mark inner = ctx->Mark();
+  for (int i = 0; i < 500; ++i) ctx->Alloc(1 + i % 5000);
+  ctx->RewindTo(m);
+  EXPECT_EQ(log, (std::vector<std::string>{"before", "child", "after"}));
+  EXPECT_EQ(ctx->first_child(), nullptr);
+  EXPECT_EQ(counters(), at_mark);
+  for (uint32_t i = 0; i < before.size(); ++i) {
+    ASSERT_TRUE(Holds(before[i].first, before[i].second, i)) << i;
+  }
+  this->ExpectConsistent(ctx);
+  EXPECT_EQ(ctx->TryRewindTo(inner), Failure::kStaleMark);
+  EXPECT_THROW(ctx->RewindTo(inner), std::invalid_argument);
+  EXPECT_EQ(counters(), at_mark);
+  // The mark stays: allocate and rewind again.
+  for (int i = 0; i < 1000; ++i) ctx->Alloc(1 + i % 900);
+  ctx->RewindTo(m);
+  EXPECT_EQ(counters(), at_mark);
+  ctx->DropMark(m);
+  EXPECT_EQ(ctx->mark_depth(), 0u);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+  EXPECT_EQ(this->source_.bad_releases(), 0);
+}
+
 // Every block acquisition of a standard workload fails in turn
 // (SweepFailures, sweep.h): each failure is std::bad_alloc, and the
 // contexts stay consistent, usable and leak-free.
@@ -559,7 +636,7 @@ REGISTER_TYPED_TEST_SUITE_P(KindConformanceTest, ChunksAreDistinctAndKeepContent
                             DestroyReleasesEveryBlockOfTheSubtree, CleanupsRunOnceInOrder,
                             StatsAddUp, SourceFailureLeavesContextUsable, LimitBoundsTheSubtree,
                             FreeOfLargeChunkReleasesItsBlock, InspectDescribesEveryByte,
-                            SweepFailsEveryAcquisitionCleanly);
+                            SavepointsRewindOrRefuseClearly, SweepFailsEveryAcquisitionCleanly);
 
 }  // namespace test
 }  // namespace mcx

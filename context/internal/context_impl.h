@@ -17,6 +17,8 @@
 //   LedgerRefusal         why the ledger refused a block for the front
 //   AnyReportRequests     whether any report request waits, process-wide
 
+//   DefaultSourceInstalled  whether SetDefaultBlockSource chose the default
+
 #ifndef MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
 #define MCX_CONTEXT_INTERNAL_CONTEXT_IMPL_H_
 
@@ -118,6 +120,11 @@ inline bool AnyReportRequests() {
 }
 // Whether a request posted to this thread waits (report_request.cc).
 bool ThisThreadHasRequests();
+
+// Whether the default block source is one SetDefaultBlockSource installed
+// (block_source.cc): a program's own region, which the checking build's
+// first-block quarantine (context.cc) leaves alone.
+bool DefaultSourceInstalled();
 
 }  // namespace internal
 

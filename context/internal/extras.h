@@ -24,6 +24,7 @@ namespace mcx {
 namespace internal {
 
 struct CleanupRecord;
+struct MarkRecord;
 
 // A block held by the reserve; its first bytes link the list.
 struct ReserveBlock {
@@ -75,6 +76,15 @@ struct ContextExtras {
   size_t reserve_block_size = 0;  // bytes of each
   size_t reserve_bytes = 0;       // bytes held
   uint64_t reserve_uses = 0;      // blocks handed out since creation
+
+  // Savepoints (internal/mark.h): the stack of live marks, newest first, and
+  // the last mark serial given. `cleanups_rewound` is set when a rewind
+  // dropped registrations whose records lay in the memory it released:
+  // handles are then checked against the cleanup lists before any record
+  // is read, until the next reset makes every older handle stale anyway.
+  MarkRecord* marks = nullptr;
+  uint64_t mark_serial = 0;
+  bool cleanups_rewound = false;
 };
 
 }  // namespace internal

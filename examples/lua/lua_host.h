@@ -66,10 +66,9 @@ class LuaState {
   // compile or run-time error and kResourceExhausted for a memory error
   // (Lua's "not enough memory"), and carries Lua's message. The state stays
   // consistent after any failure; after a memory error, later chunks can
-  // fail again until the garbage is collected, and even then if the freed
-  // chunks are of other size classes than the new requests (the freelist
-  // kind keeps freed chunks on per-class lists and does not give their
-  // blocks back while the context lives).
+  // fail again until the garbage is collected, and even then until the
+  // context's next sweep has given the freed space back to its blocks (the
+  // freelist kind keeps freed chunks on per-class lists between sweeps).
   //
   // REQUIRES: the state was not abandoned.
   absl::Status RunString(std::string_view code, std::string* result = nullptr,

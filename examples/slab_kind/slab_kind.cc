@@ -508,7 +508,7 @@ size_t SlabChunkSizeOf(const void* p) {
   return ctx != nullptr ? SlabChunkSize(KindState<SlabState>(ctx), p) : 0;
 }
 
-const ChunkKindMethods kSlabChunkMethods = {"slab", &SlabChunkContext, &SlabChunkSizeOf};
+const ChunkKindMethods kSlabChunkMethods = {"slab_example", &SlabChunkContext, &SlabChunkSizeOf};
 // [END chunk_kind]
 
 // --- The kind -----------------------------------------------------------------------
@@ -519,7 +519,7 @@ const ChunkKindMethods kSlabChunkMethods = {"slab", &SlabChunkContext, &SlabChun
 struct Slab {
   using Options = SlabOptions;
   using State = SlabState;
-  static constexpr const char* kName = "slab";
+  static constexpr const char* kName = "slab_example";
 
   static size_t FirstBlockSize(const Options& o, size_t header_bytes) {
     const size_t block = BlockBytes(o);

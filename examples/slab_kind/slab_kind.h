@@ -2,7 +2,10 @@
 //
 // The slab kind: a context kind for many objects of one size, written as the
 // worked example of docs/adding_a_kind.md (PostgreSQL's slab.c has the same
-// idea). Every block is cut into equal slots; a freed slot goes on a LIFO
+// idea). mcx's own slab kind (mcx/slab/slab.h) goes further: no chunk
+// header, a free list per block, empty blocks given back. This one is named
+// "slab_example" in reports and takes chunk id 13, so both can be used in
+// one program. Every block is cut into equal slots; a freed slot goes on a LIFO
 // list and is the next one handed out, so a churn of one size reuses the same
 // few blocks forever.
 //
@@ -64,8 +67,8 @@ inline constexpr size_t kMaxSlotSize = size_t{64} * 1024;
 // Chunk headers store a 32-bit offset to their block: blocks stay below it.
 inline constexpr size_t kMaxSlabBlockBytes = size_t{1} << 30;
 
-// The chunk header id of slab chunks. Ids 9..13 are free for new kinds
-// (mcx/context/chunk_header.h); the example takes the last one. Two kinds
+// The chunk header id of slab chunks. Ids 9, 12 and 13 are free for new
+// kinds (mcx/context/chunk_header.h); the example takes the last one. Two kinds
 // in one program must not share an id: RegisterChunkKind refuses a taken
 // one, and the second kind's contexts then fail to create (kBadArgument).
 inline constexpr uint8_t kChunkKindSlab = 13;

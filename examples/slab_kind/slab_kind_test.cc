@@ -203,7 +203,7 @@ TEST_F(SlabTest, InspectShowsSlotsSpareAndDedicatedBlocks) {
   void* big = ctx->Alloc(1000);
   ContextLayout layout = InspectContext(ctx);
   ASSERT_TRUE(layout.has_detail);
-  EXPECT_STREQ(layout.kind, "slab");
+  EXPECT_STREQ(layout.kind, "slab_example");
   ASSERT_EQ(layout.blocks.size(), 3u);
   const BlockInfo& first = layout.blocks[0];
   const BlockInfo& second = layout.blocks[1];

@@ -1,14 +1,32 @@
 // Internal to mcx; do not include from outside.
 // IWYU pragma: private, include "mcx/freelist/freelist.h"
 //
-// Layout of the freelist kind. Every block, and every dedicated chunk's
-// block, starts with a BlockHeader whose first word is the owning context;
-// a chunk header's offset leads back to it, which is how a chunk finds its
-// context without being told.
+// Layout of the freelist kind.
 //
-//   block:   | BlockHeader | hdr | payload ...   | hdr | payload ... | ... | tail |
-//                            ^ 8-byte word, offset back to BlockHeader
-//   freed:   | hdr (free bit set) | next free chunk of the class | stale ... |
+// A block of chunks is a header, one descriptor per unit, then the units:
+// runs of kUnitBytes (4 KiB) into which chunks are carved back to back. A
+// chunk may straddle a unit boundary; it belongs to the unit its first byte
+// lies in. The chunk header's offset leads to that unit's descriptor, the
+// descriptor's index to the block header, whose first word is the owning
+// context: that is how a chunk finds its context without being told.
+//
+//   block:  | BlockHeader | UnitDesc x units | unit 0 | unit 1 | ... |
+//   unit:   | (tail of a chunk begun before) | hdr | payload | hdr | payload ...
+//                                              ^ 8-byte word, offset back to
+//                                                this unit's UnitDesc
+//   freed:  | hdr (free bit set) | next free chunk of the class | stale ... |
+//
+// A unit is free (its bit set in `free_units`) or holds chunks. Units go
+// back to their block when every chunk overlapping them is free (a sweep
+// finds them); a block whose units are all free goes back to the block
+// source, keeping a few as spares.
+//
+// The first block holds the context header, the kind state and the name;
+// after them a BlockHeader with a single descriptor covers the rest of the
+// first block, one area of any size that is never given back.
+//
+// A dedicated chunk's block starts with a DedicatedHeader; its chunk header
+// has the external bit, and its offset leads to the block itself.
 //
 // In checking builds every chunk header is 16 bytes: the requested size,
 // then the header word; a sentinel byte follows the requested bytes.
@@ -17,8 +35,11 @@
 #define MCX_FREELIST_INTERNAL_FREELIST_BLOCK_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "mcx/context/block_list.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/size_class.h"
 
 namespace mcx {
@@ -27,28 +48,125 @@ class Context;
 
 namespace freelist_internal {
 
-// A block of chunks, or a dedicated chunk's block. `link.owner` is its
-// first word (block_list.h): a chunk header's offset leads here.
-struct BlockHeader {
-  KindBlock link;     // must stay the first field
-  char* carved_end;   // chunks lie back to back from the first to here
-  char* end;          // one past the last usable byte
-};
+// Bytes of a unit: the granularity at which a block's space is reused by
+// other sizes and given back. An operating-system page, so a block of
+// mostly free units is one whose free pages a source could give back.
+inline constexpr size_t kUnitBytes = 4096;
+inline constexpr unsigned kUnitShift = 12;
+static_assert(kUnitBytes == size_t{1} << kUnitShift, "unit shift");
 
+// Units in the largest block of chunks: one 64-bit map of free units. A
+// block goes back only when all its units are free, so blocks stay small
+// (256 KiB of units) next to PostgreSQL's 8 MiB.
+inline constexpr unsigned kMaxBlockUnits = 64;
+
+// `first` of a unit in which no chunk starts.
+inline constexpr uint16_t kNoChunkStart = 0xFFFF;
+
+// One per unit of a block. 12 bytes: 768 for a block of 64 units.
+struct UnitDesc {
+  uint32_t starts;      // chunks whose first byte lies in the unit (live or free)
+  uint32_t sweep_free;  // a sweep's count of free chunks starting here; 0 between sweeps
+  uint16_t first;       // offset of the first chunk start in the unit, or kNoChunkStart
+  uint8_t index;        // this descriptor's place in its block's array
+  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree
+};
+static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
+
+// UnitDesc::flags.
+inline constexpr uint8_t kUnitReleasing = 1;   // a sweep gives the unit back
+inline constexpr uint8_t kStraddledInto = 2;   // a chunk begun in an earlier unit runs into it
+inline constexpr uint8_t kMostlyFree = 4;      // a sweep coalesces its free chunks
+
+// Which list of the kind state a block of chunks is on.
+enum class OnList : uint8_t { kNone, kPartial, kFull, kSpare };
+
+// A block of chunks, or the first block's area. `link.owner` is its first
+// word (block_list.h): the descriptors lead here.
+struct BlockHeader {
+  KindBlock link;          // must stay the first field
+  uint64_t free_units;     // bit i set: unit i holds no chunk
+  uint64_t touched_units;  // during a sweep, bit i set: free chunks start in unit i
+  uint8_t units;           // units in the block; 0 for the first block's area
+  OnList list;             // the state's list it is on
+  uint8_t marked;          // during a sweep: units are marked (FinishBlock clears)
+  uint8_t reserved[5];
+};
+static_assert(sizeof(BlockHeader) == 56, "block header layout");
+
+inline UnitDesc* Descs(BlockHeader* b) { return reinterpret_cast<UnitDesc*>(b + 1); }
+inline const UnitDesc* Descs(const BlockHeader* b) {
+  return reinterpret_cast<const UnitDesc*>(b + 1);
+}
+inline BlockHeader* BlockOfDesc(const UnitDesc* d) {
+  return reinterpret_cast<BlockHeader*>(const_cast<UnitDesc*>(d - d->index)) - 1;
+}
 inline BlockHeader* HeaderOf(KindBlock* b) { return reinterpret_cast<BlockHeader*>(b); }
 
+// Bytes of a chunk header in this build (freelist.h says why 8 or 16).
+inline constexpr size_t kChunkHeaderBytes =
+    internal::kChecking || internal::kAddressSanitizer || internal::kValgrind ? 16 : 8;
+
+// Bytes from a block's start to its first unit: the header and the
+// descriptors, and as many more as put a chunk's payload on 16 bytes when
+// the chunk starts at a unit's first byte.
+constexpr size_t BlockHeaderBytes(size_t units) {
+  return ((sizeof(BlockHeader) + units * sizeof(UnitDesc) + kChunkHeaderBytes + 15) & ~size_t{15}) -
+         kChunkHeaderBytes;
+}
+inline char* UnitsStart(BlockHeader* b) { return reinterpret_cast<char*>(b) + BlockHeaderBytes(b->units); }
+inline char* UnitStart(BlockHeader* b, size_t i) { return UnitsStart(b) + (i << kUnitShift); }
+// Bytes a block source's allocator may put before a block: glibc's chunk
+// header. Blocks are asked for 2^k minus this, so that a block fills 2^k
+// bytes of the allocator's heap, or of pages above its mmap threshold,
+// rather than spilling into one more page (W5 lost 1.5% to that).
+inline constexpr size_t kSourceHeaderAllowance = 16;
+
+// Bytes of the largest block of chunks: 256 KiB, less the allowance, which
+// the last of its 64 units gives up (with the header).
+inline constexpr size_t kMaxPageBlockBytes = (size_t{1} << 18) - kSourceHeaderAllowance;
+static_assert(BlockHeaderBytes(kMaxBlockUnits) + (kMaxBlockUnits - 1) * kUnitBytes <
+                  kMaxPageBlockBytes,
+              "the largest block holds 64 units, the last one short");
+inline uint64_t AllUnits(size_t units) {
+  return units == 64 ? ~uint64_t{0} : (uint64_t{1} << units) - 1;
+}
+
+// The start of a dedicated chunk's block.
+struct DedicatedHeader {
+  KindBlock link;  // must stay the first field
+  char* end;       // one past the last byte of the block
+  char* reserved;
+};
+
+// The per-class freelist heads and the sweep's bookkeeping. Kept out of the
+// kind state, which sits in every context's first block: a context that
+// never frees a chunk never has one (it reads kEmptyTable). The first free
+// makes it, as a chunk of the context.
+struct FreeTable {
+  void* heads[kNumSizeClasses];  // payload of the newest free chunk of each class
+  uint64_t carved;               // chunks carved in the context's blocks, live or free
+  uint64_t sweep_interval;       // frees between sweeps, as last set
+  uint32_t sweep_backoff;        // 1, doubled after each sweep that gave little back
+  uint32_t reserved;
+};
+
 struct FreelistState {
-  void* freelists[kNumSizeClasses];  // payload of the newest free chunk
-  BlockList blocks;     // in use, newest (the one being carved) first
-  BlockList spare;      // empty blocks kept by a reset, used before new ones
-  BlockList dedicated;  // dedicated chunks' blocks
-  BlockHeader* first;   // the first block's header (after the context's name)
-  char* free_ptr;       // next chunk start in the newest block
-  char* free_end;
-  size_t chunk_limit;      // bytes; larger requests get a dedicated block
-  size_t next_block_size;  // doubles up to max_block_size
-  size_t base_block_size;
-  size_t max_block_size;
+  FreeTable* table;         // &kEmptyTable until the first free
+  int64_t sweep_countdown;  // frees until the next sweep; 1 while there is no table
+  char* bump_ptr;           // next chunk start in the run being carved
+  char* bump_end;           // end of that run
+  BlockHeader* bump_block;  // its block (`first` for the first block's area)
+  BlockHeader* first;       // the first block's area header (after the name)
+  KindBlock* partial;       // blocks with free and used units
+  KindBlock* full;          // blocks with no free unit
+  KindBlock* spare;         // blocks with no chunk: kept for reuse, then released
+  void* orphans;            // chunks freed while no table could be had
+  BlockList dedicated;      // dedicated chunks' blocks
+  uint32_t chunk_limit;     // bytes; larger requests get a dedicated block
+  uint32_t next_block_size;  // bytes; doubles up to max_block_size
+  uint32_t base_block_size;
+  uint32_t max_block_size;
 };
 
 }  // namespace freelist_internal

@@ -63,6 +63,8 @@ struct LargeHeader {
                       // and the bytes of the block: what goes back
   void* block;        // start of the block (before the padding of aligned chunks)
   size_t requested;   // bytes asked for; a sentinel follows in checking builds
+  uint64_t serial;    // PoolState::large_serial when allocated: a rewind
+                      // frees the chunks newer than its mark's
   // kLargeLiveCheck ^ the chunk's address while the chunk is live,
   // kLargeFreedCheck ^ it once freed. Last, so that it lies right before
   // the payload, past the bytes a source writes into a released block.
@@ -96,10 +98,7 @@ struct CheckedHeader {
 };
 
 // Checking builds keep a large chunk's site (kind_api.h, PendingSite) in
-// the 4 bytes right before its LargeHeader: the header is padded to 16 (or
-// to the chunk's larger alignment) from the block's start, and
-// sizeof(LargeHeader) leaves at least 8 bytes of that padding (pool.cc
-// asserts it).
+// the 4 bytes right after its sentinel (pool.cc, kLargeCheckingTail).
 
 struct PoolState {
   PoolBlock first;     // header of the first block
@@ -116,6 +115,21 @@ struct PoolState {
   size_t next_block_size;  // bytes of the next block; doubles up to max
   size_t max_block_size;
   size_t rewind_block_size;  // power of two; 0 when rewind_on_free is off
+  uint64_t large_serial;     // large chunks allocated so far (savepoints)
+};
+
+// A savepoint's position (Context::Mark). Marking seals the pool at `block`:
+// small requests start there (it becomes `current`), so everything bumped
+// since lies past `last` in it or in the blocks after it, and everything
+// else since is a block after `tail` or a large chunk newer than
+// `large_serial`.
+struct PoolPosition {
+  PoolBlock* block;        // the newest block holding chunks at the mark
+  char* last;              // its next free byte then
+  KindBlock* tail;         // the newest block on the list then
+  uint64_t large_serial;
+  size_t next_block_size;
+  uint32_t failed;         // `block`'s
 };
 
 }  // namespace pool_internal

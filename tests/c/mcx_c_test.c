@@ -483,6 +483,48 @@ static void TestNoAllocRegions(void) {
   mcx_destroy(err);
 }
 
+/* Savepoints: a rewind releases what came since and runs the cleanups
+ * registered since; a passed mark is refused; the freelist refuses marks. */
+static void TestSavepoints(void) {
+  static const char a = 'a', b = 'b';
+  mcx_counters at_mark, now;
+  mcx_savepoint outer, inner, none;
+  mcx_context* c = mcx_create(NULL, "parse", MCX_KIND_POOL, NULL);
+  mcx_context* f = mcx_create(NULL, "cache", MCX_KIND_FREELIST, NULL);
+  char* kept = mcx_strdup(c, "kept");
+  int i;
+  order_len = 0;
+  mcx_add_cleanup(c, Record, (void*)&a, 0);
+  outer = mcx_mark(c);
+  CHECK(outer.record != NULL);
+  mcx_get_counters(c, 1, &at_mark);
+  mcx_add_cleanup(c, Record, (void*)&b, 0);
+  mcx_create(c, "child", MCX_KIND_POOL, NULL);
+  for (i = 0; i < 1000; ++i) mcx_alloc(c, 100);
+  inner = mcx_mark(c);
+  CHECK(mcx_rewind(c, outer, 0) == MCX_OK);
+  CHECK(order_len == 1 && order[0] == 'b');
+  mcx_get_counters(c, 1, &now);
+  CHECK(now.total_bytes == at_mark.total_bytes && now.blocks == at_mark.blocks &&
+        now.contexts == 1);
+  CHECK(strcmp(kept, "kept") == 0);
+  CHECK(mcx_rewind(c, inner, 0) == MCX_STALE_MARK);
+  CHECK(mcx_last_failure(c) == MCX_STALE_MARK);
+  CHECK(mcx_drop_mark(c, inner) == MCX_STALE_MARK);
+  mcx_add_cleanup(c, Record, (void*)&b, 0);
+  CHECK(mcx_rewind(c, outer, 1) == MCX_OK); /* dropped, not run */
+  CHECK(order_len == 1);
+  CHECK(mcx_rewind(f, outer, 0) == MCX_BAD_ARGUMENT);
+  CHECK(mcx_drop_mark(c, outer) == MCX_OK);
+  none = mcx_mark(f);
+  CHECK(none.record == NULL && mcx_last_failure(f) == MCX_UNSUPPORTED);
+  CHECK(strcmp(mcx_failure_name(MCX_STALE_MARK), "mark already rewound past, dropped or reset") ==
+        0);
+  mcx_destroy(f);
+  mcx_destroy(c);
+  CHECK(order_len == 2 && memcmp(order, "ba", 2) == 0);
+}
+
 /* A soft limit whose callback resets the child holding the bulk: the
  * subtree stays under it, the callback sees what it should, and a soft
  * limit longjmped out of stays quiet until set again. */
@@ -542,6 +584,7 @@ int main(void) {
   TestStringsAndBytes();
   TestStrcat();
   TestNoAllocRegions();
+  TestSavepoints();
   TestSoftLimit();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

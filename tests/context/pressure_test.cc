@@ -285,11 +285,9 @@ TEST_P(PressureTest, RemovedAndRefused) {
 
 constexpr size_t kAggSoft = 256 * 1024;
 constexpr size_t kAggHard = kAggSoft + 64 * 1024;
-// Each partition must fit under the soft limit when it is aggregated alone.
-// Checking builds give every pool chunk a prefix and a sentinel (about 96
-// bytes for a 32-byte group, and no bump window, so every chunk has them):
-// twice the partitions keep each as small there.
-constexpr int kPartitions = kCheckingBuild ? 64 : 32;
+// Each partition holds a sixty-fourth of the groups: far under the soft
+// limit, with the checking build's larger chunks too.
+constexpr int kPartitions = 64;
 constexpr size_t kBuckets = 4096;  // chained; a power of two
 
 struct Group {
@@ -406,7 +404,10 @@ class HashAgg {
         return;
       }
     }
-    Insert(static_cast<Group*>(table_->Alloc(sizeof(Group))), p.key, p.sum, p.count);
+    const uint64_t generation = generation_;
+    auto* g = static_cast<Group*>(table_->Alloc(sizeof(Group)));
+    if (generation_ != generation) NewTable();  // a spill here is reported by the test
+    Insert(g, p.key, p.sum, p.count);
     Watch();
   }
 

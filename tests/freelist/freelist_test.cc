@@ -3,16 +3,20 @@
 
 #include "mcx/freelist/freelist.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/stats.h"
@@ -97,25 +101,73 @@ TEST_F(FreelistTest, FreelistsAreLifoPerClass) {
   EXPECT_EQ(GetCounters(ctx).free_chunks, 3u);
   EXPECT_EQ(ctx->Alloc(97), b);   // same class (104): newest first
   EXPECT_EQ(ctx->Alloc(104), a);
-  EXPECT_EQ(ctx->Alloc(290), c);  // class 328
+  EXPECT_EQ(ctx->Alloc(320), c);  // class 328
   EXPECT_EQ(GetCounters(ctx).free_chunks, 0u);
   ctx->Destroy();
 }
 
-// Realloc stays in place within the class and moves beyond it.
+// Realloc stays in place within the class, and beyond it moves to a class
+// at least a quarter larger (a buffer grown in small steps is copied
+// O(log n) times). The chunk is not the last carved, which grows in place.
 TEST_F(FreelistTest, ReallocInPlaceWithinTheClass) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make();
   void* p = ctx->Alloc(90);
+  ctx->Alloc(8);  // p is not the chunk carved last
   Fill(p, 90, 1);
   EXPECT_EQ(ctx->Realloc(p, 104), p);
-  EXPECT_EQ(ctx->Realloc(p, 10), p);
+  // 60 bytes is class 72, which would save less than half: no move.
+  EXPECT_EQ(ctx->Realloc(p, 60), p);
   // The class, or exactly the request where the size is tracked.
-  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 104u : 10u);
+  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 104u : 60u);
   void* q = ctx->Realloc(p, 105);
   EXPECT_NE(q, p);
-  EXPECT_TRUE(Holds(q, 10, 1));
-  EXPECT_EQ(ctx->ChunkSize(q), kFreelistChunkHeaderBytes == 8 ? 120u : 105u);
+  EXPECT_TRUE(Holds(q, 60, 1));
+  // 104 + 104 / 4 = 130: class 136, not 120.
+  EXPECT_EQ(ctx->ChunkSize(q), kFreelistChunkHeaderBytes == 8 ? 136u : 105u);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// The chunk carved last grows and shrinks in place while its run has room:
+// a buffer built alone (a string builder) is never copied.
+TEST_F(FreelistTest, ReallocGrowsTheLastChunkInPlace) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, 2);
+  for (size_t n = 32; n <= 4096; n *= 2) {
+    ASSERT_EQ(ctx->Realloc(p, n), p) << n;
+    Fill(p, n, 2);
+  }
+  EXPECT_EQ(ctx->Realloc(p, 10), p);
+  EXPECT_TRUE(Holds(p, 10, 2));
+  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? 24u : 10u);
+  // The space after it came back: the next chunk follows it directly.
+  char* next = static_cast<char*>(ctx->Alloc(8));
+  EXPECT_EQ(next, static_cast<char*>(p) + (kFreelistChunkHeaderBytes == 8 ? 32 : 48));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A shrink that at least halves a chunk's bytes moves it to the smaller
+// class; the old chunk is free for others (finding A2: shrinking reallocs
+// kept their original class).
+TEST_F(FreelistTest, ReallocShrinkMovesToASmallerClass) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  void* p = ctx->Alloc(1000);
+  ctx->Alloc(8);
+  Fill(p, 1000, 3);
+  void* q = ctx->Realloc(p, 100);
+  EXPECT_NE(q, p);
+  EXPECT_TRUE(Holds(q, 100, 3));
+  EXPECT_EQ(GetCounters(ctx).free_chunks, 1u);
+  EXPECT_EQ(ctx->Alloc(1000), p);  // the old chunk serves its class
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
 }
 
@@ -199,6 +251,157 @@ TEST_F(FreelistTest, ResetClearsFreelists) {
   ctx->Destroy();
 }
 
+// A small deterministic generator (splitmix64) for the randomised tests.
+class TestRng {
+ public:
+  explicit TestRng(uint64_t seed) : s_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (s_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  size_t Uniform(size_t lo, size_t hi) { return lo + Next() % (hi - lo + 1); }
+
+ private:
+  uint64_t s_;
+};
+
+// Frees the chunks of `live` in an order drawn from `rng`, all but those
+// `keep` says to keep.
+template <typename Keep>
+void FreeShuffled(Context* ctx, std::vector<void*>* live, TestRng* rng, Keep keep) {
+  for (size_t i = live->size(); i > 1; --i) std::swap((*live)[i - 1], (*live)[rng->Next() % i]);
+  std::vector<void*> kept;
+  for (void* p : *live) {
+    if (keep(p)) {
+      kept.push_back(p);
+    } else {
+      ctx->Free(p);
+    }
+  }
+  *live = kept;
+}
+
+// Memory follows the live data: once every chunk is freed, in any order,
+// the blocks go back to the source, all but the spares kept against a
+// context whose data breathes.
+TEST_F(FreelistTest, FreedBlocksGoBackToTheSource) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  TestRng rng(13);
+  std::vector<void*> live;
+  for (int i = 0; i < 200000; ++i) live.push_back(ctx->Alloc(rng.Uniform(8, 512)));
+  const size_t peak = ctx->bytes_in_blocks();
+  ASSERT_GT(peak, size_t{40} << 20);
+  FreeShuffled(ctx, &live, &rng, [](void*) { return false; });
+  // One more sweep's worth of frees, of chunks allocated and freed at once.
+  for (int i = 0; i < 100000; ++i) ctx->Free(ctx->Alloc(16));
+  // The spares: at least one largest block, at most an eighth of the rest.
+  EXPECT_LE(ctx->bytes_in_blocks(), ctx->first_block_size() + 2 * kMaxFreelistBlocksOfChunks);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Freed space of one size class serves another: after most chunks of a
+// small class are freed in random order (a few stay live in every unit, so
+// no unit goes back whole), a sweep coalesces the free neighbours into
+// chunks of larger classes, which then serve requests of those classes
+// without new blocks.
+TEST_F(FreelistTest, FreedSmallChunksServeLargerClasses) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  TestRng rng(14);
+  std::vector<void*> live;
+  for (int i = 0; i < 100000; ++i) {
+    live.push_back(ctx->Alloc(24));
+    Fill(live.back(), 24, 5);
+  }
+  const size_t blocks = ctx->bytes_in_blocks();
+  size_t n = 0;
+  FreeShuffled(ctx, &live, &rng, [&n](void*) { return ++n % 16 == 0; });
+  const size_t stride = (SizeClassBytes(SizeClassOf(24)) + kFreelistChunkHeaderBytes + 15) / 16 * 16;
+  const size_t freed_bytes = (100000 - live.size()) * stride;
+  for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(24));
+  // More than half the freed bytes are now in chunks of larger classes.
+  ContextLayout layout = InspectContext(ctx);
+  size_t larger_bytes = 0;
+  for (const SizeClassLayout& c : layout.size_classes) {
+    if (c.info.class_bytes > 24) larger_bytes += c.info.free_chunks * c.info.chunk_bytes;
+  }
+  EXPECT_GT(larger_bytes * 2, freed_bytes);
+  // Requests of those classes take them: no block is acquired.
+  std::vector<std::pair<void*, size_t>> big;
+  for (const SizeClassLayout& c : layout.size_classes) {
+    if (c.info.class_bytes <= 24) continue;
+    for (size_t k = 0; k < c.info.free_chunks; ++k) {
+      void* p = ctx->Alloc(c.info.class_bytes);
+      Fill(p, c.info.class_bytes, 6);
+      big.emplace_back(p, c.info.class_bytes);
+    }
+  }
+  EXPECT_LE(ctx->bytes_in_blocks(), blocks);
+  for (void* p : live) EXPECT_TRUE(Holds(p, 24, 5));
+  for (const auto& [p, size] : big) EXPECT_TRUE(Holds(p, size, 6));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A long-lived heap against a model: phases of different size ranges, the
+// live set grown and shrunk, contents and Check verified throughout.
+TEST_F(FreelistTest, PhasesOfSizesAgainstAModel) {
+  Context* ctx = Make();
+  TestRng rng(15);
+  struct Live {
+    void* p;
+    size_t size;
+    int tag;
+  };
+  std::vector<Live> live;
+  const size_t kRanges[][2] = {{8, 128}, {8, 4096}, {512, 4096}, {8, 300}, {100, 9000}};
+  int tag = 0;
+  for (const auto& range : kRanges) {
+    for (int op = 0; op < 30000; ++op) {
+      const bool grow = (op / 10000) % 2 == 0;
+      if (live.empty() || rng.Next() % 4 < (grow ? 3u : 1u)) {
+        const size_t size = rng.Uniform(range[0], range[1]);
+        void* p = ctx->Alloc(size);
+        ASSERT_NE(p, nullptr);
+        Fill(p, size, ++tag);
+        live.push_back(Live{p, size, tag});
+      } else {
+        const size_t i = rng.Next() % live.size();
+        ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].tag));
+        if (rng.Next() % 8 == 0) {
+          const size_t size = rng.Uniform(range[0], range[1]);
+          void* q = ctx->Realloc(live[i].p, size);
+          ASSERT_NE(q, nullptr);
+          ASSERT_TRUE(Holds(q, std::min(size, live[i].size), live[i].tag));
+          Fill(q, size, live[i].tag);
+          live[i].p = q;
+          live[i].size = size;
+          continue;
+        }
+        ctx->Free(live[i].p);
+        live[i] = live.back();
+        live.pop_back();
+      }
+      if (op % 10000 == 0) {
+        std::string error;
+        ASSERT_TRUE(ctx->Check(&error)) << error;
+      }
+    }
+  }
+  for (const Live& l : live) ASSERT_TRUE(Holds(l.p, l.size, l.tag));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // The checks below are not optional: a double free is caught in every
 // build, thanks to the header's free bit.
 TEST(FreelistDeathTest, DoubleFreeIsReported) {
@@ -237,8 +440,8 @@ std::vector<std::string>* dedicated_reports = nullptr;
 
 void RecordDedicatedMisuse(const char* message) { dedicated_reports->push_back(message); }
 
-// Above chunk_limit (8200 by default): a dedicated block.
-constexpr size_t kDedicatedSize = 20000;
+// Above chunk_limit (65,544 by default): a dedicated block.
+constexpr size_t kDedicatedSize = 100000;
 
 class DedicatedMisuseTest : public ::testing::TestWithParam<SourceKind> {
  protected:

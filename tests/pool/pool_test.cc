@@ -711,12 +711,12 @@ TEST_F(PoolMisuseTest, FindingB3SmallChunkAfterLookalikeBytesIsNotLarge) {
     KindBlock* head = st->large.head();
     const LargeHeader lookalikes[] = {
         copy,
-        {{ctx, nullptr, nullptr, 4096}, a, 64, kLargeLiveCheck ^ at_b},
-        {{ctx, nullptr, head, 4096}, a, 64, kLargeLiveCheck ^ at_b},
-        {{ctx, head, nullptr, 4096}, a, 64, kLargeLiveCheck ^ at_b},
-        {{ctx, &fake->link, &fake->link, 4096}, a, 64, kLargeLiveCheck ^ at_b},
-        {{ctx, nullptr, nullptr, 4096}, a, 64, kLargeFreedCheck ^ at_b},
-        {{nullptr, nullptr, nullptr, 0}, nullptr, 0, kLargeFreedCheck ^ at_b},
+        {{ctx, nullptr, nullptr, 4096}, a, 64, 0, kLargeLiveCheck ^ at_b},
+        {{ctx, nullptr, head, 4096}, a, 64, 0, kLargeLiveCheck ^ at_b},
+        {{ctx, head, nullptr, 4096}, a, 64, 0, kLargeLiveCheck ^ at_b},
+        {{ctx, &fake->link, &fake->link, 4096}, a, 64, 0, kLargeLiveCheck ^ at_b},
+        {{ctx, nullptr, nullptr, 4096}, a, 64, 0, kLargeFreedCheck ^ at_b},
+        {{nullptr, nullptr, nullptr, 0}, nullptr, 0, 0, kLargeFreedCheck ^ at_b},
     };
     for (const LargeHeader& lookalike : lookalikes) {
       std::memcpy(fake, &lookalike, sizeof(lookalike));  // a's last bytes

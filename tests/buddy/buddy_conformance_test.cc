@@ -1,0 +1,147 @@
+// The whole kind conformance suite (mcx/testing/kind_conformance.h), for
+// the pool kind, the rewinding pool and the freelist kind, with every block
+// from one static buddy region and the system allocator poisoned: main
+// installs the region as the default block source (which the suite's
+// counting source draws from), arms no_system_alloc.h, and runs the suite;
+// an allocation made on behalf of mcx aborts the test, naming its frames.
+//
+// The region is 16 MiB, not 4: the suite keeps up to 4.1 MB of chunks live
+// at once (ChunksAreDistinctAndKeepContents), and buddy blocks round up to a
+// power of two. examples:demo_on_buddy_test runs the demo in a 4 MiB one.
+
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "mcx/buddy/buddy_source.h"
+#include "mcx/context/block_source.h"
+#include "mcx/context/stats.h"
+#include "mcx/freelist/freelist.h"
+#include "mcx/pool/pool.h"
+#include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/test_block_sources.h"
+#include "tests/buddy/no_system_alloc.h"
+
+// 4 blocks of 4 MiB, aligned to 4 MiB: the suite's kMaxAlignment (2 MiB)
+// chunk is a 2 MiB block.
+MCX_BUDDY_SOURCE_DEFINE(suite_region, 256, 4 << 20, 4);
+
+namespace buddy_conformance {
+
+// Kinds with blocks of at most the region's largest (4 MiB): the freelist
+// kind's blocks would double to 8 MiB.
+struct PoolOverBuddy : mcx::test::KindTraitsDefaults {
+  static mcx::KindSpec Spec() { return mcx::PoolKind(); }
+  static constexpr bool kFreeReleasesSmall = false;
+  static constexpr bool kUnsizedRealloc = false;
+};
+struct RewindingPoolOverBuddy : mcx::test::KindTraitsDefaults {
+  static mcx::KindSpec Spec() {
+    mcx::PoolOptions o;
+    o.rewind_on_free = true;
+    return mcx::PoolKind(o);
+  }
+  static constexpr bool kUnsizedRealloc = false;
+};
+struct FreelistOverBuddy : mcx::test::KindTraitsDefaults {
+  static mcx::KindSpec Spec() {
+    mcx::FreelistOptions o;
+    o.max_block_size = 1 << 20;
+    return mcx::FreelistKind(o);
+  }
+};
+
+// After each test: every block went back to the region, merged.
+class RegionEmpty : public ::testing::EmptyTestEventListener {
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    const mcx::BuddyBlockSource::Stats s = suite_region.GetStats();
+    if (s.used_bytes != 0 || s.free_blocks != 4) {
+      std::fprintf(stderr, "%s.%s left %zu bytes in %zu blocks of the region\n",
+                   info.test_suite_name(), info.name(), s.used_bytes, s.used_blocks);
+      ++leaks;
+    }
+  }
+
+ public:
+  int leaks = 0;
+};
+
+}  // namespace buddy_conformance
+
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(PoolOverBuddy, buddy_conformance::PoolOverBuddy);
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(RewindingPoolOverBuddy,
+                                      buddy_conformance::RewindingPoolOverBuddy);
+MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(FreelistOverBuddy, buddy_conformance::FreelistOverBuddy);
+
+namespace mcx {
+namespace test {
+
+// The suite's source really drew from the region.
+TEST(BuddyConformanceTest, TheDefaultSourceIsTheRegion) {
+  EXPECT_EQ(DefaultBlockSource(), &suite_region);
+  FailingBlockSource counting;
+  Context* ctx = Context::Create(nullptr, "probe", PoolKind(), ContextOptions{&counting});
+  const uint64_t before = suite_region.GetStats().acquires;
+  ctx->Alloc(100000);
+  EXPECT_GT(suite_region.GetStats().acquires, before);
+  ctx->Destroy();
+  EXPECT_EQ(counting.live_blocks(), 0);
+}
+
+}  // namespace test
+}  // namespace mcx
+
+// The harness itself: an allocation on behalf of mcx aborts (here: a
+// context over the system source, whose Acquire calls malloc), naming the
+// mcx frame; a stats report (a std::string by contract) and exceptions
+// thrown by mcx's throwing calls are not findings.
+TEST(NoSystemAllocTest, AnAllocationOnBehalfOfMcxAborts) {
+  if (!no_system_alloc::Armed()) GTEST_SKIP() << "the system allocator is not poisoned here";
+  mcx::SystemBlockSource system;
+  mcx::ContextOptions o;
+  o.block_source = &system;
+  EXPECT_DEATH(mcx::Context::Create(nullptr, "system", mcx::PoolKind(), o),
+               "on behalf of mcx(.|\n)*SystemBlockSource7Acquire");
+}
+
+TEST(NoSystemAllocTest, ReportsAndExceptionsAreNotFindings) {
+  mcx::Context* ctx = mcx::Context::Create(nullptr, "reported", mcx::PoolKind());
+  ctx->Alloc(100);
+  EXPECT_NE(mcx::StatsReport(ctx).find("reported"), std::string::npos);
+  const uint64_t before = no_system_alloc::ExceptionCalls();
+  EXPECT_THROW(ctx->AllocAligned(16, 3), std::invalid_argument);
+  if (no_system_alloc::Armed()) EXPECT_EQ(no_system_alloc::ExceptionCalls(), before + 1);
+  ctx->Destroy();
+}
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  if (!mcx::SetDefaultBlockSource(&suite_region)) {
+    std::fprintf(stderr, "buddy_conformance_test: the default source was already chosen\n");
+    return 1;
+  }
+  auto* empty = new buddy_conformance::RegionEmpty;
+  ::testing::UnitTest::GetInstance()->listeners().Append(empty);
+  const bool poisoned = no_system_alloc::Prepare();
+  no_system_alloc::Arm();
+  const int status = RUN_ALL_TESTS();
+  const bool armed = no_system_alloc::Armed();
+  no_system_alloc::Disarm();
+  const mcx::BuddyBlockSource::Stats s = suite_region.GetStats();
+  std::printf("region: %llu acquires, %llu releases, peak %zu of %zu bytes, %llu failures, "
+              "%llu refused alignments\n",
+              static_cast<unsigned long long>(s.acquires),
+              static_cast<unsigned long long>(s.releases), s.peak_used_bytes, s.region_bytes,
+              static_cast<unsigned long long>(s.failures),
+              static_cast<unsigned long long>(s.refused_alignment));
+  std::printf("system allocator: %s; calls allowed for the test's own code: %llu; exception "
+              "objects from the emergency pool: %llu\n",
+              armed ? "poisoned for mcx" : (poisoned ? "not poisoned (memcheck)" : "not poisoned"),
+              static_cast<unsigned long long>(no_system_alloc::AllowedCalls()),
+              static_cast<unsigned long long>(no_system_alloc::ExceptionCalls()));
+  if (empty->leaks != 0) return 1;
+  if (s.acquires == 0 || s.used_bytes != 0) return 1;
+  return status;
+}
