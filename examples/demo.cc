@@ -200,6 +200,7 @@ bool RunChangeQueue(mcx::Context* top, size_t* most_blocks) {
   const bool empty = changes->num_blocks() <= 3;
   changes->Destroy();
   return shipped == 100000 - 500 && empty;
+}
 
 // Sessions: clients hold handles, never pointers. A closed session's handle
 // finds nothing, also once its slot serves another client; a restart of the

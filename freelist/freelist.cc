@@ -1107,7 +1107,9 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   if (new_size <= st->chunk_limit) {
     void* q = FreelistAlloc(ctx, st, new_size, kDefaultAlignment);
     if (q != nullptr) {
-      std::memcpy(q, p, new_size);
+      // A dedicated chunk shrunk in place may hold fewer bytes than asked.
+      const size_t old_bytes = kTracksRequested ? RequestedSize(p) : old_usable;
+      std::memcpy(q, p, old_bytes < new_size ? old_bytes : new_size);
       FreeDedicated(ctx, st, p, h);
       return q;
     }
