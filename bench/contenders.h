@@ -129,7 +129,7 @@ struct McxContender : McxMarker {
     void Release() { ctx_->Reset(); }
     size_t Usable(const void* p, size_t n) {
       size_t s = ctx_->ChunkSize(p);
-      return s == mcx::kUnknownSize ? RoundUp(n, kAlign) : s;
+      return s == mcx::kUnknownSize ? RoundUp(n, KindTraits::kChunkAlign) : s;
     }
     mcx::Context* context() { return ctx_; }
 
@@ -165,14 +165,29 @@ struct McxContender : McxMarker {
 struct PoolTraits {
   static constexpr const char* kName = "mcx_pool";
   static constexpr bool kCanFree = false;
+  static constexpr size_t kChunkAlign = kAlign;
   static mcx::KindSpec Kind() { return mcx::PoolKind(); }
 };
 struct FreelistTraits {
   static constexpr const char* kName = "mcx_freelist";
   static constexpr bool kCanFree = true;
+  static constexpr size_t kChunkAlign = kAlign;
   static mcx::KindSpec Kind() { return mcx::FreelistKind(); }
 };
+// The pool packed to 8 bytes (PoolOptions::chunk_alignment), as APR, nginx
+// and PostgreSQL align: W5's memory at odd sizes.
+struct Pool8Traits {
+  static constexpr const char* kName = "mcx_pool8";
+  static constexpr bool kCanFree = false;
+  static constexpr size_t kChunkAlign = 8;
+  static mcx::KindSpec Kind() {
+    mcx::PoolOptions o;
+    o.chunk_alignment = 8;
+    return mcx::PoolKind(o);
+  }
+};
 using McxPool = McxContender<PoolTraits>;
+using McxPool8 = McxContender<Pool8Traits>;
 using McxFreelist = McxContender<FreelistTraits>;
 
 // --- mcx pool contexts on a buddy region (W2, W6 only) ------------------------

@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Display names, in table order.
 NAMES = {
     "mcx_pool": "mcx pool",
+    "mcx_pool8": "mcx pool, chunk_alignment 8",
     "mcx_freelist": "mcx freelist",
     "mcx_slab": "mcx slab",
     "mcx_generation": "mcx generation",

@@ -73,6 +73,11 @@ constexpr uint64_t kSeed = 20261122;
 // W1: allocations per round (about 1.3 MB for random 8..256 B).
 constexpr size_t kW1Allocs = 10000;
 constexpr uint32_t kW1MinSize = 8, kW1MaxSize = 256, kW1FixedSize = 32;
+// W1 at large cycles: rounds of about 8, 64 and 256 MiB of random 8..256 B
+// chunks, where what a block cache keeps between rounds decides whether
+// every block is faulted in again (measured for the pool and APR).
+constexpr size_t kW1AverageSize = (kW1MinSize + kW1MaxSize) / 2;
+constexpr size_t kW1CycleMiB[] = {8, 64, 256};
 // W2: small allocations per request, their sizes, and one large allocation
 // in one request of kW2LargeEvery.
 constexpr uint32_t kW2MinAllocs = 20, kW2MaxAllocs = 200;
@@ -423,6 +428,19 @@ void BM_W1(benchmark::State& state, const std::vector<uint32_t>* sizes) {
   for (auto _ : state) ops += W1Round<C>(a, *sizes, ptrs.data(), sum);
   benchmark::DoNotOptimize(sum);
   state.SetItemsProcessed(static_cast<int64_t>(ops));
+}
+
+// W1 at a cycle of `mib` MiB: the sizes are made when the benchmark first
+// runs, not when the program starts.
+template <typename C>
+void BM_W1Cycle(benchmark::State& state, size_t mib) {
+  static std::vector<uint32_t> sizes[sizeof(kW1CycleMiB) / sizeof(kW1CycleMiB[0])];
+  size_t i = 0;
+  while (kW1CycleMiB[i] != mib) ++i;
+  if (sizes[i].empty()) {
+    sizes[i] = Sizes((mib << 20) / kW1AverageSize, kW1MinSize, kW1MaxSize, 1);
+  }
+  BM_W1<C>(state, &sizes[i]);
 }
 
 // W2 and W6: requests on this thread's own parent, starting at `first` in the
@@ -917,11 +935,23 @@ using W12W13 = FixedAndFifo<List<McxSlab, AnySize<McxFreelist>, AnySize<Malloc>,
 
 #ifdef MCX_BENCH_MIMALLOC
 using Contenders = List<Malloc, MiHeap>;
+void MemoryExtra() {}
 void RegisterExtra() {}
 bool CallgrindExtra(const std::string&, const std::string&) { return false; }
 #else
 using Contenders = List<Malloc, McxPool, McxFreelist, Bump, TallocPlain, TallocPool,
                         Apr, PmrMonotonic, PmrPool>;
+template <typename C>
+void RegisterW1Cycles() {
+  for (size_t mib : kW1CycleMiB) {
+    benchmark::RegisterBenchmark(Name(("W1." + std::to_string(mib) + "MiB").c_str(), C::kName).c_str(),
+                                 BM_W1Cycle<C>, mib);
+  }
+}
+
+// Measured for memory only (W5): the packed pool's time is the pool's
+// without its inline path, which W1-W4 show through the other kinds.
+void MemoryExtra() { Memory<McxPool8>(); }
 void RegisterExtra() {
   RegisterDestroyScaling<Malloc>();
   RegisterDestroyScaling<McxPool>();
@@ -932,6 +962,8 @@ void RegisterExtra() {
       ->Threads(1)
       ->Threads(2)
       ->UseRealTime();
+  RegisterW1Cycles<McxPool>();
+  RegisterW1Cycles<Apr>();
 }
 // Under Callgrind, W2 of the pool kind on a buddy region.
 // (Callgrind<C> needs every workload's types; this contender has W2's.)
@@ -959,6 +991,7 @@ int Main(int argc, char** argv) {
     std::string arg = argv[i];
     if (arg == "--memory") {
       Contenders::MemoryAll();
+      MemoryExtra();
       return 0;
     }
     if (arg == "--memory-w12-w13") {

@@ -336,6 +336,10 @@ void mcx_free(mcx_context* ctx, void* p) {
   if (ctx != nullptr) Cxx(ctx)->Free(p);
 }
 
+void mcx_free_sized(mcx_context* ctx, void* p, size_t size) {
+  if (ctx != nullptr) Cxx(ctx)->Free(p, size);
+}
+
 size_t mcx_chunk_size(const mcx_context* ctx, const void* p) {
   return ctx != nullptr ? Cxx(ctx)->ChunkSize(p) : mcx::kUnknownSize;
 }
@@ -452,6 +456,18 @@ void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out) {
   out->free_chunks = c.free_chunks;
   out->used_bytes = c.used_bytes();
   out->contexts = c.contexts;
+  out->live_bytes = c.live_bytes;
+  out->peak_live_bytes = c.peak_live_bytes;
+  out->peak_block_bytes = c.peak_block_bytes;
+}
+
+void mcx_reset_peak(mcx_context* ctx, int subtree) {
+  if (ctx == nullptr) return;
+  if (subtree) {
+    mcx::ResetSubtreePeaks(Cxx(ctx));
+  } else {
+    Cxx(ctx)->ResetPeak();
+  }
 }
 
 int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json) {

@@ -98,6 +98,12 @@ typedef struct mcx_counters {
   size_t free_chunks;
   size_t used_bytes;
   size_t contexts;
+  /* Bytes in live chunks, and the high-water marks of those and of bytes
+   * in blocks since creation or mcx_reset_peak (docs/design.md,
+   * "Counters"; summed over a subtree, a peak is the sum of the peaks). */
+  size_t live_bytes;
+  size_t peak_live_bytes;
+  size_t peak_block_bytes;
 } mcx_counters;
 
 /* What a soft limit's callback is told (mcx/context/pressure.h). */
@@ -180,6 +186,9 @@ mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow);
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size);
 void* mcx_realloc_sized(mcx_context* ctx, void* p, size_t old_size, size_t new_size);
 void mcx_free(mcx_context* ctx, void* p);
+/* Sized free: `size` is what the chunk was allocated or last resized with
+ * (checked in checking builds). */
+void mcx_free_sized(mcx_context* ctx, void* p, size_t size);
 /* Usable size, or (size_t)-1 if the kind cannot tell. */
 size_t mcx_chunk_size(const mcx_context* ctx, const void* p);
 
@@ -238,6 +247,9 @@ mcx_failure mcx_drop_mark(mcx_context* ctx, mcx_savepoint mark);
 
 /* Accounting and reports. `subtree` nonzero sums the whole subtree. */
 void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);
+/* Starts the high-water marks again from what is held now; `subtree`
+ * nonzero for every context of the subtree. */
+void mcx_reset_peak(mcx_context* ctx, int subtree);
 /* Writes the stats report; `json` nonzero for JSON. Returns 0, or -1 if
  * writing failed. */
 int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json);

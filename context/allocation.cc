@@ -121,6 +121,18 @@ void Context::FreeChecked(void* p) {
   internal::ValgrindChunkFree(this, p);
 }
 
+// Checking builds: a sized free names a size the chunk can hold. Where the
+// kind knows the size asked for (checking builds keep it for the freelist's
+// chunks and the pool's large ones), a larger size is misuse: the caller
+// confused two chunks, or its own sizes.
+void Context::CheckFreeSize(const void* p, size_t size) const {
+  const size_t holds = ChunkSize(p);
+  if (holds != kUnknownSize && size > holds) {
+    internal::ReportMisuse("sized free of chunk %p in context '%s' with size %zu, but it holds %zu bytes",
+                           p, name(), size, holds);
+  }
+}
+
 size_t Context::ChunkSize(const void* p) const {
   if (p == nullptr) return 0;
   return methods_->chunk_size(this, p);

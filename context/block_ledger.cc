@@ -65,6 +65,20 @@ bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
   return true;
 }
 
+// Context::LimitHeadroom
+//
+// The most bytes a block acquired here could have without crossing any
+// limit above: the smallest headroom of the limited ancestors-or-self.
+size_t Context::LimitHeadroom() {
+  size_t room = kNoLimit;
+  for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
+    const size_t held = l->extras_->subtree_bytes;
+    const size_t left = held < l->extras_->limit ? l->extras_->limit - held : 0;
+    if (left < room) room = left;
+  }
+  return room;
+}
+
 void Context::UnchargeLimitsSlow(size_t bytes) {
   for (Context* l = NearestLimited(); l != nullptr; l = l->NextLimited()) {
     l->extras_->subtree_bytes -= bytes;
@@ -130,6 +144,13 @@ size_t Context::SubtreeBytes() const {
 // safe points: a soft limit's callback due, or a report request posted to
 // the thread, refuses the block (the kind fails as for a limit, having
 // changed nothing) and the front runs them and retries (pressure.cc).
+//
+// Limits mean data: when the block the kind would like (`min_size`) would
+// cross a hard limit but a smaller one the kind can still work with
+// (`usable_size`) fits, the block takes what is left under the limit
+// instead. Blocks grow geometrically, so without this a limited context
+// would be refused with up to half its limit unused. A soft limit's refusal
+// is not cut down: it goes back to the front, which calls back and retries.
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
   // Inside a NoAllocScope no block is taken (nor the reserve's): the one
@@ -140,8 +161,15 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
   }
   if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return nullptr;
   if (!ChargeBlock(min_size)) {
-    last_failure_ = Failure::kLimit;
-    return nullptr;
+    // Only where the kind can work with less, and never below that.
+    const bool smaller = usable_size != 0 && usable_size < min_size &&
+                         internal::ledger_refusal.refused != this;
+    const size_t room = smaller ? LimitHeadroom() : 0;
+    if (!smaller || room < usable_size || room >= min_size || !ChargeLimits(room)) {
+      last_failure_ = Failure::kLimit;
+      return nullptr;
+    }
+    min_size = room;
   }
   Block block = internal::AcquireFrom(source_, min_size, alignment);
   if (block.ptr == nullptr) {
@@ -161,6 +189,7 @@ void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
 }
 
 void Context::ReleaseBlock(void* block, size_t size) {
+  if (mem_allocated_ > peak_blocks_) peak_blocks_ = mem_allocated_;
   mem_allocated_ -= size;
   --num_blocks_;
   ClobberReleased(block, size);
@@ -195,6 +224,7 @@ Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
     charged += fresh.size - new_min_size;
   }
   UnchargeLimits(charged - size);
+  if (mem_allocated_ > peak_blocks_) peak_blocks_ = mem_allocated_;
   mem_allocated_ = mem_allocated_ - block.size + size;
   fresh.size = size;
   return fresh;
@@ -311,6 +341,27 @@ void Context::ReleaseReserve() {
   }
   x->reserve_count = 0;
   x->reserve_bytes = 0;
+}
+
+// --- Counters ----------------------------------------------------------------
+
+size_t Context::live_bytes() const {
+  if (methods_->live == nullptr) return kUnknownSize;
+  LiveCounts counts;
+  methods_->live(this, &counts);
+  return counts.live_bytes;
+}
+
+size_t Context::peak_live_bytes() const {
+  if (methods_->live == nullptr) return kUnknownSize;
+  LiveCounts counts;
+  methods_->live(this, &counts);
+  return counts.peak_live_bytes;
+}
+
+void Context::ResetPeak() {
+  peak_blocks_ = mem_allocated_;
+  if (methods_->reset_peak != nullptr) methods_->reset_peak(this);
 }
 
 size_t Context::reserve_blocks() const { return extras_ != nullptr ? extras_->reserve_count : 0; }

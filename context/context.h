@@ -313,6 +313,12 @@ class Context {
   // Gives a chunk back. nullptr is a no-op; so is a small pool chunk (it is
   // released by Reset/Destroy), unless the pool rewinds (pool.h).
   inline void Free(void* p);
+  // Sized free (C++ sized delete, std::pmr, Lua's allocator): `size` is the
+  // size the chunk was allocated or last resized with. Release builds free
+  // as Free(p) does; checking builds report a size the chunk does not have
+  // (a size above its usable bytes, or, where the kind keeps it, other than
+  // the size it was asked for) as misuse, and then free it.
+  inline void Free(void* p, size_t size);
   // Usable bytes of a chunk, or kUnknownSize if the kind cannot tell.
   size_t ChunkSize(const void* p) const;
 
@@ -471,6 +477,19 @@ class Context {
   // O(1): bytes in blocks held by this context alone, and their count.
   size_t bytes_in_blocks() const { return mem_allocated_; }
   size_t num_blocks() const { return num_blocks_; }
+  // O(1): the high-water mark of bytes_in_blocks() since creation or the
+  // last ResetPeak.
+  size_t peak_bytes_in_blocks() const {
+    return mem_allocated_ > peak_blocks_ ? mem_allocated_ : peak_blocks_;
+  }
+  // O(1): bytes in this context's live chunks as its kind counts them
+  // (docs/design.md, "Counters"), and their high-water mark since creation
+  // or the last ResetPeak; kUnknownSize for a kind that keeps no count.
+  size_t live_bytes() const;
+  size_t peak_live_bytes() const;
+  // Starts both high-water marks of this context again from what it holds
+  // now. Reset and Destroy leave the marks alone.
+  void ResetPeak();
   // Bytes of the side record that contexts with a limit, a handler, a dump
   // setting, a reserve or cleanups keep (0 without one); counted against
   // limits.
@@ -570,6 +589,7 @@ class Context {
   // Free with the checking build's checks, direct mode and Valgrind's
   // bookkeeping; release builds call the kind inline instead.
   void FreeChecked(void* p);
+  void CheckFreeSize(const void* p, size_t size) const;
   void* AllocAlignedImpl(size_t size, size_t alignment, unsigned flags);
   void* AllocZeroArrayImpl(size_t count, size_t size, unsigned flags, AllocationSite site);
   // Every public allocation call starts here. Checking builds keep the
@@ -708,6 +728,7 @@ class Context {
   // limited context.
   Context* NearestLimited();
   Context* NextLimited();
+  size_t LimitHeadroom();
   // Inline (internal/context_impl.h): one load when no context anywhere
   // has a limit.
   inline bool ChargeLimits(size_t bytes);
@@ -719,7 +740,7 @@ class Context {
   void UnchargeLimitsSlow(size_t bytes);
 
 
-  // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
+  // The header: 104 bytes in release builds (PostgreSQL's MemoryContextData
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
   // line; what only some contexts use is in the side record.
   char* bump_ptr_ = nullptr;
@@ -735,6 +756,9 @@ class Context {
   Context* prev_sibling_ = nullptr;  // newer sibling
   BlockSource* source_ = nullptr;
   size_t mem_allocated_ = 0;         // bytes in blocks held by this context
+  // The high-water mark of mem_allocated_, recorded when it goes down (the
+  // mark so far is the larger of the two): growth pays nothing for it.
+  size_t peak_blocks_ = 0;
   internal::ContextExtras* extras_ = nullptr;  // the side record, or none
   uint32_t first_block_size_ = 0;    // bytes; this header sits at its start
   uint16_t magic_ = kLiveMagic;
@@ -801,6 +825,11 @@ inline void Context::Free(void* p) {
   FreeChecked(p);
 }
 
+inline void Context::Free(void* p, size_t size) {
+  if (internal::kChecking && p != nullptr) CheckFreeSize(p, size);
+  Free(p);
+}
+
 namespace internal {
 
 // A callable moved into context memory, run by a trampoline. Its captures
@@ -840,7 +869,7 @@ struct CleanupAccess {
 // A plain context's header (release builds; checking builds add the
 // concurrency check's fields). tests/context/context_test.cc says so too.
 #if !MCX_CHECKING
-static_assert(sizeof(Context) <= 96, "the context header is at most 96 bytes");
+static_assert(sizeof(Context) <= 104, "the context header is at most 104 bytes");
 #endif
 
 // Context::AddCleanup (callable)

@@ -104,6 +104,8 @@ std::string DotTotals(const ContextCounters& c) {
     absl::StrAppendFormat(&text, "<BR/>reserve %d bytes in %d blocks (%d used)", c.reserve_bytes,
                           c.reserve_blocks, c.reserve_uses);
   }
+  absl::StrAppendFormat(&text, "<BR/>live %d (peak %d); blocks peak %d", c.live_bytes,
+                        c.peak_live_bytes, c.peak_block_bytes);
   return text;
 }
 
@@ -243,8 +245,10 @@ std::string DotReport(const Context* root, const DotOptions& options) {
 
   const ContextCounters& grand = sink.grand();
   std::string title = absl::StrFormat(
-      "Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used", grand.total_bytes,
-      grand.blocks, grand.free_bytes, grand.free_chunks, grand.used_bytes());
+      "Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used; live %d (peak %d); "
+      "blocks peak %d",
+      grand.total_bytes, grand.blocks, grand.free_bytes, grand.free_chunks, grand.used_bytes(),
+      grand.live_bytes, grand.peak_live_bytes, grand.peak_block_bytes);
   if (options.blocks) {
     title += "\\nblocks to scale: grey headers, blue used, orange on freelists, white free";
   }
@@ -270,9 +274,9 @@ std::string DotReport(const Context* root, const DotOptions& options) {
       absl::StrAppendFormat(
           &out,
           "  %s [shape=note, label=\"%d more child contexts\\n%d total in %d blocks\\n"
-          "%d free (%d chunks); %d used\"];\n",
+          "%d free (%d chunks); %d used\nlive %d (peak %d); blocks peak %d\"];\n",
           ids[i], n.more_count, t.total_bytes, t.blocks, t.free_bytes, t.free_chunks,
-          t.used_bytes());
+          t.used_bytes(), t.live_bytes, t.peak_live_bytes, t.peak_block_bytes);
     }
     if (n.parent >= 0) {
       absl::StrAppend(&out, "  ", ids[static_cast<size_t>(n.parent)], " -> ", ids[i],

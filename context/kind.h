@@ -74,6 +74,13 @@ inline constexpr size_t kDefaultFirstBlockSize = 8 * 1024;
 // (Declared here because a context holds a pointer to its kind's table, and
 // its inline fast path calls through it.)
 
+// Bytes in a context's live chunks, as its kind keeps them (O(1)): what is
+// held now, and the high-water mark since creation or the last ResetPeak.
+struct LiveCounts {
+  size_t live_bytes = 0;
+  size_t peak_live_bytes = 0;
+};
+
 // Numbers a kind reports about one context for the stats report.
 struct KindStats {
   size_t free_bytes = 0;   // bytes in blocks not handed out
@@ -123,6 +130,12 @@ struct KindMethods {
   // with its requested bytes and site, to `visitor` (kind_api.h). Must not
   // change the context.
   void (*visit_live_chunks)(const Context* ctx, LiveChunkVisitor* visitor);
+  // Optional; nullptr if the kind keeps no count of live bytes (the counters
+  // then report live bytes as kUnknownSize). O(1): the bytes of live chunks
+  // and their high-water mark. `reset_peak` starts the mark again from the
+  // bytes live now.
+  void (*live)(const Context* ctx, LiveCounts* out);
+  void (*reset_peak)(Context* ctx);
 
   // Savepoints (Context::Mark, RewindTo). Optional: a kind without them
   // (`rewind` nullptr) refuses Mark with kUnsupported. `mark` writes the

@@ -73,6 +73,8 @@
 // Interface:
 //   KindMethods, MakeKindMethods<Kind>()   the method table, and its builder
 //   KindStats                              what Stats reports
+//   LiveCounts, LiveTally                  what the optional Live reports,
+//                                          and the tally that keeps it
 //   AcquireBlock, ReleaseBlock, ReallocateBlock, SetFailure
 //                                          the block ledger
 //   SetBumpWindow, BumpPointer             the inline fast path's window
@@ -164,6 +166,10 @@ struct HasVisitLiveChunks : std::false_type {};
 template <typename K>
 struct HasVisitLiveChunks<K, std::void_t<decltype(&K::VisitLiveChunks)>> : std::true_type {};
 template <typename K, typename = void>
+struct HasLive : std::false_type {};
+template <typename K>
+struct HasLive<K, std::void_t<decltype(&K::Live), decltype(&K::ResetPeak)>> : std::true_type {};
+template <typename K, typename = void>
 struct HasFirstBlockAlignment : std::false_type {};
 template <typename K>
 struct HasFirstBlockAlignment<K, std::void_t<decltype(&K::FirstBlockAlignment)>>
@@ -227,6 +233,10 @@ struct Trampolines {
   static void VisitLiveChunks(const Context* ctx, LiveChunkVisitor* visitor) {
     K::VisitLiveChunks(ctx, KindState<State>(ctx), visitor);
   }
+  static void Live(const Context* ctx, LiveCounts* out) {
+    K::Live(ctx, KindState<State>(ctx), out);
+  }
+  static void ResetPeak(Context* ctx) { K::ResetPeak(ctx, KindState<State>(ctx)); }
   template <typename Position>
   static bool Mark(Context* ctx, void* position) {
     return K::Mark(ctx, KindState<State>(ctx), static_cast<Position*>(position));
@@ -239,12 +249,40 @@ struct Trampolines {
 
 }  // namespace kind_internal
 
+// LiveTally
+//
+// The count of live bytes a kind keeps for `Live` (O(1)): Add when a chunk
+// is handed out, Remove when it comes back. The high-water mark is recorded
+// only when the count goes down (the peak so far is the larger of the two),
+// so the allocation path pays one add and nothing more.
+class LiveTally {
+ public:
+  void Add(size_t n) { live_ += n; }
+  void Remove(size_t n) {
+    if (live_ > peak_) peak_ = live_;
+    live_ -= n;
+  }
+  void Clear() { Remove(live_); }
+  void ResetPeak() { peak_ = live_; }
+  size_t live() const { return live_; }
+  size_t peak() const { return live_ > peak_ ? live_ : peak_; }
+  void Report(LiveCounts* out) const {
+    out->live_bytes = live();
+    out->peak_live_bytes = peak();
+  }
+
+ private:
+  size_t live_ = 0;
+  size_t peak_ = 0;
+};
+
 // MakeKindMethods<Kind>()
 //
 // The method table of a kind written as a class of static members (the
 // example at the top). A missing or mistyped required member is a compile
 // error naming it, as LLVM's AllocatorBase checks its implementers; Inspect,
-// VisitLiveChunks and FirstBlockAlignment (default: kMinBlockAlignment) are
+// VisitLiveChunks, Live with ResetPeak (the O(1) count of live bytes, see
+// LiveTally) and FirstBlockAlignment (default: kMinBlockAlignment) are
 // optional, and
 // FirstBlockSize may leave out `learned` (a kind that sizes its first block
 // itself).
@@ -299,6 +337,17 @@ constexpr KindMethods MakeKindMethods() {
                   "Kind::VisitLiveChunks(const Context*, const State*, LiveChunkVisitor*)");
     visit_live_chunks = &T::VisitLiveChunks;
   }
+  void (*live)(const Context*, LiveCounts*) = nullptr;
+  void (*reset_peak)(Context*) = nullptr;
+  if constexpr (kind_internal::HasLive<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::Live),
+                                 void (*)(const Context*, const State*, LiveCounts*)>,
+                  "Kind::Live(const Context*, const State*, LiveCounts*)");
+    static_assert(std::is_same_v<decltype(&K::ResetPeak), void (*)(Context*, State*)>,
+                  "Kind::ResetPeak(Context*, State*)");
+    live = &T::Live;
+    reset_peak = &T::ResetPeak;
+  }
   size_t mark_size = 0;
   bool (*mark)(Context*, void*) = nullptr;
   void (*rewind)(Context*, const void*) = nullptr;
@@ -332,6 +381,8 @@ constexpr KindMethods MakeKindMethods() {
                      &T::Check,
                      inspect,
                      visit_live_chunks,
+                     live,
+                     reset_peak,
                      mark_size,
                      mark,
                      rewind};

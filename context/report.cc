@@ -174,6 +174,16 @@ void ReportOut::AppendTextTotals(const ContextCounters& c) {
     AppendNumber(c.reserve_uses);
     AppendLiteral(" used)");
   }
+  AppendTextPeaks(c);
+}
+
+void ReportOut::AppendTextPeaks(const ContextCounters& c) {
+  AppendLiteral("; live ");
+  AppendNumber(c.live_bytes);
+  AppendLiteral(" (peak ");
+  AppendNumber(c.peak_live_bytes);
+  AppendLiteral("); blocks peak ");
+  AppendNumber(c.peak_block_bytes);
 }
 
 void TextReportSink::BeginContext(const Context* context, int depth,
@@ -196,7 +206,8 @@ void TextReportSink::MoreChildren(const Context* /*parent*/, int depth, size_t c
 
 void TextReportSink::EndContext(const Context* /*context*/, int /*depth*/) {}
 
-// The grand total has no reserve part: PostgreSQL's line, as it always was.
+// The grand total has no reserve part: PostgreSQL's line, then the live
+// bytes and the peaks.
 void TextReportSink::GrandTotal(const ContextCounters& totals) {
   out_->AppendLiteral("Grand total: ");
   out_->AppendNumber(totals.total_bytes);
@@ -208,7 +219,9 @@ void TextReportSink::GrandTotal(const ContextCounters& totals) {
   out_->AppendNumber(totals.free_chunks);
   out_->AppendLiteral(" chunks); ");
   out_->AppendNumber(totals.used_bytes());
-  out_->AppendLiteral(" used\n");
+  out_->AppendLiteral(" used");
+  out_->AppendTextPeaks(totals);
+  out_->AppendLiteral("\n");
 }
 
 }  // namespace internal

@@ -24,6 +24,9 @@ void ContextCounters::Add(const ContextCounters& other) {
   reserve_bytes += other.reserve_bytes;
   reserve_blocks += other.reserve_blocks;
   reserve_uses += other.reserve_uses;
+  live_bytes += other.live_bytes;
+  peak_live_bytes += other.peak_live_bytes;
+  peak_block_bytes += other.peak_block_bytes;
 }
 
 ContextCounters GetCounters(const Context* ctx) {
@@ -38,6 +41,13 @@ ContextCounters GetCounters(const Context* ctx) {
   c.reserve_bytes = ctx->reserve_bytes();
   c.reserve_blocks = ctx->reserve_blocks();
   c.reserve_uses = ctx->reserve_uses();
+  c.peak_block_bytes = ctx->peak_bytes_in_blocks();
+  if (ctx->kind()->live != nullptr) {
+    LiveCounts live;
+    ctx->kind()->live(ctx, &live);
+    c.live_bytes = live.live_bytes;
+    c.peak_live_bytes = live.peak_live_bytes;
+  }
   return c;
 }
 
@@ -54,6 +64,19 @@ ContextCounters GetSubtreeCounters(const Context* top) {
     c = (c == top) ? nullptr : c->next_sibling();
   }
   return total;
+}
+
+void ResetSubtreePeaks(Context* top) {
+  Context* c = top;
+  while (c != nullptr) {
+    c->ResetPeak();
+    if (c->first_child() != nullptr) {
+      c = c->first_child();
+      continue;
+    }
+    while (c != top && c->next_sibling() == nullptr) c = c->parent();
+    c = (c == top) ? nullptr : c->next_sibling();
+  }
 }
 
 namespace {
@@ -135,6 +158,12 @@ void AppendJsonTotals(internal::ReportOut* out, const ContextCounters& c) {
   out->AppendNumber(c.reserve_blocks);
   out->AppendLiteral(", \"reserve_uses\": ");
   out->AppendNumber(c.reserve_uses);
+  out->AppendLiteral(", \"live_bytes\": ");
+  out->AppendNumber(c.live_bytes);
+  out->AppendLiteral(", \"peak_live_bytes\": ");
+  out->AppendNumber(c.peak_live_bytes);
+  out->AppendLiteral(", \"peak_block_bytes\": ");
+  out->AppendNumber(c.peak_block_bytes);
 }
 
 }  // namespace internal

@@ -10,7 +10,8 @@
 //   - `GetSubtreeCounters(ctx)` sums a subtree (an iterative walk).
 //   - `StatsReport` prints one line per context, indented two spaces per
 //     level, at most `max_depth` levels below the root and `max_children`
-//     children per context; what is cut is summarised in one line per parent
+//     children per context; each line ends with "; live L (peak P); blocks
+//     peak B" (live bytes and the high-water marks, below). What is cut is summarised in one line per parent
 //     ("N more child contexts containing ..."), so the totals always add up.
 //     The last line is the grand total of the whole subtree. A context with
 //     a reserve adds "; reserve R bytes in N blocks (U used)" to its line.
@@ -63,6 +64,15 @@ struct ContextCounters {
   size_t reserve_bytes = 0;   // held in reserves (ContextOptions::reserve_blocks)
   size_t reserve_blocks = 0;
   size_t reserve_uses = 0;    // reserve blocks handed out so far
+  // O(1) per context (docs/design.md, "Counters"): bytes in live chunks as
+  // the kind counts them (0 for a kind that keeps no count), and the
+  // high-water marks of those and of bytes in blocks since creation or the
+  // last ResetPeak. Summed over a subtree, a peak is the sum of the
+  // contexts' peaks: at least the subtree's own peak, reached if every
+  // context peaked at once.
+  size_t live_bytes = 0;
+  size_t peak_live_bytes = 0;
+  size_t peak_block_bytes = 0;
 
   size_t used_bytes() const { return total_bytes - free_bytes; }
   void Add(const ContextCounters& other);
@@ -70,6 +80,10 @@ struct ContextCounters {
 
 ContextCounters GetCounters(const Context* ctx);
 ContextCounters GetSubtreeCounters(const Context* ctx);
+
+// Starts the high-water marks of every context in `ctx`'s subtree again
+// from what each holds now (Context::ResetPeak on each; a walk).
+void ResetSubtreePeaks(Context* ctx);
 
 enum class ReportFormat { kText, kJson };
 

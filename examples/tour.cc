@@ -604,15 +604,25 @@ void StepTeardown() {
 void StepLimit() {
   Title(6, "a limit is hit; the context lives on");
   Say("A limit bounds the block bytes of a whole subtree. A block that would go");
-  Say("over it is refused before the source is asked: a Try call returns");
-  Say("nullptr (and the throwing call throws std::bad_alloc); the context is");
-  Say("unchanged and usable.\n");
+  Say("over it gives way to a smaller one that fits under it, as long as the");
+  Say("request fits in that; when not even that fits, the block is refused");
+  Say("before the source is asked: a Try call returns nullptr (and the");
+  Say("throwing call throws std::bad_alloc); the context is unchanged and");
+  Say("usable.\n");
   mcx::Context* job = mcx::Context::Create(nullptr, "job", SmallPool(), WithSource(4 * kBlockSize));
   mcx::Context* step_ctx = job->CreateChild("step", SmallPool());
   step_ctx->Alloc(600);  // the child holds blocks too
   while (job->SubtreeBytes() + kBlockSize <= job->limit()) {
     CLAIM(job->TryAlloc(600) != nullptr, "600 bytes while the subtree is under its limit");
   }
+  const size_t blocks_before = job->num_blocks();
+  int smaller = 0;
+  while (job->TryAlloc(600) != nullptr) ++smaller;
+  std::printf("  A full block would cross the limit; %d more requests of 600 bytes fit in\n"
+              "  %zu smaller blocks, and the subtree holds %zu of its %zu bytes.\n\n",
+              smaller, job->num_blocks() - blocks_before, job->SubtreeBytes(), job->limit());
+  CLAIM(smaller > 0 && job->num_blocks() > blocks_before && job->SubtreeBytes() <= job->limit(),
+        "what is left under the limit is used, in smaller blocks");
   DrawTree(job);
   Snapshot(job, "full");
   const size_t held = job->bytes_in_blocks();

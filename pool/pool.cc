@@ -64,6 +64,10 @@ constexpr uint32_t kMaxFailures = 4;
 // without an immediate second block.
 constexpr size_t kMinFirstBlockSpace = 256;
 
+// PoolOptions::chunk_alignment's packed setting: a pointer's alignment, which
+// APR, nginx and PostgreSQL give every chunk on 64-bit machines.
+constexpr size_t kPackedAlignment = 8;
+
 // Alignment of a block's first usable byte; the block header is padded to it.
 constexpr size_t kBlockHeaderBytes =
     (sizeof(PoolBlock) + kDefaultAlignment - 1) & ~(kDefaultAlignment - 1);
@@ -116,10 +120,13 @@ PoolBlock* Oldest(const PoolState* st) { return AsPoolBlock(st->blocks.head()); 
 // The largest request the bump window serves (0: no window). Zero is a
 // legal max_small (everything large) but not for the window. Checking builds
 // send every request through the kind, which adds headers and sentinels;
-// rewind mode must count every chunk. Derived, not kept: the state is
-// written at every context creation.
+// rewind mode must count every chunk; packed chunks (chunk_alignment 8) need
+// an alignment the inline path does not compute. Derived, not kept: the
+// state is written at every context creation.
 size_t WindowMax(const PoolState* st) {
-  return (st->rewind_block_size == 0 && !kChecking) ? st->max_small : 0;
+  return (st->rewind_block_size == 0 && !kChecking && st->chunk_alignment == kDefaultAlignment)
+             ? st->max_small
+             : 0;
 }
 
 // Where block growth starts, and restarts after a reset: the first block's
@@ -134,7 +141,10 @@ size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
 // The context's bump window is the window block's `last`: copy it back
 // before any code reads the block list.
 void Sync(Context* ctx, PoolState* st) {
-  if (WindowMax(st) != 0) st->window->last = BumpPointer(ctx);
+  if (WindowMax(st) != 0) {
+    st->live.Add(static_cast<size_t>(BumpPointer(ctx) - st->window->last));
+    st->window->last = BumpPointer(ctx);
+  }
 }
 
 void Publish(Context* ctx, PoolState* st) {
@@ -204,6 +214,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   char* m = AlignUp(b->start, alignment);
   b->last = m + size;
   b->live = 1;
+  st->live.Add(static_cast<size_t>(b->last - b->start));
   st->window = b;
   UnpoisonMemoryRegion(m, size);
   return m;
@@ -213,6 +224,7 @@ void* AllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   for (PoolBlock* p = st->current; p != nullptr; p = Newer(p)) {
     char* m = AlignUp(p->last, alignment);
     if (m <= p->end && size <= static_cast<size_t>(p->end - m)) {
+      st->live.Add(static_cast<size_t>(m + size - p->last));
       p->last = m + size;
       ++p->live;
       st->window = p;
@@ -277,6 +289,7 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->serial = ++st->large_serial;
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   st->large.PushFront(&h->link);
+  st->live.Add(size);
   if (kChecking) {
     WriteSentinel(p + size);
     WriteLargeSite(h, PendingSite(ctx));
@@ -401,6 +414,7 @@ void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
                            p, h->requested, ctx->name());
   }
   st->large.Remove(&h->link);
+  st->live.Remove(h->requested);
   h->check = kLargeFreedCheck ^ reinterpret_cast<uintptr_t>(p);
   ReleaseBlock(ctx, h->block, h->link.size);
 }
@@ -428,6 +442,8 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   }
   char* q = static_cast<char*>(b.ptr) + offset;
   auto* moved = reinterpret_cast<LargeHeader*>(q - sizeof(LargeHeader));
+  st->live.Remove(moved->requested);
+  st->live.Add(new_size);
   moved->block = b.ptr;
   moved->link.size = b.size;
   moved->requested = new_size;
@@ -599,6 +615,10 @@ void* PoolAlloc(Context* ctx, PoolState* st, size_t size, size_t alignment) {
             ? CheckedAllocSmall(ctx, st, size, alignment)
             : AllocLarge(ctx, st, size, alignment);
   } else {
+    // Packed pools: an odd-sized chunk needs no more than chunk_alignment.
+    if (alignment == kDefaultAlignment && (size & (kDefaultAlignment - 1)) != 0) {
+      alignment = st->chunk_alignment;
+    }
     p = IsSmall(st, size, alignment) ? AllocSmall(ctx, st, size, alignment)
                                      : AllocLarge(ctx, st, size, alignment);
   }
@@ -633,6 +653,7 @@ void PoolFree(Context* ctx, PoolState* st, void* p) {
     return;
   }
   if (--b->live == 0) {
+    st->live.Remove(static_cast<size_t>(b->last - b->start));
     PoisonMemoryRegion(b->start, static_cast<size_t>(b->last - b->start));
     b->last = b->start;
     b->failed = 0;
@@ -679,6 +700,8 @@ void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t 
     if (c >= cur->start && c <= cur->last && static_cast<size_t>(cur->last - c) == old_size &&
         new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place
+      if (new_size > old_size) st->live.Add(new_size - old_size);
+      else st->live.Remove(old_size - new_size);
       if (new_size > old_size) UnpoisonMemoryRegion(c, new_size);
       else PoisonMemoryRegion(c + new_size, old_size - new_size);
       Publish(ctx, st);
@@ -713,6 +736,7 @@ void PoolReset(Context* ctx, PoolState* st, const ResetOptions& options) {
   Sync(ctx, st);
   VerifyOrReport(ctx, st);
   ReleaseLarge(ctx, st);
+  st->live.Clear();
   // Kept blocks follow the first block, in their order; in rewind mode the
   // first block need not have been the oldest.
   BlockList kept;
@@ -812,6 +836,7 @@ void PoolRewind(Context* ctx, PoolState* st, const PoolPosition& at) {
   while (st->blocks.tail() != at.tail) {
     PoolBlock* b = AsPoolBlock(st->blocks.tail());
     VerifyRegionsOrReport(ctx, b->start, b->last);
+    st->live.Remove(static_cast<size_t>(b->last - b->start));
     st->blocks.Remove(&b->link);
     ReleaseKindBlock(ctx, &b->link);
   }
@@ -824,7 +849,13 @@ void PoolRewind(Context* ctx, PoolState* st, const PoolPosition& at) {
       PoisonMemoryRegion(from, static_cast<size_t>(b->end - from));
     }
     // A chunk from before the mark shrunk in place since leaves `last`
-    // below the mark's: the bytes between stay given up.
+    // below the mark's: the bytes between stay given up, and count as held
+    // again (the live tally is the bytes below every block's `last`).
+    if (b->last > from) {
+      st->live.Remove(static_cast<size_t>(b->last - from));
+    } else {
+      st->live.Add(static_cast<size_t>(from - b->last));
+    }
     b->last = from;
     b->failed = 0;
   }
@@ -941,6 +972,7 @@ struct PoolImpl {
     st->blocks.PushBack(&first.link);
     new (&st->large) BlockList();
     st->current = st->window = &first;
+    new (&st->live) LiveTally();
     // Direct mode: every request a large chunk, a block of its own (nginx's
     // NGX_DEBUG_PALLOC).
     size_t max_small = kDirectBuild ? 0 : o.max_small;
@@ -956,6 +988,12 @@ struct PoolImpl {
       if (max_small > room / 2) max_small = room / 2;
     }
     st->max_small = max_small;
+    if (o.chunk_alignment != 0 && o.chunk_alignment != kPackedAlignment &&
+        o.chunk_alignment != kDefaultAlignment) {
+      SetFailure(ctx, Failure::kBadArgument);
+      return false;
+    }
+    st->chunk_alignment = o.chunk_alignment == 0 ? kDefaultAlignment : o.chunk_alignment;
     const size_t base = BaseBlockSize(ctx, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
@@ -1002,6 +1040,18 @@ struct PoolImpl {
 
   static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
     VisitCheckedChunks(ctx, st, visitor);
+  }
+  // O(1): the tally, plus what the inline path bumped in the window block
+  // since the last Sync.
+  static void Live(const Context* ctx, const State* st, LiveCounts* out) {
+    size_t live = st->live.live();
+    if (WindowMax(st) != 0) live += static_cast<size_t>(BumpPointer(ctx) - st->window->last);
+    out->live_bytes = live;
+    out->peak_live_bytes = live > st->live.peak() ? live : st->live.peak();
+  }
+  static void ResetPeak(Context* ctx, State* st) {
+    Sync(ctx, st);
+    st->live.ResetPeak();
   }
   using Position = pool_internal::PoolPosition;
   static bool Mark(Context* ctx, State* st, Position* at) { return PoolMark(ctx, st, at); }

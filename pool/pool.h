@@ -83,6 +83,16 @@ struct PoolOptions {
   // (with initial_block_size 0, 8 KiB).
   // The inline bump fast path is off in this mode.
   bool rewind_on_free = false;
+  // Alignment of small chunks whose size is not a multiple of
+  // kDefaultAlignment: 0 (the default) or kDefaultAlignment keeps every
+  // chunk aligned to kDefaultAlignment; 8 packs them as APR, nginx and
+  // PostgreSQL do (24-byte chunks take 24 bytes, not 32). An object of such
+  // a size never needs more than 8: its alignment divides its size. Chunks
+  // whose size is a multiple of kDefaultAlignment keep it. The pool cannot
+  // tell `AllocAligned(n, kDefaultAlignment)` from `Alloc(n)`: ask such a
+  // pool for 32 where 16 is needed for an odd size. The inline bump fast
+  // path is off with 8 (every allocation calls the kind).
+  size_t chunk_alignment = 0;
 };
 
 KindSpec PoolKind(const PoolOptions& options);

@@ -29,6 +29,12 @@ void ExpectTreeConsistent(const Context* top) {
   for (Context* c : TreeOf(const_cast<Context*>(top))) {
     std::string error;
     EXPECT_TRUE(c->Check(&error)) << "context '" << c->name() << "': " << error;
+    // The marks cover what is held; live chunks lie in the context's blocks.
+    EXPECT_GE(c->peak_bytes_in_blocks(), c->bytes_in_blocks()) << "context '" << c->name() << "'";
+    if (c->live_bytes() != kUnknownSize) {
+      EXPECT_GE(c->peak_live_bytes(), c->live_bytes()) << "context '" << c->name() << "'";
+      EXPECT_LE(c->live_bytes(), c->bytes_in_blocks()) << "context '" << c->name() << "'";
+    }
   }
 }
 
@@ -57,8 +63,13 @@ int SweepFailures(const KindSpec& top_kind, const Workload& workload) {
     ExpectTreeConsistent(top);
     // Every context is still usable, on both of a kind's paths.
     for (Context* c : TreeOf(top)) {
+      const size_t live = c->live_bytes();
       EXPECT_NE(c->TryAlloc(kSweepSmallRequest), nullptr) << "context '" << c->name() << "'";
       EXPECT_NE(c->TryAlloc(kSweepLargeRequest), nullptr) << "context '" << c->name() << "'";
+      if (live != kUnknownSize) {
+        EXPECT_GE(c->live_bytes(), live + kSweepSmallRequest + kSweepLargeRequest)
+            << "context '" << c->name() << "'";
+      }
     }
     ExpectTreeConsistent(top);
     top->Destroy();

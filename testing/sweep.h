@@ -10,10 +10,13 @@
 //   - that the failure was clean: the workload ended with std::bad_alloc
 //     exactly when its acquisition failed (a throwing call reported it;
 //     nothing else was thrown and nothing was swallowed);
-//   - that every context of the tree passes `Check()`;
+//   - that every context of the tree passes `Check()`, and that its counters
+//     agree: the high-water marks cover what is held, and live bytes lie
+//     within the bytes in blocks (for a kind that counts them);
 //   - that every context is still usable once the source works again: a
 //     small and a large request (kSweepSmallRequest, kSweepLargeRequest)
-//     succeed on each, and `Check()` still passes;
+//     succeed on each, the live bytes grow by at least their sizes, and
+//     `Check()` still passes;
 //   - that destroying the tree gives every block back to the source, each
 //     with the size it was acquired with.
 // The workload gets a root context `top` of the kind given, on a

@@ -2,7 +2,7 @@
 // IWYU pragma: private, include "mcx/context/context.h"
 //
 // The side record of a context: what only some contexts use (a limit, a
-// soft limit, a failure handler, a dump setting, cleanups, a reserve), kept out of the context header so that a plain context costs 96
+// soft limit, a failure handler, a dump setting, cleanups, a reserve), kept out of the context header so that a plain context costs 104
 // bytes of header (PostgreSQL's MemoryContextData is 80). It is created on
 // first use as a small block of its own from the context's block source,
 // charged to the limits like any block; it survives resets and goes back

@@ -48,8 +48,11 @@ class ReportOut {
   // A context name on one line, escaped C-style (internal/text.h).
   void AppendTextName(const char* name);
   // "T total in B blocks; F free (C chunks); U used", and
-  // "; reserve R bytes in N blocks (U used)" if the counters have a reserve.
+  // "; reserve R bytes in N blocks (U used)" if the counters have a reserve,
+  // then AppendTextPeaks.
   void AppendTextTotals(const ContextCounters& c);
+  // "; live L (peak P); blocks peak B".
+  void AppendTextPeaks(const ContextCounters& c);
 
  protected:
   ~ReportOut() = default;

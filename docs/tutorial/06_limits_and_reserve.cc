@@ -39,9 +39,13 @@ int main() {
   size_t got = 0;
   while (sort->TryAlloc(1000) != nullptr) got += 1000;
   CHECK(sort->last_failure() == mcx::Failure::kLimit);
-  CHECK(got > 100 * 1000 && query->SubtreeBytes() <= 256 * 1024);
+  CHECK(got > 200 * 1000 && query->SubtreeBytes() <= 256 * 1024);  // most of it is data
+  CHECK(sort->live_bytes() >= got && sort->live_bytes() == sort->peak_live_bytes());
   sort->Reset();                               // room again
+  CHECK(sort->live_bytes() == 0 && sort->peak_live_bytes() >= got);  // the mark stays
   CHECK(sort->TryAlloc(1000) != nullptr);
+  sort->ResetPeak();                           // a new mark from what is held now
+  CHECK(sort->peak_live_bytes() == sort->live_bytes());
   query->Destroy();
   // [END limit]
 

@@ -29,6 +29,7 @@
 #include <cstdint>
 
 #include "mcx/context/block_list.h"
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 
@@ -115,6 +116,12 @@ struct PoolState {
   size_t next_block_size;  // bytes of the next block; doubles up to max
   size_t max_block_size;
   size_t rewind_block_size;  // power of two; 0 when rewind_on_free is off
+  size_t chunk_alignment;    // of small chunks of odd sizes (PoolOptions)
+  // Bytes bumped for small chunks (alignment padding included) and bytes of
+  // live large chunks, as of each block's `last`: the window block's bytes
+  // bumped inline since the last Sync are added when read (PoolImpl::Live)
+  // and folded in by Sync, so the inline path counts nothing.
+  LiveTally live;
   uint64_t large_serial;     // large chunks allocated so far (savepoints)
 };
 

@@ -483,6 +483,36 @@ static void TestNoAllocRegions(void) {
   mcx_destroy(err);
 }
 
+/* Live bytes and the peaks, ResetPeak, and the sized free, on a pool
+ * whose large chunks are freed one by one. */
+static void TestCountersAndSizedFree(void) {
+  mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
+  mcx_context* kid = mcx_create(top, "kid", MCX_KIND_POOL, NULL);
+  mcx_counters c, sub;
+  void* p = mcx_alloc(top, 20000);
+  void* q = mcx_alloc(top, 5000);
+  mcx_alloc(kid, 64);
+  mcx_get_counters(top, 0, &c);
+  CHECK(c.live_bytes >= 25000 && c.peak_live_bytes == c.live_bytes);
+  CHECK(c.peak_block_bytes > 0 && c.peak_block_bytes <= c.total_bytes);
+  mcx_free_sized(top, p, 20000);
+  mcx_get_counters(top, 0, &sub);
+  CHECK(sub.live_bytes == c.live_bytes - 20000);
+  CHECK(sub.peak_live_bytes == c.live_bytes); /* the mark stays */
+  CHECK(sub.peak_block_bytes == c.peak_block_bytes);
+  mcx_get_counters(top, 1, &sub);
+  CHECK(sub.contexts == 2 && sub.live_bytes >= 5000 + 64);
+  mcx_reset_peak(top, 1);
+  mcx_get_counters(top, 1, &sub);
+  CHECK(sub.peak_live_bytes == sub.live_bytes);
+  mcx_free_sized(top, q, 5000);
+  mcx_get_counters(top, 0, &c);
+  CHECK(c.live_bytes == 0);
+  mcx_free_sized(NULL, q, 50); /* nothing */
+  mcx_reset_peak(NULL, 1);
+  mcx_destroy(top);
+}
+
 /* Savepoints: a rewind releases what came since and runs the cleanups
  * registered since; a passed mark is refused; the freelist refuses marks. */
 static void TestSavepoints(void) {
@@ -584,6 +614,7 @@ int main(void) {
   TestStringsAndBytes();
   TestStrcat();
   TestNoAllocRegions();
+  TestCountersAndSizedFree();
   TestSavepoints();
   TestSoftLimit();
   printf("%d passed, %d failed\n", passed, failed);

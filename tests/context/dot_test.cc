@@ -129,8 +129,10 @@ TEST(DotReportTest, OneNodePerContextAndOneEdgePerChild) {
   EXPECT_NE(dot.find("  ctx0 -> ctx3;\n"), std::string::npos);
   ContextCounters g = GetSubtreeCounters(top);
   EXPECT_NE(dot.find(absl::StrFormat(
-                "label=\"Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used\"",
-                g.total_bytes, g.blocks, g.free_bytes, g.free_chunks, g.used_bytes())),
+                "label=\"Grand total: %d bytes in %d blocks; %d free (%d chunks); %d used; "
+                "live %d (peak %d); blocks peak %d\"",
+                g.total_bytes, g.blocks, g.free_bytes, g.free_chunks, g.used_bytes(),
+                g.live_bytes, g.peak_live_bytes, g.peak_block_bytes)),
             std::string::npos)
       << dot;
   ExpectDotAccepts(dot);

@@ -89,6 +89,36 @@ void TreeOfObjects(Context* top) {
   if (live != 0) throw std::logic_error("destructors did not run");
 }
 
+// Limited contexts of both kinds filled to their limit: the last blocks are
+// the smaller ones cut to the headroom, and a failed acquisition there must
+// be as clean as anywhere. The limit goes when the context is full, or when
+// the source failed, so the sweep's own requests are not refused. A peak reset midway and the counters
+// stay consistent whatever failed.
+void LimitedFill(Context* top) {
+  for (const bool pool : {true, false}) {
+    ContextOptions o;
+    o.limit = 96 * 1024;
+    Context* c = top->CreateChild("limited", pool ? PoolKind() : FreelistKind(), o);
+    for (int i = 0;; ++i) {
+      const size_t before = c->live_bytes();
+      void* p = c->TryAlloc(200 + static_cast<size_t>(i * 61 % 800));
+      if (p == nullptr) {
+        if (c->last_failure() != Failure::kLimit) {
+          c->TrySetLimit(kNoLimit);  // for the sweep's own requests
+          throw std::bad_alloc();
+        }
+        if (c->live_bytes() != before) throw std::logic_error("a refused call counted bytes");
+        break;
+      }
+      if (i == 20) c->ResetPeak();
+    }
+    if (c->peak_live_bytes() < c->live_bytes() || c->live_bytes() < 80 * 1024) {
+      throw std::logic_error("the limited context did not fill with data");
+    }
+    if (c->TrySetLimit(kNoLimit) != Failure::kNone) throw std::logic_error("limit not lifted");
+  }
+}
+
 // Each workload starts in a pool root, as an engine's top context is.
 void Sweep(const test::Workload& workload) {
   EXPECT_GE(test::SweepFailures(PoolKind(), workload), 3)
@@ -98,6 +128,7 @@ void Sweep(const test::Workload& workload) {
 TEST(FaultInjectionTest, EngineDay) { Sweep(EngineDay); }
 TEST(FaultInjectionTest, ReallocGrowth) { Sweep(ReallocGrowth); }
 TEST(FaultInjectionTest, TreeOfObjects) { Sweep(TreeOfObjects); }
+TEST(FaultInjectionTest, LimitedFill) { Sweep(LimitedFill); }
 
 }  // namespace
 }  // namespace mcx

@@ -305,7 +305,8 @@ TEST(StatsReportTest, TextReportShapeAndCuts) {
   q->Free(q->Alloc(100));
   std::string full = StatsReport(top);
   const std::regex line(
-      R"((\s*)(\w+): (\d+) total in (\d+) blocks; (\d+) free \((\d+) chunks\); (\d+) used)");
+      R"((\s*)(\w+): (\d+) total in (\d+) blocks; (\d+) free \((\d+) chunks\); (\d+) used)"
+      R"(; live (\d+) \(peak (\d+)\); blocks peak (\d+))");
   std::smatch m;
   std::string first_line = full.substr(0, full.find('\n'));
   ASSERT_TRUE(std::regex_match(first_line, m, line)) << full;

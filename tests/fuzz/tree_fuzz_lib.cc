@@ -150,6 +150,9 @@ struct CtxModel {
   std::string name;
   bool tearing = false;   // reached by a teardown a longjmp abandoned
   uint8_t handler = 0;     // HandlerMode (below): kHandlerNone
+  // The high-water marks last seen: they never go down until ResetPeak.
+  size_t peak_live_seen = 0;
+  size_t peak_blocks_seen = 0;
 };
 
 struct ChunkModel {
@@ -1098,10 +1101,23 @@ class Program {
     CtxModel& m = ctxs_[ch.ctx];
     if (!Holds(ch.p, ch.size, ch.seed)) Violation("chunk contents lost before free");
     DropChunk(static_cast<size_t>(k));
+    const size_t live_before = m.ctx->live_bytes();
     if (!m.pool && how % 2 == 1) {
       mcx::Free(ch.p);
+    } else if (how % 4 == 2) {
+      m.ctx->Free(ch.p, ch.size);  // the sized free
     } else {
       m.ctx->Free(ch.p);
+    }
+    // A freelist chunk (where the kind counts), and a pool's large one, take at least their size
+    // out of the live bytes; a pool's small chunk stays until the reset
+    // (or its block rewinds).
+    const size_t live_after = m.ctx->live_bytes();
+    if (live_before == kUnknownSize) return;  // a kind that keeps no count
+    if (live_after > live_before ||
+        ((!m.pool || ch.pool_large) && live_before - live_after < ch.size)) {
+      Violation("free of a %zu-byte chunk of '%s' took live bytes from %zu to %zu", ch.size,
+                m.name.c_str(), live_before, live_after);
     }
   }
 
@@ -1390,6 +1406,18 @@ class Program {
     const ChunkModel& ch = chunks_[static_cast<size_t>(k)];
     if (!Holds(ch.p, ch.size, ch.seed)) Violation("chunk contents lost");
     CheckChunkQueries(ch);
+    // Now and then (by the chunk's seed: no input is read for it), the
+    // marks start again from what the context holds.
+    if (ch.seed % 8 == 0) {
+      CtxModel& m = ctxs_[ch.ctx];
+      m.ctx->ResetPeak();
+      if (m.ctx->peak_live_bytes() != m.ctx->live_bytes() ||
+          m.ctx->peak_bytes_in_blocks() != m.ctx->bytes_in_blocks()) {
+        Violation("ResetPeak('%s') left marks above what it holds", m.name.c_str());
+      }
+      m.peak_live_seen = m.ctx->peak_live_bytes();
+      m.peak_blocks_seen = m.ctx->peak_bytes_in_blocks();
+    }
   }
 
   void Step(Op op) {
@@ -1472,8 +1500,31 @@ class Program {
     if (need_full_verify_) FullVerify();
   }
 
+  // Live bytes cover every live chunk of the model, and the marks cover
+  // what is held and never go down (QueryChunk resets them).
+  void CheckCounters(CtxModel& m, size_t model_bytes) {
+    const size_t live = m.ctx->live_bytes();
+    const size_t peak = m.ctx->peak_live_bytes();
+    const size_t peak_blocks = m.ctx->peak_bytes_in_blocks();
+    if (live < model_bytes || peak < live || peak < m.peak_live_seen) {
+      Violation("'%s': live bytes %zu (peak %zu, last seen %zu) for %zu bytes of live chunks",
+                m.name.c_str(), live, peak, m.peak_live_seen, model_bytes);
+    }
+    if (peak_blocks < m.ctx->bytes_in_blocks() || peak_blocks < m.peak_blocks_seen) {
+      Violation("'%s': blocks peak %zu (last seen %zu) below %zu in blocks", m.name.c_str(),
+                peak_blocks, m.peak_blocks_seen, m.ctx->bytes_in_blocks());
+    }
+    m.peak_live_seen = peak;
+    m.peak_blocks_seen = peak_blocks;
+  }
+
   void FullVerify() {
     need_full_verify_ = false;
+    std::vector<size_t> model_bytes(ctxs_.size(), 0);
+    for (const ChunkModel& ch : chunks_) model_bytes[static_cast<size_t>(ch.ctx)] += ch.size;
+    for (size_t i = 0; i < ctxs_.size(); ++i) {
+      if (ctxs_[i].live) CheckCounters(ctxs_[i], model_bytes[i]);
+    }
     for (const CtxModel& m : ctxs_) {
       if (!m.live) continue;
       std::string error;

@@ -287,12 +287,12 @@ TEST_F(HandlePoolTest, ClassesAndSpill) {
 // every block work; a growth the context refuses (a limit) leaves the spill.
 TEST_F(HandlePoolTest, GrowthAddsBlocksFromTheContext) {
   HandlePoolOptions o;
-  // Grows by 8 slots (5 rounded up): 16 KB blocks, each a block of the
-  // context's own (above the freelist kind's chunk limit).
-  o.AddClass(2000, 3, /*grow=*/5).AddClass(4000, 1);
+  // Grows by 64 slots (33 rounded up): 128 KB blocks, each a block of the
+  // context's own (above the freelist kind's chunk limit, 65,544 bytes).
+  o.AddClass(2000, 3, /*grow=*/33).AddClass(4000, 1);
   HandlePool* pool = HandlePool::Create(ctx_, o);
   std::vector<Handle> hs;
-  for (int i = 0; i < 3 + 8 * 4; ++i) {
+  for (int i = 0; i < 3 + 64 * 4; ++i) {
     Handle h = pool->Allocate(20);
     ASSERT_TRUE(h);
     ASSERT_EQ(h.size_class(), 0u);
@@ -300,7 +300,7 @@ TEST_F(HandlePoolTest, GrowthAddsBlocksFromTheContext) {
     hs.push_back(h);
   }
   HandlePool::Stats s = pool->GetStats();
-  EXPECT_EQ(s.classes[0].slots, 3u + 8 * 4);
+  EXPECT_EQ(s.classes[0].slots, 3u + 64 * 4);
   EXPECT_EQ(s.classes[0].blocks, 5u);
   std::set<void*> distinct;
   for (size_t i = 0; i < hs.size(); ++i) {

@@ -58,12 +58,25 @@ struct NginxPoolTraits {
   static constexpr bool kUnsizedRealloc = false;
 };
 
+// Odd-sized chunks packed to 8 bytes (PoolOptions::chunk_alignment).
+struct PackedPoolTraits {
+  static KindSpec Spec() {
+    PoolOptions o;
+    o.chunk_alignment = 8;
+    return PoolKind(o);
+  }
+  static constexpr bool kFreeReleasesSmall = false;
+  static constexpr bool kUnsizedRealloc = false;
+  static constexpr size_t kOddSizeAlignment = 8;
+};
+
 }  // namespace
 
 namespace test {
 INSTANTIATE_TYPED_TEST_SUITE_P(Pool, KindConformanceTest, PoolTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(RewindPool, KindConformanceTest, RewindPoolTraits);
 INSTANTIATE_TYPED_TEST_SUITE_P(NginxPool, KindConformanceTest, NginxPoolTraits);
+INSTANTIATE_TYPED_TEST_SUITE_P(PackedPool, KindConformanceTest, PackedPoolTraits);
 }  // namespace test
 
 namespace {
@@ -116,6 +129,37 @@ TEST_F(PoolTest, SmallChunksHaveNoHeader) {
   EXPECT_EQ(c - b, 32);
   EXPECT_EQ(d - c, 5);  // unaligned: byte strings pack
   ctx->Destroy();
+}
+
+// chunk_alignment 8 packs odd-sized chunks to a pointer's alignment (24
+// bytes take 24); sizes that are multiples of 16, and explicit larger
+// alignments, keep theirs. Live bytes count the packed stride.
+TEST_F(PoolTest, PackedChunksTakeTheirSize) {
+  PoolOptions o;
+  o.chunk_alignment = 8;
+  Context* ctx = Make(o);
+  std::vector<char*> chunks;
+  for (int i = 0; i < 100; ++i) {
+    chunks.push_back(static_cast<char*>(ctx->Alloc(24)));
+    std::memset(chunks.back(), i, 24);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(chunks.back()) % 8, 0u);
+  }
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(chunks[i][23], static_cast<char>(i));
+  if (!kDirectBuild && !internal::kChecking) {
+    EXPECT_EQ(chunks[1] - chunks[0], 24);
+    EXPECT_EQ(ctx->live_bytes(), 100u * 24u);
+  }
+  void* even = ctx->Alloc(32);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(even) % kDefaultAlignment, 0u);
+  void* wide = ctx->AllocAligned(24, 32);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(wide) % 32, 0u);
+  char* grown = static_cast<char*>(ctx->Realloc(chunks[99], 24, 40));
+  EXPECT_EQ(grown[23], static_cast<char>(99));
+  EXPECT_TRUE(ctx->Check(nullptr));
+  ctx->Destroy();
+
+  o.chunk_alignment = 4;  // neither 8 nor the default
+  EXPECT_EQ(Context::TryCreate(nullptr, "bad", PoolKind(o)), nullptr);
 }
 
 // The bump window is the current block's `last`: stats and checks see it.
