@@ -244,7 +244,8 @@ TEST_F(InspectTest, PoolFailedCountsGrowAndCurrentMoves) {
 // before the chunk, so the pool's own blocks are untouched.
 TEST_F(InspectTest, PoolLargeChunksAreLargeBlocksUntilFreed) {
   Context* ctx = MakePool(256);
-  const size_t sentinel = internal::kChecking ? 1 : 0;
+  // Checking builds: the sentinel and the chunk's site (live_chunks.h).
+  const size_t sentinel = internal::kChecking ? 1 + sizeof(internal::SiteId) : 0;
   // The header, 7 words, padded to 16 (pool.cc, LargeChunkOffset).
   constexpr size_t kLargeHeader = 64;
   void* big = ctx->Alloc(2000);
