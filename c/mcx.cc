@@ -5,7 +5,9 @@
 
 #include "mcx/mcx.h"
 
+#include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <set>
@@ -16,6 +18,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
 #include "mcx/context/kind_api.h"
+#include "mcx/context/no_alloc.h"
 #include "mcx/context/pressure.h"
 #include "mcx/context/report_request.h"
 #include "mcx/context/stats.h"
@@ -30,9 +33,16 @@ mcx_context* C(mcx::Context* c) { return reinterpret_cast<mcx_context*>(c); }
 
 mcx_failure ToC(mcx::Failure f) { return static_cast<mcx_failure>(f); }
 
+// mcx_printf's first pass formats into this much stack; a longer result is
+// formatted again, straight into its chunk. The size of Printf's
+// (kFormatStackBytes, mcx/context/strings.h, which the C API cannot include:
+// it is on Abseil's formatting, and C programs link no Abseil library).
+constexpr size_t kPrintfStackBytes = 256;
+
 static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
                   static_cast<int>(mcx::Failure::kBadArgument) == MCX_BAD_ARGUMENT &&
-                  static_cast<int>(mcx::Failure::kStaleMark) == MCX_STALE_MARK,
+                  static_cast<int>(mcx::Failure::kStaleMark) == MCX_STALE_MARK &&
+                  static_cast<int>(mcx::Failure::kForbidden) == MCX_FORBIDDEN,
               "mcx_failure mirrors mcx::Failure");
 
 // A C handler needs two pointers (function and argument) where the C++
@@ -192,6 +202,123 @@ char* mcx_strdup(mcx_context* ctx, const char* s) {
     return nullptr;
   }
   return NoThrow([&] { return Cxx(ctx)->Strdup(s); }, static_cast<char*>(nullptr));
+}
+
+// mcx_vprintf
+//
+// C varargs cannot go through absl::StrFormat (its arguments are typed at
+// compile time), so this is vsnprintf, in the shape of Printf (strings.h):
+// a first pass into a buffer on the stack, which either holds the result or
+// measures it, then a chunk of exactly that size, written by the second
+// pass. `args` is consumed by the second pass only, a copy by the first.
+char* mcx_vprintf(mcx_context* ctx, const char* format, va_list args) {
+  if (ctx == nullptr) return nullptr;
+  if (format == nullptr) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  char stack[kPrintfStackBytes];
+  va_list first;
+  va_copy(first, args);
+  const int n = std::vsnprintf(stack, sizeof(stack), format, first);
+  va_end(first);
+  if (n < 0) {  // EOVERFLOW (a result above INT_MAX), or a bad format
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  const size_t size = static_cast<size_t>(n) + 1;
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(size)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  if (size <= sizeof(stack)) {
+    std::memcpy(out, stack, size);
+  } else {
+    std::vsnprintf(out, size, format, args);
+  }
+  return out;
+}
+
+char* mcx_printf(mcx_context* ctx, const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  char* out = mcx_vprintf(ctx, format, args);
+  va_end(args);
+  return out;
+}
+
+// A NULL `s` or `p` with a nonzero length is a failure value here, as a NULL
+// string is for mcx_strdup: checked before the C++ call, whose failure
+// handler would run.
+char* mcx_strndup(mcx_context* ctx, const char* s, size_t n) {
+  if (ctx == nullptr) return nullptr;
+  if (s == nullptr && n != 0) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  const size_t length = n == 0 ? 0 : strnlen(s, n);
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(length + 1)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  if (length != 0) std::memcpy(out, s, length);
+  out[length] = '\0';
+  return out;
+}
+
+void* mcx_memdup(mcx_context* ctx, const void* p, size_t n) {
+  if (ctx == nullptr) return nullptr;
+  if (p == nullptr && n != 0) {
+    mcx::SetFailure(Cxx(ctx), mcx::Failure::kBadArgument);
+    return nullptr;
+  }
+  void* out = NoThrow([&] { return Cxx(ctx)->Alloc(n); }, static_cast<void*>(nullptr));
+  if (out != nullptr && n != 0) std::memcpy(out, p, n);
+  return out;
+}
+
+// mcx_strcat
+//
+// Two passes over the arguments, as apr_pstrcat: the lengths, then one chunk
+// of their sum and the copies. (APR keeps the first six lengths to spare
+// the second strlen; strings of names and keys are short.)
+char* mcx_strcat(mcx_context* ctx, ...) {
+  if (ctx == nullptr) return nullptr;
+  va_list args;
+  va_start(args, ctx);
+  size_t n = 0;
+  for (const char* s = va_arg(args, const char*); s != nullptr; s = va_arg(args, const char*)) {
+    n += std::strlen(s);
+  }
+  va_end(args);
+  char* out = NoThrow([&] { return static_cast<char*>(Cxx(ctx)->AllocBytes(n + 1)); },
+                      static_cast<char*>(nullptr));
+  if (out == nullptr) return nullptr;
+  char* at = out;
+  va_start(args, ctx);
+  for (const char* s = va_arg(args, const char*); s != nullptr; s = va_arg(args, const char*)) {
+    const size_t len = std::strlen(s);
+    std::memcpy(at, s, len);
+    at += len;
+  }
+  va_end(args);
+  *at = '\0';
+  return out;
+}
+
+int mcx_no_alloc_begin(void) {
+  const int depth = mcx::NoAllocScope::Depth();
+  mcx::NoAllocScope::RestoreDepth(depth + 1);
+  return depth;
+}
+
+void mcx_no_alloc_end(void) {
+  mcx::NoAllocScope::RestoreDepth(mcx::NoAllocScope::Depth() - 1);
+}
+
+void mcx_no_alloc_restore(int depth) { mcx::NoAllocScope::RestoreDepth(depth); }
+
+mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  return Cxx(ctx)->AllowInNoAllocScope(allow != 0) ? MCX_OK : ToC(Cxx(ctx)->last_failure());
 }
 
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size) {

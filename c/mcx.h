@@ -19,7 +19,7 @@
  *
  *   mcx_context* top = mcx_create(NULL, "top", MCX_KIND_POOL, NULL);
  *   mcx_context* cache = mcx_create(top, "cache", MCX_KIND_FREELIST, NULL);
- *   char* s = mcx_strdup(cache, "hello");
+ *   char* s = mcx_printf(cache, "%s, %d", "hello", 42);
  *   s = mcx_realloc_chunk(s, 100);   -- no context needed on the freelist kind
  *   mcx_free_chunk(s);
  *   mcx_report(top, stderr, 100, 100, 0);
@@ -29,6 +29,7 @@
 #ifndef MCX_C_MCX_H_
 #define MCX_C_MCX_H_
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -66,7 +67,8 @@ typedef enum mcx_failure {
   MCX_UNSUPPORTED = 5,
   MCX_CYCLE = 6,
   MCX_BAD_ARGUMENT = 7,
-  MCX_STALE_MARK = 8
+  MCX_STALE_MARK = 8, /* a mark already rewound past, dropped or reset */
+  MCX_FORBIDDEN = 9   /* an allocation inside mcx_no_alloc_begin/end */
 } mcx_failure;
 
 typedef enum mcx_reset_mode {
@@ -138,6 +140,47 @@ void* mcx_calloc(mcx_context* ctx, size_t count, size_t size);
 void* mcx_alloc_aligned(mcx_context* ctx, size_t size, size_t alignment);
 void* mcx_alloc_bytes(mcx_context* ctx, size_t size);
 char* mcx_strdup(mcx_context* ctx, const char* s);
+
+/* Text and bytes (mcx/context/strings.h): each result is one chunk of `ctx`.
+ * mcx_printf formats as vsnprintf does (a buffer on the stack first, then,
+ * for a longer result, straight into the chunk), NUL-terminated.
+ * mcx_strndup copies at most `n` bytes of `s` (fewer at a NUL) and a NUL;
+ * mcx_memdup copies `n` bytes into a chunk aligned as mcx_alloc's. NULL on
+ * failure (out of memory or a limit, after the failure handler), and with
+ * MCX_BAD_ARGUMENT, without the handler, for a NULL format, a NULL `s` or
+ * `p` with a nonzero `n`, or a format vsnprintf refuses. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MCX_PRINTF_FORMAT(format_index, first_arg) \
+  __attribute__((format(printf, format_index, first_arg)))
+#else
+#define MCX_PRINTF_FORMAT(format_index, first_arg)
+#endif
+char* mcx_printf(mcx_context* ctx, const char* format, ...) MCX_PRINTF_FORMAT(2, 3);
+char* mcx_vprintf(mcx_context* ctx, const char* format, va_list args) MCX_PRINTF_FORMAT(2, 0);
+char* mcx_strndup(mcx_context* ctx, const char* s, size_t n);
+void* mcx_memdup(mcx_context* ctx, const void* p, size_t n);
+/* The strings up to a NULL, concatenated into one chunk (APR's
+ * apr_pstrcat): mcx_strcat(ctx, schema, ".", table, (char*)NULL). NULL on
+ * failure, as mcx_printf. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MCX_SENTINEL __attribute__((sentinel))
+#else
+#define MCX_SENTINEL
+#endif
+char* mcx_strcat(mcx_context* ctx, ...) MCX_SENTINEL;
+
+/* Regions where allocation is a bug (mcx/context/no_alloc.h, PostgreSQL's
+ * START_CRIT_SECTION/END_CRIT_SECTION), per thread, nesting: between
+ * mcx_no_alloc_begin and mcx_no_alloc_end an allocation is refused with
+ * MCX_FORBIDDEN after the failure handler (checking builds: every one;
+ * release builds: those that need a new block), except in a context given
+ * mcx_allow_in_no_alloc(ctx, 1) (0 on success, or why not). begin returns
+ * the depth before it: a handler that longjmps out of a region gives it to
+ * mcx_no_alloc_restore at its landing point. */
+int mcx_no_alloc_begin(void);
+void mcx_no_alloc_end(void);
+void mcx_no_alloc_restore(int depth);
+mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow);
 /* `old_size` form works for every chunk; the other needs a kind that knows
  * chunk sizes. On failure the old chunk is untouched. */
 void* mcx_realloc(mcx_context* ctx, void* p, size_t new_size);

@@ -34,6 +34,10 @@ namespace mcx {
 inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
+  // Checking builds refuse every allocation inside a NoAllocScope here (they
+  // keep no bump window, so every one comes here); release builds, only
+  // those that take a block from the source (AcquireBlock).
+  if (internal::kChecking && AllocationForbidden()) return Fail(Failure::kForbidden, size, flags);
   void* p;
   {
     UseGuard use(this);
@@ -43,6 +47,25 @@ inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flag
   if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocRefused(size, alignment, flags);
   internal::ValgrindChunkAlloc(this, p, size);
   return p;
+}
+
+// Context::NoteAllocationChecked
+//
+// Checking builds: the first thing every public allocation call does. It
+// keeps the call's site for the kind (kind_api.h, PendingSite), interned as
+// an id (site.cc). A destroyed context is left alone here: the call reports
+// it next, without this having touched its memory.
+void Context::NoteAllocationChecked(size_t size, AllocationSite site) {
+#if MCX_CHECKING
+  (void)size;
+  uint16_t magic;
+  internal::CopyFromPoisoned(&magic, &magic_, sizeof(magic));
+  if (magic != kLiveMagic) return;
+  pending_site_ = internal::InternSite(site);
+#else
+  (void)size;
+  (void)site;
+#endif
 }
 
 void* Context::AllocSlow(size_t size, size_t alignment) {
@@ -63,29 +86,16 @@ void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
   return AllocSlow(size, alignment, flags);
 }
 
-void* Context::AllocAligned(size_t size, size_t alignment) {
-  return AllocAlignedImpl(size, alignment, kThrow);
-}
-
-void* Context::TryAllocAligned(size_t size, size_t alignment) noexcept {
-  return AllocAlignedImpl(size, alignment, kNoThrow);
-}
-
-void* Context::AllocZeroArray(size_t count, size_t size) {
+void* Context::AllocZeroArrayImpl(size_t count, size_t size, unsigned flags,
+                                  AllocationSite site) {
   size_t bytes;
-  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kThrow);
-  return AllocZero(bytes);
+  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, flags);
+  return flags & kNoThrow ? TryAllocZero(bytes, site) : AllocZero(bytes, site);
 }
 
-void* Context::TryAllocZeroArray(size_t count, size_t size) noexcept {
-  size_t bytes;
-  if (__builtin_mul_overflow(count, size, &bytes)) return Fail(Failure::kBadSize, ~size_t{0}, kNoThrow);
-  return TryAllocZero(bytes);
-}
-
-char* Context::Strdup(std::string_view s) {
+char* Context::Strdup(std::string_view s, AllocationSite site) {
   if (s.size() >= kMaxAllocSize) return static_cast<char*>(Fail(Failure::kBadSize, s.size(), kThrow));
-  char* p = static_cast<char*>(AllocBytes(s.size() + 1));
+  char* p = static_cast<char*>(AllocBytes(s.size() + 1, site));
   std::memcpy(p, s.data(), s.size());
   p[s.size()] = '\0';
   return p;
@@ -94,6 +104,7 @@ char* Context::Strdup(std::string_view s) {
 void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags) {
   if (p == nullptr) return AllocSlow(new_size, kDefaultAlignment, flags);
   if (new_size > kMaxAllocSize) return Fail(Failure::kBadSize, new_size, flags);
+  if (internal::kChecking && AllocationForbidden()) return Fail(Failure::kForbidden, new_size, flags);
   void* q;
   {
     UseGuard use(this);  // not across Fail: see AllocSlow
@@ -102,19 +113,6 @@ void* Context::ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned f
   if (q == nullptr) return ReallocRefused(p, old_size, new_size, flags);
   internal::ValgrindChunkMove(this, p, q, new_size);
   return q;
-}
-
-void* Context::Realloc(void* p, size_t new_size) {
-  return ReallocImpl(p, kUnknownSize, new_size, kThrow);
-}
-void* Context::TryRealloc(void* p, size_t new_size) noexcept {
-  return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
-}
-void* Context::Realloc(void* p, size_t old_size, size_t new_size) {
-  return ReallocImpl(p, old_size, new_size, kThrow);
-}
-void* Context::TryRealloc(void* p, size_t old_size, size_t new_size) noexcept {
-  return ReallocImpl(p, old_size, new_size, kNoThrow);
 }
 
 void Context::FreeChecked(void* p) {

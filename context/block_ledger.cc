@@ -209,6 +209,12 @@ size_t Context::SubtreeBytes() const {
 // is not cut down: it goes back to the front, which calls back and retries.
 void* Context::AcquireBlock(size_t min_size, size_t alignment, size_t* actual,
                            size_t usable_size) {
+  // Inside a NoAllocScope no block is taken (nor the reserve's): the one
+  // check release builds make, where the source may call malloc.
+  if (AllocationForbidden()) {
+    last_failure_ = Failure::kForbidden;
+    return nullptr;
+  }
   if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return nullptr;
   if (!ChargeBlock(min_size)) {
     if (budget_refused) {
@@ -259,6 +265,10 @@ void Context::ReleaseBlock(void* block, size_t size) {
 
 Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,
                                size_t alignment) {
+  if (AllocationForbidden()) {
+    last_failure_ = Failure::kForbidden;
+    return Block{};
+  }
   const size_t grow = new_min_size > block.size ? new_min_size - block.size : 0;
   if (ABSL_PREDICT_FALSE(internal::AnyReportRequests()) && RefuseForRequests()) return Block{};
   if (grow != 0 && !ChargeBlock(grow)) {
@@ -314,6 +324,10 @@ bool Context::FillReserve(size_t blocks, size_t block_size, size_t alignment) {
   x->reserve_target = blocks;
   x->reserve_block_size = block_size;
   while (x->reserve_count < blocks) {
+    if (AllocationForbidden()) {
+      last_failure_ = Failure::kForbidden;
+      return false;
+    }
     if (!ChargeLimits(block_size)) {
       last_failure_ = Failure::kLimit;
       return false;

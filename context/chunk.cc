@@ -13,7 +13,6 @@
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
 #include "mcx/context/kind_api.h"
-#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace {
@@ -82,7 +81,7 @@ void Free(void* p) {
   if (Context* ctx = m->chunk_context(p)) ctx->Free(p);
 }
 
-void* Realloc(void* p, size_t new_size) {
+void* Realloc(void* p, size_t new_size, AllocationSite site) {
   if (p == nullptr) {
     internal::ReportMisuse("mcx::Realloc(nullptr, %zu): no context to allocate in", new_size);
     return nullptr;
@@ -92,10 +91,10 @@ void* Realloc(void* p, size_t new_size) {
   // A freed chunk has no owner: the misuse was reported, and a handler
   // that returns gets nullptr, as for a foreign pointer.
   Context* ctx = m->chunk_context(p);
-  return ctx != nullptr ? ctx->Realloc(p, new_size) : nullptr;
+  return ctx != nullptr ? ctx->Realloc(p, new_size, site) : nullptr;
 }
 
-void* TryRealloc(void* p, size_t new_size) noexcept {
+void* TryRealloc(void* p, size_t new_size, AllocationSite site) noexcept {
   if (p == nullptr) {
     internal::ReportMisuse("mcx::TryRealloc(nullptr, %zu): no context to allocate in", new_size);
     return nullptr;
@@ -103,7 +102,7 @@ void* TryRealloc(void* p, size_t new_size) noexcept {
   const ChunkKindMethods* m = MethodsFor(p, "realloc");
   if (m == nullptr) return nullptr;
   Context* ctx = m->chunk_context(p);
-  return ctx != nullptr ? ctx->TryRealloc(p, new_size) : nullptr;
+  return ctx != nullptr ? ctx->TryRealloc(p, new_size, site) : nullptr;
 }
 
 Context* GetChunkContext(const void* p) {

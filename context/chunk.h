@@ -27,15 +27,17 @@
 #include <cstddef>
 
 #include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+#include "mcx/context/site.h"
 
 namespace mcx {
 
 class Context;
 
 void Free(void* p);
-// Throws as Context::Realloc does.
-void* Realloc(void* p, size_t new_size);
-void* TryRealloc(void* p, size_t new_size) noexcept;
+// Throws as Context::Realloc does; the chunk's site becomes the caller's.
+void* Realloc(void* p, size_t new_size, AllocationSite site = AllocationSite::Current());
+void* TryRealloc(void* p, size_t new_size,
+                 AllocationSite site = AllocationSite::Current()) noexcept;
 Context* GetChunkContext(const void* p);
 // Usable bytes of the chunk (at least what was requested).
 size_t GetChunkSize(const void* p);

@@ -36,8 +36,11 @@ CleanupRecord* Context::NewCleanupRecord(unsigned flags) {
       return r;
     }
     static_assert(alignof(CleanupRecord) <= kDefaultAlignment, "");
-    return static_cast<CleanupRecord*>(take_flags & kNoThrow ? TryAlloc(sizeof(CleanupRecord))
-                                                             : Alloc(sizeof(CleanupRecord)));
+    // mcx's own chunk, which the program never frees (live_chunks.h).
+    const AllocationSite site = internal::InternalSite();
+    return static_cast<CleanupRecord*>(take_flags & kNoThrow
+                                           ? TryAlloc(sizeof(CleanupRecord), site)
+                                           : Alloc(sizeof(CleanupRecord), site));
   };
   if (ABSL_PREDICT_TRUE(methods_->lock == nullptr)) return take(flags);
   CleanupRecord* r;

@@ -172,7 +172,7 @@ bool NeedsExtras(const ContextOptions& o) {
   return o.limit != kNoLimit || o.failure_handler != nullptr || o.reserve_blocks != 0 ||
          o.failure_dump.fd != kFailureDumpInherit ||
          o.failure_dump.max_depth != kFailureDumpDefaultDepth ||
-         o.failure_dump.max_children != kFailureDumpDefaultChildren;
+         o.failure_dump.max_children != kFailureDumpDefaultChildren || o.allow_in_no_alloc_scope;
 }
 
 // The first block's size is kept in 32 bits of the header.
@@ -249,6 +249,9 @@ Context* Context::CreateImpl(Context* parent, const char* name,
 
   BlockSource* source = options != nullptr ? options->block_source : nullptr;
   if (source == nullptr) source = parent != nullptr ? parent->source_ : DefaultBlockSource();
+  // No context is created inside a NoAllocScope: its first block would come
+  // from the source.
+  if (ABSL_PREDICT_FALSE(internal::no_alloc_depth != 0)) return fail(Failure::kForbidden, want);
   if (parent != nullptr && !parent->ChargeBlock(want) && !parent->ChargeRefused(want, flags)) {
     return fail(Failure::kLimit, want);
   }
@@ -295,6 +298,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     x->dump_fd = options->failure_dump.fd;
     x->dump_depth = internal::ClampDumpLimit(options->failure_dump.max_depth);
     x->dump_children = internal::ClampDumpLimit(options->failure_dump.max_children);
+    x->allow_in_no_alloc_scope = options->allow_in_no_alloc_scope;
     if (limit != kNoLimit) {
       x->subtree_bytes = ctx->SubtreeBytes();
       if (x->subtree_bytes > limit) return undo(Failure::kLimit, x->subtree_bytes);
@@ -307,6 +311,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
                         alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment)) {
     return undo(ctx->last_failure_, options->reserve_block_size);
   }
+  ctx->ExpectAllFreed(options->expect_all_freed);
   return ctx;
 }
 
@@ -605,6 +610,7 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
       ReleaseSelf();
     } else {
       UseGuard use(this);
+      CheckAllFreed("reset");
       // Every chunk of the context goes: memcheck forgets them all at once,
       // before the kind hands blocks back (a block source may write into
       // them).
@@ -671,6 +677,7 @@ bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
 // The header lives in the first block, so everything needed after the
 // kind's release is read before the first block goes back.
 void Context::ReleaseSelf() {
+  CheckAllFreed("destroy");
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   // First, so that no block the kind releases refills the reserve.
   if (extras_ != nullptr) ReleaseExtras();
@@ -943,6 +950,10 @@ size_t Context::header_bytes() const {
 // being moved, and most contexts never need one.
 ContextExtras* Context::Extras() {
   if (ABSL_PREDICT_TRUE(extras_ != nullptr)) return extras_;
+  if (AllocationForbidden()) {  // a block from the source, as AcquireBlock
+    last_failure_ = Failure::kForbidden;
+    return nullptr;
+  }
   constexpr size_t kBytes = sizeof(ContextExtras);
   if (!ChargeLimits(kBytes)) {
     last_failure_ = Failure::kLimit;

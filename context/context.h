@@ -59,6 +59,7 @@
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 #include "mcx/context/pressure.h"
+#include "mcx/context/site.h"
 
 namespace mcx {
 
@@ -76,6 +77,11 @@ class Budget;
 namespace internal {
 struct CleanupRecord;
 struct CleanupAccess;
+struct FailAccess;
+// live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
+ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
+// The calling thread's nesting of NoAllocScope (no_alloc.h; no_alloc.cc).
+extern thread_local int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
 struct MarkRecord;
@@ -167,6 +173,13 @@ struct ContextOptions {
   // line and the tree's stats report to `failure_dump.fd` before the failure
   // handler runs (dump.h). The default inherits from the ancestors.
   FailureDumpOptions failure_dump;
+  // The program frees every chunk of this context itself: in checking
+  // builds a reset or destroy that finds live chunks reports them as leaks
+  // (ExpectAllFreed).
+  bool expect_all_freed = false;
+  // Allocation in this context stays allowed inside a NoAllocScope
+  // (AllowInNoAllocScope).
+  bool allow_in_no_alloc_scope = false;
 };
 
 class Context {
@@ -235,28 +248,69 @@ class Context {
   Failure TrySetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
+  //
+  // Each call takes its caller's site (site.h) as a last, defaulted
+  // argument: checking builds keep it with the chunk (live_chunks.h), release
+  // builds drop it. Code that allocates for its own caller passes that
+  // caller's site on.
 
-  inline void* Alloc(size_t size);
-  inline void* TryAlloc(size_t size) noexcept;
-  void* AllocZero(size_t size) { return Zero(Alloc(size), size); }
-  void* TryAllocZero(size_t size) noexcept { return Zero(TryAlloc(size), size); }
+  inline void* Alloc(size_t size, AllocationSite site = AllocationSite::Current());
+  inline void* TryAlloc(size_t size, AllocationSite site = AllocationSite::Current()) noexcept;
+  void* AllocZero(size_t size, AllocationSite site = AllocationSite::Current()) {
+    return Zero(Alloc(size, site), size);
+  }
+  void* TryAllocZero(size_t size, AllocationSite site = AllocationSite::Current()) noexcept {
+    return Zero(TryAlloc(size, site), size);
+  }
   // calloc: `count * size` zeroed bytes; an overflowing product is kBadSize.
-  void* AllocZeroArray(size_t count, size_t size);
-  void* TryAllocZeroArray(size_t count, size_t size) noexcept;
-  void* AllocAligned(size_t size, size_t alignment);
-  void* TryAllocAligned(size_t size, size_t alignment) noexcept;
+  void* AllocZeroArray(size_t count, size_t size,
+                       AllocationSite site = AllocationSite::Current()) {
+    return AllocZeroArrayImpl(count, size, kThrow, site);
+  }
+  void* TryAllocZeroArray(size_t count, size_t size,
+                          AllocationSite site = AllocationSite::Current()) noexcept {
+    return AllocZeroArrayImpl(count, size, kNoThrow, site);
+  }
+  void* AllocAligned(size_t size, size_t alignment,
+                     AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(size, site);
+    return AllocAlignedImpl(size, alignment, kThrow);
+  }
+  void* TryAllocAligned(size_t size, size_t alignment,
+                        AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(size, site);
+    return AllocAlignedImpl(size, alignment, kNoThrow);
+  }
   // No alignment at all: for byte strings (nginx's ngx_pnalloc).
-  inline void* AllocBytes(size_t size);
-  inline void* TryAllocBytes(size_t size) noexcept;
-  char* Strdup(std::string_view s);
+  inline void* AllocBytes(size_t size, AllocationSite site = AllocationSite::Current());
+  inline void* TryAllocBytes(size_t size,
+                             AllocationSite site = AllocationSite::Current()) noexcept;
+  // A NUL-terminated copy of `s` (strings.h has Strndup, Printf, StrCat).
+  char* Strdup(std::string_view s, AllocationSite site = AllocationSite::Current());
 
   // Resizes a chunk of this context, keeping min(old, new) bytes. nullptr
   // allocates. The unsized form needs a kind that knows chunk sizes (the
   // freelist kind, pool large chunks); the sized form works for every chunk.
-  void* Realloc(void* p, size_t new_size);
-  void* TryRealloc(void* p, size_t new_size) noexcept;
-  void* Realloc(void* p, size_t old_size, size_t new_size);
-  void* TryRealloc(void* p, size_t old_size, size_t new_size) noexcept;
+  // The chunk's site becomes the caller's.
+  void* Realloc(void* p, size_t new_size, AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, kUnknownSize, new_size, kThrow);
+  }
+  void* TryRealloc(void* p, size_t new_size,
+                   AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, kUnknownSize, new_size, kNoThrow);
+  }
+  void* Realloc(void* p, size_t old_size, size_t new_size,
+                AllocationSite site = AllocationSite::Current()) {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, old_size, new_size, kThrow);
+  }
+  void* TryRealloc(void* p, size_t old_size, size_t new_size,
+                   AllocationSite site = AllocationSite::Current()) noexcept {
+    NoteAllocation(new_size, site);
+    return ReallocImpl(p, old_size, new_size, kNoThrow);
+  }
 
   // Gives a chunk back. nullptr is a no-op; so is a small pool chunk (it is
   // released by Reset/Destroy), unless the pool rewinds (pool.h).
@@ -370,6 +424,28 @@ class Context {
   // This context's own setting (fd kFailureDumpInherit: none).
   FailureDumpOptions failure_dump() const;
 
+  // Declares that the program frees every chunk of this context itself
+  // (talloc's leak report, for one context). In checking builds, a reset or
+  // destroy that finds live chunks, once the cleanups have run, reports
+  // them as misuse, grouped by allocation site (live_chunks.h); mcx's own
+  // chunks (cleanup records) do not count. Not inherited by children.
+  // Release builds keep no sites and check nothing.
+  void ExpectAllFreed(bool expect = true) {
+#if MCX_CHECKING
+    expect_all_freed_ = expect;
+#else
+    (void)expect;
+#endif
+  }
+
+  // Lets this context allocate inside a NoAllocScope (no_alloc.h), as
+  // PostgreSQL's MemoryContextAllowInCriticalSection lets its ErrorContext:
+  // the one context a critical section may still use, for its error
+  // message. Not inherited by children. False as for SetFailureHandler
+  // (outside a scope: the side record may have to be acquired).
+  bool AllowInNoAllocScope(bool allow = true);
+  bool allowed_in_no_alloc_scope() const;
+
   // Bounds the block bytes of this subtree, checked whenever a block is
   // acquired. Fails if the subtree already holds more. (In //context, as
   // SetParent.)
@@ -451,6 +527,7 @@ class Context {
 
  private:
   friend struct internal::CleanupAccess;
+  friend struct internal::FailAccess;
   friend struct internal::KindAccess;  // kind_api.h
 
   // kCreating: until the kind's init has returned; its blocks are never
@@ -525,6 +602,18 @@ class Context {
   void FreeChecked(void* p);
   void CheckFreeSize(const void* p, size_t size) const;
   void* AllocAlignedImpl(size_t size, size_t alignment, unsigned flags);
+  void* AllocZeroArrayImpl(size_t count, size_t size, unsigned flags, AllocationSite site);
+  // Every public allocation call starts here. Checking builds keep the
+  // site for the kind (kind_api.h, PendingSite); release builds do nothing.
+  void NoteAllocation(size_t size, AllocationSite site) {
+    if (internal::kChecking) NoteAllocationChecked(size, site);
+  }
+  ABSL_ATTRIBUTE_NOINLINE void NoteAllocationChecked(size_t size, AllocationSite site);
+  // Whether a NoAllocScope forbids this context to allocate now: one
+  // thread-local load outside any scope (no_alloc.cc).
+  bool AllocationForbidden() const {
+    return ABSL_PREDICT_FALSE(internal::no_alloc_depth != 0) && !allowed_in_no_alloc_scope();
+  }
   void* ReallocImpl(void* p, size_t old_size, size_t new_size, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE void* Fail(Failure failure, size_t size,
                                      unsigned flags);
@@ -596,6 +685,15 @@ class Context {
     if (internal::kChecking && state_ == State::kTearingDown) ReportTearingDown(operation);
   }
   ABSL_ATTRIBUTE_NOINLINE void ReportTearingDown(const char* operation) const;
+  // Checking builds: ExpectAllFreed's check, before the kind lets go of the
+  // chunks (live_chunks.cc).
+  void CheckAllFreed(const char* operation) const {
+#if MCX_CHECKING
+    if (expect_all_freed_) internal::ReportLeaks(this, operation);
+#else
+    (void)operation;
+#endif
+  }
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
@@ -617,9 +715,11 @@ class Context {
     bump_ptr_ = ptr;
     bump_end_ = end;
     // Under --config=valgrind every chunk must be announced to memcheck,
-    // which the inline path does not do: it is off. Larger requests than
-    // the field holds take the slow path, where the kind serves them alike.
-    max_bump_ = internal::kValgrind ? 0
+    // which the inline path does not do: it is off. So it is in checking
+    // builds, where the kind keeps each chunk's site (and its checks).
+    // Larger requests than the field holds take the slow path, where the
+    // kind serves them alike.
+    max_bump_ = internal::kValgrind || internal::kChecking ? 0
                 : max < kMaxBumpField                       ? static_cast<uint16_t>(max)
                                                             : kMaxBumpField;
   }
@@ -681,6 +781,9 @@ class Context {
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
+  // The site of the allocation being served (NoteAllocation), for the kind.
+  internal::SiteId pending_site_ = internal::kUnknownSiteId;
+  bool expect_all_freed_ = false;  // ExpectAllFreed
 #endif
 };
 
@@ -690,26 +793,31 @@ class Context {
 //
 // Cost note: with a bump window (pool kind) this is an add and a mask, two
 // compares and a store, behind one well-predicted branch; everything else is
-// out of line.
-inline void* Context::Alloc(size_t size) {
+// out of line. The site is not used in release builds, and vanishes with
+// the inlining.
+inline void* Context::Alloc(size_t size, AllocationSite site) {
+  NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, kDefaultAlignment);
 }
 
-inline void* Context::TryAlloc(size_t size) noexcept {
+inline void* Context::TryAlloc(size_t size, AllocationSite site) noexcept {
+  NoteAllocation(size, site);
   void* p = TryBump(size, kDefaultAlignment);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return TryAllocSlow(size, kDefaultAlignment);
 }
 
-inline void* Context::AllocBytes(size_t size) {
+inline void* Context::AllocBytes(size_t size, AllocationSite site) {
+  NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return AllocSlow(size, 1);
 }
 
-inline void* Context::TryAllocBytes(size_t size) noexcept {
+inline void* Context::TryAllocBytes(size_t size, AllocationSite site) noexcept {
+  NoteAllocation(size, site);
   void* p = TryBump(size, 1);
   if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
   return TryAllocSlow(size, 1);
@@ -749,6 +857,15 @@ struct CallableCleanup {
   static void Destroy(void* self) { static_cast<F*>(self)->~F(); }
 };
 
+// The failure path (failure.h) for helpers outside the class (strings.h,
+// new.h): Try forms record the reason and return nullptr, the others call
+// the handler and throw.
+struct FailAccess {
+  static void* Fail(Context* ctx, Failure failure, size_t size, bool may_throw) {
+    return ctx->Fail(failure, size, may_throw ? Context::kThrow : Context::kNoThrow);
+  }
+};
+
 // What New<T> (new.h) needs of the cleanup machinery.
 struct CleanupAccess {
   static CleanupRecord* Reserve(Context* ctx) { return ctx->NewCleanupRecord(Context::kThrow); }
@@ -778,7 +895,7 @@ CleanupHandle Context::AddCleanup(F&& f, CleanupPhase phase) {
                 "over-aligned cleanup callables are not supported");
   CheckNotTearingDown("registering a cleanup");
   internal::CleanupRecord* r = NewCleanupRecord(kThrow);
-  void* mem = TryAlloc(sizeof(Fn));
+  void* mem = TryAlloc(sizeof(Fn), internal::InternalSite());
   if (mem == nullptr) {
     ReturnCleanupRecord(r);
     Fail(last_failure_, sizeof(Fn), kThrow);

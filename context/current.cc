@@ -31,12 +31,16 @@ Context* SwitchTo(Context* ctx) {
   return previous;
 }
 
-void* CurrentAlloc(size_t size) { return RequireCurrent("CurrentAlloc")->Alloc(size); }
-
-void* CurrentAllocZero(size_t size) {
-  return RequireCurrent("CurrentAllocZero")->AllocZero(size);
+void* CurrentAlloc(size_t size, AllocationSite site) {
+  return RequireCurrent("CurrentAlloc")->Alloc(size, site);
 }
 
-char* CurrentStrdup(std::string_view s) { return RequireCurrent("CurrentStrdup")->Strdup(s); }
+void* CurrentAllocZero(size_t size, AllocationSite site) {
+  return RequireCurrent("CurrentAllocZero")->AllocZero(size, site);
+}
+
+char* CurrentStrdup(std::string_view s, AllocationSite site) {
+  return RequireCurrent("CurrentStrdup")->Strdup(s, site);
+}
 
 }  // namespace mcx

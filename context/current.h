@@ -25,6 +25,7 @@
 #include <string_view>
 
 #include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+#include "mcx/context/site.h"
 
 namespace mcx {
 
@@ -45,9 +46,9 @@ class ScopedContextSwitch {
 };
 
 // PostgreSQL's palloc, palloc0 and pstrdup.
-void* CurrentAlloc(size_t size);
-void* CurrentAllocZero(size_t size);
-char* CurrentStrdup(std::string_view s);
+void* CurrentAlloc(size_t size, AllocationSite site = AllocationSite::Current());
+void* CurrentAllocZero(size_t size, AllocationSite site = AllocationSite::Current());
+char* CurrentStrdup(std::string_view s, AllocationSite site = AllocationSite::Current());
 
 }  // namespace mcx
 

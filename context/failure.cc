@@ -38,6 +38,8 @@ const char* FailureName(Failure failure) {
       return "invalid argument";
     case Failure::kStaleMark:
       return "mark already rewound past, dropped or reset";
+    case Failure::kForbidden:
+      return "allocation inside a NoAllocScope";
   }
   return "unknown failure";
 }
@@ -83,6 +85,9 @@ bool ThrowsInvalidArgument(Failure failure) {
 
 void ThrowFor(Failure failure, const char* message) {
   if (failure == Failure::kBadSize) throw std::bad_array_new_length();
+  // Not a lack of memory: a bug of the program, which a catch of
+  // std::bad_alloc that spills and retries must not swallow.
+  if (failure == Failure::kForbidden) throw std::logic_error(message);
   if (ThrowsInvalidArgument(failure)) throw std::invalid_argument(message);
   throw std::bad_alloc();
 }
@@ -127,7 +132,7 @@ void* Context::Fail(Failure failure, size_t size, unsigned flags) {
   // a heap string behind.
   char message[kFailureMessageBytes];
   message[0] = '\0';
-  if (internal::ThrowsInvalidArgument(failure)) {
+  if (internal::ThrowsInvalidArgument(failure) || failure == Failure::kForbidden) {
     std::snprintf(message, sizeof(message), "mcx: %s in context '%s'", FailureName(failure),
                   name());
   }

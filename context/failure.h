@@ -46,6 +46,7 @@ enum class Failure : unsigned char {
   kBadArgument,   // a null name, a null kind, a context in the wrong state
   kStaleMark,     // RewindTo or DropMark of a mark that a rewind to an older
                   // mark, a drop or a reset has already passed (context.h)
+  kForbidden,     // an allocation inside a NoAllocScope (no_alloc.h)
 };
 
 // A short stable name, e.g. "out of memory".

@@ -28,6 +28,7 @@ namespace mcx {
 
 class Context;
 class InspectVisitor;
+class LiveChunkVisitor;
 class RemoteFreeList;
 
 // What `Reset` keeps.
@@ -125,6 +126,11 @@ struct KindMethods {
   // block (first block first), then each size class, to `visitor`
   // (inspect.h has the protocol). Must not change the context.
   void (*inspect)(const Context* ctx, InspectVisitor* visitor);
+  // Optional; nullptr if the kind does not keep allocation sites. Called in
+  // checking builds only: reports every chunk handed out and not freed,
+  // with its requested bytes and site, to `visitor` (kind_api.h). Must not
+  // change the context.
+  void (*visit_live_chunks)(const Context* ctx, LiveChunkVisitor* visitor);
   // Optional; nullptr if the kind keeps no count of live bytes (the counters
   // then report live bytes as kUnknownSize). O(1): the bytes of live chunks
   // and their high-water mark. `reset_peak` starts the mark again from the

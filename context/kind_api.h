@@ -29,6 +29,14 @@
 //     id with `RegisterChunkKind` in Init, so `mcx::Free(p)` can dispatch.
 //   - Inspect is optional: it describes every block and size class to an
 //     `InspectVisitor` (inspect.h) without changing anything.
+//   - Allocation sites (checking builds): a kind that keeps a header on its
+//     chunks there stores `PendingSite(ctx)` (4 bytes) with each chunk it
+//     hands out in Alloc or moves in Realloc, and optionally offers
+//     VisitLiveChunks, which reports every live chunk with its requested
+//     bytes and site to a `LiveChunkVisitor`: LiveChunksReport and leak
+//     reports (live_chunks.h) are built on it. A kind without it shows as
+//     "not recorded" there. Checking builds keep no bump window, so every
+//     allocation reaches the kind.
 //   - Savepoints are optional: a kind that can return to a saved position
 //     declares `using Position = ...;` (trivially copyable), `Mark` (records
 //     the position; given nullptr, only says whether it can, or refuses with
@@ -53,6 +61,7 @@
 //     static void ReleaseAll(Context* ctx, State* st);
 //     static void Stats(const Context* ctx, const State* st, KindStats* out);
 //     static bool Check(const Context* ctx, const State* st, std::string* error);
+//     // Optional: Inspect (inspect.h), VisitLiveChunks (below), FirstBlockAlignment.
 //     // Optional: savepoints (Context::Mark, RewindTo).
 //     using Position = BumpPosition;
 //     static bool Mark(Context* ctx, State* st, Position* at);
@@ -72,6 +81,7 @@
 //   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown
 //                                          the first block
 //   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
+//   SiteId, PendingSite, LiveChunkVisitor  allocation sites (checking builds)
 //   ReportMisuse, ReportBadChunk           misuse reports
 //   PoisonMemoryRegion, UnpoisonMemoryRegion, CopyFromPoisoned,
 //   CopyToPoisoned, IsPoisoned             sanitizer and Valgrind hooks
@@ -100,10 +110,28 @@
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 #include "mcx/context/remote_free.h"
+#include "mcx/context/site.h"
 
 namespace mcx {
 
 class InspectVisitor;
+
+// --- Allocation sites (checking builds) ----------------------------------------
+
+// Sites are 32-bit ids (site.h); kUnknownSiteId is "none recorded".
+using internal::kUnknownSiteId;
+using internal::SiteId;
+
+// What a kind's VisitLiveChunks reports: every chunk handed out and not
+// freed (nor released by a reset), its payload address (what Alloc
+// returned), the bytes requested for it, and the site it was stored with.
+class LiveChunkVisitor {
+ public:
+  virtual void VisitChunk(const void* chunk, size_t requested_bytes, SiteId site) = 0;
+
+ protected:
+  ~LiveChunkVisitor() = default;
+};
 
 // --- The method table ----------------------------------------------------------
 
@@ -134,6 +162,10 @@ template <typename K, typename = void>
 struct HasInspect : std::false_type {};
 template <typename K>
 struct HasInspect<K, std::void_t<decltype(&K::Inspect)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasVisitLiveChunks : std::false_type {};
+template <typename K>
+struct HasVisitLiveChunks<K, std::void_t<decltype(&K::VisitLiveChunks)>> : std::true_type {};
 template <typename K, typename = void>
 struct HasLive : std::false_type {};
 template <typename K>
@@ -199,6 +231,9 @@ struct Trampolines {
   static void Inspect(const Context* ctx, InspectVisitor* visitor) {
     K::Inspect(ctx, KindState<State>(ctx), visitor);
   }
+  static void VisitLiveChunks(const Context* ctx, LiveChunkVisitor* visitor) {
+    K::VisitLiveChunks(ctx, KindState<State>(ctx), visitor);
+  }
   static void Live(const Context* ctx, LiveCounts* out) {
     K::Live(ctx, KindState<State>(ctx), out);
   }
@@ -247,8 +282,9 @@ class LiveTally {
 // The method table of a kind written as a class of static members (the
 // example at the top). A missing or mistyped required member is a compile
 // error naming it, as LLVM's AllocatorBase checks its implementers; Inspect,
-// Live with ResetPeak (the O(1) count of live bytes, see LiveTally) and
-// FirstBlockAlignment (default: kMinBlockAlignment) are optional, and
+// VisitLiveChunks, Live with ResetPeak (the O(1) count of live bytes, see
+// LiveTally) and FirstBlockAlignment (default: kMinBlockAlignment) are
+// optional, and
 // FirstBlockSize may leave out `learned` (a kind that sizes its first block
 // itself).
 template <typename K>
@@ -295,6 +331,13 @@ constexpr KindMethods MakeKindMethods() {
                   "Kind::Inspect(const Context*, const State*, InspectVisitor*)");
     inspect = &T::Inspect;
   }
+  void (*visit_live_chunks)(const Context*, LiveChunkVisitor*) = nullptr;
+  if constexpr (kind_internal::HasVisitLiveChunks<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::VisitLiveChunks),
+                                 void (*)(const Context*, const State*, LiveChunkVisitor*)>,
+                  "Kind::VisitLiveChunks(const Context*, const State*, LiveChunkVisitor*)");
+    visit_live_chunks = &T::VisitLiveChunks;
+  }
   void (*live)(const Context*, LiveCounts*) = nullptr;
   void (*reset_peak)(Context*) = nullptr;
   if constexpr (kind_internal::HasLive<K>::value) {
@@ -338,6 +381,7 @@ constexpr KindMethods MakeKindMethods() {
                      &T::Stats,
                      &T::Check,
                      inspect,
+                     visit_live_chunks,
                      live,
                      reset_peak,
                      mark_size,
@@ -386,6 +430,14 @@ struct KindAccess {
     ctx->SetBumpWindow(ptr, end, max);
   }
   static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
+  static SiteId PendingSite(const Context* ctx) {
+#if MCX_CHECKING
+    return ctx->pending_site_;
+#else
+    (void)ctx;
+    return kUnknownSiteId;
+#endif
+  }
   static void FirstBlockOutgrown(Context* ctx) { ctx->FirstBlockOutgrown(); }
   static bool MakeSideRecord(Context* ctx) { return ctx->Extras() != nullptr; }
 };
@@ -428,6 +480,11 @@ inline Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_
 inline void SetFailure(Context* ctx, Failure failure) {
   internal::KindAccess::SetFailure(ctx, failure);
 }
+
+// The site of the allocation the kind is serving (the caller of Alloc,
+// Realloc, ...), to store with the chunk. Checking builds only: elsewhere
+// kUnknownSiteId, and nothing need be stored.
+inline SiteId PendingSite(const Context* ctx) { return internal::KindAccess::PendingSite(ctx); }
 
 // --- The first block -------------------------------------------------------------
 

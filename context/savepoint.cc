@@ -70,7 +70,8 @@ mcx::Mark Context::MarkImpl(unsigned flags) {
     return {};
   }
   const size_t bytes = RecordBytes(methods_->mark_size);
-  void* mem = TryAlloc(bytes);
+  // mcx's own chunk, as a cleanup record is (live_chunks.h).
+  void* mem = TryAlloc(bytes, internal::InternalSite());
   if (mem == nullptr) {
     Fail(last_failure_, bytes, flags);
     return {};

@@ -310,11 +310,19 @@ size_t RequestedSize(const void* p) {
   return n;
 }
 
+// Checking builds keep each chunk's site (kind_api.h, PendingSite) in the
+// 4 bytes right after its sentinel, unaligned. Every class is 8 more than a
+// multiple of 16, so with the 16-byte header a chunk of class c has c + 8
+// bytes before the next header: at least 8 past any request it serves,
+// enough for the sentinel and the site. Dedicated chunks ask for them.
+constexpr size_t kCheckingTailBytes = 1 + sizeof(SiteId);  // sentinel, site
+static_assert(kCheckingTailBytes <= 8, "the sentinel and the site fit after any chunk");
+
 // Makes a chunk live with `size` requested bytes out of `capacity` (the
 // bytes up to the next chunk or the block's end): under ASan exactly `size`
 // bytes become addressable; tracked builds record `size`; checking builds
-// put the sentinel right after it.
-void MarkLive(void* p, size_t size, size_t capacity) {
+// put the sentinel right after it, then `site`.
+void MarkLive(void* p, size_t size, size_t capacity, SiteId site) {
   PoisonMemoryRegion(p, capacity);
   UnpoisonMemoryRegion(p, size);
   if (kTracksRequested) {
@@ -322,8 +330,16 @@ void MarkLive(void* p, size_t size, size_t capacity) {
   }
   if (kChecking) {
     CopyToPoisoned(static_cast<char*>(p) + size, &kSentinelByte, 1);
+    CopyToPoisoned(static_cast<char*>(p) + size + 1, &site, sizeof(site));
   }
   PoisonMemoryRegion(static_cast<char*>(p) - kHeaderBytes, kHeaderBytes);  // the header
+}
+
+// The site MarkLive stored (checking builds).
+SiteId ChunkSite(const void* p) {
+  SiteId site;
+  CopyFromPoisoned(&site, static_cast<const char*>(p) + RequestedSize(p) + 1, sizeof(site));
+  return site;
 }
 
 bool SentinelOk(const void* p) {
@@ -657,7 +673,8 @@ size_t Room(const FreelistState* st) { return static_cast<size_t>(st->bump_end -
 void InstallTable(FreelistState* st) {
   const size_t c = TableClass();
   void* p = CarveChunk(st, c);
-  MarkLive(p, sizeof(FreeTable), Stride(c) - kHeaderBytes);
+  // No site: the table is the kind's own, which VisitLiveChunks skips.
+  MarkLive(p, sizeof(FreeTable), Stride(c) - kHeaderBytes, kUnknownSiteId);
   FreeTable* t = new (p) FreeTable();
   t->sweep_backoff = 1;
   st->table = t;
@@ -699,10 +716,11 @@ void* TakeOrphan(FreelistState* st, size_t c) {
   return nullptr;
 }
 
-// A chunk of class `c` from the current run, live for `size` bytes.
-void* CarveLive(FreelistState* st, size_t c, size_t size) {
+// A chunk of class `c` from the current run, live for `size` bytes
+// allocated at `site`.
+void* CarveLive(FreelistState* st, size_t c, size_t size, SiteId site) {
   void* p = CarveChunk(st, c);
-  MarkLive(p, size, Stride(c) - kHeaderBytes);
+  MarkLive(p, size, Stride(c) - kHeaderBytes, site);
   return p;
 }
 
@@ -737,22 +755,22 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       // No room for the table yet (the next run will hold it): an orphan
       // of the class, if one is near the top, else a new chunk.
       if (void* p = TakeOrphan(st, c); p != nullptr) {
-        MarkLive(p, size, stride - kHeaderBytes);
+        MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
-      return CarveLive(st, c, size);
+      return CarveLive(st, c, size, PendingSite(ctx));
     }
     if (table_stride > Room(st) && !NewRun(ctx, st, table_stride + stride)) return nullptr;
     InstallTable(st);
     if (void* p = st->table->heads[c]; p != nullptr) {
       st->table->heads[c] = NextFree(p);
       ClearFreeBit(p);
-      MarkLive(p, size, stride - kHeaderBytes);
+      MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
       return p;
     }
   }
   if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
-  return CarveLive(st, c, size);
+  return CarveLive(st, c, size, PendingSite(ctx));
 }
 
 // AllocSlow
@@ -762,7 +780,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
 ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(Context* ctx, FreelistState* st, size_t size, size_t c) {
   if (ABSL_PREDICT_TRUE(Stride(c) <= Room(st)) &&
       ABSL_PREDICT_TRUE(HasTable(st) || st->orphans == nullptr)) {
-    return CarveLive(st, c, size);
+    return CarveLive(st, c, size, PendingSite(ctx));
   }
   return AllocFromNewRun(ctx, st, size, c);
 }
@@ -977,7 +995,7 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
 // --- Allocation -------------------------------------------------------------------
 
 void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
-  const size_t want = kDedicatedPayload + size + (kChecking ? 1 : 0);
+  const size_t want = kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
   if (kb == nullptr) return nullptr;
   auto* b = reinterpret_cast<DedicatedHeader*>(kb);
@@ -986,7 +1004,7 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   st->dedicated.PushFront(kb);
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
-  MarkLive(payload, size, static_cast<size_t>(b->end - payload));
+  MarkLive(payload, size, static_cast<size_t>(b->end - payload), PendingSite(ctx));
   return payload;
 }
 
@@ -1006,7 +1024,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
   if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocSlow(ctx, st, size, c);
   t->heads[c] = NextFree(p);
   ClearFreeBit(p);
-  MarkLive(p, size, Stride(c) - kHeaderBytes);
+  MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
   return p;
 }
 
@@ -1182,11 +1200,12 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   // (WriteChunkHeader poisons the header again, so this comes after it).
   UnpoisonMemoryRegion(b, b->link.size);
   Block nb = ReallocateBlock(ctx, Block{b, b->link.size}, keep,
-                             kDedicatedPayload + new_size + (kChecking ? 1 : 0),
+                             kDedicatedPayload + new_size + (kChecking ? kCheckingTailBytes : 0),
                              kMinBlockAlignment);
   if (nb.ptr == nullptr) {
     WriteChunkHeader(p, h);
-    MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable);
+    MarkLive(p, kTracksRequested ? RequestedSize(p) : old_usable, old_usable,
+             kChecking ? ChunkSite(p) : kUnknownSiteId);
     return nullptr;
   }
   // The copy's links still name the old block's neighbours.
@@ -1196,7 +1215,7 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   st->dedicated.Replace(&moved->link);
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
   WriteChunkHeader(payload, h);
-  MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload));
+  MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload), PendingSite(ctx));
   return payload;
 }
 
@@ -1244,10 +1263,11 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
   const size_t c = ChunkHeaderValue(h);
   const size_t usable = SizeClassBytes(c);
   const size_t old_bytes = kTracksRequested ? RequestedSize(p) : usable;
+  const SiteId site = PendingSite(ctx);
   if (new_size <= st->chunk_limit) {
     const size_t nc = SizeClassOf(new_size);
     if (nc == c) {
-      MarkLive(p, new_size, Stride(c) - kHeaderBytes);
+      MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);
       return p;
     }
     // The chunk carved last grows or shrinks in place while its run allows.
@@ -1255,11 +1275,11 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
     if (start + Stride(c) == st->bump_ptr &&
         Stride(nc) <= static_cast<size_t>(st->bump_end - start)) {
       ResizeLast(st, p, h, c, nc);
-      MarkLive(p, new_size, Stride(nc) - kHeaderBytes);
+      MarkLive(p, new_size, Stride(nc) - kHeaderBytes, site);
       return p;
     }
     if (nc < c && Stride(nc) * kShrinkMoveFactor > Stride(c)) {
-      MarkLive(p, new_size, Stride(c) - kHeaderBytes);  // not worth a copy
+      MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);  // not worth a copy
       return p;
     }
   }
@@ -1271,12 +1291,12 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
   void* q = FreelistAlloc(ctx, st, want, kDefaultAlignment);
   if (q == nullptr) {
     if (new_size > usable) return nullptr;
-    MarkLive(p, new_size, Stride(c) - kHeaderBytes);  // a shrink never fails
+    MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);  // a shrink never fails
     return p;
   }
   // A jump is always to a class (it stays within chunk_limit): the chunk
   // is live for what was asked.
-  if (want != new_size) MarkLive(q, new_size, Stride(SizeClassOf(want)) - kHeaderBytes);
+  if (want != new_size) MarkLive(q, new_size, Stride(SizeClassOf(want)) - kHeaderBytes, site);
   std::memcpy(q, p, old_bytes < new_size ? old_bytes : new_size);
   FreelistFree(ctx, st, p);
   return q;
@@ -1523,6 +1543,34 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
   return ok;
 }
 
+// Checking builds: every live chunk with its site, for LiveChunksReport
+// (kind_api.h). Walks the chunks as Check does: the first block's area, the
+// carved units of each block (a walk stops at a header it cannot read,
+// which Check reports), then the dedicated chunks. The free table is the
+// kind's own chunk, not the program's: it is left out.
+void FreelistVisitLiveChunks(const Context* ctx, const FreelistState* st,
+                             LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  auto visit = [&](char*, char* payload, uint64_t h) {
+    if (ChunkHeaderIsFree(h) || payload == reinterpret_cast<char*>(st->table)) return;
+    visitor->VisitChunk(payload, RequestedSize(payload), ChunkSite(payload));
+  };
+  WalkChunks(Descs(st->first), FirstAreaStart(st), FirstAreaEnd(ctx, st), visit);
+  ForEachPageBlock(st, [&](BlockHeader* b) {
+    const bool carving = b == st->bump_block;
+    for (size_t i = 0; i < b->units && i < kMaxBlockUnits; ++i) {
+      const UnitDesc& d = Descs(b)[i];
+      if (((b->free_units >> i) & 1) != 0 || d.starts == 0 || d.first >= kUnitBytes) continue;
+      char* limit = carving && UnitIndex(b, st->bump_ptr) == i ? st->bump_ptr : UnitsEnd(b);
+      WalkChunks(&d, UnitStart(b, i) + d.first, limit, visit);
+    }
+  });
+  st->dedicated.ForEach([&](KindBlock* b) {
+    char* payload = reinterpret_cast<char*>(b) + kDedicatedPayload;
+    visitor->VisitChunk(payload, RequestedSize(payload), ChunkSite(payload));
+  });
+}
+
 // --- Inspection ---------------------------------------------------------------------
 
 // Free chunks and their bytes in the area of one descriptor (a walk, as
@@ -1714,6 +1762,9 @@ struct Freelist {
   }
   static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
     FreelistInspect(ctx, st, visitor);
+  }
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    FreelistVisitLiveChunks(ctx, st, visitor);
   }
 };
 

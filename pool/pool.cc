@@ -253,15 +253,32 @@ bool SentinelOk(const char* at) {
   return b == kSentinelByte;
 }
 
+// Checking builds: a large chunk's site (kind_api.h, PendingSite), in the
+// 4 bytes right after its sentinel, unaligned (the header has no spare word:
+// the savepoints' serial took it). Large blocks ask for both.
+constexpr size_t kLargeCheckingTail = 1 + sizeof(SiteId);  // sentinel, site
+
+void WriteLargeSite(LargeHeader* h, SiteId site) {
+  char* at = reinterpret_cast<char*>(h + 1) + h->requested + 1;
+  CopyToPoisoned(at, &site, sizeof(site));
+}
+
+SiteId LargeSite(const LargeHeader* h) {
+  SiteId site;
+  const char* at = reinterpret_cast<const char*>(h + 1) + h->requested + 1;
+  CopyFromPoisoned(&site, at, sizeof(site));
+  return site;
+}
+
 // ngx_palloc_large: a block of its own, with the chunk's LargeHeader right
 // before it, at the head of the large list.
 void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   const size_t offset = LargeChunkOffset(alignment);
   const size_t block_alignment = alignment > kMinBlockAlignment ? alignment : kMinBlockAlignment;
   size_t actual;
-  // Checking builds keep one byte after the chunk for the sentinel.
-  char* mem = static_cast<char*>(
-      AcquireBlock(ctx, offset + size + (kChecking ? 1 : 0), block_alignment, &actual));
+  // Checking builds keep the sentinel and the site after the chunk.
+  char* mem = static_cast<char*>(AcquireBlock(
+      ctx, offset + size + (kChecking ? kLargeCheckingTail : 0), block_alignment, &actual));
   if (mem == nullptr) return nullptr;
   char* p = mem + offset;
   auto* h = reinterpret_cast<LargeHeader*>(p - sizeof(LargeHeader));
@@ -273,7 +290,10 @@ void* AllocLarge(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   h->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(p);
   st->large.PushFront(&h->link);
   st->live.Add(size);
-  if (kChecking) WriteSentinel(p + size);
+  if (kChecking) {
+    WriteSentinel(p + size);
+    WriteLargeSite(h, PendingSite(ctx));
+  }
   return p;
 }
 
@@ -404,7 +424,7 @@ void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
 void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size) {
   char* p = PayloadOf(h);
   const size_t offset = static_cast<size_t>(p - static_cast<char*>(h->block));
-  const size_t want = offset + new_size + (kChecking ? 1 : 0);
+  const size_t want = offset + new_size + (kChecking ? kLargeCheckingTail : 0);
   const uintptr_t live = h->check;
   // If the source moves the block, the old one goes back saying "freed": the
   // old address is then a freed chunk. The copy carries the word along; it
@@ -430,7 +450,10 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
   st->large.Replace(&moved->link);
   UnpoisonMemoryRegion(q, new_size);
-  if (kChecking) WriteSentinel(q + new_size);
+  if (kChecking) {
+    WriteSentinel(q + new_size);
+    WriteLargeSite(moved, PendingSite(ctx));  // the realloc's caller
+  }
   return q;
 }
 
@@ -454,7 +477,7 @@ void* CheckedAllocSmall(Context* ctx, PoolState* st, size_t size, size_t alignme
   char* r = static_cast<char*>(AllocSmall(ctx, st, region, kDefaultAlignment));
   if (r == nullptr) return nullptr;
   char* p = AlignUp(r + kCheckedPrefix, PayloadAlignment(alignment));
-  CheckedHeader h{region, size, ctx, static_cast<size_t>(p - r)};
+  CheckedHeader h{region, size, ctx, static_cast<uint32_t>(p - r), PendingSite(ctx)};
   std::memcpy(r, &h, sizeof(h));
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindPoolChecking, false, 0,
                                       static_cast<uint64_t>(p - r)));
@@ -544,6 +567,28 @@ bool VerifyCheckedChunks(const Context* ctx, const PoolState* st, std::string* e
     }
   }
   return true;
+}
+
+// Checking builds: every live chunk, small (its region's header) and large
+// (the site before its LargeHeader), for LiveChunksReport (kind_api.h).
+// Walks as VerifyCheckedChunks does; regions it cannot read end the walk of
+// their block (Check() reports them).
+void VisitCheckedChunks(const Context* ctx, const PoolState* st, LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
+    const char* last = LastOf(ctx, st, b);
+    for (const char* r = AlignUp(b->start, kDefaultAlignment); r < last;) {
+      CheckedHeader h = ReadCheckedHeader(r);
+      if (h.owner != ctx || h.region < kCheckedPrefix || h.payload_offset >= h.region) break;
+      const char* p = r + h.payload_offset;
+      if (!ChunkHeaderIsFree(ReadChunkHeader(p))) visitor->VisitChunk(p, h.requested, h.site);
+      r = AlignUp(const_cast<char*>(r) + h.region, kDefaultAlignment);
+    }
+  }
+  for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
+    const LargeHeader* h = AsLargeHeader(l);
+    visitor->VisitChunk(PayloadOf(h), h->requested, LargeSite(h));
+  }
 }
 
 void VerifyOrReport(const Context* ctx, const PoolState* st) {
@@ -993,6 +1038,9 @@ struct PoolImpl {
     return PoolCheck(ctx, st, error);
   }
 
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    VisitCheckedChunks(ctx, st, visitor);
+  }
   // O(1): the tally, plus what the inline path bumped in the window block
   // since the last Sync.
   static void Live(const Context* ctx, const State* st, LiveCounts* out) {

@@ -66,6 +66,7 @@ struct ContextExtras {
   int dump_fd = kFailureDumpInherit;
   uint8_t dump_depth = kFailureDumpDefaultDepth;
   uint8_t dump_children = kFailureDumpDefaultChildren;
+  bool allow_in_no_alloc_scope = false;  // Context::AllowInNoAllocScope
 
   // Cleanups: one list per phase, newest first; records removed or run are
   // kept for reuse. Serial numbers of registrations (CleanupHandle): the

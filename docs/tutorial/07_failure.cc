@@ -8,6 +8,8 @@
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/config.h"
+#include "mcx/context/no_alloc.h"
 #include "mcx/pool/pool.h"
 
 namespace {
@@ -63,5 +65,21 @@ int main() {
   }
   top->Destroy();
   // [END kinds_of_failure]
+
+  // [START no_alloc]
+  mcx::Context* page = mcx::Context::Create(nullptr, "page", mcx::PoolKind());
+  mcx::Context* error = mcx::Context::Create(nullptr, "error", mcx::PoolKind());
+  error->AllowInNoAllocScope();                // before: it may take a record
+  {
+    mcx::NoAllocScope critical;                // a change that must not fail halfway
+    CHECK(page->TryAlloc(1 << 20) == nullptr); // would need a new block
+    CHECK(page->last_failure() == mcx::Failure::kForbidden);
+    CHECK((page->TryAlloc(16) == nullptr) == (MCX_CHECKING != 0));
+    CHECK(error->Strdup("could not write the page") != nullptr);
+  }
+  CHECK(page->TryAlloc(1 << 20) != nullptr);   // allowed again
+  page->Destroy();
+  error->Destroy();
+  // [END no_alloc]
   return 0;
 }

@@ -1,12 +1,14 @@
 // Tutorial, part 8: typed objects. New<T> constructs in a context and
 // registers the destructor; reset runs it; Delete runs it early.
 
+#include <cstring>
 #include <string>
 #include <utility>
 
 #include "docs/tutorial/check.h"
 #include "mcx/context/context.h"
 #include "mcx/context/new.h"
+#include "mcx/context/strings.h"
 #include "mcx/pool/pool.h"
 
 namespace {
@@ -43,5 +45,25 @@ int main() {
   CHECK(open == 0);
   query->Destroy();
   // [END new]
+
+  // [START array]
+  mcx::Context* plan = mcx::Context::Create(nullptr, "plan", mcx::PoolKind());
+  auto* columns = mcx::NewArray<std::string>(plan, 3, "unnamed");  // one cleanup for all 3
+  auto* widths = mcx::NewArray<int>(plan, 3);                     // zeros, no cleanup
+  columns[0] = "id";
+  CHECK(columns[2] == "unnamed" && widths[2] == 0);
+  plan->Destroy();  // ~string for columns[2], [1], [0]
+  // [END array]
+
+  // [START strings]
+  mcx::Context* row = mcx::Context::Create(nullptr, "row", mcx::PoolKind());
+  const char* table = "orders";
+  char* message = mcx::Printf(row, "relation \"%s\" has %d rows", table, 1200);
+  char* key = mcx::StrCat(row, "public.", table, "#", 17);
+  char* word = mcx::Strndup(row, "SELECT * FROM orders", 6);
+  CHECK(std::strcmp(message, "relation \"orders\" has 1200 rows") == 0);
+  CHECK(std::strcmp(key, "public.orders#17") == 0 && std::strcmp(word, "SELECT") == 0);
+  row->Destroy();  // the strings go with the row
+  // [END strings]
   return 0;
 }

@@ -91,11 +91,15 @@ inline constexpr uintptr_t kLargeFreedCheck = 0x6D63784652454544;
 // before the payload and a sentinel byte right after the requested bytes.
 // Regions lie back to back (16-aligned), so a block can be walked.
 struct CheckedHeader {
-  size_t region;          // bytes of the region: the walk steps by it
-  size_t requested;       // bytes the caller asked for
+  size_t region;            // bytes of the region: the walk steps by it
+  size_t requested;         // bytes the caller asked for
   Context* owner;
-  size_t payload_offset;  // from the region's start to the payload
+  uint32_t payload_offset;  // from the region's start to the payload
+  uint32_t site;            // where it was allocated (kind_api.h, PendingSite)
 };
+
+// Checking builds keep a large chunk's site (kind_api.h, PendingSite) in
+// the 4 bytes right after its sentinel (pool.cc, kLargeCheckingTail).
 
 struct PoolState {
   PoolBlock first;     // header of the first block

@@ -6,6 +6,8 @@
 /* fileno: the dumps write to file descriptors. */
 #define _POSIX_C_SOURCE 200809L
 
+#include <setjmp.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -315,6 +317,172 @@ static void TestFindingB10StaleHandles(void) {
   CHECK(order_len == 3 && memcmp(order, "flr", 3) == 0);
 }
 
+static char* FormatV(mcx_context* ctx, const char* format, ...) {
+  va_list args;
+  char* out;
+  va_start(args, format);
+  out = mcx_vprintf(ctx, format, args);
+  va_end(args);
+  return out;
+}
+
+/* mcx_printf, mcx_vprintf, mcx_strndup, mcx_memdup: exact results on both
+ * kinds (short, at the stack buffer's edge, long), failure values. */
+static void TestStringsAndBytes(void) {
+  static const size_t kLengths[] = {0, 200, 255, 256, 257, 3000};
+  mcx_kind kinds[2] = {MCX_KIND_POOL, MCX_KIND_FREELIST};
+  int k;
+  for (k = 0; k < 2; ++k) {
+    mcx_context* ctx = mcx_create(NULL, "strings", kinds[k], NULL);
+    size_t i;
+    char* s = mcx_printf(ctx, "%s-%d-%.1f", "row", 42, 2.5);
+    CHECK(s != NULL && strcmp(s, "row-42-2.5") == 0);
+    s = FormatV(ctx, "[%5d|%-3s]", 7, "x");
+    CHECK(s != NULL && strcmp(s, "[    7|x  ]") == 0);
+    for (i = 0; i < sizeof(kLengths) / sizeof(kLengths[0]); ++i) {
+      size_t n = kLengths[i];
+      char* fill = (char*)malloc(n + 1);
+      char* expected = (char*)malloc(n + 32);
+      memset(fill, 'y', n);
+      fill[n] = '\0';
+      snprintf(expected, n + 32, "<%s:%u>", fill, (unsigned)n);
+      s = mcx_printf(ctx, "<%s:%u>", fill, (unsigned)n);
+      CHECK(s != NULL && strcmp(s, expected) == 0);
+      s = FormatV(ctx, "%s", fill);
+      CHECK(s != NULL && strlen(s) == n && strcmp(s, fill) == 0);
+      free(fill);
+      free(expected);
+    }
+    s = mcx_strndup(ctx, "identifier_tail", 10);
+    CHECK(s != NULL && strcmp(s, "identifier") == 0);
+    s = mcx_strndup(ctx, "abc", 100);
+    CHECK(s != NULL && strcmp(s, "abc") == 0);
+    s = mcx_strndup(ctx, NULL, 0);
+    CHECK(s != NULL && s[0] == '\0');
+    {
+      double values[3] = {1.0, -2.5, 1e300};
+      double* copy = (double*)mcx_memdup(ctx, values, sizeof(values));
+      CHECK(copy != NULL && copy != values && memcmp(copy, values, sizeof(values)) == 0);
+      CHECK(((uintptr_t)copy) % 16 == 0);
+    }
+    /* Failure values without the handler. */
+    {
+      int calls = 0;
+      mcx_set_failure_handler(ctx, Handler, &calls);
+      CHECK(mcx_strndup(ctx, NULL, 3) == NULL);
+      CHECK(mcx_last_failure(ctx) == MCX_BAD_ARGUMENT);
+      CHECK(mcx_memdup(ctx, NULL, 3) == NULL);
+      CHECK(mcx_printf(ctx, NULL) == NULL);
+      CHECK(mcx_last_failure(ctx) == MCX_BAD_ARGUMENT);
+      CHECK(calls == 0);
+    }
+    mcx_destroy(ctx);
+  }
+  CHECK(mcx_printf(NULL, "%d", 1) == NULL);
+  CHECK(mcx_strndup(NULL, "a", 1) == NULL);
+  CHECK(mcx_memdup(NULL, "a", 1) == NULL);
+  /* A limit: NULL after the handler, the context unchanged and usable. */
+  {
+    mcx_options o;
+    mcx_context* ctx;
+    char* big = (char*)malloc(64 * 1024 + 1);
+    int calls = 0;
+    size_t before;
+    mcx_counters c;
+    mcx_options_init(&o);
+    o.limit = 16 * 1024;
+    ctx = mcx_create(NULL, "limited", MCX_KIND_POOL, &o);
+    mcx_set_failure_handler(ctx, Handler, &calls);
+    memset(big, 'b', 64 * 1024);
+    big[64 * 1024] = '\0';
+    mcx_get_counters(ctx, 0, &c);
+    before = c.total_bytes;
+    CHECK(mcx_printf(ctx, "%s", big) == NULL);
+    CHECK(mcx_last_failure(ctx) == MCX_LIMIT);
+    CHECK(calls == 1 && handler_failure == MCX_LIMIT);
+    CHECK(mcx_strndup(ctx, big, 64 * 1024) == NULL);
+    CHECK(mcx_memdup(ctx, big, 64 * 1024) == NULL);
+    CHECK(calls == 3);
+    mcx_get_counters(ctx, 0, &c);
+    CHECK(c.total_bytes == before);
+    CHECK(strcmp(mcx_printf(ctx, "%d", 12), "12") == 0);
+    mcx_destroy(ctx);
+    free(big);
+  }
+}
+
+/* mcx_strcat: the pieces up to NULL, in one chunk; none is the empty string. */
+static void TestStrcat(void) {
+  mcx_context* ctx = mcx_create(NULL, "strcat", MCX_KIND_FREELIST, NULL);
+  char* s = mcx_strcat(ctx, "public", ".", "orders", (char*)NULL);
+  CHECK(s != NULL && strcmp(s, "public.orders") == 0);
+  CHECK(mcx_chunk_size(ctx, s) >= 14);
+  s = mcx_strcat(ctx, (char*)NULL);
+  CHECK(s != NULL && s[0] == '\0');
+  s = mcx_strcat(ctx, "", "a", "", (char*)NULL);
+  CHECK(s != NULL && strcmp(s, "a") == 0);
+  CHECK(mcx_strcat(NULL, "a", (char*)NULL) == NULL);
+  mcx_destroy(ctx);
+}
+
+static jmp_buf no_alloc_landing;
+
+static void JumpingHandler(mcx_context* ctx, const char* name, mcx_failure failure, size_t size,
+                           void* arg) {
+  (void)ctx;
+  (void)name;
+  (void)size;
+  ++*(int*)arg;
+  handler_failure = failure;
+  longjmp(no_alloc_landing, 1);
+}
+
+/* A region where allocation is refused: MCX_FORBIDDEN after the handler,
+ * the context unchanged; an allowed context allocates; a handler that
+ * longjmps out of the region, with the landing point restoring the depth. */
+static void TestNoAllocRegions(void) {
+  const size_t big = 1 << 20; /* needs a block: refused in every build */
+  mcx_context* ctx = mcx_create(NULL, "wal", MCX_KIND_POOL, NULL);
+  mcx_context* err = mcx_create(NULL, "error", MCX_KIND_POOL, NULL);
+  volatile int depth;
+  int calls = 0;
+  mcx_counters before, after;
+  mcx_set_failure_handler(ctx, Handler, &calls);
+  CHECK(mcx_allow_in_no_alloc(err, 1) == MCX_OK);
+  CHECK(mcx_allow_in_no_alloc(NULL, 1) == MCX_BAD_ARGUMENT);
+  mcx_get_counters(ctx, 0, &before);
+  CHECK(mcx_no_alloc_begin() == 0);
+  CHECK(mcx_alloc(ctx, big) == NULL);
+  CHECK(mcx_last_failure(ctx) == MCX_FORBIDDEN && calls == 1 && handler_failure == MCX_FORBIDDEN);
+  CHECK(mcx_create(ctx, "child", MCX_KIND_POOL, NULL) == NULL);
+  CHECK(strcmp(mcx_failure_name(MCX_FORBIDDEN), "allocation inside a NoAllocScope") == 0);
+  CHECK(mcx_alloc(err, big) != NULL);
+  CHECK(mcx_printf(err, "could not write block %d", 7) != NULL);
+  mcx_no_alloc_end();
+  mcx_get_counters(ctx, 0, &after);
+  CHECK(after.total_bytes == before.total_bytes);
+  CHECK(mcx_alloc(ctx, big) != NULL);
+
+  /* The handler longjmps out of the region: mcx_no_alloc_end never runs. */
+  mcx_set_failure_handler(ctx, JumpingHandler, &calls);
+  calls = 0;
+  depth = -1;
+  if (setjmp(no_alloc_landing) == 0) {
+    depth = mcx_no_alloc_begin();
+    mcx_alloc(ctx, 2 * big);
+    CHECK(0); /* not reached */
+  } else {
+    CHECK(calls == 1 && handler_failure == MCX_FORBIDDEN);
+    CHECK(depth == 0);
+    mcx_no_alloc_restore(depth);
+  }
+  mcx_set_failure_handler(ctx, Handler, &calls);
+  CHECK(mcx_alloc(ctx, 2 * big) != NULL); /* depth 0 again: allowed */
+  CHECK(calls == 1);
+  mcx_destroy(ctx);
+  mcx_destroy(err);
+}
+
 /* Live bytes and the peaks, ResetPeak, and the sized free, on a pool
  * whose large chunks are freed one by one. */
 static void TestCountersAndSizedFree(void) {
@@ -443,6 +611,9 @@ int main(void) {
   TestLimitsHandlerAndReports();
   TestDumps();
   TestNullArguments();
+  TestStringsAndBytes();
+  TestStrcat();
+  TestNoAllocRegions();
   TestCountersAndSizedFree();
   TestSavepoints();
   TestSoftLimit();

@@ -244,7 +244,8 @@ TEST_F(InspectTest, PoolFailedCountsGrowAndCurrentMoves) {
 // before the chunk, so the pool's own blocks are untouched.
 TEST_F(InspectTest, PoolLargeChunksAreLargeBlocksUntilFreed) {
   Context* ctx = MakePool(256);
-  const size_t sentinel = internal::kChecking ? 1 : 0;
+  // Checking builds: the sentinel and the chunk's site (live_chunks.h).
+  const size_t sentinel = internal::kChecking ? 1 + sizeof(internal::SiteId) : 0;
   // The header, 7 words, padded to 16 (pool.cc, LargeChunkOffset).
   constexpr size_t kLargeHeader = 64;
   void* big = ctx->Alloc(2000);
@@ -414,7 +415,9 @@ TEST_F(InspectTest, FreelistDedicatedBlocks) {
   const BlockInfo* d = layout.FindBlock(BlockRole::kDedicated);
   ASSERT_NE(d, nullptr);
   EXPECT_EQ(static_cast<const char*>(d->start) + d->header_bytes, big);
-  EXPECT_EQ(d->size, d->header_bytes + 100000 + (internal::kChecking ? 1 : 0));
+  // Checking builds add the sentinel and the chunk's site (live_chunks.h).
+  EXPECT_EQ(d->size, d->header_bytes + 100000 +
+                         (internal::kChecking ? 1 + sizeof(internal::SiteId) : 0));
   EXPECT_EQ(d->used_bytes, d->size - d->header_bytes);
   ExpectConsistent(ctx, layout);
   ctx->Free(big);

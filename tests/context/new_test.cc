@@ -2,6 +2,7 @@
 
 #include "mcx/context/new.h"
 
+#include <cstring>
 #include <regex>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,8 @@
 
 #include "gtest/gtest.h"
 #include "mcx/context/current.h"
+#include "mcx/context/internal/checking.h"
+#include "mcx/context/live_chunks.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -74,6 +77,193 @@ TEST(NewTest, ThrowingConstructorLeavesNothingBehind) {
   Context* ctx = CreateFreelistContext(nullptr, "objects");
   EXPECT_THROW(New<Throws>(ctx, 1), std::runtime_error);
   ctx->Destroy();  // would call ~Throws if it had been registered
+}
+
+// --- NewArray ---------------------------------------------------------------------
+
+// Logs its index when destroyed; throws from the constructor numbered
+// `throw_at` (counting every construction) if set.
+struct Element {
+  static std::vector<int>* log;
+  static int constructed;
+  static int throw_at;
+  Element() : index(constructed++) {
+    if (index == throw_at) throw std::runtime_error("element constructor failed");
+  }
+  Element(const Element& other) : index(constructed++) {
+    (void)other;
+    if (index == throw_at) throw std::runtime_error("element copy failed");
+  }
+  ~Element() { log->push_back(index); }
+  int index;
+  std::string payload = "long enough to live on the heap, not in the string";
+};
+std::vector<int>* Element::log = nullptr;
+int Element::constructed = 0;
+int Element::throw_at = -1;
+
+class NewArrayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Element::log = &log_;
+    Element::constructed = 0;
+    Element::throw_at = -1;
+  }
+  void TearDown() override { Element::log = nullptr; }
+
+  // mcx's own chunks (cleanup records) in `ctx`, where they are counted.
+  static size_t Records(const Context* ctx) {
+    size_t n = 0;
+    for (const SiteUsage& u : SummarizeLiveChunks(ctx).sites) {
+      if (u.internal) n += u.chunks;
+    }
+    return n;
+  }
+  std::vector<int> log_;
+};
+
+// One record for the whole array: elements are destroyed last to first at
+// teardown, as one cleanup among the context's other objects.
+TEST_F(NewArrayTest, ElementsAreDestroyedLastFirstByOneCleanup) {
+  Context* ctx = CreatePoolContext(nullptr, "arrays");
+  New<Element>(ctx);                         // 0
+  Element* a = NewArray<Element>(ctx, 4);    // 1..4
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(a[i].index, i + 1);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % alignof(Element), 0u);
+  if (internal::kChecking) {
+    EXPECT_EQ(Records(ctx), 2u);  // one for 0, one for the array
+  }
+  New<Element>(ctx);                         // 5
+  ctx->Reset();
+  EXPECT_EQ(log_, std::vector<int>({5, 4, 3, 2, 1, 0}));
+  ctx->Destroy();
+  EXPECT_EQ(log_.size(), 6u);  // not again
+}
+
+// The copy form copies the value into each element.
+TEST_F(NewArrayTest, CopiesTheValue) {
+  Context* ctx = CreateFreelistContext(nullptr, "arrays");
+  std::string* s = NewArray<std::string>(ctx, 3, std::string(40, 's'));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(s[i], std::string(40, 's'));
+  int* sevens = NewArray<int>(ctx, 5, 7);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(sevens[i], 7);
+  ctx->Destroy();  // the strings' heap buffers go (ASan's leak check sees it)
+}
+
+// A constructor that throws: the elements built are destroyed last first,
+// nothing is registered, the chunk is freed, the exception propagates.
+TEST_F(NewArrayTest, ThrowingConstructorDestroysWhatWasBuilt) {
+  Context* ctx = CreateFreelistContext(nullptr, "arrays");
+  const size_t free_chunks = GetCounters(ctx).free_chunks;
+  Element::throw_at = 3;
+  EXPECT_THROW(NewArray<Element>(ctx, 6), std::runtime_error);
+  EXPECT_EQ(log_, std::vector<int>({2, 1, 0}));
+  EXPECT_GT(GetCounters(ctx).free_chunks, free_chunks);  // the array's chunk
+  if (internal::kChecking) {
+    EXPECT_EQ(SummarizeLiveChunks(ctx).chunks, Records(ctx));  // no element chunk
+  }
+  Element::throw_at = 8;  // the third copy (5, 6, 7, then 8)
+  Element proto;          // index 4
+  EXPECT_THROW(NewArray<Element>(ctx, 5, proto), std::runtime_error);
+  EXPECT_EQ(log_, std::vector<int>({2, 1, 0, 7, 6, 5}));
+  log_.clear();
+  ctx->Reset();  // nothing registered: no element destroyed here
+  EXPECT_TRUE(log_.empty());
+  ctx->Destroy();
+}
+
+// Trivially destructible elements take no record and are value-initialised;
+// zero elements give a unique pointer and no record.
+TEST_F(NewArrayTest, TrivialAndEmptyArraysTakeNoRecord) {
+  Context* ctx = CreatePoolContext(nullptr, "arrays");
+  void* dirty = ctx->AllocAligned(300 * sizeof(double), kDefaultAlignment);
+  std::memset(dirty, 0xAB, 300 * sizeof(double));
+  ctx->Reset();
+  double* d = NewArray<double>(ctx, 300);
+  if (!internal::kDirect) {
+    EXPECT_EQ(static_cast<void*>(d), dirty);  // the same bytes, reused
+  }
+  for (int i = 0; i < 300; ++i) EXPECT_EQ(d[i], 0.0);
+  Wide* w = NewArray<Wide>(ctx, 3);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(w) % 64, 0u);
+  Element* none = NewArray<Element>(ctx, 0);
+  Element* none2 = NewArray<Element>(ctx, 0);
+  EXPECT_NE(none, nullptr);
+  EXPECT_NE(none, none2);
+  EXPECT_EQ(Element::constructed, 0);
+  if (internal::kChecking) {
+    EXPECT_EQ(Records(ctx), 0u);
+  }
+  DeleteArray(ctx, none);
+  DeleteArray(ctx, d);
+  ctx->Destroy();
+  EXPECT_TRUE(log_.empty());
+}
+
+// DeleteArray destroys now, last first, and not again at teardown; the
+// freelist kind gets the chunk back.
+TEST_F(NewArrayTest, DeleteArrayDestroysNowAndOnce) {
+  Context* ctx = CreateFreelistContext(nullptr, "arrays");
+  Element* a = NewArray<Element>(ctx, 3);
+  Element* b = NewArray<Element>(ctx, 2);
+  const size_t free_chunks = GetCounters(ctx).free_chunks;
+  DeleteArray(ctx, a);
+  EXPECT_EQ(log_, std::vector<int>({2, 1, 0}));
+  EXPECT_GT(GetCounters(ctx).free_chunks, free_chunks);
+  DeleteArray(ctx, static_cast<Element*>(nullptr));
+  ctx->Destroy();
+  EXPECT_EQ(log_, std::vector<int>({2, 1, 0, 4, 3}));
+  (void)b;
+}
+
+struct Huge {
+  char bytes[1 << 20];
+};
+
+// An element count whose bytes overflow is kBadSize; the handler runs.
+TEST_F(NewArrayTest, OverflowIsABadSize) {
+  Context* ctx = CreatePoolContext(nullptr, "arrays");
+  const size_t blocks = ctx->num_blocks();
+  EXPECT_THROW(NewArray<Huge>(ctx, ~size_t{0} / 16), std::bad_array_new_length);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadSize);
+  EXPECT_THROW(NewArray<Element>(ctx, ~size_t{0} / sizeof(Element)), std::bad_array_new_length);
+  EXPECT_EQ(ctx->num_blocks(), blocks);
+  EXPECT_EQ(Element::constructed, 0);
+  ctx->Destroy();
+}
+
+// The record cannot be had (its side record is a block of its own, and the
+// source fails): no element is constructed and the chunk goes back.
+TEST_F(NewArrayTest, RecordFailureConstructsNothing) {
+  test::FailingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "arrays", FreelistKind(), o);
+  const size_t free_chunks = GetCounters(ctx).free_chunks;
+  source.FailFrom(1);
+  EXPECT_THROW(NewArray<Element>(ctx, 2), std::bad_alloc);
+  EXPECT_EQ(Element::constructed, 0);
+  EXPECT_GT(GetCounters(ctx).free_chunks, free_chunks);
+  source.Heal();
+  Element* e = NewArray<Element>(ctx, 2);
+  EXPECT_EQ(e[1].index, 1);
+  ctx->Destroy();
+  EXPECT_EQ(log_, std::vector<int>({1, 0}));
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Checking builds record the NewArray call as the chunk's site.
+TEST_F(NewArrayTest, TheCallIsTheSite) {
+  if (!internal::kChecking) GTEST_SKIP() << "sites are kept in checking builds";
+  Context* ctx = CreateFreelistContext(nullptr, "arrays");
+  NewArray<Element>(ctx, 2);  const int kLine = __LINE__;
+  bool found = false;
+  for (const SiteUsage& u : SummarizeLiveChunks(ctx).sites) {
+    found |= !u.internal && u.site.line() == kLine && u.chunks == 1 &&
+             u.bytes == internal::ArrayHeaderBytes<Element>() + 2 * sizeof(Element);
+  }
+  EXPECT_TRUE(found) << LiveChunksReport(ctx);
+  ctx->Destroy();
 }
 
 // The current context is per thread, switched and restored in scope.
