@@ -741,12 +741,12 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       if (void* p = st->table->heads[c]; p != nullptr) {
         st->table->heads[c] = NextFree(p);
         ClearFreeBit(p);
-        MarkLive(p, size, stride - kHeaderBytes);
+        MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
     }
     if (stride <= Room(st) && (HasTable(st) || st->orphans == nullptr)) {
-      return CarveLive(st, c, size);
+      return CarveLive(st, c, size, PendingSite(ctx));
     }
   }
   if (!HasTable(st) && st->orphans != nullptr) {
