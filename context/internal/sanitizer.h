@@ -21,6 +21,7 @@
 #define MCX_CONTEXT_INTERNAL_SANITIZER_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #include "mcx/context/config.h"
@@ -91,11 +92,31 @@ inline void CopyFromPoisoned(void* to, const void* from, size_t size) {
   if (poisoned) PoisonMemoryRegion(from, size);
 }
 
+//
+// AddressSanitizer keeps one addressable prefix per 8-byte granule: making
+// [to, to + size) addressable also makes the bytes before `to` in its
+// granule addressable, and poisoning it again cannot take them back unless
+// the poisoned range starts where the granule's prefix ended. So it starts
+// there (a checking build's sentinel stays poisoned when the site after it
+// is written).
 inline void CopyToPoisoned(void* to, const void* from, size_t size) {
   bool poisoned = IsPoisoned(to, size);
-  if (poisoned) UnpoisonMemoryRegion(to, size);
+  if (!poisoned) {
+    std::memcpy(to, from, size);
+    return;
+  }
+  char* start = static_cast<char*>(to);
+#if MCX_SANITIZE_ADDRESS
+  constexpr uintptr_t kGranule = 8;  // ASan's shadow granularity
+  char* granule = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(to) & ~(kGranule - 1));
+  if (granule != start) {
+    void* first = __asan_region_is_poisoned(granule, static_cast<size_t>(start - granule));
+    if (first != nullptr) start = static_cast<char*>(first);
+  }
+#endif
+  UnpoisonMemoryRegion(to, size);
   std::memcpy(to, from, size);
-  if (poisoned) PoisonMemoryRegion(to, size);
+  PoisonMemoryRegion(start, static_cast<size_t>(static_cast<char*>(to) + size - start));
 }
 
 }  // namespace internal
