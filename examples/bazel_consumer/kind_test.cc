@@ -15,7 +15,7 @@ MCX_INSTANTIATE_KIND_CONFORMANCE_TEST(MyKind, MyKindTraits);
 TEST(MyKindSweepTest, EveryFailedAcquisitionIsClean) {
   const int acquisitions = mcx::test::SweepFailures(mcx::FreelistKind(), [](mcx::Context* top) {
     mcx::Context* c = top->CreateChild("c", mcx::FreelistKind());
-    for (int i = 0; i < 500; ++i) c->Alloc(i % 20 == 0 ? 20000 : 48);
+    for (int i = 0; i < 500; ++i) c->Alloc(i % 20 == 0 ? 100000 : 48);  // above chunk_limit: blocks of their own
     c->Reset(mcx::ResetOptions::KeepBytes(16 * 1024));
   });
   EXPECT_GT(acquisitions, 10);
