@@ -146,7 +146,7 @@ bool Context::CheckLive(const char* operation) const {
 
 // --- Lifecycle ---------------------------------------------------------------
 
-size_t Context::RoundUpFirstBlock(size_t size) {
+size_t Context::RoundUpLargeFirstBlock(size_t size) {
   for (int tier = 0; tier < kFirstBlockTiers; ++tier) {
     const size_t unit = size_t{1} << FirstBlockUnitShift(tier);
     const size_t rounded = RoundUp(size, unit);
@@ -157,7 +157,7 @@ size_t Context::RoundUpFirstBlock(size_t size) {
   return 0;
 }
 
-size_t Context::RoundDownFirstBlock(size_t size) {
+size_t Context::RoundDownLargeFirstBlock(size_t size) {
   if (size > kMaxFirstBlockSize) size = kMaxFirstBlockSize;
   for (int tier = 0;; ++tier) {
     const int shift = FirstBlockUnitShift(tier);
@@ -165,7 +165,7 @@ size_t Context::RoundDownFirstBlock(size_t size) {
   }
 }
 
-uint16_t Context::FirstBlockCode(size_t size) {
+uint16_t Context::LargeFirstBlockCode(size_t size) {
   // `size` is one of RoundUpFirstBlock's or RoundDownFirstBlock's.
   int tier = 0;
   while (tier + 1 < kFirstBlockTiers &&

@@ -559,15 +559,41 @@ class Context {
   static constexpr int kFirstBlockValueBits = 14;
   static constexpr uint16_t kFirstBlockValueMask = (1u << kFirstBlockValueBits) - 1;
   static constexpr int kFirstBlockTiers = 4;
-  static constexpr int FirstBlockUnitShift(int tier) { return 3 + 7 * tier; }
+  static constexpr int kFirstBlockTier0Shift = 3;  // 8-byte units
+  static constexpr int kFirstBlockTierStep = 7;    // each tier's unit is 128 times the last
+  static constexpr int FirstBlockUnitShift(int tier) {
+    return kFirstBlockTier0Shift + kFirstBlockTierStep * tier;
+  }
   // The limit of the kinds' 32-bit block-size fields, in 16-byte steps.
   static constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
   // The smallest size this field can say that is at least `size` (0 when
   // none is, or it is above kMaxFirstBlockSize), and the largest that is at
   // most `size`.
-  static size_t RoundUpFirstBlock(size_t size);
-  static size_t RoundDownFirstBlock(size_t size);
-  static uint16_t FirstBlockCode(size_t size);
+  // Inline for tier 0, where nearly every first block is.
+  static constexpr size_t kMaxTier0FirstBlock = size_t{kFirstBlockValueMask}
+                                                << kFirstBlockTier0Shift;
+  static size_t RoundUpFirstBlock(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return (size + (size_t{1} << kFirstBlockTier0Shift) - 1) &
+             ~((size_t{1} << kFirstBlockTier0Shift) - 1);
+    }
+    return RoundUpLargeFirstBlock(size);
+  }
+  static size_t RoundDownFirstBlock(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return size & ~((size_t{1} << kFirstBlockTier0Shift) - 1);
+    }
+    return RoundDownLargeFirstBlock(size);
+  }
+  static uint16_t FirstBlockCode(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return static_cast<uint16_t>(size >> kFirstBlockTier0Shift);
+    }
+    return LargeFirstBlockCode(size);
+  }
+  static size_t RoundUpLargeFirstBlock(size_t size);
+  static size_t RoundDownLargeFirstBlock(size_t size);
+  static uint16_t LargeFirstBlockCode(size_t size);
 
   // Checking builds: APR's concurrency check. Every operation marks the
   // context in use by the calling thread; another thread arriving meanwhile
