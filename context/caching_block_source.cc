@@ -378,6 +378,8 @@ Block CachingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_si
   return upstream_->Reallocate(block, keep, new_min_size, alignment);
 }
 
+size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Purge(ptr, size); }
+
 void CachingBlockSource::TrimLocked(size_t target, Node** to_release) {
   // Blocks leaving the cache go upstream unpoisoned, as they came.
   for (int b = kBuckets - 1; b >= 0 && stats_.cached_bytes > target; --b) {

@@ -76,6 +76,9 @@ class CachingBlockSource final : public BlockSource {
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
+  // A lent block's pages go back through upstream (every lent block came
+  // from there); kept blocks are the cache's own business.
+  size_t Purge(void* ptr, size_t size) override;
 
   // Changes the cap; blocks beyond the new cap go upstream now (the calling
   // thread's cache included; other threads' caches at their next release

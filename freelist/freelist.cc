@@ -555,6 +555,7 @@ bool FindRunIn(BlockHeader* b, size_t need, Run* r) {
     if (static_cast<size_t>(UnitEnd(b, e - 1) - UnitStart(b, s)) >= need) {
       const uint64_t bits = (len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s;
       b->free_units &= ~bits;
+      b->purged_units &= ~bits;
       *r = Run{b, UnitStart(b, s), UnitEnd(b, e - 1)};
       return true;
     }
@@ -591,6 +592,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   BlockHeader* b = HeaderOf(kb);
   b->units = static_cast<uint8_t>(UnitsFor(kb->size));
   b->free_units = AllUnits(b->units);
+  b->purged_units = 0;  // a block from a cache may be resident
   b->list = OnList::kNone;
   b->touched_units = 0;
   b->marked = 0;
@@ -951,12 +953,55 @@ uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
   return saved;
 }
 
+// Free units are purged in runs of at least this many: two units cover a
+// whole page wherever the block's allocator put it (units are 4 KiB, pages
+// too, but a block's units start wherever its header ends), so a shorter run
+// may give back nothing for its system call.
+constexpr size_t kMinPurgeUnits = 2;
+
+// PurgeFreeUnits
+//
+// Resident memory that follows the live data: a unit given back to its
+// block is free, but its pages stay resident while the block stays, pinned
+// by a few live chunks in other units; mimalloc purges such pages inside its
+// segments. Each run of free units of the partial and spare blocks (full
+// blocks have none) that holds a unit not yet purged goes to the block
+// source's Purge, once: `purged_units` remembers, and a run that takes a unit
+// clears its bit, so a unit carved again is purged again only once it is
+// free again. Runs shorter than kMinPurgeUnits wait until a neighbour joins
+// them. Called only by sweeps that frees run, after TrimSpares: a sweep
+// before growth frees units to reuse them at once, and purging them would
+// cost a fault per page. The space is poisoned and (checking builds)
+// clobbered already; purged pages read as zero afterwards, which no one
+// reads: free units hold no chunks, and carving writes every header.
+void PurgeFreeUnits(Context* ctx, FreelistState* st) {
+  auto purge = [&](BlockHeader* b) {
+    const uint64_t todo = b->free_units & ~b->purged_units;
+    if (todo == 0) return;
+    uint64_t m = b->free_units;
+    while (m != 0) {
+      const size_t s = static_cast<size_t>(absl::countr_zero(m));
+      const uint64_t from_s = m >> s;
+      const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
+      const uint64_t bits = (len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s;
+      m &= ~bits;
+      if ((todo & bits) == 0 || len < kMinPurgeUnits) continue;
+      char* from = UnitStart(b, s);
+      PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, s + len - 1) - from));
+      b->purged_units |= bits;
+    }
+  };
+  ForEachOn(st, OnList::kPartial, purge);
+  ForEachOn(st, OnList::kSpare, purge);
+}
+
 // Sweep
 //
 // Counts the free chunks of each unit (a walk of the freelists), gives back
 // the units whose chunks are all free (MarkReleasable), refiles the lists
-// without their chunks, releases spare blocks beyond the budget if
-// `release_blocks`, and schedules the next sweep. Cost: the freelists'
+// without their chunks, releases spare blocks beyond the budget and purges
+// free units (PurgeFreeUnits) if `release_blocks`, and schedules the next
+// sweep. Cost: the freelists'
 // length, plus the units of the blocks holding free chunks.
 void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   FreeTable* t = st->table;
@@ -988,7 +1033,10 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   ForEachOn(st, OnList::kFull, finish);
   Descs(st->first)->sweep_free = 0;
   st->first->touched_units = 0;
-  if (release_blocks) TrimSpares(ctx, st);
+  if (release_blocks) {
+    TrimSpares(ctx, st);
+    PurgeFreeUnits(ctx, st);
+  }
   Schedule(st, walked, released);
 }
 
@@ -1339,6 +1387,7 @@ void StartFirstArea(const Context* ctx, FreelistState* st) {
 
 void EmptyBlock(BlockHeader* b) {
   b->free_units = AllUnits(b->units);
+  b->purged_units = 0;
   b->touched_units = 0;
   b->marked = 0;
   InitDescs(b);

@@ -19,7 +19,9 @@
 // A unit is free (its bit set in `free_units`) or holds chunks. Units go
 // back to their block when every chunk overlapping them is free (a sweep
 // finds them); a block whose units are all free goes back to the block
-// source, keeping a few as spares.
+// source, keeping a few as spares. Runs of free units in blocks that stay
+// have their whole pages purged (given back to the system through the
+// block source) by sweeps, and are marked in `purged_units`.
 //
 // The first block holds the context header, the kind state and the name;
 // after them a BlockHeader with a single descriptor covers the rest of the
@@ -88,12 +90,15 @@ struct BlockHeader {
   KindBlock link;          // must stay the first field
   uint64_t free_units;     // bit i set: unit i holds no chunk
   uint64_t touched_units;  // during a sweep, bit i set: free chunks start in unit i
+  // Bit i set: unit i is free and its whole pages went to the block source's
+  // Purge (freelist.cc, PurgeFreeUnits); cleared when a run takes the unit.
+  uint64_t purged_units;
   uint8_t units;           // units in the block; 0 for the first block's area
   OnList list;             // the state's list it is on
   uint8_t marked;          // during a sweep: units are marked (FinishBlock clears)
   uint8_t reserved[5];
 };
-static_assert(sizeof(BlockHeader) == 56, "block header layout");
+static_assert(sizeof(BlockHeader) == 64, "block header layout");
 
 inline UnitDesc* Descs(BlockHeader* b) { return reinterpret_cast<UnitDesc*>(b + 1); }
 inline const UnitDesc* Descs(const BlockHeader* b) {
