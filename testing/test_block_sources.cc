@@ -1,6 +1,7 @@
 #include "mcx/testing/test_block_sources.h"
 
 #include <cstdlib>
+#include <iterator>
 
 namespace mcx {
 namespace test {
@@ -49,6 +50,45 @@ Block CountingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_s
   live_.erase(block.ptr);
   live_[fresh.ptr] = fresh.size;
   return fresh;
+}
+
+size_t CountingBlockSource::Purge(void* ptr, size_t size) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++purges_;
+    purge_requested_bytes_ += size;
+    // The live block at or before `ptr` must hold the whole range.
+    auto it = live_.upper_bound(ptr);
+    const bool inside =
+        it != live_.begin() &&
+        static_cast<char*>(ptr) + size <=
+            static_cast<char*>(std::prev(it)->first) + std::prev(it)->second;
+    if (!inside) {
+      ++bad_purges_;
+      return 0;
+    }
+  }
+  const size_t purged = upstream_->Purge(ptr, size);
+  std::lock_guard<std::mutex> lock(mu_);
+  purged_bytes_ += purged;
+  return purged;
+}
+
+int64_t CountingBlockSource::purges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purges_;
+}
+size_t CountingBlockSource::purge_requested_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purge_requested_bytes_;
+}
+size_t CountingBlockSource::purged_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purged_bytes_;
+}
+int64_t CountingBlockSource::bad_purges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bad_purges_;
 }
 
 int64_t CountingBlockSource::acquires() const {

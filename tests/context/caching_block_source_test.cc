@@ -439,5 +439,21 @@ TEST(CachingBlockSourceTest, LowerCapShrinksTheCallingThreadsCache) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// A lent block's pages go back through upstream, which lent the block.
+TEST(CachingBlockSourceTest, PurgeOfALentBlockGoesUpstream) {
+  CountingBlockSource counting(DefaultBlockSource());
+  CachingBlockSource cache(&counting, 1 << 20);
+  Block b = cache.Acquire(64 << 10, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  std::memset(b.ptr, 3, b.size);
+  const size_t purged = cache.Purge(static_cast<char*>(b.ptr) + 100, 32 << 10);
+  EXPECT_EQ(counting.purges(), 1);
+  EXPECT_EQ(counting.purge_requested_bytes(), size_t{32} << 10);
+  EXPECT_EQ(counting.purged_bytes(), purged);
+  EXPECT_EQ(counting.bad_purges(), 0);
+  EXPECT_EQ(static_cast<char*>(b.ptr)[99], 3);
+  cache.Release(b);
+}
+
 }  // namespace
 }  // namespace mcx
