@@ -1,7 +1,10 @@
 #include "mcx/testing/test_block_sources.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
+
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace test {
@@ -68,6 +71,12 @@ size_t CountingBlockSource::Purge(void* ptr, size_t size) {
       return 0;
     }
   }
+  // Garbage first: a kind must not read what it purged, whatever the
+  // source gives back. The range is free space, poisoned where the build
+  // poisons, and stays so.
+  UnpoisonMemoryRegion(ptr, size);
+  std::memset(ptr, kPurgeScribbleByte, size);
+  PoisonMemoryRegion(ptr, size);
   const size_t purged = upstream_->Purge(ptr, size);
   std::lock_guard<std::mutex> lock(mu_);
   purged_bytes_ += purged;

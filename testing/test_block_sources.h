@@ -37,10 +37,12 @@ class CountingBlockSource : public BlockSource {
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
-  // Forwards to upstream and counts: the calls, the bytes asked for, the
-  // bytes upstream gave back. A range that does not lie inside a live block
-  // is a bad purge, and is not forwarded.
+  // Fills the range with kPurgeScribbleByte (a kind must not read what it
+  // purged), forwards to upstream and counts: the calls, the bytes asked
+  // for, the bytes upstream gave back. A range that does not lie inside a
+  // live block is a bad purge, and is neither touched nor forwarded.
   size_t Purge(void* ptr, size_t size) override;
+  static constexpr unsigned char kPurgeScribbleByte = 0xA5;
 
   int64_t acquires() const;
   int64_t releases() const;
