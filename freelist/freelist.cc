@@ -76,6 +76,7 @@ using freelist_internal::kNoChunkStart;
 using freelist_internal::kSourceHeaderAllowance;
 using freelist_internal::kStraddledInto;
 using freelist_internal::kUnitBytes;
+using freelist_internal::kUnitPurged;
 using freelist_internal::kUnitReleasing;
 using freelist_internal::kUnitShift;
 using freelist_internal::OnList;
@@ -555,7 +556,6 @@ bool FindRunIn(BlockHeader* b, size_t need, Run* r) {
     if (static_cast<size_t>(UnitEnd(b, e - 1) - UnitStart(b, s)) >= need) {
       const uint64_t bits = (len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s;
       b->free_units &= ~bits;
-      b->purged_units &= ~bits;
       *r = Run{b, UnitStart(b, s), UnitEnd(b, e - 1)};
       return true;
     }
@@ -592,7 +592,6 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   BlockHeader* b = HeaderOf(kb);
   b->units = static_cast<uint8_t>(UnitsFor(kb->size));
   b->free_units = AllUnits(b->units);
-  b->purged_units = 0;  // a block from a cache may be resident
   b->list = OnList::kNone;
   b->touched_units = 0;
   b->marked = 0;
@@ -966,29 +965,30 @@ constexpr size_t kMinPurgeUnits = 2;
 // by a few live chunks in other units; mimalloc purges such pages inside its
 // segments. Each run of free units of the partial and spare blocks (full
 // blocks have none) that holds a unit not yet purged goes to the block
-// source's Purge, once: `purged_units` remembers, and a run that takes a unit
-// clears its bit, so a unit carved again is purged again only once it is
-// free again. Runs shorter than kMinPurgeUnits wait until a neighbour joins
-// them. Called only by sweeps that frees run, after TrimSpares: a sweep
+// source's Purge, once: kUnitPurged remembers (freelist_block.h), so a unit
+// carved again is purged again only once it is free again. Runs shorter
+// than kMinPurgeUnits wait until a neighbour joins them. The cost is a look
+// at each free unit's descriptor, at sweeps only. Called only by sweeps that frees run, after TrimSpares: a sweep
 // before growth frees units to reuse them at once, and purging them would
 // cost a fault per page. The space is poisoned and (checking builds)
 // clobbered already; purged pages read as zero afterwards, which no one
 // reads: free units hold no chunks, and carving writes every header.
 void PurgeFreeUnits(Context* ctx, FreelistState* st) {
   auto purge = [&](BlockHeader* b) {
-    const uint64_t todo = b->free_units & ~b->purged_units;
-    if (todo == 0) return;
+    UnitDesc* d = Descs(b);
     uint64_t m = b->free_units;
     while (m != 0) {
       const size_t s = static_cast<size_t>(absl::countr_zero(m));
       const uint64_t from_s = m >> s;
       const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
-      const uint64_t bits = (len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s;
-      m &= ~bits;
-      if ((todo & bits) == 0 || len < kMinPurgeUnits) continue;
+      m &= ~((len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s);
+      if (len < kMinPurgeUnits) continue;
+      bool todo = false;
+      for (size_t i = s; i < s + len; ++i) todo |= (d[i].flags & kUnitPurged) == 0;
+      if (!todo) continue;
       char* from = UnitStart(b, s);
       PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, s + len - 1) - from));
-      b->purged_units |= bits;
+      for (size_t i = s; i < s + len; ++i) d[i].flags |= kUnitPurged;
     }
   };
   ForEachOn(st, OnList::kPartial, purge);
@@ -1387,7 +1387,6 @@ void StartFirstArea(const Context* ctx, FreelistState* st) {
 
 void EmptyBlock(BlockHeader* b) {
   b->free_units = AllUnits(b->units);
-  b->purged_units = 0;
   b->touched_units = 0;
   b->marked = 0;
   InitDescs(b);

@@ -21,7 +21,7 @@
 // finds them); a block whose units are all free goes back to the block
 // source, keeping a few as spares. Runs of free units in blocks that stay
 // have their whole pages purged (given back to the system through the
-// block source) by sweeps, and are marked in `purged_units`.
+// block source) by sweeps, and are marked kUnitPurged.
 //
 // The first block holds the context header, the kind state and the name;
 // after them a BlockHeader with a single descriptor covers the rest of the
@@ -72,7 +72,7 @@ struct UnitDesc {
   uint32_t sweep_free;  // a sweep's count of free chunks starting here; 0 between sweeps
   uint16_t first;       // offset of the first chunk start in the unit, or kNoChunkStart
   uint8_t index;        // this descriptor's place in its block's array
-  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree
+  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree, kUnitPurged
 };
 static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 
@@ -80,6 +80,11 @@ static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 inline constexpr uint8_t kUnitReleasing = 1;   // a sweep gives the unit back
 inline constexpr uint8_t kStraddledInto = 2;   // a chunk begun in an earlier unit runs into it
 inline constexpr uint8_t kMostlyFree = 4;      // a sweep coalesces its free chunks
+// A free unit whose pages went to the block source's Purge (freelist.cc,
+// PurgeFreeUnits). Meaningful only while the unit is free: a unit given
+// back by a sweep or a reset gets a fresh descriptor, and a unit a run took
+// but never reached goes back untouched, still purged.
+inline constexpr uint8_t kUnitPurged = 8;
 
 // Which list of the kind state a block of chunks is on.
 enum class OnList : uint8_t { kNone, kPartial, kFull, kSpare };
@@ -90,15 +95,12 @@ struct BlockHeader {
   KindBlock link;          // must stay the first field
   uint64_t free_units;     // bit i set: unit i holds no chunk
   uint64_t touched_units;  // during a sweep, bit i set: free chunks start in unit i
-  // Bit i set: unit i is free and its whole pages went to the block source's
-  // Purge (freelist.cc, PurgeFreeUnits); cleared when a run takes the unit.
-  uint64_t purged_units;
   uint8_t units;           // units in the block; 0 for the first block's area
   OnList list;             // the state's list it is on
   uint8_t marked;          // during a sweep: units are marked (FinishBlock clears)
   uint8_t reserved[5];
 };
-static_assert(sizeof(BlockHeader) == 64, "block header layout");
+static_assert(sizeof(BlockHeader) == 56, "block header layout");
 
 inline UnitDesc* Descs(BlockHeader* b) { return reinterpret_cast<UnitDesc*>(b + 1); }
 inline const UnitDesc* Descs(const BlockHeader* b) {
