@@ -20,6 +20,10 @@
 //     goes back to the block source, beyond a few spares. aset.c keeps every
 //     freed chunk on its class's list until reset, so a long-lived context
 //     holds the sum of each class's high-water mark.
+//   - Sweeps run by frees purge the free units of the blocks that stay
+//     (PurgeFreeUnits): their pages go back to the system through the block
+//     source, so resident memory follows the live data where a few live
+//     chunks pin a block; aset.c's blocks stay resident until reset.
 //   - Sweeps that give little back make the next one later (a backoff), so
 //     churn over a steady set of live chunks pays almost nothing for them;
 //     a sweep also runs before a new block is acquired, if enough was freed
