@@ -403,7 +403,10 @@ size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Pur
 // and the tail's purged blocks a tail of that: the walk stops at the first
 // purged block. Purging happens under the lock, since a block taken from
 // the lists must not lose the bytes its new owner writes; it is rare (a
-// block once per stay) and bounded by the blocks kept.
+// block once per stay) and bounded by the blocks kept. The node and the rest
+// of the block's first page stay as they were: what misuse checks read in a
+// released block (a freed dedicated chunk's header word, just past the
+// bytes a source may write, freelist.cc's kReleasedBlockScratch) lies there.
 void CachingBlockSource::TickLocked() {
   ++clock_;
   if (clock_ < next_decay_) return;

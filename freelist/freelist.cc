@@ -972,9 +972,9 @@ constexpr size_t kMinPurgeUnits = 2;
 // source's Purge, once: kUnitPurged remembers (freelist_block.h), so a unit
 // carved again is purged again only once it is free again. Runs shorter
 // than kMinPurgeUnits wait until a neighbour joins them. The cost is a look
-// at each free unit's descriptor, at sweeps only. Called only by sweeps that frees run, after TrimSpares: a sweep
-// before growth frees units to reuse them at once, and purging them would
-// cost a fault per page. The space is poisoned and (checking builds)
+// at each free unit's descriptor, at sweeps only. Called only by sweeps
+// that frees run, after TrimSpares: a sweep before growth frees units to
+// reuse them at once, and purging them would cost a fault per page. The space is poisoned and (checking builds)
 // clobbered already; purged pages read as zero afterwards, which no one
 // reads: free units hold no chunks, and carving writes every header.
 void PurgeFreeUnits(Context* ctx, FreelistState* st) {
@@ -1005,8 +1005,8 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
 // the units whose chunks are all free (MarkReleasable), refiles the lists
 // without their chunks, releases spare blocks beyond the budget and purges
 // free units (PurgeFreeUnits) if `release_blocks`, and schedules the next
-// sweep. Cost: the freelists'
-// length, plus the units of the blocks holding free chunks.
+// sweep. Cost: the freelists' length, plus the units of the blocks holding
+// free chunks.
 void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   FreeTable* t = st->table;
   uint64_t walked = 0;
