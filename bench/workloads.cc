@@ -16,6 +16,7 @@
 //                        and W8 (long-lived heap: resident bytes sampled
 //                        over 10^7 operations) for the contenders that free.
 //   --memory=W8          W8 alone.
+//   --memory=W8:C        W8 for contender C alone (e.g. mcx_freelist).
 //   --memory-w12-w13     W12's and W13's memory (bench/fixed_and_fifo.h).
 //   --callgrind=W:C      runs workload W (W1.rand, W1.32B, W2, W3, W4, W11;
 //                        W12.*, W13) for contender C (mcx_pool_buddy: W2
@@ -916,6 +917,11 @@ struct List {
   static void RegisterAll() { (Register<Cs>(), ...); }
   static void MemoryAll() { (Memory<Cs>(), ...); }
   static void MemoryW8All() { (MemoryW8<Cs>(), ...); }
+  static bool MemoryW8One(const std::string& c) {
+    bool done = false;
+    ((!done && c == Cs::kName ? (MemoryW8<Cs>(), done = true, 0) : 0), ...);
+    return done;
+  }
   static bool CallgrindOne(const std::string& w, const std::string& c) {
     bool done = false;
     ((!done && c == Cs::kName ? (done = Callgrind<Cs>(w), 0) : 0), ...);
@@ -1001,6 +1007,12 @@ int Main(int argc, char** argv) {
     if (arg == "--memory=W8") {
       Contenders::MemoryW8All();
       return 0;
+    }
+    if (arg.rfind("--memory=W8:", 0) == 0) {
+      const std::string c = arg.substr(std::strlen("--memory=W8:"));
+      if (Contenders::MemoryW8One(c)) return 0;
+      std::fprintf(stderr, "no W8 contender named '%s'\n", c.c_str());
+      return 2;
     }
     if (arg.rfind("--callgrind=", 0) == 0) {
       std::string spec = arg.substr(std::strlen("--callgrind="));

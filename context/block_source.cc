@@ -5,6 +5,7 @@
 #include "mcx/context/internal/context_impl.h"
 
 #include <malloc.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +29,16 @@ Block BlockSource::Reallocate(Block block, size_t keep, size_t new_min_size,
   std::memcpy(fresh.ptr, block.ptr, keep < fresh.size ? keep : fresh.size);
   Release(block);
   return fresh;
+}
+
+// BlockSource::Purge
+//
+// Keeping the pages is always correct: the caller gets its bytes back either
+// way, and a source over memory it does not own must not drop its pages.
+size_t BlockSource::Purge(void* ptr, size_t size) {
+  (void)ptr;
+  (void)size;
+  return 0;
 }
 
 namespace {
@@ -82,6 +93,39 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
   void* p = std::realloc(block.ptr, new_min_size);
   if (p == nullptr) return Block{};
   return Block{p, UsableSize(p, new_min_size)};
+}
+
+namespace {
+
+size_t PageBytes() {
+  static const size_t page = [] {
+    const long n = ::sysconf(_SC_PAGESIZE);
+    return n > 0 ? static_cast<size_t>(n) : size_t{4096};
+  }();
+  return page;
+}
+
+}  // namespace
+
+// SystemBlockSource::Purge
+//
+// MADV_DONTNEED, not MADV_FREE: with MADV_FREE the kernel takes the pages
+// only under memory pressure and counts them resident until then, so a
+// program (and its operator) would not see its footprint follow its data,
+// which is the point of purging; mimalloc and jemalloc make the same choice
+// by default where resident memory is what is watched. The pages come back
+// zero-filled at the next touch, which costs a fault: callers purge only
+// space that stays free. The range's partial pages at either end are kept
+// (they hold bytes of the block that are still used). glibc never reads the
+// inside of a chunk it lent, so dropping its pages is safe; the interior of
+// a lent chunk is what glibc's own trimming of free chunks drops too.
+size_t SystemBlockSource::Purge(void* ptr, size_t size) {
+  const size_t page = PageBytes();
+  const uintptr_t from = (reinterpret_cast<uintptr_t>(ptr) + page - 1) & ~(page - 1);
+  const uintptr_t to = (reinterpret_cast<uintptr_t>(ptr) + size) & ~(page - 1);
+  if (to <= from) return 0;
+  if (::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED) != 0) return 0;
+  return to - from;
 }
 
 namespace {

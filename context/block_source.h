@@ -18,6 +18,12 @@
 //   - `Reallocate(block, keep, new_min_size, alignment)` resizes a block,
 //     preserving its first `keep` bytes; it may move the block. On failure it
 //     returns an empty block and the old block is untouched.
+//   - `Purge(ptr, size)` says that bytes of a lent block hold nothing the
+//     caller needs: the source may give their pages back to the operating
+//     system, so resident memory follows what the block's owner still uses.
+//     The block stays lent and every byte of it usable; purged bytes read as
+//     zero or as what they held. Returns the bytes given back (0: none; the
+//     default gives nothing back, which every source may do).
 //   - Every method is thread-safe: one source serves contexts that live on
 //     different threads. Contexts themselves are single-owner.
 //
@@ -60,17 +66,28 @@ class BlockSource {
   // one. Sources that can grow in place (realloc, mremap) override it.
   virtual Block Reallocate(Block block, size_t keep, size_t new_min_size,
                            size_t alignment);
+
+  // Optional: gives back the whole pages of [ptr, ptr + size), which lies in
+  // a block this source lent and holds nothing the caller needs. Kinds call
+  // it (through PurgeBlockBytes, kind_api.h) on their slow paths for free
+  // space that stays free, never per chunk. The default keeps the pages and
+  // returns 0: right for a source over memory the caller owns (a static
+  // region, where giving pages back could mean re-reading a file mapping).
+  virtual size_t Purge(void* ptr, size_t size);
 };
 
 // The system allocator: `malloc`/`aligned_alloc`/`realloc`/`free`. Reports the
 // usable size glibc actually gave (`malloc_usable_size`), so a context can use
-// the slack instead of wasting it. Stateless and thread-safe.
+// the slack instead of wasting it. `Purge` gives the range's whole pages back
+// to the kernel (madvise; resident memory falls at once, and the pages read
+// as zero when next touched). Stateless and thread-safe.
 class SystemBlockSource final : public BlockSource {
  public:
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size,
                    size_t alignment) override;
+  size_t Purge(void* ptr, size_t size) override;
 };
 
 // The source that root contexts use when none is given: the process-wide

@@ -23,6 +23,11 @@ bool GoodFit(size_t have, size_t want) { return have >= want && have - want <= w
 // workloads ask for the same few sizes, so a fit is near the head or absent.
 constexpr int kMaxProbe = 8;
 
+// Decay runs this often (in operations on the shared lists), so a block is
+// purged between kDecayOperations and a quarter more after it was kept; each
+// run walks only the young heads of the lists and the newly old blocks.
+constexpr uint64_t kDecayRunDivisor = 4;
+
 // A kept block's node, readable. Under Valgrind a context announces a
 // chunk's free after its kind has released the chunk's block (a large or
 // dedicated chunk is its block), which marks the block's first bytes, this
@@ -155,6 +160,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
     stats_.kept += tc->kept;
     stats_.thread_kept += tc->kept;
     tc->hits = tc->kept = 0;
+    TickLocked();
     for (int b = 0; b < kBuckets; ++b) {
       if (tc->buckets[b] == nullptr) continue;
       // A whole list that fits the shared cap moves with one splice (the
@@ -165,6 +171,11 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
         bytes += n->size;
         ++blocks;
         last = n;
+        // On top of older blocks, as new: the order of the list holds, and
+        // a block purged before it went to the thread is purged again (its
+        // pages were touched there, or cost nothing to drop twice).
+        n->kept_at = clock_;
+        n->purged = false;
       }
       if (FitsShared(bytes)) {
         last->next = buckets_[b];
@@ -255,6 +266,7 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
+    TickLocked();
     if (Node* n = TakeFit(buckets_, kBuckets, min_size, alignment)) {
       ++stats_.hits;
       stats_.cached_bytes -= n->size;
@@ -316,6 +328,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(T
   internal::UnpoisonMemoryRegion(n, sizeof(Node));
   n->size = block.size;
   n->thread_kept = true;
+  n->purged = false;
   Node** head = &tc->buckets[BucketOf(block.size)];
   n->next = *head;
   *head = n;
@@ -347,13 +360,16 @@ void CachingBlockSource::ReleaseSlow(Block block) {
 void CachingBlockSource::ReleaseShared(Block block) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    TickLocked();
     if (FitsShared(block.size)) {
       Node* n = static_cast<Node*>(block.ptr);
       // The context may have left the block poisoned (Valgrind's mempool
       // teardown does): the node is the cache's to write.
       internal::UnpoisonMemoryRegion(n, sizeof(Node));
       n->size = block.size;
+      n->kept_at = clock_;
       n->thread_kept = false;
+      n->purged = false;
       int b = BucketOf(block.size);
       n->next = buckets_[b];
       buckets_[b] = n;
@@ -376,6 +392,34 @@ Block CachingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_si
   // Every block came from upstream (kept blocks too), so upstream can resize
   // it in place where it is able to.
   return upstream_->Reallocate(block, keep, new_min_size, alignment);
+}
+
+size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Purge(ptr, size); }
+
+// CachingBlockSource::TickLocked
+//
+// Every list is in keeping order, newest at the head (a block enters at the
+// head, and leaves from anywhere), so the old blocks of a list are a tail,
+// and the tail's purged blocks a tail of that: the walk stops at the first
+// purged block. Purging happens under the lock, since a block taken from
+// the lists must not lose the bytes its new owner writes; it is rare (a
+// block once per stay) and bounded by the blocks kept. The node and the rest
+// of the block's first page stay as they were: what misuse checks read in a
+// released block (a freed dedicated chunk's header word, just past the
+// bytes a source may write, freelist.cc's kReleasedBlockScratch) lies there.
+void CachingBlockSource::TickLocked() {
+  ++clock_;
+  if (clock_ < next_decay_) return;
+  next_decay_ = clock_ + kDecayOperations / kDecayRunDivisor;
+  for (Node** bucket = buckets_; bucket != buckets_ + kBuckets; ++bucket) {
+    for (Node* n = Claim(*bucket); n != nullptr; n = Claim(n->next)) {
+      if (clock_ - n->kept_at < kDecayOperations) continue;
+      if (n->purged) break;
+      n->purged = true;
+      ++stats_.purged_blocks;
+      stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+    }
+  }
 }
 
 void CachingBlockSource::TrimLocked(size_t target, Node** to_release) {

@@ -27,6 +27,14 @@
 //     default cache is never destroyed); 0 (the default) turns them off.
 //     Stats count a thread's hits and kept blocks when its cache spills or
 //     the thread exits, and the calling thread's own at once.
+//   - Decay: a block that stays in the shared lists while they serve
+//     `kDecayOperations` acquisitions and releases of other blocks is not
+//     part of what the program reuses; its pages go back through upstream's
+//     `Purge` (all but the cache's node), once, and it stays kept, to be
+//     reused without a system call to get it (each page it touches again
+//     costs a fault). Blocks in thread caches (a few MiB each) do not decay.
+//     The clock is the cache's own use, not time: no thread, no timer, and
+//     a program that stops using the cache keeps what it had then.
 //
 // Example:
 //
@@ -65,7 +73,18 @@ class CachingBlockSource final : public BlockSource {
     size_t thread_cached_bytes = 0;  // of cached_bytes: the calling thread's
     size_t cached_bytes = 0;
     size_t cached_blocks = 0;
+    // Decay: kept blocks whose pages went back through upstream's Purge,
+    // and the bytes upstream gave back for them (each block counted once).
+    uint64_t purged_blocks = 0;
+    size_t purged_bytes = 0;
   };
+
+  // Acquisitions and releases on the shared lists that a kept block must
+  // sit through, unused, before its pages go back: long enough that the
+  // blocks a server's requests cycle through never decay (they come back
+  // within a few operations), short enough that blocks a long-lived
+  // context gave back stop being resident while the program goes on.
+  static constexpr uint64_t kDecayOperations = 4096;
 
   CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
                      size_t thread_cache_bytes = 0);
@@ -76,6 +95,9 @@ class CachingBlockSource final : public BlockSource {
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
+  // A lent block's pages go back through upstream (every lent block came
+  // from there); kept blocks are the cache's own business.
+  size_t Purge(void* ptr, size_t size) override;
 
   // Changes the cap; blocks beyond the new cap go upstream now (the calling
   // thread's cache included; other threads' caches at their next release
@@ -94,9 +116,13 @@ class CachingBlockSource final : public BlockSource {
   struct Node {
     Node* next;
     size_t size;
+    // The decay clock when the block entered the shared lists (no meaning
+    // in a thread cache): in each shared list it falls from head to tail.
+    uint64_t kept_at;
     // Released into a thread cache (counted in thread_kept): if the block
     // later goes upstream as returned, thread_kept gives its count back too.
     bool thread_kept;
+    bool purged;  // its pages went to upstream's Purge (decay)
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
   static constexpr int kBuckets = 64;
@@ -126,6 +152,9 @@ class CachingBlockSource final : public BlockSource {
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);
+  // Advances the decay clock by one operation on the shared lists and, now
+  // and then, purges the blocks kept for kDecayOperations (mu_ held).
+  void TickLocked();
   // Whether `size` more bytes fit the shared lists' cap (mu_ held).
   bool FitsShared(size_t size) const;
   // What one thread may keep: its own cap, within the shared one.
@@ -138,6 +167,8 @@ class CachingBlockSource final : public BlockSource {
   std::atomic<size_t> max_cached_bytes_;
   const size_t thread_cache_bytes_;
   Stats stats_;
+  uint64_t clock_ = 0;       // operations on the shared lists (mu_)
+  uint64_t next_decay_ = 0;  // the clock at which TickLocked next purges
 };
 
 // The cache behind DefaultBlockSource(). APR keeps every freed block by

@@ -77,6 +77,8 @@
 //                                          and the tally that keeps it
 //   AcquireBlock, ReleaseBlock, ReallocateBlock, SetFailure
 //                                          the block ledger
+//   PurgeBlockBytes                        free pages of a held block back
+//                                          to the system
 //   SetBumpWindow, BumpPointer             the inline fast path's window
 //   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown
 //                                          the first block
@@ -486,6 +488,18 @@ inline void ReleaseBlock(Context* ctx, void* block, size_t size) {
 inline Block ReallocateBlock(Context* ctx, Block block, size_t keep, size_t new_min_size,
                              size_t alignment) {
   return internal::KindAccess::ReallocateBlock(ctx, block, keep, new_min_size, alignment);
+}
+
+// Says that [from, from + bytes), inside a block the context holds, is free
+// space the kind will not read: the block source may give its whole pages
+// back to the operating system (BlockSource::Purge), so resident memory
+// follows the live data while the block stays. The bytes stay usable and
+// read as zero or as they were; sanitizer and Valgrind marks do not change
+// (free space stays poisoned). Accounting does not change either: the block
+// is still held. Returns the bytes given back (0 from a source that keeps
+// its pages). A system call: for slow paths and space that stays free.
+inline size_t PurgeBlockBytes(Context* ctx, void* from, size_t bytes) {
+  return ctx->block_source()->Purge(from, bytes);
 }
 
 // Records why a kind's call is about to return nullptr (Context::Fail then

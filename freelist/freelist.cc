@@ -20,6 +20,10 @@
 //     goes back to the block source, beyond a few spares. aset.c keeps every
 //     freed chunk on its class's list until reset, so a long-lived context
 //     holds the sum of each class's high-water mark.
+//   - Sweeps run by frees purge the free units of the blocks that stay
+//     (PurgeFreeUnits): their pages go back to the system through the block
+//     source, so resident memory follows the live data where a few live
+//     chunks pin a block; aset.c's blocks stay resident until reset.
 //   - Sweeps that give little back make the next one later (a backoff), so
 //     churn over a steady set of live chunks pays almost nothing for them;
 //     a sweep also runs before a new block is acquired, if enough was freed
@@ -76,6 +80,7 @@ using freelist_internal::kNoChunkStart;
 using freelist_internal::kSourceHeaderAllowance;
 using freelist_internal::kStraddledInto;
 using freelist_internal::kUnitBytes;
+using freelist_internal::kUnitPurged;
 using freelist_internal::kUnitReleasing;
 using freelist_internal::kUnitShift;
 using freelist_internal::OnList;
@@ -955,13 +960,57 @@ uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
   return saved;
 }
 
+// Free units are purged in runs of at least this many: two units cover a
+// whole page wherever the block's allocator put it (units are 4 KiB, pages
+// too, but a block's units start wherever its header ends), so a shorter run
+// may give back nothing for its system call.
+constexpr size_t kMinPurgeUnits = 2;
+
+// PurgeFreeUnits
+//
+// Resident memory that follows the live data: a unit given back to its
+// block is free, but its pages stay resident while the block stays, pinned
+// by a few live chunks in other units; mimalloc purges such pages inside its
+// segments. Each run of free units of the partial and spare blocks (full
+// blocks have none) that holds a unit not yet purged goes to the block
+// source's Purge, once: kUnitPurged remembers (freelist_block.h), so a unit
+// carved again is purged again only once it is free again. Runs shorter
+// than kMinPurgeUnits wait until a neighbour joins them. The cost is a look
+// at each free unit's descriptor, at sweeps only. Called only by sweeps
+// that frees run, after TrimSpares: a sweep before growth frees units to
+// reuse them at once, and purging them would cost a fault per page. The space is poisoned and (checking builds)
+// clobbered already; purged pages read as zero afterwards, which no one
+// reads: free units hold no chunks, and carving writes every header.
+void PurgeFreeUnits(Context* ctx, FreelistState* st) {
+  auto purge = [&](BlockHeader* b) {
+    UnitDesc* d = Descs(b);
+    uint64_t m = b->free_units;
+    while (m != 0) {
+      const size_t s = static_cast<size_t>(absl::countr_zero(m));
+      const uint64_t from_s = m >> s;
+      const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
+      m &= ~((len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s);
+      if (len < kMinPurgeUnits) continue;
+      bool todo = false;
+      for (size_t i = s; i < s + len; ++i) todo |= (d[i].flags & kUnitPurged) == 0;
+      if (!todo) continue;
+      char* from = UnitStart(b, s);
+      PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, s + len - 1) - from));
+      for (size_t i = s; i < s + len; ++i) d[i].flags |= kUnitPurged;
+    }
+  };
+  ForEachOn(st, OnList::kPartial, purge);
+  ForEachOn(st, OnList::kSpare, purge);
+}
+
 // Sweep
 //
 // Counts the free chunks of each unit (a walk of the freelists), gives back
 // the units whose chunks are all free (MarkReleasable), refiles the lists
-// without their chunks, releases spare blocks beyond the budget if
-// `release_blocks`, and schedules the next sweep. Cost: the freelists'
-// length, plus the units of the blocks holding free chunks.
+// without their chunks, releases spare blocks beyond the budget and purges
+// free units (PurgeFreeUnits) if `release_blocks`, and schedules the next
+// sweep. Cost: the freelists' length, plus the units of the blocks holding
+// free chunks.
 void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   FreeTable* t = st->table;
   uint64_t walked = 0;
@@ -992,7 +1041,10 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   ForEachOn(st, OnList::kFull, finish);
   Descs(st->first)->sweep_free = 0;
   st->first->touched_units = 0;
-  if (release_blocks) TrimSpares(ctx, st);
+  if (release_blocks) {
+    TrimSpares(ctx, st);
+    PurgeFreeUnits(ctx, st);
+  }
   Schedule(st, walked, released);
 }
 

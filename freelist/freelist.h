@@ -17,8 +17,11 @@
 //     of larger classes (coalescing); a
 //     block whose units are all free goes back to the block source, beyond
 //     a few spare blocks (up to an eighth of the bytes in use) kept against
-//     a context whose data breathes. Sweeps that find little to give back
-//     come less and less often, so steady churn barely pays for them.
+//     a context whose data breathes; the pages of free units in blocks
+//     that stay go back to the system through the block source's Purge
+//     (block_source.h), so resident memory follows the live data even
+//     where a few live chunks keep a block. Sweeps that find little to
+//     give back come less and less often, so steady churn barely pays.
 //   - Larger requests get a dedicated block, which goes back to the block
 //     source as soon as the chunk is freed (or the context reset), and is
 //     resized through the source (realloc) when the chunk is reallocated.

@@ -1,6 +1,10 @@
 #include "mcx/testing/test_block_sources.h"
 
 #include <cstdlib>
+#include <cstring>
+#include <iterator>
+
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace test {
@@ -49,6 +53,51 @@ Block CountingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_s
   live_.erase(block.ptr);
   live_[fresh.ptr] = fresh.size;
   return fresh;
+}
+
+size_t CountingBlockSource::Purge(void* ptr, size_t size) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++purges_;
+    purge_requested_bytes_ += size;
+    // The live block at or before `ptr` must hold the whole range.
+    auto it = live_.upper_bound(ptr);
+    const bool inside =
+        it != live_.begin() &&
+        static_cast<char*>(ptr) + size <=
+            static_cast<char*>(std::prev(it)->first) + std::prev(it)->second;
+    if (!inside) {
+      ++bad_purges_;
+      return 0;
+    }
+  }
+  // Garbage first: a kind must not read what it purged, whatever the
+  // source gives back. The range is free space, poisoned where the build
+  // poisons, and stays so.
+  UnpoisonMemoryRegion(ptr, size);
+  std::memset(ptr, kPurgeScribbleByte, size);
+  PoisonMemoryRegion(ptr, size);
+  const size_t purged = upstream_->Purge(ptr, size);
+  std::lock_guard<std::mutex> lock(mu_);
+  purged_bytes_ += purged;
+  return purged;
+}
+
+int64_t CountingBlockSource::purges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purges_;
+}
+size_t CountingBlockSource::purge_requested_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purge_requested_bytes_;
+}
+size_t CountingBlockSource::purged_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return purged_bytes_;
+}
+int64_t CountingBlockSource::bad_purges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bad_purges_;
 }
 
 int64_t CountingBlockSource::acquires() const {

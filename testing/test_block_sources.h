@@ -37,6 +37,12 @@ class CountingBlockSource : public BlockSource {
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
+  // Fills the range with kPurgeScribbleByte (a kind must not read what it
+  // purged), forwards to upstream and counts: the calls, the bytes asked
+  // for, the bytes upstream gave back. A range that does not lie inside a
+  // live block is a bad purge, and is neither touched nor forwarded.
+  size_t Purge(void* ptr, size_t size) override;
+  static constexpr unsigned char kPurgeScribbleByte = 0xA5;
 
   int64_t acquires() const;
   int64_t releases() const;
@@ -45,6 +51,10 @@ class CountingBlockSource : public BlockSource {
   size_t live_bytes() const;
   // Releases of a pointer this source never gave out, or with a wrong size.
   int64_t bad_releases() const;
+  int64_t purges() const;
+  size_t purge_requested_bytes() const;
+  size_t purged_bytes() const;
+  int64_t bad_purges() const;
 
  protected:
   BlockSource* upstream_;
@@ -56,6 +66,10 @@ class CountingBlockSource : public BlockSource {
   int64_t releases_ = 0;
   int64_t reallocates_ = 0;
   int64_t bad_releases_ = 0;
+  int64_t purges_ = 0;
+  size_t purge_requested_bytes_ = 0;
+  size_t purged_bytes_ = 0;
+  int64_t bad_purges_ = 0;
 };
 
 // Blocks of exactly the size asked for, straight from aligned_alloc: the

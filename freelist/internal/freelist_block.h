@@ -19,7 +19,9 @@
 // A unit is free (its bit set in `free_units`) or holds chunks. Units go
 // back to their block when every chunk overlapping them is free (a sweep
 // finds them); a block whose units are all free goes back to the block
-// source, keeping a few as spares.
+// source, keeping a few as spares. Runs of free units in blocks that stay
+// have their whole pages purged (given back to the system through the
+// block source) by sweeps, and are marked kUnitPurged.
 //
 // The first block holds the context header, the kind state and the name;
 // after them a BlockHeader with a single descriptor covers the rest of the
@@ -71,7 +73,7 @@ struct UnitDesc {
   uint32_t sweep_free;  // a sweep's count of free chunks starting here; 0 between sweeps
   uint16_t first;       // offset of the first chunk start in the unit, or kNoChunkStart
   uint8_t index;        // this descriptor's place in its block's array
-  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree
+  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree, kUnitPurged
 };
 static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 
@@ -79,6 +81,11 @@ static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 inline constexpr uint8_t kUnitReleasing = 1;   // a sweep gives the unit back
 inline constexpr uint8_t kStraddledInto = 2;   // a chunk begun in an earlier unit runs into it
 inline constexpr uint8_t kMostlyFree = 4;      // a sweep coalesces its free chunks
+// A free unit whose pages went to the block source's Purge (freelist.cc,
+// PurgeFreeUnits). Meaningful only while the unit is free: a unit given
+// back by a sweep or a reset gets a fresh descriptor, and a unit a run took
+// but never reached goes back untouched, still purged.
+inline constexpr uint8_t kUnitPurged = 8;
 
 // Which list of the kind state a block of chunks is on.
 enum class OnList : uint8_t { kNone, kPartial, kFull, kSpare };

@@ -439,5 +439,68 @@ TEST(CachingBlockSourceTest, LowerCapShrinksTheCallingThreadsCache) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// A lent block's pages go back through upstream, which lent the block.
+TEST(CachingBlockSourceTest, PurgeOfALentBlockGoesUpstream) {
+  CountingBlockSource counting(DefaultBlockSource());
+  CachingBlockSource cache(&counting, 1 << 20);
+  Block b = cache.Acquire(64 << 10, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  std::memset(b.ptr, 3, b.size);
+  const size_t purged = cache.Purge(static_cast<char*>(b.ptr) + 100, 32 << 10);
+  EXPECT_EQ(counting.purges(), 1);
+  EXPECT_EQ(counting.purge_requested_bytes(), size_t{32} << 10);
+  EXPECT_EQ(counting.purged_bytes(), purged);
+  EXPECT_EQ(counting.bad_purges(), 0);
+  EXPECT_EQ(static_cast<char*>(b.ptr)[99], 3);
+  cache.Release(b);
+}
+
+// Blocks that stay kept while the cache serves other blocks decay: after
+// kDecayOperations operations their pages go back through upstream's Purge,
+// each block once, and they stay kept and usable. The block in use never
+// decays.
+TEST(CachingBlockSourceTest, BlocksKeptUnusedDecay) {
+  constexpr int kOld = 4;
+  constexpr size_t kOldBytes = size_t{64} << 10;
+  constexpr size_t kBusyBytes = size_t{16} << 10;
+  CountingBlockSource counting(DefaultBlockSource());
+  CachingBlockSource cache(&counting, size_t{8} << 20);  // no thread caches
+  std::vector<Block> old;
+  for (int i = 0; i < kOld; ++i) old.push_back(cache.Acquire(kOldBytes, kMinBlockAlignment));
+  for (Block b : old) {
+    ASSERT_NE(b.ptr, nullptr);
+    std::memset(b.ptr, 7, b.size);
+    cache.Release(b);
+  }
+  // One acquisition and one release per round: twice the decay period, and
+  // then some, so that a decay run falls after the old blocks aged.
+  for (uint64_t i = 0; i < CachingBlockSource::kDecayOperations * 2; ++i) {
+    Block b = cache.Acquire(kBusyBytes, kMinBlockAlignment);
+    ASSERT_NE(b.ptr, nullptr);
+    std::memset(b.ptr, 1, kBusyBytes);
+    cache.Release(b);
+  }
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.purged_blocks, static_cast<uint64_t>(kOld));
+  EXPECT_EQ(counting.purges(), kOld);
+  EXPECT_EQ(counting.bad_purges(), 0);
+  EXPECT_EQ(s.purged_bytes, counting.purged_bytes());
+  EXPECT_EQ(s.cached_blocks, static_cast<size_t>(kOld + 1));
+  // Still kept: taken again without asking upstream, and usable.
+  const int64_t acquires = counting.acquires();
+  Block b = cache.Acquire(kOldBytes, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  EXPECT_EQ(counting.acquires(), acquires);
+  std::memset(b.ptr, 9, b.size);
+  EXPECT_EQ(static_cast<char*>(b.ptr)[b.size - 1], 9);
+  cache.Release(b);
+  // Each block once: more rounds purge only the block that came back.
+  for (uint64_t i = 0; i < CachingBlockSource::kDecayOperations * 2; ++i) {
+    cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
+  }
+  EXPECT_EQ(counting.purges(), kOld + 1);
+  EXPECT_EQ(cache.GetStats().purged_blocks, static_cast<uint64_t>(kOld + 1));
+}
+
 }  // namespace
 }  // namespace mcx

@@ -404,6 +404,95 @@ TEST_F(FreelistTest, PhasesOfSizesAgainstAModel) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// Resident memory follows the live data in blocks that stay: after most
+// chunks are freed in random order, a few left live in every block so that
+// no block empties, the sweeps hand the free units' pages to the block
+// source's Purge, each once. Live chunks keep their contents, the blocks
+// stay accounted as held, and the purged space serves new chunks, which
+// are purged again once they are freed.
+TEST_F(FreelistTest, FreeUnitsOfBlocksThatStayArePurged) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  constexpr int kChunks = 100000;
+  constexpr size_t kSize = 64;
+  constexpr int kKeepOneIn = 1000;  // a few live chunks per block of 64 units
+  Context* ctx = Make();
+  TestRng rng(16);
+  std::vector<void*> live;
+  for (int i = 0; i < kChunks; ++i) {
+    live.push_back(ctx->Alloc(kSize));
+    Fill(live.back(), kSize, 7);
+  }
+  EXPECT_EQ(source_.purges(), 0);
+  int n = 0;
+  FreeShuffled(ctx, &live, &rng, [&n](void*) { return ++n % kKeepOneIn == 0; });
+  // One more sweep's worth of frees, of chunks allocated and freed at once.
+  for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(24));
+  const size_t held = ctx->bytes_in_blocks();
+  EXPECT_GT(source_.purges(), 0);
+  EXPECT_EQ(source_.bad_purges(), 0);
+  // Most of what is held is free units, and most of their bytes went to
+  // Purge (runs end at units pinned by a live chunk).
+  EXPECT_GT(source_.purge_requested_bytes() * 2, held);
+  // The default source, over the system allocator, gave whole pages back.
+  EXPECT_GT(source_.purged_bytes() * 3, held);
+  for (void* p : live) ASSERT_TRUE(Holds(p, kSize, 7));
+  // Purging changes no account: the blocks are still held, all of them.
+  EXPECT_EQ(held, source_.live_bytes());
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  // Each run once: more sweeps that free no unit purge nothing more.
+  const int64_t purges = source_.purges();
+  for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(24));
+  EXPECT_EQ(source_.purges(), purges);
+  // Purged units are carved again: the new chunks hold what is written.
+  std::vector<void*> again;
+  for (int i = 0; i < kChunks; ++i) {
+    again.push_back(ctx->Alloc(kSize));
+    Fill(again.back(), kSize, 8);
+  }
+  // They mostly took the purged units: new blocks hold less than half of them.
+  EXPECT_LT(ctx->bytes_in_blocks(), held + kChunks * kSize / 2);
+  for (void* p : again) ASSERT_TRUE(Holds(p, kSize, 8));
+  for (void* p : live) ASSERT_TRUE(Holds(p, kSize, 7));
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  // Freed again, they are purged again.
+  FreeShuffled(ctx, &again, &rng, [](void*) { return false; });
+  for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(24));
+  EXPECT_GT(source_.purges(), purges);
+  EXPECT_EQ(source_.bad_purges(), 0);
+  for (void* p : live) ASSERT_TRUE(Holds(p, kSize, 7));
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A source that keeps its pages (the default Purge) serves the same heap:
+// nothing is given back, nothing breaks.
+TEST_F(FreelistTest, SourcesThatKeepTheirPagesServeTheSameHeap) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  test::ExactBlockSource exact;
+  CountingBlockSource counting(&exact);
+  ContextOptions co;
+  co.block_source = &counting;
+  Context* ctx = CreateFreelistContext(nullptr, "freelist", FreelistOptions(), co);
+  TestRng rng(17);
+  std::vector<void*> live;
+  for (int i = 0; i < 50000; ++i) {
+    live.push_back(ctx->Alloc(64));
+    Fill(live.back(), 64, 9);
+  }
+  int n = 0;
+  FreeShuffled(ctx, &live, &rng, [&n](void*) { return ++n % 500 == 0; });
+  for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(24));
+  EXPECT_GT(counting.purges(), 0);
+  EXPECT_EQ(counting.purged_bytes(), 0u);
+  for (void* p : live) ASSERT_TRUE(Holds(p, 64, 9));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(counting.live_blocks(), 0);
+}
+
 // The checks below are not optional: a double free is caught in every
 // build, thanks to the header's free bit.
 TEST(FreelistDeathTest, DoubleFreeIsReported) {
