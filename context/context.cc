@@ -146,37 +146,6 @@ bool Context::CheckLive(const char* operation) const {
 
 // --- Lifecycle ---------------------------------------------------------------
 
-size_t Context::RoundUpLargeFirstBlock(size_t size) {
-  for (int tier = 0; tier < kFirstBlockTiers; ++tier) {
-    const size_t unit = size_t{1} << FirstBlockUnitShift(tier);
-    const size_t rounded = RoundUp(size, unit);
-    if (rounded >= size && (rounded >> FirstBlockUnitShift(tier)) <= kFirstBlockValueMask) {
-      return rounded <= kMaxFirstBlockSize ? rounded : 0;
-    }
-  }
-  return 0;
-}
-
-size_t Context::RoundDownLargeFirstBlock(size_t size) {
-  if (size > kMaxFirstBlockSize) size = kMaxFirstBlockSize;
-  for (int tier = 0;; ++tier) {
-    const int shift = FirstBlockUnitShift(tier);
-    if ((size >> shift) <= kFirstBlockValueMask) return (size >> shift) << shift;
-  }
-}
-
-uint16_t Context::LargeFirstBlockCode(size_t size) {
-  // `size` is one of RoundUpFirstBlock's or RoundDownFirstBlock's.
-  int tier = 0;
-  while (tier + 1 < kFirstBlockTiers &&
-         ((size & ((size_t{1} << FirstBlockUnitShift(tier)) - 1)) != 0 ||
-          (size >> FirstBlockUnitShift(tier)) > kFirstBlockValueMask)) {
-    ++tier;
-  }
-  return static_cast<uint16_t>(tier << kFirstBlockValueBits |
-                               size >> FirstBlockUnitShift(tier));
-}
-
 Context* Context::Create(Context* parent, const char* name,
                          const KindSpec& kind, const ContextOptions& options) {
   return CreateImpl(parent, name, kind, &options, kThrow);
@@ -261,18 +230,17 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
   const size_t name_len = std::strlen(name);
   const size_t state_offset = RoundUp(sizeof(Context), methods->state_alignment);
-  const size_t name_offset = state_offset + methods->state_size;
+  // The first block's size, then the name, after the kind's state.
+  const size_t size_offset = RoundUp(state_offset + methods->state_size, alignof(size_t));
+  const size_t name_offset = size_offset + sizeof(size_t);
   if (ABSL_PREDICT_FALSE(name_len > kMaxAllocSize - name_offset)) {
     return fail(Failure::kBadSize, name_len);
   }
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
-  // Rounded up to a size the header can say (first_block_code_): a few
-  // bytes at most below 512 KiB.
-  const size_t asked = methods->first_block_size(kind.options(), header_bytes, learned);
-  const size_t want = RoundUpFirstBlock(asked);
-  if (ABSL_PREDICT_FALSE(asked == 0 || want == 0 || want < header_bytes)) {
-    return fail(Failure::kBadSize, asked);
+  const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
+  if (ABSL_PREDICT_FALSE(want == 0 || want < header_bytes || want > kMaxFirstBlockSize)) {
+    return fail(Failure::kBadSize, want);
   }
   const size_t alignment = methods->first_block_alignment(kind.options(), want);
   const size_t limit = options != nullptr ? options->limit : kNoLimit;
@@ -292,16 +260,16 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     return fail(Failure::kOutOfMemory, want);
   }
   // Use the source's slack only where every limit has room for it, and the
-  // header's 16-bit field can say it.
+  // kinds' 32-bit fields can say it.
   size_t size = want;
   if (block.size > want) {
-    // The largest size the header can say is at least `want`, which it can.
-    size_t slack = RoundDownFirstBlock(block.size) - want;
+    size_t slack = (block.size < kMaxFirstBlockSize ? block.size : kMaxFirstBlockSize) - want;
     bool fits = limit == kNoLimit || want + slack <= limit;
     if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = want + slack;
   }
 
   Context* ctx = new (block.ptr) Context(methods, source, size);
+  std::memcpy(static_cast<char*>(block.ptr) + size_offset, &size, sizeof(size));
   internal::ValgrindCreatePool(ctx);
   CopyName(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
   // Link first: the kind's init and the side record may acquire blocks,
@@ -965,8 +933,17 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
 
 // The name follows the kind state, which follows the header: its place
 // follows from the kind, so the header does not keep a pointer to it.
-size_t Context::NameOffset() const {
-  return RoundUp(sizeof(Context), methods_->state_alignment) + methods_->state_size;
+size_t Context::FirstBlockSizeOffset() const {
+  return RoundUp(RoundUp(sizeof(Context), methods_->state_alignment) + methods_->state_size,
+                 alignof(size_t));
+}
+
+size_t Context::NameOffset() const { return FirstBlockSizeOffset() + sizeof(size_t); }
+
+size_t Context::first_block_size() const {
+  size_t size;
+  std::memcpy(&size, reinterpret_cast<const char*>(this) + FirstBlockSizeOffset(), sizeof(size));
+  return size;
 }
 
 const char* Context::name() const { return reinterpret_cast<const char*>(this) + NameOffset(); }

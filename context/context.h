@@ -523,10 +523,7 @@ class Context {
   // Bytes of the first block taken by the header, the kind's state and the
   // name; the first block's size.
   size_t header_bytes() const;
-  size_t first_block_size() const {
-    return static_cast<size_t>(first_block_code_ & kFirstBlockValueMask)
-           << FirstBlockUnitShift(first_block_code_ >> kFirstBlockValueBits);
-  }
+  size_t first_block_size() const;
 
  private:
   friend struct internal::CleanupAccess;
@@ -549,51 +546,8 @@ class Context {
   static constexpr uint16_t kStateMagic = 0x6D30;
   static bool IsContextState(uint16_t state) { return (state & kStateMagicMask) == kStateMagic; }
   static constexpr uint16_t kMaxBumpField = 0xFFFF;
-  // The first block's size in 16 bits: a 14-bit count of units and a 2-bit
-  // tier; tier t counts units of 8 << 7t bytes (8 B up to 128 KiB, 1 KiB up
-  // to 16 MiB, 128 KiB up to 2 GiB, then 16 MiB). Creation rounds a first
-  // block up to a size this can say, at most a 128th more than it asked for
-  // above 128 KiB and nothing below: 8 bytes is the granule of every block
-  // size the sources give (malloc_usable_size's included), so a context
-  // keeps using all of a block's slack.
-  static constexpr int kFirstBlockValueBits = 14;
-  static constexpr uint16_t kFirstBlockValueMask = (1u << kFirstBlockValueBits) - 1;
-  static constexpr int kFirstBlockTiers = 4;
-  static constexpr int kFirstBlockTier0Shift = 3;  // 8-byte units
-  static constexpr int kFirstBlockTierStep = 7;    // each tier's unit is 128 times the last
-  static constexpr int FirstBlockUnitShift(int tier) {
-    return kFirstBlockTier0Shift + kFirstBlockTierStep * tier;
-  }
-  // The limit of the kinds' 32-bit block-size fields, in 16-byte steps.
+  // The largest first block: the kinds keep block sizes in 32 bits.
   static constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
-  // The smallest size this field can say that is at least `size` (0 when
-  // none is, or it is above kMaxFirstBlockSize), and the largest that is at
-  // most `size`.
-  // Inline for tier 0, where nearly every first block is.
-  static constexpr size_t kMaxTier0FirstBlock = size_t{kFirstBlockValueMask}
-                                                << kFirstBlockTier0Shift;
-  static size_t RoundUpFirstBlock(size_t size) {
-    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
-      return (size + (size_t{1} << kFirstBlockTier0Shift) - 1) &
-             ~((size_t{1} << kFirstBlockTier0Shift) - 1);
-    }
-    return RoundUpLargeFirstBlock(size);
-  }
-  static size_t RoundDownFirstBlock(size_t size) {
-    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
-      return size & ~((size_t{1} << kFirstBlockTier0Shift) - 1);
-    }
-    return RoundDownLargeFirstBlock(size);
-  }
-  static uint16_t FirstBlockCode(size_t size) {
-    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
-      return static_cast<uint16_t>(size >> kFirstBlockTier0Shift);
-    }
-    return LargeFirstBlockCode(size);
-  }
-  static size_t RoundUpLargeFirstBlock(size_t size);
-  static size_t RoundDownLargeFirstBlock(size_t size);
-  static uint16_t LargeFirstBlockCode(size_t size);
 
   // Checking builds: APR's concurrency check. Every operation marks the
   // context in use by the calling thread; another thread arriving meanwhile
@@ -619,14 +573,12 @@ class Context {
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
   // The header of a new context in the first block of `size` bytes.
-  // `size` is one RoundUpFirstBlock gives.
   Context(const KindMethods* methods, BlockSource* source, size_t size)
       : peak_blocks_(0),
         num_blocks_(1),
         methods_(methods),
         source_(source),
-        mem_allocated_(size),
-        first_block_code_(FirstBlockCode(size)) {}
+        mem_allocated_(size) {}
   ~Context() = default;
 
   // `options` nullptr: the defaults.
@@ -763,6 +715,9 @@ class Context {
   // message).
   Failure Reparent(Context* new_parent, const Context** limited, size_t* bytes);
   size_t NameOffset() const;
+  // Where the first block's size is kept: after the kind's state, before
+  // the name (PostgreSQL keeps its keeper block's end in that block too).
+  size_t FirstBlockSizeOffset() const;
 
   // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),
   // limits and the reserve.
@@ -813,9 +768,10 @@ class Context {
 
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
-  // line; what only some contexts use is in the side record. Byte counts
-  // take 48 bits (more than a 64-bit process can address), so that each
-  // shares its word with a 16-bit field.
+  // line; what only some contexts use is in the side record; the first
+  // block's size is in that block, after the kind's state (FirstBlockRecord
+  // in context.cc). The block mark takes 48 bits (more than a 64-bit process
+  // can address), so that it shares its word with the window's limit.
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;
   // The high-water mark of mem_allocated_, recorded when it goes down (the
@@ -836,8 +792,7 @@ class Context {
   Context* next_sibling_ = nullptr;  // older sibling
   Context* prev_sibling_ = nullptr;  // newer sibling
   BlockSource* source_ = nullptr;
-  uint64_t mem_allocated_ : 48;      // bytes in blocks held by this context
-  uint16_t first_block_code_ = 0;    // this header sits at the block's start
+  size_t mem_allocated_ = 0;         // bytes in blocks held by this context
   internal::ContextExtras* extras_ = nullptr;  // the side record, or none
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
