@@ -25,7 +25,7 @@
 // chunk itself), `TakeAll` at the allocation slow path, reset and
 // release, and give the list to the tree with `KindMethods::remote_frees`
 // (so that checking builds do not report a remote free as two threads using
-// the context). The freelist kind does exactly this.
+// the context). The freelist and slab kinds do exactly this.
 //
 // Example:
 //
