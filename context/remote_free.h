@@ -56,7 +56,6 @@ class RemoteFreeList {
   // Empty, owned by the calling thread.
   void Init() {
     head_.store(nullptr, std::memory_order_relaxed);
-    pushed_.store(0, std::memory_order_relaxed);
     Adopt();
   }
   void Adopt() { owner_.store(&internal::remote_thread_token, std::memory_order_relaxed); }
@@ -73,7 +72,6 @@ class RemoteFreeList {
       std::memcpy(chunk, &head, sizeof(head));
     } while (!head_.compare_exchange_weak(head, chunk, std::memory_order_release,
                                           std::memory_order_relaxed));
-    pushed_.fetch_add(1, std::memory_order_relaxed);
   }
 
   bool HasAny() const { return head_.load(std::memory_order_relaxed) != nullptr; }
@@ -89,13 +87,9 @@ class RemoteFreeList {
     return next;
   }
 
-  // Chunks pushed since Init (all threads).
-  uint64_t pushed() const { return pushed_.load(std::memory_order_relaxed); }
-
  private:
   std::atomic<void*> head_;
   std::atomic<const char*> owner_;
-  std::atomic<uint64_t> pushed_;
 };
 
 // Makes the calling thread the owner of `ctx`: its frees are then ordinary
