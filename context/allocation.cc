@@ -58,9 +58,9 @@ inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flag
 void Context::NoteAllocationChecked(size_t size, AllocationSite site) {
 #if MCX_CHECKING
   (void)size;
-  uint16_t magic;
-  internal::CopyFromPoisoned(&magic, &magic_, sizeof(magic));
-  if (magic != kLiveMagic) return;
+  uint16_t state;
+  internal::CopyFromPoisoned(&state, &state_, sizeof(state));
+  if (!IsContextState(state)) return;
   pending_site_ = internal::InternSite(site);
 #else
   (void)size;

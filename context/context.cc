@@ -132,19 +132,50 @@ bool Context::CheckLive(const char* operation) const {
   // Under ASan, read past any poison: a destroyed context's block may sit
   // poisoned in a cache or the checking build's quarantine, and the report
   // is the point. (Memcheck has no exact poison query: it reports the read.)
-  uint16_t magic;
+  uint16_t state;
   if (internal::kAddressSanitizer) {
-    internal::CopyFromPoisoned(&magic, &magic_, sizeof(magic));
+    internal::CopyFromPoisoned(&state, &state_, sizeof(state));
   } else {
-    magic = magic_;
+    state = static_cast<uint16_t>(state_);
   }
-  if (magic == kLiveMagic) return true;
+  if (IsContextState(state)) return true;
   internal::ReportMisuse("%s of context at %p, which was already destroyed (or was never a context)",
                          operation, static_cast<const void*>(this));
   return false;
 }
 
 // --- Lifecycle ---------------------------------------------------------------
+
+size_t Context::RoundUpLargeFirstBlock(size_t size) {
+  for (int tier = 0; tier < kFirstBlockTiers; ++tier) {
+    const size_t unit = size_t{1} << FirstBlockUnitShift(tier);
+    const size_t rounded = RoundUp(size, unit);
+    if (rounded >= size && (rounded >> FirstBlockUnitShift(tier)) <= kFirstBlockValueMask) {
+      return rounded <= kMaxFirstBlockSize ? rounded : 0;
+    }
+  }
+  return 0;
+}
+
+size_t Context::RoundDownLargeFirstBlock(size_t size) {
+  if (size > kMaxFirstBlockSize) size = kMaxFirstBlockSize;
+  for (int tier = 0;; ++tier) {
+    const int shift = FirstBlockUnitShift(tier);
+    if ((size >> shift) <= kFirstBlockValueMask) return (size >> shift) << shift;
+  }
+}
+
+uint16_t Context::LargeFirstBlockCode(size_t size) {
+  // `size` is one of RoundUpFirstBlock's or RoundDownFirstBlock's.
+  int tier = 0;
+  while (tier + 1 < kFirstBlockTiers &&
+         ((size & ((size_t{1} << FirstBlockUnitShift(tier)) - 1)) != 0 ||
+          (size >> FirstBlockUnitShift(tier)) > kFirstBlockValueMask)) {
+    ++tier;
+  }
+  return static_cast<uint16_t>(tier << kFirstBlockValueBits |
+                               size >> FirstBlockUnitShift(tier));
+}
 
 Context* Context::Create(Context* parent, const char* name,
                          const KindSpec& kind, const ContextOptions& options) {
@@ -174,9 +205,6 @@ bool NeedsExtras(const ContextOptions& o) {
          o.failure_dump.max_depth != kFailureDumpDefaultDepth ||
          o.failure_dump.max_children != kFailureDumpDefaultChildren || o.allow_in_no_alloc_scope;
 }
-
-// The first block's size is kept in 32 bits of the header.
-constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
 
 // Copies `n` bytes (a name and its NUL). Names are short, and for them two
 // overlapping loads and stores cost less than the call to memcpy.
@@ -239,11 +267,14 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
-  const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
-  const size_t alignment = methods->first_block_alignment(kind.options(), want);
-  if (ABSL_PREDICT_FALSE(want == 0 || want < header_bytes || want > kMaxFirstBlockSize)) {
-    return fail(Failure::kBadSize, want);
+  // Rounded up to a size the header can say (first_block_code_): a few
+  // bytes at most below 512 KiB.
+  const size_t asked = methods->first_block_size(kind.options(), header_bytes, learned);
+  const size_t want = RoundUpFirstBlock(asked);
+  if (ABSL_PREDICT_FALSE(asked == 0 || want == 0 || want < header_bytes)) {
+    return fail(Failure::kBadSize, asked);
   }
+  const size_t alignment = methods->first_block_alignment(kind.options(), want);
   const size_t limit = options != nullptr ? options->limit : kNoLimit;
   if (limit != kNoLimit && want > limit) return fail(Failure::kLimit, want);
 
@@ -261,10 +292,11 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     return fail(Failure::kOutOfMemory, want);
   }
   // Use the source's slack only where every limit has room for it, and the
-  // header's 32-bit field can say it.
+  // header's 16-bit field can say it.
   size_t size = want;
   if (block.size > want) {
-    size_t slack = (block.size < kMaxFirstBlockSize ? block.size : kMaxFirstBlockSize) - want;
+    // The largest size the header can say is at least `want`, which it can.
+    size_t slack = RoundDownFirstBlock(block.size) - want;
     bool fits = limit == kNoLimit || want + slack <= limit;
     if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = want + slack;
   }
@@ -683,16 +715,16 @@ void Context::ReleaseSelf() {
   if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);
   BlockSource* source = source_;
-  Block first{this, first_block_size_};
+  Block first{this, first_block_size()};
   UnchargeLimits(first.size);
   Unlink();
   // Checking builds clobber the first block past the header fields that the
-  // release still needs; the magic below is written last.
+  // release still needs; the dead state below is written last.
   if (internal::kChecking) ClobberReleased(reinterpret_cast<char*>(this) + sizeof(Context),
                                            first.size - sizeof(Context));
   // Volatile: the store precedes the destructor, and an optimiser may drop
   // stores to an object whose lifetime ends next (GCC does at -O2).
-  static_cast<volatile uint16_t&>(magic_) = kDeadMagic;
+  static_cast<volatile State&>(state_) = State::kDead;
   this->~Context();
   if (internal::kChecking && source == DefaultBlockSource() &&
       !internal::DefaultSourceInstalled()) {
@@ -810,10 +842,10 @@ Failure Context::TrySetParent(Context* new_parent) {
 // child that needs the larger one through a second block.
 void Context::FirstBlockOutgrown() {
   if (parent_ == nullptr) return;
-  size_t want = 2 * size_t{first_block_size_};
+  size_t want = 2 * first_block_size();
   if (want > kDefaultFirstBlockSize) want = kDefaultFirstBlockSize;
-  const auto units = static_cast<uint16_t>((want + kLearnedUnit - 1) / kLearnedUnit);
-  std::atomic<uint16_t>& learned = parent_->learned_first_block_;
+  const auto units = static_cast<uint8_t>((want + kLearnedUnit - 1) / kLearnedUnit);
+  std::atomic<uint8_t>& learned = parent_->learned_first_block_;
   if (learned.load(std::memory_order_relaxed) < units) {
     learned.store(units, std::memory_order_relaxed);
   }

@@ -523,7 +523,10 @@ class Context {
   // Bytes of the first block taken by the header, the kind's state and the
   // name; the first block's size.
   size_t header_bytes() const;
-  size_t first_block_size() const { return first_block_size_; }
+  size_t first_block_size() const {
+    return size_t{first_block_code_ & kFirstBlockValueMask}
+           << FirstBlockUnitShift(first_block_code_ >> kFirstBlockValueBits);
+  }
 
  private:
   friend struct internal::CleanupAccess;
@@ -532,12 +535,65 @@ class Context {
 
   // kCreating: until the kind's init has returned; its blocks are never
   // refused for a soft limit or a report request (nothing would retry).
-  enum class State : uint8_t { kLive, kTearingDown, kCreating };
-  // Written at creation and overwritten just before the first block goes
-  // back, so a second Destroy of the same context is recognised.
-  static constexpr uint16_t kLiveMagic = 0x6D31;  // "m1"
-  static constexpr uint16_t kDeadMagic = 0xDEAD;
+  // The state doubles as the magic: every state of a context that is still
+  // one shares the high bits kStateMagic, and kDead is written just before
+  // the first block goes back, so a second Destroy of the same context (or
+  // a pointer that never was one) is recognised.
+  enum class State : uint16_t {
+    kLive = 0x6D31,  // "m1"
+    kTearingDown = 0x6D32,
+    kCreating = 0x6D33,
+    kDead = 0xDEAD,
+  };
+  static constexpr uint16_t kStateMagicMask = 0xFFF0;
+  static constexpr uint16_t kStateMagic = 0x6D30;
+  static bool IsContextState(uint16_t state) { return (state & kStateMagicMask) == kStateMagic; }
   static constexpr uint16_t kMaxBumpField = 0xFFFF;
+  // The first block's size in 16 bits: a 14-bit count of units and a 2-bit
+  // tier; tier t counts units of 8 << 7t bytes (8 B up to 128 KiB, 1 KiB up
+  // to 16 MiB, 128 KiB up to 2 GiB, then 16 MiB). Creation rounds a first
+  // block up to a size this can say, at most a 128th more than it asked for
+  // above 128 KiB and nothing below: 8 bytes is the granule of every block
+  // size the sources give (malloc_usable_size's included), so a context
+  // keeps using all of a block's slack.
+  static constexpr int kFirstBlockValueBits = 14;
+  static constexpr uint16_t kFirstBlockValueMask = (1u << kFirstBlockValueBits) - 1;
+  static constexpr int kFirstBlockTiers = 4;
+  static constexpr int kFirstBlockTier0Shift = 3;  // 8-byte units
+  static constexpr int kFirstBlockTierStep = 7;    // each tier's unit is 128 times the last
+  static constexpr int FirstBlockUnitShift(int tier) {
+    return kFirstBlockTier0Shift + kFirstBlockTierStep * tier;
+  }
+  // The limit of the kinds' 32-bit block-size fields, in 16-byte steps.
+  static constexpr size_t kMaxFirstBlockSize = ~uint32_t{0} & ~size_t{15};
+  // The smallest size this field can say that is at least `size` (0 when
+  // none is, or it is above kMaxFirstBlockSize), and the largest that is at
+  // most `size`.
+  // Inline for tier 0, where nearly every first block is.
+  static constexpr size_t kMaxTier0FirstBlock = size_t{kFirstBlockValueMask}
+                                                << kFirstBlockTier0Shift;
+  static size_t RoundUpFirstBlock(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return (size + (size_t{1} << kFirstBlockTier0Shift) - 1) &
+             ~((size_t{1} << kFirstBlockTier0Shift) - 1);
+    }
+    return RoundUpLargeFirstBlock(size);
+  }
+  static size_t RoundDownFirstBlock(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return size & ~((size_t{1} << kFirstBlockTier0Shift) - 1);
+    }
+    return RoundDownLargeFirstBlock(size);
+  }
+  static uint16_t FirstBlockCode(size_t size) {
+    if (ABSL_PREDICT_TRUE(size <= kMaxTier0FirstBlock)) {
+      return static_cast<uint16_t>(size >> kFirstBlockTier0Shift);
+    }
+    return LargeFirstBlockCode(size);
+  }
+  static size_t RoundUpLargeFirstBlock(size_t size);
+  static size_t RoundDownLargeFirstBlock(size_t size);
+  static uint16_t LargeFirstBlockCode(size_t size);
 
   // Checking builds: APR's concurrency check. Every operation marks the
   // context in use by the calling thread; another thread arriving meanwhile
@@ -563,12 +619,14 @@ class Context {
   enum AllocFlags : unsigned { kThrow = 0, kNoThrow = 1 };
 
   // The header of a new context in the first block of `size` bytes.
+  // `size` is one RoundUpFirstBlock gives.
   Context(const KindMethods* methods, BlockSource* source, size_t size)
-      : num_blocks_(1),
+      : peak_blocks_(0),
+        num_blocks_(1),
         methods_(methods),
         source_(source),
         mem_allocated_(size),
-        first_block_size_(static_cast<uint32_t>(size)) {}
+        first_block_code_(FirstBlockCode(size)) {}
   ~Context() = default;
 
   // `options` nullptr: the defaults.
@@ -726,6 +784,8 @@ class Context {
   // The learned first block (kind.h, kDefaultFirstBlockSize): kinds report
   // growth; creation reads the parent's size.
   static constexpr size_t kLearnedUnit = 64;
+  static_assert(kDefaultFirstBlockSize / kLearnedUnit <= 0xFF,
+                "the learned first block fits its byte");
   size_t LearnedFirstBlock() const {
     return size_t{learned_first_block_.load(std::memory_order_relaxed)} * kLearnedUnit;
   }
@@ -751,14 +811,24 @@ class Context {
   void UnchargeLimitsSlow(size_t bytes);
 
 
-  // The header: 104 bytes in release builds (PostgreSQL's MemoryContextData
+  // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
-  // line; what only some contexts use is in the side record.
+  // line; what only some contexts use is in the side record. Byte counts
+  // take 48 bits (more than a 64-bit process can address), so that each
+  // shares its word with a 16-bit field.
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;
+  // The high-water mark of mem_allocated_, recorded when it goes down (the
+  // mark so far is the larger of the two): growth pays nothing for it.
+  uint64_t peak_blocks_ : 48;
   uint16_t max_bump_ = 0;         // largest request the window serves; 0: none
   State state_ = State::kCreating;
   Failure last_failure_ = Failure::kNone;
+  // The first-block size this context's children start with when their kind
+  // leaves it to the tree, in units of kLearnedUnit (0: the smallest); it
+  // grows when a child outgrows its first block. Atomic (relaxed): a child's
+  // growth may store it while another thread creates a sibling.
+  std::atomic<uint8_t> learned_first_block_{0};
   uint32_t num_blocks_ = 0;       // blocks held, the first included
   const KindMethods* methods_ = nullptr;
   Context* parent_ = nullptr;
@@ -766,18 +836,9 @@ class Context {
   Context* next_sibling_ = nullptr;  // older sibling
   Context* prev_sibling_ = nullptr;  // newer sibling
   BlockSource* source_ = nullptr;
-  size_t mem_allocated_ = 0;         // bytes in blocks held by this context
-  // The high-water mark of mem_allocated_, recorded when it goes down (the
-  // mark so far is the larger of the two): growth pays nothing for it.
-  size_t peak_blocks_ = 0;
+  uint64_t mem_allocated_ : 48;      // bytes in blocks held by this context
+  uint16_t first_block_code_ = 0;    // this header sits at the block's start
   internal::ContextExtras* extras_ = nullptr;  // the side record, or none
-  uint32_t first_block_size_ = 0;    // bytes; this header sits at its start
-  uint16_t magic_ = kLiveMagic;
-  // The first-block size this context's children start with when their kind
-  // leaves it to the tree, in units of kLearnedUnit (0: the smallest); it
-  // grows when a child outgrows its first block. Atomic (relaxed): a child's
-  // growth may store it while another thread creates a sibling.
-  std::atomic<uint16_t> learned_first_block_{0};
 #if MCX_CHECKING
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
@@ -880,7 +941,7 @@ struct CleanupAccess {
 // A plain context's header (release builds; checking builds add the
 // concurrency check's fields). tests/context/context_test.cc says so too.
 #if !MCX_CHECKING
-static_assert(sizeof(Context) <= 104, "the context header is at most 104 bytes");
+static_assert(sizeof(Context) <= 96, "the context header is at most 96 bytes");
 #endif
 
 // Context::AddCleanup (callable)

@@ -67,7 +67,8 @@ namespace mcx {
 
 struct PoolOptions {
   // Bytes of the first block, context header included (at least the header
-  // and 256 bytes). 0, the default, leaves it to the tree (kind.h,
+  // and 256 bytes; rounded up to a multiple of 8, and above 128 KiB by at
+  // most a 128th: Context::first_block_size() says what it is). 0, the default, leaves it to the tree (kind.h,
   // kDefaultFirstBlockSize): 8 KiB for a root, and for a child a small
   // block that follows what its parent's children need, up to 8 KiB.
   size_t initial_block_size = 0;

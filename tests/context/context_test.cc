@@ -626,12 +626,12 @@ TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
 }
 
 
-// A plain context's header is at most 104 bytes in release builds (checking
+// A plain context's header is at most 96 bytes in release builds (checking
 // builds add the concurrency check's fields); what only some contexts use
 // is in a side record, made on first use and counted where limits count.
 TEST(ContextLayoutTest, HeaderIsSmallAndTheSideRecordIsMadeOnDemand) {
   if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
-  if (!internal::kChecking) EXPECT_LE(sizeof(Context), 104u);
+  if (!internal::kChecking) EXPECT_LE(sizeof(Context), 96u);
   CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
@@ -646,6 +646,37 @@ TEST(ContextLayoutTest, HeaderIsSmallAndTheSideRecordIsMadeOnDemand) {
   EXPECT_EQ(source.live_blocks(), 2);  // the record survives resets
   plain->Destroy();
   EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// The header says the first block's size in 16 bits (context.h): exactly
+// for every multiple of 8 up to 128 KiB, and above that rounded up by at
+// most a 128th; what the source gave is what goes back.
+TEST(ContextLayoutTest, FirstBlockSizesRoundTripThroughTheHeader) {
+  if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  const size_t kAsked[] = {1024,           3000,          4104,
+                           128 * 1024 - 8, 128 * 1024 + 8, 1000 * 1000,
+                           16 * 1024 * 1024 + 1024,        40 * 1024 * 1024 + 5};
+  for (size_t asked : kAsked) {
+    PoolOptions po;
+    po.initial_block_size = asked;
+    Context* ctx = Context::Create(nullptr, "sized", PoolKind(po), o);
+    const size_t got = ctx->first_block_size();
+    const size_t given = source.live_bytes();  // what the source handed out
+    EXPECT_GE(got, asked) << asked;
+    EXPECT_GE(given, got) << asked;
+    if (given <= 128 * 1024) {
+      EXPECT_EQ(got, given) << asked;  // the slack is used to the byte
+    } else {
+      EXPECT_LE(given - got, given / 128) << asked;
+    }
+    EXPECT_EQ(ctx->bytes_in_blocks(), got);
+    ctx->Destroy();
+    EXPECT_EQ(source.live_blocks(), 0);
+    EXPECT_EQ(source.bad_releases(), 0) << asked;
+  }
 }
 
 // --- Findings of 2026-12 (docs/reliability.md lists them) --------------------
