@@ -31,6 +31,9 @@ namespace mcx {
 namespace {
 
 constexpr bool kChecking = internal::kChecking;
+// Direct mode: every object a block of its own, released when it is freed
+// (slab.h), so a freed slot is never seen again; counts still hold.
+constexpr bool kDirect = internal::kDirect;
 
 ContextOptions On(BlockSource* source) {
   ContextOptions o;
@@ -75,7 +78,9 @@ TEST(SlabRemoteFreeTest, OwnerReusesSlotsAnotherThreadFreed) {
   std::set<void*> reused;
   for (size_t i = 0; i < freed.size(); ++i) {
     void* p = ctx->Alloc(64);
-    EXPECT_EQ(reusable.count(p), 1u) << "allocation " << i << " took a slot nobody freed";
+    if (!kDirect) {
+      EXPECT_EQ(reusable.count(p), 1u) << "allocation " << i << " took a slot nobody freed";
+    }
     reused.insert(p);
     if (i == 0) {
       const ContextCounters after = GetCounters(ctx);
@@ -84,7 +89,7 @@ TEST(SlabRemoteFreeTest, OwnerReusesSlotsAnotherThreadFreed) {
       EXPECT_EQ(after.free_bytes, full.free_bytes + (freed.size() - 1) * stride);
     }
   }
-  EXPECT_EQ(reused.size(), freed.size());
+  if (!kDirect) EXPECT_EQ(reused.size(), freed.size());
   EXPECT_EQ(source.live_blocks(), blocks);
   ExpectSameCounters(GetCounters(ctx), full);
   EXPECT_TRUE(ctx->Check(&error)) << error;
@@ -100,7 +105,8 @@ TEST(SlabRemoteFreeTest, AdoptedContextFreesLocally) {
     AdoptContext(ctx);
     ctx->Free(p);
     // An ordinary free: the next allocation reuses the slot at once.
-    EXPECT_EQ(ctx->Alloc(32), p);
+    void* q = ctx->Alloc(32);
+    if (!kDirect) EXPECT_EQ(q, p);
     ctx->Destroy();
   }).join();
 }
@@ -159,14 +165,15 @@ TEST(SlabRemoteFreeTest, ConstructedObjectsKeepTheirStateAcrossARemoteFree) {
   std::set<Node*> freed(nodes.begin(), nodes.end());
   for (size_t i = 0; i < per_block; ++i) {
     auto* n = static_cast<Node*>(SlabAllocObject(ctx));
-    ASSERT_EQ(freed.count(n), 1u);
     EXPECT_EQ(n->stamp, kConstructedStamp);
+    if (kDirect) continue;  // a new block: constructed afresh
+    ASSERT_EQ(freed.count(n), 1u);
     const auto index =
         static_cast<size_t>(std::find(nodes.begin(), nodes.end(), n) - nodes.begin());
     EXPECT_EQ(n->payload[0], static_cast<char>(index + 1));
     EXPECT_EQ(n->payload[sizeof(n->payload) - 1], static_cast<char>(index + 1));
   }
-  EXPECT_EQ(calls.constructed, constructed);
+  if (!kDirect) EXPECT_EQ(calls.constructed, constructed);
   // Pending remote frees at the destroy: no live cleanup for them, the
   // destructor once on every slot ever constructed.
   std::vector<Node*> live;
