@@ -26,6 +26,9 @@ CHANGES=(
   "c5beee1|cheaper creation and destroy: default-options path, plain leaves|W4:mcx_pool,W11:mcx_pool"
   "a6e1e0e|pool state derives the window size and the growth base|W4:mcx_pool,W11:mcx_pool"
   "8521a76|block cache fast paths keep few values live|W4:mcx_pool,W2:mcx_pool"
+  "8e8b8e7|context header back to 96 bytes (48-bit counts, 16-bit first block)|W4:mcx_pool,W11:mcx_pool"
+  "63edbf6|first block sizes: tier 0 rounding and coding inline|W4:mcx_pool"
+  "6b946d9|freelist counts live bytes; owner test loads the thread pointer|W3:mcx_freelist"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"

@@ -524,7 +524,7 @@ class Context {
   // name; the first block's size.
   size_t header_bytes() const;
   size_t first_block_size() const {
-    return size_t{first_block_code_ & kFirstBlockValueMask}
+    return static_cast<size_t>(first_block_code_ & kFirstBlockValueMask)
            << FirstBlockUnitShift(first_block_code_ >> kFirstBlockValueBits);
   }
 

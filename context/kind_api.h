@@ -100,6 +100,8 @@
 #include <string>
 #include <type_traits>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "mcx/context/block_source.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
@@ -253,28 +255,39 @@ struct Trampolines {
 // LiveTally
 //
 // The count of live bytes a kind keeps for `Live` (O(1)): Add when a chunk
-// is handed out, Remove when it comes back. The high-water mark is recorded
-// only when the count goes down (the peak so far is the larger of the two),
-// so the allocation path pays one add and nothing more.
+// is handed out, Remove when it comes back, with its exact high-water mark.
+// It keeps the mark and the headroom below it rather than the count, so
+// that a free is one add to memory and an allocation one subtract and a
+// branch that is taken only when the mark rises (the count is the mark less
+// the headroom).
 class LiveTally {
  public:
-  void Add(size_t n) { live_ += n; }
-  void Remove(size_t n) {
-    if (live_ > peak_) peak_ = live_;
-    live_ -= n;
+  void Add(size_t n) {
+    if (ABSL_PREDICT_FALSE((headroom_ -= static_cast<int64_t>(n)) < 0)) RaisePeak();
   }
-  void Clear() { Remove(live_); }
-  void ResetPeak() { peak_ = live_; }
-  size_t live() const { return live_; }
-  size_t peak() const { return live_ > peak_ ? live_ : peak_; }
+  void Remove(size_t n) { headroom_ += static_cast<int64_t>(n); }
+  void Clear() { headroom_ = static_cast<int64_t>(peak_); }
+  void ResetPeak() {
+    peak_ = live();
+    headroom_ = 0;
+  }
+  size_t live() const { return peak_ - static_cast<size_t>(headroom_); }
+  size_t peak() const { return peak_; }
   void Report(LiveCounts* out) const {
     out->live_bytes = live();
     out->peak_live_bytes = peak();
   }
 
  private:
-  size_t live_ = 0;
+  // Out of line, reading the headroom again: the allocation path keeps a
+  // subtract to memory and a branch.
+  ABSL_ATTRIBUTE_NOINLINE void RaisePeak() {
+    peak_ += static_cast<size_t>(-headroom_);
+    headroom_ = 0;
+  }
+
   size_t peak_ = 0;
+  int64_t headroom_ = 0;  // the peak less the count: never negative between calls
 };
 
 // MakeKindMethods<Kind>()

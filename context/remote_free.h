@@ -42,13 +42,25 @@
 #include <cstdint>
 #include <cstring>
 
+#include "absl/base/config.h"
+
 namespace mcx {
 
 class Context;
 
 namespace internal {
-// Its address names the calling thread.
+// Its address names the calling thread where the thread pointer cannot.
 extern __thread char remote_thread_token;
+
+// A value that names the calling thread while it runs: the thread pointer,
+// one load (the owner test is on every free), else the token's address.
+inline const void* ThisThreadName() {
+#if ABSL_HAVE_BUILTIN(__builtin_thread_pointer)
+  return __builtin_thread_pointer();
+#else
+  return &remote_thread_token;
+#endif
+}
 }  // namespace internal
 
 class RemoteFreeList {
@@ -58,10 +70,10 @@ class RemoteFreeList {
     head_.store(nullptr, std::memory_order_relaxed);
     Adopt();
   }
-  void Adopt() { owner_.store(&internal::remote_thread_token, std::memory_order_relaxed); }
+  void Adopt() { owner_.store(internal::ThisThreadName(), std::memory_order_relaxed); }
 
   bool FromOtherThread() const {
-    return owner_.load(std::memory_order_relaxed) != &internal::remote_thread_token;
+    return owner_.load(std::memory_order_relaxed) != internal::ThisThreadName();
   }
 
   // Links `chunk` (at least a pointer's worth of bytes, no longer used by
@@ -89,7 +101,7 @@ class RemoteFreeList {
 
  private:
   std::atomic<void*> head_;
-  std::atomic<const char*> owner_;
+  std::atomic<const void*> owner_;
 };
 
 // Makes the calling thread the owner of `ctx`: its frees are then ordinary

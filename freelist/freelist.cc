@@ -720,6 +720,7 @@ void* TakeOrphan(FreelistState* st, size_t c) {
 // allocated at `site`.
 void* CarveLive(FreelistState* st, size_t c, size_t size, SiteId site) {
   void* p = CarveChunk(st, c);
+  st->live.Add(SizeClassBytes(c));
   MarkLive(p, size, Stride(c) - kHeaderBytes, site);
   return p;
 }
@@ -741,6 +742,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       if (void* p = st->table->heads[c]; p != nullptr) {
         st->table->heads[c] = NextFree(p);
         ClearFreeBit(p);
+        st->live.Add(SizeClassBytes(c));
         MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
@@ -755,6 +757,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       // No room for the table yet (the next run will hold it): an orphan
       // of the class, if one is near the top, else a new chunk.
       if (void* p = TakeOrphan(st, c); p != nullptr) {
+        st->live.Add(SizeClassBytes(c));
         MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
@@ -765,6 +768,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
     if (void* p = st->table->heads[c]; p != nullptr) {
       st->table->heads[c] = NextFree(p);
       ClearFreeBit(p);
+      st->live.Add(SizeClassBytes(c));
       MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
       return p;
     }
@@ -1004,6 +1008,7 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   st->dedicated.PushFront(kb);
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
+  st->live.Add(static_cast<size_t>(b->end - payload));
   MarkLive(payload, size, static_cast<size_t>(b->end - payload), PendingSite(ctx));
   return payload;
 }
@@ -1024,6 +1029,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
   if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocSlow(ctx, st, size, c);
   t->heads[c] = NextFree(p);
   ClearFreeBit(p);
+  st->live.Add(SizeClassBytes(c));
   MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
   return p;
 }
@@ -1068,6 +1074,7 @@ void ReleaseDedicatedBlock(Context* ctx, KindBlock* b) {
 void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   if (!VerifyDedicated(ctx, st, p, h, "free")) return;
   DedicatedHeader* b = DedicatedOf(p, h);
+  st->live.Remove(static_cast<size_t>(b->end - static_cast<char*>(p)));
   st->dedicated.Remove(&b->link);
   ReleaseDedicatedBlock(ctx, &b->link);
 }
@@ -1106,8 +1113,9 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
 // free: the countdown, then the push.
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* st, void* p,
                                                   uint64_t h) {
+  const size_t bytes = SizeClassBytes(ChunkHeaderValue(h));
+  st->live.Remove(bytes);
   if (kChecking) {
-    const size_t bytes = SizeClassBytes(ChunkHeaderValue(h));
     UnpoisonMemoryRegion(p, bytes);
     std::memset(p, kClobberByte, bytes);
   }
@@ -1210,6 +1218,8 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   }
   // The copy's links still name the old block's neighbours.
   auto* moved = static_cast<DedicatedHeader*>(nb.ptr);
+  st->live.Remove(old_usable);
+  st->live.Add(nb.size - kDedicatedPayload);
   moved->link.size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
   st->dedicated.Replace(&moved->link);
@@ -1275,6 +1285,8 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
     if (start + Stride(c) == st->bump_ptr &&
         Stride(nc) <= static_cast<size_t>(st->bump_end - start)) {
       ResizeLast(st, p, h, c, nc);
+      st->live.Remove(usable);
+      st->live.Add(SizeClassBytes(nc));
       MarkLive(p, new_size, Stride(nc) - kHeaderBytes, site);
       return p;
     }
@@ -1369,6 +1381,7 @@ void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options)
   st->orphans = nullptr;
   StartFirstArea(ctx, st);
   st->next_block_size = st->base_block_size;
+  st->live.Clear();
 }
 
 void FreelistReleaseAll(Context* ctx, FreelistState* st) {
@@ -1754,6 +1767,10 @@ struct Freelist {
     FreelistReset(ctx, st, options);
   }
   static void ReleaseAll(Context* ctx, State* st) { FreelistReleaseAll(ctx, st); }
+  static void Live(const Context* /*ctx*/, const State* st, LiveCounts* out) {
+    st->live.Report(out);
+  }
+  static void ResetPeak(Context* /*ctx*/, State* st) { st->live.ResetPeak(); }
   static void Stats(const Context* ctx, const State* st, KindStats* out) {
     FreelistStats(ctx, st, out);
   }

@@ -133,6 +133,11 @@ size_t DedicatedCapacity(const GenerationBlock* b) {
   return b->link.size - kDedicatedPayload - (kChecking ? 1 : 0);
 }
 
+// Usable bytes of a chunk carved with `footprint` and `prefix`.
+size_t CarvedCapacity(size_t footprint, size_t prefix) {
+  return footprint - prefix - (kChecking ? 1 : 0);
+}
+
 // Usable bytes of a live chunk.
 size_t Capacity(const void* p, uint64_t h) {
   if (ChunkHeaderIsExternal(h)) return DedicatedCapacity(BlockOf(p, h));
@@ -212,7 +217,7 @@ void* Carve(GenerationBlock* b, size_t size, size_t footprint, size_t prefix) {
                                       static_cast<uint64_t>(p - kShortPrefix -
                                                             reinterpret_cast<char*>(b))));
   if (prefix == kLongPrefix) WriteWord(p - kLongPrefix, footprint);
-  MarkLive(p, size, footprint - prefix - (kChecking ? 1 : 0));
+  MarkLive(p, size, CarvedCapacity(footprint, prefix));
   return p;
 }
 
@@ -257,6 +262,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, GenerationState* s
   // Left behind with no live chunk (all freed while it was current): it is
   // an emptied block like any other now.
   if (old->nfree == old->nchunks) BlockEmptied(ctx, st, old);
+  st->live.Add(CarvedCapacity(footprint, prefix));
   return Carve(b, size, footprint, prefix);
 }
 
@@ -275,6 +281,7 @@ void* AllocDedicated(Context* ctx, GenerationState* st, size_t size) {
   PoisonPrefix(b);
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindGeneration, /*external=*/true, 0,
                                       kDedicatedPayload - kShortPrefix));
+  st->live.Add(DedicatedCapacity(b));
   MarkLive(p, size, DedicatedCapacity(b));
   return p;
 }
@@ -292,6 +299,7 @@ void* GenerationAlloc(Context* ctx, GenerationState* st, size_t size, size_t ali
   if (ABSL_PREDICT_FALSE(!Fits(b, footprint))) {
     return AllocFromNewBlock(ctx, st, size, footprint, prefix);
   }
+  st->live.Add(CarvedCapacity(footprint, prefix));
   return Carve(b, size, footprint, prefix);
 }
 
@@ -359,6 +367,7 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, GenerationState* st, void* p
   if (!VerifyLiveChunk(ctx, st, p, h, "free")) return;
   // Only dedicated chunks are left.
   GenerationBlock* b = BlockOf(p, h);
+  st->live.Remove(DedicatedCapacity(b));
   st->dedicated.Remove(&b->link);
   ReleaseDedicatedBlock(ctx, &b->link);
 }
@@ -384,6 +393,7 @@ void GenerationFree(Context* ctx, GenerationState* st, void* p) {
     UnpoisonMemoryRegion(p, n);
     std::memset(p, kClobberByte, n);
   }
+  st->live.Remove(Capacity(p, h));
   WriteChunkHeader(p, h | kChunkFreeBit);
   if (kAddressSanitizerBuild || kValgrindBuild) PoisonMemoryRegion(p, RequestedSize(p));
   if (++b->nfree == b->nchunks) BlockEmptied(ctx, st, b);
@@ -419,6 +429,8 @@ void* ReallocDedicated(Context* ctx, GenerationState* st, void* p, uint64_t h, s
   auto* moved = static_cast<GenerationBlock*>(nb.ptr);
   moved->link.size = nb.size;
   moved->end = moved->free_ptr = static_cast<char*>(nb.ptr) + nb.size;
+  st->live.Remove(old_usable);
+  st->live.Add(DedicatedCapacity(moved));
   st->dedicated.Replace(&moved->link);
   char* q = static_cast<char*>(nb.ptr) + kDedicatedPayload;
   PoisonPrefix(moved);
@@ -489,6 +501,7 @@ void GenerationReset(Context* ctx, GenerationState* st, const ResetOptions& opti
   st->blocks.PushFront(&st->first->link);
   st->current = st->first;
   st->next_block_size = st->base_block_size;
+  st->live.Clear();
 }
 
 void GenerationReleaseAll(Context* ctx, GenerationState* st) {
@@ -723,6 +736,10 @@ struct GenerationImpl {
     GenerationReset(ctx, st, options);
   }
   static void ReleaseAll(Context* ctx, State* st) { GenerationReleaseAll(ctx, st); }
+  static void Live(const Context* /*ctx*/, const State* st, LiveCounts* out) {
+    st->live.Report(out);
+  }
+  static void ResetPeak(Context* /*ctx*/, State* st) { st->live.ResetPeak(); }
   static void Stats(const Context* ctx, const State* st, KindStats* out) {
     GenerationStats(ctx, st, out);
   }

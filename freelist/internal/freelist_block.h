@@ -40,6 +40,7 @@
 #include "mcx/context/block_list.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/context/remote_free.h"
 #include "mcx/freelist/size_class.h"
 
@@ -169,6 +170,10 @@ struct FreelistState {
   uint32_t base_block_size;
   uint32_t max_block_size;
   RemoteFreeList remote;    // chunks freed by other threads (remote_free.h)
+  // Bytes of live chunks (a class's bytes; a dedicated chunk's up to its
+  // block's end), counted as chunks are handed out and come back; a chunk
+  // another thread frees counts until the owner takes it back.
+  LiveTally live;
 };
 
 }  // namespace freelist_internal

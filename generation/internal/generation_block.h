@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "mcx/context/block_list.h"
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 namespace generation_internal {
@@ -56,6 +57,9 @@ struct GenerationState {
   size_t base_block_size;    // where next_block_size restarts after a reset
   size_t max_block_size;
   bool keep_free_block;
+  // Bytes of live chunks (each chunk's usable bytes), as they are carved and
+  // freed.
+  LiveTally live;
 };
 
 }  // namespace generation_internal

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
@@ -625,6 +627,84 @@ INSTANTIATE_TEST_SUITE_P(Sources, DedicatedMisuseTest,
                            }
                            return std::string();
                          });
+
+
+// live_bytes() counts what the freelist holds for the program: a small
+// chunk's class bytes, a dedicated chunk's bytes to its block's end (at
+// least what was asked for). Checked against a model over random
+// allocations, frees, reallocs across classes and into and out of dedicated
+// blocks, resets and ResetPeak; the peak is the count's exact high-water mark.
+TEST_F(FreelistTest, LiveBytesFollowTheChunksAgainstAModel) {
+  FreelistOptions o;
+  o.chunk_limit = 4096;
+  Context* ctx = Make(o);
+  const bool classes = !kDirectBuild;  // direct mode: every chunk dedicated
+  std::mt19937 rng(20261206);
+  struct Counted {
+    size_t bytes;    // what the chunk counts for
+    bool dedicated;  // in a block of its own
+  };
+  std::map<void*, Counted> counted;
+  size_t live = 0;
+  size_t peak = 0;
+  auto size_of = [&] {
+    const unsigned r = rng() % 16;
+    return r == 0 ? 4097 + rng() % 20000 : 1 + rng() % 600;  // a few dedicated
+  };
+  auto expect_counted = [&](size_t size, size_t got) {
+    EXPECT_GE(got, size);
+    if (classes && size <= o.chunk_limit) {
+      EXPECT_EQ(got, SizeClassBytes(SizeClassOf(size)));
+    }
+  };
+  for (int step = 0; step < 20000; ++step) {
+    const unsigned op = rng() % 100;
+    const size_t before = ctx->live_bytes();
+    ASSERT_EQ(before, live) << "step " << step;
+    if (op < 45 || counted.empty()) {
+      const size_t size = size_of();
+      void* p = ctx->Alloc(size);
+      const size_t got = ctx->live_bytes() - before;
+      expect_counted(size, got);
+      counted[p] = Counted{got, !classes || size > o.chunk_limit};
+      live += got;
+    } else if (op < 85) {
+      auto it = std::next(counted.begin(), static_cast<long>(rng() % counted.size()));
+      ctx->Free(it->first);
+      live -= it->second.bytes;
+      counted.erase(it);
+    } else if (op < 98) {
+      auto it = std::next(counted.begin(), static_cast<long>(rng() % counted.size()));
+      const size_t size = size_of();
+      void* p = it->first;
+      const size_t old = it->second.bytes;
+      const bool was_dedicated = it->second.dedicated;
+      counted.erase(it);
+      void* q = ctx->Realloc(p, size);
+      // Growth may jump past the class asked for; never below the request.
+      const size_t got = ctx->live_bytes() + old - before;
+      EXPECT_GE(got, size);
+      const bool dedicated = !classes || size > o.chunk_limit;
+      if (!dedicated) EXPECT_EQ(got, SizeClassBytes(SizeClassOf(got)));
+      // A move into a new chunk holds both for a moment, and the peak says
+      // so; a dedicated block resized by its source does not.
+      if (q != p && !(was_dedicated && dedicated) && before + got > peak) peak = before + got;
+      counted[q] = Counted{got, dedicated};
+      live = live - old + got;
+    } else if (op < 99) {
+      ctx->Reset();
+      counted.clear();
+      live = 0;
+    } else {
+      ctx->ResetPeak();
+      peak = live;
+    }
+    if (live > peak) peak = live;
+    ASSERT_EQ(ctx->live_bytes(), live) << "step " << step;
+    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "step " << step;
+  }
+  ctx->Destroy();
+}
 
 }  // namespace
 }  // namespace mcx

@@ -8,6 +8,8 @@
 
 #include <cstring>
 #include <deque>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -210,6 +212,77 @@ TEST_F(GenerationTest, FirstBlocksAreLearnedFromSiblings) {
 
 // An 8-byte header (release builds): chunks lie back to back, header and
 // chunk a multiple of 16; above 4080 bytes, 24 bytes before the chunk.
+// live_bytes() counts each live chunk's usable bytes (at least what was
+// asked for), against a model over random allocations, frees in roughly
+// the order of birth, reallocs, resets and ResetPeak; the peak is exact.
+TEST_F(GenerationTest, LiveBytesFollowTheChunksAgainstAModel) {
+  GenerationOptions o;
+  o.chunk_limit = 2048;
+  Context* ctx = Make(o);
+  std::mt19937 rng(20261206);
+  struct Counted {
+    size_t bytes;
+    bool dedicated;
+  };
+  std::map<void*, Counted> counted;
+  std::deque<void*> order;  // birth order, for mostly-FIFO frees
+  size_t live = 0;
+  size_t peak = 0;
+  auto size_of = [&] { return rng() % 16 == 0 ? 2049 + rng() % 10000 : 1 + rng() % 400; };
+  auto pick = [&] {
+    // Mostly the oldest, sometimes any.
+    size_t i = rng() % 4 == 0 ? rng() % order.size() : 0;
+    void* p = order[i];
+    order.erase(order.begin() + static_cast<long>(i));
+    return p;
+  };
+  for (int step = 0; step < 20000; ++step) {
+    const unsigned op = rng() % 100;
+    const size_t before = ctx->live_bytes();
+    ASSERT_EQ(before, live) << "step " << step;
+    if (op < 48 || order.empty()) {
+      const size_t size = size_of();
+      void* p = ctx->Alloc(size);
+      const size_t got = ctx->live_bytes() - before;
+      EXPECT_GE(got, size);
+      counted[p] = Counted{got, kDirectBuild || size > o.chunk_limit};
+      order.push_back(p);
+      live += got;
+    } else if (op < 90) {
+      void* p = pick();
+      ctx->Free(p);
+      live -= counted[p].bytes;
+      counted.erase(p);
+    } else if (op < 98) {
+      void* p = pick();
+      const Counted old = counted[p];
+      counted.erase(p);
+      const size_t size = size_of();
+      void* q = ctx->Realloc(p, size);
+      const size_t got = ctx->live_bytes() + old.bytes - before;
+      EXPECT_GE(got, size);
+      // A move into a new chunk holds both for a moment; a dedicated
+      // block resized by its source does not.
+      if (q != p && !old.dedicated && before + got > peak) peak = before + got;
+      counted[q] = Counted{got, kDirectBuild || (q == p ? old.dedicated : size > o.chunk_limit)};
+      order.push_back(q);
+      live = live - old.bytes + got;
+    } else if (op < 99) {
+      ctx->Reset();
+      counted.clear();
+      order.clear();
+      live = 0;
+    } else {
+      ctx->ResetPeak();
+      peak = live;
+    }
+    if (live > peak) peak = live;
+    ASSERT_EQ(ctx->live_bytes(), live) << "step " << step;
+    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "step " << step;
+  }
+  ctx->Destroy();
+}
+
 TEST_F(GenerationTest, ChunksHaveAnEightByteHeader) {
   if (kDirect) GTEST_SKIP() << "every chunk a dedicated block in direct mode";
   Context* ctx = Make();
