@@ -26,10 +26,17 @@
 //   - The W10 ring is lock-free and bounded, so the consumer frees while
 //     the producer allocates (the case remote free exists for) and the
 //     producer's in-flight memory is bounded.
+//
+// Callgrind mode (bench/threads_callgrind.sh): `threads --callgrind=W9/NAME/T`
+// or `--callgrind=W10/NAME` runs one round to warm up, then one round with
+// collection on (valgrind --tool=callgrind --collect-atstart=no) in every
+// thread around its own part only (collection is per thread), and prints
+// {"ops": N}: the instructions of all threads per allocation, no clock.
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +48,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "mcx/context/caching_block_source.h"
 #include "mcx/context/context.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -48,6 +56,13 @@
 
 #ifndef MCX_BENCH_MIMALLOC
 #include "google/protobuf/arena.h"
+#endif
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define MCX_BENCH_CALLGRIND_TOGGLE() CALLGRIND_TOGGLE_COLLECT
+#else
+#define MCX_BENCH_CALLGRIND_TOGGLE() ((void)0)
 #endif
 
 namespace mcx_bench {
@@ -59,6 +74,15 @@ constexpr int kW9MaxThreads = 4;
 constexpr size_t kW10Chunks = 1000000;
 // A power of two: the ring's index wraps with a mask.
 constexpr size_t kW10Ring = 1024;
+
+// Set by the callgrind mode for its measured round: each thread turns
+// collection on around its own part.
+std::atomic<bool> measuring{false};
+
+// Turns this thread's collection on (or off again) in the measured round.
+inline void Toggle() {
+  if (measuring.load(std::memory_order_relaxed)) MCX_BENCH_CALLGRIND_TOGGLE();
+}
 
 std::vector<uint32_t> Sizes(size_t n, uint32_t lo, uint32_t hi, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -109,7 +133,9 @@ class Crew {
         for (;;) {
           start_.Wait();
           if (stop_) return;
+          Toggle();
           round_(t);
+          Toggle();
           end_.Wait();
         }
       });
@@ -165,7 +191,8 @@ struct McxShared {
   mcx::Context* ctx = nullptr;
   void Begin() { ctx = mcx::Context::Create(nullptr, "w9", mcx::SharedKind()); }
   void Work(int t) {
-    for (uint32_t size : W9Sizes(t)) Touch(mcx::SharedAlloc(ctx, size), size);
+    mcx::Context* shared = ctx;  // in a register, as the pool contender's context
+    for (uint32_t size : W9Sizes(t)) Touch(mcx::SharedAlloc(shared, size), size);
   }
   void End() { ctx->Destroy(); }
 };
@@ -260,24 +287,35 @@ struct W10McxFreelist {
   void End() { ctx->Destroy(); }
 };
 
+// One W10 round: the producer is the calling thread.
+template <typename C>
+void W10Round(C& c) {
+  const auto& sizes = W10Sizes();
+  Ring ring;
+  Toggle();
+  c.Begin();  // on the producer thread: it owns the context
+  std::thread consumer([&ring, n = sizes.size()] {
+    Toggle();
+    for (size_t i = 0; i < n; ++i) C::Free(ring.Pop());
+    Toggle();
+  });
+  for (uint32_t size : sizes) {
+    void* p = c.Alloc(size);
+    Touch(p, size);
+    ring.Push(p);
+  }
+  consumer.join();
+  c.End();
+  Toggle();
+}
+
 template <typename C>
 void BM_W10(benchmark::State& state) {
   C c;
   const auto& sizes = W10Sizes();
   for (auto _ : state) {
-    Ring ring;
     auto start = std::chrono::steady_clock::now();
-    c.Begin();  // on the producer thread: it owns the context
-    std::thread consumer([&ring, n = sizes.size()] {
-      for (size_t i = 0; i < n; ++i) C::Free(ring.Pop());
-    });
-    for (uint32_t size : sizes) {
-      void* p = c.Alloc(size);
-      Touch(p, size);
-      ring.Push(p);
-    }
-    consumer.join();
-    c.End();
+    W10Round(c);
     auto end = std::chrono::steady_clock::now();
     state.SetIterationTime(std::chrono::duration<double>(end - start).count());
   }
@@ -304,7 +342,69 @@ void RegisterW10() {
       ->Unit(benchmark::kMillisecond);
 }
 
+// The callgrind mode's rounds (the header comment).
+template <typename C>
+int CallgrindW9(int threads) {
+  C c;
+  Crew crew(threads, [&c](int t) { c.Work(t); });
+  for (int round = 0; round < 2; ++round) {
+    measuring.store(round == 1, std::memory_order_relaxed);  // before the barrier
+    Toggle();
+    c.Begin();
+    Toggle();
+    crew.Run();
+    Toggle();
+    c.End();
+    Toggle();
+  }
+  measuring.store(false, std::memory_order_relaxed);
+  std::printf("{\"ops\": %zu}\n", static_cast<size_t>(threads) * kW9PerThread);
+  return 0;
+}
+
+template <typename C>
+int CallgrindW10() {
+  C c;
+  W10Round(c);
+  measuring.store(true, std::memory_order_relaxed);
+  W10Round(c);
+  measuring.store(false, std::memory_order_relaxed);
+  std::printf("{\"ops\": %zu}\n", kW10Chunks);
+  return 0;
+}
+
+int Callgrind(const std::string& spec) {
+  const int threads = std::atoi(spec.substr(spec.rfind('/') + 1).c_str());
+  auto is = [&](const char* prefix) { return spec.rfind(prefix, 0) == 0; };
+  if (is("W9/malloc/")) return CallgrindW9<Malloc>(threads);
+  if (spec == "W10/malloc") return CallgrindW10<W10Malloc>();
+#ifndef MCX_BENCH_MIMALLOC
+  if (is("W9/mcx_shared/")) return CallgrindW9<McxShared>(threads);
+  if (is("W9/mcx_pool_per_thread/")) return CallgrindW9<McxPoolPerThread>(threads);
+  if (is("W9/protobuf_arena/")) return CallgrindW9<ProtobufArena>(threads);
+  if (spec == "W10/mcx_freelist") return CallgrindW10<W10McxFreelist>();
+#endif
+  std::fprintf(stderr, "threads: no such case: %s\n", spec.c_str());
+  return 2;
+}
+
+// --block_cache_mib=N sets the default block cache's cap (docs/performance.md:
+// W9 on four threads holds more than the default keeps).
+constexpr char kCacheFlag[] = "--block_cache_mib=";
+constexpr int kMiBShift = 20;
+
 int Main(int argc, char** argv) {
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--callgrind=", 12) == 0) return Callgrind(argv[i] + 12);
+    if (std::strncmp(argv[i], kCacheFlag, sizeof kCacheFlag - 1) == 0) {
+      const size_t mib = std::strtoull(argv[i] + sizeof kCacheFlag - 1, nullptr, 10);
+      mcx::DefaultBlockCache()->SetMaxCachedBytes(mib << kMiBShift);
+      continue;
+    }
+    argv[kept++] = argv[i];
+  }
+  argc = kept;
   RegisterW9<Malloc>();
   RegisterW10<W10Malloc>();
 #ifndef MCX_BENCH_MIMALLOC

@@ -25,7 +25,7 @@
 // chunk itself), `TakeAll` at the allocation slow path, reset and
 // release, and give the list to the tree with `KindMethods::remote_frees`
 // (so that checking builds do not report a remote free as two threads using
-// the context). The freelist kind does exactly this.
+// the context). The freelist and slab kinds do exactly this.
 //
 // Example:
 //
@@ -68,7 +68,6 @@ class RemoteFreeList {
   // Empty, owned by the calling thread.
   void Init() {
     head_.store(nullptr, std::memory_order_relaxed);
-    pushed_.store(0, std::memory_order_relaxed);
     Adopt();
   }
   void Adopt() { owner_.store(internal::ThisThreadName(), std::memory_order_relaxed); }
@@ -85,7 +84,6 @@ class RemoteFreeList {
       std::memcpy(chunk, &head, sizeof(head));
     } while (!head_.compare_exchange_weak(head, chunk, std::memory_order_release,
                                           std::memory_order_relaxed));
-    pushed_.fetch_add(1, std::memory_order_relaxed);
   }
 
   bool HasAny() const { return head_.load(std::memory_order_relaxed) != nullptr; }
@@ -101,13 +99,9 @@ class RemoteFreeList {
     return next;
   }
 
-  // Chunks pushed since Init (all threads).
-  uint64_t pushed() const { return pushed_.load(std::memory_order_relaxed); }
-
  private:
   std::atomic<void*> head_;
   std::atomic<const void*> owner_;
-  std::atomic<uint64_t> pushed_;
 };
 
 // Makes the calling thread the owner of `ctx`: its frees are then ordinary

@@ -82,15 +82,15 @@ bool IsShared(const Context* ctx);
 // bump in the calling thread's run, inline; else the context's `Alloc`
 // (a new run or block, or the failure path: the handler, then a throw).
 inline void* SharedAlloc(Context* ctx, size_t size) {
-  void* p = shared_internal::TryBump(ctx, size, kDefaultAlignment);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(shared_internal::TryBump(ctx, size, kDefaultAlignment, &p))) return p;
   return ctx->Alloc(size);
 }
 
 // As SharedAlloc; nullptr on failure.
 inline void* TrySharedAlloc(Context* ctx, size_t size) noexcept {
-  void* p = shared_internal::TryBump(ctx, size, kDefaultAlignment);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(shared_internal::TryBump(ctx, size, kDefaultAlignment, &p))) return p;
   return ctx->TryAlloc(size);
 }
 

@@ -25,6 +25,14 @@
 //     a cleanup of live objects at reset (the typed front end's ~T).
 //   - The context header lives in a small first block of its own, since a
 //     block of objects must be free to go back whenever it empties.
+//   - Frees from other threads (remote_free.h, mimalloc's delayed free): the
+//     freeing thread reads only what the owner never writes while an object
+//     is live (its block's owner and role, the state's constants) and pushes
+//     the object on the context's remote list through its link word, so a
+//     constructed object keeps its state; the live bitmap and the lists stay
+//     the owner's, which takes the list back when no block has room (before
+//     it reuses an empty block or acquires one), at a reset and at the
+//     destroy, each object as its own free.
 
 #include "mcx/slab/slab.h"
 
@@ -387,10 +395,41 @@ void MoveAfterAlloc(SlabState* st, SlabBlock* b, uint32_t to) {
   }
 }
 
-// No block has a free slot: an empty block kept for reuse, else a new one.
-// Out of line: at most once per block's worth of allocations.
+// Takes a slot of the current block, the head of list `cur` (not 0).
+//
+// Cost note: a load of the current list's head, TakeSlot, and a compare for
+// the block's list.
+inline void* AllocFromCurrent(Context* ctx, SlabState* st) {
+  SlabBlock* b = AsSlabBlock(st->blocklist[st->cur].head());
+  char* obj = TakeSlot(ctx, st, b);
+  // The block changes lists when its free count leaves the current list's
+  // range: when nfree, before this allocation, was at the range's bottom.
+  if (ABSL_PREDICT_FALSE((b->nfree & st->list_mask) == 0)) {
+    if (b->nfree == 0) {
+      // Full (in a churn, at every step): to list 0; the next block with
+      // room takes over.
+      BlockList& from = st->blocklist[st->cur];
+      from.Remove(&b->link);
+      st->blocklist[0].PushFront(&b->link);
+      if (from.empty()) st->cur = FindNextList(st);
+    } else {
+      MoveAfterAlloc(st, b, ListIndex(st, b->nfree));
+    }
+  }
+  return obj;
+}
+
+void ReclaimRemote(Context* ctx, SlabState* st);
+
+// No block has a free slot: the objects other threads freed, if any; else
+// an empty block kept for reuse, else a new one. Out of line: at most once
+// per block's worth of allocations.
 ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, SlabState* st) {
   if (st->finalizing) return AllocDuringTeardown(ctx);
+  if (st->remote.HasAny()) {
+    ReclaimRemote(ctx, st);
+    if (st->cur != 0) return AllocFromCurrent(ctx, st);
+  }
   SlabBlock* b = AsSlabBlock(st->empty.head());
   if (b != nullptr) {
     st->empty.Remove(&b->link);
@@ -443,31 +482,14 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocLarger(Context* ctx, SlabState* st, size_t si
 
 // SlabAlloc
 //
-// Cost note: two compares, a load of the current list's head, TakeSlot, and
-// a compare for the block's list.
+// Cost note: two compares, then AllocFromCurrent.
 void* SlabAlloc(Context* ctx, SlabState* st, size_t size, size_t alignment) {
   if (ABSL_PREDICT_FALSE(size > st->object_size ||
                          (alignment > kDefaultAlignment && alignment > st->alignment))) {
     return AllocLarger(ctx, st, size, alignment);
   }
   if (ABSL_PREDICT_FALSE(st->cur == 0)) return AllocFromNewBlock(ctx, st);
-  SlabBlock* b = AsSlabBlock(st->blocklist[st->cur].head());
-  char* obj = TakeSlot(ctx, st, b);
-  // The block changes lists when its free count leaves the current list's
-  // range: when nfree, before this allocation, was at the range's bottom.
-  if (ABSL_PREDICT_FALSE((b->nfree & st->list_mask) == 0)) {
-    if (b->nfree == 0) {
-      // Full (in a churn, at every step): to list 0; the next block with
-      // room takes over.
-      BlockList& from = st->blocklist[st->cur];
-      from.Remove(&b->link);
-      st->blocklist[0].PushFront(&b->link);
-      if (from.empty()) st->cur = FindNextList(st);
-    } else {
-      MoveAfterAlloc(st, b, ListIndex(st, b->nfree));
-    }
-  }
-  return obj;
+  return AllocFromCurrent(ctx, st);
 }
 
 // --- Free -----------------------------------------------------------------------------
@@ -482,8 +504,10 @@ enum class Found {
 // The dedicated chunk at `p`, or a report. Its block is at the mask of its
 // address, unless the chunk is aligned to block_size or more (then its
 // header word leads to it).
+// `owner` says the caller is the owner: checking builds then also find the
+// block on the dedicated list (which another thread must not walk).
 Found FindDedicated(const Context* ctx, const SlabState* st, const void* p, const char* operation,
-                    DedicatedBlock** out) {
+                    DedicatedBlock** out, bool owner = true) {
   const DedicatedBlock* d;
   if ((reinterpret_cast<uintptr_t>(p) & (st->block_size - 1)) == 0) {
     const uint64_t h = ReadChunkHeader(p);
@@ -500,7 +524,7 @@ Found FindDedicated(const Context* ctx, const SlabState* st, const void* p, cons
   // A released block's first words belong to its source now: the role and
   // the chunk lie past them.
   if (d->role == kRoleDedicated && d->chunk == p && d->link.owner == ctx &&
-      (!kChecking || st->dedicated.Holds(&d->link))) {
+      (!kChecking || !owner || st->dedicated.Holds(&d->link))) {
     *out = const_cast<DedicatedBlock*>(d);
     return Found::kDedicated;
   }
@@ -584,12 +608,12 @@ void PushFree(const SlabState* st, SlabBlock* b, char* obj) {
   b->free_head = obj;
 }
 
-// SlabFree
+// The owner's free.
 //
 // Cost note: a mask, two loads and compares for the block, a multiply and a
 // compare for the slot, a bit test and clear, a push; a list move only when
 // the block crosses a list boundary.
-void SlabFree(Context* ctx, SlabState* st, void* p) {
+inline void FreeLocal(Context* ctx, SlabState* st, void* p) {
   SlabBlock* b = BlockOf(st, p);
   if (ABSL_PREDICT_FALSE(static_cast<void*>(b) == p || b->link.owner != ctx ||
                          b->role != kRoleSlots)) {
@@ -602,6 +626,11 @@ void SlabFree(Context* ctx, SlabState* st, void* p) {
   if (ABSL_PREDICT_FALSE((*word & bit) == 0)) return ReportDoubleFree(ctx, p, "free");
   char* obj = static_cast<char*>(p);
   if (kChecking && !CheckedFree(ctx, st, b, obj, "free")) return;
+  // Checking builds: another thread freed it already, and it waits on the
+  // remote list (its header says free; its live bit is the owner's).
+  if (kChecking && ChunkHeaderIsFree(ReadChunkHeader(obj))) {
+    return ReportDoubleFree(ctx, p, "free");
+  }
   *word &= ~bit;
   // During a reset's cleanups the blocks stay where they are: the reset
   // empties them all next.
@@ -621,6 +650,82 @@ void SlabFree(Context* ctx, SlabState* st, void* p) {
     }
     MoveAfterFree(ctx, st, b);
   }
+}
+
+// A free from a thread other than the owner (remote_free.h). Only what the
+// owner does not write while the object is live is read here: the block's
+// owner and role, written when the block was made, and the state's
+// constants. The live bitmap is the owner's: a double free is reported when
+// the owner takes the object back, or, in checking builds, here, by the
+// header word, which is then marked free. An object goes on the list
+// through its link word (after a constructed object, which keeps its
+// state); a dedicated chunk through its block's `chunk` field, worked out
+// again when it is taken back, since the chunk may be smaller than a link.
+ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, SlabState* st, void* p) {
+  SlabBlock* b = BlockOf(st, p);
+  if (static_cast<void*>(b) == p || b->link.owner != ctx || b->role != kRoleSlots) {
+    DedicatedBlock* d;
+    if (FindDedicated(ctx, st, p, "free", &d, /*owner=*/false) == Found::kDedicated) {
+      st->remote.Push(&d->chunk);
+    }
+    return;
+  }
+  size_t i;
+  if (!SlotIndex(st, b, p, &i)) return ReportNotAnObject(ctx, p, "free");
+  char* obj = static_cast<char*>(p);
+  if (kChecking) {
+    const uint64_t h = ReadChunkHeader(obj);
+    if (ChunkHeaderIsFree(h)) return ReportDoubleFree(ctx, p, "free");
+    WriteChunkHeader(obj, h | kChunkFreeBit);
+  }
+  char* link = obj + st->link_offset;
+  if (st->link_offset != 0) UnpoisonMemoryRegion(link, kLinkBytes);  // past the object
+  st->remote.Push(link);
+}
+
+// The address of a dedicated chunk, from its block (AllocDedicated).
+char* DedicatedChunk(const DedicatedBlock* d) {
+  return const_cast<char*>(reinterpret_cast<const char*>(d)) +
+         RoundUp(sizeof(DedicatedBlock) + kHeaderWord, static_cast<size_t>(d->reserved0));
+}
+
+// Takes back what other threads freed, each as the owner's free. A node of
+// the list is an object's link word, inside a block of objects, or the
+// `chunk` field of a dedicated block, at its start.
+void ReclaimRemote(Context* ctx, SlabState* st) {
+  char* n = static_cast<char*>(st->remote.TakeAll());
+  while (n != nullptr) {
+    char* next = static_cast<char*>(RemoteFreeList::Next(n));
+    SlabBlock* b = BlockOf(st, n);
+    if (b->role == kRoleSlots) {
+      char* obj = n - st->link_offset;
+      if (st->link_offset != 0) PoisonMemoryRegion(n, kLinkBytes);
+      if (kChecking) WriteObjectHeader(b, obj, /*free=*/false);
+      FreeLocal(ctx, st, obj);
+    } else {
+      DedicatedBlock* d = reinterpret_cast<DedicatedBlock*>(b);
+      d->chunk = DedicatedChunk(d);
+      FreeDedicated(ctx, st, d);
+    }
+    n = next;
+  }
+}
+
+// Whether `node` waits on the remote list (a check at quiescence).
+bool PendingRemote(const SlabState* st, const void* node) {
+  for (const void* n = st->remote.Peek(); n != nullptr; n = RemoteFreeList::Next(n)) {
+    if (n == node) return true;
+  }
+  return false;
+}
+
+// SlabFree
+//
+// Cost note: the owner test (a thread-local address and a compare), then
+// FreeLocal.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void SlabFree(Context* ctx, SlabState* st, void* p) {
+  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, st, p);
+  FreeLocal(ctx, st, p);
 }
 
 // --- Realloc and chunk size -------------------------------------------------------------
@@ -751,6 +856,7 @@ void VerifyOrReport(const Context* ctx, const SlabState* st) {
 }
 
 void SlabReset(Context* ctx, SlabState* st, const ResetOptions& options) {
+  ReclaimRemote(ctx, st);  // freed objects get no live cleanup
   VerifyOrReport(ctx, st);
   Finalize(st);
   ReleaseDedicated(ctx, st);
@@ -769,6 +875,7 @@ void SlabReset(Context* ctx, SlabState* st, const ResetOptions& options) {
 }
 
 void SlabReleaseAll(Context* ctx, SlabState* st) {
+  ReclaimRemote(ctx, st);
   VerifyOrReport(ctx, st);
   Finalize(st);
   ReleaseDedicated(ctx, st);
@@ -821,7 +928,7 @@ bool CheckBlock(const Context* ctx, const SlabState* st, const SlabBlock* b,
       if (kChecking) {
         const uint64_t h = ReadChunkHeader(obj);
         if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindSlab ||
-            ChunkHeaderIsFree(h)) {
+            (ChunkHeaderIsFree(h) && !PendingRemote(st, obj + st->link_offset))) {
           internal::AppendFormat(error, "slab '%s': object %p has a corrupt header 0x%016x\n",
                                 ctx->name(), static_cast<const void*>(obj), h);
           return false;
@@ -869,6 +976,10 @@ bool SlabCheck(const Context* ctx, const SlabState* st, std::string* error) {
   st->dedicated.ForEach([&](KindBlock* kb) {
     const DedicatedBlock* d = AsDedicated(kb);
     const char* mem = reinterpret_cast<const char*>(kb);
+    if (ok && PendingRemote(st, &d->chunk)) {  // its chunk field is a link now
+      ++blocks;
+      return;
+    }
     if (ok && (kb->owner != ctx || d->role != kRoleDedicated || !st->dedicated.Holds(kb) ||
                d->chunk < mem + sizeof(DedicatedBlock) ||
                d->requested > DedicatedCapacity(d) ||
@@ -942,7 +1053,7 @@ void SlabInspect(const Context* ctx, const SlabState* st, InspectVisitor* visito
     BlockInfo info;
     info.start = kb;
     info.size = kb->size;
-    info.header_bytes = static_cast<size_t>(d->chunk - reinterpret_cast<const char*>(kb));
+    info.header_bytes = static_cast<size_t>(DedicatedChunk(d) - reinterpret_cast<const char*>(kb));
     info.used_bytes = info.size - info.header_bytes;
     info.last_offset = info.end_offset = info.size;
     info.role = BlockRole::kOversize;
@@ -994,6 +1105,7 @@ struct SlabImpl {
 
   static bool Init(Context* ctx, State* st, const Options& o, char* /*space*/, char* /*end*/) {
     new (st) State();  // valid first: a refused context is released through ReleaseAll
+    st->remote.Init();  // the creating thread owns the context
     if (!ComputeLayout(o, st) || !RegisterChunkKind(kChunkKindSlab, &kSlabChunkMethods)) {
       SetFailure(ctx, Failure::kBadArgument);
       return false;
@@ -1026,7 +1138,15 @@ struct SlabImpl {
   }
 };
 
-constexpr KindMethods kSlabMethods = MakeKindMethods<SlabImpl>();
+RemoteFreeList* SlabRemoteFrees(Context* ctx) { return &KindState<SlabState>(ctx)->remote; }
+
+constexpr KindMethods MakeSlabMethods() {
+  KindMethods m = MakeKindMethods<SlabImpl>();
+  m.remote_frees = &SlabRemoteFrees;
+  return m;
+}
+
+constexpr KindMethods kSlabMethods = MakeSlabMethods();
 
 const SlabState* SlabStateOf(const Context* ctx) {
   return ctx != nullptr && ctx->kind() == &kSlabMethods ? KindState<SlabState>(ctx) : nullptr;

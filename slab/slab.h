@@ -37,6 +37,20 @@
 //     bitmap of live objects); a write past an object (its sentinel), and a
 //     write to a freed object, in checking builds. A pointer to memory the
 //     context never held may fault: its "block" is read.
+//   - Free from any thread (mcx/context/remote_free.h): `ctx->Free(p)` by a
+//     thread other than the context's owner (the thread that created it, or
+//     the last to call `AdoptContext`) pushes the object on the context's
+//     remote-free list with one atomic operation and touches nothing else
+//     the owner uses; the owner takes the list back when no block has room
+//     (so freed slots are reused before an empty block is taken or a block
+//     is acquired), at a reset and at the destroy, each object as its own
+//     free. Until then the object counts as live. A constructed object
+//     keeps its state (the link lives after it). Such a free must happen
+//     before the reset or destroy, as any use of an object. A double free
+//     from another thread is reported in checking builds (by the header
+//     word); elsewhere it corrupts the remote list, as a double free does in
+//     malloc. Everything else (Alloc, Realloc, ChunkSize, Reset) stays the
+//     owner's.
 //   - Realloc keeps an object in place up to `object_size` bytes; larger
 //     sizes follow `larger`. ChunkSize of an object is `object_size` (at
 //     least 8 without a constructor: the free list's link lives in a free
@@ -61,7 +75,7 @@
 //   o.object_size = sizeof(Tuple);
 //   mcx::Context* tuples = mcx::CreateSlabContext(query, "tuples", o);
 //   auto* t = static_cast<Tuple*>(tuples->Alloc(sizeof(Tuple)));
-//   tuples->Free(t);                  // O(1); name the context
+//   tuples->Free(t);                  // O(1); name the context (from any thread)
 //   tuples->Alloc(2 * sizeof(Tuple));  // throws std::invalid_argument
 //
 // Typed objects: mcx::Slab<T> (typed_slab.h).

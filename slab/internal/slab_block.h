@@ -38,6 +38,7 @@
 #include <cstdint>
 
 #include "mcx/context/block_list.h"
+#include "mcx/context/remote_free.h"
 #include "mcx/slab/slab.h"
 
 namespace mcx {
@@ -105,6 +106,9 @@ struct SlabState {
   SlabObjectFn destructor;
   SlabObjectFn live_cleanup;
   void* arg;
+  // Objects and dedicated chunks freed by other threads, waiting for the
+  // owner (remote_free.h).
+  RemoteFreeList remote;
 };
 
 inline SlabBlock* AsSlabBlock(KindBlock* b) { return reinterpret_cast<SlabBlock*>(b); }
