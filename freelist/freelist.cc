@@ -1051,6 +1051,9 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
 // --- Allocation -------------------------------------------------------------------
 
 void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
+  // A slow path too: chunks other threads freed come back first (a program
+  // of large chunks alone, or direct mode, never reaches AllocFromNewRun).
+  if (st->remote.HasAny()) ReclaimRemote(ctx, st);
   const size_t want = kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
   if (kb == nullptr) return nullptr;
