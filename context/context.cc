@@ -46,6 +46,20 @@ void PrefetchHeader(const Context* ctx) {
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
 }
 
+// Where a context of kind `m` keeps its first block's size: after the
+// header and the kind's state, before the name. Inline here, because a
+// release reads it for every context of a tree.
+inline size_t FirstBlockSizeOffsetFor(const KindMethods* m) {
+  return RoundUp(RoundUp(sizeof(Context), m->state_alignment) + m->state_size, alignof(size_t));
+}
+
+inline size_t ReadFirstBlockSize(const Context* ctx, const KindMethods* m) {
+  size_t size;
+  std::memcpy(&size, reinterpret_cast<const char*>(ctx) + FirstBlockSizeOffsetFor(m),
+              sizeof(size));
+  return size;
+}
+
 }  // namespace
 
 // --- Checks ------------------------------------------------------------------
@@ -683,7 +697,7 @@ void Context::ReleaseSelf() {
   if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);
   BlockSource* source = source_;
-  Block first{this, first_block_size()};
+  Block first{this, ReadFirstBlockSize(this, methods_)};
   UnchargeLimits(first.size);
   Unlink();
   // Checking builds clobber the first block past the header fields that the
@@ -702,7 +716,7 @@ void Context::ReleaseSelf() {
   source->Release(first);
 }
 
-void Context::LinkUnder(Context* parent) {
+inline void Context::LinkUnder(Context* parent) {
   parent_ = parent;
   prev_sibling_ = nullptr;
   next_sibling_ = nullptr;
@@ -713,7 +727,7 @@ void Context::LinkUnder(Context* parent) {
   parent->first_child_ = this;
 }
 
-void Context::Unlink() {
+inline void Context::Unlink() {
   if (parent_ == nullptr) return;
   internal::TreeLock lock(parent_);
   if (prev_sibling_ != nullptr) {
@@ -933,18 +947,11 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
 
 // The name follows the kind state, which follows the header: its place
 // follows from the kind, so the header does not keep a pointer to it.
-size_t Context::FirstBlockSizeOffset() const {
-  return RoundUp(RoundUp(sizeof(Context), methods_->state_alignment) + methods_->state_size,
-                 alignof(size_t));
-}
+size_t Context::FirstBlockSizeOffset() const { return FirstBlockSizeOffsetFor(methods_); }
 
 size_t Context::NameOffset() const { return FirstBlockSizeOffset() + sizeof(size_t); }
 
-size_t Context::first_block_size() const {
-  size_t size;
-  std::memcpy(&size, reinterpret_cast<const char*>(this) + FirstBlockSizeOffset(), sizeof(size));
-  return size;
-}
+size_t Context::first_block_size() const { return ReadFirstBlockSize(this, methods_); }
 
 const char* Context::name() const { return reinterpret_cast<const char*>(this) + NameOffset(); }
 

@@ -708,8 +708,8 @@ class Context {
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
   Context* ReleasePlainLeaves(size_t walk);
-  void LinkUnder(Context* parent);
-  void Unlink();
+  inline void LinkUnder(Context* parent);  // inline: context.cc alone calls them
+  inline void Unlink();
   // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
   // refused and `*bytes` the bytes that would have moved (SetParent's
   // message).

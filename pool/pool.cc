@@ -132,10 +132,15 @@ size_t WindowMax(const PoolState* st) {
 // Where block growth starts, and restarts after a reset: the first block's
 // size (whoever chose it: the options or the tree), or the one size of
 // rewind mode.
-size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+// Init passes the first block's size it was given (`block_end` minus the
+// context); the others read it from the context.
+size_t BaseBlockSize(size_t first_block_size, const PoolState* st) {
   if (st->rewind_block_size != 0) return st->rewind_block_size;
   const size_t least = kBlockHeaderBytes + kMinFirstBlockSpace;
-  return ctx->first_block_size() < least ? least : ctx->first_block_size();
+  return first_block_size < least ? least : first_block_size;
+}
+size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+  return BaseBlockSize(st->rewind_block_size != 0 ? 0 : ctx->first_block_size(), st);
 }
 
 // The context's bump window is the window block's `last`: copy it back
@@ -994,7 +999,8 @@ struct PoolImpl {
       return false;
     }
     st->chunk_alignment = o.chunk_alignment == 0 ? kDefaultAlignment : o.chunk_alignment;
-    const size_t base = BaseBlockSize(ctx, st);
+    const size_t base =
+        BaseBlockSize(static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)), st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
