@@ -963,9 +963,29 @@ struct PoolImpl {
   }
 
   // Every field written once, without zeroing the state first: this runs at
-  // every context creation.
+  // every context creation. The default options' path calls nothing, so it
+  // saves no registers; rewind mode and bad options go out of line.
   static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
     static_assert(std::is_trivially_destructible_v<State>, "the state is dropped, not destroyed");
+    if (ABSL_PREDICT_FALSE(o.rewind_on_free || !ChunkAlignmentOk(o.chunk_alignment))) {
+      return InitUncommon(ctx, st, o, space, block_end);
+    }
+    InitFields(ctx, st, o, space, block_end);
+    // Direct mode: every request a large chunk, a block of its own (nginx's
+    // NGX_DEBUG_PALLOC).
+    st->max_small = kDirectBuild ? 0 : o.max_small;
+    st->rewind_block_size = 0;
+    FinishInit(ctx, st, o, static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)));
+    return true;
+  }
+
+  static bool ChunkAlignmentOk(size_t a) {
+    return a == 0 || a == kPackedAlignment || a == kDefaultAlignment;
+  }
+
+  // What every pool's state starts with: the first block alone, no large
+  // chunk, nothing live.
+  static void InitFields(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
     PoolBlock& first = st->first;
     first.link.owner = ctx;
     first.link.size = 0;  // the tree releases the first block
@@ -978,35 +998,43 @@ struct PoolImpl {
     new (&st->large) BlockList();
     st->current = st->window = &first;
     new (&st->live) LiveTally();
-    // Direct mode: every request a large chunk, a block of its own (nginx's
-    // NGX_DEBUG_PALLOC).
-    size_t max_small = kDirectBuild ? 0 : o.max_small;
-    st->rewind_block_size = 0;
     st->large_serial = 0;
-    if (o.rewind_on_free) {
-      // The size requested, not the size the source gave: only the requested
-      // size is guaranteed to be the first block's alignment, and the
-      // source's slack past it would break the address mask.
-      st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
-      first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
-      size_t room = st->rewind_block_size - kBlockHeaderBytes;
-      if (max_small > room / 2) max_small = room / 2;
-    }
-    st->max_small = max_small;
-    if (o.chunk_alignment != 0 && o.chunk_alignment != kPackedAlignment &&
-        o.chunk_alignment != kDefaultAlignment) {
-      SetFailure(ctx, Failure::kBadArgument);
-      return false;
-    }
     st->chunk_alignment = o.chunk_alignment == 0 ? kDefaultAlignment : o.chunk_alignment;
-    const size_t base =
-        BaseBlockSize(static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)), st);
+  }
+
+  // Block growth and the window, once max_small, rewind_block_size and the
+  // first block's end are set.
+  static void FinishInit(Context* ctx, State* st, const Options& o, size_t first_block_size) {
+    const size_t base = BaseBlockSize(first_block_size, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
+    PoolBlock& first = st->first;
     PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
     if (size_t window_max = WindowMax(st); window_max != 0) {
       SetBumpWindow(ctx, first.last, first.end, window_max);
     }
+  }
+
+  ABSL_ATTRIBUTE_NOINLINE static bool InitUncommon(Context* ctx, State* st, const Options& o,
+                                                   char* space, char* block_end) {
+    // The state is whole before a refusal: the tree releases the context.
+    InitFields(ctx, st, o, space, block_end);
+    st->rewind_block_size = 0;
+    st->max_small = 0;
+    if (!ChunkAlignmentOk(o.chunk_alignment)) {
+      SetFailure(ctx, Failure::kBadArgument);
+      return false;
+    }
+    size_t max_small = kDirectBuild ? 0 : o.max_small;
+    // Rewind mode: the size requested, not the size the source gave: only
+    // the requested size is guaranteed to be the first block's alignment,
+    // and the source's slack past it would break the address mask.
+    st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
+    st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+    size_t room = st->rewind_block_size - kBlockHeaderBytes;
+    if (max_small > room / 2) max_small = room / 2;
+    st->max_small = max_small;
+    FinishInit(ctx, st, o, static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)));
     return true;
   }
 
