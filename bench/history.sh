@@ -29,6 +29,8 @@ CHANGES=(
   "8e8b8e7|context header back to 96 bytes (48-bit counts, 16-bit first block)|W4:mcx_pool,W11:mcx_pool"
   "63edbf6|first block sizes: tier 0 rounding and coding inline|W4:mcx_pool"
   "6b946d9|freelist counts live bytes; owner test loads the thread pointer|W3:mcx_freelist"
+  "31589e6|release and pool init read the first block's size without calls|W4:mcx_pool,W2:mcx_pool"
+  "3968c18|pool init: the default path calls nothing, saves no registers|W4:mcx_pool,W11:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
