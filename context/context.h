@@ -81,7 +81,9 @@ struct FailAccess;
 // live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
 ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
 // The calling thread's nesting of NoAllocScope (no_alloc.h; no_alloc.cc).
-extern thread_local int no_alloc_depth;
+// __thread: constant-initialised, so reading it is one load, without the
+// initialisation guard an extern thread_local costs at every read.
+extern __thread int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
 struct MarkRecord;
