@@ -648,13 +648,16 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
 // that is not a plain leaf, or nullptr when no child is left.
 Context* Context::ReleasePlainLeaves(size_t walk) {
   Context* c = first_child_;
+  // Each leaf released is the newest child then: without a tree lock to
+  // take, it comes off the list with two stores, inline.
+  const bool unlocked = methods_->lock == nullptr;
   while (c != nullptr && c->extras_ == nullptr && c->first_child_ == nullptr) {
     Context* next = c->next_sibling_;
     // The next sibling comes next: start the cache misses on its header
     // now (a release reads most of it; in a big tree they are cold).
     if (next != nullptr) PrefetchHeader(next);
     NoteReleased(c, walk);
-    c->ReleaseSelf();
+    c->ReleaseSelfImpl(unlocked);
     c = next;
   }
   if (c != nullptr && c->next_sibling_ != nullptr) PrefetchHeader(c->next_sibling_);
@@ -690,7 +693,9 @@ bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
 //
 // The header lives in the first block, so everything needed after the
 // kind's release is read before the first block goes back.
-void Context::ReleaseSelf() {
+void Context::ReleaseSelf() { ReleaseSelfImpl(/*head_child=*/false); }
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Context::ReleaseSelfImpl(bool head_child) {
   CheckAllFreed("destroy");
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   // First, so that no block the kind releases refills the reserve.
@@ -699,7 +704,12 @@ void Context::ReleaseSelf() {
   BlockSource* source = source_;
   Block first{this, ReadFirstBlockSize(this, methods_)};
   UnchargeLimits(first.size);
-  Unlink();
+  if (head_child) {
+    parent_->first_child_ = next_sibling_;
+    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = nullptr;
+  } else {
+    Unlink();
+  }
   // Checking builds clobber the first block past the header fields that the
   // release still needs; the dead state below is written last.
   if (internal::kChecking) ClobberReleased(reinterpret_cast<char*>(this) + sizeof(Context),

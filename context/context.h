@@ -709,6 +709,10 @@ class Context {
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
+  // ReleaseSelf's body (context.cc). `head_child`: this context is its
+  // parent's newest child and the parent's kind takes no tree lock, so
+  // unlinking it is two stores.
+  inline void ReleaseSelfImpl(bool head_child);
   Context* ReleasePlainLeaves(size_t walk);
   inline void LinkUnder(Context* parent);  // inline: context.cc alone calls them
   inline void Unlink();
