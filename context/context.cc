@@ -731,10 +731,18 @@ inline void Context::LinkUnder(Context* parent) {
   prev_sibling_ = nullptr;
   next_sibling_ = nullptr;
   if (parent == nullptr) return;
+  auto link = [&] {
+    next_sibling_ = parent->first_child_;
+    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
+    parent->first_child_ = this;
+  };
+  // One test for the common parent, whose kind takes no lock.
+  if (ABSL_PREDICT_TRUE(parent->methods_->lock == nullptr)) {
+    link();
+    return;
+  }
   internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
-  next_sibling_ = parent->first_child_;
-  if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
-  parent->first_child_ = this;
+  link();
 }
 
 inline void Context::Unlink() {

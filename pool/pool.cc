@@ -944,7 +944,12 @@ struct PoolImpl {
 
   static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
-    if (o.initial_block_size > kMaxPoolBlockSize || o.max_small > kMaxAllocSize) return 0;
+    if (o.max_small > kMaxAllocSize) return 0;
+    // The defaults first: one test more, and the size is the tree's.
+    if (o.initial_block_size == 0 && !o.rewind_on_free) {
+      return LearnedFirstBlockSize(header_bytes, 0, learned);
+    }
+    if (o.initial_block_size > kMaxPoolBlockSize) return 0;
     if (o.rewind_on_free) {
       // Blocks all have one size in rewind mode: nothing to learn.
       size_t size = o.initial_block_size != 0 ? o.initial_block_size : kDefaultFirstBlockSize;
