@@ -778,11 +778,19 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseGrownBlocks(Context* ctx, PoolState* st) {
   st->current = st->window = &st->first;
 }
 
-void PoolReleaseAll(Context* ctx, PoolState* st) {
-  VerifyOrReport(ctx, st);
-  // Most contexts die with their first block alone: two tests.
+// Out of line, for the same reason.
+ABSL_ATTRIBUTE_NOINLINE void ReleaseBeyondFirst(Context* ctx, PoolState* st) {
   if (!st->large.empty()) ReleaseLarge(ctx, st);
   if (!st->blocks.IsOnly(&st->first.link)) ReleaseGrownBlocks(ctx, st);
+}
+
+void PoolReleaseAll(Context* ctx, PoolState* st) {
+  VerifyOrReport(ctx, st);
+  // Most contexts die with their first block alone: three tests, and no
+  // register saved.
+  if (ABSL_PREDICT_FALSE(!st->large.empty() || !st->blocks.IsOnly(&st->first.link))) {
+    ReleaseBeyondFirst(ctx, st);
+  }
 }
 
 // --- Savepoints -----------------------------------------------------------------
