@@ -29,6 +29,12 @@ CHANGES=(
   "8e8b8e7|context header back to 96 bytes (48-bit counts, 16-bit first block)|W4:mcx_pool,W11:mcx_pool"
   "63edbf6|first block sizes: tier 0 rounding and coding inline|W4:mcx_pool"
   "6b946d9|freelist counts live bytes; owner test loads the thread pointer|W3:mcx_freelist"
+  "31589e6|release and pool init read the first block's size without calls|W4:mcx_pool,W2:mcx_pool"
+  "3968c18|pool init: the default path calls nothing, saves no registers|W4:mcx_pool,W11:mcx_pool"
+  "d914739|NoAllocScope's depth a __thread int: no init guard per read|W4:mcx_pool,W2:mcx_pool"
+  "e2c5b6a|teardown releases plain leaves inline, two-store unlink|W4:mcx_pool,W11:mcx_pool"
+  "23c00e9|creation tests the tree lock once; default first block first|W4:mcx_pool"
+  "fc21110|pool release with the first block alone saves no registers|W4:mcx_pool,W11:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"

@@ -46,6 +46,20 @@ void PrefetchHeader(const Context* ctx) {
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
 }
 
+// Where a context of kind `m` keeps its first block's size: after the
+// header and the kind's state, before the name. Inline here, because a
+// release reads it for every context of a tree.
+inline size_t FirstBlockSizeOffsetFor(const KindMethods* m) {
+  return RoundUp(RoundUp(sizeof(Context), m->state_alignment) + m->state_size, alignof(size_t));
+}
+
+inline size_t ReadFirstBlockSize(const Context* ctx, const KindMethods* m) {
+  size_t size;
+  std::memcpy(&size, reinterpret_cast<const char*>(ctx) + FirstBlockSizeOffsetFor(m),
+              sizeof(size));
+  return size;
+}
+
 }  // namespace
 
 // --- Checks ------------------------------------------------------------------
@@ -634,13 +648,16 @@ void Context::TearDown(bool destroy_self, const ResetOptions& options, uintptr_t
 // that is not a plain leaf, or nullptr when no child is left.
 Context* Context::ReleasePlainLeaves(size_t walk) {
   Context* c = first_child_;
+  // Each leaf released is the newest child then: without a tree lock to
+  // take, it comes off the list with two stores, inline.
+  const bool unlocked = methods_->lock == nullptr;
   while (c != nullptr && c->extras_ == nullptr && c->first_child_ == nullptr) {
     Context* next = c->next_sibling_;
     // The next sibling comes next: start the cache misses on its header
     // now (a release reads most of it; in a big tree they are cold).
     if (next != nullptr) PrefetchHeader(next);
     NoteReleased(c, walk);
-    c->ReleaseSelf();
+    c->ReleaseSelfImpl(unlocked);
     c = next;
   }
   if (c != nullptr && c->next_sibling_ != nullptr) PrefetchHeader(c->next_sibling_);
@@ -676,16 +693,23 @@ bool Context::RunCleanups(CleanupPhase phase, size_t walk) {
 //
 // The header lives in the first block, so everything needed after the
 // kind's release is read before the first block goes back.
-void Context::ReleaseSelf() {
+void Context::ReleaseSelf() { ReleaseSelfImpl(/*head_child=*/false); }
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Context::ReleaseSelfImpl(bool head_child) {
   CheckAllFreed("destroy");
   internal::ValgrindDestroyPool(this);  // before blocks go back: see Reset
   // First, so that no block the kind releases refills the reserve.
   if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);
   BlockSource* source = source_;
-  Block first{this, first_block_size()};
+  Block first{this, ReadFirstBlockSize(this, methods_)};
   UnchargeLimits(first.size);
-  Unlink();
+  if (head_child) {
+    parent_->first_child_ = next_sibling_;
+    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = nullptr;
+  } else {
+    Unlink();
+  }
   // Checking builds clobber the first block past the header fields that the
   // release still needs; the dead state below is written last.
   if (internal::kChecking) ClobberReleased(reinterpret_cast<char*>(this) + sizeof(Context),
@@ -702,18 +726,26 @@ void Context::ReleaseSelf() {
   source->Release(first);
 }
 
-void Context::LinkUnder(Context* parent) {
+inline void Context::LinkUnder(Context* parent) {
   parent_ = parent;
   prev_sibling_ = nullptr;
   next_sibling_ = nullptr;
   if (parent == nullptr) return;
+  auto link = [&] {
+    next_sibling_ = parent->first_child_;
+    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
+    parent->first_child_ = this;
+  };
+  // One test for the common parent, whose kind takes no lock.
+  if (ABSL_PREDICT_TRUE(parent->methods_->lock == nullptr)) {
+    link();
+    return;
+  }
   internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
-  next_sibling_ = parent->first_child_;
-  if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
-  parent->first_child_ = this;
+  link();
 }
 
-void Context::Unlink() {
+inline void Context::Unlink() {
   if (parent_ == nullptr) return;
   internal::TreeLock lock(parent_);
   if (prev_sibling_ != nullptr) {
@@ -933,18 +965,11 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
 
 // The name follows the kind state, which follows the header: its place
 // follows from the kind, so the header does not keep a pointer to it.
-size_t Context::FirstBlockSizeOffset() const {
-  return RoundUp(RoundUp(sizeof(Context), methods_->state_alignment) + methods_->state_size,
-                 alignof(size_t));
-}
+size_t Context::FirstBlockSizeOffset() const { return FirstBlockSizeOffsetFor(methods_); }
 
 size_t Context::NameOffset() const { return FirstBlockSizeOffset() + sizeof(size_t); }
 
-size_t Context::first_block_size() const {
-  size_t size;
-  std::memcpy(&size, reinterpret_cast<const char*>(this) + FirstBlockSizeOffset(), sizeof(size));
-  return size;
-}
+size_t Context::first_block_size() const { return ReadFirstBlockSize(this, methods_); }
 
 const char* Context::name() const { return reinterpret_cast<const char*>(this) + NameOffset(); }
 

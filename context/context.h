@@ -81,7 +81,9 @@ struct FailAccess;
 // live_chunks.cc: reports `ctx`'s live chunks as leaks, if it has any.
 ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operation);
 // The calling thread's nesting of NoAllocScope (no_alloc.h; no_alloc.cc).
-extern thread_local int no_alloc_depth;
+// __thread: constant-initialised, so reading it is one load, without the
+// initialisation guard an extern thread_local costs at every read.
+extern __thread int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
 struct MarkRecord;
@@ -707,9 +709,13 @@ class Context {
   // `frame`: the stack frame of the public call (Destroy, Reset).
   void TearDown(bool destroy_self, const ResetOptions& options, uintptr_t frame);
   void ReleaseSelf();
+  // ReleaseSelf's body (context.cc). `head_child`: this context is its
+  // parent's newest child and the parent's kind takes no tree lock, so
+  // unlinking it is two stores.
+  inline void ReleaseSelfImpl(bool head_child);
   Context* ReleasePlainLeaves(size_t walk);
-  void LinkUnder(Context* parent);
-  void Unlink();
+  inline void LinkUnder(Context* parent);  // inline: context.cc alone calls them
+  inline void Unlink();
   // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
   // refused and `*bytes` the bytes that would have moved (SetParent's
   // message).

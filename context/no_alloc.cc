@@ -12,7 +12,7 @@
 namespace mcx {
 namespace internal {
 
-thread_local int no_alloc_depth = 0;
+__thread int no_alloc_depth = 0;
 
 }  // namespace internal
 

@@ -132,10 +132,15 @@ size_t WindowMax(const PoolState* st) {
 // Where block growth starts, and restarts after a reset: the first block's
 // size (whoever chose it: the options or the tree), or the one size of
 // rewind mode.
-size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+// Init passes the first block's size it was given (`block_end` minus the
+// context); the others read it from the context.
+size_t BaseBlockSize(size_t first_block_size, const PoolState* st) {
   if (st->rewind_block_size != 0) return st->rewind_block_size;
   const size_t least = kBlockHeaderBytes + kMinFirstBlockSpace;
-  return ctx->first_block_size() < least ? least : ctx->first_block_size();
+  return first_block_size < least ? least : first_block_size;
+}
+size_t BaseBlockSize(const Context* ctx, const PoolState* st) {
+  return BaseBlockSize(st->rewind_block_size != 0 ? 0 : ctx->first_block_size(), st);
 }
 
 // The context's bump window is the window block's `last`: copy it back
@@ -773,11 +778,19 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseGrownBlocks(Context* ctx, PoolState* st) {
   st->current = st->window = &st->first;
 }
 
-void PoolReleaseAll(Context* ctx, PoolState* st) {
-  VerifyOrReport(ctx, st);
-  // Most contexts die with their first block alone: two tests.
+// Out of line, for the same reason.
+ABSL_ATTRIBUTE_NOINLINE void ReleaseBeyondFirst(Context* ctx, PoolState* st) {
   if (!st->large.empty()) ReleaseLarge(ctx, st);
   if (!st->blocks.IsOnly(&st->first.link)) ReleaseGrownBlocks(ctx, st);
+}
+
+void PoolReleaseAll(Context* ctx, PoolState* st) {
+  VerifyOrReport(ctx, st);
+  // Most contexts die with their first block alone: three tests, and no
+  // register saved.
+  if (ABSL_PREDICT_FALSE(!st->large.empty() || !st->blocks.IsOnly(&st->first.link))) {
+    ReleaseBeyondFirst(ctx, st);
+  }
 }
 
 // --- Savepoints -----------------------------------------------------------------
@@ -939,7 +952,12 @@ struct PoolImpl {
 
   static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // Refused before any block is acquired (0: kBadSize), not after.
-    if (o.initial_block_size > kMaxPoolBlockSize || o.max_small > kMaxAllocSize) return 0;
+    if (o.max_small > kMaxAllocSize) return 0;
+    // The defaults first: one test more, and the size is the tree's.
+    if (o.initial_block_size == 0 && !o.rewind_on_free) {
+      return LearnedFirstBlockSize(header_bytes, 0, learned);
+    }
+    if (o.initial_block_size > kMaxPoolBlockSize) return 0;
     if (o.rewind_on_free) {
       // Blocks all have one size in rewind mode: nothing to learn.
       size_t size = o.initial_block_size != 0 ? o.initial_block_size : kDefaultFirstBlockSize;
@@ -958,9 +976,29 @@ struct PoolImpl {
   }
 
   // Every field written once, without zeroing the state first: this runs at
-  // every context creation.
+  // every context creation. The default options' path calls nothing, so it
+  // saves no registers; rewind mode and bad options go out of line.
   static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
     static_assert(std::is_trivially_destructible_v<State>, "the state is dropped, not destroyed");
+    if (ABSL_PREDICT_FALSE(o.rewind_on_free || !ChunkAlignmentOk(o.chunk_alignment))) {
+      return InitUncommon(ctx, st, o, space, block_end);
+    }
+    InitFields(ctx, st, o, space, block_end);
+    // Direct mode: every request a large chunk, a block of its own (nginx's
+    // NGX_DEBUG_PALLOC).
+    st->max_small = kDirectBuild ? 0 : o.max_small;
+    st->rewind_block_size = 0;
+    FinishInit(ctx, st, o, static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)));
+    return true;
+  }
+
+  static bool ChunkAlignmentOk(size_t a) {
+    return a == 0 || a == kPackedAlignment || a == kDefaultAlignment;
+  }
+
+  // What every pool's state starts with: the first block alone, no large
+  // chunk, nothing live.
+  static void InitFields(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
     PoolBlock& first = st->first;
     first.link.owner = ctx;
     first.link.size = 0;  // the tree releases the first block
@@ -973,34 +1011,43 @@ struct PoolImpl {
     new (&st->large) BlockList();
     st->current = st->window = &first;
     new (&st->live) LiveTally();
-    // Direct mode: every request a large chunk, a block of its own (nginx's
-    // NGX_DEBUG_PALLOC).
-    size_t max_small = kDirectBuild ? 0 : o.max_small;
-    st->rewind_block_size = 0;
     st->large_serial = 0;
-    if (o.rewind_on_free) {
-      // The size requested, not the size the source gave: only the requested
-      // size is guaranteed to be the first block's alignment, and the
-      // source's slack past it would break the address mask.
-      st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
-      first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
-      size_t room = st->rewind_block_size - kBlockHeaderBytes;
-      if (max_small > room / 2) max_small = room / 2;
-    }
-    st->max_small = max_small;
-    if (o.chunk_alignment != 0 && o.chunk_alignment != kPackedAlignment &&
-        o.chunk_alignment != kDefaultAlignment) {
-      SetFailure(ctx, Failure::kBadArgument);
-      return false;
-    }
     st->chunk_alignment = o.chunk_alignment == 0 ? kDefaultAlignment : o.chunk_alignment;
-    const size_t base = BaseBlockSize(ctx, st);
+  }
+
+  // Block growth and the window, once max_small, rewind_block_size and the
+  // first block's end are set.
+  static void FinishInit(Context* ctx, State* st, const Options& o, size_t first_block_size) {
+    const size_t base = BaseBlockSize(first_block_size, st);
     st->next_block_size = base;
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
+    PoolBlock& first = st->first;
     PoisonMemoryRegion(first.start, static_cast<size_t>(first.end - first.start));
     if (size_t window_max = WindowMax(st); window_max != 0) {
       SetBumpWindow(ctx, first.last, first.end, window_max);
     }
+  }
+
+  ABSL_ATTRIBUTE_NOINLINE static bool InitUncommon(Context* ctx, State* st, const Options& o,
+                                                   char* space, char* block_end) {
+    // The state is whole before a refusal: the tree releases the context.
+    InitFields(ctx, st, o, space, block_end);
+    st->rewind_block_size = 0;
+    st->max_small = 0;
+    if (!ChunkAlignmentOk(o.chunk_alignment)) {
+      SetFailure(ctx, Failure::kBadArgument);
+      return false;
+    }
+    size_t max_small = kDirectBuild ? 0 : o.max_small;
+    // Rewind mode: the size requested, not the size the source gave: only
+    // the requested size is guaranteed to be the first block's alignment,
+    // and the source's slack past it would break the address mask.
+    st->rewind_block_size = FirstBlockSize(o, ctx->header_bytes(), 0);
+    st->first.end = reinterpret_cast<char*>(ctx) + st->rewind_block_size;
+    size_t room = st->rewind_block_size - kBlockHeaderBytes;
+    if (max_small > room / 2) max_small = room / 2;
+    st->max_small = max_small;
+    FinishInit(ctx, st, o, static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)));
     return true;
   }
 
