@@ -388,9 +388,11 @@ int Callgrind(const std::string& spec) {
   return 2;
 }
 
-// --block_cache_mib=N sets the default block cache's cap (docs/performance.md:
-// W9 on four threads holds more than the default keeps).
+// --block_cache_mib=N sets the default block cache's cap, and
+// --block_cache_learn_mib=N how far it may learn above it (0: a fixed cap):
+// W9 on four threads holds more than the default cap (docs/performance.md).
 constexpr char kCacheFlag[] = "--block_cache_mib=";
+constexpr char kLearnFlag[] = "--block_cache_learn_mib=";
 constexpr int kMiBShift = 20;
 
 int Main(int argc, char** argv) {
@@ -400,6 +402,11 @@ int Main(int argc, char** argv) {
     if (std::strncmp(argv[i], kCacheFlag, sizeof kCacheFlag - 1) == 0) {
       const size_t mib = std::strtoull(argv[i] + sizeof kCacheFlag - 1, nullptr, 10);
       mcx::DefaultBlockCache()->SetMaxCachedBytes(mib << kMiBShift);
+      continue;
+    }
+    if (std::strncmp(argv[i], kLearnFlag, sizeof kLearnFlag - 1) == 0) {
+      const size_t mib = std::strtoull(argv[i] + sizeof kLearnFlag - 1, nullptr, 10);
+      mcx::DefaultBlockCache()->SetMaxLearnedBytes(mib << kMiBShift);
       continue;
     }
     argv[kept++] = argv[i];

@@ -195,7 +195,7 @@ CachingBlockSource* DefaultBlockCache() {
   // run after ours would have.
   static CachingBlockSource* const cache =
       new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes,
-                             kDefaultThreadCacheBytes);
+                             kDefaultThreadCacheBytes, kDefaultBlockCacheLearnedBytes);
   return cache;
 }
 

@@ -203,6 +203,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
           --stats_.kept;
           if (n->thread_kept) --stats_.thread_kept;
           ++stats_.returned;
+          NoteTurnedAway(n->size);
         }
         n->next = release;
         release = n;
@@ -223,10 +224,11 @@ void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
 }
 
 CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
-                                       size_t thread_cache_bytes)
+                                       size_t thread_cache_bytes, size_t max_learned_bytes)
     : upstream_(upstream),
       max_cached_bytes_(max_cached_bytes),
-      thread_cache_bytes_(thread_cache_bytes) {}
+      thread_cache_bytes_(thread_cache_bytes),
+      max_learned_bytes_(max_learned_bytes) {}
 
 CachingBlockSource::~CachingBlockSource() { Trim(); }
 
@@ -303,6 +305,7 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
       return Block{n, n->size};
     }
     ++stats_.misses;
+    LearnFromMiss(min_size);
   }
   return upstream_->Acquire(min_size, alignment);
 }
@@ -383,6 +386,7 @@ void CachingBlockSource::ReleaseShared(Block block) {
       return;
     }
     ++stats_.returned;
+    NoteTurnedAway(block.size);
   }
   upstream_->Release(block);
 }
@@ -412,12 +416,33 @@ void CachingBlockSource::TickLocked() {
   if (clock_ < next_decay_) return;
   next_decay_ = clock_ + kDecayOperations / kDecayRunDivisor;
   for (Node** bucket = buckets_; bucket != buckets_ + kBuckets; ++bucket) {
-    for (Node* n = Claim(*bucket); n != nullptr; n = Claim(n->next)) {
-      if (clock_ - n->kept_at < kDecayOperations) continue;
+    Node** link = bucket;
+    while (Node* n = Claim(*link)) {
+      if (clock_ - n->kept_at < kDecayOperations) {
+        link = &n->next;
+        continue;
+      }
       if (n->purged) break;
-      n->purged = true;
       ++stats_.purged_blocks;
+      // Kept and unused: retention learned for such blocks goes too, and a
+      // block beyond the cap that leaves goes upstream now rather than stay
+      // purged: kept, it would take the room of the blocks the program
+      // does reuse, and the cache would learn that room back for nothing.
+      // (Under the lock, as purges are: a decay run is rare.)
+      learned_bytes_ -= n->size < learned_bytes_ ? n->size : learned_bytes_;
+      const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed) + learned_bytes_;
+      if (stats_.cached_bytes > cap) {
+        *link = n->next;
+        stats_.cached_bytes -= n->size;
+        --stats_.cached_blocks;
+        stats_.purged_bytes += n->size;  // all its pages go
+        internal::UnpoisonMemoryRegion(n, n->size);
+        upstream_->Release(Block{n, n->size});
+        continue;
+      }
+      n->purged = true;
       stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+      link = &n->next;
     }
   }
 }
@@ -442,6 +467,10 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     max_cached_bytes_.store(bytes, std::memory_order_relaxed);
+    // A cap set by the program starts over: what was learned above the old
+    // one says nothing about the new (and a cap of 0 turns caching off).
+    learned_bytes_ = 0;
+    turned_away_bytes_ = 0;
     TrimLocked(bytes, &release);
   }
   // The calling thread's cache shrinks now; other threads' at their next
@@ -461,9 +490,53 @@ size_t CachingBlockSource::max_cached_bytes() const {
   return max_cached_bytes_.load(std::memory_order_relaxed);
 }
 
+void CachingBlockSource::SetMaxLearnedBytes(size_t bytes) {
+  Node* release = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    max_learned_bytes_ = bytes;
+    if (learned_bytes_ > bytes) learned_bytes_ = bytes;
+    TrimLocked(max_cached_bytes_.load(std::memory_order_relaxed) + learned_bytes_, &release);
+  }
+  while (release != nullptr) {
+    Node* next = release->next;
+    upstream_->Release(Block{release, release->size});
+    release = next;
+  }
+}
+
+size_t CachingBlockSource::max_learned_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return max_learned_bytes_;
+}
+
 bool CachingBlockSource::FitsShared(size_t size) const {
-  const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed);
+  const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed) + learned_bytes_;
   return stats_.cached_bytes <= cap && size <= cap - stats_.cached_bytes;
+}
+
+void CachingBlockSource::NoteTurnedAway(size_t size) {
+  if (max_learned_bytes_ == learned_bytes_) return;
+  // Evidence goes stale with the decay period: a miss long after a block
+  // was turned away says nothing about that block.
+  if (clock_ - turned_away_at_ > kDecayOperations) turned_away_bytes_ = 0;
+  turned_away_bytes_ += size;
+  turned_away_at_ = clock_;
+}
+
+void CachingBlockSource::LearnFromMiss(size_t size) {
+  if (turned_away_bytes_ == 0) return;
+  if (clock_ - turned_away_at_ > kDecayOperations || max_cached_bytes_.load(std::memory_order_relaxed) == 0) {
+    turned_away_bytes_ = 0;
+    return;
+  }
+  // Raise the cap by the request, but by no more than was turned away (the
+  // rest of the miss is growth, not reuse) and within the ceiling.
+  size_t grow = size < turned_away_bytes_ ? size : turned_away_bytes_;
+  const size_t room = max_learned_bytes_ - learned_bytes_;
+  if (grow > room) grow = room;
+  turned_away_bytes_ -= grow;
+  learned_bytes_ += grow;
 }
 
 size_t CachingBlockSource::ThreadCacheCap() const {
@@ -490,6 +563,7 @@ CachingBlockSource::Stats CachingBlockSource::GetStats() const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     s = stats_;
+    s.learned_bytes = learned_bytes_;
   }
   if (const ThreadCache* tc = OwnThreadCache()) {
     {

@@ -35,6 +35,23 @@
 //     costs a fault). Blocks in thread caches (a few MiB each) do not decay.
 //     The clock is the cache's own use, not time: no thread, no timer, and
 //     a program that stops using the cache keeps what it had then.
+//   - Retention that follows reuse: beyond `max_cached_bytes` the cache may
+//     keep up to `max_learned_bytes` more, learned from the program. When
+//     the shared lists are full, a released block goes upstream and the
+//     cache remembers its bytes; an acquisition that then misses, within
+//     kDecayOperations, proves that the program wanted such a block back,
+//     and the cache raises its cap by the request (by no more than it turned
+//     away). A program that cycles more than the cap (a context of 256 MiB
+//     made and destroyed again and again; four threads filling one shared
+//     context) then keeps its cycle after one round, as APR, which keeps
+//     everything, does; a program whose blocks come back within the cap
+//     learns nothing. What was learned is unlearned as kept blocks decay
+//     unused: each decaying block lowers the learned bytes by its size, and
+//     goes upstream whole (not purged and kept) while the shared lists hold
+//     more than the lowered cap, so that stale blocks never take the room
+//     of the ones the program reuses.
+//     SetMaxCachedBytes forgets what was learned. 0 (the default, but not
+//     the default cache's) keeps the cap fixed.
 //
 // Example:
 //
@@ -73,10 +90,14 @@ class CachingBlockSource final : public BlockSource {
     size_t thread_cached_bytes = 0;  // of cached_bytes: the calling thread's
     size_t cached_bytes = 0;
     size_t cached_blocks = 0;
-    // Decay: kept blocks whose pages went back through upstream's Purge,
-    // and the bytes upstream gave back for them (each block counted once).
+    // Decay: kept blocks whose pages went back through upstream's Purge
+    // (or that went upstream whole, beyond a cap lowered by unlearning),
+    // and the bytes given back for them (each block counted once).
     uint64_t purged_blocks = 0;
     size_t purged_bytes = 0;
+    // Retention above max_cached_bytes that reuse earned (at most
+    // max_learned_bytes): the shared lists' cap is the sum of the two.
+    size_t learned_bytes = 0;
   };
 
   // Acquisitions and releases on the shared lists that a kept block must
@@ -87,7 +108,7 @@ class CachingBlockSource final : public BlockSource {
   static constexpr uint64_t kDecayOperations = 4096;
 
   CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
-                     size_t thread_cache_bytes = 0);
+                     size_t thread_cache_bytes = 0, size_t max_learned_bytes = 0);
   ~CachingBlockSource() override;
   CachingBlockSource(const CachingBlockSource&) = delete;
   CachingBlockSource& operator=(const CachingBlockSource&) = delete;
@@ -105,6 +126,11 @@ class CachingBlockSource final : public BlockSource {
   // turns caching off.
   void SetMaxCachedBytes(size_t bytes);
   size_t max_cached_bytes() const;
+  // Changes how much more than max_cached_bytes reuse may earn; what was
+  // learned beyond the new value is forgotten, and blocks beyond the cap
+  // that leaves go upstream now.
+  void SetMaxLearnedBytes(size_t bytes);
+  size_t max_learned_bytes() const;
   size_t thread_cache_bytes() const { return thread_cache_bytes_; }
   // Returns every kept block upstream: the shared lists' and the calling
   // thread's own.
@@ -155,8 +181,15 @@ class CachingBlockSource final : public BlockSource {
   // Advances the decay clock by one operation on the shared lists and, now
   // and then, purges the blocks kept for kDecayOperations (mu_ held).
   void TickLocked();
-  // Whether `size` more bytes fit the shared lists' cap (mu_ held).
+  // Whether `size` more bytes fit the shared lists' cap, max_cached_bytes
+  // plus what was learned (mu_ held).
   bool FitsShared(size_t size) const;
+  // A block of `size` bytes went upstream because the shared lists were
+  // full (mu_ held).
+  void NoteTurnedAway(size_t size);
+  // An acquisition of `size` bytes found nothing kept: if blocks were turned
+  // away lately, the cap was too small for what the program reuses (mu_).
+  void LearnFromMiss(size_t size);
   // What one thread may keep: its own cap, within the shared one.
   size_t ThreadCacheCap() const;
 
@@ -169,6 +202,12 @@ class CachingBlockSource final : public BlockSource {
   Stats stats_;
   uint64_t clock_ = 0;       // operations on the shared lists (mu_)
   uint64_t next_decay_ = 0;  // the clock at which TickLocked next purges
+  // Learning (mu_): its ceiling, what it earned, and the blocks turned away
+  // that a miss may still count as evidence (bytes; the clock of the last).
+  size_t max_learned_bytes_;
+  size_t learned_bytes_ = 0;
+  size_t turned_away_bytes_ = 0;
+  uint64_t turned_away_at_ = 0;
 };
 
 // The cache behind DefaultBlockSource(). APR keeps every freed block by
@@ -179,6 +218,12 @@ class CachingBlockSource final : public BlockSource {
 // small next to any engine's working set. Change it with
 // DefaultBlockCache()->SetMaxCachedBytes(n); 0 turns caching off.
 inline constexpr size_t kDefaultBlockCacheBytes = size_t{64} << 20;
+// What the default cache may learn beyond that cap (see "Retention that
+// follows reuse"): a program that frees and takes back more than 64 MiB in
+// a cycle keeps the cycle, up to this much more; blocks kept so and left
+// unused decay (their pages go back) and are unlearned. Change it with
+// DefaultBlockCache()->SetMaxLearnedBytes(n); 0 keeps the cap fixed.
+inline constexpr size_t kDefaultBlockCacheLearnedBytes = size_t{1} << 30;
 // Per thread, in front of the shared lists: the blocks of a few requests'
 // contexts, so that a thread in steady state never takes the cache's lock.
 inline constexpr size_t kDefaultThreadCacheBytes = size_t{4} << 20;

@@ -109,6 +109,10 @@ struct SlabState {
   // Objects and dedicated chunks freed by other threads, waiting for the
   // owner (remote_free.h).
   RemoteFreeList remote;
+  // Bytes in live objects (object_size each) and dedicated chunks (their
+  // capacity), for Live: an object waiting on `remote` is live until the
+  // owner takes it back.
+  LiveTally live;
 };
 
 inline SlabBlock* AsSlabBlock(KindBlock* b) { return reinterpret_cast<SlabBlock*>(b); }

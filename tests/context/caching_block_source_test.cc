@@ -502,5 +502,112 @@ TEST(CachingBlockSourceTest, BlocksKeptUnusedDecay) {
   EXPECT_EQ(cache.GetStats().purged_blocks, static_cast<uint64_t>(kOld + 1));
 }
 
+
+// Learning: a program that releases and takes back more than the cap.
+constexpr size_t kCycleBlockBytes = size_t{64} << 10;
+constexpr size_t kCycleCapBytes = size_t{1} << 20;  // 16 blocks
+constexpr int kCycleBlocks = 48;                    // 3 MiB per cycle
+
+// Takes kCycleBlocks blocks, writes them, gives them all back.
+void Cycle(CachingBlockSource& cache) {
+  std::vector<Block> blocks;
+  for (int i = 0; i < kCycleBlocks; ++i) {
+    Block b = cache.Acquire(kCycleBlockBytes, kMinBlockAlignment);
+    ASSERT_NE(b.ptr, nullptr);
+    std::memset(b.ptr, i, b.size);
+    blocks.push_back(b);
+  }
+  for (Block b : blocks) cache.Release(b);
+}
+
+// A cycle larger than the cap: the first turns 32 blocks away, the second
+// misses them and learns their bytes, and from the third on the cycle is
+// kept whole and the upstream source sees no call.
+TEST(CachingBlockSourceTest, RetentionLearnsACycleLargerThanTheCap) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  {
+    CachingBlockSource cache(&upstream, kCycleCapBytes, 0, size_t{8} << 20);
+    Cycle(cache);
+    // The first cycle's misses are growth, not reuse: nothing learned.
+    EXPECT_EQ(cache.GetStats().learned_bytes, 0u);
+    EXPECT_EQ(upstream.live_blocks(), 16);
+    Cycle(cache);
+    EXPECT_EQ(cache.GetStats().learned_bytes, 32 * kCycleBlockBytes);
+    EXPECT_EQ(upstream.live_blocks(), kCycleBlocks) << "the second cycle is kept whole";
+    const int64_t acquires = upstream.acquires();
+    const int64_t releases = upstream.releases();
+    for (int round = 0; round < 10; ++round) Cycle(cache);
+    EXPECT_EQ(upstream.acquires(), acquires);
+    EXPECT_EQ(upstream.releases(), releases);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.cached_bytes, kCycleBlocks * kCycleBlockBytes);
+    EXPECT_EQ(s.learned_bytes, 32 * kCycleBlockBytes);
+    // Forgotten when the program sets the cap: back to 16 blocks kept.
+    cache.SetMaxCachedBytes(kCycleCapBytes);
+    EXPECT_EQ(cache.GetStats().learned_bytes, 0u);
+    EXPECT_EQ(cache.GetStats().cached_bytes, kCycleCapBytes);
+    EXPECT_EQ(upstream.live_blocks(), 16);
+  }
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// Without learning (the default for a cache a program makes) the cap is
+// fixed: every cycle turns the same blocks away and asks for them again.
+// With a ceiling, learning stops there.
+TEST(CachingBlockSourceTest, RetentionLearnsNothingWithoutACeilingAndStopsAtIt) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  for (size_t ceiling : {size_t{0}, 8 * kCycleBlockBytes}) {
+    CachingBlockSource cache(&upstream, kCycleCapBytes, 0, ceiling);
+    EXPECT_EQ(cache.max_learned_bytes(), ceiling);
+    for (int round = 0; round < 3; ++round) Cycle(cache);
+    EXPECT_EQ(cache.GetStats().learned_bytes, ceiling);
+    const int64_t acquires = upstream.acquires();
+    Cycle(cache);
+    EXPECT_EQ(upstream.acquires() - acquires, 32 - static_cast<int64_t>(ceiling / kCycleBlockBytes));
+    EXPECT_EQ(cache.GetStats().cached_bytes, kCycleCapBytes + ceiling);
+  }
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// What was learned goes as the blocks kept for it decay unused; lowering
+// the ceiling trims at once.
+TEST(CachingBlockSourceTest, RetentionIsUnlearnedAsKeptBlocksDecay) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, kCycleCapBytes, 0, size_t{8} << 20);
+  for (int round = 0; round < 3; ++round) Cycle(cache);
+  ASSERT_EQ(cache.GetStats().learned_bytes, 32 * kCycleBlockBytes);
+  constexpr size_t kBusyBytes = kCycleBlockBytes * 4;
+  // The program moves on to other work: the cycle's blocks sit unused.
+  for (uint64_t i = 0; i < CachingBlockSource::kDecayOperations * 2; ++i) {
+    cache.Release(cache.Acquire(kCycleBlockBytes * 4, kMinBlockAlignment));
+  }
+  // Every block of the cycle decayed and was unlearned: those beyond the
+  // cap went upstream whole, and the rest, as many as fit beside the one
+  // block the program does reuse, stay kept with their pages purged.
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.purged_blocks, static_cast<uint64_t>(kCycleBlocks));
+  EXPECT_EQ(s.learned_bytes, 0u);
+  EXPECT_EQ(s.cached_bytes, kCycleCapBytes);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+  EXPECT_EQ(upstream.purges(),
+            static_cast<int64_t>((kCycleCapBytes - kBusyBytes) / kCycleBlockBytes));
+  // Learned again by the next cycles, then trimmed by a lower ceiling.
+  for (int round = 0; round < 2; ++round) Cycle(cache);
+  EXPECT_GT(cache.GetStats().learned_bytes, 0u);
+  cache.SetMaxLearnedBytes(kCycleBlockBytes);
+  s = cache.GetStats();
+  EXPECT_EQ(s.learned_bytes, kCycleBlockBytes);
+  EXPECT_LE(s.cached_bytes, kCycleCapBytes + kCycleBlockBytes);
+  EXPECT_EQ(s.cached_bytes, upstream.live_bytes());
+}
+
+TEST(CachingBlockSourceTest, TheDefaultCacheLearns) {
+  EXPECT_EQ(DefaultBlockCache()->max_learned_bytes(), kDefaultBlockCacheLearnedBytes);
+}
+
 }  // namespace
 }  // namespace mcx

@@ -1,7 +1,9 @@
 // The slab kind against a model: random allocations, frees, reallocations
 // and resets with fixed seeds, every live object's bytes checked against
 // what was written, the kind's invariants (Check) and its counters checked
-// against the model as it goes. Deterministic; not a benchmark.
+// against the model as it goes: free bytes, and live bytes with their peak
+// after every operation (an object counts its object size, a dedicated chunk
+// at least what was asked for). Deterministic; not a benchmark.
 
 #include <algorithm>
 #include <cstdint>
@@ -29,7 +31,8 @@ struct Live {
   void* p;
   size_t size;
   uint32_t seed;
-  bool object;  // in a slot (else a dedicated chunk)
+  bool object;    // in a slot (else a dedicated chunk)
+  size_t counted;  // what live_bytes() counts it for
 };
 
 struct Case {
@@ -55,6 +58,8 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
   std::mt19937 rng(c.seed);
   std::vector<Live> live;
   uint32_t next_seed = 1;
+  size_t live_bytes = 0;
+  size_t peak = 0;
   auto check = [&] {
     std::string error;
     ASSERT_TRUE(ctx->Check(&error)) << error;
@@ -83,13 +88,22 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
         size = g.object_size + 1 + rng() % 5000;
         object = false;
       }
+      const size_t before = ctx->live_bytes();
       void* p = ctx->Alloc(size);
+      const size_t got = ctx->live_bytes() - before;
+      if (object) {
+        ASSERT_EQ(got, g.object_size);
+      } else {
+        ASSERT_GE(got, size);
+      }
+      live_bytes += got;
       Fill(p, size, next_seed);
-      live.push_back({p, size, next_seed++, object});
+      live.push_back({p, size, next_seed++, object, got});
     } else if (r < 92) {
       const size_t i = rng() % live.size();
       ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].seed));
       ctx->Free(live[i].p);
+      live_bytes -= live[i].counted;
       live[i] = live.back();
       live.pop_back();
     } else if (r < 99) {
@@ -97,17 +111,30 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
       Live& l = live[rng() % live.size()];
       size_t size = 1 + rng() % g.object_size;
       if (dedicated && rng() % 4 == 0) size = g.object_size + 1 + rng() % 3000;
+      const size_t before = ctx->live_bytes();
       void* q = ctx->Realloc(l.p, size);
       if (l.object && size <= g.object_size) {
         ASSERT_EQ(q, l.p);
       }
+      const size_t got = ctx->live_bytes() + l.counted - before;
+      ASSERT_GE(got, std::min(size, g.object_size));
+      // A move holds the old chunk and the new one for a moment.
+      if (q != l.p) peak = std::max(peak, before + got);
+      live_bytes = live_bytes - l.counted + got;
       ASSERT_TRUE(Holds(q, std::min(size, l.size), l.seed));
       Fill(q, size, l.seed);
-      l = {q, size, l.seed, size <= g.object_size && l.object};
+      l = {q, size, l.seed, size <= g.object_size && l.object, got};
+    } else if (rng() % 10 == 0) {
+      ctx->ResetPeak();
+      peak = live_bytes;
     } else if (rng() % 20 == 0) {
       ctx->Reset(rng() % 2 == 0 ? ResetOptions() : ResetOptions::KeepBytes(256 * 1024));
       live.clear();
+      live_bytes = 0;
     }
+    peak = std::max(peak, live_bytes);
+    ASSERT_EQ(ctx->live_bytes(), live_bytes) << "op " << op;
+    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "op " << op;
     if (op % 2000 == 0) check();
   }
   check();
