@@ -36,9 +36,8 @@
 //     state instead of one with a head per class.
 //   - Reallocation grows or shrinks the chunk carved last in place, moves a
 //     growing chunk to a class at least a quarter larger (a chain of small
-//     steps copies O(log n) times), or from 4 KiB on to a dedicated block
-//     that the block source resizes from then on, and moves a shrinking
-//     chunk to a class that takes at most half the memory.
+//     steps copies O(log n) times), and moves a shrinking chunk to a class
+//     that takes at most half the memory.
 // Remote frees (a later cross-thread free): a chunk leads to its owner
 // through its header alone, and nothing the owner's fast paths touch must
 // be written by another thread, so a remote free can be one atomic push of
@@ -160,12 +159,6 @@ constexpr size_t kMinSpareBytes = kMaxPageBlockBytes;
 // times; a shrinking one moves only if the new class takes at most half the
 // old chunk's bytes (smaller savings are not worth a copy).
 constexpr size_t kGrowthJumpDivisor = 4;
-// A growing realloc to this many bytes or more that cannot stay in place
-// takes a dedicated block, and a dedicated chunk resized to this many or
-// more stays one: a buffer that grows past it is then resized by the block
-// source (realloc(), in place when the memory after it is free) rather
-// than copied at each class step.
-constexpr size_t kGrowIntoDedicatedBytes = 4096;
 constexpr size_t kShrinkMoveFactor = 2;
 
 // Later blocks are at least this large (aset.c: "We somewhat arbitrarily
@@ -1057,16 +1050,11 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
 
 // --- Allocation -------------------------------------------------------------------
 
-// Bytes of a dedicated block for a chunk of `size` bytes.
-size_t DedicatedBlockBytes(size_t size) {
-  return kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
-}
-
 void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   // A slow path too: chunks other threads freed come back first (a program
   // of large chunks alone, or direct mode, never reaches AllocFromNewRun).
   if (st->remote.HasAny()) ReclaimRemote(ctx, st);
-  const size_t want = DedicatedBlockBytes(size);
+  const size_t want = kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
   if (kb == nullptr) return nullptr;
   auto* b = reinterpret_cast<DedicatedHeader*>(kb);
@@ -1252,10 +1240,9 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   }
   DedicatedHeader* b = DedicatedOf(p, h);
   const size_t old_usable = b->link.size - kDedicatedPayload;
-  // Small enough for a class, and below the size at which growing chunks
-  // become dedicated: the chunk moves into the context's blocks, and the
-  // dedicated block goes back.
-  if (new_size <= st->chunk_limit && new_size < kGrowIntoDedicatedBytes) {
+  // Small enough for a class: the chunk moves into the context's blocks,
+  // and the dedicated block goes back.
+  if (new_size <= st->chunk_limit) {
     void* q = FreelistAlloc(ctx, st, new_size, kDefaultAlignment);
     if (q != nullptr) {
       // A dedicated chunk shrunk in place may hold fewer bytes than asked.
@@ -1275,7 +1262,8 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   // The source may copy `keep` bytes itself; none of them may be poisoned
   // (WriteChunkHeader poisons the header again, so this comes after it).
   UnpoisonMemoryRegion(b, b->link.size);
-  Block nb = ReallocateBlock(ctx, Block{b, b->link.size}, keep, DedicatedBlockBytes(new_size),
+  Block nb = ReallocateBlock(ctx, Block{b, b->link.size}, keep,
+                             kDedicatedPayload + new_size + (kChecking ? kCheckingTailBytes : 0),
                              kMinBlockAlignment);
   if (nb.ptr == nullptr) {
     WriteChunkHeader(p, h);
@@ -1361,17 +1349,6 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
       MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);  // not worth a copy
       return p;
     }
-  }
-  // A chunk grown this large that must move goes to a dedicated block:
-  // from there it grows through the block source's Reallocate, in place
-  // wherever the system allocator can extend it, instead of being copied
-  // at every step of a class.
-  if (new_size > usable && (new_size >= kGrowIntoDedicatedBytes || new_size > st->chunk_limit)) {
-    void* q = AllocDedicated(ctx, st, new_size);
-    if (q == nullptr) return nullptr;
-    std::memcpy(q, p, old_bytes);
-    FreelistFree(ctx, st, p);
-    return q;
   }
   size_t want = new_size;
   if (new_size > usable) {

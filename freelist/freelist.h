@@ -28,9 +28,7 @@
 //   - Realloc stays in place within the class, and grows or shrinks the
 //     chunk carved last in place while the space after it allows; a
 //     growing chunk that must move takes a class at least a quarter larger,
-//     or from 4 KiB on a dedicated block (resized through the source from
-//     then on, while it stays at 4 KiB or more); a shrinking one moves to a
-//     smaller class when that halves its bytes.
+//     a shrinking one moves to a smaller class when that halves its bytes.
 //   - Blocks double from `initial_block_size` up to `max_block_size`, at
 //     most 64 units (about 257 KiB).
 //   - Reset empties every freelist; blocks are released or kept per

@@ -154,48 +154,6 @@ TEST_F(FreelistTest, ReallocGrowsTheLastChunkInPlace) {
   ctx->Destroy();
 }
 
-// A chunk that must move to grow past 4 KiB moves once, to a dedicated
-// block, and from there grows through the block source, bytes kept, rather
-// than being copied into a class at every step; freed, its block goes back.
-TEST_F(FreelistTest, ReallocGrowingPastFourKibGoesThroughTheSource) {
-  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
-  Context* ctx = Make();
-  void* p = ctx->Alloc(1);
-  const int64_t blocks = source_.live_blocks();
-  size_t n = 1;
-  for (; n < 2048; n *= 2) {
-    p = ctx->Realloc(p, 2 * n);
-    ctx->Alloc(8);  // the chunk is not the last carved: it cannot grow in place
-  }
-  EXPECT_FALSE(ChunkHeaderIsExternal(ReadChunkHeader(p)));  // 2,048 bytes: a class
-  EXPECT_EQ(source_.live_blocks(), blocks);
-  Fill(p, n, 7);
-  p = ctx->Realloc(p, 2 * n);
-  n *= 2;
-  EXPECT_TRUE(ChunkHeaderIsExternal(ReadChunkHeader(p)));
-  EXPECT_EQ(source_.live_blocks(), blocks + 1);
-  EXPECT_TRUE(Holds(p, n / 2, 7));
-  int64_t steps = 0;
-  for (; n < (size_t{1} << 20); n *= 2, ++steps) {
-    Fill(p, n, 7);
-    p = ctx->Realloc(p, 2 * n);
-    ASSERT_TRUE(Holds(p, n, 7)) << n;
-  }
-  EXPECT_TRUE(ChunkHeaderIsExternal(ReadChunkHeader(p)));
-  EXPECT_EQ(source_.reallocates(), steps);  // 8 KiB .. 1 MiB, 8 steps
-  EXPECT_GE(ctx->ChunkSize(p), n);
-  std::string error;
-  EXPECT_TRUE(ctx->Check(&error)) << error;
-  // Shrunk below 4 KiB, it moves back into a class and its block goes back.
-  p = ctx->Realloc(p, 100);
-  EXPECT_FALSE(ChunkHeaderIsExternal(ReadChunkHeader(p)));
-  EXPECT_TRUE(Holds(p, 100, 7));
-  EXPECT_EQ(source_.live_blocks(), blocks);
-  EXPECT_TRUE(ctx->Check(&error)) << error;
-  ctx->Destroy();
-  EXPECT_EQ(source_.live_blocks(), 0);
-}
-
 // A shrink that at least halves a chunk's bytes moves it to the smaller
 // class; the old chunk is free for others (finding A2: shrinking reallocs
 // kept their original class).
