@@ -5,7 +5,9 @@
 //               step a Realloc to twice the size; the last byte of every
 //               new size is written and the first byte checked, then the
 //               buffer is freed. The context lives across chains, as a
-//               long-lived heap does.
+//               long-lived heap does. Run each contender alone
+//               (--benchmark_filter): malloc's time depends on the state
+//               of the heap an earlier case leaves.
 //   L.resident  large chunks: a live set of random 8 B .. 64 KiB chunks
 //               (every byte written) churned by random allocations and
 //               frees around a live target; resident bytes against live
