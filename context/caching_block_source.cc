@@ -23,6 +23,17 @@ bool GoodFit(size_t have, size_t want) { return have >= want && have - want <= w
 // workloads ask for the same few sizes, so a fit is near the head or absent.
 constexpr int kMaxProbe = 8;
 
+// Blocks above this are larger than any kind grows its blocks by default
+// (pool and shared contexts to 1 MiB, the freelist to 256 KiB; the rest
+// is room for a source's slack): each holds one large chunk. Programs free
+// such buffers and rarely ask for one of the same size again, so they skip
+// the thread caches and, until a block of their size is reused, give their
+// pages back when kept (as glibc unmaps a large chunk at its free, until
+// its threshold learns that such sizes come back).
+constexpr size_t kLargeBlockBytes = (size_t{1} << 20) + (size_t{64} << 10);
+
+bool IsLarge(size_t size) { return size > kLargeBlockBytes; }
+
 // Decay runs this often (in operations on the shared lists), so a block is
 // purged between kDecayOperations and a quarter more after it was kept; each
 // run walks only the young heads of the lists and the newly old blocks.
@@ -176,6 +187,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
         // pages were touched there, or cost nothing to drop twice).
         n->kept_at = clock_;
         n->purged = false;
+        n->decayed = false;
       }
       if (FitsShared(bytes)) {
         last->next = buckets_[b];
@@ -277,8 +289,12 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
       // size; a batch under this one lock saves a lock per block. Only the
       // run of heads of the same list that fit as well is taken (no
       // probing), and moves with one splice.
-      if (tc != nullptr) {
-        const int b = BucketOf(n->size);
+      const int bucket = BucketOf(n->size);
+      // A large block of this size came back: the program reuses such
+      // blocks, which from now on are kept warm.
+      if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << bucket;
+      if (tc != nullptr && !IsLarge(n->size)) {
+        const int b = bucket;
         const size_t room = ThreadCacheCap() > tc->bytes ? ThreadCacheCap() - tc->bytes : 0;
         size_t bytes = 0, blocks = 0;
         Node* first = Claim(buckets_[b]);
@@ -313,7 +329,7 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
 void CachingBlockSource::Release(Block block) {
   ThreadCaches* all = this_thread_caches;
   if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this &&
-                        block.size >= sizeof(Node))) {
+                        block.size >= sizeof(Node) && !IsLarge(block.size))) {
     ThreadCache* tc = &all->slots[0];
     // Within the shared cap as well: a cap of 0 turns the thread caches off.
     if (ABSL_PREDICT_TRUE(block.size <= ThreadCacheCap() - tc->bytes &&
@@ -332,6 +348,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(T
   n->size = block.size;
   n->thread_kept = true;
   n->purged = false;
+  n->decayed = false;
   Node** head = &tc->buckets[BucketOf(block.size)];
   n->next = *head;
   *head = n;
@@ -348,7 +365,7 @@ void CachingBlockSource::ReleaseSlow(Block block) {
   }
   ThreadCache* tc = OwnThreadCache();
   // Within the shared cap as well: a cap of 0 turns the thread caches off.
-  const size_t tc_cap = tc != nullptr ? ThreadCacheCap() : 0;
+  const size_t tc_cap = tc != nullptr && !IsLarge(block.size) ? ThreadCacheCap() : 0;
   if (block.size <= tc_cap) {
     if (tc->bytes + block.size > tc_cap) {
       // Full: make room for this block and the next ones.
@@ -373,12 +390,20 @@ void CachingBlockSource::ReleaseShared(Block block) {
       n->kept_at = clock_;
       n->thread_kept = false;
       n->purged = false;
+      n->decayed = false;
       int b = BucketOf(block.size);
       n->next = buckets_[b];
       buckets_[b] = n;
       stats_.cached_bytes += block.size;
       ++stats_.cached_blocks;
       ++stats_.kept;
+      if (IsLarge(block.size) && (warm_large_ & (uint64_t{1} << b)) == 0) {
+        // Kept for its address, without its pages (above), purged as decay
+        // would: under the lock, since the block is in the lists.
+        n->purged = true;
+        ++stats_.purged_blocks;
+        stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+      }
       // A kept block is free memory: under ASan any use of it through a
       // stale pointer into a destroyed context is reported.
       internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
@@ -404,8 +429,9 @@ size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Pur
 //
 // Every list is in keeping order, newest at the head (a block enters at the
 // head, and leaves from anywhere), so the old blocks of a list are a tail,
-// and the tail's purged blocks a tail of that: the walk stops at the first
-// purged block. Purging happens under the lock, since a block taken from
+// and the tail's decayed blocks a tail of that: the walk stops at the first
+// decayed block (not the first purged one: a large block is purged when it
+// is kept, and decays later, as the others do). Purging happens under the lock, since a block taken from
 // the lists must not lose the bytes its new owner writes; it is rare (a
 // block once per stay) and bounded by the blocks kept. The node and the rest
 // of the block's first page stay as they were: what misuse checks read in a
@@ -422,26 +448,34 @@ void CachingBlockSource::TickLocked() {
         link = &n->next;
         continue;
       }
-      if (n->purged) break;
-      ++stats_.purged_blocks;
+      if (n->decayed) break;
+      n->decayed = true;
       // Kept and unused: retention learned for such blocks goes too, and a
       // block beyond the cap that leaves goes upstream now rather than stay
       // purged: kept, it would take the room of the blocks the program
       // does reuse, and the cache would learn that room back for nothing.
       // (Under the lock, as purges are: a decay run is rare.)
       learned_bytes_ -= n->size < learned_bytes_ ? n->size : learned_bytes_;
+      // A large size left unused goes cold again.
+      if (IsLarge(n->size)) warm_large_ &= ~(uint64_t{1} << (bucket - buckets_));
       const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed) + learned_bytes_;
       if (stats_.cached_bytes > cap) {
         *link = n->next;
         stats_.cached_bytes -= n->size;
         --stats_.cached_blocks;
-        stats_.purged_bytes += n->size;  // all its pages go
+        if (!n->purged) {  // all its pages go (a large block's went already)
+          ++stats_.purged_blocks;
+          stats_.purged_bytes += n->size;
+        }
         internal::UnpoisonMemoryRegion(n, n->size);
         upstream_->Release(Block{n, n->size});
         continue;
       }
-      n->purged = true;
-      stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+      if (!n->purged) {
+        n->purged = true;
+        ++stats_.purged_blocks;
+        stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+      }
       link = &n->next;
     }
   }

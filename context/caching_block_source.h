@@ -35,6 +35,14 @@
 //     costs a fault). Blocks in thread caches (a few MiB each) do not decay.
 //     The clock is the cache's own use, not time: no thread, no timer, and
 //     a program that stops using the cache keeps what it had then.
+//   - Large blocks (above the largest block a kind grows to by default,
+//     about 1 MiB: one large chunk each) skip the thread caches, and are
+//     kept without their pages (upstream's Purge at once) until a block of
+//     their size is taken back; from then on blocks of that size are kept
+//     warm, until one decays. A program that frees a large buffer and never
+//     asks for one again does not keep it resident (glibc unmaps such
+//     chunks at their free), and one that reuses its large buffers faults
+//     their pages in once.
 //   - Retention that follows reuse: beyond `max_cached_bytes` the cache may
 //     keep up to `max_learned_bytes` more, learned from the program. When
 //     the shared lists are full, a released block goes upstream and the
@@ -148,7 +156,10 @@ class CachingBlockSource final : public BlockSource {
     // Released into a thread cache (counted in thread_kept): if the block
     // later goes upstream as returned, thread_kept gives its count back too.
     bool thread_kept;
-    bool purged;  // its pages went to upstream's Purge (decay)
+    bool purged;   // its pages went to upstream's Purge (decay, or a large block's keep)
+    // Decay has seen it old (in each shared list the decayed blocks are a
+    // tail: a decay run stops at the first).
+    bool decayed;
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
   static constexpr int kBuckets = 64;
@@ -208,6 +219,9 @@ class CachingBlockSource final : public BlockSource {
   size_t learned_bytes_ = 0;
   size_t turned_away_bytes_ = 0;
   uint64_t turned_away_at_ = 0;
+  // Buckets of large blocks (one chunk's, kept without their pages) whose
+  // size the program has taken back: their blocks are kept warm (mu_).
+  uint64_t warm_large_ = 0;
 };
 
 // The cache behind DefaultBlockSource(). APR keeps every freed block by

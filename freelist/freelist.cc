@@ -511,6 +511,12 @@ void Refile(FreelistState* st, BlockHeader* b) {
 // Releases spare blocks beyond the budget: an eighth of the bytes in use,
 // at least one largest block. Only sweeps run by frees do this; a sweep
 // before growth keeps them, since more memory is needed at once.
+//
+// A block released here goes back because the live data shrank, not at a
+// reset or destroy: its pages go back first (those a sweep did not purge
+// already), so that it does not stay resident in a block cache, which
+// keeps what it is given until it decays. Reset and destroy release their
+// blocks warm: short-lived work reuses them at once.
 void TrimSpares(Context* ctx, FreelistState* st) {
   size_t spare = 0;
   ForEachOn(st, OnList::kSpare, [&](BlockHeader* b) { spare += b->link.size; });
@@ -520,6 +526,13 @@ void TrimSpares(Context* ctx, FreelistState* st) {
     if (spare <= budget) return;
     spare -= b->link.size;
     MoveTo(st, b, OnList::kNone);
+    const UnitDesc* d = Descs(b);
+    bool purged = true;
+    for (size_t i = 0; i < b->units; ++i) purged &= (d[i].flags & kUnitPurged) != 0;
+    if (!purged && b->units != 0) {
+      char* from = UnitStart(b, 0);
+      PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, b->units - 1) - from));
+    }
     ReleaseKindBlock(ctx, &b->link);
   });
 }

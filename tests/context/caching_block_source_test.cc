@@ -609,5 +609,59 @@ TEST(CachingBlockSourceTest, TheDefaultCacheLearns) {
   EXPECT_EQ(DefaultBlockCache()->max_learned_bytes(), kDefaultBlockCacheLearnedBytes);
 }
 
+
+// A large block (one large chunk's, above the largest block a kind grows
+// to) skips the thread cache and is kept without its pages until a block
+// of its size is taken back; from then on such blocks are kept warm, until
+// one decays unused.
+TEST(CachingBlockSourceTest, LargeBlocksAreKeptColdUntilTheirSizeIsReused) {
+  constexpr size_t kLarge = size_t{3} << 20;
+  constexpr size_t kSmall = size_t{16} << 10;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  // Thread caches on, but no thread cache holds a large block.
+  CachingBlockSource cache(&upstream, size_t{64} << 20, size_t{8} << 20);
+  Block b = cache.Acquire(kLarge, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  std::memset(b.ptr, 1, b.size);
+  cache.Release(b);
+  CachingBlockSource::Stats s = cache.GetStats();
+  EXPECT_EQ(s.cached_bytes, kLarge);
+  EXPECT_EQ(s.thread_cached_bytes, 0u);
+  EXPECT_EQ(upstream.purges(), 1) << "kept without its pages";
+  EXPECT_EQ(s.purged_blocks, 1u);
+  // Taken back: a hit, usable; its size is warm from now on.
+  const int64_t acquires = upstream.acquires();
+  b = cache.Acquire(kLarge, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  EXPECT_EQ(upstream.acquires(), acquires);
+  std::memset(b.ptr, 2, b.size);
+  EXPECT_EQ(static_cast<char*>(b.ptr)[b.size - 1], 2);
+  cache.Release(b);
+  EXPECT_EQ(upstream.purges(), 1) << "a reused size is kept warm";
+  // Unused while the cache serves other blocks (through its shared lists:
+  // a cache without thread caches), the large block decays, and its size
+  // is cold again.
+  CachingBlockSource shared(&upstream, size_t{64} << 20);
+  b = shared.Acquire(kLarge, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  shared.Release(b);
+  b = shared.Acquire(kLarge, kMinBlockAlignment);  // warm
+  ASSERT_NE(b.ptr, nullptr);
+  shared.Release(b);
+  const int64_t purges = upstream.purges();
+  for (uint64_t i = 0; i < CachingBlockSource::kDecayOperations * 2; ++i) {
+    shared.Release(shared.Acquire(kSmall, kMinBlockAlignment));
+  }
+  EXPECT_EQ(upstream.purges(), purges + 1) << "the warm large block decayed";
+  // Another block of that size, released without one being taken back
+  // first (it comes from the source the cache gives its blocks back to).
+  b = upstream.Acquire(kLarge, kMinBlockAlignment);
+  ASSERT_NE(b.ptr, nullptr);
+  shared.Release(b);
+  EXPECT_EQ(upstream.purges(), purges + 2) << "cold again: kept without its pages";
+  EXPECT_EQ(upstream.bad_purges(), 0);
+}
+
 }  // namespace
 }  // namespace mcx

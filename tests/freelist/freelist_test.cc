@@ -287,7 +287,8 @@ void FreeShuffled(Context* ctx, std::vector<void*>* live, TestRng* rng, Keep kee
 
 // Memory follows the live data: once every chunk is freed, in any order,
 // the blocks go back to the source, all but the spares kept against a
-// context whose data breathes.
+// context whose data breathes; their pages first (a block cache keeps a
+// released block resident until it decays), the units' pages at least.
 TEST_F(FreelistTest, FreedBlocksGoBackToTheSource) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make();
@@ -301,6 +302,9 @@ TEST_F(FreelistTest, FreedBlocksGoBackToTheSource) {
   for (int i = 0; i < 100000; ++i) ctx->Free(ctx->Alloc(16));
   // The spares: at least one largest block, at most an eighth of the rest.
   EXPECT_LE(ctx->bytes_in_blocks(), ctx->first_block_size() + 2 * kMaxFreelistBlocksOfChunks);
+  // Units are all of a block but its header and descriptors: nine tenths.
+  EXPECT_GE(source_.purge_requested_bytes(), (peak - ctx->bytes_in_blocks()) / 10 * 9);
+  EXPECT_EQ(source_.bad_purges(), 0);
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
