@@ -32,6 +32,7 @@
 
 #include "benchmark/benchmark.h"
 #include "bench/contenders.h"
+#include "bench/live_set.h"
 
 namespace mcx_bench {
 namespace {
@@ -93,15 +94,6 @@ class Rng {
   uint64_t s_;
 };
 
-size_t ResidentBytes() {
-  long pages_total = 0, pages_resident = 0;
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
-  std::fclose(f);
-  return static_cast<size_t>(pages_resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
-}
-
 struct LargeResult {
   double seconds;
   double peak_ratio;  // peak resident / peak live
@@ -115,61 +107,36 @@ struct LargeResult {
 // chunks of every size replacing chunks of every other size.
 template <typename C>
 LargeResult MeasureLarge() {
-  const size_t book_bytes = kLargeMaxLiveChunks * (sizeof(void*) + sizeof(uint32_t));
-  void* book = mmap(nullptr, book_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
-  if (book == MAP_FAILED) OutOfMemory();
-  std::memset(book, 1, book_bytes);  // resident before the baseline
-  void** ptrs = static_cast<void**>(book);
-  uint32_t* sizes = reinterpret_cast<uint32_t*>(ptrs + kLargeMaxLiveChunks);
+  LiveSet set(kLargeMaxLiveChunks);
   Rng rng(kLargeSeed);
   auto* a = new typename C::Arena();
   const size_t before = ResidentBytes();
-  size_t n = 0, live = 0, live_peak = 0, resident_peak = 0, blocks_peak = 0, resident = 0;
+  size_t resident_peak = 0, blocks_peak = 0, resident = 0;
   double ratio_sum = 0;
   size_t samples = 0;
-  uint64_t sum = 0;
   const auto start = std::chrono::steady_clock::now();
   for (size_t op = 0; op < kLargeOps; ++op) {
-    const bool alloc =
-        n == 0 || (n < kLargeMaxLiveChunks && live < kLargeLiveTarget && (rng.Next() & 3) != 0);
-    if (alloc) {
-      const uint32_t size = rng.Uniform(kLargeMinSize, kLargeMaxSize);
-      void* p = a->Alloc(size);
-      std::memset(p, static_cast<int>(op), size);
-      sum += static_cast<unsigned char*>(p)[size - 1];
-      ptrs[n] = p;
-      sizes[n] = size;
-      ++n;
-      live += size;
-      live_peak = std::max(live_peak, live);
-    } else {
-      const size_t i = static_cast<size_t>(rng.Next() % n);
-      a->Free(ptrs[i], sizes[i]);
-      live -= sizes[i];
-      --n;
-      ptrs[i] = ptrs[n];
-      sizes[i] = sizes[n];
-    }
+    set.Step(a, rng, op, kLargeLiveTarget, kLargeMinSize, kLargeMaxSize);
     if ((op + 1) % kLargeSampleEvery == 0) {
       const size_t r = ResidentBytes();
       resident = r > before ? r - before : 0;
       resident_peak = std::max(resident_peak, resident);
-      ratio_sum += static_cast<double>(resident) / static_cast<double>(live);
+      ratio_sum += static_cast<double>(resident) / static_cast<double>(set.live());
       ++samples;
       if constexpr (std::is_base_of_v<McxMarker, C>) {
         blocks_peak = std::max(blocks_peak, a->context()->bytes_in_blocks());
       }
     }
   }
+  const size_t live = set.live(), live_peak = set.live_peak();
   LargeResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   r.peak_ratio = static_cast<double>(resident_peak) / static_cast<double>(live_peak);
   r.mean_ratio = ratio_sum / static_cast<double>(samples);
   r.end_ratio = static_cast<double>(resident) / static_cast<double>(live);
   r.blocks_ratio = static_cast<double>(blocks_peak) / static_cast<double>(live_peak);
-  benchmark::DoNotOptimize(sum);
-  for (size_t i = 0; i < n; ++i) a->Free(ptrs[i], sizes[i]);
+  benchmark::DoNotOptimize(set.sum());
+  set.FreeAll(a);
   delete a;
   return r;
 }

@@ -55,6 +55,7 @@
 
 #include "benchmark/benchmark.h"
 #include "bench/contenders.h"
+#include "bench/live_set.h"
 #include "mcx/generation/generation.h"  // W12, W13 (fixed_and_fifo.h)
 #include "mcx/slab/slab.h"
 
@@ -603,15 +604,6 @@ void RegisterDestroyScaling() {
 
 // --- W5: memory --------------------------------------------------------------
 
-size_t ResidentBytes() {
-  long pages_total = 0, pages_resident = 0;
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
-  std::fclose(f);
-  return static_cast<size_t>(pages_resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
-}
-
 struct MemoryResult {
   double resident_per_requested;
   double header_bytes;   // bytes per chunk beyond its usable size (fixed sizes)
@@ -732,21 +724,14 @@ struct W8Sample {
 // live bytes, identical for every contender.
 template <typename C>
 std::string MeasureW8() {
-  const size_t book_bytes = kW8MaxLiveChunks * (sizeof(void*) + sizeof(uint32_t));
-  void* book = mmap(nullptr, book_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
-  if (book == MAP_FAILED) OutOfMemory();
-  std::memset(book, 1, book_bytes);
-  void** ptrs = static_cast<void**>(book);
-  uint32_t* sizes = reinterpret_cast<uint32_t*>(ptrs + kW8MaxLiveChunks);
+  LiveSet set(kW8MaxLiveChunks);
   std::vector<W8Sample> samples;
   samples.reserve(kW8Ops / kW8SampleEvery + kW8Phases + 2);
   std::vector<size_t> phase_end_resident, phase_end_live;
   Rng rng(kSeed ^ 8);
   auto* a = new typename C::Arena();
   const size_t before = ResidentBytes();
-  size_t n = 0, live = 0, live_peak = 0, resident_peak = 0, blocks_peak = 0;
-  uint64_t sum = 0;
+  size_t resident_peak = 0, blocks_peak = 0;
   auto sample = [&](size_t op) {
     size_t r = ResidentBytes();
     r = r > before ? r - before : 0;
@@ -756,42 +741,25 @@ std::string MeasureW8() {
       blocks = a->context()->bytes_in_blocks();
       blocks_peak = std::max(blocks_peak, blocks);
     }
-    samples.push_back(W8Sample{op, live, r, blocks});
+    samples.push_back(W8Sample{op, set.live(), r, blocks});
   };
   const auto start = std::chrono::steady_clock::now();
   const size_t per_phase = kW8Ops / kW8Phases;
   for (size_t op = 0; op < kW8Ops; ++op) {
     const W8Phase& ph = kW8PhaseList[std::min(op / per_phase, kW8Phases - 1)];
     const size_t target = ph.grow ? kW8PeakLive : kW8PeakLive / kW8ShrinkDivisor;
-    const bool alloc = n == 0 || (n < kW8MaxLiveChunks && live < target && (rng.Next() & 3) != 0);
-    if (alloc) {
-      const uint32_t size = rng.Uniform(ph.min_size, ph.max_size);
-      void* p = a->Alloc(size);
-      std::memset(p, static_cast<int>(op), size);
-      sum += static_cast<unsigned char*>(p)[size - 1];
-      ptrs[n] = p;
-      sizes[n] = size;
-      ++n;
-      live += size;
-      live_peak = std::max(live_peak, live);
-    } else {
-      const size_t i = static_cast<size_t>(rng.Next() % n);
-      a->Free(ptrs[i], sizes[i]);
-      live -= sizes[i];
-      --n;
-      ptrs[i] = ptrs[n];
-      sizes[i] = sizes[n];
-    }
+    set.Step(a, rng, op, target, ph.min_size, ph.max_size);
     if ((op + 1) % kW8SampleEvery == 0) sample(op + 1);
     if ((op + 1) % per_phase == 0 && op / per_phase < kW8Phases) {
       const size_t r = samples.empty() ? 0 : samples.back().resident;
       phase_end_resident.push_back(r);
-      phase_end_live.push_back(live);
+      phase_end_live.push_back(set.live());
     }
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  benchmark::DoNotOptimize(sum);
+  benchmark::DoNotOptimize(set.sum());
+  const size_t live_peak = set.live_peak();
   std::string line;
   char buf[256];
   std::snprintf(buf, sizeof buf,
@@ -817,7 +785,7 @@ std::string MeasureW8() {
     line += buf;
   }
   line += "]}\n";
-  for (size_t i = 0; i < n; ++i) a->Free(ptrs[i], sizes[i]);
+  set.FreeAll(a);
   delete a;
   return line;
 }
