@@ -25,6 +25,7 @@
 #include "mcx/freelist/internal/freelist_block.h"
 #include "mcx/pool/pool.h"
 #include "mcx/testing/kind_conformance.h"
+#include "mcx/testing/live_count.h"
 #include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
@@ -738,8 +739,7 @@ TEST_F(FreelistTest, LiveBytesFollowTheChunksAgainstAModel) {
     bool dedicated;  // in a block of its own
   };
   std::map<void*, Counted> counted;
-  size_t live = 0;
-  size_t peak = 0;
+  test::LiveCount model;
   auto size_of = [&] {
     const unsigned r = rng() % 16;
     return r == 0 ? 4097 + rng() % 20000 : 1 + rng() % 600;  // a few dedicated
@@ -753,18 +753,17 @@ TEST_F(FreelistTest, LiveBytesFollowTheChunksAgainstAModel) {
   for (int step = 0; step < 20000; ++step) {
     const unsigned op = rng() % 100;
     const size_t before = ctx->live_bytes();
-    ASSERT_EQ(before, live) << "step " << step;
     if (op < 45 || counted.empty()) {
       const size_t size = size_of();
       void* p = ctx->Alloc(size);
       const size_t got = ctx->live_bytes() - before;
       expect_counted(size, got);
       counted[p] = Counted{got, !classes || size > o.chunk_limit};
-      live += got;
+      model.Add(got);
     } else if (op < 85) {
       auto it = std::next(counted.begin(), static_cast<long>(rng() % counted.size()));
       ctx->Free(it->first);
-      live -= it->second.bytes;
+      model.Remove(it->second.bytes);
       counted.erase(it);
     } else if (op < 98) {
       auto it = std::next(counted.begin(), static_cast<long>(rng() % counted.size()));
@@ -781,20 +780,19 @@ TEST_F(FreelistTest, LiveBytesFollowTheChunksAgainstAModel) {
       if (!dedicated) EXPECT_EQ(got, SizeClassBytes(SizeClassOf(got)));
       // A move into a new chunk holds both for a moment, and the peak says
       // so; a dedicated block resized by its source does not.
-      if (q != p && !(was_dedicated && dedicated) && before + got > peak) peak = before + got;
+      if (q != p && !(was_dedicated && dedicated)) model.HeldBoth(before, got);
       counted[q] = Counted{got, dedicated};
-      live = live - old + got;
+      model.Remove(old);
+      model.Add(got);
     } else if (op < 99) {
       ctx->Reset();
       counted.clear();
-      live = 0;
+      model.Clear();
     } else {
       ctx->ResetPeak();
-      peak = live;
+      model.ResetPeak();
     }
-    if (live > peak) peak = live;
-    ASSERT_EQ(ctx->live_bytes(), live) << "step " << step;
-    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "step " << step;
+    ASSERT_TRUE(model.Matches(ctx)) << "step " << step;
   }
   ctx->Destroy();
 }

@@ -6,9 +6,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <deque>
-#include <mutex>
-#include <condition_variable>
 #include <random>
 #include <set>
 #include <string>
@@ -21,6 +18,7 @@
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
+#include "mcx/testing/hand_off.h"
 #include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
@@ -150,22 +148,12 @@ TEST(RemoteFreeTest, ProducerConsumerStaysBounded) {
   constexpr size_t kInFlight = 256;
   test::CountingBlockSource source;
   Context* ctx = Context::Create(nullptr, "producer", FreelistKind(), On(&source));
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<unsigned char*> queue;
-  bool done = false;
+  test::HandOff hand_off(kInFlight);
   int64_t bad = 0;
   std::thread consumer([&] {
-    for (;;) {
-      unsigned char* p;
-      {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return !queue.empty() || done; });
-        if (queue.empty()) return;
-        p = queue.front();
-        queue.pop_front();
-      }
-      cv.notify_all();
+    void* v;
+    while (hand_off.Pop(&v)) {
+      auto* p = static_cast<unsigned char*>(v);
       if (p[0] != p[1]) ++bad;
       mcx::Free(p);
     }
@@ -176,17 +164,10 @@ TEST(RemoteFreeTest, ProducerConsumerStaysBounded) {
     size_t size = 16 + rng() % 241;
     auto* p = static_cast<unsigned char*>(ctx->Alloc(size));
     std::memset(p, static_cast<unsigned char>(i), size);
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return queue.size() < kInFlight; });
-    queue.push_back(p);
-    cv.notify_all();
+    hand_off.Push(p);
     if (ctx->bytes_in_blocks() > peak) peak = ctx->bytes_in_blocks();
   }
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    done = true;
-  }
-  cv.notify_all();
+  hand_off.Close();
   consumer.join();
   EXPECT_EQ(bad, 0);
   // 256 chunks of at most 272 bytes in flight, and what waits to be

@@ -24,6 +24,7 @@
 #include "mcx/context/kind_api.h"
 #include "mcx/context/pressure.h"
 #include "mcx/context/stats.h"
+#include "mcx/testing/live_count.h"
 #include "mcx/testing/kind_conformance.h"
 #include "mcx/testing/sweep.h"
 #include "mcx/testing/test_block_sources.h"
@@ -226,8 +227,7 @@ TEST_F(GenerationTest, LiveBytesFollowTheChunksAgainstAModel) {
   };
   std::map<void*, Counted> counted;
   std::deque<void*> order;  // birth order, for mostly-FIFO frees
-  size_t live = 0;
-  size_t peak = 0;
+  test::LiveCount model;
   auto size_of = [&] { return rng() % 16 == 0 ? 2049 + rng() % 10000 : 1 + rng() % 400; };
   auto pick = [&] {
     // Mostly the oldest, sometimes any.
@@ -239,7 +239,6 @@ TEST_F(GenerationTest, LiveBytesFollowTheChunksAgainstAModel) {
   for (int step = 0; step < 20000; ++step) {
     const unsigned op = rng() % 100;
     const size_t before = ctx->live_bytes();
-    ASSERT_EQ(before, live) << "step " << step;
     if (op < 48 || order.empty()) {
       const size_t size = size_of();
       void* p = ctx->Alloc(size);
@@ -247,11 +246,11 @@ TEST_F(GenerationTest, LiveBytesFollowTheChunksAgainstAModel) {
       EXPECT_GE(got, size);
       counted[p] = Counted{got, kDirectBuild || size > o.chunk_limit};
       order.push_back(p);
-      live += got;
+      model.Add(got);
     } else if (op < 90) {
       void* p = pick();
       ctx->Free(p);
-      live -= counted[p].bytes;
+      model.Remove(counted[p].bytes);
       counted.erase(p);
     } else if (op < 98) {
       void* p = pick();
@@ -263,22 +262,21 @@ TEST_F(GenerationTest, LiveBytesFollowTheChunksAgainstAModel) {
       EXPECT_GE(got, size);
       // A move into a new chunk holds both for a moment; a dedicated
       // block resized by its source does not.
-      if (q != p && !old.dedicated && before + got > peak) peak = before + got;
+      if (q != p && !old.dedicated) model.HeldBoth(before, got);
       counted[q] = Counted{got, kDirectBuild || (q == p ? old.dedicated : size > o.chunk_limit)};
       order.push_back(q);
-      live = live - old.bytes + got;
+      model.Remove(old.bytes);
+      model.Add(got);
     } else if (op < 99) {
       ctx->Reset();
       counted.clear();
       order.clear();
-      live = 0;
+      model.Clear();
     } else {
       ctx->ResetPeak();
-      peak = live;
+      model.ResetPeak();
     }
-    if (live > peak) peak = live;
-    ASSERT_EQ(ctx->live_bytes(), live) << "step " << step;
-    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "step " << step;
+    ASSERT_TRUE(model.Matches(ctx)) << "step " << step;
   }
   ctx->Destroy();
 }

@@ -7,12 +7,10 @@
 
 #include "mcx/context/remote_free.h"
 
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
-#include <deque>
-#include <mutex>
+#include <atomic>
 #include <random>
 #include <set>
 #include <string>
@@ -25,6 +23,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/stats.h"
 #include "mcx/slab/slab.h"
+#include "mcx/testing/hand_off.h"
 #include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
@@ -266,28 +265,15 @@ TEST(SlabRemoteFreeTest, ProducerAndConsumersStayBounded) {
   constexpr int kConsumers = 2;
   test::CountingBlockSource source;
   Context* ctx = CreateSlabContext(nullptr, "producer", Objects(128), On(&source));
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<unsigned char*> queue;
-  bool done = false;
-  int64_t bad = 0;
+  test::HandOff hand_off(kInFlight);
+  std::atomic<int64_t> bad{0};
   std::vector<std::thread> consumers;
   for (int c = 0; c < kConsumers; ++c) {
     consumers.emplace_back([&] {
-      for (;;) {
-        unsigned char* p;
-        {
-          std::unique_lock<std::mutex> lock(mu);
-          cv.wait(lock, [&] { return !queue.empty() || done; });
-          if (queue.empty()) return;
-          p = queue.front();
-          queue.pop_front();
-        }
-        cv.notify_all();
-        if (p[0] != p[127]) {
-          std::lock_guard<std::mutex> lock(mu);
-          ++bad;
-        }
+      void* v;
+      while (hand_off.Pop(&v)) {
+        auto* p = static_cast<unsigned char*>(v);
+        if (p[0] != p[127]) ++bad;
         ctx->Free(p);
       }
     });
@@ -297,21 +283,12 @@ TEST(SlabRemoteFreeTest, ProducerAndConsumersStayBounded) {
   for (int i = 0; i < kObjects; ++i) {
     auto* p = static_cast<unsigned char*>(ctx->Alloc(1 + rng() % 128));
     std::memset(p, static_cast<unsigned char>(i), 128);
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return queue.size() < kInFlight; });
-      queue.push_back(p);
-    }
-    cv.notify_all();
+    hand_off.Push(p);
     peak = std::max(peak, source.live_blocks());
   }
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    done = true;
-  }
-  cv.notify_all();
+  hand_off.Close();
   for (std::thread& t : consumers) t.join();
-  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(bad.load(), 0);
   // In flight: the queue, and what the consumers freed since the owner's
   // last slow path; a few blocks of 128-byte objects, not kObjects' worth.
   const size_t per_block = GetSlabGeometry(ctx).objects_per_block;

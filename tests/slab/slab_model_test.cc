@@ -18,6 +18,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/slab/slab.h"
 #include "mcx/testing/inspect_check.h"
+#include "mcx/testing/live_count.h"
 #include "mcx/testing/patterns.h"
 #include "mcx/testing/test_block_sources.h"
 
@@ -58,8 +59,7 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
   std::mt19937 rng(c.seed);
   std::vector<Live> live;
   uint32_t next_seed = 1;
-  size_t live_bytes = 0;
-  size_t peak = 0;
+  test::LiveCount model;
   auto check = [&] {
     std::string error;
     ASSERT_TRUE(ctx->Check(&error)) << error;
@@ -96,14 +96,14 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
       } else {
         ASSERT_GE(got, size);
       }
-      live_bytes += got;
+      model.Add(got);
       Fill(p, size, next_seed);
       live.push_back({p, size, next_seed++, object, got});
     } else if (r < 92) {
       const size_t i = rng() % live.size();
       ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].seed));
       ctx->Free(live[i].p);
-      live_bytes -= live[i].counted;
+      model.Remove(live[i].counted);
       live[i] = live.back();
       live.pop_back();
     } else if (r < 99) {
@@ -119,22 +119,21 @@ TEST_P(SlabModelTest, RandomOperationsKeepEveryObjectIntact) {
       const size_t got = ctx->live_bytes() + l.counted - before;
       ASSERT_GE(got, std::min(size, g.object_size));
       // A move holds the old chunk and the new one for a moment.
-      if (q != l.p) peak = std::max(peak, before + got);
-      live_bytes = live_bytes - l.counted + got;
+      if (q != l.p) model.HeldBoth(before, got);
+      model.Remove(l.counted);
+      model.Add(got);
       ASSERT_TRUE(Holds(q, std::min(size, l.size), l.seed));
       Fill(q, size, l.seed);
       l = {q, size, l.seed, size <= g.object_size && l.object, got};
     } else if (rng() % 10 == 0) {
       ctx->ResetPeak();
-      peak = live_bytes;
+      model.ResetPeak();
     } else if (rng() % 20 == 0) {
       ctx->Reset(rng() % 2 == 0 ? ResetOptions() : ResetOptions::KeepBytes(256 * 1024));
       live.clear();
-      live_bytes = 0;
+      model.Clear();
     }
-    peak = std::max(peak, live_bytes);
-    ASSERT_EQ(ctx->live_bytes(), live_bytes) << "op " << op;
-    ASSERT_EQ(ctx->peak_live_bytes(), peak) << "op " << op;
+    ASSERT_TRUE(model.Matches(ctx)) << "op " << op;
     if (op % 2000 == 0) check();
   }
   check();
