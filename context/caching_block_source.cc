@@ -155,6 +155,25 @@ CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCacheSlow() const 
   return empty;
 }
 
+// Gives a list of blocks (linked through their nodes) back upstream, as
+// they came: unpoisoned. Callers hold no lock: upstream may be slow.
+void CachingBlockSource::ReleaseUpstream(Node* list) {
+  while (list != nullptr) {
+    Node* next = list->next;
+    internal::UnpoisonMemoryRegion(list, list->size);
+    upstream_->Release(Block{list, list->size});
+    list = next;
+  }
+}
+
+// Purges a kept block's pages, once (mu_ held: it is in the lists).
+void CachingBlockSource::PurgeKeptLocked(Node* n) {
+  if (n->purged) return;
+  n->purged = true;
+  ++stats_.purged_blocks;
+  stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+}
+
 // Moves every block of a thread cache to the shared lists under one lock
 // (beyond the cap, upstream after it): a thread whose cache overflows pays
 // one lock per cache-full of blocks, not one per block.
@@ -222,12 +241,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
       }
     }
   }
-  while (release != nullptr) {
-    Node* next = release->next;
-    internal::UnpoisonMemoryRegion(release, release->size);
-    upstream_->Release(Block{release, release->size});
-    release = next;
-  }
+  ReleaseUpstream(release);
 }
 
 void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
@@ -289,12 +303,11 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
       // size; a batch under this one lock saves a lock per block. Only the
       // run of heads of the same list that fit as well is taken (no
       // probing), and moves with one splice.
-      const int bucket = BucketOf(n->size);
+      const int b = BucketOf(n->size);
       // A large block of this size came back: the program reuses such
       // blocks, which from now on are kept warm.
-      if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << bucket;
+      if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << b;
       if (tc != nullptr && !IsLarge(n->size)) {
-        const int b = bucket;
         const size_t room = ThreadCacheCap() > tc->bytes ? ThreadCacheCap() - tc->bytes : 0;
         size_t bytes = 0, blocks = 0;
         Node* first = Claim(buckets_[b]);
@@ -398,11 +411,7 @@ void CachingBlockSource::ReleaseShared(Block block) {
       ++stats_.cached_blocks;
       ++stats_.kept;
       if (IsLarge(block.size) && (warm_large_ & (uint64_t{1} << b)) == 0) {
-        // Kept for its address, without its pages (above), purged as decay
-        // would: under the lock, since the block is in the lists.
-        n->purged = true;
-        ++stats_.purged_blocks;
-        stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
+        PurgeKeptLocked(n);  // kept for its address, without its pages (above)
       }
       // A kept block is free memory: under ASan any use of it through a
       // stale pointer into a destroyed context is reported.
@@ -431,9 +440,10 @@ size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Pur
 // head, and leaves from anywhere), so the old blocks of a list are a tail,
 // and the tail's decayed blocks a tail of that: the walk stops at the first
 // decayed block (not the first purged one: a large block is purged when it
-// is kept, and decays later, as the others do). Purging happens under the lock, since a block taken from
-// the lists must not lose the bytes its new owner writes; it is rare (a
-// block once per stay) and bounded by the blocks kept. The node and the rest
+// is kept, and decays later, as the others do). Purging happens under the
+// lock, since a block taken from the lists must not lose the bytes its new
+// owner writes; it is rare (a block once per stay) and bounded by the
+// blocks kept. The node and the rest
 // of the block's first page stay as they were: what misuse checks read in a
 // released block (a freed dedicated chunk's header word, just past the
 // bytes a source may write, freelist.cc's kReleasedBlockScratch) lies there.
@@ -471,11 +481,7 @@ void CachingBlockSource::TickLocked() {
         upstream_->Release(Block{n, n->size});
         continue;
       }
-      if (!n->purged) {
-        n->purged = true;
-        ++stats_.purged_blocks;
-        stats_.purged_bytes += upstream_->Purge(n + 1, n->size - sizeof(Node));
-      }
+      PurgeKeptLocked(n);
       link = &n->next;
     }
   }
@@ -513,11 +519,7 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
     SpillThreadCache(tc, SpillReason::kTrim);
   }
   // Upstream calls happen outside the lock: upstream may be slow.
-  while (release != nullptr) {
-    Node* next = release->next;
-    upstream_->Release(Block{release, release->size});
-    release = next;
-  }
+  ReleaseUpstream(release);
 }
 
 size_t CachingBlockSource::max_cached_bytes() const {
@@ -532,11 +534,7 @@ void CachingBlockSource::SetMaxLearnedBytes(size_t bytes) {
     if (learned_bytes_ > bytes) learned_bytes_ = bytes;
     TrimLocked(max_cached_bytes_.load(std::memory_order_relaxed) + learned_bytes_, &release);
   }
-  while (release != nullptr) {
-    Node* next = release->next;
-    upstream_->Release(Block{release, release->size});
-    release = next;
-  }
+  ReleaseUpstream(release);
 }
 
 size_t CachingBlockSource::max_learned_bytes() const {
@@ -560,7 +558,8 @@ void CachingBlockSource::NoteTurnedAway(size_t size) {
 
 void CachingBlockSource::LearnFromMiss(size_t size) {
   if (turned_away_bytes_ == 0) return;
-  if (clock_ - turned_away_at_ > kDecayOperations || max_cached_bytes_.load(std::memory_order_relaxed) == 0) {
+  if (clock_ - turned_away_at_ > kDecayOperations ||
+      max_cached_bytes_.load(std::memory_order_relaxed) == 0) {
     turned_away_bytes_ = 0;
     return;
   }
@@ -585,11 +584,7 @@ void CachingBlockSource::Trim() {
     std::lock_guard<std::mutex> lock(mu_);
     TrimLocked(0, &release);
   }
-  while (release != nullptr) {
-    Node* next = release->next;
-    upstream_->Release(Block{release, release->size});
-    release = next;
-  }
+  ReleaseUpstream(release);
 }
 
 CachingBlockSource::Stats CachingBlockSource::GetStats() const {

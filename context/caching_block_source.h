@@ -189,6 +189,8 @@ class CachingBlockSource final : public BlockSource {
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);
+  void ReleaseUpstream(Node* list);
+  void PurgeKeptLocked(Node* n);
   // Advances the decay clock by one operation on the shared lists and, now
   // and then, purges the blocks kept for kDecayOperations (mu_ held).
   void TickLocked();
