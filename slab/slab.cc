@@ -824,6 +824,9 @@ void Finalize(SlabState* st) {
           while (uint64_t word = Bitmap(b)[w]) {
             const int bit = absl::countr_zero(word);
             Bitmap(b)[w] = word & ~(uint64_t{1} << bit);  // first: never twice
+            // Finished with its cleanup's start: a cleanup that leaves by
+            // longjmp leaves the count with the objects still to clean.
+            st->live.Remove(st->object_size);
             char* obj = ObjectAt(st, b, size_t{w} * 64 + static_cast<size_t>(bit));
             // Valgrind forgot every chunk before the reset began.
             UnpoisonMemoryRegion(obj, st->object_size);

@@ -8,6 +8,7 @@
 #include "mcx/slab/slab.h"
 
 #include <algorithm>
+#include <csetjmp>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -573,6 +574,39 @@ TEST_F(SlabTest, LiveCleanupRunsOnceOnEachLiveObject) {
   EXPECT_EQ(ctx->num_blocks(), 1u);
   ctx->Destroy();
   EXPECT_TRUE(seen_.empty());
+}
+
+// A live cleanup that leaves a reset by longjmp: the objects whose
+// cleanups began are finished, and the live count says so at once; the
+// reset run again cleans the rest and brings the count to zero.
+std::jmp_buf* cleanup_jump = nullptr;
+int cleanups_begun = 0;
+void JumpOutOfTheSecondCleanup(void*, void*) noexcept {
+  if (++cleanups_begun == 2) std::longjmp(*cleanup_jump, 1);
+}
+
+TEST_F(SlabTest, LiveBytesFollowALiveCleanupThatLeavesByLongjmp) {
+  SlabOptions o = Objects(32);
+  o.live_cleanup = &JumpOutOfTheSecondCleanup;
+  Context* ctx = Make(o);
+  constexpr size_t kObjects = 10;
+  for (size_t i = 0; i < kObjects; ++i) ctx->Alloc(32);
+  const size_t per_object = ctx->live_bytes() / kObjects;
+  ASSERT_EQ(ctx->live_bytes(), kObjects * per_object);
+  std::jmp_buf env;
+  cleanup_jump = &env;
+  cleanups_begun = 0;
+  if (setjmp(env) == 0) {
+    ctx->Reset();
+    ADD_FAILURE() << "the second cleanup jumps out";
+  }
+  EXPECT_EQ(cleanups_begun, 2);
+  EXPECT_EQ(ctx->live_bytes(), (kObjects - 2) * per_object);
+  ctx->Reset();
+  EXPECT_EQ(cleanups_begun, static_cast<int>(kObjects));
+  EXPECT_EQ(ctx->live_bytes(), 0u);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
 }
 
 // ResetOptions: kept blocks are emptied and used before new ones.
