@@ -14,6 +14,7 @@
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/failure.h"
 #include "mcx/context/internal/valgrind.h"
+#include "mcx/context/kind_api.h"
 #include "mcx/context/remote_free.h"
 
 namespace mcx {
@@ -33,6 +34,11 @@ namespace mcx {
 // otherwise.
 inline void* Context::AllocSlowBody(size_t size, size_t alignment, unsigned flags) {
   if (ABSL_PREDICT_FALSE(size > kMaxAllocSize)) return Fail(Failure::kBadSize, size, flags);
+  if constexpr (!internal::kChecking && !MCX_VALGRIND) {
+    // Nothing guards the kind's work and nothing follows it but the
+    // failure path, which a kind with AllocFast reaches itself.
+    return methods_->alloc_or_refuse[flags & kNoThrow](this, size, alignment);
+  }
   if (internal::kChecking && !CheckLive("allocation")) return Fail(Failure::kBadArgument, size, flags);
   // Checking builds refuse every allocation inside a NoAllocScope here (they
   // keep no bump window, so every one comes here); release builds, only
@@ -67,6 +73,14 @@ void Context::NoteAllocationChecked(size_t size, AllocationSite site) {
   (void)site;
 #endif
 }
+
+namespace kind_internal {
+
+void* AllocRefused(Context* ctx, size_t size, size_t alignment, unsigned flags) {
+  return internal::KindAccess::AllocRefused(ctx, size, alignment, flags);
+}
+
+}  // namespace kind_internal
 
 void* Context::AllocSlow(size_t size, size_t alignment) {
   return AllocSlowBody(size, alignment, kThrow);

@@ -111,6 +111,12 @@ struct KindMethods {
   bool (*init)(Context* ctx, const void* options, char* space, char* block_end);
 
   void* (*alloc)(Context* ctx, size_t size, size_t alignment);
+  // `alloc`, then, if it returned nullptr, the tree's failure path for the
+  // call, which throws (index 0) or returns nullptr (index 1; Context's
+  // AllocFlags). MakeKindMethods builds both, so that a release build's
+  // allocation slow path is one indirect tail call, in which a kind's
+  // AllocFast (kind_api.h) serves what it can without saving a register.
+  void* (*alloc_or_refuse[2])(Context* ctx, size_t size, size_t alignment);
   void (*free)(Context* ctx, void* p);
   // `old_size` is the caller's knowledge of the chunk size, or kUnknownSize.
   void* (*realloc)(Context* ctx, void* p, size_t old_size, size_t new_size);

@@ -29,6 +29,13 @@
 //     id with `RegisterChunkKind` in Init, so `mcx::Free(p)` can dispatch.
 //   - Inspect is optional: it describes every block and size class to an
 //     `InspectVisitor` (inspect.h) without changing anything.
+//   - AllocFast is optional: the part of Alloc that serves a request
+//     without a call that can fail (a pop from a freelist, a chunk carved
+//     from room already held), or returns nullptr having changed nothing,
+//     and Alloc is called next. The tree's allocation slow path runs it
+//     first, so that serving a request there saves no registers; a kind
+//     whose every Alloc needs a block (or whose fast path is the bump
+//     window) leaves it out.
 //   - Allocation sites (checking builds): a kind that keeps a header on its
 //     chunks there stores `PendingSite(ctx)` (4 bytes) with each chunk it
 //     hands out in Alloc or moves in Realloc, and optionally offers
@@ -61,7 +68,8 @@
 //     static void ReleaseAll(Context* ctx, State* st);
 //     static void Stats(const Context* ctx, const State* st, KindStats* out);
 //     static bool Check(const Context* ctx, const State* st, std::string* error);
-//     // Optional: Inspect (inspect.h), VisitLiveChunks (below), FirstBlockAlignment.
+//     // Optional: Inspect (inspect.h), VisitLiveChunks (below), FirstBlockAlignment,
+//     // AllocFast (same signature as Alloc).
 //     // Optional: savepoints (Context::Mark, RewindTo).
 //     using Position = BumpPosition;
 //     static bool Mark(Context* ctx, State* st, Position* at);
@@ -180,9 +188,18 @@ template <typename K>
 struct HasFirstBlockAlignment<K, std::void_t<decltype(&K::FirstBlockAlignment)>>
     : std::true_type {};
 template <typename K, typename = void>
+struct HasAllocFast : std::false_type {};
+template <typename K>
+struct HasAllocFast<K, std::void_t<decltype(&K::AllocFast)>> : std::true_type {};
+template <typename K, typename = void>
 struct HasRewind : std::false_type {};
 template <typename K>
 struct HasRewind<K, std::void_t<decltype(&K::Rewind)>> : std::true_type {};
+
+// What a kind's failed allocation becomes (Context::AllocRefused): a soft
+// limit's callback or a report request and a retry, or the failure path.
+ABSL_ATTRIBUTE_NOINLINE void* AllocRefused(Context* ctx, size_t size, size_t alignment,
+                                           unsigned flags);
 
 // The one place a Context* becomes a kind's state and options.
 template <typename K>
@@ -212,8 +229,28 @@ struct Trampolines {
   static bool Init(Context* ctx, const void* o, char* space, char* end) {
     return K::Init(ctx, KindState<State>(ctx), OptionsOf(o), space, end);
   }
-  static void* Alloc(Context* ctx, size_t size, size_t alignment) {
+  // Out of line for AllocThenRefuse too, so that the kind's own slow paths
+  // stay tail calls.
+  ABSL_ATTRIBUTE_NOINLINE static void* Alloc(Context* ctx, size_t size, size_t alignment) {
     return K::Alloc(ctx, KindState<State>(ctx), size, alignment);
+  }
+  // The allocation slow path of the tree (Context::AllocSlow and
+  // TryAllocSlow: `kFlags` is Context's AllocFlags), as one tail call. A
+  // kind's AllocFast makes no call that can fail, so that AllocOrRefuse
+  // saves no registers when it serves the request; anything else goes on to
+  // AllocThenRefuse, which is the whole path of a kind without AllocFast.
+  template <unsigned kFlags>
+  static void* AllocOrRefuse(Context* ctx, size_t size, size_t alignment) {
+    void* p = K::AllocFast(ctx, KindState<State>(ctx), size, alignment);
+    if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+    return AllocThenRefuse<kFlags>(ctx, size, alignment);
+  }
+  template <unsigned kFlags>
+  ABSL_ATTRIBUTE_NOINLINE static void* AllocThenRefuse(Context* ctx, size_t size,
+                                                       size_t alignment) {
+    void* p = Alloc(ctx, size, alignment);
+    if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+    return AllocRefused(ctx, size, alignment, kFlags);
   }
   static void Free(Context* ctx, void* p) { K::Free(ctx, KindState<State>(ctx), p); }
   static void* Realloc(Context* ctx, void* p, size_t old_size, size_t new_size) {
@@ -364,6 +401,15 @@ constexpr KindMethods MakeKindMethods() {
     live = &T::Live;
     reset_peak = &T::ResetPeak;
   }
+  void* (*alloc_or_refuse[2])(Context*, size_t, size_t) = {&T::template AllocThenRefuse<0>,
+                                                           &T::template AllocThenRefuse<1>};
+  if constexpr (kind_internal::HasAllocFast<K>::value) {
+    static_assert(
+        std::is_same_v<decltype(&K::AllocFast), void* (*)(Context*, State*, size_t, size_t)>,
+        "Kind::AllocFast(Context*, State*, size_t size, size_t alignment) -> void*");
+    alloc_or_refuse[0] = &T::template AllocOrRefuse<0>;
+    alloc_or_refuse[1] = &T::template AllocOrRefuse<1>;
+  }
   size_t mark_size = 0;
   bool (*mark)(Context*, void*) = nullptr;
   void (*rewind)(Context*, const void*) = nullptr;
@@ -388,6 +434,7 @@ constexpr KindMethods MakeKindMethods() {
                      &T::FirstBlockAlignment,
                      &T::Init,
                      &T::Alloc,
+                     {alloc_or_refuse[0], alloc_or_refuse[1]},
                      &T::Free,
                      &T::Realloc,
                      &T::ChunkSize,
@@ -441,6 +488,9 @@ struct KindAccess {
     return ctx->ReallocateBlock(block, keep, new_min_size, alignment);
   }
   static void SetFailure(Context* ctx, Failure failure) { ctx->last_failure_ = failure; }
+  static void* AllocRefused(Context* ctx, size_t size, size_t alignment, unsigned flags) {
+    return ctx->AllocRefused(size, alignment, flags);
+  }
   static void SetBumpWindow(Context* ctx, char* ptr, char* end, size_t max) {
     ctx->SetBumpWindow(ptr, end, max);
   }

@@ -736,7 +736,7 @@ void* TakeOrphan(FreelistState* st, size_t c) {
 
 // A chunk of class `c` from the current run, live for `size` bytes
 // allocated at `site`.
-void* CarveLive(FreelistState* st, size_t c, size_t size, SiteId site) {
+ABSL_ATTRIBUTE_RETURNS_NONNULL void* CarveLive(FreelistState* st, size_t c, size_t size, SiteId site) {
   void* p = CarveChunk(st, c);
   st->live.Add(SizeClassBytes(c));
   MarkLive(p, size, Stride(c) - kHeaderBytes, site);
@@ -1095,6 +1095,30 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
   FreeTable* t = st->table;
   void* p = t->heads[c];
   if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocSlow(ctx, st, size, c);
+  t->heads[c] = NextFree(p);
+  ClearFreeBit(p);
+  st->live.Add(SizeClassBytes(c));
+  MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
+  return p;
+}
+
+// FreelistAllocFast
+//
+// FreelistAlloc for the tree's slow path (kind_api.h, AllocFast): the pop,
+// or a chunk carved from the current run (which cannot fail); nullptr, with
+// nothing changed, for anything that may fail or needs another block.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, FreelistState* st,
+                                                            size_t size, size_t alignment) {
+  if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment || size > st->chunk_limit)) return nullptr;
+  const size_t c = SizeClassOf(size);
+  FreeTable* t = st->table;
+  void* p = t->heads[c];
+  if (ABSL_PREDICT_FALSE(p == nullptr)) {
+    if (Stride(c) <= Room(st) && (HasTable(st) || st->orphans == nullptr)) {
+      return CarveLive(st, c, size, PendingSite(ctx));
+    }
+    return nullptr;
+  }
   t->heads[c] = NextFree(p);
   ClearFreeBit(p);
   st->live.Add(SizeClassBytes(c));
@@ -1823,6 +1847,9 @@ struct Freelist {
   // is `st`.
   static void* Alloc(Context* ctx, State* /*st*/, size_t size, size_t alignment) {
     return FreelistAlloc(ctx, StateOf(ctx), size, alignment);
+  }
+  static void* AllocFast(Context* ctx, State* /*st*/, size_t size, size_t alignment) {
+    return FreelistAllocFast(ctx, StateOf(ctx), size, alignment);
   }
   static void Free(Context* ctx, State* /*st*/, void* p) { FreelistFree(ctx, StateOf(ctx), p); }
   static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {

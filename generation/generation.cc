@@ -208,7 +208,7 @@ void BlockEmptied(Context* ctx, GenerationState* st, GenerationBlock* b) {
 // --- Allocation -------------------------------------------------------------------------
 
 // Carves a chunk of `size` bytes (`footprint` with its `prefix`) from `b`.
-void* Carve(GenerationBlock* b, size_t size, size_t footprint, size_t prefix) {
+ABSL_ATTRIBUTE_RETURNS_NONNULL void* Carve(GenerationBlock* b, size_t size, size_t footprint, size_t prefix) {
   char* p = b->free_ptr + prefix;
   b->free_ptr += footprint;
   ++b->nchunks;
@@ -299,6 +299,25 @@ void* GenerationAlloc(Context* ctx, GenerationState* st, size_t size, size_t ali
   if (ABSL_PREDICT_FALSE(!Fits(b, footprint))) {
     return AllocFromNewBlock(ctx, st, size, footprint, prefix);
   }
+  st->live.Add(CarvedCapacity(footprint, prefix));
+  return Carve(b, size, footprint, prefix);
+}
+
+// GenerationAllocFast
+//
+// GenerationAlloc for the tree's slow path (kind_api.h, AllocFast): a chunk
+// from the newest block, or nullptr, with nothing changed, for anything
+// that needs another block or a call.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* GenerationAllocFast(GenerationState* st, size_t size,
+                                                              size_t alignment) {
+  if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment || kDirectBuild ||
+                         size > st->chunk_limit)) {
+    return nullptr;
+  }
+  size_t prefix;
+  const size_t footprint = Footprint(size, &prefix);
+  GenerationBlock* b = st->current;
+  if (ABSL_PREDICT_FALSE(!Fits(b, footprint))) return nullptr;
   st->live.Add(CarvedCapacity(footprint, prefix));
   return Carve(b, size, footprint, prefix);
 }
@@ -726,6 +745,9 @@ struct GenerationImpl {
 
   static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {
     return GenerationAlloc(ctx, st, size, alignment);
+  }
+  static void* AllocFast(Context*, State* st, size_t size, size_t alignment) {
+    return GenerationAllocFast(st, size, alignment);
   }
   static void Free(Context* ctx, State* st, void* p) { GenerationFree(ctx, st, p); }
   static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {

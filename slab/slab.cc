@@ -503,6 +503,20 @@ void* SlabAlloc(Context* ctx, SlabState* st, size_t size, size_t alignment) {
   return AllocFromCurrent(ctx, st);
 }
 
+// SlabAllocFast
+//
+// SlabAlloc for the tree's slow path (kind_api.h, AllocFast): a slot of the
+// current block, or nullptr, with nothing changed, when no block has one.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* SlabAllocFast(Context* ctx, SlabState* st, size_t size,
+                                                        size_t alignment) {
+  if (ABSL_PREDICT_FALSE(size > st->object_size ||
+                         (alignment > kDefaultAlignment && alignment > st->alignment) ||
+                         st->cur == 0)) {
+    return nullptr;
+  }
+  return AllocFromCurrent(ctx, st);
+}
+
 // --- Free -----------------------------------------------------------------------------
 
 // What a pointer handed to Free, Realloc or ChunkSize is.
@@ -1128,6 +1142,9 @@ struct SlabImpl {
 
   static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {
     return SlabAlloc(ctx, st, size, alignment);
+  }
+  static void* AllocFast(Context* ctx, State* st, size_t size, size_t alignment) {
+    return SlabAllocFast(ctx, st, size, alignment);
   }
   static void Free(Context* ctx, State* st, void* p) { SlabFree(ctx, st, p); }
   static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {
