@@ -460,6 +460,12 @@ struct ChunkKindMethods {
   // mcx::Free and mcx::Realloc then go through that context.
   Context* (*chunk_context)(const void* p);
   size_t (*chunk_size)(const void* p);
+  // Optional (nullptr: mcx::Free goes through chunk_context and the
+  // context's Free). Frees a chunk with no context named, reading its
+  // header once for the owner and the free, as the owner's free or, from
+  // another thread, its remote free. Release builds only: checking and
+  // Valgrind builds go through the context, whose checks apply.
+  void (*free)(void* p) = nullptr;
 };
 
 // Makes chunks with header id `id` dispatchable from `mcx::Free(p)`. Call it

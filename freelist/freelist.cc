@@ -1241,16 +1241,18 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   while (p != nullptr) {
     void* next = RemoteFreeList::Next(p);
     uint64_t h = ReadChunkHeader(p);
-    if (ChunkHeaderKind(h) == kChunkKindFreelist) {
-      h &= ~(kChunkFreeBit | kRemoteFreeBit);
-      WriteChunkHeader(p, h);
-    }
-    // Dedicated and aligned chunks go the owner's slow way; chunks of
-    // blocks were verified when they were pushed.
-    if ((h & kFastMask) != kFastExpect) {
-      FreeSlow(ctx, p, h);
+    const uint64_t owned = h & ~(kChunkFreeBit | kRemoteFreeBit);
+    // Chunks of blocks were verified when they were pushed, and filing
+    // rewrites the header; dedicated and aligned chunks go the owner's
+    // slow way, which reads it.
+    if (ABSL_PREDICT_TRUE((owned & kFastMask) == kFastExpect)) {
+      FileFree(ctx, st, p, owned);
     } else {
-      FileFree(ctx, st, p, h);
+      if (ChunkHeaderKind(h) == kChunkKindFreelist) {
+        h = owned;
+        WriteChunkHeader(p, h);
+      }
+      FreeSlow(ctx, p, h);
     }
     p = next;
   }
@@ -1787,7 +1789,27 @@ size_t ChunkFreeSize(const void* p) {
   return ctx != nullptr ? FreelistChunkSize(p) : 0;
 }
 
-const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize};
+// mcx::Free(p) in release builds (ChunkKindMethods::free): the owner from
+// the header, then the owner's free or, from another thread, the push of
+// FreeRemote, from one reading of the header. Anything else (a dedicated
+// or aligned chunk, a freed one, a bad pointer) goes through the owner's
+// Free, which sorts and reports it.
+void FreeChunk(void* p) {
+  const uint64_t h = ReadChunkHeader(p);
+  if (ABSL_PREDICT_TRUE((h & kFastMask) == kFastExpect)) {
+    Context* ctx = BlockOfDesc(DescOf(p, h))->link.owner;
+    FreelistState* st = StateOf(ctx);
+    if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) {
+      WriteChunkHeader(p, h | kChunkFreeBit | kRemoteFreeBit);
+      st->remote.Push(p);
+      return;
+    }
+    return FileFree(ctx, st, p, h);
+  }
+  if (Context* ctx = LiveChunkOwner(p, "free")) ctx->Free(p);
+}
+
+const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize, &FreeChunk};
 
 // --- Creation -----------------------------------------------------------------------
 
