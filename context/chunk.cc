@@ -6,6 +6,8 @@
 #include <cinttypes>
 #include <cstring>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
@@ -72,22 +74,33 @@ const ChunkKindMethods* LookupChunkKind(unsigned id) {
   return chunk_kinds[id].load(std::memory_order_acquire);
 }
 
-void Free(void* p) {
-  if (p == nullptr) return;
-  // Through the owning context, so the context's own checks (a destroyed
-  // context, the concurrency check) and Valgrind's bookkeeping apply; in
-  // release builds through the kind's own free where it has one, which
-  // decodes the header once (a free from another thread is most of W10).
-  if (!internal::kChecking && !internal::kValgrind) {
-    const uint64_t h = ReadChunkHeader(p);
-    if (ABSL_PREDICT_TRUE(ChunkHeaderMagicOk(h))) {
-      const ChunkKindMethods* m = LookupChunkKind(ChunkHeaderKind(h));
-      if (ABSL_PREDICT_TRUE(m != nullptr && m->free != nullptr)) return m->free(p);
-    }
-  }
+namespace {
+
+// Through the owning context, so the context's own checks (a destroyed
+// context, the concurrency check) and Valgrind's bookkeeping apply.
+ABSL_ATTRIBUTE_NOINLINE void FreeThroughContext(void* p) {
   const ChunkKindMethods* m = MethodsFor(p, "free");
   if (m == nullptr) return;
   if (Context* ctx = m->chunk_context(p)) ctx->Free(p);
+}
+
+}  // namespace
+
+// In release builds through the kind's own free where it has one, which
+// decodes the header once (a free from another thread is most of W10),
+// with nothing to save on the way: the aligned chunks' id is never in the
+// table, so they go through the context too.
+void Free(void* p) {
+  if (p == nullptr) return;
+  if (!internal::kChecking && !internal::kValgrind) {
+    const uint64_t h = ReadChunkHeader(p);
+    if (ABSL_PREDICT_TRUE(ChunkHeaderMagicOk(h))) {
+      const ChunkKindMethods* m =
+          chunk_kinds[ChunkHeaderKind(h)].load(std::memory_order_acquire);
+      if (ABSL_PREDICT_TRUE(m != nullptr && m->free != nullptr)) return m->free(p);
+    }
+  }
+  FreeThroughContext(p);
 }
 
 void* Realloc(void* p, size_t new_size, AllocationSite site) {
