@@ -801,7 +801,8 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
 // instructions when the run has room, the common case.
 ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(Context* ctx, FreelistState* st, size_t size, size_t c) {
   if (ABSL_PREDICT_TRUE(Stride(c) <= Room(st)) &&
-      ABSL_PREDICT_TRUE(HasTable(st) || st->orphans == nullptr)) {
+      ABSL_PREDICT_TRUE(HasTable(st) || st->orphans == nullptr) &&
+      ABSL_PREDICT_TRUE(!st->remote.HasAny())) {
     return CarveLive(st, c, size, PendingSite(ctx));
   }
   return AllocFromNewRun(ctx, st, size, c);
@@ -1114,7 +1115,11 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, Freeli
   FreeTable* t = st->table;
   void* p = t->heads[c];
   if (ABSL_PREDICT_FALSE(p == nullptr)) {
-    if (Stride(c) <= Room(st) && (HasTable(st) || st->orphans == nullptr)) {
+    // Chunks other threads freed are taken back (AllocFromNewRun) before
+    // new ones are carved: a producer whose chunks a consumer frees reuses
+    // them rather than spreading over new runs.
+    if (Stride(c) <= Room(st) && (HasTable(st) || st->orphans == nullptr) &&
+        !st->remote.HasAny()) {
       return CarveLive(st, c, size, PendingSite(ctx));
     }
     return nullptr;
@@ -1236,8 +1241,14 @@ ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, FreelistState* st, void* p
 }
 
 // Takes back what other threads freed: each chunk as its owner's free.
+// With a table, the chunks of blocks are filed in one pass and counted
+// once (the live bytes and the sweep's countdown), the sweep, if one came
+// due, after the last; without one, each goes the owner's way.
 void ReclaimRemote(Context* ctx, FreelistState* st) {
   void* p = st->remote.TakeAll();
+  const bool batch = HasTable(st);
+  size_t freed_bytes = 0;
+  int64_t freed = 0;
   while (p != nullptr) {
     void* next = RemoteFreeList::Next(p);
     uint64_t h = ReadChunkHeader(p);
@@ -1246,7 +1257,18 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
     // rewrites the header; dedicated and aligned chunks go the owner's
     // slow way, which reads it.
     if (ABSL_PREDICT_TRUE((owned & kFastMask) == kFastExpect)) {
-      FileFree(ctx, st, p, owned);
+      if (batch) {
+        const size_t bytes = SizeClassBytes(ChunkHeaderValue(owned));
+        freed_bytes += bytes;
+        ++freed;
+        if (kChecking) {
+          UnpoisonMemoryRegion(p, bytes);
+          std::memset(p, kClobberByte, bytes);
+        }
+        PushFree(st->table, p, owned);
+      } else {
+        FileFree(ctx, st, p, owned);
+      }
     } else {
       if (ChunkHeaderKind(h) == kChunkKindFreelist) {
         h = owned;
@@ -1256,6 +1278,9 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
     }
     p = next;
   }
+  if (freed == 0) return;
+  st->live.Remove(freed_bytes);
+  if ((st->sweep_countdown -= freed) <= 0) Sweep(ctx, st, /*release_blocks=*/true);
 }
 
 // FreelistFree
