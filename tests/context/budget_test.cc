@@ -512,7 +512,10 @@ TEST(BudgetTest, TwoThreadsShareTheSoftLimitWithoutReentry) {
     });
   }
   for (std::thread& t : threads) t.join();
-  EXPECT_GT(pressure.calls.load(), kSteps / kStepsPerReset / 2);
+  // Crossings met while the other thread's callback runs call nothing, so
+  // how many call back depends on the schedule; the usage falls under the
+  // soft limit at every reset, so more than one does.
+  EXPECT_GE(pressure.calls.load(), 2);
   EXPECT_EQ(pressure.overlapped.load(), 0);
   EXPECT_EQ(bad_bytes.load(), 0);
   EXPECT_LE(max_seen.load(), kBudgetLimit);
