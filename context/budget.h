@@ -56,7 +56,7 @@
 //   - The budget must outlive every context attached to it. Set the soft
 //     limit before contexts are attached, or when no charge to the budget
 //     runs on any thread.
-
+//
 // Example:
 //
 //   mcx::Budget sessions(256 << 20);
