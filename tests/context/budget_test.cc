@@ -353,6 +353,48 @@ TEST(BudgetTest, SoftLimitCallbackIsNotReentered) {
   }
 }
 
+// A realloc and a child's first block are allocations too; one block that
+// crosses the soft limits of two budgets calls each back once.
+TEST(BudgetTest, SoftLimitCallsBackForReallocChildrenAndNestedBudgets) {
+  Budget budget(kBudgetLimit);
+  BudgetSeen seen;
+  budget.SetSoftLimit(kBudgetSoft, &OnPressure, &seen);
+  Context* work = Context::Create(nullptr, "work", FreelistKind());
+  ASSERT_EQ(work->TrySetBudget(&budget), Failure::kNone);
+  char* p = static_cast<char*>(work->Alloc(100));
+  std::memcpy(p, "kept", 5);
+  p = static_cast<char*>(work->Realloc(p, 100, 2 * kBudgetSoft));
+  EXPECT_STREQ(p, "kept");
+  EXPECT_EQ(seen.calls, 1);
+  work->Reset();
+  ASSERT_LE(budget.usage(), kBudgetSoft);
+  PoolOptions big_first;
+  big_first.initial_block_size = 2 * kBudgetSoft;  // the child's first block crosses
+  Context* child = work->CreateChild("child", PoolKind(big_first));
+  EXPECT_EQ(seen.calls, 2);
+  EXPECT_GT(budget.usage(), kBudgetSoft);
+  EXPECT_EQ(budget.usage(), work->SubtreeBytes());
+  child->Destroy();
+  work->Destroy();
+
+  Budget outer(kBudgetLimit);
+  Budget inner(kBudgetLimit);
+  BudgetSeen outer_seen, inner_seen;
+  outer.SetSoftLimit(kBudgetSoft, &OnPressure, &outer_seen);
+  inner.SetSoftLimit(kBudgetSoft / 2, &OnPressure, &inner_seen);
+  Context* server = Context::Create(nullptr, "server", PoolKind());
+  ASSERT_EQ(server->TrySetBudget(&outer), Failure::kNone);
+  Context* tenant = server->CreateChild("tenant", PoolKind());
+  ASSERT_EQ(tenant->TrySetBudget(&inner), Failure::kNone);
+  EXPECT_NE(tenant->Alloc(kBudgetSoft), nullptr);
+  EXPECT_EQ(inner_seen.calls, 1);
+  EXPECT_EQ(outer_seen.calls, 1);
+  EXPECT_EQ(inner.usage(), tenant->SubtreeBytes());
+  EXPECT_EQ(outer.usage(), server->SubtreeBytes());
+  server->Destroy();
+  EXPECT_EQ(outer.usage() + inner.usage(), 0u);
+}
+
 // A callback that throws: a Try-call fails with kLimit, a throwing call
 // propagates the exception; nothing was allocated or charged, and the next
 // crossing calls back again.
