@@ -72,9 +72,16 @@ bool Context::ChargeLimitsSlow(size_t bytes, bool pressure) {
   }
   for (Context* l = first; l != nullptr; l = l->NextLimited()) {
     Budget* b = l->extras_->budget;
-    if (b == nullptr || b->TryCharge(bytes)) continue;
+    if (b == nullptr) continue;
+    const bool call_back = pressure && b->soft_fn_ != nullptr && BudgetSoftLimitArmed(l);
+    const Budget::Charged charged = b->Charge(bytes, call_back);
+    if (charged == Budget::Charged::kYes) continue;
     for (Context* u = first; u != l; u = u->NextLimited()) {
       if (u->extras_->budget != nullptr) u->extras_->budget->Uncharge(bytes);
+    }
+    if (charged == Budget::Charged::kSoftLimit) {
+      RefuseForBudget(l, bytes);
+      return false;
     }
     budget_refused = true;
     if (pressure) internal::ledger_refusal.refused = nullptr;  // as for a hard limit
@@ -128,7 +135,7 @@ Failure Context::TrySetBudget(Budget* budget) {
   ContextExtras* x = Extras();  // in the memory SubtreeBytes counts below
   if (x == nullptr) return last_failure_;
   const size_t held = SubtreeBytes();
-  if (!budget->TryCharge(held)) {
+  if (budget->Charge(held, /*call_back=*/false) != Budget::Charged::kYes) {
     last_failure_ = Failure::kLimit;
     return Failure::kLimit;
   }

@@ -805,7 +805,9 @@ Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* 
     // those on the old side only are given the bytes back.
     for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
       Budget* b = l->extras_->budget;
-      if (b == nullptr || in_chain(old_chain, l) || b->TryCharge(bytes)) continue;
+      // No soft limit calls back: a move is not an allocation.
+      if (b == nullptr || in_chain(old_chain, l)) continue;
+      if (b->Charge(bytes, /*call_back=*/false) == Budget::Charged::kYes) continue;
       for (Context* u = new_chain; u != l; u = u->NextLimited()) {
         if (u->extras_->budget != nullptr && !in_chain(old_chain, u)) u->extras_->budget->Uncharge(bytes);
       }

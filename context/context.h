@@ -87,6 +87,7 @@ extern __thread int no_alloc_depth;
 struct ContextExtras;
 struct KindAccess;
 struct MarkRecord;
+struct PassedLimits;
 }  // namespace internal
 
 enum class CleanupPhase : unsigned char {
@@ -636,9 +637,11 @@ class Context {
   ABSL_ATTRIBUTE_NOINLINE void* ReallocRefused(void* p, size_t old_size, size_t new_size,
                                                unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE bool ChargeRefused(size_t bytes, unsigned flags);
-  bool ServeRefusal(const Context** passed, unsigned flags);
+  bool ServeRefusal(internal::PassedLimits* passed, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE bool RefuseForRequests();
   bool PressureDue(Context* first, size_t bytes);
+  bool BudgetSoftLimitArmed(const Context* l) const;
+  void RefuseForBudget(Context* l, size_t bytes);
   static void* Zero(void* p, size_t size) {
     if (p != nullptr) std::memset(p, 0, size);
     return p;

@@ -8,17 +8,17 @@
 //
 // Contract:
 //   - Checking builds only (`--config=checking`, MCX_CHECKING): there the
-//     pool and freelist kinds keep, with every chunk, the site of the call
-//     that allocated it or last reallocated it (4 bytes in the checking
-//     header they have anyway). Release builds keep nothing (a small pool
+//     pool, freelist, generation and slab kinds keep, with every chunk, the
+//     site of the call that allocated it or last reallocated it (4 bytes
+//     with the checking header). Release builds keep nothing (a small pool
 //     chunk has no header at all): `recorded` is false, and so it is for a
-//     kind that keeps no sites (kind_api.h, VisitLiveChunks): the slab and
-//     generation kinds store none with their chunks and offer no
-//     VisitLiveChunks, so their contexts say "not recorded".
+//     kind that keeps no sites (kind_api.h, VisitLiveChunks): the shared
+//     kind stores none with its chunks, so its contexts say "not recorded".
 //   - A chunk is live from its allocation until it is freed (`Free`, also
 //     of a small pool chunk, which checking builds mark freed) or its
 //     context is reset or destroyed. `bytes` are the bytes requested (for an
-//     over-aligned freelist chunk, with its alignment padding).
+//     over-aligned freelist chunk, with its alignment padding; for a slab
+//     object, the object size).
 //   - mcx's own chunks (cleanup records and callable cleanups' storage,
 //     which the program never frees) form one group, `internal`.
 //   - Sites are grouped by file name and line; the groups come most bytes

@@ -1,5 +1,6 @@
-// Soft limits and their callbacks (pressure.h), and the refusal protocol that
-// lets the ledger hand work back to the front of an allocation.
+// Soft limits and their callbacks (pressure.h, and a budget's: budget.h),
+// and the refusal protocol that lets the ledger hand work back to the front
+// of an allocation.
 //
 // Why a refusal: the ledger sees that a block would cross a soft limit (or
 // that a report request waits for this thread) while the kind is in the
@@ -13,12 +14,21 @@
 // test is in the ledger, which runs only when a block is acquired, and in
 // the front's failure branch.
 //
+// A budget's soft limit takes the same road: the budget refuses the charge
+// (the test is inside its compare-and-swap loop, so it costs a charge that
+// succeeds two comparisons), the ledger records which budget-bearing
+// context refused, and the front runs the budget's callback. The budget is
+// shared by threads, so its running mark is an atomic flag in the budget,
+// claimed by the thread that calls back (budget.cc).
+//
 // Nothing of a running callback lives on the stack that a longjmp could
-// strand, except the soft limit's `pressure_running` mark, which the
-// contract says stays set until the soft limit is set again.
+// strand, except the soft limit's `pressure_running` mark (or the budget's
+// flag), which the contract says stays set until the soft limit is set
+// again.
 
 #include <cstddef>
 
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
@@ -36,20 +46,25 @@ thread_local LedgerRefusal ledger_refusal;
 
 namespace {
 
-// Marks the limited contexts up to `passed` as passed for the retry of one
-// call, and restores what an enclosing call had (a block source may
-// allocate from another context while the kind runs).
+// Marks the soft limits in `passed` as passed for the retry of one call,
+// and restores what an enclosing call had (a block source may allocate from
+// another context while the kind runs).
 class PassedScope {
  public:
-  explicit PassedScope(const Context* passed) : saved_(ledger_refusal.passed) {
-    ledger_refusal.passed = passed;
+  explicit PassedScope(const PassedLimits& passed)
+      : saved_{ledger_refusal.passed, ledger_refusal.passed_budget} {
+    ledger_refusal.passed = passed.soft;
+    ledger_refusal.passed_budget = passed.budget;
   }
-  ~PassedScope() { ledger_refusal.passed = saved_; }
+  ~PassedScope() {
+    ledger_refusal.passed = saved_.soft;
+    ledger_refusal.passed_budget = saved_.budget;
+  }
   PassedScope(const PassedScope&) = delete;
   PassedScope& operator=(const PassedScope&) = delete;
 
  private:
-  const Context* saved_;
+  PassedLimits saved_;
 };
 
 }  // namespace
@@ -80,6 +95,7 @@ bool Context::PressureDue(Context* first, size_t bytes) {
     internal::LedgerRefusal& r = internal::ledger_refusal;
     r.refused = this;
     r.due = l;
+    r.due_budget = nullptr;
     r.bytes = bytes;
     r.requests = false;
     r.saved_failure = last_failure_;
@@ -87,6 +103,32 @@ bool Context::PressureDue(Context* first, size_t bytes) {
     return true;
   }
   return false;
+}
+
+// Context::BudgetSoftLimitArmed
+//
+// Called by the ledger for a limited context `l` whose budget has a soft
+// limit callback: whether this charge may be refused for it (not during
+// the kind's init, and not once this call has passed it).
+bool Context::BudgetSoftLimitArmed(const Context* l) const {
+  if (state_ == State::kCreating) return false;
+  const Context* passed = internal::ledger_refusal.passed_budget;
+  return passed == nullptr || (passed != l && !passed->IsAncestorOf(l));
+}
+
+// Context::RefuseForBudget
+//
+// Called by the ledger when `l`'s budget refused the charge of `bytes` for
+// its soft limit (nothing charged anywhere): records it for the front.
+void Context::RefuseForBudget(Context* l, size_t bytes) {
+  internal::LedgerRefusal& r = internal::ledger_refusal;
+  r.refused = this;
+  r.due = nullptr;
+  r.due_budget = l;
+  r.bytes = bytes;
+  r.requests = false;
+  r.saved_failure = last_failure_;
+  last_failure_ = Failure::kLimit;
 }
 
 // Context::RefuseForRequests
@@ -98,6 +140,7 @@ bool Context::RefuseForRequests() {
   internal::LedgerRefusal& r = internal::ledger_refusal;
   r.refused = this;
   r.due = nullptr;
+  r.due_budget = nullptr;
   r.bytes = 0;
   r.requests = true;
   r.saved_failure = last_failure_;
@@ -113,24 +156,44 @@ bool Context::RefuseForRequests() {
 // false otherwise (the front fails as it would have). A callback that throws
 // from a Try-call fails the call with kLimit; from a throwing call the
 // exception propagates.
-bool Context::ServeRefusal(const Context** passed, unsigned flags) {
+bool Context::ServeRefusal(internal::PassedLimits* passed, unsigned flags) {
   internal::LedgerRefusal& r = internal::ledger_refusal;
-  if (r.refused != this || last_failure_ != Failure::kLimit || (r.due == nullptr && !r.requests)) {
+  if (r.refused != this || last_failure_ != Failure::kLimit ||
+      (r.due == nullptr && r.due_budget == nullptr && !r.requests)) {
     return false;
   }
   Context* due = r.due;
+  Context* due_budget = r.due_budget;
   const bool requests = r.requests;
   const size_t bytes = r.bytes;
   last_failure_ = r.saved_failure;
   r.refused = nullptr;
   r.due = nullptr;
+  r.due_budget = nullptr;
   r.requests = false;
   if (requests) {
     ServiceRequests();
     return true;
   }
+  if (due_budget != nullptr) {
+    // `due_budget` is this context or an ancestor, which the callback must
+    // not destroy; the budget outlives it.
+    passed->budget = due_budget;
+    Budget* b = due_budget->extras_->budget;
+    if (b == nullptr) return true;
+    try {
+      b->CallBack(bytes);
+    } catch (...) {
+      if (flags & kNoThrow) {
+        last_failure_ = Failure::kLimit;
+        return false;
+      }
+      throw;
+    }
+    return true;
+  }
   ContextExtras* x = due->extras_;
-  *passed = due;
+  passed->soft = due;
   if (x->pressure_callback == nullptr) return true;
   const PressureInfo info{this, due, x->subtree_bytes, bytes, x->soft_limit, x->pressure_arg};
   x->pressure_running = true;
@@ -151,7 +214,7 @@ bool Context::ServeRefusal(const Context** passed, unsigned flags) {
 }
 
 void* Context::AllocRefused(size_t size, size_t alignment, unsigned flags) {
-  const Context* passed = nullptr;
+  internal::PassedLimits passed;
   while (ServeRefusal(&passed, flags)) {
     if (internal::kChecking && !CheckLive("allocation after a pressure callback")) {
       return Fail(Failure::kBadArgument, size, flags);
@@ -172,7 +235,7 @@ void* Context::AllocRefused(size_t size, size_t alignment, unsigned flags) {
 }
 
 void* Context::ReallocRefused(void* p, size_t old_size, size_t new_size, unsigned flags) {
-  const Context* passed = nullptr;
+  internal::PassedLimits passed;
   while (ServeRefusal(&passed, flags)) {
     if (internal::kChecking && !CheckLive("reallocation after a pressure callback")) {
       return Fail(Failure::kBadArgument, new_size, flags);
@@ -194,7 +257,7 @@ void* Context::ReallocRefused(void* p, size_t old_size, size_t new_size, unsigne
 // A child's first block, charged to this (its parent) by CreateImpl: nothing
 // of the child exists yet, so the callback runs with nothing to undo.
 bool Context::ChargeRefused(size_t bytes, unsigned flags) {
-  const Context* passed = nullptr;
+  internal::PassedLimits passed;
   while (ServeRefusal(&passed, flags)) {
     internal::PassedScope scope(passed);
     if (ChargeBlock(bytes)) return true;

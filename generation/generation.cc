@@ -17,7 +17,8 @@
 //     keeps the chunk size in its header's 30-bit value; mcx's value field
 //     has 8 bits, so it holds the chunk's bytes / 16 up to 4080 and chunks
 //     above that carry their size in a word of their own (24 bytes before
-//     them; half a percent of a chunk that large).
+//     them; half a percent of a chunk that large). Checking builds add a
+//     word for the chunk's allocation site (kind_api.h, PendingSite).
 //   - An emptied first block is reused when the current block fills, as a
 //     spare would be (generation.c leaves it idle until a reset).
 //   - A current block left behind empty is treated as any emptied block
@@ -54,9 +55,13 @@ constexpr bool kTracked = kChecking || kAddressSanitizerBuild || kValgrindBuild;
 constexpr size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 
 // Bytes before a payload: the header word alone, or the chunk's size, its
-// requested size and the header word.
+// requested size and the header word; checking builds put the site of the
+// call that allocated or last reallocated the chunk (4 bytes in a word of
+// its own, so that the payload stays 16-aligned) between the size and the
+// requested size.
 constexpr size_t kShortPrefix = 8;
-constexpr size_t kLongPrefix = 24;
+constexpr size_t kSiteOffset = 24;  // the site is at p - kSiteOffset
+constexpr size_t kLongPrefix = kChecking ? 40 : 24;
 // The largest chunk (header included) whose size the header's 8-bit value
 // field holds, in units of 16 bytes.
 constexpr size_t kMaxShortChunk = 255 * 16;
@@ -156,6 +161,14 @@ void MarkLive(char* p, size_t size, size_t capacity) {
   UnpoisonMemoryRegion(p, size);
 }
 
+// Checking builds: the chunk's site.
+void WriteSite(char* p, SiteId site) { CopyToPoisoned(p - kSiteOffset, &site, sizeof(site)); }
+SiteId ReadSite(const char* p) {
+  SiteId site;
+  CopyFromPoisoned(&site, p - kSiteOffset, sizeof(site));
+  return site;
+}
+
 bool SentinelOk(const char* p) {
   unsigned char b;
   CopyFromPoisoned(&b, p + RequestedSize(p), 1);
@@ -207,8 +220,10 @@ void BlockEmptied(Context* ctx, GenerationState* st, GenerationBlock* b) {
 
 // --- Allocation -------------------------------------------------------------------------
 
-// Carves a chunk of `size` bytes (`footprint` with its `prefix`) from `b`.
-ABSL_ATTRIBUTE_RETURNS_NONNULL void* Carve(GenerationBlock* b, size_t size, size_t footprint, size_t prefix) {
+// Carves a chunk of `size` bytes (`footprint` with its `prefix`) from `b`
+// for the call whose site is pending in `ctx`.
+ABSL_ATTRIBUTE_RETURNS_NONNULL void* Carve(const Context* ctx, GenerationBlock* b, size_t size,
+                                           size_t footprint, size_t prefix) {
   char* p = b->free_ptr + prefix;
   b->free_ptr += footprint;
   ++b->nchunks;
@@ -217,6 +232,7 @@ ABSL_ATTRIBUTE_RETURNS_NONNULL void* Carve(GenerationBlock* b, size_t size, size
                                       static_cast<uint64_t>(p - kShortPrefix -
                                                             reinterpret_cast<char*>(b))));
   if (prefix == kLongPrefix) WriteWord(p - kLongPrefix, footprint);
+  if (kChecking) WriteSite(p, PendingSite(ctx));
   MarkLive(p, size, CarvedCapacity(footprint, prefix));
   return p;
 }
@@ -263,7 +279,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, GenerationState* s
   // an emptied block like any other now.
   if (old->nfree == old->nchunks) BlockEmptied(ctx, st, old);
   st->live.Add(CarvedCapacity(footprint, prefix));
-  return Carve(b, size, footprint, prefix);
+  return Carve(ctx, b, size, footprint, prefix);
 }
 
 // A request above chunk_limit: a block of its own.
@@ -282,6 +298,7 @@ void* AllocDedicated(Context* ctx, GenerationState* st, size_t size) {
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindGeneration, /*external=*/true, 0,
                                       kDedicatedPayload - kShortPrefix));
   st->live.Add(DedicatedCapacity(b));
+  if (kChecking) WriteSite(p, PendingSite(ctx));
   MarkLive(p, size, DedicatedCapacity(b));
   return p;
 }
@@ -300,7 +317,7 @@ void* GenerationAlloc(Context* ctx, GenerationState* st, size_t size, size_t ali
     return AllocFromNewBlock(ctx, st, size, footprint, prefix);
   }
   st->live.Add(CarvedCapacity(footprint, prefix));
-  return Carve(b, size, footprint, prefix);
+  return Carve(ctx, b, size, footprint, prefix);
 }
 
 // GenerationAllocFast
@@ -308,7 +325,8 @@ void* GenerationAlloc(Context* ctx, GenerationState* st, size_t size, size_t ali
 // GenerationAlloc for the tree's slow path (kind_api.h, AllocFast): a chunk
 // from the newest block, or nullptr, with nothing changed, for anything
 // that needs another block or a call.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* GenerationAllocFast(GenerationState* st, size_t size,
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* GenerationAllocFast(const Context* ctx,
+                                                              GenerationState* st, size_t size,
                                                               size_t alignment) {
   if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment || kDirectBuild ||
                          size > st->chunk_limit)) {
@@ -319,7 +337,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* GenerationAllocFast(GenerationState* s
   GenerationBlock* b = st->current;
   if (ABSL_PREDICT_FALSE(!Fits(b, footprint))) return nullptr;
   st->live.Add(CarvedCapacity(footprint, prefix));
-  return Carve(b, size, footprint, prefix);
+  return Carve(ctx, b, size, footprint, prefix);
 }
 
 // --- Free -------------------------------------------------------------------------------
@@ -426,6 +444,7 @@ void* ReallocDedicated(Context* ctx, GenerationState* st, void* p, uint64_t h, s
   // In place while it fits and uses at least half of the block: a chunk
   // that shrinks further gives the rest back through the source.
   if (new_size <= old_usable && new_size >= old_usable / 2) {
+    if (kChecking) WriteSite(static_cast<char*>(p), PendingSite(ctx));  // the realloc's caller
     MarkLive(static_cast<char*>(p), new_size, old_usable);
     return p;
   }
@@ -454,6 +473,7 @@ void* ReallocDedicated(Context* ctx, GenerationState* st, void* p, uint64_t h, s
   char* q = static_cast<char*>(nb.ptr) + kDedicatedPayload;
   PoisonPrefix(moved);
   WriteChunkHeader(q, h);
+  if (kChecking) WriteSite(q, PendingSite(ctx));
   MarkLive(q, new_size, DedicatedCapacity(moved));
   return q;
 }
@@ -479,6 +499,7 @@ void* GenerationRealloc(Context* ctx, GenerationState* st, void* p, size_t /*old
   if (ChunkHeaderIsExternal(h)) return ReallocDedicated(ctx, st, p, h, new_size);
   const size_t capacity = Capacity(p, h);
   if (new_size <= capacity) {  // generation.c: "the allocated area already is >= the new size"
+    if (kChecking) WriteSite(static_cast<char*>(p), PendingSite(ctx));
     MarkLive(static_cast<char*>(p), new_size, capacity);
     return p;
   }
@@ -674,6 +695,30 @@ void GenerationInspect(const Context* ctx, const GenerationState* st, InspectVis
   });
 }
 
+// VisitLiveChunks
+//
+// Checking builds: every chunk not freed, by walking each block's chunks as
+// Check does (spare blocks hold none), then the dedicated chunks.
+void GenerationVisitLiveChunks(const Context* /*ctx*/, const GenerationState* st,
+                               LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  st->blocks.ForEach([&](KindBlock* kb) {
+    const GenerationBlock* b = AsGenerationBlock(kb);
+    // Checking builds give every chunk the long prefix: its first word is
+    // its size.
+    for (const char* c = FirstChunk(b); c < b->free_ptr; c += ReadWord(c)) {
+      const char* p = c + kLongPrefix;
+      if (!ChunkHeaderIsFree(ReadChunkHeader(p))) {
+        visitor->VisitChunk(p, RequestedSize(p), ReadSite(p));
+      }
+    }
+  });
+  st->dedicated.ForEach([&](KindBlock* kb) {
+    const char* p = reinterpret_cast<const char*>(kb) + kDedicatedPayload;
+    visitor->VisitChunk(p, RequestedSize(p), ReadSite(p));
+  });
+}
+
 // --- Context-free entry points (mcx::Free and friends) ------------------------------
 
 Context* LiveChunkOwner(const void* p, const char* operation) {
@@ -746,8 +791,8 @@ struct GenerationImpl {
   static void* Alloc(Context* ctx, State* st, size_t size, size_t alignment) {
     return GenerationAlloc(ctx, st, size, alignment);
   }
-  static void* AllocFast(Context*, State* st, size_t size, size_t alignment) {
-    return GenerationAllocFast(st, size, alignment);
+  static void* AllocFast(Context* ctx, State* st, size_t size, size_t alignment) {
+    return GenerationAllocFast(ctx, st, size, alignment);
   }
   static void Free(Context* ctx, State* st, void* p) { GenerationFree(ctx, st, p); }
   static void* Realloc(Context* ctx, State* st, void* p, size_t old_size, size_t new_size) {
@@ -770,6 +815,9 @@ struct GenerationImpl {
   }
   static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
     GenerationInspect(ctx, st, visitor);
+  }
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    GenerationVisitLiveChunks(ctx, st, visitor);
   }
 };
 

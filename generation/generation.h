@@ -13,7 +13,9 @@
 //     `mcx::Free(p)`, `mcx::Realloc(p, n)`, `mcx::GetChunkContext(p)` work
 //     without naming the context. (Chunks above 4 KiB, and every chunk of
 //     checking, ASan and Valgrind builds, have 24 bytes before them: their
-//     size, the requested size and the header word.)
+//     size, the requested size and the header word; checking builds add
+//     16, for the allocation site that LiveChunksReport and leak reports
+//     show, live_chunks.h.)
 //   - Allocation always goes to the newest ("current") block; when it is
 //     full, the next block is an empty one kept for reuse, or a new block
 //     (blocks double from the first block's size up to `max_block_size`).

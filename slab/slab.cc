@@ -71,6 +71,10 @@ constexpr bool kChecking = kCheckingBuild;
 // Checking builds: a chunk header word before each object (mcx::Free of an
 // object is then reported, not guessed at) and a sentinel byte after it.
 constexpr size_t kHeaderWord = sizeof(uint64_t);
+// Checking builds: before the header word, the site of the call that took
+// the object (kind_api.h, PendingSite), for LiveChunksReport and leak
+// reports.
+constexpr size_t kSiteBytes = sizeof(SiteId);
 // The free list's link.
 constexpr size_t kLinkBytes = sizeof(char*);
 
@@ -78,9 +82,21 @@ constexpr size_t RoundUp(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 
 bool IsPowerOfTwo(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
-// Offset of the object in its slot: room for the header word in checking
-// builds, keeping the object aligned.
-size_t ObjectOffset(size_t alignment) { return kChecking ? RoundUp(kHeaderWord, alignment) : 0; }
+// Offset of the object in its slot: room for the site and the header word
+// in checking builds, keeping the object aligned.
+size_t ObjectOffset(size_t alignment) {
+  return kChecking ? RoundUp(kSiteBytes + kHeaderWord, alignment) : 0;
+}
+
+// Checking builds: an object's site.
+void WriteObjectSite(char* obj, SiteId site) {
+  CopyToPoisoned(obj - kHeaderWord - kSiteBytes, &site, sizeof(site));
+}
+SiteId ReadObjectSite(const char* obj) {
+  SiteId site;
+  CopyFromPoisoned(&site, obj - kHeaderWord - kSiteBytes, sizeof(site));
+  return site;
+}
 
 // --- Layout ------------------------------------------------------------------------
 
@@ -405,6 +421,7 @@ void MoveAfterAlloc(SlabState* st, SlabBlock* b, uint32_t to) {
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* AllocFromCurrent(Context* ctx, SlabState* st) {
   SlabBlock* b = AsSlabBlock(st->blocklist[st->cur].head());
   char* obj = TakeSlot(ctx, st, b);
+  if (kChecking) WriteObjectSite(obj, PendingSite(ctx));
   // The block changes lists when its free count leaves the current list's
   // range: when nfree, before this allocation, was at the range's bottom.
   if (ABSL_PREDICT_FALSE((b->nfree & st->list_mask) == 0)) {
@@ -441,6 +458,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, SlabState* st) {
     if (b == nullptr) return nullptr;  // the failure is recorded
   }
   char* obj = TakeSlot(ctx, st, b);
+  if (kChecking) WriteObjectSite(obj, PendingSite(ctx));
   const uint32_t to = ListIndex(st, b->nfree);
   st->blocklist[to].PushFront(&b->link);
   st->cur = FindNextList(st);
@@ -470,7 +488,7 @@ void* AllocDedicated(Context* ctx, SlabState* st, size_t size, size_t alignment)
   d->requested = size;
   d->reserved0 = a;  // the alignment a moving realloc keeps
   d->role = kRoleDedicated;
-  d->reserved1 = 0;
+  d->site = kChecking ? PendingSite(ctx) : kUnknownSiteId;
   st->dedicated.PushFront(kb);
   st->live.Add(DedicatedCapacity(d));
   PoisonMemoryRegion(mem + sizeof(DedicatedBlock), kb->size - sizeof(DedicatedBlock));
@@ -767,7 +785,10 @@ void* ReallocDedicated(Context* ctx, SlabState* st, DedicatedBlock* d, size_t ne
     } else {
       PoisonMemoryRegion(p + new_size, old - new_size);
     }
-    if (kChecking) WriteSentinel(p + new_size);
+    if (kChecking) {
+      WriteSentinel(p + new_size);
+      d->site = PendingSite(ctx);  // the realloc's caller
+    }
     return p;
   }
   // Moved, keeping the chunk's alignment.
@@ -791,7 +812,10 @@ void* SlabRealloc(Context* ctx, SlabState* st, void* p, size_t old_size, size_t 
     case Found::kObject:
       break;
   }
-  if (new_size <= st->object_size) return p;  // every object has the object size
+  if (new_size <= st->object_size) {  // every object has the object size
+    if (kChecking) WriteObjectSite(static_cast<char*>(p), PendingSite(ctx));
+    return p;
+  }
   if (st->larger == SlabLarger::kRefuse) {
     SetFailure(ctx, Failure::kUnsupported);
     return nullptr;
@@ -1100,6 +1124,34 @@ void SlabInspect(const Context* ctx, const SlabState* st, InspectVisitor* visito
   });
 }
 
+// VisitLiveChunks
+//
+// Checking builds: every object whose live bit is set and whose header is
+// not marked freed (another thread's free waits on the remote list with the
+// bit still set), with the object size as its bytes; then the dedicated
+// chunks not waiting on the remote list.
+void SlabVisitLiveChunks(const Context* /*ctx*/, const SlabState* st, LiveChunkVisitor* visitor) {
+  if (!kChecking) return;
+  for (const BlockList& list : st->blocklist) {
+    list.ForEach([&](KindBlock* kb) {
+      SlabBlock* b = AsSlabBlock(kb);
+      for (uint32_t w = 0; w < st->bitmap_words; ++w) {
+        for (uint64_t bits = Bitmap(b)[w]; bits != 0; bits &= bits - 1) {
+          const char* obj =
+              ObjectAt(st, b, size_t{w} * 64 + static_cast<size_t>(absl::countr_zero(bits)));
+          if (ChunkHeaderIsFree(ReadChunkHeader(obj))) continue;
+          visitor->VisitChunk(obj, st->object_size, ReadObjectSite(obj));
+        }
+      }
+    });
+  }
+  st->dedicated.ForEach([&](KindBlock* kb) {
+    const DedicatedBlock* d = AsDedicated(kb);
+    if (PendingRemote(st, &d->chunk)) return;
+    visitor->VisitChunk(d->chunk, d->requested, d->site);
+  });
+}
+
 // --- Context-free entry points: refused ---------------------------------------------------
 
 // Slab objects have no chunk header outside checking builds: mcx::Free and
@@ -1169,6 +1221,9 @@ struct SlabImpl {
   }
   static void Inspect(const Context* ctx, const State* st, InspectVisitor* visitor) {
     SlabInspect(ctx, st, visitor);
+  }
+  static void VisitLiveChunks(const Context* ctx, const State* st, LiveChunkVisitor* visitor) {
+    SlabVisitLiveChunks(ctx, st, visitor);
   }
 };
 

@@ -116,20 +116,31 @@ inline void CountLimitedChange(bool was, bool is) {
 }
 
 // Why the ledger refused a block without the block source or a hard limit
-// having refused it (pressure.cc): a soft limit's callback is due, or a
-// report request of this thread is posted (report_request.h). The front that
+// having refused it (pressure.cc): a soft limit's callback is due (a
+// context's, or a budget's), or a report request of this thread is posted
+// (report_request.h). The front that
 // made the call finds it here, runs what is due, and retries. Written only
 // by refusals, read only by the refused context's front; plain thread-local
 // storage (trivial, no constructor), so reading it allocates nothing.
 struct LedgerRefusal {
   const Context* refused;       // the context whose block was refused
   Context* due;                 // the soft-limited context to call back
+  Context* due_budget;          // the context whose budget's soft limit calls back
   size_t bytes;                 // the block's bytes
   const Context* passed;        // during a retry: soft limits up to this one are passed
+  const Context* passed_budget;  // and the budgets' soft limits up to this one
   Failure saved_failure;        // the refused context's last_failure() before
   bool requests;                // a report request is due
 };
 extern thread_local LedgerRefusal ledger_refusal;
+
+// The soft limits one call has passed, for its retries: the contexts' up to
+// `soft`, the budgets' up to `budget` (each an ancestor-or-self of the
+// allocating context, or nullptr for none).
+struct PassedLimits {
+  const Context* soft = nullptr;
+  const Context* budget = nullptr;
+};
 
 // Report requests posted and not yet answered, process-wide
 // (report_request.cc). One relaxed load on each block acquisition.

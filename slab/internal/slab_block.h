@@ -14,7 +14,7 @@
 //
 //   release, no constructor:  | object (the free list's link in its first 8 bytes when free) | pad |
 //   with a constructor:       | object | pad | link |                (the object keeps its state)
-//   checking builds:          | chunk header word | object | sentinel | pad | (link) |
+//   checking builds:          | site | chunk header word | object | sentinel | pad | (link) |
 //
 // Each block keeps its own free list (LIFO, linked through free slots) and
 // an `unused` pointer below which every slot has been used once: a new block
@@ -70,7 +70,7 @@ struct DedicatedBlock {
   size_t requested;    // bytes asked for
   uint64_t reserved0;
   uint32_t role;       // kRoleDedicated, kRoleFreed once freed
-  uint32_t reserved1;
+  uint32_t site;       // checking builds: the chunk's allocation site (SiteId)
 };
 
 static_assert(sizeof(SlabBlock) == 64 && sizeof(DedicatedBlock) == 64, "one cache line");

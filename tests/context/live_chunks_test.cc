@@ -1,6 +1,7 @@
 // Allocation sites (site.h) and the live chunks report (live_chunks.h):
-// exact counts, bytes and text per site, for both kinds, in checking builds;
-// "not recorded" elsewhere.
+// exact counts, bytes and text per site, for every kind that keeps sites
+// (pool, freelist, generation, slab), in checking builds; "not recorded"
+// elsewhere.
 
 #include "mcx/context/live_chunks.h"
 
@@ -21,7 +22,9 @@
 #include "mcx/context/new.h"
 #include "mcx/context/site.h"
 #include "mcx/freelist/freelist.h"
+#include "mcx/generation/generation.h"
 #include "mcx/pool/pool.h"
+#include "mcx/slab/slab.h"
 
 namespace mcx {
 namespace {
@@ -172,6 +175,91 @@ TEST(LiveChunksTest, FreelistChunksByAllocationSite) {
   ctx->Destroy();
 }
 
+TEST(LiveChunksTest, GenerationChunksByAllocationSite) {
+  Context* ctx = CreateGenerationContext(nullptr, "generation");
+  ExpectSitesOf(ctx, 20000);  // a dedicated chunk
+  ctx->Destroy();
+}
+
+// A generation context's chunks across several blocks, with freed ones
+// between live ones, and its in-place realloc.
+TEST(LiveChunksTest, GenerationChunksAcrossBlocks) {
+  if (!kChecking) GTEST_SKIP() << "sites are kept in checking builds";
+  GenerationOptions o;
+  o.initial_block_size = 1024;
+  o.max_block_size = 4096;
+  Context* ctx = CreateGenerationContext(nullptr, "generation", o);
+  std::vector<void*> kept;
+  for (int i = 0; i < 60; ++i) {
+    void* p = ctx->Alloc(40);
+    if (i % 3 == 0) {
+      ctx->Free(p);
+    } else {
+      kept.push_back(p);
+    }
+  }
+  ASSERT_GT(ctx->num_blocks(), 2u);
+  void* grown = ctx->Realloc(kept.back(), 40, 41);  const int kLineR = __LINE__;
+  EXPECT_EQ(grown, kept.back());  // the chunk's rounded-up size holds it
+  const LiveChunkSummary s = SummarizeLiveChunks(ctx);
+  ASSERT_TRUE(s.recorded);
+  EXPECT_EQ(s.chunks, 40u);
+  EXPECT_EQ(s.bytes, 39u * 40 + 41);
+  ASSERT_EQ(s.sites.size(), 2u);
+  EXPECT_EQ(s.sites[0].chunks, 39u);
+  EXPECT_EQ(s.sites[1].site.line(), kLineR);
+  EXPECT_EQ(s.sites[1].bytes, 41u);
+  ctx->Destroy();
+}
+
+// Slab objects all have the object size; a dedicated chunk its requested
+// bytes. Freed objects, also those another thread freed (waiting on the
+// remote list), are not live.
+TEST(LiveChunksTest, SlabObjectsByAllocationSite) {
+  SlabOptions o;
+  o.object_size = 48;
+  o.larger = SlabLarger::kDedicatedBlock;
+  Context* ctx = CreateSlabContext(nullptr, "slab", o);
+  void* a1 = ctx->Alloc(48);  const int kLineA = __LINE__;
+  void* a2 = ctx->Alloc(20, Here(kLineA));
+  void* b = ctx->Alloc(48);  const int kLineB = __LINE__;
+  void* gone = ctx->Alloc(48);
+  void* remote = ctx->Alloc(48);
+  void* big = ctx->Alloc(5000);  const int kLineD = __LINE__;
+  ctx->Free(gone);
+  std::thread([ctx, remote] { ctx->Free(remote); }).join();  // a remote free
+  std::memset(a1, 1, 48);
+  std::memset(a2, 2, 48);
+  std::memset(b, 3, 48);
+  std::memset(big, 4, 5000);
+  LiveChunkSummary s = SummarizeLiveChunks(ctx);
+  if (!kChecking) {
+    EXPECT_FALSE(s.recorded);
+    ctx->Destroy();
+    return;
+  }
+  ASSERT_TRUE(s.recorded);
+  EXPECT_EQ(s.chunks, 4u);
+  EXPECT_EQ(s.bytes, 3u * 48 + 5000);
+  EXPECT_EQ(LiveChunksReport(ctx),
+            absl::StrCat("live chunks of context 'slab': 4 chunks, 5144 bytes\n",
+                         Line(kLineD, 1, 5000), Line(kLineA, 2, 96), Line(kLineB, 1, 48)));
+  // A realloc in place takes the object (and the dedicated chunk) to its
+  // site.
+  EXPECT_EQ(ctx->Realloc(b, 48, 40), b);  const int kLineR = __LINE__;
+  EXPECT_EQ(ctx->Realloc(big, 5000, 4000), big);  const int kLineR2 = __LINE__;
+  s = SummarizeLiveChunks(ctx);
+  ASSERT_EQ(s.sites.size(), 3u);
+  EXPECT_EQ(s.sites[0].site.line(), kLineR2);
+  EXPECT_EQ(s.sites[0].bytes, 4000u);
+  EXPECT_EQ(s.sites[2].site.line(), kLineR);
+  EXPECT_EQ(s.sites[2].bytes, 48u);
+  EXPECT_EQ(static_cast<unsigned char*>(b)[39], 3);
+  ctx->Reset();
+  EXPECT_EQ(SummarizeLiveChunks(ctx).chunks, 0u);
+  ctx->Destroy();
+}
+
 // The freelist kind's in-place realloc (within the size class) and its
 // unsized realloc move the site too; an over-aligned chunk counts its
 // padding; a chunk freed through mcx::Free is gone.
@@ -312,6 +400,45 @@ TEST_F(LeakTest, FreelistLeaksAreReportedAtReset) {
   ExpectLeaksAtReset(ctx, &seen_);
   ctx->Destroy();
   EXPECT_TRUE(seen_.empty());
+}
+
+TEST_F(LeakTest, GenerationLeaksAreReportedAtReset) {
+  Context* ctx = CreateGenerationContext(nullptr, "generation");
+  ExpectLeaksAtReset(ctx, &seen_);
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
+// A slab's leaks: its objects (of the object size) by site, at reset and
+// at destroy.
+TEST_F(LeakTest, SlabLeaksAreReportedAtResetAndDestroy) {
+  SlabOptions o;
+  o.object_size = 32;
+  Context* ctx = CreateSlabContext(nullptr, "slab", o);
+  ctx->ExpectAllFreed();
+  void* a = ctx->Alloc(32);  const int kLineA = __LINE__;
+  ctx->Alloc(32, Here(kLineA));
+  ctx->Alloc(32);  const int kLineB = __LINE__;
+  ctx->Free(a);
+  ctx->Reset();
+  if (!kChecking) {
+    EXPECT_TRUE(seen_.empty());
+    ctx->Destroy();
+    return;
+  }
+  ASSERT_EQ(seen_.size(), 1u);
+  EXPECT_EQ(seen_[0], absl::StrCat("leak in context 'slab' at its reset: 2 chunks (64 bytes) that "
+                                   "the program said it would free (ExpectAllFreed): ",
+                                   Site(kLineA, 1, 32), "; ", Site(kLineB, 1, 32)));
+  seen_.clear();
+  ctx->Alloc(32);  const int kLineC = __LINE__;
+  void* freed = ctx->Alloc(32);
+  ctx->Free(freed);
+  ctx->Destroy();
+  ASSERT_EQ(seen_.size(), 1u);
+  EXPECT_EQ(seen_[0], absl::StrCat("leak in context 'slab' at its destroy: 1 chunks (32 bytes) "
+                                   "that the program said it would free (ExpectAllFreed): ",
+                                   Site(kLineC, 1, 32)));
 }
 
 struct Node {
