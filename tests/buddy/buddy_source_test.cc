@@ -22,7 +22,9 @@
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/freelist.h"
+#include "mcx/generation/generation.h"
 #include "mcx/pool/pool.h"
+#include "mcx/slab/slab.h"
 
 // --- A static source, used before main ---------------------------------------
 
@@ -423,12 +425,29 @@ KindSpec RewindingPool() {
   o.rewind_on_free = true;
   return PoolKind(o);
 }
+// Objects of the tests' small requests (up to 3000 bytes), two to a block
+// of 8 KiB, a reserve block's size: blocks are aligned to their size, which
+// a buddy block of that size is. Larger requests get dedicated blocks.
+KindSpec Slab() {
+  SlabOptions o;
+  o.object_size = 3000;
+  o.block_size = 8 * 1024;
+  o.larger = SlabLarger::kDedicatedBlock;
+  return SlabKind(o);
+}
+KindSpec Generation() {
+  GenerationOptions o;
+  o.max_block_size = 64 * 1024;
+  return GenerationKind(o);
+}
 
 class ContextsOverBuddyTest : public ::testing::TestWithParam<KindCase> {};
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ContextsOverBuddyTest,
                          ::testing::Values(KindCase{"pool", &Pool}, KindCase{"freelist", &Freelist},
-                                           KindCase{"rewinding_pool", &RewindingPool}),
+                                           KindCase{"rewinding_pool", &RewindingPool},
+                                           KindCase{"slab", &Slab},
+                                           KindCase{"generation", &Generation}),
                          [](const ::testing::TestParamInfo<KindCase>& info) {
                            return std::string(info.param.name);
                          });
