@@ -25,7 +25,7 @@
 // no bound. Below kSuiteSourceBytes the few tests that hold the most (up to
 // 4.1 MB of chunks live, over 8 MB of power-of-two blocks) hold
 // proportionally fewer chunks and children, and the largest alignment
-// checked is the largest whose chunk fits an eighth of the source: a
+// checked is the largest whose chunk fits a quarter of the source: a
 // kMaxAlignment chunk, its header before it, takes a block of twice
 // kMaxAlignment, which a power-of-two source of 4 MiB can give only when
 // nothing else is in it.
@@ -98,6 +98,8 @@ struct KindTraitsDefaults {
 // buddy region of this size (blocks round up to powers of two, and a free
 // block of a size is found only where its whole buddy is free).
 inline constexpr size_t kSuiteSourceBytes = size_t{16} << 20;
+static_assert(2 * kMaxAlignment <= kSuiteSourceBytes / 4,
+              "a kMaxAlignment chunk fits a quarter of kSuiteSourceBytes");
 
 namespace conformance_internal {
 template <typename T, typename = void>
@@ -117,10 +119,10 @@ struct SourceBytes<T, std::void_t<decltype(T::kSourceBytes)>> {
   static constexpr size_t kValue = T::kSourceBytes;
 };
 // The largest alignment a chunk placed after a header can have in a block
-// of an eighth of the source.
+// of a quarter of the source (kMaxAlignment from kSuiteSourceBytes on).
 constexpr size_t LargestAlignmentFor(size_t source_bytes) {
   size_t a = kMaxAlignment;
-  while (a > kDefaultAlignment && 2 * a > source_bytes / 8) a /= 2;
+  while (a > kDefaultAlignment && 2 * a > source_bytes / 4) a /= 2;
   return a;
 }
 }  // namespace conformance_internal

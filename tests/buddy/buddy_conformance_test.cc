@@ -9,7 +9,7 @@
 // The region is 4 MiB, as the demo's (demo_on_buddy_test.cc). Each
 // traits struct says so (kSourceBytes), and the suite scales down its few
 // largest live sets (at full scale over 8 MB of power-of-two blocks at
-// once) and checks alignments up to 256 KiB rather than kMaxAlignment: a
+// once) and checks alignments up to 512 KiB rather than kMaxAlignment: a
 // kMaxAlignment chunk has its header before it, so it sits 2 MiB into a
 // 4 MiB block, the whole region, while the context's own first block is in
 // it. Every kind checks kMaxAlignment over the system source.
@@ -45,9 +45,9 @@ struct OverBuddy : mcx::test::KindTraitsDefaults {
   static constexpr size_t kSourceBytes = kRegionBytes;
 };
 // A quarter of the chunks and children of the largest live sets; chunks
-// aligned up to 256 KiB (a block of 512 KiB).
+// aligned up to 512 KiB (a block of 1 MiB, a quarter of the region).
 static_assert(mcx::test::ScaledToSource<OverBuddy>(3000) == 750, "");
-static_assert(mcx::test::LargestTestedAlignment<OverBuddy>() == size_t{256} << 10, "");
+static_assert(mcx::test::LargestTestedAlignment<OverBuddy>() == size_t{512} << 10, "");
 
 // Kinds with blocks of at most the region's largest (4 MiB): the freelist
 // kind's blocks would double to 8 MiB.
