@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/base/attributes.h"
 #include "gtest/gtest.h"
 #include "mcx/buddy/buddy_source.h"
 #include "mcx/context/block_source.h"
@@ -158,6 +159,23 @@ TEST(BuddyConformanceTest, TheDefaultSourceIsTheRegion) {
 }  // namespace test
 }  // namespace mcx
 
+namespace mcx {
+namespace probe {
+
+// An mcx function that calls operator new, as no mcx code may here: the
+// harness must name it in every build, whatever the compiler inlines into
+// the replaced operator new.
+ABSL_ATTRIBUTE_NOINLINE void* NewOnBehalfOfMcx(size_t n) { return ::operator new(n); }
+
+}  // namespace probe
+}  // namespace mcx
+
+TEST(NoSystemAllocTest, OperatorNewOnBehalfOfMcxAborts) {
+  if (!no_system_alloc::Armed()) GTEST_SKIP() << "the system allocator is not poisoned here";
+  EXPECT_DEATH(mcx::probe::NewOnBehalfOfMcx(100),
+               "operator new\\(100\\) on behalf of mcx(.|\n)*NewOnBehalfOfMcx");
+}
+
 // The harness itself: an allocation on behalf of mcx aborts (here: a
 // context over the system source, whose Acquire calls malloc), naming the
 // mcx frame; a stats report (a std::string by contract) and exceptions
@@ -176,8 +194,12 @@ TEST(NoSystemAllocTest, ReportsAndExceptionsAreNotFindings) {
   ctx->Alloc(100);
   EXPECT_NE(mcx::StatsReport(ctx).find("reported"), std::string::npos);
   const uint64_t before = no_system_alloc::ExceptionCalls();
+  const uint64_t messages = no_system_alloc::MessageCalls();
   EXPECT_THROW(ctx->AllocAligned(16, 3), std::invalid_argument);
-  if (no_system_alloc::Armed()) EXPECT_EQ(no_system_alloc::ExceptionCalls(), before + 1);
+  if (no_system_alloc::Armed()) {
+    EXPECT_EQ(no_system_alloc::ExceptionCalls(), before + 1);
+    EXPECT_EQ(no_system_alloc::MessageCalls(), messages + 1);  // its what()
+  }
   ctx->Destroy();
 }
 
@@ -202,10 +224,11 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(s.failures),
               static_cast<unsigned long long>(s.refused_alignment));
   std::printf("system allocator: %s; calls allowed for the test's own code: %llu; exception "
-              "objects from the emergency pool: %llu\n",
+              "objects from the emergency pool: %llu; exception messages: %llu\n",
               armed ? "poisoned for mcx" : (poisoned ? "not poisoned (memcheck)" : "not poisoned"),
               static_cast<unsigned long long>(no_system_alloc::AllowedCalls()),
-              static_cast<unsigned long long>(no_system_alloc::ExceptionCalls()));
+              static_cast<unsigned long long>(no_system_alloc::ExceptionCalls()),
+              static_cast<unsigned long long>(no_system_alloc::MessageCalls()));
   if (empty->leaks != 0) return 1;
   if (s.acquires == 0 || s.used_bytes != 0) return 1;
   return status;
