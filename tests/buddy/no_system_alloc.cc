@@ -87,9 +87,8 @@ Kind Classify(const char* name) {
   for (const char* a : kAllocator) {
     if (std::strcmp(name, a) == 0) return kNeutral;
   }
-  if (std::strcmp(name, "__cxa_allocate_exception") == 0 ||
-      std::strcmp(name, "__cxa_allocate_dependent_exception") == 0) {
-    return kException;
+  for (const char* e : kExceptionAllocators) {
+    if (std::strcmp(name, e) == 0) return kException;
   }
   for (const char* m : kMessageConstructors) {
     if (IsConstructor(name, m)) return kMessage;
