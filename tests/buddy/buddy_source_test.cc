@@ -570,6 +570,7 @@ TEST(SlabOverPagesTest, BlocksUpToTheRegionsAlignmentWork) {
 // of objects, counted as a refused alignment, and the allocation fails as
 // any source failure does, changing nothing.
 TEST(SlabOverPagesTest, LargerBlocksFailCleanly) {
+  if (kDirectBuild) GTEST_SKIP() << "direct mode: each object is a small block of its own";
   PageAlignedRegion pages(1 << 20);
   ASSERT_NE(pages.start(), nullptr);
   BuddyBlockSource source(pages.start(), 1 << 20, Options(256, 64 * 1024));
