@@ -17,7 +17,8 @@ one table per workload.
     ./mcx bench --handles [--callgrind] [--write docs/performance]
                                     only `handles_and_sources` (and W2 of the
                                     pool on a buddy region under --callgrind);
-                                    writes handles.md or handles_callgrind.md
+                                    writes handles_results.md or
+                                    handles_callgrind.md
 
 Also runs `handles_and_sources`: handle pools against the freelist kind and
 glibc, and the buddy block source against the system and caching sources.

@@ -25,7 +25,10 @@
 //     alignment beyond A is refused (an empty block; counted in
 //     Stats::refused_alignment). Align the region to the alignments you
 //     need: MCX_BUDDY_SOURCE_DEFINE aligns its array to `max_block`, mmap
-//     gives page alignment.
+//     gives page alignment. The slab kind aligns its blocks to their size
+//     (SlabOptions::block_size, 64 KiB by default): over a region aligned
+//     to a page, give it blocks of at most region_alignment(), or each of
+//     its blocks is refused and its allocations fail kOutOfMemory.
 //   - Release(block) takes back a block this source handed out; the size may
 //     be smaller than handed out (BlockSource's contract). A pointer it did
 //     not hand out, or handed out and took back, is reported as misuse.

@@ -21,6 +21,8 @@
 //     object, the object size).
 //   - mcx's own chunks (cleanup records and callable cleanups' storage,
 //     which the program never frees) form one group, `internal`.
+//   - The shared kind (shared.h) keeps no sites in any build (its chunks
+//     have no header, checking builds included): "not recorded".
 //   - Sites are grouped by file name and line; the groups come most bytes
 //     first, then most chunks, then by file name and line.
 //   - Cost: a walk of every chunk of the context, and a map of its sites.

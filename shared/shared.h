@@ -31,6 +31,8 @@
 //     context under a limit fails with kBadArgument). Attach a `Budget`
 //     (mcx/context/budget.h), which is charged atomically, to bound memory
 //     that several threads allocate.
+//   - Savepoints are refused (`Mark`: kUnsupported): threads bump at once
+//     in runs of their own, so there is no one point to rewind to.
 //
 // Example (docs/threads.md has the thread model for every kind):
 //

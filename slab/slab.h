@@ -68,6 +68,13 @@
 //     object constructed) and used before new ones.
 //   - Direct mode (kDirectBuild): every block holds one object, and none is
 //     kept empty, so each object is a block of its own.
+//   - The block source must give blocks aligned to `block_size`. The
+//     default sources do; a buddy region made at run time
+//     (buddy/buddy_source.h) aligns blocks only as far as its start is
+//     aligned (a page, for mmap): over it, keep `block_size` at most its
+//     region_alignment(), or every block of objects is refused (allocation
+//     fails kOutOfMemory, the source counts Stats::refused_alignment; the
+//     context itself is created, and its first block holds only its header).
 //
 // Example:
 //

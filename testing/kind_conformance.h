@@ -19,7 +19,16 @@
 // and, optionally, kOddSizeAlignment: the alignment of chunks whose size is
 // not a multiple of kDefaultAlignment asked for with at most that alignment
 // (default kDefaultAlignment; a pool with PoolOptions::chunk_alignment 8
-// packs them to 8).
+// packs them to 8), and kSourceBytes: the bytes the default block source
+// can hand out at once, for a suite run over a bounded region (a buddy
+// source, mcx/buddy/buddy_source.h, made the default). 0, the default, is
+// no bound. Below kSuiteSourceBytes the few tests that hold the most (up to
+// 4.1 MB of chunks live, over 8 MB of power-of-two blocks) hold
+// proportionally fewer chunks and children, and the largest alignment
+// checked is the largest whose chunk fits a quarter of the source: a
+// kMaxAlignment chunk, its header before it, takes a block of twice
+// kMaxAlignment, which a power-of-two source of 4 MiB can give only when
+// nothing else is in it.
 //
 // Example, at namespace scope (a test that links //testing, or
 // mcx::testing with CMake, and GoogleTest's main):
@@ -82,7 +91,15 @@ struct KindTraitsDefaults {
   static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
   static constexpr size_t kOddSizeAlignment = kDefaultAlignment;
+  static constexpr size_t kSourceBytes = 0;
 };
+
+// The source bytes the suite's largest live sets are sized for: they fit a
+// buddy region of this size (blocks round up to powers of two, and a free
+// block of a size is found only where its whole buddy is free).
+inline constexpr size_t kSuiteSourceBytes = size_t{16} << 20;
+static_assert(2 * kMaxAlignment <= kSuiteSourceBytes / 4,
+              "a kMaxAlignment chunk fits a quarter of kSuiteSourceBytes");
 
 namespace conformance_internal {
 template <typename T, typename = void>
@@ -93,7 +110,41 @@ template <typename T>
 struct OddSizeAlignment<T, std::void_t<decltype(T::kOddSizeAlignment)>> {
   static constexpr size_t kValue = T::kOddSizeAlignment;
 };
+template <typename T, typename = void>
+struct SourceBytes {
+  static constexpr size_t kValue = 0;
+};
+template <typename T>
+struct SourceBytes<T, std::void_t<decltype(T::kSourceBytes)>> {
+  static constexpr size_t kValue = T::kSourceBytes;
+};
+// The largest alignment a chunk placed after a header can have in a block
+// of a quarter of the source (kMaxAlignment from kSuiteSourceBytes on).
+constexpr size_t LargestAlignmentFor(size_t source_bytes) {
+  size_t a = kMaxAlignment;
+  while (a > kDefaultAlignment && 2 * a > source_bytes / 4) a /= 2;
+  return a;
+}
 }  // namespace conformance_internal
+
+// `n` (chunks, children, rounds) scaled to the kind's source: n itself for
+// an unbounded source or one of at least kSuiteSourceBytes, else
+// proportionally fewer, at least 1.
+template <typename Traits>
+constexpr size_t ScaledToSource(size_t n) {
+  const size_t bytes = conformance_internal::SourceBytes<Traits>::kValue;
+  if (bytes == 0 || bytes >= kSuiteSourceBytes) return n;
+  const size_t scaled = n * (bytes / 1024) / (kSuiteSourceBytes / 1024);
+  return scaled > 0 ? scaled : 1;
+}
+
+// The largest alignment the suite asks for: kMaxAlignment, or for a bounded
+// source the largest that fits (kSourceBytes above).
+template <typename Traits>
+constexpr size_t LargestTestedAlignment() {
+  const size_t bytes = conformance_internal::SourceBytes<Traits>::kValue;
+  return bytes == 0 ? kMaxAlignment : conformance_internal::LargestAlignmentFor(bytes);
+}
 
 // The alignment a chunk of `n` bytes asked for with `alignment` must have.
 template <typename Traits>
@@ -133,7 +184,8 @@ TYPED_TEST_P(KindConformanceTest, ChunksAreDistinctAndKeepContents) {
     uint32_t seed;
   };
   std::vector<Live> live;
-  for (uint32_t i = 0; i < 3000; ++i) {
+  const uint32_t chunks = static_cast<uint32_t>(ScaledToSource<TypeParam>(3000));
+  for (uint32_t i = 0; i < chunks; ++i) {
     size_t n = (rng() % 8 == 0) ? 1 + rng() % 20000 : 1 + rng() % 300;
     void* p = ctx->Alloc(n);
     ASSERT_NE(p, nullptr);
@@ -180,8 +232,9 @@ TYPED_TEST_P(KindConformanceTest, AlignedAllocationHonoursAnyPowerOfTwo) {
       EXPECT_TRUE(Holds(p, n, 3));
     }
   }
-  void* big = ctx->AllocAligned(100, kMaxAlignment);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % kMaxAlignment, 0u);
+  const size_t largest = LargestTestedAlignment<TypeParam>();
+  void* big = ctx->AllocAligned(100, largest);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % largest, 0u);
   size_t blocks = ctx->num_blocks();
   for (size_t bad : {size_t{0}, size_t{3}, size_t{48}, kMaxAlignment * 2}) {
     EXPECT_EQ(ctx->TryAllocAligned(16, bad), nullptr);
@@ -289,7 +342,7 @@ TYPED_TEST_P(KindConformanceTest, ResetEmptiesAndKeepsFirstBlock) {
   Context* ctx = this->NewRoot();
   const size_t first = ctx->first_block_size();
   EXPECT_EQ(ctx->bytes_in_blocks(), first);
-  for (int i = 0; i < 2000; ++i) ctx->Alloc(100 + i % 900);
+  for (size_t i = 0, n = ScaledToSource<TypeParam>(2000); i < n; ++i) ctx->Alloc(100 + i % 900);
   for (int i = 0; i < 5; ++i) ctx->Alloc(100000);
   EXPECT_GT(ctx->num_blocks(), 5u);
   ctx->Reset();
@@ -343,14 +396,15 @@ TYPED_TEST_P(KindConformanceTest, DestroyReleasesEveryBlockOfTheSubtree) {
   Context* root = this->NewRoot();
   std::vector<Context*> all = {root};
   std::mt19937 rng(7);
-  for (int i = 0; i < 60; ++i) {
+  const size_t children = ScaledToSource<TypeParam>(60);
+  for (size_t i = 0; i < children; ++i) {
     Context* parent = all[rng() % all.size()];
     Context* c = parent->CreateChild("child", TypeParam::Spec());
     all.push_back(c);
     for (int j = 0; j < 50; ++j) c->Alloc(1 + rng() % 2000);
     c->Alloc(20000 + rng() % 20000);
   }
-  EXPECT_GT(this->source_.live_blocks(), 61);
+  EXPECT_GT(this->source_.live_blocks(), static_cast<int64_t>(children) + 1);
   root->Destroy();
   EXPECT_EQ(this->source_.live_blocks(), 0);
   EXPECT_EQ(this->source_.bad_releases(), 0);
@@ -521,7 +575,7 @@ TYPED_TEST_P(KindConformanceTest, InspectDescribesEveryByte) {
   std::vector<Live> live;
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE(testing::Message() << "round " << round);
-    for (int i = 0; i < 1500; ++i) {
+    for (size_t i = 0, chunks = ScaledToSource<TypeParam>(1500); i < chunks; ++i) {
       const size_t n = i % 50 == 0 ? 20000 + rng() % 50000 : rng() % 400;
       void* p = i % 17 == 0 ? ctx->AllocAligned(n, 64) : ctx->Alloc(n);
       live.push_back({p, n});

@@ -2,9 +2,12 @@
 // merging in both split modes, exhaustion, alignment, in-place resizing,
 // misuse, threads, a static definition used before main, and contexts of
 // every kind running over it, down to exhaustion with a reserve and a
-// failure handler.
+// failure handler, and slab blocks over a region aligned only to a page.
 
 #include "mcx/buddy/buddy_source.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -22,7 +25,9 @@
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/freelist/freelist.h"
+#include "mcx/generation/generation.h"
 #include "mcx/pool/pool.h"
+#include "mcx/slab/slab.h"
 
 // --- A static source, used before main ---------------------------------------
 
@@ -423,12 +428,29 @@ KindSpec RewindingPool() {
   o.rewind_on_free = true;
   return PoolKind(o);
 }
+// Objects of the tests' small requests (up to 3000 bytes), two to a block
+// of 8 KiB, a reserve block's size: blocks are aligned to their size, which
+// a buddy block of that size is. Larger requests get dedicated blocks.
+KindSpec Slab() {
+  SlabOptions o;
+  o.object_size = 3000;
+  o.block_size = 8 * 1024;
+  o.larger = SlabLarger::kDedicatedBlock;
+  return SlabKind(o);
+}
+KindSpec Generation() {
+  GenerationOptions o;
+  o.max_block_size = 64 * 1024;
+  return GenerationKind(o);
+}
 
 class ContextsOverBuddyTest : public ::testing::TestWithParam<KindCase> {};
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ContextsOverBuddyTest,
                          ::testing::Values(KindCase{"pool", &Pool}, KindCase{"freelist", &Freelist},
-                                           KindCase{"rewinding_pool", &RewindingPool}),
+                                           KindCase{"rewinding_pool", &RewindingPool},
+                                           KindCase{"slab", &Slab},
+                                           KindCase{"generation", &Generation}),
                          [](const ::testing::TestParamInfo<KindCase>& info) {
                            return std::string(info.param.name);
                          });
@@ -484,6 +506,88 @@ TEST_P(ContextsOverBuddyTest, ExhaustionUsesTheReserveThenTheHandler) {
   ctx->Reset();
   EXPECT_NE(ctx->TryAlloc(3000), nullptr);  // room again
   ctx->Destroy();
+  EXPECT_EQ(source.GetStats().used_bytes, 0u);
+  ExpectConsistent(source);
+}
+
+// --- Slab blocks over a region aligned to a page ---------------------------------
+
+// Pages from mmap whose start is aligned to a page and to no more, as a
+// run-time region may be (mmap promises a page).
+class PageAlignedRegion {
+ public:
+  explicit PageAlignedRegion(size_t bytes) : page_(static_cast<size_t>(sysconf(_SC_PAGESIZE))) {
+    mapped_bytes_ = bytes + 2 * page_;
+    mapped_ = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (mapped_ == MAP_FAILED) return;
+    auto* p = static_cast<unsigned char*>(mapped_);
+    start_ = reinterpret_cast<uintptr_t>(p) % (2 * page_) == 0 ? p + page_ : p;
+  }
+  ~PageAlignedRegion() {
+    if (mapped_ != MAP_FAILED) munmap(mapped_, mapped_bytes_);
+  }
+  unsigned char* start() const { return start_; }
+  size_t page() const { return page_; }
+
+ private:
+  size_t page_;
+  size_t mapped_bytes_;
+  void* mapped_ = MAP_FAILED;
+  unsigned char* start_ = nullptr;
+};
+
+// Slab blocks are aligned to their size: blocks of a page come from any
+// part of the region.
+TEST(SlabOverPagesTest, BlocksUpToTheRegionsAlignmentWork) {
+  PageAlignedRegion pages(1 << 20);
+  ASSERT_NE(pages.start(), nullptr);
+  BuddyBlockSource source(pages.start(), 1 << 20, Options(256, 64 * 1024));
+  ASSERT_EQ(source.region_alignment(), pages.page());
+  ContextOptions co;
+  co.block_source = &source;
+  SlabOptions o;
+  o.object_size = 48;
+  o.block_size = pages.page();
+  Context* slab = CreateSlabContext(nullptr, "slab", o, co);
+  std::vector<void*> objects;
+  for (uint32_t i = 0; i < 1000; ++i) {
+    void* p = slab->Alloc(48);
+    Fill(p, 48, i);
+    objects.push_back(p);
+  }
+  EXPECT_GT(slab->num_blocks(), 10u);
+  for (uint32_t i = 0; i < objects.size(); ++i) ASSERT_TRUE(Holds(objects[i], 48, i)) << i;
+  for (void* p : objects) slab->Free(p);
+  EXPECT_EQ(source.GetStats().refused_alignment, 0u);
+  slab->Destroy();
+  EXPECT_EQ(source.GetStats().used_bytes, 0u);
+  ExpectConsistent(source);
+}
+
+// Blocks larger than the region's alignment: the context is created (its
+// first block holds only its header), but the source refuses every block
+// of objects, counted as a refused alignment, and the allocation fails as
+// any source failure does, changing nothing.
+TEST(SlabOverPagesTest, LargerBlocksFailCleanly) {
+  if (kDirectBuild) GTEST_SKIP() << "direct mode: each object is a small block of its own";
+  PageAlignedRegion pages(1 << 20);
+  ASSERT_NE(pages.start(), nullptr);
+  BuddyBlockSource source(pages.start(), 1 << 20, Options(256, 64 * 1024));
+  ContextOptions co;
+  co.block_source = &source;
+  SlabOptions o;
+  o.object_size = 48;  // the default block size, 64 KiB: beyond the region's alignment
+  Context* slab = CreateSlabContext(nullptr, "slab", o, co);
+  const size_t used = source.GetStats().used_bytes;
+  EXPECT_EQ(slab->TryAlloc(48), nullptr);
+  EXPECT_EQ(slab->last_failure(), Failure::kOutOfMemory);
+  EXPECT_EQ(source.GetStats().refused_alignment, 1u);
+  EXPECT_EQ(source.GetStats().used_bytes, used);
+  EXPECT_THROW(slab->Alloc(48), std::bad_alloc);
+  std::string error;
+  EXPECT_TRUE(slab->Check(&error)) << error;
+  slab->Destroy();
   EXPECT_EQ(source.GetStats().used_bytes, 0u);
   ExpectConsistent(source);
 }

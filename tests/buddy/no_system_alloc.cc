@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
 
 #include "absl/base/config.h"
@@ -38,8 +39,21 @@ enum Kind : uint8_t {
   kNeutral,    // runtimes, std::, absl::, the harness: look further up
   kMcx,        // mcx code: an allocation here is a finding
   kOther,      // the test, GoogleTest: its allocations are allowed
-  kContract,   // mcx::StatsReport: returns a std::string by contract
+  kContract,   // mcx::StatsReport, ...: returns a result on the heap by contract
   kException,  // __cxa_allocate_exception
+  kMessage,    // the constructors of std::logic_error and std::runtime_error
+};
+
+constexpr const char* kExceptionAllocators[] = {"__cxa_allocate_exception",
+                                                "__cxa_allocate_dependent_exception"};
+
+// The constructors that copy an exception's message (every standard
+// exception with one is built on these two): libstdc++ allocates the copy.
+constexpr const char* kMessageConstructors[] = {
+    "_ZNSt11logic_errorC1EPKc",
+    "_ZNSt11logic_errorC1ERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
+    "_ZNSt13runtime_errorC1EPKc",
+    "_ZNSt13runtime_errorC1ERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
 };
 
 struct Range {
@@ -53,6 +67,16 @@ bool StartsWith(const char* s, const char* prefix) {
   return std::strncmp(s, prefix, std::strlen(prefix)) == 0;
 }
 
+// Whether `name` is the constructor `c1` names (its "C1" form) or its base
+// object form ("C2"): the same code, which a library may name either way.
+bool IsConstructor(const char* name, const char* c1) {
+  const size_t n = std::strlen(c1);
+  if (std::strlen(name) != n) return false;
+  const size_t at = static_cast<size_t>(std::strstr(c1, "C1E") - c1) + 1;
+  return std::strncmp(name, c1, at) == 0 && (name[at] == '1' || name[at] == '2') &&
+         std::strcmp(name + at + 1, c1 + at + 1) == 0;
+}
+
 // From the mangled name (Itanium ABI): the outermost namespace of a nested
 // name, looking through local entities (lambdas: _ZZ<function>E...) and
 // cv- and ref-qualifiers.
@@ -63,9 +87,11 @@ Kind Classify(const char* name) {
   for (const char* a : kAllocator) {
     if (std::strcmp(name, a) == 0) return kNeutral;
   }
-  if (std::strcmp(name, "__cxa_allocate_exception") == 0 ||
-      std::strcmp(name, "__cxa_allocate_dependent_exception") == 0) {
-    return kException;
+  for (const char* e : kExceptionAllocators) {
+    if (std::strcmp(name, e) == 0) return kException;
+  }
+  for (const char* m : kMessageConstructors) {
+    if (IsConstructor(name, m)) return kMessage;
   }
   if (StartsWith(name, "mcx_")) return kMcx;  // the C API
   if (!StartsWith(name, "_Z")) return kOther;
@@ -86,7 +112,18 @@ Kind Classify(const char* name) {
   if (StartsWith(p, "3mcx")) {
     p += 4;
     if (StartsWith(p, "7testing") || StartsWith(p, "4test")) return kOther;
-    if (StartsWith(p, "11StatsReport")) return kContract;
+    // Calls whose result lives on the C++ heap by contract: the reports
+    // (std::string), SummarizeLiveChunks and the collecting InspectContext
+    // (std::vector), and the members of those results (their destructors);
+    // not InspectContext with a visitor, which allocates nothing.
+    for (const char* c : {"11StatsReport", "9DotReport", "16LiveChunksReport",
+                          "19SummarizeLiveChunks", "13ContextLayout", "16LiveChunkSummary"}) {
+      if (StartsWith(p, c)) return kContract;
+    }
+    if (std::strcmp(p, "14InspectContextEPKNS_7ContextE") == 0) return kContract;
+    // A callable cleanup's Run is the program's callable, which an
+    // optimizer inlines there: what it allocates, the program does.
+    if (StartsWith(p, "8internal15CallableCleanup")) return kOther;
     return kMcx;
   }
   return kOther;
@@ -178,6 +215,7 @@ const Range* Lookup(uintptr_t addr) {
 std::atomic<bool> armed{false};
 std::atomic<uint64_t> allowed_calls{0};
 std::atomic<uint64_t> exception_calls{0};
+std::atomic<uint64_t> message_calls{0};
 thread_local bool in_screen = false;
 
 struct Trace {
@@ -240,6 +278,9 @@ Verdict Screen(const char* fn, size_t size) {
     case kException:
       exception_calls.fetch_add(1, std::memory_order_relaxed);
       return kNull;
+    case kMessage:
+      message_calls.fetch_add(1, std::memory_order_relaxed);
+      return kAllow;
     default:
       allowed_calls.fetch_add(1, std::memory_order_relaxed);
       return kAllow;
@@ -257,7 +298,7 @@ bool Prepare() {
     return false;
   }
   dl_iterate_phdr(&AddObject, nullptr);
-  size_t total = 2;
+  size_t total = std::size(kExceptionAllocators) + std::size(kMessageConstructors);
   for (int i = 0; i < num_objects; ++i) total += objects[i].nsyms;
   void* mem = mmap(nullptr, total * sizeof(Range), PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -273,19 +314,21 @@ bool Prepare() {
       if (kind != kNeutral) AddRange(o.bias + s.st_value, s.st_size, name, kind);
     }
   }
-  // libstdc++'s exception allocators, when it is a shared library.
-  for (const char* name : {"__cxa_allocate_exception", "__cxa_allocate_dependent_exception"}) {
+  // libstdc++'s exception allocators and message constructors, when it is
+  // a shared library (its frames are otherwise passed over).
+  auto add_runtime = [](const char* name, Kind kind) {
     void* fn = dlsym(RTLD_DEFAULT, name);
     Dl_info info;
     void* entry = nullptr;
     if (fn != nullptr && dladdr1(fn, &info, &entry, RTLD_DL_SYMENT) != 0) {
       const auto* sym = static_cast<const ElfW(Sym)*>(entry);
-      if (
-sym != nullptr && sym->st_size > 0) {
-        AddRange(reinterpret_cast<uintptr_t>(info.dli_saddr), sym->st_size, name, kException);
+      if (sym != nullptr && sym->st_size > 0) {
+        AddRange(reinterpret_cast<uintptr_t>(info.dli_saddr), sym->st_size, name, kind);
       }
     }
-  }
+  };
+  for (const char* name : kExceptionAllocators) add_runtime(name, kException);
+  for (const char* name : kMessageConstructors) add_runtime(name, kMessage);
   std::sort(ranges, ranges + num_ranges,
             [](const Range& a, const Range& b) { return a.start < b.start; });
   size_t mcx = 0;
@@ -312,6 +355,7 @@ void Disarm() { armed.store(false); }
 bool Armed() { return armed.load(); }
 uint64_t AllowedCalls() { return allowed_calls.load(); }
 uint64_t ExceptionCalls() { return exception_calls.load(); }
+uint64_t MessageCalls() { return message_calls.load(); }
 
 }  // namespace no_system_alloc
 
@@ -372,6 +416,10 @@ void* pvalloc(size_t n) noexcept {
 }
 }  // extern "C"
 
+// In the harness's namespace, so that their frames are passed over when an
+// optimizer leaves them out of line: a frame of another namespace would
+// decide every operator new (as the test's own).
+namespace no_system_alloc {
 namespace {
 
 void* New(size_t n, const char* fn) {
@@ -394,6 +442,11 @@ void Delete(void* p) {
 }
 
 }  // namespace
+}  // namespace no_system_alloc
+
+using no_system_alloc::AlignedNew;
+using no_system_alloc::Delete;
+using no_system_alloc::New;
 
 void* operator new(size_t n) { return New(n, "operator new"); }
 void* operator new[](size_t n) { return New(n, "operator new[]"); }

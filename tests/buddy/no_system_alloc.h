@@ -10,15 +10,26 @@
 // absl:: code and of the harness are passed over; the first frame left
 // decides:
 //   - mcx code (namespace mcx, mcx_* C functions; not mcx::testing or
-//     mcx::test): abort, naming the frames. Except under mcx::StatsReport,
-//     whose contract is a std::string on the C++ heap (DumpStats is the
-//     report that allocates nothing).
+//     mcx::test): abort, naming the frames. Except under the calls whose
+//     contract is a result on the C++ heap: StatsReport, DotReport and
+//     LiveChunksReport (a std::string), SummarizeLiveChunks and the
+//     collecting InspectContext, and their results' own members (DumpStats
+//     is the report that allocates nothing; InspectContext with a visitor
+//     allocates nothing). A callable cleanup's Run (context/context.h)
+//     counts as the program's: its body is the program's callable.
 //   - __cxa_allocate_exception (a throw, from mcx's throwing calls or the
 //     test's): malloc returns nullptr, so libstdc++ takes the exception from
 //     its emergency pool, as a program without malloc would get it.
+//   - the constructors of std::logic_error and std::runtime_error, on which
+//     every standard exception with a message is built (std::invalid_argument,
+//     std::logic_error: mcx's throwing calls' misuse and bad arguments):
+//     libstdc++ copies the message with operator new, which is allowed as
+//     part of the exception and counted (MessageCalls). Without a heap at
+//     all, that copy would fail and the throw would become std::bad_alloc.
 //   - anything else (GoogleTest, the test's own containers, the conformance
 //     suite's counting source): allowed; the C++ heap is the test's.
-// So "nothing reaches it" means: no allocation made on behalf of mcx.
+// So "nothing reaches it" means: no allocation made on behalf of mcx but
+// the message of an exception it throws.
 //
 // Where it is off: AddressSanitizer and ThreadSanitizer own malloc (the
 // replacements are not compiled; Active() is false), and under Valgrind's
@@ -44,10 +55,12 @@ void Arm();
 void Disarm();
 bool Armed();
 
-// While armed: allocation calls attributed to the test (allowed), and
-// exception objects sent to libstdc++'s emergency pool.
+// While armed: allocation calls attributed to the test (allowed),
+// exception objects sent to libstdc++'s emergency pool, and copies of
+// exceptions' messages (allowed).
 uint64_t AllowedCalls();
 uint64_t ExceptionCalls();
+uint64_t MessageCalls();
 
 }  // namespace no_system_alloc
 

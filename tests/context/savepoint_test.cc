@@ -1,6 +1,7 @@
 // Savepoints (Context::Mark, RewindTo, DropMark; context/savepoint.cc and
 // the rewind in context.cc) on the pool kind, which supports them, and the
-// refusals of the kinds and options that do not. Each test checks what the
+// refusals of the kinds and options that do not (the freelist and shared
+// kinds, rewinding pools). Each test checks what the
 // rewind promises: the pre-mark chunks' contents, the counters and the
 // limits' charges as they were, the cleanups and children in teardown
 // order, stale marks refused through the failure path, and consistency
@@ -23,6 +24,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
+#include "mcx/shared/shared.h"
 #include "mcx/testing/patterns.h"
 #include "mcx/testing/test_block_sources.h"
 
@@ -352,6 +354,34 @@ TEST_F(SavepointTest, KindsAndOptionsThatCannotRewindRefuseClearly) {
   EXPECT_EQ(pool->mark_depth(), 0u);
   ExpectConsistent(pool);
   pool->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// The shared kind: threads bump in runs of their own at once, so there is
+// no one point to rewind to. Its table has no rewind; Mark is refused,
+// changing nothing, and the context goes on.
+TEST_F(SavepointTest, TheSharedKindRefusesMarks) {
+  ContextOptions o;
+  o.block_source = &source_;
+  Context* shared = Context::Create(nullptr, "scan", SharedKind(), o);
+  EXPECT_EQ(shared->kind()->rewind, nullptr);
+  EXPECT_EQ(shared->kind()->mark, nullptr);
+  std::memset(SharedAlloc(shared, 100), 0x5A, 100);
+  const Snapshot before = Take(shared, source_);
+  EXPECT_FALSE(shared->TryMark());
+  EXPECT_EQ(shared->last_failure(), Failure::kUnsupported);
+  try {
+    shared->Mark();
+    ADD_FAILURE() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'scan'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(Take(shared, source_), before);
+  EXPECT_EQ(shared->mark_depth(), 0u);
+  EXPECT_NE(SharedAlloc(shared, 100), nullptr);
+  ExpectConsistent(shared);
+  shared->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
