@@ -13,7 +13,8 @@
 //     with the checking header). Release builds keep nothing (a small pool
 //     chunk has no header at all): `recorded` is false, and so it is for a
 //     kind that keeps no sites (kind_api.h, VisitLiveChunks): the shared
-//     kind stores none with its chunks, so its contexts say "not recorded".
+//     kind stores none with its chunks in any build (they have no header),
+//     so its contexts say "not recorded".
 //   - A chunk is live from its allocation until it is freed (`Free`, also
 //     of a small pool chunk, which checking builds mark freed) or its
 //     context is reset or destroyed. `bytes` are the bytes requested (for an
@@ -21,8 +22,6 @@
 //     object, the object size).
 //   - mcx's own chunks (cleanup records and callable cleanups' storage,
 //     which the program never frees) form one group, `internal`.
-//   - The shared kind (shared.h) keeps no sites in any build (its chunks
-//     have no header, checking builds included): "not recorded".
 //   - Sites are grouped by file name and line; the groups come most bytes
 //     first, then most chunks, then by file name and line.
 //   - Cost: a walk of every chunk of the context, and a map of its sites.
