@@ -67,6 +67,22 @@ class PassedScope {
   PassedLimits saved_;
 };
 
+// Records the ledger's refusal of a block of `refused` for the front: what
+// is due (a context's soft limit, a budget's, or report requests), the
+// block's bytes, and the failure to restore. The refused call fails with
+// kLimit unless the front serves it.
+void RecordRefusal(const Context* refused, Context* due, Context* due_budget, size_t bytes,
+                   bool requests, Failure* last_failure) {
+  LedgerRefusal& r = ledger_refusal;
+  r.refused = refused;
+  r.due = due;
+  r.due_budget = due_budget;
+  r.bytes = bytes;
+  r.requests = requests;
+  r.saved_failure = *last_failure;
+  *last_failure = Failure::kLimit;
+}
+
 }  // namespace
 }  // namespace internal
 
@@ -92,14 +108,7 @@ bool Context::PressureDue(Context* first, size_t bytes) {
       loaded = true;
     }
     if (passed != nullptr && (passed == l || passed->IsAncestorOf(l))) continue;
-    internal::LedgerRefusal& r = internal::ledger_refusal;
-    r.refused = this;
-    r.due = l;
-    r.due_budget = nullptr;
-    r.bytes = bytes;
-    r.requests = false;
-    r.saved_failure = last_failure_;
-    last_failure_ = Failure::kLimit;
+    internal::RecordRefusal(this, l, nullptr, bytes, false, &last_failure_);
     return true;
   }
   return false;
@@ -121,14 +130,7 @@ bool Context::BudgetSoftLimitArmed(const Context* l) const {
 // Called by the ledger when `l`'s budget refused the charge of `bytes` for
 // its soft limit (nothing charged anywhere): records it for the front.
 void Context::RefuseForBudget(Context* l, size_t bytes) {
-  internal::LedgerRefusal& r = internal::ledger_refusal;
-  r.refused = this;
-  r.due = nullptr;
-  r.due_budget = l;
-  r.bytes = bytes;
-  r.requests = false;
-  r.saved_failure = last_failure_;
-  last_failure_ = Failure::kLimit;
+  internal::RecordRefusal(this, nullptr, l, bytes, false, &last_failure_);
 }
 
 // Context::RefuseForRequests
@@ -137,14 +139,7 @@ void Context::RefuseForBudget(Context* l, size_t bytes) {
 // process: refuses the block if one waits for this thread.
 bool Context::RefuseForRequests() {
   if (state_ == State::kCreating || !internal::ThisThreadHasRequests()) return false;
-  internal::LedgerRefusal& r = internal::ledger_refusal;
-  r.refused = this;
-  r.due = nullptr;
-  r.due_budget = nullptr;
-  r.bytes = 0;
-  r.requests = true;
-  r.saved_failure = last_failure_;
-  last_failure_ = Failure::kLimit;
+  internal::RecordRefusal(this, nullptr, nullptr, 0, true, &last_failure_);
   return true;
 }
 

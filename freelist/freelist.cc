@@ -42,7 +42,7 @@
 // through its header alone, and nothing the owner's fast paths touch must
 // be written by another thread, so a remote free can be one atomic push of
 // the chunk onto a list in the table, drained by the owner's slow paths
-// (AllocSlow, the sweep) into the class lists; the free bit then has to be
+// (the allocation slow path, the sweep) into the class lists; the free bit then has to be
 // set by the owner when it drains, not by the remote thread.
 
 #include "mcx/freelist/freelist.h"
@@ -743,8 +743,9 @@ ABSL_ATTRIBUTE_RETURNS_NONNULL void* CarveLive(FreelistState* st, size_t c, size
   return p;
 }
 
-// Everything AllocSlow leaves: no table yet while chunks wait for one, or a
-// run too short. Chunks freed before there was a table wait as orphans;
+// Everything FreelistAllocFast declines for a chunk of a class: no table yet
+// while chunks wait for one, a run too short, or other threads' frees to
+// take back first. Chunks freed before there was a table wait as orphans;
 // the table is made here, from the current run or from the run acquired
 // for this request anyway, so that a failed request acquires nothing and a
 // free never acquires a block. Otherwise a new run (NewRun).
@@ -793,19 +794,6 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
   }
   if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
   return CarveLive(st, c, size, PendingSite(ctx));
-}
-
-// AllocSlow
-//
-// An empty freelist: a new chunk from the current run. Cost note: about 25
-// instructions when the run has room, the common case.
-ABSL_ATTRIBUTE_NOINLINE void* AllocSlow(Context* ctx, FreelistState* st, size_t size, size_t c) {
-  if (ABSL_PREDICT_TRUE(Stride(c) <= Room(st)) &&
-      ABSL_PREDICT_TRUE(HasTable(st) || st->orphans == nullptr) &&
-      ABSL_PREDICT_TRUE(!st->remote.HasAny())) {
-    return CarveLive(st, c, size, PendingSite(ctx));
-  }
-  return AllocFromNewRun(ctx, st, size, c);
 }
 
 // --- Sweeps --------------------------------------------------------------------
@@ -1082,27 +1070,6 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   return payload;
 }
 
-// FreelistAlloc
-//
-// Cost note: a class lookup, a load of the table, a pop and one byte of
-// header rewritten: about 15 instructions, behind two well-predicted tests.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistState* st,
-                                                        size_t size, size_t alignment) {
-  if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment)) {
-    return AllocAlignedRedirect(ctx, size, alignment);
-  }
-  if (ABSL_PREDICT_FALSE(size > st->chunk_limit)) return AllocDedicated(ctx, st, size);
-  const size_t c = SizeClassOf(size);
-  FreeTable* t = st->table;
-  void* p = t->heads[c];
-  if (ABSL_PREDICT_FALSE(p == nullptr)) return AllocSlow(ctx, st, size, c);
-  t->heads[c] = NextFree(p);
-  ClearFreeBit(p);
-  st->live.Add(SizeClassBytes(c));
-  MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
-  return p;
-}
-
 // FreelistAllocFast
 //
 // FreelistAlloc for the tree's slow path (kind_api.h, AllocFast): the pop,
@@ -1129,6 +1096,21 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, Freeli
   st->live.Add(SizeClassBytes(c));
   MarkLive(p, size, Stride(c) - kHeaderBytes, PendingSite(ctx));
   return p;
+}
+
+// FreelistAlloc
+//
+// FreelistAllocFast, and where it declines, the paths that may acquire a
+// block: aligned chunks, dedicated chunks, a new run (after other threads'
+// frees are taken back).
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistState* st,
+                                                        size_t size, size_t alignment) {
+  if (void* p = FreelistAllocFast(ctx, st, size, alignment); ABSL_PREDICT_TRUE(p != nullptr)) {
+    return p;
+  }
+  if (alignment > kDefaultAlignment) return AllocAlignedRedirect(ctx, size, alignment);
+  if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
+  return AllocFromNewRun(ctx, st, size, SizeClassOf(size));
 }
 
 // --- Free ---------------------------------------------------------------------------
