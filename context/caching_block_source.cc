@@ -81,6 +81,10 @@ struct CachingBlockSource::ThreadCache {
   size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
   uint64_t hits = 0;
   uint64_t kept = 0;
+  // Acquisitions left before the next decay run (TickThreadCache). Not next to
+  // `kept`: there GCC pairs the two updates in one vector add, five
+  // instructions on the release fast path instead of one.
+  uint64_t decay_countdown = kThreadDecayTicks;
 };
 
 namespace {
@@ -181,64 +185,154 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // The thread's counts go with its blocks: from here on every block in
-    // the shared lists, and every block a thread cache takes from them, has
-    // its release counted in stats_, so taking one back out of `kept` below
-    // can never make stats_ go below zero.
-    stats_.hits += tc->hits;
-    stats_.thread_hits += tc->hits;
-    stats_.kept += tc->kept;
-    stats_.thread_kept += tc->kept;
-    tc->hits = tc->kept = 0;
+    SyncThreadCountsLocked(tc);
     TickLocked();
     for (int b = 0; b < kBuckets; ++b) {
-      if (tc->buckets[b] == nullptr) continue;
-      // A whole list that fits the shared cap moves with one splice (the
-      // walk only sums its bytes); otherwise block by block, up to the cap.
-      size_t bytes = 0, blocks = 0;
-      Node* last = nullptr;
-      for (Node* n = Claim(tc->buckets[b]); n != nullptr; n = Claim(n->next)) {
-        bytes += n->size;
-        ++blocks;
-        last = n;
-        // On top of older blocks, as new: the order of the list holds, and
-        // a block purged before it went to the thread is purged again (its
-        // pages were touched there, or cost nothing to drop twice).
-        n->kept_at = clock_;
-        n->purged = false;
-        n->decayed = false;
-      }
-      if (FitsShared(bytes)) {
-        last->next = buckets_[b];
-        buckets_[b] = tc->buckets[b];
-        tc->buckets[b] = nullptr;
-        tc->bytes -= bytes;
-        stats_.cached_bytes += bytes;
-        stats_.cached_blocks += blocks;
-        continue;
-      }
-      while (Node* n = Claim(tc->buckets[b])) {
-        tc->buckets[b] = n->next;
-        tc->bytes -= n->size;
-        if (FitsShared(n->size)) {
-          n->next = buckets_[b];
-          buckets_[b] = n;
-          stats_.cached_bytes += n->size;
-          ++stats_.cached_blocks;
-          continue;
-        }
-        if (reason == SpillReason::kFull) {
-          // The shared lists are full: the block goes upstream as it would
-          // have at its release had there been no thread cache, so its
-          // release was a return, not a keep. A trim leaves it counted.
-          --stats_.kept;
-          if (n->thread_kept) --stats_.thread_kept;
-          ++stats_.returned;
-          NoteTurnedAway(n->size);
-        }
-        n->next = release;
-        release = n;
-      }
+      Node* list = tc->buckets[b];
+      if (list == nullptr) continue;
+      tc->buckets[b] = nullptr;
+      size_t blocks;
+      ShareListLocked(tc, b, list, reason, /*decayed=*/false, &release, &blocks);
+    }
+  }
+  ReleaseUpstream(release);
+}
+
+void CachingBlockSource::SyncThreadCountsLocked(ThreadCache* tc) {
+  // The thread's counts go with its blocks: from here on every block in
+  // the shared lists, and every block a thread cache takes from them, has
+  // its release counted in stats_, so taking one back out of `kept` below
+  // can never make stats_ go below zero.
+  stats_.hits += tc->hits;
+  stats_.thread_hits += tc->hits;
+  stats_.kept += tc->kept;
+  stats_.thread_kept += tc->kept;
+  tc->hits = tc->kept = 0;
+}
+
+size_t CachingBlockSource::ShareListLocked(ThreadCache* tc, int b, Node* list, SpillReason reason,
+                                           bool decayed, Node** to_release, size_t* blocks_out) {
+  // A whole list that fits the shared cap moves with one splice (the walk
+  // only sums its bytes); otherwise block by block, up to the cap.
+  size_t bytes = 0, blocks = 0;
+  Node* last = nullptr;
+  // On top of older blocks, as new: the order of the list holds, and a
+  // block purged before it went to the thread is purged again (its pages
+  // were touched there, or cost nothing to drop twice). A decayed block
+  // was not touched since it came (a release clears `purged`), so one
+  // purged then stays so. Two loops: this one runs over a cache-full of
+  // blocks at every spill.
+  const uint64_t now = clock_;
+  if (decayed) {
+    for (Node* n = Claim(list); n != nullptr; n = Claim(n->next)) {
+      bytes += n->size;
+      ++blocks;
+      last = n;
+      n->kept_at = now;
+      n->decayed = false;
+    }
+  } else {
+    for (Node* n = Claim(list); n != nullptr; n = Claim(n->next)) {
+      bytes += n->size;
+      ++blocks;
+      last = n;
+      n->kept_at = now;
+      n->purged = false;
+      n->decayed = false;
+    }
+  }
+  tc->bytes -= bytes;
+  *blocks_out = blocks;
+  if (FitsShared(bytes)) {
+    last->next = buckets_[b];
+    buckets_[b] = list;
+    stats_.cached_bytes += bytes;
+    stats_.cached_blocks += blocks;
+    if (decayed) {
+      for (Node* n = list; n != last->next; n = n->next) PurgeKeptLocked(n);
+    }
+    return bytes;
+  }
+  while (Node* n = Claim(list)) {
+    list = n->next;
+    if (FitsShared(n->size)) {
+      n->next = buckets_[b];
+      buckets_[b] = n;
+      stats_.cached_bytes += n->size;
+      ++stats_.cached_blocks;
+      if (decayed) PurgeKeptLocked(n);
+      continue;
+    }
+    if (reason == SpillReason::kFull) {
+      // The shared lists are full: the block goes upstream as it would
+      // have at its release had there been no thread cache, so its
+      // release was a return, not a keep. A trim leaves it counted.
+      --stats_.kept;
+      if (n->thread_kept) --stats_.thread_kept;
+      ++stats_.returned;
+      NoteTurnedAway(n->size);
+    }
+    n->next = *to_release;
+    *to_release = n;
+  }
+  return bytes;
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::TickThreadCache(ThreadCache* tc) {
+  if (ABSL_PREDICT_FALSE(--tc->decay_countdown == 0)) DecayThreadCache(tc);
+}
+
+// CachingBlockSource::DecayThreadCache
+//
+// jemalloc's thread-cache GC at block granularity, run by the owning thread
+// every kThreadDecayTicks of its acquisitions: the thread's demand, so a
+// block that none of them took was not needed (a burst of releases, as a
+// large tree's destroy, ages nothing; the acquisitions that follow take the
+// blocks back). A thread cache's lists are stacks (the fast paths push and
+// pop the head; a probe or a refill keeps the order of what it leaves),
+// and a release clears its block's `decayed` flag, so the blocks this run
+// finds flagged were all there, unused, at the previous run: a tail of
+// each list. The walk flags the blocks pushed since
+// (each block is flagged once per stay) and stops at the first flagged one,
+// so a run costs the bucket heads and the young blocks, and takes the lock
+// only when there is a tail to move. A block a loop cycles is pushed again
+// before every run and never leaves.
+//
+// The tails go to the shared lists with their pages purged at once, not to
+// wait for the shared decay: they have sat through a decay period already,
+// and the shared clock counts only operations on the shared lists, which a
+// thread that works in its own cache hardly makes (they would wait for
+// other threads' traffic). Kept there, any thread reuses them without a
+// system call; the shared decay later unlearns them as it does any block.
+ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* tc) {
+  tc->decay_countdown = kThreadDecayTicks;
+  Node* stale[kBuckets];
+  bool any = false;
+  for (int b = 0; b < kBuckets; ++b) {
+    Node** link = &tc->buckets[b];
+    Node* n;
+    while ((n = Claim(*link)) != nullptr && !n->decayed) {
+      n->decayed = true;
+      link = &n->next;
+    }
+    stale[b] = n;
+    if (n != nullptr) {
+      *link = nullptr;
+      any = true;
+    }
+  }
+  if (!any) return;
+  Node* release = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SyncThreadCountsLocked(tc);
+    TickLocked();
+    for (int b = 0; b < kBuckets; ++b) {
+      if (stale[b] == nullptr) continue;
+      size_t blocks;
+      stats_.thread_decayed_bytes += ShareListLocked(tc, b, stale[b], SpillReason::kFull,
+                                                     /*decayed=*/true, &release, &blocks);
+      stats_.thread_decayed_blocks += blocks;
     }
   }
   ReleaseUpstream(release);
@@ -247,6 +341,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
 void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
   SpillThreadCache(tc, reason);  // its counts go with its blocks
   tc->owner = nullptr;           // the slot is the thread's own: no lock
+  tc->decay_countdown = kThreadDecayTicks;  // the next owner starts afresh
 }
 
 CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
@@ -271,11 +366,21 @@ Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
                           (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0)) {
       *head = n->next;
       if (n->next != nullptr) __builtin_prefetch(n->next);
+      // The decay clock ticks once the block is out of the lists.
+      if (ABSL_PREDICT_FALSE(--tc->decay_countdown == 0)) return DecayThenTake(n);
       return TakeFromThreadCache(tc, n);
     }
   }
   if (min_size < sizeof(Node)) min_size = sizeof(Node);
   return AcquireSlow(OwnThreadCache(), min_size, alignment);
+}
+
+// For the acquisition fast path, which ticks the thread's first slot: with
+// one argument, the fast path moves no register to pass more.
+ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::DecayThenTake(Node* n) {
+  ThreadCache* tc = &this_thread_caches->slots[0];
+  tc->owner->DecayThreadCache(tc);
+  return TakeFromThreadCache(tc, n);
 }
 
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block CachingBlockSource::TakeFromThreadCache(ThreadCache* tc,
@@ -286,7 +391,15 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block CachingBlockSource::TakeFromThreadCach
   return Block{n, n->size};
 }
 
-Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment) {
+ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size,
+                                                        size_t alignment) {
+  Block block = AcquireBeyondHead(tc, min_size, alignment);
+  // After the acquisition, as on the fast path: a refill's blocks are young.
+  if (tc != nullptr) TickThreadCache(tc);
+  return block;
+}
+
+Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, size_t alignment) {
   if (tc != nullptr) {
     if (Node* n = TakeFit(tc->buckets, kBuckets, min_size, alignment)) {
       return TakeFromThreadCache(tc, n);
@@ -320,6 +433,7 @@ Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size, size_t a
           bytes += m->size;
           ++blocks;
           last = m;
+          m->decayed = false;  // new to the thread cache's decay
         }
         if (last != nullptr) {
           buckets_[b] = last->next;

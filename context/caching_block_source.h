@@ -32,9 +32,17 @@
 //     part of what the program reuses; its pages go back through upstream's
 //     `Purge` (all but the cache's node), once, and it stays kept, to be
 //     reused without a system call to get it (each page it touches again
-//     costs a fault). Blocks in thread caches (a few MiB each) do not decay.
-//     The clock is the cache's own use, not time: no thread, no timer, and
-//     a program that stops using the cache keeps what it had then.
+//     costs a fault). The clock is the cache's own use, not time: no
+//     thread, no timer, and a program that stops using the cache keeps what
+//     it had then.
+//   - Thread caches decay too, on their own thread's clock: a block that
+//     stays in a thread cache while its thread takes between
+//     kThreadDecayTicks and twice as many other blocks goes to the shared
+//     lists (in a batch, under the lock) with its pages purged, and stays
+//     kept there. A block the thread takes again within that time stays. A
+//     thread that stops acquiring blocks keeps its thread cache (at most
+//     thread_cache_bytes) until it exits or calls Trim: other threads
+//     cannot take it without a lock on its fast path.
 //   - Large blocks (above the largest block a kind grows to by default,
 //     about 1 MiB: one large chunk each) skip the thread caches, and are
 //     kept without their pages (upstream's Purge at once) until a block of
@@ -106,6 +114,11 @@ class CachingBlockSource final : public BlockSource {
     // Retention above max_cached_bytes that reuse earned (at most
     // max_learned_bytes): the shared lists' cap is the sum of the two.
     size_t learned_bytes = 0;
+    // Thread caches' decay: blocks that sat unused in a thread cache and
+    // went to the shared lists (or upstream, beyond the shared cap), and
+    // their bytes.
+    uint64_t thread_decayed_blocks = 0;
+    size_t thread_decayed_bytes = 0;
   };
 
   // Acquisitions and releases on the shared lists that a kept block must
@@ -114,6 +127,14 @@ class CachingBlockSource final : public BlockSource {
   // within a few operations), short enough that blocks a long-lived
   // context gave back stop being resident while the program goes on.
   static constexpr uint64_t kDecayOperations = 4096;
+  // A thread cache's decay clock ticks at each acquisition its thread
+  // makes (its demand: a block none of them took was not needed), not at
+  // its releases (that would cost both fast paths): a thread in steady
+  // state takes as many blocks as it releases, so this many acquisitions
+  // stand for about kDecayOperations operations. A decay run every
+  // kThreadDecayTicks acquisitions moves out the blocks that sat unused
+  // through the whole period since the previous run.
+  static constexpr uint64_t kThreadDecayTicks = kDecayOperations / 2;
 
   CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
                      size_t thread_cache_bytes = 0, size_t max_learned_bytes = 0);
@@ -141,7 +162,8 @@ class CachingBlockSource final : public BlockSource {
   size_t max_learned_bytes() const;
   size_t thread_cache_bytes() const { return thread_cache_bytes_; }
   // Returns every kept block upstream: the shared lists' and the calling
-  // thread's own.
+  // thread's own (other threads' caches stay theirs: each thread's goes at
+  // its exit, at its own Trim, or to its decay while it works).
   void Trim();
   Stats GetStats() const;
 
@@ -158,7 +180,9 @@ class CachingBlockSource final : public BlockSource {
     bool thread_kept;
     bool purged;   // its pages went to upstream's Purge (decay, or a large block's keep)
     // Decay has seen it old (in each shared list the decayed blocks are a
-    // tail: a decay run stops at the first).
+    // tail: a decay run stops at the first). In a thread cache: a decay run
+    // of the thread has seen it (a release clears it; those seen are a
+    // tail of each list too, and still there at the next run, unused).
     bool decayed;
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
@@ -175,17 +199,32 @@ class CachingBlockSource final : public BlockSource {
   // nullptr without thread caches or when the thread's slots are taken.
   ThreadCache* OwnThreadCache() const;
   ThreadCache* OwnThreadCacheSlow() const;
-  Block TakeFromThreadCache(ThreadCache* tc, Node* n);
+  static Block TakeFromThreadCache(ThreadCache* tc, Node* n);
   void KeepInThreadCache(ThreadCache* tc, Block block);
   void ReleaseSlow(Block block);
   // Everything but a thread-cache hit at the head of its list.
   Block AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment);
+  Block AcquireBeyondHead(ThreadCache* tc, size_t min_size, size_t alignment);
   // Why a thread cache's blocks leave it: kFull when the cache or its thread
   // is done with them (blocks beyond the shared cap are returned, and
   // counted so), kTrim when the caller asked (they stay counted as kept).
   enum class SpillReason { kFull, kTrim };
   void FlushThreadCache(ThreadCache* tc, SpillReason reason);
   void SpillThreadCache(ThreadCache* tc, SpillReason reason);
+  // Moves a list of bucket `b`'s blocks, taken out of thread cache `tc`, to
+  // the shared lists; those beyond the cap go onto `to_release` (mu_ held).
+  // `decayed`: the blocks sat unused through the thread's decay period,
+  // and are kept with their pages purged. Returns the list's bytes, and
+  // its blocks in `*blocks`.
+  size_t ShareListLocked(ThreadCache* tc, int b, Node* list, SpillReason reason, bool decayed,
+                         Node** to_release, size_t* blocks);
+  // Moves a thread cache's counts to stats_ (mu_ held).
+  void SyncThreadCountsLocked(ThreadCache* tc);
+  // One tick of the thread cache's decay clock (an acquisition); a run
+  // every kThreadDecayTicks. Inline: a decrement and a branch.
+  void TickThreadCache(ThreadCache* tc);
+  void DecayThreadCache(ThreadCache* tc);
+  static Block DecayThenTake(Node* n);
   // Release to the shared lists (or upstream, beyond the cap).
   void ReleaseShared(Block block);
   void TrimLocked(size_t target, Node** to_release);
