@@ -3,8 +3,10 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -661,6 +663,133 @@ TEST(CachingBlockSourceTest, LargeBlocksAreKeptColdUntilTheirSizeIsReused) {
   shared.Release(b);
   EXPECT_EQ(upstream.purges(), purges + 2) << "cold again: kept without its pages";
   EXPECT_EQ(upstream.bad_purges(), 0);
+}
+
+// Thread caches decay on their thread's own clock, its acquisitions: blocks
+// of one size left in a thread cache while the thread works on another size
+// go to the shared lists, purged, once the thread has taken between
+// kThreadDecayTicks and twice as many blocks without them; the block the
+// thread cycles never leaves. Counted exactly: the thread cache's clock
+// starts at its first acquisition, and a run comes every kThreadDecayTicks.
+TEST(CachingBlockSourceTest, ThreadCacheBlocksLeftUnusedDecay) {
+  constexpr int kIdle = 4;
+  constexpr size_t kIdleBytes = size_t{16} << 10;
+  constexpr size_t kBusyBytes = size_t{8} << 10;
+  constexpr uint64_t kTicks = CachingBlockSource::kThreadDecayTicks;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
+  std::thread t([&] {
+    std::vector<Block> idle;
+    for (int i = 0; i < kIdle; ++i) idle.push_back(cache.Acquire(kIdleBytes, kMinBlockAlignment));
+    for (Block b : idle) cache.Release(b);
+    uint64_t acquisitions = kIdle;
+    auto busy = [&](uint64_t until) {
+      for (; acquisitions < until; ++acquisitions) {
+        cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
+      }
+    };
+    // The first run (at kTicks) marks the idle blocks; the second takes
+    // them, not one acquisition sooner.
+    busy(2 * kTicks - 1);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, 0u);
+    EXPECT_EQ(s.thread_cached_bytes, kIdle * kIdleBytes + kBusyBytes);
+    EXPECT_EQ(upstream.purges(), 0);
+    busy(2 * kTicks);
+    s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kIdle));
+    EXPECT_EQ(s.thread_decayed_bytes, kIdle * kIdleBytes);
+    EXPECT_EQ(s.thread_cached_bytes, kBusyBytes);
+    // In the shared lists, kept, with their pages gone through Purge once.
+    EXPECT_EQ(s.cached_blocks, static_cast<size_t>(kIdle) + 1);
+    EXPECT_EQ(s.cached_bytes, kIdle * kIdleBytes + kBusyBytes);
+    EXPECT_EQ(s.purged_blocks, static_cast<uint64_t>(kIdle));
+    EXPECT_EQ(upstream.purges(), kIdle);
+    EXPECT_EQ(upstream.bad_purges(), 0);
+    // The busy block stays through many more runs, and nothing more moves.
+    busy(12 * kTicks);
+    s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kIdle));
+    EXPECT_EQ(s.thread_cached_bytes, kBusyBytes);
+    EXPECT_EQ(upstream.purges(), kIdle);
+    EXPECT_EQ(upstream.acquires(), kIdle + 1) << "the busy block came from upstream once";
+    EXPECT_EQ(upstream.releases(), 0);
+    // The decayed blocks are still kept: taking them back costs no call.
+    for (int i = 0; i < kIdle; ++i) idle[i] = cache.Acquire(kIdleBytes, kMinBlockAlignment);
+    EXPECT_EQ(upstream.acquires(), kIdle + 1);
+    for (Block b : idle) cache.Release(b);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
+// The clock is the thread's acquisitions, not its releases: bursts larger
+// than the decay period (a large tree built, then destroyed, W4's shape)
+// age nothing, since the thread cache (1,024 of these blocks) is taken
+// whole by each build, and the blocks cycle through it and the shared
+// lists with no decay and no upstream call, round after round.
+TEST(CachingBlockSourceTest, ThreadCacheBlocksCycledInBurstsNeverDecay) {
+  constexpr size_t kBlocks = 3 * CachingBlockSource::kThreadDecayTicks;
+  constexpr size_t kBlockBytes = size_t{8} << 10;
+  constexpr size_t kThreadCacheBytes = size_t{8} << 20;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{64} << 20, kThreadCacheBytes);
+  std::thread t([&] {
+    std::vector<Block> blocks(kBlocks);
+    for (int round = 0; round < 6; ++round) {
+      for (Block& b : blocks) b = cache.Acquire(kBlockBytes, kMinBlockAlignment);
+      for (Block b : blocks) cache.Release(b);
+    }
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, 0u);
+    EXPECT_EQ(s.cached_bytes, kBlocks * kBlockBytes);
+    EXPECT_LE(s.thread_cached_bytes, kThreadCacheBytes);
+    EXPECT_EQ(upstream.acquires(), static_cast<int64_t>(kBlocks));
+    EXPECT_EQ(upstream.releases(), 0);
+    EXPECT_EQ(upstream.purges(), 0);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Trim returns the calling thread's cache and the shared lists; another
+// thread's cache stays its own until that thread exits (or trims, or its
+// decay moves the blocks out).
+TEST(CachingBlockSourceTest, TrimLeavesOtherThreadsCaches) {
+  constexpr size_t kBlockBytes = size_t{8} << 10;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
+  std::mutex mu;
+  std::condition_variable cv;
+  int step = 0;
+  std::thread t([&] {
+    cache.Release(cache.Acquire(kBlockBytes, kMinBlockAlignment));
+    std::unique_lock<std::mutex> lock(mu);
+    step = 1;
+    cv.notify_all();
+    cv.wait(lock, [&] { return step == 2; });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return step == 1; });
+  }
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 1) << "the other thread's cache keeps its block";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    step = 2;
+  }
+  cv.notify_all();
+  t.join();
+  EXPECT_EQ(cache.GetStats().cached_blocks, 1u) << "its exit moved it to the shared lists";
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
 }  // namespace
