@@ -81,6 +81,10 @@ struct CachingBlockSource::ThreadCache {
   size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
   uint64_t hits = 0;
   uint64_t kept = 0;
+  // Per list, where the previous decay run left the low water mark: the
+  // first block it found flagged, or the head it flagged (DecayThreadCache).
+  // Compared, never followed.
+  Node* decay_marks[kBuckets] = {};
   // Acquisitions left before the next decay run (TickThreadCache). Not next to
   // `kept`: there GCC pairs the two updates in one vector add, five
   // instructions on the release fast path instead of one.
@@ -292,11 +296,18 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::TickThreadCache(Thr
 // pop the head; a probe or a refill keeps the order of what it leaves),
 // and a release clears its block's `decayed` flag, so the blocks this run
 // finds flagged were all there, unused, at the previous run: a tail of
-// each list. The walk flags the blocks pushed since
-// (each block is flagged once per stay) and stops at the first flagged one,
-// so a run costs the bucket heads and the young blocks, and takes the lock
-// only when there is a tail to move. A block a loop cycles is pushed again
+// each list, below the lowest point the thread reached in it since
+// (jemalloc's low water mark). The walk flags the blocks pushed since (each
+// block is flagged once per stay) and stops at the first flagged one, so a
+// run costs the bucket heads and the young blocks, and takes the lock only
+// when there is a tail to move. A block a loop cycles is pushed again
 // before every run and never leaves.
+//
+// The tail moves only when the low water mark stayed where the previous run
+// left it (the same first flagged block, or the head then): a thread that
+// is draining a list deeper than a period's acquisitions (a tree of more
+// than kThreadDecayTicks contexts built from its own cache) moves the mark
+// at every run, and its blocks stay until it stops.
 //
 // The tails go to the shared lists with their pages purged at once, not to
 // wait for the shared decay: they have sat through a decay period already,
@@ -315,11 +326,14 @@ ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* t
       n->decayed = true;
       link = &n->next;
     }
-    stale[b] = n;
-    if (n != nullptr) {
+    stale[b] = nullptr;
+    if (n != nullptr && n == tc->decay_marks[b]) {
+      stale[b] = n;
       *link = nullptr;
       any = true;
+      n = nullptr;
     }
+    tc->decay_marks[b] = n != nullptr ? n : tc->buckets[b];
   }
   if (!any) return;
   Node* release = nullptr;

@@ -757,6 +757,74 @@ TEST(CachingBlockSourceTest, ThreadCacheBlocksCycledInBurstsNeverDecay) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// A thread that keeps more blocks of the size it uses than it needs (a
+// spike's, released together) keeps only what its loop reaches: the rest,
+// below the lowest point the loop took in a whole period, decays at the
+// second run, exactly.
+TEST(CachingBlockSourceTest, ThreadCacheKeepsWhatItsLoopReaches) {
+  constexpr int kSpike = 100;
+  constexpr size_t kBlockBytes = size_t{8} << 10;
+  constexpr uint64_t kTicks = CachingBlockSource::kThreadDecayTicks;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
+  std::thread t([&] {
+    std::vector<Block> spike;
+    for (int i = 0; i < kSpike; ++i) spike.push_back(cache.Acquire(kBlockBytes, kMinBlockAlignment));
+    for (Block b : spike) cache.Release(b);
+    uint64_t acquisitions = kSpike;
+    auto loop = [&](uint64_t until) {
+      for (; acquisitions < until; ++acquisitions) {
+        cache.Release(cache.Acquire(kBlockBytes, kMinBlockAlignment));
+      }
+    };
+    loop(2 * kTicks - 1);
+    EXPECT_EQ(cache.GetStats().thread_decayed_blocks, 0u);
+    loop(2 * kTicks);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kSpike - 1));
+    EXPECT_EQ(s.thread_cached_bytes, kBlockBytes);
+    EXPECT_EQ(upstream.purges(), kSpike - 1);
+    loop(10 * kTicks);
+    s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kSpike - 1));
+    EXPECT_EQ(s.thread_cached_bytes, kBlockBytes);
+    EXPECT_EQ(upstream.acquires(), kSpike);
+    EXPECT_EQ(upstream.releases(), 0);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// A thread cache deeper than a period's acquisitions (6,144 blocks of 1 KiB
+// in an 8 MiB thread cache), drained and refilled whole each round: the
+// low water mark moves at every run, so nothing decays and no upstream
+// call happens after the first round.
+TEST(CachingBlockSourceTest, ThreadCacheDrainedDeeperThanAPeriodDoesNotDecay) {
+  constexpr size_t kBlocks = 3 * CachingBlockSource::kThreadDecayTicks;
+  constexpr size_t kBlockBytes = size_t{1} << 10;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{64} << 20, size_t{8} << 20);
+  std::thread t([&] {
+    std::vector<Block> blocks(kBlocks);
+    for (int round = 0; round < 6; ++round) {
+      for (Block& b : blocks) b = cache.Acquire(kBlockBytes, kMinBlockAlignment);
+      for (Block b : blocks) cache.Release(b);
+    }
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, 0u);
+    EXPECT_EQ(s.thread_cached_bytes, kBlocks * kBlockBytes);
+    EXPECT_EQ(upstream.acquires(), static_cast<int64_t>(kBlocks));
+    EXPECT_EQ(upstream.releases(), 0);
+    EXPECT_EQ(upstream.purges(), 0);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
 // Trim returns the calling thread's cache and the shared lists; another
 // thread's cache stays its own until that thread exits (or trims, or its
 // decay moves the blocks out).
