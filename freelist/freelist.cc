@@ -516,8 +516,10 @@ void Refile(FreelistState* st, BlockHeader* b) {
 // reset or destroy: its pages go back first (those a sweep did not purge
 // already), so that it does not stay resident in a block cache, which
 // keeps what it is given until it decays. Reset and destroy release their
-// blocks warm: short-lived work reuses them at once.
-void TrimSpares(Context* ctx, FreelistState* st) {
+// blocks warm: short-lived work reuses them at once; so does the sweep of a
+// context that empties (SweepEmpty), which may be refilled at once as
+// well (`warm`).
+void TrimSpares(Context* ctx, FreelistState* st, bool warm) {
   size_t spare = 0;
   ForEachOn(st, OnList::kSpare, [&](BlockHeader* b) { spare += b->link.size; });
   const size_t in_use = ctx->bytes_in_blocks() - spare;
@@ -529,7 +531,7 @@ void TrimSpares(Context* ctx, FreelistState* st) {
     const UnitDesc* d = Descs(b);
     bool purged = true;
     for (size_t i = 0; i < b->units; ++i) purged &= (d[i].flags & kUnitPurged) != 0;
-    if (!purged && b->units != 0) {
+    if (!purged && !warm && b->units != 0) {
       char* from = UnitStart(b, 0);
       PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, b->units - 1) - from));
     }
@@ -547,9 +549,13 @@ void RetireRun(FreelistState* st, Run r) {
     CarveRemainder(st, &r);
     return;
   }
+  // An exhausted run has nothing to give back; its end may lie inside the
+  // block's last unit, which is shorter than the others, so UnitIndex of
+  // the end would name that unit, which a sweep may since have given back
+  // and a new run taken.
   size_t u = UnitIndex(b, r.ptr);
   const size_t last = UnitIndex(b, r.end - 1);
-  if (u <= last) {
+  if (r.ptr < r.end && u <= last) {
     const UnitDesc& d = Descs(b)[u];
     if (d.starts != 0 || (d.flags & kStraddledInto) != 0) {
       Run tail{b, r.ptr, UnitEnd(b, u)};
@@ -622,7 +628,13 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   return b;
 }
 
-void Sweep(Context* ctx, FreelistState* st, bool release_blocks);
+// What a sweep does with the memory it frees: keeps it for the growth
+// that called it, or gives back spare blocks and purges free units (a
+// sweep run by frees), or gives back spare blocks warm and purges nothing
+// (the context emptied: SweepEmpty).
+enum class SweepRelease { kKeep, kPurged, kWarm };
+void Sweep(Context* ctx, FreelistState* st, SweepRelease release);
+void SweepEmpty(Context* ctx, FreelistState* st);
 
 // Whether enough was freed since the last sweep to sweep before growing:
 // an eighth of a scheduled interval (a new block costs more than a sweep).
@@ -642,7 +654,7 @@ bool NewRun(Context* ctx, FreelistState* st, size_t stride) {
   Run r;
   bool found = FindRun(st, need, &r);
   if (!found && WorthSweepingBeforeGrowth(st)) {
-    Sweep(ctx, st, /*release_blocks=*/false);
+    Sweep(ctx, st, SweepRelease::kKeep);
     found = FindRun(st, need, &r);
   }
   if (!found) {
@@ -1010,10 +1022,10 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
 // Counts the free chunks of each unit (a walk of the freelists), gives back
 // the units whose chunks are all free (MarkReleasable), refiles the lists
 // without their chunks, releases spare blocks beyond the budget and purges
-// free units (PurgeFreeUnits) if `release_blocks`, and schedules the next
+// free units (PurgeFreeUnits) as `release` says, and schedules the next
 // sweep. Cost: the freelists' length, plus the units of the blocks holding
 // free chunks.
-void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
+void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   FreeTable* t = st->table;
   uint64_t walked = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
@@ -1043,10 +1055,8 @@ void Sweep(Context* ctx, FreelistState* st, bool release_blocks) {
   ForEachOn(st, OnList::kFull, finish);
   Descs(st->first)->sweep_free = 0;
   st->first->touched_units = 0;
-  if (release_blocks) {
-    TrimSpares(ctx, st);
-    PurgeFreeUnits(ctx, st);
-  }
+  if (release != SweepRelease::kKeep) TrimSpares(ctx, st, release == SweepRelease::kWarm);
+  if (release == SweepRelease::kPurged) PurgeFreeUnits(ctx, st);
   Schedule(st, walked, released);
 }
 
@@ -1156,6 +1166,7 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   st->live.Remove(static_cast<size_t>(b->end - static_cast<char*>(p)));
   st->dedicated.Remove(&b->link);
   ReleaseDedicatedBlock(ctx, &b->link);
+  if (st->live.Empty()) SweepEmpty(ctx, st);
 }
 
 void FreelistFree(Context* ctx, FreelistState* st, void* p);
@@ -1185,11 +1196,24 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
     return;
   }
   PushFree(st->table, p, h);
-  Sweep(ctx, st, /*release_blocks=*/true);
+  Sweep(ctx, st, SweepRelease::kPurged);
+}
+
+// The free that leaves no chunk live: a sweep, if blocks beyond the first
+// hold units, gives them back now rather than after the countdown, which
+// may not end for as long as the context lives (an engine that frees all
+// its data at a close and then idles). The blocks go back warm: a context
+// that empties and refills over and over (W7's buffers) takes them back
+// from the block cache at once, and one that stays empty leaves them to
+// the cache's decay, which purges them. Such a context sweeps once per
+// cycle, at the cost of walking what the cycle freed.
+ABSL_ATTRIBUTE_NOINLINE void SweepEmpty(Context* ctx, FreelistState* st) {
+  if (!HasTable(st) || (st->partial == nullptr && st->full == nullptr)) return;
+  Sweep(ctx, st, SweepRelease::kWarm);
 }
 
 // Files a verified chunk of a block (header `h`, not free) as the owner's
-// free: the countdown, then the push.
+// free: the countdown, the push, and the sweep when the context empties.
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* st, void* p,
                                                   uint64_t h) {
   const size_t bytes = SizeClassBytes(ChunkHeaderValue(h));
@@ -1200,6 +1224,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* s
   }
   if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, st, p, h);
   PushFree(st->table, p, h);
+  if (ABSL_PREDICT_FALSE(st->live.Empty())) SweepEmpty(ctx, st);
 }
 
 // A free from a thread other than the owner (remote_free.h): the chunk is
@@ -1262,7 +1287,8 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   }
   if (freed == 0) return;
   st->live.Remove(freed_bytes);
-  if ((st->sweep_countdown -= freed) <= 0) Sweep(ctx, st, /*release_blocks=*/true);
+  if ((st->sweep_countdown -= freed) <= 0) return Sweep(ctx, st, SweepRelease::kPurged);
+  if (st->live.Empty()) SweepEmpty(ctx, st);
 }
 
 // FreelistFree
@@ -1590,7 +1616,11 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
         continue;
       }
       if (d.starts == 0) continue;
-      char* limit = carving && UnitIndex(b, st->bump_ptr) == i ? st->bump_ptr : UnitsEnd(b);
+      // Chunks of the unit being carved end at the bump pointer; an
+      // exhausted run's pointer may be the next unit's start.
+      char* limit = carving && st->bump_ptr < st->bump_end && UnitIndex(b, st->bump_ptr) == i
+                        ? st->bump_ptr
+                        : UnitsEnd(b);
       if (d.first >= kUnitBytes ||
           !WalkChunks(&d, UnitStart(b, i) + d.first, limit, visit)) {
         fail("a chunk of unit %d of block %p has a corrupt header",
@@ -1675,7 +1705,11 @@ void FreelistVisitLiveChunks(const Context* ctx, const FreelistState* st,
     for (size_t i = 0; i < b->units && i < kMaxBlockUnits; ++i) {
       const UnitDesc& d = Descs(b)[i];
       if (((b->free_units >> i) & 1) != 0 || d.starts == 0 || d.first >= kUnitBytes) continue;
-      char* limit = carving && UnitIndex(b, st->bump_ptr) == i ? st->bump_ptr : UnitsEnd(b);
+      // Chunks of the unit being carved end at the bump pointer; an
+      // exhausted run's pointer may be the next unit's start.
+      char* limit = carving && st->bump_ptr < st->bump_end && UnitIndex(b, st->bump_ptr) == i
+                        ? st->bump_ptr
+                        : UnitsEnd(b);
       WalkChunks(&d, UnitStart(b, i) + d.first, limit, visit);
     }
   });
