@@ -39,7 +39,9 @@
 //     stays in a thread cache while its thread takes between
 //     kThreadDecayTicks and twice as many other blocks goes to the shared
 //     lists (in a batch, under the lock) with its pages purged, and stays
-//     kept there. A block the thread takes again within that time stays. A
+//     kept there. A block the thread takes again within that time stays,
+//     and so does a list the thread is still working its way down (one
+//     deeper than a period's acquisitions). Releases do not age blocks. A
 //     thread that stops acquiring blocks keeps its thread cache (at most
 //     thread_cache_bytes) until it exits or calls Trim: other threads
 //     cannot take it without a lock on its fast path.
