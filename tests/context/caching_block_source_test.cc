@@ -825,40 +825,52 @@ TEST(CachingBlockSourceTest, ThreadCacheDrainedDeeperThanAPeriodDoesNotDecay) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
-// Trim returns the calling thread's cache and the shared lists; another
-// thread's cache stays its own until that thread exits (or trims, or its
-// decay moves the blocks out).
-TEST(CachingBlockSourceTest, TrimLeavesOtherThreadsCaches) {
-  constexpr size_t kBlockBytes = size_t{8} << 10;
+// Trim returns the calling thread's cache and the shared lists, never
+// another thread's cache: a block idle there stays until that thread's own
+// decay moves it to the shared lists, where the next Trim reaches it.
+TEST(CachingBlockSourceTest, TrimReachesAnotherThreadsIdleBlocksOnlyAfterTheyDecay) {
+  constexpr size_t kIdleBytes = size_t{16} << 10;
+  constexpr size_t kBusyBytes = size_t{8} << 10;
   ExactBlockSource exact;
   CountingBlockSource upstream(&exact);
   CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
   std::mutex mu;
   std::condition_variable cv;
   int step = 0;
-  std::thread t([&] {
-    cache.Release(cache.Acquire(kBlockBytes, kMinBlockAlignment));
-    std::unique_lock<std::mutex> lock(mu);
-    step = 1;
+  auto advance_to = [&](int next) {
+    std::lock_guard<std::mutex> lock(mu);
+    step = next;
     cv.notify_all();
-    cv.wait(lock, [&] { return step == 2; });
-  });
-  {
+  };
+  auto wait_for = [&](int want) {
     std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return step == 1; });
-  }
+    cv.wait(lock, [&] { return step == want; });
+  };
+  std::thread t([&] {
+    cache.Release(cache.Acquire(kIdleBytes, kMinBlockAlignment));
+    advance_to(1);
+    wait_for(2);
+    // Work on another size for two decay periods: the idle block leaves.
+    for (uint64_t i = 1; i < 2 * CachingBlockSource::kThreadDecayTicks; ++i) {
+      cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
+    }
+    advance_to(3);
+    wait_for(4);
+  });
+  wait_for(1);
   cache.Trim();
   EXPECT_EQ(upstream.live_blocks(), 1) << "the other thread's cache keeps its block";
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    step = 2;
-  }
-  cv.notify_all();
+  advance_to(2);
+  wait_for(3);
+  EXPECT_EQ(upstream.live_blocks(), 2);
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 1) << "decayed to the shared lists, trimmed from there";
+  EXPECT_EQ(upstream.live_bytes(), kBusyBytes);
+  advance_to(4);
   t.join();
-  EXPECT_EQ(cache.GetStats().cached_blocks, 1u) << "its exit moved it to the shared lists";
   cache.Trim();
   EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
 }
-
 }  // namespace
 }  // namespace mcx
