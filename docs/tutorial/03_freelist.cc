@@ -7,6 +7,8 @@
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
 
+#include <vector>
+
 int main() {
   // [START classes]
   mcx::Context* cache = mcx::Context::Create(nullptr, "cache", mcx::FreelistKind());
@@ -34,5 +36,16 @@ int main() {
   CHECK(cache->num_blocks() == blocks);
   cache->Destroy();
   // [END dedicated]
+
+  // [START follows]
+  mcx::Context* heap = mcx::Context::Create(nullptr, "heap", mcx::FreelistKind());
+  std::vector<void*> objects;
+  for (int i = 0; i < 100000; ++i) objects.push_back(heap->Alloc(64));
+  CHECK(heap->bytes_in_blocks() > 6 * 1024 * 1024);  // about 7 MB of blocks
+  for (void* o : objects) heap->Free(o);             // the last free empties it:
+  CHECK(heap->live_bytes() == 0);
+  CHECK(heap->bytes_in_blocks() < 1024 * 1024);       // the blocks went back
+  heap->Destroy();
+  // [END follows]
   return 0;
 }
