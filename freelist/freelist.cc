@@ -664,6 +664,7 @@ bool NewRun(Context* ctx, FreelistState* st, size_t stride) {
   }
   const Run old = CurrentRun(st);
   SetCurrentRun(st, r);
+  if (HasTable(st)) st->table->runs_since_empty = 1;
   Refile(st, r.block);
   if (old.block != r.block || old.ptr != r.ptr) RetireRun(st, old);
   return true;
@@ -707,6 +708,7 @@ void InstallTable(FreelistState* st) {
   MarkLive(p, sizeof(FreeTable), Stride(c) - kHeaderBytes, kUnknownSiteId);
   FreeTable* t = new (p) FreeTable();
   t->sweep_backoff = 1;
+  t->runs_since_empty = 1;
   st->table = t;
   t->carved = CountCarved(st);
   Schedule(st, 0, 0);
@@ -1207,8 +1209,18 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
 // from the block cache at once, and one that stays empty leaves them to
 // the cache's decay, which purges them. Such a context sweeps once per
 // cycle, at the cost of walking what the cycle freed.
+//
+// Only if a run was started since the last such sweep: that sweep left
+// only units it could not give back (the run being carved, the freelist
+// heads' unit) and their free chunks, and a context that then goes from
+// one chunk to none over and over, served by its lists, would otherwise
+// walk them at every free (100 times the cost of the free).
 ABSL_ATTRIBUTE_NOINLINE void SweepEmpty(Context* ctx, FreelistState* st) {
-  if (!HasTable(st) || (st->partial == nullptr && st->full == nullptr)) return;
+  if (!HasTable(st) || st->table->runs_since_empty == 0 ||
+      (st->partial == nullptr && st->full == nullptr)) {
+    return;
+  }
+  st->table->runs_since_empty = 0;
   Sweep(ctx, st, SweepRelease::kWarm);
 }
 

@@ -157,7 +157,9 @@ struct FreeTable {
   uint64_t carved;               // chunks carved in the context's blocks, live or free
   uint64_t sweep_interval;       // frees between sweeps, as last set
   uint32_t sweep_backoff;        // 1, doubled after each sweep that gave little back
-  uint32_t reserved;
+  // Whether a run was started since the last sweep of an emptied context
+  // (SweepEmpty): 1 at first, so the first empty sweeps.
+  uint32_t runs_since_empty;
 };
 
 struct FreelistState {

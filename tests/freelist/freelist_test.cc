@@ -371,6 +371,34 @@ TEST_F(FreelistTest, BlocksGoBackWhenTheLastChunkIsFreed) {
   }
 }
 
+// After a context empties and sweeps, a chunk allocated and freed over and
+// over empties it at every free; served by its lists, it starts no run and
+// leaves nothing a sweep could give back, so no sweep runs (each would walk
+// the lists: 100 times the free's cost). A sweep resets the countdown of
+// frees to the next one, so the countdown shows whether any ran.
+TEST_F(FreelistTest, AChunkFreedOverAndOverAfterAnEmptySweepsNoMore) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  std::vector<void*> live;
+  for (int i = 0; i < 100000; ++i) live.push_back(ctx->Alloc(16 + i % 500));
+  for (void* p : live) ctx->Free(p);
+  ASSERT_LE(ctx->bytes_in_blocks(), KeptWhenEmpty(ctx));  // swept
+  const auto* st = KindState<freelist_internal::FreelistState>(ctx);
+  const int64_t countdown = st->sweep_countdown;
+  constexpr int kSteps = 1000;
+  ASSERT_GT(countdown, kSteps);
+  for (int i = 0; i < kSteps; ++i) {
+    void* p = ctx->Alloc(40);
+    Fill(p, 40, static_cast<uint32_t>(i));
+    ASSERT_TRUE(Holds(p, 40, static_cast<uint32_t>(i)));
+    ctx->Free(p);
+  }
+  EXPECT_EQ(st->sweep_countdown, countdown - kSteps);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
 // A context that fills several blocks and empties, over and over: each
 // empty gives the blocks back (the spares stay), and every cycle's chunks
 // hold their contents.
