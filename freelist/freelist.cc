@@ -1215,12 +1215,11 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
 // heads' unit) and their free chunks, and a context that then goes from
 // one chunk to none over and over, served by its lists, would otherwise
 // walk them at every free (100 times the cost of the free).
+// (The static empty table's flag is 0: no table, no sweep.)
 ABSL_ATTRIBUTE_NOINLINE void SweepEmpty(Context* ctx, FreelistState* st) {
-  if (!HasTable(st) || st->table->runs_since_empty == 0 ||
-      (st->partial == nullptr && st->full == nullptr)) {
-    return;
-  }
+  if (st->table->runs_since_empty == 0) return;
   st->table->runs_since_empty = 0;
+  if (st->partial == nullptr && st->full == nullptr) return;
   Sweep(ctx, st, SweepRelease::kWarm);
 }
 
@@ -1236,7 +1235,9 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* s
   }
   if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, st, p, h);
   PushFree(st->table, p, h);
-  if (ABSL_PREDICT_FALSE(st->live.Empty())) SweepEmpty(ctx, st);
+  if (ABSL_PREDICT_FALSE(st->live.Empty()) && st->table->runs_since_empty != 0) {
+    SweepEmpty(ctx, st);
+  }
 }
 
 // A free from a thread other than the owner (remote_free.h): the chunk is
