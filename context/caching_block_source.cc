@@ -267,14 +267,14 @@ size_t CachingBlockSource::ShareListLocked(ThreadCache* tc, int b, Node* list, S
       if (decayed) PurgeKeptLocked(n);
       continue;
     }
-    if (reason == SpillReason::kFull) {
+    if (reason != SpillReason::kTrim) {
       // The shared lists are full: the block goes upstream as it would
       // have at its release had there been no thread cache, so its
       // release was a return, not a keep. A trim leaves it counted.
       --stats_.kept;
       if (n->thread_kept) --stats_.thread_kept;
       ++stats_.returned;
-      NoteTurnedAway(n->size);
+      if (reason == SpillReason::kFull) NoteTurnedAway(n->size);
     }
     n->next = *to_release;
     *to_release = n;
@@ -344,7 +344,7 @@ ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* t
     for (int b = 0; b < kBuckets; ++b) {
       if (stale[b] == nullptr) continue;
       size_t blocks;
-      stats_.thread_decayed_bytes += ShareListLocked(tc, b, stale[b], SpillReason::kFull,
+      stats_.thread_decayed_bytes += ShareListLocked(tc, b, stale[b], SpillReason::kDecay,
                                                      /*decayed=*/true, &release, &blocks);
       stats_.thread_decayed_blocks += blocks;
     }

@@ -37,7 +37,9 @@
 //     it had then.
 //   - Thread caches decay too, on their own thread's clock: a block that
 //     stays in a thread cache while its thread takes between
-//     kThreadDecayTicks and twice as many other blocks goes to the shared
+//     kThreadDecayTicks and three times as many other blocks (twice, unless
+//     the thread reordered the list just before it stopped using it) goes
+//     to the shared
 //     lists (in a batch, under the lock) with its pages purged, and stays
 //     kept there. A block the thread takes again within that time stays,
 //     and so does a list the thread is still working its way down (one
@@ -209,8 +211,11 @@ class CachingBlockSource final : public BlockSource {
   Block AcquireBeyondHead(ThreadCache* tc, size_t min_size, size_t alignment);
   // Why a thread cache's blocks leave it: kFull when the cache or its thread
   // is done with them (blocks beyond the shared cap are returned, and
-  // counted so), kTrim when the caller asked (they stay counted as kept).
-  enum class SpillReason { kFull, kTrim };
+  // counted so), kTrim when the caller asked (they stay counted as kept),
+  // kDecay when they sat unused through the thread's decay period (returned
+  // as kFull's, but not remembered as turned away: a later miss is no sign
+  // that the cap was too small for what the program reuses).
+  enum class SpillReason { kFull, kTrim, kDecay };
   void FlushThreadCache(ThreadCache* tc, SpillReason reason);
   void SpillThreadCache(ThreadCache* tc, SpillReason reason);
   // Moves a list of bucket `b`'s blocks, taken out of thread cache `tc`, to

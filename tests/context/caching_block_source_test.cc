@@ -671,6 +671,53 @@ TEST(CachingBlockSourceTest, LargeBlocksAreKeptColdUntilTheirSizeIsReused) {
 // kThreadDecayTicks and twice as many blocks without them; the block the
 // thread cycles never leaves. Counted exactly: the thread cache's clock
 // starts at its first acquisition, and a run comes every kThreadDecayTicks.
+// Blocks a thread cache's decay moves beyond the shared cap go upstream as
+// returns, but teach the cache nothing: taking blocks of their size again
+// soon after is not reuse that the cap turned away, and learned_bytes stays.
+TEST(CachingBlockSourceTest, ThreadCacheDecayBeyondTheCapTeachesNothing) {
+  constexpr int kIdle = 3;
+  constexpr size_t kIdleBytes = size_t{16} << 10;
+  constexpr size_t kBusyBytes = size_t{8} << 10;
+  constexpr int kFillers = 4;
+  constexpr size_t kFillerBytes = size_t{12} << 10;
+  constexpr size_t kCap = size_t{64} << 10;
+  constexpr uint64_t kTicks = CachingBlockSource::kThreadDecayTicks;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, kCap, size_t{1} << 20, size_t{1} << 20);
+  // Another thread leaves 48 KiB in the shared lists as it exits: room for
+  // one idle block more.
+  std::thread([&] {
+    std::vector<Block> fillers;
+    for (int i = 0; i < kFillers; ++i) {
+      fillers.push_back(cache.Acquire(kFillerBytes, kMinBlockAlignment));
+    }
+    for (Block b : fillers) cache.Release(b);
+  }).join();
+  ASSERT_EQ(cache.GetStats().cached_bytes, kFillers * kFillerBytes);
+  std::thread t([&] {
+    std::vector<Block> idle;
+    for (int i = 0; i < kIdle; ++i) idle.push_back(cache.Acquire(kIdleBytes, kMinBlockAlignment));
+    for (Block b : idle) cache.Release(b);
+    for (uint64_t a = kIdle; a < 2 * kTicks; ++a) {
+      cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
+    }
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kIdle));
+    EXPECT_EQ(s.cached_bytes, kFillers * kFillerBytes + kIdleBytes + kBusyBytes);
+    EXPECT_EQ(upstream.releases(), kIdle - 1);
+    EXPECT_EQ(s.returned, static_cast<uint64_t>(kIdle - 1));
+    // The program takes blocks of that size again at once: two misses.
+    for (int i = 0; i < kIdle; ++i) idle[i] = cache.Acquire(kIdleBytes, kMinBlockAlignment);
+    EXPECT_EQ(upstream.acquires(), kFillers + 1 + 2 * kIdle - 1);
+    EXPECT_EQ(cache.GetStats().learned_bytes, 0u);
+    for (Block b : idle) cache.Release(b);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
 TEST(CachingBlockSourceTest, ThreadCacheBlocksLeftUnusedDecay) {
   constexpr int kIdle = 4;
   constexpr size_t kIdleBytes = size_t{16} << 10;
