@@ -665,12 +665,16 @@ TEST(CachingBlockSourceTest, LargeBlocksAreKeptColdUntilTheirSizeIsReused) {
   EXPECT_EQ(upstream.bad_purges(), 0);
 }
 
-// Thread caches decay on their thread's own clock, its acquisitions: blocks
-// of one size left in a thread cache while the thread works on another size
-// go to the shared lists, purged, once the thread has taken between
-// kThreadDecayTicks and twice as many blocks without them; the block the
-// thread cycles never leaves. Counted exactly: the thread cache's clock
-// starts at its first acquisition, and a run comes every kThreadDecayTicks.
+// Has the calling thread take and give back a block of `bytes` until its
+// acquisitions, counted in `*acquisitions`, reach `until`: a loop's work,
+// which ticks its thread cache's decay clock once per acquisition.
+void CycleUntil(CachingBlockSource* cache, size_t bytes, uint64_t* acquisitions,
+                uint64_t until) {
+  for (; *acquisitions < until; ++*acquisitions) {
+    cache->Release(cache->Acquire(bytes, kMinBlockAlignment));
+  }
+}
+
 // Blocks a thread cache's decay moves beyond the shared cap go upstream as
 // returns, but teach the cache nothing: taking blocks of their size again
 // soon after is not reuse that the cap turned away, and learned_bytes stays.
@@ -699,9 +703,8 @@ TEST(CachingBlockSourceTest, ThreadCacheDecayBeyondTheCapTeachesNothing) {
     std::vector<Block> idle;
     for (int i = 0; i < kIdle; ++i) idle.push_back(cache.Acquire(kIdleBytes, kMinBlockAlignment));
     for (Block b : idle) cache.Release(b);
-    for (uint64_t a = kIdle; a < 2 * kTicks; ++a) {
-      cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
-    }
+    uint64_t acquisitions = kIdle;
+    CycleUntil(&cache, kBusyBytes, &acquisitions, 2 * kTicks);
     CachingBlockSource::Stats s = cache.GetStats();
     EXPECT_EQ(s.thread_decayed_blocks, static_cast<uint64_t>(kIdle));
     EXPECT_EQ(s.cached_bytes, kFillers * kFillerBytes + kIdleBytes + kBusyBytes);
@@ -718,6 +721,12 @@ TEST(CachingBlockSourceTest, ThreadCacheDecayBeyondTheCapTeachesNothing) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// Thread caches decay on their thread's own clock, its acquisitions: blocks
+// of one size left in a thread cache while the thread works on another size
+// go to the shared lists, purged, once the thread has taken between
+// kThreadDecayTicks and twice as many blocks without them; the block the
+// thread cycles never leaves. Counted exactly: the thread cache's clock
+// starts at its first acquisition, and a run comes every kThreadDecayTicks.
 TEST(CachingBlockSourceTest, ThreadCacheBlocksLeftUnusedDecay) {
   constexpr int kIdle = 4;
   constexpr size_t kIdleBytes = size_t{16} << 10;
@@ -731,11 +740,7 @@ TEST(CachingBlockSourceTest, ThreadCacheBlocksLeftUnusedDecay) {
     for (int i = 0; i < kIdle; ++i) idle.push_back(cache.Acquire(kIdleBytes, kMinBlockAlignment));
     for (Block b : idle) cache.Release(b);
     uint64_t acquisitions = kIdle;
-    auto busy = [&](uint64_t until) {
-      for (; acquisitions < until; ++acquisitions) {
-        cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
-      }
-    };
+    auto busy = [&](uint64_t until) { CycleUntil(&cache, kBusyBytes, &acquisitions, until); };
     // The first run (at kTicks) marks the idle blocks; the second takes
     // them, not one acquisition sooner.
     busy(2 * kTicks - 1);
@@ -820,11 +825,7 @@ TEST(CachingBlockSourceTest, ThreadCacheKeepsWhatItsLoopReaches) {
     for (int i = 0; i < kSpike; ++i) spike.push_back(cache.Acquire(kBlockBytes, kMinBlockAlignment));
     for (Block b : spike) cache.Release(b);
     uint64_t acquisitions = kSpike;
-    auto loop = [&](uint64_t until) {
-      for (; acquisitions < until; ++acquisitions) {
-        cache.Release(cache.Acquire(kBlockBytes, kMinBlockAlignment));
-      }
-    };
+    auto loop = [&](uint64_t until) { CycleUntil(&cache, kBlockBytes, &acquisitions, until); };
     loop(2 * kTicks - 1);
     EXPECT_EQ(cache.GetStats().thread_decayed_blocks, 0u);
     loop(2 * kTicks);
@@ -898,9 +899,8 @@ TEST(CachingBlockSourceTest, TrimReachesAnotherThreadsIdleBlocksOnlyAfterTheyDec
     advance_to(1);
     wait_for(2);
     // Work on another size for two decay periods: the idle block leaves.
-    for (uint64_t i = 1; i < 2 * CachingBlockSource::kThreadDecayTicks; ++i) {
-      cache.Release(cache.Acquire(kBusyBytes, kMinBlockAlignment));
-    }
+    uint64_t acquisitions = 1;
+    CycleUntil(&cache, kBusyBytes, &acquisitions, 2 * CachingBlockSource::kThreadDecayTicks);
     advance_to(3);
     wait_for(4);
   });
