@@ -6,6 +6,9 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include <cstdint>
+#include <cstring>
+
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "mcx/context/internal/sanitizer.h"
@@ -67,6 +70,43 @@ Node* TakeFit(Node** buckets, int num_buckets, size_t min_size, size_t alignment
         return n;
       }
       link = &n->next;
+    }
+  }
+  return nullptr;
+}
+
+// Reallocate's window (see the header): a block grown by realloc may move
+// into kept room up to this many times the size asked, six doublings: a
+// buffer moved out of a freelist context's classes at 8 KiB then takes the
+// 1 MiB block a buffer grown the same way left, and grows to it with no
+// copy. Kept blocks are memory the process holds already; a context that
+// takes one counts it whole, as it counts any block.
+constexpr size_t kGrowthReuseFactor = 64;
+
+// Unlinks and returns the largest kept block of min_size .. max_size bytes
+// with the alignment, or nullptr.
+template <typename Node>
+Node* TakeWithin(Node** buckets, int num_buckets, size_t min_size, size_t max_size,
+                 size_t alignment) {
+  const int first = BucketOf(min_size);
+  int last = BucketOf(max_size);
+  if (last >= num_buckets) last = num_buckets - 1;
+  for (int b = last; b >= first; --b) {
+    Node** best = nullptr;
+    Node** link = &buckets[b];
+    for (int probe = 0; Claim(*link) != nullptr && probe < kMaxProbe; ++probe) {
+      Node* n = *link;
+      if (n->size >= min_size && n->size <= max_size &&
+          (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0 &&
+          (best == nullptr || n->size > (*best)->size)) {
+        best = link;
+      }
+      link = &n->next;
+    }
+    if (best != nullptr) {
+      Node* n = *best;
+      *best = n->next;
+      return n;
     }
   }
   return nullptr;
@@ -553,11 +593,51 @@ void CachingBlockSource::ReleaseShared(Block block) {
   upstream_->Release(block);
 }
 
+// CachingBlockSource::Reallocate
+//
+// A growth moves into kept room (TakeRoom) where there is some: the copy is
+// of what the block holds so far, and the block taken is large enough for
+// the growths to come. Otherwise every block came from upstream (kept blocks
+// too), so upstream can resize it, in place where it is able to.
 Block CachingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_size,
                                      size_t alignment) {
-  // Every block came from upstream (kept blocks too), so upstream can resize
-  // it in place where it is able to.
+  if (new_min_size > block.size && new_min_size <= SIZE_MAX / kGrowthReuseFactor) {
+    Block room = TakeRoom(new_min_size, new_min_size * kGrowthReuseFactor, alignment);
+    if (room.ptr != nullptr) {
+      std::memcpy(room.ptr, block.ptr, keep < block.size ? keep : block.size);
+      Release(block);
+      return room;
+    }
+  }
   return upstream_->Reallocate(block, keep, new_min_size, alignment);
+}
+
+// CachingBlockSource::TakeRoom
+//
+// The thread's cache first (no lock), then the shared lists; in each, the
+// largest bucket first, looking at kMaxProbe blocks of a bucket at most (a
+// bucket's blocks lie within a factor of two of each other, and the window
+// spans a few buckets).
+Block CachingBlockSource::TakeRoom(size_t min_size, size_t max_size, size_t alignment) {
+  if (min_size < sizeof(Node)) min_size = sizeof(Node);
+  if (ThreadCache* tc = OwnThreadCache(); tc != nullptr) {
+    if (Node* n = TakeWithin(tc->buckets, kBuckets, min_size, max_size, alignment)) {
+      Block block = TakeFromThreadCache(tc, n);
+      TickThreadCache(tc);
+      return block;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  TickLocked();
+  Node* n = TakeWithin(buckets_, kBuckets, min_size, max_size, alignment);
+  if (n == nullptr) return Block{};
+  ++stats_.hits;
+  stats_.cached_bytes -= n->size;
+  --stats_.cached_blocks;
+  // As at an acquisition: a large block of this size came back.
+  if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << BucketOf(n->size);
+  internal::UnpoisonMemoryRegion(n, n->size);
+  return Block{n, n->size};
 }
 
 size_t CachingBlockSource::Purge(void* ptr, size_t size) { return upstream_->Purge(ptr, size); }

@@ -55,6 +55,15 @@
 //     asks for one again does not keep it resident (glibc unmaps such
 //     chunks at their free), and one that reuses its large buffers faults
 //     their pages in once.
+//   - `Reallocate` that grows a block moves it into a kept block when one
+//     has room: the largest of up to kGrowthReuseFactor times the size
+//     asked (copying `keep` bytes; the old block is kept in its place).
+//     A buffer grown by realloc again and again (a chain of doublings,
+//     freed and grown anew, as glibc grows a chunk at the top of its heap)
+//     then takes the block the last one left, warm, and grows in place
+//     there (the freelist kind's dedicated chunks do), instead of upstream
+//     growing it into fresh memory each time while the blocks it gave back
+//     sit here unused. Otherwise, and for a shrink, upstream resizes it.
 //   - Retention that follows reuse: beyond `max_cached_bytes` the cache may
 //     keep up to `max_learned_bytes` more, learned from the program. When
 //     the shared lists are full, a released block goes upstream and the
@@ -209,6 +218,9 @@ class CachingBlockSource final : public BlockSource {
   // Everything but a thread-cache hit at the head of its list.
   Block AcquireSlow(ThreadCache* tc, size_t min_size, size_t alignment);
   Block AcquireBeyondHead(ThreadCache* tc, size_t min_size, size_t alignment);
+  // Reallocate's growth: the largest kept block of min_size .. max_size
+  // bytes, or an empty block; never upstream.
+  Block TakeRoom(size_t min_size, size_t max_size, size_t alignment);
   // Why a thread cache's blocks leave it: kFull when the cache or its thread
   // is done with them (blocks beyond the shared cap are returned, and
   // counted so), kTrim when the caller asked (they stay counted as kept),

@@ -34,10 +34,12 @@
 //     whose heads are all null, so the allocation fast path needs no test
 //     for it. A context that never frees (most children) keeps a 120-byte
 //     state instead of one with a head per class.
-//   - Reallocation grows or shrinks the chunk carved last in place, moves a
+//   - Reallocation grows or shrinks the chunk carved last in place (up to
+//     kInPlaceGrowthLimit, then moves it to a dedicated block), moves a
 //     growing chunk to a class at least a quarter larger (a chain of small
 //     steps copies O(log n) times), and moves a shrinking chunk to a class
-//     that takes at most half the memory.
+//     that takes at most half the memory. A dedicated chunk that grew by
+//     realloc (kGrowthChunk) grows in place in the room its block has.
 // Remote frees (a later cross-thread free): a chunk leads to its owner
 // through its header alone, and nothing the owner's fast paths touch must
 // be written by another thread, so a remote free can be one atomic push of
@@ -160,6 +162,26 @@ constexpr size_t kMinSpareBytes = kMaxPageBlockBytes;
 // old chunk's bytes (smaller savings are not worth a copy).
 constexpr size_t kGrowthJumpDivisor = 4;
 constexpr size_t kShrinkMoveFactor = 2;
+
+// The chunk carved last grows in place up to this many bytes; a growth
+// beyond moves it to a dedicated block, where the block source grows it
+// (a kept block with room, glibc's realloc, mremap), as aset.c gives every
+// chunk above 8 KiB a block of its own. Left in the run, a buffer that
+// outgrows the largest class is copied whole when it does (64 KiB); moved
+// here, its one copy is at most this size, below the size from which
+// glibc's memcpy switches to `rep movsb`, several times slower per byte
+// where it was measured (docs/performance.md, R.chain). Buffers that end
+// between this size and chunk_limit then hold a block of their own, exact
+// to the byte, that goes back to the source when freed.
+constexpr size_t kInPlaceGrowthLimit = 4096;
+
+// The header value of a dedicated chunk that grew by realloc (others have
+// 0): its block may hold more than it asked for (DedicatedHeader::asked),
+// as a block source may resize a block into a larger one it kept (the
+// block cache does, block_source.h), and it grows in place within it with
+// no call to the source. A realloc that leaves it using at most half its
+// block gives the room back, as for any dedicated chunk.
+constexpr uint64_t kGrowthChunk = 1;
 
 // Later blocks are at least this large (aset.c: "We somewhat arbitrarily
 // enforce a minimum 1K block size"): a smaller block would hold a handful
@@ -1318,6 +1340,18 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistStat
 
 // --- Realloc ------------------------------------------------------------------------
 
+// The header of a dedicated chunk that grew by realloc.
+uint64_t GrowthHeader(uint64_t h) {
+  return (h & ~(kChunkValueMask << kChunkValueShift)) | (kGrowthChunk << kChunkValueShift);
+}
+
+// Marks the new dedicated chunk `p` as one that grew by realloc to `asked`.
+void MarkGrowth(void* p, size_t asked) {
+  const uint64_t h = GrowthHeader(ReadChunkHeader(p));
+  DedicatedOf(p, h)->asked = asked;
+  WriteChunkHeader(p, h);
+}
+
 void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, size_t new_size) {
   if (!VerifyDedicated(ctx, st, p, h, "realloc")) {
     SetFailure(ctx, Failure::kBadArgument);
@@ -1325,9 +1359,20 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   }
   DedicatedHeader* b = DedicatedOf(p, h);
   const size_t old_usable = b->link.size - kDedicatedPayload;
-  // Small enough for a class: the chunk moves into the context's blocks,
-  // and the dedicated block goes back.
-  if (new_size <= st->chunk_limit) {
+  constexpr size_t kTail = kChecking ? kCheckingTailBytes : 0;
+  // A chunk that grew by realloc grows on in its block while the block has
+  // room, and shrinks in place while it uses more than half of it: no call
+  // to the source. (Direct builds move every chunk at every realloc.)
+  if (!kDirectBuild && ChunkHeaderValue(h) == kGrowthChunk && new_size <= old_usable - kTail &&
+      (new_size >= b->asked || new_size * kShrinkMoveFactor > old_usable)) {
+    b->asked = new_size;
+    MarkLive(p, new_size, old_usable, PendingSite(ctx));
+    return p;
+  }
+  // Shrunk to a class: the chunk moves into the context's blocks, and the
+  // dedicated block goes back. (A chunk that left its run growing, below
+  // chunk_limit, grows through the source like any dedicated chunk.)
+  if (new_size <= st->chunk_limit && new_size <= old_usable) {
     void* q = FreelistAlloc(ctx, st, new_size, kDefaultAlignment);
     if (q != nullptr) {
       // A dedicated chunk shrunk in place may hold fewer bytes than asked.
@@ -1336,9 +1381,10 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
       FreeDedicated(ctx, st, p, h);
       return q;
     }
-    if (new_size > old_usable) return nullptr;
     // Out of memory for a shrink: the block shrinks in place below.
   }
+  // A growth makes it a chunk that grew by realloc, once it succeeded.
+  const uint64_t moved_h = new_size > old_usable && !kDirectBuild ? GrowthHeader(h) : h;
   const size_t keep = kDedicatedPayload + (old_usable < new_size ? old_usable : new_size);
   // If the block moves, the old one goes back to the source marked freed, as
   // FreeDedicated leaves it: the old address is then a freed chunk. The copy
@@ -1358,13 +1404,14 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   }
   // The copy's links still name the old block's neighbours.
   auto* moved = static_cast<DedicatedHeader*>(nb.ptr);
+  moved->asked = new_size;
   st->live.Remove(old_usable);
   st->live.Add(nb.size - kDedicatedPayload);
   moved->link.size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
   st->dedicated.Replace(&moved->link);
   char* payload = static_cast<char*>(nb.ptr) + kDedicatedPayload;
-  WriteChunkHeader(payload, h);
+  WriteChunkHeader(payload, moved_h);
   MarkLive(payload, new_size, static_cast<size_t>(moved->end - payload), PendingSite(ctx));
   return payload;
 }
@@ -1420,10 +1467,21 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
       MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);
       return p;
     }
-    // The chunk carved last grows or shrinks in place while its run allows.
+    // The chunk carved last grows or shrinks in place while its run allows,
+    // up to kInPlaceGrowthLimit; beyond, it moves to a dedicated block. A
+    // refusal fails the call with nothing changed, as for any block the
+    // kind acquires (kind_api.h): the front decides whether to retry.
     char* start = ChunkStart(p);
     if (start + Stride(c) == st->bump_ptr &&
         Stride(nc) <= static_cast<size_t>(st->bump_end - start)) {
+      if (!kDirectBuild && new_size > kInPlaceGrowthLimit && nc > c) {
+        void* q = AllocDedicated(ctx, st, new_size);
+        if (q == nullptr) return nullptr;
+        MarkGrowth(q, new_size);
+        std::memcpy(q, p, old_bytes);
+        FreelistFree(ctx, st, p);
+        return q;
+      }
       ResizeLast(st, p, h, c, nc);
       st->live.Remove(usable);
       st->live.Add(SizeClassBytes(nc));
@@ -1441,6 +1499,10 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
     if (want < jump && jump <= st->chunk_limit) want = jump;
   }
   void* q = FreelistAlloc(ctx, st, want, kDefaultAlignment);
+  // Out of the classes by growing: a chunk that grew by realloc.
+  if (q != nullptr && new_size > st->chunk_limit && !kDirectBuild) {
+    MarkGrowth(q, new_size);
+  }
   if (q == nullptr) {
     if (new_size > usable) return nullptr;
     MarkLive(p, new_size, Stride(c) - kHeaderBytes, site);  // a shrink never fails

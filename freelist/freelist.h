@@ -26,9 +26,13 @@
 //     source as soon as the chunk is freed (or the context reset), and is
 //     resized through the source (realloc) when the chunk is reallocated.
 //   - Realloc stays in place within the class, and grows or shrinks the
-//     chunk carved last in place while the space after it allows; a
-//     growing chunk that must move takes a class at least a quarter larger,
-//     a shrinking one moves to a smaller class when that halves its bytes.
+//     chunk carved last in place while the space after it allows, up to
+//     4 KiB (beyond, it moves to a dedicated block); a growing chunk that
+//     must move takes a class at least a quarter larger, a shrinking one
+//     moves to a smaller class when that halves its bytes. A dedicated
+//     chunk that grew by realloc grows in place while its block has room
+//     (a block cache may give it a kept block with room, block_source.h),
+//     and shrinks in place while it uses more than half of its block.
 //   - Blocks double from `initial_block_size` up to `max_block_size`, at
 //     most 64 units (about 257 KiB).
 //   - Reset empties every freelist; blocks are released or kept per

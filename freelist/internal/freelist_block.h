@@ -145,7 +145,9 @@ inline uint64_t AllUnits(size_t units) {
 struct DedicatedHeader {
   KindBlock link;  // must stay the first field
   char* end;       // one past the last byte of the block
-  char* reserved;
+  // The size a realloc last asked for, for a chunk that grew by realloc
+  // (freelist.cc, kGrowthChunk in its header); unused otherwise.
+  size_t asked;
 };
 
 // The per-class freelist heads and the sweep's bookkeeping. Kept out of the

@@ -99,6 +99,58 @@ TEST(CachingBlockSourceTest, ReuseRespectsSizeAndAlignment) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// A growth moves into the largest kept block that has room, up to 64 times
+// the size asked: `keep` bytes are copied, the old block is kept in its
+// place, and upstream is not called. Beyond the window, and for a shrink,
+// upstream resizes the block.
+TEST(CachingBlockSourceTest, ReallocateGrowsIntoKeptRoom) {
+  CountingBlockSource upstream;
+  for (const size_t thread_cache : {size_t{0}, size_t{4} << 20}) {
+    SCOPED_TRACE(thread_cache == 0 ? "shared lists" : "thread cache");
+    CachingBlockSource cache(&upstream, 8 << 20, thread_cache);
+    Block room = cache.Acquire(1000000, 16);  // within 64 times 16 KiB
+    Block smaller = cache.Acquire(64 << 10, 16);
+    cache.Release(smaller);
+    cache.Release(room);
+    Block b = cache.Acquire(8 << 10, 16);
+    std::memset(b.ptr, 0x5a, 8 << 10);
+    const int64_t acquires = upstream.acquires(), reallocates = upstream.reallocates();
+    const uint64_t hits = cache.GetStats().hits;
+    Block grown = cache.Reallocate(b, 8 << 10, 16 << 10, 16);
+    EXPECT_EQ(grown.ptr, room.ptr);  // the largest, not the first that fits
+    EXPECT_EQ(grown.size, room.size);
+    for (size_t i = 0; i < (8 << 10); ++i) {
+      ASSERT_EQ(static_cast<unsigned char*>(grown.ptr)[i], 0x5a) << i;
+    }
+    EXPECT_EQ(upstream.acquires(), acquires);
+    EXPECT_EQ(upstream.reallocates(), reallocates);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.hits, hits + 1);
+    EXPECT_EQ(s.cached_blocks, 2u);  // the old block and `smaller`
+    EXPECT_EQ(s.cached_bytes, b.size + smaller.size);
+    // Nothing kept has room for 17 MiB: upstream grows the block.
+    Block huge = cache.Reallocate(grown, 8 << 10, 17 << 20, 16);
+    ASSERT_NE(huge.ptr, nullptr);
+    EXPECT_EQ(upstream.reallocates(), reallocates + 1);
+    // A shrink goes upstream too, and takes nothing kept.
+    Block shrunk = cache.Reallocate(huge, 4 << 10, 8 << 10, 16);
+    ASSERT_NE(shrunk.ptr, nullptr);
+    EXPECT_EQ(upstream.reallocates(), reallocates + 2);
+    EXPECT_EQ(cache.GetStats().cached_blocks, 2u);
+    // Kept blocks more than 64 times the size asked stay kept.
+    Block tiny = cache.Acquire(64, 16);
+    Block tiny_grown = cache.Reallocate(tiny, 64, 100, 16);
+    ASSERT_NE(tiny_grown.ptr, nullptr);
+    EXPECT_EQ(upstream.reallocates(), reallocates + 3);
+    EXPECT_EQ(cache.GetStats().cached_blocks, 2u);
+    cache.Release(tiny_grown);
+    cache.Release(shrunk);
+    cache.Trim();
+  }
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
 // Two threads, each with its own contexts, on one cache: nothing leaks,
 // nothing is released twice (run under tsan too).
 void RunTwoThreads(CachingBlockSource* cache) {

@@ -16,6 +16,7 @@
 
 #include "gtest/gtest.h"
 #include "mcx/context/budget.h"
+#include "mcx/context/caching_block_source.h"
 #include "mcx/context/chunk.h"
 #include "mcx/context/chunk_header.h"
 #include "mcx/context/failure.h"
@@ -173,6 +174,114 @@ TEST_F(FreelistTest, ReallocShrinkMovesToASmallerClass) {
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
+}
+
+// The chunk carved last grows in place up to 4 KiB; beyond, it moves to a
+// dedicated block (one copy of at most 4 KiB), where it grows on through
+// the source, below chunk_limit too, and a shrink takes it back to a
+// class. The live count follows: the old chunk's class goes, the block's
+// bytes come.
+TEST_F(FreelistTest, ReallocMovesTheLastChunkOutOfItsRunBeyondFourKiB) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  FreelistOptions o;
+  o.initial_block_size = 64 << 10;  // a run with room for 8 KiB after the chunk
+  Context* ctx = Make(o);
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, 4);
+  for (size_t n = 32; n <= 4096; n *= 2) {
+    ASSERT_EQ(ctx->Realloc(p, n), p) << n;
+    Fill(p, n, 4);
+  }
+  const int64_t blocks = source_.live_blocks();
+  const size_t live = ctx->live_bytes();
+  const size_t held = ctx->bytes_in_blocks();
+  void* q = ctx->Realloc(p, 8192);
+  EXPECT_NE(q, p);
+  EXPECT_TRUE(ChunkHeaderIsExternal(ReadChunkHeader(q)));
+  EXPECT_TRUE(Holds(q, 4096, 4));
+  EXPECT_EQ(source_.live_blocks(), blocks + 1);
+  constexpr size_t kPayload =
+      (sizeof(freelist_internal::DedicatedHeader) + kFreelistChunkHeaderBytes + 15) & ~size_t{15};
+  EXPECT_EQ(ctx->live_bytes(),
+            live - SizeClassBytes(SizeClassOf(4096)) + ctx->bytes_in_blocks() - held - kPayload);
+  Fill(q, 8192, 5);
+  for (size_t n = 16384; n <= 65536; n *= 2) {
+    void* r = ctx->Realloc(q, n);
+    ASSERT_TRUE(Holds(r, n / 2, 5)) << n;
+    EXPECT_TRUE(ChunkHeaderIsExternal(ReadChunkHeader(r))) << n;
+    Fill(r, n, 5);
+    q = r;
+  }
+  EXPECT_EQ(source_.live_blocks(), blocks + 1);
+  void* small = ctx->Realloc(q, 100);
+  EXPECT_FALSE(ChunkHeaderIsExternal(ReadChunkHeader(small)));
+  EXPECT_TRUE(Holds(small, 100, 5));
+  EXPECT_EQ(source_.live_blocks(), blocks);
+  EXPECT_EQ(ctx->live_bytes(), live - SizeClassBytes(SizeClassOf(4096)) + SizeClassBytes(6));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A chain from 1 byte doubling to 1 MiB, freed and grown again, through a
+// block cache: from the third chain on, the chunk moves to a dedicated
+// block at 8 KiB (the block the last chain left there), moves once more at
+// 16 KiB, into the 1 MiB block the last chain freed, and grows in place
+// there to the end, with no call upstream. Contents survive every step; the
+// chunk counts its whole block; a shrink to more than half of it stays in
+// place, one below half gives the room back.
+TEST(FreelistGrowthTest, AChainOfDoublingsGrowsInTheRoomTheLastOneLeft) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every realloc moves the chunk";
+  // Upstream of the test's cache is the system allocator, not the process's
+  // block cache, whose kept blocks (other tests') would serve growths too.
+  SystemBlockSource system;
+  CountingBlockSource upstream(&system);
+  CachingBlockSource cache(&upstream, 16 << 20);
+  ContextOptions co;
+  co.block_source = &cache;
+  Context* ctx = CreateFreelistContext(nullptr, "chain", FreelistOptions(), co);
+  constexpr size_t kLast = size_t{1} << 20;
+  for (uint32_t chain = 0; chain < 4; ++chain) {
+    SCOPED_TRACE(testing::Message() << "chain " << chain);
+    const int64_t acquires = upstream.acquires(), reallocates = upstream.reallocates();
+    void* p = ctx->Alloc(1);
+    Fill(p, 1, chain);
+    void* room = nullptr;
+    for (size_t n = 2; n <= kLast; n *= 2) {
+      const size_t live = ctx->live_bytes();
+      void* q = ctx->Realloc(p, n);
+      ASSERT_TRUE(Holds(q, n / 2, chain)) << n;
+      Fill(q, n, chain);
+      if (chain >= 2 && n == 16384) room = q;
+      if (chain >= 2 && n > 16384) {
+        EXPECT_EQ(q, room) << n;
+        EXPECT_EQ(ctx->live_bytes(), live) << n;  // the whole block counted already
+      }
+      p = q;
+    }
+    if (chain >= 2) {
+      EXPECT_EQ(upstream.acquires(), acquires);
+      EXPECT_EQ(upstream.reallocates(), reallocates);
+    }
+    std::string error;
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+    if (chain == 3) {
+      const size_t held = ctx->bytes_in_blocks();
+      EXPECT_EQ(ctx->Realloc(p, kLast * 3 / 4), p);
+      EXPECT_TRUE(Holds(p, kLast * 3 / 4, chain));
+      void* q = ctx->Realloc(p, kLast / 4);
+      EXPECT_TRUE(Holds(q, kLast / 4, chain));
+      EXPECT_LT(ctx->bytes_in_blocks(), held - kLast / 2);
+      p = q;
+    }
+    ctx->Free(p);
+    EXPECT_EQ(ctx->live_bytes(), 0u);
+    EXPECT_TRUE(ctx->Check(&error)) << error;
+  }
+  ctx->Destroy();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
 // Chunks above chunk_limit get a dedicated block that goes back to the
