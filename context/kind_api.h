@@ -151,6 +151,11 @@ class LiveChunkVisitor {
 // (a context holds a pointer to its kind's table); build a table with
 // MakeKindMethods below.
 
+// Where the kind state may start in the first block: after the context
+// header and the first block's size, which the tree keeps there (in the
+// header's second cache line, which a release reads anyway).
+inline constexpr size_t kKindStateStart = sizeof(Context) + sizeof(size_t);
+
 // The kind state that follows the context header in the first block.
 template <typename State>
 State* KindState(Context* ctx) {
@@ -158,7 +163,7 @@ State* KindState(Context* ctx) {
   // A context sits at the start of its first block: with the alignment
   // known, the offset is a constant.
   auto* base = static_cast<char*>(__builtin_assume_aligned(ctx, kMinBlockAlignment));
-  constexpr size_t kOffset = (sizeof(Context) + kAlign - 1) & ~(kAlign - 1);
+  constexpr size_t kOffset = (kKindStateStart + kAlign - 1) & ~(kAlign - 1);
   return reinterpret_cast<State*>(base + kOffset);
 }
 
