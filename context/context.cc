@@ -251,11 +251,12 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
-  const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
+  const FirstBlockSpec first = methods->first_block(kind.options(), header_bytes, learned);
+  const size_t want = first.size;
   if (ABSL_PREDICT_FALSE(want == 0 || want < header_bytes || want > kMaxFirstBlockSize)) {
     return fail(Failure::kBadSize, want);
   }
-  const size_t alignment = methods->first_block_alignment(kind.options(), want);
+  const size_t alignment = first.alignment;
   const size_t limit = options != nullptr ? options->limit : kNoLimit;
   if (limit != kNoLimit && want > limit) return fail(Failure::kLimit, want);
 

@@ -213,22 +213,21 @@ struct Trampolines {
   using Options = typename K::Options;
   static const Options& OptionsOf(const void* o) { return *static_cast<const Options*>(o); }
 
-  static size_t FirstBlockSize(const void* o, size_t header_bytes, size_t learned) {
+  // The kind's FirstBlockSize and FirstBlockAlignment in one call: a
+  // context's creation makes one indirect call for both.
+  static FirstBlockSpec FirstBlock(const void* o, size_t header_bytes, size_t learned) {
+    size_t size;
     if constexpr (std::is_same_v<decltype(&K::FirstBlockSize),
                                  size_t (*)(const Options&, size_t, size_t)>) {
-      return K::FirstBlockSize(OptionsOf(o), header_bytes, learned);
+      size = K::FirstBlockSize(OptionsOf(o), header_bytes, learned);
     } else {
       (void)learned;
-      return K::FirstBlockSize(OptionsOf(o), header_bytes);
+      size = K::FirstBlockSize(OptionsOf(o), header_bytes);
     }
-  }
-  static size_t FirstBlockAlignment(const void* o, size_t first_block_size) {
     if constexpr (HasFirstBlockAlignment<K>::value) {
-      return K::FirstBlockAlignment(OptionsOf(o), first_block_size);
+      return FirstBlockSpec{size, K::FirstBlockAlignment(OptionsOf(o), size)};
     } else {
-      (void)o;
-      (void)first_block_size;
-      return kMinBlockAlignment;
+      return FirstBlockSpec{size, kMinBlockAlignment};
     }
   }
   static bool Init(Context* ctx, const void* o, char* space, char* end) {
@@ -437,8 +436,7 @@ constexpr KindMethods MakeKindMethods() {
   return KindMethods{K::kName,
                      sizeof(State),
                      alignof(State),
-                     &T::FirstBlockSize,
-                     &T::FirstBlockAlignment,
+                     &T::FirstBlock,
                      &T::Init,
                      &T::Alloc,
                      {alloc_or_refuse[0], alloc_or_refuse[1]},
