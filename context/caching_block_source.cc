@@ -79,6 +79,13 @@ struct CachingBlockSource::ThreadCache {
   CachingBlockSource* owner = nullptr;
   Node* buckets[kBuckets] = {};
   size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
+  // This thread's cap (ThreadCacheCap): thread_cache_bytes at first, raised
+  // when the thread takes back from the shared lists what a full cache
+  // spilled there, lowered when blocks decay (RaiseThreadCapLocked,
+  // DecayThreadCache). Between `bytes` and the counters: GCC pairs the
+  // updates of two adjacent counters in one vector add, eight instructions
+  // on a fast path instead of two.
+  size_t cap = 0;
   uint64_t hits = 0;
   uint64_t kept = 0;
   // Per list, where the previous decay run left the low water mark: the
@@ -89,10 +96,6 @@ struct CachingBlockSource::ThreadCache {
   // `kept`: there GCC pairs the two updates in one vector add, five
   // instructions on the release fast path instead of one.
   uint64_t decay_countdown = kThreadDecayTicks;
-  // This thread's cap (ThreadCacheCap): thread_cache_bytes at first, raised
-  // when the thread takes back from the shared lists what a full cache
-  // spilled there, lowered when blocks decay (RaiseThreadCap, DecayThreadCache).
-  size_t cap = 0;
   // Decay runs for which a spill of the full cache still counts as the
   // evidence a refill needs to raise the cap; 0: no recent spill.
   int full_spill_runs = 0;
@@ -501,8 +504,8 @@ void CachingBlockSource::Release(Block block) {
                         block.size >= sizeof(Node) && !IsLarge(block.size))) {
     ThreadCache* tc = &all->slots[0];
     // Within the shared cap as well: a cap of 0 turns the thread caches off.
-    if (ABSL_PREDICT_TRUE(block.size <= ThreadCacheCap(tc) - tc->bytes &&
-                          tc->bytes <= ThreadCacheCap(tc))) {
+    const size_t cap = ThreadCacheCap(tc);
+    if (ABSL_PREDICT_TRUE(block.size <= cap - tc->bytes && tc->bytes <= cap)) {
       KeepInThreadCache(tc, block);
       return;
     }
