@@ -2,6 +2,8 @@
 # What each optimisation bought, in instructions (callgrind), repeatably.
 #
 #   bench/history.sh            prints one Markdown table
+#   bench/history.sh C1 C2 ...  only the rows of the commits named (as
+#                               listed below), for adding to the table
 #
 # For each commit below, builds the library as of the commit's parent and as
 # of the commit itself, each with today's benchmark sources (bench/ and the
@@ -35,6 +37,8 @@ CHANGES=(
   "e2c5b6a|teardown releases plain leaves inline, two-store unlink|W4:mcx_pool,W11:mcx_pool"
   "23c00e9|creation tests the tree lock once; default first block first|W4:mcx_pool"
   "fc21110|pool release with the first block alone saves no registers|W4:mcx_pool,W11:mcx_pool"
+  "d289413|first block's size before the kind state; pool release by count|W4:mcx_pool,W4:mcx_freelist"
+  "1cd6721|one kind call for the first block's size and alignment|W4:mcx_pool,W11:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
@@ -70,10 +74,13 @@ build() {
   echo "$TMP/workloads-$rev"
 }
 
-echo "| commit | change | workload | contender | instructions/op before | after | after / before |"
-echo "|---|---|---|---|---|---|---|"
+if [[ $# -eq 0 ]]; then
+  echo "| commit | change | workload | contender | instructions/op before | after | after / before |"
+  echo "|---|---|---|---|---|---|---|"
+fi
 for entry in "${CHANGES[@]}"; do
   IFS='|' read -r commit what cases <<<"$entry"
+  if [[ $# -gt 0 && " $* " != *" $commit "* ]]; then continue; fi
   before="$(build "$(git rev-parse --short "$commit^")")"
   after="$(build "$(git rev-parse --short "$commit")")"
   IFS=',' read -r -a list <<<"$cases"

@@ -119,6 +119,13 @@ struct CachingBlockSource::ThreadCache {
   CachingBlockSource* owner = nullptr;
   Node* buckets[kBuckets] = {};
   size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
+  // This thread's cap (ThreadCacheCap): thread_cache_bytes at first, raised
+  // when the thread takes back from the shared lists what a full cache
+  // spilled there, lowered when blocks decay (RaiseThreadCapLocked,
+  // DecayThreadCache). Between `bytes` and the counters: GCC pairs the
+  // updates of two adjacent counters in one vector add, eight instructions
+  // on a fast path instead of two.
+  size_t cap = 0;
   uint64_t hits = 0;
   uint64_t kept = 0;
   // Per list, where the previous decay run left the low water mark: the
@@ -129,6 +136,9 @@ struct CachingBlockSource::ThreadCache {
   // `kept`: there GCC pairs the two updates in one vector add, five
   // instructions on the release fast path instead of one.
   uint64_t decay_countdown = kThreadDecayTicks;
+  // Decay runs for which a spill of the full cache still counts as the
+  // evidence a refill needs to raise the cap; 0: no recent spill.
+  int full_spill_runs = 0;
 };
 
 namespace {
@@ -142,6 +152,18 @@ constexpr int kThreadCacheSlots = 4;
 // the thread cache has none that fits (tcmalloc moves objects in batches):
 // a run of them moves with one splice, so a larger batch costs little.
 constexpr size_t kRefillBlocks = 64;
+
+// How far a thread's cap may rise above thread_cache_bytes, by doublings:
+// far enough for a cycle of a few thousand contexts' first blocks (W4's
+// 4,681 take 5 MiB), bounded because a thread that stops calling keeps its
+// cache until it exits.
+constexpr size_t kMaxThreadCapGrowth = 4;
+
+// A spill of a full thread cache counts as the evidence for a raise while
+// the thread's next decay runs come (a run every kThreadDecayTicks
+// acquisitions): a destroy that spilled and the creations that take the
+// blocks back lie that close, a spill long before a refill proves nothing.
+constexpr int kFullSpillEvidenceRuns = 2;
 
 }  // namespace
 
@@ -199,7 +221,11 @@ CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCacheSlow() const 
     if (tc.owner == this) return &tc;
     if (tc.owner == nullptr && empty == nullptr) empty = &tc;
   }
-  if (empty != nullptr) empty->owner = const_cast<CachingBlockSource*>(this);
+  if (empty != nullptr) {
+    empty->owner = const_cast<CachingBlockSource*>(this);
+    empty->cap = thread_cache_bytes_;
+    empty->full_spill_runs = 0;
+  }
   return empty;
 }
 
@@ -357,6 +383,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::TickThreadCache(Thr
 // system call; the shared decay later unlearns them as it does any block.
 ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* tc) {
   tc->decay_countdown = kThreadDecayTicks;
+  if (tc->full_spill_runs > 0) --tc->full_spill_runs;
   Node* stale[kBuckets];
   bool any = false;
   for (int b = 0; b < kBuckets; ++b) {
@@ -376,6 +403,8 @@ ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* t
     tc->decay_marks[b] = n != nullptr ? n : tc->buckets[b];
   }
   if (!any) return;
+  // The thread keeps more than it reuses: a raised cap comes down a step.
+  if (tc->cap > thread_cache_bytes_) tc->cap /= 2;
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -475,7 +504,9 @@ Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, si
       // blocks, which from now on are kept warm.
       if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << b;
       if (tc != nullptr && !IsLarge(n->size)) {
-        const size_t room = ThreadCacheCap() > tc->bytes ? ThreadCacheCap() - tc->bytes : 0;
+        if (tc->full_spill_runs > 0) RaiseThreadCapLocked(tc);
+        const size_t cap = ThreadCacheCap(tc);
+        const size_t room = cap > tc->bytes ? cap - tc->bytes : 0;
         size_t bytes = 0, blocks = 0;
         Node* first = Claim(buckets_[b]);
         Node* last = nullptr;
@@ -513,8 +544,8 @@ void CachingBlockSource::Release(Block block) {
                         block.size >= sizeof(Node) && !IsLarge(block.size))) {
     ThreadCache* tc = &all->slots[0];
     // Within the shared cap as well: a cap of 0 turns the thread caches off.
-    if (ABSL_PREDICT_TRUE(block.size <= ThreadCacheCap() - tc->bytes &&
-                          tc->bytes <= ThreadCacheCap())) {
+    const size_t cap = ThreadCacheCap(tc);
+    if (ABSL_PREDICT_TRUE(block.size <= cap - tc->bytes && tc->bytes <= cap)) {
       KeepInThreadCache(tc, block);
       return;
     }
@@ -546,11 +577,13 @@ void CachingBlockSource::ReleaseSlow(Block block) {
   }
   ThreadCache* tc = OwnThreadCache();
   // Within the shared cap as well: a cap of 0 turns the thread caches off.
-  const size_t tc_cap = tc != nullptr && !IsLarge(block.size) ? ThreadCacheCap() : 0;
+  const size_t tc_cap = tc != nullptr && !IsLarge(block.size) ? ThreadCacheCap(tc) : 0;
   if (block.size <= tc_cap) {
     if (tc->bytes + block.size > tc_cap) {
-      // Full: make room for this block and the next ones.
+      // Full: make room for this block and the next ones. If the thread
+      // takes them back soon, its cap was too small for its cycle.
       SpillThreadCache(tc, SpillReason::kFull);
+      tc->full_spill_runs = kFullSpillEvidenceRuns;
     }
     KeepInThreadCache(tc, block);
     return;
@@ -723,7 +756,7 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
   }
   // The calling thread's cache shrinks now; other threads' at their next
   // release beyond the new cap, or when they exit.
-  if (ThreadCache* tc = OwnThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap()) {
+  if (ThreadCache* tc = OwnThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap(tc)) {
     SpillThreadCache(tc, SpillReason::kTrim);
   }
   // Upstream calls happen outside the lock: upstream may be slow.
@@ -780,9 +813,23 @@ void CachingBlockSource::LearnFromMiss(size_t size) {
   learned_bytes_ += grow;
 }
 
-size_t CachingBlockSource::ThreadCacheCap() const {
+size_t CachingBlockSource::ThreadCacheCap(const ThreadCache* tc) const {
   const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed);
-  return cap < thread_cache_bytes_ ? cap : thread_cache_bytes_;
+  return cap < tc->cap ? cap : tc->cap;
+}
+
+// A thread took back from the shared lists blocks that its full cache
+// spilled there lately: what it cycles is more than its cap, and every
+// cycle would take the lock twice. The cap doubles (the shared lists'
+// learning, at thread scale), up to kMaxThreadCapGrowth times
+// thread_cache_bytes; decay brings it back down when the thread keeps more
+// than it reuses.
+void CachingBlockSource::RaiseThreadCapLocked(ThreadCache* tc) {
+  tc->full_spill_runs = 0;
+  const size_t most = thread_cache_bytes_ * kMaxThreadCapGrowth;
+  if (tc->cap >= most) return;
+  tc->cap = tc->cap * 2 < most ? tc->cap * 2 : most;
+  ++stats_.thread_cap_raises;
 }
 
 void CachingBlockSource::Trim() {
@@ -810,6 +857,7 @@ CachingBlockSource::Stats CachingBlockSource::GetStats() const {
       s.thread_kept += tc->kept;
       s.cached_bytes += tc->bytes;
       s.thread_cached_bytes = tc->bytes;
+      s.thread_cache_cap = ThreadCacheCap(tc);
       for (Node* const* b = tc->buckets; b != tc->buckets + kBuckets; ++b) {
         for (const Node* n = Claim(*b); n != nullptr; n = Claim(n->next)) ++s.cached_blocks;
       }

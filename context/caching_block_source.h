@@ -27,6 +27,11 @@
 //     default cache is never destroyed); 0 (the default) turns them off.
 //     Stats count a thread's hits and kept blocks when its cache spills or
 //     the thread exits, and the calling thread's own at once.
+//   - A thread's cap follows its cycle: a thread that takes back from the
+//     shared lists what its full cache spilled there shortly before (within
+//     two of its decay runs, below) cycles more than its cap, and its cap
+//     doubles, up to four times `thread_cache_bytes`; a decay run that finds
+//     blocks the thread no longer reaches halves a raised cap.
 //   - Decay: a block that stays in the shared lists while they serve
 //     `kDecayOperations` acquisitions and releases of other blocks is not
 //     part of what the program reuses; its pages go back through upstream's
@@ -45,7 +50,7 @@
 //     and so does a list the thread is still working its way down (one
 //     deeper than a period's acquisitions). Releases do not age blocks. A
 //     thread that stops acquiring blocks keeps its thread cache (at most
-//     thread_cache_bytes) until it exits or calls Trim: other threads
+//     its cap) until it exits or calls Trim: other threads
 //     cannot take it without a lock on its fast path.
 //   - Large blocks (above the largest block a kind grows to by default,
 //     about 1 MiB: one large chunk each) skip the thread caches, and are
@@ -132,6 +137,11 @@ class CachingBlockSource final : public BlockSource {
     // their bytes.
     uint64_t thread_decayed_blocks = 0;
     size_t thread_decayed_bytes = 0;
+    // Thread caches' own caps: how often a thread's cap doubled because it
+    // took back what its full cache had spilled (all threads), and the
+    // calling thread's cap now (0 without a thread cache).
+    uint64_t thread_cap_raises = 0;
+    size_t thread_cache_cap = 0;
   };
 
   // Acquisitions and releases on the shared lists that a kept block must
@@ -262,7 +272,8 @@ class CachingBlockSource final : public BlockSource {
   // away lately, the cap was too small for what the program reuses (mu_).
   void LearnFromMiss(size_t size);
   // What one thread may keep: its own cap, within the shared one.
-  size_t ThreadCacheCap() const;
+  size_t ThreadCacheCap(const ThreadCache* tc) const;
+  void RaiseThreadCapLocked(ThreadCache* tc);
 
   BlockSource* const upstream_;
   mutable std::mutex mu_;

@@ -26,6 +26,7 @@
 #include "mcx/context/internal/mark.h"
 #include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/valgrind.h"
+#include "mcx/context/kind_api.h"
 
 namespace mcx {
 
@@ -46,17 +47,16 @@ void PrefetchHeader(const Context* ctx) {
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
 }
 
-// Where a context of kind `m` keeps its first block's size: after the
-// header and the kind's state, before the name. Inline here, because a
-// release reads it for every context of a tree.
-inline size_t FirstBlockSizeOffsetFor(const KindMethods* m) {
-  return RoundUp(RoundUp(sizeof(Context), m->state_alignment) + m->state_size, alignof(size_t));
-}
+// Where a context keeps its first block's size: right after the header,
+// before the kind's state (kind_api.h, kKindStateStart), in the line a
+// release reads for the header's last fields anyway.
+constexpr size_t kFirstBlockSizeOffset = sizeof(Context);
+static_assert(kFirstBlockSizeOffset + sizeof(size_t) == kKindStateStart,
+              "the first block's size lies between the header and the kind state");
 
-inline size_t ReadFirstBlockSize(const Context* ctx, const KindMethods* m) {
+inline size_t ReadFirstBlockSize(const Context* ctx) {
   size_t size;
-  std::memcpy(&size, reinterpret_cast<const char*>(ctx) + FirstBlockSizeOffsetFor(m),
-              sizeof(size));
+  std::memcpy(&size, reinterpret_cast<const char*>(ctx) + kFirstBlockSizeOffset, sizeof(size));
   return size;
 }
 
@@ -243,20 +243,20 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     return fail(Failure::kBadArgument, 0);
   }
   const size_t name_len = std::strlen(name);
-  const size_t state_offset = RoundUp(sizeof(Context), methods->state_alignment);
-  // The first block's size, then the name, after the kind's state.
-  const size_t size_offset = RoundUp(state_offset + methods->state_size, alignof(size_t));
-  const size_t name_offset = size_offset + sizeof(size_t);
+  // The first block's size, the kind's state, then the name.
+  const size_t name_offset =
+      RoundUp(kKindStateStart, methods->state_alignment) + methods->state_size;
   if (ABSL_PREDICT_FALSE(name_len > kMaxAllocSize - name_offset)) {
     return fail(Failure::kBadSize, name_len);
   }
   const size_t header_bytes = RoundUp(name_offset + name_len + 1, kDefaultAlignment);
   const size_t learned = parent != nullptr ? parent->LearnedFirstBlock() : kDefaultFirstBlockSize;
-  const size_t want = methods->first_block_size(kind.options(), header_bytes, learned);
+  const FirstBlockSpec first = methods->first_block(kind.options(), header_bytes, learned);
+  const size_t want = first.size;
   if (ABSL_PREDICT_FALSE(want == 0 || want < header_bytes || want > kMaxFirstBlockSize)) {
     return fail(Failure::kBadSize, want);
   }
-  const size_t alignment = methods->first_block_alignment(kind.options(), want);
+  const size_t alignment = first.alignment;
   const size_t limit = options != nullptr ? options->limit : kNoLimit;
   if (limit != kNoLimit && want > limit) return fail(Failure::kLimit, want);
 
@@ -283,7 +283,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
 
   Context* ctx = new (block.ptr) Context(methods, source, size);
-  std::memcpy(static_cast<char*>(block.ptr) + size_offset, &size, sizeof(size));
+  std::memcpy(static_cast<char*>(block.ptr) + kFirstBlockSizeOffset, &size, sizeof(size));
   internal::ValgrindCreatePool(ctx);
   CopyName(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
   // Link first: the kind's init and the side record may acquire blocks,
@@ -702,7 +702,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Context::ReleaseSelfImpl(bool head_chil
   if (extras_ != nullptr) ReleaseExtras();
   methods_->release_all(this);
   BlockSource* source = source_;
-  Block first{this, ReadFirstBlockSize(this, methods_)};
+  Block first{this, ReadFirstBlockSize(this)};
   UnchargeLimits(first.size);
   if (head_child) {
     parent_->first_child_ = next_sibling_;
@@ -967,11 +967,11 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
 
 // The name follows the kind state, which follows the header: its place
 // follows from the kind, so the header does not keep a pointer to it.
-size_t Context::FirstBlockSizeOffset() const { return FirstBlockSizeOffsetFor(methods_); }
+size_t Context::NameOffset() const {
+  return RoundUp(kKindStateStart, methods_->state_alignment) + methods_->state_size;
+}
 
-size_t Context::NameOffset() const { return FirstBlockSizeOffset() + sizeof(size_t); }
-
-size_t Context::first_block_size() const { return ReadFirstBlockSize(this, methods_); }
+size_t Context::first_block_size() const { return ReadFirstBlockSize(this); }
 
 const char* Context::name() const { return reinterpret_cast<const char*>(this) + NameOffset(); }
 

@@ -724,9 +724,6 @@ class Context {
   // message).
   Failure Reparent(Context* new_parent, const Context** limited, size_t* bytes);
   size_t NameOffset() const;
-  // Where the first block's size is kept: after the kind's state, before
-  // the name (PostgreSQL keeps its keeper block's end in that block too).
-  size_t FirstBlockSizeOffset() const;
 
   // The block ledger (block_ledger.cc): blocks for kinds (kind_api.h),
   // limits and the reserve.
@@ -778,8 +775,9 @@ class Context {
   // The header: 96 bytes in release builds (PostgreSQL's MemoryContextData
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
   // line; what only some contexts use is in the side record; the first
-  // block's size is in that block, after the kind's state (FirstBlockRecord
-  // in context.cc). The block mark takes 48 bits (more than a 64-bit process
+  // block's size is in that block, right after this header and before the
+  // kind's state (kFirstBlockSizeOffset in context.cc; PostgreSQL keeps its
+  // keeper block's end in that block too). The block mark takes 48 bits (more than a 64-bit process
   // can address), so that it shares its word with the window's limit.
   char* bump_ptr_ = nullptr;
   char* bump_end_ = nullptr;

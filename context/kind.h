@@ -91,6 +91,13 @@ struct KindStats {
 // PostgreSQL's MemoryContextMethods. Build it with MakeKindMethods<Kind>()
 // rather than by hand: the builder fills every field from the kind's
 // members and checks their signatures at compile time.
+// A first block's size and alignment (KindMethods::first_block): both in
+// one call, returned in two registers.
+struct FirstBlockSpec {
+  size_t size;
+  size_t alignment;
+};
+
 struct KindMethods {
   const char* name;         // "pool", "freelist": shown in reports
   size_t state_size;        // bytes of kind state after the context header
@@ -102,8 +109,7 @@ struct KindMethods {
   // `learned` is the size the tree suggests where the options leave it to
   // the tree (kDefaultFirstBlockSize for a root; for a child, what its
   // parent's children needed, 0 before anything is learned).
-  size_t (*first_block_size)(const void* options, size_t header_bytes, size_t learned);
-  size_t (*first_block_alignment)(const void* options, size_t first_block_size);
+  FirstBlockSpec (*first_block)(const void* options, size_t header_bytes, size_t learned);
 
   // Sets up the state in a fresh first block. [space, block_end) is the part
   // of the first block after the header. Returns false (with SetFailure) if

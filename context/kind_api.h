@@ -151,6 +151,11 @@ class LiveChunkVisitor {
 // (a context holds a pointer to its kind's table); build a table with
 // MakeKindMethods below.
 
+// Where the kind state may start in the first block: after the context
+// header and the first block's size, which the tree keeps there (in the
+// header's second cache line, which a release reads anyway).
+inline constexpr size_t kKindStateStart = sizeof(Context) + sizeof(size_t);
+
 // The kind state that follows the context header in the first block.
 template <typename State>
 State* KindState(Context* ctx) {
@@ -158,7 +163,7 @@ State* KindState(Context* ctx) {
   // A context sits at the start of its first block: with the alignment
   // known, the offset is a constant.
   auto* base = static_cast<char*>(__builtin_assume_aligned(ctx, kMinBlockAlignment));
-  constexpr size_t kOffset = (sizeof(Context) + kAlign - 1) & ~(kAlign - 1);
+  constexpr size_t kOffset = (kKindStateStart + kAlign - 1) & ~(kAlign - 1);
   return reinterpret_cast<State*>(base + kOffset);
 }
 
@@ -208,22 +213,21 @@ struct Trampolines {
   using Options = typename K::Options;
   static const Options& OptionsOf(const void* o) { return *static_cast<const Options*>(o); }
 
-  static size_t FirstBlockSize(const void* o, size_t header_bytes, size_t learned) {
+  // The kind's FirstBlockSize and FirstBlockAlignment in one call: a
+  // context's creation makes one indirect call for both.
+  static FirstBlockSpec FirstBlock(const void* o, size_t header_bytes, size_t learned) {
+    size_t size;
     if constexpr (std::is_same_v<decltype(&K::FirstBlockSize),
                                  size_t (*)(const Options&, size_t, size_t)>) {
-      return K::FirstBlockSize(OptionsOf(o), header_bytes, learned);
+      size = K::FirstBlockSize(OptionsOf(o), header_bytes, learned);
     } else {
       (void)learned;
-      return K::FirstBlockSize(OptionsOf(o), header_bytes);
+      size = K::FirstBlockSize(OptionsOf(o), header_bytes);
     }
-  }
-  static size_t FirstBlockAlignment(const void* o, size_t first_block_size) {
     if constexpr (HasFirstBlockAlignment<K>::value) {
-      return K::FirstBlockAlignment(OptionsOf(o), first_block_size);
+      return FirstBlockSpec{size, K::FirstBlockAlignment(OptionsOf(o), size)};
     } else {
-      (void)o;
-      (void)first_block_size;
-      return kMinBlockAlignment;
+      return FirstBlockSpec{size, kMinBlockAlignment};
     }
   }
   static bool Init(Context* ctx, const void* o, char* space, char* end) {
@@ -432,8 +436,7 @@ constexpr KindMethods MakeKindMethods() {
   return KindMethods{K::kName,
                      sizeof(State),
                      alignof(State),
-                     &T::FirstBlockSize,
-                     &T::FirstBlockAlignment,
+                     &T::FirstBlock,
                      &T::Init,
                      &T::Alloc,
                      {alloc_or_refuse[0], alloc_or_refuse[1]},

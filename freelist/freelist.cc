@@ -214,11 +214,11 @@ bool HasTable(const FreelistState* st) { return st->table != &kEmptyTable; }
 // it for any context address; a context header always starts a block,
 // aligned to at least kMinBlockAlignment, so here the offset is a
 // constant, and the fast paths save the two instructions that align it.
-static_assert(sizeof(Context) % alignof(FreelistState) == 0 &&
+static_assert(kKindStateStart % alignof(FreelistState) == 0 &&
                   alignof(FreelistState) <= kMinBlockAlignment,
               "the state follows the context header at a fixed offset");
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline FreelistState* StateOf(Context* ctx) {
-  return reinterpret_cast<FreelistState*>(reinterpret_cast<char*>(ctx) + sizeof(Context));
+  return reinterpret_cast<FreelistState*>(reinterpret_cast<char*>(ctx) + kKindStateStart);
 }
 
 // --- Chunks, units and blocks -------------------------------------------------

@@ -78,7 +78,7 @@ constexpr size_t kBlockHeaderBytes =
 // first block's after the context header and the pool state.
 static_assert(sizeof(LargeHeader) <= kBlockHeaderBytes,
               "the bytes before a small chunk of a later block are its block's");
-static_assert(sizeof(LargeHeader) <= sizeof(Context) + sizeof(PoolState),
+static_assert(sizeof(LargeHeader) <= kKindStateStart + sizeof(PoolState),
               "the bytes before a small chunk of the first block are the context's");
 
 size_t PayloadAlignment(size_t alignment) {
@@ -786,9 +786,11 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseBeyondFirst(Context* ctx, PoolState* st) {
 
 void PoolReleaseAll(Context* ctx, PoolState* st) {
   VerifyOrReport(ctx, st);
-  // Most contexts die with their first block alone: three tests, and no
-  // register saved.
-  if (ABSL_PREDICT_FALSE(!st->large.empty() || !st->blocks.IsOnly(&st->first.link))) {
+  // Most contexts die with their first block alone. The header's count of
+  // blocks says so (every later block and large chunk is one of them)
+  // without reading the state's cache lines, which a tree's release would
+  // otherwise miss for every context.
+  if (ABSL_PREDICT_FALSE(ctx->num_blocks() > 1)) {
     ReleaseBeyondFirst(ctx, st);
   }
 }

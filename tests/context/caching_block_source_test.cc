@@ -851,7 +851,9 @@ TEST(CachingBlockSourceTest, ThreadCacheBlocksCycledInBurstsNeverDecay) {
     CachingBlockSource::Stats s = cache.GetStats();
     EXPECT_EQ(s.thread_decayed_blocks, 0u);
     EXPECT_EQ(s.cached_bytes, kBlocks * kBlockBytes);
-    EXPECT_LE(s.thread_cached_bytes, kThreadCacheBytes);
+    // The cycle (48 MiB) is more than the thread's cap at its highest.
+    EXPECT_EQ(s.thread_cache_cap, 4 * kThreadCacheBytes);
+    EXPECT_LE(s.thread_cached_bytes, s.thread_cache_cap);
     EXPECT_EQ(upstream.acquires(), static_cast<int64_t>(kBlocks));
     EXPECT_EQ(upstream.releases(), 0);
     EXPECT_EQ(upstream.purges(), 0);
@@ -859,6 +861,101 @@ TEST(CachingBlockSourceTest, ThreadCacheBlocksCycledInBurstsNeverDecay) {
   t.join();
   cache.Trim();
   EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// Takes `n` blocks of `bytes`, then gives them all back: one cycle of a
+// tree's creation and destroy.
+void AcquireThenRelease(CachingBlockSource* cache, size_t bytes, size_t n) {
+  std::vector<Block> blocks(n);
+  for (Block& b : blocks) b = cache->Acquire(bytes, kMinBlockAlignment);
+  for (Block b : blocks) cache->Release(b);
+}
+
+constexpr size_t kSmallThreadCap = size_t{64} << 10;
+constexpr size_t kSmallBlock = size_t{4} << 10;
+
+// Runs `body(cache, upstream)` on a thread of its own, against a cache with
+// a 64 KiB thread cap over a counting source; after a Trim, every block it
+// took went back.
+template <typename F>
+void OnThreadWithSmallCap(F body) {
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, kSmallThreadCap);
+  std::thread t([&] { body(cache, upstream); });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
+// A thread that cycles more than its cap (24 blocks of 4 KiB against
+// 64 KiB) spills its full cache to the shared lists and takes the blocks
+// back under the lock: its cap doubles once, and from then on the cycle
+// stays in the thread cache, with no shared-list hit and no upstream call.
+TEST(CachingBlockSourceTest, ThreadCapRisesForACycleBeyondIt) {
+  constexpr size_t kCycle = 24;
+  OnThreadWithSmallCap([](CachingBlockSource& cache, CountingBlockSource& upstream) {
+    EXPECT_EQ(cache.GetStats().thread_cache_cap, kSmallThreadCap);
+    for (int round = 0; round < 3; ++round) AcquireThenRelease(&cache, kSmallBlock, kCycle);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_cap_raises, 1u);
+    EXPECT_EQ(s.thread_cache_cap, 2 * kSmallThreadCap);
+    const uint64_t shared_hits = s.hits - s.thread_hits;
+    EXPECT_GT(shared_hits, 0u);
+    for (int round = 0; round < 10; ++round) AcquireThenRelease(&cache, kSmallBlock, kCycle);
+    s = cache.GetStats();
+    EXPECT_EQ(s.hits - s.thread_hits, shared_hits);
+    EXPECT_EQ(s.thread_cap_raises, 1u);
+    EXPECT_EQ(s.thread_cached_bytes, kCycle * kSmallBlock);
+    EXPECT_EQ(upstream.acquires(), static_cast<int64_t>(kCycle));
+    EXPECT_EQ(upstream.releases(), 0);
+  });
+}
+
+// The rise stops at four times thread_cache_bytes: a cycle of 1 MiB against
+// 64 KiB doubles the cap twice, and spills the rest as before.
+TEST(CachingBlockSourceTest, ThreadCapRiseIsBounded) {
+  constexpr size_t kCycle = 256;
+  OnThreadWithSmallCap([](CachingBlockSource& cache, CountingBlockSource& upstream) {
+    for (int round = 0; round < 8; ++round) AcquireThenRelease(&cache, kSmallBlock, kCycle);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_cap_raises, 2u);
+    EXPECT_EQ(s.thread_cache_cap, 4 * kSmallThreadCap);
+    EXPECT_LE(s.thread_cached_bytes, 4 * kSmallThreadCap);
+    EXPECT_EQ(upstream.acquires(), static_cast<int64_t>(kCycle));
+  });
+}
+
+// A thread whose cycle shrinks (from 24 blocks to one) keeps more than it
+// reuses: the blocks its loop no longer reaches decay, and the raised cap
+// comes back down to thread_cache_bytes.
+TEST(CachingBlockSourceTest, ThreadCapComesDownWhenBlocksDecay) {
+  OnThreadWithSmallCap([](CachingBlockSource& cache, CountingBlockSource&) {
+    for (int round = 0; round < 3; ++round) AcquireThenRelease(&cache, kSmallBlock, 24);
+    ASSERT_EQ(cache.GetStats().thread_cache_cap, 2 * kSmallThreadCap);
+    uint64_t acquisitions = 3 * 24;
+    CycleUntil(&cache, kSmallBlock, &acquisitions, 4 * CachingBlockSource::kThreadDecayTicks);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_GT(s.thread_decayed_blocks, 0u);
+    EXPECT_EQ(s.thread_cache_cap, kSmallThreadCap);
+    EXPECT_EQ(s.thread_cap_raises, 1u);
+  });
+}
+
+// A spill long before the thread takes blocks of that size back (two decay
+// runs of other work in between) is no evidence: the cap stays.
+TEST(CachingBlockSourceTest, ThreadCapIgnoresAnOldSpill) {
+  OnThreadWithSmallCap([](CachingBlockSource& cache, CountingBlockSource&) {
+    AcquireThenRelease(&cache, kSmallBlock, 24);  // spills when full
+    uint64_t acquisitions = 24;
+    CycleUntil(&cache, size_t{8} << 10, &acquisitions,
+               24 + 2 * CachingBlockSource::kThreadDecayTicks);
+    AcquireThenRelease(&cache, kSmallBlock, 24);  // refills from the shared lists
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_GT(s.hits - s.thread_hits, 0u);
+    EXPECT_EQ(s.thread_cap_raises, 0u);
+    EXPECT_EQ(s.thread_cache_cap, kSmallThreadCap);
+  });
 }
 
 // A thread that keeps more blocks of the size it uses than it needs (a
