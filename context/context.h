@@ -639,6 +639,7 @@ class Context {
   ABSL_ATTRIBUTE_NOINLINE bool ChargeRefused(size_t bytes, unsigned flags);
   bool ServeRefusal(internal::PassedLimits* passed, unsigned flags);
   ABSL_ATTRIBUTE_NOINLINE bool RefuseForRequests();
+  void WithdrawRefusal(Failure before);
   bool PressureDue(Context* first, size_t bytes);
   bool BudgetSoftLimitArmed(const Context* l) const;
   void RefuseForBudget(Context* l, size_t bytes);

@@ -499,6 +499,8 @@ struct KindAccess {
     return ctx->ReallocateBlock(block, keep, new_min_size, alignment);
   }
   static void SetFailure(Context* ctx, Failure failure) { ctx->last_failure_ = failure; }
+  static Failure LastFailure(const Context* ctx) { return ctx->last_failure_; }
+  static void WithdrawRefusal(Context* ctx, Failure before) { ctx->WithdrawRefusal(before); }
   static void* AllocRefused(Context* ctx, size_t size, size_t alignment, unsigned flags) {
     return ctx->AllocRefused(size, alignment, flags);
   }
@@ -567,6 +569,18 @@ inline size_t PurgeBlockBytes(Context* ctx, void* from, size_t bytes) {
 // reports it).
 inline void SetFailure(Context* ctx, Failure failure) {
   internal::KindAccess::SetFailure(ctx, failure);
+}
+
+// For a kind that can serve a call without a block the ledger refused with
+// kLimit (a chunk that grows within room the kind already holds rather
+// than in a block of its own): takes the refusal back, so the call succeeds
+// with last_failure() as it was (`before`, read before the acquisition),
+// and a soft limit's callback or report request that refused the block
+// waits for the next block. Not for kOutOfMemory: the source's failure is
+// reported.
+inline Failure LastFailure(const Context* ctx) { return internal::KindAccess::LastFailure(ctx); }
+inline void WithdrawRefusal(Context* ctx, Failure before) {
+  internal::KindAccess::WithdrawRefusal(ctx, before);
 }
 
 // The site of the allocation the kind is serving (the caller of Alloc,

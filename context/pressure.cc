@@ -143,6 +143,23 @@ bool Context::RefuseForRequests() {
   return true;
 }
 
+// Context::WithdrawRefusal
+//
+// A kind served the call without the block that was refused: the failure
+// goes back to `before`, and a soft limit or report request that refused
+// the block is not served for this call (the next block's acquisition
+// meets it again).
+void Context::WithdrawRefusal(Failure before) {
+  internal::LedgerRefusal& r = internal::ledger_refusal;
+  if (r.refused == this) {
+    r.refused = nullptr;
+    r.due = nullptr;
+    r.due_budget = nullptr;
+    r.requests = false;
+  }
+  last_failure_ = before;
+}
+
 // Context::ServeRefusal
 //
 // In a front's failure branch: if the failure was the ledger's refusal of a

@@ -1468,19 +1468,24 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
       return p;
     }
     // The chunk carved last grows or shrinks in place while its run allows,
-    // up to kInPlaceGrowthLimit; beyond, it moves to a dedicated block. A
-    // refusal fails the call with nothing changed, as for any block the
-    // kind acquires (kind_api.h): the front decides whether to retry.
+    // up to kInPlaceGrowthLimit; beyond, it moves to a dedicated block. If
+    // a limit refuses that block, the chunk grows in its run after all: a
+    // limit must not refuse what fits in blocks the context already holds
+    // (the source's own failure is reported, as for any block).
     char* start = ChunkStart(p);
     if (start + Stride(c) == st->bump_ptr &&
         Stride(nc) <= static_cast<size_t>(st->bump_end - start)) {
       if (!kDirectBuild && new_size > kInPlaceGrowthLimit && nc > c) {
+        const Failure before = LastFailure(ctx);
         void* q = AllocDedicated(ctx, st, new_size);
-        if (q == nullptr) return nullptr;
-        MarkGrowth(q, new_size);
-        std::memcpy(q, p, old_bytes);
-        FreelistFree(ctx, st, p);
-        return q;
+        if (q != nullptr) {
+          MarkGrowth(q, new_size);
+          std::memcpy(q, p, old_bytes);
+          FreelistFree(ctx, st, p);
+          return q;
+        }
+        if (LastFailure(ctx) != Failure::kLimit) return nullptr;
+        WithdrawRefusal(ctx, before);
       }
       ResizeLast(st, p, h, c, nc);
       st->live.Remove(usable);

@@ -23,6 +23,7 @@
 #include "mcx/context/inspect.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/kind_api.h"
+#include "mcx/context/pressure.h"
 #include "mcx/context/stats.h"
 #include "mcx/freelist/internal/freelist_block.h"
 #include "mcx/pool/pool.h"
@@ -224,6 +225,72 @@ TEST_F(FreelistTest, ReallocMovesTheLastChunkOutOfItsRunBeyondFourKiB) {
   EXPECT_TRUE(Holds(small, 100, 5));
   EXPECT_EQ(source.live_blocks(), blocks);
   EXPECT_EQ(ctx->live_bytes(), live - SizeClassBytes(SizeClassOf(4096)) + SizeClassBytes(6));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// Under a limit that refuses the dedicated block, the chunk carved last
+// grows on in its run instead: the limit does not refuse what fits in the
+// blocks the context holds, and the call succeeds with no failure left on
+// record.
+TEST_F(FreelistTest, ReallocGrowsInItsRunWhenTheDedicatedBlockIsRefused) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  FreelistOptions o;
+  o.initial_block_size = 64 << 10;
+  Context* ctx = CreateFreelistContext(nullptr, "limited", o);
+  // Room for the limit's own record, not for an 8 KiB block.
+  const absl::Status set = ctx->SetLimit(ctx->bytes_in_blocks() + 4096);
+  ASSERT_TRUE(set.ok()) << set;
+  const size_t held = ctx->bytes_in_blocks();
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, 6);
+  for (size_t n = 32; n <= 16384; n *= 2) {
+    void* q = ctx->Realloc(p, n);
+    ASSERT_EQ(q, p) << n;
+    ASSERT_TRUE(Holds(p, n / 2, 6)) << n;
+    Fill(p, n, 6);
+  }
+  EXPECT_EQ(ctx->last_failure(), Failure::kNone);
+  EXPECT_EQ(ctx->bytes_in_blocks(), held);
+  EXPECT_GE(ctx->ChunkSize(p), 16384u);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  // Beyond the run, the limit refuses: nothing changes.
+  EXPECT_EQ(ctx->TryRealloc(p, 128 << 10), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kLimit);
+  EXPECT_TRUE(Holds(p, 16384, 6));
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
+// A soft limit that refuses the dedicated block is not crossed either: the
+// chunk grows in its run without a callback, and the next block that does
+// cross the limit calls back once.
+TEST_F(FreelistTest, ReallocInItsRunDoesNotCallASoftLimitBack) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  FreelistOptions o;
+  o.initial_block_size = 64 << 10;
+  Context* ctx = CreateFreelistContext(nullptr, "soft", o);
+  static int calls;
+  calls = 0;
+  ASSERT_EQ(ctx->TrySetSoftLimit(ctx->bytes_in_blocks() + 4096,
+                                 [](const PressureInfo&) { ++calls; }),
+            Failure::kNone);
+  const size_t held = ctx->bytes_in_blocks();
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, 7);
+  for (size_t n = 32; n <= 16384; n *= 2) {
+    ASSERT_EQ(ctx->Realloc(p, n), p) << n;
+    Fill(p, n, 7);
+  }
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(ctx->bytes_in_blocks(), held);
+  EXPECT_EQ(ctx->last_failure(), Failure::kNone);
+  void* big = ctx->Alloc(128 << 10);  // a block of its own
+  EXPECT_NE(big, nullptr);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(Holds(p, 16384, 7));
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
