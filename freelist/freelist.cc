@@ -83,6 +83,8 @@ using freelist_internal::kSourceHeaderAllowance;
 using freelist_internal::kStraddledInto;
 using freelist_internal::kUnitBytes;
 using freelist_internal::kUnitPurged;
+using freelist_internal::kUnitParking;
+using freelist_internal::kTrimTail;
 using freelist_internal::kUnitReleasing;
 using freelist_internal::kUnitShift;
 using freelist_internal::OnList;
@@ -149,6 +151,26 @@ constexpr uint32_t kMaxSweepBackoff = 8;
 // that can become one larger chunk.
 constexpr uint32_t kCoalesceDivisor = 4;
 constexpr uint32_t kMinCoalesceFree = 2;
+// Parking. When the live data has shrunk, the class lists, refilled by
+// random frees, keep a small live set spread over every unit that held the
+// large one: each allocation takes a chunk of some sparse unit, which then
+// never drains. A sweep run by frees therefore parks the free chunks of
+// sparse units (at most 1/kSparseDivisor of their chunks live) on lists of
+// their own, so that allocations fill denser units and fresh runs while the
+// sparse ones drain until a sweep gives them back, when
+//   - the context holds more than kDrainHeldNumerator/kDrainHeldDenominator
+//     times its live bytes in blocks (it is loose),
+//   - its live bytes fell below 1/kShrinkDivisor of the most a sweep saw
+//     since it was last not loose (it shrank: a steady churn, loose or not,
+//     is left alone, as parking there only spreads it over more units),
+//   - and more than 1/kDrainDivisor of the bytes of its chunks are free.
+// Parked chunks go back to the lists at the next sweep that does not park
+// them, and before the context would acquire a block for a run.
+// docs/performance.md (W8) has how the bounds were chosen.
+constexpr uint32_t kSparseDivisor = 3;
+constexpr uint64_t kDrainDivisor = 4;
+constexpr size_t kDrainHeldNumerator = 2, kDrainHeldDenominator = 1;
+constexpr size_t kShrinkDivisor = 2;
 
 // Empty blocks a sweep keeps for reuse: up to an eighth of the bytes in
 // use, and at least one largest block, so a context whose live data
@@ -190,7 +212,8 @@ constexpr size_t kMinGrowthBlockSize = 1024;
 
 // Header checks on the free fast path, in one compare: our kind, our magic,
 // not free, not dedicated.
-constexpr uint64_t kFastMask = kChunkKindMask | kChunkExternalBit | kChunkFreeBit | kChunkMagicMask;
+constexpr uint64_t kFastMask = kChunkKindMask | kChunkExternalBit | kChunkFreeBit | kChunkMagicMask |
+                               (uint64_t{1} << 7);  // kParkedUnitBit, below
 constexpr uint64_t kFastExpect = kChunkKindFreelist | (kChunkMagic << kChunkMagicShift);
 
 // Header bit of a chunk another thread freed (remote_free.h), set with the
@@ -201,6 +224,17 @@ constexpr uint64_t kRemoteFreeBit = uint64_t{1} << 6;
 static_assert((kRemoteFreeBit & (kChunkKindMask | kChunkExternalBit | kChunkFreeBit |
                                  (kChunkValueMask << kChunkValueShift))) == 0,
               "the remote bit is a spare header bit");
+
+// Header bit of a live chunk of a parked unit (kUnitParking), set by the
+// sweep that parks the unit: it sends the chunk's free off the fast path
+// (it is in kFastMask), to the parked list while the unit stays parked.
+// Left on a chunk whose unit is no longer parked, it costs that free the
+// slow path once; the free writes the header without it.
+constexpr uint64_t kParkedUnitBit = uint64_t{1} << 7;
+static_assert((kParkedUnitBit & (kRemoteFreeBit | kChunkKindMask | kChunkExternalBit |
+                                 kChunkFreeBit | (kChunkValueMask << kChunkValueShift))) == 0,
+              "the parked bit is a spare header bit");
+static_assert((kFastMask & kParkedUnitBit) != 0, "a parked chunk's free leaves the fast path");
 
 // The table every context reads until its first free: all heads null, so
 // the allocation fast path falls to the slow path for every class, and
@@ -656,6 +690,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
 // (the context emptied: SweepEmpty).
 enum class SweepRelease { kKeep, kPurged, kWarm };
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release);
+void UnparkAll(FreelistState* st);
 void SweepEmpty(Context* ctx, FreelistState* st);
 
 // Whether enough was freed since the last sweep to sweep before growing:
@@ -671,13 +706,26 @@ bool WorthSweepingBeforeGrowth(const FreelistState* st) {
 // Starts a new run for a chunk of `stride` bytes: free units of a block
 // held, or (after a sweep, if one is due soon) a new block. The old run is
 // retired only once the new one is in hand, so a failure changes nothing.
-bool NewRun(Context* ctx, FreelistState* st, size_t stride) {
+//
+// With `refiled` given, what the lists may now hold comes before a new
+// block: if the sweep ran (it may have coalesced chunks of the class
+// wanted) or parked chunks wait, NewRun returns false with *refiled set,
+// for the caller to look at its class's lists again.
+bool NewRun(Context* ctx, FreelistState* st, size_t stride, bool* refiled = nullptr) {
   const size_t need = stride;
   Run r;
   bool found = FindRun(st, need, &r);
   if (!found && WorthSweepingBeforeGrowth(st)) {
     Sweep(ctx, st, SweepRelease::kKeep);
     found = FindRun(st, need, &r);
+    if (!found && refiled != nullptr) {
+      *refiled = true;
+      return false;
+    }
+  }
+  if (!found && refiled != nullptr && HasTable(st) && st->table->parked_chunks != 0) {
+    *refiled = true;
+    return false;
   }
   if (!found) {
     BlockHeader* b = AcquirePageBlock(ctx, st, need);
@@ -716,6 +764,14 @@ void Schedule(FreelistState* st, uint64_t walked, uint64_t released) {
 
 // The table's class.
 size_t TableClass() { return SizeClassOf(sizeof(FreeTable)); }
+
+// The parked lists' heads: a chunk of this class.
+constexpr size_t kParkedTableBytes = kNumSizeClasses * sizeof(void*);
+size_t ParkedTableClass() { return SizeClassOf(kParkedTableBytes); }
+
+void* ParkedHead(const FreeTable* t, size_t c) {
+  return t->parked != nullptr ? t->parked[c] : nullptr;
+}
 
 size_t Room(const FreelistState* st) { return static_cast<size_t>(st->bump_end - st->bump_ptr); }
 
@@ -828,7 +884,29 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       return p;
     }
   }
-  if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
+  if (stride > Room(st)) {
+    bool refiled = false;
+    if (!NewRun(ctx, st, stride, &refiled)) {
+      if (!refiled) return nullptr;
+      // A parked chunk of the class, rather than a new block: the others
+      // stay parked.
+      FreeTable* t = st->table;
+      void* p = t->heads[c];
+      if (p != nullptr) {
+        t->heads[c] = NextFree(p);
+      } else if ((p = ParkedHead(t, c)) != nullptr) {
+        t->parked[c] = NextFree(p);
+        --t->parked_chunks;
+      }
+      if (p != nullptr) {
+        ClearFreeBit(p);
+        st->live.Add(SizeClassBytes(c));
+        MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
+        return p;
+      }
+      if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
+    }
+  }
   return CarveLive(st, c, size, PendingSite(ctx));
 }
 
@@ -844,7 +922,28 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
 // (FinishBlock then clears them), 0 for nothing.
 constexpr int kMarked = 1;
 constexpr int kMarkedRelease = 2;
-int MarkReleasable(const FreelistState* st, BlockHeader* b) {
+
+// The start of the last chunk of unit `i` of `b`, which holds chunks.
+char* LastChunkOf(BlockHeader* b, size_t i) {
+  const UnitDesc& d = Descs(b)[i];
+  char* chunk = UnitStart(b, i) + d.first;
+  for (uint32_t k = 1; k < d.starts; ++k) {
+    chunk += Stride(ChunkHeaderValue(ReadChunkHeader(chunk + kHeaderBytes)));
+  }
+  return chunk;
+}
+
+// Whether the last chunk of unit `i`, which runs into the next unit, is
+// free (and not waiting on the remote list) and what lies of it in unit
+// `i` can be carved into chunks.
+bool TailTrimmable(BlockHeader* b, size_t i) {
+  if (Descs(b)[i].starts == 0) return false;
+  char* last = LastChunkOf(b, i);
+  const uint64_t h = ReadChunkHeader(last + kHeaderBytes);
+  return ChunkHeaderIsFree(h) && (h & kRemoteFreeBit) == 0 &&
+         static_cast<size_t>(UnitEnd(b, i) - last) >= Stride(0);
+}
+int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
   UnitDesc* d = Descs(b);
   size_t lo = b->units, hi = 0;
   if (b == st->bump_block && st->bump_ptr < st->bump_end) {
@@ -861,13 +960,26 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b) {
     d[i].sweep_free = 0;
     if (i >= lo && i <= hi) continue;  // being carved
     if (free != d[i].starts) {  // a live chunk starts here
+      if (park && (d[i].starts - free) * kSparseDivisor <= d[i].starts) {
+        d[i].flags |= kUnitParking;
+        marks |= kMarked;
+      } else {
+        d[i].flags = static_cast<uint8_t>(d[i].flags & ~kUnitParking);
+      }
       if (free >= kMinCoalesceFree && free * kCoalesceDivisor > d[i].starts) {
         d[i].flags |= kMostlyFree;
         marks |= kMarked;
       }
       continue;
     }
-    if ((d[i].flags & kStraddledInto) != 0 && (i == 0 || !gone(i - 1))) continue;
+    if ((d[i].flags & kStraddledInto) != 0 && (i == 0 || !gone(i - 1))) {
+      // The chunk running in from the unit before: if it is free, it is
+      // cut at that unit's end (TrimTail) and this unit goes all the same.
+      // Without this, one live chunk in a unit would pin the next one too.
+      const size_t j = i - 1;
+      if (i == 0 || (j >= lo && j <= hi) || !TailTrimmable(b, j)) continue;
+      d[j].flags = static_cast<uint8_t>((d[j].flags | kTrimTail) & ~kMostlyFree);
+    }
     d[i].flags |= kUnitReleasing;
     marks |= kMarkedRelease;
     // Units lying wholly inside the last chunk of this one go with it.
@@ -883,35 +995,80 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b) {
 
 // Refiles every class list without the chunks of units being released or
 // coalesced (CoalesceUnit files the latter again), keeping each list's
-// order. Returns the chunks of units being released.
+// order: the chunks of parking units go to the parked lists, the parked
+// chunks of units no longer parking come back after the listed ones.
+// Returns the chunks of units being released.
 uint64_t RebuildLists(FreelistState* st) {
   FreeTable* t = st->table;
   uint64_t dropped = 0;
+  uint64_t parked = 0;
+  t->parked_chunks = 0;
+  void* no_list = nullptr;  // when there are no parked lists
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    void* head = nullptr;
-    void* tail = nullptr;
-    for (void* p = t->heads[c]; p != nullptr;) {
-      void* next = NextFree(p);
-      const UnitDesc* d = DescOf(p, ReadChunkHeader(p));
-      if ((d->flags & kUnitReleasing) != 0) {
-        ++dropped;
-      } else if ((d->flags & kMostlyFree) == 0) {
-        SetNextFree(p, nullptr);
-        if (tail != nullptr) SetNextFree(tail, p); else head = p;
-        tail = p;
+    void* heads[2] = {nullptr, nullptr};  // listed, parked
+    void* tails[2] = {nullptr, nullptr};
+    auto append = [&](int to, void* p) {
+      SetNextFree(p, nullptr);
+      if (tails[to] != nullptr) SetNextFree(tails[to], p); else heads[to] = p;
+      tails[to] = p;
+    };
+    for (void** list : {&t->heads[c], t->parked != nullptr ? &t->parked[c] : &no_list}) {
+      for (void* p = *list; p != nullptr;) {
+        void* next = NextFree(p);
+        const UnitDesc* d = DescOf(p, ReadChunkHeader(p));
+        if ((d->flags & kUnitReleasing) != 0) {
+          ++dropped;
+        } else if ((d->flags & kTrimTail) != 0 &&
+                   ChunkStart(p) + Stride(c) > UnitEnd(BlockOfDesc(d), d->index)) {
+          // TrimTail files its pieces
+        } else if ((d->flags & kMostlyFree) != 0) {
+          // CoalesceUnit files it again
+        } else if ((d->flags & kUnitParking) != 0) {
+          append(1, p);
+          ++parked;
+        } else {
+          append(0, p);
+        }
+        p = next;
       }
-      p = next;
     }
-    t->heads[c] = head;
+    t->heads[c] = heads[0];
+    if (t->parked != nullptr) t->parked[c] = heads[1];
   }
+  t->parked_chunks += parked;  // CoalesceUnit counts what it parks
   return dropped;
+}
+
+// Files every parked chunk on its class list again, after the listed ones
+// (the context is about to grow: what it holds is used first).
+void UnparkAll(FreelistState* st) {
+  FreeTable* t = st->table;
+  if (t->parked == nullptr) return;
+  for (size_t c = 0; c < kNumSizeClasses; ++c) {
+    void* p = t->parked[c];
+    if (p == nullptr) continue;
+    void* last = p;
+    auto unpark_unit = [](void* q) {
+      UnitDesc* d = DescOf(q, ReadChunkHeader(q));
+      d->flags = static_cast<uint8_t>(d->flags & ~kUnitParking);
+    };
+    unpark_unit(last);
+    for (void* n = NextFree(last); n != nullptr; n = NextFree(n)) {
+      last = n;
+      unpark_unit(n);
+    }
+    SetNextFree(last, t->heads[c]);
+    t->heads[c] = p;
+    t->parked[c] = nullptr;
+  }
+  t->parked_chunks = 0;
 }
 
 // Carves [from, to), which lies in the unit of `d` and held free chunks
 // only, into free chunks of the largest classes that fit, and files them.
 // Every piece keeps a stride of at least the smallest class's, so the
 // chunks still lie back to back. Returns the chunks carved.
-uint32_t RecarveFree(FreeTable* t, UnitDesc* d, char* from, char* to) {
+uint32_t RecarveFree(void** heads, UnitDesc* d, char* from, char* to) {
   uint32_t made = 0;
   while (from < to) {
     const size_t avail = static_cast<size_t>(to - from);
@@ -925,7 +1082,7 @@ uint32_t RecarveFree(FreeTable* t, UnitDesc* d, char* from, char* to) {
     const uint64_t h = MakeChunkHeader(kChunkKindFreelist, false, static_cast<uint8_t>(c),
                                        static_cast<uint64_t>(payload - 8 -
                                                              reinterpret_cast<char*>(d)));
-    PushFree(t, payload, h);
+    PushOnto(&heads[c], payload, h, Stride(c));
     from += Stride(c);
     ++made;
   }
@@ -947,27 +1104,73 @@ uint64_t CoalesceUnit(FreelistState* st, BlockHeader* b, size_t i) {
   char* const unit_end = UnitEnd(b, i);
   char* chunk = UnitStart(b, i) + d->first;
   char* run = nullptr;  // start of the run of free chunks being gathered
+  // A parking unit's chunks go to the parked lists, coalesced all the same:
+  // when they come back, they serve the larger classes.
+  const bool parking = (d->flags & kUnitParking) != 0;
+  void** heads = parking ? t->parked : t->heads;
   const uint32_t old_starts = d->starts;
   uint32_t starts = 0;
+  uint32_t filed = 0;
   for (uint32_t k = 0; k < old_starts; ++k) {
     char* payload = chunk + kHeaderBytes;
     const uint64_t h = ReadChunkHeader(payload);
-    char* next = chunk + Stride(ChunkHeaderValue(h));
+    const size_t c = ChunkHeaderValue(h);
+    char* next = chunk + Stride(c);
     const bool free = ChunkHeaderIsFree(h) && (h & kRemoteFreeBit) == 0;
     if (free && next <= unit_end) {
       if (run == nullptr) run = chunk;
     } else {
-      if (run != nullptr) starts += RecarveFree(t, d, run, chunk);
+      if (run != nullptr) {
+        const uint32_t made = RecarveFree(heads, d, run, chunk);
+        starts += made;
+        filed += made;
+      }
       run = nullptr;
-      if (free) PushFree(t, payload, h & ~kChunkFreeBit);
+      if (free) {
+        PushOnto(&heads[c], payload, h & ~kChunkFreeBit, Stride(c));
+        ++filed;
+      }
       ++starts;
     }
     chunk = next;
   }
-  if (run != nullptr) starts += RecarveFree(t, d, run, chunk);
+  if (run != nullptr) {
+    const uint32_t made = RecarveFree(heads, d, run, chunk);
+    starts += made;
+    filed += made;
+  }
+  if (parking) t->parked_chunks += filed;
   d->starts = starts;
   t->carved -= old_starts - starts;
   return old_starts - starts;
+}
+
+// Cuts the last chunk of unit `i` of `b` (free, off the lists: RebuildLists)
+// at the unit's end, for the next unit to go back: what lies in this unit
+// is carved into free chunks and filed (parked, if the unit parks).
+void TrimTail(FreelistState* st, BlockHeader* b, size_t i) {
+  FreeTable* t = st->table;
+  UnitDesc* d = &Descs(b)[i];
+  const bool parking = (d->flags & kUnitParking) != 0;
+  const uint32_t made = RecarveFree(parking ? t->parked : t->heads, d, LastChunkOf(b, i),
+                                    UnitEnd(b, i));
+  d->starts += made - 1;
+  t->carved += made - 1;
+  if (parking) t->parked_chunks += made;
+  d->flags = static_cast<uint8_t>(d->flags & ~kTrimTail);
+}
+
+// Sets kParkedUnitBit on the live chunks of unit `i` of `b`, which parks:
+// their frees go to the parked lists.
+void MarkParkedChunks(BlockHeader* b, size_t i) {
+  const UnitDesc* d = &Descs(b)[i];
+  char* chunk = UnitStart(b, i) + d->first;
+  for (uint32_t k = 0; k < d->starts; ++k) {
+    char* payload = chunk + kHeaderBytes;
+    const uint64_t h = ReadChunkHeader(payload);
+    if (!ChunkHeaderIsFree(h)) WriteChunkHeader(payload, h | kParkedUnitBit);
+    chunk += Stride(ChunkHeaderValue(h));
+  }
 }
 
 // Coalesces the mostly free units of `b`, gives back the units marked for
@@ -978,6 +1181,7 @@ uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
   bool released = false;
   uint64_t saved = 0;
   for (size_t i = 0; i < b->units; ++i) {
+    if ((d[i].flags & kTrimTail) != 0) TrimTail(st, b, i);
     if ((d[i].flags & kMostlyFree) != 0) saved += CoalesceUnit(st, b, i);
     if ((d[i].flags & kUnitReleasing) != 0) {
       st->table->carved -= d[i].starts;
@@ -990,6 +1194,7 @@ uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
       }
       released = true;
     } else {
+      if ((d[i].flags & kUnitParking) != 0) MarkParkedChunks(b, i);
       d[i].flags = static_cast<uint8_t>(d[i].flags & ~kMostlyFree);
     }
   }
@@ -1041,6 +1246,49 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
   ForEachOn(st, OnList::kSpare, purge);
 }
 
+// Makes the parked lists' heads, during a sweep that found the context's
+// chunks mostly free: from a free chunk of the smallest class that holds
+// them (uncounted again: `*walked` and its unit's count), else from the
+// current run. A free never acquires a block: without either, the sweep
+// does not park.
+bool MakeParkedTable(FreelistState* st, uint64_t* walked) {
+  FreeTable* t = st->table;
+  size_t c = ParkedTableClass();
+  while (c + 1 < kNumSizeClasses && t->heads[c] == nullptr) ++c;
+  void* p = t->heads[c];
+  if (p != nullptr) {
+    t->heads[c] = NextFree(p);
+    ClearFreeBit(p);
+    --DescOf(p, ReadChunkHeader(p))->sweep_free;
+    --*walked;
+  } else if (c = ParkedTableClass(); Stride(c) <= Room(st)) {
+    p = CarveChunk(st, c);
+  } else {
+    return false;
+  }
+  // No site: the heads are the kind's own, which VisitLiveChunks skips.
+  MarkLive(p, kParkedTableBytes, Stride(c) - kHeaderBytes, kUnknownSiteId);
+  t->parked = static_cast<void**>(p);
+  std::fill(t->parked, t->parked + kNumSizeClasses, nullptr);
+  return true;
+}
+
+// Files the parked chunks again and frees the parked lists' heads, during
+// a sweep that does not park, counted as a free chunk found by the sweep:
+// a context that stops parking (or empties) keeps no chunk for them.
+void DropParkedTable(FreelistState* st, uint64_t* walked) {
+  FreeTable* t = st->table;
+  UnparkAll(st);
+  void* p = t->parked;
+  t->parked = nullptr;
+  const uint64_t h = ReadChunkHeader(p);
+  PushFree(t, p, h);
+  UnitDesc* d = DescOf(p, h);
+  ++d->sweep_free;
+  BlockOfDesc(d)->touched_units |= uint64_t{1} << d->index;
+  ++*walked;
+}
+
 // Sweep
 //
 // Counts the free chunks of each unit (a walk of the freelists), gives back
@@ -1052,18 +1300,39 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   FreeTable* t = st->table;
   uint64_t walked = 0;
+  size_t free_bytes = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    for (void* p = t->heads[c]; p != nullptr; p = NextFree(p)) {
-      UnitDesc* d = DescOf(p, ReadChunkHeader(p));
-      ++d->sweep_free;
-      BlockOfDesc(d)->touched_units |= uint64_t{1} << d->index;
-      ++walked;
+    const uint64_t before = walked;
+    for (void* list : {t->heads[c], ParkedHead(t, c)}) {
+      for (void* p = list; p != nullptr; p = NextFree(p)) {
+        UnitDesc* d = DescOf(p, ReadChunkHeader(p));
+        ++d->sweep_free;
+        BlockOfDesc(d)->touched_units |= uint64_t{1} << d->index;
+        ++walked;
+      }
     }
+    free_bytes += static_cast<size_t>(walked - before) * SizeClassBytes(c);
   }
-  bool any = false;
+  // A sweep run by frees decides whether to park; one before growth parks
+  // as the last did (what is parked of the class wanted is taken one chunk
+  // at a time before a new block, AllocFromNewRun); one of a context that
+  // emptied does not park. Bytes, not chunks, say whether
+  // the chunks are mostly free: after a shift to smaller sizes, a few large
+  // free chunks hold more than many small live ones. (The live count
+  // includes dedicated chunks: then the kind parks later, not sooner.)
+  const size_t live = st->live.live();
+  const bool loose = ctx->bytes_in_blocks() / kDrainHeldNumerator > live / kDrainHeldDenominator;
+  if (!loose || live > t->live_high) t->live_high = live;
+  bool park = release == SweepRelease::kPurged
+                  ? loose && live * kShrinkDivisor < t->live_high &&
+                        free_bytes * kDrainDivisor > free_bytes + live
+                  : release == SweepRelease::kKeep && t->parked != nullptr;
+  if (park && t->parked == nullptr) park = MakeParkedTable(st, &walked);
+  if (!park && t->parked != nullptr) DropParkedTable(st, &walked);
+  bool any = t->parked_chunks != 0;
   auto mark = [&](BlockHeader* b) {
     if (b->touched_units == 0) return;
-    const int marks = MarkReleasable(st, b);
+    const int marks = MarkReleasable(st, b, park);
     b->marked = marks != 0;
     any |= marks != 0;
   };
@@ -1081,7 +1350,9 @@ void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   st->first->touched_units = 0;
   if (release != SweepRelease::kKeep) TrimSpares(ctx, st, release == SweepRelease::kWarm);
   if (release == SweepRelease::kPurged) PurgeFreeUnits(ctx, st);
-  Schedule(st, walked, released);
+  // A sweep that parks is never backed off: the units it parks drain only
+  // as fast as sweeps give them back.
+  Schedule(st, walked, park ? walked : released);
 }
 
 // --- Allocation -------------------------------------------------------------------
@@ -1194,10 +1465,12 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
 }
 
 void FreelistFree(Context* ctx, FreelistState* st, void* p);
+void FreeParked(Context* ctx, void* p, uint64_t h);
 
 // Everything but the common case: dedicated chunks, aligned chunks, and
 // every kind of bad pointer.
 ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
+  if ((h & kFastMask) == (kFastExpect | kParkedUnitBit)) return FreeParked(ctx, p, h);
   if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
   unsigned kind = ChunkHeaderKind(h);
   // The real chunk goes straight to the kind: only the aligned address was
@@ -1260,6 +1533,33 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* s
   if (ABSL_PREDICT_FALSE(st->live.Empty()) && st->table->runs_since_empty != 0) {
     SweepEmpty(ctx, st);
   }
+}
+
+// FreeParked
+//
+// A chunk of a unit that was parked when the sweep marked it
+// (kParkedUnitBit): to its parked list while the unit stays parked, so that
+// the unit drains; else the ordinary way. The countdown and the emptied
+// context's sweep as for any free.
+ABSL_ATTRIBUTE_NOINLINE void FreeParked(Context* ctx, void* p, uint64_t h) {
+  FreelistState* st = StateOf(ctx);
+  h &= ~kParkedUnitBit;
+  if (kChecking && !VerifyLiveChunk(ctx, p, h, "free")) return;
+  const UnitDesc* d = DescOf(p, h);
+  FreeTable* t = st->table;
+  if (!HasTable(st) || t->parked == nullptr || (d->flags & kUnitParking) == 0) {
+    return FileFree(ctx, st, p, h);
+  }
+  const size_t c = ChunkHeaderValue(h);
+  st->live.Remove(SizeClassBytes(c));
+  if (kChecking) {
+    UnpoisonMemoryRegion(p, SizeClassBytes(c));
+    std::memset(p, kClobberByte, SizeClassBytes(c));
+  }
+  PushOnto(&t->parked[c], p, h, Stride(c));
+  ++t->parked_chunks;
+  if (--st->sweep_countdown == 0) return Sweep(ctx, st, SweepRelease::kPurged);
+  if (st->live.Empty() && t->runs_since_empty != 0) SweepEmpty(ctx, st);
 }
 
 // A free from a thread other than the owner (remote_free.h): the chunk is
@@ -1442,7 +1742,7 @@ void ResizeLast(FreelistState* st, void* p, uint64_t h, size_t c, size_t nc) {
 void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_size*/,
                       size_t new_size) {
   const uint64_t h = ReadChunkHeader(p);
-  if ((h & (kFastMask & ~kChunkExternalBit)) != kFastExpect) {
+  if ((h & (kFastMask & ~(kChunkExternalBit | kParkedUnitBit))) != kFastExpect) {
     if (IsAlignedRedirect(p)) return ReallocAlignedRedirect(ctx, p, new_size);
     if (ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindFreelist) {
       ReportMisuse("realloc of chunk %p in context '%s' after it was freed", p, ctx->name());
@@ -1601,11 +1901,13 @@ void FreelistReleaseAll(Context* ctx, FreelistState* st) {
   st->partial = st->full = st->spare = nullptr;
 }
 
-// Calls f(payload) for every free chunk: the class lists, then the orphans.
+// Calls f(payload) for every free chunk: the class lists (parked or not),
+// then the orphans.
 template <typename F>
 void ForEachFreeChunk(const FreelistState* st, F f) {
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
     for (void* p = st->table->heads[c]; p != nullptr; p = NextFree(p)) f(p);
+    for (void* p = ParkedHead(st->table, c); p != nullptr; p = NextFree(p)) f(p);
   }
   for (void* p = st->orphans; p != nullptr; p = NextFree(p)) f(p);
 }
@@ -1717,15 +2019,23 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
   }
   // Every chunk marked free is on a list (or an orphan), of its class.
   size_t listed = 0;
+  size_t parked = 0;
   for (size_t c = 0; c < kNumSizeClasses && ok; ++c) {
-    for (void* p = st->table->heads[c]; p != nullptr && ok; p = NextFree(p)) {
-      const uint64_t h = ReadChunkHeader(p);
-      if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || OwnerOf(p, h) != ctx) {
-        fail("chunk %p on freelist %d is not a free chunk of that class", p,
-                             static_cast<int>(c));
+    for (void* list : {st->table->heads[c], ParkedHead(st->table, c)}) {
+      for (void* p = list; p != nullptr && ok; p = NextFree(p)) {
+        const uint64_t h = ReadChunkHeader(p);
+        if (!ChunkHeaderIsFree(h) || ChunkHeaderValue(h) != c || OwnerOf(p, h) != ctx) {
+          fail("chunk %p on freelist %d is not a free chunk of that class", p,
+               static_cast<int>(c));
+        }
+        ++listed;
+        parked += list != st->table->heads[c];
       }
-      ++listed;
     }
+  }
+  if (ok && parked != st->table->parked_chunks) {
+    fail("%d chunks on the parked lists but %d counted", parked,
+         static_cast<int64_t>(st->table->parked_chunks));
   }
   for (void* p = st->orphans; p != nullptr && ok; p = NextFree(p)) {
     const uint64_t h = ReadChunkHeader(p);
@@ -1776,7 +2086,10 @@ void FreelistVisitLiveChunks(const Context* ctx, const FreelistState* st,
                              LiveChunkVisitor* visitor) {
   if (!kChecking) return;
   auto visit = [&](char*, char* payload, uint64_t h) {
-    if (ChunkHeaderIsFree(h) || payload == reinterpret_cast<char*>(st->table)) return;
+    if (ChunkHeaderIsFree(h) || payload == reinterpret_cast<char*>(st->table) ||
+        payload == reinterpret_cast<char*>(st->table->parked)) {
+      return;
+    }
     visitor->VisitChunk(payload, RequestedSize(payload), ChunkSite(payload));
   };
   WalkChunks(Descs(st->first), FirstAreaStart(st), FirstAreaEnd(ctx, st), visit);
@@ -1882,10 +2195,14 @@ void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor
     info.class_bytes = SizeClassBytes(c);
     info.chunk_bytes = Stride(c);
     auto orphan_of_class = [&](void* p) { return ChunkHeaderValue(ReadChunkHeader(p)) == c; };
-    for (void* p = st->table->heads[c]; p != nullptr; p = NextFree(p)) ++info.free_chunks;
+    for (void* list : {st->table->heads[c], ParkedHead(st->table, c)}) {
+      for (void* p = list; p != nullptr; p = NextFree(p)) ++info.free_chunks;
+    }
     for (void* p = st->orphans; p != nullptr; p = NextFree(p)) info.free_chunks += orphan_of_class(p);
     visitor->VisitSizeClass(info);
-    for (void* p = st->table->heads[c]; p != nullptr; p = NextFree(p)) visitor->VisitFreeChunk(info, p);
+    for (void* list : {st->table->heads[c], ParkedHead(st->table, c)}) {
+      for (void* p = list; p != nullptr; p = NextFree(p)) visitor->VisitFreeChunk(info, p);
+    }
     for (void* p = st->orphans; p != nullptr; p = NextFree(p)) {
       if (orphan_of_class(p)) visitor->VisitFreeChunk(info, p);
     }

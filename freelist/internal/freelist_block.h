@@ -73,7 +73,8 @@ struct UnitDesc {
   uint32_t sweep_free;  // a sweep's count of free chunks starting here; 0 between sweeps
   uint16_t first;       // offset of the first chunk start in the unit, or kNoChunkStart
   uint8_t index;        // this descriptor's place in its block's array
-  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree, kUnitPurged
+  uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree, kUnitPurged,
+                        // kUnitParking, kTrimTail
 };
 static_assert(sizeof(UnitDesc) == 12, "unit descriptors are packed");
 
@@ -86,6 +87,15 @@ inline constexpr uint8_t kMostlyFree = 4;      // a sweep coalesces its free chu
 // back by a sweep or a reset gets a fresh descriptor, and a unit a run took
 // but never reached goes back untouched, still purged.
 inline constexpr uint8_t kUnitPurged = 8;
+// The unit is parked: sparse in a context whose live data shrank, its free
+// chunks wait on the parked lists (freelist.cc, "Parking") so that it
+// drains rather than being refilled. Set and cleared by sweeps; cleared
+// when the parked chunks go back to the lists.
+inline constexpr uint8_t kUnitParking = 16;
+// During a sweep: the unit's last chunk, free, runs into the next unit,
+// which goes back; the chunk is cut at this unit's end (freelist.cc,
+// TrimTail).
+inline constexpr uint8_t kTrimTail = 32;
 
 // Which list of the kind state a block of chunks is on.
 enum class OnList : uint8_t { kNone, kPartial, kFull, kSpare };
@@ -156,6 +166,15 @@ struct DedicatedHeader {
 // makes it, as a chunk of the context.
 struct FreeTable {
   void* heads[kNumSizeClasses];  // payload of the newest free chunk of each class
+  // Heads of the lists of parked chunks, one per class: free chunks of
+  // sparse units kept off the class lists while the context's carved
+  // chunks are mostly free (freelist.cc, "Parking"). A chunk of the
+  // context, made by the first sweep that parks; nullptr before.
+  void** parked;
+  uint64_t parked_chunks;        // chunks on the parked lists
+  // The most live bytes a sweep saw since the context last held less than
+  // twice its live bytes in blocks: parking follows a shrink from it.
+  size_t live_high;
   uint64_t carved;               // chunks carved in the context's blocks, live or free
   uint64_t sweep_interval;       // frees between sweeps, as last set
   uint32_t sweep_backoff;        // 1, doubled after each sweep that gave little back

@@ -612,6 +612,67 @@ TEST_F(FreelistTest, AContextThatEmptiesOverAndOverStaysCorrect) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// After the live data shrinks to a tenth, in random order, new chunks fill
+// fresh units while the sparse units the shrink left drain and go back:
+// with a churn over the small live set, the blocks follow it down, rather
+// than staying spread over every unit the large set held (each allocation
+// taking a free chunk of some sparse unit, which then never empties).
+// Contents hold throughout; once the data grows again, the parked chunks
+// serve it before any new block.
+TEST_F(FreelistTest, AfterAShrinkSparseUnitsDrain) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  TestRng rng(21);
+  struct Live {
+    void* p;
+    uint32_t size, tag;
+  };
+  std::vector<Live> live;
+  uint32_t tag = 0;
+  auto add = [&] {
+    const uint32_t size = rng.Uniform(64, 1024);
+    live.push_back(Live{ctx->Alloc(size), size, ++tag});
+    Fill(live.back().p, size, tag);
+  };
+  auto drop = [&](size_t i) {
+    ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].tag));
+    ctx->Free(live[i].p);
+    live[i] = live.back();
+    live.pop_back();
+  };
+  for (int i = 0; i < 100000; ++i) add();
+  const size_t peak = ctx->bytes_in_blocks();
+  while (live.size() > 10000) drop(rng.Next() % live.size());
+  for (int step = 0; step < 300000; ++step) {
+    drop(rng.Next() % live.size());
+    add();
+  }
+  size_t live_bytes = 0;
+  for (const Live& l : live) live_bytes += l.size;
+  // The bytes of the units that hold chunks (live or free); the free units
+  // are purged, or released with their blocks.
+  size_t carved = 0;
+  for (const BlockInfo& b : InspectContext(ctx).blocks) carved += b.used_bytes + b.freelist_bytes;
+  EXPECT_LE(carved, 2 * live_bytes) << "peak " << peak;
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  EXPECT_GT(GetCounters(ctx).free_chunks, 0u);
+  // Growing again: what the context holds serves before a new block.
+  const size_t held = ctx->bytes_in_blocks();
+  const int64_t acquired = source_.acquires();
+  while (live_bytes < held / 2) {
+    add();
+    live_bytes += live.back().size;
+  }
+  EXPECT_EQ(source_.acquires(), acquired);
+  for (size_t i = 0; i < live.size(); ++i) {
+    ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].tag)) << i;
+  }
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // Freed space of one size class serves another: after most chunks of a
 // small class are freed in random order (a few stay live in every unit, so
 // no unit goes back whole), a sweep coalesces the free neighbours into
