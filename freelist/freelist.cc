@@ -1246,25 +1246,25 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
   ForEachOn(st, OnList::kSpare, purge);
 }
 
-// Makes the parked lists' heads, during a sweep that found the context's
-// chunks mostly free: from a free chunk of the smallest class that holds
-// them (uncounted again: `*walked` and its unit's count), else from the
-// current run. A free never acquires a block: without either, the sweep
-// does not park.
+// Makes the parked lists' heads, during a sweep that found the context
+// shrunk: from the current run, whose block the context keeps anyway, else
+// from a free chunk of the smallest class that holds them (uncounted again:
+// `*walked` and its unit's count), which then pins its unit. A free never
+// acquires a block: without either, the sweep does not park.
 bool MakeParkedTable(FreelistState* st, uint64_t* walked) {
   FreeTable* t = st->table;
   size_t c = ParkedTableClass();
-  while (c + 1 < kNumSizeClasses && t->heads[c] == nullptr) ++c;
-  void* p = t->heads[c];
-  if (p != nullptr) {
+  void* p = nullptr;
+  if (Stride(c) <= Room(st)) {
+    p = CarveChunk(st, c);
+  } else {
+    while (c + 1 < kNumSizeClasses && t->heads[c] == nullptr) ++c;
+    p = t->heads[c];
+    if (p == nullptr) return false;
     t->heads[c] = NextFree(p);
     ClearFreeBit(p);
     --DescOf(p, ReadChunkHeader(p))->sweep_free;
     --*walked;
-  } else if (c = ParkedTableClass(); Stride(c) <= Room(st)) {
-    p = CarveChunk(st, c);
-  } else {
-    return false;
   }
   // No site: the heads are the kind's own, which VisitLiveChunks skips.
   MarkLive(p, kParkedTableBytes, Stride(c) - kHeaderBytes, kUnknownSiteId);
