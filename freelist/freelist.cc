@@ -172,6 +172,18 @@ constexpr uint64_t kDrainDivisor = 4;
 constexpr size_t kDrainHeldNumerator = 2, kDrainHeldDenominator = 1;
 constexpr size_t kShrinkDivisor = 2;
 
+// Chunks of a unit or more (classes from kFirstReuseUpClass) run into the
+// units after the one they start in, so coalescing, which stops at a
+// unit's end, never merges them, and in a wide mix of large sizes a free
+// one waits long for a request of its own class while new ones are
+// carved. A request of such a class whose list is empty takes a free chunk
+// of one of the kReuseUpClasses classes above, whole (at most half a
+// doubling larger: the waste is bounded as for the rounding to a class,
+// and the chunk was idle anyway), before carving.
+constexpr size_t kFirstReuseUpClass =
+    size_class_internal::kLookup[(kUnitBytes + 7) >> 4];  // SizeClassOf(kUnitBytes)
+constexpr size_t kReuseUpClasses = 4;
+
 // Empty blocks a sweep keeps for reuse: up to an eighth of the bytes in
 // use, and at least one largest block, so a context whose live data
 // breathes does not acquire and release the same block over and over.
@@ -835,6 +847,23 @@ ABSL_ATTRIBUTE_RETURNS_NONNULL void* CarveLive(FreelistState* st, size_t c, size
   return p;
 }
 
+// A free chunk of one of the kReuseUpClasses classes above `c`, the
+// nearest first, taken off its list and counted live (a chunk of its own
+// class: it is handed out whole); nullptr if there is none.
+void* TakeFromClassAbove(FreelistState* st, size_t c) {
+  FreeTable* t = st->table;
+  const size_t last = std::min(c + kReuseUpClasses, kNumSizeClasses - 1);
+  for (size_t u = c + 1; u <= last; ++u) {
+    void* p = t->heads[u];
+    if (p == nullptr) continue;
+    t->heads[u] = NextFree(p);
+    ClearFreeBit(p);
+    st->live.Add(SizeClassBytes(u));
+    return p;
+  }
+  return nullptr;
+}
+
 // Everything FreelistAllocFast declines for a chunk of a class: no table yet
 // while chunks wait for one, a run too short, or other threads' frees to
 // take back first. Chunks freed before there was a table wait as orphans;
@@ -881,6 +910,13 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       ClearFreeBit(p);
       st->live.Add(SizeClassBytes(c));
       MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
+      return p;
+    }
+  }
+  if (c >= kFirstReuseUpClass && HasTable(st)) {
+    if (void* p = TakeFromClassAbove(st, c); p != nullptr) {
+      MarkLive(p, size, Stride(ChunkHeaderValue(ReadChunkHeader(p))) - kHeaderBytes,
+               PendingSite(ctx));
       return p;
     }
   }
@@ -1390,8 +1426,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, Freeli
     // Chunks other threads freed are taken back (AllocFromNewRun) before
     // new ones are carved: a producer whose chunks a consumer frees reuses
     // them rather than spreading over new runs.
+    // A chunk of a unit or more first looks for a free chunk of a class
+    // just above (AllocFromNewRun).
     if (Stride(c) <= Room(st) && (HasTable(st) || st->orphans == nullptr) &&
-        !st->remote.HasAny()) {
+        !st->remote.HasAny() && c < kFirstReuseUpClass) {
       return CarveLive(st, c, size, PendingSite(ctx));
     }
     return nullptr;

@@ -778,6 +778,40 @@ TEST_F(FreelistTest, ChunksOfParkedUnitsGoBackEveryWay) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// A chunk of a unit or more (4 KiB and up) whose class has no free chunk
+// takes a free one of a class up to four above, whole, rather than a new
+// one: in a wide mix of large sizes the free chunks of each class would
+// otherwise wait for a request of their own class while new ones are
+// carved. Further above, it does not (the waste stays bounded).
+TEST_F(FreelistTest, ALargeRequestTakesAFreeChunkOfAClassJustAbove) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  FreelistOptions o;
+  o.initial_block_size = 64 << 10;  // room for the free table at the first slow path
+  Context* ctx = Make(o);
+  void* big = ctx->Alloc(5000);
+  void* far = ctx->Alloc(9000);
+  ctx->Alloc(16);  // neither is the chunk carved last
+  Fill(big, 5000, 3);
+  ctx->Free(big);
+  ctx->Free(far);
+  ASSERT_GT(SizeClassOf(5000), SizeClassOf(4500));
+  ASSERT_LE(SizeClassOf(5000) - SizeClassOf(4500), 4u);
+  void* p = ctx->Alloc(4500);
+  EXPECT_EQ(p, big);
+  EXPECT_EQ(ctx->ChunkSize(p), kFreelistChunkHeaderBytes == 8 ? SizeClassBytes(SizeClassOf(5000)) : 4500u);
+  Fill(p, 4500, 4);
+  ASSERT_GT(SizeClassOf(9000) - SizeClassOf(4200), 4u);
+  void* q = ctx->Alloc(4200);
+  EXPECT_NE(q, far);
+  EXPECT_TRUE(Holds(p, 4500, 4));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Free(p);
+  ctx->Free(q);
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+}
+
 // Freed space of one size class serves another: after most chunks of a
 // small class are freed in random order (a few stay live in every unit, so
 // no unit goes back whole), a sweep coalesces the free neighbours into
