@@ -231,6 +231,22 @@ TEST_F(FreelistTest, ReallocMovesTheLastChunkOutOfItsRunBeyondFourKiB) {
   ctx->Destroy();
 }
 
+// A chunk of 16 bytes grown by doublings to 16 KiB, each step in place
+// (the chunk carved last, in a run with room), filled with `tag`; nullptr
+// (and a test failure) if a step moved it or lost its contents.
+void* GrowInItsRun(Context* ctx, uint32_t tag) {
+  void* p = ctx->Alloc(16);
+  Fill(p, 16, tag);
+  for (size_t n = 32; n <= 16384; n *= 2) {
+    void* q = ctx->Realloc(p, n);
+    EXPECT_EQ(q, p) << n;
+    EXPECT_TRUE(q == p && Holds(p, n / 2, tag)) << n;
+    if (q != p) return nullptr;
+    Fill(p, n, tag);
+  }
+  return p;
+}
+
 // Under a limit that refuses the dedicated block, the chunk carved last
 // grows on in its run instead: the limit does not refuse what fits in the
 // blocks the context holds, and the call succeeds with no failure left on
@@ -244,14 +260,8 @@ TEST_F(FreelistTest, ReallocGrowsInItsRunWhenTheDedicatedBlockIsRefused) {
   const absl::Status set = ctx->SetLimit(ctx->bytes_in_blocks() + 4096);
   ASSERT_TRUE(set.ok()) << set;
   const size_t held = ctx->bytes_in_blocks();
-  void* p = ctx->Alloc(16);
-  Fill(p, 16, 6);
-  for (size_t n = 32; n <= 16384; n *= 2) {
-    void* q = ctx->Realloc(p, n);
-    ASSERT_EQ(q, p) << n;
-    ASSERT_TRUE(Holds(p, n / 2, 6)) << n;
-    Fill(p, n, 6);
-  }
+  void* p = GrowInItsRun(ctx, 6);
+  ASSERT_NE(p, nullptr);
   EXPECT_EQ(ctx->last_failure(), Failure::kNone);
   EXPECT_EQ(ctx->bytes_in_blocks(), held);
   EXPECT_GE(ctx->ChunkSize(p), 16384u);
@@ -279,12 +289,8 @@ TEST_F(FreelistTest, ReallocInItsRunDoesNotCallASoftLimitBack) {
                                  [](const PressureInfo&) { ++calls; }),
             Failure::kNone);
   const size_t held = ctx->bytes_in_blocks();
-  void* p = ctx->Alloc(16);
-  Fill(p, 16, 7);
-  for (size_t n = 32; n <= 16384; n *= 2) {
-    ASSERT_EQ(ctx->Realloc(p, n), p) << n;
-    Fill(p, n, 7);
-  }
+  void* p = GrowInItsRun(ctx, 7);
+  ASSERT_NE(p, nullptr);
   EXPECT_EQ(calls, 0);
   EXPECT_EQ(ctx->bytes_in_blocks(), held);
   EXPECT_EQ(ctx->last_failure(), Failure::kNone);
