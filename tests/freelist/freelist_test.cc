@@ -460,6 +460,43 @@ class TestRng {
   uint64_t s_;
 };
 
+// A test's live chunks, each filled with a tag of its own: added at random
+// sizes, dropped by index (contents checked, then freed).
+struct TaggedChunk {
+  void* p;
+  size_t size;
+  uint32_t tag;
+};
+
+class TaggedChunks {
+ public:
+  TaggedChunks(Context* ctx, TestRng* rng) : ctx_(ctx), rng_(rng) {}
+  void Add(size_t lo, size_t hi) {
+    const size_t size = rng_->Uniform(lo, hi);
+    chunks_.push_back(TaggedChunk{ctx_->Alloc(size), size, ++tag_});
+    Fill(chunks_.back().p, size, tag_);
+  }
+  // False (and a test failure) if the chunk's contents changed.
+  bool Drop(size_t i) {
+    const bool held = Holds(chunks_[i].p, chunks_[i].size, chunks_[i].tag);
+    EXPECT_TRUE(held) << "chunk " << i;
+    ctx_->Free(chunks_[i].p);
+    chunks_[i] = chunks_.back();
+    chunks_.pop_back();
+    return held;
+  }
+  bool DropRandom() { return Drop(rng_->Next() % chunks_.size()); }
+  uint32_t NextTag() { return ++tag_; }
+  std::vector<TaggedChunk>& chunks() { return chunks_; }
+  size_t size() const { return chunks_.size(); }
+
+ private:
+  Context* ctx_;
+  TestRng* rng_;
+  std::vector<TaggedChunk> chunks_;
+  uint32_t tag_ = 0;
+};
+
 // Frees the chunks of `live` in an order drawn from `rng`, all but those
 // `keep` says to keep.
 template <typename Keep>
@@ -630,32 +667,16 @@ TEST_F(FreelistTest, AfterAShrinkSparseUnitsDrain) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make();
   TestRng rng(21);
-  struct Live {
-    void* p;
-    uint32_t size, tag;
-  };
-  std::vector<Live> live;
-  uint32_t tag = 0;
-  auto add = [&] {
-    const uint32_t size = rng.Uniform(64, 1024);
-    live.push_back(Live{ctx->Alloc(size), size, ++tag});
-    Fill(live.back().p, size, tag);
-  };
-  auto drop = [&](size_t i) {
-    ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].tag));
-    ctx->Free(live[i].p);
-    live[i] = live.back();
-    live.pop_back();
-  };
-  for (int i = 0; i < 100000; ++i) add();
+  TaggedChunks live(ctx, &rng);
+  for (int i = 0; i < 100000; ++i) live.Add(64, 1024);
   const size_t peak = ctx->bytes_in_blocks();
-  while (live.size() > 10000) drop(rng.Next() % live.size());
+  while (live.size() > 10000) ASSERT_TRUE(live.DropRandom());
   for (int step = 0; step < 300000; ++step) {
-    drop(rng.Next() % live.size());
-    add();
+    ASSERT_TRUE(live.DropRandom());
+    live.Add(64, 1024);
   }
   size_t live_bytes = 0;
-  for (const Live& l : live) live_bytes += l.size;
+  for (const TaggedChunk& l : live.chunks()) live_bytes += l.size;
   // The bytes of the units that hold chunks (live or free); the free units
   // are purged, or released with their blocks.
   size_t carved = 0;
@@ -668,13 +689,11 @@ TEST_F(FreelistTest, AfterAShrinkSparseUnitsDrain) {
   const size_t held = ctx->bytes_in_blocks();
   const int64_t acquired = source_.acquires();
   while (live_bytes < held / 2) {
-    add();
-    live_bytes += live.back().size;
+    live.Add(64, 1024);
+    live_bytes += live.chunks().back().size;
   }
   EXPECT_EQ(source_.acquires(), acquired);
-  for (size_t i = 0; i < live.size(); ++i) {
-    ASSERT_TRUE(Holds(live[i].p, live[i].size, live[i].tag)) << i;
-  }
+  while (live.size() > 0) ASSERT_TRUE(live.Drop(live.size() - 1));
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
@@ -688,29 +707,12 @@ TEST_F(FreelistTest, AfterAShrinkSparseUnitsDrain) {
 // reported as a double free.
 constexpr uint64_t kParkedUnitBitForTest = uint64_t{1} << 7;
 
-struct TaggedChunk {
-  void* p;
-  size_t size;
-  uint32_t tag;
-};
-
-// A context left parking: 100,000 chunks of 64..1024 B, nine in ten freed in
-// random order, then a churn for the sweeps. Returns the live chunks.
-std::vector<TaggedChunk> ShrinkUntilParked(Context* ctx, TestRng* rng) {
-  std::vector<TaggedChunk> live;
-  for (uint32_t i = 0; i < 100000; ++i) {
-    const size_t size = rng->Uniform(64, 1024);
-    live.push_back(TaggedChunk{ctx->Alloc(size), size, i});
-    Fill(live.back().p, size, i);
-  }
-  while (live.size() > 10000) {
-    const size_t i = rng->Next() % live.size();
-    ctx->Free(live[i].p);
-    live[i] = live.back();
-    live.pop_back();
-  }
+// Leaves the context of `live` parking: 100,000 chunks of 64..1024 B, nine
+// in ten freed in random order, then a churn for the sweeps.
+void ShrinkUntilParked(Context* ctx, TestRng* rng, TaggedChunks* live) {
+  for (int i = 0; i < 100000; ++i) live->Add(64, 1024);
+  while (live->size() > 10000) live->DropRandom();
   for (int i = 0; i < 20000; ++i) ctx->Free(ctx->Alloc(rng->Uniform(64, 1024)));
-  return live;
 }
 
 TEST_F(FreelistTest, ChunksOfParkedUnitsGoBackEveryWay) {
@@ -718,7 +720,9 @@ TEST_F(FreelistTest, ChunksOfParkedUnitsGoBackEveryWay) {
   if (test::UnderMemcheck()) GTEST_SKIP() << "reads a freed chunk's header on purpose";
   Context* ctx = Make();
   TestRng rng(23);
-  std::vector<TaggedChunk> live = ShrinkUntilParked(ctx, &rng);
+  TaggedChunks chunks(ctx, &rng);
+  ShrinkUntilParked(ctx, &rng, &chunks);
+  std::vector<TaggedChunk>& live = chunks.chunks();
   std::vector<size_t> parked;
   for (size_t i = 0; i < live.size(); ++i) {
     if ((ReadChunkHeader(live[i].p) & kParkedUnitBitForTest) != 0) parked.push_back(i);
@@ -861,6 +865,53 @@ TEST_F(FreelistTest, FreedSmallChunksServeLargerClasses) {
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
+}
+
+// Shrinks that park, against a model: in each phase the live set grows to
+// 30,000 chunks of the phase's sizes, shrinks to a tenth in random order and
+// churns (frees, allocations, reallocs of either direction), so sweeps park
+// sparse units, cut tails and take large chunks from the classes above.
+// Every chunk's contents are checked when it is freed or moved and at the
+// end, the context at intervals; some phase must have parked.
+TEST_F(FreelistTest, ShrinksThatParkAgainstAModel) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  TestRng rng(29);
+  TaggedChunks live(ctx, &rng);
+  const size_t kRanges[][2] = {{8, 512}, {64, 4096}, {16, 256}, {1024, 9000}};
+  bool parked_seen = false;
+  std::string error;
+  for (const auto& range : kRanges) {
+    while (live.size() < 30000) live.Add(range[0], range[1]);
+    while (live.size() > 3000) ASSERT_TRUE(live.DropRandom());
+    for (int step = 0; step < 60000; ++step) {
+      if (step % 8 == 0) {
+        TaggedChunk& c = live.chunks()[rng.Next() % live.size()];
+        const size_t size = rng.Uniform(range[0], range[1]);
+        void* q = ctx->Realloc(c.p, size);
+        ASSERT_TRUE(Holds(q, std::min(size, c.size), c.tag));
+        c = TaggedChunk{q, size, live.NextTag()};
+        Fill(q, size, c.tag);
+      } else {
+        ASSERT_TRUE(live.DropRandom());
+        live.Add(range[0], range[1]);
+      }
+      if (step % 5000 == 0) {
+        for (const TaggedChunk& c : live.chunks()) {
+          parked_seen |= (ReadChunkHeader(c.p) & kParkedUnitBitForTest) != 0;
+        }
+      }
+      if (step % 20000 == 0) {
+        ASSERT_TRUE(ctx->Check(&error)) << error;
+      }
+    }
+    ASSERT_TRUE(ctx->Check(&error)) << error;
+  }
+  EXPECT_TRUE(parked_seen);
+  while (live.size() > 0) ASSERT_TRUE(live.Drop(live.size() - 1));
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
 }
 
 // A long-lived heap against a model: phases of different size ranges, the
