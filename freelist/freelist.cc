@@ -222,10 +222,17 @@ constexpr uint64_t kGrowthChunk = 1;
 // of chunks and cost an acquisition for each handful.
 constexpr size_t kMinGrowthBlockSize = 1024;
 
+// Header bit of a live chunk of a parked unit (kUnitParking), set by the
+// sweep that parks the unit: it sends the chunk's free off the fast path
+// (it is in kFastMask), to the parked list while the unit stays parked.
+// Left on a chunk whose unit is no longer parked, it costs that free the
+// slow path once; the free writes the header without it.
+constexpr uint64_t kParkedUnitBit = uint64_t{1} << 7;
+
 // Header checks on the free fast path, in one compare: our kind, our magic,
-// not free, not dedicated.
+// not free, not dedicated, not of a parked unit.
 constexpr uint64_t kFastMask = kChunkKindMask | kChunkExternalBit | kChunkFreeBit | kChunkMagicMask |
-                               (uint64_t{1} << 7);  // kParkedUnitBit, below
+                               kParkedUnitBit;
 constexpr uint64_t kFastExpect = kChunkKindFreelist | (kChunkMagic << kChunkMagicShift);
 
 // Header bit of a chunk another thread freed (remote_free.h), set with the
@@ -237,16 +244,9 @@ static_assert((kRemoteFreeBit & (kChunkKindMask | kChunkExternalBit | kChunkFree
                                  (kChunkValueMask << kChunkValueShift))) == 0,
               "the remote bit is a spare header bit");
 
-// Header bit of a live chunk of a parked unit (kUnitParking), set by the
-// sweep that parks the unit: it sends the chunk's free off the fast path
-// (it is in kFastMask), to the parked list while the unit stays parked.
-// Left on a chunk whose unit is no longer parked, it costs that free the
-// slow path once; the free writes the header without it.
-constexpr uint64_t kParkedUnitBit = uint64_t{1} << 7;
 static_assert((kParkedUnitBit & (kRemoteFreeBit | kChunkKindMask | kChunkExternalBit |
                                  kChunkFreeBit | (kChunkValueMask << kChunkValueShift))) == 0,
               "the parked bit is a spare header bit");
-static_assert((kFastMask & kParkedUnitBit) != 0, "a parked chunk's free leaves the fast path");
 
 // The table every context reads until its first free: all heads null, so
 // the allocation fast path falls to the slow path for every class, and
@@ -847,19 +847,27 @@ ABSL_ATTRIBUTE_RETURNS_NONNULL void* CarveLive(FreelistState* st, size_t c, size
   return p;
 }
 
+// The first chunk of the list at `*head`, of class `c`, taken off it and
+// counted live (its site and requested size are the caller's to mark);
+// nullptr if the list is empty. The slow paths' pop; FreelistAllocFast has
+// its own.
+void* PopLive(FreelistState* st, void** head, size_t c) {
+  void* p = *head;
+  if (p == nullptr) return nullptr;
+  *head = NextFree(p);
+  ClearFreeBit(p);
+  st->live.Add(SizeClassBytes(c));
+  return p;
+}
+
 // A free chunk of one of the kReuseUpClasses classes above `c`, the
-// nearest first, taken off its list and counted live (a chunk of its own
-// class: it is handed out whole); nullptr if there is none.
+// nearest first, taken as PopLive does (a chunk of its own class: it is
+// handed out whole); nullptr if there is none.
 void* TakeFromClassAbove(FreelistState* st, size_t c) {
   FreeTable* t = st->table;
   const size_t last = std::min(c + kReuseUpClasses, kNumSizeClasses - 1);
   for (size_t u = c + 1; u <= last; ++u) {
-    void* p = t->heads[u];
-    if (p == nullptr) continue;
-    t->heads[u] = NextFree(p);
-    ClearFreeBit(p);
-    st->live.Add(SizeClassBytes(u));
-    return p;
+    if (void* p = PopLive(st, &t->heads[u], u); p != nullptr) return p;
   }
   return nullptr;
 }
@@ -879,10 +887,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
   if (st->remote.HasAny()) {
     ReclaimRemote(ctx, st);
     if (HasTable(st)) {
-      if (void* p = st->table->heads[c]; p != nullptr) {
-        st->table->heads[c] = NextFree(p);
-        ClearFreeBit(p);
-        st->live.Add(SizeClassBytes(c));
+      if (void* p = PopLive(st, &st->table->heads[c], c); p != nullptr) {
         MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
@@ -905,10 +910,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
     }
     if (table_stride > Room(st) && !NewRun(ctx, st, table_stride + stride)) return nullptr;
     InstallTable(st);
-    if (void* p = st->table->heads[c]; p != nullptr) {
-      st->table->heads[c] = NextFree(p);
-      ClearFreeBit(p);
-      st->live.Add(SizeClassBytes(c));
+    if (void* p = PopLive(st, &st->table->heads[c], c); p != nullptr) {
       MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
       return p;
     }
@@ -927,16 +929,12 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       // A parked chunk of the class, rather than a new block: the others
       // stay parked.
       FreeTable* t = st->table;
-      void* p = t->heads[c];
-      if (p != nullptr) {
-        t->heads[c] = NextFree(p);
-      } else if ((p = ParkedHead(t, c)) != nullptr) {
-        t->parked[c] = NextFree(p);
-        --t->parked_chunks;
+      void* p = PopLive(st, &t->heads[c], c);
+      if (p == nullptr && t->parked != nullptr) {
+        p = PopLive(st, &t->parked[c], c);
+        if (p != nullptr) --t->parked_chunks;
       }
       if (p != nullptr) {
-        ClearFreeBit(p);
-        st->live.Add(SizeClassBytes(c));
         MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
