@@ -492,17 +492,12 @@ Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, si
     std::lock_guard<std::mutex> lock(mu_);
     TickLocked();
     if (Node* n = TakeFit(buckets_, kBuckets, min_size, alignment)) {
-      ++stats_.hits;
-      stats_.cached_bytes -= n->size;
-      --stats_.cached_blocks;
+      CountSharedHitLocked(n);
       // Refill: a thread that came here will likely ask again for the same
       // size; a batch under this one lock saves a lock per block. Only the
       // run of heads of the same list that fit as well is taken (no
       // probing), and moves with one splice.
       const int b = BucketOf(n->size);
-      // A large block of this size came back: the program reuses such
-      // blocks, which from now on are kept warm.
-      if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << b;
       if (tc != nullptr && !IsLarge(n->size)) {
         if (tc->full_spill_runs > 0) RaiseThreadCapLocked(tc);
         const size_t cap = ThreadCacheCap(tc);
@@ -645,6 +640,15 @@ Block CachingBlockSource::Reallocate(Block block, size_t keep, size_t new_min_si
   return upstream_->Reallocate(block, keep, new_min_size, alignment);
 }
 
+void CachingBlockSource::CountSharedHitLocked(const Node* n) {
+  ++stats_.hits;
+  stats_.cached_bytes -= n->size;
+  --stats_.cached_blocks;
+  // A large block of this size came back: the program reuses such blocks,
+  // which from now on are kept warm.
+  if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << BucketOf(n->size);
+}
+
 // CachingBlockSource::TakeRoom
 //
 // The thread's cache first (no lock), then the shared lists; in each, the
@@ -664,11 +668,7 @@ Block CachingBlockSource::TakeRoom(size_t min_size, size_t max_size, size_t alig
   TickLocked();
   Node* n = TakeWithin(buckets_, kBuckets, min_size, max_size, alignment);
   if (n == nullptr) return Block{};
-  ++stats_.hits;
-  stats_.cached_bytes -= n->size;
-  --stats_.cached_blocks;
-  // As at an acquisition: a large block of this size came back.
-  if (IsLarge(n->size)) warm_large_ |= uint64_t{1} << BucketOf(n->size);
+  CountSharedHitLocked(n);
   internal::UnpoisonMemoryRegion(n, n->size);
   return Block{n, n->size};
 }

@@ -274,6 +274,9 @@ class CachingBlockSource final : public BlockSource {
   // What one thread may keep: its own cap, within the shared one.
   size_t ThreadCacheCap(const ThreadCache* tc) const;
   void RaiseThreadCapLocked(ThreadCache* tc);
+  // Counts the kept block `n`, just unlinked from the shared lists, as a
+  // hit; a large one marks its size as reused (mu_ held).
+  void CountSharedHitLocked(const Node* n);
 
   BlockSource* const upstream_;
   mutable std::mutex mu_;
