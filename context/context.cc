@@ -171,12 +171,37 @@ Context* Context::TryCreate(Context* parent, const char* name,
   return CreateImpl(parent, name, kind, &options, kNoThrow);
 }
 
+// Default options: the kind's composed creation where its table has one
+// (internal/create.h), which hands anything uncommon back to CreateImpl.
 Context* Context::Create(Context* parent, const char* name, const KindSpec& kind) {
+  const KindMethods* methods = kind.methods();
+  if (methods != nullptr && methods->create_child != nullptr) {
+    return methods->create_child(parent, name, kind, kThrow);
+  }
   return CreateImpl(parent, name, kind, nullptr, kThrow);
 }
 
 Context* Context::TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept {
+  const KindMethods* methods = kind.methods();
+  if (methods != nullptr && methods->create_child != nullptr) {
+    return methods->create_child(parent, name, kind, kNoThrow);
+  }
   return CreateImpl(parent, name, kind, nullptr, kNoThrow);
+}
+
+Context* Context::CreateFailed(Context* parent, Failure failure, size_t size, unsigned flags,
+                               const char* name) {
+  if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
+  if (flags & kNoThrow) return nullptr;
+  internal::ThrowCreateFailure(failure, name);
+}
+
+Context* Context::UndoCreate(Context* ctx, Failure why, size_t size, unsigned flags,
+                             const char* name) {
+  Context* parent = ctx->parent_;
+  ctx->ReleaseSelf();
+  return CreateFailed(parent, why == Failure::kNone ? Failure::kBadArgument : why, size, flags,
+                      name);
 }
 
 namespace {
@@ -187,30 +212,6 @@ bool NeedsExtras(const ContextOptions& o) {
          o.failure_dump.fd != kFailureDumpInherit ||
          o.failure_dump.max_depth != kFailureDumpDefaultDepth ||
          o.failure_dump.max_children != kFailureDumpDefaultChildren || o.allow_in_no_alloc_scope;
-}
-
-// Copies `n` bytes (a name and its NUL). Names are short, and for them two
-// overlapping loads and stores cost less than the call to memcpy.
-inline void CopyName(char* to, const char* from, size_t n) {
-  if (n > 16) {
-    std::memcpy(to, from, n);
-  } else if (n >= 8) {
-    uint64_t head, tail;
-    std::memcpy(&head, from, 8);
-    std::memcpy(&tail, from + n - 8, 8);
-    std::memcpy(to, &head, 8);
-    std::memcpy(to + n - 8, &tail, 8);
-  } else if (n >= 4) {
-    uint32_t head, tail;
-    std::memcpy(&head, from, 4);
-    std::memcpy(&tail, from + n - 4, 4);
-    std::memcpy(to, &head, 4);
-    std::memcpy(to + n - 4, &tail, 4);
-  } else {
-    to[0] = from[0];
-    to[n / 2] = from[n / 2];
-    to[n - 1] = from[n - 1];
-  }
 }
 
 }  // namespace
@@ -228,10 +229,8 @@ inline void CopyName(char* to, const char* from, size_t n) {
 Context* Context::CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
                              const ContextOptions* options, unsigned flags) {
-  auto fail = [&](Failure failure, size_t size) -> Context* {
-    if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));
-    if (flags & kNoThrow) return nullptr;
-    internal::ThrowCreateFailure(failure, name);
+  auto fail = [&](Failure failure, size_t size) {
+    return CreateFailed(parent, failure, size, flags, name);
   };
   const KindMethods* methods = kind.methods();
   if (ABSL_PREDICT_FALSE(name == nullptr || methods == nullptr)) {
@@ -245,7 +244,7 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   const size_t name_len = std::strlen(name);
   // The first block's size, the kind's state, then the name.
   const size_t name_offset =
-      RoundUp(kKindStateStart, methods->state_alignment) + methods->state_size;
+      internal::CreateAccess::NameOffset(methods->state_alignment, methods->state_size);
   if (ABSL_PREDICT_FALSE(name_len > kMaxAllocSize - name_offset)) {
     return fail(Failure::kBadSize, name_len);
   }
@@ -282,22 +281,9 @@ Context* Context::CreateImpl(Context* parent, const char* name,
     if (fits && (parent == nullptr || parent->ChargeLimits(slack))) size = want + slack;
   }
 
-  Context* ctx = new (block.ptr) Context(methods, source, size);
-  std::memcpy(static_cast<char*>(block.ptr) + kFirstBlockSizeOffset, &size, sizeof(size));
-  internal::ValgrindCreatePool(ctx);
-  CopyName(reinterpret_cast<char*>(ctx) + name_offset, name, name_len + 1);
-  // Link first: the kind's init and the side record may acquire blocks,
-  // which charge ancestors.
-  if (parent != nullptr) {
-    // Grandchildren start from what this context's siblings needed.
-    ctx->learned_first_block_.store(parent->learned_first_block_.load(std::memory_order_relaxed),
-                                    std::memory_order_relaxed);
-    ctx->LinkUnder(parent);
-  }
-  auto undo = [&](Failure why, size_t size) {
-    ctx->ReleaseSelf();
-    return fail(why == Failure::kNone ? Failure::kBadArgument : why, size);
-  };
+  Context* ctx = internal::CreateAccess::PlaceHeader(methods, source, block.ptr, size, name,
+                                                     name_len, name_offset, parent);
+  auto undo = [&](Failure why, size_t size) { return UndoCreate(ctx, why, size, flags, name); };
   char* base = reinterpret_cast<char*>(ctx);
   if (ABSL_PREDICT_FALSE(!methods->init(ctx, kind.options(), base + header_bytes, base + size))) {
     return undo(ctx->last_failure_, want);
@@ -724,25 +710,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Context::ReleaseSelfImpl(bool head_chil
     return;
   }
   source->Release(first);
-}
-
-inline void Context::LinkUnder(Context* parent) {
-  parent_ = parent;
-  prev_sibling_ = nullptr;
-  next_sibling_ = nullptr;
-  if (parent == nullptr) return;
-  auto link = [&] {
-    next_sibling_ = parent->first_child_;
-    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
-    parent->first_child_ = this;
-  };
-  // One test for the common parent, whose kind takes no lock.
-  if (ABSL_PREDICT_TRUE(parent->methods_->lock == nullptr)) {
-    link();
-    return;
-  }
-  internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
-  link();
 }
 
 inline void Context::Unlink() {

@@ -85,6 +85,7 @@ ABSL_ATTRIBUTE_NOINLINE void ReportLeaks(const Context* ctx, const char* operati
 // initialisation guard an extern thread_local costs at every read.
 extern __thread int no_alloc_depth;
 struct ContextExtras;
+struct CreateAccess;
 struct KindAccess;
 struct MarkRecord;
 struct PassedLimits;
@@ -531,6 +532,7 @@ class Context {
  private:
   friend struct internal::CleanupAccess;
   friend struct internal::FailAccess;
+  friend struct internal::CreateAccess;  // internal/create.h
   friend struct internal::KindAccess;  // kind_api.h
 
   // kCreating: until the kind's init has returned; its blocks are never
@@ -588,6 +590,15 @@ class Context {
   static Context* CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
                              const ContextOptions* options, unsigned flags);
+  // A failed creation: through `parent`'s failure path, or for a root a
+  // throw (or nullptr under kNoThrow).
+  ABSL_ATTRIBUTE_NOINLINE static Context* CreateFailed(Context* parent, Failure failure,
+                                                       size_t size, unsigned flags,
+                                                       const char* name);
+  // A new context refused after its header was placed (its init, side
+  // record or reserve failed): released, then CreateFailed.
+  ABSL_ATTRIBUTE_NOINLINE static Context* UndoCreate(Context* ctx, Failure why, size_t size,
+                                                     unsigned flags, const char* name);
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
@@ -718,7 +729,7 @@ class Context {
   // unlinking it is two stores.
   inline void ReleaseSelfImpl(bool head_child);
   Context* ReleasePlainLeaves(size_t walk);
-  inline void LinkUnder(Context* parent);  // inline: context.cc alone calls them
+  inline void LinkUnder(Context* parent);  // internal/context_impl.h
   inline void Unlink();
   // TrySetParent's work. On kLimit, `*limited` is the ancestor whose limit
   // refused and `*bytes` the bytes that would have moved (SetParent's

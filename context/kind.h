@@ -27,6 +27,7 @@
 namespace mcx {
 
 class Context;
+class KindSpec;
 class InspectVisitor;
 class LiveChunkVisitor;
 class RemoteFreeList;
@@ -177,6 +178,13 @@ struct KindMethods {
   // free comes from a thread other than the owner, which checking builds
   // then do not report as a second thread using the context.
   RemoteFreeList* (*remote_frees)(Context* ctx) = nullptr;
+
+  // Optional; MakeKindMethods fills it. Creates a child with default
+  // options (`flags`: Context's kThrow or kNoThrow), with the kind's
+  // FirstBlock and Init composed into the tree's creation instead of
+  // called through this table; nullptr: the tree's creation calls them.
+  Context* (*create_child)(Context* parent, const char* name, const KindSpec& kind,
+                           unsigned flags) = nullptr;
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

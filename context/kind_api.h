@@ -233,6 +233,9 @@ struct Trampolines {
   static bool Init(Context* ctx, const void* o, char* space, char* end) {
     return K::Init(ctx, KindState<State>(ctx), OptionsOf(o), space, end);
   }
+  // FirstBlock and Init inlined into the tree's creation (internal/create.h).
+  static Context* CreateChild(Context* parent, const char* name, const KindSpec& kind,
+                              unsigned flags);
   // Out of line for AllocThenRefuse too, so that the kind's own slow paths
   // stay tail calls.
   ABSL_ATTRIBUTE_NOINLINE static void* Alloc(Context* ctx, size_t size, size_t alignment) {
@@ -433,7 +436,7 @@ constexpr KindMethods MakeKindMethods() {
     mark = &T::template Mark<Position>;
     rewind = &T::template Rewind<Position>;
   }
-  return KindMethods{K::kName,
+  KindMethods methods{K::kName,
                      sizeof(State),
                      alignof(State),
                      &T::FirstBlock,
@@ -454,6 +457,8 @@ constexpr KindMethods MakeKindMethods() {
                      mark_size,
                      mark,
                      rewind};
+  methods.create_child = &T::CreateChild;
+  return methods;
 }
 
 // --- Chunk ids -----------------------------------------------------------------------
@@ -668,5 +673,8 @@ using internal::IsAlignedRedirect;
 using internal::ReallocAlignedRedirect;
 
 }  // namespace mcx
+
+// Last: it composes the declarations above into a context's creation.
+#include "mcx/context/internal/create.h"  // IWYU pragma: export
 
 #endif  // MCX_CONTEXT_KIND_API_H_

@@ -32,6 +32,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
 #include "mcx/context/failure.h"
+#include "mcx/context/kind.h"
 
 namespace mcx {
 namespace internal {
@@ -157,6 +158,27 @@ bool ThisThreadHasRequests();
 bool DefaultSourceInstalled();
 
 }  // namespace internal
+
+// Links a new context under `parent` (nullptr: a root), as its first child.
+inline void Context::LinkUnder(Context* parent) {
+  parent_ = parent;
+  prev_sibling_ = nullptr;
+  next_sibling_ = nullptr;
+  if (parent == nullptr) return;
+  auto link = [&] {
+    next_sibling_ = parent->first_child_;
+    if (next_sibling_ != nullptr) next_sibling_->prev_sibling_ = this;
+    parent->first_child_ = this;
+  };
+  // One test for the common parent, whose kind takes no lock.
+  if (ABSL_PREDICT_TRUE(parent->methods_->lock == nullptr)) {
+    link();
+    return;
+  }
+  internal::TreeLock lock(parent);  // a shared parent's children come and go on any thread
+  link();
+}
+
 
 inline bool Context::ChargeLimits(size_t bytes) {
   return ABSL_PREDICT_TRUE(!internal::AnyLimited()) || ChargeLimitsSlow(bytes);

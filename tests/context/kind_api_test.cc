@@ -1,7 +1,8 @@
 // The kind API's method table builder (kind_api.h): what MakeKindMethods
-// puts in the table for a kind's optional members, and the allocation slow
+// puts in the table for a kind's optional members, the allocation slow
 // path it builds from Alloc and AllocFast, with both failure modes of the
-// tree behind it.
+// tree behind it, and the creation it composes with the kind's FirstBlock
+// and Init (internal/create.h), against the tree's generic creation.
 
 #include "mcx/context/kind_api.h"
 
@@ -12,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
+#include "mcx/testing/test_block_sources.h"
 
 namespace mcx {
 namespace {
@@ -148,6 +150,149 @@ TEST(KindApiTest, AFailedAllocAfterAllocFastThrowsOrReturnsNull) {
     EXPECT_EQ(ctx->TryAllocAligned(32, 64), nullptr);
     ctx->Destroy();
   }
+}
+
+// --- The composed creation ----------------------------------------------------
+
+// Refuses its options (an arena of 0 bytes) in Init, after the tree has
+// placed the header: the tree must release the first block.
+struct RefusingKind : NoFastKind {
+  static constexpr const char* kName = "refusing";
+  static bool Init(Context* ctx, State* st, const Options& o, char* space, char* end) {
+    *st = State{space, end, o.fast_limit, 0, 0, 0};
+    if (o.arena_bytes != 0) return true;
+    SetFailure(ctx, Failure::kBadArgument);
+    return false;
+  }
+};
+constexpr KindMethods kRefusingMethods = MakeKindMethods<RefusingKind>();
+
+// Where a context's state says its space starts and ends, from the context.
+struct Placement {
+  size_t space;
+  size_t end;
+};
+Placement PlacementOf(Context* ctx) {
+  const auto* base = reinterpret_cast<const char*>(ctx);
+  return Placement{static_cast<size_t>(StateOf(ctx)->ptr - base),
+                   static_cast<size_t>(StateOf(ctx)->end - base)};
+}
+
+TEST(KindApiTest, TheTableComposesTheCreationOfAChild) {
+  EXPECT_EQ(kCountingMethods.create_child, &kind_internal::Trampolines<CountingKind>::CreateChild);
+  EXPECT_EQ(kNoFastMethods.create_child, &kind_internal::Trampolines<NoFastKind>::CreateChild);
+}
+
+// A child made with default options (the composed creation) is placed as one
+// made with options that say nothing (the generic creation): the same header
+// bytes, first block, name, state and link, for names of every length the
+// name copy treats apart.
+TEST(KindApiTest, TheComposedCreationPlacesAChildAsTheGenericOne) {
+  SystemBlockSource system;  // exact sizes: no kept block's slack to differ by
+  test::CountingBlockSource source(&system);
+  ContextOptions root_options;
+  root_options.block_source = &source;
+  Context* root = Context::Create(nullptr, "root", KindSpec(&kCountingMethods,
+                                  CountingOptions{1024, 64}), root_options);
+  const KindSpec kind(&kCountingMethods, CountingOptions{3000, 64});
+  const std::string long_name(300, 'n');
+  for (const char* name : {"", "a", "abc", "abcd", "abcdefg", "abcdefgh", "abcdefghijklmno",
+                           "abcdefghijklmnop", "abcdefghijklmnopq", long_name.c_str()}) {
+    SCOPED_TRACE(std::strlen(name));
+    const int64_t before = source.acquires();
+    Context* composed = Context::Create(root, name, kind);
+    Context* generic = Context::Create(root, name, kind, ContextOptions());
+    EXPECT_EQ(source.acquires(), before + 2);  // one block each
+    EXPECT_STREQ(composed->name(), name);
+    EXPECT_STREQ(generic->name(), name);
+    EXPECT_EQ(composed->header_bytes(), generic->header_bytes());
+    EXPECT_EQ(composed->first_block_size(), generic->first_block_size());
+    EXPECT_EQ(PlacementOf(composed).space, PlacementOf(generic).space);
+    EXPECT_EQ(PlacementOf(composed).end, PlacementOf(generic).end);
+    EXPECT_EQ(PlacementOf(composed).space, composed->header_bytes());
+    EXPECT_EQ(composed->parent(), root);
+    EXPECT_EQ(root->first_child(), generic);  // children are linked at the head
+    EXPECT_EQ(generic->next_sibling(), composed);
+    // Both work, and hold what they were given.
+    for (Context* ctx : {composed, generic}) {
+      auto* p = static_cast<char*>(ctx->Alloc(100));
+      std::memset(p, 0x5a, 100);
+      EXPECT_EQ(p[99], 0x5a);
+      EXPECT_EQ(ctx->bytes_in_blocks(), composed->first_block_size());
+    }
+    generic->Destroy();
+    composed->Destroy();
+  }
+  root->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+  EXPECT_EQ(source.bad_releases(), 0);
+}
+
+// A table filled without the composed creation (a kind's own table) still
+// creates through the generic one.
+TEST(KindApiTest, ATableWithoutTheComposedCreationStillCreates) {
+  KindMethods methods = kCountingMethods;
+  methods.create_child = nullptr;
+  Context* root = Context::Create(nullptr, "root", KindSpec(&methods, CountingOptions{512, 64}));
+  Context* child = root->CreateChild("child", KindSpec(&methods, CountingOptions{512, 64}));
+  EXPECT_EQ(child->parent(), root);
+  EXPECT_STREQ(child->name(), "child");
+  EXPECT_NE(child->Alloc(64), nullptr);
+  root->Destroy();
+}
+
+// What the composed creation hands to the generic one, or fails itself, is
+// refused the same way, and nothing leaks: a block the source fails, an
+// Init that refuses its options after the header is placed, a missing name,
+// a limit on the parent (charged by the generic creation alone).
+TEST(KindApiTest, TheComposedCreationFailsAsTheGenericOne) {
+  SystemBlockSource system;
+  test::FailingBlockSource source(&system);
+  ContextOptions root_options;
+  root_options.block_source = &source;
+  Context* root = Context::Create(nullptr, "root", KindSpec(&kCountingMethods,
+                                  CountingOptions{512, 64}), root_options);
+  const KindSpec kind(&kCountingMethods, CountingOptions{512, 64});
+  for (bool generic : {false, true}) {
+    SCOPED_TRACE(generic ? "generic" : "composed");
+    auto try_create = [&](const char* name, const KindSpec& k) {
+      return generic ? Context::TryCreate(root, name, k, ContextOptions())
+                     : Context::TryCreate(root, name, k);
+    };
+    source.FailNth(1);
+    EXPECT_EQ(try_create("failed", kind), nullptr);
+    EXPECT_EQ(root->last_failure(), Failure::kOutOfMemory);
+    source.FailNth(1);
+    EXPECT_THROW(generic ? Context::Create(root, "thrown", kind, ContextOptions())
+                         : Context::Create(root, "thrown", kind),
+                 std::bad_alloc);
+    source.Heal();
+
+    const int64_t live = source.live_blocks();
+    EXPECT_EQ(try_create("refused", KindSpec(&kRefusingMethods, CountingOptions{0, 64})),
+              nullptr);
+    EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
+    EXPECT_EQ(source.live_blocks(), live);  // the refused child's block went back
+
+    EXPECT_EQ(try_create(nullptr, kind), nullptr);
+    EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
+    EXPECT_EQ(root->first_child(), nullptr);
+
+    // A limit the child's block would cross (the side record that keeps it
+    // fits).
+    const absl::Status limited = root->SetLimit(root->SubtreeBytes() + kHeaderAllowance / 2);
+    ASSERT_TRUE(limited.ok()) << limited;
+    EXPECT_EQ(try_create("over", kind), nullptr);
+    EXPECT_EQ(root->last_failure(), Failure::kLimit);
+    ASSERT_TRUE(root->SetLimit(kNoLimit).ok());
+    Context* child = try_create("fits", kind);
+    ASSERT_NE(child, nullptr);
+    EXPECT_EQ(root->first_child(), child);
+    child->Destroy();
+  }
+  root->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+  EXPECT_EQ(source.bad_releases(), 0);
 }
 
 }  // namespace
