@@ -171,24 +171,6 @@ Context* Context::TryCreate(Context* parent, const char* name,
   return CreateImpl(parent, name, kind, &options, kNoThrow);
 }
 
-// Default options: the kind's composed creation where its table has one
-// (internal/create.h), which hands anything uncommon back to CreateImpl.
-Context* Context::Create(Context* parent, const char* name, const KindSpec& kind) {
-  const KindMethods* methods = kind.methods();
-  if (methods != nullptr && methods->create_child != nullptr) {
-    return methods->create_child(parent, name, kind, kThrow);
-  }
-  return CreateImpl(parent, name, kind, nullptr, kThrow);
-}
-
-Context* Context::TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept {
-  const KindMethods* methods = kind.methods();
-  if (methods != nullptr && methods->create_child != nullptr) {
-    return methods->create_child(parent, name, kind, kNoThrow);
-  }
-  return CreateImpl(parent, name, kind, nullptr, kNoThrow);
-}
-
 Context* Context::CreateFailed(Context* parent, Failure failure, size_t size, unsigned flags,
                                const char* name) {
   if (parent != nullptr) return static_cast<Context*>(parent->Fail(failure, size, flags));

@@ -207,9 +207,17 @@ class Context {
     return Create(this, name, kind, options);
   }
   // With default ContextOptions (the common case, which then reads none).
-  static Context* Create(Context* parent, const char* name, const KindSpec& kind);
-  static Context* TryCreate(Context* parent, const char* name, const KindSpec& kind) noexcept;
-  Context* CreateChild(const char* name, const KindSpec& kind) { return Create(this, name, kind); }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE static Context* Create(Context* parent, const char* name,
+                                                     const KindSpec& kind) {
+    return CreateDefault(parent, name, kind, kThrow);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE static Context* TryCreate(Context* parent, const char* name,
+                                                        const KindSpec& kind) noexcept {
+    return CreateDefault(parent, name, kind, kNoThrow);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE Context* CreateChild(const char* name, const KindSpec& kind) {
+    return CreateDefault(this, name, kind, kThrow);
+  }
 
   // Tears down the subtree (see the order above) and releases this context.
   //
@@ -590,6 +598,19 @@ class Context {
   static Context* CreateImpl(Context* parent, const char* name,
                              const KindSpec& kind,
                              const ContextOptions* options, unsigned flags);
+  // Default options: the kind's composed creation where its table has one
+  // (KindMethods::create_child), else CreateImpl. Inline, so that a literal
+  // name's length is a constant.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE static Context* CreateDefault(Context* parent, const char* name,
+                                                             const KindSpec& kind,
+                                                             unsigned flags) {
+    const KindMethods* methods = kind.methods();
+    if (ABSL_PREDICT_TRUE(methods != nullptr && methods->create_child != nullptr &&
+                          name != nullptr)) {
+      return methods->create_child(parent, name, std::strlen(name), kind, flags);
+    }
+    return CreateImpl(parent, name, kind, nullptr, flags);
+  }
   // A failed creation: through `parent`'s failure path, or for a root a
   // throw (or nullptr under kNoThrow).
   ABSL_ATTRIBUTE_NOINLINE static Context* CreateFailed(Context* parent, Failure failure,

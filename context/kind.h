@@ -180,11 +180,12 @@ struct KindMethods {
   RemoteFreeList* (*remote_frees)(Context* ctx) = nullptr;
 
   // Optional; MakeKindMethods fills it. Creates a child with default
-  // options (`flags`: Context's kThrow or kNoThrow), with the kind's
-  // FirstBlock and Init composed into the tree's creation instead of
-  // called through this table; nullptr: the tree's creation calls them.
-  Context* (*create_child)(Context* parent, const char* name, const KindSpec& kind,
-                           unsigned flags) = nullptr;
+  // options (`name` not nullptr, `name_len` its length; `flags`: Context's
+  // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into
+  // the tree's creation instead of called through this table; nullptr: the
+  // tree's creation calls them.
+  Context* (*create_child)(Context* parent, const char* name, size_t name_len,
+                           const KindSpec& kind, unsigned flags) = nullptr;
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

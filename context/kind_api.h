@@ -234,8 +234,8 @@ struct Trampolines {
     return K::Init(ctx, KindState<State>(ctx), OptionsOf(o), space, end);
   }
   // FirstBlock and Init inlined into the tree's creation (internal/create.h).
-  static Context* CreateChild(Context* parent, const char* name, const KindSpec& kind,
-                              unsigned flags);
+  static Context* CreateChild(Context* parent, const char* name, size_t name_len,
+                              const KindSpec& kind, unsigned flags);
   // Out of line for AllocThenRefuse too, so that the kind's own slow paths
   // stay tail calls.
   ABSL_ATTRIBUTE_NOINLINE static void* Alloc(Context* ctx, size_t size, size_t alignment) {

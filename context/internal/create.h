@@ -97,18 +97,15 @@ struct CreateAccess {
   // trampolines are `Ops` (kind_api.h). Anything but the common case goes to
   // the generic creation before anything is acquired, so that it is judged
   // and reported in one place.
+  // `name` is not nullptr; `name_len` is its length (Context::CreateDefault).
   template <typename Ops>
-  static Context* CreateChildOf(Context* parent, const char* name, const KindSpec& kind,
-                                unsigned flags) {
+  static Context* CreateChildOf(Context* parent, const char* name, size_t name_len,
+                                const KindSpec& kind, unsigned flags) {
     using State = typename Ops::State;
     constexpr size_t kNameOffset = NameOffset(alignof(State), sizeof(State));
-    if (ABSL_PREDICT_FALSE(parent == nullptr || name == nullptr ||
-                           parent->state_ == Context::State::kTearingDown ||
-                           no_alloc_depth != 0 || AnyLimited())) {
-      return Context::CreateImpl(parent, name, kind, nullptr, flags);
-    }
-    const size_t name_len = std::strlen(name);
-    if (ABSL_PREDICT_FALSE(name_len > kMaxAllocSize - kNameOffset)) {
+    if (ABSL_PREDICT_FALSE(parent == nullptr || parent->state_ == Context::State::kTearingDown ||
+                           no_alloc_depth != 0 || AnyLimited() ||
+                           name_len > kMaxAllocSize - kNameOffset)) {
       return Context::CreateImpl(parent, name, kind, nullptr, flags);
     }
     const size_t header_bytes = (kNameOffset + name_len + 1 + kDefaultAlignment - 1) &
@@ -144,9 +141,10 @@ struct CreateAccess {
 namespace kind_internal {
 
 template <typename K>
-Context* Trampolines<K>::CreateChild(Context* parent, const char* name, const KindSpec& kind,
-                                     unsigned flags) {
-  return internal::CreateAccess::CreateChildOf<Trampolines<K>>(parent, name, kind, flags);
+Context* Trampolines<K>::CreateChild(Context* parent, const char* name, size_t name_len,
+                                     const KindSpec& kind, unsigned flags) {
+  return internal::CreateAccess::CreateChildOf<Trampolines<K>>(parent, name, name_len, kind,
+                                                                flags);
 }
 
 }  // namespace kind_internal
