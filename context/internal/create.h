@@ -103,17 +103,21 @@ struct CreateAccess {
                                 const KindSpec& kind, unsigned flags) {
     using State = typename Ops::State;
     constexpr size_t kNameOffset = NameOffset(alignof(State), sizeof(State));
+    // A name that leaves no room for a first block goes to CreateImpl too,
+    // to be refused there; below the bound, header_bytes is at most
+    // kMaxFirstBlockSize.
+    constexpr size_t kMaxNameLen = Context::kMaxFirstBlockSize - kNameOffset - kDefaultAlignment;
     if (ABSL_PREDICT_FALSE(parent == nullptr || parent->state_ == Context::State::kTearingDown ||
-                           no_alloc_depth != 0 || AnyLimited() ||
-                           name_len > kMaxAllocSize - kNameOffset)) {
+                           no_alloc_depth != 0 || AnyLimited() || name_len > kMaxNameLen)) {
       return Context::CreateImpl(parent, name, kind, nullptr, flags);
     }
     const size_t header_bytes = (kNameOffset + name_len + 1 + kDefaultAlignment - 1) &
                                 ~(kDefaultAlignment - 1);
     const FirstBlockSpec first =
         Ops::FirstBlock(kind.options(), header_bytes, parent->LearnedFirstBlock());
-    if (ABSL_PREDICT_FALSE(first.size - 1 >= Context::kMaxFirstBlockSize ||
-                           first.size < header_bytes)) {
+    // One compare for 0, too small and too large alike (unsigned wrap).
+    if (ABSL_PREDICT_FALSE(first.size - header_bytes >
+                           Context::kMaxFirstBlockSize - header_bytes)) {
       return Context::CreateImpl(parent, name, kind, nullptr, flags);
     }
     BlockSource* source = parent->source_;
