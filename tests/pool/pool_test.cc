@@ -181,6 +181,7 @@ TEST_F(PoolTest, UsedBytesFollowTheBumpPointer) {
 // Freeing a small chunk is a documented no-op: the bytes stay used until
 // reset, and nothing is reported.
 TEST_F(PoolTest, FreeOfSmallChunkIsANoOp) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make(PoolOptions());
   void* p = ctx->Alloc(100);
   size_t used = GetCounters(ctx).used_bytes();
@@ -221,6 +222,7 @@ TEST_F(PoolTest, LargeChunksAreFreedOneByOne) {
 
 // nginx's `failed` rule: a block that keeps failing is skipped by `current`.
 TEST_F(PoolTest, CurrentSkipsBlocksThatKeepFailing) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   PoolOptions o;
   o.initial_block_size = 4096;
   o.max_block_size = 4096;
@@ -245,6 +247,7 @@ TEST_F(PoolTest, CurrentSkipsBlocksThatKeepFailing) {
 
 // Blocks grow from the initial to the maximum size.
 TEST_F(PoolTest, BlocksDoubleUpToTheMaximum) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   PoolOptions o;
   o.initial_block_size = 4096;
   o.max_block_size = 32768;
@@ -265,6 +268,7 @@ TEST_F(PoolTest, BlocksDoubleUpToTheMaximum) {
 
 // Sized realloc grows in place when the chunk is the last one bumped.
 TEST_F(PoolTest, SizedReallocGrowsInPlaceAtTheEnd) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   if (internal::kChecking) GTEST_SKIP() << "checking builds always move, to check";
   Context* ctx = Make(PoolOptions());
   char* a = static_cast<char*>(ctx->Alloc(10));
@@ -282,6 +286,7 @@ TEST_F(PoolTest, SizedReallocGrowsInPlaceAtTheEnd) {
 
 // Unsized realloc of a small chunk is unsupported, and says so.
 TEST_F(PoolTest, UnsizedReallocOfSmallChunkIsUnsupported) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make(PoolOptions());
   void* p = ctx->Alloc(10);
   EXPECT_EQ(ctx->TryRealloc(p, 100), nullptr);
@@ -296,6 +301,7 @@ TEST_F(PoolTest, UnsizedReallocOfSmallChunkIsUnsupported) {
 
 // Rewind: a block whose chunks are all freed is reused from its start.
 TEST_F(PoolTest, RewindReusesAnEmptiedBlock) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   PoolOptions o;
   o.rewind_on_free = true;
   o.initial_block_size = 4096;
@@ -326,6 +332,7 @@ TEST_F(PoolTest, RewindReusesAnEmptiedBlock) {
 
 // A rewound block moved to the head of the list survives a KeepBytes reset.
 TEST_F(PoolTest, RewindThenKeepBytesReset) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   PoolOptions o;
   o.rewind_on_free = true;
   o.initial_block_size = 4096;
@@ -509,6 +516,7 @@ TEST_F(PoolTest, FindingB3LargeChunkChurnKeepsTheContextFlat) {
 // emptied blocks rewind and the blocks stay bounded by the live chunks
 // (each large allocation's node used to pin a small block for good).
 TEST_F(PoolTest, FindingB3RewindLargeChunksPinNoBlocks) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   PoolOptions o;
   o.rewind_on_free = true;
   o.initial_block_size = 4096;
@@ -546,6 +554,7 @@ TEST_F(PoolTest, FindingB3RewindLargeChunksPinNoBlocks) {
 // a small chunk (a no-op) changes nothing, and freeing a large chunk takes
 // exactly its block out.
 TEST_F(PoolTest, FindingB3FreeDoesConstantWork) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make(PoolOptions());
   void* small = ctx->Alloc(16);
   const size_t first_bytes = ctx->bytes_in_blocks();
@@ -735,6 +744,7 @@ TEST_F(PoolMisuseTest, FindingB3AlignedLargeChunksFreeCorrectly) {
 // word a freed large chunk leaves behind in memory that was reused. None
 // makes the small chunk pass for a large one, and none draws a report.
 TEST_F(PoolMisuseTest, FindingB3SmallChunkAfterLookalikeBytesIsNotLarge) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   if (internal::kChecking) GTEST_SKIP() << "checking builds put a header between small chunks";
   for (bool rewind : {false, true}) {
     SCOPED_TRACE(rewind ? "rewind_on_free" : "default");
