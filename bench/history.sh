@@ -39,6 +39,9 @@ CHANGES=(
   "fc21110|pool release with the first block alone saves no registers|W4:mcx_pool,W11:mcx_pool"
   "d289413|first block's size before the kind state; pool release by count|W4:mcx_pool,W4:mcx_freelist"
   "1cd6721|one kind call for the first block's size and alignment|W4:mcx_pool,W11:mcx_pool"
+  "0658b59|a child's creation composed with its kind's FirstBlock and Init|W4:mcx_pool,W4:mcx_freelist,W11:mcx_pool"
+  "435a2a4|Create with default options inline, passing the name's length|W4:mcx_pool,W4:mcx_freelist,W11:mcx_pool"
+  "60cf8ee|composed creation: one compare judges the first block's size|W4:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"

@@ -946,19 +946,32 @@ BlockInfo DescribeBlock(const Context* ctx, const PoolState* st, const PoolBlock
   return info;
 }
 
+bool ChunkAlignmentOk(size_t a) {
+  return a == 0 || a == kPackedAlignment || a == kDefaultAlignment;
+}
+
+// What a pool's KindSpec carries: the user's options and, judged once by
+// PoolKind rather than at every creation, whether they take the common
+// path (no initial size, no rewind mode, valid sizes and alignment).
+struct PoolKindOptions : PoolOptions {
+  explicit PoolKindOptions(const PoolOptions& o)
+      : PoolOptions(o),
+        plain(o.initial_block_size == 0 && !o.rewind_on_free && o.max_small <= kMaxAllocSize &&
+              ChunkAlignmentOk(o.chunk_alignment)) {}
+  bool plain;
+};
+
 // The kind, for MakeKindMethods (kind_api.h).
 struct PoolImpl {
-  using Options = PoolOptions;
+  using Options = PoolKindOptions;
   using State = PoolState;
   static constexpr const char* kName = "pool";
 
   static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
+    // The defaults first: one test, and the size is the tree's.
+    if (ABSL_PREDICT_TRUE(o.plain)) return LearnedFirstBlockSize(header_bytes, 0, learned);
     // Refused before any block is acquired (0: kBadSize), not after.
     if (o.max_small > kMaxAllocSize) return 0;
-    // The defaults first: one test more, and the size is the tree's.
-    if (o.initial_block_size == 0 && !o.rewind_on_free) {
-      return LearnedFirstBlockSize(header_bytes, 0, learned);
-    }
     if (o.initial_block_size > kMaxPoolBlockSize) return 0;
     if (o.rewind_on_free) {
       // Blocks all have one size in rewind mode: nothing to learn.
@@ -982,7 +995,7 @@ struct PoolImpl {
   // saves no registers; rewind mode and bad options go out of line.
   static bool Init(Context* ctx, State* st, const Options& o, char* space, char* block_end) {
     static_assert(std::is_trivially_destructible_v<State>, "the state is dropped, not destroyed");
-    if (ABSL_PREDICT_FALSE(o.rewind_on_free || !ChunkAlignmentOk(o.chunk_alignment))) {
+    if (ABSL_PREDICT_FALSE(!o.plain && (o.rewind_on_free || !ChunkAlignmentOk(o.chunk_alignment)))) {
       return InitUncommon(ctx, st, o, space, block_end);
     }
     InitFields(ctx, st, o, space, block_end);
@@ -992,10 +1005,6 @@ struct PoolImpl {
     st->rewind_block_size = 0;
     FinishInit(ctx, st, o, static_cast<size_t>(block_end - reinterpret_cast<char*>(ctx)));
     return true;
-  }
-
-  static bool ChunkAlignmentOk(size_t a) {
-    return a == 0 || a == kPackedAlignment || a == kDefaultAlignment;
   }
 
   // What every pool's state starts with: the first block alone, no large
@@ -1135,10 +1144,12 @@ constexpr KindMethods kPoolMethods = MakeKindMethods<PoolImpl>();
 
 }  // namespace
 
-KindSpec PoolKind(const PoolOptions& options) { return KindSpec(&kPoolMethods, options); }
+KindSpec PoolKind(const PoolOptions& options) {
+  return KindSpec(&kPoolMethods, PoolKindOptions(options));
+}
 
 const KindSpec& PoolKind() {
-  static const KindSpec spec(&kPoolMethods, PoolOptions());
+  static const KindSpec spec(&kPoolMethods, PoolKindOptions(PoolOptions()));
   return spec;
 }
 

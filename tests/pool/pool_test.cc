@@ -162,6 +162,49 @@ TEST_F(PoolTest, PackedChunksTakeTheirSize) {
   EXPECT_EQ(Context::TryCreate(nullptr, "bad", PoolKind(o)), nullptr);
 }
 
+// A child's options take the same path through the tree's composed
+// creation (a KindSpec judges its options once) as a root's through the
+// generic one: refused, honoured, or the default.
+TEST_F(PoolTest, AChildsOptionsAreJudgedAsARootsAre) {
+  Context* parent = Context::Create(nullptr, "parent", PoolKind());
+  PoolOptions o;
+  o.chunk_alignment = 4;  // neither 8 nor the default
+  EXPECT_EQ(Context::TryCreate(parent, "bad alignment", PoolKind(o)), nullptr);
+  EXPECT_EQ(parent->last_failure(), Failure::kBadArgument);
+  o = PoolOptions();
+  o.max_small = kMaxAllocSize + 1;
+  EXPECT_EQ(Context::TryCreate(parent, "bad max_small", PoolKind(o)), nullptr);
+  EXPECT_EQ(parent->last_failure(), Failure::kBadSize);
+  EXPECT_EQ(parent->first_child(), nullptr);
+
+  o = PoolOptions();
+  o.initial_block_size = 16 * 1024;
+  Context* sized = parent->CreateChild("sized", PoolKind(o));
+  EXPECT_GE(sized->first_block_size(), o.initial_block_size);
+
+  o = PoolOptions();
+  o.rewind_on_free = true;
+  o.initial_block_size = 4096;
+  Context* rewind = parent->CreateChild("rewind", PoolKind(o));
+  EXPECT_GE(rewind->first_block_size(), 4096u);  // the source's slack counted
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(rewind) % 4096, 0u);  // blocks found by masking
+
+  o = PoolOptions();
+  o.chunk_alignment = 8;
+  Context* packed = parent->CreateChild("packed", PoolKind(o));
+  if (!kDirectBuild && !internal::kChecking) {
+    auto* a = static_cast<char*>(packed->Alloc(24));
+    auto* b = static_cast<char*>(packed->Alloc(24));
+    EXPECT_EQ(b - a, 24);  // packed to 8, not 16
+  }
+  for (Context* c : {sized, rewind, packed}) {
+    EXPECT_EQ(c->parent(), parent);
+    std::memset(c->Alloc(100), 0x33, 100);
+    EXPECT_TRUE(c->Check(nullptr));
+  }
+  parent->Destroy();
+}
+
 // The bump window is the current block's `last`: stats and checks see it.
 TEST_F(PoolTest, UsedBytesFollowTheBumpPointer) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
