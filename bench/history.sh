@@ -42,6 +42,7 @@ CHANGES=(
   "0658b59|a child's creation composed with its kind's FirstBlock and Init|W4:mcx_pool,W4:mcx_freelist,W11:mcx_pool"
   "435a2a4|Create with default options inline, passing the name's length|W4:mcx_pool,W4:mcx_freelist,W11:mcx_pool"
   "60cf8ee|composed creation: one compare judges the first block's size|W4:mcx_pool"
+  "22a69c8|pool: its KindSpec judges the options once|W4:mcx_pool,W11:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
