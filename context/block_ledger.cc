@@ -267,7 +267,7 @@ void Context::ReleaseBlock(void* block, size_t size) {
   ClobberReleased(block, size);
   if (KeepForReserve(block, size)) return;
   UnchargeLimits(size);
-  source_->Release(Block{block, size});
+  internal::ReleaseTo(source_, Block{block, size});
 }
 
 Block Context::ReallocateBlock(Block block, size_t keep, size_t new_min_size,

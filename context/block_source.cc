@@ -3,6 +3,7 @@
 #include "mcx/context/caching_block_source.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/thread_cache.h"
 
 #include <malloc.h>
 #include <sys/mman.h>
@@ -190,12 +191,19 @@ bool DefaultSourceInstalled() {
 
 }  // namespace internal
 
+namespace internal {
+std::atomic<CachingBlockSource*> default_block_cache{nullptr};
+}  // namespace internal
+
 CachingBlockSource* DefaultBlockCache() {
   // Leaked on purpose: contexts may be destroyed by static destructors that
   // run after ours would have.
-  static CachingBlockSource* const cache =
-      new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes,
-                             kDefaultThreadCacheBytes, kDefaultBlockCacheLearnedBytes);
+  static CachingBlockSource* const cache = [] {
+    auto* c = new CachingBlockSource(new SystemBlockSource(), kDefaultBlockCacheBytes,
+                                     kDefaultThreadCacheBytes, kDefaultBlockCacheLearnedBytes);
+    internal::default_block_cache.store(c, std::memory_order_relaxed);
+    return c;
+  }();
   return cache;
 }
 

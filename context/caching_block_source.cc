@@ -12,46 +12,27 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "mcx/context/internal/sanitizer.h"
+#include "mcx/context/internal/thread_cache.h"
 
 namespace mcx {
+
+using cache_internal::BucketOf;
+using cache_internal::Claim;
+using cache_internal::GoodFit;
+using cache_internal::IsLarge;
+using cache_internal::kThreadCacheSlots;
+using internal::this_thread_caches;
+
 namespace {
-
-int BucketOf(size_t size) { return 63 - __builtin_clzll(static_cast<unsigned long long>(size)); }
-
-// A kept block may be up to a quarter larger than asked for: reuse beats a
-// system call, but a small request must not pin a block many times its size.
-bool GoodFit(size_t have, size_t want) { return have >= want && have - want <= want / 4; }
 
 // How many nodes of a bucket are looked at before giving up: steady-state
 // workloads ask for the same few sizes, so a fit is near the head or absent.
 constexpr int kMaxProbe = 8;
 
-// Blocks above this are larger than any kind grows its blocks by default
-// (pool and shared contexts to 1 MiB, the freelist to 256 KiB; the rest
-// is room for a source's slack): each holds one large chunk. Programs free
-// such buffers and rarely ask for one of the same size again, so they skip
-// the thread caches and, until a block of their size is reused, give their
-// pages back when kept (as glibc unmaps a large chunk at its free, until
-// its threshold learns that such sizes come back).
-constexpr size_t kLargeBlockBytes = (size_t{1} << 20) + (size_t{64} << 10);
-
-bool IsLarge(size_t size) { return size > kLargeBlockBytes; }
-
 // Decay runs this often (in operations on the shared lists), so a block is
 // purged between kDecayOperations and a quarter more after it was kept; each
 // run walks only the young heads of the lists and the newly old blocks.
 constexpr uint64_t kDecayRunDivisor = 4;
-
-// A kept block's node, readable. Under Valgrind a context announces a
-// chunk's free after its kind has released the chunk's block (a large or
-// dedicated chunk is its block), which marks the block's first bytes, this
-// node, inaccessible again; the node is the cache's, so it claims the bytes
-// back before reading them. Elsewhere a no-op.
-template <typename Node>
-Node* Claim(Node* n) {
-  if (internal::kValgrind && n != nullptr) internal::UnpoisonMemoryRegion(n, sizeof(Node));
-  return n;
-}
 
 // Unlinks and returns a kept block that fits, or nullptr. The fit window
 // (min_size .. min_size * 5/4) spans at most two buckets.
@@ -114,39 +95,7 @@ Node* TakeWithin(Node** buckets, int num_buckets, size_t min_size, size_t max_si
 
 }  // namespace
 
-// One thread's kept blocks for one source.
-struct CachingBlockSource::ThreadCache {
-  CachingBlockSource* owner = nullptr;
-  Node* buckets[kBuckets] = {};
-  size_t bytes = 0;  // its blocks are counted by GetStats, which walks them
-  // This thread's cap (ThreadCacheCap): thread_cache_bytes at first, raised
-  // when the thread takes back from the shared lists what a full cache
-  // spilled there, lowered when blocks decay (RaiseThreadCapLocked,
-  // DecayThreadCache). Between `bytes` and the counters: GCC pairs the
-  // updates of two adjacent counters in one vector add, eight instructions
-  // on a fast path instead of two.
-  size_t cap = 0;
-  uint64_t hits = 0;
-  uint64_t kept = 0;
-  // Per list, where the previous decay run left the low water mark: the
-  // first block it found flagged, or the head it flagged (DecayThreadCache).
-  // Compared, never followed.
-  Node* decay_marks[kBuckets] = {};
-  // Acquisitions left before the next decay run (TickThreadCache). Not next to
-  // `kept`: there GCC pairs the two updates in one vector add, five
-  // instructions on the release fast path instead of one.
-  uint64_t decay_countdown = kThreadDecayTicks;
-  // Decay runs for which a spill of the full cache still counts as the
-  // evidence a refill needs to raise the cap; 0: no recent spill.
-  int full_spill_runs = 0;
-};
-
 namespace {
-
-// Sources with thread caches that one thread can use at once; a thread
-// using more gets the shared lists of the others. Sources stack (a test's
-// counting source over the default cache), so one slot would not do.
-constexpr int kThreadCacheSlots = 4;
 
 // Blocks moved from the shared lists to a thread cache with one lock when
 // the thread cache has none that fits (tcmalloc moves objects in batches):
@@ -167,11 +116,11 @@ constexpr int kFullSpillEvidenceRuns = 2;
 
 }  // namespace
 
-// The caches live in a thread_local object (its destructor flushes them at
-// thread exit); a plain __thread pointer to it makes the common access one
-// load, without the guard a thread_local with a destructor costs each time.
-namespace {
+namespace internal {
 __thread CachingBlockSource::ThreadCaches* this_thread_caches = nullptr;
+}  // namespace internal
+
+namespace {
 // Set when the thread's caches are destroyed at its exit; from then on the
 // thread uses the shared lists. It lives outside the object on purpose: a
 // store to a member in the destructor is dead to the compiler (the object's
@@ -179,24 +128,20 @@ __thread CachingBlockSource::ThreadCaches* this_thread_caches = nullptr;
 __thread bool this_thread_caches_gone = false;
 }  // namespace
 
-struct CachingBlockSource::ThreadCaches {
-  ThreadCache slots[kThreadCacheSlots];
-
-  ~ThreadCaches() {
-    // Gone before the flushes: a flush that spills beyond its source's cap
-    // releases upstream, into a stacked caching source that must not claim a
-    // slot here again (an already flushed one would never be flushed), and
-    // a context destroyed later in this thread's exit (by another
-    // thread_local's destructor) must not use these caches either.
-    this_thread_caches = nullptr;
-    this_thread_caches_gone = true;
-    for (ThreadCache& tc : slots) {
-      // What does not fit the shared lists goes upstream because they are
-      // full: counted as returned, as at a release.
-      if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc, SpillReason::kFull);
-    }
+CachingBlockSource::ThreadCaches::~ThreadCaches() {
+  // Gone before the flushes: a flush that spills beyond its source's cap
+  // releases upstream, into a stacked caching source that must not claim a
+  // slot here again (an already flushed one would never be flushed), and
+  // a context destroyed later in this thread's exit (by another
+  // thread_local's destructor) must not use these caches either.
+  this_thread_caches = nullptr;
+  this_thread_caches_gone = true;
+  for (ThreadCache& tc : slots) {
+    // What does not fit the shared lists goes upstream because they are
+    // full: counted as returned, as at a release.
+    if (tc.owner != nullptr) tc.owner->FlushThreadCache(&tc, SpillReason::kFull);
   }
-};
+}
 
 CachingBlockSource::ThreadCaches* CachingBlockSource::ThisThreadCaches() {
   static thread_local ThreadCaches caches;
@@ -436,24 +381,14 @@ CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_
 
 CachingBlockSource::~CachingBlockSource() { Trim(); }
 
-// The fast paths below keep few values live, so that they need no
-// registers saved: everything else is AcquireSlow's and ReleaseSlow's.
+// The fast paths (internal/thread_cache.h) keep few values live, so that
+// they need no registers saved: everything else is AcquireSlow's and
+// ReleaseSlow's.
 Block CachingBlockSource::Acquire(size_t min_size, size_t alignment) {
-  ThreadCaches* all = this_thread_caches;
-  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this && min_size >= sizeof(Node))) {
-    // Steady state: the head of the thread's list for this size fits.
-    ThreadCache* tc = &all->slots[0];
-    Node** head = &tc->buckets[BucketOf(min_size)];
-    Node* n = Claim(*head);
-    if (ABSL_PREDICT_TRUE(n != nullptr && GoodFit(n->size, min_size) &&
-                          (reinterpret_cast<uintptr_t>(n) & (alignment - 1)) == 0)) {
-      *head = n->next;
-      if (n->next != nullptr) __builtin_prefetch(n->next);
-      // The decay clock ticks once the block is out of the lists.
-      if (ABSL_PREDICT_FALSE(--tc->decay_countdown == 0)) return DecayThenTake(n);
-      return TakeFromThreadCache(tc, n);
-    }
-  }
+  return AcquireInline(min_size, alignment);
+}
+
+ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::AcquireMiss(size_t min_size, size_t alignment) {
   if (min_size < sizeof(Node)) min_size = sizeof(Node);
   return AcquireSlow(OwnThreadCache(), min_size, alignment);
 }
@@ -464,14 +399,6 @@ ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::DecayThenTake(Node* n) {
   ThreadCache* tc = &this_thread_caches->slots[0];
   tc->owner->DecayThreadCache(tc);
   return TakeFromThreadCache(tc, n);
-}
-
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block CachingBlockSource::TakeFromThreadCache(ThreadCache* tc,
-                                                                                 Node* n) {
-  tc->bytes -= n->size;
-  ++tc->hits;
-  internal::UnpoisonMemoryRegion(n, n->size);
-  return Block{n, n->size};
 }
 
 ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::AcquireSlow(ThreadCache* tc, size_t min_size,
@@ -533,37 +460,7 @@ Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, si
   return upstream_->Acquire(min_size, alignment);
 }
 
-void CachingBlockSource::Release(Block block) {
-  ThreadCaches* all = this_thread_caches;
-  if (ABSL_PREDICT_TRUE(all != nullptr && all->slots[0].owner == this &&
-                        block.size >= sizeof(Node) && !IsLarge(block.size))) {
-    ThreadCache* tc = &all->slots[0];
-    // Within the shared cap as well: a cap of 0 turns the thread caches off.
-    const size_t cap = ThreadCacheCap(tc);
-    if (ABSL_PREDICT_TRUE(block.size <= cap - tc->bytes && tc->bytes <= cap)) {
-      KeepInThreadCache(tc, block);
-      return;
-    }
-  }
-  ReleaseSlow(block);
-}
-
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(ThreadCache* tc,
-                                                                              Block block) {
-  Node* n = static_cast<Node*>(block.ptr);
-  internal::UnpoisonMemoryRegion(n, sizeof(Node));
-  n->size = block.size;
-  n->thread_kept = true;
-  n->purged = false;
-  n->decayed = false;
-  Node** head = &tc->buckets[BucketOf(block.size)];
-  n->next = *head;
-  *head = n;
-  tc->bytes += block.size;
-  ++tc->kept;
-  internal::PoisonMemoryRegion(reinterpret_cast<char*>(n) + sizeof(Node),
-                               block.size - sizeof(Node));
-}
+void CachingBlockSource::Release(Block block) { ReleaseInline(block); }
 
 void CachingBlockSource::ReleaseSlow(Block block) {
   if (block.size < sizeof(Node)) {
@@ -811,11 +708,6 @@ void CachingBlockSource::LearnFromMiss(size_t size) {
   if (grow > room) grow = room;
   turned_away_bytes_ -= grow;
   learned_bytes_ += grow;
-}
-
-size_t CachingBlockSource::ThreadCacheCap(const ThreadCache* tc) const {
-  const size_t cap = max_cached_bytes_.load(std::memory_order_relaxed);
-  return cap < tc->cap ? cap : tc->cap;
 }
 
 // A thread took back from the shared lists blocks that its full cache

@@ -167,6 +167,10 @@ class CachingBlockSource final : public BlockSource {
 
   Block Acquire(size_t min_size, size_t alignment) override;
   void Release(Block block) override;
+  // Acquire and Release without the virtual call, for the tree's own use
+  // of the default cache (defined in internal/thread_cache.h).
+  Block AcquireInline(size_t min_size, size_t alignment);
+  void ReleaseInline(Block block);
   Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override;
   // A lent block's pages go back through upstream (every lent block came
   // from there); kept blocks are the cache's own business.
@@ -223,6 +227,8 @@ class CachingBlockSource final : public BlockSource {
   ThreadCache* OwnThreadCache() const;
   ThreadCache* OwnThreadCacheSlow() const;
   static Block TakeFromThreadCache(ThreadCache* tc, Node* n);
+  // Everything AcquireInline does not serve (out of line).
+  Block AcquireMiss(size_t min_size, size_t alignment);
   void KeepInThreadCache(ThreadCache* tc, Block block);
   void ReleaseSlow(Block block);
   // Everything but a thread-cache hit at the head of its list.

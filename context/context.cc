@@ -691,7 +691,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Context::ReleaseSelfImpl(bool head_chil
     QuarantineFirstBlock(first);
     return;
   }
-  source->Release(first);
+  internal::ReleaseTo(source, first);
 }
 
 inline void Context::Unlink() {
