@@ -95,8 +95,8 @@ void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
     return Fail(Failure::kBadAlignment, size, flags);
   }
   if (alignment < kDefaultAlignment) alignment = kDefaultAlignment;
-  void* p = TryBump(size, alignment);
-  if (p != nullptr) return p;
+  void* p;
+  if (TryBump(size, alignment, &p)) return p;
   return AllocSlow(size, alignment, flags);
 }
 

@@ -620,7 +620,11 @@ class Context {
   // record or reserve failed): released, then CreateFailed.
   ABSL_ATTRIBUTE_NOINLINE static Context* UndoCreate(Context* ctx, Failure why, size_t size,
                                                      unsigned flags, const char* name);
-  ABSL_ATTRIBUTE_ALWAYS_INLINE void* TryBump(size_t size, size_t alignment) {
+  // Bumps the window for `size` bytes at `alignment` into `*out`; false
+  // (nothing changed) if the window cannot serve it. A bool rather than a
+  // null pointer, so that the caller branches on the window's compares
+  // themselves and not once more on the result.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE bool TryBump(size_t size, size_t alignment, void** out) {
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
     // `size - 1` wraps for 0, so zero-size requests take the slow path,
@@ -629,9 +633,10 @@ class Context {
                           p + size <= reinterpret_cast<uintptr_t>(bump_end_))) {
       bump_ptr_ = reinterpret_cast<char*>(p + size);
       internal::UnpoisonMemoryRegion(reinterpret_cast<void*>(p), size);  // ASan only
-      return reinterpret_cast<void*>(p);
+      *out = reinterpret_cast<void*>(p);
+      return true;
     }
-    return nullptr;
+    return false;
   }
   // One slow path per failure mode, so that the mode is a constant in each
   // rather than a value kept across the kind's call (allocation.cc).
@@ -853,29 +858,29 @@ class Context {
 // the inlining.
 inline void* Context::Alloc(size_t size, AllocationSite site) {
   NoteAllocation(size, site);
-  void* p = TryBump(size, kDefaultAlignment);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(TryBump(size, kDefaultAlignment, &p))) return p;
   return AllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::TryAlloc(size_t size, AllocationSite site) noexcept {
   NoteAllocation(size, site);
-  void* p = TryBump(size, kDefaultAlignment);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(TryBump(size, kDefaultAlignment, &p))) return p;
   return TryAllocSlow(size, kDefaultAlignment);
 }
 
 inline void* Context::AllocBytes(size_t size, AllocationSite site) {
   NoteAllocation(size, site);
-  void* p = TryBump(size, 1);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(TryBump(size, 1, &p))) return p;
   return AllocSlow(size, 1);
 }
 
 inline void* Context::TryAllocBytes(size_t size, AllocationSite site) noexcept {
   NoteAllocation(size, site);
-  void* p = TryBump(size, 1);
-  if (ABSL_PREDICT_TRUE(p != nullptr)) return p;
+  void* p;
+  if (ABSL_PREDICT_TRUE(TryBump(size, 1, &p))) return p;
   return TryAllocSlow(size, 1);
 }
 

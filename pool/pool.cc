@@ -987,7 +987,7 @@ struct PoolImpl {
   // Rewind mode finds a chunk's block by masking its address, so every
   // block, the first included, is aligned to its (power-of-two) size.
   static size_t FirstBlockAlignment(const Options& o, size_t first_block_size) {
-    return o.rewind_on_free ? first_block_size : kMinBlockAlignment;
+    return !o.plain && o.rewind_on_free ? first_block_size : kMinBlockAlignment;
   }
 
   // Every field written once, without zeroing the state first: this runs at
