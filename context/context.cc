@@ -619,12 +619,15 @@ Context* Context::ReleasePlainLeaves(size_t walk) {
   // Each leaf released is the newest child then: without a tree lock to
   // take, it comes off the list with two stores, inline.
   const bool unlocked = methods_->lock == nullptr;
+  // Whether other walks may hold these leaves (NoteReleased), asked once: a
+  // plain leaf's release runs no user code, so no walk starts or ends here.
+  const bool other_walks = walk_stack.count > (walk == kNoWalk ? 0 : 1);
   while (c != nullptr && c->extras_ == nullptr && c->first_child_ == nullptr) {
     Context* next = c->next_sibling_;
     // The next sibling comes next: start the cache misses on its header
     // now (a release reads most of it; in a big tree they are cold).
     if (next != nullptr) PrefetchHeader(next);
-    NoteReleased(c, walk);
+    if (ABSL_PREDICT_FALSE(other_walks)) NoteReleasedSlow(c, walk);
     c->ReleaseSelfImpl(unlocked);
     c = next;
   }

@@ -88,8 +88,17 @@ struct CreateAccess {
           std::memory_order_relaxed);
     }
     // Linked before the kind's init: init and the side record may acquire
-    // blocks, which charge ancestors.
-    ctx->LinkUnder(parent);
+    // blocks, which charge ancestors. The common parent, whose kind takes
+    // no lock, links the new header (whose links are null) in place.
+    if (parent != nullptr && ABSL_PREDICT_TRUE(parent->methods_->lock == nullptr)) {
+      ctx->parent_ = parent;
+      Context* next = parent->first_child_;
+      ctx->next_sibling_ = next;
+      if (next != nullptr) next->prev_sibling_ = ctx;
+      parent->first_child_ = ctx;
+    } else {
+      ctx->LinkUnder(parent);
+    }
     return ctx;
   }
 
