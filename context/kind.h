@@ -201,6 +201,11 @@ class KindSpec {
     static_assert(sizeof(Options) <= kMaxOptionsSize, "options too large");
     static_assert(alignof(Options) <= alignof(std::max_align_t), "");
     std::memcpy(options_, &options, sizeof(Options));
+    // The bytes past the options are zero: a kind's own Options may extend
+    // the type its users pass with fields its factory fills (the pool's
+    // judgement of its options), which then read 0 in a KindSpec built
+    // from the users' type alone.
+    std::memset(options_ + sizeof(Options), 0, kMaxOptionsSize - sizeof(Options));
   }
 
   const KindMethods* methods() const { return methods_; }

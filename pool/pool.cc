@@ -952,7 +952,10 @@ bool ChunkAlignmentOk(size_t a) {
 
 // What a pool's KindSpec carries: the user's options and, judged once by
 // PoolKind rather than at every creation, whether they take the common
-// path (no initial size, no rewind mode, valid sizes and alignment).
+// path (no initial size, no rewind mode, valid sizes and alignment). A
+// KindSpec built from the pool's table and plain PoolOptions (a test's
+// copy of the table) reads `plain` as 0 (KindSpec zeroes what follows the
+// options): the full path, which judges every option.
 struct PoolKindOptions : PoolOptions {
   explicit PoolKindOptions(const PoolOptions& o)
       : PoolOptions(o),

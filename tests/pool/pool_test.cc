@@ -205,6 +205,28 @@ TEST_F(PoolTest, AChildsOptionsAreJudgedAsARootsAre) {
   parent->Destroy();
 }
 
+// A KindSpec made from the pool's table and plain PoolOptions (not through
+// PoolKind, which judges them once) still has every option honoured: the
+// judgement reads as "not the common path" there (KindSpec zeroes the
+// bytes past the options), and UBSan sees no bool of another value.
+TEST_F(PoolTest, ASpecFromTheTableAndPlainOptionsHonoursThem) {
+  const KindMethods* methods = PoolKind().methods();
+  PoolOptions o;
+  o.initial_block_size = 16 * 1024;
+  Context* root = Context::Create(nullptr, "root", KindSpec(methods, o));
+  EXPECT_GE(root->first_block_size(), o.initial_block_size);
+  Context* child = root->CreateChild("child", KindSpec(methods, o));
+  EXPECT_GE(child->first_block_size(), o.initial_block_size);
+  o = PoolOptions();
+  o.chunk_alignment = 4;
+  EXPECT_EQ(Context::TryCreate(root, "bad", KindSpec(methods, o)), nullptr);
+  EXPECT_EQ(root->last_failure(), Failure::kBadArgument);
+  Context* plain = root->CreateChild("plain", KindSpec(methods, PoolOptions()));
+  std::memset(plain->Alloc(100), 0x44, 100);
+  EXPECT_TRUE(plain->Check(nullptr));
+  root->Destroy();
+}
+
 // The bump window is the current block's `last`: stats and checks see it.
 TEST_F(PoolTest, UsedBytesFollowTheBumpPointer) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
