@@ -162,17 +162,20 @@ struct McxContender : McxMarker {
   };
 };
 
+// Kind() hands out the spec a program keeps (a reference, as PoolKind()
+// does), not a copy per context: a copy of the 72-byte spec at each
+// creation is the harness's cost, which no peer's creation pays.
 struct PoolTraits {
   static constexpr const char* kName = "mcx_pool";
   static constexpr bool kCanFree = false;
   static constexpr size_t kChunkAlign = kAlign;
-  static mcx::KindSpec Kind() { return mcx::PoolKind(); }
+  static const mcx::KindSpec& Kind() { return mcx::PoolKind(); }
 };
 struct FreelistTraits {
   static constexpr const char* kName = "mcx_freelist";
   static constexpr bool kCanFree = true;
   static constexpr size_t kChunkAlign = kAlign;
-  static mcx::KindSpec Kind() { return mcx::FreelistKind(); }
+  static const mcx::KindSpec& Kind() { return mcx::FreelistKind(); }
 };
 // The pool packed to 8 bytes (PoolOptions::chunk_alignment), as APR, nginx
 // and PostgreSQL align: W5's memory at odd sizes.
@@ -180,10 +183,13 @@ struct Pool8Traits {
   static constexpr const char* kName = "mcx_pool8";
   static constexpr bool kCanFree = false;
   static constexpr size_t kChunkAlign = 8;
-  static mcx::KindSpec Kind() {
-    mcx::PoolOptions o;
-    o.chunk_alignment = 8;
-    return mcx::PoolKind(o);
+  static const mcx::KindSpec& Kind() {
+    static const mcx::KindSpec spec = [] {
+      mcx::PoolOptions o;
+      o.chunk_alignment = 8;
+      return mcx::PoolKind(o);
+    }();
+    return spec;
   }
 };
 using McxPool = McxContender<PoolTraits>;

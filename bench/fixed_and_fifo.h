@@ -73,7 +73,7 @@ struct McxSlab : McxMarker {
 struct GenerationTraits {
   static constexpr const char* kName = "mcx_generation";
   static constexpr bool kCanFree = true;
-  static mcx::KindSpec Kind() { return mcx::GenerationKind(); }
+  static const mcx::KindSpec& Kind() { return mcx::GenerationKind(); }
 };
 using McxGeneration = McxContender<GenerationTraits>;
 
