@@ -73,7 +73,10 @@ struct McxSlab : McxMarker {
 struct GenerationTraits {
   static constexpr const char* kName = "mcx_generation";
   static constexpr bool kCanFree = true;
-  static const mcx::KindSpec& Kind() { return mcx::GenerationKind(); }
+  static const mcx::KindSpec& Kind() {
+    static const mcx::KindSpec spec = mcx::GenerationKind();  // made once, as PoolKind()
+    return spec;
+  }
 };
 using McxGeneration = McxContender<GenerationTraits>;
 
