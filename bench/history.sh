@@ -43,6 +43,9 @@ CHANGES=(
   "435a2a4|Create with default options inline, passing the name's length|W4:mcx_pool,W4:mcx_freelist,W11:mcx_pool"
   "60cf8ee|composed creation: one compare judges the first block's size|W4:mcx_pool"
   "22a69c8|pool: its KindSpec judges the options once|W4:mcx_pool,W11:mcx_pool"
+  "48af198|the tree reaches the default cache's thread cache inline|W4:mcx_pool,W2:mcx_pool,W11:mcx_pool"
+  "d3e4983|inline allocation branches on the window's compares alone|W4:mcx_pool,W1.rand:mcx_pool,W2:mcx_pool"
+  "f16c3ce|teardown asks once about other walks; a child links in place|W4:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
