@@ -183,7 +183,9 @@ struct KindMethods {
   // options (`name` not nullptr, `name_len` its length; `flags`: Context's
   // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into
   // the tree's creation instead of called through this table; nullptr: the
-  // tree's creation calls them.
+  // tree's creation calls them. It composes the FirstBlock and Init that
+  // MakeKindMethods was given: a copy of a table that replaces
+  // `first_block`, `init` or the state's size must set it to nullptr.
   Context* (*create_child)(Context* parent, const char* name, size_t name_len,
                            const KindSpec& kind, unsigned flags) = nullptr;
 };
