@@ -584,8 +584,13 @@ def callgrind(args, bins):
                                 "--callgrind-out-file=" + out_file, binary,
                                 "--callgrind=%s:%s" % (w, c)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            if p.returncode < 0:
+                # A crash is not a contender that does not run the workload:
+                # its row must not vanish from the table unnoticed.
+                sys.exit("callgrind %s %s: the run died of signal %d" %
+                         (w, label, -p.returncode))
             if p.returncode != 0:
-                continue  # the contender does not run this workload
+                continue  # the contender does not run this workload (exit 2)
             ops = json.loads(p.stdout.strip().splitlines()[-1])["ops"]
             total = None
             for line in open(out_file):
