@@ -4,6 +4,8 @@ one table per workload.
 
     ./mcx bench                     everything, tables on stdout
     ./mcx bench --callgrind         instruction counts (W1-W4, W11, W12, W13) instead of times
+    ./mcx bench --smoke             each callgrind case once, natively, without
+                                    valgrind: fails if a contender crashes (CI)
     ./mcx bench --write docs/performance
                                     also writes results.md (machine, date,
                                     command, tables) and the PNG plots there
@@ -532,12 +534,9 @@ def plots(series, outdir):
     return made
 
 
-def callgrind(args, bins):
-    """Instructions per operation for W1-W4, W11, W12 and W13, and for the
-    workloads of handles_and_sources, each contender in its own valgrind run
-    with collection on only around the measured rounds."""
-    if shutil.which("valgrind") is None:
-        sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
+def callgrind_cases(args, bins):
+    """The cases of the callgrind tables, (workload, binary, contender, label,
+    environment), and the workloads they cover."""
     handles_only = args.handles
     cases = []
     workloads = [] if handles_only else [
@@ -574,6 +573,36 @@ def callgrind(args, bins):
                       else ["buddy", "system", "caching"])
         for c in contenders:
             cases.append((w, bins["handles_and_sources"], c, c, {}))
+    return cases, workloads
+
+
+def smoke(args, bins):
+    """Runs every callgrind case once, natively (each is a few rounds): a
+    case whose contender does not run the workload exits 2; one that dies
+    of a signal fails the run. What CI runs, so that no contender's row
+    can crash unseen."""
+    cases, _ = callgrind_cases(args, bins)
+    ran = 0
+    for w, binary, c, label, env_extra in cases:
+        env = dict(os.environ)
+        env.update(env_extra)
+        p = subprocess.run([binary, "--callgrind=%s:%s" % (w, c)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if p.returncode == 2:
+            continue
+        if p.returncode != 0:
+            sys.exit("smoke %s %s: exit %d\n%s" % (w, label, p.returncode, p.stderr[-2000:]))
+        ran += 1
+    print("smoke: %d cases ran, none failed" % ran, file=sys.stderr)
+
+
+def callgrind(args, bins):
+    """Instructions per operation for W1-W4, W11, W12 and W13, and for the
+    workloads of handles_and_sources, each contender in its own valgrind run
+    with collection on only around the measured rounds."""
+    if shutil.which("valgrind") is None:
+        sys.exit("callgrind mode needs valgrind (apt-get install valgrind)")
+    cases, workloads = callgrind_cases(args, bins)
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, binary, c, label, env_extra in cases:
@@ -715,6 +744,8 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--callgrind", action="store_true", help="instruction counts for W1-W4, W11, W12, W13")
+    ap.add_argument("--smoke", action="store_true",
+                    help="run each callgrind case once, natively; fail on a crash (CI)")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of 0.05 s")
     ap.add_argument("--w8", action="store_true", help="W8 (long-lived heap) alone")
     ap.add_argument("--handles", action="store_true",
@@ -730,6 +761,9 @@ def main():
     command = "./mcx bench " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         bins = build(tmp)
+        if args.smoke:
+            smoke(args, bins)
+            return
         w8_series = {}
         if args.callgrind:
             sections = callgrind(args, bins)
