@@ -734,6 +734,20 @@ void CachingBlockSource::Trim() {
   ReleaseUpstream(release);
 }
 
+void CachingBlockSource::MarkThreadIdle() {
+  // Only a cache the thread has: looking must not claim a slot.
+  ThreadCaches* all = this_thread_caches;
+  if (all == nullptr) return;
+  for (ThreadCache& tc : all->slots) {
+    if (tc.owner == this) {
+      // Kept, as a trim keeps them counted: the blocks are the program's
+      // reuse, handed to the other threads.
+      FlushThreadCache(&tc, SpillReason::kTrim);
+      return;
+    }
+  }
+}
+
 CachingBlockSource::Stats CachingBlockSource::GetStats() const {
   Stats s;
   {

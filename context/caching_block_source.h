@@ -50,8 +50,8 @@
 //     and so does a list the thread is still working its way down (one
 //     deeper than a period's acquisitions). Releases do not age blocks. A
 //     thread that stops acquiring blocks keeps its thread cache (at most
-//     its cap) until it exits or calls Trim: other threads
-//     cannot take it without a lock on its fast path.
+//     its cap) until it exits or calls Trim or MarkThreadIdle: other
+//     threads cannot take it without a lock on its fast path.
 //   - Large blocks (above the largest block a kind grows to by default,
 //     about 1 MiB: one large chunk each) skip the thread caches, and are
 //     kept without their pages (upstream's Purge at once) until a block of
@@ -190,8 +190,16 @@ class CachingBlockSource final : public BlockSource {
   size_t thread_cache_bytes() const { return thread_cache_bytes_; }
   // Returns every kept block upstream: the shared lists' and the calling
   // thread's own (other threads' caches stay theirs: each thread's goes at
-  // its exit, at its own Trim, or to its decay while it works).
+  // its exit, at its own Trim or MarkThreadIdle, or to its decay while it
+  // works).
   void Trim();
+  // For a thread about to idle (a worker waiting for work): moves its
+  // cache, if it has one here, to the shared lists (beyond the shared cap,
+  // upstream), where other threads take its blocks and decay purges those
+  // none takes, and frees its slot; otherwise its cache stays as it is
+  // until the thread calls again or exits (tcmalloc's MarkThreadIdle). One
+  // lock; the thread's next call starts a new cache, at the default cap.
+  void MarkThreadIdle();
   Stats GetStats() const;
 
  private:

@@ -1032,6 +1032,50 @@ TEST(CachingBlockSourceTest, ThreadCacheKeepsWhatItsLoopReaches) {
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 
+// A worker that marks itself idle hands its cache to the shared lists at
+// once, counted as kept; another thread then takes those blocks without
+// asking upstream. A thread that never used the cache marks itself idle
+// for nothing. Without MarkThreadIdle the blocks stay in the idle thread's
+// cache, out of every other thread's reach.
+TEST(CachingBlockSourceTest, AThreadMarkedIdleHandsItsCacheToTheOthers) {
+  constexpr int kBlocks = 10;
+  constexpr size_t kBlockBytes = size_t{8} << 10;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
+  auto acquire_all = [&] {
+    std::vector<Block> blocks;
+    for (int i = 0; i < kBlocks; ++i) {
+      blocks.push_back(cache.Acquire(kBlockBytes, kMinBlockAlignment));
+      std::memset(blocks.back().ptr, 0x5a, kBlockBytes);
+    }
+    return blocks;
+  };
+  std::thread worker([&] {
+    for (Block b : acquire_all()) cache.Release(b);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_cached_bytes, kBlocks * kBlockBytes);
+    cache.MarkThreadIdle();
+    s = cache.GetStats();
+    EXPECT_EQ(s.thread_cached_bytes, 0u);
+    EXPECT_EQ(s.cached_bytes, kBlocks * kBlockBytes);  // all in the shared lists
+    EXPECT_EQ(s.kept, static_cast<uint64_t>(kBlocks));
+    EXPECT_EQ(s.returned, 0u);
+    cache.MarkThreadIdle();  // twice: nothing more to move
+    EXPECT_EQ(cache.GetStats().cached_bytes, kBlocks * kBlockBytes);
+  });
+  worker.join();
+  std::thread other([&] {
+    cache.MarkThreadIdle();  // never used the cache: nothing to do
+    std::vector<Block> blocks = acquire_all();
+    EXPECT_EQ(upstream.acquires(), kBlocks) << "the idle thread's blocks serve this one";
+    for (Block b : blocks) cache.Release(b);
+  });
+  other.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
 // A thread cache deeper than a period's acquisitions (6,144 blocks of 1 KiB
 // in an 8 MiB thread cache), drained and refilled whole each round: the
 // low water mark moves at every run, so nothing decays and no upstream
