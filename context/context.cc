@@ -47,12 +47,7 @@ void PrefetchHeader(const Context* ctx) {
   for (size_t off = 0; off < sizeof(Context); off += kCacheLine) __builtin_prefetch(p + off);
 }
 
-// Where a context keeps its first block's size: right after the header,
-// before the kind's state (kind_api.h, kKindStateStart), in the line a
-// release reads for the header's last fields anyway.
-constexpr size_t kFirstBlockSizeOffset = sizeof(Context);
-static_assert(kFirstBlockSizeOffset + sizeof(size_t) == kKindStateStart,
-              "the first block's size lies between the header and the kind state");
+using internal::kFirstBlockSizeOffset;
 
 inline size_t ReadFirstBlockSize(const Context* ctx) {
   size_t size;

@@ -814,7 +814,7 @@ class Context {
   // is 80, nginx's ngx_pool_t 80). Fast-path fields first, in one cache
   // line; what only some contexts use is in the side record; the first
   // block's size is in that block, right after this header and before the
-  // kind's state (kFirstBlockSizeOffset in context.cc; PostgreSQL keeps its
+  // kind's state (kFirstBlockSizeOffset in internal/create.h; PostgreSQL keeps its
   // keeper block's end in that block too). The block mark takes 48 bits (more than a 64-bit process
   // can address), so that it shares its word with the window's limit.
   char* bump_ptr_ = nullptr;

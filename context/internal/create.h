@@ -12,6 +12,7 @@
 // the generic creation, and shares its header placement with it.
 //
 // Interface:
+//   kFirstBlockSizeOffset    where the first block's size is kept
 //   CopyName                 a name and its NUL into the first block
 //   CreateAccess::PlaceHeader     a new context's header, name and link
 //   CreateAccess::CreateChildOf   the composed creation of a child
@@ -61,6 +62,13 @@ inline void CopyName(char* to, const char* from, size_t n) {
   }
 }
 
+// Where a context keeps its first block's size: right after the header,
+// before the kind's state (kind_api.h, kKindStateStart), in the line a
+// release reads for the header's last fields anyway (context.cc reads it).
+inline constexpr size_t kFirstBlockSizeOffset = sizeof(Context);
+static_assert(kFirstBlockSizeOffset + sizeof(size_t) == kKindStateStart,
+              "the first block's size lies between the header and the kind state");
+
 struct CreateAccess {
   // Where a kind's state of `state_size` bytes aligned to `state_alignment`
   // puts the name: after the context header, the first block's size and
@@ -78,7 +86,7 @@ struct CreateAccess {
                                                            size_t name_len, size_t name_offset,
                                                            Context* parent) {
     Context* ctx = new (block) Context(methods, source, size);
-    std::memcpy(static_cast<char*>(block) + sizeof(Context), &size, sizeof(size));
+    std::memcpy(static_cast<char*>(block) + kFirstBlockSizeOffset, &size, sizeof(size));
     ValgrindCreatePool(ctx);
     CopyName(static_cast<char*>(block) + name_offset, name, name_len + 1);
     if (parent != nullptr) {
