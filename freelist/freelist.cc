@@ -82,6 +82,7 @@ using freelist_internal::kNoChunkStart;
 using freelist_internal::kSourceHeaderAllowance;
 using freelist_internal::kStraddledInto;
 using freelist_internal::kUnitBytes;
+using freelist_internal::kUnitPhase;
 using freelist_internal::kUnitPurged;
 using freelist_internal::kUnitParking;
 using freelist_internal::kTrimTail;
@@ -90,7 +91,10 @@ using freelist_internal::kUnitShift;
 using freelist_internal::OnList;
 using freelist_internal::UnitDesc;
 using freelist_internal::UnitsStart;
+using freelist_internal::UnitBase;
 using freelist_internal::UnitStart;
+using freelist_internal::UnitsBase;
+using freelist_internal::UnitsBaseAt;
 
 namespace {
 
@@ -290,7 +294,7 @@ char* ChunkStart(void* p) { return static_cast<char*>(p) - kHeaderBytes; }
 // One past the last usable byte of a block of chunks: its last unit may be
 // short (a small block, or a source's odd size).
 char* UnitsEnd(BlockHeader* b) {
-  char* end = UnitsStart(b) + (size_t{b->units} << kUnitShift);
+  char* end = UnitBase(b, b->units);
   char* block_end = reinterpret_cast<char*>(b) + b->link.size;
   return block_end < end ? block_end : end;
 }
@@ -300,7 +304,7 @@ char* UnitEnd(BlockHeader* b, size_t i) {
   return units_end < end ? units_end : end;
 }
 size_t UnitIndex(BlockHeader* b, const char* at) {
-  return static_cast<size_t>(at - UnitsStart(b)) >> kUnitShift;
+  return static_cast<size_t>(at - UnitsBase(b)) >> kUnitShift;
 }
 size_t FreeUnitBytes(BlockHeader* b) {
   size_t bytes = 0;
@@ -311,13 +315,26 @@ size_t FreeUnitBytes(BlockHeader* b) {
   return bytes;
 }
 
-// The most units (at most 64) a block of `size` bytes holds, its last one
-// possibly short.
-size_t UnitsFor(size_t size) {
-  if (size > kMaxPageBlockBytes) size = kMaxPageBlockBytes;
-  size_t n = kMaxBlockUnits;
-  while (n > 1 && BlockHeaderBytes(n) + (n - 1) * kUnitBytes >= size) --n;
-  return n;
+// Lays out the units of the block of `size` bytes at `b` (units and
+// units_offset): as many as cover it, at most 64. Where the boundaries fall
+// depends on the block's address, and where the units start on the count
+// of descriptors before them, so the count is raised until the descriptors
+// cover the units they lead to; the first unit and the last may be short.
+void LayOutUnits(BlockHeader* b, size_t size) {
+  char* const start = reinterpret_cast<char*>(b);
+  char* const end = start + size;
+  size_t n = 1;
+  for (;;) {
+    char* base = UnitsBaseAt(start + BlockHeaderBytes(n));
+    size_t cover = (static_cast<size_t>(end - base) + kUnitBytes - 1) >> kUnitShift;
+    if (cover > kMaxBlockUnits) cover = kMaxBlockUnits;
+    if (cover <= n) {
+      b->units = static_cast<uint8_t>(cover);
+      b->units_offset = static_cast<uint16_t>(BlockHeaderBytes(n));
+      return;
+    }
+    n = cover;
+  }
 }
 
 void InitDescs(BlockHeader* b) {
@@ -522,7 +539,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* CarveAt(FreelistState* st, Run* r, siz
   BlockHeader* b = r->block;
   UnitDesc* d = Descs(b);
   if (b != st->first) {
-    const size_t from_units = static_cast<size_t>(start - UnitsStart(b));
+    const size_t from_units = static_cast<size_t>(start - UnitsBase(b));
     const size_t u = from_units >> kUnitShift;
     const size_t last = (from_units + stride - 1) >> kUnitShift;
     d += u;
@@ -672,7 +689,9 @@ bool FindRun(FreelistState* st, size_t need, Run* r) {
 // of the call decides whether to retry (kind_api.h).
 BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   const size_t least = BlockHeaderBytes(1) + need;
-  size_t units = (need + kUnitBytes - 1) >> kUnitShift;
+  // Two units more than `need` fills: the first and the last may be short
+  // (LayOutUnits).
+  size_t units = ((need + kUnitBytes - 1) >> kUnitShift) + 2;
   size_t least_units = BlockHeaderBytes(units) + need;
   const size_t min_size = least_units > least ? least_units : least;
   size_t want = st->next_block_size - kSourceHeaderAllowance;
@@ -681,7 +700,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   if (kb == nullptr) return nullptr;
   FirstBlockOutgrown(ctx);
   BlockHeader* b = HeaderOf(kb);
-  b->units = static_cast<uint8_t>(UnitsFor(kb->size));
+  LayOutUnits(b, kb->size);
   b->free_units = AllUnits(b->units);
   b->list = OnList::kNone;
   b->touched_units = 0;
@@ -960,7 +979,7 @@ constexpr int kMarkedRelease = 2;
 // The start of the last chunk of unit `i` of `b`, which holds chunks.
 char* LastChunkOf(BlockHeader* b, size_t i) {
   const UnitDesc& d = Descs(b)[i];
-  char* chunk = UnitStart(b, i) + d.first;
+  char* chunk = UnitBase(b, i) + d.first;
   for (uint32_t k = 1; k < d.starts; ++k) {
     chunk += Stride(ChunkHeaderValue(ReadChunkHeader(chunk + kHeaderBytes)));
   }
@@ -1136,7 +1155,7 @@ uint64_t CoalesceUnit(FreelistState* st, BlockHeader* b, size_t i) {
   FreeTable* t = st->table;
   UnitDesc* d = &Descs(b)[i];
   char* const unit_end = UnitEnd(b, i);
-  char* chunk = UnitStart(b, i) + d->first;
+  char* chunk = UnitBase(b, i) + d->first;
   char* run = nullptr;  // start of the run of free chunks being gathered
   // A parking unit's chunks go to the parked lists, coalesced all the same:
   // when they come back, they serve the larger classes.
@@ -1198,7 +1217,7 @@ void TrimTail(FreelistState* st, BlockHeader* b, size_t i) {
 // their frees go to the parked lists.
 void MarkParkedChunks(BlockHeader* b, size_t i) {
   const UnitDesc* d = &Descs(b)[i];
-  char* chunk = UnitStart(b, i) + d->first;
+  char* chunk = UnitBase(b, i) + d->first;
   for (uint32_t k = 0; k < d->starts; ++k) {
     char* payload = chunk + kHeaderBytes;
     const uint64_t h = ReadChunkHeader(payload);
@@ -1237,11 +1256,28 @@ uint64_t FinishBlock(FreelistState* st, BlockHeader* b) {
   return saved;
 }
 
-// Free units are purged in runs of at least this many: two units cover a
-// whole page wherever the block's allocator put it (units are 4 KiB, pages
-// too, but a block's units start wherever its header ends), so a shorter run
-// may give back nothing for its system call.
-constexpr size_t kMinPurgeUnits = 2;
+// The page at or before `p` (units are page-sized: freelist_block.h).
+char* PageFloor(char* p) {
+  return reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t{kUnitBytes - 1});
+}
+
+// Where purging a run of free units that starts at unit `s` may start: the
+// page under the unit's base when the kUnitPhase bytes of it below the base,
+// the end of the last chunk of unit s - 1, hold nothing anyone reads (that
+// chunk is free and its list link lies before the page), else the next
+// page. With 16-byte chunk headers the base is the page itself.
+char* PurgeStart(BlockHeader* b, size_t s) {
+  char* page = PageFloor(UnitBase(b, s));
+  if (s == 0) return page + kUnitBytes;  // the block's header
+  if (kUnitPhase == 0) return page;
+  // Unit s - 1 holds chunks (a run of free units starts at s): the sliver
+  // is the end of its last one, which runs no further (s is free).
+  if (Descs(b)[s - 1].starts == 0) return page + kUnitBytes;
+  char* last = LastChunkOf(b, s - 1);
+  const uint64_t h = ReadChunkHeader(last + kHeaderBytes);
+  const bool link_below = last + kHeaderBytes + sizeof(void*) <= page;
+  return ChunkHeaderIsFree(h) && link_below ? page : page + kUnitBytes;
+}
 
 // PurgeFreeUnits
 //
@@ -1251,13 +1287,16 @@ constexpr size_t kMinPurgeUnits = 2;
 // segments. Each run of free units of the partial and spare blocks (full
 // blocks have none) that holds a unit not yet purged goes to the block
 // source's Purge, once: kUnitPurged remembers (freelist_block.h), so a unit
-// carved again is purged again only once it is free again. Runs shorter
-// than kMinPurgeUnits wait until a neighbour joins them. The cost is a look
-// at each free unit's descriptor, at sweeps only. Called only by sweeps
-// that frees run, after TrimSpares: a sweep before growth frees units to
-// reuse them at once, and purging them would cost a fault per page. The space is poisoned and (checking builds)
-// clobbered already; purged pages read as zero afterwards, which no one
-// reads: free units hold no chunks, and carving writes every header.
+// carved again is purged again only once it is free again. Units lie on
+// pages, so a single free unit covers one (but see PurgeStart); a run that
+// covers none waits until a neighbour joins it. The cost is a look at each
+// free unit's descriptor, at sweeps only. Called only by sweeps that frees
+// run, after TrimSpares: a sweep before growth frees units to reuse them at
+// once, and purging them would cost a fault per page. The space is poisoned
+// and (checking builds) clobbered already; purged pages read as zero
+// afterwards, which no one reads: free units hold no chunks, carving writes
+// every header, and a free chunk's end below a unit's base is read only
+// after an allocation hands it out.
 void PurgeFreeUnits(Context* ctx, FreelistState* st) {
   auto purge = [&](BlockHeader* b) {
     UnitDesc* d = Descs(b);
@@ -1267,12 +1306,13 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
       const uint64_t from_s = m >> s;
       const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
       m &= ~((len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s);
-      if (len < kMinPurgeUnits) continue;
       bool todo = false;
       for (size_t i = s; i < s + len; ++i) todo |= (d[i].flags & kUnitPurged) == 0;
       if (!todo) continue;
-      char* from = UnitStart(b, s);
-      PurgeBlockBytes(ctx, from, static_cast<size_t>(UnitEnd(b, s + len - 1) - from));
+      char* from = PurgeStart(b, s);
+      char* to = PageFloor(UnitEnd(b, s + len - 1));
+      if (to <= from) continue;  // no whole page: wait for a neighbour
+      PurgeBlockBytes(ctx, from, static_cast<size_t>(to - from));
       for (size_t i = s; i < s + len; ++i) d[i].flags |= kUnitPurged;
     }
   };
@@ -2040,7 +2080,7 @@ bool FreelistCheck(const Context* ctx, const FreelistState* st, std::string* err
                         ? st->bump_ptr
                         : UnitsEnd(b);
       if (d.first >= kUnitBytes ||
-          !WalkChunks(&d, UnitStart(b, i) + d.first, limit, visit)) {
+          !WalkChunks(&d, UnitBase(b, i) + d.first, limit, visit)) {
         fail("a chunk of unit %d of block %p has a corrupt header",
                              static_cast<int>(i), static_cast<void*>(b));
       }
@@ -2139,7 +2179,7 @@ void FreelistVisitLiveChunks(const Context* ctx, const FreelistState* st,
       char* limit = carving && st->bump_ptr < st->bump_end && UnitIndex(b, st->bump_ptr) == i
                         ? st->bump_ptr
                         : UnitsEnd(b);
-      WalkChunks(&d, UnitStart(b, i) + d.first, limit, visit);
+      WalkChunks(&d, UnitBase(b, i) + d.first, limit, visit);
     }
   });
   st->dedicated.ForEach([&](KindBlock* b) {
@@ -2197,7 +2237,7 @@ BlockInfo DescribeBlock(const FreelistState* st, BlockHeader* b) {
   for (size_t i = 0; i < b->units; ++i) {
     const UnitDesc& d = Descs(b)[i];
     if (((b->free_units >> i) & 1) || d.starts == 0 || d.first >= kUnitBytes) continue;
-    CountFreeIn(&d, UnitStart(b, i) + d.first, UnitsEnd(b), &info);
+    CountFreeIn(&d, UnitBase(b, i) + d.first, UnitsEnd(b), &info);
   }
   info.end_offset = info.size;
   info.last_offset = info.size - info.free_bytes;

@@ -4,13 +4,14 @@
 // Layout of the freelist kind.
 //
 // A block of chunks is a header, one descriptor per unit, then the units:
-// runs of kUnitBytes (4 KiB) into which chunks are carved back to back. A
-// chunk may straddle a unit boundary; it belongs to the unit its first byte
+// runs of kUnitBytes (4 KiB, on page boundaries, the first one short) into
+// which chunks are carved back to back. A chunk may straddle a unit boundary; it belongs to the unit its first byte
 // lies in. The chunk header's offset leads to that unit's descriptor, the
 // descriptor's index to the block header, whose first word is the owning
 // context: that is how a chunk finds its context without being told.
 //
 //   block:  | BlockHeader | UnitDesc x units | unit 0 | unit 1 | ... |
+//                                            ^ short: unit 1 starts on a page
 //   unit:   | (tail of a chunk begun before) | hdr | payload | hdr | payload ...
 //                                              ^ 8-byte word, offset back to
 //                                                this unit's UnitDesc
@@ -109,7 +110,9 @@ struct BlockHeader {
   uint8_t units;           // units in the block; 0 for the first block's area
   OnList list;             // the state's list it is on
   uint8_t marked;          // during a sweep: units are marked (FinishBlock clears)
-  uint8_t reserved[5];
+  uint8_t reserved;
+  uint16_t units_offset;   // bytes from the header to unit 0 (UnitsStart)
+  uint16_t reserved2;
 };
 static_assert(sizeof(BlockHeader) == 56, "block header layout");
 
@@ -133,20 +136,47 @@ constexpr size_t BlockHeaderBytes(size_t units) {
   return ((sizeof(BlockHeader) + units * sizeof(UnitDesc) + kChunkHeaderBytes + 15) & ~size_t{15}) -
          kChunkHeaderBytes;
 }
-inline char* UnitsStart(BlockHeader* b) { return reinterpret_cast<char*>(b) + BlockHeaderBytes(b->units); }
-inline char* UnitStart(BlockHeader* b, size_t i) { return UnitsStart(b) + (i << kUnitShift); }
+// Set when the block is acquired (freelist.cc, UnitsFor): at least
+// BlockHeaderBytes(units), more when fewer units than descriptors fit.
+inline char* UnitsStart(BlockHeader* b) { return reinterpret_cast<char*>(b) + b->units_offset; }
+
+// Where unit boundaries lie in the address space: a chunk that starts at a
+// boundary has its payload on 16 bytes, so boundaries lie kUnitPhase bytes
+// past a multiple of kUnitBytes (8 with 8-byte chunk headers, 0 with 16).
+// Units follow the pages rather than the block's start: a unit holding a
+// live chunk then keeps one page resident, not the two it would straddle,
+// and a single free unit covers a page that a sweep can purge
+// (freelist.cc, PurgeFreeUnits). Unit 0 runs from the descriptors' end to
+// the first boundary after them, so it is the short one.
+inline constexpr size_t kUnitPhase = (16 - kChunkHeaderBytes) & 15;
+inline char* UnitsBaseAt(char* units_start) {
+  const uintptr_t s = reinterpret_cast<uintptr_t>(units_start);
+  return reinterpret_cast<char*>(((s - kUnitPhase) & ~uintptr_t{kUnitBytes - 1}) + kUnitPhase);
+}
+// The boundary at or before the first unit's start: unit i's boundaries are
+// UnitBase(b, i) and UnitBase(b, i + 1), and a descriptor's `first` counts
+// from the unit's base.
+inline char* UnitsBase(BlockHeader* b) { return UnitsBaseAt(UnitsStart(b)); }
+inline char* UnitBase(BlockHeader* b, size_t i) { return UnitsBase(b) + (i << kUnitShift); }
+// The first usable byte of unit i.
+inline char* UnitStart(BlockHeader* b, size_t i) {
+  return i == 0 ? UnitsStart(b) : UnitBase(b, i);
+}
 // Bytes a block source's allocator may put before a block: glibc's chunk
 // header. Blocks are asked for 2^k minus this, so that a block fills 2^k
 // bytes of the allocator's heap, or of pages above its mmap threshold,
 // rather than spilling into one more page (W5 lost 1.5% to that).
 inline constexpr size_t kSourceHeaderAllowance = 16;
 
-// Bytes of the largest block of chunks: 256 KiB, less the allowance, which
-// the last of its 64 units gives up (with the header).
+// Bytes of the largest block of chunks: 256 KiB, less the allowance. Its
+// 64 units cover it when it starts just past a page (glibc's large
+// chunks, and the mappings of the block cache's system source do); placed
+// anywhere else, up to a unit's worth at its end stays unused, and
+// untouched, so not resident.
 inline constexpr size_t kMaxPageBlockBytes = (size_t{1} << 18) - kSourceHeaderAllowance;
 static_assert(BlockHeaderBytes(kMaxBlockUnits) + (kMaxBlockUnits - 1) * kUnitBytes <
                   kMaxPageBlockBytes,
-              "the largest block holds 64 units, the last one short");
+              "the largest block holds 64 units");
 inline uint64_t AllUnits(size_t units) {
   return units == 64 ? ~uint64_t{0} : (uint64_t{1} << units) - 1;
 }
