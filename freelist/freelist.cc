@@ -186,7 +186,7 @@ constexpr size_t kShrinkDivisor = 2;
 // and the chunk was idle anyway), before carving.
 constexpr size_t kFirstReuseUpClass =
     size_class_internal::kLookup[(kUnitBytes + 7) >> 4];  // SizeClassOf(kUnitBytes)
-constexpr size_t kReuseUpClasses = 4;
+constexpr size_t kReuseUpClasses = 8;
 
 // Empty blocks a sweep keeps for reuse: up to an eighth of the bytes in
 // use, and at least one largest block, so a context whose live data

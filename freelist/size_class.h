@@ -4,19 +4,21 @@
 // class that holds it; each class has its own freelist.
 //
 // The classes: 8, 24, 40, ..., 136 (every 16 bytes), then eight classes per
-// doubling up to 65,544 (152, 168, ..., 264, 296, ..., 4104, 4616, 5128,
+// doubling up to 1,032 (152, 168, ..., 264, 296, ..., 1032), then sixteen
+// per doubling up to 65,544 (1096, 1160, ..., 2056, 2184, ..., 4104, 4360,
 // ..., 65544). Every class is 8 more than a multiple of 16, so that a class
 // plus the 8-byte chunk header is a multiple of 16 and chunks packed back to
 // back keep their payload aligned to 16 with no padding at all.
 //
 // Bound on rounding waste (class size minus requested size, header not
 // counted), for every size up to kMaxSizeClassBytes: at most 15 bytes up to
-// 136 bytes; above, less than an eighth of the request (a class exceeds the
-// class below it by base/8, and every request above that class exceeds
-// base). For sizes drawn uniformly from 8..1024 that is 4.2% of the
-// requested bytes on average (tests/freelist/size_class_test.cc computes and
-// prints it); PostgreSQL's power-of-two classes waste about 33% on the same
-// distribution. SQLite's 4,360-byte pages take the 4,616 class (5.9%).
+// 136 bytes; above, less than an eighth of the request up to 1,032 bytes
+// and less than a sixteenth above (a class exceeds the class below it by
+// base/8 or base/16, and every request above that class exceeds base). For
+// sizes drawn uniformly from 8..1024 that is 4.2% of the requested bytes on
+// average (tests/freelist/size_class_test.cc computes and prints it);
+// PostgreSQL's power-of-two classes waste about 33% on the same
+// distribution. SQLite's 4,360-byte pages take the 4,360 class exactly.
 //
 // Example:
 //
@@ -42,22 +44,36 @@ namespace size_class_internal {
 inline constexpr size_t kFineClasses = 9;        // 8..136 step 16
 inline constexpr size_t kFirstGroupLog2 = 7;     // 128
 inline constexpr size_t kLastGroupLog2 = 15;     // 32768
-// Eight classes per doubling: the waste bound is base/8 over a request
-// above base, under 12.5%. Four (the first design) allowed 25%, and
-// SQLite's 4,360-byte pages landed in a 5,128-byte class.
+// Eight classes per doubling below 1 KiB: the waste bound is base/8 over a
+// request above base, under 12.5%. Four (the first design) allowed 25%,
+// and SQLite's 4,360-byte pages landed in a 5,128-byte class.
 inline constexpr size_t kClassesPerGroup = 8;
-inline constexpr size_t kNumClasses =
-    kFineClasses + (kLastGroupLog2 - kFirstGroupLog2 + 1) * kClassesPerGroup;
+// Sixteen per doubling from 1 KiB (a step of at least 64 bytes, still a
+// multiple of 16): the bound falls to 6.25% where chunks are large enough
+// for the rounding to add up to a heap's worth (a heap of 1..4 KiB chunks
+// rounded to eight classes per doubling held 2% more than glibc's), while
+// the small classes, where most chunks of most heaps lie, keep the lists
+// they share.
+inline constexpr size_t kFineGroupLog2 = 10;  // 1024
+inline constexpr size_t kClassesPerFineGroup = 16;
+constexpr size_t ClassesInGroup(size_t lg) {
+  return lg < kFineGroupLog2 ? kClassesPerGroup : kClassesPerFineGroup;
+}
+constexpr size_t CountClasses() {
+  size_t n = kFineClasses;
+  for (size_t lg = kFirstGroupLog2; lg <= kLastGroupLog2; ++lg) n += ClassesInGroup(lg);
+  return n;
+}
+inline constexpr size_t kNumClasses = CountClasses();
 
 constexpr std::array<uint32_t, kNumClasses> MakeClassBytes() {
   std::array<uint32_t, kNumClasses> bytes{};
   size_t i = 0;
   for (; i < kFineClasses; ++i) bytes[i] = static_cast<uint32_t>(8 + 16 * i);
   for (size_t lg = kFirstGroupLog2; lg <= kLastGroupLog2; ++lg) {
-    size_t base = size_t{1} << lg;
-    for (size_t k = 1; k <= kClassesPerGroup; ++k) {
-      bytes[i++] = static_cast<uint32_t>(base + k * (base / kClassesPerGroup) + 8);
-    }
+    const size_t base = size_t{1} << lg;
+    const size_t n = ClassesInGroup(lg);
+    for (size_t k = 1; k <= n; ++k) bytes[i++] = static_cast<uint32_t>(base + k * (base / n) + 8);
   }
   return bytes;
 }
