@@ -819,7 +819,12 @@ void Memory() {
 // --- Callgrind mode ------------------------------------------------------------
 
 constexpr int kCallgrindRounds = 3;  // W1 rounds; W2 uses kW2Requests requests
-constexpr size_t kCallgrindW3Steps = 20000;
+// W3 under Callgrind: a warm-up, then enough steps to hold a dozen of the
+// freelist kind's sweeps, which a steady churn runs every few tens of
+// thousands of frees: a shorter window holds one or none, by the luck of
+// where it falls, and its count moves by 5 per step with that luck.
+constexpr size_t kCallgrindW3WarmSteps = 20000;
+constexpr size_t kCallgrindW3Steps = 400000;
 // W11 under Callgrind: fewer contexts than timed runs (a simulator is slow),
 // still far more than any cache holds.
 constexpr size_t kCallgrindW11Contexts = 100000;
@@ -869,7 +874,7 @@ bool Callgrind(const std::string& workload) {
     if constexpr (C::kCanFree) {
       typename C::Arena a;
       W3State<C> w(a, kW3WorkingSet);
-      w.Steps(kCallgrindW3Steps, sum);
+      w.Steps(kCallgrindW3WarmSteps, sum);
       MCX_BENCH_CALLGRIND_TOGGLE();
       ops = w.Steps(kCallgrindW3Steps, sum);
       MCX_BENCH_CALLGRIND_TOGGLE();
