@@ -46,6 +46,9 @@ CHANGES=(
   "48af198|the tree reaches the default cache's thread cache inline|W4:mcx_pool,W2:mcx_pool,W11:mcx_pool"
   "d3e4983|inline allocation branches on the window's compares alone|W4:mcx_pool,W1.rand:mcx_pool,W2:mcx_pool"
   "f16c3ce|teardown asks once about other walks; a child links in place|W4:mcx_pool"
+  "8bb94bc|freelist units lie on pages: a unit pins one page, not two|W3:mcx_freelist,W2:mcx_freelist"
+  "037e65b|freelist sweeps pass unmarked units with one test|W3:mcx_freelist"
+  "ac28448|sixteen freelist size classes per doubling from 1 KiB|W3:mcx_freelist,W2:mcx_freelist"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
