@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -965,6 +966,83 @@ TEST_F(FreelistTest, ShrinksThatParkAgainstAModel) {
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A source that places each block at a different distance past a page:
+// every multiple of 16 below 4 KiB in turn, and sizes a little above what
+// was asked, so that the freelist's units, which lie on pages wherever the
+// block lies, meet every layout (a first unit of 16 bytes, a last one of
+// one chunk, a block that 64 units do not cover).
+class OffsetBlockSource : public BlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override {
+    if (alignment > kMinBlockAlignment) return Block{};
+    const size_t offset = (next_++ * 37 * 16) % kPage;
+    const size_t size = min_size + (next_ % 4) * 16;
+    const size_t raw_size = (offset + size + kPage - 1) / kPage * kPage;
+    char* raw = static_cast<char*>(std::aligned_alloc(kPage, raw_size));
+    if (raw == nullptr) return Block{};
+    offsets_.insert(offset);
+    raw_[raw + offset] = raw;
+    return Block{raw + offset, size};
+  }
+  void Release(Block block) override {
+    auto it = raw_.find(static_cast<char*>(block.ptr));
+    ASSERT_NE(it, raw_.end());
+    std::free(it->second);
+    raw_.erase(it);
+  }
+  size_t distinct_offsets() const { return offsets_.size(); }
+
+ private:
+  static constexpr size_t kPage = 4096;
+  size_t next_ = 0;
+  std::set<size_t> offsets_;
+  std::map<char*, char*> raw_;
+};
+
+// The freelist against a model with blocks placed anywhere past a page:
+// phases of sizes grown, shrunk (so that sweeps give units back, cut tails
+// and purge pages, which the counting source scribbles over) and churned
+// with reallocs; contents checked at every free and move, Check() at
+// intervals.
+TEST_F(FreelistTest, UnitsFollowPagesWhereverTheSourcePutsBlocks) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  OffsetBlockSource placed;
+  CountingBlockSource counting(&placed);
+  ContextOptions co;
+  co.block_source = &counting;
+  Context* ctx = CreateFreelistContext(nullptr, "placed", FreelistOptions(), co);
+  TestRng rng(31);
+  TaggedChunks live(ctx, &rng);
+  const size_t kRanges[][2] = {{8, 512}, {64, 4096}, {16, 256}, {1024, 9000}, {8, 64}};
+  std::string error;
+  for (const auto& range : kRanges) {
+    while (live.size() < 20000) live.Add(range[0], range[1]);
+    while (live.size() > 2000) ASSERT_TRUE(live.DropRandom());
+    for (int step = 0; step < 30000; ++step) {
+      if (step % 8 == 0) {
+        TaggedChunk& c = live.chunks()[rng.Next() % live.size()];
+        const size_t size = rng.Uniform(range[0], range[1]);
+        void* q = ctx->Realloc(c.p, size);
+        ASSERT_TRUE(Holds(q, std::min(size, c.size), c.tag));
+        c = TaggedChunk{q, size, live.NextTag()};
+        Fill(q, size, c.tag);
+      } else {
+        ASSERT_TRUE(live.DropRandom());
+        live.Add(range[0], range[1]);
+      }
+      if (step % 10000 == 0) ASSERT_TRUE(ctx->Check(&error)) << error;
+    }
+    ASSERT_TRUE(ctx->Check(&error)) << error;
+  }
+  EXPECT_GE(placed.distinct_offsets(), size_t{64});
+  EXPECT_GT(counting.purge_requested_bytes(), size_t{0});
+  EXPECT_EQ(counting.bad_purges(), 0);
+  while (live.size() > 0) ASSERT_TRUE(live.Drop(live.size() - 1));
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(counting.live_blocks(), 0);
 }
 
 // A long-lived heap against a model: phases of different size ranges, the
