@@ -303,6 +303,18 @@ char* UnitEnd(BlockHeader* b, size_t i) {
   char* units_end = UnitsEnd(b);
   return units_end < end ? units_end : end;
 }
+// Where carving that ends in unit `i` stops: short of the next unit by
+// twice kUnitPhase, that is kUnitPhase before the next unit's page, so that
+// no chunk a run or a cut tail leaves at the end of unit `i` lies on that
+// page. When the next unit is free, its page can then be purged whatever
+// becomes of those chunks; live, one of them would keep it resident (W8's
+// small chunks left a tenth of their resident bytes on such pages). The
+// bytes between lie unused until unit `i` goes back. Chunks that cross the
+// boundary inside a run are unaffected: both units hold chunks.
+char* CarveEnd(BlockHeader* b, size_t i) {
+  char* end = UnitEnd(b, i);
+  return i + 1 < b->units ? end - 2 * kUnitPhase : end;
+}
 size_t UnitIndex(BlockHeader* b, const char* at) {
   return static_cast<size_t>(at - UnitsBase(b)) >> kUnitShift;
 }
@@ -643,8 +655,8 @@ void RetireRun(FreelistState* st, Run r) {
   if (r.ptr < r.end && u <= last) {
     const UnitDesc& d = Descs(b)[u];
     if (d.starts != 0 || (d.flags & kStraddledInto) != 0) {
-      Run tail{b, r.ptr, UnitEnd(b, u)};
-      CarveRemainder(st, &tail);
+      Run tail{b, r.ptr, CarveEnd(b, u)};
+      if (tail.ptr < tail.end) CarveRemainder(st, &tail);
       ++u;
     }
     for (size_t j = u; j <= last; ++j) b->free_units |= uint64_t{1} << j;
@@ -661,10 +673,11 @@ bool FindRunIn(BlockHeader* b, size_t need, Run* r) {
     const uint64_t from_s = m >> s;
     const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
     const size_t e = s + len;
-    if (static_cast<size_t>(UnitEnd(b, e - 1) - UnitStart(b, s)) >= need) {
+    if (CarveEnd(b, e - 1) > UnitStart(b, s) &&
+        static_cast<size_t>(CarveEnd(b, e - 1) - UnitStart(b, s)) >= need) {
       const uint64_t bits = (len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s;
       b->free_units &= ~bits;
-      *r = Run{b, UnitStart(b, s), UnitEnd(b, e - 1)};
+      *r = Run{b, UnitStart(b, s), CarveEnd(b, e - 1)};
       return true;
     }
     m &= ~(((len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1))) << s);
@@ -987,14 +1000,15 @@ char* LastChunkOf(BlockHeader* b, size_t i) {
 }
 
 // Whether the last chunk of unit `i`, which runs into the next unit, is
-// free (and not waiting on the remote list) and what lies of it in unit
-// `i` can be carved into chunks.
+// free (and not waiting on the remote list) and what lies of it before
+// CarveEnd can be carved into chunks, or is nothing (the chunk then goes).
 bool TailTrimmable(BlockHeader* b, size_t i) {
   if (Descs(b)[i].starts == 0) return false;
   char* last = LastChunkOf(b, i);
   const uint64_t h = ReadChunkHeader(last + kHeaderBytes);
   return ChunkHeaderIsFree(h) && (h & kRemoteFreeBit) == 0 &&
-         static_cast<size_t>(UnitEnd(b, i) - last) >= Stride(0);
+         CarveEnd(b, i) >= last &&
+         (CarveEnd(b, i) == last || static_cast<size_t>(CarveEnd(b, i) - last) >= Stride(0));
 }
 int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
   UnitDesc* d = Descs(b);
@@ -1032,6 +1046,17 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
       const size_t j = i - 1;
       if (i == 0 || (j >= lo && j <= hi) || !TailTrimmable(b, j)) continue;
       d[j].flags = static_cast<uint8_t>((d[j].flags | kTrimTail) & ~kMostlyFree);
+    } else if (kUnitPhase != 0 && i > 0 && !gone(i - 1) && !(i - 1 >= lo && i - 1 <= hi) &&
+               d[i - 1].starts != 0) {
+      // The last chunk of the unit before may end right at this unit's
+      // start, on its page (past CarveEnd): if it is free, it is cut short
+      // of the page too, so that it never brings the page back once purged.
+      const size_t j = i - 1;
+      char* last = LastChunkOf(b, j);
+      const size_t stride = Stride(ChunkHeaderValue(ReadChunkHeader(last + kHeaderBytes)));
+      if (last + stride > CarveEnd(b, j) && TailTrimmable(b, j)) {
+        d[j].flags = static_cast<uint8_t>((d[j].flags | kTrimTail) & ~kMostlyFree);
+      }
     }
     d[i].flags |= kUnitReleasing;
     marks |= kMarkedRelease;
@@ -1050,8 +1075,9 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
 // coalesced (CoalesceUnit files the latter again), keeping each list's
 // order: the chunks of parking units go to the parked lists, the parked
 // chunks of units no longer parking come back after the listed ones.
-// Returns the chunks of units being released.
-uint64_t RebuildLists(FreelistState* st) {
+// Returns the chunks of units being released; `listed_tails` gets the last
+// chunk of each class list.
+uint64_t RebuildLists(FreelistState* st, void** listed_tails) {
   FreeTable* t = st->table;
   uint64_t dropped = 0;
   uint64_t parked = 0;
@@ -1072,7 +1098,7 @@ uint64_t RebuildLists(FreelistState* st) {
         if ((d->flags & kUnitReleasing) != 0) {
           ++dropped;
         } else if ((d->flags & kTrimTail) != 0 &&
-                   ChunkStart(p) + Stride(c) > UnitEnd(BlockOfDesc(d), d->index)) {
+                   ChunkStart(p) + Stride(c) > CarveEnd(BlockOfDesc(d), d->index)) {
           // TrimTail files its pieces
         } else if ((d->flags & kMostlyFree) != 0) {
           // CoalesceUnit files it again
@@ -1086,6 +1112,7 @@ uint64_t RebuildLists(FreelistState* st) {
       }
     }
     t->heads[c] = heads[0];
+    listed_tails[c] = tails[0];
     if (t->parked != nullptr) t->parked[c] = heads[1];
   }
   t->parked_chunks += parked;  // CoalesceUnit counts what it parks
@@ -1199,16 +1226,16 @@ uint64_t CoalesceUnit(FreelistState* st, BlockHeader* b, size_t i) {
 }
 
 // Cuts the last chunk of unit `i` of `b` (free, off the lists: RebuildLists)
-// at the unit's end, for the next unit to go back: what lies in this unit
-// is carved into free chunks and filed (parked, if the unit parks).
+// at CarveEnd, for the next unit to go back: what lies before it is carved
+// into free chunks and filed (parked, if the unit parks).
 void TrimTail(FreelistState* st, BlockHeader* b, size_t i) {
   FreeTable* t = st->table;
   UnitDesc* d = &Descs(b)[i];
   const bool parking = (d->flags & kUnitParking) != 0;
   const uint32_t made = RecarveFree(parking ? t->parked : t->heads, d, LastChunkOf(b, i),
-                                    UnitEnd(b, i));
-  d->starts += made - 1;
-  t->carved += made - 1;
+                                    CarveEnd(b, i));
+  d->starts = d->starts - 1 + made;  // made may be 0: the chunk went
+  t->carved = t->carved - 1 + made;
   if (parking) t->parked_chunks += made;
   d->flags = static_cast<uint8_t>(d->flags & ~kTrimTail);
 }
@@ -1265,19 +1292,22 @@ char* PageFloor(char* p) {
 }
 
 // Where purging a run of free units that starts at unit `s` may start: the
-// page under the unit's base when the kUnitPhase bytes of it below the base,
-// the end of the last chunk of unit s - 1, hold nothing anyone reads (that
-// chunk is free and its list link lies before the page), else the next
-// page. With 16-byte chunk headers the base is the page itself.
+// page under the unit's base when the kUnitPhase bytes of it below the base
+// hold nothing anyone reads, else the next page. Those bytes belong to unit
+// s - 1: no chunk covers them when its last chunk ends short of the page
+// (runs and cut tails stop there: CarveEnd), and one that does may still be
+// free with its list link before the page. With 16-byte chunk headers the
+// base is the page itself.
 char* PurgeStart(BlockHeader* b, size_t s) {
   char* page = PageFloor(UnitBase(b, s));
   if (s == 0) return page + kUnitBytes;  // the block's header
   if (kUnitPhase == 0) return page;
-  // Unit s - 1 holds chunks (a run of free units starts at s): the sliver
-  // is the end of its last one, which runs no further (s is free).
+  // Unit s - 1 holds chunks (a run of free units starts at s) and its last
+  // one runs no further than unit s's start (s is free).
   if (Descs(b)[s - 1].starts == 0) return page + kUnitBytes;
   char* last = LastChunkOf(b, s - 1);
   const uint64_t h = ReadChunkHeader(last + kHeaderBytes);
+  if (last + Stride(ChunkHeaderValue(h)) <= page) return page;
   const bool link_below = last + kHeaderBytes + sizeof(void*) <= page;
   return ChunkHeaderIsFree(h) && link_below ? page : page + kUnitBytes;
 }
@@ -1309,14 +1339,18 @@ void PurgeFreeUnits(Context* ctx, FreelistState* st) {
       const uint64_t from_s = m >> s;
       const size_t len = ~from_s == 0 ? 64 - s : static_cast<size_t>(absl::countr_zero(~from_s));
       m &= ~((len == 64 ? ~uint64_t{0} : ((uint64_t{1} << len) - 1)) << s);
-      bool todo = false;
-      for (size_t i = s; i < s + len; ++i) todo |= (d[i].flags & kUnitPurged) == 0;
-      if (!todo) continue;
+      // A unit's flag says that its page (the one under its base) went:
+      // the first unit's page may not go yet (PurgeStart), and then waits
+      // for a later sweep; unit 0's holds the block's header and never goes.
       char* from = PurgeStart(b, s);
+      const size_t first = s != 0 && from == PageFloor(UnitBase(b, s)) ? s : s + 1;
+      bool todo = false;
+      for (size_t i = first; i < s + len; ++i) todo |= (d[i].flags & kUnitPurged) == 0;
+      if (!todo) continue;
       char* to = PageFloor(UnitEnd(b, s + len - 1));
       if (to <= from) continue;  // no whole page: wait for a neighbour
       PurgeBlockBytes(ctx, from, static_cast<size_t>(to - from));
-      for (size_t i = s; i < s + len; ++i) d[i].flags |= kUnitPurged;
+      for (size_t i = first; i < s + len; ++i) d[i].flags |= kUnitPurged;
     }
   };
   ForEachOn(st, OnList::kPartial, purge);
@@ -1415,7 +1449,16 @@ void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   };
   ForEachOn(st, OnList::kPartial, mark);
   ForEachOn(st, OnList::kFull, mark);
-  uint64_t released = any ? RebuildLists(st) : 0;
+  void* listed[kNumSizeClasses];
+  void* listed_tails[kNumSizeClasses];
+  uint64_t released = 0;
+  if (any) {
+    released = RebuildLists(st, listed_tails);
+    for (size_t c = 0; c < kNumSizeClasses; ++c) {
+      listed[c] = t->heads[c];
+      t->heads[c] = nullptr;
+    }
+  }
   auto finish = [&](BlockHeader* b) {
     if (b->marked) released += FinishBlock(st, b);
   };
@@ -1423,6 +1466,16 @@ void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   // block never becomes full: each is finished once.
   ForEachOn(st, OnList::kPartial, finish);
   ForEachOn(st, OnList::kFull, finish);
+  if (any) {
+    // The chunks that coalescing filed (of units more than a quarter free)
+    // and the pieces of cut tails go after those of the denser units:
+    // allocations fill the dense units first, and the sparse ones drain.
+    for (size_t c = 0; c < kNumSizeClasses; ++c) {
+      if (listed[c] == nullptr) continue;
+      SetNextFree(listed_tails[c], t->heads[c]);
+      t->heads[c] = listed[c];
+    }
+  }
   Descs(st->first)->sweep_free = 0;
   st->first->touched_units = 0;
   if (release != SweepRelease::kKeep) TrimSpares(ctx, st, release == SweepRelease::kWarm);
