@@ -49,6 +49,7 @@ CHANGES=(
   "8bb94bc|freelist units lie on pages: a unit pins one page, not two|W3:mcx_freelist,W2:mcx_freelist"
   "037e65b|freelist sweeps pass unmarked units with one test|W3:mcx_freelist"
   "ac28448|sixteen freelist size classes per doubling from 1 KiB|W3:mcx_freelist,W2:mcx_freelist"
+  "88cb471|freelist chunks at a unit's end stay off the next unit's page|W3:mcx_freelist,W2:mcx_freelist"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
