@@ -487,7 +487,24 @@ class TaggedChunks {
     return held;
   }
   bool DropRandom() { return Drop(rng_->Next() % chunks_.size()); }
-  uint32_t NextTag() { return ++tag_; }
+  // One step of a churn of sizes in [lo, hi]: every eighth step a random
+  // chunk is reallocated (the bytes it keeps checked, then filled again),
+  // the others free a random chunk (checked) and allocate one. False if a
+  // chunk's contents changed.
+  bool ChurnStep(int step, size_t lo, size_t hi) {
+    if (step % 8 != 0) {
+      if (!DropRandom()) return false;
+      Add(lo, hi);
+      return true;
+    }
+    TaggedChunk& c = chunks_[rng_->Next() % chunks_.size()];
+    const size_t size = rng_->Uniform(lo, hi);
+    void* q = ctx_->Realloc(c.p, size);
+    if (!Holds(q, std::min(size, c.size), c.tag)) return false;
+    c = TaggedChunk{q, size, ++tag_};
+    Fill(q, size, c.tag);
+    return true;
+  }
   std::vector<TaggedChunk>& chunks() { return chunks_; }
   size_t size() const { return chunks_.size(); }
 
@@ -1026,17 +1043,7 @@ TEST_F(FreelistTest, ShrinksThatParkAgainstAModel) {
     while (live.size() < 30000) live.Add(range[0], range[1]);
     while (live.size() > 3000) ASSERT_TRUE(live.DropRandom());
     for (int step = 0; step < 60000; ++step) {
-      if (step % 8 == 0) {
-        TaggedChunk& c = live.chunks()[rng.Next() % live.size()];
-        const size_t size = rng.Uniform(range[0], range[1]);
-        void* q = ctx->Realloc(c.p, size);
-        ASSERT_TRUE(Holds(q, std::min(size, c.size), c.tag));
-        c = TaggedChunk{q, size, live.NextTag()};
-        Fill(q, size, c.tag);
-      } else {
-        ASSERT_TRUE(live.DropRandom());
-        live.Add(range[0], range[1]);
-      }
+      ASSERT_TRUE(live.ChurnStep(step, range[0], range[1]));
       if (step % 5000 == 0) {
         for (const TaggedChunk& c : live.chunks()) {
           parked_seen |= (ReadChunkHeader(c.p) & kParkedUnitBitForTest) != 0;
@@ -1108,17 +1115,7 @@ TEST_F(FreelistTest, UnitsFollowPagesWhereverTheSourcePutsBlocks) {
     while (live.size() < 20000) live.Add(range[0], range[1]);
     while (live.size() > 2000) ASSERT_TRUE(live.DropRandom());
     for (int step = 0; step < 30000; ++step) {
-      if (step % 8 == 0) {
-        TaggedChunk& c = live.chunks()[rng.Next() % live.size()];
-        const size_t size = rng.Uniform(range[0], range[1]);
-        void* q = ctx->Realloc(c.p, size);
-        ASSERT_TRUE(Holds(q, std::min(size, c.size), c.tag));
-        c = TaggedChunk{q, size, live.NextTag()};
-        Fill(q, size, c.tag);
-      } else {
-        ASSERT_TRUE(live.DropRandom());
-        live.Add(range[0], range[1]);
-      }
+      ASSERT_TRUE(live.ChurnStep(step, range[0], range[1]));
       if (step % 10000 == 0) ASSERT_TRUE(ctx->Check(&error)) << error;
     }
     ASSERT_TRUE(ctx->Check(&error)) << error;
