@@ -5,10 +5,11 @@
 //
 // A block of chunks is a header, one descriptor per unit, then the units:
 // runs of kUnitBytes (4 KiB, on page boundaries, the first one short) into
-// which chunks are carved back to back. A chunk may straddle a unit boundary; it belongs to the unit its first byte
-// lies in. The chunk header's offset leads to that unit's descriptor, the
-// descriptor's index to the block header, whose first word is the owning
-// context: that is how a chunk finds its context without being told.
+// which chunks are carved back to back. A chunk may straddle a unit
+// boundary; it belongs to the unit its first byte lies in. The chunk
+// header's offset leads to that unit's descriptor, the descriptor's index
+// to the block header, whose first word is the owning context: that is how
+// a chunk finds its context without being told.
 //
 //   block:  | BlockHeader | UnitDesc x units | unit 0 | unit 1 | ... |
 //                                            ^ short: unit 1 starts on a page
@@ -72,7 +73,7 @@ inline constexpr uint16_t kNoChunkStart = 0xFFFF;
 struct UnitDesc {
   uint32_t starts;      // chunks whose first byte lies in the unit (live or free)
   uint32_t sweep_free;  // a sweep's count of free chunks starting here; 0 between sweeps
-  uint16_t first;       // offset of the first chunk start in the unit, or kNoChunkStart
+  uint16_t first;       // offset of the first chunk start from UnitBase, or kNoChunkStart
   uint8_t index;        // this descriptor's place in its block's array
   uint8_t flags;        // kUnitReleasing, kStraddledInto, kMostlyFree, kUnitPurged,
                         // kUnitParking, kTrimTail
@@ -136,7 +137,7 @@ constexpr size_t BlockHeaderBytes(size_t units) {
   return ((sizeof(BlockHeader) + units * sizeof(UnitDesc) + kChunkHeaderBytes + 15) & ~size_t{15}) -
          kChunkHeaderBytes;
 }
-// Set when the block is acquired (freelist.cc, UnitsFor): at least
+// Set when the block is acquired (freelist.cc, LayOutUnits): at least
 // BlockHeaderBytes(units), more when fewer units than descriptors fit.
 inline char* UnitsStart(BlockHeader* b) { return reinterpret_cast<char*>(b) + b->units_offset; }
 
