@@ -1116,7 +1116,9 @@ TEST_F(FreelistTest, UnitsFollowPagesWhereverTheSourcePutsBlocks) {
     while (live.size() > 2000) ASSERT_TRUE(live.DropRandom());
     for (int step = 0; step < 30000; ++step) {
       ASSERT_TRUE(live.ChurnStep(step, range[0], range[1]));
-      if (step % 10000 == 0) ASSERT_TRUE(ctx->Check(&error)) << error;
+      if (step % 10000 == 0) {
+        ASSERT_TRUE(ctx->Check(&error)) << error;
+      }
     }
     ASSERT_TRUE(ctx->Check(&error)) << error;
   }
