@@ -307,8 +307,7 @@ char* UnitEnd(BlockHeader* b, size_t i) {
 // twice kUnitPhase, that is kUnitPhase before the next unit's page, so that
 // no chunk a run or a cut tail leaves at the end of unit `i` lies on that
 // page. When the next unit is free, its page can then be purged whatever
-// becomes of those chunks; live, one of them would keep it resident (W8's
-// small chunks left a tenth of their resident bytes on such pages). The
+// becomes of those chunks; live, one of them would keep it resident. The
 // bytes between lie unused until unit `i` goes back. Chunks that cross the
 // boundary inside a run are unaffected: both units hold chunks.
 char* CarveEnd(BlockHeader* b, size_t i) {
