@@ -998,12 +998,11 @@ char* LastChunkOf(BlockHeader* b, size_t i) {
   return chunk;
 }
 
-// Whether the last chunk of unit `i`, which runs into the next unit, is
-// free (and not waiting on the remote list) and what lies of it before
-// CarveEnd can be carved into chunks, or is nothing (the chunk then goes).
-bool TailTrimmable(BlockHeader* b, size_t i) {
-  if (Descs(b)[i].starts == 0) return false;
-  char* last = LastChunkOf(b, i);
+// Whether `last`, the last chunk of unit `i` (LastChunkOf), which runs
+// past CarveEnd, is free (and not waiting on the remote list) and what lies
+// of it before CarveEnd can be carved into chunks, or is nothing (the chunk
+// then goes).
+bool TailTrimmable(BlockHeader* b, size_t i, const char* last) {
   const uint64_t h = ReadChunkHeader(last + kHeaderBytes);
   return ChunkHeaderIsFree(h) && (h & kRemoteFreeBit) == 0 &&
          CarveEnd(b, i) >= last &&
@@ -1043,7 +1042,10 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
       // cut at that unit's end (TrimTail) and this unit goes all the same.
       // Without this, one live chunk in a unit would pin the next one too.
       const size_t j = i - 1;
-      if (i == 0 || (j >= lo && j <= hi) || !TailTrimmable(b, j)) continue;
+      if (i == 0 || (j >= lo && j <= hi) || d[j].starts == 0 ||
+          !TailTrimmable(b, j, LastChunkOf(b, j))) {
+        continue;
+      }
       d[j].flags = static_cast<uint8_t>((d[j].flags | kTrimTail) & ~kMostlyFree);
     } else if (kUnitPhase != 0 && i > 0 && !gone(i - 1) && !(i - 1 >= lo && i - 1 <= hi) &&
                d[i - 1].starts != 0) {
@@ -1053,7 +1055,7 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
       const size_t j = i - 1;
       char* last = LastChunkOf(b, j);
       const size_t stride = Stride(ChunkHeaderValue(ReadChunkHeader(last + kHeaderBytes)));
-      if (last + stride > CarveEnd(b, j) && TailTrimmable(b, j)) {
+      if (last + stride > CarveEnd(b, j) && TailTrimmable(b, j, last)) {
         d[j].flags = static_cast<uint8_t>((d[j].flags | kTrimTail) & ~kMostlyFree);
       }
     }

@@ -568,6 +568,21 @@ TEST_F(FreelistTest, FreedBlocksGoBackToTheSource) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// The lowest chunk of each unit among `chunks` (freelist chunks of one
+// context), by unit number: units lie on pages, kUnitPhase past a multiple
+// of 4 KiB, and a chunk belongs to the unit its first byte lies in.
+std::map<uintptr_t, void*> FirstChunkOfEachUnit(const std::vector<void*>& chunks) {
+  std::map<uintptr_t, void*> first;
+  for (void* p : chunks) {
+    const uintptr_t unit = (reinterpret_cast<uintptr_t>(p) - kFreelistChunkHeaderBytes -
+                            freelist_internal::kUnitPhase) >>
+                           freelist_internal::kUnitShift;
+    auto [it, added] = first.emplace(unit, p);
+    if (!added && p < it->second) it->second = p;
+  }
+  return first;
+}
+
 // Units lie on pages: a unit that keeps one live chunk keeps one page
 // resident, and a single free unit between two such units has its page
 // purged. Here every other unit keeps its first chunk and the units between
@@ -577,20 +592,12 @@ TEST_F(FreelistTest, ASingleFreeUnitBetweenLiveOnesIsPurged) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   Context* ctx = Make();
   constexpr size_t kPage = 4096;
-  constexpr size_t kPhase = freelist_internal::kUnitPhase;  // where units start
-  auto unit_of = [&](void* p) {
-    return (reinterpret_cast<uintptr_t>(p) - kFreelistChunkHeaderBytes - kPhase) / kPage;
-  };
   std::vector<void*> chunks;
   for (int i = 0; i < 40000; ++i) {
     chunks.push_back(ctx->Alloc(64));
     std::memset(chunks.back(), 0x5A, 64);
   }
-  std::map<uintptr_t, void*> first_of_unit;  // the lowest chunk of each unit
-  for (void* p : chunks) {
-    auto [it, added] = first_of_unit.emplace(unit_of(p), p);
-    if (!added && p < it->second) it->second = p;
-  }
+  const std::map<uintptr_t, void*> first_of_unit = FirstChunkOfEachUnit(chunks);
   std::vector<void*> kept;
   size_t freed_units = 0;
   for (const auto& [unit, p] : first_of_unit) {
@@ -654,19 +661,10 @@ TEST_F(FreelistTest, ChunksAtAUnitsEndStayOffTheNextUnitsPage) {
   co.block_source = &recorder;
   Context* ctx = CreateFreelistContext(nullptr, "ends", FreelistOptions(), co);
   constexpr size_t kPage = 4096;
-  auto unit_of = [&](void* p) {
-    return (reinterpret_cast<uintptr_t>(p) - kFreelistChunkHeaderBytes -
-            freelist_internal::kUnitPhase) / kPage;
-  };
   std::vector<void*> chunks;
   for (int i = 0; i < 40000; ++i) chunks.push_back(ctx->Alloc(64));
-  std::map<uintptr_t, void*> first_of_unit;
-  for (void* p : chunks) {
-    auto [it, added] = first_of_unit.emplace(unit_of(p), p);
-    if (!added && p < it->second) it->second = p;
-  }
   std::set<void*> keep;
-  for (const auto& [unit, p] : first_of_unit) {
+  for (const auto& [unit, p] : FirstChunkOfEachUnit(chunks)) {
     if (unit % 2 == 0) keep.insert(p);
   }
   TestRng rng(37);
