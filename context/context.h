@@ -625,12 +625,14 @@ class Context {
   // null pointer, so that the caller branches on the window's compares
   // themselves and not once more on the result.
   ABSL_ATTRIBUTE_ALWAYS_INLINE bool TryBump(size_t size, size_t alignment, void** out) {
+    // `size - 1` wraps for 0, so zero-size requests take the slow path,
+    // which hands out a unique pointer. Tested first, alone: a kind without
+    // a window (max_bump_ 0) leaves after a load and a compare, before the
+    // window's pointer is read.
+    if (ABSL_PREDICT_FALSE(size - 1 >= max_bump_)) return false;
     uintptr_t p = (reinterpret_cast<uintptr_t>(bump_ptr_) + alignment - 1) &
                   ~(alignment - 1);
-    // `size - 1` wraps for 0, so zero-size requests take the slow path,
-    // which hands out a unique pointer.
-    if (ABSL_PREDICT_TRUE(size - 1 < max_bump_ &&
-                          p + size <= reinterpret_cast<uintptr_t>(bump_end_))) {
+    if (ABSL_PREDICT_TRUE(p + size <= reinterpret_cast<uintptr_t>(bump_end_))) {
       bump_ptr_ = reinterpret_cast<char*>(p + size);
       internal::UnpoisonMemoryRegion(reinterpret_cast<void*>(p), size);  // ASan only
       *out = reinterpret_cast<void*>(p);
