@@ -734,7 +734,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
 enum class SweepRelease { kKeep, kPurged, kWarm };
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release);
 void UnparkAll(FreelistState* st);
-void SweepEmpty(Context* ctx, FreelistState* st);
+void SweepEmpty(Context* ctx);
 
 // Whether enough was freed since the last sweep to sweep before growing:
 // an eighth of a scheduled interval (a new block costs more than a sweep).
@@ -1594,7 +1594,7 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   st->live.Remove(static_cast<size_t>(b->end - static_cast<char*>(p)));
   st->dedicated.Remove(&b->link);
   ReleaseDedicatedBlock(ctx, &b->link);
-  if (st->live.Empty()) SweepEmpty(ctx, st);
+  if (st->live.Empty()) SweepEmpty(ctx);
 }
 
 void FreelistFree(Context* ctx, FreelistState* st, void* p);
@@ -1619,7 +1619,8 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
 
 // Where the countdown of frees ends: the chunk waits as an orphan if there
 // is no table yet; else it is filed and a sweep runs.
-ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void* p, uint64_t h) {
+ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, void* p, uint64_t h) {
+  FreelistState* st = StateOf(ctx);
   if (!HasTable(st)) {
     PushOrphan(st, p, h);
     st->sweep_countdown = 1;
@@ -1644,7 +1645,8 @@ ABSL_ATTRIBUTE_NOINLINE void FreeAndSweep(Context* ctx, FreelistState* st, void*
 // one chunk to none over and over, served by its lists, would otherwise
 // walk them at every free (100 times the cost of the free).
 // (The static empty table's flag is 0: no table, no sweep.)
-ABSL_ATTRIBUTE_NOINLINE void SweepEmpty(Context* ctx, FreelistState* st) {
+ABSL_ATTRIBUTE_NOINLINE void SweepEmpty(Context* ctx) {
+  FreelistState* st = StateOf(ctx);
   if (st->table->runs_since_empty == 0) return;
   st->table->runs_since_empty = 0;
   if (st->partial == nullptr && st->full == nullptr) return;
@@ -1661,10 +1663,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FileFree(Context* ctx, FreelistState* s
     UnpoisonMemoryRegion(p, bytes);
     std::memset(p, kClobberByte, bytes);
   }
-  if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, st, p, h);
+  if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, p, h);
   PushFree(st->table, p, h);
   if (ABSL_PREDICT_FALSE(st->live.Empty()) && st->table->runs_since_empty != 0) {
-    SweepEmpty(ctx, st);
+    SweepEmpty(ctx);
   }
 }
 
@@ -1692,14 +1694,15 @@ ABSL_ATTRIBUTE_NOINLINE void FreeParked(Context* ctx, void* p, uint64_t h) {
   PushOnto(&t->parked[c], p, h, Stride(c));
   ++t->parked_chunks;
   if (--st->sweep_countdown == 0) return Sweep(ctx, st, SweepRelease::kPurged);
-  if (st->live.Empty() && t->runs_since_empty != 0) SweepEmpty(ctx, st);
+  if (st->live.Empty() && t->runs_since_empty != 0) SweepEmpty(ctx);
 }
 
 // A free from a thread other than the owner (remote_free.h): the chunk is
 // checked and marked free at once, so that a second free is reported here
 // or by the owner rather than looping the list, and waits on the remote
 // list, with one compare-and-swap, for the owner to take it back.
-ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, FreelistState* st, void* p) {
+ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, void* p) {
+  FreelistState* st = StateOf(ctx);
   const uint64_t h = ReadChunkHeader(p);
   if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
   const unsigned kind = ChunkHeaderKind(h);
@@ -1756,7 +1759,7 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   if (freed == 0) return;
   st->live.Remove(freed_bytes);
   if ((st->sweep_countdown -= freed) <= 0) return Sweep(ctx, st, SweepRelease::kPurged);
-  if (st->live.Empty()) SweepEmpty(ctx, st);
+  if (st->live.Empty()) SweepEmpty(ctx);
 }
 
 // FreelistFree
@@ -1764,7 +1767,7 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
 // Cost note: the owner test, one header load and compare, a countdown, a
 // push and a header store: about 17 instructions.
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistState* st, void* p) {
-  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, st, p);
+  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, p);
   const uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
   if (kChecking && !VerifyLiveChunk(ctx, p, h, "free")) return;
