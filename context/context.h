@@ -266,8 +266,10 @@ class Context {
   // builds drop it. Code that allocates for its own caller passes that
   // caller's site on.
 
-  inline void* Alloc(size_t size, AllocationSite site = AllocationSite::Current());
-  inline void* TryAlloc(size_t size, AllocationSite site = AllocationSite::Current()) noexcept;
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* Alloc(
+      size_t size, AllocationSite site = AllocationSite::Current());
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* TryAlloc(
+      size_t size, AllocationSite site = AllocationSite::Current()) noexcept;
   void* AllocZero(size_t size, AllocationSite site = AllocationSite::Current()) {
     return Zero(Alloc(size, site), size);
   }
@@ -855,13 +857,21 @@ class Context {
 // Context::Alloc
 //
 // Cost note: with a bump window (pool kind) this is an add and a mask, two
-// compares and a store, behind one well-predicted branch; everything else is
-// out of line. The site is not used in release builds, and vanishes with
-// the inlining.
+// compares and a store, behind one well-predicted branch; a kind without a
+// window (freelist, slab) is called through its table here, in release
+// builds, with no wrapper between (as Free calls it); everything else is
+// out of line. Always inlined: GCC otherwise keeps it out of line at some
+// call sites, a call on the pool's fast path. The site is not used in
+// release builds, and vanishes with the inlining.
 inline void* Context::Alloc(size_t size, AllocationSite site) {
   NoteAllocation(size, site);
   void* p;
   if (ABSL_PREDICT_TRUE(TryBump(size, kDefaultAlignment, &p))) return p;
+  // A kind without a window is called here: release builds check nothing
+  // else on the way (AllocSlowBody).
+  if (!internal::kChecking && !internal::kValgrind && ABSL_PREDICT_TRUE(size <= kMaxAllocSize)) {
+    return methods_->alloc_or_refuse[kThrow](this, size, kDefaultAlignment);
+  }
   return AllocSlow(size, kDefaultAlignment);
 }
 
@@ -869,6 +879,9 @@ inline void* Context::TryAlloc(size_t size, AllocationSite site) noexcept {
   NoteAllocation(size, site);
   void* p;
   if (ABSL_PREDICT_TRUE(TryBump(size, kDefaultAlignment, &p))) return p;
+  if (!internal::kChecking && !internal::kValgrind && ABSL_PREDICT_TRUE(size <= kMaxAllocSize)) {
+    return methods_->alloc_or_refuse[kNoThrow](this, size, kDefaultAlignment);
+  }
   return TryAllocSlow(size, kDefaultAlignment);
 }
 
