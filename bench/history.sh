@@ -50,6 +50,9 @@ CHANGES=(
   "037e65b|freelist sweeps pass unmarked units with one test|W3:mcx_freelist"
   "ac28448|sixteen freelist size classes per doubling from 1 KiB|W3:mcx_freelist,W2:mcx_freelist"
   "88cb471|freelist chunks at a unit's end stay off the next unit's page|W3:mcx_freelist,W2:mcx_freelist"
+  "f9084a3|inline Alloc tests the window's limit first, alone|W3:mcx_freelist,W1.rand:mcx_pool,W4:mcx_pool"
+  "cb832cc|freelist free's slow paths find the state themselves|W3:mcx_freelist"
+  "4edeab4|inline Alloc calls a windowless kind through its table|W3:mcx_freelist,W2:mcx_pool,W4:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"
