@@ -784,14 +784,18 @@ Failure Context::TrySetParent(Context* new_parent) {
 
 // Context::FirstBlockOutgrown
 //
-// Twice the outgrown block, so that a parent whose children need more than
-// their first block converges in a few children, never beyond the default
-// (a parent that once had one big child costs later children no more than a
-// fixed default would). Only ever raised: a smaller guess would send every
-// child that needs the larger one through a second block.
+// Half again the outgrown block, so that a parent whose children need more
+// than their first block converges in a few children, never beyond the
+// default (a parent that once had one big child costs later children no
+// more than a fixed default would). Not twice: the bytes a first block
+// holds beyond what its context uses are never touched, but they spread
+// the contexts of a tree over more memory, and a tree of many small
+// contexts runs at the speed of its memory (docs/performance.md, W4).
+// Only ever raised: a smaller guess would send every child that needs the
+// larger one through a second block.
 void Context::FirstBlockOutgrown() {
   if (parent_ == nullptr) return;
-  size_t want = 2 * first_block_size();
+  size_t want = first_block_size() + first_block_size() / 2;
   if (want > kDefaultFirstBlockSize) want = kDefaultFirstBlockSize;
   const auto units = static_cast<uint8_t>((want + kLearnedUnit - 1) / kLearnedUnit);
   std::atomic<uint8_t>& learned = parent_->learned_first_block_;

@@ -613,8 +613,8 @@ inline size_t LearnedFirstBlockSize(size_t header_bytes, size_t kind_bytes, size
 // Tells the tree that `ctx` needed a block beyond its first one. Kinds call
 // it where they acquire a block to carry on allocating (not for a chunk
 // that gets a block of its own): later children of `ctx`'s parent whose
-// kind leaves the first block to the tree then start with twice `ctx`'s
-// first block, up to kDefaultFirstBlockSize.
+// kind leaves the first block to the tree then start with half again
+// `ctx`'s first block, up to kDefaultFirstBlockSize.
 inline void FirstBlockOutgrown(Context* ctx) { internal::KindAccess::FirstBlockOutgrown(ctx); }
 
 // Makes the context's side record (cleanups, limits, budgets) now rather

@@ -181,8 +181,8 @@ class GenerationTest : public ::testing::Test {
 };
 
 // With initial_block_size 0 the tree sizes the first block, as for the
-// other kinds: the default for a root, small for a child, twice an outgrown
-// sibling's for later children; later blocks double from the first.
+// other kinds: the default for a root, small for a child, half again an
+// outgrown sibling's for later children; later blocks double from the first.
 TEST_F(GenerationTest, FirstBlocksAreLearnedFromSiblings) {
   if (kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
   test::ExactBlockSource exact_source;  // sizes as asked: no slack to account for
@@ -199,8 +199,8 @@ TEST_F(GenerationTest, FirstBlocksAreLearnedFromSiblings) {
   EXPECT_EQ(root->CreateChild("second", GenerationKind())->first_block_size(), small);
   while (first->num_blocks() == 1) first->Alloc(64);
   Context* third = root->CreateChild("third", GenerationKind());
-  EXPECT_GE(third->first_block_size(), 2 * small);
-  EXPECT_LE(third->first_block_size(), kDefaultFirstBlockSize);
+  EXPECT_GE(third->first_block_size(), small + small / 2);
+  EXPECT_LT(third->first_block_size(), small + small / 2 + 64);  // in 64-byte units
   // An explicit size is kept.
   GenerationOptions fixed;
   fixed.initial_block_size = 4096;
