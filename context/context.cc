@@ -784,22 +784,33 @@ Failure Context::TrySetParent(Context* new_parent) {
 
 // Context::FirstBlockOutgrown
 //
-// Half again the outgrown block, so that a parent whose children need more
-// than their first block converges in a few children, never beyond the
-// default (a parent that once had one big child costs later children no
-// more than a fixed default would). Not twice: the bytes a first block
-// holds beyond what its context uses are never touched, but they spread
-// the contexts of a tree over more memory, and a tree of many small
-// contexts runs at the speed of its memory (docs/performance.md, W4).
-// Only ever raised: a smaller guess would send every child that needs the
-// larger one through a second block.
-void Context::FirstBlockOutgrown() {
-  if (parent_ == nullptr) return;
-  size_t want = first_block_size() + first_block_size() / 2;
+// What this child needed (its kind says: the first block that would have
+// held what it holds there and the request it could not fit), never beyond
+// the default (a parent that once had one big child costs later children
+// no more than a fixed default would). Not a multiple of the outgrown
+// block: the bytes a first block holds beyond what its context uses are
+// never written, but they spread the contexts of a tree over more memory,
+// and a tree of many small contexts runs at the speed of its memory
+// (docs/design.md, the tree). Only ever raised: a smaller guess would send
+// every child that needs the larger one through a second block. A slow
+// path: once per block a kind adds.
+void Context::FirstBlockOutgrown(size_t needed) {
+  // A context that grows block after block asks at each one: once its
+  // parent knows the most there is to know, it costs a load.
+  if (!FirstBlockLearns()) return;
+  size_t want = needed;
   if (want > kDefaultFirstBlockSize) want = kDefaultFirstBlockSize;
   const auto units = static_cast<uint8_t>((want + kLearnedUnit - 1) / kLearnedUnit);
-  std::atomic<uint8_t>& learned = parent_->learned_first_block_;
-  if (learned.load(std::memory_order_relaxed) < units) {
+  // The parent and every ancestor learn it: a context is created with its
+  // parent's learned size, so without the ancestors a tree built depth
+  // first would learn again in every subtree. A context knows no more than
+  // its parent (it starts with the parent's size, and every raise reaches
+  // the parent), so the walk stops at the first ancestor that knows as
+  // much; one that SetParent moved under a parent that knows less may stop
+  // it early, which costs a lesson, not a block.
+  for (Context* a = parent_; a != nullptr; a = a->parent_) {
+    std::atomic<uint8_t>& learned = a->learned_first_block_;
+    if (learned.load(std::memory_order_relaxed) >= units) break;
     learned.store(units, std::memory_order_relaxed);
   }
 }

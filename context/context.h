@@ -792,7 +792,12 @@ class Context {
   size_t LearnedFirstBlock() const {
     return size_t{learned_first_block_.load(std::memory_order_relaxed)} * kLearnedUnit;
   }
-  void FirstBlockOutgrown();
+  void FirstBlockOutgrown(size_t needed);
+  bool FirstBlockLearns() const {
+    return parent_ != nullptr &&
+           parent_->learned_first_block_.load(std::memory_order_relaxed) <
+               kDefaultFirstBlockSize / kLearnedUnit;
+  }
   bool FillReserve(size_t blocks, size_t block_size, size_t alignment);
   void* TakeFromReserve(size_t min_size, size_t alignment, size_t* actual);
   bool KeepForReserve(void* block, size_t size);

@@ -88,7 +88,7 @@
 //   PurgeBlockBytes                        free pages of a held block back
 //                                          to the system
 //   SetBumpWindow, BumpPointer             the inline fast path's window
-//   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown
+//   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown, FirstBlockLearns
 //                                          the first block
 //   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
 //   SiteId, PendingSite, LiveChunkVisitor  allocation sites (checking builds)
@@ -521,7 +521,10 @@ struct KindAccess {
     return kUnknownSiteId;
 #endif
   }
-  static void FirstBlockOutgrown(Context* ctx) { ctx->FirstBlockOutgrown(); }
+  static void FirstBlockOutgrown(Context* ctx, size_t needed) {
+    ctx->FirstBlockOutgrown(needed);
+  }
+  static bool FirstBlockLearns(const Context* ctx) { return ctx->FirstBlockLearns(); }
   static bool MakeSideRecord(Context* ctx) { return ctx->Extras() != nullptr; }
 };
 
@@ -610,12 +613,23 @@ inline size_t LearnedFirstBlockSize(size_t header_bytes, size_t kind_bytes, size
   return learned > least ? learned : least;
 }
 
-// Tells the tree that `ctx` needed a block beyond its first one. Kinds call
-// it where they acquire a block to carry on allocating (not for a chunk
-// that gets a block of its own): later children of `ctx`'s parent whose
-// kind leaves the first block to the tree then start with half again
-// `ctx`'s first block, up to kDefaultFirstBlockSize.
-inline void FirstBlockOutgrown(Context* ctx) { internal::KindAccess::FirstBlockOutgrown(ctx); }
+// Tells the tree that `ctx` needed a block beyond its first one: `needed`
+// is the first block that would have held what `ctx` keeps there and the
+// request that did not fit (the first block's size and the request, when
+// the kind cannot say closer). Kinds call it where they acquire a block to
+// carry on allocating (not for a chunk that gets a block of its own): the
+// contexts created after it under its parent and every ancestor, whose kind
+// leaves the first block to the tree, then start with `needed` rounded up
+// to 64 bytes, up to kDefaultFirstBlockSize.
+inline void FirstBlockOutgrown(Context* ctx, size_t needed) {
+  internal::KindAccess::FirstBlockOutgrown(ctx, needed);
+}
+// Whether FirstBlockOutgrown(ctx, ...) can still teach anything: false for
+// a root, and once the parent starts its children at the default. A kind
+// whose `needed` costs more than a few loads asks first.
+inline bool FirstBlockLearns(const Context* ctx) {
+  return internal::KindAccess::FirstBlockLearns(ctx);
+}
 
 // Makes the context's side record (cleanups, limits, budgets) now rather
 // than on first use. A kind whose contexts many threads use at once calls

@@ -184,6 +184,20 @@ void MakeCurrent(PoolState* st, PoolBlock* b) {
   st->current = st->window = b;
 }
 
+// What a first block would have needed to hold this context's small chunks
+// and a request of `size` bytes (kind_api.h, FirstBlockOutgrown): the
+// header, the bytes bumped in every block, and the request at its
+// alignment. O(blocks), once per block.
+size_t FirstBlockNeeded(const Context* ctx, const PoolState* st, size_t size, size_t alignment) {
+  size_t needed = ctx->header_bytes() +
+                  ((size + kDefaultAlignment - 1) & ~(kDefaultAlignment - 1)) +
+                  (alignment > kDefaultAlignment ? alignment : 0);
+  for (const PoolBlock* b = Oldest(st); b != nullptr; b = Newer(b)) {
+    needed += static_cast<size_t>(LastOf(ctx, st, b) - b->start);
+  }
+  return needed;
+}
+
 // ngx_palloc_block: a new block at the end of the list; every block from
 // `current` to the old end has failed once more.
 void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
@@ -198,7 +212,7 @@ void* AllocBlock(Context* ctx, PoolState* st, size_t size, size_t alignment) {
   }
   KindBlock* kb = AcquireKindBlock(ctx, want, block_alignment, need);
   if (kb == nullptr) return nullptr;
-  FirstBlockOutgrown(ctx);
+  if (FirstBlockLearns(ctx)) FirstBlockOutgrown(ctx, FirstBlockNeeded(ctx, st, size, alignment));
   char* mem = reinterpret_cast<char*>(kb);
   PoolBlock* b = AsPoolBlock(kb);
   b->start = mem + kBlockHeaderBytes;

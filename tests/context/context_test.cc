@@ -64,16 +64,25 @@ TEST_F(ContextTest, CreateCopiesNameAndListsNewestChildFirst) {
 
 // With the kinds' default options the tree sizes first blocks: a root gets
 // the default, a child starts small, and a child that outgrows its first
-// block makes its later siblings start with half again its size, up to the
-// default. Explicit sizes are kept exactly.
+// block makes the contexts created after it under its parent and every
+// ancestor start with what it needed (its header, its live bytes and the
+// request, in 64-byte units), up to the default. Explicit sizes are kept
+// exactly.
 class LearnedFirstBlockTest : public ::testing::TestWithParam<bool> {
  protected:
   ExactBlockSource source_;  // sizes as asked: no slack to account for
   KindSpec Kind() const { return GetParam() ? FreelistKind() : PoolKind(); }
-  // Allocates more than a small first block holds, in small chunks.
-  static void Outgrow(Context* c) {
+  // Allocates 64-byte chunks until `c` takes another block; returns the
+  // first block `c` would have needed for them, in the tree's 64-byte units
+  // (a kind may count a little more: the freelist, the run it carves).
+  static size_t Outgrow(Context* c) {
     const size_t blocks = c->num_blocks();
-    while (c->num_blocks() == blocks) c->Alloc(64);
+    size_t live = 0;
+    while (c->num_blocks() == blocks) {
+      live = c->live_bytes();
+      c->Alloc(64);
+    }
+    return (c->header_bytes() + live + 64 + 63) / 64 * 64;
   }
 };
 
@@ -91,25 +100,31 @@ TEST_P(LearnedFirstBlockTest, ChildrenStartSmallAndLearnFromSiblings) {
   first->Alloc(32);
   EXPECT_EQ(first->num_blocks(), 1u);
   EXPECT_EQ(root->CreateChild("second", Kind())->first_block_size(), small);
-  // One that outgrows its block: later siblings start with half again its
-  // size (not twice: docs/design.md, the tree).
-  Outgrow(first);
+  // One that outgrows its block: later siblings start with what it needed
+  // (not a multiple of its block: docs/design.md, the tree).
+  const size_t needed = Outgrow(first);
   Context* third = root->CreateChild("third", Kind());
-  EXPECT_GE(third->first_block_size(), small + small / 2);
-  EXPECT_LT(third->first_block_size(), small + small / 2 + 64);  // learned in 64-byte units
+  const size_t learned = third->first_block_size();
+  EXPECT_GT(learned, small);
+  EXPECT_GE(learned, needed);
+  EXPECT_LT(learned, needed + 256);
+  EXPECT_LT(learned, 2 * small);
   // Their children start from what the siblings needed.
-  EXPECT_EQ(third->CreateChild("grandchild", Kind())->first_block_size(),
-            third->first_block_size());
-  // Growth stops at the default, however big the children grow.
-  size_t last = third->first_block_size();
-  for (int i = 0; i < 10; ++i) {
-    Context* c = root->CreateChild("grower", Kind());
-    EXPECT_GE(c->first_block_size(), last);
-    EXPECT_LE(c->first_block_size(), kDefaultFirstBlockSize);
-    last = c->first_block_size();
-    Outgrow(c);
-  }
-  EXPECT_EQ(last, kDefaultFirstBlockSize);
+  Context* grandchild = third->CreateChild("grandchild", Kind());
+  EXPECT_EQ(grandchild->first_block_size(), learned);
+  // A grandchild that outgrows teaches its parent and every ancestor: a
+  // context created after it anywhere below the root starts with what it
+  // needed.
+  const size_t more = Outgrow(grandchild);
+  const size_t cousin = root->CreateChild("cousin", Kind())->first_block_size();
+  EXPECT_GT(cousin, learned);
+  EXPECT_GE(cousin, more);
+  EXPECT_EQ(third->CreateChild("sibling", Kind())->first_block_size(), cousin);
+  // A child that keeps growing teaches more at each block it adds, and
+  // growth stops at the default, however big the children grow.
+  Context* big = root->CreateChild("big", Kind());
+  for (int i = 0; i < 400; ++i) big->Alloc(64);  // more than the default holds
+  EXPECT_GT(big->num_blocks(), 2u);
   EXPECT_EQ(root->CreateChild("settled", Kind())->first_block_size(), kDefaultFirstBlockSize);
   // Another parent has learned nothing.
   Context* other = Context::Create(nullptr, "other", Kind(), o);
@@ -132,11 +147,15 @@ TEST_P(LearnedFirstBlockTest, ExplicitSizesAreKept) {
   EXPECT_EQ(root->first_block_size(), 3000u);
   Context* a = root->CreateChild("a", fixed);
   EXPECT_EQ(a->first_block_size(), 3000u);
-  Outgrow(a);
+  const size_t needed = Outgrow(a);
   EXPECT_EQ(root->CreateChild("b", fixed)->first_block_size(), 3000u);
-  // A learning sibling starts from what `a` needed: half again its block,
-  // in 64-byte units.
-  EXPECT_EQ(root->CreateChild("c", Kind())->first_block_size(), (3000 + 1500 + 63) / 64 * 64);
+  // A learning sibling starts from what `a` needed, in 64-byte units: its
+  // block and the request (the freelist's, the run it carves), not twice
+  // its block.
+  const size_t c = root->CreateChild("c", Kind())->first_block_size();
+  EXPECT_GE(c, needed);
+  EXPECT_GT(c, 3000u);
+  EXPECT_LT(c, 3000u + 512);
   root->Destroy();
 }
 
