@@ -107,7 +107,6 @@ TEST_P(LearnedFirstBlockTest, ChildrenStartSmallAndLearnFromSiblings) {
   const size_t learned = third->first_block_size();
   EXPECT_GT(learned, small);
   EXPECT_GE(learned, needed);
-  EXPECT_LT(learned, needed + 256);
   EXPECT_LT(learned, 2 * small);
   // Their children start from what the siblings needed.
   Context* grandchild = third->CreateChild("grandchild", Kind());
