@@ -204,6 +204,7 @@ void CachingBlockSource::SpillThreadCache(ThreadCache* tc, SpillReason reason) {
     TickLocked();
     for (int b = 0; b < kBuckets; ++b) {
       Node* list = tc->buckets[b];
+      tc->old_tops[b] = nullptr;
       if (list == nullptr) continue;
       tc->buckets[b] = nullptr;
       size_t blocks;
@@ -293,6 +294,14 @@ size_t CachingBlockSource::ShareListLocked(ThreadCache* tc, int b, Node* list, S
   return bytes;
 }
 
+// A block that leaves a thread's list other than from the inline pop (which
+// does the same): if it was the top of the list's old tail, the tail now
+// starts below it.
+inline void CachingBlockSource::ForgetOldTop(ThreadCache* tc, const Node* n) {
+  const int b = BucketOf(n->size);
+  if (tc->old_tops[b] == n) tc->old_tops[b] = n->next;
+}
+
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::TickThreadCache(ThreadCache* tc) {
   if (ABSL_PREDICT_FALSE(--tc->decay_countdown == 0)) DecayThreadCache(tc);
 }
@@ -304,21 +313,20 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::TickThreadCache(Thr
 // block that none of them took was not needed (a burst of releases, as a
 // large tree's destroy, ages nothing; the acquisitions that follow take the
 // blocks back). A thread cache's lists are stacks (the fast paths push and
-// pop the head; a probe or a refill keeps the order of what it leaves),
-// and a release clears its block's `decayed` flag, so the blocks this run
-// finds flagged were all there, unused, at the previous run: a tail of
-// each list, below the lowest point the thread reached in it since
-// (jemalloc's low water mark). The walk flags the blocks pushed since (each
-// block is flagged once per stay) and stops at the first flagged one, so a
-// run costs the bucket heads and the young blocks, and takes the lock only
-// when there is a tail to move. A block a loop cycles is pushed again
-// before every run and never leaves.
+// pop the head; a probe or a refill keeps the order of what it leaves), so
+// the blocks that were in a list at the previous run and are still there
+// are a tail of it, below the lowest point the thread reached in it since
+// (jemalloc's low water mark). Its top is `old_tops`, which every removal
+// keeps up to date (ForgetOldTop): a run reads it rather than walking the
+// blocks pushed since, so it costs the bucket heads, and takes the lock and
+// walks a list only when there is a tail to move. A block a loop cycles is
+// pushed again before every run and never leaves.
 //
 // The tail moves only when the low water mark stayed where the previous run
-// left it (the same first flagged block, or the head then): a thread that
-// is draining a list deeper than a period's acquisitions (a tree of more
-// than kThreadDecayTicks contexts built from its own cache) moves the mark
-// at every run, and its blocks stay until it stops.
+// left it (the same top, or the head then): a thread that is draining a
+// list deeper than a period's acquisitions (a tree of more than
+// kThreadDecayTicks contexts built from its own cache) moves the mark at
+// every run, and its blocks stay until it stops.
 //
 // The tails go to the shared lists with their pages purged at once, not to
 // wait for the shared decay: they have sat through a decay period already,
@@ -332,20 +340,20 @@ ABSL_ATTRIBUTE_NOINLINE void CachingBlockSource::DecayThreadCache(ThreadCache* t
   Node* stale[kBuckets];
   bool any = false;
   for (int b = 0; b < kBuckets; ++b) {
-    Node** link = &tc->buckets[b];
-    Node* n;
-    while ((n = Claim(*link)) != nullptr && !n->decayed) {
-      n->decayed = true;
-      link = &n->next;
-    }
+    Node* n = tc->old_tops[b];
     stale[b] = nullptr;
     if (n != nullptr && n == tc->decay_marks[b]) {
-      stale[b] = n;
+      // The young blocks above the tail stay: walk to the tail's link.
+      Node** link = &tc->buckets[b];
+      while (Claim(*link) != n) link = &(*link)->next;
       *link = nullptr;
+      stale[b] = n;
       any = true;
       n = nullptr;
     }
     tc->decay_marks[b] = n != nullptr ? n : tc->buckets[b];
+    // Every block in the list now was there at this run.
+    tc->old_tops[b] = tc->buckets[b];
   }
   if (!any) return;
   // The thread keeps more than it reuses: a raised cap comes down a step.
@@ -412,6 +420,7 @@ ABSL_ATTRIBUTE_NOINLINE Block CachingBlockSource::AcquireSlow(ThreadCache* tc, s
 Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, size_t alignment) {
   if (tc != nullptr) {
     if (Node* n = TakeFit(tc->buckets, kBuckets, min_size, alignment)) {
+      ForgetOldTop(tc, n);
       return TakeFromThreadCache(tc, n);
     }
   }
@@ -556,6 +565,7 @@ Block CachingBlockSource::TakeRoom(size_t min_size, size_t max_size, size_t alig
   if (min_size < sizeof(Node)) min_size = sizeof(Node);
   if (ThreadCache* tc = OwnThreadCache(); tc != nullptr) {
     if (Node* n = TakeWithin(tc->buckets, kBuckets, min_size, max_size, alignment)) {
+      ForgetOldTop(tc, n);
       Block block = TakeFromThreadCache(tc, n);
       TickThreadCache(tc);
       return block;

@@ -266,6 +266,7 @@ class CachingBlockSource final : public BlockSource {
   // One tick of the thread cache's decay clock (an acquisition); a run
   // every kThreadDecayTicks. Inline: a decrement and a branch.
   void TickThreadCache(ThreadCache* tc);
+  void ForgetOldTop(ThreadCache* tc, const Node* n);
   void DecayThreadCache(ThreadCache* tc);
   static Block DecayThenTake(Node* n);
   // Release to the shared lists (or upstream, beyond the cap).

@@ -868,6 +868,56 @@ TEST(CachingBlockSourceTest, ThreadCacheBlocksLeftUnusedDecay) {
   EXPECT_EQ(upstream.bad_releases(), 0);
 }
 
+// A decay run reads where each list's old tail starts instead of walking
+// the blocks above it; a block taken from inside a list by a probe (the
+// head did not fit) may be that start, and the tail then starts below it.
+// Here the block taken was the whole old tail's top: the next runs see the
+// blocks that stayed, and move them after they sat through a period, as
+// when every block was flagged in turn.
+TEST(CachingBlockSourceTest, ThreadCacheDecayFollowsABlockTakenFromInsideAList) {
+  constexpr size_t kSmall = size_t{16} << 10, kMid = size_t{20} << 10, kBig = size_t{30} << 10;
+  constexpr size_t kBusyBytes = size_t{8} << 10;
+  constexpr uint64_t kTicks = CachingBlockSource::kThreadDecayTicks;
+  ExactBlockSource exact;
+  CountingBlockSource upstream(&exact);
+  CachingBlockSource cache(&upstream, size_t{8} << 20, size_t{1} << 20);
+  std::thread t([&] {
+    Block small = cache.Acquire(kSmall, kMinBlockAlignment);
+    Block mid = cache.Acquire(kMid, kMinBlockAlignment);
+    cache.Release(small);
+    cache.Release(mid);  // one list: mid, small
+    uint64_t acquisitions = 2;
+    auto busy = [&](uint64_t until) { CycleUntil(&cache, kBusyBytes, &acquisitions, until); };
+    busy(kTicks);  // the first run: mid and small are old, mid on top
+    // A block that neither fits, from upstream, on top of them...
+    Block big = cache.Acquire(kBig, kMinBlockAlignment);
+    ++acquisitions;
+    EXPECT_EQ(upstream.acquires(), 4) << "small, mid, the busy block and big";
+    cache.Release(big);  // big, mid, small
+    // ... so that a request for `mid` passes the head and takes mid.
+    Block taken = cache.Acquire(kMid, kMinBlockAlignment);
+    ++acquisitions;
+    EXPECT_EQ(taken.ptr, mid.ptr);
+    EXPECT_EQ(upstream.acquires(), 4);
+    // big and small sit unused from here: seen at the next run (2 kTicks),
+    // marked at the one after, moved at the fourth.
+    busy(4 * kTicks - 1);
+    CachingBlockSource::Stats s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, 0u);
+    EXPECT_EQ(s.thread_cached_bytes, kBig + kSmall + kBusyBytes);
+    busy(4 * kTicks);
+    s = cache.GetStats();
+    EXPECT_EQ(s.thread_decayed_blocks, 2u);
+    EXPECT_EQ(s.thread_decayed_bytes, kBig + kSmall);
+    EXPECT_EQ(s.thread_cached_bytes, kBusyBytes);
+    cache.Release(taken);
+  });
+  t.join();
+  cache.Trim();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+  EXPECT_EQ(upstream.bad_releases(), 0);
+}
+
 // The clock is the thread's acquisitions, not its releases: bursts larger
 // than the decay period (a large tree built, then destroyed, W4's shape)
 // age nothing, since the thread cache (1,024 of these blocks) is taken
