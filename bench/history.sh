@@ -53,6 +53,9 @@ CHANGES=(
   "f9084a3|inline Alloc tests the window's limit first, alone|W3:mcx_freelist,W1.rand:mcx_pool,W4:mcx_pool"
   "cb832cc|freelist free's slow paths find the state themselves|W3:mcx_freelist"
   "4edeab4|inline Alloc calls a windowless kind through its table|W3:mcx_freelist,W2:mcx_pool,W4:mcx_pool"
+  "6b69b42|learned first blocks grow by half again, not twice|W4:mcx_pool,W2:mcx_pool,W2:mcx_freelist"
+  "e60bff3|learned first blocks: the child's need, taught to every ancestor|W4:mcx_pool,W2:mcx_pool,W2:mcx_freelist"
+  "037e814|thread cache decay reads the old tail's top instead of walking|W4:mcx_pool,W11:mcx_pool,W2:mcx_pool"
 )
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcx-history.XXXXXX")"

@@ -215,9 +215,8 @@ class CachingBlockSource final : public BlockSource {
     bool thread_kept;
     bool purged;   // its pages went to upstream's Purge (decay, or a large block's keep)
     // Decay has seen it old (in each shared list the decayed blocks are a
-    // tail: a decay run stops at the first). In a thread cache: a decay run
-    // of the thread has seen it (a release clears it; those seen are a
-    // tail of each list too, and still there at the next run, unused).
+    // tail: a decay run stops at the first). Thread caches do not read it:
+    // each of their lists keeps where its old tail starts (old_tops).
     bool decayed;
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).
