@@ -88,7 +88,8 @@
 //   PurgeBlockBytes                        free pages of a held block back
 //                                          to the system
 //   SetBumpWindow, BumpPointer             the inline fast path's window
-//   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown, FirstBlockLearns
+//   KindState<State>, LearnedFirstBlockSize, FirstBlockOutgrown,
+//   FirstBlockNeededFromLive, FirstBlockLearns
 //                                          the first block
 //   ChunkKindMethods, RegisterChunkKind    chunk ids (chunk_header.h)
 //   SiteId, PendingSite, LiveChunkVisitor  allocation sites (checking builds)
@@ -623,6 +624,16 @@ inline size_t LearnedFirstBlockSize(size_t header_bytes, size_t kind_bytes, size
 // to 64 bytes, up to kDefaultFirstBlockSize.
 inline void FirstBlockOutgrown(Context* ctx, size_t needed) {
   internal::KindAccess::FirstBlockOutgrown(ctx, needed);
+}
+// `needed` for FirstBlockOutgrown from what a kind counts in O(1): the
+// larger of `ctx`'s first block and its header with `live_bytes` (what
+// the kind holds in chunks, where it keeps such a count; 0 otherwise),
+// and the request. For kinds whose first block holds more than their
+// chunks (layout, chunk headers) or that cannot say how much of it is used.
+inline size_t FirstBlockNeededFromLive(const Context* ctx, size_t live_bytes, size_t request) {
+  const size_t first = ctx->first_block_size();
+  const size_t held = ctx->header_bytes() + live_bytes;
+  return (held > first ? held : first) + request;
 }
 // Whether FirstBlockOutgrown(ctx, ...) can still teach anything: false for
 // a root, and once the parent starts its children at the default. A kind

@@ -710,11 +710,9 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
   if (want < min_size) want = min_size;
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, min_size);
   if (kb == nullptr) return nullptr;
-  // What a first block would have needed: at least the one it has (the
-  // chunks' headers and the units' layout are not in the live count) or
-  // the live bytes the context holds, and the run it is about to carve.
-  const size_t held = ctx->header_bytes() + st->live.live();
-  FirstBlockOutgrown(ctx, (held > ctx->first_block_size() ? held : ctx->first_block_size()) + need);
+  // The live count leaves out the chunks' headers and the units' layout;
+  // the run about to be carved is the request.
+  FirstBlockOutgrown(ctx, FirstBlockNeededFromLive(ctx, st->live.live(), need));
   BlockHeader* b = HeaderOf(kb);
   LayOutUnits(b, kb->size);
   b->free_units = AllUnits(b->units);

@@ -260,11 +260,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewBlock(Context* ctx, GenerationState* s
     const size_t want = st->next_block_size < need ? need : st->next_block_size;
     KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment, need);
     if (kb == nullptr) return nullptr;  // the failure is recorded; nothing changed
-    // What a first block would have needed: at least the one it has, or
-    // the live bytes the context holds, and this chunk.
-    const size_t held = ctx->header_bytes() + st->live.live();
-    const size_t first = ctx->first_block_size();
-    FirstBlockOutgrown(ctx, (held > first ? held : first) + footprint);
+    FirstBlockOutgrown(ctx, FirstBlockNeededFromLive(ctx, st->live.live(), footprint));
     b = AsGenerationBlock(kb);
     // Chunk headers hold a 32-bit offset: never carve past it.
     const size_t usable = kb->size < kMaxGenerationBlockSize ? kb->size : kMaxGenerationBlockSize;

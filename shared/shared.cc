@@ -172,7 +172,7 @@ void* AllocFromNewBlock(Context* ctx, SharedState* st, ThreadRun* r, size_t size
   std::lock_guard<std::recursive_mutex> lock(st->mu);
   SharedBlock* b = TakeBlock(ctx, st, want);
   if (b == nullptr) return nullptr;
-  FirstBlockOutgrown(ctx, ctx->first_block_size() + size);
+  FirstBlockOutgrown(ctx, FirstBlockNeededFromLive(ctx, 0, size));
   b->next = r->blocks;
   r->blocks = b;
   r->ptr = reinterpret_cast<char*>(b) + kBlockHeader;
