@@ -449,7 +449,6 @@ Block CachingBlockSource::AcquireBeyondHead(ThreadCache* tc, size_t min_size, si
           bytes += m->size;
           ++blocks;
           last = m;
-          m->decayed = false;  // new to the thread cache's decay
         }
         if (last != nullptr) {
           buckets_[b] = last->next;

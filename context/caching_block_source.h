@@ -215,8 +215,9 @@ class CachingBlockSource final : public BlockSource {
     bool thread_kept;
     bool purged;   // its pages went to upstream's Purge (decay, or a large block's keep)
     // Decay has seen it old (in each shared list the decayed blocks are a
-    // tail: a decay run stops at the first). Thread caches do not read it:
-    // each of their lists keeps where its old tail starts (old_tops).
+    // tail: a decay run stops at the first). Thread caches neither read nor
+    // write it (each of their lists keeps where its old tail starts,
+    // old_tops); ShareListLocked clears it as a block comes back.
     bool decayed;
   };
   // Bucket k holds blocks of size in [2^k, 2^(k+1)).

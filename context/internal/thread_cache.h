@@ -137,7 +137,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void CachingBlockSource::KeepInThreadCache(T
   n->size = block.size;
   n->thread_kept = true;
   n->purged = false;
-  n->decayed = false;
   Node** head = &tc->buckets[cache_internal::BucketOf(block.size)];
   n->next = *head;
   *head = n;
