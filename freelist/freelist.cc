@@ -77,6 +77,7 @@ using freelist_internal::FreeTable;
 using freelist_internal::HeaderOf;
 using freelist_internal::kMaxBlockUnits;
 using freelist_internal::kMaxPageBlockBytes;
+using freelist_internal::kDeferredFrees;
 using freelist_internal::kMostlyFree;
 using freelist_internal::kNoChunkStart;
 using freelist_internal::kSourceHeaderAllowance;
@@ -105,6 +106,11 @@ static_assert(kMaxFreelistBlocksOfChunks == kMaxPageBlockBytes, "freelist.h says
 // sentinel, ASan builds unpoison exactly that many bytes.
 constexpr bool kChecking = kCheckingBuild;
 constexpr bool kTracksRequested = kChecking || kAddressSanitizerBuild || kValgrindBuild;
+// Frees are deferred (FreelistFree, "Deferred frees") in release builds
+// only: checking, sanitizer, Valgrind and direct builds check each chunk in
+// the call that frees it, where a report of a bad free belongs.
+constexpr bool kDeferFrees =
+    !kChecking && !kAddressSanitizerBuild && !kValgrindBuild && !kDirectBuild;
 
 // Bytes before each payload: the header word, plus the requested size when
 // it is tracked.
@@ -820,6 +826,23 @@ void* ParkedHead(const FreeTable* t, size_t c) {
 
 size_t Room(const FreelistState* st) { return static_cast<size_t>(st->bump_end - st->bump_ptr); }
 
+// The live bytes above which a free is deferred (FreelistFree, "Deferred
+// frees"): kDeferredFrees frees pending and one being made, none larger
+// than the largest class, leave a live chunk of a class when the class
+// chunks' bytes exceed theirs, so a context deferring a free cannot be
+// empty. SIZE_MAX, no deferring, while there is no table to hold them.
+void SetDeferBound(FreelistState* st) {
+  if (!kDeferFrees || !HasTable(st)) return;
+  st->defer_above = (kDeferredFrees + 1) * kMaxSizeClassBytes + st->dedicated_live;
+}
+
+// Live dedicated bytes change by `delta` (a chunk's bytes as `live` counts
+// them).
+void AddDedicatedLive(FreelistState* st, ptrdiff_t delta) {
+  st->dedicated_live += static_cast<size_t>(delta);
+  SetDeferBound(st);
+}
+
 // Carves the table from the current run, which has room for it, as a chunk
 // like any other (it never goes on a list, so its unit stays while the
 // table lives); then files the orphans, oldest first, so that each class
@@ -833,6 +856,7 @@ void InstallTable(FreelistState* st) {
   t->sweep_backoff = 1;
   t->runs_since_empty = 1;
   st->table = t;
+  SetDeferBound(st);
   t->carved = CountCarved(st);
   Schedule(st, 0, 0);
   void* reversed = nullptr;
@@ -1504,9 +1528,12 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   char* payload = mem + kDedicatedPayload;
   WriteChunkHeader(payload, MakeChunkHeader(kChunkKindFreelist, true, 0, kDedicatedPayload - 8));
   st->live.Add(static_cast<size_t>(b->end - payload));
+  AddDedicatedLive(st, b->end - payload);
   MarkLive(payload, size, static_cast<size_t>(b->end - payload), PendingSite(ctx));
   return payload;
 }
+
+void FlushDeferred(Context* ctx, FreelistState* st);
 
 // FreelistAllocFast
 //
@@ -1518,6 +1545,12 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, Freeli
   if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment || size > st->chunk_limit)) return nullptr;
   const size_t c = SizeClassOf(size);
   FreeTable* t = st->table;
+  // An allocation that raises the peak finishes the pending frees first
+  // (FreelistAlloc): the peak counts them freed.
+  if (kDeferFrees && ABSL_PREDICT_FALSE(!st->live.Fits(SizeClassBytes(c))) &&
+      t->deferred_count != 0) {
+    return nullptr;
+  }
   void* p = t->heads[c];
   if (ABSL_PREDICT_FALSE(p == nullptr)) {
     // Chunks other threads freed are taken back (AllocFromNewRun) before
@@ -1547,6 +1580,11 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
                                                         size_t size, size_t alignment) {
   if (void* p = FreelistAllocFast(ctx, st, size, alignment); ABSL_PREDICT_TRUE(p != nullptr)) {
     return p;
+  }
+  // Every slow path starts with no free pending ("Deferred frees").
+  if (kDeferFrees && st->table->deferred_count != 0) {
+    FlushDeferred(ctx, st);
+    if (void* p = FreelistAllocFast(ctx, st, size, alignment)) return p;
   }
   if (alignment > kDefaultAlignment) return AllocAlignedRedirect(ctx, size, alignment);
   if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
@@ -1594,12 +1632,13 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
   if (!VerifyDedicated(ctx, st, p, h, "free")) return;
   DedicatedHeader* b = DedicatedOf(p, h);
   st->live.Remove(static_cast<size_t>(b->end - static_cast<char*>(p)));
+  AddDedicatedLive(st, -(b->end - static_cast<char*>(p)));
   st->dedicated.Remove(&b->link);
   ReleaseDedicatedBlock(ctx, &b->link);
   if (st->live.Empty()) SweepEmpty(ctx);
 }
 
-void FreelistFree(Context* ctx, FreelistState* st, void* p);
+void FreeNow(Context* ctx, FreelistState* st, void* p);
 void FreeParked(Context* ctx, void* p, uint64_t h);
 
 // Everything but the common case: dedicated chunks, aligned chunks, and
@@ -1610,7 +1649,7 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   unsigned kind = ChunkHeaderKind(h);
   // The real chunk goes straight to the kind: only the aligned address was
   // announced to Valgrind (Context::Free announces its release).
-  if (kind == kChunkKindAlignedRedirect) return FreelistFree(ctx, StateOf(ctx), AlignedRedirectTarget(p));
+  if (kind == kChunkKindAlignedRedirect) return FreeNow(ctx, StateOf(ctx), AlignedRedirectTarget(p));
   if (kind != kChunkKindFreelist) return ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
     return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
@@ -1768,12 +1807,102 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
 //
 // Cost note: the owner test, one header load and compare, a countdown, a
 // push and a header store: about 17 instructions.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistState* st, void* p) {
-  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, p);
+// The owner's free, finished in the call: the header read and checked, the
+// chunk filed.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeNow(Context* ctx, FreelistState* st, void* p) {
   const uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, p, h);
   if (kChecking && !VerifyLiveChunk(ctx, p, h, "free")) return;
   FileFree(ctx, st, p, h);
+}
+
+// Deferred frees
+//
+// A chunk freed at random in a context larger than the caches is a cache
+// miss: its header was last touched when the chunk was handed out, and the
+// free waits for it (to check the chunk and find its class) before the
+// program goes on. So in release builds a context holding more than
+// `defer_above` live bytes does not read it: the free prefetches the
+// header, puts the chunk in the table's ring of kDeferredFrees slots, and
+// finishes the free the slot held, made kDeferredFrees frees before, whose
+// header has arrived meanwhile. A pending free is finished later, and all
+// of them at every allocation slow path, realloc and ResetPeak
+// (FlushDeferred). What stays true:
+//   - live_bytes and its peak are exact: Live subtracts the pending chunks,
+//     and an allocation that would raise the peak finishes them first.
+//   - a context with a free pending is never empty (SetDeferBound), so the
+//     sweep of an emptied context runs when it empties; below the bound
+//     the pending frees are finished before the free that may empty it.
+//   - no allocation hands out a pending chunk: it is on no list.
+//   - a bad free (a double free, a pointer that is not a chunk) is
+//     reported when it is finished: within the context's next
+//     kDeferredFrees frees or at its next slow path, and a double free of
+//     a chunk still pending is reported at the second's turn.
+
+// FreeTable::deferred_next is the byte offset of the next slot.
+static_assert((kDeferredFrees & (kDeferredFrees - 1)) == 0, "the ring wraps by a mask");
+constexpr uint32_t kDeferredSlotMask = kDeferredFrees * sizeof(void*) - 1;
+
+// Finishes every pending free, oldest first. Each slot is emptied before
+// its free is finished, so a failure handler that leaves by longjmp
+// leaves the ring consistent.
+ABSL_ATTRIBUTE_NOINLINE void FlushDeferred(Context* ctx, FreelistState* st) {
+  const uint32_t next = st->table->deferred_next / sizeof(void*);
+  for (uint32_t k = 0; k < kDeferredFrees; ++k) {
+    FreeTable* t = st->table;
+    const uint32_t i = (next + k) % kDeferredFrees;
+    void* q = t->deferred[i];
+    if (q == nullptr) continue;
+    t->deferred[i] = nullptr;
+    --t->deferred_count;
+    FreeNow(ctx, st, q);
+  }
+}
+
+// Puts `p` in the ring and finishes the free its slot held. No empty test:
+// above defer_above the context keeps a live chunk.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void DeferFree(Context* ctx, FreelistState* st, void* p) {
+  FreeTable* t = st->table;
+  __builtin_prefetch(static_cast<char*>(p) - sizeof(uint64_t), 1);
+  // The slot as a byte offset: one add and one mask to the next.
+  const uint32_t at = t->deferred_next;
+  char* slot = reinterpret_cast<char*>(t->deferred) + at;
+  void* q;
+  std::memcpy(&q, slot, sizeof(q));
+  std::memcpy(slot, &p, sizeof(p));
+  t->deferred_next = (at + sizeof(void*)) & kDeferredSlotMask;
+  if (ABSL_PREDICT_FALSE(q == nullptr)) {
+    ++t->deferred_count;
+    return;
+  }
+  const uint64_t h = ReadChunkHeader(q);
+  if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, q, h);
+  st->live.Remove(SizeClassBytes(ChunkHeaderValue(h)));
+  if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, q, h);
+  PushFree(t, q, h);
+}
+
+// The pending frees, then `p`'s: out of line, so that the inline free
+// saves no register for the call.
+ABSL_ATTRIBUTE_NOINLINE void FlushThenFree(Context* ctx, FreelistState* st, void* p) {
+  FlushDeferred(ctx, st);
+  FreeNow(ctx, st, p);
+}
+
+// The owner's free: deferred in a context too full to empty, else
+// finished now (after the pending ones, so that an emptied context sees
+// itself empty).
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeOwned(Context* ctx, FreelistState* st, void* p) {
+  if constexpr (kDeferFrees) {
+    if (st->live.live() > st->defer_above) return DeferFree(ctx, st, p);
+    if (ABSL_PREDICT_FALSE(st->table->deferred_count != 0)) return FlushThenFree(ctx, st, p);
+  }
+  FreeNow(ctx, st, p);
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreelistFree(Context* ctx, FreelistState* st, void* p) {
+  if (ABSL_PREDICT_FALSE(st->remote.FromOtherThread())) return FreeRemote(ctx, p);
+  FreeOwned(ctx, st, p);
 }
 
 // --- Realloc ------------------------------------------------------------------------
@@ -1845,6 +1974,8 @@ void* ReallocDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h, siz
   moved->asked = new_size;
   st->live.Remove(old_usable);
   st->live.Add(nb.size - kDedicatedPayload);
+  AddDedicatedLive(st, static_cast<ptrdiff_t>(nb.size - kDedicatedPayload) -
+                           static_cast<ptrdiff_t>(old_usable));
   moved->link.size = nb.size;
   moved->end = static_cast<char*>(nb.ptr) + nb.size;
   st->dedicated.Replace(&moved->link);
@@ -1879,6 +2010,9 @@ void ResizeLast(FreelistState* st, void* p, uint64_t h, size_t c, size_t nc) {
 
 void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_size*/,
                       size_t new_size) {
+  // A realloc of a chunk whose free is pending is reported as one after a
+  // free; and its moves count the live bytes as allocations do.
+  if (kDeferFrees && st->table->deferred_count != 0) FlushDeferred(ctx, st);
   const uint64_t h = ReadChunkHeader(p);
   if ((h & (kFastMask & ~(kChunkExternalBit | kParkedUnitBit))) != kFastExpect) {
     if (IsAlignedRedirect(p)) return ReallocAlignedRedirect(ctx, p, new_size);
@@ -1919,7 +2053,7 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
         if (q != nullptr) {
           MarkGrowth(q, new_size);
           std::memcpy(q, p, old_bytes);
-          FreelistFree(ctx, st, p);
+          FreeNow(ctx, st, p);
           return q;
         }
         if (LastFailure(ctx) != Failure::kLimit) return nullptr;
@@ -1955,7 +2089,7 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
   // is live for what was asked.
   if (want != new_size) MarkLive(q, new_size, Stride(SizeClassOf(want)) - kHeaderBytes, site);
   std::memcpy(q, p, old_bytes < new_size ? old_bytes : new_size);
-  FreelistFree(ctx, st, p);
+  FreeNow(ctx, st, p);
   return q;
 }
 
@@ -2027,6 +2161,9 @@ void FreelistReset(Context* ctx, FreelistState* st, const ResetOptions& options)
   StartFirstArea(ctx, st);
   st->next_block_size = st->base_block_size;
   st->live.Clear();
+  // The deferred frees lay in the table, emptied with the rest.
+  st->dedicated_live = 0;
+  st->defer_above = SIZE_MAX;
 }
 
 void FreelistReleaseAll(Context* ctx, FreelistState* st) {
@@ -2380,12 +2517,43 @@ void FreeChunk(void* p) {
       st->remote.Push(p);
       return;
     }
-    return FileFree(ctx, st, p, h);
+    return FreeOwned(ctx, st, p);
   }
   if (Context* ctx = LiveChunkOwner(p, "free")) ctx->Free(p);
 }
 
 const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize, &FreeChunk};
+
+// The live bytes of the chunks whose frees are pending, as finishing them
+// would count them: a chunk pending twice (a double free) or that is not a
+// live chunk of `ctx` counts nothing, as its free will change nothing.
+size_t PendingLiveBytes(const Context* ctx, const FreelistState* st) {
+  const FreeTable* t = st->table;
+  if (t->deferred_count == 0) return 0;
+  void* seen[kDeferredFrees];
+  size_t n = 0, bytes = 0;
+  for (void* q : t->deferred) {
+    if (q == nullptr) continue;
+    uint64_t h = ReadChunkHeader(q);
+    if (ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindAlignedRedirect) {
+      q = AlignedRedirectTarget(q);
+      h = ReadChunkHeader(q);
+    }
+    if (std::find(seen, seen + n, q) != seen + n) continue;
+    seen[n++] = q;
+    if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindFreelist ||
+        ChunkHeaderIsFree(h)) {
+      continue;
+    }
+    if (ChunkHeaderIsExternal(h)) {
+      const DedicatedHeader* b = DedicatedOf(q, h);
+      if (IsLiveDedicated(ctx, st, b)) bytes += static_cast<size_t>(b->end - static_cast<char*>(q));
+    } else if (ChunkHeaderValue(h) < kNumSizeClasses) {
+      bytes += SizeClassBytes(ChunkHeaderValue(h));
+    }
+  }
+  return bytes;
+}
 
 // --- Creation -----------------------------------------------------------------------
 
@@ -2460,10 +2628,14 @@ struct Freelist {
     FreelistReset(ctx, st, options);
   }
   static void ReleaseAll(Context* ctx, State* st) { FreelistReleaseAll(ctx, st); }
-  static void Live(const Context* /*ctx*/, const State* st, LiveCounts* out) {
+  static void Live(const Context* ctx, const State* st, LiveCounts* out) {
     st->live.Report(out);
+    if (kDeferFrees) out->live_bytes -= PendingLiveBytes(ctx, st);
   }
-  static void ResetPeak(Context* /*ctx*/, State* st) { st->live.ResetPeak(); }
+  static void ResetPeak(Context* ctx, State* st) {
+    if (kDeferFrees && st->table->deferred_count != 0) FlushDeferred(ctx, st);
+    st->live.ResetPeak();
+  }
   static void Stats(const Context* ctx, const State* st, KindStats* out) {
     FreelistStats(ctx, st, out);
   }

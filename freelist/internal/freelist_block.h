@@ -195,6 +195,10 @@ struct DedicatedHeader {
 // kind state, which sits in every context's first block: a context that
 // never frees a chunk never has one (it reads kEmptyTable). The first free
 // makes it, as a chunk of the context.
+// Frees a context defers at most (freelist.cc, "Deferred frees"): each
+// chunk's header is fetched this many frees ahead of its use.
+inline constexpr uint32_t kDeferredFrees = 8;
+
 struct FreeTable {
   void* heads[kNumSizeClasses];  // payload of the newest free chunk of each class
   // Heads of the lists of parked chunks, one per class: free chunks of
@@ -212,6 +216,12 @@ struct FreeTable {
   // Whether a run was started since the last sweep of an emptied context
   // (SweepEmpty): 1 at first, so the first empty sweeps.
   uint32_t runs_since_empty;
+  // Deferred frees (freelist.cc, "Deferred frees"; release builds only):
+  // the chunks of the last kDeferredFrees frees, each finished when the
+  // slot comes round again, nullptr in an unused slot.
+  uint32_t deferred_next;        // byte offset of the slot the next deferred free takes
+  uint32_t deferred_count;       // slots in use
+  void* deferred[kDeferredFrees];
 };
 
 struct FreelistState {
@@ -233,8 +243,15 @@ struct FreelistState {
   RemoteFreeList remote;    // chunks freed by other threads (remote_free.h)
   // Bytes of live chunks (a class's bytes; a dedicated chunk's up to its
   // block's end), counted as chunks are handed out and come back; a chunk
-  // another thread frees counts until the owner takes it back.
+  // another thread frees counts until the owner takes it back, and a
+  // deferred free until it is finished.
   LiveTally live;
+  // Live bytes above which a free is deferred: kDeferredFrees + 1 chunks of
+  // the largest class more than the live dedicated chunks' bytes, so that
+  // a context with frees pending can never be empty; SIZE_MAX without a
+  // table (freelist.cc, "Deferred frees").
+  size_t defer_above = SIZE_MAX;
+  size_t dedicated_live = 0;  // bytes of live dedicated chunks, as `live` counts them
 };
 
 }  // namespace freelist_internal
