@@ -313,8 +313,6 @@ class LiveTally {
     if (ABSL_PREDICT_FALSE((headroom_ -= static_cast<int64_t>(n)) < 0)) RaisePeak();
   }
   void Remove(size_t n) { headroom_ += static_cast<int64_t>(n); }
-  // Whether Add(n) would leave the mark where it is.
-  bool Fits(size_t n) const { return headroom_ >= static_cast<int64_t>(n); }
   // Whether no byte is live: the headroom is the whole mark.
   bool Empty() const { return headroom_ == static_cast<int64_t>(peak_); }
   void Clear() { headroom_ = static_cast<int64_t>(peak_); }

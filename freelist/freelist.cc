@@ -1533,8 +1533,6 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   return payload;
 }
 
-void FlushDeferred(Context* ctx, FreelistState* st);
-
 // FreelistAllocFast
 //
 // FreelistAlloc for the tree's slow path (kind_api.h, AllocFast): the pop,
@@ -1545,12 +1543,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAllocFast(Context* ctx, Freeli
   if (ABSL_PREDICT_FALSE(alignment > kDefaultAlignment || size > st->chunk_limit)) return nullptr;
   const size_t c = SizeClassOf(size);
   FreeTable* t = st->table;
-  // An allocation that raises the peak finishes the pending frees first
-  // (FreelistAlloc): the peak counts them freed.
-  if (kDeferFrees && ABSL_PREDICT_FALSE(!st->live.Fits(SizeClassBytes(c))) &&
-      t->deferred_count != 0) {
-    return nullptr;
-  }
   void* p = t->heads[c];
   if (ABSL_PREDICT_FALSE(p == nullptr)) {
     // Chunks other threads freed are taken back (AllocFromNewRun) before
@@ -1580,11 +1572,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
                                                         size_t size, size_t alignment) {
   if (void* p = FreelistAllocFast(ctx, st, size, alignment); ABSL_PREDICT_TRUE(p != nullptr)) {
     return p;
-  }
-  // Every slow path starts with no free pending ("Deferred frees").
-  if (kDeferFrees && st->table->deferred_count != 0) {
-    FlushDeferred(ctx, st);
-    if (void* p = FreelistAllocFast(ctx, st, size, alignment)) return p;
   }
   if (alignment > kDefaultAlignment) return AllocAlignedRedirect(ctx, size, alignment);
   if (size > st->chunk_limit) return AllocDedicated(ctx, st, size);
@@ -1826,18 +1813,24 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeNow(Context* ctx, FreelistState* st
 // header, puts the chunk in the table's ring of kDeferredFrees slots, and
 // finishes the free the slot held, made kDeferredFrees frees before, whose
 // header has arrived meanwhile. A pending free is finished later, and all
-// of them at every allocation slow path, realloc and ResetPeak
-// (FlushDeferred). What stays true:
-//   - live_bytes and its peak are exact: Live subtracts the pending chunks,
-//     and an allocation that would raise the peak finishes them first.
+// of them at a free below the bound, a realloc and ResetPeak
+// (FlushDeferred); not at an allocation's slow path, which would pay the
+// flush at every new run for at most eight chunks' reuse. What stays true:
+//   - live_bytes is exact: Live subtracts the pending chunks. The peak
+//     counts a free from when it is finished, so it may exceed the most
+//     that was live by the pending chunks' bytes (eight chunks at most):
+//     an exact peak would need their sizes, that is their headers, at
+//     every allocation that reaches it, and a churn at its high-water mark
+//     reaches it at every allocation.
 //   - a context with a free pending is never empty (SetDeferBound), so the
 //     sweep of an emptied context runs when it empties; below the bound
 //     the pending frees are finished before the free that may empty it.
 //   - no allocation hands out a pending chunk: it is on no list.
 //   - a bad free (a double free, a pointer that is not a chunk) is
 //     reported when it is finished: within the context's next
-//     kDeferredFrees frees or at its next slow path, and a double free of
-//     a chunk still pending is reported at the second's turn.
+//     kDeferredFrees frees or at its next realloc or ResetPeak, and a
+//     double free of a chunk still pending is reported at the second's
+//     turn.
 
 // FreeTable::deferred_next is the byte offset of the next slot.
 static_assert((kDeferredFrees & (kDeferredFrees - 1)) == 0, "the ring wraps by a mask");
