@@ -1746,6 +1746,8 @@ ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, void* p) {
   st->remote.Push(p);
 }
 
+void FlushDeferred(Context* ctx, FreelistState* st);
+
 // Takes back what other threads freed: each chunk as its owner's free.
 // With a table, the chunks of blocks are filed in one pass and counted
 // once (the live bytes and the sweep's countdown), the sweep, if one came
@@ -1786,6 +1788,11 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   }
   if (freed == 0) return;
   st->live.Remove(freed_bytes);
+  // Frees the owner deferred while it held more ("Deferred frees") are
+  // finished once the context may be empty, so that it sees itself so.
+  if (kDeferFrees && st->table->deferred_count != 0 && st->live.live() <= st->defer_above) {
+    FlushDeferred(ctx, st);
+  }
   if ((st->sweep_countdown -= freed) <= 0) return Sweep(ctx, st, SweepRelease::kPurged);
   if (st->live.Empty()) SweepEmpty(ctx);
 }

@@ -754,6 +754,52 @@ TEST_F(FreelistTest, BlocksGoBackWhenTheLastChunkIsFreed) {
   }
 }
 
+// The same when another thread frees the rest while the owner's own last
+// frees are pending (deferred in release builds: docs/design.md): the
+// owner's next slow path takes the other thread's frees back, finishes its
+// own, finds the context empty and gives the blocks back.
+TEST_F(FreelistTest, BlocksGoBackWhenAnotherThreadFreesTheRestWithFreesPending) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  TestRng rng(47);
+  std::vector<void*> small, large;
+  for (int i = 0; i < 40000; ++i) small.push_back(ctx->Alloc(rng.Uniform(16, 1000)));
+  constexpr size_t kLargeSize = 2000;
+  for (int i = 0; i < 2000; ++i) {
+    large.push_back(ctx->Alloc(kLargeSize));
+    Fill(large.back(), kLargeSize, static_cast<uint32_t>(i));
+  }
+  std::shuffle(small.begin(), small.end(), std::mt19937(47));
+  for (void* p : small) ctx->Free(p);
+  // The owner's last frees (pending in release builds), then another
+  // thread's, fewer than the frees to the next sweep: only the context's
+  // emptying can give the blocks back.
+  for (int i = 0; i < 4; ++i) {
+    ctx->Free(large.back());
+    large.pop_back();
+  }
+  const auto* st = KindState<freelist_internal::FreelistState>(ctx);
+  ASSERT_GT(st->sweep_countdown, static_cast<int64_t>(large.size()));
+  std::thread([&large] {
+    for (size_t i = 0; i < large.size(); ++i) {
+      EXPECT_TRUE(Holds(large[i], kLargeSize, static_cast<uint32_t>(i)));
+      mcx::Free(large[i]);
+    }
+  }).join();
+  ASSERT_GT(ctx->bytes_in_blocks(), size_t{4} << 20);
+  // A dedicated chunk's allocation is a slow path: the remote frees come
+  // back, the context is empty and gives its blocks back.
+  void* dedicated = ctx->Alloc(kMaxFreelistBlocksOfChunks * 2);
+  ASSERT_NE(dedicated, nullptr);
+  EXPECT_LE(ctx->bytes_in_blocks(), KeptWhenEmpty(ctx) + 3 * kMaxFreelistBlocksOfChunks);
+  ctx->Free(dedicated);
+  EXPECT_EQ(ctx->live_bytes(), 0u);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // After a context empties and sweeps, a chunk allocated and freed over and
 // over empties it at every free; served by its lists, it starts no run and
 // leaves nothing a sweep could give back, so no sweep runs (each would walk
