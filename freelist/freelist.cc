@@ -2517,7 +2517,15 @@ void FreeChunk(void* p) {
       st->remote.Push(p);
       return;
     }
-    return FreeOwned(ctx, st, p);
+    // The header is in hand: nothing to gain by deferring. Frees the owner
+    // deferred are finished once the context may be empty, as FreeOwned
+    // does, so that the last of them sees it empty.
+    FileFree(ctx, st, p, h);
+    if (kDeferFrees && ABSL_PREDICT_FALSE(st->table->deferred_count != 0) &&
+        st->live.live() <= st->defer_above) {
+      FlushDeferred(ctx, st);
+    }
+    return;
   }
   if (Context* ctx = LiveChunkOwner(p, "free")) ctx->Free(p);
 }
