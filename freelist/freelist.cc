@@ -495,6 +495,53 @@ void* NextFree(const void* p) {
   return next;
 }
 
+// Freelists a sweep walks side by side (WalkFreelists): a walk of one list
+// is a chain of cache misses, each chunk holding the next one's address, so
+// it waits for memory at every chunk; walking several chains at once keeps
+// as many misses in flight. Eight: what the free's ring keeps in flight too
+// (kDeferredFrees), within the dozen or so misses a core tracks.
+constexpr size_t kWalkLanes = 8;
+
+// Calls f(i, p) for every chunk p of the freelists starting at starts[0..n),
+// i naming the list, each list in its order, kWalkLanes lists at a time.
+// f may relink p: its successor is read first.
+template <typename F>
+void WalkFreelists(void* const* starts, size_t n, F f) {
+  void* at[kWalkLanes];
+  size_t list[kWalkLanes];
+  size_t lanes = 0, next_list = 0;
+  // Puts the next nonempty list in `lane`; false if none is left.
+  auto take = [&](size_t lane) {
+    while (next_list < n) {
+      const size_t i = next_list++;
+      if (starts[i] != nullptr) {
+        at[lane] = starts[i];
+        list[lane] = i;
+        return true;
+      }
+    }
+    return false;
+  };
+  while (lanes < kWalkLanes && take(lanes)) ++lanes;
+  while (lanes > 0) {
+    for (size_t lane = 0; lane < lanes;) {
+      void* p = at[lane];
+      void* next = NextFree(p);
+      if (next != nullptr) __builtin_prefetch(static_cast<char*>(next) - sizeof(uint64_t));
+      f(list[lane], p);
+      if (next != nullptr) {
+        at[lane++] = next;
+      } else if (take(lane)) {
+        ++lane;
+      } else {  // the lane ends; the last one moves into it
+        --lanes;
+        at[lane] = at[lanes];
+        list[lane] = list[lanes];
+      }
+    }
+  }
+}
+
 void SetNextFree(void* p, void* next) { CopyToPoisoned(p, &next, sizeof(next)); }
 
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void PushOnto(void** head, void* p, uint64_t h,
@@ -1109,38 +1156,55 @@ uint64_t RebuildLists(FreelistState* st, void** listed_tails) {
   uint64_t dropped = 0;
   uint64_t parked = 0;
   t->parked_chunks = 0;
-  void* no_list = nullptr;  // when there are no parked lists
+  // Lists 2c and 2c + 1 (class c's list and parked list) are walked side
+  // by side (WalkFreelists); each files its chunks on its own pair of new
+  // lists (listed, parked), joined per class in the old order at the end:
+  // the chunks from the class list, then those from the parked list.
+  void* lists[2 * kNumSizeClasses];
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    void* heads[2] = {nullptr, nullptr};  // listed, parked
-    void* tails[2] = {nullptr, nullptr};
-    auto append = [&](int to, void* p) {
+    lists[2 * c] = t->heads[c];
+    lists[2 * c + 1] = ParkedHead(t, c);
+  }
+  void* heads[2 * kNumSizeClasses][2] = {};  // [list][listed, parked]
+  void* tails[2 * kNumSizeClasses][2] = {};
+  WalkFreelists(lists, 2 * kNumSizeClasses, [&](size_t i, void* p) {
+    const size_t c = i / 2;
+    auto append = [&](int to) {
       SetNextFree(p, nullptr);
-      if (tails[to] != nullptr) SetNextFree(tails[to], p); else heads[to] = p;
-      tails[to] = p;
+      if (tails[i][to] != nullptr) SetNextFree(tails[i][to], p); else heads[i][to] = p;
+      tails[i][to] = p;
     };
-    for (void** list : {&t->heads[c], t->parked != nullptr ? &t->parked[c] : &no_list}) {
-      for (void* p = *list; p != nullptr;) {
-        void* next = NextFree(p);
-        const UnitDesc* d = DescOf(p, ReadChunkHeader(p));
-        if ((d->flags & kUnitReleasing) != 0) {
-          ++dropped;
-        } else if ((d->flags & kTrimTail) != 0 &&
-                   ChunkStart(p) + Stride(c) > CarveEnd(BlockOfDesc(d), d->index)) {
-          // TrimTail files its pieces
-        } else if ((d->flags & kMostlyFree) != 0) {
-          // CoalesceUnit files it again
-        } else if ((d->flags & kUnitParking) != 0) {
-          append(1, p);
-          ++parked;
-        } else {
-          append(0, p);
-        }
-        p = next;
+    const UnitDesc* d = DescOf(p, ReadChunkHeader(p));
+    if ((d->flags & kUnitReleasing) != 0) {
+      ++dropped;
+    } else if ((d->flags & kTrimTail) != 0 &&
+               ChunkStart(p) + Stride(c) > CarveEnd(BlockOfDesc(d), d->index)) {
+      // TrimTail files its pieces
+    } else if ((d->flags & kMostlyFree) != 0) {
+      // CoalesceUnit files it again
+    } else if ((d->flags & kUnitParking) != 0) {
+      append(1);
+      ++parked;
+    } else {
+      append(0);
+    }
+  });
+  for (size_t c = 0; c < kNumSizeClasses; ++c) {
+    void* joined[2];
+    for (int to = 0; to < 2; ++to) {
+      void* const* first = heads[2 * c];
+      void* const* second = heads[2 * c + 1];
+      if (first[to] == nullptr) {
+        joined[to] = second[to];
+        if (to == 0) listed_tails[c] = tails[2 * c + 1][0];
+      } else {
+        joined[to] = first[to];
+        if (second[to] != nullptr) SetNextFree(tails[2 * c][to], second[to]);
+        if (to == 0) listed_tails[c] = second[0] != nullptr ? tails[2 * c + 1][0] : tails[2 * c][0];
       }
     }
-    t->heads[c] = heads[0];
-    listed_tails[c] = tails[0];
-    if (t->parked != nullptr) t->parked[c] = heads[1];
+    t->heads[c] = joined[0];
+    if (t->parked != nullptr) t->parked[c] = joined[1];
   }
   t->parked_chunks += parked;  // CoalesceUnit counts what it parks
   return dropped;
@@ -1437,19 +1501,24 @@ void DropParkedTable(FreelistState* st, uint64_t* walked) {
 // free chunks.
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   FreeTable* t = st->table;
+  // Each class's list and parked list: lists 2c and 2c + 1.
+  void* lists[2 * kNumSizeClasses];
+  for (size_t c = 0; c < kNumSizeClasses; ++c) {
+    lists[2 * c] = t->heads[c];
+    lists[2 * c + 1] = ParkedHead(t, c);
+  }
+  uint64_t free_of[kNumSizeClasses] = {};
+  WalkFreelists(lists, 2 * kNumSizeClasses, [&](size_t i, void* p) {
+    UnitDesc* d = DescOf(p, ReadChunkHeader(p));
+    ++d->sweep_free;
+    BlockOfDesc(d)->touched_units |= uint64_t{1} << d->index;
+    ++free_of[i / 2];
+  });
   uint64_t walked = 0;
   size_t free_bytes = 0;
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    const uint64_t before = walked;
-    for (void* list : {t->heads[c], ParkedHead(t, c)}) {
-      for (void* p = list; p != nullptr; p = NextFree(p)) {
-        UnitDesc* d = DescOf(p, ReadChunkHeader(p));
-        ++d->sweep_free;
-        BlockOfDesc(d)->touched_units |= uint64_t{1} << d->index;
-        ++walked;
-      }
-    }
-    free_bytes += static_cast<size_t>(walked - before) * SizeClassBytes(c);
+    walked += free_of[c];
+    free_bytes += static_cast<size_t>(free_of[c]) * SizeClassBytes(c);
   }
   // A sweep run by frees decides whether to park; one before growth parks
   // as the last did (what is parked of the class wanted is taken one chunk
