@@ -198,6 +198,28 @@ def handler_failures(rng):
     return out
 
 
+def large_heap(rng, ops=400):
+    """One freelist root filled past a few hundred KiB (its frees are then
+    deferred in release builds), then frees of every form (through the
+    context, sized, mcx::Free), reallocs, queries and a reset among more
+    allocations: the shadow model checks the live bytes after each."""
+    out = bytes([rng.randrange(4), 0] + [0] * 6)
+    # [ignored, pool? (odd: a freelist root), kind a, kind b, name length, limit: none]
+    out += bytes([0, 1, rng.randrange(256), rng.randrange(256), rng.randrange(40), 1, 0, 0])
+    for _ in range(250):
+        # alloc: [ctx, flavor 1 (Alloc), size: 0b11 then 14 bits, 2..10 KB]
+        out += rec(rng, "alloc", 0, 1, 0xC0 | rng.randrange(8, 40), rng.randrange(256))
+    weights = {"alloc": 5, "free": 8, "realloc": 2, "query-chunk": 1, "reset": 0.05}
+    names = list(weights)
+    for _ in range(ops):
+        op = rng.choices(names, [weights[n] for n in names])[0]
+        if op == "alloc":
+            out += rec(rng, op, 0, rng.randrange(2), 0xC0 | rng.randrange(8, 40), rng.randrange(256))
+        else:
+            out += rec(rng, op)
+    return out
+
+
 def main():
     os.makedirs(CORPUS, exist_ok=True)
     for f in os.listdir(CORPUS):
@@ -222,6 +244,10 @@ def main():
         seeds["gen-exits-tree-%d" % i] = exits_tree(rng, 30 + 10 * i)
     for i in range(3):
         seeds["gen-exits-handlers-%d" % i] = handler_failures(rng)
+    # Large heaps (deferred frees): a generator of their own as well.
+    rng = random.Random(20261208)
+    for i in range(3):
+        seeds["gen-large-heap-%d" % i] = large_heap(rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(CORPUS, name), "wb") as f:
             f.write(data)
