@@ -502,6 +502,15 @@ void* NextFree(const void* p) {
 // (kDeferredFrees), within the dozen or so misses a core tracks.
 constexpr size_t kWalkLanes = 8;
 
+// Each class's list and parked list, as lists 2c and 2c + 1: what a
+// sweep's walks go down (WalkFreelists).
+void ClassLists(const FreeTable* t, void** lists) {
+  for (size_t c = 0; c < kNumSizeClasses; ++c) {
+    lists[2 * c] = t->heads[c];
+    lists[2 * c + 1] = t->parked != nullptr ? t->parked[c] : nullptr;
+  }
+}
+
 // Calls f(i, p) for every chunk p of the freelists starting at starts[0..n),
 // i naming the list, each list in its order, kWalkLanes lists at a time.
 // f may relink p: its successor is read first.
@@ -1161,10 +1170,7 @@ uint64_t RebuildLists(FreelistState* st, void** listed_tails) {
   // lists (listed, parked), joined per class in the old order at the end:
   // the chunks from the class list, then those from the parked list.
   void* lists[2 * kNumSizeClasses];
-  for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    lists[2 * c] = t->heads[c];
-    lists[2 * c + 1] = ParkedHead(t, c);
-  }
+  ClassLists(t, lists);
   void* heads[2 * kNumSizeClasses][2] = {};  // [list][listed, parked]
   void* tails[2 * kNumSizeClasses][2] = {};
   WalkFreelists(lists, 2 * kNumSizeClasses, [&](size_t i, void* p) {
@@ -1190,21 +1196,14 @@ uint64_t RebuildLists(FreelistState* st, void** listed_tails) {
     }
   });
   for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    void* joined[2];
+    void* const* first = heads[2 * c];  // from the class list
+    void* const* second = heads[2 * c + 1];  // from the parked list
     for (int to = 0; to < 2; ++to) {
-      void* const* first = heads[2 * c];
-      void* const* second = heads[2 * c + 1];
-      if (first[to] == nullptr) {
-        joined[to] = second[to];
-        if (to == 0) listed_tails[c] = tails[2 * c + 1][0];
-      } else {
-        joined[to] = first[to];
-        if (second[to] != nullptr) SetNextFree(tails[2 * c][to], second[to]);
-        if (to == 0) listed_tails[c] = second[0] != nullptr ? tails[2 * c + 1][0] : tails[2 * c][0];
-      }
+      if (first[to] != nullptr && second[to] != nullptr) SetNextFree(tails[2 * c][to], second[to]);
     }
-    t->heads[c] = joined[0];
-    if (t->parked != nullptr) t->parked[c] = joined[1];
+    t->heads[c] = first[0] != nullptr ? first[0] : second[0];
+    listed_tails[c] = second[0] != nullptr ? tails[2 * c + 1][0] : tails[2 * c][0];
+    if (t->parked != nullptr) t->parked[c] = first[1] != nullptr ? first[1] : second[1];
   }
   t->parked_chunks += parked;  // CoalesceUnit counts what it parks
   return dropped;
@@ -1501,12 +1500,8 @@ void DropParkedTable(FreelistState* st, uint64_t* walked) {
 // free chunks.
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release) {
   FreeTable* t = st->table;
-  // Each class's list and parked list: lists 2c and 2c + 1.
   void* lists[2 * kNumSizeClasses];
-  for (size_t c = 0; c < kNumSizeClasses; ++c) {
-    lists[2 * c] = t->heads[c];
-    lists[2 * c + 1] = ParkedHead(t, c);
-  }
+  ClassLists(t, lists);
   uint64_t free_of[kNumSizeClasses] = {};
   WalkFreelists(lists, 2 * kNumSizeClasses, [&](size_t i, void* p) {
     UnitDesc* d = DescOf(p, ReadChunkHeader(p));
