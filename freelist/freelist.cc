@@ -1812,6 +1812,18 @@ ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, void* p) {
 
 void FlushDeferred(Context* ctx, FreelistState* st);
 
+// Finishes the pending frees ("Deferred frees"), if there are any.
+inline void FinishPending(Context* ctx, FreelistState* st) {
+  if (kDeferFrees && ABSL_PREDICT_FALSE(st->table->deferred_count != 0)) FlushDeferred(ctx, st);
+}
+
+// The same once the context may be empty (its live bytes at or below the
+// bound), after a free that did not go through FreeOwned lowered them: the
+// last pending free to finish then sees the context empty.
+inline void FinishPendingIfMayEmpty(Context* ctx, FreelistState* st) {
+  if (kDeferFrees && st->live.live() <= st->defer_above) FinishPending(ctx, st);
+}
+
 // Takes back what other threads freed: each chunk as its owner's free.
 // With a table, the chunks of blocks are filed in one pass and counted
 // once (the live bytes and the sweep's countdown), the sweep, if one came
@@ -1852,11 +1864,7 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   }
   if (freed == 0) return;
   st->live.Remove(freed_bytes);
-  // Frees the owner deferred while it held more ("Deferred frees") are
-  // finished once the context may be empty, so that it sees itself so.
-  if (kDeferFrees && st->table->deferred_count != 0 && st->live.live() <= st->defer_above) {
-    FlushDeferred(ctx, st);
-  }
+  FinishPendingIfMayEmpty(ctx, st);
   if ((st->sweep_countdown -= freed) <= 0) return Sweep(ctx, st, SweepRelease::kPurged);
   if (st->live.Empty()) SweepEmpty(ctx);
 }
@@ -1941,6 +1949,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void DeferFree(Context* ctx, FreelistState* 
   }
   const uint64_t h = ReadChunkHeader(q);
   if (ABSL_PREDICT_FALSE((h & kFastMask) != kFastExpect)) return FreeSlow(ctx, q, h);
+  // FileFree without its empty test, on the table in hand (FileFree reads
+  // it again after the slot's stores: one instruction per free).
   st->live.Remove(SizeClassBytes(ChunkHeaderValue(h)));
   if (ABSL_PREDICT_FALSE(--st->sweep_countdown == 0)) return FreeAndSweep(ctx, q, h);
   PushFree(t, q, h);
@@ -2075,8 +2085,8 @@ void ResizeLast(FreelistState* st, void* p, uint64_t h, size_t c, size_t nc) {
 void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_size*/,
                       size_t new_size) {
   // A realloc of a chunk whose free is pending is reported as one after a
-  // free; and its moves count the live bytes as allocations do.
-  if (kDeferFrees && st->table->deferred_count != 0) FlushDeferred(ctx, st);
+  // free.
+  FinishPending(ctx, st);
   const uint64_t h = ReadChunkHeader(p);
   if ((h & (kFastMask & ~(kChunkExternalBit | kParkedUnitBit))) != kFastExpect) {
     if (IsAlignedRedirect(p)) return ReallocAlignedRedirect(ctx, p, new_size);
@@ -2581,15 +2591,9 @@ void FreeChunk(void* p) {
       st->remote.Push(p);
       return;
     }
-    // The header is in hand: nothing to gain by deferring. Frees the owner
-    // deferred are finished once the context may be empty, as FreeOwned
-    // does, so that the last of them sees it empty.
+    // The header is in hand: nothing to gain by deferring.
     FileFree(ctx, st, p, h);
-    if (kDeferFrees && ABSL_PREDICT_FALSE(st->table->deferred_count != 0) &&
-        st->live.live() <= st->defer_above) {
-      FlushDeferred(ctx, st);
-    }
-    return;
+    return FinishPendingIfMayEmpty(ctx, st);
   }
   if (Context* ctx = LiveChunkOwner(p, "free")) ctx->Free(p);
 }
@@ -2705,7 +2709,7 @@ struct Freelist {
     if (kDeferFrees) out->live_bytes -= PendingLiveBytes(ctx, st);
   }
   static void ResetPeak(Context* ctx, State* st) {
-    if (kDeferFrees && st->table->deferred_count != 0) FlushDeferred(ctx, st);
+    FinishPending(ctx, st);
     st->live.ResetPeak();
   }
   static void Stats(const Context* ctx, const State* st, KindStats* out) {
