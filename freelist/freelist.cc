@@ -797,6 +797,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
 // (the context emptied: SweepEmpty).
 enum class SweepRelease { kKeep, kPurged, kWarm };
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release);
+void FlushDeferred(Context* ctx, FreelistState* st);
 void UnparkAll(FreelistState* st);
 void SweepEmpty(Context* ctx);
 
@@ -822,6 +823,14 @@ bool NewRun(Context* ctx, FreelistState* st, size_t stride, bool* refiled = null
   const size_t need = stride;
   Run r;
   bool found = FindRun(st, need, &r);
+  // The pending frees ("Deferred frees") before the context grows: one of
+  // them may serve the request, and a context at its limit that frees a
+  // chunk must get it back rather than a refusal.
+  bool flushed = false;
+  if (!found && refiled != nullptr && HasTable(st) && st->table->deferred_count != 0) {
+    FlushDeferred(ctx, st);
+    flushed = true;
+  }
   if (!found && WorthSweepingBeforeGrowth(st)) {
     Sweep(ctx, st, SweepRelease::kKeep);
     found = FindRun(st, need, &r);
@@ -830,7 +839,8 @@ bool NewRun(Context* ctx, FreelistState* st, size_t stride, bool* refiled = null
       return false;
     }
   }
-  if (!found && refiled != nullptr && HasTable(st) && st->table->parked_chunks != 0) {
+  if (!found && refiled != nullptr &&
+      (flushed || (HasTable(st) && st->table->parked_chunks != 0))) {
     *refiled = true;
     return false;
   }
@@ -1892,9 +1902,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeNow(Context* ctx, FreelistState* st
 // header, puts the chunk in the table's ring of kDeferredFrees slots, and
 // finishes the free the slot held, made kDeferredFrees frees before, whose
 // header has arrived meanwhile. A pending free is finished later, and all
-// of them at a free below the bound, a realloc and ResetPeak
-// (FlushDeferred); not at an allocation's slow path, which would pay the
-// flush at every new run for at most eight chunks' reuse. What stays true:
+// of them at a free below the bound, a realloc, ResetPeak and an
+// allocation that would otherwise take a new block (FlushDeferred); not at
+// every new run, which would pay the flush for at most eight chunks'
+// reuse. What stays true:
 //   - live_bytes is exact: Live subtracts the pending chunks. The peak
 //     counts a free from when it is finished, so it may exceed the most
 //     that was live by the pending chunks' bytes (eight chunks at most):

@@ -1125,6 +1125,41 @@ TEST_F(FreelistTest, ADeferredDoubleFreeIsReportedOnceAndChangesNothing) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// A context at its limit that frees a chunk and asks for one of the same
+// size gets it, in every build: with frees deferred (release builds, a
+// context of more than a few hundred KiB) the chunk just freed waits in
+// the ring, and a request that would otherwise need a new block finishes
+// the pending frees and looks at its lists again before the limit refuses.
+TEST_F(FreelistTest, AChunkFreedAtTheLimitServesTheNextRequest) {
+  Context* ctx = Make();
+  constexpr size_t kLimitBytes = 2 << 20;
+  constexpr size_t kSize = 300;
+  const absl::Status set = ctx->SetLimit(kLimitBytes);
+  ASSERT_TRUE(set.ok()) << set;
+  TestRng rng(47);
+  std::vector<void*> live;
+  while (void* p = ctx->TryAlloc(kSize)) {
+    Fill(p, kSize, static_cast<uint32_t>(live.size()));
+    live.push_back(p);
+  }
+  ASSERT_EQ(ctx->last_failure(), Failure::kLimit);
+  ASSERT_GT(live.size(), 1000u);
+  for (int i = 0; i < 2000; ++i) {
+    const size_t k = rng.Next() % live.size();
+    ASSERT_TRUE(Holds(live[k], kSize, static_cast<uint32_t>(k))) << "step " << i;
+    ctx->Free(live[k]);
+    live[k] = ctx->TryAlloc(kSize);
+    ASSERT_NE(live[k], nullptr) << "refused at step " << i << ", "
+                                << ctx->live_bytes() << " bytes live";
+    Fill(live[k], kSize, static_cast<uint32_t>(k));
+  }
+  for (size_t k = 0; k < live.size(); ++k) EXPECT_TRUE(Holds(live[k], kSize, static_cast<uint32_t>(k)));
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A chunk of a unit or more (4 KiB and up) whose class has no free chunk
 // takes a free one of a class up to four above, whole, rather than a new
 // one: in a wide mix of large sizes the free chunks of each class would
