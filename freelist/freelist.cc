@@ -798,6 +798,7 @@ BlockHeader* AcquirePageBlock(Context* ctx, FreelistState* st, size_t need) {
 enum class SweepRelease { kKeep, kPurged, kWarm };
 void Sweep(Context* ctx, FreelistState* st, SweepRelease release);
 void FlushDeferred(Context* ctx, FreelistState* st);
+inline void FinishPending(Context* ctx, FreelistState* st);
 void UnparkAll(FreelistState* st);
 void SweepEmpty(Context* ctx);
 
@@ -1592,6 +1593,10 @@ void* AllocDedicated(Context* ctx, FreelistState* st, size_t size) {
   // A slow path too: chunks other threads freed come back first (a program
   // of large chunks alone, or direct mode, never reaches AllocFromNewRun).
   if (st->remote.HasAny()) ReclaimRemote(ctx, st);
+  // So do the pending frees ("Deferred frees"): one of them may be a
+  // dedicated chunk, whose block would otherwise be held beside the new
+  // one, and refused by a limit that holds one.
+  FinishPending(ctx, st);
   const size_t want = kDedicatedPayload + size + (kChecking ? kCheckingTailBytes : 0);
   KindBlock* kb = AcquireKindBlock(ctx, want, kMinBlockAlignment);
   if (kb == nullptr) return nullptr;

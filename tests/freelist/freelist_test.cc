@@ -1160,6 +1160,40 @@ TEST_F(FreelistTest, AChunkFreedAtTheLimitServesTheNextRequest) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// The same for a chunk of a block of its own: a large chunk freed in a
+// context past the bound, and asked for again, gets its block back for the
+// next request rather than a refusal (the limit would hold one, not two),
+// and a context without a limit does not hold both blocks at once.
+TEST_F(FreelistTest, ADedicatedChunkFreedAtTheLimitServesTheNextRequest) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  constexpr size_t kLarge = 4 << 20;
+  TestRng rng(53);
+  std::vector<void*> small;
+  for (int i = 0; i < 4000; ++i) small.push_back(ctx->Alloc(rng.Uniform(64, 1024)));
+  const absl::Status set = ctx->SetLimit(ctx->bytes_in_blocks() + kLarge + kLarge / 2);
+  ASSERT_TRUE(set.ok()) << set;
+  for (int i = 0; i < 20; ++i) {
+    void* big = ctx->TryAlloc(kLarge);
+    ASSERT_NE(big, nullptr) << "refused at round " << i;
+    Fill(big, kLarge, static_cast<uint32_t>(i));
+    const size_t held = ctx->bytes_in_blocks();
+    ctx->Free(big);
+    // A few frees of small chunks, as a program makes between the two.
+    for (int k = 0; k < 3; ++k) {
+      const size_t j = rng.Next() % small.size();
+      ctx->Free(small[j]);
+      small[j] = ctx->Alloc(rng.Uniform(64, 1024));
+    }
+    EXPECT_LE(ctx->bytes_in_blocks(), held);
+  }
+  EXPECT_EQ(ctx->last_failure(), Failure::kNone);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A chunk of a unit or more (4 KiB and up) whose class has no free chunk
 // takes a free one of a class up to four above, whole, rather than a new
 // one: in a wide mix of large sizes the free chunks of each class would
