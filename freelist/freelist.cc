@@ -895,12 +895,18 @@ size_t Room(const FreelistState* st) { return static_cast<size_t>(st->bump_end -
 
 // The live bytes above which a free is deferred (FreelistFree, "Deferred
 // frees"): kDeferredFrees frees pending and one being made, none larger
-// than the largest class, leave a live chunk of a class when the class
-// chunks' bytes exceed theirs, so a context deferring a free cannot be
-// empty. SIZE_MAX, no deferring, while there is no table to hold them.
+// than the largest class, leave a live chunk when the context holds more
+// than theirs, so a context deferring a free cannot be empty. SIZE_MAX, no
+// deferring, while there is no table to hold them, and while a dedicated
+// chunk is live: its free gives its block back at once (a program that
+// frees a large buffer and then idles would otherwise hold the block until
+// frees that never come), and the free cannot tell it from a class chunk
+// without the header it defers reading. So every pending free is a class
+// chunk's.
 void SetDeferBound(FreelistState* st) {
   if (!kDeferFrees || !HasTable(st)) return;
-  st->defer_above = (kDeferredFrees + 1) * kMaxSizeClassBytes + st->dedicated_live;
+  st->defer_above =
+      st->dedicated_live == 0 ? (kDeferredFrees + 1) * kMaxSizeClassBytes : SIZE_MAX;
 }
 
 // Live dedicated bytes change by `delta` (a chunk's bytes as `live` counts

@@ -1194,6 +1194,37 @@ TEST_F(FreelistTest, ADedicatedChunkFreedAtTheLimitServesTheNextRequest) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// A dedicated chunk's block goes back at its free, in every build and
+// whatever else the context holds: a program that frees a large buffer and
+// then idles makes no further call that could finish a deferred free.
+TEST_F(FreelistTest, ADedicatedChunksBlockGoesBackAtItsFree) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  Context* ctx = Make();
+  constexpr size_t kLarge = 4 << 20;
+  TestRng rng(59);
+  std::vector<void*> small;
+  for (int i = 0; i < 4000; ++i) small.push_back(ctx->Alloc(rng.Uniform(64, 1024)));
+  for (int round = 0; round < 3; ++round) {
+    void* big = ctx->Alloc(kLarge);
+    ASSERT_NE(big, nullptr);
+    // Small frees on either side of it, as a program makes.
+    for (int k = 0; k < 5; ++k) {
+      const size_t j = rng.Next() % small.size();
+      ctx->Free(small[j]);
+      small[j] = ctx->Alloc(rng.Uniform(64, 1024));
+    }
+    const size_t held = ctx->bytes_in_blocks();
+    const size_t source_held = source_.live_bytes();
+    ctx->Free(big);
+    EXPECT_LE(ctx->bytes_in_blocks() + kLarge, held) << "round " << round;
+    EXPECT_LE(source_.live_bytes() + kLarge, source_held) << "round " << round;
+  }
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A chunk of a unit or more (4 KiB and up) whose class has no free chunk
 // takes a free one of a class up to four above, whole, rather than a new
 // one: in a wide mix of large sizes the free chunks of each class would
