@@ -347,16 +347,23 @@ def w8_table(memory):
         d = rows[l]
         shrinks = [r / lv for i, (r, lv) in enumerate(zip(d["phase_end_resident"], d["phase_end_live"]))
                    if i % 2 == 1 and lv]
+        # Pages holding a live byte: what the heap keeps resident at least,
+        # for where it placed the chunks (chunks never move).
+        pages = [p / lv for i, (p, lv) in enumerate(zip(d.get("phase_end_live_pages", []),
+                                                        d["phase_end_live"]))
+                 if i % 2 == 1 and lv]
         body.append([NAMES.get(l, l), fmt(d["ns_per_op"]),
                      fmt(d["resident_peak"] / 2.0 ** 20),
                      fmt(d["resident_peak"] / d["live_peak"], 3),
                      fmt(d["resident_peak"] / glibc["resident_peak"], 2) if glibc else "-",
-                     " / ".join(fmt(x, 2) for x in shrinks)])
+                     " / ".join(fmt(x, 2) for x in shrinks),
+                     " / ".join(fmt(x, 2) for x in pages) if pages else "-"])
     text = ("### W8 long-lived heap: 10^7 operations in six phases of 8..4096 B chunks (the size "
             "range changes each phase), live data grown to 64 MiB, shrunk to a tenth, three "
             "times; resident bytes from /proc/self/statm in a fresh child process\n\n" +
             table(["contender", "ns/op", "peak resident MiB", "peak resident / live peak",
-                   "peak resident vs glibc", "resident / live after each shrink"], body))
+                   "peak resident vs glibc", "resident / live after each shrink",
+                   "pages holding live bytes / live after each shrink"], body))
     series = {l: d["samples"] for l, d in rows.items()}
     return text, series
 

@@ -729,7 +729,8 @@ std::string MeasureW8() {
   LiveSet set(kW8MaxLiveChunks);
   std::vector<W8Sample> samples;
   samples.reserve(kW8Ops / kW8SampleEvery + kW8Phases + 2);
-  std::vector<size_t> phase_end_resident, phase_end_live;
+  std::vector<size_t> phase_end_resident, phase_end_live, phase_end_live_pages;
+  std::chrono::steady_clock::duration counting{};  // LivePageBytes, not timed
   Rng rng(kSeed ^ 8);
   auto* a = new typename C::Arena();
   const size_t before = ResidentBytes();
@@ -756,10 +757,13 @@ std::string MeasureW8() {
       const size_t r = samples.empty() ? 0 : samples.back().resident;
       phase_end_resident.push_back(r);
       phase_end_live.push_back(set.live());
+      const auto counting_start = std::chrono::steady_clock::now();
+      phase_end_live_pages.push_back(set.LivePageBytes());
+      counting += std::chrono::steady_clock::now() - counting_start;
     }
   }
   const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start - counting).count();
   benchmark::DoNotOptimize(set.sum());
   const size_t live_peak = set.live_peak();
   std::string line;
@@ -778,6 +782,11 @@ std::string MeasureW8() {
   line += "], \"phase_end_resident\": [";
   for (size_t i = 0; i < phase_end_resident.size(); ++i) {
     std::snprintf(buf, sizeof buf, "%s%zu", i ? ", " : "", phase_end_resident[i]);
+    line += buf;
+  }
+  line += "], \"phase_end_live_pages\": [";
+  for (size_t i = 0; i < phase_end_live_pages.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s%zu", i ? ", " : "", phase_end_live_pages[i]);
     line += buf;
   }
   line += "], \"samples\": [";
