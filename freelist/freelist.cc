@@ -1929,7 +1929,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeNow(Context* ctx, FreelistState* st
 //   - no allocation hands out a pending chunk: it is on no list.
 //   - a bad free (a double free, a pointer that is not a chunk) is
 //     reported when it is finished: within the context's next
-//     kDeferredFrees frees or at its next realloc or ResetPeak, and a
+//     kDeferredFrees frees or at its next realloc, ResetPeak or
+//     allocation that takes a new block, and a
 //     double free of a chunk still pending is reported at the second's
 //     turn.
 
