@@ -1153,11 +1153,29 @@ TEST_F(FreelistTest, AChunkFreedAtTheLimitServesTheNextRequest) {
                                 << ctx->live_bytes() << " bytes live";
     Fill(live[k], kSize, static_cast<uint32_t>(k));
   }
-  for (size_t k = 0; k < live.size(); ++k) EXPECT_TRUE(Holds(live[k], kSize, static_cast<uint32_t>(k)));
+  for (size_t k = 0; k < live.size(); ++k) {
+    EXPECT_TRUE(Holds(live[k], kSize, static_cast<uint32_t>(k)));
+  }
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// Small chunks past the deferral bound (release builds), and a few of them
+// replaced, as a program frees and allocates between its large requests.
+std::vector<void*> SmallChunksPastTheBound(Context* ctx, TestRng* rng) {
+  constexpr int kChunks = 4000;  // about 2 MB of 64..1024 B
+  std::vector<void*> small;
+  for (int i = 0; i < kChunks; ++i) small.push_back(ctx->Alloc(rng->Uniform(64, 1024)));
+  return small;
+}
+void ReplaceSome(Context* ctx, TestRng* rng, std::vector<void*>* small, int n) {
+  for (int k = 0; k < n; ++k) {
+    const size_t j = rng->Next() % small->size();
+    ctx->Free((*small)[j]);
+    (*small)[j] = ctx->Alloc(rng->Uniform(64, 1024));
+  }
 }
 
 // The same for a chunk of a block of its own: a large chunk freed in a
@@ -1169,8 +1187,7 @@ TEST_F(FreelistTest, ADedicatedChunkFreedAtTheLimitServesTheNextRequest) {
   Context* ctx = Make();
   constexpr size_t kLarge = 4 << 20;
   TestRng rng(53);
-  std::vector<void*> small;
-  for (int i = 0; i < 4000; ++i) small.push_back(ctx->Alloc(rng.Uniform(64, 1024)));
+  std::vector<void*> small = SmallChunksPastTheBound(ctx, &rng);
   const absl::Status set = ctx->SetLimit(ctx->bytes_in_blocks() + kLarge + kLarge / 2);
   ASSERT_TRUE(set.ok()) << set;
   for (int i = 0; i < 20; ++i) {
@@ -1179,12 +1196,7 @@ TEST_F(FreelistTest, ADedicatedChunkFreedAtTheLimitServesTheNextRequest) {
     Fill(big, kLarge, static_cast<uint32_t>(i));
     const size_t held = ctx->bytes_in_blocks();
     ctx->Free(big);
-    // A few frees of small chunks, as a program makes between the two.
-    for (int k = 0; k < 3; ++k) {
-      const size_t j = rng.Next() % small.size();
-      ctx->Free(small[j]);
-      small[j] = ctx->Alloc(rng.Uniform(64, 1024));
-    }
+    ReplaceSome(ctx, &rng, &small, 3);
     EXPECT_LE(ctx->bytes_in_blocks(), held);
   }
   EXPECT_EQ(ctx->last_failure(), Failure::kNone);
@@ -1202,17 +1214,11 @@ TEST_F(FreelistTest, ADedicatedChunksBlockGoesBackAtItsFree) {
   Context* ctx = Make();
   constexpr size_t kLarge = 4 << 20;
   TestRng rng(59);
-  std::vector<void*> small;
-  for (int i = 0; i < 4000; ++i) small.push_back(ctx->Alloc(rng.Uniform(64, 1024)));
+  std::vector<void*> small = SmallChunksPastTheBound(ctx, &rng);
   for (int round = 0; round < 3; ++round) {
     void* big = ctx->Alloc(kLarge);
     ASSERT_NE(big, nullptr);
-    // Small frees on either side of it, as a program makes.
-    for (int k = 0; k < 5; ++k) {
-      const size_t j = rng.Next() % small.size();
-      ctx->Free(small[j]);
-      small[j] = ctx->Alloc(rng.Uniform(64, 1024));
-    }
+    ReplaceSome(ctx, &rng, &small, 5);
     const size_t held = ctx->bytes_in_blocks();
     const size_t source_held = source_.live_bytes();
     ctx->Free(big);
