@@ -650,7 +650,9 @@ TEST(ContextDeathTest, DestroyDuringOwnTeardownIsReported) {
 // is in a side record, made on first use and counted where limits count.
 TEST(ContextLayoutTest, HeaderIsSmallAndTheSideRecordIsMadeOnDemand) {
   if (internal::kDirect) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
-  if (!internal::kChecking) EXPECT_LE(sizeof(Context), 96u);
+  if (!internal::kChecking) {
+    EXPECT_LE(sizeof(Context), 96u);
+  }
   CountingBlockSource source;
   ContextOptions o;
   o.block_source = &source;
