@@ -1068,6 +1068,14 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
         MarkLive(p, size, stride - kHeaderBytes, PendingSite(ctx));
         return p;
       }
+      // Or, for a chunk of a unit or more, one of a class just above that
+      // the sweep made or a finished free filed.
+      if (c >= kFirstReuseUpClass) p = TakeFromClassAbove(st, c);
+      if (p != nullptr) {
+        MarkLive(p, size, Stride(ChunkHeaderValue(ReadChunkHeader(p))) - kHeaderBytes,
+                 PendingSite(ctx));
+        return p;
+      }
       if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
     }
   }
@@ -1838,18 +1846,15 @@ inline void FinishPending(Context* ctx, FreelistState* st) {
   if (kDeferFrees && ABSL_PREDICT_FALSE(st->table->deferred_count != 0)) FlushDeferred(ctx, st);
 }
 
-// The same once the context may be empty (its live bytes at or below the
-// bound), after a free that did not go through FreeOwned lowered them: the
-// last pending free to finish then sees the context empty.
-inline void FinishPendingIfMayEmpty(Context* ctx, FreelistState* st) {
-  if (kDeferFrees && st->live.live() <= st->defer_above) FinishPending(ctx, st);
-}
-
 // Takes back what other threads freed: each chunk as its owner's free.
 // With a table, the chunks of blocks are filed in one pass and counted
 // once (the live bytes and the sweep's countdown), the sweep, if one came
 // due, after the last; without one, each goes the owner's way.
 void ReclaimRemote(Context* ctx, FreelistState* st) {
+  // The owner's pending frees first: one may be of a chunk another thread
+  // freed too, which then reads free and is reported, before the chunk is
+  // filed and handed out again.
+  FinishPending(ctx, st);
   void* p = st->remote.TakeAll();
   const bool batch = HasTable(st);
   size_t freed_bytes = 0;
@@ -1885,7 +1890,6 @@ void ReclaimRemote(Context* ctx, FreelistState* st) {
   }
   if (freed == 0) return;
   st->live.Remove(freed_bytes);
-  FinishPendingIfMayEmpty(ctx, st);
   if ((st->sweep_countdown -= freed) <= 0) return Sweep(ctx, st, SweepRelease::kPurged);
   if (st->live.Empty()) SweepEmpty(ctx);
 }
@@ -1954,11 +1958,30 @@ ABSL_ATTRIBUTE_NOINLINE void FlushDeferred(Context* ctx, FreelistState* st) {
   }
 }
 
+// Whether `p`'s free is pending: a compare and a branch per slot, never
+// taken but for a double free (a loop or a branchless fold of the compares
+// costs several times more instructions).
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool IsPending(const FreeTable* t, const void* p) {
+  static_assert(kDeferredFrees == 8, "one compare per slot below");
+  const void* const* d = t->deferred;
+  return d[0] == p || d[1] == p || d[2] == p || d[3] == p || d[4] == p || d[5] == p ||
+         d[6] == p || d[7] == p;
+}
+
+ABSL_ATTRIBUTE_NOINLINE void ReportPendingDoubleFree(Context* ctx, void* p) {
+  ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+}
+
 // Puts `p` in the ring and finishes the free its slot held. No empty test:
 // above defer_above the context keeps a live chunk.
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void DeferFree(Context* ctx, FreelistState* st, void* p) {
   FreeTable* t = st->table;
   __builtin_prefetch(static_cast<char*>(p) - sizeof(uint64_t), 1);
+  // A chunk whose free is pending, freed again: reported now, as the free
+  // bit would be. Left in the ring, the first free could be finished and
+  // the chunk handed out again before the second's turn, which would then
+  // file a live chunk. The slots are one cache line, in hand.
+  if (ABSL_PREDICT_FALSE(IsPending(t, p))) return ReportPendingDoubleFree(ctx, p);
   // The slot as a byte offset: one add and one mask to the next.
   const uint32_t at = t->deferred_next;
   char* slot = reinterpret_cast<char*>(t->deferred) + at;
@@ -2605,7 +2628,7 @@ size_t ChunkFreeSize(const void* p) {
 // or aligned chunk, a freed one, a bad pointer) goes through the owner's
 // Free, which sorts and reports it.
 void FreeChunk(void* p) {
-  const uint64_t h = ReadChunkHeader(p);
+  uint64_t h = ReadChunkHeader(p);
   if (ABSL_PREDICT_TRUE((h & kFastMask) == kFastExpect)) {
     Context* ctx = BlockOfDesc(DescOf(p, h))->link.owner;
     FreelistState* st = StateOf(ctx);
@@ -2614,9 +2637,15 @@ void FreeChunk(void* p) {
       st->remote.Push(p);
       return;
     }
-    // The header is in hand: nothing to gain by deferring.
-    FileFree(ctx, st, p, h);
-    return FinishPendingIfMayEmpty(ctx, st);
+    // The header is in hand: nothing to gain by deferring. The pending
+    // frees are finished first: one may be this chunk's, and the header
+    // then says free.
+    if (kDeferFrees && ABSL_PREDICT_FALSE(st->table->deferred_count != 0)) {
+      FlushDeferred(ctx, st);
+      h = ReadChunkHeader(p);
+      if ((h & kFastMask) != kFastExpect) return FreeSlow(ctx, p, h);
+    }
+    return FileFree(ctx, st, p, h);
   }
   if (Context* ctx = LiveChunkOwner(p, "free")) ctx->Free(p);
 }
@@ -2624,8 +2653,9 @@ void FreeChunk(void* p) {
 const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSize, &FreeChunk};
 
 // The live bytes of the chunks whose frees are pending, as finishing them
-// would count them: a chunk pending twice (a double free) or that is not a
-// live chunk of `ctx` counts nothing, as its free will change nothing.
+// would count them: a pointer whose header is not a live chunk's counts
+// nothing, as finishing its free reports it and changes nothing. (A chunk
+// is pending once at most: DeferFree reports a second free at once.)
 size_t PendingLiveBytes(const Context* ctx, const FreelistState* st) {
   const FreeTable* t = st->table;
   if (t->deferred_count == 0) return 0;
