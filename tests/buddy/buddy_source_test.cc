@@ -214,7 +214,9 @@ TEST_P(BuddySplitTest, RandomRunAgainstAModel) {
         ASSERT_EQ(reinterpret_cast<uintptr_t>(b.ptr) % alignment, 0u);
         const uintptr_t p = reinterpret_cast<uintptr_t>(b.ptr);
         auto after = live.lower_bound(p);
-        if (after != live.end()) ASSERT_LE(p + b.size, after->first);
+        if (after != live.end()) {
+          ASSERT_LE(p + b.size, after->first);
+        }
         if (after != live.begin()) {
           auto before = std::prev(after);
           ASSERT_LE(before->first + before->second.first, p);

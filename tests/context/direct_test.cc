@@ -42,7 +42,10 @@ TEST_P(DirectTest, EveryChunkIsABlockOwnedByItsContext) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(b) % 256, 0u);
   EXPECT_EQ(source.live_blocks(), first + 2);
   EXPECT_EQ(ctx->num_blocks(), 3u);
-  if (!pool) EXPECT_EQ(GetChunkContext(a), ctx);  // pool chunks have no header
+  // pool chunks have no header
+  if (!pool) {
+    EXPECT_EQ(GetChunkContext(a), ctx);
+  }
   EXPECT_GE(ctx->ChunkSize(a), 10u);
   a = static_cast<char*>(ctx->Realloc(a, 10, 5000));
   EXPECT_STREQ(a, "123456789");

@@ -1108,7 +1108,9 @@ ABSL_ATTRIBUTE_NOINLINE void RunFailCase(const FailCase& fc, Exit exit, KindId k
 
   // Usable: every entry point works once the failure is gone.
   ExerciseOtherContexts(&source, k);
-  if (capacity) ASSERT_TRUE(ctx->SetLimit(kNoLimit).ok());
+  if (capacity) {
+    ASSERT_TRUE(ctx->SetLimit(kNoLimit).ok());
+  }
   EXPECT_NE(ctx->Alloc(1000), nullptr);
   EXPECT_NE(ctx->AllocAligned(100, 256), nullptr);
   EXPECT_NE(ctx->Strdup("still here"), nullptr);
@@ -1284,7 +1286,9 @@ ABSL_ATTRIBUTE_NOINLINE void RunConstructorCase(Ctor c, int finish, Exit exit, K
   }
   HeapCount heap = StopCountingHeap();
   // (Direct mode: every chunk is an allocation of the system's own.)
-  if (!internal::kDirect) EXPECT_EQ(heap.news, 0);
+  if (!internal::kDirect) {
+    EXPECT_EQ(heap.news, 0);
+  }
   ExpectCheck(ctx);
   ExerciseOtherContexts(&source, k);
   // Registration goes on after the exit, the records are sound.
@@ -1317,7 +1321,9 @@ ABSL_ATTRIBUTE_NOINLINE void RunConstructorCase(Ctor c, int finish, Exit exit, K
   }
   ExpectCheck(parent);
   HandOffAndDestroy(parent, k);
-  if (finish == 1 || finish == 2) EXPECT_EQ(g_destroyed, std::vector<int>{4});
+  if (finish == 1 || finish == 2) {
+    EXPECT_EQ(g_destroyed, std::vector<int>{4});
+  }
   EXPECT_EQ(g_exploding_destroyed, 0);
   EXPECT_EQ(source.live_blocks(), 0);
 }

@@ -89,7 +89,9 @@ TEST_P(PressureTest, CallsBackOnceBeforeCrossingThenProceeds) {
   for (int i = 0; i < 100; ++i) top->Alloc(1000);
   EXPECT_GT(seen.calls, calls);
   EXPECT_LE(seen.calls, calls + 100);  // 100 only in direct mode: a block per chunk
-  if (!kDirectBuild) EXPECT_LT(seen.calls, calls + 100);
+  if (!kDirectBuild) {
+    EXPECT_LT(seen.calls, calls + 100);
+  }
   std::string error;
   EXPECT_TRUE(top->Check(&error)) << error;
   top->Destroy();

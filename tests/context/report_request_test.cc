@@ -107,7 +107,10 @@ TEST(ReportRequestTest, AnsweredAtTheNextBlockAcquisition) {
     std::memset(work->Alloc(500), 7, 500);
     ++allocs;
   }
-  if (!kDirectBuild) EXPECT_GT(allocs, 1);  // direct mode: every chunk is a block
+  // direct mode: every chunk is a block
+  if (!kDirectBuild) {
+    EXPECT_GT(allocs, 1);
+  }
   EXPECT_EQ(target.Wait(kNoWait), RequestStatus::kDone);
   EXPECT_EQ(target.Take(), before);  // written before the new block
   EXPECT_EQ(work->last_failure(), Failure::kNone);

@@ -90,7 +90,9 @@ TEST_F(SavepointTest, RewindReleasesEverythingSinceAndKeepsWhatCameBefore) {
     // direct mode every chunk is a block of its own, from the source).
     void* first = ctx->Alloc(100);
     if (round == 0) first_after = first;
-    if (!kDirectBuild) EXPECT_EQ(first, first_after) << "round " << round;
+    if (!kDirectBuild) {
+      EXPECT_EQ(first, first_after) << "round " << round;
+    }
     for (uint32_t i = 1; i < 5000; ++i) {
       const size_t n = i % 50 == 0 ? 20000 : 1 + i % 500;
       void* p = i % 13 == 0 ? ctx->AllocAligned(n, 256) : ctx->Alloc(n);

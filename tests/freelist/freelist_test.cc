@@ -1284,7 +1284,9 @@ TEST_F(FreelistTest, ADeferredDoubleFreeReportedByAnAllocationLeavesItUsable) {
   EXPECT_EQ(deferred_reports, 1);
   EXPECT_EQ(big, nullptr);  // left by the jump
   // (In direct mode the first free gave its block back.)
-  if (!kDirectBuild) EXPECT_EQ(ctx->bytes_in_blocks(), blocks);
+  if (!kDirectBuild) {
+    EXPECT_EQ(ctx->bytes_in_blocks(), blocks);
+  }
   std::string error;
   EXPECT_TRUE(ctx->Check(&error)) << error;
   big = ctx->Alloc(kLarge);
@@ -1993,7 +1995,9 @@ TEST_F(FreelistTest, LiveBytesFollowTheChunksAgainstAModel) {
       const size_t got = ctx->live_bytes() + old - before;
       EXPECT_GE(got, size);
       const bool dedicated = !classes || size > o.chunk_limit;
-      if (!dedicated) EXPECT_EQ(got, SizeClassBytes(SizeClassOf(got)));
+      if (!dedicated) {
+        EXPECT_EQ(got, SizeClassBytes(SizeClassOf(got)));
+      }
       // A move into a new chunk holds both for a moment, and the peak says
       // so; a dedicated block resized by its source does not.
       if (q != p && !(was_dedicated && dedicated)) model.HeldBoth(before, got);

@@ -117,7 +117,9 @@ TEST(RemoteFreeTest, AdoptedContextFreesLocally) {
     mcx::Free(p);
     // Freed locally: the next allocation of the class reuses it at once
     // (in direct mode its block went back at once).
-    if (!internal::kDirect) EXPECT_EQ(ctx->Alloc(32), p);
+    if (!internal::kDirect) {
+      EXPECT_EQ(ctx->Alloc(32), p);
+    }
     ctx->Destroy();
   }).join();
 }

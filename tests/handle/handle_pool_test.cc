@@ -493,7 +493,9 @@ TEST_F(HandlePoolTest, FreeSlotsArePoisonedAndClobbered) {
   void* slot = pool->Get(h);
   std::memset(slot, 0x11, 32);
   pool->Free(h);
-  if (internal::kAddressSanitizer) EXPECT_TRUE(internal::IsPoisoned(slot, 32));
+  if (internal::kAddressSanitizer) {
+    EXPECT_TRUE(internal::IsPoisoned(slot, 32));
+  }
   if (internal::kChecking) {
     unsigned char byte;
     internal::CopyFromPoisoned(&byte, slot, 1);

@@ -88,7 +88,9 @@ TEST(SlabRemoteFreeTest, OwnerReusesSlotsAnotherThreadFreed) {
       EXPECT_EQ(after.free_bytes, full.free_bytes + (freed.size() - 1) * stride);
     }
   }
-  if (!kDirect) EXPECT_EQ(reused.size(), freed.size());
+  if (!kDirect) {
+    EXPECT_EQ(reused.size(), freed.size());
+  }
   EXPECT_EQ(source.live_blocks(), blocks);
   ExpectSameCounters(GetCounters(ctx), full);
   EXPECT_TRUE(ctx->Check(&error)) << error;
@@ -105,7 +107,9 @@ TEST(SlabRemoteFreeTest, AdoptedContextFreesLocally) {
     ctx->Free(p);
     // An ordinary free: the next allocation reuses the slot at once.
     void* q = ctx->Alloc(32);
-    if (!kDirect) EXPECT_EQ(q, p);
+    if (!kDirect) {
+      EXPECT_EQ(q, p);
+    }
     ctx->Destroy();
   }).join();
 }
@@ -172,7 +176,9 @@ TEST(SlabRemoteFreeTest, ConstructedObjectsKeepTheirStateAcrossARemoteFree) {
     EXPECT_EQ(n->payload[0], static_cast<char>(index + 1));
     EXPECT_EQ(n->payload[sizeof(n->payload) - 1], static_cast<char>(index + 1));
   }
-  if (!kDirect) EXPECT_EQ(calls.constructed, constructed);
+  if (!kDirect) {
+    EXPECT_EQ(calls.constructed, constructed);
+  }
   // Pending remote frees at the destroy: no live cleanup for them, the
   // destructor once on every slot ever constructed.
   std::vector<Node*> live;
