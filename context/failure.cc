@@ -74,6 +74,16 @@ void ReportMisuse(const char* format, ...) {
   va_start(args, format);
   std::vsnprintf(line, sizeof(line), format, args);
   va_end(args);
+  // The handler may leave by longjmp, past the scope of an allocation's
+  // retry after a pressure callback (pressure.cc, PassedScope), whose
+  // record of the soft limits passed would then outlive the call and
+  // silence those limits on this thread. A report inside a retry (a kind
+  // finishing a free deferred by the callback) clears it first. A handler
+  // that returns leaves the rest of that retry without it (a limit it
+  // passed may call back once more), and the scope's end restores what
+  // was before.
+  ledger_refusal.passed = nullptr;
+  ledger_refusal.passed_budget = nullptr;
   misuse_handler.load()(line);
 }
 

@@ -221,6 +221,53 @@ TEST_P(PressureTest, LongjmpFromCallbackLeavesTheTreeConsistent) {
   top->Destroy();
 }
 
+// A misuse report made inside the allocation's retry after a callback (a
+// freelist context past its deferral bound finishes a free the callback
+// made there) whose handler leaves by longjmp: the soft limit, set again,
+// calls back again on this thread. The retry's record of the limits it
+// passed must not outlive the jump.
+std::jmp_buf misuse_jump;
+void* bad_free_on_call = nullptr;
+
+void FreeBadly(const PressureInfo& info) {
+  ++static_cast<Seen*>(info.arg)->calls;
+  info.limited->Free(bad_free_on_call);
+}
+
+TEST(PressureMisuseTest, ALongjmpFromAReportInTheRetryLeavesTheLimitArmed) {
+  Context* top = Context::Create(nullptr, "top", FreelistKind());
+  std::vector<char*> live;
+  for (int i = 0; i < 4000; ++i) {
+    live.push_back(static_cast<char*>(top->Alloc(500)));
+    std::memset(live.back(), 0, 500);  // no chunk header inside
+  }
+  top->Free(live.back());  // the free table, made at the next new run
+  live.pop_back();
+  for (int i = 0; i < 100; ++i) live.push_back(static_cast<char*>(top->Alloc(500)));
+  bad_free_on_call = live[0] + 64;  // inside a chunk: not one
+  Seen seen;
+  ASSERT_EQ(top->TrySetSoftLimit(top->SubtreeBytes() + 1, &FreeBadly, &seen), Failure::kNone);
+  const MisuseHandler previous = SetMisuseHandler([](const char*) {
+    std::longjmp(misuse_jump, 1);
+  });
+  volatile int reports = 0;
+  if (setjmp(misuse_jump) == 0) {
+    while (seen.calls == 0) top->Alloc(500);
+    top->Alloc(500);  // a checking build reported in the callback already
+  } else {
+    ++reports;
+  }
+  SetMisuseHandler(previous);
+  EXPECT_EQ(reports, 1);
+  std::string error;
+  EXPECT_TRUE(top->Check(&error)) << error;
+  Seen again;
+  ASSERT_EQ(top->TrySetSoftLimit(top->SubtreeBytes() + 1, &Record, &again), Failure::kNone);
+  for (int i = 0; i < 1000 && again.calls == 0; ++i) top->Alloc(500);
+  EXPECT_EQ(again.calls, 1);
+  top->Destroy();
+}
+
 // One block crossing two soft limits calls the nearer first, then the
 // outer one on the retry, each once.
 TEST_P(PressureTest, NestedSoftLimitsEachCallOnce) {
