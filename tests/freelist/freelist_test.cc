@@ -1366,29 +1366,31 @@ void FreeTwiceWhilePending(Context* ctx, SecondFree how) {
   EXPECT_EQ(ctx->live_bytes(), 0u);
 }
 
-TEST_F(FreelistTest, AChunkFreedTwiceWhilePendingIsReportedAndHandedOutOnce) {
+class FreedTwiceWhilePendingTest : public FreelistTest,
+                                   public ::testing::WithParamInterface<SecondFree> {};
+
+TEST_P(FreedTwiceWhilePendingTest, IsReportedAndHandedOutOnce) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode the first free gives the block back";
   Context* ctx = Make();
-  FreeTwiceWhilePending(ctx, SecondFree::kContext);
+  FreeTwiceWhilePending(ctx, GetParam());
   ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
-TEST_F(FreelistTest, AChunkFreedByMcxFreeWhilePendingIsReportedAndHandedOutOnce) {
-  if (kDirectBuild) GTEST_SKIP() << "in direct mode the first free gives the block back";
-  Context* ctx = Make();
-  FreeTwiceWhilePending(ctx, SecondFree::kChunk);
-  ctx->Destroy();
-  EXPECT_EQ(source_.live_blocks(), 0);
-}
-
-TEST_F(FreelistTest, AChunkFreedElsewhereWhilePendingIsReportedAndHandedOutOnce) {
-  if (kDirectBuild) GTEST_SKIP() << "in direct mode the first free gives the block back";
-  Context* ctx = Make();
-  FreeTwiceWhilePending(ctx, SecondFree::kOtherThread);
-  ctx->Destroy();
-  EXPECT_EQ(source_.live_blocks(), 0);
-}
+INSTANTIATE_TEST_SUITE_P(SecondFrees, FreedTwiceWhilePendingTest,
+                         ::testing::Values(SecondFree::kContext, SecondFree::kChunk,
+                                           SecondFree::kOtherThread),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case SecondFree::kContext:
+                               return "ThroughTheContext";
+                             case SecondFree::kChunk:
+                               return "ThroughMcxFree";
+                             case SecondFree::kOtherThread:
+                               return "FromAnotherThread";
+                           }
+                           return "Unknown";
+                         });
 
 // A chunk of a unit or more (4 KiB and up) whose class has no free chunk
 // takes a free one of a class up to four above, whole, rather than a new
