@@ -1934,9 +1934,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void FreeNow(Context* ctx, FreelistState* st
 //   - a bad free (a double free, a pointer that is not a chunk) is
 //     reported when it is finished: within the context's next
 //     kDeferredFrees frees or at its next realloc, ResetPeak or
-//     allocation that takes a new block, and a
-//     double free of a chunk still pending is reported at the second's
-//     turn.
+//     allocation that takes a new block; a second free of a chunk still
+//     pending is reported at once (IsPending).
 
 // FreeTable::deferred_next is the byte offset of the next slot.
 static_assert((kDeferredFrees & (kDeferredFrees - 1)) == 0, "the ring wraps by a mask");
