@@ -1010,6 +1010,13 @@ void* TakeFromClassAbove(FreelistState* st, size_t c) {
 // free never acquires a block. Otherwise a new run (NewRun).
 void ReclaimRemote(Context* ctx, FreelistState* st);
 
+// A chunk TakeFromClassAbove handed out, live for `size` bytes: usable to
+// the end of its own class.
+void* MarkTakenLive(Context* ctx, void* p, size_t size) {
+  MarkLive(p, size, Stride(ChunkHeaderValue(ReadChunkHeader(p))) - kHeaderBytes, PendingSite(ctx));
+  return p;
+}
+
 ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, size_t size,
                                               size_t c) {
   const size_t stride = Stride(c);
@@ -1046,11 +1053,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
     }
   }
   if (c >= kFirstReuseUpClass && HasTable(st)) {
-    if (void* p = TakeFromClassAbove(st, c); p != nullptr) {
-      MarkLive(p, size, Stride(ChunkHeaderValue(ReadChunkHeader(p))) - kHeaderBytes,
-               PendingSite(ctx));
-      return p;
-    }
+    if (void* p = TakeFromClassAbove(st, c); p != nullptr) return MarkTakenLive(ctx, p, size);
   }
   if (stride > Room(st)) {
     bool refiled = false;
@@ -1071,11 +1074,7 @@ ABSL_ATTRIBUTE_NOINLINE void* AllocFromNewRun(Context* ctx, FreelistState* st, s
       // Or, for a chunk of a unit or more, one of a class just above that
       // the sweep made or a finished free filed.
       if (c >= kFirstReuseUpClass) p = TakeFromClassAbove(st, c);
-      if (p != nullptr) {
-        MarkLive(p, size, Stride(ChunkHeaderValue(ReadChunkHeader(p))) - kHeaderBytes,
-                 PendingSite(ctx));
-        return p;
-      }
+      if (p != nullptr) return MarkTakenLive(ctx, p, size);
       if (stride > Room(st) && !NewRun(ctx, st, stride)) return nullptr;
     }
   }
@@ -1721,6 +1720,11 @@ void FreeDedicated(Context* ctx, FreelistState* st, void* p, uint64_t h) {
 void FreeNow(Context* ctx, FreelistState* st, void* p);
 void FreeParked(Context* ctx, void* p, uint64_t h);
 
+// A free of a chunk that is free already, or whose free is pending.
+ABSL_ATTRIBUTE_NOINLINE void ReportDoubleFree(Context* ctx, void* p) {
+  ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+}
+
 // Everything but the common case: dedicated chunks, aligned chunks, and
 // every kind of bad pointer.
 ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
@@ -1732,7 +1736,7 @@ ABSL_ATTRIBUTE_NOINLINE void FreeSlow(Context* ctx, void* p, uint64_t h) {
   if (kind == kChunkKindAlignedRedirect) return FreeNow(ctx, StateOf(ctx), AlignedRedirectTarget(p));
   if (kind != kChunkKindFreelist) return ReportBadChunk(p, "free");
   if (ChunkHeaderIsFree(h)) {
-    return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+    return ReportDoubleFree(ctx, p);
   }
   if (!VerifyLiveChunk(ctx, p, h, "free")) return;
   FreeDedicated(ctx, StateOf(ctx), p, h);
@@ -1829,7 +1833,7 @@ ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, void* p) {
   const unsigned kind = ChunkHeaderKind(h);
   if (kind == kChunkKindFreelist) {
     if (ChunkHeaderIsFree(h)) {
-      return ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
+      return ReportDoubleFree(ctx, p);
     }
     if (!VerifyLiveChunk(ctx, p, h, "free")) return;
     WriteChunkHeader(p, h | kChunkFreeBit | kRemoteFreeBit);
@@ -1967,10 +1971,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool IsPending(const FreeTable* t, const voi
          d[6] == p || d[7] == p;
 }
 
-ABSL_ATTRIBUTE_NOINLINE void ReportPendingDoubleFree(Context* ctx, void* p) {
-  ReportMisuse("double free of chunk %p in context '%s'", p, ctx->name());
-}
-
 // Puts `p` in the ring and finishes the free its slot held. No empty test:
 // above defer_above the context keeps a live chunk.
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void DeferFree(Context* ctx, FreelistState* st, void* p) {
@@ -1980,7 +1980,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void DeferFree(Context* ctx, FreelistState* 
   // bit would be. Left in the ring, the first free could be finished and
   // the chunk handed out again before the second's turn, which would then
   // file a live chunk. The slots are one cache line, in hand.
-  if (ABSL_PREDICT_FALSE(IsPending(t, p))) return ReportPendingDoubleFree(ctx, p);
+  if (ABSL_PREDICT_FALSE(IsPending(t, p))) return ReportDoubleFree(ctx, p);
   // The slot as a byte offset: one add and one mask to the next.
   const uint32_t at = t->deferred_next;
   char* slot = reinterpret_cast<char*>(t->deferred) + at;
@@ -2653,8 +2653,10 @@ const ChunkKindMethods kChunkMethods = {"freelist", &ChunkContext, &ChunkFreeSiz
 
 // The live bytes of the chunks whose frees are pending, as finishing them
 // would count them: a pointer whose header is not a live chunk's counts
-// nothing, as finishing its free reports it and changes nothing. (A chunk
-// is pending once at most: DeferFree reports a second free at once.)
+// nothing, as finishing its free reports it and changes nothing. A
+// pointer is pending once at most (DeferFree reports a second free at
+// once); an aligned chunk and its real chunk both pending, a misuse, count
+// the chunk once.
 size_t PendingLiveBytes(const Context* ctx, const FreelistState* st) {
   const FreeTable* t = st->table;
   if (t->deferred_count == 0) return 0;
