@@ -2605,13 +2605,22 @@ void FreelistInspect(const Context* ctx, const FreelistState* st, InspectVisitor
 
 // --- Context-free entry points (mcx::Free and friends) ------------------------------
 
+// A chunk whose free is pending ("Deferred frees") reads as free, as it
+// will once its free is finished: its header does not say so yet, so the
+// owner's ring is asked. Only by the owning thread, the one that writes
+// the ring; another thread sees the header alone.
 Context* LiveChunkOwner(const void* p, const char* operation) {
   uint64_t h = ReadChunkHeader(p);
-  if (ChunkHeaderIsFree(h)) {
-    ReportMisuse("cannot %s chunk %p: it was already freed", operation, p);
-    return nullptr;
+  Context* ctx = ChunkHeaderIsFree(h) ? nullptr : OwnerOf(p, h);
+  if (kDeferFrees && ctx != nullptr) {
+    const FreelistState* st = StateOf(ctx);
+    if (!st->remote.FromOtherThread() && st->table->deferred_count != 0 &&
+        IsPending(st->table, p)) {
+      ctx = nullptr;
+    }
   }
-  return OwnerOf(p, h);
+  if (ctx == nullptr) ReportMisuse("cannot %s chunk %p: it was already freed", operation, p);
+  return ctx;
 }
 
 Context* ChunkContext(const void* p) { return LiveChunkOwner(p, "find the context of"); }

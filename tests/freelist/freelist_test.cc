@@ -1392,6 +1392,45 @@ INSTANTIATE_TEST_SUITE_P(SecondFrees, FreedTwiceWhilePendingTest,
                            return "Unknown";
                          });
 
+// A chunk just freed reads as freed to GetChunkSize and GetChunkContext
+// (a misuse report, 0 and nullptr) in every build: also while its free is
+// pending in a context this large, where its header does not say so yet.
+// Another thread, which cannot read the owner's pending frees, asks after
+// they are finished.
+TEST_F(FreelistTest, AChunkJustFreedReadsAsFreedToItsQueries) {
+  Context* ctx = Make();
+  constexpr size_t kSize = 200, kChunks = 5000;
+  std::vector<void*> live;
+  for (size_t i = 0; i < kChunks; ++i) live.push_back(ctx->Alloc(kSize));
+  ctx->Free(live.back());  // the free table, made at the next slow path
+  live.pop_back();
+  live.push_back(ctx->Alloc(kSize));
+  static int reports;
+  reports = 0;
+  const MisuseHandler previous = SetMisuseHandler([](const char* message) {
+    if (std::strstr(message, "already freed") != nullptr) ++reports;
+  });
+  for (int i = 0; i < 3; ++i) {
+    void* p = live.back();
+    live.pop_back();
+    ctx->Free(p);
+    EXPECT_EQ(GetChunkSize(p), 0u) << "free " << i;
+    EXPECT_EQ(GetChunkContext(p), nullptr) << "free " << i;
+    EXPECT_EQ(reports, 2 * (i + 1)) << "free " << i;
+  }
+  void* q = live.back();
+  EXPECT_GE(GetChunkSize(q), kSize);
+  EXPECT_EQ(GetChunkContext(q), ctx);
+  EXPECT_EQ(reports, 6);
+  SetMisuseHandler(previous);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  for (void* p : live) ctx->Free(p);
+  EXPECT_EQ(ctx->live_bytes(), 0u);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A chunk of a unit or more (4 KiB and up) whose class has no free chunk
 // takes a free one of a class up to four above, whole, rather than a new
 // one: in a wide mix of large sizes the free chunks of each class would
