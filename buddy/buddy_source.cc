@@ -32,7 +32,11 @@ int CeilLog2(size_t v) {
 
 // The state bytes a region of `bytes` can spare from its end: u blocks of
 // min_block and u state bytes fit in `bytes` when u * (min_block + 1) <= bytes.
-size_t UnitsCarved(size_t bytes, size_t min_block) { return bytes / (min_block + 1); }
+// Runs before the options are checked: a min_block of SIZE_MAX, refused
+// there, must not divide by zero here.
+size_t UnitsCarved(size_t bytes, size_t min_block) {
+  return min_block >= bytes ? 0 : bytes / (min_block + 1);
+}
 
 }  // namespace
 

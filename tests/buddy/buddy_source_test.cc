@@ -360,7 +360,14 @@ TEST(BuddySourceTest, InvalidOptionsAreMisuseAndEveryAcquireFails) {
   EXPECT_FALSE(bad_quad.valid());
   BuddyBlockSource too_small(big_buffer, 1000, Options(1024, 64 * 1024));
   EXPECT_FALSE(too_small.valid());
-  EXPECT_EQ(capture.seen.size(), 3u);
+  // Sizes at the top of size_t: refused, not a division by zero or a wrap.
+  BuddyBlockSource huge_min(big_buffer, 1 << 20, Options(~size_t{0}, 64 * 1024));
+  EXPECT_FALSE(huge_min.valid());
+  EXPECT_EQ(huge_min.Acquire(100, kMinBlockAlignment).ptr, nullptr);
+  BuddyBlockSource huge_max(big_buffer, 1 << 20, Options(1024, ~size_t{0}));
+  EXPECT_FALSE(huge_max.valid());
+  EXPECT_EQ(huge_max.Acquire(100, kMinBlockAlignment).ptr, nullptr);
+  EXPECT_EQ(capture.seen.size(), 5u);
   static_assert(BuddyOptionsValid(1024, 64 * 1024, BuddySplit::kQuad), "");
   static_assert(!BuddyOptionsValid(1024, 32 * 1024, BuddySplit::kQuad), "");
   static_assert(!BuddyOptionsValid(32, 64 * 1024), "");
