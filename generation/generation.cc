@@ -779,8 +779,10 @@ struct GenerationImpl {
     st->max_block_size = o.max_block_size < base ? base : o.max_block_size;
     st->chunk_limit = o.chunk_limit != 0 ? o.chunk_limit : st->max_block_size / kChunkFraction;
     st->keep_free_block = o.keep_free_block;
+    // A chunk at the limit must fit a block of the largest size: above it,
+    // every such chunk would take a block larger than max_block_size.
     if (o.max_block_size > kMaxGenerationBlockSize ||
-        st->chunk_limit > kMaxGenerationBlockSize - kFirstChunkOffset - kLongPrefix - 16 ||
+        st->chunk_limit > st->max_block_size - kFirstChunkOffset - kLongPrefix - 16 ||
         !RegisterChunkKind(kChunkKindGeneration, &kChunkMethods)) {
       SetFailure(ctx, Failure::kBadArgument);
       return false;

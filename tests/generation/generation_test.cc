@@ -586,6 +586,22 @@ TEST_F(GenerationTest, InvalidOptionsAreRefused) {
   o = GenerationOptions();
   o.chunk_limit = kMaxGenerationBlockSize;
   EXPECT_EQ(Context::TryCreate(nullptr, "bad", GenerationKind(o), co), nullptr);
+  // A chunk_limit that the largest block cannot hold: such chunks would
+  // each take a block above max_block_size.
+  o = GenerationOptions();
+  o.max_block_size = 64 * 1024;
+  o.chunk_limit = 1 << 20;
+  EXPECT_EQ(Context::TryCreate(nullptr, "bad", GenerationKind(o), co), nullptr);
+  o.chunk_limit = 64 * 1024;
+  EXPECT_EQ(Context::TryCreate(nullptr, "bad", GenerationKind(o), co), nullptr);
+  o.chunk_limit = 32 * 1024;  // fits
+  Context* ctx = Context::TryCreate(nullptr, "good", GenerationKind(o), co);
+  ASSERT_NE(ctx, nullptr);
+  void* p = ctx->Alloc(32 * 1024);
+  EXPECT_EQ(ctx->num_blocks(), 2u);
+  ctx->Free(p);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
 }
 
 TEST(GenerationDeathTest, MisuseAbortsByDefault) {
