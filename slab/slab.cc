@@ -820,7 +820,8 @@ void* SlabRealloc(Context* ctx, SlabState* st, void* p, size_t old_size, size_t 
     SetFailure(ctx, Failure::kUnsupported);
     return nullptr;
   }
-  void* q = AllocDedicated(ctx, st, new_size, kDefaultAlignment);
+  // The object's alignment moves with it, as a dedicated chunk's does.
+  void* q = AllocDedicated(ctx, st, new_size, st->alignment);
   if (q == nullptr) return nullptr;
   // The object's size is known, so the unsized form works too.
   std::memcpy(q, p, old_size < st->object_size ? old_size : st->object_size);

@@ -333,6 +333,28 @@ TEST_F(SlabTest, LargerRequestsGetDedicatedBlocks) {
   EXPECT_TRUE(seen_.empty());
 }
 
+// An object of an over-aligned slab that realloc moves out to a block of
+// its own keeps the slab's alignment, as a dedicated chunk that moves does.
+TEST_F(SlabTest, AnObjectMovedOutByReallocKeepsItsAlignment) {
+  SlabOptions o = Objects(64);
+  o.alignment = 256;
+  o.larger = SlabLarger::kDedicatedBlock;
+  Context* ctx = Make(o);
+  void* p = ctx->Alloc(64);
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(p) % 256, 0u);
+  Fill(p, 64, 5);
+  void* q = ctx->Realloc(p, 64, 1000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(q) % 256, 0u) << q;
+  EXPECT_TRUE(Holds(q, 64, 5));
+  void* r = ctx->Realloc(q, 1000, 100000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(r) % 256, 0u) << r;
+  EXPECT_TRUE(Holds(r, 64, 5));
+  ctx->Free(r);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
 // slab.c's policy: allocation takes the fullest block with room, so that
 // the emptier blocks can drain and go back.
 TEST_F(SlabTest, AllocationTakesTheFullestBlock) {
