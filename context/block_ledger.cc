@@ -153,6 +153,10 @@ Budget* Context::budget() const { return extras_ != nullptr ? extras_->budget : 
 // The side record is made first (it is in the memory SubtreeBytes counts);
 // SetLimit (status.cc) tells the two failures apart by whether it exists.
 Failure Context::TrySetLimit(size_t bytes) {
+  if (bytes != kNoLimit && SharedAtOrBelow()) {
+    last_failure_ = Failure::kBadArgument;
+    return Failure::kBadArgument;
+  }
   if (bytes == kNoLimit) {
     if (extras_ != nullptr) {
       const bool was = extras_->Limited();
@@ -178,6 +182,20 @@ Failure Context::TrySetLimit(size_t bytes) {
 size_t Context::limit() const { return extras_ != nullptr ? extras_->limit : kNoLimit; }
 
 size_t Context::side_record_bytes() const { return extras_ != nullptr ? extras_->bytes : 0; }
+
+bool Context::SharedAtOrBelow() const {
+  const Context* c = this;
+  while (c != nullptr) {
+    if (c->methods_->lock != nullptr) return true;
+    if (c->first_child_ != nullptr) {
+      c = c->first_child_;
+      continue;
+    }
+    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
+    c = (c == this) ? nullptr : c->next_sibling_;
+  }
+  return false;
+}
 
 size_t Context::SubtreeBytes() const {
   size_t total = 0;

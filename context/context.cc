@@ -234,6 +234,9 @@ Context* Context::CreateImpl(Context* parent, const char* name,
   }
   const size_t alignment = first.alignment;
   const size_t limit = options != nullptr ? options->limit : kNoLimit;
+  // A shared context carries no limit of its own (shared.h; its Init
+  // refuses one above it).
+  if (limit != kNoLimit && methods->lock != nullptr) return fail(Failure::kBadArgument, want);
   if (limit != kNoLimit && want > limit) return fail(Failure::kLimit, want);
 
   BlockSource* source = options != nullptr ? options->block_source : nullptr;
@@ -732,6 +735,15 @@ Failure Context::Reparent(Context* new_parent, const Context** limited, size_t* 
   }
   Context* old_chain = parent_ ? parent_->NearestLimited() : nullptr;
   Context* new_chain = new_parent ? new_parent->NearestLimited() : nullptr;
+  // No limit above a shared context (shared.h): a budget is fine.
+  for (Context* l = new_chain; l != nullptr; l = l->NextLimited()) {
+    if (l->extras_->limit == kNoLimit && l->extras_->soft_limit == kNoLimit) continue;
+    if (SharedAtOrBelow()) {
+      last_failure_ = Failure::kBadArgument;
+      return Failure::kBadArgument;
+    }
+    break;
+  }
   if (old_chain != nullptr || new_chain != nullptr) {
     const size_t bytes = SubtreeBytes();
     auto in_chain = [](Context* start, Context* target) {

@@ -256,7 +256,8 @@ class Context {
   // the same move, returning the reason.
   absl::Status SetParent(Context* new_parent);
   // As SetParent; returns Failure::kNone, or why nothing was moved
-  // (kCycle, kLimit, kBadArgument during a teardown), as last_failure().
+  // (kCycle, kLimit, kBadArgument during a teardown or for a shared
+  // context moved under a limit), as last_failure().
   Failure TrySetParent(Context* new_parent);
 
   // --- Allocation ----------------------------------------------------------
@@ -464,7 +465,8 @@ class Context {
   // acquired. Fails if the subtree already holds more. (In //context, as
   // SetParent.)
   absl::Status SetLimit(size_t bytes);
-  // As SetLimit; returns Failure::kNone, or why nothing changed (kLimit, or
+  // As SetLimit; returns Failure::kNone, or why nothing changed (kLimit,
+  // kBadArgument on or above a shared context (mcx/shared/shared.h), or
   // kOutOfMemory / kLimit if the limit could not be recorded), as
   // last_failure().
   Failure TrySetLimit(size_t bytes);
@@ -483,7 +485,8 @@ class Context {
   // runs once before an allocation would take them past it; the allocation
   // then proceeds (pressure.h has the contract). `kNoLimit` removes it.
   // Setting it again re-arms a callback that was left by longjmp. Returns
-  // Failure::kNone, kBadArgument for a null callback, or kOutOfMemory /
+  // Failure::kNone, kBadArgument for a null callback or on or above a
+  // shared context (mcx/shared/shared.h), or kOutOfMemory /
   // kLimit if the side record could not be had (as last_failure()).
   Failure TrySetSoftLimit(size_t bytes, PressureCallback callback, void* arg = nullptr);
   size_t soft_limit() const;
@@ -803,6 +806,10 @@ class Context {
   bool KeepForReserve(void* block, size_t size);
   void ReleaseReserve();
   void ClobberReleased(void* block, size_t size);
+  // Whether this context or one below it is shared by threads (its kind
+  // takes the tree lock): no limit or soft limit may be on it or above it,
+  // since one thread checks and charges a limit in two steps (shared.h).
+  bool SharedAtOrBelow() const;
   // The nearest ancestor-or-self with a limit, and the next one above a
   // limited context.
   Context* NearestLimited();

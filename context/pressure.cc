@@ -291,7 +291,7 @@ Failure Context::TrySetSoftLimit(size_t bytes, PressureCallback callback, void* 
     }
     return Failure::kNone;
   }
-  if (callback == nullptr) {
+  if (callback == nullptr || SharedAtOrBelow()) {
     last_failure_ = Failure::kBadArgument;
     return Failure::kBadArgument;
   }

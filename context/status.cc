@@ -32,15 +32,31 @@ absl::Status Context::SetParent(Context* new_parent) {
           "mcx: moving context '%s' (%d bytes) under '%s' would exceed the limit of '%s' (%d "
           "bytes)",
           name(), bytes, new_parent->name(), limited->name(), limited->limit()));
+    case Failure::kBadArgument:
+      if (state_ == State::kTearingDown ||
+          (new_parent != nullptr && new_parent->state_ == State::kTearingDown)) {
+        break;
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "mcx: cannot move context '%s' under '%s': it is or holds a shared context, and a "
+          "context there or above it has a limit (attach a Budget instead)",
+          name(), new_parent->name()));
     default:
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "mcx: cannot move context '%s' while a context involved is being torn down", name()));
+      break;
   }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "mcx: cannot move context '%s' while a context involved is being torn down", name()));
 }
 
 absl::Status Context::SetLimit(size_t bytes) {
   const Failure failure = TrySetLimit(bytes);
   if (failure == Failure::kNone) return absl::OkStatus();
+  if (failure == Failure::kBadArgument) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "mcx: cannot limit context '%s': it is or holds a shared context, whose threads "
+        "cannot be charged against a limit (attach a Budget instead)",
+        name()));
+  }
   if (extras_ == nullptr) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "mcx: no memory to record a limit on context '%s': %s", name(), FailureName(failure)));

@@ -262,7 +262,7 @@ struct SharedImpl {
     // A limit above is checked and charged by one thread; this context's
     // blocks would be charged to it from several (shared.h: use a Budget).
     for (const Context* c = ctx->parent(); c != nullptr; c = c->parent()) {
-      if (c->limit() != kNoLimit) {
+      if (c->limit() != kNoLimit || c->soft_limit() != kNoLimit) {
         SetFailure(ctx, Failure::kBadArgument);
         return false;
       }

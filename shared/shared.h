@@ -26,11 +26,13 @@
 //     header). A failed allocation on two threads at once leaves one of the
 //     two reasons in `last_failure()`.
 //   - No context above a shared one, and the shared context itself, may
-//     carry a limit (`ContextOptions::limit`, `SetLimit`): a limit is
-//     checked and charged in two steps by one thread (creating a shared
-//     context under a limit fails with kBadArgument). Attach a `Budget`
-//     (mcx/context/budget.h), which is charged atomically, to bound memory
-//     that several threads allocate.
+//     carry a limit or a soft limit (`ContextOptions::limit`, `SetLimit`,
+//     `SetSoftLimit`): a limit is checked and charged in two steps by one
+//     thread. Each way to put one there fails with kBadArgument: creating
+//     a shared context with a limit or under one, setting one on it or an
+//     ancestor, moving it (or a subtree that holds it) under one. Attach a
+//     `Budget` (mcx/context/budget.h), which is charged atomically, to
+//     bound memory that several threads allocate.
 //   - Savepoints are refused (`Mark`: kUnsupported): threads bump at once
 //     in runs of their own, so there is no one point to rewind to.
 //

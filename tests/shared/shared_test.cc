@@ -13,8 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "mcx/context/block_source.h"
+#include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/kind_api.h"
@@ -227,6 +229,59 @@ TEST(SharedTest, RefusedUnderALimit) {
   EXPECT_EQ(Context::TryCreate(top, "scan", SharedKind()), nullptr);
   EXPECT_EQ(top->last_failure(), Failure::kBadArgument);
   top->Destroy();
+}
+
+// Every other way to put a limit on or above a shared context is refused
+// too, and changes nothing: one of its own at creation, SetLimit and
+// SetSoftLimit on it or on an ancestor, and a move under a limited context.
+// A budget is the way (shared.h).
+TEST(SharedTest, NoLimitOnItOrAboveIt) {
+  ContextOptions o;
+  o.limit = 1 << 20;
+  EXPECT_EQ(Context::TryCreate(nullptr, "scan", SharedKind(), o), nullptr);
+  Context* top = Context::Create(nullptr, "top", PoolKind());
+  Context* mid = Context::Create(top, "mid", PoolKind());
+  Context* scan = Context::Create(mid, "scan", SharedKind());
+  Context* child = Context::Create(scan, "worker", FreelistKind());
+  PressureCallback callback = [](const PressureInfo&) {};
+  for (Context* c : {scan, mid, top}) {
+    SCOPED_TRACE(c->name());
+    EXPECT_EQ(c->TrySetLimit(1 << 20), Failure::kBadArgument);
+    EXPECT_EQ(c->last_failure(), Failure::kBadArgument);
+    EXPECT_EQ(c->limit(), kNoLimit);
+    EXPECT_EQ(c->TrySetSoftLimit(1 << 20, callback), Failure::kBadArgument);
+    EXPECT_EQ(c->soft_limit(), kNoLimit);
+    absl::Status status = c->SetLimit(1 << 20);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("shared context"), std::string::npos) << status;
+  }
+  // Below the shared context, a limit concerns one thread's contexts.
+  EXPECT_EQ(child->TrySetLimit(1 << 20), Failure::kNone);
+  EXPECT_EQ(top->TrySetLimit(kNoLimit), Failure::kNone);  // removing none is fine
+  Context* limited = Context::Create(nullptr, "limited", PoolKind(), o);
+  Context* soft = Context::Create(nullptr, "soft", PoolKind());
+  ASSERT_EQ(soft->TrySetSoftLimit(1 << 20, callback), Failure::kNone);
+  for (Context* target : {limited, soft}) {
+    SCOPED_TRACE(target->name());
+    EXPECT_EQ(scan->TrySetParent(target), Failure::kBadArgument);
+    EXPECT_EQ(mid->TrySetParent(target), Failure::kBadArgument);
+    EXPECT_EQ(scan->parent(), mid);
+    EXPECT_EQ(mid->parent(), top);
+    absl::Status status = mid->SetParent(target);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("shared context"), std::string::npos) << status;
+    EXPECT_EQ(target->SubtreeBytes(), target->bytes_in_blocks() + target->side_record_bytes());
+  }
+  // A budget above it is the way, and a plain context still moves.
+  Budget budget(1 << 24);
+  EXPECT_EQ(top->TrySetBudget(&budget), Failure::kNone);
+  Context* plain = Context::Create(top, "plain", PoolKind());
+  EXPECT_EQ(plain->TrySetParent(limited), Failure::kNone);
+  std::thread([&] { EXPECT_NE(TrySharedAlloc(scan, 64), nullptr); }).join();
+  top->Destroy();
+  limited->Destroy();
+  soft->Destroy();
+  EXPECT_EQ(budget.usage(), 0u);
 }
 
 TEST(SharedTest, FailureReachesTheHandlerAndLeavesTheContextUsable) {
