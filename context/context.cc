@@ -364,12 +364,7 @@ struct WalkHeapOwner {
   }
 };
 
-// The stack grows down: a frame at a lower address than the current one
-// belongs to a call that has returned (or was left by longjmp). Inlined, so
-// it is the caller's frame.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline uintptr_t FrameAddress() {
-  return reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
-}
+using internal::FrameAddress;
 
 // Starts a walk record for `root` at stack frame `frame`; returns its index.
 ABSL_ATTRIBUTE_NOINLINE size_t PushWalkSlow(const Context* root, uintptr_t frame) {

@@ -209,6 +209,7 @@ bool Context::ServeRefusal(internal::PassedLimits* passed, unsigned flags) {
   if (x->pressure_callback == nullptr) return true;
   const PressureInfo info{this, due, x->subtree_bytes, bytes, x->soft_limit, x->pressure_arg};
   x->pressure_running = true;
+  x->pressure_frame = internal::FrameAddress();
   try {
     x->pressure_callback(info);
   } catch (...) {
@@ -302,7 +303,11 @@ Failure Context::TrySetSoftLimit(size_t bytes, PressureCallback callback, void* 
   x->soft_limit = bytes;
   x->pressure_callback = callback;
   x->pressure_arg = arg;
-  x->pressure_running = false;
+  // Setting it again re-arms a callback that a longjmp left, which was made
+  // from the frame that caught the longjmp or above, outside the frame
+  // that ran the callback; from inside a running callback (a deeper frame)
+  // it does not: the callback is not re-entered (pressure.h).
+  x->pressure_running = x->pressure_running && internal::FrameAddress() < x->pressure_frame;
   internal::CountLimitedChange(was, true);
   return Failure::kNone;
 }

@@ -28,7 +28,8 @@
 //     a `Realloc`, free the chunk being reallocated.
 //   - Re-entry. While L's callback runs, L's soft limit is not consulted:
 //     allocations the callback makes (a spill buffer in the same subtree)
-//     proceed without calling it again.
+//     proceed without calling it again, also after the callback has set
+//     the soft limit again (raised it, say).
 //   - The hard limit still holds: it is checked on the retry, after the
 //     callback, and refuses as usual (kLimit, the failure handler, the
 //     failure dump).
@@ -37,7 +38,10 @@
 //     fails with kLimit. By longjmp: nothing has been allocated and the tree
 //     is consistent, but L's soft limit stays marked as running, so it calls
 //     back no more until it is set again (`TrySetSoftLimit`), which is what
-//     an engine's error recovery does when it starts the next query.
+//     an engine's error recovery does when it starts the next query. Set
+//     again from where the longjmp landed or from any frame above the
+//     allocation that called back; the running mark tells a setting from
+//     inside the callback by its deeper stack frame.
 //   - Threads. The callback runs on the allocating thread, which owns the
 //     tree.
 //

@@ -168,6 +168,13 @@ extern std::atomic<size_t> posted_report_requests;
 inline bool AnyReportRequests() {
   return posted_report_requests.load(std::memory_order_relaxed) != 0;
 }
+// The stack grows down: a frame at a lower address than the current one
+// belongs to a call that has returned (or was left by longjmp), or to one
+// the current call made. Inlined, so it is the caller's frame.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline uintptr_t FrameAddress() {
+  return reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+}
+
 // Whether a request posted to this thread waits (report_request.cc).
 bool ThisThreadHasRequests();
 

@@ -4,6 +4,7 @@
 
 #include "mcx/context/pressure.h"
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/kind_api.h"
@@ -149,6 +151,36 @@ TEST_P(PressureTest, NoReentry) {
   top->Destroy();
 }
 
+// A callback that raises its own soft limit (a setting made from inside
+// it) and then allocates past the raised one is still not re-entered; the
+// raised limit is armed once the callback has returned.
+int raise_calls = 0;
+int raise_depth = 0;
+int raise_deepest = 0;
+
+void RaiseAndSpill(const PressureInfo& info) {
+  ++raise_calls;
+  raise_deepest = std::max(raise_deepest, ++raise_depth);
+  ASSERT_EQ(info.limited->TrySetSoftLimit(info.held + 1000, &RaiseAndSpill), Failure::kNone);
+  info.context->Alloc(4 * kSoft);  // past the raised limit
+  --raise_depth;
+}
+
+TEST_P(PressureTest, NoReentryAfterTheCallbackSetsItAgain) {
+  Context* top = Context::Create(nullptr, "top", Kind());
+  raise_calls = raise_depth = raise_deepest = 0;
+  ASSERT_EQ(top->TrySetSoftLimit(kSoft, &RaiseAndSpill), Failure::kNone);
+  while (raise_calls == 0) top->Alloc(1000);
+  EXPECT_EQ(raise_calls, 1);
+  EXPECT_EQ(raise_deepest, 1);
+  EXPECT_GT(top->SubtreeBytes(), 4 * kSoft);
+  EXPECT_LT(top->soft_limit(), top->SubtreeBytes());
+  top->Alloc(2 * kSoft);  // crosses the raised limit: armed again
+  EXPECT_EQ(raise_calls, 2);
+  EXPECT_EQ(raise_deepest, 1);
+  top->Destroy();
+}
+
 // The hard limit still refuses, after the callback had its chance.
 TEST_P(PressureTest, HardLimitStillHolds) {
   Context* top = Context::Create(nullptr, "top", Kind());
@@ -191,6 +223,10 @@ TEST_P(PressureTest, ThrowingCallbackAllocatesNothing) {
   top->Destroy();
 }
 
+ABSL_ATTRIBUTE_NOINLINE void RearmFromAHelper(Context* ctx, Seen* seen) {
+  ASSERT_EQ(ctx->TrySetSoftLimit(kSoft, &Record, seen), Failure::kNone);
+}
+
 // A callback that leaves by longjmp: nothing was allocated, the tree is
 // consistent, and the soft limit calls back no more until set again.
 TEST_P(PressureTest, LongjmpFromCallbackLeavesTheTreeConsistent) {
@@ -218,6 +254,21 @@ TEST_P(PressureTest, LongjmpFromCallbackLeavesTheTreeConsistent) {
   ASSERT_EQ(top->TrySetSoftLimit(kSoft, &Record, &seen), Failure::kNone);  // re-arms
   EXPECT_NE(top->Alloc(2 * kSoft), nullptr);
   EXPECT_EQ(seen.calls, 3);
+  // Again, set by a function that the error recovery calls, deeper than
+  // where the longjmp landed but not than the allocation that called back.
+  seen.jump_on_call = &env;
+  jumped = false;
+  if (setjmp(env) == 0) {
+    top->TryAlloc(2 * kSoft);
+  } else {
+    jumped = true;
+  }
+  EXPECT_TRUE(jumped);
+  EXPECT_EQ(seen.calls, 4);
+  seen.jump_on_call = nullptr;
+  RearmFromAHelper(top, &seen);
+  EXPECT_NE(top->Alloc(2 * kSoft), nullptr);
+  EXPECT_EQ(seen.calls, 5);
   top->Destroy();
 }
 
