@@ -90,11 +90,26 @@ void* Context::TryAllocSlow(size_t size, size_t alignment) {
   return AllocSlowBody(size, alignment, kNoThrow);
 }
 
+namespace {
+
+// What AllocAligned passes a kind that packs chunks below the default,
+// where a plain chunk would not have the alignment asked for: the least
+// alignment that the kind cannot take for a plain request.
+constexpr size_t kAboveDefaultAlignment = 2 * kDefaultAlignment;
+
+}  // namespace
+
 void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
   if (!absl::has_single_bit(alignment) || alignment > kMaxAlignment) {
     return Fail(Failure::kBadAlignment, size, flags);
   }
-  if (alignment < kDefaultAlignment) alignment = kDefaultAlignment;
+  if (alignment <= kDefaultAlignment) {
+    // The kind is passed the default for Alloc and for this alike; one that
+    // packs chunks tighter than `alignment` is asked for more (kind.h).
+    const bool packed = methods_->plain_alignment != nullptr &&
+                        methods_->plain_alignment(this, size) < alignment;
+    alignment = packed ? kAboveDefaultAlignment : kDefaultAlignment;
+  }
   void* p;
   if (TryBump(size, alignment, &p)) return p;
   return AllocSlow(size, alignment, flags);

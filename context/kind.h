@@ -179,6 +179,15 @@ struct KindMethods {
   // then do not report as a second thread using the context.
   RemoteFreeList* (*remote_frees)(Context* ctx) = nullptr;
 
+  // Optional; nullptr for a kind whose every chunk is aligned to
+  // kDefaultAlignment at least. The alignment that a plain `Alloc(size)`
+  // gets on this context, for a kind that packs chunks tighter (a pool's
+  // chunk_alignment 8, a slab's alignment 8). The kind is passed
+  // kDefaultAlignment for `Alloc` and for `AllocAligned` up to it alike,
+  // so the tree passes 2 * kDefaultAlignment instead for an `AllocAligned`
+  // whose alignment this does not reach.
+  size_t (*plain_alignment)(const Context* ctx, size_t size) = nullptr;
+
   // Optional; MakeKindMethods fills it. Creates a child with default
   // options (`name` not nullptr, `name_len` its length; `flags`: Context's
   // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into

@@ -198,6 +198,10 @@ struct HasAllocFast : std::false_type {};
 template <typename K>
 struct HasAllocFast<K, std::void_t<decltype(&K::AllocFast)>> : std::true_type {};
 template <typename K, typename = void>
+struct HasPlainAlignment : std::false_type {};
+template <typename K>
+struct HasPlainAlignment<K, std::void_t<decltype(&K::PlainAlignment)>> : std::true_type {};
+template <typename K, typename = void>
 struct HasRewind : std::false_type {};
 template <typename K>
 struct HasRewind<K, std::void_t<decltype(&K::Rewind)>> : std::true_type {};
@@ -287,6 +291,9 @@ struct Trampolines {
     K::Live(ctx, KindState<State>(ctx), out);
   }
   static void ResetPeak(Context* ctx) { K::ResetPeak(ctx, KindState<State>(ctx)); }
+  static size_t PlainAlignment(const Context* ctx, size_t size) {
+    return K::PlainAlignment(ctx, KindState<State>(ctx), size);
+  }
   template <typename Position>
   static bool Mark(Context* ctx, void* position) {
     return K::Mark(ctx, KindState<State>(ctx), static_cast<Position*>(position));
@@ -345,9 +352,9 @@ class LiveTally {
 // example at the top). A missing or mistyped required member is a compile
 // error naming it, as LLVM's AllocatorBase checks its implementers; Inspect,
 // VisitLiveChunks, Live with ResetPeak (the O(1) count of live bytes, see
-// LiveTally) and FirstBlockAlignment (default: kMinBlockAlignment) are
-// optional, and
-// FirstBlockSize may leave out `learned` (a kind that sizes its first block
+// LiveTally), FirstBlockAlignment (default: kMinBlockAlignment) and
+// PlainAlignment (KindMethods::plain_alignment; for a kind that packs
+// chunks below kDefaultAlignment) are optional, and FirstBlockSize may leave out `learned` (a kind that sizes its first block
 // itself).
 template <typename K>
 constexpr KindMethods MakeKindMethods() {
@@ -459,6 +466,12 @@ constexpr KindMethods MakeKindMethods() {
                      mark,
                      rewind};
   methods.create_child = &T::CreateChild;
+  if constexpr (kind_internal::HasPlainAlignment<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::PlainAlignment),
+                                 size_t (*)(const Context*, const State*, size_t)>,
+                  "Kind::PlainAlignment(const Context*, const State*, size_t size) -> size_t");
+    methods.plain_alignment = &T::PlainAlignment;
+  }
   return methods;
 }
 

@@ -984,6 +984,13 @@ struct PoolImpl {
   using State = PoolState;
   static constexpr const char* kName = "pool";
 
+  // A packed pool's odd-sized chunks (PoolAlloc); checking builds align
+  // every chunk to the default.
+  static size_t PlainAlignment(const Context*, const State* st, size_t size) {
+    return !kChecking && (size & (kDefaultAlignment - 1)) != 0 ? st->chunk_alignment
+                                                               : kDefaultAlignment;
+  }
+
   static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
     // The defaults first: one test, and the size is the tree's.
     if (ABSL_PREDICT_TRUE(o.plain)) return LearnedFirstBlockSize(header_bytes, 0, learned);

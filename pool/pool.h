@@ -88,10 +88,10 @@ struct PoolOptions {
   // chunk aligned to kDefaultAlignment; 8 packs them as APR, nginx and
   // PostgreSQL do (24-byte chunks take 24 bytes, not 32). An object of such
   // a size never needs more than 8: its alignment divides its size. Chunks
-  // whose size is a multiple of kDefaultAlignment keep it. The pool cannot
-  // tell `AllocAligned(n, kDefaultAlignment)` from `Alloc(n)`: ask such a
-  // pool for 32 where 16 is needed for an odd size. The inline bump fast
-  // path is off with 8 (every allocation calls the kind).
+  // whose size is a multiple of kDefaultAlignment keep it, and
+  // `AllocAligned(n, kDefaultAlignment)` of an odd size gets it (through
+  // the path for alignments above the default, which pads). The inline
+  // bump fast path is off with 8 (every allocation calls the kind).
   size_t chunk_alignment = 0;
 };
 

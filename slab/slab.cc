@@ -1179,6 +1179,11 @@ struct SlabImpl {
   using State = SlabState;
   static constexpr const char* kName = "slab";
 
+  // An object has the slab's alignment; a larger request a dedicated block.
+  static size_t PlainAlignment(const Context*, const State* st, size_t size) {
+    return size <= st->object_size ? st->alignment : kDefaultAlignment;
+  }
+
   // Only the context header, the state and the name: blocks of objects
   // come and go on their own.
   static size_t FirstBlockSize(const Options& /*o*/, size_t header_bytes) { return header_bytes; }

@@ -8,8 +8,9 @@
 //
 // Contract:
 //   - A slab context serves objects of `object_size` bytes. A request of up
-//     to `object_size` bytes (and alignment up to `alignment`, or the
-//     default) takes one object. What a larger request gets is
+//     to `object_size` bytes (and alignment up to `alignment`) takes one
+//     object; `AllocAligned` asking more, even kDefaultAlignment of a slab
+//     aligned to 8, is a larger request. What a larger request gets is
 //     `SlabOptions::larger`: by default it is refused (`kUnsupported`;
 //     throwing calls throw std::invalid_argument), as PostgreSQL's slab.c
 //     raises an ERROR for "unexpected alloc chunk size"; with
@@ -118,7 +119,8 @@ struct SlabOptions {
   size_t block_size = 0;
   // Alignment of every object: a power of two from 8 to kMaxSlabAlignment.
   // Below kDefaultAlignment (16) objects pack tighter (24-byte nodes 24
-  // bytes apart), and Alloc on this context returns only this alignment.
+  // bytes apart), and Alloc on this context returns only this alignment
+  // (AllocAligned asking more is a larger request: see `larger`).
   uint32_t alignment = static_cast<uint32_t>(kDefaultAlignment);
   // Empty blocks kept for reuse rather than released (slab.c keeps 10 of
   // 8 KiB; one is enough to stop a block from being released and acquired

@@ -153,6 +153,18 @@ TEST_F(PoolTest, PackedChunksTakeTheirSize) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(even) % kDefaultAlignment, 0u);
   void* wide = ctx->AllocAligned(24, 32);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(wide) % 32, 0u);
+  // An explicit default alignment is kept for odd sizes too, wherever the
+  // packed chunks leave the bump pointer; an explicit 8 packs.
+  for (int i = 0; i < 8; ++i) {
+    if (i % 2 != 0) ctx->AllocAligned(8, 8);  // every other round at the other phase
+    char* packed = static_cast<char*>(ctx->AllocAligned(24, 8));
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(packed) % 8, 0u);
+    void* sixteen = ctx->AllocAligned(24, kDefaultAlignment);  // 24 past a packed chunk
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(sixteen) % kDefaultAlignment, 0u) << i;
+    char* next = static_cast<char*>(ctx->AllocAligned(40, 8));
+    char* after = static_cast<char*>(ctx->AllocAligned(40, 8));
+    if (!kDirectBuild && !internal::kChecking) EXPECT_EQ(after - next, 40);
+  }
   char* grown = static_cast<char*>(ctx->Realloc(chunks[99], 24, 40));
   EXPECT_EQ(grown[23], static_cast<char>(99));
   EXPECT_TRUE(ctx->Check(nullptr));

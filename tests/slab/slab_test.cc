@@ -333,6 +333,37 @@ TEST_F(SlabTest, LargerRequestsGetDedicatedBlocks) {
   EXPECT_TRUE(seen_.empty());
 }
 
+// A slab aligned to 8 packs 24-byte objects 24 bytes apart; AllocAligned
+// asking 16 is a larger request (refused by default, a dedicated block
+// with kDedicatedBlock), never an object that is only 8-aligned. Asking 8
+// takes an object.
+TEST_F(SlabTest, AllocAlignedBeyondAPackedSlabsAlignmentIsALargerRequest) {
+  SlabOptions o = Objects(24);
+  o.alignment = 8;
+  Context* refusing = Make(o);
+  EXPECT_EQ(refusing->TryAllocAligned(24, kDefaultAlignment), nullptr);
+  EXPECT_EQ(refusing->last_failure(), Failure::kUnsupported);
+  void* packed = refusing->AllocAligned(24, 8);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(packed) % 8, 0u);
+  refusing->Free(packed);
+  refusing->Destroy();
+  o.larger = SlabLarger::kDedicatedBlock;
+  Context* ctx = Make(o);
+  std::vector<void*> got;
+  for (int i = 0; i < 8; ++i) {
+    got.push_back(ctx->Alloc(24));
+    void* p = ctx->AllocAligned(24, kDefaultAlignment);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % kDefaultAlignment, 0u) << i;
+    Fill(p, 24, i);
+    got.push_back(p);
+  }
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(Holds(got[2 * i + 1], 24, i));
+  for (void* p : got) ctx->Free(p);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_TRUE(seen_.empty());
+}
+
 // An object of an over-aligned slab that realloc moves out to a block of
 // its own keeps the slab's alignment, as a dedicated chunk that moves does.
 TEST_F(SlabTest, AnObjectMovedOutByReallocKeepsItsAlignment) {
