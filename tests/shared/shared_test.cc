@@ -284,6 +284,30 @@ TEST(SharedTest, NoLimitOnItOrAboveIt) {
   EXPECT_EQ(budget.usage(), 0u);
 }
 
+// A budget on or above a shared context is charged by its children's
+// threads at once: each charge must be atomic, and the counts exact after.
+TEST(SharedTest, ABudgetAboveIsChargedByChildrenOnManyThreads) {
+  Budget budget(size_t{1} << 40);
+  Context* top = Context::Create(nullptr, "top", PoolKind());
+  ASSERT_EQ(top->TrySetBudget(&budget), Failure::kNone);
+  Context* scan = Context::Create(top, "scan", SharedKind());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 20; ++round) {
+        Context* child = Context::Create(scan, "worker", FreelistKind());
+        for (int i = 0; i < 20; ++i) child->Alloc(100000);
+        TrySharedAlloc(scan, 50000);
+        child->Destroy();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(budget.usage(), top->SubtreeBytes());
+  top->Destroy();
+  EXPECT_EQ(budget.usage(), 0u);
+}
+
 TEST(SharedTest, FailureReachesTheHandlerAndLeavesTheContextUsable) {
   test::FailingBlockSource source;
   ContextOptions o;
