@@ -59,9 +59,16 @@ constexpr size_t HandleSlotBytes() {
   return (sizeof(CleanupHandle) + a - 1) & ~(a - 1);
 }
 
+// What an object of T and the handle slot or array header before it
+// need: a kind that packs chunks below kDefaultAlignment (a pool's
+// chunk_alignment 8, a slab's alignment 8) then packs objects too, and
+// every other kind gives kDefaultAlignment at least (AllocAligned raises
+// smaller alignments).
 template <typename T>
 constexpr size_t ObjectAlignment() {
-  return alignof(T) > kDefaultAlignment ? alignof(T) : kDefaultAlignment;
+  constexpr size_t kHeader =
+      alignof(CleanupHandle) > alignof(size_t) ? alignof(CleanupHandle) : alignof(size_t);
+  return alignof(T) > kHeader ? alignof(T) : kHeader;
 }
 
 }  // namespace internal

@@ -2,6 +2,7 @@
 
 #include "mcx/context/new.h"
 
+#include <cstdint>
 #include <cstring>
 #include <regex>
 #include <stdexcept>
@@ -70,6 +71,51 @@ TEST(NewTest, TrivialTypesAndAlignment) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(w) % 64, 0u);
   Delete(ctx, i);
   ctx->Destroy();
+}
+
+// Objects take T's alignment, so a context that packs chunks below 16
+// packs them too: a packed pool lays 24-byte objects 24 bytes apart, and
+// objects with a cleanup and arrays keep the alignment of what precedes
+// them. Every other context gives 16.
+struct Triple {
+  uint64_t a, b, c;
+};
+struct Counted {
+  explicit Counted(int* live) : live(live) { ++*live; }
+  ~Counted() { --*live; }
+  int* live;
+  uint64_t pad[2];
+};
+
+TEST(NewTest, ObjectsPackWhereTheContextPacks) {
+  PoolOptions o;
+  o.chunk_alignment = 8;
+  Context* packed = CreatePoolContext(nullptr, "packed", o);
+  Context* plain = CreatePoolContext(nullptr, "plain");
+  Triple* first = New<Triple>(packed, Triple{1, 2, 3});
+  Triple* second = New<Triple>(packed, Triple{4, 5, 6});
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % alignof(Triple), 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(second) % alignof(Triple), 0u);
+  if (!kDirectBuild && !internal::kChecking) {
+    EXPECT_EQ(reinterpret_cast<char*>(second) - reinterpret_cast<char*>(first), 24);
+  }
+  EXPECT_EQ(first->c + second->c, 9u);
+  int live = 0;
+  for (Context* ctx : {packed, plain}) {
+    for (int i = 0; i < 4; ++i) {
+      Counted* t = New<Counted>(ctx, &live);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t) % alignof(Counted), 0u);
+      Triple* array = NewArray<Triple>(ctx, 3, Triple{7, 8, 9});
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(array) % alignof(Triple), 0u);
+      EXPECT_EQ(array[2].c, 9u);
+      Triple* t3 = New<Triple>(ctx, Triple{});
+      if (ctx == plain) EXPECT_EQ(reinterpret_cast<uintptr_t>(t3) % kDefaultAlignment, 0u);
+    }
+  }
+  EXPECT_EQ(live, 8);
+  packed->Destroy();
+  plain->Destroy();
+  EXPECT_EQ(live, 0);
 }
 
 // A throwing constructor leaves nothing registered.
