@@ -904,28 +904,43 @@ Failure Context::RewindImpl(const mcx::Mark& mark, RewindCleanups cleanups, uint
   }
   const size_t me = PushWalk(this, frame);
   WalkScope scope(me);
-  bool undisturbed = RewindCleanupsSince(CleanupPhase::kBeforeChildren, mark, cleanups, me);
-  while (undisturbed) {
+  // A cleanup or a child's teardown may register cleanups on this context
+  // or create children of it: those are since the mark too, and the phases
+  // run again, as a teardown visits a context again, until none is left.
+  // The memory goes only then: a cleanup record left on a list would lie in
+  // the memory released. A child whose destroy is refused (misuse, already
+  // reported) ends the passes, since nothing would remove it.
+  bool refused = false;
+  for (;;) {
+    bool undisturbed = RewindCleanupsSince(CleanupPhase::kBeforeChildren, mark, cleanups, me);
+    while (undisturbed && !refused) {
+      m = FindMark(mark);
+      if (m == nullptr) {
+        undisturbed = false;
+        break;
+      }
+      Context* child = first_child_;
+      if (child == nullptr || child == m->boundary) break;
+      try {
+        child->Destroy();
+      } catch (...) {
+        KeepError(me);
+      }
+      const Walk& w = WalkAt(me);
+      if (w.root_visited || w.root_released) undisturbed = false;
+      else if (first_child_ == child) refused = true;
+    }
+    if (undisturbed) {
+      undisturbed = RewindCleanupsSince(CleanupPhase::kAfterChildren, mark, cleanups, me);
+    }
+    if (!undisturbed) break;
+    // RewindCleanupsSince found the mark, and no user code ran since.
     m = FindMark(mark);
-    if (m == nullptr) {
-      undisturbed = false;
+    if (refused || !SinceMarkRunsUserCode(m)) {
+      FinishRewind(m);
       break;
     }
-    Context* child = first_child_;
-    if (child == nullptr || child == m->boundary) break;
-    try {
-      child->Destroy();
-    } catch (...) {
-      KeepError(me);
-    }
-    const Walk& w = WalkAt(me);
-    if (w.root_visited || w.root_released) undisturbed = false;
-    else if (first_child_ == child) break;  // refused (misuse was reported)
   }
-  if (undisturbed) {
-    undisturbed = RewindCleanupsSince(CleanupPhase::kAfterChildren, mark, cleanups, me);
-  }
-  if (undisturbed) FinishRewind(FindMark(mark));
   scope.Release();
   std::exception_ptr error = PopWalk(me);
   if (error != nullptr) std::rethrow_exception(error);

@@ -378,7 +378,10 @@ class Context {
   // destroyed completely), then the kAfterChildren cleanups registered since
   // (newest first), then every chunk and block allocated since is released:
   // the counters, the limits' charges and the blocks held are what they were
-  // at the mark. A chunk allocated before the mark and freed or reallocated
+  // at the mark. What those cleanups and teardowns register on the context
+  // or create in it is since the mark too: the steps run again until nothing
+  // since the mark is left, each cleanup once, and only then is the memory
+  // released. A chunk allocated before the mark and freed or reallocated
   // after it stays freed. Marks nest as a stack (a subtransaction inside a
   // transaction): a mark stays valid across rewinds to it, and a rewind to
   // an older mark, a DropMark of an older mark, or a reset passes every newer

@@ -555,6 +555,40 @@ static void TestSavepoints(void) {
   CHECK(order_len == 2 && memcmp(order, "ba", 2) == 0);
 }
 
+/* A cleanup a rewind runs may create children of the context and register
+ * cleanups on it: they are since the mark too, and go in the same rewind,
+ * each cleanup once. */
+static const char late_key = 'L', added_key = 'B';
+
+static void CreatesChild(void* arg) {
+  Record((void*)&late_key);
+  CHECK(mcx_create((mcx_context*)arg, "late", MCX_KIND_POOL, NULL) != NULL);
+}
+
+static void AddsBeforeChildren(void* arg) {
+  CHECK(mcx_add_cleanup((mcx_context*)arg, Record, (void*)&added_key, 1).record != NULL);
+}
+
+static void TestRewindGoesThroughWhatItsCleanupsAdd(void) {
+  mcx_counters at_mark, now;
+  mcx_context* c = mcx_create(NULL, "parse", MCX_KIND_POOL, NULL);
+  mcx_savepoint m = mcx_mark(c);
+  order_len = 0;
+  mcx_get_counters(c, 1, &at_mark);
+  mcx_add_cleanup(c, CreatesChild, c, 0);
+  CHECK(mcx_rewind(c, m, 0) == MCX_OK);
+  mcx_get_counters(c, 1, &now);
+  CHECK(now.contexts == 1 && now.total_bytes == at_mark.total_bytes &&
+        now.blocks == at_mark.blocks);
+  mcx_add_cleanup(c, AddsBeforeChildren, c, 0);
+  CHECK(mcx_rewind(c, m, 0) == MCX_OK);
+  CHECK(order_len == 2 && memcmp(order, "LB", 2) == 0);
+  mcx_get_counters(c, 1, &now);
+  CHECK(now.contexts == 1 && now.total_bytes == at_mark.total_bytes);
+  mcx_destroy(c); /* nothing since the mark is left to run */
+  CHECK(order_len == 2);
+}
+
 /* A soft limit whose callback resets the child holding the bulk: the
  * subtree stays under it, the callback sees what it should, and a soft
  * limit longjmped out of stays quiet until set again. */
@@ -616,6 +650,7 @@ int main(void) {
   TestNoAllocRegions();
   TestCountersAndSizedFree();
   TestSavepoints();
+  TestRewindGoesThroughWhatItsCleanupsAdd();
   TestSoftLimit();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

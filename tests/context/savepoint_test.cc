@@ -4,9 +4,9 @@
 // kinds, rewinding pools). Each test checks what the
 // rewind promises: the pre-mark chunks' contents, the counters and the
 // limits' charges as they were, the cleanups and children in teardown
-// order, stale marks refused through the failure path, and consistency
-// after a cleanup throws, longjmps, or resets, destroys or rewinds the
-// context itself. A randomised run (fixed seed) checks against a model.
+// order (with what they register or create meanwhile), stale marks
+// refused through the failure path, and consistency after a cleanup throws,
+// longjmps, or resets, destroys or rewinds the context itself. A randomised run (fixed seed) checks against a model.
 
 #include <csetjmp>
 #include <cstdint>
@@ -173,6 +173,78 @@ TEST_F(SavepointTest, CleanupsAndChildrenSinceTheMarkGoInTeardownOrder) {
   ctx->Destroy();
   const std::vector<std::string> rest = {"before-mark-before", "old-child", "before-mark-after"};
   EXPECT_EQ(log.entries, rest);
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// What the rewind's cleanups and the teardowns of its children register on
+// the context or create in it is since the mark too: it goes in the same
+// rewind, in the teardown order again, each cleanup once, and nothing of it
+// is left behind in the memory the rewind releases.
+TEST_F(SavepointTest, WhatTheRewindsCleanupsAddGoesInTheSameRewind) {
+  Context* ctx = NewPool();
+  Log log;
+  log.Add(ctx, "pre", CleanupPhase::kAfterChildren);
+  mcx::Mark m = ctx->Mark();
+  const Snapshot at_mark = Take(ctx, source_);
+  ctx->AddCleanup(
+      [ctx, &log] {
+        log.entries.emplace_back("A");
+        Context* late = ctx->CreateChild("late", PoolKind());
+        late->Alloc(5000);
+        log.Add(late, "late-child", CleanupPhase::kAfterChildren);
+        log.Add(ctx, "B", CleanupPhase::kBeforeChildren);
+        log.Add(ctx, "C", CleanupPhase::kAfterChildren);
+        for (int i = 0; i < 1000; ++i) ctx->Alloc(100);
+      },
+      CleanupPhase::kAfterChildren);
+  Context* k = ctx->CreateChild("k", PoolKind());
+  k->AddCleanup(
+      [ctx, &log] {
+        log.entries.emplace_back("k");
+        log.Add(ctx, "D", CleanupPhase::kBeforeChildren);
+      },
+      CleanupPhase::kAfterChildren);
+  ctx->RewindTo(m);
+  // k's teardown, then A and the kAfterChildren cleanup it registered (the
+  // phase runs until none since the mark is left); then, in a second pass,
+  // the kBeforeChildren cleanups they registered, newest first, and the
+  // child A created.
+  const std::vector<std::string> expected = {"k", "A", "C", "B", "D", "late-child"};
+  EXPECT_EQ(log.entries, expected);
+  EXPECT_EQ(ctx->first_child(), nullptr);
+  EXPECT_EQ(Take(ctx, source_), at_mark);
+  EXPECT_EQ(ctx->mark_depth(), 1u);
+  ExpectConsistent(ctx);
+  log.entries.clear();
+  ctx->RewindTo(m);  // nothing since: nothing runs
+  EXPECT_TRUE(log.entries.empty());
+  ctx->Destroy();
+  EXPECT_EQ(log.entries, std::vector<std::string>{"pre"});
+  EXPECT_EQ(source_.live_blocks(), 0);
+  EXPECT_EQ(source_.bad_releases(), 0);
+}
+
+// In drop mode the children's cleanups still run; what they register on
+// the context is dropped with the rest, its captures destroyed.
+TEST_F(SavepointTest, DropModeDropsWhatTheChildrenRegisterDuringTheRewind) {
+  Context* ctx = NewPool();
+  mcx::Mark m = ctx->Mark();
+  const Snapshot at_mark = Take(ctx, source_);
+  auto captured = std::make_shared<int>(7);
+  int late_runs = 0;
+  Context* k = ctx->CreateChild("k", PoolKind());
+  k->AddCleanup([ctx, captured, &late_runs] {
+    ctx->AddCleanup([captured] { ADD_FAILURE() << "a dropped cleanup ran"; },
+                    CleanupPhase::kBeforeChildren);
+    ctx->CreateChild("late", PoolKind())->AddCleanup([&late_runs] { ++late_runs; });
+  });
+  ctx->RewindTo(m, RewindCleanups::kDrop);
+  EXPECT_EQ(late_runs, 1);  // children go as always
+  EXPECT_EQ(captured.use_count(), 1);
+  EXPECT_EQ(ctx->first_child(), nullptr);
+  EXPECT_EQ(Take(ctx, source_), at_mark);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
@@ -490,6 +562,50 @@ TEST_F(SavepointTest, LongjmpFromACleanupLeavesTheRewindToFinishLater) {
   EXPECT_EQ(Take(ctx, source_), at_mark);
   ExpectConsistent(ctx);
   ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
+// A kBeforeChildren cleanup registered by a kAfterChildren one during the
+// rewind runs in a second pass; one that longjmps there leaves the rewind
+// as any other does.
+TEST_F(SavepointTest, LongjmpFromASecondPassLeavesTheRewindToFinishLater) {
+  Context* ctx = NewPool();
+  static std::vector<int> ran;
+  ran.clear();
+  mcx::Mark m = ctx->Mark();
+  const Snapshot at_mark = Take(ctx, source_);
+  ctx->AddCleanup(
+      [](void* arg) {
+        auto* c = static_cast<Context*>(arg);
+        auto note = [](void* n) { ran.push_back(static_cast<int>(reinterpret_cast<intptr_t>(n))); };
+        ran.push_back(1);
+        c->AddCleanup(note, reinterpret_cast<void*>(2), CleanupPhase::kAfterChildren);
+        c->AddCleanup(
+            [](void*) {
+              ran.push_back(3);
+              std::longjmp(jump, 1);
+            },
+            nullptr, CleanupPhase::kBeforeChildren);
+        c->CreateChild("late", PoolKind())
+            ->AddCleanup(note, reinterpret_cast<void*>(4), CleanupPhase::kAfterChildren);
+      },
+      ctx, CleanupPhase::kAfterChildren);
+  if (setjmp(jump) == 0) {
+    ctx->RewindTo(m);
+    ADD_FAILURE() << "the cleanup did not leave";
+  }
+  // Abandoned in the second pass, before the child went.
+  EXPECT_EQ(ran, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(ctx->mark_depth(), 1u);
+  EXPECT_NE(ctx->first_child(), nullptr);
+  ExpectConsistent(ctx);
+  ctx->RewindTo(m);  // finishes: only what has not run runs
+  EXPECT_EQ(ran, (std::vector<int>{1, 2, 3, 4}));
+  EXPECT_EQ(ctx->first_child(), nullptr);
+  EXPECT_EQ(Take(ctx, source_), at_mark);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(ran, (std::vector<int>{1, 2, 3, 4}));
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
