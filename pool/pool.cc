@@ -439,7 +439,11 @@ void FreeLarge(Context* ctx, PoolState* st, LargeHeader* h) {
 }
 
 // Resizes a large chunk's block through the source, keeping the chunk's
-// offset in it (so the header moves along with the copy).
+// offset in it (so the header moves along with the copy). The chunk it
+// returns is a new allocation, moved or not: it takes the next serial and
+// the head of the large list, so a rewind to a mark from before frees it
+// (a chunk reallocated after a mark stays freed, as one freed after it),
+// and the list stays newest first for PoolRewind.
 void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size) {
   char* p = PayloadOf(h);
   const size_t offset = static_cast<size_t>(p - static_cast<char*>(h->block));
@@ -467,7 +471,12 @@ void* ReallocLarge(Context* ctx, PoolState* st, LargeHeader* h, size_t new_size)
   moved->link.size = b.size;
   moved->requested = new_size;
   moved->check = kLargeLiveCheck ^ reinterpret_cast<uintptr_t>(q);
+  moved->serial = ++st->large_serial;
   st->large.Replace(&moved->link);
+  if (st->large.head() != &moved->link) {
+    st->large.Remove(&moved->link);
+    st->large.PushFront(&moved->link);
+  }
   UnpoisonMemoryRegion(q, new_size);
   if (kChecking) {
     WriteSentinel(q + new_size);
@@ -850,11 +859,11 @@ bool PoolMark(Context* ctx, PoolState* st, PoolPosition* at) {
 
 // PoolRewind
 //
-// Large chunks since the mark are the newest on the large list, blocks
-// acquired since are after the mark's tail, and small chunks since lie past
-// the sealed block's `last` or in the blocks after it: a walk of those
-// blocks and chunks, never of small chunks. The seal holds again afterwards
-// (the mark stays valid).
+// Large chunks since the mark (allocated or reallocated since) are the
+// newest on the large list, blocks acquired since are after the mark's
+// tail, and small chunks since lie past the sealed block's `last` or in the
+// blocks after it: a walk of those blocks and chunks, never of small
+// chunks. The seal holds again afterwards (the mark stays valid).
 void PoolRewind(Context* ctx, PoolState* st, const PoolPosition& at) {
   Sync(ctx, st);
   while (!st->large.empty()) {
@@ -912,6 +921,7 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
     if (b == st->current) current_seen = true;
     if (b != &st->first) ++blocks;
   }
+  uint64_t newer_serial = st->large_serial;
   for (const KindBlock* l = st->large.head(); l != nullptr; l = l->next) {
     const LargeHeader* h = AsLargeHeader(l);
     const char* p = PayloadOf(h);
@@ -924,6 +934,13 @@ bool PoolCheck(const Context* ctx, const PoolState* st, std::string* error) {
                             static_cast<const void*>(p));
       return false;
     }
+    // Newest first: a rewind stops at the first chunk from before its mark.
+    if (h->serial > newer_serial) {
+      internal::AppendFormat(error, "pool '%s': large chunk %p is out of order on the large list\n",
+                            ctx->name(), static_cast<const void*>(p));
+      return false;
+    }
+    newer_serial = h->serial - 1;
     // A list that loops would never end: it cannot hold more blocks than
     // the context has.
     if (++blocks > ctx->num_blocks()) break;

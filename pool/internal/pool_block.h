@@ -64,8 +64,9 @@ struct LargeHeader {
                       // and the bytes of the block: what goes back
   void* block;        // start of the block (before the padding of aligned chunks)
   size_t requested;   // bytes asked for; a sentinel follows in checking builds
-  uint64_t serial;    // PoolState::large_serial when allocated: a rewind
-                      // frees the chunks newer than its mark's
+  uint64_t serial;    // PoolState::large_serial when allocated or last
+                      // reallocated: a rewind frees the chunks newer than
+                      // its mark's
   // kLargeLiveCheck ^ the chunk's address while the chunk is live,
   // kLargeFreedCheck ^ it once freed. Last, so that it lies right before
   // the payload, past the bytes a source writes into a released block.
@@ -111,7 +112,8 @@ struct PoolState {
   // for a while (it moves on only after more than kMaxFailures new blocks),
   // and a window there would send nearly every request down the slow path.
   PoolBlock* window;
-  BlockList large;     // live large chunks' headers, newest first
+  BlockList large;     // live large chunks' headers, newest (allocated or
+                       // reallocated) first: serials decrease
   size_t max_small;        // bytes; larger requests go to the large list
   size_t next_block_size;  // bytes of the next block; doubles up to max
   size_t max_block_size;
@@ -122,7 +124,7 @@ struct PoolState {
   // bumped inline since the last Sync are added when read (PoolImpl::Live)
   // and folded in by Sync, so the inline path counts nothing.
   LiveTally live;
-  uint64_t large_serial;     // large chunks allocated so far (savepoints)
+  uint64_t large_serial;     // large chunks allocated or reallocated so far
 };
 
 // A savepoint's position (Context::Mark). Marking seals the pool at `block`:

@@ -378,6 +378,102 @@ TEST_F(SavepointTest, ResetPassesEveryMark) {
   ctx->Destroy();
 }
 
+// Blocks with room to spare, resized in place while they have room: a
+// large chunk then grows or shrinks without moving.
+class RoomyBlockSource : public CountingBlockSource {
+ public:
+  Block Acquire(size_t min_size, size_t alignment) override {
+    return CountingBlockSource::Acquire(min_size + min_size / 2, alignment);
+  }
+  Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override {
+    if (new_min_size <= block.size) return block;
+    return CountingBlockSource::Reallocate(block, keep, new_min_size, alignment);
+  }
+};
+
+// Every resize moves the block (BlockSource's own: acquire, copy, release).
+class MovingBlockSource : public CountingBlockSource {
+ public:
+  Block Reallocate(Block block, size_t keep, size_t new_min_size, size_t alignment) override {
+    return BlockSource::Reallocate(block, keep, new_min_size, alignment);
+  }
+};
+
+// A large chunk from before the mark that is reallocated after it stays
+// freed: what the realloc returned is since the mark, and the rewind frees
+// it, whether the realloc moved the chunk or resized it in place. The large
+// chunks from before the mark on either side of it on the large list stay.
+TEST_F(SavepointTest, LargeChunkReallocatedSinceTheMarkStaysFreed) {
+  struct Case {
+    const char* name;
+    bool moves;
+    size_t new_size;
+  };
+  for (const Case& c : {Case{"grown, moved", true, 4000000}, Case{"shrunk, moved", true, 3000},
+                        Case{"grown in place", false, 14000},
+                        Case{"shrunk in place", false, 3000}}) {
+    SCOPED_TRACE(c.name);
+    MovingBlockSource moving;
+    RoomyBlockSource roomy;
+    CountingBlockSource& source = c.moves ? static_cast<CountingBlockSource&>(moving) : roomy;
+    ContextOptions o;
+    o.block_source = &source;
+    Context* ctx = Context::Create(nullptr, "pool", PoolKind(), o);
+    void* older = ctx->Alloc(20000);
+    Fill(older, 20000, 1);
+    const size_t bytes_before = ctx->bytes_in_blocks();
+    void* big = ctx->Alloc(10000);
+    Fill(big, 10000, 2);
+    const size_t big_block = ctx->bytes_in_blocks() - bytes_before;
+    void* newer = ctx->Alloc(30000);
+    Fill(newer, 30000, 3);
+    mcx::Mark m = ctx->Mark();
+    const Snapshot at_mark = Take(ctx, source);
+    const size_t live_at_mark = GetCounters(ctx).live_bytes;
+    void* q = ctx->Realloc(big, c.new_size);
+    ASSERT_NE(q, nullptr);
+    EXPECT_EQ(q != big, c.moves);
+    EXPECT_TRUE(Holds(q, c.new_size < 10000 ? c.new_size : 10000, 2));
+    ctx->Alloc(40000);  // a large chunk since the mark, newer still
+    ctx->RewindTo(m);
+    EXPECT_EQ(ctx->bytes_in_blocks(), at_mark.bytes_in_blocks - big_block);
+    EXPECT_EQ(ctx->num_blocks(), at_mark.num_blocks - 1);
+    EXPECT_EQ(ctx->SubtreeBytes(), at_mark.subtree_bytes - big_block);
+    EXPECT_EQ(source.live_blocks(), at_mark.live_blocks - 1);
+    EXPECT_EQ(GetCounters(ctx).live_bytes, live_at_mark - 10000);
+    EXPECT_TRUE(Holds(older, 20000, 1));
+    EXPECT_TRUE(Holds(newer, 30000, 3));
+    ExpectConsistent(ctx);
+    ctx->Destroy();
+    EXPECT_EQ(source.live_blocks(), 0);
+    EXPECT_EQ(source.bad_releases(), 0);
+  }
+}
+
+// A realloc belongs to the marks it follows: a rewind to a mark taken after
+// it keeps the chunk, one to a mark taken before it frees the chunk.
+TEST_F(SavepointTest, LargeChunkReallocatedBetweenTwoMarks) {
+  Context* ctx = NewPool();
+  void* big = ctx->Alloc(10000);
+  Fill(big, 10000, 2);
+  mcx::Mark outer = ctx->Mark();
+  const size_t blocks_at_outer = ctx->num_blocks();
+  void* q = ctx->Realloc(big, 20000);
+  Fill(q, 20000, 4);
+  mcx::Mark inner = ctx->Mark();
+  const Snapshot at_inner = Take(ctx, source_);
+  ctx->Alloc(30000);
+  ctx->Realloc(ctx->Alloc(50000), 60000);
+  ctx->RewindTo(inner);
+  EXPECT_EQ(Take(ctx, source_), at_inner);
+  EXPECT_TRUE(Holds(q, 20000, 4));
+  ctx->RewindTo(outer);
+  EXPECT_EQ(ctx->num_blocks(), blocks_at_outer - 1);
+  ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 TEST_F(SavepointTest, LimitsGoBackWithTheMemory) {
   ContextOptions o;
   o.block_source = &source_;
