@@ -361,13 +361,16 @@ mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes) {
 
 size_t mcx_limit(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->limit() : MCX_NO_LIMIT; }
 
-void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg) {
-  if (ctx == nullptr) return;
-  if (handler == nullptr) {
-    Cxx(ctx)->SetFailureHandler(nullptr, nullptr);
-    return;
-  }
-  Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
+// The handler is kept in the context's side record, which a limit, the
+// block source or a no-alloc region can refuse: then nothing is set, and
+// the caller is told (Context::SetFailureHandler has recorded why).
+mcx_failure mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
+  const bool set =
+      handler == nullptr
+          ? Cxx(ctx)->SetFailureHandler(nullptr, nullptr)
+          : Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
+  return set ? MCX_OK : ToC(Cxx(ctx)->last_failure());
 }
 
 mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn fn, void* arg) {
@@ -492,13 +495,13 @@ static_assert(MCX_FAILURE_DUMP_INHERIT == mcx::kFailureDumpInherit &&
                   MCX_FAILURE_DUMP_OFF == mcx::kFailureDumpOff,
               "the C values mirror dump.h");
 
-void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children) {
-  if (ctx == nullptr) return;
+mcx_failure mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children) {
+  if (ctx == nullptr) return MCX_BAD_ARGUMENT;
   mcx::FailureDumpOptions o;
   o.fd = fd;
   o.max_depth = max_depth;
   o.max_children = max_children;
-  Cxx(ctx)->SetFailureDump(o);
+  return Cxx(ctx)->SetFailureDump(o) ? MCX_OK : ToC(Cxx(ctx)->last_failure());
 }
 
 }  // extern "C"

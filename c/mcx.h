@@ -203,7 +203,16 @@ size_t mcx_chunk_size_of(const void* p);
 /* Limits and failure. */
 mcx_failure mcx_set_limit(mcx_context* ctx, size_t bytes);
 size_t mcx_limit(const mcx_context* ctx);
-void mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg);
+/* Sets the handler that failing calls in this context's subtree call before
+ * they return NULL (a context without one uses its nearest ancestor's); a
+ * NULL `handler` removes it. It is kept in the context's side record, a
+ * small block taken on first use, which a limit (MCX_LIMIT), the block
+ * source (MCX_OUT_OF_MEMORY) or a region of mcx_no_alloc_begin
+ * (MCX_FORBIDDEN) can refuse. Returns MCX_OK, or why the handler could not
+ * be set, as mcx_last_failure(ctx) then says: nothing is set, and a failure
+ * returns NULL without calling it (an engine whose handler longjmps must
+ * check). Removing a handler never fails. */
+mcx_failure mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg);
 /* A soft limit: `fn` runs once before an allocation would take the
  * subtree's bytes past `bytes`, and may free memory anywhere (reset a
  * context, spill a table); then the allocation proceeds, and the hard limit
@@ -267,10 +276,13 @@ int mcx_dump_stats(const mcx_context* ctx, int fd, int max_depth, int max_childr
  * `max_children` children each, both clamped to 0..255) to `fd`.
  * MCX_FAILURE_DUMP_INHERIT: as the nearest ancestor says (the default);
  * MCX_FAILURE_DUMP_OFF: no dump for this subtree. mcx_create and
- * mcx_add_cleanup, which do not call the handler, do not dump. */
+ * mcx_add_cleanup, which do not call the handler, do not dump. The setting
+ * is kept in the side record, as the failure handler is: returns MCX_OK, or
+ * why it could not be kept (as mcx_set_failure_handler), with nothing
+ * changed. */
 #define MCX_FAILURE_DUMP_INHERIT (-1)
 #define MCX_FAILURE_DUMP_OFF (-2)
-void mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children);
+mcx_failure mcx_set_failure_dump(mcx_context* ctx, int fd, int max_depth, int max_children);
 /* Answers the report requests other threads have posted to this thread's
  * endpoints (mcx/context/report_request.h): a safe point, for an event
  * loop. Returns how many were answered. */

@@ -224,6 +224,47 @@ static void TestDumps(void) {
   mcx_destroy(root);
 }
 
+/* The failure handler and the dump setting are kept in the side record,
+ * which a limit with no room and a no-alloc region refuse: the call says
+ * why and sets nothing, and the next failure returns NULL without the
+ * handler. With room, the same call sets it. */
+static void TestHandlerThatCannotBeKept(void) {
+  mcx_context* root = mcx_create(NULL, "root", MCX_KIND_POOL, NULL);
+  mcx_context* child = mcx_create(root, "child", MCX_KIND_FREELIST, NULL);
+  mcx_context* wal = mcx_create(NULL, "wal", MCX_KIND_POOL, NULL);
+  mcx_counters full, now;
+  int calls = 0;
+  CHECK(mcx_set_limit(root, 1 << 30) == MCX_OK); /* root's own record first */
+  mcx_get_counters(root, 1, &full);
+  CHECK(mcx_set_limit(root, full.total_bytes) == MCX_OK); /* no room for another */
+  CHECK(mcx_set_failure_handler(child, Handler, &calls) == MCX_LIMIT);
+  CHECK(mcx_last_failure(child) == MCX_LIMIT);
+  CHECK(mcx_set_failure_dump(child, 2, 1, 1) == MCX_LIMIT);
+  CHECK(mcx_set_failure_handler(child, NULL, NULL) == MCX_OK); /* nothing to remove */
+  CHECK(mcx_alloc(child, 1000000) == NULL);
+  CHECK(mcx_last_failure(child) == MCX_LIMIT && calls == 0);
+  mcx_get_counters(root, 1, &now);
+  CHECK(now.total_bytes == full.total_bytes);
+
+  CHECK(mcx_set_limit(root, 1 << 30) == MCX_OK);
+  CHECK(mcx_set_failure_handler(child, Handler, &calls) == MCX_OK);
+  mcx_get_counters(root, 1, &full);
+  CHECK(mcx_set_limit(root, full.total_bytes) == MCX_OK);
+  CHECK(mcx_alloc(child, 1000000) == NULL);
+  CHECK(calls == 1 && handler_failure == MCX_LIMIT);
+  CHECK(mcx_set_failure_dump(child, MCX_FAILURE_DUMP_OFF, 0, 0) == MCX_OK); /* has a record */
+
+  CHECK(mcx_no_alloc_begin() == 0);
+  CHECK(mcx_set_failure_handler(wal, Handler, &calls) == MCX_FORBIDDEN);
+  CHECK(mcx_last_failure(wal) == MCX_FORBIDDEN);
+  CHECK(mcx_set_failure_dump(wal, 2, 1, 1) == MCX_FORBIDDEN);
+  mcx_no_alloc_end();
+  CHECK(mcx_set_failure_handler(wal, Handler, &calls) == MCX_OK);
+  CHECK(mcx_set_failure_dump(wal, MCX_FAILURE_DUMP_OFF, 0, 0) == MCX_OK);
+  mcx_destroy(wal);
+  mcx_destroy(root);
+}
+
 /* A NULL context (a failed mcx_create) and NULL out-pointers: failure
  * values, no crash. */
 static void TestNullArguments(void) {
@@ -248,7 +289,7 @@ static void TestNullArguments(void) {
   CHECK(mcx_name(NULL) == NULL);
   CHECK(mcx_set_limit(NULL, 100) == MCX_BAD_ARGUMENT);
   CHECK(mcx_limit(NULL) == MCX_NO_LIMIT);
-  mcx_set_failure_handler(NULL, Handler, NULL);
+  CHECK(mcx_set_failure_handler(NULL, Handler, NULL) == MCX_BAD_ARGUMENT);
   CHECK(mcx_last_failure(NULL) == MCX_BAD_ARGUMENT);
   {
     mcx_cleanup none = MCX_NO_CLEANUP_INIT;
@@ -261,7 +302,7 @@ static void TestNullArguments(void) {
   CHECK(c.total_bytes == 0 && c.blocks == 0 && c.contexts == 0);
   CHECK(mcx_report(NULL, stderr, 1, 1, 0) == -1);
   CHECK(mcx_dump_stats(NULL, 2, 1, 1) == -1);
-  mcx_set_failure_dump(NULL, 2, 1, 1);
+  CHECK(mcx_set_failure_dump(NULL, 2, 1, 1) == MCX_BAD_ARGUMENT);
   {
     /* A live context with NULL out-pointers. */
     mcx_context* ctx = mcx_create(NULL, "nulls", MCX_KIND_FREELIST, NULL);
@@ -644,6 +685,7 @@ int main(void) {
   TestCleanupOrderAndHandles();
   TestLimitsHandlerAndReports();
   TestDumps();
+  TestHandlerThatCannotBeKept();
   TestNullArguments();
   TestStringsAndBytes();
   TestStrcat();
