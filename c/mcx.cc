@@ -9,14 +9,12 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
-#include <mutex>
-#include <set>
 #include <string>
-#include <utility>
 
 #include "mcx/context/chunk.h"
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
+#include "mcx/context/internal/c_api.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/no_alloc.h"
 #include "mcx/context/pressure.h"
@@ -45,39 +43,34 @@ static_assert(static_cast<int>(mcx::Failure::kNone) == MCX_OK &&
                   static_cast<int>(mcx::Failure::kForbidden) == MCX_FORBIDDEN,
               "mcx_failure mirrors mcx::Failure");
 
-// A C handler needs two pointers (function and argument) where the C++
-// context keeps one argument. Each distinct pair is interned for the life of
-// the process (programs set few distinct handlers), so the pointer stays
-// valid across resets and is never freed under a context that still uses it.
-using CHandler = std::pair<mcx_failure_handler, void*>;
+// A C failure handler or soft-limit callback is a function and an argument,
+// where the context keeps one argument: the pair is kept in the context's
+// side record, and the context calls these trampolines with a pointer to it
+// (mcx/context/internal/c_api.h). So it survives resets and goes with the
+// context, and nothing outlives the contexts it was set on.
+using mcx::internal::CApiAccess;
+using mcx::internal::CCallback;
 
-const CHandler* Intern(mcx_failure_handler fn, void* arg) {
-  static std::mutex* mu = new std::mutex;
-  static std::set<CHandler>* handlers = new std::set<CHandler>;
-  std::lock_guard<std::mutex> lock(*mu);
-  return &*handlers->insert({fn, arg}).first;
-}
-
-// A soft limit's C callback and argument, interned as handlers are.
-using CPressure = std::pair<mcx_pressure_fn, void*>;
-
-const CPressure* InternPressure(mcx_pressure_fn fn, void* arg) {
-  static std::mutex* mu = new std::mutex;
-  static std::set<CPressure>* callbacks = new std::set<CPressure>;
-  std::lock_guard<std::mutex> lock(*mu);
-  return &*callbacks->insert({fn, arg}).first;
+template <typename F>
+CCallback Pair(F fn, void* arg) {
+  return CCallback{reinterpret_cast<void (*)()>(fn), arg};
 }
 
 void CallCPressure(const mcx::PressureInfo& info) {
-  const auto* p = static_cast<const CPressure*>(info.arg);
+  const auto* pair = static_cast<const CCallback*>(info.arg);
+  const auto fn = reinterpret_cast<mcx_pressure_fn>(pair->fn);
   const mcx_pressure_info c{C(info.context), C(info.limited), info.held, info.request,
-                            info.soft_limit, p->second};
-  p->first(&c);
+                            info.soft_limit, pair->arg};
+  fn(&c);
 }
 
+// The pair is read before the call: the handler may destroy the context
+// that keeps it (the failing one or an ancestor).
 void CallCHandler(const mcx::FailureInfo& info) {
-  const auto* h = static_cast<const CHandler*>(info.arg);
-  h->first(C(info.context), info.context_name, ToC(info.failure), info.size, h->second);
+  const auto* pair = static_cast<const CCallback*>(info.arg);
+  const auto fn = reinterpret_cast<mcx_failure_handler>(pair->fn);
+  void* const arg = pair->arg;
+  fn(C(info.context), info.context_name, ToC(info.failure), info.size, arg);
 }
 
 // Runs `f`, mapping any exception (all of them come from the failure path,
@@ -366,10 +359,9 @@ size_t mcx_limit(const mcx_context* ctx) { return ctx != nullptr ? Cxx(ctx)->lim
 // the caller is told (Context::SetFailureHandler has recorded why).
 mcx_failure mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
-  const bool set =
-      handler == nullptr
-          ? Cxx(ctx)->SetFailureHandler(nullptr, nullptr)
-          : Cxx(ctx)->SetFailureHandler(&CallCHandler, const_cast<CHandler*>(Intern(handler, arg)));
+  const bool set = handler == nullptr
+                       ? Cxx(ctx)->SetFailureHandler(nullptr, nullptr)
+                       : CApiAccess::SetFailureHandler(Cxx(ctx), &CallCHandler, Pair(handler, arg));
   return set ? MCX_OK : ToC(Cxx(ctx)->last_failure());
 }
 
@@ -377,8 +369,7 @@ mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn f
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
   if (bytes == MCX_NO_LIMIT) return ToC(Cxx(ctx)->TrySetSoftLimit(mcx::kNoLimit, nullptr));
   if (fn == nullptr) return ToC(Cxx(ctx)->TrySetSoftLimit(bytes, nullptr));  // kBadArgument
-  return ToC(Cxx(ctx)->TrySetSoftLimit(bytes, &CallCPressure,
-                                       const_cast<CPressure*>(InternPressure(fn, arg))));
+  return ToC(CApiAccess::SetSoftLimit(Cxx(ctx), bytes, &CallCPressure, Pair(fn, arg)));
 }
 
 size_t mcx_soft_limit(const mcx_context* ctx) {

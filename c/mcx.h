@@ -211,14 +211,18 @@ size_t mcx_limit(const mcx_context* ctx);
  * (MCX_FORBIDDEN) can refuse. Returns MCX_OK, or why the handler could not
  * be set, as mcx_last_failure(ctx) then says: nothing is set, and a failure
  * returns NULL without calling it (an engine whose handler longjmps must
- * check). Removing a handler never fails. */
+ * check). Removing a handler never fails. The handler and `arg` are kept
+ * with the context, as its soft limit's callback is: a reset keeps them,
+ * setting another replaces them, and destroying the context takes them
+ * (nothing is kept for the contexts that are gone). */
 mcx_failure mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handler, void* arg);
 /* A soft limit: `fn` runs once before an allocation would take the
  * subtree's bytes past `bytes`, and may free memory anywhere (reset a
  * context, spill a table); then the allocation proceeds, and the hard limit
  * still holds. Not re-entered while it runs. It may longjmp: nothing is
  * allocated, and the soft limit calls back no more until set again.
- * MCX_NO_LIMIT removes it; a NULL `fn` is MCX_BAD_ARGUMENT. */
+ * MCX_NO_LIMIT removes it; a NULL `fn` is MCX_BAD_ARGUMENT. `fn` and `arg`
+ * are kept with the context as its failure handler is. */
 mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn fn, void* arg);
 size_t mcx_soft_limit(const mcx_context* ctx);
 mcx_failure mcx_last_failure(const mcx_context* ctx);

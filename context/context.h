@@ -75,6 +75,7 @@ inline constexpr size_t kNoLimit = ~size_t{0};
 class Budget;
 
 namespace internal {
+struct CApiAccess;
 struct CleanupRecord;
 struct CleanupAccess;
 struct FailAccess;
@@ -546,6 +547,7 @@ class Context {
   size_t first_block_size() const;
 
  private:
+  friend struct internal::CApiAccess;  // internal/c_api.h
   friend struct internal::CleanupAccess;
   friend struct internal::FailAccess;
   friend struct internal::CreateAccess;  // internal/create.h

@@ -27,6 +27,13 @@ namespace internal {
 struct CleanupRecord;
 struct MarkRecord;
 
+// A C function and its argument: a failure handler or soft-limit callback
+// set through the C API (internal/c_api.h).
+struct CCallback {
+  void (*fn)() = nullptr;
+  void* arg = nullptr;
+};
+
 // A block held by the reserve; its first bytes link the list.
 struct ReserveBlock {
   ReserveBlock* next;
@@ -66,6 +73,10 @@ struct ContextExtras {
   // failure-dump setting (dump.h).
   FailureHandler handler = nullptr;
   void* handler_arg = nullptr;
+  // The C API's handler and soft-limit callback (internal/c_api.h):
+  // `handler_arg` and `pressure_arg` point here when they were set from C.
+  CCallback c_handler;
+  CCallback c_pressure;
   int dump_fd = kFailureDumpInherit;
   uint8_t dump_depth = kFailureDumpDefaultDepth;
   uint8_t dump_children = kFailureDumpDefaultChildren;

@@ -15,6 +15,33 @@
 
 #include "mcx/mcx.h"
 
+/* The heap in use, to see what a loop leaves behind: the sanitizer's
+ * count when one owns malloc, else glibc's. 0 where neither is there. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MCX_TEST_SANITIZER_HEAP 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define MCX_TEST_SANITIZER_HEAP 1
+#endif
+#endif
+#if defined(MCX_TEST_SANITIZER_HEAP)
+size_t __sanitizer_get_current_allocated_bytes(void);
+#elif defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#include <malloc.h>
+#define MCX_TEST_MALLINFO2 1
+#endif
+
+static size_t HeapBytesInUse(void) {
+#if defined(MCX_TEST_SANITIZER_HEAP)
+  return __sanitizer_get_current_allocated_bytes();
+#elif defined(MCX_TEST_MALLINFO2)
+  struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+#else
+  return 0;
+#endif
+}
+
 static int passed = 0;
 /* Direct mode (--config=direct): every pool chunk is a large one, whose size
  * the kind knows. Probed by main. */
@@ -673,6 +700,82 @@ static void TestSoftLimit(void) {
   mcx_destroy(top);
 }
 
+/* A C handler's and soft-limit callback's function and argument are kept
+ * with the context they are set on: a reset keeps them, a second setting
+ * replaces them, and mcx_destroy takes them, so an engine that passes
+ * per-query state as `arg` keeps nothing for the queries that are over. */
+static void* handler_seen_arg = NULL;
+static void* spill_seen_arg = NULL;
+
+static void NoteHandlerArg(mcx_context* ctx, const char* name, mcx_failure failure, size_t size,
+                           void* arg) {
+  (void)ctx;
+  (void)name;
+  (void)failure;
+  (void)size;
+  handler_seen_arg = arg;
+}
+
+static void NoteSpillArg(const mcx_pressure_info* info) { spill_seen_arg = info->arg; }
+
+static void Query(uintptr_t q, int fail) {
+  mcx_context* query = mcx_create(NULL, "query", MCX_KIND_POOL, NULL);
+  CHECK(mcx_set_failure_handler(query, NoteHandlerArg, (void*)(q * 64)) == MCX_OK);
+  CHECK(mcx_set_soft_limit(query, 1 << 20, NoteSpillArg, (void*)(q * 64 + 8)) == MCX_OK);
+  if (fail) {
+    mcx_counters c;
+    mcx_alloc(query, 2 << 20); /* past the soft limit: the callback */
+    mcx_get_counters(query, 0, &c);
+    CHECK(mcx_set_limit(query, c.total_bytes) == MCX_OK);
+    mcx_alloc(query, 1 << 20); /* past the limit: the handler */
+    CHECK(handler_seen_arg == (void*)(q * 64) && spill_seen_arg == (void*)(q * 64 + 8));
+  }
+  mcx_destroy(query);
+}
+
+static void TestHandlersGoWithTheirContext(void) {
+  const uintptr_t kQueries = 100000;
+  mcx_options o;
+  mcx_context* top;
+  mcx_context* kid;
+  int calls = 0, other_calls = 0;
+  size_t before, after;
+  uintptr_t q;
+  mcx_options_init(&o);
+  o.limit = 64 * 1024;
+  top = mcx_create(NULL, "top", MCX_KIND_POOL, &o);
+  kid = mcx_create(top, "kid", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_set_failure_handler(top, Handler, &calls) == MCX_OK);
+  mcx_reset(top, MCX_RESET_RELEASE_ALL, 0); /* kid goes; the handler stays */
+  kid = mcx_create(top, "kid", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_alloc(kid, 100000) == NULL); /* inherited from top */
+  CHECK(calls == 1 && handler_failure == MCX_LIMIT);
+  CHECK(mcx_set_failure_handler(top, Handler, &other_calls) == MCX_OK);
+  CHECK(mcx_alloc(top, 100000) == NULL);
+  CHECK(calls == 1 && other_calls == 1);
+  CHECK(mcx_set_failure_handler(top, NULL, NULL) == MCX_OK);
+  CHECK(mcx_alloc(top, 100000) == NULL);
+  CHECK(other_calls == 1);
+  spill_seen_arg = NULL;
+  CHECK(mcx_set_soft_limit(top, 16 * 1024, NoteSpillArg, &other_calls) == MCX_OK);
+  mcx_reset(top, MCX_RESET_RELEASE_ALL, 0); /* the callback stays */
+  kid = mcx_create(top, "kid", MCX_KIND_FREELIST, NULL);
+  CHECK(mcx_alloc(kid, 32 * 1024) != NULL); /* past the soft limit only */
+  CHECK(spill_seen_arg == (void*)&other_calls);
+  mcx_destroy(top);
+
+  for (q = 1; q <= 1000; ++q) Query(q, q % 100 == 0); /* the block cache fills */
+  before = HeapBytesInUse();
+  for (q = 1; q <= kQueries; ++q) Query(q, q % 10000 == 0);
+  after = HeapBytesInUse();
+  /* Two interned pairs a query would be megabytes. */
+  CHECK(after <= before + 64 * 1024);
+  if (after > before + 64 * 1024) {
+    fprintf(stderr, "heap in use grew by %lu bytes over %lu queries\n",
+            (unsigned long)(after - before), (unsigned long)kQueries);
+  }
+}
+
 int main(void) {
   {
     mcx_context* probe = mcx_create(NULL, "probe", MCX_KIND_POOL, NULL);
@@ -694,6 +797,7 @@ int main(void) {
   TestSavepoints();
   TestRewindGoesThroughWhatItsCleanupsAdd();
   TestSoftLimit();
+  TestHandlersGoWithTheirContext();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
