@@ -15,6 +15,7 @@
 #include "mcx/context/context.h"
 #include "mcx/context/dump.h"
 #include "mcx/context/internal/c_api.h"
+#include "mcx/context/internal/failure.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/no_alloc.h"
 #include "mcx/context/pressure.h"
@@ -303,11 +304,27 @@ int mcx_no_alloc_begin(void) {
   return depth;
 }
 
+// An end with no region open, or a negative depth, would take the thread's
+// depth below 0, where every block acquisition is refused as if inside a
+// region: misuse, reported, with the depth left as it is.
 void mcx_no_alloc_end(void) {
-  mcx::NoAllocScope::RestoreDepth(mcx::NoAllocScope::Depth() - 1);
+  const int depth = mcx::NoAllocScope::Depth();
+  if (depth <= 0) {
+    mcx::internal::ReportMisuse("mcx_no_alloc_end with no region open on this thread (depth %d)",
+                                depth);
+    return;
+  }
+  mcx::NoAllocScope::RestoreDepth(depth - 1);
 }
 
-void mcx_no_alloc_restore(int depth) { mcx::NoAllocScope::RestoreDepth(depth); }
+void mcx_no_alloc_restore(int depth) {
+  if (depth < 0) {
+    mcx::internal::ReportMisuse("mcx_no_alloc_restore(%d): not a depth mcx_no_alloc_begin returns",
+                                depth);
+    return;
+  }
+  mcx::NoAllocScope::RestoreDepth(depth);
+}
 
 mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;

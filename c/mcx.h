@@ -2,8 +2,9 @@
  *
  * The C API of mcx, usable from C99. Every function reports failure by its
  * return value (NULL, or a nonzero mcx_failure code); none throws or aborts,
- * except that memory misuse (a foreign pointer, a double free) is reported
- * and aborts, as in C++ (checking builds detect more of it).
+ * except that misuse (a foreign pointer, a double free, an
+ * mcx_no_alloc_end without its begin) is reported and aborts, as in C++
+ * (checking builds detect more of it).
  *
  * A context is an opaque `mcx_context*`. Allocation failures call the
  * context's failure handler, if one is set on it or an ancestor, and then
@@ -176,7 +177,9 @@ char* mcx_strcat(mcx_context* ctx, ...) MCX_SENTINEL;
  * release builds: those that need a new block), except in a context given
  * mcx_allow_in_no_alloc(ctx, 1) (0 on success, or why not). begin returns
  * the depth before it: a handler that longjmps out of a region gives it to
- * mcx_no_alloc_restore at its landing point. */
+ * mcx_no_alloc_restore at its landing point. mcx_no_alloc_end with no
+ * region open on the thread, and mcx_no_alloc_restore of a negative depth,
+ * are misuse: reported (which aborts), the depth left as it is. */
 int mcx_no_alloc_begin(void);
 void mcx_no_alloc_end(void);
 void mcx_no_alloc_restore(int depth);

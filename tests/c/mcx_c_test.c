@@ -7,11 +7,15 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "mcx/mcx.h"
 
@@ -551,6 +555,72 @@ static void TestNoAllocRegions(void) {
   mcx_destroy(err);
 }
 
+/* Misuse is reported to the default handler, which prints a line and
+ * aborts; these run it in a child process. Its SIGABRT exits with 20 plus
+ * the no-alloc depth it finds then, so the parent sees that the report came
+ * and what the depth was when it came. */
+static void ExitWithDepth(int sig) {
+  (void)sig;
+  _exit(20 + mcx_no_alloc_begin());
+}
+
+/* The child's exit status (-1 if it did not exit), its stderr in `err`. */
+static int RunChild(void (*body)(void), char* err, size_t size) {
+  int fds[2];
+  int status = 0;
+  size_t n = 0;
+  pid_t pid;
+  fflush(NULL);
+  if (pipe(fds) != 0) return -1;
+  pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], 2);
+    signal(SIGABRT, ExitWithDepth);
+    body();
+    _exit(1); /* no report */
+  }
+  close(fds[1]);
+  for (;;) {
+    ssize_t r = read(fds[0], err + n, size - 1 - n);
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  err[n] = '\0';
+  close(fds[0]);
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+static void EndWithNoRegion(void) { mcx_no_alloc_end(); }
+
+static void RestoreANegativeDepth(void) {
+  mcx_no_alloc_begin();
+  mcx_no_alloc_restore(-1);
+}
+
+/* mcx_no_alloc_end with no region open, and mcx_no_alloc_restore of a
+ * negative depth, are misuse: reported, the depth left as it is (not below
+ * 0, where every block acquisition on the thread would be refused). */
+static void TestUnbalancedNoAllocIsMisuse(void) {
+  char err[512];
+  mcx_context* ctx;
+  CHECK(RunChild(EndWithNoRegion, err, sizeof(err)) == 20);
+  CHECK(strstr(err, "mcx: mcx_no_alloc_end with no region open") != NULL);
+  CHECK(RunChild(RestoreANegativeDepth, err, sizeof(err)) == 21);
+  CHECK(strstr(err, "mcx: mcx_no_alloc_restore(-1)") != NULL);
+  /* Balanced, nested and restored regions are not misuse. */
+  CHECK(mcx_no_alloc_begin() == 0);
+  CHECK(mcx_no_alloc_begin() == 1);
+  mcx_no_alloc_end();
+  mcx_no_alloc_restore(0);
+  CHECK(mcx_no_alloc_begin() == 0);
+  mcx_no_alloc_end();
+  ctx = mcx_create(NULL, "after", MCX_KIND_POOL, NULL);
+  CHECK(ctx != NULL && mcx_alloc(ctx, 1 << 20) != NULL);
+  mcx_destroy(ctx);
+}
+
 /* Live bytes and the peaks, ResetPeak, and the sized free, on a pool
  * whose large chunks are freed one by one. */
 static void TestCountersAndSizedFree(void) {
@@ -793,6 +863,7 @@ int main(void) {
   TestStringsAndBytes();
   TestStrcat();
   TestNoAllocRegions();
+  TestUnbalancedNoAllocIsMisuse();
   TestCountersAndSizedFree();
   TestSavepoints();
   TestRewindGoesThroughWhatItsCleanupsAdd();
