@@ -5,10 +5,13 @@
 // the ordinary ones.
 //
 // Contract:
-//   - Both allocate with the context's `AllocAligned` (so failures throw
-//     `std::bad_alloc` after the context's failure handler, as the standard
-//     requires) and deallocate with its `Free` (a no-op for small pool
-//     chunks: their memory comes back when the context is reset).
+//   - Both allocate with the context's `AllocAligned` and deallocate with
+//     its `Free` (a no-op for small pool chunks: their memory comes back
+//     when the context is reset). Every failure throws `std::bad_alloc`
+//     after the context's failure handler, as the standard requires: also
+//     those that `AllocAligned` reports as `std::invalid_argument` (an
+//     alignment above kMaxAlignment, a size the kind refuses), which a
+//     container does not expect from its allocator.
 //   - Two resources (allocators) compare equal when they name the same
 //     context, so containers moved between them keep their memory.
 //   - A container must not outlive its context. To tie a container's life
@@ -30,10 +33,25 @@
 #include <limits>
 #include <memory_resource>
 #include <new>
+#include <stdexcept>
 
 #include "mcx/context/context.h"
 
 namespace mcx {
+namespace internal {
+
+// AllocAligned with its failure handler, throwing std::bad_alloc for every
+// failure: the throw of std::invalid_argument for a bad alignment or size
+// becomes one.
+inline void* AllocForContainer(Context* ctx, size_t bytes, size_t alignment) {
+  try {
+    return ctx->AllocAligned(bytes, alignment);
+  } catch (const std::invalid_argument&) {
+    throw std::bad_alloc();
+  }
+}
+
+}  // namespace internal
 
 class MemoryResource final : public std::pmr::memory_resource {
  public:
@@ -42,7 +60,7 @@ class MemoryResource final : public std::pmr::memory_resource {
 
  private:
   void* do_allocate(size_t bytes, size_t alignment) override {
-    return ctx_->AllocAligned(bytes, alignment);
+    return internal::AllocForContainer(ctx_, bytes, alignment);
   }
   void do_deallocate(void* p, size_t /*bytes*/, size_t /*alignment*/) override {
     ctx_->Free(p);
@@ -66,7 +84,7 @@ class Allocator {
 
   T* allocate(size_t n) {
     if (n > std::numeric_limits<size_t>::max() / sizeof(T)) throw std::bad_array_new_length();
-    return static_cast<T*>(ctx_->AllocAligned(n * sizeof(T), alignof(T)));
+    return static_cast<T*>(internal::AllocForContainer(ctx_, n * sizeof(T), alignof(T)));
   }
   void deallocate(T* p, size_t /*n*/) noexcept { ctx_->Free(p); }
 

@@ -51,6 +51,14 @@ void DestroyObject(void* p) {
   static_cast<T*>(p)->~T();
 }
 
+// Frees an object's chunk when Delete or DeleteArray leaves, also when a
+// destructor throws: its cleanup has run (and is gone) either way.
+struct FreeOnExit {
+  Context* ctx;
+  void* mem;
+  ~FreeOnExit() { ctx->Free(mem); }
+};
+
 // Non-trivial objects are laid out as [handle slot][T] in one chunk, so that
 // Delete can find the cleanup from the object alone.
 template <typename T>
@@ -137,7 +145,9 @@ T* NewArray(ContextAtSite at, size_t n, const T& value);
 template <typename T>
 void DeleteArray(Context* ctx, T* array);
 
-// Destroys an object made by New<T>(ctx, ...) before its context goes.
+// Destroys an object made by New<T>(ctx, ...) before its context goes, and
+// frees it where the kind can (also when its destructor throws, which
+// then propagates).
 template <typename T>
 void Delete(Context* ctx, T* obj) {
   if (obj == nullptr) return;
@@ -147,8 +157,8 @@ void Delete(Context* ctx, T* obj) {
     constexpr size_t kSlot = internal::HandleSlotBytes<T>();
     char* mem = reinterpret_cast<char*>(obj) - kSlot;
     CleanupHandle h = *reinterpret_cast<CleanupHandle*>(mem + kSlot - sizeof(CleanupHandle));
+    internal::FreeOnExit free_on_exit{ctx, mem};
     ctx->RunCleanup(h);
-    ctx->Free(mem);
   }
 }
 
@@ -261,12 +271,7 @@ void DeleteArray(Context* ctx, T* array) {
   } else {
     char* mem = reinterpret_cast<char*>(array) - internal::ArrayHeaderBytes<T>();
     auto* h = reinterpret_cast<internal::ArrayHeader*>(array) - 1;
-    // Freed also when a destructor throws: its cleanup has run either way.
-    struct FreeOnExit {
-      Context* ctx;
-      char* mem;
-      ~FreeOnExit() { ctx->Free(mem); }
-    } free_on_exit{ctx, mem};
+    internal::FreeOnExit free_on_exit{ctx, mem};
     if (h->count != 0) ctx->RunCleanup(h->handle);
   }
 }

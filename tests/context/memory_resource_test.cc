@@ -111,6 +111,32 @@ TEST_P(MemoryResourceTest, LimitSurfacesAsBadAlloc) {
   ctx->Destroy();
 }
 
+// Every failure is a std::bad_alloc, after the failure handler: also an
+// alignment above kMaxAlignment (a valid request to a memory resource) and
+// a size no context serves, which AllocAligned reports as invalid
+// arguments.
+int container_failures = 0;
+
+TEST_P(MemoryResourceTest, EveryFailureIsABadAllocAfterTheHandler) {
+  ContextOptions o;
+  o.failure_handler = [](const FailureInfo&) { ++container_failures; };
+  Context* ctx = GetParam() ? Context::Create(nullptr, "c", PoolKind(), o)
+                            : Context::Create(nullptr, "c", FreelistKind(), o);
+  container_failures = 0;
+  MemoryResource resource(ctx);
+  std::pmr::memory_resource* r = &resource;
+  EXPECT_THROW(r->allocate(64, kMaxAlignment * 2), std::bad_alloc);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadAlignment);
+  EXPECT_THROW(r->allocate(kMaxAllocSize + 1, 16), std::bad_alloc);
+  Allocator<char> chars(ctx);
+  EXPECT_THROW(chars.allocate(kMaxAllocSize + 1), std::bad_alloc);
+  EXPECT_EQ(container_failures, 3);
+  void* p = r->allocate(64, 64);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+  r->deallocate(p, 64, 64);
+  ctx->Destroy();
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, MemoryResourceTest, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "Pool" : "Freelist";

@@ -62,6 +62,35 @@ TEST(NewTest, DeleteRunsTheDestructorOnce) {
   EXPECT_EQ(log, std::vector<std::string>({"a", "b"}));
 }
 
+// An object whose destructor throws is freed by Delete all the same, and
+// the exception propagates; its cleanup does not run again at destroy.
+struct ThrowsOnDestroy {
+  explicit ThrowsOnDestroy(int* destroyed) : destroyed(destroyed) {}
+  ~ThrowsOnDestroy() noexcept(false) {
+    ++*destroyed;
+    throw std::runtime_error("destructor");
+  }
+  int* destroyed;
+  char payload[200] = {};
+};
+
+TEST(NewTest, DeleteFreesAnObjectWhoseDestructorThrows) {
+  Context* ctx = CreateFreelistContext(nullptr, "objects");
+  std::vector<std::string> log;
+  Delete(ctx, New<Tracked>(ctx, &log, "t"));  // the cleanup records' memory, kept
+  const size_t live = ctx->live_bytes();
+  int destroyed = 0;
+  ThrowsOnDestroy* obj = New<ThrowsOnDestroy>(ctx, &destroyed);
+  EXPECT_GE(ctx->live_bytes(), live + sizeof(ThrowsOnDestroy));
+  EXPECT_THROW(Delete(ctx, obj), std::runtime_error);
+  EXPECT_EQ(destroyed, 1);
+  EXPECT_EQ(ctx->live_bytes(), live);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(destroyed, 1);
+}
+
 // Trivially destructible types take no cleanup; alignment is honoured.
 TEST(NewTest, TrivialTypesAndAlignment) {
   Context* ctx = CreatePoolContext(nullptr, "objects");
