@@ -39,15 +39,44 @@ std::string ValidUtf8(const char* s) {
   return out;
 }
 
+// Bytes of a name that a label shows: Graphviz refuses a run of text in an
+// HTML-like label much longer (16 KiB in the Graphviz of Debian 12), and a
+// node that wide is unreadable well before.
+constexpr size_t kDotNameBytes = 256;
+
+// Whether `p` starts U+FFFE or U+FFFF: well-formed UTF-8, but characters
+// XML does not allow (Graphviz's parser rejects the label).
+bool IsXmlNoncharacter(const char* p) {
+  return static_cast<unsigned char>(p[0]) == 0xEF && static_cast<unsigned char>(p[1]) == 0xBF &&
+         (static_cast<unsigned char>(p[2]) == 0xBE || static_cast<unsigned char>(p[2]) == 0xBF);
+}
+
 // Text inside an HTML-like label: XML's specials escaped; control
-// characters, which XML does not allow, become '?'; bytes that are not
-// UTF-8 become U+FFFD. Graphviz rejects an empty <B></B>, so an empty name
-// is shown as "".
+// characters and U+FFFE and U+FFFF, which XML does not allow, become '?';
+// bytes that are not UTF-8 become U+FFFD; a name longer than kDotNameBytes
+// is cut at a character and ends in U+2026 (HORIZONTAL ELLIPSIS).
+// Graphviz rejects an empty <B></B>, so an empty name is shown as "".
 std::string HtmlText(const char* s) {
   if (*s == '\0') return "&quot;&quot;";
+  const std::string text = ValidUtf8(s);
   std::string out;
-  for (char ch : ValidUtf8(s)) {
-    switch (ch) {
+  for (size_t i = 0; i < text.size();) {
+    if (i >= kDotNameBytes) {
+      out += "\xE2\x80\xA6";
+      break;
+    }
+    const char* p = text.data() + i;
+    const size_t n = internal::Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p));
+    i += n;
+    if (n == 3 && IsXmlNoncharacter(p)) {
+      out += '?';
+      continue;
+    }
+    if (n > 1) {
+      out.append(p, n);
+      continue;
+    }
+    switch (*p) {
       case '&':
         out += "&amp;";
         break;
@@ -61,7 +90,7 @@ std::string HtmlText(const char* s) {
         out += "&quot;";
         break;
       default:
-        out += static_cast<unsigned char>(ch) < 0x20 ? '?' : ch;
+        out += static_cast<unsigned char>(*p) < 0x20 ? '?' : *p;
     }
   }
   return out;

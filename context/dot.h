@@ -22,9 +22,11 @@
 //     parent, `moreN` (shape "note", a dashed edge), "N more child contexts"
 //     with their totals. The graph's label is the grand total.
 //   - Names are text in HTML-like labels: XML's specials are escaped,
-//     control characters (which XML does not allow) become '?', each byte
-//     that starts no well-formed UTF-8 sequence becomes U+FFFD (Graphviz
-//     needs UTF-8), and an empty name shows as "".
+//     control characters, U+FFFE and U+FFFF (which XML does not allow)
+//     become '?', each byte that starts no well-formed UTF-8 sequence
+//     becomes U+FFFD (Graphviz needs UTF-8), a name longer than 256 bytes
+//     shows its first 256 and an ellipsis (Graphviz refuses long runs of
+//     text in a label), and an empty name shows as "".
 //   - `blocks = true` adds each context's blocks, drawn to scale as bars
 //     (inspect.h): grey for headers, blue for chunks handed out, orange for
 //     chunks on freelists, white for free bump space; one scale for the

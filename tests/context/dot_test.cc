@@ -226,6 +226,24 @@ TEST(DotReportTest, EmptyAndNonUtf8NamesStayValid) {
   top->Destroy();
 }
 
+// U+FFFE and U+FFFF are well-formed UTF-8 that XML does not allow: they
+// show as '?'. A long name shows its first 256 bytes, cut at a character,
+// and an ellipsis: Graphviz refuses a long run of text in a label.
+TEST(DotReportTest, NoncharactersAndLongNamesStayValid) {
+  Context* top = Context::Create(nullptr, "a\xEF\xBF\xBE" "b\xEF\xBF\xBF" "c", PoolKind());
+  std::string long_name(255, 'n');
+  long_name += "\xC3\xA9";  // a character across byte 256
+  long_name += std::string(20000, 'm');
+  top->CreateChild(long_name.c_str(), PoolKind());
+  std::string dot = Dot(top);
+  EXPECT_NE(NodeLine(dot, "ctx0").find("<B>a?b?c</B>"), std::string::npos) << dot;
+  const std::string shown = "<B>" + long_name.substr(0, 257) + "\xE2\x80\xA6</B>";
+  EXPECT_NE(dot.find(shown), std::string::npos) << dot.substr(0, 2000);
+  EXPECT_EQ(dot.find(std::string(300, 'm')), std::string::npos);
+  ExpectDotAccepts(dot);
+  top->Destroy();
+}
+
 // The widths of a bar's cells.
 std::vector<int> Widths(const std::string& bar) {
   std::vector<int> out;
