@@ -157,11 +157,22 @@ void Context::FreeChecked(void* p) {
   internal::ValgrindChunkFree(this, p);
 }
 
-// Checking builds: a sized free names a size the chunk can hold. Where the
-// kind knows the size asked for (checking builds keep it for the freelist's
-// chunks and the pool's large ones), a larger size is misuse: the caller
-// confused two chunks, or its own sizes.
+// Checking builds: a sized free names the size the chunk was asked for,
+// where the kind keeps it (KindMethods::requested_size), else a size the
+// chunk can hold. Another size is misuse: the caller confused two chunks,
+// or its own sizes (a sized delete through a base class).
 void Context::CheckFreeSize(const void* p, size_t size) const {
+  const size_t asked =
+      methods_->requested_size != nullptr ? methods_->requested_size(this, p) : kUnknownSize;
+  if (asked != kUnknownSize) {
+    // Kinds serve a request of 0 bytes as one of 1 (a unique pointer).
+    if (size != asked && !(size == 0 && asked == 1)) {
+      internal::ReportMisuse(
+          "sized free of chunk %p in context '%s' with size %zu, but it was allocated with %zu",
+          p, name(), size, asked);
+    }
+    return;
+  }
   const size_t holds = ChunkSize(p);
   if (holds != kUnknownSize && size > holds) {
     internal::ReportMisuse("sized free of chunk %p in context '%s' with size %zu, but it holds %zu bytes",

@@ -188,6 +188,13 @@ struct KindMethods {
   // whose alignment this does not reach.
   size_t (*plain_alignment)(const Context* ctx, size_t size) = nullptr;
 
+  // Optional; nullptr for a kind that keeps no chunk's requested size.
+  // Called in checking builds only: the size a chunk was asked for (or
+  // last resized to), where the kind keeps it, else kUnknownSize. A sized
+  // `Free` with another size is then reported (a C++ sized delete through
+  // a base class without a virtual destructor passes too small a one).
+  size_t (*requested_size)(const Context* ctx, const void* p) = nullptr;
+
   // Optional; MakeKindMethods fills it. Creates a child with default
   // options (`name` not nullptr, `name_len` its length; `flags`: Context's
   // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into

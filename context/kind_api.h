@@ -202,6 +202,10 @@ struct HasPlainAlignment : std::false_type {};
 template <typename K>
 struct HasPlainAlignment<K, std::void_t<decltype(&K::PlainAlignment)>> : std::true_type {};
 template <typename K, typename = void>
+struct HasRequestedSize : std::false_type {};
+template <typename K>
+struct HasRequestedSize<K, std::void_t<decltype(&K::RequestedSize)>> : std::true_type {};
+template <typename K, typename = void>
 struct HasRewind : std::false_type {};
 template <typename K>
 struct HasRewind<K, std::void_t<decltype(&K::Rewind)>> : std::true_type {};
@@ -294,6 +298,9 @@ struct Trampolines {
   static size_t PlainAlignment(const Context* ctx, size_t size) {
     return K::PlainAlignment(ctx, KindState<State>(ctx), size);
   }
+  static size_t RequestedSize(const Context* ctx, const void* p) {
+    return K::RequestedSize(ctx, KindState<State>(ctx), p);
+  }
   template <typename Position>
   static bool Mark(Context* ctx, void* position) {
     return K::Mark(ctx, KindState<State>(ctx), static_cast<Position*>(position));
@@ -352,9 +359,10 @@ class LiveTally {
 // example at the top). A missing or mistyped required member is a compile
 // error naming it, as LLVM's AllocatorBase checks its implementers; Inspect,
 // VisitLiveChunks, Live with ResetPeak (the O(1) count of live bytes, see
-// LiveTally), FirstBlockAlignment (default: kMinBlockAlignment) and
+// LiveTally), FirstBlockAlignment (default: kMinBlockAlignment),
 // PlainAlignment (KindMethods::plain_alignment; for a kind that packs
-// chunks below kDefaultAlignment) are optional, and FirstBlockSize may leave out `learned` (a kind that sizes its first block
+// chunks below kDefaultAlignment) and RequestedSize (KindMethods::
+// requested_size; checking builds) are optional, and FirstBlockSize may leave out `learned` (a kind that sizes its first block
 // itself).
 template <typename K>
 constexpr KindMethods MakeKindMethods() {
@@ -471,6 +479,12 @@ constexpr KindMethods MakeKindMethods() {
                                  size_t (*)(const Context*, const State*, size_t)>,
                   "Kind::PlainAlignment(const Context*, const State*, size_t size) -> size_t");
     methods.plain_alignment = &T::PlainAlignment;
+  }
+  if constexpr (kind_internal::HasRequestedSize<K>::value) {
+    static_assert(std::is_same_v<decltype(&K::RequestedSize),
+                                 size_t (*)(const Context*, const State*, const void*)>,
+                  "Kind::RequestedSize(const Context*, const State*, const void* p) -> size_t");
+    methods.requested_size = &T::RequestedSize;
   }
   return methods;
 }

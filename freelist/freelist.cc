@@ -2763,6 +2763,14 @@ struct Freelist {
   static size_t ChunkSize(const Context*, const State*, const void* p) {
     return FreelistChunkSize(p);
   }
+  // Checking builds keep the size asked for before each chunk; an aligned
+  // chunk's redirect keeps none (its ChunkSize counts from the real chunk).
+  static size_t RequestedSize(const Context*, const State*, const void* p) {
+    if (!kChecking || ChunkHeaderKind(ReadChunkHeader(p)) == kChunkKindAlignedRedirect) {
+      return kUnknownSize;
+    }
+    return mcx::RequestedSize(p);
+  }
   static void Reset(Context* ctx, State* st, const ResetOptions& options) {
     FreelistReset(ctx, st, options);
   }

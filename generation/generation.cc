@@ -801,6 +801,14 @@ struct GenerationImpl {
     return GenerationRealloc(ctx, st, p, old_size, new_size);
   }
   static size_t ChunkSize(const Context*, const State*, const void* p) { return ChunkSizeOf(p); }
+  // Checking builds keep the size asked for before each chunk; an aligned
+  // chunk's redirect keeps none.
+  static size_t RequestedSize(const Context*, const State*, const void* p) {
+    if (!kChecking || ChunkHeaderKind(ReadChunkHeader(p)) == kChunkKindAlignedRedirect) {
+      return kUnknownSize;
+    }
+    return mcx::RequestedSize(p);
+  }
   static void Reset(Context* ctx, State* st, const ResetOptions& options) {
     GenerationReset(ctx, st, options);
   }

@@ -1113,6 +1113,14 @@ struct PoolImpl {
 
   // A large chunk's usable bytes run to its block's end; checking builds say
   // exactly what was asked for, since the sentinel follows it.
+  // Checking builds keep the size asked for of each large chunk.
+  static size_t RequestedSize(const Context* ctx, const State* st, const void* p) {
+    LargeHeader* h;
+    if (!kChecking || FindLarge(ctx, st, p, "size", &h) != ChunkLookup::kLarge) {
+      return kUnknownSize;
+    }
+    return h->requested;
+  }
   static size_t ChunkSize(const Context* ctx, const State* st, const void* p) {
     LargeHeader* h;
     if (FindLarge(ctx, st, p, "size", &h) != ChunkLookup::kLarge) return kUnknownSize;

@@ -9,12 +9,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/freelist/size_class.h"
+#include "mcx/generation/generation.h"
 #include "mcx/pool/pool.h"
 
 namespace mcx {
@@ -263,22 +265,52 @@ TEST(SizedFreeTest, FreesLikeFree) {
 std::string* misuse_seen = nullptr;
 void RecordMisuse(const char* message) { *misuse_seen = message; }
 
-// Checking builds report a size larger than the chunk holds, then free it.
+// Checking builds report a size other than the one the chunk was asked
+// for, where the kind keeps it (freelist chunks, pool large chunks,
+// generation chunks; a smaller one too: a sized delete through a base
+// class), and a size larger than the chunk holds elsewhere; then free it.
 TEST(SizedFreeTest, CheckingBuildsReportAWrongSize) {
   if (!internal::kChecking) GTEST_SKIP() << "checked in checking builds";
   std::string seen;
   misuse_seen = &seen;
   MisuseHandler previous = SetMisuseHandler(&RecordMisuse);
-  Context* ctx = Context::Create(nullptr, "freelist", FreelistKind());
-  void* p = ctx->Alloc(40);
-  ctx->Free(p, 41);
-  EXPECT_NE(seen.find("sized free of chunk"), std::string::npos) << seen;
-  EXPECT_NE(seen.find("with size 41, but it holds 40 bytes"), std::string::npos) << seen;
+  Context* freelist = Context::Create(nullptr, "freelist", FreelistKind());
+  Context* pool = CreatePoolContext(nullptr, "pool");
+  Context* generation = Context::Create(nullptr, "generation", GenerationKind());
+  for (Context* ctx : {freelist, pool, generation}) {
+    SCOPED_TRACE(ctx->name());
+    const size_t size = ctx == pool ? 20000 : 40;
+    for (size_t wrong : {size + 1, size - 8, size_t{1}}) {
+      seen.clear();
+      void* p = ctx->Alloc(size);
+      ctx->Free(p, wrong);
+      EXPECT_NE(seen.find(absl::StrFormat("with size %d, but it was allocated with %d", wrong,
+                                          size)),
+                std::string::npos)
+          << seen;
+    }
+    seen.clear();
+    void* q = ctx->Alloc(size);
+    q = ctx->Realloc(q, size, size + 100);  // the size it was last resized to
+    ctx->Free(q, size + 100);
+    EXPECT_TRUE(seen.empty()) << seen;
+    void* aligned = ctx->AllocAligned(size, 256);
+    ctx->Free(aligned, size);
+    EXPECT_TRUE(seen.empty()) << seen;
+    if (ctx != pool) {  // a small pool chunk stays until the reset
+      ctx->Free(ctx->Alloc(0), 0);  // served as 1 byte, freed as asked for
+      EXPECT_TRUE(seen.empty()) << seen;
+    }
+    EXPECT_EQ(ctx->live_bytes() == kUnknownSize ? 0 : ctx->live_bytes(), 0u);
+  }
+  // A pool's small chunks keep no size: only one larger than they hold is
+  // reported, if any is known; a size below it passes.
   seen.clear();
-  void* q = ctx->Alloc(40);
-  ctx->Free(q, 40);
+  pool->Free(pool->Alloc(40), 8);
   EXPECT_TRUE(seen.empty()) << seen;
-  ctx->Destroy();
+  freelist->Destroy();
+  pool->Destroy();
+  generation->Destroy();
   SetMisuseHandler(previous);
   misuse_seen = nullptr;
 }
