@@ -317,14 +317,7 @@ void mcx_no_alloc_end(void) {
   mcx::NoAllocScope::RestoreDepth(depth - 1);
 }
 
-void mcx_no_alloc_restore(int depth) {
-  if (depth < 0) {
-    mcx::internal::ReportMisuse("mcx_no_alloc_restore(%d): not a depth mcx_no_alloc_begin returns",
-                                depth);
-    return;
-  }
-  mcx::NoAllocScope::RestoreDepth(depth);
-}
+void mcx_no_alloc_restore(int depth) { mcx::NoAllocScope::RestoreDepth(depth); }
 
 mcx_failure mcx_allow_in_no_alloc(mcx_context* ctx, int allow) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;

@@ -6,8 +6,11 @@
 // context is allowed lives in its side record, read only inside a scope:
 // the 96-byte header has no room, and most contexts never need it.
 
+#include "mcx/context/no_alloc.h"
+
 #include "mcx/context/context.h"
 #include "mcx/context/internal/extras.h"
+#include "mcx/context/internal/failure.h"
 
 namespace mcx {
 namespace internal {
@@ -15,6 +18,15 @@ namespace internal {
 __thread int no_alloc_depth = 0;
 
 }  // namespace internal
+
+void NoAllocScope::RestoreDepth(int depth) {
+  if (depth < 0) {
+    internal::ReportMisuse("cannot restore the no-allocation depth to %d: no Depth() returns it",
+                           depth);
+    return;
+  }
+  internal::no_alloc_depth = depth;
+}
 
 bool Context::AllowInNoAllocScope(bool allow) {
   if (!allow && extras_ == nullptr) return true;

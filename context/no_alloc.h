@@ -57,7 +57,10 @@ class NoAllocScope {
   static int Depth() { return internal::no_alloc_depth; }
   // Sets the nesting to `depth`, a value Depth() returned before: the
   // landing point of a longjmp that left scopes without their destructors.
-  static void RestoreDepth(int depth) { internal::no_alloc_depth = depth; }
+  // A negative depth, which no Depth() returns, is misuse: it is reported
+  // and the nesting is left as it was (a negative one would forbid every
+  // block acquisition on the thread).
+  static void RestoreDepth(int depth);
 };
 
 }  // namespace mcx

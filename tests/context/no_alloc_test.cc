@@ -258,5 +258,25 @@ TEST_F(NoAllocTest, HandlerThatLongjmpsAndTheLandingRestores) {
   ctx->Destroy();
 }
 
+// A negative depth, which no Depth() returns, is misuse: reported, and
+// the nesting left as it was (a negative one would forbid every block
+// acquisition on the thread).
+std::string restore_report;
+
+TEST_F(NoAllocTest, RestoringANegativeDepthIsMisuse) {
+  const MisuseHandler previous =
+      SetMisuseHandler([](const char* message) { restore_report = message; });
+  restore_report.clear();
+  NoAllocScope::RestoreDepth(-1);
+  EXPECT_NE(restore_report.find("cannot restore the no-allocation depth to -1"),
+            std::string::npos)
+      << restore_report;
+  EXPECT_EQ(NoAllocScope::Depth(), 0);
+  Context* ctx = CreatePoolContext(nullptr, "ctx");
+  EXPECT_NE(ctx->Alloc(kNeedsABlock), nullptr);
+  ctx->Destroy();
+  SetMisuseHandler(previous);
+}
+
 }  // namespace
 }  // namespace mcx
