@@ -183,35 +183,38 @@ size_t Context::limit() const { return extras_ != nullptr ? extras_->limit : kNo
 
 size_t Context::side_record_bytes() const { return extras_ != nullptr ? extras_->bytes : 0; }
 
-bool Context::SharedAtOrBelow() const {
-  const Context* c = this;
+namespace {
+
+// Whether `found` holds for a context of the subtree at `root` (root
+// first, then depth first), in constant stack space: stops at the first.
+template <typename Found>
+bool AnyInSubtree(const Context* root, Found found) {
+  const Context* c = root;
   while (c != nullptr) {
-    if (c->methods_->lock != nullptr) return true;
-    if (c->first_child_ != nullptr) {
-      c = c->first_child_;
+    if (found(c)) return true;
+    if (c->first_child() != nullptr) {
+      c = c->first_child();
       continue;
     }
-    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
-    c = (c == this) ? nullptr : c->next_sibling_;
+    while (c != root && c->next_sibling() == nullptr) c = c->parent();
+    c = (c == root) ? nullptr : c->next_sibling();
   }
   return false;
 }
 
+}  // namespace
+
+bool Context::SharedAtOrBelow() const {
+  return AnyInSubtree(this, [](const Context* c) { return c->methods_->lock != nullptr; });
+}
+
 size_t Context::SubtreeBytes() const {
   size_t total = 0;
-  const Context* c = this;
-  while (c != nullptr) {
+  AnyInSubtree(this, [&total](const Context* c) {
     total += c->mem_allocated_;
-    if (c->extras_ != nullptr) {
-      total += c->extras_->bytes + c->extras_->reserve_bytes;
-    }
-    if (c->first_child_ != nullptr) {
-      c = c->first_child_;
-      continue;
-    }
-    while (c != this && c->next_sibling_ == nullptr) c = c->parent_;
-    c = (c == this) ? nullptr : c->next_sibling_;
-  }
+    if (c->extras_ != nullptr) total += c->extras_->bytes + c->extras_->reserve_bytes;
+    return false;
+  });
   return total;
 }
 
