@@ -125,11 +125,12 @@ TEST_P(MemoryResourceTest, EveryFailureIsABadAllocAfterTheHandler) {
   container_failures = 0;
   MemoryResource resource(ctx);
   std::pmr::memory_resource* r = &resource;
-  EXPECT_THROW(r->allocate(64, kMaxAlignment * 2), std::bad_alloc);
+  EXPECT_THROW(static_cast<void>(r->allocate(64, kMaxAlignment * 2)), std::bad_alloc);
   EXPECT_EQ(ctx->last_failure(), Failure::kBadAlignment);
-  EXPECT_THROW(r->allocate(kMaxAllocSize + 1, 16), std::bad_alloc);
+  volatile size_t too_large = kMaxAllocSize + 1;  // not a constant the compiler warns of
+  EXPECT_THROW(static_cast<void>(r->allocate(too_large, 16)), std::bad_alloc);
   Allocator<char> chars(ctx);
-  EXPECT_THROW(chars.allocate(kMaxAllocSize + 1), std::bad_alloc);
+  EXPECT_THROW(static_cast<void>(chars.allocate(too_large)), std::bad_alloc);
   EXPECT_EQ(container_failures, 3);
   void* p = r->allocate(64, 64);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
