@@ -1826,20 +1826,27 @@ ABSL_ATTRIBUTE_NOINLINE void FreeParked(Context* ctx, void* p, uint64_t h) {
 // checked and marked free at once, so that a second free is reported here
 // or by the owner rather than looping the list, and waits on the remote
 // list, with one compare-and-swap, for the owner to take it back.
+// An aligned chunk is freed as the chunk its redirect leads to, marked
+// free here like any other: a second free of it, from any thread, then
+// finds the mark and is reported, where pushing the aligned pointer again
+// would link it to itself on the list.
 ABSL_ATTRIBUTE_NOINLINE void FreeRemote(Context* ctx, void* p) {
   FreelistState* st = StateOf(ctx);
-  const uint64_t h = ReadChunkHeader(p);
-  if (!ChunkHeaderMagicOk(h)) return ReportBadChunk(p, "free");
-  const unsigned kind = ChunkHeaderKind(h);
-  if (kind == kChunkKindFreelist) {
-    if (ChunkHeaderIsFree(h)) {
-      return ReportDoubleFree(ctx, p);
-    }
-    if (!VerifyLiveChunk(ctx, p, h, "free")) return;
-    WriteChunkHeader(p, h | kChunkFreeBit | kRemoteFreeBit);
-  } else if (kind != kChunkKindAlignedRedirect) {
-    return ReportBadChunk(p, "free");
+  void* const freed = p;
+  uint64_t h = ReadChunkHeader(p);
+  if (ChunkHeaderMagicOk(h) && ChunkHeaderKind(h) == kChunkKindAlignedRedirect) {
+    p = AlignedRedirectTarget(p);
+    h = ReadChunkHeader(p);
   }
+  if (!ChunkHeaderMagicOk(h) || ChunkHeaderKind(h) != kChunkKindFreelist) {
+    return ReportBadChunk(freed, "free");
+  }
+  if (ChunkHeaderIsFree(h)) return ReportDoubleFree(ctx, freed);
+  if (!VerifyLiveChunk(ctx, p, h, "free")) return;
+  WriteChunkHeader(p, h | kChunkFreeBit | kRemoteFreeBit);
+  // The list's link goes in the chunk's first word, which ASan builds keep
+  // poisoned before an aligned chunk's start.
+  if (p != freed) UnpoisonMemoryRegion(p, sizeof(void*));
   st->remote.Push(p);
 }
 
