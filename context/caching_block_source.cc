@@ -174,6 +174,15 @@ CachingBlockSource::ThreadCache* CachingBlockSource::OwnThreadCacheSlow() const 
   return empty;
 }
 
+CachingBlockSource::ThreadCache* CachingBlockSource::ExistingThreadCache() const {
+  ThreadCaches* all = this_thread_caches;
+  if (all == nullptr) return nullptr;
+  for (ThreadCache& tc : all->slots) {
+    if (tc.owner == this) return &tc;
+  }
+  return nullptr;
+}
+
 // Gives a list of blocks (linked through their nodes) back upstream, as
 // they came: unpoisoned. Callers hold no lock: upstream may be slow.
 void CachingBlockSource::ReleaseUpstream(Node* list) {
@@ -662,7 +671,7 @@ void CachingBlockSource::SetMaxCachedBytes(size_t bytes) {
   }
   // The calling thread's cache shrinks now; other threads' at their next
   // release beyond the new cap, or when they exit.
-  if (ThreadCache* tc = OwnThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap(tc)) {
+  if (ThreadCache* tc = ExistingThreadCache(); tc != nullptr && tc->bytes > ThreadCacheCap(tc)) {
     SpillThreadCache(tc, SpillReason::kTrim);
   }
   // Upstream calls happen outside the lock: upstream may be slow.
@@ -734,7 +743,7 @@ void CachingBlockSource::RaiseThreadCapLocked(ThreadCache* tc) {
 }
 
 void CachingBlockSource::Trim() {
-  if (ThreadCache* tc = OwnThreadCache()) FlushThreadCache(tc, SpillReason::kTrim);
+  if (ThreadCache* tc = ExistingThreadCache()) FlushThreadCache(tc, SpillReason::kTrim);
   Node* release = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -744,17 +753,9 @@ void CachingBlockSource::Trim() {
 }
 
 void CachingBlockSource::MarkThreadIdle() {
-  // Only a cache the thread has: looking must not claim a slot.
-  ThreadCaches* all = this_thread_caches;
-  if (all == nullptr) return;
-  for (ThreadCache& tc : all->slots) {
-    if (tc.owner == this) {
-      // Kept, as a trim keeps them counted: the blocks are the program's
-      // reuse, handed to the other threads.
-      FlushThreadCache(&tc, SpillReason::kTrim);
-      return;
-    }
-  }
+  // Kept, as a trim keeps them counted: the blocks are the program's
+  // reuse, handed to the other threads.
+  if (ThreadCache* tc = ExistingThreadCache()) FlushThreadCache(tc, SpillReason::kTrim);
 }
 
 CachingBlockSource::Stats CachingBlockSource::GetStats() const {
@@ -764,7 +765,7 @@ CachingBlockSource::Stats CachingBlockSource::GetStats() const {
     s = stats_;
     s.learned_bytes = learned_bytes_;
   }
-  if (const ThreadCache* tc = OwnThreadCache()) {
+  if (const ThreadCache* tc = ExistingThreadCache()) {
     {
       s.hits += tc->hits;
       s.thread_hits += tc->hits;

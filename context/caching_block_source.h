@@ -234,6 +234,10 @@ class CachingBlockSource final : public BlockSource {
   // nullptr without thread caches or when the thread's slots are taken.
   ThreadCache* OwnThreadCache() const;
   ThreadCache* OwnThreadCacheSlow() const;
+  // The calling thread's cache if it has one, claiming no slot: for calls
+  // that only look at it, trim it or cap it (a slot claimed there would
+  // outlive the source when the thread never uses it).
+  ThreadCache* ExistingThreadCache() const;
   static Block TakeFromThreadCache(ThreadCache* tc, Node* n);
   // Everything AcquireInline does not serve (out of line).
   Block AcquireMiss(size_t min_size, size_t alignment);

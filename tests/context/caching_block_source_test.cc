@@ -983,6 +983,8 @@ void OnThreadWithSmallCap(F body) {
 TEST(CachingBlockSourceTest, ThreadCapRisesForACycleBeyondIt) {
   constexpr size_t kCycle = 24;
   OnThreadWithSmallCap([](CachingBlockSource& cache, CountingBlockSource& upstream) {
+    EXPECT_EQ(cache.GetStats().thread_cache_cap, 0u);  // none before the first use
+    AcquireThenRelease(&cache, kSmallBlock, 1);
     EXPECT_EQ(cache.GetStats().thread_cache_cap, kSmallThreadCap);
     for (int round = 0; round < 3; ++round) AcquireThenRelease(&cache, kSmallBlock, kCycle);
     CachingBlockSource::Stats s = cache.GetStats();
@@ -1087,6 +1089,45 @@ TEST(CachingBlockSourceTest, ThreadCacheKeepsWhatItsLoopReaches) {
 // asking upstream. A thread that never used the cache marks itself idle
 // for nothing. Without MarkThreadIdle the blocks stay in the idle thread's
 // cache, out of every other thread's reach.
+// A thread that only looks at a source (GetStats), trims it, caps it or
+// marks itself idle claims no thread cache: the source may be destroyed
+// while that thread lives on, and its exit then touches nothing of it.
+TEST(CachingBlockSourceTest, LookingClaimsNoThreadCache) {
+  CountingBlockSource upstream;
+  auto* cache = new CachingBlockSource(&upstream, size_t{1} << 20, size_t{1} << 16);
+  std::mutex m;
+  std::condition_variable cv;
+  bool looked = false, deleted = false;
+  CachingBlockSource::Stats seen;
+  std::thread monitor([&] {
+    seen = cache->GetStats();
+    cache->Trim();
+    cache->SetMaxCachedBytes(size_t{1} << 19);
+    cache->MarkThreadIdle();
+    std::unique_lock<std::mutex> lock(m);
+    looked = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return deleted; });
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return looked; });
+  }
+  EXPECT_EQ(seen.thread_cache_cap, 0u);
+  EXPECT_EQ(seen.thread_cached_bytes, 0u);
+  Block b = cache->Acquire(8192, kMinBlockAlignment);  // this thread's own cache
+  cache->Release(b);
+  cache->Trim();
+  delete cache;  // before the monitor exits (ASan: no use after free there)
+  {
+    std::lock_guard<std::mutex> lock(m);
+    deleted = true;
+  }
+  cv.notify_all();
+  monitor.join();
+  EXPECT_EQ(upstream.live_blocks(), 0);
+}
+
 TEST(CachingBlockSourceTest, AThreadMarkedIdleHandsItsCacheToTheOthers) {
   constexpr int kBlocks = 10;
   constexpr size_t kBlockBytes = size_t{8} << 10;
