@@ -6,8 +6,13 @@
 
 #include "mcx/context/caching_block_source.h"
 
+#include <pthread.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
@@ -389,14 +394,56 @@ void CachingBlockSource::FlushThreadCache(ThreadCache* tc, SpillReason reason) {
   tc->decay_countdown = kThreadDecayTicks;  // the next owner starts afresh
 }
 
+namespace {
+
+// The live caching sources, for fork(). Made once and never destroyed: a
+// source may outlive the statics of the file (the default cache does).
+struct ForkRegistry {
+  std::mutex mu;
+  std::vector<CachingBlockSource*> sources;
+};
+
+ForkRegistry& Forks() {
+  static ForkRegistry* const registry = new ForkRegistry;
+  return *registry;
+}
+
+}  // namespace
+
+void CachingBlockSource::LockAllBeforeFork() {
+  ForkRegistry& forks = Forks();
+  forks.mu.lock();
+  for (CachingBlockSource* s : forks.sources) s->mu_.lock();
+}
+
+void CachingBlockSource::UnlockAllAfterFork() {
+  ForkRegistry& forks = Forks();
+  for (CachingBlockSource* s : forks.sources) s->mu_.unlock();
+  forks.mu.unlock();
+}
+
 CachingBlockSource::CachingBlockSource(BlockSource* upstream, size_t max_cached_bytes,
                                        size_t thread_cache_bytes, size_t max_learned_bytes)
     : upstream_(upstream),
       max_cached_bytes_(max_cached_bytes),
       thread_cache_bytes_(thread_cache_bytes),
-      max_learned_bytes_(max_learned_bytes) {}
+      max_learned_bytes_(max_learned_bytes) {
+  static const bool registered =
+      pthread_atfork(&LockAllBeforeFork, &UnlockAllAfterFork, &UnlockAllAfterFork) == 0;
+  (void)registered;
+  ForkRegistry& forks = Forks();
+  std::lock_guard<std::mutex> lock(forks.mu);
+  forks.sources.push_back(this);
+}
 
-CachingBlockSource::~CachingBlockSource() { Trim(); }
+CachingBlockSource::~CachingBlockSource() {
+  {
+    ForkRegistry& forks = Forks();
+    std::lock_guard<std::mutex> lock(forks.mu);
+    forks.sources.erase(std::find(forks.sources.begin(), forks.sources.end(), this));
+  }
+  Trim();
+}
 
 // The fast paths (internal/thread_cache.h) keep few values live, so that
 // they need no registers saved: everything else is AcquireSlow's and

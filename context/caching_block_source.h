@@ -15,7 +15,9 @@
 //     and at most `n` plus a quarter (so a small request does not pin a huge
 //     block) and whose address has the alignment; else it asks upstream.
 //   - Thread-safe (one mutex; contexts call a source only on their slow
-//     paths). Destroying the source returns every kept block upstream.
+//     paths), and fork-safe: the mutex is held across a fork, so a child
+//     forked while another thread was inside the source can use it.
+//     Destroying the source returns every kept block upstream.
 //   - Optionally, each thread keeps up to `thread_cache_bytes` (never more
 //     than `max_cached_bytes`) of released blocks of its own in front of the
 //     shared lists (tcmalloc's thread caches, at block granularity): a
@@ -296,6 +298,13 @@ class CachingBlockSource final : public BlockSource {
   // Counts the kept block `n`, just unlinked from the shared lists, as a
   // hit; a large one marks its size as reused (mu_ held).
   void CountSharedHitLocked(const Node* n);
+
+  // fork(): every live source's lock is taken before a fork and let go
+  // after it, in the parent and in the child (pthread_atfork), so that the
+  // child never starts with a lock another thread held (glibc's malloc,
+  // jemalloc and tcmalloc do the same with theirs).
+  static void LockAllBeforeFork();
+  static void UnlockAllAfterFork();
 
   BlockSource* const upstream_;
   mutable std::mutex mu_;
