@@ -2201,7 +2201,15 @@ void* FreelistRealloc(Context* ctx, FreelistState* st, void* p, size_t /*old_siz
     const size_t jump = usable + usable / kGrowthJumpDivisor;
     if (want < jump && jump <= st->chunk_limit) want = jump;
   }
+  const Failure before = LastFailure(ctx);
   void* q = FreelistAlloc(ctx, st, want, kDefaultAlignment);
+  // A limit that refuses the jump's block must not refuse the size asked
+  // for, which may fit the lists or the run the context holds already.
+  if (q == nullptr && want != new_size && LastFailure(ctx) == Failure::kLimit) {
+    WithdrawRefusal(ctx, before);
+    want = new_size;
+    q = FreelistAlloc(ctx, st, want, kDefaultAlignment);
+  }
   // Out of the classes by growing: a chunk that grew by realloc.
   if (q != nullptr && new_size > st->chunk_limit && !kDirectBuild) {
     MarkGrowth(q, new_size);

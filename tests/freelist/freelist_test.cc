@@ -277,6 +277,40 @@ TEST_F(FreelistTest, ReallocGrowsInItsRunWhenTheDedicatedBlockIsRefused) {
   ctx->Destroy();
 }
 
+// A growing chunk that moves asks for a class a quarter larger (a chain of
+// small steps then copies O(log n) times); where a limit refuses the block
+// that class needs, the size asked for is tried before refusing: here a
+// chunk of its class waits on the list.
+TEST_F(FreelistTest, AReallocRefusedItsJumpTakesTheSizeAskedFor) {
+  if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
+  FreelistOptions o;
+  o.initial_block_size = 16 << 10;
+  Context* ctx = Make(o);
+  ctx->Free(ctx->Alloc(8));                   // the free table, made now
+  void* spare = ctx->Alloc(2057);             // a chunk of the class asked for below
+  char* a = static_cast<char*>(ctx->Alloc(2000));
+  Fill(a, 2000, 5);
+  ASSERT_EQ(ctx->TrySetLimit(size_t{1} << 30), Failure::kNone);  // the side record
+  ASSERT_EQ(ctx->TrySetLimit(ctx->bytes_in_blocks() + ctx->side_record_bytes()), Failure::kNone);
+  std::vector<void*> filler;
+  while (void* f = ctx->TryAlloc(8)) filler.push_back(f);  // the run is used up
+  ASSERT_EQ(ctx->last_failure(), Failure::kLimit);
+  ctx->Free(spare);
+  const size_t held = ctx->bytes_in_blocks();
+  void* q = ctx->TryRealloc(a, 2000, 2057);
+  ASSERT_NE(q, nullptr) << FailureName(ctx->last_failure());
+  EXPECT_EQ(q, spare);
+  EXPECT_TRUE(Holds(q, 2000, 5));
+  EXPECT_EQ(ctx->bytes_in_blocks(), held);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  for (void* f : filler) ctx->Free(f);
+  ctx->Free(q);
+  EXPECT_EQ(ctx->live_bytes(), 0u);
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A soft limit that refuses the dedicated block is not crossed either: the
 // chunk grows in its run without a callback, and the next block that does
 // cross the limit calls back once.
