@@ -722,9 +722,10 @@ void* PoolRealloc(Context* ctx, PoolState* st, void* p, size_t old_size, size_t 
                    p, ctx->name(), old_size, h.requested);
       old_size = h.requested;  // if the handler returns: copy only what is there
     }
-  } else if (st->rewind_block_size == 0 && IsSmall(st, new_size, kDefaultAlignment)) {
-    // Compared as distances, not as c + old_size: a wrong old_size must not
-    // wrap the pointer.
+  } else if (IsSmall(st, new_size, kDefaultAlignment)) {
+    // In place, the chunk stays in its block: a rewinding pool's count of
+    // the block's chunks is unchanged. Compared as distances, not as
+    // c + old_size: a wrong old_size must not wrap the pointer.
     if (c >= cur->start && c <= cur->last && static_cast<size_t>(cur->last - c) == old_size &&
         new_size <= static_cast<size_t>(cur->end - c)) {
       cur->last = c + new_size;  // the last chunk bumped: grow or shrink in place

@@ -407,6 +407,45 @@ TEST_F(PoolTest, RewindReusesAnEmptiedBlock) {
   EXPECT_EQ(source_.live_blocks(), 0);
 }
 
+// Rewind mode resizes small chunks in place as the other modes do: a
+// shrink keeps the chunk (so it never fails, also at the limit), and the
+// chunk bumped last grows in its block. The block's count of chunks stays
+// right: freeing them all still empties it.
+TEST_F(PoolTest, RewindModeReallocsInPlace) {
+  if (kDirectBuild || internal::kChecking) {
+    GTEST_SKIP() << "direct and checking builds move every chunk";
+  }
+  PoolOptions o;
+  o.rewind_on_free = true;
+  o.initial_block_size = 4096;
+  Context* ctx = Make(o);
+  char* a = static_cast<char*>(ctx->Alloc(100));
+  char* b = static_cast<char*>(ctx->Alloc(100));
+  test::Fill(a, 100, 1);
+  EXPECT_EQ(ctx->Realloc(a, 100, 50), a);
+  EXPECT_TRUE(test::Holds(a, 50, 1));
+  test::Fill(b, 100, 2);
+  EXPECT_EQ(ctx->Realloc(b, 100, 300), b);  // the chunk bumped last
+  EXPECT_TRUE(test::Holds(b, 100, 2));
+  const size_t live = ctx->live_bytes();
+  std::vector<void*> fill;
+  while (ctx->num_blocks() == 1) fill.push_back(ctx->Alloc(200));
+  ASSERT_EQ(ctx->TrySetLimit(size_t{1} << 30), Failure::kNone);  // the side record
+  ASSERT_EQ(ctx->TrySetLimit(ctx->bytes_in_blocks() + ctx->side_record_bytes()), Failure::kNone);
+  while (void* p = ctx->TryAlloc(200)) fill.push_back(p);
+  ASSERT_EQ(ctx->last_failure(), Failure::kLimit);
+  EXPECT_EQ(ctx->TryRealloc(a, 50, 16), a);  // at the limit: kept
+  ctx->Free(a);
+  ctx->Free(b);
+  for (void* p : fill) ctx->Free(p);
+  EXPECT_EQ(StateOf(ctx)->first.live, 0u);
+  EXPECT_LE(ctx->live_bytes(), live);
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source_.live_blocks(), 0);
+}
+
 // A rewound block moved to the head of the list survives a KeepBytes reset.
 TEST_F(PoolTest, RewindThenKeepBytesReset) {
   if (kDirectBuild) GTEST_SKIP() << "in direct mode every chunk is a block of its own";
