@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "mcx/context/context.h"
 #include "mcx/context/failure.h"
@@ -284,10 +283,9 @@ TEST(SizedFreeTest, CheckingBuildsReportAWrongSize) {
       seen.clear();
       void* p = ctx->Alloc(size);
       ctx->Free(p, wrong);
-      EXPECT_NE(seen.find(absl::StrFormat("with size %d, but it was allocated with %d", wrong,
-                                          size)),
-                std::string::npos)
-          << seen;
+      const std::string expected = "with size " + std::to_string(wrong) +
+                                   ", but it was allocated with " + std::to_string(size);
+      EXPECT_NE(seen.find(expected), std::string::npos) << seen;
     }
     seen.clear();
     void* q = ctx->Alloc(size);
