@@ -222,8 +222,10 @@ mcx_failure mcx_set_failure_handler(mcx_context* ctx, mcx_failure_handler handle
 /* A soft limit: `fn` runs once before an allocation would take the
  * subtree's bytes past `bytes`, and may free memory anywhere (reset a
  * context, spill a table); then the allocation proceeds, and the hard limit
- * still holds. Not re-entered while it runs. It may longjmp: nothing is
- * allocated, and the soft limit calls back no more until set again.
+ * still holds. Not re-entered while it runs, also when it sets the soft
+ * limit again. It may longjmp: nothing is allocated, and the soft limit
+ * calls back no more until set again from outside the callback (where the
+ * longjmp landed, or any frame not deeper than the allocation).
  * MCX_NO_LIMIT removes it; a NULL `fn` is MCX_BAD_ARGUMENT. `fn` and `arg`
  * are kept with the context as its failure handler is. */
 mcx_failure mcx_set_soft_limit(mcx_context* ctx, size_t bytes, mcx_pressure_fn fn, void* arg);

@@ -103,14 +103,16 @@ void* Context::AllocAlignedImpl(size_t size, size_t alignment, unsigned flags) {
   if (!absl::has_single_bit(alignment) || alignment > kMaxAlignment) {
     return Fail(Failure::kBadAlignment, size, flags);
   }
+  void* p;
   if (alignment <= kDefaultAlignment) {
+    // The window aligns to the default; a kind that packs publishes none.
+    if (TryBump(size, kDefaultAlignment, &p)) return p;
     // The kind is passed the default for Alloc and for this alike; one that
     // packs chunks tighter than `alignment` is asked for more (kind.h).
     const bool packed = methods_->plain_alignment != nullptr &&
                         methods_->plain_alignment(this, size) < alignment;
-    alignment = packed ? kAboveDefaultAlignment : kDefaultAlignment;
+    return AllocSlow(size, packed ? kAboveDefaultAlignment : kDefaultAlignment, flags);
   }
-  void* p;
   if (TryBump(size, alignment, &p)) return p;
   return AllocSlow(size, alignment, flags);
 }

@@ -153,7 +153,11 @@ Budget* Context::budget() const { return extras_ != nullptr ? extras_->budget : 
 // The side record is made first (it is in the memory SubtreeBytes counts);
 // SetLimit (status.cc) tells the two failures apart by whether it exists.
 Failure Context::TrySetLimit(size_t bytes) {
-  if (bytes != kNoLimit && SharedAtOrBelow()) {
+  // Nothing shared below a context already limited: only a first limit
+  // walks the subtree for one.
+  const bool limited =
+      extras_ != nullptr && (extras_->limit != kNoLimit || extras_->soft_limit != kNoLimit);
+  if (bytes != kNoLimit && !limited && SharedAtOrBelow()) {
     last_failure_ = Failure::kBadArgument;
     return Failure::kBadArgument;
   }

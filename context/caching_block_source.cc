@@ -410,10 +410,13 @@ ForkRegistry& Forks() {
 
 }  // namespace
 
+// Newest first: a source over another (created after it) takes its own
+// lock and then its upstream's (a release past its cap, a purge), so the
+// fork takes them in that order too.
 void CachingBlockSource::LockAllBeforeFork() {
   ForkRegistry& forks = Forks();
   forks.mu.lock();
-  for (CachingBlockSource* s : forks.sources) s->mu_.lock();
+  for (auto s = forks.sources.rbegin(); s != forks.sources.rend(); ++s) (*s)->mu_.lock();
 }
 
 void CachingBlockSource::UnlockAllAfterFork() {

@@ -488,7 +488,10 @@ class Context {
   // A soft limit on the block bytes of this subtree, with the callback that
   // runs once before an allocation would take them past it; the allocation
   // then proceeds (pressure.h has the contract). `kNoLimit` removes it.
-  // Setting it again re-arms a callback that was left by longjmp. Returns
+  // Setting it again re-arms a callback that was left by longjmp, when set
+  // from outside it: where the longjmp landed, any frame not deeper than
+  // the allocation that called back, or another thread; set (or removed)
+  // from inside the running callback, the callback is not re-entered. Returns
   // Failure::kNone, kBadArgument for a null callback or on or above a
   // shared context (mcx/shared/shared.h), or kOutOfMemory /
   // kLimit if the side record could not be had (as last_failure()).

@@ -179,6 +179,16 @@ struct KindMethods {
   // then do not report as a second thread using the context.
   RemoteFreeList* (*remote_frees)(Context* ctx) = nullptr;
 
+  // Optional; MakeKindMethods fills it. Creates a child with default
+  // options (`name` not nullptr, `name_len` its length; `flags`: Context's
+  // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into
+  // the tree's creation instead of called through this table; nullptr: the
+  // tree's creation calls them. It composes the FirstBlock and Init that
+  // MakeKindMethods was given: a copy of a table that replaces
+  // `first_block`, `init` or the state's size must set it to nullptr.
+  Context* (*create_child)(Context* parent, const char* name, size_t name_len,
+                           const KindSpec& kind, unsigned flags) = nullptr;
+
   // Optional; nullptr for a kind whose every chunk is aligned to
   // kDefaultAlignment at least. The alignment that a plain `Alloc(size)`
   // gets on this context, for a kind that packs chunks tighter (a pool's
@@ -194,16 +204,6 @@ struct KindMethods {
   // `Free` with another size is then reported (a C++ sized delete through
   // a base class without a virtual destructor passes too small a one).
   size_t (*requested_size)(const Context* ctx, const void* p) = nullptr;
-
-  // Optional; MakeKindMethods fills it. Creates a child with default
-  // options (`name` not nullptr, `name_len` its length; `flags`: Context's
-  // kThrow or kNoThrow), with the kind's FirstBlock and Init composed into
-  // the tree's creation instead of called through this table; nullptr: the
-  // tree's creation calls them. It composes the FirstBlock and Init that
-  // MakeKindMethods was given: a copy of a table that replaces
-  // `first_block`, `init` or the state's size must set it to nullptr.
-  Context* (*create_child)(Context* parent, const char* name, size_t name_len,
-                           const KindSpec& kind, unsigned flags) = nullptr;
 };
 
 // A kind plus its options, held by value so it can be stored and copied.

@@ -9,9 +9,9 @@
 //     its `Free` (a no-op for small pool chunks: their memory comes back
 //     when the context is reset). Every failure throws `std::bad_alloc`
 //     after the context's failure handler, as the standard requires: also
-//     those that `AllocAligned` reports as `std::invalid_argument` (an
-//     alignment above kMaxAlignment, a size the kind refuses), which a
-//     container does not expect from its allocator.
+//     those that `AllocAligned` reports as a `std::logic_error` (an
+//     alignment above kMaxAlignment, a size the kind refuses, a
+//     NoAllocScope), which a container does not expect from its allocator.
 //   - Two resources (allocators) compare equal when they name the same
 //     context, so containers moved between them keep their memory.
 //   - A container must not outlive its context. To tie a container's life
@@ -41,12 +41,12 @@ namespace mcx {
 namespace internal {
 
 // AllocAligned with its failure handler, throwing std::bad_alloc for every
-// failure: the throw of std::invalid_argument for a bad alignment or size
-// becomes one.
+// failure: the std::logic_error of a bad alignment or size
+// (std::invalid_argument) or of a NoAllocScope becomes one.
 inline void* AllocForContainer(Context* ctx, size_t bytes, size_t alignment) {
   try {
     return ctx->AllocAligned(bytes, alignment);
-  } catch (const std::invalid_argument&) {
+  } catch (const std::logic_error&) {
     throw std::bad_alloc();
   }
 }

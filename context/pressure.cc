@@ -28,6 +28,7 @@
 
 #include <cstddef>
 
+#include "absl/base/attributes.h"
 #include "mcx/context/budget.h"
 #include "mcx/context/context.h"
 #include "mcx/context/internal/checking.h"
@@ -37,6 +38,13 @@
 #include "mcx/context/report_request.h"
 
 namespace mcx {
+namespace {
+
+// Its address names the calling thread (pressure_thread in the side record).
+thread_local char this_thread_token;
+
+}  // namespace
+
 
 using internal::ContextExtras;
 
@@ -210,6 +218,7 @@ bool Context::ServeRefusal(internal::PassedLimits* passed, unsigned flags) {
   const PressureInfo info{this, due, x->subtree_bytes, bytes, x->soft_limit, x->pressure_arg};
   x->pressure_running = true;
   x->pressure_frame = internal::FrameAddress();
+  x->pressure_thread = &this_thread_token;
   try {
     x->pressure_callback(info);
   } catch (...) {
@@ -280,19 +289,40 @@ bool Context::ChargeRefused(size_t bytes, unsigned flags) {
 
 // --- Setting the soft limit --------------------------------------------------
 
+namespace {
+
+// Whether the soft limit's callback is running below the caller, on its
+// thread: marked running, called back on this thread, from a frame above
+// the caller's. A setting made there leaves the mark, so the callback is
+// not re-entered; one made elsewhere (where a longjmp out of the callback
+// landed, or above the allocation that called back, or on the thread a
+// context was adopted by) re-arms a callback that the longjmp left marked.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool CallbackRunsBelow(const ContextExtras* x,
+                                                           uintptr_t frame) {
+  return x->pressure_running && x->pressure_thread == &this_thread_token &&
+         frame < x->pressure_frame;
+}
+
+}  // namespace
+
 Failure Context::TrySetSoftLimit(size_t bytes, PressureCallback callback, void* arg) {
+  const uintptr_t frame = internal::FrameAddress();
   if (bytes == kNoLimit) {
     if (extras_ != nullptr) {
       const bool was = extras_->Limited();
       extras_->soft_limit = kNoLimit;
       extras_->pressure_callback = nullptr;
       extras_->pressure_arg = nullptr;
-      extras_->pressure_running = false;
+      extras_->pressure_running = CallbackRunsBelow(extras_, frame);
       internal::CountLimitedChange(was, extras_->Limited());
     }
     return Failure::kNone;
   }
-  if (callback == nullptr || SharedAtOrBelow()) {
+  // Nothing shared below a context already limited: only a first limit
+  // walks the subtree.
+  const bool limited = extras_ != nullptr && (extras_->limit != kNoLimit ||
+                                              extras_->soft_limit != kNoLimit);
+  if (callback == nullptr || (!limited && SharedAtOrBelow())) {
     last_failure_ = Failure::kBadArgument;
     return Failure::kBadArgument;
   }
@@ -303,11 +333,7 @@ Failure Context::TrySetSoftLimit(size_t bytes, PressureCallback callback, void* 
   x->soft_limit = bytes;
   x->pressure_callback = callback;
   x->pressure_arg = arg;
-  // Setting it again re-arms a callback that a longjmp left, which was made
-  // from the frame that caught the longjmp or above, outside the frame
-  // that ran the callback; from inside a running callback (a deeper frame)
-  // it does not: the callback is not re-entered (pressure.h).
-  x->pressure_running = x->pressure_running && internal::FrameAddress() < x->pressure_frame;
+  x->pressure_running = CallbackRunsBelow(x, frame);
   internal::CountLimitedChange(was, true);
   return Failure::kNone;
 }

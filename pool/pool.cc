@@ -836,7 +836,7 @@ void VerifyRegionsOrReport(const Context* ctx, const char* from, const char* las
 // Seals the pool at the newest block holding chunks: it becomes `current`
 // and the window, so small requests from now on go past its `last` or to
 // the blocks after it (empty until now, or acquired since). The room left
-// in the blocks before it is given up while the mark lives. O(the blocks
+// in the blocks before it is given up until the next reset. O(the blocks
 // after the window), which are usually none.
 bool PoolMark(Context* ctx, PoolState* st, PoolPosition* at) {
   if (st->rewind_block_size != 0) {
@@ -1002,11 +1002,11 @@ struct PoolImpl {
   using State = PoolState;
   static constexpr const char* kName = "pool";
 
-  // A packed pool's odd-sized chunks (PoolAlloc); checking builds align
-  // every chunk to the default.
+  // A packed pool's odd-sized chunks (PoolAlloc, which serves 0 bytes as
+  // 1); checking builds align every chunk to the default.
   static size_t PlainAlignment(const Context*, const State* st, size_t size) {
-    return !kChecking && (size & (kDefaultAlignment - 1)) != 0 ? st->chunk_alignment
-                                                               : kDefaultAlignment;
+    const bool odd = size == 0 || (size & (kDefaultAlignment - 1)) != 0;
+    return !kChecking && odd ? st->chunk_alignment : kDefaultAlignment;
   }
 
   static size_t FirstBlockSize(const Options& o, size_t header_bytes, size_t learned) {
@@ -1112,8 +1112,6 @@ struct PoolImpl {
     return PoolRealloc(ctx, st, p, old_size, new_size);
   }
 
-  // A large chunk's usable bytes run to its block's end; checking builds say
-  // exactly what was asked for, since the sentinel follows it.
   // Checking builds keep the size asked for of each large chunk.
   static size_t RequestedSize(const Context* ctx, const State* st, const void* p) {
     LargeHeader* h;
@@ -1122,6 +1120,8 @@ struct PoolImpl {
     }
     return h->requested;
   }
+  // A large chunk's usable bytes run to its block's end; checking builds say
+  // exactly what was asked for, since the sentinel follows it.
   static size_t ChunkSize(const Context* ctx, const State* st, const void* p) {
     LargeHeader* h;
     if (FindLarge(ctx, st, p, "size", &h) != ChunkLookup::kLarge) return kUnknownSize;

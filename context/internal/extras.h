@@ -56,12 +56,14 @@ struct ContextExtras {
   // The soft limit (pressure.h), counted with the same subtree_bytes.
   // `pressure_running` is set while its callback runs (and stays set if the
   // callback leaves by longjmp, until the soft limit is set again from
-  // outside it); `pressure_frame` is then the frame of the call that runs
-  // it, below which a setting is made from inside the callback.
+  // outside it); `pressure_frame` and `pressure_thread` are then the frame
+  // and the thread of the call that runs it, below which, on that thread,
+  // a setting is made from inside the callback.
   size_t soft_limit = kNoLimit;
   PressureCallback pressure_callback = nullptr;
   void* pressure_arg = nullptr;
   uintptr_t pressure_frame = 0;
+  const void* pressure_thread = nullptr;  // the thread that runs it
   bool pressure_running = false;
 
   // Whether subtree_bytes is kept: a limit, a soft limit or a budget is set.

@@ -1142,12 +1142,17 @@ TEST(CachingBlockSourceTest, AForkedChildCanUseTheSource) {
   GTEST_SKIP() << "ThreadSanitizer does not follow a multithreaded fork";
 #endif
   CountingBlockSource upstream;
-  CachingBlockSource cache(&upstream, size_t{8} << 20);  // no thread caches: every call locks
+  // Two caches, one over the other: the upper takes its lock and then the
+  // lower's when it hands blocks down past its small cap, and the fork
+  // takes them in that order. No thread caches: every call locks.
+  CachingBlockSource lower(&upstream, size_t{8} << 20);
+  CachingBlockSource cache(&lower, size_t{16} << 10);
   std::atomic<bool> stop{false};
   std::thread worker([&] {
     while (!stop.load(std::memory_order_relaxed)) {
-      Block b = cache.Acquire(8192, kMinBlockAlignment);
-      cache.Release(b);
+      Block b[3];
+      for (Block& one : b) one = cache.Acquire(8192, kMinBlockAlignment);
+      for (Block& one : b) cache.Release(one);  // past the cap: down to `lower`
     }
   });
   constexpr int kForks = 100;
@@ -1175,6 +1180,7 @@ TEST(CachingBlockSourceTest, AForkedChildCanUseTheSource) {
   worker.join();
   EXPECT_EQ(stuck, 0);
   cache.Trim();
+  lower.Trim();
   EXPECT_EQ(upstream.live_blocks(), 0);
 }
 

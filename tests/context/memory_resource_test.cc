@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/new.h"
+#include "mcx/context/no_alloc.h"
 #include "mcx/context/owned.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
@@ -131,7 +132,11 @@ TEST_P(MemoryResourceTest, EveryFailureIsABadAllocAfterTheHandler) {
   EXPECT_THROW(static_cast<void>(r->allocate(too_large, 16)), std::bad_alloc);
   Allocator<char> chars(ctx);
   EXPECT_THROW(static_cast<void>(chars.allocate(too_large)), std::bad_alloc);
-  EXPECT_EQ(container_failures, 3);
+  {
+    NoAllocScope no_alloc;  // kForbidden, a std::logic_error from AllocAligned
+    EXPECT_THROW(static_cast<void>(r->allocate(1 << 20, 16)), std::bad_alloc);
+  }
+  EXPECT_EQ(container_failures, 4);
   void* p = r->allocate(64, 64);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
   r->deallocate(p, 64, 64);

@@ -161,6 +161,8 @@ int raise_deepest = 0;
 void RaiseAndSpill(const PressureInfo& info) {
   ++raise_calls;
   raise_deepest = std::max(raise_deepest, ++raise_depth);
+  // Removed and set again, raised: neither re-arms it while it runs.
+  ASSERT_EQ(info.limited->TrySetSoftLimit(kNoLimit, &RaiseAndSpill), Failure::kNone);
   ASSERT_EQ(info.limited->TrySetSoftLimit(info.held + 1000, &RaiseAndSpill), Failure::kNone);
   info.context->Alloc(4 * kSoft);  // past the raised limit
   --raise_depth;

@@ -161,6 +161,8 @@ TEST_F(PoolTest, PackedChunksTakeTheirSize) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(packed) % 8, 0u);
     void* sixteen = ctx->AllocAligned(24, kDefaultAlignment);  // 24 past a packed chunk
     EXPECT_EQ(reinterpret_cast<uintptr_t>(sixteen) % kDefaultAlignment, 0u) << i;
+    void* empty = ctx->AllocAligned(0, kDefaultAlignment);  // served as 1 byte
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(empty) % kDefaultAlignment, 0u) << i;
     char* next = static_cast<char*>(ctx->AllocAligned(40, 8));
     char* after = static_cast<char*>(ctx->AllocAligned(40, 8));
     if (!kDirectBuild && !internal::kChecking) EXPECT_EQ(after - next, 40);
