@@ -361,9 +361,10 @@ class LiveTally {
 // VisitLiveChunks, Live with ResetPeak (the O(1) count of live bytes, see
 // LiveTally), FirstBlockAlignment (default: kMinBlockAlignment),
 // PlainAlignment (KindMethods::plain_alignment; for a kind that packs
-// chunks below kDefaultAlignment) and RequestedSize (KindMethods::
-// requested_size; checking builds) are optional, and FirstBlockSize may leave out `learned` (a kind that sizes its first block
-// itself).
+// chunks below kDefaultAlignment) and RequestedSize
+// (KindMethods::requested_size; checking builds) are optional, and
+// FirstBlockSize may leave out `learned` (a kind that sizes its first
+// block itself).
 template <typename K>
 constexpr KindMethods MakeKindMethods() {
   using State = typename K::State;

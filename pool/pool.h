@@ -40,8 +40,9 @@
 //   - Savepoints (Context::Mark, RewindTo) are supported, except with
 //     `rewind_on_free` (kUnsupported). A mark seals the pool at its newest
 //     block holding chunks (the room left in older blocks is given up
-//     until the next reset, also once the mark is dropped); a rewind takes time in proportion to the blocks from
-//     that block on and the large chunks since, never to the small chunks.
+//     until the next reset, also once the mark is dropped); a rewind takes
+//     time in proportion to the blocks from that block on and the large
+//     chunks since, never to the small chunks.
 //
 // Example:
 //

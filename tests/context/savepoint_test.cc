@@ -6,7 +6,8 @@
 // limits' charges as they were, the cleanups and children in teardown
 // order (with what they register or create meanwhile), stale marks
 // refused through the failure path, and consistency after a cleanup throws,
-// longjmps, or resets, destroys or rewinds the context itself. A randomised run (fixed seed) checks against a model.
+// longjmps, or resets, destroys or rewinds the context itself. A randomised
+// run (fixed seed) checks against a model.
 
 #include <csetjmp>
 #include <cstdint>
