@@ -85,6 +85,13 @@ R NoThrow(F f, R fallback) {
   }
 }
 
+// The C++ mark a C savepoint names. Out of the extern "C" block: a
+// function there has C linkage, which a C++ return type does not allow.
+mcx::Mark FromC(mcx_savepoint mark) {
+  return mcx::Mark::FromParts(Cxx(static_cast<mcx_context*>(mark.context)), mark.record,
+                              mark.serial);
+}
+
 }  // namespace
 
 extern "C" {
@@ -431,13 +438,6 @@ mcx_savepoint mcx_mark(mcx_context* ctx) {
   if (!m) return none;
   return mcx_savepoint{ctx, m.record(), m.serial()};
 }
-
-namespace {
-mcx::Mark FromC(mcx_savepoint mark) {
-  return mcx::Mark::FromParts(Cxx(static_cast<mcx_context*>(mark.context)), mark.record,
-                              mark.serial);
-}
-}  // namespace
 
 mcx_failure mcx_rewind(mcx_context* ctx, mcx_savepoint mark, int drop_cleanups) {
   if (ctx == nullptr) return MCX_BAD_ARGUMENT;
