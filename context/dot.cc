@@ -51,8 +51,10 @@ bool IsXmlNoncharacter(const char* p) {
          (static_cast<unsigned char>(p[2]) == 0xBE || static_cast<unsigned char>(p[2]) == 0xBF);
 }
 
-// Text inside an HTML-like label: XML's specials escaped; control
-// characters and U+FFFE and U+FFFF, which XML does not allow, become '?';
+// Text inside an HTML-like label: XML's specials escaped; a backslash
+// doubled, since Graphviz expands escapes such as \N and \G (the node's
+// and the graph's names) even there; control characters (C0, DEL and C1)
+// and U+FFFE and U+FFFF, which XML does not allow, become '?';
 // bytes that are not UTF-8 become U+FFFD; a name longer than kDotNameBytes
 // is cut at a character and ends in U+2026 (HORIZONTAL ELLIPSIS).
 // Graphviz rejects an empty <B></B>, so an empty name is shown as "".
@@ -72,11 +74,20 @@ std::string HtmlText(const char* s) {
       out += '?';
       continue;
     }
+    const bool c1_control = n == 2 && static_cast<unsigned char>(p[0]) == 0xC2 &&
+                            static_cast<unsigned char>(p[1]) < 0xA0;
+    if (c1_control) {
+      out += '?';
+      continue;
+    }
     if (n > 1) {
       out.append(p, n);
       continue;
     }
     switch (*p) {
+      case '\\':
+        out += "\\\\";
+        break;
       case '&':
         out += "&amp;";
         break;
@@ -90,7 +101,7 @@ std::string HtmlText(const char* s) {
         out += "&quot;";
         break;
       default:
-        out += static_cast<unsigned char>(*p) < 0x20 ? '?' : *p;
+        out += static_cast<unsigned char>(*p) < 0x20 || *p == '\x7F' ? '?' : *p;
     }
   }
   return out;

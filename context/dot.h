@@ -21,9 +21,11 @@
 //     parent to each child shown. What the cut leaves out is one node per
 //     parent, `moreN` (shape "note", a dashed edge), "N more child contexts"
 //     with their totals. The graph's label is the grand total.
-//   - Names are text in HTML-like labels: XML's specials are escaped,
-//     control characters, U+FFFE and U+FFFF (which XML does not allow)
-//     become '?', each byte that starts no well-formed UTF-8 sequence
+//   - Names are text in HTML-like labels, drawn as written: XML's
+//     specials are escaped, a backslash is doubled (Graphviz would expand
+//     `\N`, `\G` and the like into the node's or the graph's name),
+//     control characters (C0, DEL and C1), U+FFFE and U+FFFF (which XML
+//     does not allow) become '?', each byte that starts no well-formed UTF-8 sequence
 //     becomes U+FFFD (Graphviz needs UTF-8), a name longer than 256 bytes
 //     shows its first 256 and an ellipsis (Graphviz refuses long runs of
 //     text in a label), and an empty name shows as "".

@@ -12,6 +12,9 @@
 
 #include "mcx/context/dump.h"
 
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -33,6 +36,49 @@ static_assert(kDumpTrackedLevels == kReportTrackedLevels, "dump.h describes the 
 // Bytes formatted before each write(2). Small, because the caller may be a
 // signal handler on an alternate stack; a typical line fits.
 constexpr size_t kBufferBytes = 512;
+
+// PipeSignalHold
+//
+// Blocks SIGPIPE on this thread for its lifetime, and on leaving discards
+// the SIGPIPE that its writes raised (one that was pending before is left
+// for the program), so a write to a pipe with no reader fails with EPIPE
+// and the program never sees the signal. The calls are async-signal-safe
+// (pthread_sigmask, sigpending, sigemptyset, sigaddset, sigismember) but
+// for sigtimedwait, a system call that takes no lock and touches no memory
+// of the process but its arguments. A signal raised by the write is
+// directed at the thread, so the thread's mask holds it.
+class PipeSignalHold {
+ public:
+  PipeSignalHold() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    held_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
+  }
+  ~PipeSignalHold() {
+    if (!held_) return;
+    const int saved_errno = errno;
+    sigset_t pending;
+    sigemptyset(&pending);
+    if (!was_pending_ && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+      const timespec now = {0, 0};
+      while (sigtimedwait(&pipe_, nullptr, &now) < 0 && errno == EINTR) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    errno = saved_errno;
+  }
+  PipeSignalHold(const PipeSignalHold&) = delete;
+  PipeSignalHold& operator=(const PipeSignalHold&) = delete;
+
+ private:
+  sigset_t pipe_;
+  sigset_t old_;
+  bool was_pending_ = false;
+  bool held_ = false;
+};
 
 // FdWriter
 //
@@ -82,8 +128,12 @@ class FdWriter final : public internal::ReportOut {
  private:
   // write(2) until every byte is out: EINTR (a signal arrived before any byte
   // went) is retried, a short write (a signal arrived after some did, or a
-  // pipe had less room) continues with the rest.
+  // pipe had less room) continues with the rest. SIGPIPE is held off the
+  // thread meanwhile (PipeSignalHold): a dump mcx writes on its own, to a
+  // pipe whose reader has gone (`prog 2>&1 | head`), must end with EPIPE,
+  // not kill the program before its failure handler runs.
   void WriteAll(const char* p, size_t n) {
+    PipeSignalHold hold;
     while (n > 0) {
       ssize_t written = ::write(fd_, p, n);
       if (written > 0) {

@@ -24,10 +24,16 @@
 //     write continues where it stopped. Any other error (EBADF, EPIPE, EAGAIN
 //     on a non-blocking descriptor, ENOSPC) ends the dump: the result is
 //     false, with errno as write(2) left it; what was written stays written.
-//     A write to a pipe nobody reads raises SIGPIPE, as any write(2) does.
-//   - Signal safety. The only system call is write(2) and the only library
-//     calls are memcpy and strlen, both async-signal-safe (POSIX.1-
-//     2016); there are no locks, no static state and no static
+//     A write to a pipe nobody reads fails with EPIPE and raises no
+//     SIGPIPE: the signal is blocked on the thread while the dump writes
+//     and the one its write raised is discarded (one already pending is
+//     left), so `prog 2>&1 | head` is not killed by its own failure dump.
+//   - Signal safety. The system calls are write(2), the signal mask's
+//     (pthread_sigmask, sigpending) and sigtimedwait (to discard the
+//     SIGPIPE a write raised); the library calls are memcpy, strlen and the
+//     signal-set functions, all async-signal-safe (POSIX.1-2016) but for
+//     sigtimedwait, a system call that takes no lock and uses no memory but
+//     its arguments; there are no locks, no static state and no static
 //     initialisation. A signal handler may dump a tree if the code it
 //     interrupted was not in the middle of changing that tree (creating,
 //     destroying or reparenting a context, or allocating or freeing in one):

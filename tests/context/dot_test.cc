@@ -244,6 +244,31 @@ TEST(DotReportTest, NoncharactersAndLongNamesStayValid) {
   top->Destroy();
 }
 
+// Graphviz expands \N, \G, \L and the like even in HTML-like labels (the
+// node's name, the graph's name): a name with backslashes is drawn as
+// written. Control characters, DEL and C1 included, become '?'.
+TEST(DotReportTest, BackslashesAndControlsAreDrawnAsWritten) {
+  Context* top = Context::Create(nullptr, "a\\Nb\\Gc\\\\d", PoolKind());
+  top->CreateChild("x\x7Fy\xC2\x85z\xC2\xA0w", PoolKind());
+  const std::string dot = Dot(top);
+  EXPECT_NE(NodeLine(dot, "ctx0").find("<B>a\\\\Nb\\\\Gc\\\\\\\\d</B>"), std::string::npos)
+      << dot;
+  EXPECT_NE(NodeLine(dot, "ctx1").find("<B>x?y?z\xC2\xA0w</B>"), std::string::npos) << dot;
+  ExpectDotAccepts(dot);
+  if (std::system("test -x /usr/bin/dot") != 0) return;  // graphviz is optional
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = tmp != nullptr ? tmp : "/tmp";
+  std::ofstream(dir + "/backslash.dot") << dot;
+  ASSERT_EQ(std::system(("/usr/bin/dot -Tsvg " + dir + "/backslash.dot -o " + dir +
+                         "/backslash.svg")
+                            .c_str()),
+            0);
+  std::ifstream in(dir + "/backslash.svg");
+  const std::string svg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(svg.find(">a\\Nb\\Gc\\\\d<"), std::string::npos) << svg;
+  top->Destroy();
+}
+
 // The widths of a bar's cells.
 std::vector<int> Widths(const std::string& bar) {
   std::vector<int> out;

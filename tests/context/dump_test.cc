@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -513,17 +514,36 @@ TEST(DumpTest, ReportsWriteErrors) {
   EXPECT_FALSE(DumpStats(nullptr, STDERR_FILENO));
   EXPECT_EQ(errno, EINVAL);
 
+  // A pipe nobody reads: EPIPE, and no SIGPIPE (its default action would
+  // end this test), none left pending, and the thread's mask as it was.
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
   close(fds[0]);
-  struct sigaction ignore = {};
-  struct sigaction old = {};
-  ignore.sa_handler = SIG_IGN;
-  ASSERT_EQ(sigaction(SIGPIPE, &ignore, &old), 0);
+  sigset_t mask_before;
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, nullptr, &mask_before), 0);
   errno = 0;
   EXPECT_FALSE(DumpStats(root, fds[1]));
   EXPECT_EQ(errno, EPIPE);
-  sigaction(SIGPIPE, &old, nullptr);
+  sigset_t mask_after;
+  sigset_t pending;
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, nullptr, &mask_after), 0);
+  ASSERT_EQ(sigpending(&pending), 0);
+  EXPECT_EQ(sigismember(&mask_after, SIGPIPE), sigismember(&mask_before, SIGPIPE));
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 0);
+
+  // A SIGPIPE the program had pending (blocked) before the dump stays
+  // pending for it.
+  sigset_t pipe_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &pipe_set, nullptr), 0);
+  ASSERT_EQ(pthread_kill(pthread_self(), SIGPIPE), 0);
+  EXPECT_FALSE(DumpStats(root, fds[1]));
+  ASSERT_EQ(sigpending(&pending), 0);
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 1);
+  const timespec now = {0, 0};
+  EXPECT_EQ(sigtimedwait(&pipe_set, nullptr, &now), SIGPIPE);
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, &mask_before, nullptr), 0);
   close(fds[1]);
   root->Destroy();
 }
@@ -705,6 +725,24 @@ TEST_F(FailureDumpTest, WriteErrorsAreIgnoredAndErrnoIsKept) {
   EXPECT_THROW(row_->Alloc(kTooBig), std::bad_alloc);
   EXPECT_EQ(probe_.calls, 1);
   EXPECT_EQ(probe_.errno_at_call, ENOTTY);
+}
+
+// A dump to a pipe whose reader has gone (`prog 2>&1 | head`) does not
+// kill the program with SIGPIPE: the handler runs and the call throws.
+TEST_F(FailureDumpTest, APipeWithNoReaderDoesNotKillTheProgram) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  close(fds[0]);
+  top_->SetFailureDump({fds[1], 2, 3});
+  errno = ENOTTY;
+  EXPECT_THROW(row_->Alloc(kTooBig), std::bad_alloc);
+  EXPECT_EQ(probe_.calls, 1);
+  EXPECT_EQ(probe_.errno_at_call, ENOTTY);
+  sigset_t pending;
+  ASSERT_EQ(sigpending(&pending), 0);
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 0);
+  top_->SetFailureDump({kFailureDumpOff, 2, 3});
+  close(fds[1]);
 }
 
 // The failure line escapes the failing context's name as the report does
