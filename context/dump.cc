@@ -157,10 +157,14 @@ class FdWriter final : public internal::ReportOut {
 };
 
 // The text report of `root` to `w`: the walk with the text sink.
-void WriteReport(FdWriter* w, const Context* root, const DumpOptions& options) {
+void WriteReport(FdWriter* w, const Context* root, const DumpOptions& options,
+                 SharedContextWalk shared = SharedContextWalk::kRead) {
   internal::TextReportSink sink(w);
-  WalkReport(root, options.max_depth, options.max_children, &sink);
+  WalkReport(root, options.max_depth, options.max_children, &sink, shared);
 }
+
+// Whether any thread may use `c` (a shared context).
+bool AnyThreadMayUse(const Context* c) { return c->kind()->lock != nullptr; }
 
 // Set while this thread writes a failure dump. Trivially initialised
 // thread_local: reading it allocates nothing.
@@ -184,10 +188,10 @@ bool WriteReportToFd(int fd, const Context* root, int max_depth, int max_childre
   FdWriter w(fd);
   if (json) {
     JsonReportSink sink(&w);
-    WalkReport(root, max_depth, max_children, &sink);
+    WalkReport(root, max_depth, max_children, &sink, SharedContextWalk::kSkip);
   } else {
     TextReportSink sink(&w);
-    WalkReport(root, max_depth, max_children, &sink);
+    WalkReport(root, max_depth, max_children, &sink, SharedContextWalk::kSkip);
   }
   return w.Flush();
 }
@@ -214,8 +218,15 @@ void DumpOnFailure(const Context* ctx, Failure failure, size_t size) {
   writing_failure_dump = true;
   const int saved_errno = errno;
 
+  // The tree this thread owns: up to the root, or to just below the
+  // nearest shared context (whose other children, and what is above it,
+  // other threads may be changing now); a shared context that failed is
+  // itself the root, not read. Within, shared contexts are not read
+  // (SharedContextWalk::kSkip).
   const Context* root = ctx;
-  while (root->parent() != nullptr) root = root->parent();
+  if (!AnyThreadMayUse(root)) {
+    while (root->parent() != nullptr && !AnyThreadMayUse(root->parent())) root = root->parent();
+  }
   FdWriter w(settings.fd);
   w.AppendLiteral("mcx: ");
   w.AppendString(FailureName(failure));
@@ -227,7 +238,7 @@ void DumpOnFailure(const Context* ctx, Failure failure, size_t size) {
   DumpOptions options;
   options.max_depth = settings.max_depth;
   options.max_children = settings.max_children;
-  WriteReport(&w, root, options);
+  WriteReport(&w, root, options, SharedContextWalk::kSkip);
   w.Flush();  // a dump that cannot be written is not a second failure
 
   errno = saved_errno;

@@ -57,7 +57,13 @@
 //     (the name escaped as in the report, stats.h)
 //     and then the report of the failing context's whole tree, from its root
 //     (PostgreSQL's TopMemoryContext), with the setting's `max_depth` and
-//     `max_children`, which keep the dump short. `Try*` calls do not dump:
+//     `max_children`, which keep the dump short. The report covers what the
+//     failing thread owns: a shared context (shared.h), which other threads
+//     may be using as it fails, is shown as "not read" with nothing of its
+//     subtree (report.h, SharedContextWalk::kSkip), and a context below a
+//     shared one is dumped from just below it (the failing thread owns that
+//     subtree; what is above, and the shared context's other children,
+//     other threads may be changing). `Try*` calls do not dump:
 //     they expect to fail and handle it (PostgreSQL's MCXT_ALLOC_NO_OOM does
 //     not dump either). Other failures (a bad size or alignment) are caller
 //     bugs, not memory pressure, and do not dump.

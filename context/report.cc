@@ -38,7 +38,42 @@ int CountOlderSiblingsBefore(const Context* child, int limit) {
   return n;
 }
 
+// Whether any thread may use `c` (a shared context): its counters and its
+// children are other threads' to change while this one walks.
+bool AnyThreadMayUse(const Context* c) { return c->kind()->lock != nullptr; }
+
+// GetSubtreeCounters of `top`'s subtree without the subtrees of contexts
+// that any thread may use (SharedContextWalk::kSkip), and `top` too if it is
+// one.
+ContextCounters OwnSubtreeCounters(const Context* top) {
+  ContextCounters total;
+  if (AnyThreadMayUse(top)) return total;
+  const Context* c = top;
+  while (c != nullptr) {
+    total.Add(GetCounters(c));
+    const Context* down = c->first_child();
+    while (down != nullptr && AnyThreadMayUse(down)) down = down->next_sibling();
+    if (down != nullptr) {
+      c = down;
+      continue;
+    }
+    for (;;) {
+      if (c == top) return total;
+      const Context* next = c->next_sibling();
+      while (next != nullptr && AnyThreadMayUse(next)) next = next->next_sibling();
+      if (next != nullptr) {
+        c = next;
+        break;
+      }
+      c = c->parent();
+    }
+  }
+  return total;
+}
+
 }  // namespace
+
+void ReportSink::NotRead(const Context* /*context*/, int /*depth*/) {}
 
 // WalkReport
 //
@@ -53,10 +88,18 @@ int CountOlderSiblingsBefore(const Context* child, int limit) {
 // The grand total is summed on the way (every context is in exactly one
 // BeginContext or one MoreChildren), so the subtree is not walked a second
 // time for it.
-void WalkReport(const Context* root, int max_depth, int max_children, ReportSink* sink) {
+void WalkReport(const Context* root, int max_depth, int max_children, ReportSink* sink,
+                SharedContextWalk shared) {
   int shown_at[kReportTrackedLevels];
   ContextCounters grand;
   if (sink->Stopped()) return;
+  const bool skip = shared == SharedContextWalk::kSkip;
+  if (skip && AnyThreadMayUse(root)) {
+    sink->NotRead(root, 0);
+    if (sink->Stopped()) return;
+    sink->GrandTotal(grand);
+    return;
+  }
   ContextCounters own = GetCounters(root);
   grand.Add(own);
   sink->BeginContext(root, 0, own);
@@ -67,6 +110,13 @@ void WalkReport(const Context* root, int max_depth, int max_children, ReportSink
   for (;;) {
     if (sink->Stopped()) return;
     if (next != nullptr && depth < max_depth && shown < max_children) {
+      if (skip && AnyThreadMayUse(next)) {
+        // Shown as not read; its siblings are this thread's to read.
+        sink->NotRead(next, depth + 1);
+        next = next->next_sibling();
+        ++shown;
+        continue;
+      }
       if (depth < kReportTrackedLevels) shown_at[depth] = shown + 1;
       node = next;
       ++depth;
@@ -83,7 +133,7 @@ void WalkReport(const Context* root, int max_depth, int max_children, ReportSink
       ContextCounters rest;
       size_t count = 0;
       for (const Context* c = next; c != nullptr; c = c->next_sibling()) {
-        rest.Add(GetSubtreeCounters(c));
+        rest.Add(skip ? OwnSubtreeCounters(c) : GetSubtreeCounters(c));
         ++count;
       }
       grand.Add(rest);
@@ -202,6 +252,12 @@ void TextReportSink::MoreChildren(const Context* /*parent*/, int depth, size_t c
   out_->AppendLiteral(" more child contexts containing ");
   out_->AppendTextTotals(totals);
   out_->AppendLiteral("\n");
+}
+
+void TextReportSink::NotRead(const Context* context, int depth) {
+  out_->AppendSpaces(static_cast<size_t>(depth) * kIndentPerLevel);
+  out_->AppendTextName(context->name());
+  out_->AppendLiteral(": not read (any thread may use it)\n");
 }
 
 void TextReportSink::EndContext(const Context* /*context*/, int /*depth*/) {}

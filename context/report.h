@@ -25,7 +25,8 @@
 //   - Counters. `BeginContext` gets `GetCounters` of its context; the grand
 //     total is the sum of every context's counters (those shown and those
 //     summarised), which is `GetSubtreeCounters(root)`: the totals always add
-//     up. Each context's counters are asked of its kind once per walk.
+//     up (but for shared contexts not read, below). Each context's counters
+//     are asked of its kind once per walk.
 //   - No allocation, no recursion. The walk follows the parent and sibling
 //     links; it keeps on the stack only the number of children shown for the
 //     first `kReportTrackedLevels` levels (deeper, it counts them again when
@@ -36,6 +37,16 @@
 //   - Stopping. `Stopped()` is asked before each step; once it returns true
 //     the walk ends without further calls (no grand total). A sink that
 //     writes stops after a write error.
+//   - Shared contexts. With `SharedContextWalk::kSkip` a context that any
+//     thread may use (a shared context) is not read, nor anything below
+//     it: `NotRead` stands for it, in its place among its siblings (it
+//     counts as one of the `max_children` shown; in a `MoreChildren` it
+//     counts as a child and adds nothing to the totals), and the grand
+//     total leaves it out. A walk then reads only what one thread owns
+//     (the contexts a shared context's children are, and everything they
+//     hold, belong to the threads that made them). The reports mcx makes
+//     on its own, at any point of a thread's work, walk so: the dump on
+//     failure (dump.h) and the reports on request (report_request.h).
 //   - The sink must not change the tree. Threads: as every use of a tree,
 //     one thread at a time.
 //   - Cost. O(contexts in the subtree) plus what the kinds' counters cost.
@@ -86,8 +97,21 @@ class ReportSink {
   virtual void EndContext(const Context* context, int depth) = 0;
   // The last call: the whole subtree's counters.
   virtual void GrandTotal(const ContextCounters& totals) = 0;
+  // A context that any thread may use (a shared context), at `depth`, in
+  // a walk that does not read such contexts (SharedContextWalk::kSkip): in
+  // place of its BeginContext, subtree and EndContext. The default does
+  // nothing.
+  virtual void NotRead(const Context* context, int depth);
   // True ends the walk early. Asked before every call above.
   virtual bool Stopped() const;
+};
+
+// What a walk reads of a context that any thread may use (a shared
+// context, shared.h): its counters and its children are other threads' to
+// change while this one walks.
+enum class SharedContextWalk {
+  kRead,  // like any other: the caller knows the other threads are done
+  kSkip,  // nothing of it or of its subtree: one NotRead stands for them
 };
 
 // Levels of the walk whose count of children shown `WalkReport` keeps on the
@@ -96,7 +120,8 @@ inline constexpr int kReportTrackedLevels = 64;
 
 // Walks `root`'s subtree (root must not be null), cut by `max_depth` and
 // `max_children`, calling `sink`. Allocates nothing itself.
-void WalkReport(const Context* root, int max_depth, int max_children, ReportSink* sink);
+void WalkReport(const Context* root, int max_depth, int max_children, ReportSink* sink,
+                SharedContextWalk shared = SharedContextWalk::kRead);
 
 }  // namespace mcx
 

@@ -96,12 +96,14 @@ void Answer(ReportSlot* s) {
     return;
   }
   BufferOut out(s->buffer.get(), s->capacity);
+  // Only what this thread owns: the reports on request are made at any of
+  // its safe points, while other threads may be using a shared context.
   if (json) {
     JsonReportSink sink(&out);
-    WalkReport(s->root, o.max_depth, o.max_children, &sink);
+    WalkReport(s->root, o.max_depth, o.max_children, &sink, SharedContextWalk::kSkip);
   } else {
     TextReportSink sink(&out);
-    WalkReport(s->root, o.max_depth, o.max_children, &sink);
+    WalkReport(s->root, o.max_depth, o.max_children, &sink, SharedContextWalk::kSkip);
   }
   s->needed = out.used();
   s->answer = out.used() <= s->capacity ? RequestStatus::kDone : RequestStatus::kTruncated;

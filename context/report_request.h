@@ -25,10 +25,16 @@
 //     context, any kind), or an explicit `mcx::ServiceRequests()`, which an
 //     event loop calls once per turn (one load when nothing was asked). A
 //     thread that neither allocates blocks nor calls ServiceRequests does
-//     not answer; askers time out (kPending) and may cancel.
+//     not answer; askers time out (kPending) and may cancel. Creating a
+//     context is not a safe point (its first block is taken before the
+//     context exists): a thread whose contexts fit their first blocks
+//     answers only at ServiceRequests.
 //   - The report. `StatsReport`'s text or JSON (stats.h), cut by the
 //     request's `max_depth` and `max_children` exactly as the failure dump
-//     is; to a descriptor it is DumpStats's writer (dump.h: EINTR and short
+//     is, and like it reading only what the owner owns: a shared context
+//     in the tree (shared.h), which other threads may be using at the safe
+//     point, is shown as "not read", with nothing of its subtree (report.h,
+//     SharedContextWalk::kSkip); to a descriptor it is DumpStats's writer (dump.h: EINTR and short
 //     writes handled, a write error ends it: kWriteError). Into the buffer:
 //     the endpoint's buffer, of the capacity it was made with; a report that
 //     does not fit is cut at the capacity and answered kTruncated, with the

@@ -41,6 +41,8 @@ bool WriteReportToFd(int fd, const Context* root, int max_depth, int max_childre
 //   {"tree": {"name": ..., "kind": ..., <totals>, "children": [<child>, ...]
 //             [, "more_children": {"contexts": N, <totals>}]},
 //    "grand_total": {"contexts": N, <totals>}}
+// and a context that the walk does not read (SharedContextWalk::kSkip):
+//   {"name": ..., "kind": ..., "not_read": "any thread may use it", "children": []}
 // Siblings are separated by a comma: a context begun right after another
 // ended is the next sibling of it.
 class JsonReportSink final : public ReportSink {
@@ -68,6 +70,17 @@ class JsonReportSink final : public ReportSink {
     AppendJsonTotals(out_, totals);
     out_->AppendLiteral("}");
     children_closed_ = true;
+  }
+
+  void NotRead(const Context* context, int depth) override {
+    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
+    if (after_end_) out_->AppendLiteral(", ");
+    out_->AppendLiteral("{\"name\": ");
+    AppendJsonString(out_, context->name());
+    out_->AppendLiteral(", \"kind\": ");
+    AppendJsonString(out_, context->kind_name());
+    out_->AppendLiteral(", \"not_read\": \"any thread may use it\", \"children\": []}");
+    after_end_ = true;
   }
 
   void EndContext(const Context* /*context*/, int /*depth*/) override {

@@ -64,6 +64,8 @@ class ReportOut {
 //   name: <totals>
 // one line per cut:
 //   N more child contexts containing <totals>
+// one line per context a walk does not read (SharedContextWalk::kSkip):
+//   name: not read (any thread may use it)
 // and the last line:
 //   Grand total: T bytes in B blocks; F free (C chunks); U used
 // Stops when its output has failed.
@@ -74,6 +76,7 @@ class TextReportSink final : public ReportSink {
   void BeginContext(const Context* context, int depth, const ContextCounters& counters) override;
   void MoreChildren(const Context* parent, int depth, size_t count,
                     const ContextCounters& totals) override;
+  void NotRead(const Context* context, int depth) override;
   void EndContext(const Context* context, int depth) override;
   void GrandTotal(const ContextCounters& totals) override;
   bool Stopped() const override { return out_->failed(); }

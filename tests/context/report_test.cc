@@ -14,6 +14,7 @@
 #include "mcx/context/stats.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
+#include "mcx/shared/shared.h"
 
 namespace mcx {
 namespace {
@@ -58,6 +59,15 @@ class RecordingSink : public ReportSink {
     open_.pop_back();
     events.push_back(std::string("end ") + context->name());
   }
+  void NotRead(const Context* context, int depth) override {
+    EXPECT_FALSE(done_) << "a call after GrandTotal";
+    EXPECT_EQ(depth, static_cast<int>(open_.size()));
+    if (!open_.empty()) {
+      EXPECT_EQ(context->parent(), open_.back());
+    }
+    not_read.push_back(context);
+    events.push_back(std::string("not read ") + context->name());
+  }
   void GrandTotal(const ContextCounters& totals) override {
     EXPECT_TRUE(open_.empty()) << "GrandTotal before every context ended";
     EXPECT_FALSE(done_);
@@ -68,6 +78,7 @@ class RecordingSink : public ReportSink {
 
   std::vector<std::string> events;
   std::vector<const Context*> begun;
+  std::vector<const Context*> not_read;
   std::vector<size_t> more_counts;
   std::vector<ContextCounters> more_totals;
   ContextCounters sum;    // counters of every BeginContext and MoreChildren
@@ -236,6 +247,61 @@ TEST(ReportWalkDeepTest, CutsTheSameBelowTheTrackedLevels) {
   EXPECT_TRUE(SameCounters(sink.grand, GetSubtreeCounters(root)));
   EXPECT_EQ(sink.events.back(), "total");
   root->Destroy();
+}
+
+// SharedContextWalk::kSkip: a shared context is one NotRead in its place
+// among its siblings, and nothing of its subtree is read; the walk reads
+// on below the contexts around it. kRead (the default) walks it as any
+// other.
+TEST_F(ReportWalkTest, ASkippingWalkDoesNotReadSharedContexts) {
+  Context* scan = a_->CreateChild("scan", SharedKind());
+  SharedAlloc(scan, 5000);
+  Context* worker = scan->CreateChild("worker", PoolKind());
+  worker->Alloc(2000);
+  worker->CreateChild("below", PoolKind());
+  a_->CreateChild("after", PoolKind());
+
+  RecordingSink skip;
+  WalkReport(top_, 100, 100, &skip, SharedContextWalk::kSkip);
+  EXPECT_EQ(skip.events,
+            (std::vector<std::string>{"begin top", "begin c", "begin c1", "end c1", "end c",
+                                      "begin b", "end b", "begin a", "begin after", "end after",
+                                      "not read scan", "begin a2", "end a2", "begin a1",
+                                      "end a1", "end a", "end top", "total"}));
+  ContextCounters expected = GetSubtreeCounters(top_);
+  const ContextCounters shared = GetSubtreeCounters(scan);
+  expected.total_bytes -= shared.total_bytes;
+  expected.blocks -= shared.blocks;
+  expected.free_bytes -= shared.free_bytes;
+  expected.free_chunks -= shared.free_chunks;
+  expected.contexts -= shared.contexts;
+  EXPECT_TRUE(SameCounters(skip.grand, expected));
+  EXPECT_TRUE(SameCounters(skip.sum, expected));
+
+  // From a, cut to one child: "after" shown; scan (counted, nothing of its
+  // subtree in the totals), a2 and a1 summarised.
+  RecordingSink cut;
+  WalkReport(a_, 100, 1, &cut, SharedContextWalk::kSkip);
+  EXPECT_TRUE(cut.not_read.empty());
+  const size_t rest = GetSubtreeCounters(a_).total_bytes - shared.total_bytes -
+                      GetCounters(a_).total_bytes - GetCounters(a_->first_child()).total_bytes;
+  ASSERT_EQ(cut.more_counts.size(), 1u);
+  EXPECT_EQ(cut.more_counts[0], 3u);
+  EXPECT_EQ(cut.more_totals[0].total_bytes, rest);
+  EXPECT_EQ(cut.grand.total_bytes, GetSubtreeCounters(a_).total_bytes - shared.total_bytes);
+
+  // A shared root: one NotRead, a zero grand total.
+  RecordingSink root;
+  WalkReport(scan, 100, 100, &root, SharedContextWalk::kSkip);
+  EXPECT_EQ(root.events, (std::vector<std::string>{"not read scan", "total"}));
+  EXPECT_TRUE(SameCounters(root.grand, ContextCounters()));
+
+  // kRead, the default: every context.
+  RecordingSink read;
+  WalkReport(top_, 100, 100, &read);
+  EXPECT_TRUE(read.not_read.empty());
+  EXPECT_EQ(read.begun.size(), PreOrder(top_).size());
+  EXPECT_TRUE(SameCounters(read.grand, GetSubtreeCounters(top_)));
 }
 
 // The example of report.h: a sink that counts.

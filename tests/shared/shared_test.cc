@@ -4,7 +4,13 @@
 
 #include "mcx/shared/shared.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -18,9 +24,11 @@
 #include "mcx/context/block_source.h"
 #include "mcx/context/budget.h"
 #include "mcx/context/context.h"
+#include "mcx/context/dump.h"
 #include "mcx/context/failure.h"
 #include "mcx/context/kind_api.h"
 #include "mcx/context/new.h"
+#include "mcx/context/report_request.h"
 #include "mcx/freelist/freelist.h"
 #include "mcx/pool/pool.h"
 #include "mcx/testing/test_block_sources.h"
@@ -387,6 +395,149 @@ TEST(SharedTest, ResetDuringAnAllocationIsReportedInCheckingBuilds) {
   ASSERT_FALSE(seen.empty());
   EXPECT_NE(seen[0].find("while another thread allocates"), std::string::npos) << seen[0];
   ctx->Destroy();
+}
+
+// --- Reports mcx makes on its own ------------------------------------------------
+
+// Everything written to a memory file.
+std::string ReadAll(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return "";
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  const ssize_t n = pread(fd, &out[0], out.size(), 0);
+  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return out;
+}
+
+// The dump on failure reads what the failing thread owns: below a shared
+// context, from just below it; above one, the shared context is "not
+// read" and nothing of its subtree appears.
+TEST(SharedTest, AFailureDumpReadsOnlyWhatTheFailingThreadOwns) {
+  const int below_fd = memfd_create("below", MFD_CLOEXEC);
+  const int above_fd = memfd_create("above", MFD_CLOEXEC);
+  ASSERT_GE(below_fd, 0);
+  ASSERT_GE(above_fd, 0);
+  Context* top = Context::Create(nullptr, "top", PoolKind());
+  Context* scan = top->CreateChild("scan", SharedKind());
+  SharedAlloc(scan, 100);
+  ContextOptions limited;
+  limited.limit = 16 * 1024;
+  limited.failure_dump = {below_fd, kFailureDumpDefaultDepth, kFailureDumpDefaultChildren};
+  Context* worker = scan->CreateChild("worker", PoolKind(), limited);
+  worker->CreateChild("row", PoolKind());
+  Context* other = top->CreateChild("other", PoolKind(), limited);
+  other->SetFailureDump({above_fd, kFailureDumpDefaultDepth, kFailureDumpDefaultChildren});
+
+  EXPECT_THROW(worker->Alloc(100000), std::bad_alloc);
+  const std::string below = ReadAll(below_fd);
+  EXPECT_EQ(below.find("mcx: "), 0u) << below;
+  const size_t report = below.find('\n') + 1;
+  EXPECT_EQ(below.compare(report, 8, "worker: "), 0) << below;
+  EXPECT_NE(below.find("\n  row: "), std::string::npos) << below;
+  EXPECT_EQ(below.find("top: "), std::string::npos) << below;
+  EXPECT_EQ(below.find("scan"), std::string::npos) << below;
+
+  EXPECT_THROW(other->Alloc(100000), std::bad_alloc);
+  const std::string above = ReadAll(above_fd);
+  EXPECT_NE(above.find("\ntop: "), std::string::npos) << above;
+  EXPECT_NE(above.find("\n  scan: not read (any thread may use it)\n"), std::string::npos)
+      << above;
+  EXPECT_EQ(above.find("worker"), std::string::npos) << above;
+  EXPECT_EQ(above.find("row"), std::string::npos) << above;
+  EXPECT_NE(above.find("\n  other: "), std::string::npos) << above;
+  top->Destroy();
+  close(below_fd);
+  close(above_fd);
+}
+
+// A report on request is answered at the owner's safe point, while other
+// threads may use a shared context in its tree: the shared context is
+// "not read", in text and in JSON.
+TEST(SharedTest, AReportOnRequestDoesNotReadASharedContext) {
+  Context* top = Context::Create(nullptr, "top", PoolKind());
+  Context* scan = top->CreateChild("scan", SharedKind());
+  scan->CreateChild("worker", PoolKind());
+  {
+    ReportEndpoint endpoint(top);
+    ReportTarget target = endpoint.target();
+    ReportOptions json;
+    json.format = ReportFormat::kJson;
+    ASSERT_EQ(target.Post(json), RequestStatus::kPending);
+    EXPECT_EQ(ServiceRequests(), 1u);
+    ASSERT_EQ(target.Wait(std::chrono::milliseconds(0)), RequestStatus::kDone);
+    const std::string j = target.Take();
+    EXPECT_NE(j.find("{\"name\": \"scan\", \"kind\": \"shared\", \"not_read\": \"any thread may "
+                     "use it\", \"children\": []}"),
+              std::string::npos)
+        << j;
+    EXPECT_EQ(j.find("worker"), std::string::npos) << j;
+    ASSERT_EQ(target.Post(ReportOptions()), RequestStatus::kPending);
+    EXPECT_EQ(ServiceRequests(), 1u);
+    ASSERT_EQ(target.Wait(std::chrono::milliseconds(0)), RequestStatus::kDone);
+    const std::string t = target.Take();
+    EXPECT_NE(t.find("\n  scan: not read (any thread may use it)\n"), std::string::npos) << t;
+    EXPECT_EQ(t.find("worker"), std::string::npos) << t;
+  }
+  top->Destroy();
+}
+
+// Other threads make, use and destroy children of a shared context while
+// this one fails with a dump of its tree, and answers reports on request
+// of the whole tree: neither reads their contexts (a crash, or a race
+// under ThreadSanitizer, before).
+TEST(SharedTest, ReportsMcxMakesOnItsOwnRaceWithNoOtherThread) {
+  const int devnull = ::open("/dev/null", O_WRONLY);
+  ASSERT_GE(devnull, 0);
+  ContextOptions dumping;
+  dumping.failure_dump = {devnull, kFailureDumpMaxLimit, kFailureDumpMaxLimit};
+  Context* top = Context::Create(nullptr, "top", PoolKind(), dumping);
+  Context* scan = top->CreateChild("scan", SharedKind());
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> churn;
+  for (int t = 0; t < 2; ++t) {
+    churn.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        Context* mine = scan->CreateChild("worker", PoolKind());
+        for (int i = 0; i < 8; ++i) mine->Alloc(3000);
+        SharedAlloc(scan, 64);
+        mine->Destroy();
+      }
+    });
+  }
+  int failures = 0;
+  size_t answered = 0;
+  {
+    ReportEndpoint endpoint(top);
+    ReportTarget target = endpoint.target();
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
+    while (std::chrono::steady_clock::now() < end) {
+      ContextOptions limited;
+      limited.limit = 16 * 1024;
+      Context* mine = scan->CreateChild("limited", PoolKind(), limited);
+      try {
+        mine->Alloc(100000);
+      } catch (const std::bad_alloc&) {
+        ++failures;
+      }
+      mine->Destroy();
+      Context* other = top->CreateChild("other", PoolKind(), limited);
+      try {
+        other->Alloc(100000);
+      } catch (const std::bad_alloc&) {
+        ++failures;
+      }
+      other->Destroy();
+      target.Post(ReportOptions());
+      answered += ServiceRequests();
+      target.Take();
+    }
+  }
+  stop.store(true);
+  for (std::thread& t : churn) t.join();
+  top->Destroy();
+  ::close(devnull);
+  EXPECT_GT(failures, 0);
+  EXPECT_GT(answered, 0u);
 }
 
 }  // namespace
