@@ -14,11 +14,18 @@
 //
 // Commands: "report" (JSON: {"workers": [{"worker": ..., "status": ...,
 // "report": <the tree>}, ...]}), "text" (each worker's text report), "quit".
+// A command is one line; the answer follows at once, and the server closes
+// the connection. Clients are served one at a time: one that sends no line
+// within kClientTimeout, or reads no answer within it, is dropped, and one
+// that goes away early costs the server nothing (no SIGPIPE).
 
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -47,6 +54,13 @@ constexpr int kRowsPerRequest = 64;
 constexpr size_t kRowBytes = 256;
 constexpr int kDefaultWorkers = 3;
 constexpr size_t kMaxCommand = 64;
+// How long a client may take to send its line, and to read the answer: the
+// server serves one client at a time, so a client that stalls holds up the
+// others for this long at most.
+constexpr int kClientTimeoutSeconds = 2;
+// After accept fails for want of resources (descriptors, memory), the
+// server waits this long before trying again rather than spinning.
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
 // The workers' report targets, by name. A worker adds its own at start and
 // removes it before its endpoint goes; a target copied out stays valid (it
@@ -120,7 +134,17 @@ std::string AskWorkers(bool json) {
   mcx::ReportOptions options;
   options.format = json ? mcx::ReportFormat::kJson : mcx::ReportFormat::kText;
   std::vector<mcx::RequestStatus> status;
-  for (auto& w : workers) status.push_back(w.second.Post(options));
+  for (auto& w : workers) {
+    mcx::RequestStatus posted = w.second.Post(options);
+    // A worker's late answer to an earlier request (given up on after two
+    // timeouts) still holds its endpoint: taken and dropped, the endpoint
+    // is free again. An answer still being written leaves it busy.
+    if (posted == mcx::RequestStatus::kBusy) {
+      w.second.Take();
+      posted = w.second.Post(options);
+    }
+    status.push_back(posted);
+  }
   std::string out = json ? "{\"workers\": [" : "";
   for (size_t i = 0; i < workers.size(); ++i) {
     mcx::ReportTarget& target = workers[i].second;
@@ -153,22 +177,41 @@ std::string AskWorkers(bool json) {
   return out;
 }
 
+// send(2) with MSG_NOSIGNAL: a peer that has gone is an error (EPIPE), not
+// a SIGPIPE that would end the server.
 bool WriteAll(int fd, const std::string& s) {
   size_t done = 0;
   while (done < s.size()) {
-    ssize_t n = write(fd, s.data() + done, s.size() - done);
+    ssize_t n = send(fd, s.data() + done, s.size() - done, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     done += static_cast<size_t>(n);
   }
   return true;
 }
 
-std::string ReadAll(int fd, size_t max) {
+// Reads until end of file, or up to `max` bytes, or (with `line`) through
+// the first newline; a timeout or an error ends it with what came.
+std::string Read(int fd, size_t max, bool line) {
   std::string s;
   char buf[4096];
-  ssize_t n;
-  while (s.size() < max && (n = read(fd, buf, sizeof(buf))) > 0) s.append(buf, static_cast<size_t>(n));
+  while (s.size() < max) {
+    const size_t want = line ? 1 : std::min(sizeof(buf), max - s.size());
+    ssize_t n = read(fd, buf, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    s.append(buf, static_cast<size_t>(n));
+    if (line && buf[0] == '\n') break;
+  }
   return s;
+}
+
+// Bounds how long one client can hold the server (kClientTimeoutSeconds).
+void SetClientTimeouts(int fd) {
+  timeval timeout{};
+  timeout.tv_sec = kClientTimeoutSeconds;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
 }
 
 bool Address(const char* path, sockaddr_un* addr) {
@@ -199,8 +242,15 @@ int Serve(const char* path, int workers) {
   std::fflush(stdout);
   for (bool quit = false; !quit;) {
     int client = accept(listener, nullptr, nullptr);
-    if (client < 0) continue;
-    std::string command = ReadAll(client, kMaxCommand);
+    if (client < 0) {
+      if (errno != EINTR && errno != ECONNABORTED) {
+        std::perror("accept");
+        std::this_thread::sleep_for(kAcceptBackoff);
+      }
+      continue;
+    }
+    SetClientTimeouts(client);
+    std::string command = Read(client, kMaxCommand, /*line=*/true);
     while (!command.empty() && (command.back() == '\n' || command.back() == '\r')) {
       command.pop_back();
     }
@@ -235,7 +285,7 @@ bool Ask(const char* path, const std::string& command, std::string* reply) {
   }
   bool ok = WriteAll(fd, command + "\n");
   shutdown(fd, SHUT_WR);
-  *reply = ReadAll(fd, ~size_t{0});
+  *reply = Read(fd, ~size_t{0}, /*line=*/false);
   close(fd);
   return ok;
 }
