@@ -566,6 +566,57 @@ void* RunDeepDump(void* arg) {
   return nullptr;
 }
 
+// The stack a dump uses, dump.h's figure: what a thread that dumps a small
+// tree of every common kind touches of its own stack, beyond what a thread
+// that does nothing touches, measured on a stack filled with a pattern.
+struct StackJob {
+  const Context* root;
+  int fd;
+};
+
+void* RunStackJob(void* arg) {
+  auto* job = static_cast<StackJob*>(arg);
+  if (job->root != nullptr) DumpStats(job->root, job->fd);
+  return nullptr;
+}
+
+size_t StackTouched(const StackJob& job) {
+  constexpr size_t kStackBytes = 256 * 1024;
+  constexpr unsigned char kPattern = 0xA5;
+  void* stack = nullptr;
+  if (posix_memalign(&stack, 4096, kStackBytes) != 0) return kStackBytes;
+  std::memset(stack, kPattern, kStackBytes);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstack(&attr, stack, kStackBytes);
+  pthread_t thread;
+  StackJob copy = job;
+  size_t untouched = 0;
+  if (pthread_create(&thread, &attr, RunStackJob, &copy) == 0) {
+    pthread_join(thread, nullptr);
+    const auto* bytes = static_cast<const unsigned char*>(stack);
+    while (untouched < kStackBytes && bytes[untouched] == kPattern) ++untouched;
+  }
+  pthread_attr_destroy(&attr);
+  std::free(stack);
+  return kStackBytes - untouched;
+}
+
+TEST(DumpTest, UsesAboutTwoKiBOfStack) {
+  Context* root = Context::Create(nullptr, "root", PoolKind());
+  Context* list = root->CreateChild("freelist", FreelistKind());
+  list->Free(list->Alloc(100));
+  root->CreateChild("pool", PoolKind())->CreateChild("below", PoolKind())->Alloc(100);
+  const int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const size_t idle = StackTouched(StackJob{nullptr, fd});
+  const size_t dumping = StackTouched(StackJob{root, fd});
+  close(fd);
+  root->Destroy();
+  constexpr size_t kDumpStackBound = 3 * 1024;
+  EXPECT_LT(dumping - idle, kDumpStackBound) << dumping << " against " << idle;
+}
+
 // A chain of 100,000 contexts: cut at the default depth the dump equals the
 // report (its summary line sums 99,900 levels); uncut, on a thread with a
 // 256 KiB stack, it writes all 100,000 lines (10 GB of indentation, to
