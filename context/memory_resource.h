@@ -82,9 +82,13 @@ class Allocator {
   template <typename U>
   Allocator(const Allocator<U>& other) noexcept : ctx_(other.context()) {}  // NOLINT
 
+  // A count whose bytes overflow asks for the largest size, which the
+  // context refuses as it refuses any size above kMaxAllocSize: kBadSize,
+  // its failure handler, then std::bad_array_new_length (a std::bad_alloc).
   T* allocate(size_t n) {
-    if (n > std::numeric_limits<size_t>::max() / sizeof(T)) throw std::bad_array_new_length();
-    return static_cast<T*>(internal::AllocForContainer(ctx_, n * sizeof(T), alignof(T)));
+    constexpr size_t kMaxCount = std::numeric_limits<size_t>::max() / sizeof(T);
+    const size_t bytes = n > kMaxCount ? std::numeric_limits<size_t>::max() : n * sizeof(T);
+    return static_cast<T*>(internal::AllocForContainer(ctx_, bytes, alignof(T)));
   }
   void deallocate(T* p, size_t /*n*/) noexcept { ctx_->Free(p); }
 

@@ -3,9 +3,12 @@
 
 #include "mcx/context/memory_resource.h"
 
+#include <cstdint>
+#include <limits>
 #include <list>
 #include <map>
 #include <memory_resource>
+#include <new>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -137,6 +140,12 @@ TEST_P(MemoryResourceTest, EveryFailureIsABadAllocAfterTheHandler) {
     EXPECT_THROW(static_cast<void>(r->allocate(1 << 20, 16)), std::bad_alloc);
   }
   EXPECT_EQ(container_failures, 4);
+  // A count whose bytes overflow size_t: the handler too, and kBadSize.
+  Allocator<uint64_t> words(ctx);
+  volatile size_t overflowing = std::numeric_limits<size_t>::max() / 4;
+  EXPECT_THROW(static_cast<void>(words.allocate(overflowing)), std::bad_array_new_length);
+  EXPECT_EQ(container_failures, 5);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadSize);
   void* p = r->allocate(64, 64);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
   r->deallocate(p, 64, 64);
