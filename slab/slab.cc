@@ -136,6 +136,9 @@ bool ComputeLayout(const SlabOptions& o, SlabState* st) {
       (!IsPowerOfTwo(block) || block < kMinSlabBlockSize || block > kMaxSlabBlockSize)) {
     return false;
   }
+  // A block the options name must hold an object in every build, direct
+  // mode's included, which chooses its own below.
+  if (block != 0 && SlotsPerBlock(block, stride, alignment, &first_slot) == 0) return false;
   if (kDirectBuild) {
     // One object per block: the smallest block that holds one. Direct mode
     // gives every request a block of its own (kind_api.h); the slab's path

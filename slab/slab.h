@@ -117,7 +117,9 @@ struct SlabOptions {
   // smallest power of two of at least kDefaultSlabBlockSize that holds
   // kSlabObjectsPerDefaultBlock objects.
   size_t block_size = 0;
-  // Alignment of every object: a power of two from 8 to kMaxSlabAlignment.
+  // Alignment of every object: a power of two up to kMaxSlabAlignment; 1, 2
+  // and 4 are taken as 8 (a free object holds an 8-byte link, as slab.c's
+  // and the kernel's caches round a smaller alignment up to a word's).
   // Below kDefaultAlignment (16) objects pack tighter (24-byte nodes 24
   // bytes apart), and Alloc on this context returns only this alignment
   // (AllocAligned asking more is a larger request: see `larger`).
@@ -150,7 +152,8 @@ inline constexpr size_t kMaxSlabAlignment = 4096;
 
 // Refuses invalid options at creation (kBadArgument): a zero or too large
 // object size, a block size or alignment that is not a power of two in
-// range, a block that holds no object.
+// range, a block that holds no object (in every build: direct builds then
+// choose their own block, one object to each).
 KindSpec SlabKind(const SlabOptions& options = SlabOptions());
 
 Context* CreateSlabContext(Context* parent, const char* name,

@@ -737,16 +737,32 @@ TEST_F(SlabTest, InvalidOptionsAreRefused) {
   o.block_size = 3000;
   EXPECT_TRUE(refused(o));
   o.block_size = 256;
-  o.object_size = 300;  // no object fits
-  if (!kDirect) {
-    EXPECT_TRUE(refused(o));
-  }
+  o.object_size = 300;  // no object fits, in direct builds too
+  EXPECT_TRUE(refused(o));
   o = SlabOptions();
   o.alignment = 24;
   EXPECT_TRUE(refused(o));
   o.alignment = 8192;
   EXPECT_TRUE(refused(o));
   EXPECT_FALSE(refused(SlabOptions()));
+}
+
+// An alignment of 1, 2 or 4 is taken as 8 (slab.h): accepted, and every
+// object 8-aligned.
+TEST_F(SlabTest, AnAlignmentBelowEightIsEight) {
+  for (uint32_t alignment : {1u, 2u, 4u}) {
+    SlabOptions o;
+    o.object_size = 12;
+    o.alignment = alignment;
+    ContextOptions co;
+    co.block_source = &source_;
+    Context* ctx = Context::TryCreate(nullptr, "small", SlabKind(o), co);
+    ASSERT_NE(ctx, nullptr) << alignment;
+    for (int i = 0; i < 10; ++i) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(ctx->Alloc(12)) % 8, 0u) << alignment;
+    }
+    ctx->Destroy();
+  }
 }
 
 // --- The typed front end ------------------------------------------------------------
