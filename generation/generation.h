@@ -79,8 +79,10 @@ struct GenerationOptions {
 // Chunk headers store a 32-bit offset to their block.
 inline constexpr size_t kMaxGenerationBlockSize = size_t{1} << 30;
 
-// Refuses (kBadArgument) a block size above kMaxGenerationBlockSize or a
-// chunk_limit larger than max_block_size can hold.
+// Refuses (kBadArgument) a max_block_size above kMaxGenerationBlockSize or
+// a chunk_limit larger than max_block_size can hold; an initial_block_size
+// above it is a first block no source gives (kBadSize, as for every kind:
+// docs/reliability.md).
 KindSpec GenerationKind(const GenerationOptions& options = GenerationOptions());
 
 Context* CreateGenerationContext(Context* parent, const char* name,

@@ -594,6 +594,26 @@ TEST_F(GenerationTest, InvalidOptionsAreRefused) {
   EXPECT_EQ(Context::TryCreate(nullptr, "bad", GenerationKind(o), co), nullptr);
   o.chunk_limit = 64 * 1024;
   EXPECT_EQ(Context::TryCreate(nullptr, "bad", GenerationKind(o), co), nullptr);
+  // What each refusal is called (generation.h), recorded on the parent: a
+  // bad option kBadArgument; a first block no source can give, kBadSize,
+  // as for every kind.
+  Context* parent = Context::Create(nullptr, "parent", GenerationKind(), co);
+  o = GenerationOptions();
+  o.max_block_size = kMaxGenerationBlockSize * 2;
+  EXPECT_EQ(Context::TryCreate(parent, "bad", GenerationKind(o)), nullptr);
+  EXPECT_EQ(parent->last_failure(), Failure::kBadArgument);
+  o = GenerationOptions();
+  o.max_block_size = 64 * 1024;
+  o.chunk_limit = 1 << 20;
+  EXPECT_EQ(Context::TryCreate(parent, "bad", GenerationKind(o)), nullptr);
+  EXPECT_EQ(parent->last_failure(), Failure::kBadArgument);
+  o = GenerationOptions();
+  o.initial_block_size = kMaxGenerationBlockSize * 2;
+  EXPECT_EQ(Context::TryCreate(parent, "bad", GenerationKind(o)), nullptr);
+  EXPECT_EQ(parent->last_failure(), Failure::kBadSize);
+  parent->Destroy();
+  o = GenerationOptions();
+  o.max_block_size = 64 * 1024;
   o.chunk_limit = 32 * 1024;  // fits
   Context* ctx = Context::TryCreate(nullptr, "good", GenerationKind(o), co);
   ASSERT_NE(ctx, nullptr);
