@@ -3,6 +3,7 @@
 #include "mcx/context/caching_block_source.h"
 #include "mcx/context/internal/checking.h"
 #include "mcx/context/internal/context_impl.h"
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/internal/thread_cache.h"
 
 #include <malloc.h>
@@ -58,12 +59,27 @@ size_t UsableSize(void* p, size_t requested) {
 
 }  // namespace
 
+// A sanitizer's malloc ends the program on a request above the largest it
+// serves (1 TiB for ASan's and TSan's on x86-64: "allocation-size-too-big")
+// unless it runs with allocator_may_return_null=1. Such a request can never
+// be served, so in those builds the source refuses it itself, as out of
+// memory: `Try*` returns nullptr there as in every other build.
+namespace {
+
+constexpr size_t kSanitizerMallocMax = size_t{1} << 40;
+constexpr bool kSanitizerMalloc = internal::kAddressSanitizer || MCX_SANITIZE_THREAD != 0;
+
+bool BeyondSanitizerMalloc(size_t size) { return kSanitizerMalloc && size > kSanitizerMallocMax; }
+
+}  // namespace
+
 // SystemBlockSource::Acquire
 //
 // malloc() already aligns to alignof(max_align_t); only stricter alignments
 // pay for aligned_alloc(), whose size must be a multiple of the alignment.
 Block SystemBlockSource::Acquire(size_t min_size, size_t alignment) {
   if (min_size == 0) min_size = 1;
+  if (BeyondSanitizerMalloc(min_size)) return Block{};
   void* p;
   if (alignment <= kMinBlockAlignment) {
     p = std::malloc(min_size);
@@ -91,6 +107,7 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
     return BlockSource::Reallocate(block, keep, new_min_size, alignment);
   }
   if (new_min_size == 0) new_min_size = 1;
+  if (BeyondSanitizerMalloc(new_min_size)) return Block{};
   void* p = std::realloc(block.ptr, new_min_size);
   if (p == nullptr) return Block{};
   return Block{p, UsableSize(p, new_min_size)};

@@ -80,7 +80,9 @@ class BlockSource {
 // usable size glibc actually gave (`malloc_usable_size`), so a context can use
 // the slack instead of wasting it. `Purge` gives the range's whole pages back
 // to the kernel (madvise; resident memory falls at once, and the pages read
-// as zero when next touched). Stateless and thread-safe.
+// as zero when next touched). Stateless and thread-safe. In ASan and TSan
+// builds a request above 1 TiB, the most their malloc serves, is refused
+// without asking it (it would end the program rather than return null).
 class SystemBlockSource final : public BlockSource {
  public:
   Block Acquire(size_t min_size, size_t alignment) override;

@@ -146,11 +146,13 @@ void* Bump(ThreadRun* r, size_t size, size_t alignment) {
 
 // A chunk with a block of its own, on the large list.
 void* AllocLarge(Context* ctx, SharedState* st, size_t size, size_t alignment) {
+  // The front refused sizes above kMaxAllocSize; up to it, the block's
+  // size cannot overflow (kMaxAllocSize leaves half the address space),
+  // and one that large is the source's to refuse: out of memory, as in
+  // every kind.
   const size_t offset = RoundUp(kBlockHeader, alignment);
-  if (size > kMaxAllocSize - offset) {
-    SetFailure(ctx, Failure::kBadSize);
-    return nullptr;
-  }
+  static_assert(kMaxAllocSize + kBlockHeader + kMaxAlignment > kMaxAllocSize,
+                "a block's size does not overflow");
   std::lock_guard<std::recursive_mutex> lock(st->mu);
   size_t actual = 0;
   void* mem = AcquireBlock(ctx, offset + size,

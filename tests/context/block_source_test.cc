@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mcx/context/context.h"
+#include "mcx/context/failure.h"
+#include "mcx/pool/pool.h"
 
 namespace mcx {
 namespace {
@@ -28,6 +31,25 @@ std::vector<bool> Resident(void* p, size_t pages) {
 
 constexpr unsigned char kPattern = 0x5A;
 constexpr size_t kPages = 16;
+
+// A request no malloc serves (2 TiB) is out of memory in every build: a
+// sanitizer's malloc, which would end the program instead of returning
+// null, is not asked (ASan and TSan serve at most 1 TiB).
+TEST(SystemBlockSourceTest, AHugeRequestIsRefusedInEveryBuild) {
+  constexpr size_t kHuge = size_t{1} << 41;
+  SystemBlockSource source;
+  EXPECT_EQ(source.Acquire(kHuge, 16).ptr, nullptr);
+  EXPECT_EQ(source.Acquire(kHuge, 4096).ptr, nullptr);
+  Block b = source.Acquire(100, 16);
+  ASSERT_NE(b.ptr, nullptr);
+  EXPECT_EQ(source.Reallocate(b, 100, kHuge, 16).ptr, nullptr);
+  source.Release(b);
+  Context* ctx = Context::Create(nullptr, "huge", PoolKind());
+  EXPECT_EQ(ctx->TryAlloc(kHuge), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  EXPECT_NE(ctx->TryAlloc(100), nullptr);
+  ctx->Destroy();
+}
 
 // A range that starts and ends inside pages: the whole pages between go back
 // (no longer resident, zero when read, usable), the partial pages at either

@@ -397,6 +397,22 @@ TEST(SharedTest, ResetDuringAnAllocationIsReportedInCheckingBuilds) {
   ctx->Destroy();
 }
 
+// A request of kMaxAllocSize is a size the context takes, which no source
+// can give: out of memory, as in every kind (context.h); above it, a bad
+// size.
+TEST(SharedTest, TheLargestRequestIsOutOfMemoryAndLargerABadSize) {
+  Context* ctx = Context::Create(nullptr, "shared", SharedKind());
+  EXPECT_EQ(ctx->TryAlloc(kMaxAllocSize), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  EXPECT_EQ(ctx->TryAllocAligned(kMaxAllocSize - 4096, kMaxAlignment), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  volatile size_t too_large = kMaxAllocSize + 1;
+  EXPECT_EQ(ctx->TryAlloc(too_large), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kBadSize);
+  EXPECT_NE(SharedAlloc(ctx, 100), nullptr);
+  ctx->Destroy();
+}
+
 // --- Reports mcx makes on its own ------------------------------------------------
 
 // Everything written to a memory file.
