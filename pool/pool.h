@@ -30,7 +30,8 @@
 //     small chunk in place, and copies otherwise. `old_size` must be the
 //     size the chunk was allocated or last resized with (checking builds
 //     report a larger one). The unsized `Realloc(p, n)` works for large
-//     chunks only (kUnsupported otherwise). A chunk that moves gets a plain
+//     chunks only (kUnsupported otherwise; in direct builds every chunk is
+//     large, docs/reliability.md, "Direct mode"). A chunk that moves gets a plain
 //     chunk's alignment (the default, or 8 for an odd size in a pool that
 //     packs: chunk_alignment): the pool records no per-chunk alignment, so a
 //     chunk from `AllocAligned` that must keep a larger one is allocated
