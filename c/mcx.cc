@@ -482,7 +482,10 @@ int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_childre
   o.format = json ? mcx::ReportFormat::kJson : mcx::ReportFormat::kText;
   std::string text = NoThrow([&] { return mcx::StatsReport(Cxx(ctx), o); }, std::string());
   if (text.empty()) return -1;
-  return std::fwrite(text.data(), 1, text.size(), out) == text.size() ? 0 : -1;
+  // Flushed, so that a write error is seen here, not at a later fclose:
+  // stdio would keep a short report in its buffer.
+  if (std::fwrite(text.data(), 1, text.size(), out) != text.size()) return -1;
+  return std::fflush(out) == 0 ? 0 : -1;
 }
 
 int mcx_dump_stats(const mcx_context* ctx, int fd, int max_depth, int max_children) {

@@ -12,7 +12,8 @@
  *
  * A NULL context (say, from an mcx_create that failed) or a NULL pointer
  * where an object is expected is a failure, not a crash: functions return
- * NULL, MCX_BAD_ARGUMENT, -1, 0 or (size_t)-1 (mcx_chunk_size), and those
+ * NULL, MCX_BAD_ARGUMENT, -1, 0 or (size_t)-1 (mcx_chunk_size of a NULL
+ * context; of a NULL chunk it is 0, as malloc_usable_size(NULL)), and those
  * that return nothing do nothing. mcx_get_counters on a NULL context gives
  * zeros; mcx_limit gives MCX_NO_LIMIT.
  *
@@ -192,7 +193,8 @@ void mcx_free(mcx_context* ctx, void* p);
 /* Sized free: `size` is what the chunk was allocated or last resized with
  * (checked in checking builds). */
 void mcx_free_sized(mcx_context* ctx, void* p, size_t size);
-/* Usable size, or (size_t)-1 if the kind cannot tell. */
+/* Usable size, or (size_t)-1 if the kind cannot tell (or `ctx` is NULL);
+ * 0 for a NULL `p`, as mcx_chunk_size_of(NULL). */
 size_t mcx_chunk_size(const mcx_context* ctx, const void* p);
 
 /* Without a context: freelist chunks only. mcx_realloc_chunk(NULL, n)
@@ -268,8 +270,8 @@ void mcx_get_counters(const mcx_context* ctx, int subtree, mcx_counters* out);
 /* Starts the high-water marks again from what is held now; `subtree`
  * nonzero for every context of the subtree. */
 void mcx_reset_peak(mcx_context* ctx, int subtree);
-/* Writes the stats report; `json` nonzero for JSON. Returns 0, or -1 if
- * writing failed. */
+/* Writes the stats report; `json` nonzero for JSON. Flushes `out`, so a
+ * write error is seen here: returns 0, or -1 if writing failed. */
 int mcx_report(const mcx_context* ctx, FILE* out, int max_depth, int max_children, int json);
 /* Writes the text report, the same bytes as mcx_report, to file descriptor
  * `fd` with write(2) only, allocating nothing: safe in a failure handler and,

@@ -342,6 +342,18 @@ static void TestNullArguments(void) {
     CHECK(mcx_strdup(ctx, NULL) == NULL);
     CHECK(mcx_last_failure(ctx) == MCX_BAD_ARGUMENT);
     CHECK(mcx_alloc(ctx, 16) != NULL);
+    CHECK(mcx_chunk_size(ctx, NULL) == 0); /* as malloc_usable_size(NULL) */
+    CHECK(mcx_chunk_size_of(NULL) == 0);
+    mcx_destroy(ctx);
+  }
+  {
+    /* A report that cannot be written is -1 at once, not at fclose. */
+    mcx_context* ctx = mcx_create(NULL, "full", MCX_KIND_POOL, NULL);
+    FILE* full = fopen("/dev/full", "w");
+    if (full != NULL) {
+      CHECK(mcx_report(ctx, full, 5, 5, 0) == -1);
+      fclose(full);
+    }
     mcx_destroy(ctx);
   }
 }
