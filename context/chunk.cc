@@ -151,10 +151,10 @@ void* AllocAlignedRedirect(Context* ctx, size_t size, size_t alignment) {
   uint8_t log2 = static_cast<uint8_t>(__builtin_ctzll(alignment));
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindAlignedRedirect, false, log2,
                                       static_cast<uint64_t>(p - raw)));
-  // Only the aligned bytes are the caller's: the padding on either side is
-  // poisoned under ASan.
+  // The padding before the aligned bytes is poisoned under ASan; what
+  // follows them is the caller's up to the chunk's end, as ChunkSize
+  // (RedirectChunkSize) reports, so it stays as the kind left it.
   PoisonMemoryRegion(raw, static_cast<size_t>(p - raw));
-  PoisonMemoryRegion(p + size, alignment - static_cast<size_t>(p - raw));
   return p;
 }
 

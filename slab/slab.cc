@@ -498,7 +498,9 @@ void* AllocDedicated(Context* ctx, SlabState* st, size_t size, size_t alignment)
   WriteChunkHeader(p, MakeChunkHeader(kChunkKindSlab, /*external=*/true, 0,
                                       static_cast<uint64_t>(p - kHeaderWord - mem)));
   if (kChecking) WriteSentinel(p + size);
-  UnpoisonMemoryRegion(p, size);
+  // The chunk's bytes are what ChunkSize reports: the size asked for in
+  // checking builds (its sentinel follows), else the whole block's room.
+  UnpoisonMemoryRegion(p, kChecking ? size : DedicatedCapacity(d));
   return p;
 }
 
@@ -783,9 +785,10 @@ void* ReallocDedicated(Context* ctx, SlabState* st, DedicatedBlock* d, size_t ne
   if (new_size <= DedicatedCapacity(d)) {
     const size_t old = d->requested;
     d->requested = new_size;
-    if (new_size > old) {
+    // Release builds leave the whole room unpoisoned (AllocDedicated).
+    if (kChecking && new_size > old) {
       UnpoisonMemoryRegion(p, new_size);
-    } else {
+    } else if (kChecking) {
       PoisonMemoryRegion(p + new_size, old - new_size);
     }
     if (kChecking) {

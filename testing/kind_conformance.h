@@ -16,7 +16,10 @@
 //                       pool's small chunks stay until a reset: false)
 //   kUnsizedRealloc     Realloc(p, n) works on small chunks (the kind knows
 //                       their size)
-// and, optionally, kOddSizeAlignment: the alignment of chunks whose size is
+// and, optionally, kContextFreeCalls: `mcx::Free(p)`, `GetChunkSize(p)` and
+// `GetChunkContext(p)` work on its chunks without their context (a kind
+// with chunk headers and a registered chunk id; default false), and
+// kOddSizeAlignment: the alignment of chunks whose size is
 // not a multiple of kDefaultAlignment asked for with at most that alignment
 // (default kDefaultAlignment; a pool with PoolOptions::chunk_alignment 8
 // packs them to 8), and kSourceBytes: the bytes the default block source
@@ -111,6 +114,14 @@ struct OddSizeAlignment<T, std::void_t<decltype(T::kOddSizeAlignment)>> {
   static constexpr size_t kValue = T::kOddSizeAlignment;
 };
 template <typename T, typename = void>
+struct ContextFreeCalls {
+  static constexpr bool kValue = false;
+};
+template <typename T>
+struct ContextFreeCalls<T, std::void_t<decltype(T::kContextFreeCalls)>> {
+  static constexpr bool kValue = T::kContextFreeCalls;
+};
+template <typename T, typename = void>
 struct SourceBytes {
   static constexpr size_t kValue = 0;
 };
@@ -198,6 +209,94 @@ TYPED_TEST_P(KindConformanceTest, ChunksAreDistinctAndKeepContents) {
   std::sort(live.begin(), live.end(), [](const Live& a, const Live& b) { return a.p < b.p; });
   for (size_t i = 1; i < live.size(); ++i) {
     ASSERT_LE(static_cast<char*>(live[i - 1].p) + live[i - 1].n, static_cast<char*>(live[i].p));
+  }
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// Chunks freed and allocated again, at random, never overlap a live one:
+// each live chunk keeps its contents through the churn (a free list that
+// hands out a chunk still live, or a piece of one, breaks this).
+TYPED_TEST_P(KindConformanceTest, ChunksKeepContentsThroughFreesAndReuse) {
+  Context* ctx = this->NewRoot();
+  std::mt19937 rng(7);
+  struct Live {
+    void* p;
+    size_t n;
+    uint32_t seed;
+  };
+  std::vector<Live> live;
+  const uint32_t steps = static_cast<uint32_t>(ScaledToSource<TypeParam>(6000));
+  for (uint32_t i = 0; i < steps; ++i) {
+    if (!live.empty() && rng() % 2 == 0) {
+      const size_t k = rng() % live.size();
+      ASSERT_TRUE(Holds(live[k].p, live[k].n, live[k].seed)) << "step " << i;
+      ctx->Free(live[k].p, live[k].n);
+      live[k] = live.back();
+      live.pop_back();
+      continue;
+    }
+    const size_t n = (rng() % 16 == 0) ? 1 + rng() % 9000 : 1 + rng() % 400;
+    void* p = ctx->Alloc(n);
+    ASSERT_NE(p, nullptr);
+    Fill(p, n, i);
+    live.push_back({p, n, i});
+  }
+  for (const Live& l : live) ASSERT_TRUE(Holds(l.p, l.n, l.seed)) << l.n;
+  this->ExpectConsistent(ctx);
+  ctx->Destroy();
+  EXPECT_EQ(this->source_.live_blocks(), 0);
+}
+
+// ChunkSize, where the kind can tell, is at least the size asked for, and
+// every byte it reports is the chunk's: written in full, in one order and
+// then the other, no chunk's bytes or header are overwritten (a size that
+// reaches into the next chunk breaks a neighbour's contents, the kind's
+// Check, or a free). Aligned chunks too. With kContextFreeCalls, the
+// context-free calls agree with the context's.
+TYPED_TEST_P(KindConformanceTest, ChunkSizeIsAtLeastTheRequestAndAllUsable) {
+  Context* ctx = this->NewRoot();
+  struct Sized {
+    void* p;
+    size_t n;
+    size_t usable;
+  };
+  std::vector<Sized> chunks;
+  auto add = [&](void* p, size_t n) {
+    ASSERT_NE(p, nullptr);
+    const size_t usable = ctx->ChunkSize(p);
+    if (usable == kUnknownSize) return;  // the kind cannot tell (a pool's small chunk)
+    EXPECT_GE(usable, n) << "ChunkSize below the size asked for";
+    if (conformance_internal::ContextFreeCalls<TypeParam>::kValue) {
+      EXPECT_EQ(GetChunkSize(p), usable) << n;
+      EXPECT_EQ(GetChunkContext(p), ctx) << n;
+    }
+    chunks.push_back({p, n, usable});
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{15}, size_t{16},
+                     size_t{17}, size_t{24}, size_t{100}, size_t{1000}, size_t{4096},
+                     size_t{5000}, size_t{70000}}) {
+      add(ctx->Alloc(n), n);
+    }
+    for (size_t a : {size_t{64}, size_t{256}, size_t{4096}}) add(ctx->AllocAligned(100, a), 100);
+  }
+  for (size_t i = 0; i < chunks.size(); ++i) Fill(chunks[i].p, chunks[i].usable, i);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    EXPECT_TRUE(Holds(chunks[i].p, chunks[i].usable, i)) << chunks[i].n;
+  }
+  for (size_t i = chunks.size(); i-- > 0;) Fill(chunks[i].p, chunks[i].usable, i + 1000);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    EXPECT_TRUE(Holds(chunks[i].p, chunks[i].usable, i + 1000)) << chunks[i].n;
+  }
+  this->ExpectConsistent(ctx);
+  for (const Sized& c : chunks) {
+    if (conformance_internal::ContextFreeCalls<TypeParam>::kValue) {
+      Free(c.p);
+    } else {
+      ctx->Free(c.p);
+    }
   }
   this->ExpectConsistent(ctx);
   ctx->Destroy();
@@ -312,6 +411,15 @@ TYPED_TEST_P(KindConformanceTest, ReallocKeepsContents) {
   big = ctx->Realloc(big, 200000);
   EXPECT_TRUE(Holds(big, 50000, 5));
   EXPECT_EQ(ctx->Realloc(nullptr, 10) != nullptr, true);
+  // To size 0: a chunk still (not C's free), which grows again.
+  void* z = ctx->Alloc(100);
+  Fill(z, 100, 6);
+  z = ctx->Realloc(z, 100, 0);
+  ASSERT_NE(z, nullptr);
+  z = ctx->Realloc(z, 0, 300);
+  ASSERT_NE(z, nullptr);
+  Fill(z, 300, 6);
+  ctx->Free(z, 300);
   this->ExpectConsistent(ctx);
   ctx->Destroy();
   EXPECT_EQ(this->source_.live_blocks(), 0);
@@ -332,6 +440,18 @@ TYPED_TEST_P(KindConformanceTest, FailedReallocLosesNothing) {
   this->source_.Heal();
   void* q = ctx->Realloc(p, 100, 1 << 20);
   EXPECT_TRUE(Holds(q, 100, 2));
+  // A chunk with a block of its own, whose realloc fails: intact, and still
+  // live (its free is no double free).
+  constexpr size_t kBig = 100000;  // above every kind's largest class
+  void* big = ctx->Alloc(kBig);
+  Fill(big, kBig, 8);
+  this->source_.FailFrom(1);
+  this->source_.FailReallocate(true);
+  EXPECT_EQ(ctx->TryRealloc(big, kBig, 1 << 21), nullptr);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  this->source_.Heal();
+  EXPECT_TRUE(Holds(big, kBig, 8));
+  ctx->Free(big, kBig);  // a double free would be reported (by default, abort)
   this->ExpectConsistent(ctx);
   ctx->Destroy();
   EXPECT_EQ(this->source_.live_blocks(), 0);
@@ -479,6 +599,18 @@ TYPED_TEST_P(KindConformanceTest, StatsAddUp) {
   EXPECT_EQ(sub.total_bytes, this->source_.live_bytes());
   child->Destroy();
   EXPECT_EQ(root->SubtreeBytes(), root->bytes_in_blocks());
+  // Freed chunks stop counting as used: as free bytes, or as blocks given
+  // back (a kind whose small chunks stay until a reset is exempt).
+  // In a context of their own, so that every block they lie in empties
+  // (a generation context reuses a block's space only then).
+  if (TypeParam::kFreeReleasesSmall) {
+    Context* fresh = root->CreateChild("fresh", TypeParam::Spec());
+    std::vector<void*> freed;
+    for (int i = 0; i < 64; ++i) freed.push_back(fresh->Alloc(40));
+    const size_t used = GetCounters(fresh).used_bytes();
+    for (void* p : freed) fresh->Free(p, 40);
+    EXPECT_LE(GetCounters(fresh).used_bytes() + 64u * 40u, used);
+  }
   root->Destroy();
 }
 
@@ -715,6 +847,8 @@ TYPED_TEST_P(KindConformanceTest, SweepFailsEveryAcquisitionCleanly) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(KindConformanceTest, ChunksAreDistinctAndKeepContents,
+                            ChunksKeepContentsThroughFreesAndReuse,
+                            ChunkSizeIsAtLeastTheRequestAndAllUsable,
                             ZeroSizeAllocationsAreUnique, AlignedAllocationHonoursAnyPowerOfTwo,
                             OverflowingSizesAreErrors, ZeroedAllocationIsZero,
                             ReallocKeepsContents, FailedReallocLosesNothing,

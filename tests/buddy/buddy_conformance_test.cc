@@ -66,6 +66,7 @@ struct RewindingPoolOverBuddy : OverBuddy {
   static constexpr bool kUnsizedRealloc = false;
 };
 struct FreelistOverBuddy : OverBuddy {
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
   static mcx::KindSpec Spec() {
     mcx::FreelistOptions o;
     o.max_block_size = 1 << 20;
@@ -100,9 +101,11 @@ struct ConstructedSlabOverBuddy : OverBuddy {
   }
 };
 struct GenerationOverBuddy : OverBuddy {
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
   static mcx::KindSpec Spec() { return mcx::GenerationKind(); }
 };
 struct SmallGenerationOverBuddy : OverBuddy {
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
   static mcx::KindSpec Spec() {
     mcx::GenerationOptions o;
     o.initial_block_size = 1024;

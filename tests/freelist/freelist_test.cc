@@ -45,6 +45,7 @@ struct FreelistTraits {
   static KindSpec Spec() { return FreelistKind(); }
   static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
 };
 
 // Small blocks and a low chunk limit exercise block changes and dedicated
@@ -59,6 +60,7 @@ struct SmallFreelistTraits {
   }
   static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
 };
 
 }  // namespace

@@ -44,6 +44,7 @@ struct GenerationTraits {
   static KindSpec Spec() { return GenerationKind(); }
   static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
 };
 
 // Small blocks and a low chunk limit: block changes and dedicated chunks all
@@ -60,6 +61,7 @@ struct SmallGenerationTraits {
   }
   static constexpr bool kFreeReleasesSmall = true;
   static constexpr bool kUnsizedRealloc = true;
+  static constexpr bool kContextFreeCalls = true;  // chunk headers
 };
 
 }  // namespace
