@@ -67,7 +67,7 @@ void Context::NoteAllocationChecked(size_t size, AllocationSite site) {
   uint16_t state;
   internal::CopyFromPoisoned(&state, &state_, sizeof(state));
   if (!IsContextState(state)) return;
-  pending_site_ = internal::InternSite(site);
+  pending_site_.store(internal::InternSite(site), std::memory_order_relaxed);
 #else
   (void)size;
   (void)site;

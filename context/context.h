@@ -90,6 +90,24 @@ struct CreateAccess;
 struct KindAccess;
 struct MarkRecord;
 struct PassedLimits;
+
+// A context's last failure, which the threads of a shared context may set
+// at once (two failing together: one of the reasons stays). Relaxed atomic
+// loads and stores, plain moves where mcx runs; read and set as a Failure.
+class FailureSlot {
+ public:
+  explicit FailureSlot(Failure f) : value_(f) {}
+  FailureSlot(const FailureSlot&) = delete;
+  FailureSlot& operator=(const FailureSlot&) = delete;
+  FailureSlot& operator=(Failure f) {
+    value_.store(f, std::memory_order_relaxed);
+    return *this;
+  }
+  operator Failure() const { return value_.load(std::memory_order_relaxed); }  // NOLINT
+
+ private:
+  std::atomic<Failure> value_;
+};
 }  // namespace internal
 
 enum class CleanupPhase : unsigned char {
@@ -848,7 +866,7 @@ class Context {
   uint64_t peak_blocks_ : 48;
   uint16_t max_bump_ = 0;         // largest request the window serves; 0: none
   State state_ = State::kCreating;
-  Failure last_failure_ = Failure::kNone;
+  internal::FailureSlot last_failure_{Failure::kNone};
   // The first-block size this context's children start with when their kind
   // leaves it to the tree, in units of kLearnedUnit (0: the smallest); it
   // grows when a child outgrows its first block. Atomic (relaxed): a child's
@@ -867,7 +885,8 @@ class Context {
   std::atomic<const void*> user_{nullptr};  // thread in an operation
   int use_depth_ = 0;                       // nesting of that thread's operations
   // The site of the allocation being served (NoteAllocation), for the kind.
-  internal::SiteId pending_site_ = internal::kUnknownSiteId;
+  // Relaxed atomic: every thread allocating in a shared context sets it.
+  std::atomic<internal::SiteId> pending_site_{internal::kUnknownSiteId};
   bool expect_all_freed_ = false;  // ExpectAllFreed
 #endif
 };

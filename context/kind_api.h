@@ -544,7 +544,7 @@ struct KindAccess {
   static char* BumpPointer(const Context* ctx) { return ctx->bump_ptr_; }
   static SiteId PendingSite(const Context* ctx) {
 #if MCX_CHECKING
-    return ctx->pending_site_;
+    return ctx->pending_site_.load(std::memory_order_relaxed);
 #else
     (void)ctx;
     return kUnknownSiteId;

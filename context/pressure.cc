@@ -80,7 +80,7 @@ class PassedScope {
 // block's bytes, and the failure to restore. The refused call fails with
 // kLimit unless the front serves it.
 void RecordRefusal(const Context* refused, Context* due, Context* due_budget, size_t bytes,
-                   bool requests, Failure* last_failure) {
+                   bool requests, FailureSlot* last_failure) {
   LedgerRefusal& r = ledger_refusal;
   r.refused = refused;
   r.due = due;
@@ -178,7 +178,12 @@ void Context::WithdrawRefusal(Failure before) {
 // exception propagates.
 bool Context::ServeRefusal(internal::PassedLimits* passed, unsigned flags) {
   internal::LedgerRefusal& r = internal::ledger_refusal;
-  if (r.refused != this || last_failure_ != Failure::kLimit ||
+  // The record is this thread's; the context's last failure tells whether
+  // a later failure of the call replaced the refusal, except in a context
+  // any thread may use (a shared one), where another thread's failure may
+  // have been set since: there the record alone decides.
+  const bool replaced = last_failure_ != Failure::kLimit && methods_->lock == nullptr;
+  if (r.refused != this || replaced ||
       (r.due == nullptr && r.due_budget == nullptr && !r.requests)) {
     return false;
   }

@@ -12,12 +12,21 @@
 //   - The owner is the thread that created the context, or the last one
 //     that called `AdoptContext` on it (a context handed to a worker: the
 //     worker adopts it once, before it allocates or frees). Frees by the
-//     owner are ordinary frees.
+//     owner are ordinary frees. Until the new owner has adopted it, the old
+//     one is still the owner, and its frees are owner operations, which
+//     must not overlap the new owner's: a thread that hands a context over
+//     stops using it at the handoff, or frees only after the adoption
+//     (which the handoff's synchronisation orders before those frees).
+//     A thread that exits owns nothing; no thread started later inherits
+//     its ownership.
 //   - Any thread may free a live chunk of the context at any time while the
 //     context lives, with `ctx->Free(p)` or `mcx::Free(p)`; a free must
 //     happen before the context's reset or destroy (as any use of a chunk).
 //   - The chunk's memory is reused by the owner only after it has taken the
 //     list back, so a remote free costs the freeing thread one push.
+//   - A kind's `Check` reads the remote list as it is: the owner calls it
+//     with no remote free in flight (it may report a chunk as freed and
+//     not yet on the list).
 //
 // For kind authors: embed a `RemoteFreeList` in the kind's state, `Init` it
 // in the kind's Init, start the kind's Free with
@@ -42,24 +51,27 @@
 #include <cstdint>
 #include <cstring>
 
-#include "absl/base/config.h"
 
 namespace mcx {
 
 class Context;
 
 namespace internal {
-// Its address names the calling thread where the thread pointer cannot.
-extern __thread char remote_thread_token;
+// The calling thread's number, unique in the process and never reused; 0
+// until the thread first owns a context (ThisThreadNumber). Not the thread
+// pointer nor a thread-local's address: glibc gives a new thread the stack
+// and thread-local block of one that exited, so those can name a dead owner
+// and let another thread take the owner's unsynchronised paths; a new
+// thread's thread-locals start at zero, so it never has a dead one's number.
+// Initial-exec: one load from the thread's block, as the thread pointer was.
+extern __thread uint64_t remote_thread_number __attribute__((tls_model("initial-exec")));
+// Numbers the calling thread (out of line: once per thread).
+uint64_t NumberThisThread();
 
-// A value that names the calling thread while it runs: the thread pointer,
-// one load (the owner test is on every free), else the token's address.
-inline const void* ThisThreadName() {
-#if ABSL_HAVE_BUILTIN(__builtin_thread_pointer)
-  return __builtin_thread_pointer();
-#else
-  return &remote_thread_token;
-#endif
+// The calling thread's number, numbering it if it has none.
+inline uint64_t ThisThreadNumber() {
+  const uint64_t n = remote_thread_number;
+  return n != 0 ? n : NumberThisThread();
 }
 }  // namespace internal
 
@@ -70,10 +82,11 @@ class RemoteFreeList {
     head_.store(nullptr, std::memory_order_relaxed);
     Adopt();
   }
-  void Adopt() { owner_.store(internal::ThisThreadName(), std::memory_order_relaxed); }
+  void Adopt() { owner_.store(internal::ThisThreadNumber(), std::memory_order_relaxed); }
 
+  // A thread never numbered (0) owns nothing: the owner's number is not 0.
   bool FromOtherThread() const {
-    return owner_.load(std::memory_order_relaxed) != internal::ThisThreadName();
+    return owner_.load(std::memory_order_relaxed) != internal::remote_thread_number;
   }
 
   // Links `chunk` (at least a pointer's worth of bytes, no longer used by
@@ -101,7 +114,7 @@ class RemoteFreeList {
 
  private:
   std::atomic<void*> head_;
-  std::atomic<const void*> owner_;
+  std::atomic<uint64_t> owner_;
 };
 
 // Makes the calling thread the owner of `ctx`: its frees are then ordinary

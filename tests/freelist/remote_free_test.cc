@@ -5,6 +5,7 @@
 #include "mcx/context/remote_free.h"
 
 #include <cstdint>
+#include <atomic>
 #include <cstring>
 #include <random>
 #include <set>
@@ -198,6 +199,51 @@ TEST(RemoteFreeTest, ProducerConsumerStaysBounded) {
   // 256 chunks of at most 272 bytes in flight, and what waits to be
   // reclaimed: far below the 200,000 chunks' 27 MB.
   EXPECT_LT(peak, size_t{2} << 20);
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// A context handed to a worker that does not adopt it (correct, only
+// slower: its frees are remote), its creator gone; a thread started after
+// the creator exited, which glibc gives the creator's stack and thread
+// pointer, frees chunks: it is not the owner, and takes the remote path,
+// not the owner's unsynchronised one (memory corrupted, before).
+TEST(RemoteFreeTest, AThreadOnADeadCreatorsStackIsNotTheOwner) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  std::atomic<Context*> handed{nullptr};
+  std::atomic<bool> stop{false};
+  std::thread worker([&] {  // started first: it cannot reuse the creator's stack
+    Context* ctx;
+    while ((ctx = handed.load(std::memory_order_acquire)) == nullptr) std::this_thread::yield();
+    std::vector<unsigned char*> mine;
+    std::mt19937 rng(3);
+    while (!stop.load()) {
+      for (int i = 0; i < 64; ++i) {
+        const size_t n = 16 + rng() % 200;
+        auto* p = static_cast<unsigned char*>(ctx->Alloc(n));
+        std::memset(p, 0xAB, n);
+        mine.push_back(p);
+      }
+      for (unsigned char* p : mine) ctx->Free(p);
+      mine.clear();
+    }
+  });
+  Context* ctx = nullptr;
+  std::vector<void*> chunks;
+  std::thread([&] {
+    ctx = Context::Create(nullptr, "rows", FreelistKind(), o);
+    for (int i = 0; i < 50000; ++i) chunks.push_back(ctx->Alloc(16 + i % 200));
+  }).join();
+  handed.store(ctx, std::memory_order_release);
+  std::thread([&] {
+    for (void* p : chunks) mcx::Free(p);
+  }).join();
+  stop = true;
+  worker.join();
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
   ctx->Destroy();
   EXPECT_EQ(source.live_blocks(), 0);
 }

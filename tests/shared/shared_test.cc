@@ -556,5 +556,94 @@ TEST(SharedTest, ReportsMcxMakesOnItsOwnRaceWithNoOtherThread) {
   EXPECT_GT(answered, 0u);
 }
 
+// --- Threads failing at once ----------------------------------------------------------
+
+// Starts `threads` threads on `body` together.
+template <typename F>
+void RunTogether(int threads, F body) {
+  std::atomic<int> waiting{threads};
+  std::vector<std::thread> all;
+  for (int t = 0; t < threads; ++t) {
+    all.emplace_back([&, t] {
+      waiting.fetch_sub(1);
+      while (waiting.load() > 0) std::this_thread::yield();
+      body(t);
+    });
+  }
+  for (std::thread& t : all) t.join();
+}
+
+// Threads failing at once in a shared context: each gets its failure, and
+// last_failure() keeps one of the reasons (threads.md), with no data race
+// on it (ThreadSanitizer, before).
+TEST(SharedTest, ThreadsFailingAtOnceKeepOneReason) {
+  test::FailingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  source.FailFrom(1);
+  std::atomic<int> failed{0};
+  RunTogether(4, [&](int) {
+    for (int i = 0; i < 200; ++i) {
+      if (TrySharedAlloc(ctx, 20000) == nullptr) failed.fetch_add(1);
+    }
+  });
+  EXPECT_EQ(failed.load(), 800);
+  EXPECT_EQ(ctx->last_failure(), Failure::kOutOfMemory);
+  source.Heal();
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+void NoBudgetCallback(Budget*, size_t, void*) {}
+
+// A budget's soft limit crossed by several threads of one shared context
+// at once: each crossing calls back and the allocation is served (with a
+// hard limit of 1 TiB nothing may fail). Before, a thread that recognised
+// its refusal by the context's last failure, which another thread had just
+// restored, failed its allocation with "no failure".
+TEST(SharedTest, ASoftLimitCrossedByThreadsAtOnceFailsNoAllocation) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  constexpr int kRounds = 300;
+  for (int round = 0; round < kRounds; ++round) {
+    Budget budget(size_t{1} << 40);
+    Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+    ASSERT_EQ(ctx->TrySetBudget(&budget), Failure::kNone);
+    budget.SetSoftLimit(budget.usage() + 8 * 20000, &NoBudgetCallback, nullptr);
+    std::atomic<int> failed{0};
+    RunTogether(4, [&](int t) {
+      for (int i = 0; i < 6; ++i) {
+        if (round % 2 == 0) {
+          // A chunk with a block of its own, charged to the budget.
+          if (TrySharedAlloc(ctx, 20000) == nullptr) failed.fetch_add(1);
+        } else if (Context::TryCreate(ctx, "worker", FreelistKind()) == nullptr) {
+          failed.fetch_add(1);  // a child's first block, charged to the budget
+        }
+        (void)t;
+      }
+    });
+    ASSERT_EQ(failed.load(), 0) << "round " << round << ": " << FailureName(ctx->last_failure());
+    ctx->Destroy();
+    EXPECT_EQ(budget.usage(), 0u);
+  }
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
+// Checking builds keep each allocation's site for the kind: threads of a
+// shared context set it at once without a data race.
+TEST(SharedTest, ThreadsAllocatingAtOnceInACheckingBuild) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  Context* ctx = Context::Create(nullptr, "scan", SharedKind(), o);
+  RunTogether(2, [&](int t) {
+    for (int i = 0; i < 1000; ++i) std::memset(ctx->Alloc(32), t, 32);
+  });
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
 }  // namespace
 }  // namespace mcx

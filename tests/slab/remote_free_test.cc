@@ -309,5 +309,47 @@ TEST(SlabRemoteFreeTest, ProducerAndConsumersStayBounded) {
   EXPECT_EQ(source.bad_releases(), 0);
 }
 
+// As the freelist's test: a thread on a dead creator's stack is not the
+// owner of the slab context the creator made.
+TEST(SlabRemoteFreeTest, AThreadOnADeadCreatorsStackIsNotTheOwner) {
+  test::CountingBlockSource source;
+  ContextOptions o;
+  o.block_source = &source;
+  std::atomic<Context*> handed{nullptr};
+  std::atomic<bool> stop{false};
+  std::thread worker([&] {
+    Context* ctx;
+    while ((ctx = handed.load(std::memory_order_acquire)) == nullptr) std::this_thread::yield();
+    std::vector<void*> mine;
+    while (!stop.load()) {
+      for (int i = 0; i < 64; ++i) {
+        void* p = ctx->Alloc(64);
+        std::memset(p, 0xAB, 64);
+        mine.push_back(p);
+      }
+      for (void* p : mine) ctx->Free(p);
+      mine.clear();
+    }
+  });
+  Context* ctx = nullptr;
+  std::vector<void*> chunks;
+  std::thread([&] {
+    SlabOptions so;
+    so.object_size = 64;
+    ctx = Context::Create(nullptr, "objects", SlabKind(so), o);
+    for (int i = 0; i < 50000; ++i) chunks.push_back(ctx->Alloc(64));
+  }).join();
+  handed.store(ctx, std::memory_order_release);
+  std::thread([&] {
+    for (void* p : chunks) ctx->Free(p);
+  }).join();
+  stop = true;
+  worker.join();
+  std::string error;
+  EXPECT_TRUE(ctx->Check(&error)) << error;
+  ctx->Destroy();
+  EXPECT_EQ(source.live_blocks(), 0);
+}
+
 }  // namespace
 }  // namespace mcx
