@@ -209,6 +209,30 @@ template <typename K, typename = void>
 struct HasRewind : std::false_type {};
 template <typename K>
 struct HasRewind<K, std::void_t<decltype(&K::Rewind)>> : std::true_type {};
+// Each half of the optional pairs alone, so that a half without the other
+// is a compile error rather than a pair quietly left out.
+template <typename K, typename = void>
+struct HasLiveMember : std::false_type {};
+template <typename K>
+struct HasLiveMember<K, std::void_t<decltype(&K::Live)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasResetPeakMember : std::false_type {};
+template <typename K>
+struct HasResetPeakMember<K, std::void_t<decltype(&K::ResetPeak)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasMarkMember : std::false_type {};
+template <typename K>
+struct HasMarkMember<K, std::void_t<decltype(&K::Mark)>> : std::true_type {};
+template <typename K, typename = void>
+struct HasPositionType : std::false_type {};
+template <typename K>
+struct HasPositionType<K, std::void_t<typename K::Position>> : std::true_type {};
+// Whether each optional pair (trio) is all there or all absent.
+template <typename K>
+inline constexpr bool kLivePairWhole = HasLiveMember<K>::value == HasResetPeakMember<K>::value;
+template <typename K>
+inline constexpr bool kSavepointsWhole = HasMarkMember<K>::value == HasRewind<K>::value &&
+                                         HasPositionType<K>::value == HasRewind<K>::value;
 
 // What a kind's failed allocation becomes (Context::AllocRefused): a soft
 // limit's callback or a report request and a retry, or the failure path.
@@ -373,6 +397,10 @@ constexpr KindMethods MakeKindMethods() {
                 "Kind::Options must be trivially copyable and fit a KindSpec");
   static_assert(alignof(State) <= kMinBlockAlignment,
                 "Kind::State may not need more alignment than a block has");
+  static_assert(kind_internal::kLivePairWhole<K>,
+                "Kind::Live and Kind::ResetPeak come together: define both or neither");
+  static_assert(kind_internal::kSavepointsWhole<K>,
+                "Kind::Position, Kind::Mark and Kind::Rewind come together: all or none");
   static_assert(
       std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t, size_t)> ||
           std::is_same_v<decltype(&K::FirstBlockSize), size_t (*)(const Options&, size_t)>,
@@ -691,15 +719,23 @@ inline char* BumpPointer(const Context* ctx) { return internal::KindAccess::Bump
 // --- Misuse, sanitizers and the build ------------------------------------------------
 
 // One formatted line to the misuse handler (failure.h); returns only if a
-// test handler returns.
+// test handler returns:
+//   void ReportMisuse(const char* format, ...);   // printf's format
 using internal::ReportMisuse;
-// A bad chunk header, reported with what the header says.
+// A bad chunk header, reported with what the header says:
+//   void ReportBadChunk(const void* p, const char* operation);
 using internal::ReportBadChunk;
 
 // AddressSanitizer and Valgrind annotations; no-ops in other builds. Poison
 // block space not handed out and freed chunks; unpoison exactly what Alloc
-// hands out; read and write the kind's own words in poisoned memory (a
-// freelist link, a sentinel) through the Copy functions.
+// hands out (what ChunkSize reports); read and write the kind's own words
+// in poisoned memory (a freelist link, a sentinel) through the Copy
+// functions, which lift the poison around the access:
+//   void PoisonMemoryRegion(const void* p, size_t size);
+//   void UnpoisonMemoryRegion(const void* p, size_t size);
+//   bool IsPoisoned(const void* p, size_t size);   // any byte of the range
+//   void CopyFromPoisoned(void* to, const void* from, size_t size);
+//   void CopyToPoisoned(void* to, const void* from, size_t size);
 using internal::CopyFromPoisoned;
 using internal::CopyToPoisoned;
 using internal::IsPoisoned;

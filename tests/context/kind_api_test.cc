@@ -91,6 +91,29 @@ struct CountingKind : NoFastKind {
 constexpr KindMethods kCountingMethods = MakeKindMethods<CountingKind>();
 constexpr KindMethods kNoFastMethods = MakeKindMethods<NoFastKind>();
 
+// One of an optional pair (Live, ResetPeak) or of the savepoint trio
+// (Position, Mark, Rewind) without the others is a compile error in
+// MakeKindMethods (its static_asserts read these), not a pair quietly left
+// out of the table.
+struct LiveOnlyKind : NoFastKind {
+  static void Live(const Context*, const State*, LiveCounts*) {}
+};
+struct LivePairKind : LiveOnlyKind {
+  static void ResetPeak(Context*, State*) {}
+};
+struct MarkOnlyKind : NoFastKind {
+  struct Position {
+    char* at;
+  };
+  static bool Mark(Context*, State*, Position*) { return false; }
+};
+static_assert(!kind_internal::kLivePairWhole<LiveOnlyKind>, "Live without ResetPeak");
+static_assert(kind_internal::kLivePairWhole<LivePairKind>, "both");
+static_assert(kind_internal::kLivePairWhole<NoFastKind>, "neither");
+static_assert(!kind_internal::kSavepointsWhole<MarkOnlyKind>, "Mark without Rewind");
+static_assert(kind_internal::kSavepointsWhole<NoFastKind>, "none");
+static_assert(MakeKindMethods<LivePairKind>().live != nullptr, "a whole pair is in the table");
+
 // The tree runs AllocFast only where it takes the one-call slow path:
 // release builds (checking and Valgrind builds guard and mark each chunk
 // around the kind's Alloc).
