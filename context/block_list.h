@@ -35,6 +35,7 @@
 #include <cstddef>
 
 #include "mcx/context/config.h"  // IWYU pragma: keep (config.h: the link check)
+#include "mcx/context/internal/sanitizer.h"
 #include "mcx/context/kind.h"
 
 namespace mcx {
@@ -101,6 +102,18 @@ class BlockList {
   bool Holds(const KindBlock* at, const KindBlock& links) const {
     return (links.prev != nullptr ? links.prev->next == at : head_ == at) &&
            (links.next != nullptr ? links.next->prev == at : tail_ == at);
+  }
+  // O(1): whether the block at `at`, where a pointer a caller handed back
+  // leads (a chunk with a block of its own), is a live block of `owner` on
+  // this list. A block that went back to its source may hold anything in
+  // its first bytes, so nothing in it is trusted, and no pointer in it
+  // followed, before its owner word names `owner` and its links place it
+  // here. The links are read past sanitizer poison.
+  bool HoldsBlockOf(const Context* owner, const KindBlock* at) const {
+    KindBlock links;
+    internal::CopyFromPoisoned(&links, at, sizeof(links));
+    if (links.owner != owner || links.prev == at || links.next == at) return false;
+    return Holds(at, links);
   }
   void Clear() { head_ = tail_ = nullptr; }
 

@@ -1680,10 +1680,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* FreelistAlloc(Context* ctx, FreelistSt
 // point back at it. Only a chunk whose free bit is clear gets here; a freed
 // one was reported from its header alone.
 bool IsLiveDedicated(const Context* ctx, const FreelistState* st, const DedicatedHeader* b) {
-  Context* owner;
-  CopyFromPoisoned(&owner, &b->link.owner, sizeof(owner));
-  if (owner != ctx || b->link.prev == &b->link || b->link.next == &b->link) return false;
-  return st->dedicated.Holds(&b->link);
+  return st->dedicated.HoldsBlockOf(ctx, &b->link);
 }
 
 // Reports misuse and returns false if `p` is not a live dedicated chunk of

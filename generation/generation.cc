@@ -347,10 +347,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void* GenerationAllocFast(const Context* ctx
 // source now: the owner is read past any poison, and the links followed
 // only once it names `ctx`.
 bool IsLiveDedicated(const Context* ctx, const GenerationState* st, const GenerationBlock* b) {
-  Context* owner;
-  CopyFromPoisoned(&owner, &b->link.owner, sizeof(owner));
-  if (owner != ctx || b->link.prev == &b->link || b->link.next == &b->link) return false;
-  return st->dedicated.Holds(&b->link);
+  return st->dedicated.HoldsBlockOf(ctx, &b->link);
 }
 
 // Checking builds (and the owner in every build, for blocks of chunks):

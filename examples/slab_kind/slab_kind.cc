@@ -186,15 +186,10 @@ void* SlabAlloc(Context* ctx, SlabState* st, size_t size, size_t alignment) {
 
 // [START free]
 // Whether `b`, the block a dedicated chunk's header leads to, is a live
-// dedicated block of `ctx`. A block that went back to its source may hold
-// anything in its first bytes, so nothing in it is trusted, and no pointer
-// in it followed, before its owner word names `ctx` and its links place it
-// on `ctx`'s dedicated list (block_list.h: Holds, in O(1)).
+// dedicated block of `ctx` (block_list.h: HoldsBlockOf trusts nothing in a
+// block before its owner word and its links place it on the list, in O(1)).
 bool IsLiveDedicated(const Context* ctx, const SlabState* st, const SlabBlock* b) {
-  KindBlock link;
-  CopyFromPoisoned(&link, &b->link, sizeof(link));
-  if (link.owner != ctx || link.prev == &b->link || link.next == &b->link) return false;
-  return st->dedicated.Holds(&b->link, link);
+  return st->dedicated.HoldsBlockOf(ctx, &b->link);
 }
 
 // The block goes back with its chunk's free bit set: a second free, a
