@@ -50,13 +50,7 @@ class JsonReportSink final : public ReportSink {
   explicit JsonReportSink(ReportOut* out) : out_(out) {}
 
   void BeginContext(const Context* context, int depth, const ContextCounters& counters) override {
-    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
-    if (after_end_) out_->AppendLiteral(", ");
-    out_->AppendLiteral("{\"name\": ");
-    AppendJsonString(out_, context->name());
-    out_->AppendLiteral(", \"kind\": ");
-    AppendJsonString(out_, context->kind_name());
-    out_->AppendLiteral(", ");
+    OpenNode(context, depth);
     AppendJsonTotals(out_, counters);
     out_->AppendLiteral(", \"children\": [");
     after_end_ = false;
@@ -73,13 +67,8 @@ class JsonReportSink final : public ReportSink {
   }
 
   void NotRead(const Context* context, int depth) override {
-    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
-    if (after_end_) out_->AppendLiteral(", ");
-    out_->AppendLiteral("{\"name\": ");
-    AppendJsonString(out_, context->name());
-    out_->AppendLiteral(", \"kind\": ");
-    AppendJsonString(out_, context->kind_name());
-    out_->AppendLiteral(", \"not_read\": \"any thread may use it\", \"children\": []}");
+    OpenNode(context, depth);
+    out_->AppendLiteral("\"not_read\": \"any thread may use it\", \"children\": []}");
     after_end_ = true;
   }
 
@@ -101,6 +90,18 @@ class JsonReportSink final : public ReportSink {
   }
 
  private:
+  // A context's object up to its name and kind, and the comma after them:
+  // the tree's opening at depth 0, and a sibling's separator.
+  void OpenNode(const Context* context, int depth) {
+    if (depth == 0) out_->AppendLiteral("{\"tree\": ");
+    if (after_end_) out_->AppendLiteral(", ");
+    out_->AppendLiteral("{\"name\": ");
+    AppendJsonString(out_, context->name());
+    out_->AppendLiteral(", \"kind\": ");
+    AppendJsonString(out_, context->kind_name());
+    out_->AppendLiteral(", ");
+  }
+
   ReportOut* out_;
   bool after_end_ = false;        // the last call was EndContext
   bool children_closed_ = false;  // MoreChildren closed the list already
