@@ -1141,6 +1141,19 @@ int MarkReleasable(const FreelistState* st, BlockHeader* b, bool park) {
         d[i].flags |= kMostlyFree;
         marks |= kMarked;
       }
+      // The next unit went back while this unit's last chunk, ending on
+      // its page (past CarveEnd), was live; freed since, it is cut short of
+      // that page as it would have been then (below), so that handing it
+      // out never brings the purged page back.
+      if (kUnitPhase != 0 && i + 1 < b->units && ((b->free_units >> (i + 1)) & 1) != 0 &&
+          d[i].starts != 0) {
+        char* last = LastChunkOf(b, i);
+        const size_t stride = Stride(ChunkHeaderValue(ReadChunkHeader(last + kHeaderBytes)));
+        if (last + stride > CarveEnd(b, i) && TailTrimmable(b, i, last)) {
+          d[i].flags = static_cast<uint8_t>((d[i].flags | kTrimTail) & ~kMostlyFree);
+          marks |= kMarked;
+        }
+      }
       continue;
     }
     if ((d[i].flags & kStraddledInto) != 0 && (i == 0 || !gone(i - 1))) {

@@ -112,7 +112,13 @@ static_assert(kind_internal::kLivePairWhole<LivePairKind>, "both");
 static_assert(kind_internal::kLivePairWhole<NoFastKind>, "neither");
 static_assert(!kind_internal::kSavepointsWhole<MarkOnlyKind>, "Mark without Rewind");
 static_assert(kind_internal::kSavepointsWhole<NoFastKind>, "none");
-static_assert(MakeKindMethods<LivePairKind>().live != nullptr, "a whole pair is in the table");
+constexpr KindMethods kLivePairMethods = MakeKindMethods<LivePairKind>();
+
+TEST(KindApiTest, AWholeOptionalPairIsInTheTable) {
+  EXPECT_NE(kLivePairMethods.live, nullptr);
+  EXPECT_NE(kLivePairMethods.reset_peak, nullptr);
+  EXPECT_EQ(kNoFastMethods.live, nullptr);
+}
 
 // The tree runs AllocFast only where it takes the one-call slow path:
 // release builds (checking and Valgrind builds guard and mark each chunk
