@@ -69,7 +69,11 @@ namespace {
 constexpr size_t kSanitizerMallocMax = size_t{1} << 40;
 constexpr bool kSanitizerMalloc = internal::kAddressSanitizer || MCX_SANITIZE_THREAD != 0;
 
-bool BeyondSanitizerMalloc(size_t size) { return kSanitizerMalloc && size > kSanitizerMallocMax; }
+// glibc's malloc refuses anything above PTRDIFF_MAX; asked, Valgrind
+// reports the size as fishy. Either way the answer is no.
+bool BeyondMalloc(size_t size) {
+  return size > (kSanitizerMalloc ? kSanitizerMallocMax : static_cast<size_t>(PTRDIFF_MAX));
+}
 
 }  // namespace
 
@@ -79,7 +83,7 @@ bool BeyondSanitizerMalloc(size_t size) { return kSanitizerMalloc && size > kSan
 // pay for aligned_alloc(), whose size must be a multiple of the alignment.
 Block SystemBlockSource::Acquire(size_t min_size, size_t alignment) {
   if (min_size == 0) min_size = 1;
-  if (BeyondSanitizerMalloc(min_size)) return Block{};
+  if (BeyondMalloc(min_size)) return Block{};
   void* p;
   if (alignment <= kMinBlockAlignment) {
     p = std::malloc(min_size);
@@ -107,7 +111,7 @@ Block SystemBlockSource::Reallocate(Block block, size_t keep,
     return BlockSource::Reallocate(block, keep, new_min_size, alignment);
   }
   if (new_min_size == 0) new_min_size = 1;
-  if (BeyondSanitizerMalloc(new_min_size)) return Block{};
+  if (BeyondMalloc(new_min_size)) return Block{};
   void* p = std::realloc(block.ptr, new_min_size);
   if (p == nullptr) return Block{};
   return Block{p, UsableSize(p, new_min_size)};

@@ -35,6 +35,10 @@ done
 grep -q "^unknown command 'hello'" <<<"$("$server" ask "$sock" hello)"
 
 # Clients that misbehave (perl-base, which every Debian system has, for a
+# raw Unix socket). Their timing (2 s timeouts) is the native build's: under
+# memcheck, which runs one thread at a time, they are left out.
+if [ -z "${MCX_UNDER_MEMCHECK:-}" ]; then
+# Clients that misbehave (perl-base, which every Debian system has, for a
 # raw Unix socket): none may stop the server, and none may hold up the
 # others for long (the server drops a client after 2 s).
 # A client that connects and sends nothing, holding the connection open.
@@ -70,6 +74,7 @@ for _ in $(seq 10); do
 done
 kill -0 "$pid" || { echo "the server died after clients closed early"; exit 1; }
 "$server" check "$sock" "$workers"
+fi
 [ "$("$server" ask "$sock" quit)" = "bye" ]
 wait "$pid"
 echo "report_server_test: all checks passed"
